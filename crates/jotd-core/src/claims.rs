@@ -1,0 +1,317 @@
+//! The claims set: one pass over the decoded payload with borrowed strings.
+//!
+//! Registered claims (`exp`, `nbf`, `iat`, `iss`, `sub`, `jti`, `aud`) and
+//! policy claims (`methods`, `addresses`, `origins`, `user_agents`,
+//! `permissions`) are typed: a wrong type is `invalid_claim`, a duplicate is
+//! `malformed`. Claims the tenant asks to return are kept as raw JSON.
+
+use crate::policy::Grants;
+use crate::reason::Reason;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+
+/// What a tenant needs from the claims beyond the registered ones.
+#[derive(Clone, Copy)]
+pub(crate) struct ClaimsWanted<'c> {
+    /// Claims to copy into the decision (raw JSON).
+    pub(crate) returned: &'c [Box<str>],
+    /// Claims that must be present (at most 64 are tracked; more fail closed).
+    pub(crate) required: &'c [Box<str>],
+}
+
+/// A parsed claims set, borrowing from the decoded payload.
+#[derive(Debug, Default)]
+pub(crate) struct Claims<'a> {
+    pub(crate) exp: Option<u64>,
+    pub(crate) nbf: Option<u64>,
+    pub(crate) iat: Option<u64>,
+    pub(crate) iss: Option<Cow<'a, str>>,
+    pub(crate) sub: Option<Cow<'a, str>>,
+    pub(crate) jti: Option<Cow<'a, str>>,
+    pub(crate) aud: Option<Vec<Cow<'a, str>>>,
+    pub(crate) grants: Grants<'a>,
+    /// `(index into ClaimsWanted::returned, raw JSON value)`.
+    pub(crate) returned: Vec<(usize, &'a RawValue)>,
+    /// Bit `i` set when `ClaimsWanted::required[i]` was present.
+    pub(crate) required_seen: u64,
+}
+
+/// Parses decoded payload JSON into [`Claims`], or the reason it is unacceptable.
+pub(crate) fn parse_claims<'a>(json: &'a [u8], wanted: ClaimsWanted<'_>) -> Result<Claims<'a>, Reason> {
+    let failure = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let parsed = ClaimsSeed { wanted, failure: &failure }.deserialize(&mut de).and_then(|c| de.end().map(|()| c));
+    parsed.map_err(|_| failure.get().unwrap_or(Reason::Malformed))
+}
+
+struct ClaimsSeed<'c, 'f> {
+    wanted: ClaimsWanted<'c>,
+    failure: &'f Cell<Option<Reason>>,
+}
+
+impl<'de> DeserializeSeed<'de> for ClaimsSeed<'_, '_> {
+    type Value = Claims<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ClaimsSeed<'_, '_> {
+    type Value = Claims<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object of claims")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut claims = Claims::default();
+        while let Some(StrCow(name)) = map.next_key::<StrCow<'de>>()? {
+            if let Some(i) = self.wanted.required.iter().position(|r| **r == *name) {
+                if i < 64 {
+                    claims.required_seen |= 1 << i;
+                }
+            }
+            let returned = self.wanted.returned.iter().position(|r| **r == *name);
+            let known = matches!(
+                &*name,
+                "exp" | "nbf" | "iat" | "iss" | "sub" | "jti" | "aud" | "methods" | "addresses"
+                    | "origins" | "user_agents" | "permissions"
+            );
+            if !known && returned.is_none() {
+                map.next_value_seed(Skip { depth: 0 })
+                    .map_err(|_: A::Error| self.fail(Reason::Malformed))?;
+                continue;
+            }
+            // Syntax errors surface here as `malformed`; type errors below as `invalid_claim`.
+            let raw: &'de RawValue = map.next_value()?;
+            if let Some(i) = returned {
+                let too_deep = Skip { depth: 0 }.deserialize(&mut serde_json::Deserializer::from_str(raw.get()));
+                if claims.returned.iter().any(|(j, _)| *j == i) || too_deep.is_err() {
+                    return Err(self.fail(Reason::Malformed));
+                }
+                claims.returned.push((i, raw));
+            }
+            let g = &mut claims.grants;
+            match &*name {
+                "exp" => self.set(&mut claims.exp, raw, |d: NumericDate| d.0)?,
+                "nbf" => self.set(&mut claims.nbf, raw, |d: NumericDate| d.0)?,
+                "iat" => self.set(&mut claims.iat, raw, |d: NumericDate| d.0)?,
+                "iss" => self.set(&mut claims.iss, raw, |s: StrCow<'de>| s.0)?,
+                "sub" => self.set(&mut claims.sub, raw, |s: StrCow<'de>| s.0)?,
+                "jti" => self.set(&mut claims.jti, raw, |s: StrCow<'de>| s.0)?,
+                "aud" => self.set(&mut claims.aud, raw, |a: Audience<'de>| a.0)?,
+                "methods" => self.set(&mut g.methods, raw, |l: StrList<'de>| l.0)?,
+                "addresses" => self.set(&mut g.addresses, raw, |l: StrList<'de>| l.0)?,
+                "origins" => self.set(&mut g.origins, raw, |l: StrList<'de>| l.0)?,
+                "user_agents" => self.set(&mut g.user_agents, raw, |l: StrList<'de>| l.0)?,
+                "permissions" => self.set(&mut g.permissions, raw, |l: StrList<'de>| l.0)?,
+                _ => {}
+            }
+        }
+        Ok(claims)
+    }
+}
+
+impl ClaimsSeed<'_, '_> {
+    fn fail<E: de::Error>(&self, reason: Reason) -> E {
+        self.failure.set(Some(reason));
+        E::custom(reason.as_str())
+    }
+
+    /// Sets a typed claim once: a second occurrence is `malformed`, a value of
+    /// the wrong type `invalid_claim`.
+    fn set<'de, T: Deserialize<'de>, V, E: de::Error>(
+        &self,
+        slot: &mut Option<V>,
+        raw: &'de RawValue,
+        into: impl FnOnce(T) -> V,
+    ) -> Result<(), E> {
+        if slot.is_some() {
+            return Err(self.fail(Reason::Malformed));
+        }
+        let value: T = serde_json::from_str(raw.get()).map_err(|_| self.fail(Reason::InvalidClaim))?;
+        *slot = Some(into(value));
+        Ok(())
+    }
+}
+
+/// Deepest nesting accepted in any claim value (objects and arrays).
+pub(crate) const MAX_DEPTH: usize = 32;
+
+/// Skips a value of any type, failing past [`MAX_DEPTH`] levels of nesting.
+struct Skip {
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while seq.next_element_seed(Skip { depth: inner })?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(Skip { depth: inner })?;
+        }
+        Ok(())
+    }
+}
+
+impl Skip {
+    fn nested<E: de::Error>(&self) -> Result<usize, E> {
+        if self.depth >= MAX_DEPTH { Err(E::custom("nested too deeply")) } else { Ok(self.depth + 1) }
+    }
+}
+
+/// A string that borrows from the input unless it had escapes.
+struct StrCow<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for StrCow<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrCowVisitor)
+    }
+}
+
+struct StrCowVisitor;
+
+impl<'de> Visitor<'de> for StrCowVisitor {
+    type Value = StrCow<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(StrCow(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(StrCow(Cow::Owned(v.to_owned())))
+    }
+}
+
+/// An array of strings (policy claims).
+struct StrList<'a>(Vec<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for StrList<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_seq(StrListVisitor)
+    }
+}
+
+struct StrListVisitor;
+
+impl<'de> Visitor<'de> for StrListVisitor {
+    type Value = StrList<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of strings")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
+        while let Some(StrCow(s)) = seq.next_element()? {
+            out.push(s);
+        }
+        Ok(StrList(out))
+    }
+}
+
+/// `aud`: one string or an array of strings (RFC 7519 §4.1.3).
+struct Audience<'a>(Vec<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for Audience<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Audience<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Audience(vec![Cow::Borrowed(v)]))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Audience(vec![Cow::Owned(v.to_owned())]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                StrListVisitor.visit_seq(seq).map(|l| Audience(l.0))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A NumericDate: a non-negative JSON number of seconds; fractions are truncated.
+struct NumericDate(u64);
+
+impl<'de> Deserialize<'de> for NumericDate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = NumericDate;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-negative number of seconds")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(NumericDate(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v).map(NumericDate).map_err(|_| E::custom("negative NumericDate"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                if v.is_finite() && v >= 0.0 {
+                    // `as` saturates at u64::MAX, which is far past any real expiry.
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    Ok(NumericDate(v as u64))
+                } else {
+                    Err(E::custom("negative NumericDate"))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests;

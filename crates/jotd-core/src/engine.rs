@@ -1,0 +1,296 @@
+//! The verification pipeline: token bytes + request + snapshot + `now` → [`Decision`].
+
+use crate::cache::{CacheConfig, CacheStats, CachedToken, LocalCounts, Times, TokenCache};
+use crate::claims::{Claims, ClaimsWanted, parse_claims};
+use crate::decision::{Decision, TokenInfo};
+use crate::policy::{Grants, authorize};
+use crate::reason::Reason;
+use crate::request::{Request, UnixTime};
+use crate::tenant::{Snapshot, Tenant, TenantKey};
+use crate::token::{decode_base64url, parse_header, split};
+use std::num::NonZeroUsize;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+/// Engine settings. Every field has a default (see [`EngineConfig::default`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Tokens longer than this are `token_too_large`, checked before any decoding. Default: 8 KiB.
+    pub max_token_bytes: NonZeroUsize,
+    /// The verified-token cache; `None` disables it. Default: [`CacheConfig::default`].
+    pub cache: Option<CacheConfig>,
+    /// Items per unit of parallel work and per streamed chunk. Default: 16.
+    pub chunk_size: NonZeroUsize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_token_bytes: NonZeroUsize::new(8 << 10).expect("non-zero"),
+            cache: Some(CacheConfig::default()),
+            chunk_size: NonZeroUsize::new(16).expect("non-zero"),
+        }
+    }
+}
+
+/// Reusable per-worker buffers: decoding allocates nothing once these have grown.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    header: Vec<u8>,
+    payload: Vec<u8>,
+    signature: Vec<u8>,
+    pub(crate) counts: LocalCounts,
+}
+
+impl Scratch {
+    /// Empty buffers.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// The sans-IO verification engine. Share it (`&Engine` is `Sync`); it owns
+/// only the verified-token cache. Keys come from the [`Snapshot`] passed per call.
+pub struct Engine {
+    pub(crate) config: EngineConfig,
+    pub(crate) cache: Option<TokenCache>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Builds an engine.
+    #[must_use]
+    pub fn new(config: EngineConfig) -> Self {
+        Self { config, cache: config.cache.map(TokenCache::new) }
+    }
+
+    /// The settings this engine was built with.
+    #[must_use]
+    pub const fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Verified-token cache counters; `None` when the cache is off.
+    #[must_use]
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(TokenCache::stats)
+    }
+
+    /// Drops every cached token (revocation by hand, tests).
+    pub fn clear_cache(&self) {
+        if let Some(c) = &self.cache {
+            c.clear();
+        }
+    }
+
+    /// Decides one request. Allocates scratch buffers; batch callers use [`Engine::verify_with`].
+    #[must_use]
+    pub fn verify(&self, snapshot: &Snapshot, req: &Request<'_>, now: UnixTime) -> Decision {
+        let mut scratch = Scratch::new();
+        let d = self.verify_with(&mut scratch, snapshot, req, now);
+        self.flush(&mut scratch);
+        d
+    }
+
+    /// Decides one request with caller-owned buffers. Never panics outward: an
+    /// internal failure is an `internal_error` deny (fail closed). Cache counts
+    /// gather in `scratch` until [`Engine::flush`].
+    #[must_use]
+    pub fn verify_with(&self, scratch: &mut Scratch, snapshot: &Snapshot, req: &Request<'_>, now: UnixTime) -> Decision {
+        catch_unwind(AssertUnwindSafe(|| self.decide(scratch, snapshot, req, now)))
+            .unwrap_or(Decision::without_token(Reason::InternalError))
+    }
+
+    /// Adds the counts gathered in `scratch` to the engine's counters.
+    pub fn flush(&self, scratch: &mut Scratch) {
+        if let Some(c) = &self.cache {
+            c.flush(&mut scratch.counts);
+        }
+    }
+
+    fn decide(&self, scratch: &mut Scratch, snapshot: &Snapshot, req: &Request<'_>, now: UnixTime) -> Decision {
+        let Some(tenant) = snapshot.tenant(req.tenant) else {
+            return Decision::without_token(Reason::UnknownTenant);
+        };
+        let token = match req.token {
+            Some(t) if !t.is_empty() => t,
+            _ => {
+                let allowed = !tenant.require_jwt || tenant.is_no_auth(req.method);
+                return Decision::without_token(if allowed { Reason::OkNoAuth } else { Reason::MissingToken });
+            }
+        };
+        if token.len() > self.config.max_token_bytes.get() {
+            return Decision::without_token(Reason::TokenTooLarge);
+        }
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cache.get(token) {
+                if *hit.tenant == *tenant.id && hit.epoch == tenant.epoch && now.0 < hit.dies_at {
+                    scratch.counts.hits += 1;
+                    let verdict = finish(tenant, hit.times, hit.jti.as_deref(), hit.info.sub(), &hit.grants, req, now);
+                    return Decision::with_token(verdict, Arc::clone(&hit.info));
+                }
+            }
+            scratch.counts.misses += 1;
+        }
+        match self.verify_token(scratch, tenant, token, req, now) {
+            Ok(d) | Err(d) => d,
+        }
+    }
+
+    /// The uncached path: structure, header, key, signature, claims, then [`finish`].
+    fn verify_token(
+        &self,
+        scratch: &mut Scratch,
+        tenant: &Tenant,
+        token: &[u8],
+        req: &Request<'_>,
+        now: UnixTime,
+    ) -> Result<Decision, Decision> {
+        let deny = Decision::without_token;
+        let seg = split(token).map_err(deny)?;
+        let Scratch { header, payload, signature, counts } = scratch;
+        decode_base64url(seg.header, header).map_err(deny)?;
+        let head = parse_header(header).map_err(deny)?;
+        if !tenant.claims.typ.accepts(head.typ.as_deref()) {
+            return Err(deny(Reason::BadTyp));
+        }
+        if !tenant.algorithms.contains(head.alg) {
+            return Err(deny(Reason::AlgNotAllowed));
+        }
+        let key = find_key(tenant, head.kid.as_deref()).map_err(deny)?;
+        if key.key.algorithm() != head.alg {
+            return Err(deny(Reason::KeyAlgMismatch));
+        }
+        decode_base64url(seg.signature, signature).map_err(|_| deny(Reason::BadSignature))?;
+        if !key.key.verify(seg.signing_input, signature) {
+            return Err(deny(Reason::BadSignature));
+        }
+
+        // Signature good: from here on every decision carries the verified token.
+        decode_base64url(seg.payload, payload).map_err(deny)?;
+        let wanted = ClaimsWanted { returned: &tenant.claims_to_return, required: &tenant.claims.required };
+        let claims = parse_claims(payload, wanted).map_err(deny)?;
+        let returned = claims
+            .returned
+            .iter()
+            .map(|(i, raw)| (wanted.returned[*i].clone(), Box::<str>::from(raw.get())))
+            .collect();
+        let info = Arc::new(TokenInfo::new(
+            head.alg,
+            Some(key.kid.clone()),
+            claims.sub.as_deref().map(Box::from),
+            claims.exp,
+            returned,
+        ));
+        if let Err(reason) = static_checks(tenant, &claims, now) {
+            return Ok(Decision::with_token(reason, info));
+        }
+        let times = Times { exp: claims.exp, nbf: claims.nbf, iat: claims.iat };
+        let verdict = match &self.cache {
+            Some(cache) => {
+                let cfg = cache.config();
+                let ttl_end = now.0.saturating_add(cfg.max_ttl.as_secs());
+                let exp_end = claims.exp.map_or(u64::MAX, |e| e.saturating_add(tenant.claims.leeway.as_secs()));
+                let entry = CachedToken::new(
+                    token.len(),
+                    &tenant.id,
+                    tenant.epoch,
+                    ttl_end.min(exp_end),
+                    times,
+                    claims.jti.as_deref().map(Box::from),
+                    claims.grants.into_owned(),
+                    Arc::clone(&info),
+                );
+                let verdict = finish(tenant, times, entry.jti.as_deref(), info.sub(), &entry.grants, req, now);
+                if entry.dies_at > now.0 {
+                    cache.insert(token, entry, now.0);
+                    counts.inserts += 1;
+                }
+                verdict
+            }
+            None => finish(tenant, times, claims.jti.as_deref(), info.sub(), &claims.grants, req, now),
+        };
+        Ok(Decision::with_token(verdict, info))
+    }
+}
+
+fn find_key<'t>(tenant: &'t Tenant, kid: Option<&str>) -> Result<&'t TenantKey, Reason> {
+    match kid {
+        Some(kid) => tenant.keys.iter().find(|k| *k.kid == *kid).ok_or(Reason::UnknownKid),
+        None if tenant.keys.len() == 1 => Ok(&tenant.keys[0]),
+        None => Err(Reason::MissingKid),
+    }
+}
+
+/// Claim rules that depend on neither the clock nor the request: checked once, then cached.
+fn static_checks(tenant: &Tenant, claims: &Claims<'_>, now: UnixTime) -> Result<(), Reason> {
+    let rules = &tenant.claims;
+    if rules.require_exp && claims.exp.is_none() {
+        return Err(Reason::MissingClaim);
+    }
+    if !rules.issuers.is_empty() {
+        let iss = claims.iss.as_deref().ok_or(Reason::MissingClaim)?;
+        if !rules.issuers.iter().any(|i| **i == *iss) {
+            return Err(Reason::BadIssuer);
+        }
+    }
+    if !rules.audiences.is_empty() {
+        let aud = claims.aud.as_ref().ok_or(Reason::MissingClaim)?;
+        if !aud.iter().any(|a| rules.audiences.iter().any(|x| **x == **a)) {
+            return Err(Reason::BadAudience);
+        }
+    }
+    for i in 0..rules.required.len() {
+        if i >= 64 || claims.required_seen & (1 << i) == 0 {
+            return Err(Reason::MissingClaim);
+        }
+    }
+    if let Some(max) = rules.max_lifetime {
+        let exp = claims.exp.ok_or(Reason::MissingClaim)?;
+        let start = claims.iat.unwrap_or(now.0);
+        if exp.saturating_sub(start) > max.as_secs() {
+            return Err(Reason::LifetimeTooLong);
+        }
+    }
+    Ok(())
+}
+
+/// Checks that run on every request, cache hits included: time claims,
+/// revocation, then policy (skipped for the tenant's no-auth methods).
+fn finish(
+    tenant: &Tenant,
+    times: Times,
+    jti: Option<&str>,
+    sub: Option<&str>,
+    grants: &Grants<'_>,
+    req: &Request<'_>,
+    now: UnixTime,
+) -> Reason {
+    let leeway = tenant.claims.leeway.as_secs();
+    let now = now.0;
+    if times.exp.is_some_and(|exp| now >= exp.saturating_add(leeway)) {
+        return Reason::Expired;
+    }
+    if times.nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
+        return Reason::NotYetValid;
+    }
+    if times.iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+        return Reason::IssuedInFuture;
+    }
+    if !tenant.denylist.is_empty() && tenant.denylist.is_revoked(jti, sub, UnixTime(now)) {
+        return Reason::Revoked;
+    }
+    if tenant.is_no_auth(req.method) {
+        return Reason::Ok;
+    }
+    match authorize(tenant.policy, grants, req) {
+        Ok(()) => Reason::Ok,
+        Err(reason) => reason,
+    }
+}

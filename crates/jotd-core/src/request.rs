@@ -1,0 +1,30 @@
+//! One request to authorize: a token (maybe) plus the gateway's metadata.
+
+/// Seconds since the Unix epoch, passed in by the caller: the engine never reads a clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct UnixTime(pub u64);
+
+/// A request as the gateway saw it. Borrowed: the engine copies nothing it does not keep.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The bearer token's bytes (without `Bearer `), or `None` when the request had none.
+    pub token: Option<&'a [u8]>,
+    /// The tenant (Infura project id, Besu node, API key owner).
+    pub tenant: &'a str,
+    /// The JSON-RPC method (`eth_blockNumber`), if any.
+    pub method: Option<&'a str>,
+    /// Addresses the request touches (`to` of a call, say); hex, any case.
+    pub addresses: &'a [String],
+    /// The HTTP `Origin` header, if any.
+    pub origin: Option<&'a str>,
+    /// The HTTP `User-Agent` header, if any.
+    pub user_agent: Option<&'a str>,
+}
+
+impl<'a> Request<'a> {
+    /// A request with a token and no metadata.
+    #[must_use]
+    pub const fn bearer(tenant: &'a str, token: &'a [u8]) -> Self {
+        Self { token: Some(token), tenant, method: None, addresses: &[], origin: None, user_agent: None }
+    }
+}
