@@ -199,7 +199,9 @@ impl std::str::FromStr for Algorithm {
 
 /// The error for an algorithm name jotd does not implement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("unknown algorithm (expected one of RS256..512, PS256..512, ES256, ES384, ES512, ES256K, EdDSA, Ed25519, HS256..512)")]
+#[error(
+    "unknown algorithm (expected one of RS256..512, PS256..512, ES256, ES384, ES512, ES256K, EdDSA, Ed25519, HS256..512)"
+)]
 pub struct UnknownAlgorithm;
 
 /// A set of algorithms, as a bit set (`Copy`, no allocation).
@@ -231,7 +233,9 @@ impl AlgorithmSet {
 
     /// The algorithms in the set, in [`Algorithm::ALL`] order.
     pub fn iter(self) -> impl Iterator<Item = Algorithm> {
-        Algorithm::ALL.into_iter().filter(move |a| self.contains(*a))
+        Algorithm::ALL
+            .into_iter()
+            .filter(move |a| self.contains(*a))
     }
 }
 
@@ -266,6 +270,10 @@ mod tests {
         assert!(set.contains(Algorithm::Rs256) && set.contains(Algorithm::EdDsa));
         assert!(!set.contains(Algorithm::Hs256));
         assert_eq!(set.iter().count(), 2);
-        assert!(Algorithm::ALL.iter().all(|a| AlgorithmSet::ALL.contains(*a)));
+        assert!(
+            Algorithm::ALL
+                .iter()
+                .all(|a| AlgorithmSet::ALL.contains(*a))
+        );
     }
 }

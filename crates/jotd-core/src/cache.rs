@@ -85,10 +85,22 @@ impl CachedToken {
         grants: Grants<'static>,
         info: Arc<TokenInfo>,
     ) -> Self {
-        let bytes = 2 * token_len + tenant.len() + jti.as_ref().map_or(0, |j| j.len()) + grants.heap_bytes()
+        let bytes = 2 * token_len
+            + tenant.len()
+            + jti.as_ref().map_or(0, |j| j.len())
+            + grants.heap_bytes()
             + info.heap_bytes()
             + 192;
-        Self { tenant: tenant.into(), epoch, dies_at, times, jti, grants, info, bytes }
+        Self {
+            tenant: tenant.into(),
+            epoch,
+            dies_at,
+            times,
+            jti,
+            grants,
+            info,
+            bytes,
+        }
     }
 }
 
@@ -177,7 +189,8 @@ impl TokenCache {
         });
         self.bytes.fetch_sub(freed, Relaxed);
         let full = |c: &Self| {
-            c.map.len() * 8 > c.config.max_entries.get() * 7 || c.bytes.load(Relaxed) * 8 > c.config.max_bytes.get() * 7
+            c.map.len() * 8 > c.config.max_entries.get() * 7
+                || c.bytes.load(Relaxed) * 8 > c.config.max_bytes.get() * 7
         };
         if full(self) {
             let (mut n, mut freed) = (0u64, 0usize);

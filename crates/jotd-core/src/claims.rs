@@ -5,10 +5,11 @@
 //! `permissions`) are typed: a wrong type is `invalid_claim`, a duplicate is
 //! `malformed`. Claims the tenant asks to return are kept as raw JSON.
 
+use crate::json::{Skip, StrCow};
 use crate::policy::Grants;
 use crate::reason::Reason;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -41,10 +42,18 @@ pub(crate) struct Claims<'a> {
 }
 
 /// Parses decoded payload JSON into [`Claims`], or the reason it is unacceptable.
-pub(crate) fn parse_claims<'a>(json: &'a [u8], wanted: ClaimsWanted<'_>) -> Result<Claims<'a>, Reason> {
+pub(crate) fn parse_claims<'a>(
+    json: &'a [u8],
+    wanted: ClaimsWanted<'_>,
+) -> Result<Claims<'a>, Reason> {
     let failure = Cell::new(None);
     let mut de = serde_json::Deserializer::from_slice(json);
-    let parsed = ClaimsSeed { wanted, failure: &failure }.deserialize(&mut de).and_then(|c| de.end().map(|()| c));
+    let parsed = ClaimsSeed {
+        wanted,
+        failure: &failure,
+    }
+    .deserialize(&mut de)
+    .and_then(|c| de.end().map(|()| c));
     parsed.map_err(|_| failure.get().unwrap_or(Reason::Malformed))
 }
 
@@ -79,18 +88,29 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_, '_> {
             let returned = self.wanted.returned.iter().position(|r| **r == *name);
             let known = matches!(
                 &*name,
-                "exp" | "nbf" | "iat" | "iss" | "sub" | "jti" | "aud" | "methods" | "addresses"
-                    | "origins" | "user_agents" | "permissions"
+                "exp"
+                    | "nbf"
+                    | "iat"
+                    | "iss"
+                    | "sub"
+                    | "jti"
+                    | "aud"
+                    | "methods"
+                    | "addresses"
+                    | "origins"
+                    | "user_agents"
+                    | "permissions"
             );
             if !known && returned.is_none() {
-                map.next_value_seed(Skip { depth: 0 })
+                map.next_value_seed(Skip::new())
                     .map_err(|_: A::Error| self.fail(Reason::Malformed))?;
                 continue;
             }
             // Syntax errors surface here as `malformed`; type errors below as `invalid_claim`.
             let raw: &'de RawValue = map.next_value()?;
             if let Some(i) = returned {
-                let too_deep = Skip { depth: 0 }.deserialize(&mut serde_json::Deserializer::from_str(raw.get()));
+                let too_deep =
+                    Skip::new().deserialize(&mut serde_json::Deserializer::from_str(raw.get()));
                 if claims.returned.iter().any(|(j, _)| *j == i) || too_deep.is_err() {
                     return Err(self.fail(Reason::Malformed));
                 }
@@ -134,99 +154,10 @@ impl ClaimsSeed<'_, '_> {
         if slot.is_some() {
             return Err(self.fail(Reason::Malformed));
         }
-        let value: T = serde_json::from_str(raw.get()).map_err(|_| self.fail(Reason::InvalidClaim))?;
+        let value: T =
+            serde_json::from_str(raw.get()).map_err(|_| self.fail(Reason::InvalidClaim))?;
         *slot = Some(into(value));
         Ok(())
-    }
-}
-
-/// Deepest nesting accepted in any claim value (objects and arrays).
-pub(crate) const MAX_DEPTH: usize = 32;
-
-/// Skips a value of any type, failing past [`MAX_DEPTH`] levels of nesting.
-struct Skip {
-    depth: usize,
-}
-
-impl<'de> DeserializeSeed<'de> for Skip {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Skip {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let inner = self.nested()?;
-        while seq.next_element_seed(Skip { depth: inner })?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let inner = self.nested()?;
-        while map.next_key::<IgnoredAny>()?.is_some() {
-            map.next_value_seed(Skip { depth: inner })?;
-        }
-        Ok(())
-    }
-}
-
-impl Skip {
-    fn nested<E: de::Error>(&self) -> Result<usize, E> {
-        if self.depth >= MAX_DEPTH { Err(E::custom("nested too deeply")) } else { Ok(self.depth + 1) }
-    }
-}
-
-/// A string that borrows from the input unless it had escapes.
-struct StrCow<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for StrCow<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(StrCowVisitor)
-    }
-}
-
-struct StrCowVisitor;
-
-impl<'de> Visitor<'de> for StrCowVisitor {
-    type Value = StrCow<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(StrCow(Cow::Borrowed(v)))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(StrCow(Cow::Owned(v.to_owned())))
     }
 }
 
@@ -297,7 +228,9 @@ impl<'de> Deserialize<'de> for NumericDate {
                 Ok(NumericDate(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                u64::try_from(v).map(NumericDate).map_err(|_| E::custom("negative NumericDate"))
+                u64::try_from(v)
+                    .map(NumericDate)
+                    .map_err(|_| E::custom("negative NumericDate"))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
                 if v.is_finite() && v >= 0.0 {

@@ -23,7 +23,13 @@ impl TokenInfo {
         exp: Option<u64>,
         claims: Box<[(Box<str>, Box<str>)]>,
     ) -> Self {
-        Self { alg, kid, sub, exp, claims }
+        Self {
+            alg,
+            kid,
+            sub,
+            exp,
+            claims,
+        }
     }
 
     /// The algorithm the signature verified with.
@@ -58,7 +64,14 @@ impl TokenInfo {
 
     pub(crate) fn heap_bytes(&self) -> usize {
         let s = |o: &Option<Box<str>>| o.as_ref().map_or(0, |s| s.len());
-        s(&self.kid) + s(&self.sub) + self.claims.iter().map(|(k, v)| k.len() + v.len() + 32).sum::<usize>() + 64
+        s(&self.kid)
+            + s(&self.sub)
+            + self
+                .claims
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 32)
+                .sum::<usize>()
+            + 64
     }
 }
 
@@ -75,12 +88,22 @@ impl Decision {
     /// `ok` can only come from the engine: passing [`Reason::Ok`] yields `internal_error`.
     #[must_use]
     pub const fn without_token(reason: Reason) -> Self {
-        let reason = if matches!(reason, Reason::Ok) { Reason::InternalError } else { reason };
-        Self { reason, token: None }
+        let reason = if matches!(reason, Reason::Ok) {
+            Reason::InternalError
+        } else {
+            reason
+        };
+        Self {
+            reason,
+            token: None,
+        }
     }
 
     pub(crate) const fn with_token(reason: Reason, token: Arc<TokenInfo>) -> Self {
-        Self { reason, token: Some(token) }
+        Self {
+            reason,
+            token: Some(token),
+        }
     }
 
     /// Whether the request is allowed.

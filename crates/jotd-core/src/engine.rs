@@ -59,7 +59,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,7 +69,10 @@ impl Engine {
     /// Builds an engine.
     #[must_use]
     pub fn new(config: EngineConfig) -> Self {
-        Self { config, cache: config.cache.map(TokenCache::new) }
+        Self {
+            config,
+            cache: config.cache.map(TokenCache::new),
+        }
     }
 
     /// The settings this engine was built with.
@@ -102,9 +107,17 @@ impl Engine {
     /// internal failure is an `internal_error` deny (fail closed). Cache counts
     /// gather in `scratch` until [`Engine::flush`].
     #[must_use]
-    pub fn verify_with(&self, scratch: &mut Scratch, snapshot: &Snapshot, req: &Request<'_>, now: UnixTime) -> Decision {
-        catch_unwind(AssertUnwindSafe(|| self.decide(scratch, snapshot, req, now)))
-            .unwrap_or(Decision::without_token(Reason::InternalError))
+    pub fn verify_with(
+        &self,
+        scratch: &mut Scratch,
+        snapshot: &Snapshot,
+        req: &Request<'_>,
+        now: UnixTime,
+    ) -> Decision {
+        catch_unwind(AssertUnwindSafe(|| {
+            self.decide(scratch, snapshot, req, now)
+        }))
+        .unwrap_or(Decision::without_token(Reason::InternalError))
     }
 
     /// Adds the counts gathered in `scratch` to the engine's counters.
@@ -114,7 +127,13 @@ impl Engine {
         }
     }
 
-    fn decide(&self, scratch: &mut Scratch, snapshot: &Snapshot, req: &Request<'_>, now: UnixTime) -> Decision {
+    fn decide(
+        &self,
+        scratch: &mut Scratch,
+        snapshot: &Snapshot,
+        req: &Request<'_>,
+        now: UnixTime,
+    ) -> Decision {
         let Some(tenant) = snapshot.tenant(req.tenant) else {
             return Decision::without_token(Reason::UnknownTenant);
         };
@@ -122,7 +141,11 @@ impl Engine {
             Some(t) if !t.is_empty() => t,
             _ => {
                 let allowed = !tenant.require_jwt || tenant.is_no_auth(req.method);
-                return Decision::without_token(if allowed { Reason::OkNoAuth } else { Reason::MissingToken });
+                return Decision::without_token(if allowed {
+                    Reason::OkNoAuth
+                } else {
+                    Reason::MissingToken
+                });
             }
         };
         if token.len() > self.config.max_token_bytes.get() {
@@ -132,7 +155,15 @@ impl Engine {
             if let Some(hit) = cache.get(token) {
                 if *hit.tenant == *tenant.id && hit.epoch == tenant.epoch && now.0 < hit.dies_at {
                     scratch.counts.hits += 1;
-                    let verdict = finish(tenant, hit.times, hit.jti.as_deref(), hit.info.sub(), &hit.grants, req, now);
+                    let verdict = finish(
+                        tenant,
+                        hit.times,
+                        hit.jti.as_deref(),
+                        hit.info.sub(),
+                        &hit.grants,
+                        req,
+                        now,
+                    );
                     return Decision::with_token(verdict, Arc::clone(&hit.info));
                 }
             }
@@ -154,7 +185,12 @@ impl Engine {
     ) -> Result<Decision, Decision> {
         let deny = Decision::without_token;
         let seg = split(token).map_err(deny)?;
-        let Scratch { header, payload, signature, counts } = scratch;
+        let Scratch {
+            header,
+            payload,
+            signature,
+            counts,
+        } = scratch;
         decode_base64url(seg.header, header).map_err(deny)?;
         let head = parse_header(header).map_err(deny)?;
         if !tenant.claims.typ.accepts(head.typ.as_deref()) {
@@ -167,14 +203,18 @@ impl Engine {
         if key.key.algorithm() != head.alg {
             return Err(deny(Reason::KeyAlgMismatch));
         }
-        decode_base64url(seg.signature, signature).map_err(|_| deny(Reason::BadSignature))?;
+        // Every segment must be strict base64url before any crypto runs.
+        decode_base64url(seg.payload, payload).map_err(deny)?;
+        decode_base64url(seg.signature, signature).map_err(deny)?;
         if !key.key.verify(seg.signing_input, signature) {
             return Err(deny(Reason::BadSignature));
         }
 
         // Signature good: from here on every decision carries the verified token.
-        decode_base64url(seg.payload, payload).map_err(deny)?;
-        let wanted = ClaimsWanted { returned: &tenant.claims_to_return, required: &tenant.claims.required };
+        let wanted = ClaimsWanted {
+            returned: &tenant.claims_to_return,
+            required: &tenant.claims.required,
+        };
         let claims = parse_claims(payload, wanted).map_err(deny)?;
         let returned = claims
             .returned
@@ -191,12 +231,18 @@ impl Engine {
         if let Err(reason) = static_checks(tenant, &claims, now) {
             return Ok(Decision::with_token(reason, info));
         }
-        let times = Times { exp: claims.exp, nbf: claims.nbf, iat: claims.iat };
+        let times = Times {
+            exp: claims.exp,
+            nbf: claims.nbf,
+            iat: claims.iat,
+        };
         let verdict = match &self.cache {
             Some(cache) => {
                 let cfg = cache.config();
                 let ttl_end = now.0.saturating_add(cfg.max_ttl.as_secs());
-                let exp_end = claims.exp.map_or(u64::MAX, |e| e.saturating_add(tenant.claims.leeway.as_secs()));
+                let exp_end = claims.exp.map_or(u64::MAX, |e| {
+                    e.saturating_add(tenant.claims.leeway.as_secs())
+                });
                 let entry = CachedToken::new(
                     token.len(),
                     &tenant.id,
@@ -207,14 +253,30 @@ impl Engine {
                     claims.grants.into_owned(),
                     Arc::clone(&info),
                 );
-                let verdict = finish(tenant, times, entry.jti.as_deref(), info.sub(), &entry.grants, req, now);
+                let verdict = finish(
+                    tenant,
+                    times,
+                    entry.jti.as_deref(),
+                    info.sub(),
+                    &entry.grants,
+                    req,
+                    now,
+                );
                 if entry.dies_at > now.0 {
                     cache.insert(token, entry, now.0);
                     counts.inserts += 1;
                 }
                 verdict
             }
-            None => finish(tenant, times, claims.jti.as_deref(), info.sub(), &claims.grants, req, now),
+            None => finish(
+                tenant,
+                times,
+                claims.jti.as_deref(),
+                info.sub(),
+                &claims.grants,
+                req,
+                now,
+            ),
         };
         Ok(Decision::with_token(verdict, info))
     }
@@ -222,7 +284,11 @@ impl Engine {
 
 fn find_key<'t>(tenant: &'t Tenant, kid: Option<&str>) -> Result<&'t TenantKey, Reason> {
     match kid {
-        Some(kid) => tenant.keys.iter().find(|k| *k.kid == *kid).ok_or(Reason::UnknownKid),
+        Some(kid) => tenant
+            .keys
+            .iter()
+            .find(|k| *k.kid == *kid)
+            .ok_or(Reason::UnknownKid),
         None if tenant.keys.len() == 1 => Ok(&tenant.keys[0]),
         None => Err(Reason::MissingKid),
     }
@@ -242,7 +308,10 @@ fn static_checks(tenant: &Tenant, claims: &Claims<'_>, now: UnixTime) -> Result<
     }
     if !rules.audiences.is_empty() {
         let aud = claims.aud.as_ref().ok_or(Reason::MissingClaim)?;
-        if !aud.iter().any(|a| rules.audiences.iter().any(|x| **x == **a)) {
+        if !aud
+            .iter()
+            .any(|a| rules.audiences.iter().any(|x| **x == **a))
+        {
             return Err(Reason::BadAudience);
         }
     }
@@ -274,13 +343,22 @@ fn finish(
 ) -> Reason {
     let leeway = tenant.claims.leeway.as_secs();
     let now = now.0;
-    if times.exp.is_some_and(|exp| now >= exp.saturating_add(leeway)) {
+    if times
+        .exp
+        .is_some_and(|exp| now >= exp.saturating_add(leeway))
+    {
         return Reason::Expired;
     }
-    if times.nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
+    if times
+        .nbf
+        .is_some_and(|nbf| now.saturating_add(leeway) < nbf)
+    {
         return Reason::NotYetValid;
     }
-    if times.iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+    if times
+        .iat
+        .is_some_and(|iat| iat > now.saturating_add(leeway))
+    {
         return Reason::IssuedInFuture;
     }
     if !tenant.denylist.is_empty() && tenant.denylist.is_revoked(jti, sub, UnixTime(now)) {

@@ -82,7 +82,10 @@ impl fmt::Debug for VerifyingKey {
             Inner::Public(_) => "public",
             Inner::Hmac(_) => "hmac",
         };
-        f.debug_struct("VerifyingKey").field("alg", &self.alg).field("kind", &kind).finish()
+        f.debug_struct("VerifyingKey")
+            .field("alg", &self.alg)
+            .field("kind", &kind)
+            .finish()
     }
 }
 
@@ -106,11 +109,17 @@ impl VerifyingKey {
         if alg.family() == KeyFamily::Rsa {
             let spki = spki_of(&parsed, alg)?;
             let bits = rsa::PublicEncryptingKey::from_der(&spki)
-                .map_err(|e| KeyError::Rejected { alg, why: e.description_() })?
+                .map_err(|e| KeyError::Rejected {
+                    alg,
+                    why: e.description_(),
+                })?
                 .key_size_bits();
             check_rsa_bits(bits)?;
         }
-        Ok(Self { alg, inner: Inner::Public(parsed) })
+        Ok(Self {
+            alg,
+            inner: Inner::Public(parsed),
+        })
     }
 
     /// Builds an RSA key from big-endian modulus and exponent (JWK `n`, `e`).
@@ -125,10 +134,19 @@ impl VerifyingKey {
         let n = strip_leading_zeros(n);
         let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
         check_rsa_bits(bits)?;
-        let parsed = RsaPublicKeyComponents { n, e: strip_leading_zeros(e) }
-            .to_parsed_public_key(params)
-            .map_err(|e| KeyError::Rejected { alg, why: e.description_() })?;
-        Ok(Self { alg, inner: Inner::Public(parsed) })
+        let parsed = RsaPublicKeyComponents {
+            n,
+            e: strip_leading_zeros(e),
+        }
+        .to_parsed_public_key(params)
+        .map_err(|e| KeyError::Rejected {
+            alg,
+            why: e.description_(),
+        })?;
+        Ok(Self {
+            alg,
+            inner: Inner::Public(parsed),
+        })
     }
 
     /// Builds an EC key from its affine coordinates (JWK `x`, `y`), each
@@ -141,11 +159,20 @@ impl VerifyingKey {
             Algorithm::Es256 | Algorithm::Es256K => 32,
             Algorithm::Es384 => 48,
             Algorithm::Es512 => 66,
-            _ => return Err(KeyError::WrongKeyType { alg, expected: KeyFamily::Ec }),
+            _ => {
+                return Err(KeyError::WrongKeyType {
+                    alg,
+                    expected: KeyFamily::Ec,
+                });
+            }
         };
         for c in [x, y] {
             if c.len() != expected {
-                return Err(KeyError::CoordinateLength { alg, len: c.len(), expected });
+                return Err(KeyError::CoordinateLength {
+                    alg,
+                    len: c.len(),
+                    expected,
+                });
             }
         }
         let mut point = Vec::with_capacity(1 + 2 * expected);
@@ -161,10 +188,17 @@ impl VerifyingKey {
     /// Not 32 bytes, or not a valid Ed25519 point encoding.
     pub fn from_ed25519(alg: Algorithm, raw: &[u8]) -> Result<Self, KeyError> {
         if alg != Algorithm::EdDsa {
-            return Err(KeyError::WrongKeyType { alg, expected: alg.family() });
+            return Err(KeyError::WrongKeyType {
+                alg,
+                expected: alg.family(),
+            });
         }
         if raw.len() != 32 {
-            return Err(KeyError::CoordinateLength { alg, len: raw.len(), expected: 32 });
+            return Err(KeyError::CoordinateLength {
+                alg,
+                len: raw.len(),
+                expected: 32,
+            });
         }
         Self::from_public_der(alg, raw)
     }
@@ -185,7 +219,10 @@ impl VerifyingKey {
                 min: alg.min_secret_len(),
             });
         }
-        Ok(Self { alg, inner: Inner::Hmac(hmac::Key::new(hmac_alg, secret)) })
+        Ok(Self {
+            alg,
+            inner: Inner::Hmac(hmac::Key::new(hmac_alg, secret)),
+        })
     }
 
     /// The one algorithm this key verifies.
@@ -229,7 +266,10 @@ fn spki_of(parsed: &ParsedPublicKey, alg: Algorithm) -> Result<Vec<u8>, KeyError
     parsed
         .as_der()
         .map(|d| d.as_ref().to_vec())
-        .map_err(|_| KeyError::Rejected { alg, why: "cannot encode as SubjectPublicKeyInfo" })
+        .map_err(|_| KeyError::Rejected {
+            alg,
+            why: "cannot encode as SubjectPublicKeyInfo",
+        })
 }
 
 fn check_rsa_bits(bits: usize) -> Result<(), KeyError> {

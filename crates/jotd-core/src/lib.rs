@@ -19,6 +19,7 @@ mod cache;
 mod claims;
 mod decision;
 mod engine;
+mod json;
 mod key;
 #[cfg(feature = "mint")]
 mod mint;

@@ -38,7 +38,9 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("alg", &self.alg).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -91,8 +93,12 @@ impl SigningKey {
         let err = |_| MintError::Key(alg);
         let inner = match alg.family() {
             KeyFamily::Rsa => Inner::Rsa(RsaKeyPair::from_pkcs8(der).map_err(err)?),
-            KeyFamily::Ec => Inner::Ec(EcdsaKeyPair::from_pkcs8(ec_signing(alg), der).map_err(err)?),
-            KeyFamily::Ed25519 => Inner::Ed(Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(err)?),
+            KeyFamily::Ec => {
+                Inner::Ec(EcdsaKeyPair::from_pkcs8(ec_signing(alg), der).map_err(err)?)
+            }
+            KeyFamily::Ed25519 => {
+                Inner::Ed(Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(err)?)
+            }
             KeyFamily::Hmac => return Err(MintError::Key(alg)),
         };
         Ok(Self { alg, inner })
@@ -104,7 +110,10 @@ impl SigningKey {
     /// `alg` is not HS*.
     pub fn from_hmac_secret(alg: Algorithm, secret: &[u8]) -> Result<Self, MintError> {
         let h = alg.hmac().ok_or(MintError::Key(alg))?;
-        Ok(Self { alg, inner: Inner::Hmac(hmac::Key::new(h, secret), secret.to_vec()) })
+        Ok(Self {
+            alg,
+            inner: Inner::Hmac(hmac::Key::new(h, secret), secret.to_vec()),
+        })
     }
 
     /// The algorithm this key signs with.
@@ -155,10 +164,20 @@ impl SigningKey {
         Ok(match &self.inner {
             Inner::Rsa(k) => {
                 let mut sig = vec![0; k.public_modulus_len()];
-                k.sign(rsa_encoding(self.alg), &SystemRandom::new(), message, &mut sig).map_err(err)?;
+                k.sign(
+                    rsa_encoding(self.alg),
+                    &SystemRandom::new(),
+                    message,
+                    &mut sig,
+                )
+                .map_err(err)?;
                 sig
             }
-            Inner::Ec(k) => k.sign(&SystemRandom::new(), message).map_err(err)?.as_ref().to_vec(),
+            Inner::Ec(k) => k
+                .sign(&SystemRandom::new(), message)
+                .map_err(err)?
+                .as_ref()
+                .to_vec(),
             Inner::Ed(k) => k.sign(message).as_ref().to_vec(),
             Inner::Hmac(k, _) => hmac::sign(k, message).as_ref().to_vec(),
         })

@@ -70,16 +70,26 @@ impl Grants<'_> {
 
     /// Approximate heap bytes, for the cache's memory bound.
     pub(crate) fn heap_bytes(&self) -> usize {
-        [&self.methods, &self.addresses, &self.origins, &self.user_agents, &self.permissions]
-            .into_iter()
-            .flatten()
-            .map(|l| l.iter().map(|s| s.len() + 24).sum::<usize>() + 24)
-            .sum()
+        [
+            &self.methods,
+            &self.addresses,
+            &self.origins,
+            &self.user_agents,
+            &self.permissions,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|l| l.iter().map(|s| s.len() + 24).sum::<usize>() + 24)
+        .sum()
     }
 }
 
 /// Applies `model` to a request carrying a valid token with these grants.
-pub(crate) fn authorize(model: PolicyModel, grants: &Grants<'_>, req: &Request<'_>) -> Result<(), Reason> {
+pub(crate) fn authorize(
+    model: PolicyModel,
+    grants: &Grants<'_>,
+    req: &Request<'_>,
+) -> Result<(), Reason> {
     match model {
         PolicyModel::None => Ok(()),
         PolicyModel::Allowlist => allowlist(grants, req),
@@ -97,7 +107,10 @@ fn allowlist(g: &Grants<'_>, req: &Request<'_>) -> Result<(), Reason> {
     if let Some(allowed) = &g.addresses {
         // Every address the request touches must be allowed; hex compares case-insensitively
         // (EIP-55 checksums are mixed case).
-        let ok = req.addresses.iter().all(|a| allowed.iter().any(|x| x.eq_ignore_ascii_case(a)));
+        let ok = req
+            .addresses
+            .iter()
+            .all(|a| allowed.iter().any(|x| x.eq_ignore_ascii_case(a)));
         if !ok {
             return Err(Reason::AddressNotAllowed);
         }
@@ -128,7 +141,11 @@ fn permissions(g: &Grants<'_>, req: &Request<'_>) -> Result<(), Reason> {
         };
         (pg == "*" || pg == group) && (pm == "*" || (pm == name && !name.is_empty()))
     });
-    if granted { Ok(()) } else { Err(Reason::PermissionDenied) }
+    if granted {
+        Ok(())
+    } else {
+        Err(Reason::PermissionDenied)
+    }
 }
 
 /// Splits `scheme://host` into its parts; a bare host has no scheme.

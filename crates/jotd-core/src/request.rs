@@ -25,6 +25,13 @@ impl<'a> Request<'a> {
     /// A request with a token and no metadata.
     #[must_use]
     pub const fn bearer(tenant: &'a str, token: &'a [u8]) -> Self {
-        Self { token: Some(token), tenant, method: None, addresses: &[], origin: None, user_agent: None }
+        Self {
+            token: Some(token),
+            tenant,
+            method: None,
+            addresses: &[],
+            origin: None,
+            user_agent: None,
+        }
     }
 }

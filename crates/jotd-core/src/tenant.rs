@@ -29,7 +29,10 @@ pub struct TypRule {
 
 impl Default for TypRule {
     fn default() -> Self {
-        Self { required: false, accepted: vec!["JWT".into()] }
+        Self {
+            required: false,
+            accepted: vec!["JWT".into()],
+        }
     }
 }
 
@@ -95,9 +98,11 @@ impl Denylist {
     #[must_use]
     pub fn is_revoked(&self, jti: Option<&str>, sub: Option<&str>, now: UnixTime) -> bool {
         let hit = |map: &HashMap<Box<str>, UnixTime>, id: Option<&str>| {
-            id.and_then(|id| map.get(id)).is_some_and(|until| now < *until)
+            id.and_then(|id| map.get(id))
+                .is_some_and(|until| now < *until)
         };
-        (!self.jti.is_empty() && hit(&self.jti, jti)) || (!self.sub.is_empty() && hit(&self.sub, sub))
+        (!self.jti.is_empty() && hit(&self.jti, jti))
+            || (!self.sub.is_empty() && hit(&self.sub, sub))
     }
 
     /// Whether no entry is listed.
@@ -174,7 +179,10 @@ impl Snapshot {
     #[must_use]
     pub fn new(generation: u64, tenants: impl IntoIterator<Item = Arc<Tenant>>) -> Self {
         let tenants = tenants.into_iter().map(|t| (t.id.clone(), t)).collect();
-        Self { generation, tenants }
+        Self {
+            generation,
+            tenants,
+        }
     }
 
     /// The generation this snapshot was built with.
@@ -223,8 +231,13 @@ mod tests {
         let lax = TypRule::default();
         assert!(lax.accepts(None) && lax.accepts(Some("JWT")) && lax.accepts(Some("jwt")));
         assert!(lax.accepts(Some("application/JWT")));
-        assert!(!lax.accepts(Some("at+jwt")) && !lax.accepts(Some("JWE")) && !lax.accepts(Some("")));
-        let strict = TypRule { required: true, ..TypRule::default() };
+        assert!(
+            !lax.accepts(Some("at+jwt")) && !lax.accepts(Some("JWE")) && !lax.accepts(Some(""))
+        );
+        let strict = TypRule {
+            required: true,
+            ..TypRule::default()
+        };
         assert!(!strict.accepts(None) && strict.accepts(Some("JWT")));
     }
 

@@ -1,11 +1,14 @@
 //! Compact JWS structure: splitting, strict base64url and the protected header.
 
 use crate::alg::Algorithm;
+use crate::json::{Skip, StrCow};
 use crate::reason::Reason;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Deserialize;
+use serde::Deserializer as _;
+use serde::de::{self, MapAccess, Visitor};
 use std::borrow::Cow;
+use std::fmt;
 
 /// The three segments of a compact JWS, still base64url-encoded.
 #[derive(Debug, Clone, Copy)]
@@ -20,7 +23,11 @@ pub(crate) struct Segments<'t> {
 /// Splits a token into exactly three non-empty segments. Anything else
 /// (JWE's five, a detached payload, a token of many dots) is `malformed`.
 pub(crate) fn split(token: &[u8]) -> Result<Segments<'_>, Reason> {
-    let mut dots = token.iter().enumerate().filter(|(_, b)| **b == b'.').map(|(i, _)| i);
+    let mut dots = token
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'.')
+        .map(|(i, _)| i);
     let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
         return Err(Reason::Malformed);
     };
@@ -30,50 +37,65 @@ pub(crate) fn split(token: &[u8]) -> Result<Segments<'_>, Reason> {
     if header.is_empty() || payload.is_empty() || signature.is_empty() {
         return Err(Reason::Malformed);
     }
-    Ok(Segments { header, payload, signing_input: &token[..second], signature })
+    Ok(Segments {
+        header,
+        payload,
+        signing_input: &token[..second],
+        signature,
+    })
 }
 
 /// Strict base64url: the URL-safe alphabet, no padding, no non-canonical
 /// trailing bits. Decodes into `out`, reusing its allocation.
 pub(crate) fn decode_base64url(input: &[u8], out: &mut Vec<u8>) -> Result<(), Reason> {
     out.clear();
-    URL_SAFE_NO_PAD.decode_vec(input, out).map_err(|_| Reason::Malformed)
+    URL_SAFE_NO_PAD
+        .decode_vec(input, out)
+        .map_err(|_| Reason::Malformed)
 }
 
-/// A header parameter whose mere presence matters, whatever its value (`null` included).
 #[derive(Default)]
-struct Present(bool);
-
-impl<'de> Deserialize<'de> for Present {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        serde::de::IgnoredAny::deserialize(d).map(|_| Self(true))
-    }
+struct RawHeader<'h> {
+    alg: Option<Cow<'h, str>>,
+    kid: Option<Cow<'h, str>>,
+    typ: Option<Cow<'h, str>>,
+    crit: bool,
+    forbidden: bool,
 }
 
-#[derive(Deserialize)]
-struct RawHeader<'h> {
-    #[serde(borrow, default)]
-    alg: Option<Cow<'h, str>>,
-    #[serde(borrow, default)]
-    kid: Option<Cow<'h, str>>,
-    #[serde(borrow, default)]
-    typ: Option<Cow<'h, str>>,
-    #[serde(default)]
-    crit: Present,
-    #[serde(default)]
-    b64: Present,
-    #[serde(default)]
-    enc: Present,
-    #[serde(default)]
-    zip: Present,
-    #[serde(default)]
-    jwk: Present,
-    #[serde(default)]
-    jku: Present,
-    #[serde(default)]
-    x5u: Present,
-    #[serde(default)]
-    x5c: Present,
+struct HeaderVisitor;
+
+impl<'de> Visitor<'de> for HeaderVisitor {
+    type Value = RawHeader<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JOSE header object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut h = RawHeader::default();
+        while let Some(StrCow(name)) = map.next_key::<StrCow<'de>>()? {
+            let slot = match &*name {
+                "alg" => &mut h.alg,
+                "kid" => &mut h.kid,
+                "typ" => &mut h.typ,
+                other => {
+                    match other {
+                        "crit" => h.crit = true,
+                        "b64" | "enc" | "zip" | "jwk" | "jku" | "x5u" | "x5c" => h.forbidden = true,
+                        _ => {}
+                    }
+                    map.next_value_seed(Skip::new())?;
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                return Err(de::Error::custom("duplicate header parameter"));
+            }
+            *slot = Some(map.next_value::<StrCow<'de>>()?.0);
+        }
+        Ok(h)
+    }
 }
 
 /// The protected header, after the security rules have been applied.
@@ -89,21 +111,24 @@ pub(crate) struct Header<'h> {
 /// JWE members (`enc`, `zip`), unencoded payloads (`b64`) and embedded keys
 /// (`jwk`, `jku`, `x5u`, `x5c`) are `malformed`: jotd never takes a key from a token.
 pub(crate) fn parse_header(json: &[u8]) -> Result<Header<'_>, Reason> {
-    // serde's derived structs also accept a JSON array; a JOSE header is an object.
-    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(Reason::Malformed);
-    }
-    let raw: RawHeader<'_> = serde_json::from_slice(json).map_err(|_| Reason::Malformed)?;
-    if raw.crit.0 {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let raw = de
+        .deserialize_map(HeaderVisitor)
+        .and_then(|h| de.end().map(|()| h))
+        .map_err(|_| Reason::Malformed)?;
+    if raw.crit {
         return Err(Reason::UnsupportedCrit);
     }
-    let forbidden = [raw.b64, raw.enc, raw.zip, raw.jwk, raw.jku, raw.x5u, raw.x5c];
-    if forbidden.iter().any(|p| p.0) {
+    if raw.forbidden {
         return Err(Reason::Malformed);
     }
     let alg = raw.alg.ok_or(Reason::Malformed)?;
     let alg = Algorithm::from_name(&alg).ok_or(Reason::UnsupportedAlg)?;
-    Ok(Header { alg, kid: raw.kid, typ: raw.typ })
+    Ok(Header {
+        alg,
+        kid: raw.kid,
+        typ: raw.typ,
+    })
 }
 
 #[cfg(test)]
@@ -113,10 +138,28 @@ mod tests {
     #[test]
     fn split_needs_exactly_three_non_empty_segments() {
         let ok = split(b"aa.bb.cc").unwrap();
-        assert_eq!((ok.header, ok.payload, ok.signature), (&b"aa"[..], &b"bb"[..], &b"cc"[..]));
+        assert_eq!(
+            (ok.header, ok.payload, ok.signature),
+            (&b"aa"[..], &b"bb"[..], &b"cc"[..])
+        );
         assert_eq!(ok.signing_input, b"aa.bb");
-        for bad in [&b""[..], b"a", b"a.b", b"a.b.c.d", b"a.b.c.d.e", b".b.c", b"a..c", b"a.b.", b"....."] {
-            assert_eq!(split(bad).unwrap_err(), Reason::Malformed, "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"a",
+            b"a.b",
+            b"a.b.c.d",
+            b"a.b.c.d.e",
+            b".b.c",
+            b"a..c",
+            b"a.b.",
+            b".....",
+        ] {
+            assert_eq!(
+                split(bad).unwrap_err(),
+                Reason::Malformed,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -126,8 +169,19 @@ mod tests {
         decode_base64url(b"eyJhIjoxfQ", &mut out).unwrap();
         assert_eq!(out, br#"{"a":1}"#);
         // padding, the standard alphabet, whitespace, non-canonical trailing bits, impossible length
-        for bad in [&b"eyJhIjoxfQ=="[..], b"ey+h", b"ey/h", b"eyJh Ijox", b"eR", b"eyJhI"] {
-            assert!(decode_base64url(bad, &mut out).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"eyJhIjoxfQ=="[..],
+            b"ey+h",
+            b"ey/h",
+            b"eyJh Ijox",
+            b"eR",
+            b"eyJhI",
+        ] {
+            assert!(
+                decode_base64url(bad, &mut out).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         // "eQ" is canonical for 'y'; "eR" sets trailing bits
         decode_base64url(b"eQ", &mut out).unwrap();
@@ -137,7 +191,10 @@ mod tests {
     #[test]
     fn header_rules() {
         let h = parse_header(br#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#).unwrap();
-        assert_eq!((h.alg, h.kid.as_deref(), h.typ.as_deref()), (Algorithm::Rs256, Some("k1"), Some("JWT")));
+        assert_eq!(
+            (h.alg, h.kid.as_deref(), h.typ.as_deref()),
+            (Algorithm::Rs256, Some("k1"), Some("JWT"))
+        );
         let cases: &[(&[u8], Reason)] = &[
             (br#"{"alg":"none"}"#, Reason::UnsupportedAlg),
             (br#"{"alg":"HS1"}"#, Reason::UnsupportedAlg),
@@ -155,9 +212,15 @@ mod tests {
             (br#"{"alg":"RS256","x5c":["MII"]}"#, Reason::Malformed),
             (br#"["alg","RS256"]"#, Reason::Malformed),
             (br#"{"alg":"RS256"}x"#, Reason::Malformed),
+            (br#"{"alg":"RS256","x":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}"#, Reason::Malformed),
         ];
         for (json, want) in cases {
-            assert_eq!(parse_header(json).unwrap_err(), *want, "{}", String::from_utf8_lossy(json));
+            assert_eq!(
+                parse_header(json).unwrap_err(),
+                *want,
+                "{}",
+                String::from_utf8_lossy(json)
+            );
         }
     }
 }

@@ -1,6 +1,10 @@
 use super::*;
+use crate::json::MAX_DEPTH;
 
-const NONE: ClaimsWanted<'static> = ClaimsWanted { returned: &[], required: &[] };
+const NONE: ClaimsWanted<'static> = ClaimsWanted {
+    returned: &[],
+    required: &[],
+};
 
 fn parse(json: &str) -> Result<Claims<'_>, Reason> {
     parse_claims(json.as_bytes(), NONE)
@@ -51,21 +55,42 @@ fn deep_nesting_is_rejected_without_overflowing_the_stack() {
     assert_eq!(parse(&deep).unwrap_err(), Reason::Malformed);
     let deep_known = format!(r#"{{"aud":{}{}}}"#, "[".repeat(5000), "]".repeat(5000));
     assert_eq!(parse(&deep_known).unwrap_err(), Reason::InvalidClaim);
-    let at_limit = format!(r#"{{"x":{}{}}}"#, "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+    let at_limit = format!(
+        r#"{{"x":{}{}}}"#,
+        "[".repeat(MAX_DEPTH),
+        "]".repeat(MAX_DEPTH)
+    );
     assert!(parse(&at_limit).is_ok());
-    let past_limit = format!(r#"{{"x":{}{}}}"#, "[{\"a\":".repeat(MAX_DEPTH), "1}]".repeat(MAX_DEPTH));
+    let past_limit = format!(
+        r#"{{"x":{}{}}}"#,
+        "[{\"a\":".repeat(MAX_DEPTH),
+        "1}]".repeat(MAX_DEPTH)
+    );
     assert_eq!(parse(&past_limit).unwrap_err(), Reason::Malformed);
     let returned: [Box<str>; 1] = ["x".into()];
-    let wanted = ClaimsWanted { returned: &returned, required: &[] };
-    assert_eq!(parse_claims(deep.as_bytes(), wanted).unwrap_err(), Reason::Malformed);
+    let wanted = ClaimsWanted {
+        returned: &returned,
+        required: &[],
+    };
+    assert_eq!(
+        parse_claims(deep.as_bytes(), wanted).unwrap_err(),
+        Reason::Malformed
+    );
 }
 
 #[test]
 fn returned_and_required_claims_are_tracked() {
     let returned: [Box<str>; 2] = ["groups".into(), "sub".into()];
     let required: [Box<str>; 2] = ["name".into(), "missing".into()];
-    let wanted = ClaimsWanted { returned: &returned, required: &required };
-    let c = parse_claims(br#"{"groups":["a"],"name":"n","sub":"s","other":1}"#, wanted).unwrap();
+    let wanted = ClaimsWanted {
+        returned: &returned,
+        required: &required,
+    };
+    let c = parse_claims(
+        br#"{"groups":["a"],"name":"n","sub":"s","other":1}"#,
+        wanted,
+    )
+    .unwrap();
     let got: Vec<_> = c.returned.iter().map(|(i, raw)| (*i, raw.get())).collect();
     assert_eq!(got, [(0, r#"["a"]"#), (1, r#""s""#)]);
     assert_eq!(c.sub.as_deref(), Some("s"));

@@ -4,8 +4,20 @@ fn list(items: &[&'static str]) -> Option<Vec<Cow<'static, str>>> {
     Some(items.iter().map(|s| Cow::Borrowed(*s)).collect())
 }
 
-fn req<'a>(method: Option<&'a str>, addresses: &'a [String], origin: Option<&'a str>, ua: Option<&'a str>) -> Request<'a> {
-    Request { token: None, tenant: "t", method, addresses, origin, user_agent: ua }
+fn req<'a>(
+    method: Option<&'a str>,
+    addresses: &'a [String],
+    origin: Option<&'a str>,
+    ua: Option<&'a str>,
+) -> Request<'a> {
+    Request {
+        token: None,
+        tenant: "t",
+        method,
+        addresses,
+        origin,
+        user_agent: ua,
+    }
 }
 
 #[test]
@@ -19,23 +31,68 @@ fn allowlist_kinds_and_together_entries_or() {
     };
     let addr = vec!["0xabc0000000000000000000000000000000000001".to_owned()];
     let other = vec!["0xdead".to_owned()];
-    let good = req(Some("eth_call"), &addr, Some("https://dapp.example.com"), Some("Mozilla MetaMask/11"));
+    let good = req(
+        Some("eth_call"),
+        &addr,
+        Some("https://dapp.example.com"),
+        Some("Mozilla MetaMask/11"),
+    );
     assert_eq!(allowlist(&g, &good), Ok(()));
     let cases = [
-        (req(Some("eth_sendRawTransaction"), &addr, good.origin, good.user_agent), Reason::MethodNotAllowed),
-        (req(None, &addr, good.origin, good.user_agent), Reason::MethodNotAllowed),
-        (req(Some("eth_call"), &other, good.origin, good.user_agent), Reason::AddressNotAllowed),
-        (req(Some("eth_call"), &addr, Some("https://example.com"), good.user_agent), Reason::OriginNotAllowed),
-        (req(Some("eth_call"), &addr, None, good.user_agent), Reason::OriginNotAllowed),
-        (req(Some("eth_call"), &addr, good.origin, Some("curl/8")), Reason::UserAgentNotAllowed),
-        (req(Some("eth_call"), &addr, good.origin, None), Reason::UserAgentNotAllowed),
+        (
+            req(
+                Some("eth_sendRawTransaction"),
+                &addr,
+                good.origin,
+                good.user_agent,
+            ),
+            Reason::MethodNotAllowed,
+        ),
+        (
+            req(None, &addr, good.origin, good.user_agent),
+            Reason::MethodNotAllowed,
+        ),
+        (
+            req(Some("eth_call"), &other, good.origin, good.user_agent),
+            Reason::AddressNotAllowed,
+        ),
+        (
+            req(
+                Some("eth_call"),
+                &addr,
+                Some("https://example.com"),
+                good.user_agent,
+            ),
+            Reason::OriginNotAllowed,
+        ),
+        (
+            req(Some("eth_call"), &addr, None, good.user_agent),
+            Reason::OriginNotAllowed,
+        ),
+        (
+            req(Some("eth_call"), &addr, good.origin, Some("curl/8")),
+            Reason::UserAgentNotAllowed,
+        ),
+        (
+            req(Some("eth_call"), &addr, good.origin, None),
+            Reason::UserAgentNotAllowed,
+        ),
     ];
     for (r, want) in cases {
         assert_eq!(allowlist(&g, &r), Err(want), "{r:?}");
     }
     // An address-less request passes an address allowlist; an absent kind never restricts.
-    assert_eq!(allowlist(&g, &req(Some("eth_blockNumber"), &[], good.origin, good.user_agent)), Ok(()));
-    assert_eq!(allowlist(&Grants::default(), &req(None, &[], None, None)), Ok(()));
+    assert_eq!(
+        allowlist(
+            &g,
+            &req(Some("eth_blockNumber"), &[], good.origin, good.user_agent)
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        allowlist(&Grants::default(), &req(None, &[], None, None)),
+        Ok(())
+    );
 }
 
 #[test]
@@ -67,18 +124,48 @@ fn origin_wildcards_and_schemes() {
 
 #[test]
 fn besu_permissions() {
-    let g = |p: &[&'static str]| Grants { permissions: list(p), ..Grants::default() };
+    let g = |p: &[&'static str]| Grants {
+        permissions: list(p),
+        ..Grants::default()
+    };
     let r = |m: &'static str| req(Some(m), &[], None, None);
     assert_eq!(permissions(&g(&["*:*"]), &r("eth_blockNumber")), Ok(()));
     assert_eq!(permissions(&g(&["eth:*"]), &r("eth_blockNumber")), Ok(()));
-    assert_eq!(permissions(&g(&["eth:blockNumber"]), &r("eth_blockNumber")), Ok(()));
-    assert_eq!(permissions(&g(&["net:*", "eth:blockNumber"]), &r("net_version")), Ok(()));
-    assert_eq!(permissions(&g(&["eth:blockNumber"]), &r("eth_call")), Err(Reason::PermissionDenied));
-    assert_eq!(permissions(&g(&["net:*"]), &r("eth_call")), Err(Reason::PermissionDenied));
-    assert_eq!(permissions(&g(&[]), &r("eth_call")), Err(Reason::PermissionDenied));
-    assert_eq!(permissions(&g(&["eth"]), &r("eth_call")), Err(Reason::PermissionDenied));
-    assert_eq!(permissions(&g(&["eth:"]), &r("eth")), Err(Reason::PermissionDenied));
+    assert_eq!(
+        permissions(&g(&["eth:blockNumber"]), &r("eth_blockNumber")),
+        Ok(())
+    );
+    assert_eq!(
+        permissions(&g(&["net:*", "eth:blockNumber"]), &r("net_version")),
+        Ok(())
+    );
+    assert_eq!(
+        permissions(&g(&["eth:blockNumber"]), &r("eth_call")),
+        Err(Reason::PermissionDenied)
+    );
+    assert_eq!(
+        permissions(&g(&["net:*"]), &r("eth_call")),
+        Err(Reason::PermissionDenied)
+    );
+    assert_eq!(
+        permissions(&g(&[]), &r("eth_call")),
+        Err(Reason::PermissionDenied)
+    );
+    assert_eq!(
+        permissions(&g(&["eth"]), &r("eth_call")),
+        Err(Reason::PermissionDenied)
+    );
+    assert_eq!(
+        permissions(&g(&["eth:"]), &r("eth")),
+        Err(Reason::PermissionDenied)
+    );
     assert_eq!(permissions(&g(&["eth:*"]), &r("eth")), Ok(()));
-    assert_eq!(permissions(&g(&["*:*"]), &req(None, &[], None, None)), Err(Reason::PermissionDenied));
-    assert_eq!(permissions(&Grants::default(), &r("eth_call")), Err(Reason::MissingClaim));
+    assert_eq!(
+        permissions(&g(&["*:*"]), &req(None, &[], None, None)),
+        Err(Reason::PermissionDenied)
+    );
+    assert_eq!(
+        permissions(&Grants::default(), &r("eth_call")),
+        Err(Reason::MissingClaim)
+    );
 }

@@ -1,0 +1,105 @@
+//! JSON building blocks shared by the header and claims parsers.
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::borrow::Cow;
+use std::fmt;
+
+/// Deepest nesting accepted in any claim value (objects and arrays).
+pub(crate) const MAX_DEPTH: usize = 32;
+
+/// Skips a value of any type, failing past [`MAX_DEPTH`] levels of nesting.
+pub(crate) struct Skip {
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while seq.next_element_seed(Skip { depth: inner })?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(Skip { depth: inner })?;
+        }
+        Ok(())
+    }
+}
+
+impl Skip {
+    /// A skipper at the top level.
+    pub(crate) const fn new() -> Self {
+        Self { depth: 0 }
+    }
+
+    fn nested<E: de::Error>(&self) -> Result<usize, E> {
+        if self.depth >= MAX_DEPTH {
+            Err(E::custom("nested too deeply"))
+        } else {
+            Ok(self.depth + 1)
+        }
+    }
+}
+
+/// A string that borrows from the input unless it had escapes.
+pub(crate) struct StrCow<'a>(pub(crate) Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for StrCow<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrCowVisitor)
+    }
+}
+
+struct StrCowVisitor;
+
+impl<'de> Visitor<'de> for StrCowVisitor {
+    type Value = StrCow<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(StrCow(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(StrCow(Cow::Owned(v.to_owned())))
+    }
+}
