@@ -1,0 +1,116 @@
+//! Batch verification on a caller-owned rayon pool: order, streaming, and exactly-once delivery.
+
+mod fixture;
+
+use fixture::{NOW, mint, snapshot, tenant};
+use jotd_core::Algorithm::{EdDsa, Es256, Hs256, Rs256};
+use jotd_core::{Engine, EngineConfig, Reason, Request, UnixTime};
+use serde_json::json;
+use std::sync::Mutex;
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+/// A mixed batch and the reason expected for each item.
+fn mixed(n: usize) -> (Vec<String>, Vec<Reason>) {
+    let mut tokens = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..n {
+        let (t, r) = match i % 6 {
+            0 => (mint(Rs256, json!({"jti": i.to_string()})), Reason::Ok),
+            1 => (mint(Es256, json!({"exp": NOW - 100})), Reason::Expired),
+            2 => (mint(EdDsa, json!({})), Reason::Ok),
+            3 => (format!("garbage-{i}"), Reason::Malformed),
+            4 => (mint(Hs256, json!({"sub": i.to_string()})), Reason::Ok),
+            _ => (
+                mint(Es256, json!({})).replacen('e', "f", 1),
+                Reason::Malformed,
+            ),
+        };
+        tokens.push(t);
+        want.push(r);
+    }
+    (tokens, want)
+}
+
+#[test]
+fn ordered_batches_match_one_by_one_verification() {
+    let snap = snapshot(vec![tenant("t", &[Rs256, Es256, EdDsa, Hs256])]);
+    let (tokens, want) = mixed(300);
+    let reqs: Vec<_> = tokens
+        .iter()
+        .map(|t| Request::bearer("t", t.as_bytes()))
+        .collect();
+    for engine in [Engine::new(EngineConfig::default()), fixture::uncached()] {
+        for threads in [1, 3] {
+            let got: Vec<Reason> = engine
+                .verify_batch(&pool(threads), &snap, &reqs, UnixTime(NOW))
+                .iter()
+                .map(|d| d.reason())
+                .collect();
+            assert_eq!(got, want, "threads {threads}");
+        }
+    }
+    assert!(
+        Engine::new(EngineConfig::default())
+            .verify_batch(&pool(2), &snap, &[], UnixTime(NOW))
+            .is_empty()
+    );
+}
+
+#[test]
+fn streaming_delivers_every_index_exactly_once() {
+    let snap = snapshot(vec![tenant("t", &[Rs256, Es256, EdDsa, Hs256])]);
+    let (tokens, want) = mixed(257);
+    let reqs: Vec<_> = tokens
+        .iter()
+        .map(|t| Request::bearer("t", t.as_bytes()))
+        .collect();
+    let engine = Engine::new(EngineConfig::default());
+    let seen = Mutex::new(vec![None; reqs.len()]);
+    let chunks = Mutex::new(0);
+    engine.verify_batch_streaming(&pool(3), &snap, &reqs, UnixTime(NOW), |first, decisions| {
+        *chunks.lock().unwrap() += 1;
+        let mut seen = seen.lock().unwrap();
+        for (i, d) in decisions.into_iter().enumerate() {
+            assert!(
+                seen[first + i].is_none(),
+                "index {} delivered twice",
+                first + i
+            );
+            seen[first + i] = Some(d.reason());
+        }
+    });
+    let seen: Vec<Reason> = seen
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.expect("every index delivered"))
+        .collect();
+    assert_eq!(seen, want);
+    assert_eq!(*chunks.lock().unwrap(), 257_usize.div_ceil(16));
+}
+
+#[test]
+fn one_hot_token_across_threads() {
+    let snap = snapshot(vec![tenant("t", &[Es256])]);
+    let token = mint(Es256, json!({}));
+    let reqs = vec![Request::bearer("t", token.as_bytes()); 4096];
+    let engine = Engine::new(EngineConfig::default());
+    let out = engine.verify_batch(&pool(4), &snap, &reqs, UnixTime(NOW));
+    assert!(out.iter().all(|d| d.reason() == Reason::Ok));
+    let s = engine.cache_stats().unwrap();
+    assert_eq!(
+        s.hits + s.misses,
+        4096,
+        "every lookup counted once, per chunk"
+    );
+    assert!(
+        s.hits >= 4096 - 4,
+        "at most one miss per thread racing the first insert"
+    );
+}

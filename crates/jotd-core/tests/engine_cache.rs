@@ -1,0 +1,173 @@
+//! The verified-token cache: hits skip the crypto but never the time, revocation or policy checks.
+
+mod fixture;
+
+use fixture::{NOW, mint, snapshot, tenant};
+use jotd_core::Algorithm::{Es256, Hs256};
+use jotd_core::{
+    CacheConfig, Denylist, Engine, EngineConfig, PolicyModel, Reason, Request, Snapshot, UnixTime,
+};
+use serde_json::json;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn cached(max_entries: usize) -> Engine {
+    Engine::new(EngineConfig {
+        cache: Some(CacheConfig {
+            max_entries: NonZeroUsize::new(max_entries).unwrap(),
+            ..CacheConfig::default()
+        }),
+        ..EngineConfig::default()
+    })
+}
+
+fn at(e: &Engine, snap: &Snapshot, token: &str, method: Option<&str>, now: u64) -> Reason {
+    let req = Request {
+        token: Some(token.as_bytes()),
+        tenant: "t",
+        method,
+        addresses: &[],
+        origin: None,
+        user_agent: None,
+    };
+    e.verify(snap, &req, UnixTime(now)).reason()
+}
+
+#[test]
+fn hits_are_counted_and_still_check_time() {
+    let e = cached(1000);
+    let snap = snapshot(vec![tenant("t", &[Es256])]);
+    let token = mint(Es256, json!({"exp": NOW + 100}));
+    assert_eq!(at(&e, &snap, &token, None, NOW), Reason::Ok);
+    assert_eq!(at(&e, &snap, &token, None, NOW + 1), Reason::Ok);
+    let s = e.cache_stats().unwrap();
+    assert_eq!((s.misses, s.hits, s.inserts, s.entries), (1, 1, 1, 1));
+    // Past exp the entry is dead: the token is verified again and found expired.
+    assert_eq!(at(&e, &snap, &token, None, NOW + 200), Reason::Expired);
+    assert_eq!(e.cache_stats().unwrap().hits, 1);
+    // Within leeway of exp the cached entry still answers, with the time check applied.
+    let nbf = mint(Es256, json!({"nbf": NOW + 100}));
+    assert_eq!(at(&e, &snap, &nbf, None, NOW), Reason::NotYetValid);
+    assert_eq!(at(&e, &snap, &nbf, None, NOW + 100), Reason::Ok);
+    assert_eq!(
+        e.cache_stats().unwrap().hits,
+        2,
+        "the not-yet-valid token was cached"
+    );
+}
+
+#[test]
+fn policy_is_checked_on_every_hit() {
+    let e = cached(1000);
+    let mut t = tenant("t", &[Es256]);
+    t.policy = PolicyModel::Permissions;
+    let snap = snapshot(vec![t]);
+    let token = mint(Es256, json!({"permissions": ["eth:blockNumber"]}));
+    assert_eq!(
+        at(&e, &snap, &token, Some("eth_blockNumber"), NOW),
+        Reason::Ok
+    );
+    assert_eq!(
+        at(&e, &snap, &token, Some("eth_sendRawTransaction"), NOW),
+        Reason::PermissionDenied
+    );
+    assert_eq!(
+        at(&e, &snap, &token, Some("eth_blockNumber"), NOW),
+        Reason::Ok
+    );
+    assert_eq!(e.cache_stats().unwrap().hits, 2);
+}
+
+#[test]
+fn revocation_applies_to_cached_tokens() {
+    let e = cached(1000);
+    let token = mint(Es256, json!({"jti": "j-1"}));
+    let before = snapshot(vec![tenant("t", &[Es256])]);
+    assert_eq!(at(&e, &before, &token, None, NOW), Reason::Ok);
+    let mut revoked = tenant("t", &[Es256]);
+    let mut d = Denylist::default();
+    d.jti.insert("j-1".into(), UnixTime(NOW + 600));
+    revoked.denylist = Arc::new(d);
+    let after = snapshot(vec![revoked]);
+    assert_eq!(at(&e, &after, &token, None, NOW), Reason::Revoked);
+    assert_eq!(
+        e.cache_stats().unwrap().hits,
+        1,
+        "answered from the cache, and still revoked"
+    );
+}
+
+#[test]
+fn key_changes_drop_cached_tokens() {
+    let e = cached(1000);
+    let token = mint(Es256, json!({}));
+    let v1 = snapshot(vec![tenant("t", &[Es256])]);
+    assert_eq!(at(&e, &v1, &token, None, NOW), Reason::Ok);
+    // Rotation removed the key: a new epoch, so the cached entry no longer counts.
+    let mut rotated = tenant("t", &[Hs256]);
+    rotated.epoch = 1;
+    let v2 = snapshot(vec![rotated]);
+    assert_eq!(at(&e, &v2, &token, None, NOW), Reason::AlgNotAllowed);
+    assert_eq!(e.cache_stats().unwrap().hits, 0);
+    // A token cached for one tenant is not a hit for another.
+    let other = snapshot(vec![tenant("u", &[Es256]), tenant("t", &[Es256])]);
+    let req = Request::bearer("u", token.as_bytes());
+    assert_eq!(e.verify(&other, &req, UnixTime(NOW)).reason(), Reason::Ok);
+    assert_eq!(e.cache_stats().unwrap().hits, 0);
+}
+
+#[test]
+fn bounded_in_entries_and_bytes() {
+    let e = cached(64);
+    let snap = snapshot(vec![tenant("t", &[Hs256])]);
+    for i in 0..1000 {
+        let token = mint(Hs256, json!({"jti": format!("t-{i}")}));
+        assert_eq!(at(&e, &snap, &token, None, NOW), Reason::Ok);
+        let s = e.cache_stats().unwrap();
+        assert!(s.entries <= 64 + 1, "entries {} over the bound", s.entries);
+    }
+    let s = e.cache_stats().unwrap();
+    assert_eq!(s.inserts, 1000);
+    assert!(s.evictions >= 1000 - 65, "evictions {}", s.evictions);
+
+    let small = Engine::new(EngineConfig {
+        cache: Some(CacheConfig {
+            max_bytes: NonZeroUsize::new(16 << 10).unwrap(),
+            ..CacheConfig::default()
+        }),
+        ..EngineConfig::default()
+    });
+    for i in 0..500 {
+        let token = mint(
+            Hs256,
+            json!({"jti": format!("b-{i}"), "pad": "p".repeat(200)}),
+        );
+        assert_eq!(at(&small, &snap, &token, None, NOW), Reason::Ok);
+        assert!(small.cache_stats().unwrap().bytes <= (16 << 10) + 4096);
+    }
+}
+
+#[test]
+fn entries_live_no_longer_than_max_ttl() {
+    let e = Engine::new(EngineConfig {
+        cache: Some(CacheConfig {
+            max_ttl: Duration::from_secs(10),
+            ..CacheConfig::default()
+        }),
+        ..EngineConfig::default()
+    });
+    let snap = snapshot(vec![tenant("t", &[Es256])]);
+    let token = mint(Es256, json!({}));
+    assert_eq!(at(&e, &snap, &token, None, NOW), Reason::Ok);
+    assert_eq!(at(&e, &snap, &token, None, NOW + 9), Reason::Ok);
+    assert_eq!(at(&e, &snap, &token, None, NOW + 10), Reason::Ok);
+    let s = e.cache_stats().unwrap();
+    assert_eq!(
+        (s.hits, s.misses),
+        (1, 2),
+        "the entry died at max_ttl and was verified again"
+    );
+    e.clear_cache();
+    assert_eq!(e.cache_stats().unwrap().entries, 0);
+}

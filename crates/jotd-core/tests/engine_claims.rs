@@ -1,0 +1,364 @@
+//! Claim rules, key selection and tenant settings, through the whole engine.
+
+mod fixture;
+
+use fixture::{NOW, kid, mint, reason, signer, snapshot, tenant, uncached};
+use jotd_core::Algorithm::{
+    EdDsa, Es256, Es256K, Es384, Es512, Hs256, Hs384, Hs512, Ps256, Ps384, Ps512, Rs256, Rs384,
+    Rs512,
+};
+use jotd_core::{
+    Algorithm, Denylist, PolicyModel, Reason, Request, Snapshot, Tenant, TypRule, UnixTime,
+};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn one(t: Tenant) -> Snapshot {
+    snapshot(vec![t])
+}
+
+#[test]
+fn every_algorithm_round_trips_and_carries_its_facts() {
+    let all = [
+        Rs256, Rs384, Rs512, Ps256, Ps384, Ps512, Es256, Es384, Es512, Es256K, EdDsa, Hs256, Hs384,
+        Hs512,
+    ];
+    let snap = one(tenant("t", &all));
+    let engine = uncached();
+    for alg in all {
+        let token = mint(alg, json!({"sub": format!("sub-{alg}")}));
+        let d = engine.verify(
+            &snap,
+            &Request::bearer("t", token.as_bytes()),
+            UnixTime(NOW),
+        );
+        assert_eq!(d.reason(), Reason::Ok, "{alg}");
+        let info = d.token().expect("verified facts");
+        assert_eq!(
+            (info.alg(), info.kid(), info.sub(), info.exp()),
+            (
+                alg,
+                Some(&*kid(alg)),
+                Some(&*format!("sub-{alg}")),
+                Some(NOW + 600)
+            )
+        );
+    }
+}
+
+#[test]
+fn time_claims_with_leeway() {
+    let snap = one(tenant("t", &[Es256]));
+    let e = uncached();
+    let r = |extra| reason(&e, &snap, "t", &mint(Es256, extra));
+    assert_eq!(r(json!({"exp": NOW - 31})), Reason::Expired);
+    assert_eq!(
+        r(json!({"exp": NOW - 30})),
+        Reason::Expired,
+        "now == exp + leeway is expired"
+    );
+    assert_eq!(r(json!({"exp": NOW - 29})), Reason::Ok, "within leeway");
+    assert_eq!(r(json!({"nbf": NOW + 31})), Reason::NotYetValid);
+    assert_eq!(r(json!({"nbf": NOW + 30})), Reason::Ok);
+    assert_eq!(r(json!({"iat": NOW + 31})), Reason::IssuedInFuture);
+    assert_eq!(r(json!({"iat": NOW + 30})), Reason::Ok);
+    assert_eq!(
+        r(json!({"exp": null})),
+        Reason::MissingClaim,
+        "exp required by default"
+    );
+    assert_eq!(
+        r(json!({"exp": (NOW + 600) as f64 + 0.75})),
+        Reason::Ok,
+        "fractional NumericDate"
+    );
+}
+
+#[test]
+fn exp_optional_and_lifetime_cap() {
+    let mut t = tenant("t", &[Es256]);
+    t.claims.require_exp = false;
+    t.claims.max_lifetime = Some(Duration::from_secs(3600));
+    let snap = one(t);
+    let e = uncached();
+    let r = |extra| reason(&e, &snap, "t", &mint(Es256, extra));
+    assert_eq!(
+        r(json!({"exp": null})),
+        Reason::MissingClaim,
+        "a lifetime cap needs exp"
+    );
+    assert_eq!(r(json!({"iat": NOW, "exp": NOW + 3600})), Reason::Ok);
+    assert_eq!(
+        r(json!({"iat": NOW, "exp": NOW + 3601})),
+        Reason::LifetimeTooLong
+    );
+    assert_eq!(
+        r(json!({"iat": null, "exp": NOW + 3601})),
+        Reason::LifetimeTooLong,
+        "without iat: from now"
+    );
+    let mut lax = tenant("l", &[Es256]);
+    lax.claims.require_exp = false;
+    assert_eq!(
+        reason(&e, &one(lax), "l", &mint(Es256, json!({"exp": null}))),
+        Reason::Ok
+    );
+}
+
+#[test]
+fn audience_issuer_required_claims_and_typ() {
+    let mut t = tenant("t", &[Es256]);
+    t.claims.audiences = vec!["api".into(), "rpc".into()];
+    t.claims.issuers = vec!["https://issuer.example".into()];
+    t.claims.required = vec!["name".into()];
+    let snap = one(t);
+    let e = uncached();
+    let good = json!({"aud": ["other", "rpc"], "iss": "https://issuer.example", "name": "n"});
+    let with = |patch: serde_json::Value| {
+        let mut v = good.clone();
+        v.as_object_mut()
+            .unwrap()
+            .extend(patch.as_object().unwrap().clone());
+        reason(&e, &snap, "t", &mint(Es256, v))
+    };
+    assert_eq!(with(json!({})), Reason::Ok);
+    assert_eq!(with(json!({"aud": "api"})), Reason::Ok, "aud as a string");
+    assert_eq!(with(json!({"aud": ["nope"]})), Reason::BadAudience);
+    assert_eq!(with(json!({"aud": []})), Reason::BadAudience);
+    assert_eq!(with(json!({"aud": null})), Reason::MissingClaim);
+    assert_eq!(
+        with(json!({"iss": "https://evil.example"})),
+        Reason::BadIssuer
+    );
+    assert_eq!(with(json!({"iss": null})), Reason::MissingClaim);
+    assert_eq!(with(json!({"name": null})), Reason::MissingClaim);
+
+    let mut strict = tenant("s", &[Es256]);
+    strict.claims.typ = TypRule {
+        required: true,
+        ..TypRule::default()
+    };
+    let snap = one(strict);
+    let key = signer(Es256);
+    let claims = fixture::claims(json!({}));
+    let r = |header: &str| {
+        reason(
+            &e,
+            &snap,
+            "s",
+            &key.mint_raw(header.as_bytes(), claims.as_bytes()).unwrap(),
+        )
+    };
+    assert_eq!(
+        r(r#"{"alg":"ES256","kid":"es256","typ":"JWT"}"#),
+        Reason::Ok
+    );
+    assert_eq!(r(r#"{"alg":"ES256","kid":"es256"}"#), Reason::BadTyp);
+    assert_eq!(
+        r(r#"{"alg":"ES256","kid":"es256","typ":"at+jwt"}"#),
+        Reason::BadTyp
+    );
+}
+
+#[test]
+fn key_selection_rotation_and_algorithm_allowlist() {
+    // Three keys in rotation: each kid verifies with its own key only.
+    let snap = one(tenant("t", &[Rs256, Es256, EdDsa]));
+    let e = uncached();
+    for alg in [Rs256, Es256, EdDsa] {
+        assert_eq!(reason(&e, &snap, "t", &mint(alg, json!({}))), Reason::Ok);
+    }
+    let no_kid = signer(Es256)
+        .mint(None, &fixture::claims(json!({})))
+        .unwrap();
+    assert_eq!(
+        reason(&e, &snap, "t", &no_kid),
+        Reason::MissingKid,
+        "several keys, no kid"
+    );
+    assert_eq!(
+        reason(&e, &one(tenant("single", &[Es256])), "single", &no_kid),
+        Reason::Ok,
+        "one key, no kid"
+    );
+    let other_kid = signer(Es256)
+        .mint(Some("retired"), &fixture::claims(json!({})))
+        .unwrap();
+    assert_eq!(reason(&e, &snap, "t", &other_kid), Reason::UnknownKid);
+    // A tenant may narrow the algorithms below its keys'.
+    let mut narrow = tenant("n", &[Rs256, Es256]);
+    narrow.algorithms = [Algorithm::Es256].into_iter().collect();
+    assert_eq!(
+        reason(&e, &one(narrow), "n", &mint(Rs256, json!({}))),
+        Reason::AlgNotAllowed
+    );
+    // The signature of one tenant's key means nothing to another tenant.
+    assert_eq!(
+        reason(&e, &snap, "nobody", &mint(Es256, json!({}))),
+        Reason::UnknownTenant
+    );
+    // Same kid, different key material: the signature does not verify.
+    let other = jotd_core::SigningKey::generate(Es256)
+        .unwrap()
+        .verifying_key()
+        .unwrap();
+    let impostor = one(Tenant::new(
+        "t",
+        vec![jotd_core::TenantKey {
+            kid: kid(Es256).into(),
+            key: other,
+        }],
+    ));
+    assert_eq!(
+        reason(&e, &impostor, "t", &mint(Es256, json!({}))),
+        Reason::BadSignature
+    );
+    assert_eq!(
+        reason(
+            &e,
+            &one(tenant("t", &[Es384])),
+            "t",
+            &mint(Es256, json!({}))
+        ),
+        Reason::AlgNotAllowed
+    );
+}
+
+#[test]
+fn missing_token_no_auth_methods_and_require_jwt() {
+    let mut t = tenant("t", &[Es256]);
+    t.no_auth_methods = vec!["net_version".into()];
+    t.policy = PolicyModel::Permissions;
+    let mut open = tenant("open", &[Es256]);
+    open.require_jwt = false;
+    let snap = snapshot(vec![t, open]);
+    let e = uncached();
+    let ask = |tenant: &str, token: Option<&str>, method: &str| {
+        let req = Request {
+            token: token.map(str::as_bytes),
+            tenant,
+            method: Some(method),
+            addresses: &[],
+            origin: None,
+            user_agent: None,
+        };
+        e.verify(&snap, &req, UnixTime(NOW)).reason()
+    };
+    assert_eq!(ask("t", None, "eth_call"), Reason::MissingToken);
+    assert_eq!(
+        ask("t", Some(""), "eth_call"),
+        Reason::MissingToken,
+        "empty token is no token"
+    );
+    assert_eq!(ask("t", None, "net_version"), Reason::OkNoAuth);
+    // A token on a no-auth method is still verified, but policy is skipped.
+    assert_eq!(
+        ask("t", Some(&mint(Es256, json!({}))), "net_version"),
+        Reason::Ok
+    );
+    assert_eq!(ask("t", Some("garbage"), "net_version"), Reason::Malformed);
+    assert_eq!(
+        ask("t", Some(&mint(Es256, json!({}))), "eth_call"),
+        Reason::MissingClaim,
+        "permissions claim required"
+    );
+    assert_eq!(
+        ask(
+            "t",
+            Some(&mint(Es256, json!({"permissions": ["eth:*"]}))),
+            "eth_call"
+        ),
+        Reason::Ok
+    );
+    assert_eq!(ask("open", None, "eth_call"), Reason::OkNoAuth);
+    assert_eq!(
+        ask(
+            "open",
+            Some(&mint(Es256, json!({"exp": NOW - 100}))),
+            "eth_call"
+        ),
+        Reason::Expired,
+        "bad token still denied"
+    );
+}
+
+#[test]
+fn allowlist_policy_and_returned_claims() {
+    let mut t = tenant("t", &[Es256]);
+    t.policy = PolicyModel::Allowlist;
+    t.claims_to_return = vec!["groups".into(), "name".into()];
+    let snap = one(t);
+    let e = uncached();
+    let token = mint(
+        Es256,
+        json!({"methods": ["eth_call"], "origins": ["https://*.dapp.io"], "groups": ["admin"], "name": "Ada"}),
+    );
+    let req = |method, origin| Request {
+        token: Some(token.as_bytes()),
+        tenant: "t",
+        method: Some(method),
+        addresses: &[],
+        origin: Some(origin),
+        user_agent: None,
+    };
+    let ok = e.verify(
+        &snap,
+        &req("eth_call", "https://app.dapp.io"),
+        UnixTime(NOW),
+    );
+    assert_eq!(ok.reason(), Reason::Ok);
+    let claims: Vec<_> = ok
+        .token()
+        .unwrap()
+        .claims()
+        .iter()
+        .map(|(k, v)| (&**k, &**v))
+        .collect();
+    assert_eq!(claims, [("groups", r#"["admin"]"#), ("name", r#""Ada""#)]);
+    assert_eq!(
+        e.verify(
+            &snap,
+            &req("eth_sendRawTransaction", "https://app.dapp.io"),
+            UnixTime(NOW)
+        )
+        .reason(),
+        Reason::MethodNotAllowed
+    );
+    let denied = e.verify(&snap, &req("eth_call", "https://evil.io"), UnixTime(NOW));
+    assert_eq!(denied.reason(), Reason::OriginNotAllowed);
+    assert_eq!(
+        denied.token().unwrap().sub(),
+        Some("user-1"),
+        "policy denies still say who"
+    );
+}
+
+#[test]
+fn revocation_by_jti_and_sub() {
+    let mut t = tenant("t", &[Es256]);
+    let mut d = Denylist::default();
+    d.jti.insert("stolen".into(), UnixTime(NOW + 1000));
+    d.sub.insert("mallory".into(), UnixTime(NOW + 1000));
+    d.sub.insert("old".into(), UnixTime(NOW - 1));
+    t.denylist = Arc::new(d);
+    let snap = one(t);
+    let e = uncached();
+    assert_eq!(
+        reason(&e, &snap, "t", &mint(Es256, json!({"jti": "stolen"}))),
+        Reason::Revoked
+    );
+    assert_eq!(
+        reason(&e, &snap, "t", &mint(Es256, json!({"sub": "mallory"}))),
+        Reason::Revoked
+    );
+    assert_eq!(
+        reason(&e, &snap, "t", &mint(Es256, json!({"sub": "old"}))),
+        Reason::Ok,
+        "lapsed entry"
+    );
+    assert_eq!(
+        reason(&e, &snap, "t", &mint(Es256, json!({"jti": "fine"}))),
+        Reason::Ok
+    );
+}
