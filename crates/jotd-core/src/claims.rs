@@ -42,19 +42,27 @@ pub(crate) struct Claims<'a> {
 }
 
 /// Parses decoded payload JSON into [`Claims`], or the reason it is unacceptable.
+///
+/// A JSON syntax error anywhere is `malformed`. A data error (a value of the
+/// wrong type) takes the reason the visitor recorded for the claim it was
+/// reading: `invalid_claim` for typed claims, `malformed` for duplicates and
+/// over-deep nesting.
 pub(crate) fn parse_claims<'a>(
-    json: &'a [u8],
+    json: &'a str,
     wanted: ClaimsWanted<'_>,
 ) -> Result<Claims<'a>, Reason> {
     let failure = Cell::new(None);
-    let mut de = serde_json::Deserializer::from_slice(json);
+    let mut de = serde_json::Deserializer::from_str(json);
     let parsed = ClaimsSeed {
         wanted,
         failure: &failure,
     }
     .deserialize(&mut de)
     .and_then(|c| de.end().map(|()| c));
-    parsed.map_err(|_| failure.get().unwrap_or(Reason::Malformed))
+    parsed.map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => failure.get().unwrap_or(Reason::Malformed),
+        _ => Reason::Malformed,
+    })
 }
 
 struct ClaimsSeed<'c, 'f> {
@@ -102,34 +110,44 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_, '_> {
                     | "permissions"
             );
             if !known && returned.is_none() {
-                map.next_value_seed(Skip::new())
-                    .map_err(|_: A::Error| self.fail(Reason::Malformed))?;
+                self.failure.set(Some(Reason::Malformed));
+                map.next_value_seed(Skip::new())?;
+                self.failure.set(None);
                 continue;
             }
-            // Syntax errors surface here as `malformed`; type errors below as `invalid_claim`.
-            let raw: &'de RawValue = map.next_value()?;
-            if let Some(i) = returned {
-                let too_deep =
-                    Skip::new().deserialize(&mut serde_json::Deserializer::from_str(raw.get()));
-                if claims.returned.iter().any(|(j, _)| *j == i) || too_deep.is_err() {
-                    return Err(self.fail(Reason::Malformed));
+            // Claims to return are kept raw (then also typed if registered); others are typed in place.
+            let raw = match returned {
+                Some(i) => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    let too_deep =
+                        Skip::new().deserialize(&mut serde_json::Deserializer::from_str(raw.get()));
+                    if claims.returned.iter().any(|(j, _)| *j == i) || too_deep.is_err() {
+                        return Err(self.fail(Reason::Malformed));
+                    }
+                    claims.returned.push((i, raw));
+                    Some(raw)
                 }
-                claims.returned.push((i, raw));
-            }
+                None => None,
+            };
+            let mut value = Value {
+                map: &mut map,
+                raw,
+                seed: &self,
+            };
             let g = &mut claims.grants;
             match &*name {
-                "exp" => self.set(&mut claims.exp, raw, |d: NumericDate| d.0)?,
-                "nbf" => self.set(&mut claims.nbf, raw, |d: NumericDate| d.0)?,
-                "iat" => self.set(&mut claims.iat, raw, |d: NumericDate| d.0)?,
-                "iss" => self.set(&mut claims.iss, raw, |s: StrCow<'de>| s.0)?,
-                "sub" => self.set(&mut claims.sub, raw, |s: StrCow<'de>| s.0)?,
-                "jti" => self.set(&mut claims.jti, raw, |s: StrCow<'de>| s.0)?,
-                "aud" => self.set(&mut claims.aud, raw, |a: Audience<'de>| a.0)?,
-                "methods" => self.set(&mut g.methods, raw, |l: StrList<'de>| l.0)?,
-                "addresses" => self.set(&mut g.addresses, raw, |l: StrList<'de>| l.0)?,
-                "origins" => self.set(&mut g.origins, raw, |l: StrList<'de>| l.0)?,
-                "user_agents" => self.set(&mut g.user_agents, raw, |l: StrList<'de>| l.0)?,
-                "permissions" => self.set(&mut g.permissions, raw, |l: StrList<'de>| l.0)?,
+                "exp" => value.set(&mut claims.exp, |d: NumericDate| d.0)?,
+                "nbf" => value.set(&mut claims.nbf, |d: NumericDate| d.0)?,
+                "iat" => value.set(&mut claims.iat, |d: NumericDate| d.0)?,
+                "iss" => value.set(&mut claims.iss, |s: StrCow<'de>| s.0)?,
+                "sub" => value.set(&mut claims.sub, |s: StrCow<'de>| s.0)?,
+                "jti" => value.set(&mut claims.jti, |s: StrCow<'de>| s.0)?,
+                "aud" => value.set(&mut claims.aud, |a: Audience<'de>| a.0)?,
+                "methods" => value.set(&mut g.methods, |l: StrList<'de>| l.0)?,
+                "addresses" => value.set(&mut g.addresses, |l: StrList<'de>| l.0)?,
+                "origins" => value.set(&mut g.origins, |l: StrList<'de>| l.0)?,
+                "user_agents" => value.set(&mut g.user_agents, |l: StrList<'de>| l.0)?,
+                "permissions" => value.set(&mut g.permissions, |l: StrList<'de>| l.0)?,
                 _ => {}
             }
         }
@@ -142,20 +160,34 @@ impl ClaimsSeed<'_, '_> {
         self.failure.set(Some(reason));
         E::custom(reason.as_str())
     }
+}
 
+/// The value of one claim: still in the map, or already captured raw.
+struct Value<'m, 's, 'c, 'f, 'de, A> {
+    map: &'m mut A,
+    raw: Option<&'de RawValue>,
+    seed: &'s ClaimsSeed<'c, 'f>,
+}
+
+impl<'de, A: MapAccess<'de>> Value<'_, '_, '_, '_, 'de, A> {
     /// Sets a typed claim once: a second occurrence is `malformed`, a value of
     /// the wrong type `invalid_claim`.
-    fn set<'de, T: Deserialize<'de>, V, E: de::Error>(
-        &self,
+    fn set<T: Deserialize<'de>, V>(
+        &mut self,
         slot: &mut Option<V>,
-        raw: &'de RawValue,
         into: impl FnOnce(T) -> V,
-    ) -> Result<(), E> {
+    ) -> Result<(), A::Error> {
         if slot.is_some() {
-            return Err(self.fail(Reason::Malformed));
+            return Err(self.seed.fail(Reason::Malformed));
         }
-        let value: T =
-            serde_json::from_str(raw.get()).map_err(|_| self.fail(Reason::InvalidClaim))?;
+        self.seed.failure.set(Some(Reason::InvalidClaim));
+        let value: T = match self.raw {
+            Some(raw) => {
+                serde_json::from_str(raw.get()).map_err(|_| de::Error::custom("invalid claim"))?
+            }
+            None => self.map.next_value()?,
+        };
+        self.seed.failure.set(None);
         *slot = Some(into(value));
         Ok(())
     }

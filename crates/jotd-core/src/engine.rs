@@ -7,7 +7,7 @@ use crate::policy::{Grants, authorize};
 use crate::reason::Reason;
 use crate::request::{Request, UnixTime};
 use crate::tenant::{Snapshot, Tenant, TenantKey};
-use crate::token::{decode_base64url, parse_header, split};
+use crate::token::{Base64Url, parse_header, split, utf8};
 use std::num::NonZeroUsize;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -54,6 +54,7 @@ impl Scratch {
 /// only the verified-token cache. Keys come from the [`Snapshot`] passed per call.
 pub struct Engine {
     pub(crate) config: EngineConfig,
+    base64url: Base64Url,
     pub(crate) cache: Option<TokenCache>,
 }
 
@@ -71,6 +72,7 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Self {
         Self {
             config,
+            base64url: Base64Url::new(),
             cache: config.cache.map(TokenCache::new),
         }
     }
@@ -191,8 +193,9 @@ impl Engine {
             signature,
             counts,
         } = scratch;
-        decode_base64url(seg.header, header).map_err(deny)?;
-        let head = parse_header(header).map_err(deny)?;
+        let b64 = &self.base64url;
+        b64.decode(seg.header, header).map_err(deny)?;
+        let head = parse_header(utf8(header).map_err(deny)?).map_err(deny)?;
         if !tenant.claims.typ.accepts(head.typ.as_deref()) {
             return Err(deny(Reason::BadTyp));
         }
@@ -204,8 +207,8 @@ impl Engine {
             return Err(deny(Reason::KeyAlgMismatch));
         }
         // Every segment must be strict base64url before any crypto runs.
-        decode_base64url(seg.payload, payload).map_err(deny)?;
-        decode_base64url(seg.signature, signature).map_err(deny)?;
+        b64.decode(seg.payload, payload).map_err(deny)?;
+        b64.decode(seg.signature, signature).map_err(deny)?;
         if !key.key.verify(seg.signing_input, signature) {
             return Err(deny(Reason::BadSignature));
         }
@@ -215,7 +218,7 @@ impl Engine {
             returned: &tenant.claims_to_return,
             required: &tenant.claims.required,
         };
-        let claims = parse_claims(payload, wanted).map_err(deny)?;
+        let claims = parse_claims(utf8(payload).map_err(deny)?, wanted).map_err(deny)?;
         let returned = claims
             .returned
             .iter()

@@ -1,0 +1,356 @@
+//! `jotd speed`: tokens/s per core for the engine (uncached and cached) and for
+//! raw aws-lc-rs signature verification on the same keys and tokens.
+
+use anyhow::{Context, bail};
+use aws_lc_rs::signature::{self, ParsedPublicKey};
+use aws_lc_rs::{hmac, rand::SecureRandom};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use clap::Args;
+use jotd_core::{
+    Algorithm, Engine, EngineConfig, PolicyModel, Reason, Request, Scratch, SigningKey, Snapshot,
+    Tenant, TenantKey, UnixTime,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Options of `jotd speed`.
+#[derive(Args, Debug)]
+pub(crate) struct SpeedArgs {
+    /// Seconds to run each measurement (engine, cached, raw) per algorithm.
+    #[arg(long, default_value_t = 1.0, value_parser = positive_seconds)]
+    seconds: f64,
+    /// Threads to run each measurement on; rates are reported per thread (per core).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
+    /// Comma-separated algorithms (RS256,PS256,ES256,ES256K,EdDSA,HS256 by default; `all` for every one).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "RS256,PS256,ES256,ES256K,EdDSA,HS256"
+    )]
+    algs: Vec<String>,
+    /// Distinct tokens per algorithm (the uncached loop cycles through them).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    tokens: u32,
+    /// Print one JSON object per algorithm instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds in (0, 3600]")),
+    }
+}
+
+fn parse_algs(names: &[String]) -> anyhow::Result<Vec<Algorithm>> {
+    if names.iter().any(|n| n.eq_ignore_ascii_case("all")) {
+        return Ok(Algorithm::ALL.to_vec());
+    }
+    let mut algs = Vec::new();
+    for name in names {
+        let alg = Algorithm::from_name(name.trim()).with_context(|| {
+            format!("--algs: unknown algorithm `{name}` (try RS256, ES256, EdDSA, HS256, or `all`)")
+        })?;
+        if !algs.contains(&alg) {
+            algs.push(alg);
+        }
+    }
+    if algs.is_empty() {
+        bail!("--algs: no algorithm given");
+    }
+    Ok(algs)
+}
+
+/// What the raw baseline verifies: exactly the engine's signing input and decoded signature.
+struct RawCase {
+    signing_input: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+enum RawKey {
+    Public(ParsedPublicKey),
+    Hmac(hmac::Key),
+}
+
+impl RawKey {
+    fn verify(&self, c: &RawCase) -> bool {
+        match self {
+            Self::Public(k) => k.verify_sig(&c.signing_input, &c.signature).is_ok(),
+            Self::Hmac(k) => hmac::verify(k, &c.signing_input, &c.signature).is_ok(),
+        }
+    }
+}
+
+fn raw_verification(alg: Algorithm) -> &'static dyn signature::VerificationAlgorithm {
+    match alg {
+        Algorithm::Rs256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::Rs384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::Rs512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::Ps256 => &signature::RSA_PSS_2048_8192_SHA256,
+        Algorithm::Ps384 => &signature::RSA_PSS_2048_8192_SHA384,
+        Algorithm::Ps512 => &signature::RSA_PSS_2048_8192_SHA512,
+        Algorithm::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
+        Algorithm::Es384 => &signature::ECDSA_P384_SHA384_FIXED,
+        Algorithm::Es512 => &signature::ECDSA_P521_SHA512_FIXED,
+        Algorithm::Es256K => &signature::ECDSA_P256K1_SHA256_FIXED,
+        Algorithm::EdDsa | Algorithm::Hs256 | Algorithm::Hs384 | Algorithm::Hs512 => {
+            &signature::ED25519
+        }
+    }
+}
+
+/// Keys, a tenant and tokens for one algorithm.
+struct Workload {
+    alg: Algorithm,
+    snapshot: Snapshot,
+    tokens: Vec<String>,
+    raw_key: RawKey,
+    raw_cases: Vec<RawCase>,
+    now: UnixTime,
+}
+
+const TENANT: &str = "speed-tenant";
+const METHOD: &str = "eth_call";
+const ORIGIN: &str = "https://app.example.com";
+
+/// Infura-style claims of about 200 bytes: issuer, subject, audience, times, id and allowlists.
+fn claims(now: u64, i: u32, rng: &dyn SecureRandom) -> anyhow::Result<String> {
+    let mut jti = [0u8; 12];
+    rng.fill(&mut jti).ok().context("random jti")?;
+    Ok(serde_json::json!({
+        "iss": "https://auth.example.com",
+        "sub": format!("project-{i:06}"),
+        "aud": "jotd",
+        "iat": now,
+        "exp": now + 3600,
+        "jti": URL_SAFE_NO_PAD.encode(jti),
+        "methods": ["eth_call", "eth_blockNumber", "eth_getBalance"],
+        "origins": ["https://*.example.com"],
+    })
+    .to_string())
+}
+
+fn workload(alg: Algorithm, count: u32) -> anyhow::Result<Workload> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .context("clock before 1970")?
+        .as_secs();
+    let key = SigningKey::generate(alg)?;
+    let kid = format!("{}-2026-11", alg.as_str().to_ascii_lowercase());
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let mut tokens = Vec::with_capacity(count as usize);
+    let mut raw_cases = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let token = key.mint(Some(&kid), &claims(now, i, &rng)?)?;
+        let (input, sig) = token
+            .rsplit_once('.')
+            .context("minted token has three segments")?;
+        raw_cases.push(RawCase {
+            signing_input: input.as_bytes().to_vec(),
+            signature: URL_SAFE_NO_PAD.decode(sig)?,
+        });
+        tokens.push(token);
+    }
+    let raw_key = match key.hmac_secret() {
+        Some(secret) => RawKey::Hmac(hmac::Key::new(alg_hmac(alg), secret)),
+        None => {
+            let spki = key.verifying_key()?.spki_der().context("public key")?;
+            RawKey::Public(
+                ParsedPublicKey::new(raw_verification(alg), spki)
+                    .ok()
+                    .context("raw key")?,
+            )
+        }
+    };
+    let mut tenant = Tenant::new(
+        TENANT,
+        vec![TenantKey {
+            kid: kid.into(),
+            key: key.verifying_key()?,
+        }],
+    );
+    tenant.policy = PolicyModel::Allowlist;
+    tenant.claims.audiences = vec!["jotd".into()];
+    tenant.claims.issuers = vec!["https://auth.example.com".into()];
+    let snapshot = Snapshot::new(1, [Arc::new(tenant)]);
+    Ok(Workload {
+        alg,
+        snapshot,
+        tokens,
+        raw_key,
+        raw_cases,
+        now: UnixTime(now),
+    })
+}
+
+fn alg_hmac(alg: Algorithm) -> hmac::Algorithm {
+    match alg {
+        Algorithm::Hs384 => hmac::HMAC_SHA384,
+        Algorithm::Hs512 => hmac::HMAC_SHA512,
+        _ => hmac::HMAC_SHA256,
+    }
+}
+
+/// Runs `step(i)` on `threads` threads for `seconds`; returns operations per second per thread.
+fn measure(
+    threads: u16,
+    seconds: f64,
+    step: &(dyn Fn(usize) -> bool + Sync),
+) -> anyhow::Result<f64> {
+    let budget = Duration::from_secs_f64(seconds);
+    let results: Vec<anyhow::Result<(u64, Duration)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let start = Instant::now();
+                    let mut done = 0u64;
+                    let mut i = usize::from(t) * 7919;
+                    loop {
+                        for _ in 0..32 {
+                            if !step(i) {
+                                bail!("a token failed verification during the measurement");
+                            }
+                            i = i.wrapping_add(1);
+                        }
+                        done += 32;
+                        let elapsed = start.elapsed();
+                        if elapsed >= budget {
+                            return Ok((done, elapsed));
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("measurement thread panicked")))
+            })
+            .collect()
+    });
+    let mut per_thread = 0.0;
+    for r in results {
+        let (done, elapsed) = r?;
+        per_thread += done as f64 / elapsed.as_secs_f64();
+    }
+    Ok(per_thread / f64::from(threads))
+}
+
+/// One verification through the engine, with a per-thread scratch as the batch path uses.
+fn engine_step<'a>(
+    engine: &'a Engine,
+    w: &'a Workload,
+    reqs: &'a [Request<'a>],
+) -> impl Fn(usize) -> bool + Sync + 'a {
+    thread_local!(static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::new()));
+    move |i| {
+        SCRATCH.with_borrow_mut(|s| {
+            engine
+                .verify_with(s, &w.snapshot, &reqs[i % reqs.len()], w.now)
+                .allow()
+        })
+    }
+}
+
+struct Row {
+    alg: Algorithm,
+    engine: f64,
+    cached: f64,
+    raw: f64,
+}
+
+fn run_one(w: &Workload, args: &SpeedArgs) -> anyhow::Result<Row> {
+    let n = w.tokens.len();
+    let reqs: Vec<Request<'_>> = w
+        .tokens
+        .iter()
+        .map(|t| Request {
+            token: Some(t.as_bytes()),
+            tenant: TENANT,
+            method: Some(METHOD),
+            addresses: &[],
+            origin: Some(ORIGIN),
+            user_agent: None,
+        })
+        .collect();
+    let check_all = |engine: &Engine| -> anyhow::Result<()> {
+        for r in &reqs {
+            let reason = engine.verify(&w.snapshot, r, w.now).reason();
+            if reason != Reason::Ok {
+                bail!("{}: the engine answered {reason} for a valid token", w.alg);
+            }
+        }
+        Ok(())
+    };
+    let uncached = Engine::new(EngineConfig {
+        cache: None,
+        ..EngineConfig::default()
+    });
+    check_all(&uncached)?;
+    let cached = Engine::new(EngineConfig::default());
+    check_all(&cached)?; // warms the cache with every token
+
+    let engine = measure(
+        args.threads,
+        args.seconds,
+        &engine_step(&uncached, w, &reqs),
+    )?;
+    let hits = measure(args.threads, args.seconds, &engine_step(&cached, w, &reqs))?;
+    let raw = measure(args.threads, args.seconds, &|i| {
+        w.raw_key.verify(&w.raw_cases[i % n])
+    })?;
+    Ok(Row {
+        alg: w.alg,
+        engine,
+        cached: hits,
+        raw,
+    })
+}
+
+pub(crate) fn run(args: &SpeedArgs) -> anyhow::Result<()> {
+    let algs = parse_algs(&args.algs)?;
+    if !args.json {
+        println!(
+            "jotd speed: {} token(s)/alg, {} s per measurement, {} thread(s); rates are tokens/s per thread",
+            args.tokens, args.seconds, args.threads
+        );
+        println!(
+            "{:<8} {:>14} {:>14} {:>14} {:>12}",
+            "alg", "engine", "cached", "raw aws-lc-rs", "engine/raw"
+        );
+    }
+    for alg in algs {
+        let w = workload(alg, args.tokens)?;
+        let row = run_one(&w, args)?;
+        let ratio = row.engine / row.raw;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "alg": row.alg.as_str(),
+                    "threads": args.threads,
+                    "seconds": args.seconds,
+                    "tokens": args.tokens,
+                    "engine_per_s": row.engine.round(),
+                    "cached_per_s": row.cached.round(),
+                    "raw_per_s": row.raw.round(),
+                    "ratio": (ratio * 1000.0).round() / 1000.0,
+                })
+            );
+        } else {
+            println!(
+                "{:<8} {:>14.0} {:>14.0} {:>14.0} {:>12.3}",
+                row.alg.as_str(),
+                row.engine,
+                row.cached,
+                row.raw,
+                ratio
+            );
+        }
+    }
+    Ok(())
+}
