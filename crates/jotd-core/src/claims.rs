@@ -88,10 +88,10 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_, '_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut claims = Claims::default();
         while let Some(StrCow(name)) = map.next_key::<StrCow<'de>>()? {
-            if let Some(i) = self.wanted.required.iter().position(|r| **r == *name) {
-                if i < 64 {
-                    claims.required_seen |= 1 << i;
-                }
+            if let Some(i) = self.wanted.required.iter().position(|r| **r == *name)
+                && i < 64
+            {
+                claims.required_seen |= 1 << i;
             }
             let returned = self.wanted.returned.iter().position(|r| **r == *name);
             let known = matches!(

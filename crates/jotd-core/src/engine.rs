@@ -154,20 +154,15 @@ impl Engine {
             return Decision::without_token(Reason::TokenTooLarge);
         }
         if let Some(cache) = &self.cache {
-            if let Some(hit) = cache.get(token) {
-                if *hit.tenant == *tenant.id && hit.epoch == tenant.epoch && now.0 < hit.dies_at {
-                    scratch.counts.hits += 1;
-                    let verdict = finish(
-                        tenant,
-                        hit.times,
-                        hit.jti.as_deref(),
-                        hit.info.sub(),
-                        &hit.grants,
-                        req,
-                        now,
-                    );
-                    return Decision::with_token(verdict, Arc::clone(&hit.info));
-                }
+            if let Some(hit) = cache.get(token)
+                && *hit.tenant == *tenant.id
+                && hit.epoch == tenant.epoch
+                && now.0 < hit.dies_at
+            {
+                scratch.counts.hits += 1;
+                let (jti, sub) = (hit.jti.as_deref(), hit.info.sub());
+                let verdict = finish(tenant, hit.times, jti, sub, &hit.grants, req, now);
+                return Decision::with_token(verdict, Arc::clone(&hit.info));
             }
             scratch.counts.misses += 1;
         }

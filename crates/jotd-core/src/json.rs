@@ -49,14 +49,14 @@ impl<'de> Visitor<'de> for Skip {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let inner = self.nested()?;
-        while seq.next_element_seed(Skip { depth: inner })?.is_some() {}
+        while seq.next_element_seed(Self { depth: inner })?.is_some() {}
         Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let inner = self.nested()?;
         while map.next_key::<IgnoredAny>()?.is_some() {
-            map.next_value_seed(Skip { depth: inner })?;
+            map.next_value_seed(Self { depth: inner })?;
         }
         Ok(())
     }

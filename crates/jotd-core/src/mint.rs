@@ -23,6 +23,7 @@ pub enum MintError {
     Sign(Algorithm),
 }
 
+#[allow(clippy::large_enum_variant)] // few, long-lived keys
 enum Inner {
     Rsa(RsaKeyPair),
     Ec(EcdsaKeyPair),

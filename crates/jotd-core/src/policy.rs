@@ -164,10 +164,10 @@ fn split_scheme(s: &str) -> (Option<&str>, &str) {
 pub(crate) fn origin_matches(pattern: &str, origin: &str) -> bool {
     let (p_scheme, p_host) = split_scheme(pattern);
     let (o_scheme, o_host) = split_scheme(origin);
-    if let Some(ps) = p_scheme {
-        if !o_scheme.is_some_and(|os| os.eq_ignore_ascii_case(ps)) {
-            return false;
-        }
+    if let Some(ps) = p_scheme
+        && !o_scheme.is_some_and(|os| os.eq_ignore_ascii_case(ps))
+    {
+        return false;
     }
     match p_host.strip_prefix("*.") {
         Some(suffix) => {
