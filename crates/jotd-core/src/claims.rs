@@ -6,7 +6,7 @@
 //! `malformed`. Claims the tenant asks to return are kept as raw JSON.
 
 use crate::json::{Skip, StrCow};
-use crate::policy::Grants;
+use crate::policy::{Grants, Strs};
 use crate::reason::Reason;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -33,7 +33,7 @@ pub(crate) struct Claims<'a> {
     pub(crate) iss: Option<Cow<'a, str>>,
     pub(crate) sub: Option<Cow<'a, str>>,
     pub(crate) jti: Option<Cow<'a, str>>,
-    pub(crate) aud: Option<Vec<Cow<'a, str>>>,
+    pub(crate) aud: Option<Strs<'a>>,
     pub(crate) grants: Grants<'a>,
     /// `(index into ClaimsWanted::returned, raw JSON value)`.
     pub(crate) returned: Vec<(usize, &'a RawValue)>,
@@ -194,7 +194,7 @@ impl<'de, A: MapAccess<'de>> Value<'_, '_, '_, '_, 'de, A> {
 }
 
 /// An array of strings (policy claims).
-struct StrList<'a>(Vec<Cow<'a, str>>);
+struct StrList<'a>(Strs<'a>);
 
 impl<'de> Deserialize<'de> for StrList<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -212,7 +212,7 @@ impl<'de> Visitor<'de> for StrListVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
+        let mut out = Strs::new();
         while let Some(StrCow(s)) = seq.next_element()? {
             out.push(s);
         }
@@ -221,7 +221,7 @@ impl<'de> Visitor<'de> for StrListVisitor {
 }
 
 /// `aud`: one string or an array of strings (RFC 7519 §4.1.3).
-struct Audience<'a>(Vec<Cow<'a, str>>);
+struct Audience<'a>(Strs<'a>);
 
 impl<'de> Deserialize<'de> for Audience<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -232,10 +232,10 @@ impl<'de> Deserialize<'de> for Audience<'de> {
                 f.write_str("a string or an array of strings")
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Audience(vec![Cow::Borrowed(v)]))
+                Ok(Audience(smallvec::smallvec![Cow::Borrowed(v)]))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Audience(vec![Cow::Owned(v.to_owned())]))
+                Ok(Audience(smallvec::smallvec![Cow::Owned(v.to_owned())]))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
                 StrListVisitor.visit_seq(seq).map(|l| Audience(l.0))

@@ -1,5 +1,6 @@
 //! The verification pipeline: token bytes + request + snapshot + `now` → [`Decision`].
 
+use crate::alg::Algorithm;
 use crate::cache::{CacheConfig, CacheStats, CachedToken, LocalCounts, Times, TokenCache};
 use crate::claims::{Claims, ClaimsWanted, parse_claims};
 use crate::decision::{Decision, TokenInfo};
@@ -7,7 +8,7 @@ use crate::policy::{Grants, authorize};
 use crate::reason::Reason;
 use crate::request::{Request, UnixTime};
 use crate::tenant::{Snapshot, Tenant, TenantKey};
-use crate::token::{Base64Url, parse_header, split, utf8};
+use crate::token::{Base64Url, Header, parse_header, split, utf8};
 use std::num::NonZeroUsize;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -39,7 +40,38 @@ pub struct Scratch {
     header: Vec<u8>,
     payload: Vec<u8>,
     signature: Vec<u8>,
+    memo: HeaderMemo,
     pub(crate) counts: LocalCounts,
+}
+
+/// The last header segment this worker parsed. Tokens signed by one key share
+/// a byte-identical header, so an exact match skips its decode and parse.
+#[derive(Debug, Default)]
+struct HeaderMemo {
+    segment: Vec<u8>,
+    alg: Option<Algorithm>,
+    kid: Option<String>,
+    typ: Option<String>,
+}
+
+impl HeaderMemo {
+    fn store(&mut self, segment: &[u8], head: &Header<'_>) {
+        fn put(slot: &mut Option<String>, value: Option<&str>) {
+            match (slot.as_mut(), value) {
+                (Some(s), Some(v)) => {
+                    s.clear();
+                    s.push_str(v);
+                }
+                (None, Some(v)) => *slot = Some(v.to_owned()),
+                (_, None) => *slot = None,
+            }
+        }
+        self.segment.clear();
+        self.segment.extend_from_slice(segment);
+        self.alg = Some(head.alg);
+        put(&mut self.kid, head.kid.as_deref());
+        put(&mut self.typ, head.typ.as_deref());
+    }
 }
 
 impl Scratch {
@@ -186,19 +218,24 @@ impl Engine {
             header,
             payload,
             signature,
+            memo,
             counts,
         } = scratch;
         let b64 = &self.base64url;
-        b64.decode(seg.header, header).map_err(deny)?;
-        let head = parse_header(utf8(header).map_err(deny)?).map_err(deny)?;
-        if !tenant.claims.typ.accepts(head.typ.as_deref()) {
+        if memo.alg.is_none() || memo.segment != seg.header {
+            b64.decode(seg.header, header).map_err(deny)?;
+            let head = parse_header(utf8(header).map_err(deny)?).map_err(deny)?;
+            memo.store(seg.header, &head);
+        }
+        let alg = memo.alg.ok_or(deny(Reason::InternalError))?;
+        if !tenant.claims.typ.accepts(memo.typ.as_deref()) {
             return Err(deny(Reason::BadTyp));
         }
-        if !tenant.algorithms.contains(head.alg) {
+        if !tenant.algorithms.contains(alg) {
             return Err(deny(Reason::AlgNotAllowed));
         }
-        let key = find_key(tenant, head.kid.as_deref()).map_err(deny)?;
-        if key.key.algorithm() != head.alg {
+        let key = find_key(tenant, memo.kid.as_deref()).map_err(deny)?;
+        if key.key.algorithm() != alg {
             return Err(deny(Reason::KeyAlgMismatch));
         }
         // Every segment must be strict base64url before any crypto runs.
@@ -220,7 +257,7 @@ impl Engine {
             .map(|(i, raw)| (wanted.returned[*i].clone(), Box::<str>::from(raw.get())))
             .collect();
         let info = Arc::new(TokenInfo::new(
-            head.alg,
+            alg,
             Some(key.kid.clone()),
             claims.sub.as_deref().map(Box::from),
             claims.exp,

@@ -42,17 +42,20 @@ impl PolicyModel {
     }
 }
 
+/// A claim's list of strings; up to four live inline (no allocation).
+pub(crate) type Strs<'a> = smallvec::SmallVec<[Cow<'a, str>; 4]>;
+
 /// The policy claims of a token, borrowed while verifying, owned in the cache.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Grants<'a> {
-    pub(crate) methods: Option<Vec<Cow<'a, str>>>,
-    pub(crate) addresses: Option<Vec<Cow<'a, str>>>,
-    pub(crate) origins: Option<Vec<Cow<'a, str>>>,
-    pub(crate) user_agents: Option<Vec<Cow<'a, str>>>,
-    pub(crate) permissions: Option<Vec<Cow<'a, str>>>,
+    pub(crate) methods: Option<Strs<'a>>,
+    pub(crate) addresses: Option<Strs<'a>>,
+    pub(crate) origins: Option<Strs<'a>>,
+    pub(crate) user_agents: Option<Strs<'a>>,
+    pub(crate) permissions: Option<Strs<'a>>,
 }
 
-fn own(list: Option<Vec<Cow<'_, str>>>) -> Option<Vec<Cow<'static, str>>> {
+fn own(list: Option<Strs<'_>>) -> Option<Strs<'static>> {
     list.map(|l| l.into_iter().map(|s| Cow::Owned(s.into_owned())).collect())
 }
 

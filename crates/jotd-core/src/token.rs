@@ -22,11 +22,7 @@ pub(crate) struct Segments<'t> {
 /// Splits a token into exactly three non-empty segments. Anything else
 /// (JWE's five, a detached payload, a token of many dots) is `malformed`.
 pub(crate) fn split(token: &[u8]) -> Result<Segments<'_>, Reason> {
-    let mut dots = token
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'.')
-        .map(|(i, _)| i);
+    let mut dots = memchr::memchr_iter(b'.', token);
     let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
         return Err(Reason::Malformed);
     };

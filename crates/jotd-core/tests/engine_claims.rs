@@ -362,3 +362,35 @@ fn revocation_by_jti_and_sub() {
         Reason::Ok
     );
 }
+
+#[test]
+fn one_workers_scratch_never_carries_a_header_across_tokens() {
+    let snap = one(tenant("t", &[Es256, EdDsa, Hs256]));
+    let e = uncached();
+    let mut scratch = jotd_core::Scratch::new();
+    let es = mint(Es256, json!({}));
+    let ed = mint(EdDsa, json!({}));
+    let hs = mint(Hs256, json!({}));
+    let (es_head, es_rest) = es.split_once('.').unwrap();
+    let broken_header = format!("e{es_head}.{es_rest}");
+    let swapped = format!("{}.{}", ed.split_once('.').unwrap().0, es_rest);
+    let sequence = [
+        (&es, Reason::Ok),
+        (&broken_header, Reason::Malformed),
+        (&es, Reason::Ok),
+        (&swapped, Reason::BadSignature),
+        (&hs, Reason::Ok),
+        (&ed, Reason::Ok),
+        (&es, Reason::Ok),
+        (&swapped, Reason::BadSignature),
+    ];
+    for (i, (token, want)) in sequence.iter().enumerate() {
+        let d = e.verify_with(
+            &mut scratch,
+            &snap,
+            &Request::bearer("t", token.as_bytes()),
+            UnixTime(NOW),
+        );
+        assert_eq!(d.reason(), *want, "step {i}");
+    }
+}

@@ -16,9 +16,9 @@ fn registered_claims_are_typed_and_borrowed() {
         .unwrap();
     assert_eq!((c.exp, c.nbf, c.iat), (Some(10), Some(5), Some(4)));
     assert!(matches!(c.sub, Some(Cow::Borrowed("s"))));
-    assert_eq!(c.aud.unwrap(), ["a", "b"]);
+    assert_eq!(c.aud.unwrap().as_slice(), ["a", "b"]);
     let one = parse(r#"{"aud":"only"}"#).unwrap();
-    assert_eq!(one.aud.unwrap(), ["only"]);
+    assert_eq!(one.aud.unwrap().as_slice(), ["only"]);
     let escaped = parse(r#"{"sub":"a\"b"}"#).unwrap();
     assert_eq!(escaped.sub.as_deref(), Some("a\"b"));
 }

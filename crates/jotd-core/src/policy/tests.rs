@@ -1,6 +1,6 @@
 use super::*;
 
-fn list(items: &[&'static str]) -> Option<Vec<Cow<'static, str>>> {
+fn list(items: &[&'static str]) -> Option<Strs<'static>> {
     Some(items.iter().map(|s| Cow::Borrowed(*s)).collect())
 }
 
