@@ -23,6 +23,25 @@ pub enum MintError {
     Sign(Algorithm),
 }
 
+/// Infura-style claims of about 230 bytes, deterministic in `serial`: issuer,
+/// subject, audience `jotd`, `iat = now`, `exp = now + 1 h`, a `jti`, a method
+/// allowlist and an origin allowlist (`https://*.example.com`). The workload of
+/// `jotd speed`, the benches and the load harness.
+#[must_use]
+pub fn sample_claims(now: u64, serial: u32) -> String {
+    format!(
+        concat!(
+            r#"{{"iss":"https://auth.example.com","sub":"project-{serial:06}","aud":"jotd","iat":{now},"#,
+            r#""exp":{exp},"jti":"{jti:016x}","methods":["eth_call","eth_blockNumber","eth_getBalance"],"#,
+            r#""origins":["https://*.example.com"]}}"#
+        ),
+        serial = serial,
+        now = now,
+        exp = now + 3600,
+        jti = u64::from(serial).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    )
+}
+
 #[allow(clippy::large_enum_variant)] // few, long-lived keys
 enum Inner {
     Rsa(RsaKeyPair),

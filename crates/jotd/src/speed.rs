@@ -2,14 +2,14 @@
 //! raw aws-lc-rs signature verification on the same keys and tokens.
 
 use anyhow::{Context, bail};
+use aws_lc_rs::hmac;
 use aws_lc_rs::signature::{self, ParsedPublicKey};
-use aws_lc_rs::{hmac, rand::SecureRandom};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::Args;
 use jotd_core::{
     Algorithm, Engine, EngineConfig, PolicyModel, Reason, Request, Scratch, SigningKey, Snapshot,
-    Tenant, TenantKey, UnixTime,
+    Tenant, TenantKey, UnixTime, sample_claims,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -117,23 +117,6 @@ const TENANT: &str = "speed-tenant";
 const METHOD: &str = "eth_call";
 const ORIGIN: &str = "https://app.example.com";
 
-/// Infura-style claims of about 200 bytes: issuer, subject, audience, times, id and allowlists.
-fn claims(now: u64, i: u32, rng: &dyn SecureRandom) -> anyhow::Result<String> {
-    let mut jti = [0u8; 12];
-    rng.fill(&mut jti).ok().context("random jti")?;
-    Ok(serde_json::json!({
-        "iss": "https://auth.example.com",
-        "sub": format!("project-{i:06}"),
-        "aud": "jotd",
-        "iat": now,
-        "exp": now + 3600,
-        "jti": URL_SAFE_NO_PAD.encode(jti),
-        "methods": ["eth_call", "eth_blockNumber", "eth_getBalance"],
-        "origins": ["https://*.example.com"],
-    })
-    .to_string())
-}
-
 fn workload(alg: Algorithm, count: u32) -> anyhow::Result<Workload> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -141,11 +124,10 @@ fn workload(alg: Algorithm, count: u32) -> anyhow::Result<Workload> {
         .as_secs();
     let key = SigningKey::generate(alg)?;
     let kid = format!("{}-2026-11", alg.as_str().to_ascii_lowercase());
-    let rng = aws_lc_rs::rand::SystemRandom::new();
     let mut tokens = Vec::with_capacity(count as usize);
     let mut raw_cases = Vec::with_capacity(count as usize);
     for i in 0..count {
-        let token = key.mint(Some(&kid), &claims(now, i, &rng)?)?;
+        let token = key.mint(Some(&kid), &sample_claims(now, i))?;
         let (input, sig) = token
             .rsplit_once('.')
             .context("minted token has three segments")?;
