@@ -35,7 +35,7 @@ pub use decision::{Decision, TokenInfo};
 pub use engine::{Engine, EngineConfig, Scratch};
 pub use key::{KeyError, RSA_MAX_BITS, RSA_MIN_BITS, VerifyingKey};
 #[cfg(feature = "mint")]
-pub use mint::{MintError, SigningKey, sample_claims};
+pub use mint::{MintError, RawVerifier, SigningKey, sample_claims, split_for_raw};
 pub use policy::PolicyModel;
 pub use reason::Reason;
 pub use request::{Request, UnixTime};

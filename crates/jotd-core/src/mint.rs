@@ -234,3 +234,59 @@ impl SigningKey {
         Ok(token)
     }
 }
+
+/// The baseline that `jotd speed` and the benches compare the engine with: raw
+/// aws-lc-rs, a pre-parsed key, on an already split signing input and an
+/// already decoded signature. The crypto alone, nothing of JWT.
+pub struct RawVerifier {
+    inner: RawInner,
+}
+
+#[allow(clippy::large_enum_variant)] // one per measurement
+enum RawInner {
+    Public(signature::ParsedPublicKey),
+    Hmac(hmac::Key),
+}
+
+impl RawVerifier {
+    /// The baseline for tokens signed by `key`.
+    ///
+    /// # Errors
+    /// Only if aws-lc-rs refuses its own public key.
+    pub fn new(key: &SigningKey) -> Result<Self, MintError> {
+        let err = |_| MintError::Key(key.alg);
+        let inner = match (&key.inner, key.alg.verification()) {
+            (Inner::Hmac(k, _), _) => RawInner::Hmac(k.clone()),
+            (_, Some(alg)) => {
+                let spki = key
+                    .verifying_key()
+                    .ok()
+                    .and_then(|k| k.spki_der())
+                    .ok_or(MintError::Key(key.alg))?;
+                RawInner::Public(signature::ParsedPublicKey::new(alg, spki).map_err(err)?)
+            }
+            (_, None) => return Err(MintError::Key(key.alg)),
+        };
+        Ok(Self { inner })
+    }
+
+    /// Verifies `signature` over `signing_input`.
+    #[must_use]
+    pub fn verify(&self, signing_input: &[u8], signature: &[u8]) -> bool {
+        match &self.inner {
+            RawInner::Public(k) => k.verify_sig(signing_input, signature).is_ok(),
+            RawInner::Hmac(k) => hmac::verify(k, signing_input, signature).is_ok(),
+        }
+    }
+}
+
+/// Splits a compact JWS into its signing input and decoded signature (for [`RawVerifier`]).
+///
+/// # Errors
+/// Not three segments, or the signature is not base64url.
+pub fn split_for_raw(token: &str) -> Result<(Vec<u8>, Vec<u8>), MintError> {
+    let bad = MintError::Sign(Algorithm::Hs256);
+    let (input, sig) = token.rsplit_once('.').ok_or(bad.clone())?;
+    let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| bad)?;
+    Ok((input.as_bytes().to_vec(), sig))
+}

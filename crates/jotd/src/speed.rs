@@ -2,14 +2,10 @@
 //! raw aws-lc-rs signature verification on the same keys and tokens.
 
 use anyhow::{Context, bail};
-use aws_lc_rs::hmac;
-use aws_lc_rs::signature::{self, ParsedPublicKey};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::Args;
 use jotd_core::{
-    Algorithm, Engine, EngineConfig, PolicyModel, Reason, Request, Scratch, SigningKey, Snapshot,
-    Tenant, TenantKey, UnixTime, sample_claims,
+    Algorithm, Engine, EngineConfig, PolicyModel, RawVerifier, Reason, Request, Scratch,
+    SigningKey, Snapshot, Tenant, TenantKey, UnixTime, sample_claims, split_for_raw,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -64,52 +60,13 @@ fn parse_algs(names: &[String]) -> anyhow::Result<Vec<Algorithm>> {
     Ok(algs)
 }
 
-/// What the raw baseline verifies: exactly the engine's signing input and decoded signature.
-struct RawCase {
-    signing_input: Vec<u8>,
-    signature: Vec<u8>,
-}
-
-#[allow(clippy::large_enum_variant)] // one per algorithm; inline like the engine's keys
-enum RawKey {
-    Public(ParsedPublicKey),
-    Hmac(hmac::Key),
-}
-
-impl RawKey {
-    fn verify(&self, c: &RawCase) -> bool {
-        match self {
-            Self::Public(k) => k.verify_sig(&c.signing_input, &c.signature).is_ok(),
-            Self::Hmac(k) => hmac::verify(k, &c.signing_input, &c.signature).is_ok(),
-        }
-    }
-}
-
-fn raw_verification(alg: Algorithm) -> &'static dyn signature::VerificationAlgorithm {
-    match alg {
-        Algorithm::Rs256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-        Algorithm::Rs384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::Rs512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-        Algorithm::Ps256 => &signature::RSA_PSS_2048_8192_SHA256,
-        Algorithm::Ps384 => &signature::RSA_PSS_2048_8192_SHA384,
-        Algorithm::Ps512 => &signature::RSA_PSS_2048_8192_SHA512,
-        Algorithm::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
-        Algorithm::Es384 => &signature::ECDSA_P384_SHA384_FIXED,
-        Algorithm::Es512 => &signature::ECDSA_P521_SHA512_FIXED,
-        Algorithm::Es256K => &signature::ECDSA_P256K1_SHA256_FIXED,
-        Algorithm::EdDsa | Algorithm::Hs256 | Algorithm::Hs384 | Algorithm::Hs512 => {
-            &signature::ED25519
-        }
-    }
-}
-
 /// Keys, a tenant and tokens for one algorithm.
 struct Workload {
     alg: Algorithm,
     snapshot: Snapshot,
     tokens: Vec<String>,
-    raw_key: RawKey,
-    raw_cases: Vec<RawCase>,
+    raw: RawVerifier,
+    raw_cases: Vec<(Vec<u8>, Vec<u8>)>,
     now: UnixTime,
 }
 
@@ -128,26 +85,10 @@ fn workload(alg: Algorithm, count: u32) -> anyhow::Result<Workload> {
     let mut raw_cases = Vec::with_capacity(count as usize);
     for i in 0..count {
         let token = key.mint(Some(&kid), &sample_claims(now, i))?;
-        let (input, sig) = token
-            .rsplit_once('.')
-            .context("minted token has three segments")?;
-        raw_cases.push(RawCase {
-            signing_input: input.as_bytes().to_vec(),
-            signature: URL_SAFE_NO_PAD.decode(sig)?,
-        });
+        raw_cases.push(split_for_raw(&token)?);
         tokens.push(token);
     }
-    let raw_key = match key.hmac_secret() {
-        Some(secret) => RawKey::Hmac(hmac::Key::new(alg_hmac(alg), secret)),
-        None => {
-            let spki = key.verifying_key()?.spki_der().context("public key")?;
-            RawKey::Public(
-                ParsedPublicKey::new(raw_verification(alg), spki)
-                    .ok()
-                    .context("raw key")?,
-            )
-        }
-    };
+    let raw = RawVerifier::new(&key)?;
     let mut tenant = Tenant::new(
         TENANT,
         vec![TenantKey {
@@ -163,18 +104,10 @@ fn workload(alg: Algorithm, count: u32) -> anyhow::Result<Workload> {
         alg,
         snapshot,
         tokens,
-        raw_key,
+        raw,
         raw_cases,
         now: UnixTime(now),
     })
-}
-
-fn alg_hmac(alg: Algorithm) -> hmac::Algorithm {
-    match alg {
-        Algorithm::Hs384 => hmac::HMAC_SHA384,
-        Algorithm::Hs512 => hmac::HMAC_SHA512,
-        _ => hmac::HMAC_SHA256,
-    }
 }
 
 /// Runs `step(i)` on `threads` threads for `seconds`; returns operations per second per thread.
@@ -284,7 +217,8 @@ fn run_one(w: &Workload, args: &SpeedArgs) -> anyhow::Result<Row> {
     )?;
     let hits = measure(args.threads, args.seconds, &engine_step(&cached, w, &reqs))?;
     let raw = measure(args.threads, args.seconds, &|i| {
-        w.raw_key.verify(&w.raw_cases[i % n])
+        let (input, sig) = &w.raw_cases[i % n];
+        w.raw.verify(input, sig)
     })?;
     Ok(Row {
         alg: w.alg,
