@@ -41,7 +41,9 @@ pub(crate) struct Claims<'a> {
     pub(crate) required_seen: u64,
 }
 
-/// Parses decoded payload JSON into [`Claims`], or the reason it is unacceptable.
+/// Parses decoded payload JSON into `out` (filled in place: the struct is large
+/// and moving it through serde's layers showed up in profiles), or the reason
+/// it is unacceptable. `out` should start as `Claims::default()`.
 ///
 /// A JSON syntax error anywhere is `malformed`. A data error (a value of the
 /// wrong type) takes the reason the visitor recorded for the claim it was
@@ -50,50 +52,61 @@ pub(crate) struct Claims<'a> {
 pub(crate) fn parse_claims<'a>(
     json: &'a str,
     wanted: ClaimsWanted<'_>,
-) -> Result<Claims<'a>, Reason> {
+    out: &mut Claims<'a>,
+) -> Result<(), Reason> {
     let failure = Cell::new(None);
     let mut de = serde_json::Deserializer::from_str(json);
     let parsed = ClaimsSeed {
         wanted,
         failure: &failure,
+        out,
     }
     .deserialize(&mut de)
-    .and_then(|c| de.end().map(|()| c));
+    .and_then(|()| de.end());
     parsed.map_err(|e| match e.classify() {
         serde_json::error::Category::Data => failure.get().unwrap_or(Reason::Malformed),
         _ => Reason::Malformed,
     })
 }
 
-struct ClaimsSeed<'c, 'f> {
+struct ClaimsSeed<'c, 'f, 'o, 'de> {
     wanted: ClaimsWanted<'c>,
     failure: &'f Cell<Option<Reason>>,
+    out: &'o mut Claims<'de>,
 }
 
-impl<'de> DeserializeSeed<'de> for ClaimsSeed<'_, '_> {
-    type Value = Claims<'de>;
+impl<'de> DeserializeSeed<'de> for ClaimsSeed<'_, '_, '_, 'de> {
+    type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for ClaimsSeed<'_, '_> {
-    type Value = Claims<'de>;
+impl<'de> Visitor<'de> for ClaimsSeed<'_, '_, '_, 'de> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object of claims")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut claims = Claims::default();
+        let Self {
+            wanted,
+            failure,
+            out: claims,
+        } = self;
+        let fail = |reason: Reason| -> A::Error {
+            failure.set(Some(reason));
+            de::Error::custom(reason.as_str())
+        };
         while let Some(StrCow(name)) = map.next_key::<StrCow<'de>>()? {
-            if let Some(i) = self.wanted.required.iter().position(|r| **r == *name)
+            if let Some(i) = wanted.required.iter().position(|r| **r == *name)
                 && i < 64
             {
                 claims.required_seen |= 1 << i;
             }
-            let returned = self.wanted.returned.iter().position(|r| **r == *name);
+            let returned = wanted.returned.iter().position(|r| **r == *name);
             let known = matches!(
                 &*name,
                 "exp"
@@ -110,9 +123,9 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_, '_> {
                     | "permissions"
             );
             if !known && returned.is_none() {
-                self.failure.set(Some(Reason::Malformed));
+                failure.set(Some(Reason::Malformed));
                 map.next_value_seed(Skip::new())?;
-                self.failure.set(None);
+                failure.set(None);
                 continue;
             }
             // Claims to return are kept raw (then also typed if registered); others are typed in place.
@@ -122,7 +135,7 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_, '_> {
                     let too_deep =
                         Skip::new().deserialize(&mut serde_json::Deserializer::from_str(raw.get()));
                     if claims.returned.iter().any(|(j, _)| *j == i) || too_deep.is_err() {
-                        return Err(self.fail(Reason::Malformed));
+                        return Err(fail(Reason::Malformed));
                     }
                     claims.returned.push((i, raw));
                     Some(raw)
@@ -132,7 +145,7 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_, '_> {
             let mut value = Value {
                 map: &mut map,
                 raw,
-                seed: &self,
+                failure,
             };
             let g = &mut claims.grants;
             match &*name {
@@ -151,25 +164,18 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_, '_> {
                 _ => {}
             }
         }
-        Ok(claims)
-    }
-}
-
-impl ClaimsSeed<'_, '_> {
-    fn fail<E: de::Error>(&self, reason: Reason) -> E {
-        self.failure.set(Some(reason));
-        E::custom(reason.as_str())
+        Ok(())
     }
 }
 
 /// The value of one claim: still in the map, or already captured raw.
-struct Value<'m, 's, 'c, 'f, 'de, A> {
+struct Value<'m, 'f, 'de, A> {
     map: &'m mut A,
     raw: Option<&'de RawValue>,
-    seed: &'s ClaimsSeed<'c, 'f>,
+    failure: &'f Cell<Option<Reason>>,
 }
 
-impl<'de, A: MapAccess<'de>> Value<'_, '_, '_, '_, 'de, A> {
+impl<'de, A: MapAccess<'de>> Value<'_, '_, 'de, A> {
     /// Sets a typed claim once: a second occurrence is `malformed`, a value of
     /// the wrong type `invalid_claim`.
     fn set<T: Deserialize<'de>, V>(
@@ -178,16 +184,17 @@ impl<'de, A: MapAccess<'de>> Value<'_, '_, '_, '_, 'de, A> {
         into: impl FnOnce(T) -> V,
     ) -> Result<(), A::Error> {
         if slot.is_some() {
-            return Err(self.seed.fail(Reason::Malformed));
+            self.failure.set(Some(Reason::Malformed));
+            return Err(de::Error::custom("duplicate claim"));
         }
-        self.seed.failure.set(Some(Reason::InvalidClaim));
+        self.failure.set(Some(Reason::InvalidClaim));
         let value: T = match self.raw {
             Some(raw) => {
                 serde_json::from_str(raw.get()).map_err(|_| de::Error::custom("invalid claim"))?
             }
             None => self.map.next_value()?,
         };
-        self.seed.failure.set(None);
+        self.failure.set(None);
         *slot = Some(into(value));
         Ok(())
     }

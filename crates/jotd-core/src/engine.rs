@@ -250,7 +250,8 @@ impl Engine {
             returned: &tenant.claims_to_return,
             required: &tenant.claims.required,
         };
-        let claims = parse_claims(utf8(payload).map_err(deny)?, wanted).map_err(deny)?;
+        let mut claims = Claims::default();
+        parse_claims(utf8(payload).map_err(deny)?, wanted, &mut claims).map_err(deny)?;
         let returned = claims
             .returned
             .iter()

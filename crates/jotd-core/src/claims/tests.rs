@@ -7,7 +7,12 @@ const NONE: ClaimsWanted<'static> = ClaimsWanted {
 };
 
 fn parse(json: &str) -> Result<Claims<'_>, Reason> {
-    parse_claims(json, NONE)
+    parse_with(json, NONE)
+}
+
+fn parse_with<'a>(json: &'a str, wanted: ClaimsWanted<'_>) -> Result<Claims<'a>, Reason> {
+    let mut claims = Claims::default();
+    parse_claims(json, wanted, &mut claims).map(|()| claims)
 }
 
 #[test]
@@ -72,7 +77,7 @@ fn deep_nesting_is_rejected_without_overflowing_the_stack() {
         returned: &returned,
         required: &[],
     };
-    assert_eq!(parse_claims(&deep, wanted).unwrap_err(), Reason::Malformed);
+    assert_eq!(parse_with(&deep, wanted).unwrap_err(), Reason::Malformed);
 }
 
 #[test]
@@ -83,11 +88,11 @@ fn returned_and_required_claims_are_tracked() {
         returned: &returned,
         required: &required,
     };
-    let c = parse_claims(r#"{"groups":["a"],"name":"n","sub":"s","other":1}"#, wanted).unwrap();
+    let c = parse_with(r#"{"groups":["a"],"name":"n","sub":"s","other":1}"#, wanted).unwrap();
     let got: Vec<_> = c.returned.iter().map(|(i, raw)| (*i, raw.get())).collect();
     assert_eq!(got, [(0, r#"["a"]"#), (1, r#""s""#)]);
     assert_eq!(c.sub.as_deref(), Some("s"));
     assert_eq!(c.required_seen, 0b01);
-    let dup = parse_claims(r#"{"groups":1,"groups":2}"#, wanted).unwrap_err();
+    let dup = parse_with(r#"{"groups":1,"groups":2}"#, wanted).unwrap_err();
     assert_eq!(dup, Reason::Malformed);
 }
