@@ -19,6 +19,8 @@ mod cache;
 mod claims;
 mod decision;
 mod engine;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod json;
 mod key;
 #[cfg(feature = "mint")]
