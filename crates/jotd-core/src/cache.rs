@@ -104,6 +104,54 @@ impl CachedToken {
     }
 }
 
+impl CachedToken {
+    /// Whether this entry may answer for `tenant` at `now`.
+    #[inline]
+    pub(crate) fn valid_for(&self, tenant: &str, epoch: u64, now: u64) -> bool {
+        *self.tenant == *tenant && self.epoch == epoch && now < self.dies_at
+    }
+}
+
+/// A worker's private copy of the token it keeps seeing. A single hot token
+/// hit from many threads would otherwise bounce one shard lock and one
+/// refcount between cores on every request; this copy is touched by one
+/// worker only. It is filled on the second consecutive hit of the same entry,
+/// and validated like any cache entry on every use.
+#[derive(Debug, Default)]
+pub(crate) struct HotToken {
+    token: Vec<u8>,
+    entry: Option<Arc<CachedToken>>,
+    info: Option<Arc<TokenInfo>>,
+    clears: u64,
+    /// Address of the last shared entry hit (compared, never dereferenced).
+    last_hit: usize,
+}
+
+impl HotToken {
+    /// The memo's entry and private facts when it holds exactly `token`.
+    #[inline]
+    pub(crate) fn get(&self, token: &[u8], clears: u64) -> Option<(&CachedToken, &Arc<TokenInfo>)> {
+        match (&self.entry, &self.info) {
+            (Some(e), Some(i)) if self.clears == clears && self.token == token => Some((e, i)),
+            _ => None,
+        }
+    }
+
+    /// Notes a shared-cache hit; the second in a row on one entry fills the memo.
+    pub(crate) fn saw(&mut self, token: &[u8], hit: &Arc<CachedToken>, clears: u64) {
+        let addr = Arc::as_ptr(hit) as usize;
+        if addr != self.last_hit {
+            self.last_hit = addr;
+            return;
+        }
+        self.token.clear();
+        self.token.extend_from_slice(token);
+        self.info = Some(Arc::new((*hit.info).clone()));
+        self.entry = Some(Arc::clone(hit));
+        self.clears = clears;
+    }
+}
+
 /// Per-worker counts, flushed once per chunk so the hot path touches no shared counter.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct LocalCounts {
@@ -116,6 +164,8 @@ pub(crate) struct TokenCache {
     map: DashMap<Box<[u8]>, Arc<CachedToken>, foldhash::fast::RandomState>,
     config: CacheConfig,
     bytes: AtomicUsize,
+    /// Bumped by `clear`, so per-worker hot-token memos drop what they hold.
+    clears: AtomicU64,
     evicting: AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -126,9 +176,11 @@ pub(crate) struct TokenCache {
 impl TokenCache {
     pub(crate) fn new(config: CacheConfig) -> Self {
         Self {
-            map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            // Many shards: fewer threads share a shard lock word on distinct tokens.
+            map: DashMap::with_hasher_and_shard_amount(foldhash::fast::RandomState::default(), 128),
             config,
             bytes: AtomicUsize::new(0),
+            clears: AtomicU64::new(0),
             evicting: AtomicBool::new(false),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -209,7 +261,14 @@ impl TokenCache {
         self.evicting.store(false, Relaxed);
     }
 
+    /// How many times the cache was cleared (read per lookup by hot-token memos).
+    #[inline]
+    pub(crate) fn clears(&self) -> u64 {
+        self.clears.load(Relaxed)
+    }
+
     pub(crate) fn clear(&self) {
+        self.clears.fetch_add(1, Relaxed);
         let n = self.map.len() as u64;
         self.map.clear();
         self.bytes.store(0, Relaxed);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 /// Facts about a token whose signature verified. Only the engine builds one
 /// (the fields are private), so nothing downstream can fake a verified token.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenInfo {
     alg: Algorithm,
     kid: Option<Box<str>>,

@@ -1,7 +1,9 @@
 //! The verification pipeline: token bytes + request + snapshot + `now` → [`Decision`].
 
 use crate::alg::Algorithm;
-use crate::cache::{CacheConfig, CacheStats, CachedToken, LocalCounts, Times, TokenCache};
+use crate::cache::{
+    CacheConfig, CacheStats, CachedToken, HotToken, LocalCounts, Times, TokenCache,
+};
 use crate::claims::{Claims, ClaimsWanted, parse_claims};
 use crate::decision::{Decision, TokenInfo};
 use crate::policy::{Grants, authorize};
@@ -41,6 +43,7 @@ pub struct Scratch {
     payload: Vec<u8>,
     signature: Vec<u8>,
     memo: HeaderMemo,
+    hot: HotToken,
     pub(crate) counts: LocalCounts,
 }
 
@@ -186,15 +189,31 @@ impl Engine {
             return Decision::without_token(Reason::TokenTooLarge);
         }
         if let Some(cache) = &self.cache {
+            let clears = cache.clears();
+            if let Some((hot, info)) = scratch.hot.get(token, clears)
+                && hot.valid_for(&tenant.id, tenant.epoch, now.0)
+            {
+                scratch.counts.hits += 1;
+                let verdict = finish(
+                    tenant,
+                    hot.times,
+                    hot.jti.as_deref(),
+                    info.sub(),
+                    &hot.grants,
+                    req,
+                    now,
+                );
+                return Decision::with_token(verdict, Arc::clone(info));
+            }
             if let Some(hit) = cache.get(token)
-                && *hit.tenant == *tenant.id
-                && hit.epoch == tenant.epoch
-                && now.0 < hit.dies_at
+                && hit.valid_for(&tenant.id, tenant.epoch, now.0)
             {
                 scratch.counts.hits += 1;
                 let (jti, sub) = (hit.jti.as_deref(), hit.info.sub());
                 let verdict = finish(tenant, hit.times, jti, sub, &hit.grants, req, now);
-                return Decision::with_token(verdict, Arc::clone(&hit.info));
+                let decision = Decision::with_token(verdict, Arc::clone(&hit.info));
+                scratch.hot.saw(token, &hit, clears);
+                return decision;
             }
             scratch.counts.misses += 1;
         }
@@ -220,6 +239,7 @@ impl Engine {
             signature,
             memo,
             counts,
+            ..
         } = scratch;
         let b64 = &self.base64url;
         if memo.alg.is_none() || memo.segment != seg.header {

@@ -171,3 +171,63 @@ fn entries_live_no_longer_than_max_ttl() {
     e.clear_cache();
     assert_eq!(e.cache_stats().unwrap().entries, 0);
 }
+
+#[test]
+fn a_workers_hot_token_copy_obeys_clear_revocation_and_epoch() {
+    let e = cached(1000);
+    let token = mint(Es256, json!({"jti": "hot"}));
+    let snap = snapshot(vec![tenant("t", &[Es256])]);
+    let mut scratch = jotd_core::Scratch::new();
+    let mut ask = |snap: &Snapshot, now: u64| {
+        let d = e.verify_with(
+            &mut scratch,
+            snap,
+            &Request::bearer("t", token.as_bytes()),
+            UnixTime(now),
+        );
+        e.flush(&mut scratch);
+        d.reason()
+    };
+    // Miss, then two shared hits (the second fills the worker's copy), then copy hits.
+    for _ in 0..5 {
+        assert_eq!(ask(&snap, NOW), Reason::Ok);
+    }
+    assert_eq!(
+        (
+            e.cache_stats().unwrap().misses,
+            e.cache_stats().unwrap().hits
+        ),
+        (1, 4)
+    );
+    // Revocation arrives with a new snapshot: the worker's copy still answers `revoked`.
+    let mut revoked = tenant("t", &[Es256]);
+    let mut d = Denylist::default();
+    d.jti.insert("hot".into(), UnixTime(NOW + 600));
+    revoked.denylist = Arc::new(d);
+    assert_eq!(ask(&snapshot(vec![revoked]), NOW), Reason::Revoked);
+    // Past exp the copy is dead.
+    assert_eq!(ask(&snap, NOW + 700), Reason::Expired);
+    // A new epoch: the copy and the shared entry are both ignored.
+    let mut rotated = tenant("t", &[Es256]);
+    rotated.epoch = 7;
+    let before = e.cache_stats().unwrap().misses;
+    assert_eq!(ask(&snapshot(vec![rotated]), NOW), Reason::Ok);
+    assert_eq!(e.cache_stats().unwrap().misses, before + 1);
+    // Clearing the cache also empties every worker's copy.
+    let snap7 = {
+        let mut t = tenant("t", &[Es256]);
+        t.epoch = 7;
+        snapshot(vec![t])
+    };
+    for _ in 0..3 {
+        assert_eq!(ask(&snap7, NOW), Reason::Ok);
+    }
+    e.clear_cache();
+    let before = e.cache_stats().unwrap().misses;
+    assert_eq!(ask(&snap7, NOW), Reason::Ok);
+    assert_eq!(
+        e.cache_stats().unwrap().misses,
+        before + 1,
+        "verified again after clear"
+    );
+}
