@@ -2,7 +2,7 @@
 
 use crate::alg::{Algorithm, KeyFamily};
 use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::{ParsedPublicKey, RsaPublicKeyComponents};
+use aws_lc_rs::signature::{self, ParsedPublicKey, RsaPublicKeyComponents};
 use aws_lc_rs::{digest, hmac, rsa};
 use base64::Engine as _;
 use std::fmt;
@@ -65,6 +65,7 @@ pub enum KeyError {
 // Keys sit in a tenant's Vec behind an Arc: size does not matter, an extra indirection on
 // every verify would.
 #[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
 enum Inner {
     Public(ParsedPublicKey),
     Hmac(hmac::Key),
@@ -74,6 +75,8 @@ enum Inner {
 ///
 /// Public keys hold an aws-lc-rs [`ParsedPublicKey`] (no re-parsing per
 /// verify); HMAC keys hold an [`hmac::Key`], compared in constant time.
+/// Cloning shares the parsed key (aws-lc reference count), it does not re-parse.
+#[derive(Clone)]
 pub struct VerifyingKey {
     alg: Algorithm,
     inner: Inner,
@@ -105,20 +108,26 @@ impl VerifyingKey {
             alg,
             expected: KeyFamily::Hmac,
         })?;
+        if alg.family() == KeyFamily::Rsa {
+            // Measure first, so a small key is reported by its size rather than as "TooSmall".
+            let rejected = |e: aws_lc_rs::error::KeyRejected| KeyError::Rejected {
+                alg,
+                why: e.description_(),
+            };
+            let pkcs1 = rsa::PublicKey::from_der(der).map_err(rejected)?;
+            let bits =
+                signature::RsaParameters::public_modulus_len(pkcs1.as_ref()).map_err(|_| {
+                    KeyError::Rejected {
+                        alg,
+                        why: "cannot measure the RSA modulus",
+                    }
+                })?;
+            check_rsa_bits(bits as usize)?;
+        }
         let parsed = ParsedPublicKey::new(verification, der).map_err(|e| KeyError::Rejected {
             alg,
             why: e.description_(),
         })?;
-        if alg.family() == KeyFamily::Rsa {
-            let spki = spki_of(&parsed, alg)?;
-            let bits = rsa::PublicEncryptingKey::from_der(&spki)
-                .map_err(|e| KeyError::Rejected {
-                    alg,
-                    why: e.description_(),
-                })?
-                .key_size_bits();
-            check_rsa_bits(bits)?;
-        }
         Ok(Self {
             alg,
             inner: Inner::Public(parsed),

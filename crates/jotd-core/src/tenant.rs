@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// One named key of a tenant.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct TenantKey {
     /// The key id a token names in its header's `kid`.
     pub kid: Box<str>,
@@ -113,7 +113,7 @@ impl Denylist {
 }
 
 /// A tenant: its keys, claim rules and policy.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Tenant {
     /// The tenant id requests name.
     pub id: Box<str>,

@@ -1,0 +1,219 @@
+//! The tenants config file (TOML): raw types, parsing, and errors that name
+//! the file, the line and the key.
+//!
+//! ```toml
+//! max_keys_per_tenant = 3            # default 3
+//! denylist_file = "revoked.toml"     # optional; see `denylist`
+//!
+//! [[tenant]]
+//! id = "project-a"
+//! policy = "allowlist"               # allowlist | permissions | none (default)
+//! audiences = ["jotd"]
+//! [[tenant.key]]
+//! kid = "2026-11"
+//! name = "primary"
+//! alg = "RS256"
+//! pem_file = "keys/project-a.pem"    # or pem, pem_base64, der_file, jwk = {…}, secret, secret_base64
+//! [[tenant.jwks]]
+//! url = "https://idp.example.com/.well-known/jwks.json"   # or file = "jwks.json"
+//! refresh_s = 300
+//! ```
+
+use crate::jwk::Jwk;
+use serde::Deserialize;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// A config error: which file, which line (when known), which key, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file (or the file it names, for a key or JWKS file).
+    pub file: PathBuf,
+    /// 1-based line in `file`.
+    pub line: Option<usize>,
+    /// The key, as a path: `tenant[2].key[0].alg`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Default `max_keys_per_tenant`.
+pub const DEFAULT_MAX_KEYS_PER_TENANT: usize = 3;
+/// Default `max_jwks_keys` (keys taken from one JWKS document).
+pub const DEFAULT_MAX_JWKS_KEYS: usize = 16;
+
+fn default_max_keys() -> usize {
+    DEFAULT_MAX_KEYS_PER_TENANT
+}
+fn default_max_jwks_keys() -> usize {
+    DEFAULT_MAX_JWKS_KEYS
+}
+fn yes() -> bool {
+    true
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default = "default_max_keys")]
+    pub(crate) max_keys_per_tenant: usize,
+    #[serde(default = "default_max_jwks_keys")]
+    pub(crate) max_jwks_keys: usize,
+    #[serde(default)]
+    pub(crate) denylist_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) tenant: Vec<Spanned<RawTenant>>,
+}
+
+/// One `[[tenant]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTenant {
+    pub(crate) id: Spanned<String>,
+    #[serde(default)]
+    pub(crate) policy: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    pub(crate) require_jwt: bool,
+    #[serde(default)]
+    pub(crate) require_typ: bool,
+    #[serde(default = "yes")]
+    pub(crate) require_exp: bool,
+    #[serde(default)]
+    pub(crate) audiences: Vec<String>,
+    #[serde(default)]
+    pub(crate) issuers: Vec<String>,
+    #[serde(default)]
+    pub(crate) algorithms: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub(crate) no_auth_methods: Vec<String>,
+    #[serde(default)]
+    pub(crate) leeway_s: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub(crate) max_lifetime_s: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub(crate) claims_to_return: Vec<String>,
+    #[serde(default)]
+    pub(crate) required_claims: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub(crate) key: Vec<Spanned<RawKey>>,
+    #[serde(default)]
+    pub(crate) jwks: Vec<Spanned<RawJwks>>,
+}
+
+/// One `[[tenant.key]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKey {
+    pub(crate) kid: Spanned<String>,
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    #[serde(default)]
+    pub(crate) alg: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) pem: Option<String>,
+    #[serde(default)]
+    pub(crate) pem_file: Option<String>,
+    #[serde(default)]
+    pub(crate) pem_base64: Option<String>,
+    #[serde(default)]
+    pub(crate) der_file: Option<String>,
+    #[serde(default)]
+    pub(crate) jwk: Option<Jwk>,
+    #[serde(default)]
+    pub(crate) secret: Option<String>,
+    #[serde(default)]
+    pub(crate) secret_base64: Option<String>,
+}
+
+/// One `[[tenant.jwks]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJwks {
+    #[serde(default)]
+    pub(crate) url: Option<String>,
+    #[serde(default)]
+    pub(crate) file: Option<String>,
+    #[serde(default)]
+    pub(crate) refresh_s: Option<u64>,
+    #[serde(default)]
+    pub(crate) alg: Option<String>,
+}
+
+/// Locates errors in one file's text.
+pub(crate) struct Locator<'a> {
+    pub(crate) file: &'a Path,
+    pub(crate) text: &'a str,
+}
+
+impl Locator<'_> {
+    /// The 1-based line of a byte offset.
+    pub(crate) fn line(&self, offset: usize) -> usize {
+        self.text.as_bytes()[..offset.min(self.text.len())]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// An error at `span` about `key`.
+    pub(crate) fn error(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl fmt::Display,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            line: Some(self.line(span.start)),
+            key: key.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Parses the text, turning TOML errors (syntax, unknown keys, wrong types) into [`ConfigError`].
+    pub(crate) fn parse(&self) -> Result<RawConfig, ConfigError> {
+        toml::from_str(self.text).map_err(|e| {
+            let message = e.message().trim().to_owned();
+            // serde names unknown fields as "unknown field `x`": use it as the key.
+            let key = message
+                .split_once("unknown field `")
+                .and_then(|(_, rest)| rest.split_once('`'))
+                .map(|(k, _)| k.to_owned())
+                .unwrap_or_default();
+            ConfigError {
+                file: self.file.to_owned(),
+                line: e.span().map(|s| self.line(s.start)),
+                key,
+                message,
+            }
+        })
+    }
+}
+
+/// Resolves a path named in the config against the config file's folder.
+pub(crate) fn resolve(config_file: &Path, named: &str) -> PathBuf {
+    let p = Path::new(named);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        config_file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}

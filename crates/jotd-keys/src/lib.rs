@@ -1,0 +1,22 @@
+//! jotd-keys: the key cache.
+//!
+//! Key material (PEM SPKI/PKCS#1/certificate, base64-wrapped PEM, DER, JWK,
+//! JWKS, HMAC secrets) → pre-parsed `jotd_core::VerifyingKey`s bound to one
+//! algorithm each; the TOML tenants config with errors naming file, line and
+//! key; per-tenant denylists; immutable snapshots swapped whole.
+//!
+//! Contract: nothing here reads files or the clock on its own; the caller
+//! passes a file reader ([`ReadFile`]) and times.
+
+mod config;
+pub mod denylist;
+pub mod jwk;
+mod load;
+pub mod material;
+mod store;
+mod tenants;
+
+pub use config::{ConfigError, DEFAULT_MAX_JWKS_KEYS, DEFAULT_MAX_KEYS_PER_TENANT};
+pub use load::{KeysConfig, load};
+pub use store::KeyStore;
+pub use tenants::{DEFAULT_JWKS_REFRESH, JwksLocation, JwksSource, KeyInfo, ReadFile, TenantSpec};

@@ -1,0 +1,168 @@
+//! Loading: the config file, the files it names, JWKS files, the denylist →
+//! a validated [`KeysConfig`] and an immutable [`Snapshot`].
+
+use crate::config::{ConfigError, Locator};
+use crate::denylist::{self, Denylists};
+use crate::jwk::{self, JwksKeys};
+use crate::tenants::{self, JwksLocation, ReadFile, TenantSpec};
+use aws_lc_rs::digest;
+use jotd_core::{Snapshot, TenantKey};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A validated config: tenants with their static keys, JWKS sources, the
+/// denylist file, and every file it was built from (for watching).
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    /// The config file.
+    pub file: PathBuf,
+    /// Tenants in file order.
+    pub tenants: Vec<TenantSpec>,
+    /// Keys kept from one JWKS document at most.
+    pub max_jwks_keys: usize,
+    /// The denylist file, if any.
+    pub denylist_file: Option<PathBuf>,
+    /// Denylists read from it.
+    pub denylists: Denylists,
+    /// Keys of file-based JWKS sources, by (tenant index, source index).
+    pub jwks_files: HashMap<(usize, usize), Arc<JwksKeys>>,
+    /// Every file read: config, key files, JWKS files, denylist.
+    pub files: Vec<PathBuf>,
+}
+
+/// Reads and validates the config file and everything it names.
+///
+/// # Errors
+/// The first problem found, with file, line and key.
+pub fn load(file: &Path, read: ReadFile<'_>) -> Result<KeysConfig, ConfigError> {
+    let whole = |message: String| ConfigError {
+        file: file.to_owned(),
+        line: None,
+        key: String::new(),
+        message,
+    };
+    let bytes = read(file).map_err(|e| whole(format!("cannot read: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|_| whole("not UTF-8".into()))?;
+    let loc = Locator { file, text: &text };
+    let raw = loc.parse()?;
+    if raw.max_keys_per_tenant == 0 {
+        return Err(whole("max_keys_per_tenant must be at least 1".into()));
+    }
+    let files_read = std::cell::RefCell::new(vec![file.to_owned()]);
+    let tracking = |p: &Path| {
+        files_read.borrow_mut().push(p.to_owned());
+        read(p)
+    };
+    let mut tenants: Vec<TenantSpec> = Vec::with_capacity(raw.tenant.len());
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(raw.tenant.len());
+    for (i, t) in raw.tenant.iter().enumerate() {
+        let spec = tenants::tenant(&loc, &tracking, raw.max_keys_per_tenant, i, t)?;
+        if let Some(first) = index.insert(spec.tenant.id.to_string(), i) {
+            let first_line = loc.line(raw.tenant[first].span().start);
+            return Err(loc.error(
+                t.get_ref().id.span(),
+                format!("tenant[{i}].id"),
+                format_args!(
+                    "duplicate tenant id `{}` (first at line {first_line})",
+                    spec.tenant.id
+                ),
+            ));
+        }
+        tenants.push(spec);
+    }
+    let mut jwks_files = HashMap::new();
+    for (ti, spec) in tenants.iter().enumerate() {
+        for (si, source) in spec.jwks.iter().enumerate() {
+            if let JwksLocation::File(path) = &source.location {
+                let at = format!("tenant[{ti}].jwks[{si}].file");
+                let line = Some(loc.line(raw.tenant[ti].get_ref().jwks[si].span().start));
+                let fail = |message: String| ConfigError {
+                    file: file.to_owned(),
+                    line,
+                    key: at.clone(),
+                    message,
+                };
+                let bytes = tracking(path)
+                    .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+                let keys = jwk::parse_jwks(&bytes, source.alg, raw.max_jwks_keys)
+                    .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+                jwks_files.insert((ti, si), Arc::new(keys));
+            }
+        }
+    }
+    let (denylist_file, denylists) = match &raw.denylist_file {
+        None => (None, Denylists::new()),
+        Some(named) => {
+            let path = crate::config::resolve(file, named.get_ref());
+            let bytes = tracking(&path).map_err(|e| {
+                loc.error(
+                    named.span(),
+                    "denylist_file",
+                    format_args!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| loc.error(named.span(), "denylist_file", "not UTF-8"))?;
+            let lists = denylist::parse(&path, &text, &|t| index.contains_key(t))?;
+            (Some(path), lists)
+        }
+    };
+    Ok(KeysConfig {
+        file: file.to_owned(),
+        tenants,
+        max_jwks_keys: raw.max_jwks_keys,
+        denylist_file,
+        denylists,
+        jwks_files,
+        files: files_read.into_inner(),
+    })
+}
+
+impl KeysConfig {
+    /// Builds the snapshot: static keys, then JWKS keys (file sources from the
+    /// config; URL sources from `fetched`, by tenant id and URL), denylists, and
+    /// each tenant's epoch = a digest of its rules and every key's material, so
+    /// an unchanged tenant keeps its cached tokens across reloads.
+    #[must_use]
+    pub fn snapshot(
+        &self,
+        generation: u64,
+        fetched: &dyn Fn(&str, &str) -> Option<Arc<JwksKeys>>,
+    ) -> Snapshot {
+        let tenants = self.tenants.iter().enumerate().map(|(ti, spec)| {
+            let mut tenant = spec.tenant.clone();
+            let mut ctx = digest::Context::new(&digest::SHA256);
+            ctx.update(&spec.digest);
+            for (si, source) in spec.jwks.iter().enumerate() {
+                let keys = match &source.location {
+                    JwksLocation::File(_) => self.jwks_files.get(&(ti, si)).cloned(),
+                    JwksLocation::Url(url) => fetched(&tenant.id, url),
+                };
+                for (kid, key) in keys.iter().flat_map(|k| k.keys.iter()) {
+                    // A static key of the same kid wins; a JWKS cannot shadow configuration.
+                    if tenant.keys.iter().any(|k| *k.kid == **kid) {
+                        continue;
+                    }
+                    ctx.update(kid.as_bytes());
+                    ctx.update(key.algorithm().as_str().as_bytes());
+                    ctx.update(&key.spki_der().unwrap_or_default());
+                    if !spec.algorithms_configured {
+                        tenant.algorithms.insert(key.algorithm());
+                    }
+                    tenant.keys.push(TenantKey {
+                        kid: kid.as_str().into(),
+                        key: key.clone(),
+                    });
+                }
+            }
+            let d = ctx.finish();
+            tenant.epoch = u64::from_le_bytes(d.as_ref()[..8].try_into().expect("8 bytes"));
+            if let Some(list) = self.denylists.get(&*tenant.id) {
+                tenant.denylist = Arc::clone(list);
+            }
+            Arc::new(tenant)
+        });
+        Snapshot::new(generation, tenants.collect::<Vec<_>>())
+    }
+}

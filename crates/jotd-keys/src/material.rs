@@ -1,0 +1,144 @@
+//! Key material → pre-parsed keys: PEM (SPKI, PKCS#1, certificate), PEM
+//! wrapped in base64 (for environment variables), DER, HMAC secrets.
+//!
+//! The algorithm always comes from the caller (config or a JWK's `alg`);
+//! nothing here guesses it from a token.
+
+use base64::Engine as _;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use jotd_core::{Algorithm, KeyError, VerifyingKey};
+use x509_cert::Certificate;
+use x509_cert::der::{Decode, Encode};
+
+/// Why key material could not become a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MaterialError {
+    /// Not PEM, not base64-wrapped PEM, not DER that aws-lc-rs accepts.
+    #[error("not a PEM or DER public key ({0})")]
+    Unreadable(String),
+    /// A PEM block of a kind that holds no usable public key.
+    #[error(
+        "PEM block `{0}` is not a public key (expected PUBLIC KEY, RSA PUBLIC KEY or CERTIFICATE)"
+    )]
+    WrongPemLabel(String),
+    /// A private key where a public key belongs: refused so it does not spread.
+    #[error("this is a private key (`{0}`); give jotd the public key only")]
+    PrivateKey(String),
+    /// The certificate could not be parsed.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// A secret that is not valid base64 or base64url.
+    #[error("secret is not base64 or base64url")]
+    SecretEncoding,
+    /// The key material parsed but is not acceptable for the algorithm.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// Decodes public key material: PEM (`PUBLIC KEY`, `RSA PUBLIC KEY`,
+/// `CERTIFICATE`), the same PEM base64-encoded once more, or DER (SPKI or
+/// PKCS#1). Returns the DER the engine parses (SPKI, or PKCS#1 for RSA).
+///
+/// # Errors
+/// Unreadable input, a private key, or a PEM label that holds no public key.
+pub fn public_der(bytes: &[u8]) -> Result<Vec<u8>, MaterialError> {
+    let text = std::str::from_utf8(bytes).ok().map(str::trim);
+    match text {
+        Some(t) if t.starts_with("-----BEGIN") => pem_der(t.as_bytes()),
+        Some(t)
+            if !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+/=\r\n".contains(&b)) =>
+        {
+            let inner = STANDARD
+                .decode(t.split_whitespace().collect::<String>())
+                .map_err(|e| MaterialError::Unreadable(format!("base64: {e}")))?;
+            let inner_text = std::str::from_utf8(&inner).map(str::trim).unwrap_or("");
+            if inner_text.starts_with("-----BEGIN") {
+                pem_der(inner_text.as_bytes())
+            } else {
+                Ok(inner) // base64 of DER: accept it too
+            }
+        }
+        _ => Ok(bytes.to_vec()),
+    }
+}
+
+fn pem_der(text: &[u8]) -> Result<Vec<u8>, MaterialError> {
+    let block = pem::parse(text).map_err(|e| MaterialError::Unreadable(format!("PEM: {e}")))?;
+    match block.tag() {
+        "PUBLIC KEY" | "RSA PUBLIC KEY" => Ok(block.contents().to_vec()),
+        "CERTIFICATE" => certificate_spki(block.contents()),
+        tag if tag.contains("PRIVATE KEY") => Err(MaterialError::PrivateKey(tag.to_owned())),
+        tag => Err(MaterialError::WrongPemLabel(tag.to_owned())),
+    }
+}
+
+/// The SubjectPublicKeyInfo of a DER X.509 certificate.
+///
+/// # Errors
+/// The bytes are not a certificate.
+pub fn certificate_spki(der: &[u8]) -> Result<Vec<u8>, MaterialError> {
+    let cert = Certificate::from_der(der).map_err(|e| MaterialError::Certificate(e.to_string()))?;
+    cert.tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| MaterialError::Certificate(e.to_string()))
+}
+
+/// Parses public key material for `alg`.
+///
+/// # Errors
+/// See [`public_der`] and [`VerifyingKey::from_public_der`].
+pub fn public_key(alg: Algorithm, bytes: &[u8]) -> Result<VerifyingKey, MaterialError> {
+    Ok(VerifyingKey::from_public_der(alg, &public_der(bytes)?)?)
+}
+
+/// Decodes a secret given as base64 or base64url, padded or not.
+///
+/// # Errors
+/// Neither alphabet decodes it.
+pub fn decode_secret_base64(text: &str) -> Result<Vec<u8>, MaterialError> {
+    const LAX: GeneralPurposeConfig =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let text = text.trim();
+    GeneralPurpose::new(&base64::alphabet::STANDARD, LAX)
+        .decode(text)
+        .or_else(|_| GeneralPurpose::new(&base64::alphabet::URL_SAFE, LAX).decode(text))
+        .map_err(|_| MaterialError::SecretEncoding)
+}
+
+/// Every algorithm family, to find which one a bare public key belongs to.
+const PROBE: [Algorithm; 6] = [
+    Algorithm::Rs256,
+    Algorithm::Es256,
+    Algorithm::Es384,
+    Algorithm::Es512,
+    Algorithm::Es256K,
+    Algorithm::EdDsa,
+];
+
+/// The fingerprint of a public key file: base64(SHA-256(DER SPKI)), as
+/// `openssl pkey -pubin -in FILE -outform DER | openssl sha256 -binary | openssl base64` prints it.
+///
+/// # Errors
+/// Not a public key jotd can load (RSA outside 2048..=8192 bits included).
+pub fn fingerprint(bytes: &[u8]) -> Result<String, MaterialError> {
+    let der = public_der(bytes)?;
+    for alg in PROBE {
+        match VerifyingKey::from_public_der(alg, &der) {
+            Ok(key) => {
+                return key
+                    .fingerprint()
+                    .ok_or(MaterialError::Unreadable("no SPKI".into()));
+            }
+            // An RSA key of the wrong size is still RSA: say so rather than "unreadable".
+            Err(e @ KeyError::RsaModulusSize { .. }) => return Err(e.into()),
+            Err(_) => {}
+        }
+    }
+    Err(MaterialError::Unreadable(
+        "not an RSA, EC (P-256, P-384, P-521, secp256k1) or Ed25519 public key".into(),
+    ))
+}

@@ -1,0 +1,452 @@
+//! Validation: raw config → tenants with parsed keys, ready for a snapshot.
+
+use crate::config::{ConfigError, Locator, RawJwks, RawKey, RawTenant, resolve};
+use crate::material::{self, MaterialError};
+use aws_lc_rs::digest;
+use jotd_core::{Algorithm, AlgorithmSet, ClaimRules, PolicyModel, Tenant, TenantKey, TypRule};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// Reads a file named in the config. The binary passes `std::fs::read`; tests pass a map.
+pub type ReadFile<'a> = &'a dyn Fn(&Path) -> io::Result<Vec<u8>>;
+
+/// A configured key, as `jotd config check` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Key id.
+    pub kid: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Bound algorithm.
+    pub alg: Algorithm,
+    /// base64(SHA-256(DER SPKI)); `None` for HMAC secrets.
+    pub fingerprint: Option<String>,
+    /// Where the material came from (`pem_file keys/a.pem`, `jwk`, `secret`, ...).
+    pub source: String,
+}
+
+/// Where a JWKS comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksLocation {
+    /// Fetched over HTTPS.
+    Url(String),
+    /// Read from a file (resolved against the config's folder).
+    File(PathBuf),
+}
+
+/// One `[[tenant.jwks]]` source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksSource {
+    /// Where the document lives.
+    pub location: JwksLocation,
+    /// How often to refresh (bounded by `Cache-Control: max-age` when the server sends it).
+    pub refresh: Duration,
+    /// Algorithm for keys whose JWK has no `alg` (RSA keys need one).
+    pub alg: Option<Algorithm>,
+}
+
+/// Default JWKS refresh interval.
+pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
+
+/// A validated tenant: its static keys parsed, rules set, JWKS sources listed.
+#[derive(Debug, Clone)]
+pub struct TenantSpec {
+    /// The tenant with its static keys (JWKS keys are merged in when the snapshot is built).
+    pub tenant: Tenant,
+    /// Whether `algorithms` was configured (else it follows the keys).
+    pub algorithms_configured: bool,
+    /// The static keys, for listing.
+    pub keys: Vec<KeyInfo>,
+    /// The JWKS sources.
+    pub jwks: Vec<JwksSource>,
+    /// SHA-256 over the rules and key material: the basis of the cache epoch.
+    pub digest: [u8; 32],
+}
+
+struct Ctx<'a, 'l> {
+    loc: &'a Locator<'l>,
+    read: ReadFile<'a>,
+    max_keys: usize,
+}
+
+impl Ctx<'_, '_> {
+    fn err<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        msg: impl std::fmt::Display,
+    ) -> Result<T, ConfigError> {
+        Err(self.loc.error(span, key, msg))
+    }
+
+    fn read_named(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        named: &str,
+    ) -> Result<(PathBuf, Vec<u8>), ConfigError> {
+        let path = resolve(self.loc.file, named);
+        match (self.read)(&path) {
+            Ok(bytes) => Ok((path, bytes)),
+            Err(e) => self.err(
+                span,
+                key,
+                format_args!("cannot read {}: {e}", path.display()),
+            ),
+        }
+    }
+}
+
+fn alg_named(name: &str) -> Result<Algorithm, String> {
+    Algorithm::from_name(name).ok_or_else(|| format!("unknown algorithm `{name}` (RS256..512, PS256..512, ES256, ES384, ES512, ES256K, EdDSA, HS256..512)"))
+}
+
+pub(crate) fn tenant(
+    loc: &Locator<'_>,
+    read: ReadFile<'_>,
+    max_keys: usize,
+    index: usize,
+    raw: &Spanned<RawTenant>,
+) -> Result<TenantSpec, ConfigError> {
+    let cx = Ctx {
+        loc,
+        read,
+        max_keys,
+    };
+    let t = raw.get_ref();
+    let at = |field: &str| format!("tenant[{index}].{field}");
+    let id = t.id.get_ref();
+    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+        return cx.err(
+            t.id.span(),
+            &at("id"),
+            "must be 1..=256 printable characters",
+        );
+    }
+    let policy = match &t.policy {
+        None => PolicyModel::None,
+        Some(p) => PolicyModel::from_name(p.get_ref()).map_or_else(
+            || {
+                cx.err(
+                    p.span(),
+                    &at("policy"),
+                    format_args!("`{}` is not allowlist, permissions or none", p.get_ref()),
+                )
+            },
+            Ok,
+        )?,
+    };
+    let mut claims = ClaimRules {
+        require_exp: t.require_exp,
+        ..ClaimRules::default()
+    };
+    if let Some(l) = &t.leeway_s {
+        if *l.get_ref() > 600 {
+            return cx.err(l.span(), &at("leeway_s"), "must be at most 600 seconds");
+        }
+        claims.leeway = Duration::from_secs(*l.get_ref());
+    }
+    if let Some(m) = &t.max_lifetime_s {
+        if *m.get_ref() == 0 {
+            return cx.err(m.span(), &at("max_lifetime_s"), "must be at least 1 second");
+        }
+        claims.max_lifetime = Some(Duration::from_secs(*m.get_ref()));
+    }
+    claims.audiences = t.audiences.iter().map(|s| s.as_str().into()).collect();
+    claims.issuers = t.issuers.iter().map(|s| s.as_str().into()).collect();
+    if let Some(required) = &t.required_claims {
+        if required.get_ref().len() > 64 {
+            return cx.err(required.span(), &at("required_claims"), "at most 64 claims");
+        }
+        claims.required = required
+            .get_ref()
+            .iter()
+            .map(|s| s.as_str().into())
+            .collect();
+    }
+    claims.typ = TypRule {
+        required: t.require_typ,
+        ..TypRule::default()
+    };
+
+    let configured_algs = match &t.algorithms {
+        None => None,
+        Some(list) => {
+            let mut set = AlgorithmSet::EMPTY;
+            for name in list.get_ref() {
+                set.insert(alg_named(name).or_else(|m| cx.err(list.span(), &at("algorithms"), m))?);
+            }
+            Some(set)
+        }
+    };
+
+    if t.key.len() > cx.max_keys {
+        return cx.err(
+            raw.span(),
+            &at("key"),
+            format_args!(
+                "{} keys, more than max_keys_per_tenant = {}",
+                t.key.len(),
+                cx.max_keys
+            ),
+        );
+    }
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for part in [
+        id.as_str(),
+        policy.as_str(),
+        &format!("{:?}|{}|", claims, t.require_jwt),
+    ] {
+        ctx.update(part.as_bytes());
+        ctx.update(b"\0");
+    }
+    for list in [&t.no_auth_methods, &t.claims_to_return] {
+        for s in list {
+            ctx.update(s.as_bytes());
+            ctx.update(b"\0");
+        }
+        ctx.update(b"\x01");
+    }
+    if let Some(set) = configured_algs {
+        for a in set.iter() {
+            ctx.update(a.as_str().as_bytes());
+        }
+    }
+    let mut keys = Vec::new();
+    let mut infos: Vec<KeyInfo> = Vec::new();
+    for (k, raw_key) in t.key.iter().enumerate() {
+        let (tenant_key, info, material) = key(&cx, &format!("tenant[{index}].key[{k}]"), raw_key)?;
+        if let Some(first) = infos.iter().position(|i| i.kid == info.kid) {
+            let line = t.key[first].span().start;
+            return cx.err(
+                raw_key.get_ref().kid.span(),
+                &format!("tenant[{index}].key[{k}].kid"),
+                format_args!(
+                    "duplicate kid `{}` (first at line {})",
+                    info.kid,
+                    loc.line(line)
+                ),
+            );
+        }
+        if let Some(set) = configured_algs
+            && !set.contains(info.alg)
+        {
+            return cx.err(
+                raw_key.span(),
+                &format!("tenant[{index}].key[{k}].alg"),
+                format_args!("{} is not in this tenant's algorithms", info.alg),
+            );
+        }
+        ctx.update(info.kid.as_bytes());
+        ctx.update(info.alg.as_str().as_bytes());
+        ctx.update(&material);
+        keys.push(tenant_key);
+        infos.push(info);
+    }
+    let jwks = t
+        .jwks
+        .iter()
+        .enumerate()
+        .map(|(j, s)| jwks_source(&cx, &format!("tenant[{index}].jwks[{j}]"), s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() && jwks.is_empty() && t.require_jwt {
+        return cx.err(raw.span(), &at("key"), "no key and no jwks: every token would be denied (set require_jwt = false for a tenant without tokens)");
+    }
+    let mut tenant = Tenant::new(id, keys);
+    if let Some(set) = configured_algs {
+        tenant.algorithms = set;
+    }
+    tenant.claims = claims;
+    tenant.policy = policy;
+    tenant.require_jwt = t.require_jwt;
+    tenant.no_auth_methods = t
+        .no_auth_methods
+        .iter()
+        .map(|s| s.as_str().into())
+        .collect();
+    tenant.claims_to_return = t
+        .claims_to_return
+        .iter()
+        .map(|s| s.as_str().into())
+        .collect();
+    let digest = ctx
+        .finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes");
+    Ok(TenantSpec {
+        tenant,
+        algorithms_configured: configured_algs.is_some(),
+        keys: infos,
+        jwks,
+        digest,
+    })
+}
+
+/// Parses one key; returns it, its listing, and the bytes that identify its material.
+fn key(
+    cx: &Ctx<'_, '_>,
+    at: &str,
+    raw: &Spanned<RawKey>,
+) -> Result<(TenantKey, KeyInfo, Vec<u8>), ConfigError> {
+    let k = raw.get_ref();
+    let span = raw.span();
+    let kid = k.kid.get_ref();
+    if kid.is_empty() || kid.len() > 256 {
+        return cx.err(
+            k.kid.span(),
+            &format!("{at}.kid"),
+            "must be 1..=256 characters",
+        );
+    }
+    let sources = [
+        k.pem.is_some(),
+        k.pem_file.is_some(),
+        k.pem_base64.is_some(),
+        k.der_file.is_some(),
+        k.jwk.is_some(),
+        k.secret.is_some(),
+        k.secret_base64.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        return cx.err(
+            span,
+            at,
+            "give exactly one of pem, pem_file, pem_base64, der_file, jwk, secret, secret_base64",
+        );
+    }
+    let alg = match &k.alg {
+        Some(a) => {
+            Some(alg_named(a.get_ref()).or_else(|m| cx.err(a.span(), &format!("{at}.alg"), m))?)
+        }
+        None => None,
+    };
+    let need_alg = || {
+        alg.map_or_else(
+            || {
+                cx.err(
+                    span.clone(),
+                    &format!("{at}.alg"),
+                    "missing: the algorithm is bound to the key here, never taken from tokens",
+                )
+            },
+            Ok,
+        )
+    };
+    let bad = |e: MaterialError| cx.loc.error(span.clone(), at, e);
+    // `secret` holds an HMAC secret's bytes, only to digest them into the cache epoch.
+    let (key, source, secret) = if let Some(jwk) = &k.jwk {
+        let key = jwk
+            .to_key(alg)
+            .map_err(|e| cx.loc.error(span.clone(), format!("{at}.jwk"), e))?;
+        (
+            key,
+            "jwk".to_owned(),
+            jwk.k.as_ref().map(|s| s.as_bytes().to_vec()),
+        )
+    } else if let Some(secret) = &k.secret {
+        let key = jotd_core::VerifyingKey::from_hmac_secret(need_alg()?, secret.as_bytes())
+            .map_err(|e| bad(e.into()))?;
+        (key, "secret".to_owned(), Some(secret.as_bytes().to_vec()))
+    } else if let Some(secret) = &k.secret_base64 {
+        let bytes = material::decode_secret_base64(secret).map_err(bad)?;
+        let key = jotd_core::VerifyingKey::from_hmac_secret(need_alg()?, &bytes)
+            .map_err(|e| bad(e.into()))?;
+        (key, "secret_base64".to_owned(), Some(bytes))
+    } else {
+        let (bytes, source) = if let Some(pem) = &k.pem {
+            (pem.as_bytes().to_vec(), "pem".to_owned())
+        } else if let Some(b64) = &k.pem_base64 {
+            (b64.as_bytes().to_vec(), "pem_base64".to_owned())
+        } else {
+            let named = k
+                .pem_file
+                .as_ref()
+                .or(k.der_file.as_ref())
+                .expect("one source");
+            let field = if k.pem_file.is_some() {
+                "pem_file"
+            } else {
+                "der_file"
+            };
+            let (path, bytes) = cx.read_named(span.clone(), &format!("{at}.{field}"), named)?;
+            (bytes, format!("{field} {}", path.display()))
+        };
+        (
+            material::public_key(need_alg()?, &bytes).map_err(bad)?,
+            source,
+            None,
+        )
+    };
+    let alg = key.algorithm();
+    let fingerprint = key.fingerprint();
+    let material = match (key.spki_der(), secret) {
+        (Some(spki), _) => spki,
+        (None, secret) => digest::digest(&digest::SHA256, &secret.unwrap_or_default())
+            .as_ref()
+            .to_vec(),
+    };
+    let info = KeyInfo {
+        kid: kid.clone(),
+        name: k.name.clone(),
+        alg,
+        fingerprint,
+        source,
+    };
+    Ok((
+        TenantKey {
+            kid: kid.as_str().into(),
+            key,
+        },
+        info,
+        material,
+    ))
+}
+
+fn jwks_source(
+    cx: &Ctx<'_, '_>,
+    at: &str,
+    raw: &Spanned<RawJwks>,
+) -> Result<JwksSource, ConfigError> {
+    let j = raw.get_ref();
+    let span = raw.span();
+    let location = match (&j.url, &j.file) {
+        (Some(url), None) => {
+            let loopback = url.starts_with("http://127.0.0.1")
+                || url.starts_with("http://localhost")
+                || url.starts_with("http://[::1]");
+            if !url.starts_with("https://") && !loopback {
+                return cx.err(
+                    span,
+                    &format!("{at}.url"),
+                    "must be https:// (plain http only to loopback, for development)",
+                );
+            }
+            JwksLocation::Url(url.clone())
+        }
+        (None, Some(file)) => JwksLocation::File(resolve(cx.loc.file, file)),
+        _ => return cx.err(span, at, "give exactly one of url, file"),
+    };
+    let refresh = match j.refresh_s {
+        None => DEFAULT_JWKS_REFRESH,
+        Some(s) if (10..=86_400).contains(&s) => Duration::from_secs(s),
+        Some(_) => {
+            return cx.err(
+                span,
+                &format!("{at}.refresh_s"),
+                "must be 10..=86400 seconds",
+            );
+        }
+    };
+    let alg = match &j.alg {
+        Some(a) => Some(alg_named(a).or_else(|m| cx.err(span.clone(), &format!("{at}.alg"), m))?),
+        None => None,
+    };
+    Ok(JwksSource {
+        location,
+        refresh,
+        alg,
+    })
+}

@@ -1,0 +1,201 @@
+//! JWK and JWKS → keys: every key type, the algorithm rules, and documents
+//! with keys to leave out.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jotd_core::{Algorithm, SigningKey};
+use jotd_keys::jwk::{Jwk, JwkError, parse_jwks};
+use serde_json::{Value, json};
+use std::path::Path;
+
+fn data(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name),
+    )
+    .expect(name)
+}
+
+/// The JWK of a test EC or Ed25519 key, built from its SPKI's trailing point bytes.
+fn public_jwk(alg: Algorithm, pem: &str) -> Value {
+    let spki = jotd_keys::material::public_der(&data(pem)).unwrap();
+    let (crv, n) = match alg {
+        Algorithm::Es256 => ("P-256", 32),
+        Algorithm::Es384 => ("P-384", 48),
+        Algorithm::Es512 => ("P-521", 66),
+        Algorithm::Es256K => ("secp256k1", 32),
+        _ => ("Ed25519", 32),
+    };
+    if alg == Algorithm::EdDsa {
+        return json!({"kty": "OKP", "crv": crv, "x": URL_SAFE_NO_PAD.encode(&spki[spki.len() - 32..])});
+    }
+    let point = &spki[spki.len() - (2 * n + 1)..];
+    assert_eq!(point[0], 4, "uncompressed point");
+    json!({"kty": "EC", "crv": crv, "x": URL_SAFE_NO_PAD.encode(&point[1..=n]), "y": URL_SAFE_NO_PAD.encode(&point[n + 1..])})
+}
+
+fn jwk(v: &Value) -> Jwk {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn verifies(alg: Algorithm, private: &str, key: &jotd_core::VerifyingKey) -> bool {
+    let token = SigningKey::from_pkcs8(alg, &data(private))
+        .unwrap()
+        .mint(None, "{}")
+        .unwrap();
+    let (input, sig) = jotd_core::split_for_raw(&token).unwrap();
+    key.verify(&input, &sig)
+}
+
+#[test]
+fn ec_okp_and_oct_keys() {
+    for (alg, pem, private) in [
+        (Algorithm::Es256, "ec_p256.pem", "ec_p256.pk8.der"),
+        (Algorithm::Es384, "ec_p384.pem", "ec_p384.pk8.der"),
+        (Algorithm::Es512, "ec_p521.pem", "ec_p521.pk8.der"),
+        (
+            Algorithm::Es256K,
+            "ec_secp256k1.pem",
+            "ec_secp256k1.pk8.der",
+        ),
+        (Algorithm::EdDsa, "ed25519.pem", "ed25519.pk8.der"),
+    ] {
+        let v = public_jwk(alg, pem);
+        // The curve alone names the algorithm; `alg` in config or JWK must agree with it.
+        let key = jwk(&v)
+            .to_key(None)
+            .unwrap_or_else(|e| panic!("{alg}: {e}"));
+        assert_eq!(key.algorithm(), alg);
+        assert!(verifies(alg, private, &key), "{alg}");
+        assert!(jwk(&v).to_key(Some(alg)).is_ok());
+    }
+    let secret = [7u8; 32];
+    let oct = json!({"kty": "oct", "k": URL_SAFE_NO_PAD.encode(secret), "alg": "HS256"});
+    let key = jwk(&oct).to_key(None).unwrap();
+    let token = SigningKey::from_hmac_secret(Algorithm::Hs256, &secret)
+        .unwrap()
+        .mint(None, "{}")
+        .unwrap();
+    let (input, sig) = jotd_core::split_for_raw(&token).unwrap();
+    assert!(key.verify(&input, &sig));
+}
+
+#[test]
+fn rsa_jwk_from_rfc7515() {
+    let doc: Value = serde_json::from_str(include_str!(
+        "../../jotd-core/tests/data/rfc_jws_examples.json"
+    ))
+    .unwrap();
+    let a2 = doc["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "RFC 7515 A.2")
+        .unwrap();
+    let mut v = a2["jwk"].clone();
+    assert_eq!(
+        jwk(&v).to_key(None).unwrap_err(),
+        JwkError::MissingAlg,
+        "RSA needs an algorithm"
+    );
+    let key = jwk(&v).to_key(Some(Algorithm::Rs256)).unwrap();
+    let (input, sig) = jotd_core::split_for_raw(a2["token"].as_str().unwrap()).unwrap();
+    assert!(key.verify(&input, &sig));
+    v["alg"] = json!("RS256");
+    assert!(jwk(&v).to_key(None).is_ok());
+    assert!(matches!(
+        jwk(&v).to_key(Some(Algorithm::Ps256)),
+        Err(JwkError::AlgMismatch { .. })
+    ));
+}
+
+#[test]
+fn bad_jwks_name_their_problem() {
+    let p256 = public_jwk(Algorithm::Es256, "ec_p256.pem");
+    let with = |k: &str, v: Value| {
+        let mut j = p256.clone();
+        j[k] = v;
+        jwk(&j).to_key(None).unwrap_err()
+    };
+    assert!(matches!(
+        with("alg", json!("ES384")),
+        JwkError::CurveMismatch { .. }
+    ));
+    assert_eq!(
+        with("alg", json!("XS256")),
+        JwkError::UnknownAlg("XS256".into())
+    );
+    assert_eq!(with("d", json!("c2VjcmV0")), JwkError::PrivateKey);
+    assert_eq!(with("x", json!("***")), JwkError::Member("x"));
+    assert_eq!(
+        with("crv", json!("P-384")),
+        JwkError::Key(jotd_core::KeyError::CoordinateLength {
+            alg: Algorithm::Es384,
+            len: 32,
+            expected: 48
+        })
+    );
+    let short = json!({"kty": "oct", "k": URL_SAFE_NO_PAD.encode([1u8; 16]), "alg": "HS256"});
+    assert!(matches!(
+        jwk(&short).to_key(None),
+        Err(JwkError::Key(jotd_core::KeyError::SecretTooShort { .. }))
+    ));
+    assert_eq!(
+        jwk(&json!({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "alg": "ES256"}))
+            .to_key(None)
+            .map(|_| ())
+            .unwrap_err(),
+        JwkError::Key(jotd_core::KeyError::CoordinateLength {
+            alg: Algorithm::Es256,
+            len: 1,
+            expected: 32
+        })
+    );
+    assert_eq!(
+        jwk(&json!({"kty": "Kyber"}))
+            .to_key(Some(Algorithm::Es256))
+            .unwrap_err(),
+        JwkError::UnsupportedKty("Kyber".into())
+    );
+}
+
+#[test]
+fn jwks_documents_keep_usable_keys_and_list_the_rest() {
+    let mut ec = public_jwk(Algorithm::Es256, "ec_p256.pem");
+    ec["kid"] = json!("ec-1");
+    let mut ed = public_jwk(Algorithm::EdDsa, "ed25519.pem");
+    ed["kid"] = json!("ed-1");
+    let mut enc = ec.clone();
+    enc["kid"] = json!("enc-1");
+    enc["use"] = json!("enc");
+    let keyless = public_jwk(Algorithm::Es384, "ec_p384.pem");
+    let doc = json!({"keys": [ec, ed, enc, keyless, {"kty": "Kyber", "kid": "pq"}, 5]});
+    let parsed = parse_jwks(doc.to_string().as_bytes(), None, 16).unwrap();
+    let kids: Vec<_> = parsed.keys.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kids, ["ec-1", "ed-1"]);
+    assert_eq!(parsed.skipped.len(), 4, "{:?}", parsed.skipped);
+    assert!(parsed.skipped.iter().any(|s| s.contains("use is enc")));
+
+    let dup = json!({"keys": [doc["keys"][0], doc["keys"][0]]});
+    assert_eq!(
+        parse_jwks(dup.to_string().as_bytes(), None, 16).unwrap_err(),
+        JwkError::DuplicateKid("ec-1".into())
+    );
+    assert!(matches!(
+        parse_jwks(br#"{"keys":[]}"#, None, 16),
+        Err(JwkError::NoUsableKey(_))
+    ));
+    assert!(matches!(
+        parse_jwks(b"<html>", None, 16),
+        Err(JwkError::Json(_))
+    ));
+    assert!(matches!(
+        parse_jwks(br#"{"keys":{}}"#, None, 16),
+        Err(JwkError::Json(_))
+    ));
+    assert_eq!(
+        parse_jwks(doc.to_string().as_bytes(), None, 1).unwrap_err(),
+        JwkError::TooManyKeys { found: 2, limit: 1 }
+    );
+}
