@@ -1,0 +1,470 @@
+//! The tenants config: every key source, the rules, errors that name file,
+//! line and key, denylists, JWKS files, epochs across reloads, the store.
+
+use jotd_core::{
+    Algorithm, Engine, EngineConfig, PolicyModel, Reason, Request, SigningKey, UnixTime,
+};
+use jotd_keys::{ConfigError, KeyStore, KeysConfig};
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+const CONFIG: &str = "/etc/jotd/tenants.toml";
+
+fn data(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name),
+    )
+    .expect(name)
+}
+
+/// An in-memory file system: the config plus the test key files under /etc/jotd/keys/.
+struct Files(HashMap<PathBuf, Vec<u8>>);
+
+impl Files {
+    fn new(config: &str) -> Self {
+        let mut m = HashMap::new();
+        m.insert(PathBuf::from(CONFIG), config.as_bytes().to_vec());
+        for f in [
+            "rsa2048.pem",
+            "rsa2048.der",
+            "rsa1024.pem",
+            "ec_p256.pem",
+            "ed25519.pem",
+            "ec_p256_cert.pem",
+        ] {
+            m.insert(PathBuf::from("/etc/jotd/keys").join(f), data(f));
+        }
+        Self(m)
+    }
+
+    fn with(mut self, path: &str, text: &str) -> Self {
+        self.0.insert(PathBuf::from(path), text.as_bytes().to_vec());
+        self
+    }
+
+    fn read(&self, p: &Path) -> io::Result<Vec<u8>> {
+        self.0
+            .get(p)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
+    }
+
+    fn load(&self) -> Result<KeysConfig, ConfigError> {
+        jotd_keys::load(Path::new(CONFIG), &|p| self.read(p))
+    }
+}
+
+fn rsa_pem_inline() -> String {
+    String::from_utf8(data("rsa2048_pkcs1.pem")).unwrap()
+}
+
+/// (tenant id, [(kid, alg, has fingerprint)]), as `config check` lists them.
+type Listing = Vec<(String, Vec<(String, Algorithm, bool)>)>;
+
+fn full_config() -> String {
+    format!(
+        r#"
+max_keys_per_tenant = 3
+
+[[tenant]]
+id = "infura-project"
+policy = "allowlist"
+require_typ = true
+audiences = ["jotd"]
+claims_to_return = ["groups"]
+no_auth_methods = ["net_version"]
+leeway_s = 10
+max_lifetime_s = 86400
+
+[[tenant.key]]
+kid = "rsa-file"
+name = "primary"
+alg = "RS256"
+pem_file = "keys/rsa2048.pem"
+
+[[tenant.key]]
+kid = "rsa-pkcs1-inline"
+alg = "RS384"
+pem = """{pem}"""
+
+[[tenant.key]]
+kid = "ec-cert"
+alg = "ES256"
+pem_file = "keys/ec_p256_cert.pem"
+
+[[tenant]]
+id = "besu-node"
+policy = "permissions"
+algorithms = ["RS256", "EdDSA", "HS512"]
+
+[[tenant.key]]
+kid = "der"
+alg = "RS256"
+der_file = "/etc/jotd/keys/rsa2048.der"
+
+[[tenant.key]]
+kid = "ed"
+jwk = {{ kty = "OKP", crv = "Ed25519", x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" }}
+
+[[tenant.key]]
+kid = "hs"
+alg = "HS512"
+secret_base64 = "{secret}"
+
+[[tenant]]
+id = "public"
+require_jwt = false
+"#,
+        pem = rsa_pem_inline(),
+        secret = "A".repeat(88),
+    )
+}
+
+#[test]
+fn a_full_config_loads_every_key_source() {
+    let cfg = Files::new(&full_config())
+        .load()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let listing: Listing = cfg
+        .tenants
+        .iter()
+        .map(|t| {
+            (
+                t.tenant.id.to_string(),
+                t.keys
+                    .iter()
+                    .map(|k| (k.kid.clone(), k.alg, k.fingerprint.is_some()))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listing,
+        [
+            (
+                "infura-project".to_owned(),
+                vec![
+                    ("rsa-file".into(), Algorithm::Rs256, true),
+                    ("rsa-pkcs1-inline".into(), Algorithm::Rs384, true),
+                    ("ec-cert".into(), Algorithm::Es256, true)
+                ]
+            ),
+            (
+                "besu-node".to_owned(),
+                vec![
+                    ("der".into(), Algorithm::Rs256, true),
+                    ("ed".into(), Algorithm::EdDsa, true),
+                    ("hs".into(), Algorithm::Hs512, false)
+                ]
+            ),
+            ("public".to_owned(), vec![]),
+        ]
+    );
+    let infura = &cfg.tenants[0].tenant;
+    assert_eq!(infura.policy, PolicyModel::Allowlist);
+    assert!(infura.claims.typ.required);
+    assert_eq!(infura.claims.leeway.as_secs(), 10);
+    assert_eq!(
+        cfg.tenants[0].keys[0].source, "pem_file /etc/jotd/keys/rsa2048.pem",
+        "relative to the config's folder"
+    );
+    assert!(
+        cfg.files
+            .contains(&PathBuf::from("/etc/jotd/keys/ec_p256_cert.pem"))
+    );
+    // Same key, three encodings: one fingerprint.
+    assert_eq!(
+        cfg.tenants[0].keys[0].fingerprint,
+        cfg.tenants[1].keys[0].fingerprint
+    );
+}
+
+fn err(config: &str) -> ConfigError {
+    Files::new(config)
+        .load()
+        .expect_err("config must be refused")
+}
+
+#[test]
+fn errors_name_file_line_and_key() {
+    let cases: &[(&str, usize, &str, &str)] = &[
+        (
+            "[[tenant]]\nid = \"a\"\npolcy = \"none\"\n",
+            3,
+            "polcy",
+            "unknown field",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\npolicy = \"deny-all\"\n[[tenant.key]]\nkid=\"k\"\nalg=\"HS256\"\nsecret=\"0123456789abcdef0123456789abcdef\"\n",
+            3,
+            "tenant[0].policy",
+            "not allowlist",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"RS257\"\npem_file = \"keys/rsa2048.pem\"\n",
+            5,
+            "tenant[0].key[0].alg",
+            "unknown algorithm `RS257`",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\npem_file = \"keys/rsa2048.pem\"\n",
+            3,
+            "tenant[0].key[0].alg",
+            "missing",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"RS256\"\npem_file = \"keys/rsa1024.pem\"\n",
+            3,
+            "tenant[0].key[0]",
+            "1024 bits",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"short\"\n",
+            3,
+            "tenant[0].key[0]",
+            "shorter than the 32-byte minimum",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"ES384\"\npem_file = \"keys/ec_p256.pem\"\n",
+            3,
+            "tenant[0].key[0]",
+            "key rejected for ES384",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"RS256\"\npem_file = \"keys/missing.pem\"\n",
+            3,
+            "tenant[0].key[0].pem_file",
+            "cannot read /etc/jotd/keys/missing.pem",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\npem_file = \"keys/rsa2048.pem\"\n",
+            3,
+            "tenant[0].key[0]",
+            "exactly one of",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdeX\"\n",
+            8,
+            "tenant[0].key[1].kid",
+            "duplicate kid `k` (first at line 3)",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\nrequire_jwt = false\n[[tenant]]\nid = \"a\"\nrequire_jwt = false\n",
+            5,
+            "tenant[1].id",
+            "duplicate tenant id `a` (first at line 1)",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\n",
+            1,
+            "tenant[0].key",
+            "no key and no jwks",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\nleeway_s = 3600\nrequire_jwt = false\n",
+            3,
+            "tenant[0].leeway_s",
+            "at most 600",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\nalgorithms = [\"ES256\"]\n[[tenant.key]]\nkid = \"k\"\nalg = \"RS256\"\npem_file = \"keys/rsa2048.pem\"\n",
+            4,
+            "tenant[0].key[0].alg",
+            "not in this tenant's algorithms",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\n[[tenant.jwks]]\nurl = \"http://idp.example.com/jwks\"\n",
+            3,
+            "tenant[0].jwks[0].url",
+            "must be https://",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\n[[tenant.jwks]]\nurl = \"https://idp.example.com/jwks\"\nrefresh_s = 1\n",
+            3,
+            "tenant[0].jwks[0].refresh_s",
+            "10..=86400",
+        ),
+        ("[[tenant]\nid = \"a\"\n", 1, "", "unclosed array table"),
+        ("max_keys_per_tenant = \"three\"\n", 1, "", "invalid type"),
+    ];
+    for (config, line, key, needle) in cases {
+        let e = err(config);
+        assert_eq!(e.file, PathBuf::from(CONFIG), "{config}");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(*line), *key),
+            "{config}\n=> {e}"
+        );
+        assert!(
+            e.to_string().contains(needle),
+            "{config}\n=> {e}\n(wanted {needle:?})"
+        );
+        assert!(
+            e.to_string().starts_with(&format!("{CONFIG}:{line}:")),
+            "{e}"
+        );
+    }
+    // Too many keys for the default limit of 3.
+    let four: String = (0..4).map(|i| format!("[[tenant.key]]\nkid = \"k{i}\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcde{i}\"\n")).collect();
+    let e = err(&format!("[[tenant]]\nid = \"a\"\n{four}"));
+    assert!(
+        e.to_string()
+            .contains("4 keys, more than max_keys_per_tenant = 3"),
+        "{e}"
+    );
+    let unreadable = jotd_keys::load(Path::new("/nowhere.toml"), &|_| {
+        Err(io::Error::other("denied"))
+    })
+    .unwrap_err();
+    assert_eq!(unreadable.to_string(), "/nowhere.toml: cannot read: denied");
+}
+
+#[test]
+fn snapshots_verify_tokens_and_epochs_follow_changes() {
+    let files = Files::new(&full_config());
+    let cfg = files.load().unwrap();
+    let snap = cfg.snapshot(1, &|_, _| None);
+    let engine = Engine::new(EngineConfig::default());
+    let besu = snap.tenant("besu-node").unwrap();
+    assert!(
+        besu.algorithms.contains(Algorithm::EdDsa) && !besu.algorithms.contains(Algorithm::Es256)
+    );
+    // An RS256 token signed by the test key verifies through the DER-configured key.
+    let signer = SigningKey::from_pkcs8(Algorithm::Rs256, &data("rsa2048.pk8.der")).unwrap();
+    let token = signer
+        .mint(
+            Some("der"),
+            &format!(r#"{{"exp":{},"permissions":["eth:*"]}}"#, 2_000_000_000u64),
+        )
+        .unwrap();
+    let req = Request {
+        token: Some(token.as_bytes()),
+        tenant: "besu-node",
+        method: Some("eth_call"),
+        addresses: &[],
+        origin: None,
+        user_agent: None,
+    };
+    assert_eq!(
+        engine.verify(&snap, &req, UnixTime(1_800_000_000)).reason(),
+        Reason::Ok
+    );
+
+    // Reloading the same config keeps every epoch (cached tokens survive);
+    // changing one tenant's key changes that tenant's epoch only.
+    let again = files.load().unwrap().snapshot(2, &|_, _| None);
+    for id in ["infura-project", "besu-node", "public"] {
+        assert_eq!(
+            snap.tenant(id).unwrap().epoch,
+            again.tenant(id).unwrap().epoch,
+            "{id}"
+        );
+    }
+    let changed = Files::new(&full_config().replace(&"A".repeat(88), &"B".repeat(88)))
+        .load()
+        .unwrap()
+        .snapshot(3, &|_, _| None);
+    assert_ne!(
+        snap.tenant("besu-node").unwrap().epoch,
+        changed.tenant("besu-node").unwrap().epoch
+    );
+    assert_eq!(
+        snap.tenant("infura-project").unwrap().epoch,
+        changed.tenant("infura-project").unwrap().epoch
+    );
+    let rules = Files::new(&full_config().replace("leeway_s = 10", "leeway_s = 20"))
+        .load()
+        .unwrap()
+        .snapshot(4, &|_, _| None);
+    assert_ne!(
+        snap.tenant("infura-project").unwrap().epoch,
+        rules.tenant("infura-project").unwrap().epoch
+    );
+}
+
+#[test]
+fn jwks_files_and_denylists() {
+    let jwks = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"ed-jwks","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},{"kty":"oct","kid":"enc","use":"enc","k":"AAAA"}]}"#;
+    let config = "denylist_file = \"revoked.toml\"\n[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nfile = \"jwks.json\"\n";
+    let revoked = "[[revoke]]\ntenant = \"idp\"\njti = \"stolen\"\nuntil = 2000000000\n[[revoke]]\ntenant = \"idp\"\nsub = \"mallory\"\nuntil = 2000000000\n";
+    let files = Files::new(config)
+        .with("/etc/jotd/jwks.json", jwks)
+        .with("/etc/jotd/revoked.toml", revoked);
+    let cfg = files.load().unwrap_or_else(|e| panic!("{e}"));
+    let snap = cfg.snapshot(1, &|_, _| None);
+    let idp = snap.tenant("idp").unwrap();
+    assert_eq!(
+        idp.keys.iter().map(|k| &*k.kid).collect::<Vec<_>>(),
+        ["ed-jwks"]
+    );
+    assert!(idp.algorithms.contains(Algorithm::EdDsa));
+    assert!(idp.denylist.is_revoked(Some("stolen"), None, UnixTime(1)));
+    assert!(idp.denylist.is_revoked(None, Some("mallory"), UnixTime(1)));
+    assert!(cfg.files.contains(&PathBuf::from("/etc/jotd/revoked.toml")));
+
+    let bad_jwks = Files::new(config)
+        .with("/etc/jotd/jwks.json", "{\"keys\":[]}")
+        .with("/etc/jotd/revoked.toml", revoked)
+        .load()
+        .unwrap_err();
+    assert_eq!(
+        (bad_jwks.line, bad_jwks.key.as_str()),
+        (Some(4), "tenant[0].jwks[0].file")
+    );
+    assert!(bad_jwks.message.contains("no usable key"), "{bad_jwks}");
+    let bad_revoke = Files::new(config)
+        .with("/etc/jotd/jwks.json", jwks)
+        .with(
+            "/etc/jotd/revoked.toml",
+            "[[revoke]]\ntenant = \"nobody\"\njti = \"x\"\nuntil = 1\n",
+        )
+        .load()
+        .unwrap_err();
+    assert_eq!(
+        bad_revoke.to_string(),
+        "/etc/jotd/revoked.toml:1: revoke[0].tenant: no tenant `nobody` in the config"
+    );
+    let both = Files::new(config)
+        .with("/etc/jotd/jwks.json", jwks)
+        .with(
+            "/etc/jotd/revoked.toml",
+            "[[revoke]]\ntenant = \"idp\"\njti = \"x\"\nsub = \"y\"\nuntil = 1\n",
+        )
+        .load()
+        .unwrap_err();
+    assert!(
+        both.to_string().contains("exactly one of jti, sub"),
+        "{both}"
+    );
+}
+
+#[test]
+fn the_store_swaps_whole_snapshots_and_keeps_the_old_one_on_error() {
+    let cfg = Files::new(&full_config()).load().unwrap();
+    let store = KeyStore::new(cfg.snapshot(1, &|_, _| None));
+    let in_flight = store.load();
+    assert_eq!(
+        store.replace(
+            |g| Files::new("[[tenant]]\nid = \"only\"\nrequire_jwt = false\n")
+                .load()
+                .map(|c| c.snapshot(g, &|_, _| None))
+        ),
+        Ok(2)
+    );
+    assert_eq!(store.load().generation(), 2);
+    assert!(store.load().tenant("only").is_some());
+    assert!(
+        in_flight.tenant("besu-node").is_some(),
+        "a batch keeps the snapshot it started with"
+    );
+    let refused = store.replace(|g| {
+        Files::new("[[tenant]]\nid = 5\n")
+            .load()
+            .map(|c| c.snapshot(g, &|_, _| None))
+    });
+    assert!(refused.is_err());
+    assert_eq!(store.load().generation(), 2, "a bad config changes nothing");
+}
