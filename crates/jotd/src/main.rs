@@ -1,12 +1,17 @@
 //! jotd: batch JWT verification daemon.
 //!
-//! Subcommands so far: `speed` (engine throughput against raw aws-lc-rs).
-//! `serve`, `check`, `config check` and `key fingerprint` arrive with the
-//! jotd-keys and transport work (see the issues and docs/architecture.md).
+//! Subcommands: `speed` (engine throughput against raw aws-lc-rs), `check`
+//! (decide JSON-lines requests offline against a config), `config check`
+//! (validate a config and list its tenants and keys), `key fingerprint`.
+//! `serve` arrives with the transport work (see the issues).
 
+mod check;
+mod config_cmd;
 mod speed;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// jotd: high-throughput batch JWT verification.
 #[derive(Parser, Debug)]
@@ -20,10 +25,47 @@ struct Cli {
 enum Command {
     /// Measure the engine per algorithm against raw aws-lc-rs on the same keys and tokens.
     Speed(speed::SpeedArgs),
+    /// Decide JSON-lines requests offline: one JSON decision line per input line, in order.
+    Check(check::CheckArgs),
+    /// Work with the config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Work with key files.
+    #[command(subcommand)]
+    Key(KeyCommand),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate a config (and every file it names) without serving; list tenants, keys, JWKS sources.
+    Check {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Print base64(SHA-256(DER SPKI)) of a public key file (PEM, PKCS#1, certificate, base64 PEM or DER).
+    Fingerprint {
+        /// The key file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
         Command::Speed(args) => speed::run(&args),
+        Command::Check(args) => check::run(&args),
+        Command::Config(ConfigCommand::Check { config }) => config_cmd::check(&config),
+        Command::Key(KeyCommand::Fingerprint { file }) => config_cmd::fingerprint(&file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jotd: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

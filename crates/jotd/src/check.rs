@@ -1,0 +1,127 @@
+//! `jotd check`: decide JSON-lines requests offline against a config.
+//!
+//! Input, one object per line: `{"token": "...", "tenant": "...", "method":
+//! "...", "addresses": [...], "origin": "...", "user_agent": "..."}` (all but
+//! `tenant` optional). Output, one line per input line, in order:
+//! `{"index": N, "allow": bool, "reason": "...", "kid", "sub", "exp", "claims"}`.
+//! A line that is not such an object yields `malformed` with an `error`.
+
+use anyhow::Context;
+use clap::Args;
+use jotd_core::{Decision, Engine, EngineConfig, Reason, Request, Scratch, UnixTime};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+/// Options of `jotd check`.
+#[derive(Args, Debug)]
+pub(crate) struct CheckArgs {
+    /// The config file (tenants, keys).
+    #[arg(long)]
+    config: PathBuf,
+    /// JSON-lines input; standard input when absent.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// The time to check claims against, in Unix seconds (default: now).
+    #[arg(long)]
+    now: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Line {
+    #[serde(default)]
+    token: Option<String>,
+    tenant: String,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    origin: Option<String>,
+    #[serde(default)]
+    user_agent: Option<String>,
+}
+
+/// The JSON line for one decision.
+pub(crate) fn decision_json(index: usize, d: &Decision) -> Value {
+    let mut out = Map::new();
+    out.insert("index".into(), json!(index));
+    out.insert("allow".into(), json!(d.allow()));
+    out.insert("reason".into(), json!(d.reason().as_str()));
+    if let Some(t) = d.token() {
+        if let Some(kid) = t.kid() {
+            out.insert("kid".into(), json!(kid));
+        }
+        if let Some(sub) = t.sub() {
+            out.insert("sub".into(), json!(sub));
+        }
+        if let Some(exp) = t.exp() {
+            out.insert("exp".into(), json!(exp));
+        }
+        if !t.claims().is_empty() {
+            let claims: Map<String, Value> = t
+                .claims()
+                .iter()
+                .map(|(k, raw)| {
+                    (
+                        k.to_string(),
+                        serde_json::from_str(raw).unwrap_or(Value::Null),
+                    )
+                })
+                .collect();
+            out.insert("claims".into(), Value::Object(claims));
+        }
+    }
+    Value::Object(out)
+}
+
+pub(crate) fn run(args: &CheckArgs) -> anyhow::Result<()> {
+    let cfg = crate::config_cmd::load(&args.config)?;
+    let snapshot = cfg.snapshot(1, &|_, _| None);
+    let now = match args.now {
+        Some(n) => n,
+        None => SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .context("clock before 1970")?
+            .as_secs(),
+    };
+    let input: Box<dyn BufRead> = match &args.input {
+        Some(path) => Box::new(BufReader::new(
+            std::fs::File::open(path)
+                .with_context(|| format!("{}: cannot open", path.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let engine = Engine::new(EngineConfig::default());
+    let mut scratch = Scratch::new();
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    for (index, line) in input.lines().enumerate() {
+        let line = line.with_context(|| format!("input line {}: cannot read", index + 1))?;
+        let value = match serde_json::from_str::<Line>(&line) {
+            Ok(l) => {
+                let req = Request {
+                    token: l.token.as_deref().map(str::as_bytes),
+                    tenant: &l.tenant,
+                    method: l.method.as_deref(),
+                    addresses: &l.addresses,
+                    origin: l.origin.as_deref(),
+                    user_agent: l.user_agent.as_deref(),
+                };
+                decision_json(
+                    index,
+                    &engine.verify_with(&mut scratch, &snapshot, &req, UnixTime(now)),
+                )
+            }
+            Err(e) => {
+                let mut v = decision_json(index, &Decision::without_token(Reason::Malformed));
+                v["error"] = json!(format!("input line {}: {e}", index + 1));
+                v
+            }
+        };
+        writeln!(out, "{value}").context("cannot write to standard output")?;
+    }
+    out.flush().context("cannot write to standard output")?;
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! `jotd config check` and `jotd key fingerprint`.
+
+use anyhow::Context;
+use jotd_keys::JwksLocation;
+use std::path::Path;
+
+/// Loads a config with the real file system.
+pub(crate) fn load(config: &Path) -> anyhow::Result<jotd_keys::KeysConfig> {
+    Ok(jotd_keys::load(config, &|p| std::fs::read(p))?)
+}
+
+pub(crate) fn check(config: &Path) -> anyhow::Result<()> {
+    let cfg = load(config)?;
+    println!("{}: ok, {} tenant(s)", config.display(), cfg.tenants.len());
+    for spec in &cfg.tenants {
+        let t = &spec.tenant;
+        let algs: Vec<_> = t.algorithms.iter().map(|a| a.as_str()).collect();
+        println!(
+            "tenant {}: policy {}, require_jwt {}, algorithms [{}]",
+            t.id,
+            t.policy.as_str(),
+            t.require_jwt,
+            algs.join(", ")
+        );
+        for k in &spec.keys {
+            println!(
+                "  key {} ({}) {} {} [{}]",
+                k.kid,
+                k.name.as_deref().unwrap_or("-"),
+                k.alg,
+                k.fingerprint
+                    .as_deref()
+                    .unwrap_or("(HMAC secret, no fingerprint)"),
+                k.source
+            );
+        }
+        for (i, source) in spec.jwks.iter().enumerate() {
+            let index = cfg
+                .tenants
+                .iter()
+                .position(|s| s.tenant.id == t.id)
+                .unwrap_or(0);
+            match &source.location {
+                JwksLocation::File(path) => {
+                    let keys = cfg.jwks_files.get(&(index, i));
+                    let kids: Vec<_> = keys
+                        .iter()
+                        .flat_map(|k| {
+                            k.keys
+                                .iter()
+                                .map(|(kid, key)| format!("{kid} {}", key.algorithm()))
+                        })
+                        .collect();
+                    println!(
+                        "  jwks file {} (refresh {}s): {}",
+                        path.display(),
+                        source.refresh.as_secs(),
+                        kids.join(", ")
+                    );
+                    for skipped in keys.iter().flat_map(|k| k.skipped.iter()) {
+                        println!("    left out: {skipped}");
+                    }
+                }
+                JwksLocation::Url(url) => {
+                    println!(
+                        "  jwks url {url} (refresh {}s): fetched by the daemon, not by offline commands",
+                        source.refresh.as_secs()
+                    );
+                }
+            }
+        }
+        if let Some(d) = cfg.denylists.get(&*t.id) {
+            println!("  denylist: {} jti, {} sub", d.jti.len(), d.sub.len());
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn fingerprint(file: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let fp =
+        jotd_keys::material::fingerprint(&bytes).with_context(|| format!("{}", file.display()))?;
+    println!("{fp}");
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! The offline commands through the real binary: `key fingerprint`, `config check`, `check`.
+
+use jotd_core::{Algorithm, SigningKey};
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn keys_data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../jotd-keys/tests/data")
+        .join(name)
+}
+
+fn jotd(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jotd"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run jotd");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A fresh folder for one test's files.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("jotd-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn key_fingerprint_matches_openssl_and_names_bad_files() {
+    let file = keys_data("ec_p256.pem");
+    let out = jotd(&["key", "fingerprint", file.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let openssl = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl pkey -pubin -in '{}' -outform DER | openssl sha256 -binary | openssl base64",
+            file.display()
+        ))
+        .output()
+        .expect("openssl CLI");
+    assert_eq!(text(&out.stdout), text(&openssl.stdout));
+    let small = jotd(
+        &[
+            "key",
+            "fingerprint",
+            keys_data("rsa1024.pem").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!small.status.success());
+    assert!(
+        text(&small.stderr).contains("rsa1024.pem: RSA modulus of 1024 bits"),
+        "{}",
+        text(&small.stderr)
+    );
+    let missing = jotd(&["key", "fingerprint", "/no/such/key.pem"], None);
+    assert!(
+        !missing.status.success()
+            && text(&missing.stderr).contains("/no/such/key.pem: cannot read")
+    );
+}
+
+fn write_config(dir: &Path) -> PathBuf {
+    let config = dir.join("tenants.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[tenant]]
+id = "infura"
+policy = "allowlist"
+no_auth_methods = ["net_version"]
+claims_to_return = ["groups"]
+[[tenant.key]]
+kid = "rsa"
+name = "primary"
+alg = "RS256"
+pem_file = "{}"
+[[tenant.key]]
+kid = "hs"
+alg = "HS256"
+secret = "0123456789abcdef0123456789abcdef"
+"#,
+            keys_data("rsa2048.pem").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn config_check_lists_keys_or_names_the_error() {
+    let dir = scratch_dir("config");
+    let config = write_config(&dir);
+    let out = jotd(
+        &["config", "check", "--config", config.to_str().unwrap()],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    let fp = jotd_keys::material::fingerprint(&std::fs::read(keys_data("rsa2048.pem")).unwrap())
+        .unwrap();
+    assert!(
+        listing.contains("tenant infura: policy allowlist"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains(&format!("key rsa (primary) RS256 {fp}")),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("key hs (-) HS256 (HMAC secret, no fingerprint)"),
+        "{listing}"
+    );
+
+    std::fs::write(&config, "[[tenant]]\nid = \"x\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"short\"\n").unwrap();
+    let bad = jotd(
+        &["config", "check", "--config", config.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    let err = text(&bad.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:3: tenant[0].key[0]: HS256 secret of 5 bytes",
+            config.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_decides_each_line_in_order() {
+    let dir = scratch_dir("check");
+    let config = write_config(&dir);
+    let now = 1_800_000_000u64;
+    let rsa = SigningKey::from_pkcs8(
+        Algorithm::Rs256,
+        &std::fs::read(keys_data("rsa2048.pk8.der")).unwrap(),
+    )
+    .unwrap();
+    let hs = SigningKey::from_hmac_secret(Algorithm::Hs256, b"0123456789abcdef0123456789abcdef")
+        .unwrap();
+    let good = rsa
+        .mint(
+            Some("rsa"),
+            &format!(
+                r#"{{"sub":"alice","exp":{},"methods":["eth_call"],"groups":["ops"]}}"#,
+                now + 60
+            ),
+        )
+        .unwrap();
+    let expired = hs
+        .mint(
+            Some("hs"),
+            &format!(r#"{{"sub":"bob","exp":{}}}"#, now - 3600),
+        )
+        .unwrap();
+    let forged = SigningKey::generate(Algorithm::Rs256)
+        .unwrap()
+        .mint(Some("rsa"), &format!(r#"{{"exp":{}}}"#, now + 60))
+        .unwrap();
+    let input = [
+        format!(r#"{{"token":"{good}","tenant":"infura","method":"eth_call"}}"#),
+        format!(r#"{{"token":"{good}","tenant":"infura","method":"eth_sendRawTransaction"}}"#),
+        format!(r#"{{"token":"{expired}","tenant":"infura"}}"#),
+        format!(r#"{{"token":"{forged}","tenant":"infura"}}"#),
+        "this is not json".to_owned(),
+        r#"{"token":"abc"}"#.to_owned(),
+        r#"{"tenant":"infura","method":"net_version"}"#.to_owned(),
+        r#"{"tenant":"infura","method":"eth_call"}"#.to_owned(),
+        format!(r#"{{"token":"{good}","tenant":"nobody"}}"#),
+    ]
+    .join("\n");
+    let input_file = dir.join("requests.jsonl");
+    std::fs::write(&input_file, &input).unwrap();
+    for via_file in [false, true] {
+        let mut args = vec![
+            "check",
+            "--config",
+            config.to_str().unwrap(),
+            "--now",
+            "1800000000",
+        ];
+        if via_file {
+            args.extend(["--input", input_file.to_str().unwrap()]);
+        }
+        let out = jotd(&args, (!via_file).then_some(input.as_str()));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let lines: Vec<Value> = text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let got: Vec<(u64, bool, &str)> = lines
+            .iter()
+            .map(|v| {
+                (
+                    v["index"].as_u64().unwrap(),
+                    v["allow"].as_bool().unwrap(),
+                    v["reason"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, true, "ok"),
+                (1, false, "method_not_allowed"),
+                (2, false, "expired"),
+                (3, false, "bad_signature"),
+                (4, false, "malformed"),
+                (5, false, "malformed"),
+                (6, true, "ok_no_auth"),
+                (7, false, "missing_token"),
+                (8, false, "unknown_tenant"),
+            ]
+        );
+        assert_eq!(
+            (
+                lines[0]["kid"].as_str(),
+                lines[0]["sub"].as_str(),
+                lines[0]["exp"].as_u64()
+            ),
+            (Some("rsa"), Some("alice"), Some(now + 60))
+        );
+        assert_eq!(lines[0]["claims"]["groups"], serde_json::json!(["ops"]));
+        assert_eq!(
+            lines[2]["sub"].as_str(),
+            Some("bob"),
+            "an expired token still says who"
+        );
+        assert!(
+            lines[4]["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("input line 5:")
+        );
+        assert!(
+            lines[5]["error"]
+                .as_str()
+                .unwrap()
+                .contains("missing field `tenant`")
+        );
+    }
+}
