@@ -13,10 +13,12 @@ pub mod denylist;
 pub mod jwk;
 mod load;
 pub mod material;
+mod reload;
 mod store;
 mod tenants;
 
 pub use config::{ConfigError, DEFAULT_MAX_JWKS_KEYS, DEFAULT_MAX_KEYS_PER_TENANT};
 pub use load::{KeysConfig, load};
+pub use reload::{FetchedJwks, FileStamp, Reader, ReloadStatus, Reloader, Stamper};
 pub use store::KeyStore;
 pub use tenants::{DEFAULT_JWKS_REFRESH, JwksLocation, JwksSource, KeyInfo, ReadFile, TenantSpec};

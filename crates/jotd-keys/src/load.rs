@@ -135,6 +135,13 @@ impl KeysConfig {
             let mut ctx = digest::Context::new(&digest::SHA256);
             ctx.update(&spec.digest);
             for (si, source) in spec.jwks.iter().enumerate() {
+                // A source's declared algorithm counts before its keys arrive, so a token
+                // for a key not fetched yet is `unknown_kid` (what triggers a refetch).
+                if let Some(alg) = source.alg
+                    && !spec.algorithms_configured
+                {
+                    tenant.algorithms.insert(alg);
+                }
                 let keys = match &source.location {
                     JwksLocation::File(_) => self.jwks_files.get(&(ti, si)).cloned(),
                     JwksLocation::Url(url) => fetched(&tenant.id, url),

@@ -1,0 +1,177 @@
+//! Hot reload: re-read the whole config (and every file it names) on demand
+//! (SIGHUP, in the binary) or when a watched file changed; a config that does
+//! not validate is rejected whole and the current snapshot keeps serving.
+//! Batches in flight keep the snapshot they loaded.
+
+use crate::config::ConfigError;
+use crate::jwk::JwksKeys;
+use crate::load::{KeysConfig, load};
+use crate::store::KeyStore;
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+/// What identifies a file's version: modification time and length (from `stat`).
+pub type FileStamp = (Option<SystemTime>, u64);
+
+/// Reads a file (the binary passes `std::fs::read`).
+pub type Reader = Box<dyn Fn(&Path) -> io::Result<Vec<u8>> + Send + Sync>;
+/// Stats a file (the binary passes a `std::fs::metadata` wrapper); `None` when missing.
+pub type Stamper = Box<dyn Fn(&Path) -> Option<FileStamp> + Send + Sync>;
+
+/// Keys fetched from JWKS URLs, by (tenant id, URL); kept across reloads.
+pub type FetchedJwks = HashMap<(String, String), Arc<JwksKeys>>;
+
+/// Reload counters, for metrics and health.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// Reloads that swapped a new snapshot in.
+    pub ok: u64,
+    /// Reloads rejected (the old snapshot kept serving).
+    pub failed: u64,
+    /// The last rejection, until a reload succeeds.
+    pub last_error: Option<ConfigError>,
+}
+
+struct State {
+    config: KeysConfig,
+    stamps: Vec<(PathBuf, Option<FileStamp>)>,
+    fetched: FetchedJwks,
+    status: ReloadStatus,
+}
+
+/// Owns the config's lifecycle: initial load, reloads, snapshot rebuilds when JWKS keys change.
+pub struct Reloader {
+    path: PathBuf,
+    store: Arc<KeyStore>,
+    read: Reader,
+    stamp: Stamper,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// Loads the config for the first time and creates the store (generation 1).
+    ///
+    /// # Errors
+    /// The config does not validate.
+    pub fn start(path: &Path, read: Reader, stamp: Stamper) -> Result<Self, ConfigError> {
+        let config = load(path, &*read)?;
+        let stamps = config.files.iter().map(|f| (f.clone(), stamp(f))).collect();
+        let store = Arc::new(KeyStore::new(config.snapshot(1, &|_, _| None)));
+        let state = State {
+            config,
+            stamps,
+            fetched: FetchedJwks::new(),
+            status: ReloadStatus::default(),
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            store,
+            read,
+            stamp,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The store readers load snapshots from.
+    #[must_use]
+    pub fn store(&self) -> Arc<KeyStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// The config currently serving (for listing JWKS sources, say).
+    #[must_use]
+    pub fn config(&self) -> KeysConfig {
+        self.lock().config.clone()
+    }
+
+    /// Reload counters and the last error.
+    #[must_use]
+    pub fn status(&self) -> ReloadStatus {
+        self.lock().status.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Re-reads everything and swaps a new snapshot in; on error keeps serving
+    /// the current one and returns (and remembers) the error.
+    ///
+    /// # Errors
+    /// The new config does not validate.
+    pub fn reload(&self) -> Result<u64, ConfigError> {
+        let mut state = self.lock();
+        let result = load(&self.path, &*self.read).map(|config| {
+            let stamps = config
+                .files
+                .iter()
+                .map(|f| (f.clone(), (self.stamp)(f)))
+                .collect();
+            let fetched = &state.fetched;
+            let generation = self
+                .store
+                .replace::<std::convert::Infallible>(|g| {
+                    Ok(config.snapshot(g, &|t, u| {
+                        fetched.get(&(t.to_owned(), u.to_owned())).cloned()
+                    }))
+                })
+                .unwrap_or_else(|never| match never {});
+            (config, stamps, generation)
+        });
+        match result {
+            Ok((config, stamps, generation)) => {
+                state.config = config;
+                state.stamps = stamps;
+                state.status.ok += 1;
+                state.status.last_error = None;
+                Ok(generation)
+            }
+            Err(e) => {
+                state.status.failed += 1;
+                state.status.last_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads when any file the config was built from changed (by stamp).
+    /// Returns `None` when nothing changed.
+    pub fn reload_if_changed(&self) -> Option<Result<u64, ConfigError>> {
+        let changed = self
+            .lock()
+            .stamps
+            .iter()
+            .any(|(f, s)| (self.stamp)(f) != *s);
+        changed.then(|| self.reload())
+    }
+
+    /// Installs keys fetched for one JWKS URL and rebuilds the snapshot from the
+    /// current config (no files are read). Returns the new generation.
+    pub fn set_fetched(&self, tenant: &str, url: &str, keys: Arc<JwksKeys>) -> u64 {
+        let mut state = self.lock();
+        state
+            .fetched
+            .insert((tenant.to_owned(), url.to_owned()), keys);
+        let State {
+            config, fetched, ..
+        } = &*state;
+        self.store
+            .replace::<std::convert::Infallible>(|g| {
+                Ok(config.snapshot(g, &|t, u| {
+                    fetched.get(&(t.to_owned(), u.to_owned())).cloned()
+                }))
+            })
+            .unwrap_or_else(|never| match never {})
+    }
+}

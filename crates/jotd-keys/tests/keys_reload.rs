@@ -1,0 +1,163 @@
+//! Hot reload: changed files are picked up, a bad config is rejected whole
+//! while the old snapshot keeps serving, fetched JWKS keys survive reloads.
+
+use jotd_core::{Algorithm, Engine, EngineConfig, Reason, Request, SigningKey, UnixTime};
+use jotd_keys::Reloader;
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+const NOW: u64 = 1_800_000_000;
+
+/// Files with a version each; writing bumps it, as a new mtime would.
+#[derive(Clone, Default)]
+struct Fs(Arc<Mutex<HashMap<PathBuf, (Vec<u8>, u64)>>>);
+
+impl Fs {
+    fn write(&self, path: &str, text: &str) {
+        let mut m = self.0.lock().unwrap();
+        let v = m.get(Path::new(path)).map_or(0, |e| e.1) + 1;
+        m.insert(PathBuf::from(path), (text.as_bytes().to_vec(), v));
+    }
+
+    fn reloader(&self) -> Result<Reloader, jotd_keys::ConfigError> {
+        let (r, s) = (self.clone(), self.clone());
+        Reloader::start(
+            Path::new("/cfg/jotd.toml"),
+            Box::new(move |p| {
+                r.0.lock()
+                    .unwrap()
+                    .get(p)
+                    .map(|e| e.0.clone())
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+            }),
+            Box::new(move |p| s.0.lock().unwrap().get(p).map(|e| (None, e.1))),
+        )
+    }
+}
+
+fn secret_config(secret: &str) -> String {
+    format!(
+        "[[tenant]]\nid = \"t\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret_base64 = \"{secret}\"\n"
+    )
+}
+
+fn token(secret: &[u8]) -> String {
+    SigningKey::from_hmac_secret(Algorithm::Hs256, secret)
+        .unwrap()
+        .mint(Some("k"), &format!(r#"{{"exp":{}}}"#, NOW + 60))
+        .unwrap()
+}
+
+fn decide(r: &Reloader, token: &str) -> Reason {
+    let engine = Engine::new(EngineConfig {
+        cache: None,
+        ..EngineConfig::default()
+    });
+    engine
+        .verify(
+            &r.store().load(),
+            &Request::bearer("t", token.as_bytes()),
+            UnixTime(NOW),
+        )
+        .reason()
+}
+
+#[test]
+fn changed_files_reload_and_bad_configs_are_rejected_whole() {
+    let fs = Fs::default();
+    let (one, two) = ([1u8; 32], [2u8; 32]);
+    use base64::Engine as _;
+    let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+    fs.write(
+        "/cfg/jotd.toml",
+        &format!(
+            "denylist_file = \"revoked.toml\"\n{}",
+            secret_config(&b64(&one))
+        ),
+    );
+    fs.write("/cfg/revoked.toml", "");
+    let r = fs.reloader().unwrap();
+    assert_eq!(r.store().load().generation(), 1);
+    assert!(r.reload_if_changed().is_none(), "nothing changed");
+    assert_eq!(decide(&r, &token(&one)), Reason::Ok);
+
+    // Rotate the secret: the new key serves, the old one no longer does.
+    fs.write(
+        "/cfg/jotd.toml",
+        &format!(
+            "denylist_file = \"revoked.toml\"\n{}",
+            secret_config(&b64(&two))
+        ),
+    );
+    assert_eq!(r.reload_if_changed(), Some(Ok(2)));
+    assert_eq!(decide(&r, &token(&two)), Reason::Ok);
+    assert_eq!(decide(&r, &token(&one)), Reason::BadSignature);
+    let in_flight = r.store().load();
+
+    // A broken config: rejected whole, generation 2 keeps serving, the error is kept for health.
+    fs.write(
+        "/cfg/jotd.toml",
+        "[[tenant]]\nid = \"t\"\npolicy = \"nope\"\n",
+    );
+    let err = r.reload_if_changed().unwrap().unwrap_err();
+    assert_eq!((err.line, err.key.as_str()), (Some(3), "tenant[0].policy"));
+    assert_eq!(r.store().load().generation(), 2);
+    assert_eq!(decide(&r, &token(&two)), Reason::Ok);
+    let status = r.status();
+    assert_eq!((status.ok, status.failed), (1, 1));
+    assert_eq!(status.last_error.as_ref(), Some(&err));
+
+    // A watched file other than the config (the denylist) also triggers a reload.
+    fs.write(
+        "/cfg/jotd.toml",
+        &format!(
+            "denylist_file = \"revoked.toml\"\n{}",
+            secret_config(&b64(&two))
+        ),
+    );
+    assert!(r.reload().is_ok());
+    fs.write("/cfg/revoked.toml", "[[revoke]]\ntenant = \"t\"\nsub = \"x\"\nuntil = 1\n[[revoke]]\ntenant = \"t\"\nsub = \"y\"\nuntil = 1\n");
+    assert!(matches!(r.reload_if_changed(), Some(Ok(_))));
+    assert_eq!(r.store().load().tenant("t").unwrap().denylist.sub.len(), 2);
+    assert_eq!(r.status().last_error, None);
+    assert_eq!(
+        in_flight.generation(),
+        2,
+        "a batch's snapshot never changes under it"
+    );
+}
+
+#[test]
+fn fetched_jwks_keys_survive_reloads() {
+    let fs = Fs::default();
+    let config = "[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nurl = \"https://idp.example/jwks\"\nalg = \"HS256\"\n";
+    fs.write("/cfg/jotd.toml", config);
+    let r = fs.reloader().unwrap();
+    let secret = [9u8; 32];
+    assert_eq!(
+        decide(&r, &token(&secret)),
+        Reason::UnknownKid,
+        "no keys fetched yet"
+    );
+    use base64::Engine as _;
+    let doc = format!(
+        r#"{{"keys":[{{"kty":"oct","kid":"k","k":"{}"}}]}}"#,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    );
+    let keys = jotd_keys::jwk::parse_jwks(doc.as_bytes(), Some(Algorithm::Hs256), 16).unwrap();
+    let generation = r.set_fetched("t", "https://idp.example/jwks", Arc::new(keys));
+    assert_eq!(generation, 2);
+    assert_eq!(decide(&r, &token(&secret)), Reason::Ok);
+    fs.write(
+        "/cfg/jotd.toml",
+        &config.replace("id = \"t\"\n", "id = \"t\"\nleeway_s = 5\n"),
+    );
+    assert_eq!(r.reload_if_changed(), Some(Ok(3)));
+    assert_eq!(
+        decide(&r, &token(&secret)),
+        Reason::Ok,
+        "fetched keys are kept across a reload"
+    );
+}
