@@ -12,7 +12,10 @@ const NOW: u64 = 1_800_000_000;
 
 /// Files with a version each; writing bumps it, as a new mtime would.
 #[derive(Clone, Default)]
-struct Fs(Arc<Mutex<HashMap<PathBuf, (Vec<u8>, u64)>>>);
+struct Fs(Arc<Mutex<HashMap<PathBuf, Versioned>>>);
+
+/// A file's bytes and version.
+type Versioned = (Vec<u8>, u64);
 
 impl Fs {
     fn write(&self, path: &str, text: &str) {
