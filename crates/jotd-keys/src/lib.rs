@@ -10,6 +10,7 @@
 
 mod config;
 pub mod denylist;
+mod fetch;
 pub mod jwk;
 mod load;
 pub mod material;
@@ -18,6 +19,7 @@ mod store;
 mod tenants;
 
 pub use config::{ConfigError, DEFAULT_MAX_JWKS_KEYS, DEFAULT_MAX_KEYS_PER_TENANT};
+pub use fetch::{FetchConfig, FetchError, JwksFetcher, SourceHealth, max_age};
 pub use load::{KeysConfig, load};
 pub use reload::{FetchedJwks, FileStamp, Reader, ReloadStatus, Reloader, Stamper};
 pub use store::KeyStore;

@@ -1,0 +1,383 @@
+//! JWKS over HTTPS: periodic refresh (bounded by `Cache-Control: max-age`),
+//! a single-flight, rate-limited refetch when a token names an unknown kid,
+//! stale-if-error (the last good keys keep serving, with their age on record),
+//! and limits on time and size for every fetch. URLs come from the config only.
+//!
+//! The HTTP client is reqwest on rustls with aws-lc-rs, trusting the system's
+//! roots plus any extra CA given in [`FetchConfig`] (private IdPs, tests).
+//! Time is tokio's, so tests can pause it.
+
+use crate::jwk::{JwkError, parse_jwks};
+use crate::reload::Reloader;
+use crate::tenants::JwksLocation;
+use jotd_core::Algorithm;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Fetcher settings. Every field has a default (see [`FetchConfig::default`]).
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    /// Whole-request time limit (connect, headers, body). Default: 10 s.
+    pub timeout: Duration,
+    /// Largest JWKS document accepted. Default: 512 KiB.
+    pub max_bytes: usize,
+    /// Least time between two fetches of one source triggered by unknown kids. Default: 30 s.
+    pub refetch_interval: Duration,
+    /// Shortest refresh, whatever `max-age` says. Default: 10 s.
+    pub min_refresh: Duration,
+    /// First retry delay after a failure, doubling up to the refresh interval. Default: 5 s.
+    pub retry_after: Duration,
+    /// Extra trusted CA certificates (PEM), besides the system's roots.
+    pub extra_roots_pem: Option<Vec<u8>>,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            max_bytes: 512 << 10,
+            refetch_interval: Duration::from_secs(30),
+            min_refresh: Duration::from_secs(10),
+            retry_after: Duration::from_secs(5),
+            extra_roots_pem: None,
+        }
+    }
+}
+
+/// Why one fetch failed. The source keeps its last good keys.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// Connection, TLS or protocol failure.
+    #[error("request failed: {0}")]
+    Http(String),
+    /// The server answered with a status other than 200.
+    #[error("HTTP status {0}")]
+    Status(u16),
+    /// The document exceeds the size limit.
+    #[error("document larger than {0} bytes")]
+    TooLarge(usize),
+    /// The request took longer than the time limit.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The body is not a usable JWKS.
+    #[error("{0}")]
+    Jwks(#[from] JwkError),
+    /// The client could not be built (bad extra CA).
+    #[error("client setup: {0}")]
+    Setup(String),
+}
+
+/// Health of one URL source, for `/readyz` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceHealth {
+    /// Tenant id.
+    pub tenant: String,
+    /// The URL.
+    pub url: String,
+    /// Time since the last good fetch; `None` when never fetched.
+    pub age: Option<Duration>,
+    /// The configured refresh interval.
+    pub refresh: Duration,
+    /// Fetches that failed in a row.
+    pub failures: u32,
+    /// The last failure, until a fetch succeeds.
+    pub last_error: Option<FetchError>,
+    /// Fetches done so far (good or not).
+    pub fetches: u64,
+}
+
+#[derive(Debug, Default)]
+struct Info {
+    /// When the last good fetch finished.
+    last_good: Option<Instant>,
+    /// When the last fetch (good or not) finished.
+    last_attempt: Option<Instant>,
+    /// When the last fetch triggered by an unknown kid finished (the rate limit's clock).
+    last_triggered: Option<Instant>,
+    next_due: Option<Instant>,
+    failures: u32,
+    last_error: Option<FetchError>,
+    fetches: u64,
+}
+
+#[derive(Debug, Default)]
+struct Source {
+    /// Held while fetching: concurrent triggers queue here (single flight).
+    flight: tokio::sync::Mutex<()>,
+    info: Mutex<Info>,
+}
+
+/// One URL source as the config lists it.
+#[derive(Debug, Clone)]
+struct Target {
+    tenant: String,
+    url: String,
+    refresh: Duration,
+    alg: Option<Algorithm>,
+}
+
+/// Fetches every JWKS URL of the config and installs the keys through the [`Reloader`].
+#[derive(Debug)]
+pub struct JwksFetcher {
+    client: reqwest::Client,
+    config: FetchConfig,
+    reloader: Arc<Reloader>,
+    sources: Mutex<HashMap<(String, String), Arc<Source>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `max-age` from a `Cache-Control` header (`no-store`/`no-cache` count as 0).
+#[must_use]
+pub fn max_age(cache_control: &str) -> Option<Duration> {
+    cache_control.split(',').map(str::trim).find_map(|d| {
+        let d = d.to_ascii_lowercase();
+        if d == "no-store" || d == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        d.strip_prefix("max-age=")
+            .and_then(|v| v.trim_matches('"').parse().ok())
+            .map(Duration::from_secs)
+    })
+}
+
+impl JwksFetcher {
+    /// Builds the client.
+    ///
+    /// # Errors
+    /// The extra CA is not PEM, or the TLS client cannot be built.
+    pub fn new(reloader: Arc<Reloader>, config: FetchConfig) -> Result<Self, FetchError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .https_only(false)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("jotd/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &config.extra_roots_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| FetchError::Setup(e.to_string()))?
+            {
+                builder = builder.tls_certs_merge([cert]);
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|e| FetchError::Setup(e.to_string()))?;
+        Ok(Self {
+            client,
+            config,
+            reloader,
+            sources: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        let cfg = self.reloader.config();
+        cfg.tenants
+            .iter()
+            .flat_map(|t| {
+                t.jwks.iter().filter_map(|s| match &s.location {
+                    JwksLocation::Url(url) => Some(Target {
+                        tenant: t.tenant.id.to_string(),
+                        url: url.clone(),
+                        refresh: s.refresh,
+                        alg: s.alg,
+                    }),
+                    JwksLocation::File(_) => None,
+                })
+            })
+            .collect()
+    }
+
+    fn source(&self, t: &Target) -> Arc<Source> {
+        Arc::clone(
+            lock(&self.sources)
+                .entry((t.tenant.clone(), t.url.clone()))
+                .or_default(),
+        )
+    }
+
+    fn http_error(&self, e: &reqwest::Error) -> FetchError {
+        if e.is_timeout() {
+            FetchError::Timeout(self.config.timeout)
+        } else {
+            FetchError::Http(e.to_string())
+        }
+    }
+
+    /// GET + size limit + parse, nothing installed. Returns the keys and the server's max-age.
+    async fn download(
+        &self,
+        t: &Target,
+    ) -> Result<(crate::jwk::JwksKeys, Option<Duration>), FetchError> {
+        let limit = self.config.max_bytes;
+        let request = async {
+            let mut resp = self
+                .client
+                .get(&t.url)
+                .send()
+                .await
+                .map_err(|e| self.http_error(&e))?;
+            if resp.status() != reqwest::StatusCode::OK {
+                return Err(FetchError::Status(resp.status().as_u16()));
+            }
+            if resp.content_length().is_some_and(|n| n > limit as u64) {
+                return Err(FetchError::TooLarge(limit));
+            }
+            let age = resp
+                .headers()
+                .get(reqwest::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(max_age);
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| self.http_error(&e))? {
+                if body.len() + chunk.len() > limit {
+                    return Err(FetchError::TooLarge(limit));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok((body, age))
+        };
+        let (body, age) = tokio::time::timeout(self.config.timeout, request)
+            .await
+            .map_err(|_| FetchError::Timeout(self.config.timeout))??;
+        let max_keys = self.reloader.config().max_jwks_keys;
+        Ok((parse_jwks(&body, t.alg, max_keys)?, age))
+    }
+
+    /// Fetches one source now and records the outcome; on success installs the keys.
+    async fn fetch(&self, t: &Target, source: &Source) -> Result<(), FetchError> {
+        let result = self.download(t).await;
+        let now = Instant::now();
+        let mut info = lock(&source.info);
+        info.last_attempt = Some(now);
+        info.fetches += 1;
+        match result {
+            Ok((keys, age)) => {
+                let refresh = age
+                    .map_or(t.refresh, |a| a.min(t.refresh))
+                    .max(self.config.min_refresh);
+                info.next_due = Some(now + refresh);
+                info.last_good = Some(now);
+                info.failures = 0;
+                info.last_error = None;
+                drop(info);
+                self.reloader.set_fetched(&t.tenant, &t.url, Arc::new(keys));
+                Ok(())
+            }
+            Err(e) => {
+                info.failures = info.failures.saturating_add(1);
+                let backoff = self
+                    .config
+                    .retry_after
+                    .saturating_mul(1 << info.failures.min(16).saturating_sub(1));
+                info.next_due = Some(now + backoff.min(t.refresh));
+                info.last_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Fetches every source that is due (never fetched, or past its refresh or
+    /// retry time). Returns the failures, by tenant and URL.
+    pub async fn refresh_due(&self) -> Vec<(String, String, FetchError)> {
+        let mut failures = Vec::new();
+        for t in self.targets() {
+            let source = self.source(&t);
+            let due = lock(&source.info)
+                .next_due
+                .is_none_or(|d| d <= Instant::now());
+            if !due {
+                continue;
+            }
+            let _flight = source.flight.lock().await;
+            if let Err(e) = self.fetch(&t, &source).await {
+                failures.push((t.tenant.clone(), t.url.clone(), e));
+            }
+        }
+        failures
+    }
+
+    /// When the next source falls due (`None` when there are no URL sources).
+    #[must_use]
+    pub fn next_due(&self) -> Option<Instant> {
+        self.targets()
+            .iter()
+            .map(|t| {
+                lock(&self.source(t).info)
+                    .next_due
+                    .unwrap_or_else(Instant::now)
+            })
+            .min()
+    }
+
+    /// Refetches the tenant's URL sources after a token named a kid they lack.
+    /// Single flight: concurrent callers wait for one fetch. Rate limited: a
+    /// source fetched less than `refetch_interval` ago is not fetched again.
+    /// Returns whether any source was fetched successfully.
+    pub async fn on_unknown_kid(&self, tenant: &str) -> bool {
+        let mut refreshed = false;
+        for t in self.targets().into_iter().filter(|t| t.tenant == tenant) {
+            let source = self.source(&t);
+            let asked = Instant::now();
+            let _flight = source.flight.lock().await;
+            let (good, attempt, triggered) = {
+                let info = lock(&source.info);
+                (info.last_good, info.last_attempt, info.last_triggered)
+            };
+            if good.is_some_and(|g| g >= asked) {
+                refreshed = true; // a fetch that finished after we asked: its keys are ours too
+            } else if attempt.is_some_and(|a| a >= asked)
+                || triggered.is_some_and(|t| t + self.config.refetch_interval > Instant::now())
+            {
+                // It just failed for someone else, or the rate limit holds: do not hammer the IdP.
+            } else {
+                let ok = self.fetch(&t, &source).await.is_ok();
+                lock(&source.info).last_triggered = Some(Instant::now());
+                refreshed |= ok;
+            }
+        }
+        refreshed
+    }
+
+    /// Every URL source's state.
+    #[must_use]
+    pub fn health(&self) -> Vec<SourceHealth> {
+        let now = Instant::now();
+        self.targets()
+            .into_iter()
+            .map(|t| {
+                let source = self.source(&t);
+                let info = lock(&source.info);
+                SourceHealth {
+                    age: info.last_good.map(|g| now - g),
+                    refresh: t.refresh,
+                    failures: info.failures,
+                    last_error: info.last_error.clone(),
+                    fetches: info.fetches,
+                    tenant: t.tenant,
+                    url: t.url,
+                }
+            })
+            .collect()
+    }
+
+    /// Keeps every source fresh until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            self.refresh_due().await;
+            let wake = self
+                .next_due()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            let wake = wake.min(Instant::now() + Duration::from_secs(1)); // notice new sources after a reload
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+}

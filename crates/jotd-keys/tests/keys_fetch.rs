@@ -1,0 +1,315 @@
+//! JWKS over HTTPS against a local TLS server: fetch, max-age, rotation via
+//! unknown kid, single flight, rate limit, and stale-if-error through 500s,
+//! garbage, huge bodies and a server that never answers.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jotd_core::{Algorithm, Engine, EngineConfig, Reason, Request, SigningKey, UnixTime};
+use jotd_keys::{FetchConfig, FetchError, JwksFetcher, Reloader};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the test server answers next.
+#[derive(Clone)]
+enum Mode {
+    Doc {
+        body: String,
+        cache_control: Option<&'static str>,
+    },
+    /// The document, after a pause (to hold a fetch in flight).
+    SlowDoc {
+        body: String,
+        pause: Duration,
+    },
+    Status(u16),
+    Garbage,
+    Huge(usize),
+    Hang,
+}
+
+struct Server {
+    url: String,
+    ca_pem: String,
+    mode: Arc<Mutex<Mode>>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Server {
+    fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve() -> Server {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let cert = rustls::pki_types::CertificateDer::from(certified.cert.der().to_vec());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}/jwks.json",
+        listener.local_addr().unwrap().port()
+    );
+    let mode = Arc::new(Mutex::new(Mode::Status(503)));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (m, h) = (Arc::clone(&mode), Arc::clone(&hits));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, m, h) = (acceptor.clone(), Arc::clone(&m), Arc::clone(&h));
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 << 10 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                h.fetch_add(1, Ordering::SeqCst);
+                let mode = m.lock().unwrap().clone();
+                let response = match mode {
+                    Mode::Doc { body, cache_control } => {
+                        let cc = cache_control.map(|c| format!("Cache-Control: {c}\r\n")).unwrap_or_default();
+                        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{cc}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
+                    }
+                    Mode::SlowDoc { body, pause } => {
+                        tokio::time::sleep(pause).await;
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
+                    }
+                    Mode::Status(code) => format!("HTTP/1.1 {code} Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").into_bytes(),
+                    Mode::Garbage => b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\nConnection: close\r\n\r\n<html>not json</html".to_vec(),
+                    Mode::Huge(n) => {
+                        let mut r = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"keys\":[".to_vec();
+                        r.resize(r.len() + n, b' ');
+                        r
+                    }
+                    Mode::Hang => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                };
+                let _ = stream.write_all(&response).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Server {
+        url,
+        ca_pem: certified.cert.pem(),
+        mode,
+        hits,
+    }
+}
+
+/// An Ed25519 key and its JWKS entry.
+fn ed_key(kid: &str) -> (SigningKey, String) {
+    let key = SigningKey::generate(Algorithm::EdDsa).unwrap();
+    let spki = key.verifying_key().unwrap().spki_der().unwrap();
+    let jwk = format!(
+        r#"{{"kty":"OKP","crv":"Ed25519","kid":"{kid}","x":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode(&spki[spki.len() - 32..])
+    );
+    (key, jwk)
+}
+
+fn doc(jwks: &[&str]) -> String {
+    format!(r#"{{"keys":[{}]}}"#, jwks.join(","))
+}
+
+fn setup(server: &Server, config: FetchConfig) -> (Arc<Reloader>, JwksFetcher) {
+    let text = format!(
+        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n",
+        server.url
+    );
+    let reloader = Arc::new(
+        Reloader::start(
+            Path::new("/cfg/jotd.toml"),
+            Box::new(move |_| Ok(text.clone().into_bytes())),
+            Box::new(|_| Some((None, 1))),
+        )
+        .unwrap(),
+    );
+    let config = FetchConfig {
+        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
+        ..config
+    };
+    let fetcher = JwksFetcher::new(Arc::clone(&reloader), config).unwrap();
+    (reloader, fetcher)
+}
+
+fn decide(r: &Reloader, key: &SigningKey, kid: &str) -> Reason {
+    let token = key.mint(Some(kid), r#"{"exp":4000000000}"#).unwrap();
+    let engine = Engine::new(EngineConfig {
+        cache: None,
+        ..EngineConfig::default()
+    });
+    engine
+        .verify(
+            &r.store().load(),
+            &Request::bearer("idp", token.as_bytes()),
+            UnixTime(1_800_000_000),
+        )
+        .reason()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_max_age_rotation_single_flight_and_rate_limit() {
+    let server = serve().await;
+    let (key_a, jwk_a) = ed_key("a");
+    let (key_b, jwk_b) = ed_key("b");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk_a]),
+        cache_control: Some("public, max-age=60"),
+    });
+    let (reloader, fetcher) = setup(&server, FetchConfig::default());
+    assert_eq!(
+        decide(&reloader, &key_a, "a"),
+        Reason::UnknownKid,
+        "nothing fetched yet"
+    );
+    assert!(fetcher.refresh_due().await.is_empty());
+    assert_eq!(decide(&reloader, &key_a, "a"), Reason::Ok);
+    let due = fetcher.next_due().unwrap() - tokio::time::Instant::now();
+    assert!(
+        due <= Duration::from_secs(60) && due > Duration::from_secs(50),
+        "max-age bounds the refresh: {due:?}"
+    );
+    assert!(fetcher.refresh_due().await.is_empty());
+    assert_eq!(server.hits(), 1, "not due again yet");
+
+    // The IdP rotates to key b. Tokens with kid b trigger one refetch for all waiters
+    // (the server answers slowly, so all twenty ask while that fetch is in flight).
+    server.set(Mode::SlowDoc {
+        body: doc(&[&jwk_b]),
+        pause: Duration::from_millis(300),
+    });
+    assert_eq!(decide(&reloader, &key_b, "b"), Reason::UnknownKid);
+    let fetcher = Arc::new(fetcher);
+    let waiters: Vec<_> = (0..20)
+        .map(|_| {
+            let f = Arc::clone(&fetcher);
+            tokio::spawn(async move { f.on_unknown_kid("idp").await })
+        })
+        .collect();
+    for w in waiters {
+        assert!(w.await.unwrap(), "every waiter sees the refreshed keys");
+    }
+    assert_eq!(server.hits(), 2, "twenty unknown-kid triggers, one fetch");
+    assert_eq!(decide(&reloader, &key_b, "b"), Reason::Ok);
+    assert_eq!(
+        decide(&reloader, &key_a, "a"),
+        Reason::UnknownKid,
+        "a rotated out"
+    );
+    // Rate limit: another unknown kid right away does not reach the server.
+    assert!(!fetcher.on_unknown_kid("idp").await);
+    assert_eq!(server.hits(), 2);
+    assert!(!fetcher.on_unknown_kid("no-such-tenant").await);
+    let health = fetcher.health();
+    assert_eq!(
+        (health.len(), health[0].failures, health[0].fetches),
+        (1, 0, 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_keep_the_last_good_keys() {
+    let server = serve().await;
+    let (key, jwk) = ed_key("a");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk]),
+        cache_control: None,
+    });
+    let config = FetchConfig {
+        refetch_interval: Duration::ZERO,
+        timeout: Duration::from_millis(500),
+        max_bytes: 64 << 10,
+        ..FetchConfig::default()
+    };
+    let (reloader, fetcher) = setup(&server, config);
+    assert!(fetcher.on_unknown_kid("idp").await);
+    let generation = reloader.store().load().generation();
+    let cases = [
+        (Mode::Status(500), FetchError::Status(500)),
+        (
+            Mode::Garbage,
+            FetchError::Jwks(jotd_keys::jwk::JwkError::Json(
+                "expected value at line 1 column 1".into(),
+            )),
+        ),
+        (
+            Mode::Doc {
+                body: doc(&[]),
+                cache_control: None,
+            },
+            FetchError::Jwks(jotd_keys::jwk::JwkError::NoUsableKey(String::new())),
+        ),
+        (Mode::Huge(1 << 20), FetchError::TooLarge(64 << 10)),
+        (Mode::Hang, FetchError::Timeout(Duration::from_millis(500))),
+    ];
+    for (i, (mode, want)) in cases.into_iter().enumerate() {
+        server.set(mode);
+        assert!(!fetcher.on_unknown_kid("idp").await, "case {i}");
+        let h = &fetcher.health()[0];
+        assert_eq!(h.last_error.as_ref(), Some(&want), "case {i}");
+        assert_eq!(h.failures, i as u32 + 1);
+        assert!(
+            h.age.is_some(),
+            "the age of the last good keys stays on record"
+        );
+        assert_eq!(
+            decide(&reloader, &key, "a"),
+            Reason::Ok,
+            "case {i}: the last good keys keep serving"
+        );
+        assert_eq!(
+            reloader.store().load().generation(),
+            generation,
+            "case {i}: no snapshot swap"
+        );
+    }
+    server.set(Mode::Doc {
+        body: doc(&[&jwk]),
+        cache_control: None,
+    });
+    assert!(fetcher.on_unknown_kid("idp").await);
+    let h = &fetcher.health()[0];
+    assert_eq!((h.failures, h.last_error.clone()), (0, None));
+}
+
+#[test]
+fn cache_control_max_age() {
+    use jotd_keys::max_age;
+    assert_eq!(
+        max_age("public, max-age=300"),
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(
+        max_age("Max-Age=\"60\", must-revalidate"),
+        Some(Duration::from_secs(60))
+    );
+    assert_eq!(max_age("no-store"), Some(Duration::ZERO));
+    assert_eq!(max_age("private"), None);
+    assert_eq!(max_age("max-age=abc"), None);
+}
