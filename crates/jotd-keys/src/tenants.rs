@@ -217,7 +217,15 @@ pub(crate) fn tenant(
     let mut keys = Vec::new();
     let mut infos: Vec<KeyInfo> = Vec::new();
     for (k, raw_key) in t.key.iter().enumerate() {
-        let (tenant_key, info, material) = key(&cx, &format!("tenant[{index}].key[{k}]"), raw_key)?;
+        let (tenant_key, info, material) = key(&cx, &format!("tenant[{index}].key[{k}]"), raw_key)
+            .map_err(|mut e| {
+                e.message = format!(
+                    "tenant `{id}`, key `{}`: {}",
+                    raw_key.get_ref().kid.get_ref(),
+                    e.message
+                );
+                e
+            })?;
         if let Some(first) = infos.iter().position(|i| i.kid == info.kid) {
             let line = t.key[first].span().start;
             return cx.err(

@@ -313,3 +313,53 @@ fn cache_control_max_age() {
     assert_eq!(max_age("private"), None);
     assert_eq!(max_age("max-age=abc"), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_loop_refreshes_on_max_age_and_stops_on_shutdown() {
+    let server = serve().await;
+    let (key_a, jwk_a) = ed_key("a");
+    let (key_b, jwk_b) = ed_key("b");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk_a]),
+        cache_control: Some("max-age=0"),
+    });
+    // max-age=0 with a 50 ms floor: the loop refetches about every 50 ms.
+    let config = FetchConfig {
+        min_refresh: Duration::from_millis(50),
+        ..FetchConfig::default()
+    };
+    let (reloader, fetcher) = setup(&server, config);
+    let fetcher = Arc::new(fetcher);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(Arc::clone(&fetcher).run(async {
+        let _ = stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while decide(&reloader, &key_a, "a") != Reason::Ok {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first fetch never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Rotate without any unknown-kid trigger: the loop alone must pick it up.
+    server.set(Mode::Doc {
+        body: doc(&[&jwk_b]),
+        cache_control: Some("max-age=0"),
+    });
+    while decide(&reloader, &key_b, "b") != Reason::Ok {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rotation never picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("run stops on shutdown")
+        .unwrap();
+    let hits = server.hits();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.hits(), hits, "no fetches after shutdown");
+}

@@ -141,7 +141,7 @@ fn config_check_lists_keys_or_names_the_error() {
     let err = text(&bad.stderr);
     assert!(
         err.contains(&format!(
-            "{}:3: tenant[0].key[0]: HS256 secret of 5 bytes",
+            "{}:3: tenant[0].key[0]: tenant `x`, key `k`: HS256 secret of 5 bytes",
             config.display()
         )),
         "{err}"
