@@ -124,10 +124,7 @@ impl VerifyingKey {
                 })?;
             check_rsa_bits(bits as usize)?;
         }
-        let parsed = ParsedPublicKey::new(verification, der).map_err(|e| KeyError::Rejected {
-            alg,
-            why: e.description_(),
-        })?;
+        let parsed = ParsedPublicKey::new(verification, der).map_err(rejected(alg))?;
         Ok(Self {
             alg,
             inner: Inner::Public(parsed),
@@ -151,10 +148,7 @@ impl VerifyingKey {
             e: strip_leading_zeros(e),
         }
         .to_parsed_public_key(params)
-        .map_err(|e| KeyError::Rejected {
-            alg,
-            why: e.description_(),
-        })?;
+        .map_err(rejected(alg))?;
         Ok(Self {
             alg,
             inner: Inner::Public(parsed),
@@ -282,6 +276,14 @@ fn spki_of(parsed: &ParsedPublicKey, alg: Algorithm) -> Result<Vec<u8>, KeyError
             alg,
             why: "cannot encode as SubjectPublicKeyInfo",
         })
+}
+
+/// Maps aws-lc-rs's refusal of a key to [`KeyError::Rejected`] for `alg`.
+fn rejected(alg: Algorithm) -> impl Fn(aws_lc_rs::error::KeyRejected) -> KeyError {
+    move |e| KeyError::Rejected {
+        alg,
+        why: e.description_(),
+    }
 }
 
 fn check_rsa_bits(bits: usize) -> Result<(), KeyError> {
