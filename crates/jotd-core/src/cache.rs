@@ -176,8 +176,7 @@ pub(crate) struct TokenCache {
 impl TokenCache {
     pub(crate) fn new(config: CacheConfig) -> Self {
         Self {
-            // Many shards: fewer threads share a shard lock word on distinct tokens.
-            map: DashMap::with_hasher_and_shard_amount(foldhash::fast::RandomState::default(), 128),
+            map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             config,
             bytes: AtomicUsize::new(0),
             clears: AtomicU64::new(0),
