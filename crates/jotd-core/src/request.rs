@@ -14,7 +14,7 @@ pub struct Request<'a> {
     /// The JSON-RPC method (`eth_blockNumber`), if any.
     pub method: Option<&'a str>,
     /// Addresses the request touches (`to` of a call, say); hex, any case.
-    pub addresses: &'a [String],
+    pub addresses: &'a [&'a str],
     /// The HTTP `Origin` header, if any.
     pub origin: Option<&'a str>,
     /// The HTTP `User-Agent` header, if any.

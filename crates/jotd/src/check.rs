@@ -101,11 +101,12 @@ pub(crate) fn run(args: &CheckArgs) -> anyhow::Result<()> {
         let line = line.with_context(|| format!("input line {}: cannot read", index + 1))?;
         let value = match serde_json::from_str::<Line>(&line) {
             Ok(l) => {
+                let addresses: Vec<&str> = l.addresses.iter().map(String::as_str).collect();
                 let req = Request {
                     token: l.token.as_deref().map(str::as_bytes),
                     tenant: &l.tenant,
                     method: l.method.as_deref(),
-                    addresses: &l.addresses,
+                    addresses: &addresses,
                     origin: l.origin.as_deref(),
                     user_agent: l.user_agent.as_deref(),
                 };

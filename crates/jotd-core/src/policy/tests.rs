@@ -6,7 +6,7 @@ fn list(items: &[&'static str]) -> Option<Strs<'static>> {
 
 fn req<'a>(
     method: Option<&'a str>,
-    addresses: &'a [String],
+    addresses: &'a [&'a str],
     origin: Option<&'a str>,
     ua: Option<&'a str>,
 ) -> Request<'a> {
@@ -29,8 +29,8 @@ fn allowlist_kinds_and_together_entries_or() {
         user_agents: list(&["MetaMask"]),
         permissions: None,
     };
-    let addr = vec!["0xabc0000000000000000000000000000000000001".to_owned()];
-    let other = vec!["0xdead".to_owned()];
+    let addr = ["0xabc0000000000000000000000000000000000001"];
+    let other = ["0xdead"];
     let good = req(
         Some("eth_call"),
         &addr,

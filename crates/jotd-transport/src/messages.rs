@@ -1,0 +1,136 @@
+//! Wire messages. They borrow: a server decodes request items straight out of
+//! the frame buffer (no allocation per token or string), and encodes decisions
+//! borrowing from the engine's `Decision`s.
+
+use bincode::{BorrowDecode, Encode};
+use jotd_core::{Decision, Reason};
+
+/// The QUIC ALPN protocol id. An incompatible change gets a new one (`jotd/2`).
+pub const ALPN: &[u8] = b"jotd/1";
+
+/// One request to authorize.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, BorrowDecode)]
+pub struct Item<'a> {
+    /// Bearer token bytes, without `Bearer `; `None` when the request had none.
+    pub token: Option<&'a [u8]>,
+    /// Tenant id.
+    pub tenant: &'a str,
+    /// JSON-RPC method.
+    pub method: Option<&'a str>,
+    /// Addresses the request touches.
+    pub addresses: Vec<&'a str>,
+    /// HTTP `Origin`.
+    pub origin: Option<&'a str>,
+    /// HTTP `User-Agent`.
+    pub user_agent: Option<&'a str>,
+}
+
+/// A batch: the one frame a client writes on a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, BorrowDecode)]
+pub struct BatchRequest<'a> {
+    /// Chosen by the client; echoed in every answer frame.
+    pub request_id: u64,
+    /// The requests; decisions refer to them by index.
+    pub items: Vec<Item<'a>>,
+}
+
+/// The decision for one item.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, BorrowDecode)]
+pub struct WireDecision<'a> {
+    /// Index of the item in the batch.
+    pub index: u32,
+    /// Whether the request is allowed.
+    pub allow: bool,
+    /// Reason code (`jotd_core::Reason::code`).
+    pub reason: u16,
+    /// Key id, when the signature verified.
+    pub kid: Option<&'a str>,
+    /// `sub`, when the signature verified.
+    pub sub: Option<&'a str>,
+    /// `exp` (Unix seconds), when the signature verified.
+    pub exp: Option<u64>,
+    /// Claims the tenant returns: (name, raw JSON value).
+    pub claims: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> WireDecision<'a> {
+    /// The wire form of an engine decision for item `index`.
+    #[must_use]
+    pub fn from_decision(index: u32, d: &'a Decision) -> Self {
+        let t = d.token();
+        Self {
+            index,
+            allow: d.allow(),
+            reason: d.reason().code(),
+            kid: t.and_then(|t| t.kid()),
+            sub: t.and_then(|t| t.sub()),
+            exp: t.and_then(|t| t.exp()),
+            claims: t
+                .map(|t| t.claims().iter().map(|(k, v)| (&**k, &**v)).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The reason, if the code is known to this build.
+    #[must_use]
+    pub fn reason(&self) -> Option<Reason> {
+        Reason::from_code(self.reason)
+    }
+}
+
+/// Decisions for some items of a batch, in completion order.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, BorrowDecode)]
+pub struct DecisionChunk<'a> {
+    /// The batch's `request_id`.
+    pub request_id: u64,
+    /// Decisions, each naming its item.
+    pub decisions: Vec<WireDecision<'a>>,
+}
+
+/// The whole batch failed; no further frames follow on the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, BorrowDecode)]
+pub struct ErrorFrame<'a> {
+    /// The batch's `request_id` (0 when the request could not be read).
+    pub request_id: u64,
+    /// An [`ErrorCode`].
+    pub code: u16,
+    /// Human-readable detail.
+    pub message: &'a str,
+}
+
+/// Why a batch failed as a whole. Codes are stable; new ones are appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The request frame exceeds the server's frame limit.
+    FrameTooLarge = 1,
+    /// The request frame could not be decoded.
+    MalformedFrame = 2,
+    /// More items than the server's per-batch limit.
+    TooManyItems = 3,
+    /// The server is at its limit of tokens in flight; retry later or elsewhere.
+    Overloaded = 4,
+    /// The server is draining for shutdown.
+    ShuttingDown = 5,
+    /// An unexpected failure inside the server.
+    Internal = 6,
+    /// A frame type this server does not know.
+    UnsupportedFrame = 7,
+}
+
+impl ErrorCode {
+    /// Looks a code up.
+    #[must_use]
+    pub const fn from_code(code: u16) -> Option<Self> {
+        Some(match code {
+            1 => Self::FrameTooLarge,
+            2 => Self::MalformedFrame,
+            3 => Self::TooManyItems,
+            4 => Self::Overloaded,
+            5 => Self::ShuttingDown,
+            6 => Self::Internal,
+            7 => Self::UnsupportedFrame,
+            _ => return None,
+        })
+    }
+}

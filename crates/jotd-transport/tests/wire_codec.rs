@@ -1,0 +1,235 @@
+//! The wire codec: exact bytes (as docs/protocol.md shows them), round trips,
+//! partial frames, and limits that hold before anything is allocated.
+
+use jotd_transport::{
+    BatchRequest, DecisionChunk, ErrorCode, ErrorFrame, FrameType, Item, Limits, WireDecision,
+    WireError, decode_batch, decode_decisions, decode_error, encode_batch, encode_decisions,
+    encode_error, next_frame,
+};
+use proptest::prelude::*;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn sample() -> BatchRequest<'static> {
+    BatchRequest {
+        request_id: 7,
+        items: vec![Item {
+            token: Some(b"a.b.c"),
+            tenant: "t",
+            method: Some("eth_call"),
+            addresses: vec!["0xab"],
+            origin: None,
+            user_agent: None,
+        }],
+    }
+}
+
+/// The example of docs/protocol.md, byte for byte.
+#[test]
+fn golden_bytes_match_the_protocol_doc() {
+    let mut out = Vec::new();
+    encode_batch(&sample(), &mut out).unwrap();
+    assert_eq!(
+        hex(&out),
+        "00 00 00 1e 01 07 01 01 05 61 2e 62 2e 63 01 74 01 08 65 74 68 5f 63 61 6c 6c 01 04 30 78 61 62 00 00"
+    );
+    let chunk = DecisionChunk {
+        request_id: 7,
+        decisions: vec![WireDecision {
+            index: 0,
+            allow: true,
+            reason: 0,
+            kid: Some("k"),
+            sub: None,
+            exp: Some(300),
+            claims: vec![],
+        }],
+    };
+    out.clear();
+    encode_decisions(&chunk, &mut out).unwrap();
+    assert_eq!(
+        hex(&out),
+        "00 00 00 0f 02 07 01 00 01 00 01 01 6b 00 01 fb 2c 01 00"
+    );
+    out.clear();
+    encode_error(
+        &ErrorFrame {
+            request_id: 7,
+            code: ErrorCode::TooManyItems as u16,
+            message: "max 4096",
+        },
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(hex(&out), "00 00 00 0c 03 07 03 08 6d 61 78 20 34 30 39 36");
+}
+
+#[test]
+fn frames_round_trip_and_split_from_a_stream() {
+    let mut stream = Vec::new();
+    encode_batch(&sample(), &mut stream).unwrap();
+    let chunk = DecisionChunk {
+        request_id: u64::MAX,
+        decisions: vec![WireDecision {
+            index: 4095,
+            allow: false,
+            reason: 18,
+            kid: None,
+            sub: Some("alice"),
+            exp: None,
+            claims: vec![("groups", r#"["ops"]"#)],
+        }],
+    };
+    encode_decisions(&chunk, &mut stream).unwrap();
+    encode_error(
+        &ErrorFrame {
+            request_id: 1,
+            code: 4,
+            message: "overloaded",
+        },
+        &mut stream,
+    )
+    .unwrap();
+    let limits = Limits::default();
+    // Every strict prefix is "need more"; the whole stream yields three frames.
+    let first = next_frame(&stream, &limits).unwrap().unwrap();
+    for cut in 0..first.consumed {
+        assert_eq!(
+            next_frame(&stream[..cut], &limits).unwrap(),
+            None,
+            "prefix {cut}"
+        );
+    }
+    assert_eq!(first.kind, FrameType::Batch);
+    assert_eq!(decode_batch(first.body, &limits).unwrap(), sample());
+    let rest = &stream[first.consumed..];
+    let second = next_frame(rest, &limits).unwrap().unwrap();
+    assert_eq!(
+        (second.kind, decode_decisions(second.body).unwrap()),
+        (FrameType::Decisions, chunk)
+    );
+    let third = next_frame(&rest[second.consumed..], &limits)
+        .unwrap()
+        .unwrap();
+    let err = decode_error(third.body).unwrap();
+    assert_eq!((err.code, err.message), (4, "overloaded"));
+    assert_eq!(ErrorCode::from_code(err.code), Some(ErrorCode::Overloaded));
+    assert_eq!(
+        second.consumed + first.consumed + third.consumed,
+        stream.len()
+    );
+}
+
+#[test]
+fn limits_hold_before_allocation() {
+    let limits = Limits {
+        max_frame_bytes: 1024,
+        max_items: 100,
+    };
+    // A length prefix over the limit is refused from the prefix alone.
+    assert_eq!(
+        next_frame(&[0, 0, 4, 1], &limits),
+        Err(WireError::FrameTooLarge {
+            len: 1025,
+            limit: 1024
+        })
+    );
+    assert_eq!(
+        next_frame(&[0xff, 0xff, 0xff, 0xff], &Limits::default()).unwrap_err(),
+        WireError::FrameTooLarge {
+            len: u32::MAX as usize,
+            limit: 4 << 20
+        }
+    );
+    assert_eq!(
+        next_frame(&[0, 0, 0, 0], &limits),
+        Err(WireError::UnknownFrameType(0))
+    );
+    assert_eq!(
+        next_frame(&[0, 0, 0, 1, 9], &limits),
+        Err(WireError::UnknownFrameType(9))
+    );
+    // Item counts are checked before items are decoded: 101, then 2^40 claimed.
+    assert_eq!(
+        decode_batch(&[7, 101], &limits),
+        Err(WireError::TooManyItems {
+            count: 101,
+            limit: 100
+        })
+    );
+    let mut huge = vec![7, 0xfd];
+    huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    assert_eq!(
+        decode_batch(&huge, &limits),
+        Err(WireError::TooManyItems {
+            count: 1 << 40,
+            limit: 100
+        })
+    );
+    // A token claiming 2^60 bytes in a tiny body: refused by bincode's limit, nothing allocated.
+    let mut long_token = vec![7, 1, 1, 0xfd];
+    long_token.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    assert!(matches!(
+        decode_batch(&long_token, &limits),
+        Err(WireError::Malformed(_))
+    ));
+    // Truncation, trailing bytes, bad UTF-8.
+    let mut out = Vec::new();
+    encode_batch(&sample(), &mut out).unwrap();
+    let body = &out[5..];
+    assert!(matches!(
+        decode_batch(&body[..body.len() - 1], &limits),
+        Err(WireError::Malformed(_))
+    ));
+    let mut trailing = body.to_vec();
+    trailing.push(0);
+    assert_eq!(
+        decode_batch(&trailing, &limits),
+        Err(WireError::Malformed("1 bytes left over".into()))
+    );
+    let mut bad_utf8 = body.to_vec();
+    bad_utf8[10] = 0xff; // the tenant's one byte
+    assert!(matches!(
+        decode_batch(&bad_utf8, &limits),
+        Err(WireError::Malformed(_))
+    ));
+}
+
+fn opt_str() -> impl Strategy<Value = Option<String>> {
+    proptest::option::of("\\PC{0,20}")
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let limits = Limits::default();
+        let _ = next_frame(&bytes, &limits);
+        let _ = decode_batch(&bytes, &limits);
+        let _ = decode_decisions(&bytes);
+        let _ = decode_error(&bytes);
+    }
+
+    #[test]
+    fn batches_round_trip(id in any::<u64>(), raw in proptest::collection::vec((proptest::option::of(proptest::collection::vec(any::<u8>(), 0..60)), "\\PC{0,12}", opt_str(), proptest::collection::vec("[0-9a-fx]{0,42}", 0..3), opt_str(), opt_str()), 0..8)) {
+        let items: Vec<Item<'_>> = raw.iter().map(|(t, tenant, m, a, o, u)| Item {
+            token: t.as_deref(),
+            tenant,
+            method: m.as_deref(),
+            addresses: a.iter().map(String::as_str).collect(),
+            origin: o.as_deref(),
+            user_agent: u.as_deref(),
+        }).collect();
+        let batch = BatchRequest { request_id: id, items };
+        let mut out = Vec::new();
+        encode_batch(&batch, &mut out).unwrap();
+        let frame = next_frame(&out, &Limits::default()).unwrap().unwrap();
+        prop_assert_eq!(frame.consumed, out.len());
+        prop_assert_eq!(decode_batch(frame.body, &Limits::default()).unwrap(), batch);
+    }
+}
