@@ -8,6 +8,7 @@
 //! Time is tokio's, so tests can pause it.
 
 use crate::jwk::{JwkError, parse_jwks};
+use crate::load::KeysConfig;
 use crate::reload::Reloader;
 use crate::tenants::JwksLocation;
 use jotd_core::Algorithm;
@@ -118,6 +119,9 @@ struct Target {
     alg: Option<Algorithm>,
 }
 
+/// A config and the URL sources it lists.
+type TargetsOf = (Arc<KeysConfig>, Arc<Vec<Target>>);
+
 /// Fetches every JWKS URL of the config and installs the keys through the [`Reloader`].
 #[derive(Debug)]
 pub struct JwksFetcher {
@@ -125,6 +129,8 @@ pub struct JwksFetcher {
     config: FetchConfig,
     reloader: Arc<Reloader>,
     sources: Mutex<HashMap<(String, String), Arc<Source>>>,
+    /// URL sources of the config they were computed from (held, so the pointer stays unique).
+    targets: Mutex<Option<TargetsOf>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -171,25 +177,38 @@ impl JwksFetcher {
             config,
             reloader,
             sources: Mutex::new(HashMap::new()),
+            targets: Mutex::new(None),
         })
     }
 
-    fn targets(&self) -> Vec<Target> {
+    /// The config's URL sources, computed once per config (a reload makes a new one),
+    /// so the refresh loop and unknown-kid triggers do not rescan every tenant.
+    fn targets(&self) -> Arc<Vec<Target>> {
         let cfg = self.reloader.config();
-        cfg.tenants
-            .iter()
-            .flat_map(|t| {
-                t.jwks.iter().filter_map(|s| match &s.location {
-                    JwksLocation::Url(url) => Some(Target {
-                        tenant: t.tenant.id.to_string(),
-                        url: url.clone(),
-                        refresh: s.refresh,
-                        alg: s.alg,
-                    }),
-                    JwksLocation::File(_) => None,
+        let mut cached = lock(&self.targets);
+        if let Some((of, targets)) = &*cached
+            && Arc::ptr_eq(of, &cfg)
+        {
+            return Arc::clone(targets);
+        }
+        let targets: Arc<Vec<Target>> = Arc::new(
+            cfg.tenants
+                .iter()
+                .flat_map(|t| {
+                    t.jwks.iter().filter_map(|s| match &s.location {
+                        JwksLocation::Url(url) => Some(Target {
+                            tenant: t.tenant.id.to_string(),
+                            url: url.clone(),
+                            refresh: s.refresh,
+                            alg: s.alg,
+                        }),
+                        JwksLocation::File(_) => None,
+                    })
                 })
-            })
-            .collect()
+                .collect(),
+        );
+        *cached = Some((cfg, Arc::clone(&targets)));
+        targets
     }
 
     fn source(&self, t: &Target) -> Arc<Source> {
@@ -285,8 +304,8 @@ impl JwksFetcher {
     /// retry time). Returns the failures, by tenant and URL.
     pub async fn refresh_due(&self) -> Vec<(String, String, FetchError)> {
         let mut failures = Vec::new();
-        for t in self.targets() {
-            let source = self.source(&t);
+        for t in self.targets().iter() {
+            let source = self.source(t);
             let due = lock(&source.info)
                 .next_due
                 .is_none_or(|d| d <= Instant::now());
@@ -294,7 +313,7 @@ impl JwksFetcher {
                 continue;
             }
             let _flight = source.flight.lock().await;
-            if let Err(e) = self.fetch(&t, &source).await {
+            if let Err(e) = self.fetch(t, &source).await {
                 failures.push((t.tenant.clone(), t.url.clone(), e));
             }
         }
@@ -320,8 +339,8 @@ impl JwksFetcher {
     /// Returns whether any source was fetched successfully.
     pub async fn on_unknown_kid(&self, tenant: &str) -> bool {
         let mut refreshed = false;
-        for t in self.targets().into_iter().filter(|t| t.tenant == tenant) {
-            let source = self.source(&t);
+        for t in self.targets().iter().filter(|t| t.tenant == tenant) {
+            let source = self.source(t);
             let asked = Instant::now();
             let _flight = source.flight.lock().await;
             let (good, attempt, triggered) = {
@@ -335,7 +354,7 @@ impl JwksFetcher {
             {
                 // It just failed for someone else, or the rate limit holds: do not hammer the IdP.
             } else {
-                let ok = self.fetch(&t, &source).await.is_ok();
+                let ok = self.fetch(t, &source).await.is_ok();
                 lock(&source.info).last_triggered = Some(Instant::now());
                 refreshed |= ok;
             }
@@ -348,9 +367,9 @@ impl JwksFetcher {
     pub fn health(&self) -> Vec<SourceHealth> {
         let now = Instant::now();
         self.targets()
-            .into_iter()
+            .iter()
             .map(|t| {
-                let source = self.source(&t);
+                let source = self.source(t);
                 let info = lock(&source.info);
                 SourceHealth {
                     age: info.last_good.map(|g| now - g),
@@ -358,8 +377,8 @@ impl JwksFetcher {
                     failures: info.failures,
                     last_error: info.last_error.clone(),
                     fetches: info.fetches,
-                    tenant: t.tenant,
-                    url: t.url,
+                    tenant: t.tenant.clone(),
+                    url: t.url.clone(),
                 }
             })
             .collect()

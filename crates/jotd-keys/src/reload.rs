@@ -36,7 +36,7 @@ pub struct ReloadStatus {
 }
 
 struct State {
-    config: KeysConfig,
+    config: Arc<KeysConfig>,
     stamps: Vec<(PathBuf, Option<FileStamp>)>,
     fetched: FetchedJwks,
     status: ReloadStatus,
@@ -69,7 +69,7 @@ impl Reloader {
         let stamps = config.files.iter().map(|f| (f.clone(), stamp(f))).collect();
         let store = Arc::new(KeyStore::new(config.snapshot(1, &|_, _| None)));
         let state = State {
-            config,
+            config: Arc::new(config),
             stamps,
             fetched: FetchedJwks::new(),
             status: ReloadStatus::default(),
@@ -89,10 +89,20 @@ impl Reloader {
         Arc::clone(&self.store)
     }
 
-    /// The config currently serving (for listing JWKS sources, say).
+    /// The config currently serving (for listing JWKS sources, say). Shared,
+    /// not copied: a reload replaces it, it never changes in place.
     #[must_use]
-    pub fn config(&self) -> KeysConfig {
-        self.lock().config.clone()
+    pub fn config(&self) -> Arc<KeysConfig> {
+        Arc::clone(&self.lock().config)
+    }
+
+    /// Swaps in a snapshot of `config` with the JWKS keys fetched so far.
+    fn install(&self, config: &KeysConfig, fetched: &FetchedJwks) -> u64 {
+        let keys = |t: &str, u: &str| fetched.get(&(t.to_owned(), u.to_owned())).cloned();
+        let snapshot = |g| Ok::<_, std::convert::Infallible>(config.snapshot(g, &keys));
+        self.store
+            .replace(snapshot)
+            .unwrap_or_else(|never| match never {})
     }
 
     /// Reload counters and the last error.
@@ -118,20 +128,12 @@ impl Reloader {
                 .iter()
                 .map(|f| (f.clone(), (self.stamp)(f)))
                 .collect();
-            let fetched = &state.fetched;
-            let generation = self
-                .store
-                .replace::<std::convert::Infallible>(|g| {
-                    Ok(config.snapshot(g, &|t, u| {
-                        fetched.get(&(t.to_owned(), u.to_owned())).cloned()
-                    }))
-                })
-                .unwrap_or_else(|never| match never {});
+            let generation = self.install(&config, &state.fetched);
             (config, stamps, generation)
         });
         match result {
             Ok((config, stamps, generation)) => {
-                state.config = config;
+                state.config = Arc::new(config);
                 state.stamps = stamps;
                 state.status.ok += 1;
                 state.status.last_error = None;
@@ -163,15 +165,6 @@ impl Reloader {
         state
             .fetched
             .insert((tenant.to_owned(), url.to_owned()), keys);
-        let State {
-            config, fetched, ..
-        } = &*state;
-        self.store
-            .replace::<std::convert::Infallible>(|g| {
-                Ok(config.snapshot(g, &|t, u| {
-                    fetched.get(&(t.to_owned(), u.to_owned())).cloned()
-                }))
-            })
-            .unwrap_or_else(|never| match never {})
+        self.install(&state.config, &state.fetched)
     }
 }

@@ -363,3 +363,45 @@ async fn the_background_loop_refreshes_on_max_age_and_stops_on_shutdown() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(server.hits(), hits, "no fetches after shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_sources_follow_config_reloads() {
+    let server = serve().await;
+    let (key, jwk) = ed_key("a");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk]),
+        cache_control: None,
+    });
+    let text = Arc::new(Mutex::new(
+        "[[tenant]]\nid = \"idp\"\nrequire_jwt = false\n".to_owned(),
+    ));
+    let (read, stamp) = (Arc::clone(&text), Arc::clone(&text));
+    let reloader = Arc::new(
+        Reloader::start(
+            Path::new("/cfg/jotd.toml"),
+            Box::new(move |_| Ok(read.lock().unwrap().clone().into_bytes())),
+            Box::new(move |_| Some((None, stamp.lock().unwrap().len() as u64))),
+        )
+        .unwrap(),
+    );
+    let config = FetchConfig {
+        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
+        ..FetchConfig::default()
+    };
+    let fetcher = JwksFetcher::new(Arc::clone(&reloader), config).unwrap();
+    assert!(fetcher.health().is_empty() && fetcher.refresh_due().await.is_empty());
+    // The reloaded config adds a JWKS URL: the fetcher's next pass sees it.
+    *text.lock().unwrap() = format!(
+        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nalg = \"EdDSA\"\n",
+        server.url
+    );
+    assert!(matches!(reloader.reload_if_changed(), Some(Ok(_))));
+    assert!(fetcher.refresh_due().await.is_empty());
+    assert_eq!(fetcher.health().len(), 1);
+    assert_eq!(decide(&reloader, &key, "a"), Reason::Ok);
+    // And a reload that removes it drops the source.
+    *text.lock().unwrap() =
+        "[[tenant]]\nid = \"idp\"\nrequire_jwt = false\nleeway_s = 1\n".to_owned();
+    assert!(matches!(reloader.reload_if_changed(), Some(Ok(_))));
+    assert!(fetcher.health().is_empty());
+}
