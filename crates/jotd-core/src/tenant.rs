@@ -198,12 +198,6 @@ impl Snapshot {
         self.tenants.get(id).map(|t| &**t)
     }
 
-    /// Shares a tenant (for building the next snapshot without re-parsing keys).
-    #[must_use]
-    pub fn tenant_arc(&self, id: &str) -> Option<Arc<Tenant>> {
-        self.tenants.get(id).cloned()
-    }
-
     /// Every tenant, in no particular order.
     pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
         self.tenants.values()
