@@ -81,6 +81,18 @@ pub(crate) struct RawConfig {
     pub(crate) denylist_file: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) tenant: Vec<Spanned<RawTenant>>,
+    // The daemon's sections: validated by the `jotd` binary (this crate only
+    // lets them through; their typos are caught there, with lines).
+    #[serde(default)]
+    pub(crate) server: Option<toml::Table>,
+    #[serde(default)]
+    pub(crate) verify: Option<toml::Table>,
+    #[serde(default)]
+    pub(crate) admin: Option<toml::Table>,
+    #[serde(default)]
+    pub(crate) log: Option<toml::Table>,
+    #[serde(default)]
+    pub(crate) jwks_fetch: Option<toml::Table>,
 }
 
 /// One `[[tenant]]`.

@@ -229,3 +229,17 @@ pub fn decode_decisions(body: &[u8]) -> Result<DecisionChunk<'_>, WireError> {
 pub fn decode_error(body: &[u8]) -> Result<ErrorFrame<'_>, WireError> {
     decode(body)
 }
+
+/// The `(request_id, item count)` a whole stream's Batch frame starts with,
+/// read without decoding the items (the server reserves that many tokens in
+/// flight first). `None` when `input` does not start with a Batch frame.
+#[must_use]
+pub fn peek_batch_header(input: &[u8]) -> Option<(u64, u64)> {
+    let body = input.get(5..)?;
+    if input.get(4) != Some(&(FrameType::Batch as u8)) {
+        return None;
+    }
+    bincode::decode_from_slice::<(u64, u64), _>(body, bincode_config())
+        .ok()
+        .map(|(header, _)| header)
+}

@@ -7,9 +7,59 @@
 use crate::codec::{
     FrameType, Limits, WireError, decode_batch, encode_decisions, encode_error, next_frame,
 };
-use crate::messages::{DecisionChunk, ErrorCode, ErrorFrame, WireDecision};
-use jotd_core::{Engine, Request, Snapshot, UnixTime};
+use crate::messages::{BatchRequest, DecisionChunk, ErrorCode, ErrorFrame, WireDecision};
+use jotd_core::{Algorithm, Decision, Engine, Reason, Request, Snapshot, UnixTime};
 use rayon::ThreadPool;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Decisions of one batch counted by (reason, algorithm), for metrics recorded
+/// once per batch. The algorithm is known only when the signature verified.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    entries: Vec<(Reason, Option<Algorithm>, u32)>,
+}
+
+impl Tally {
+    /// Counts one decision.
+    pub fn add(&mut self, d: &Decision) {
+        self.add_n(d.reason(), d.token().map(jotd_core::TokenInfo::alg), 1);
+    }
+
+    fn add_n(&mut self, reason: Reason, alg: Option<Algorithm>, n: u32) {
+        match self
+            .entries
+            .iter_mut()
+            .find(|(r, a, _)| *r == reason && *a == alg)
+        {
+            Some(e) => e.2 += n,
+            None => self.entries.push((reason, alg, n)),
+        }
+    }
+
+    /// Adds another tally to this one.
+    pub fn merge(&mut self, other: &Self) {
+        for &(r, a, n) in &other.entries {
+            self.add_n(r, a, n);
+        }
+    }
+
+    /// `(reason, algorithm, count)` entries.
+    pub fn iter(&self) -> impl Iterator<Item = (Reason, Option<Algorithm>, u32)> + '_ {
+        self.entries.iter().copied()
+    }
+
+    /// Decisions counted.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.entries.iter().map(|e| u64::from(e.2)).sum()
+    }
+}
+
+/// Which decisions to hold back (not send) for a second look, given the item's
+/// tenant: the server holds `unknown_kid` of tenants with remote JWKS, refetches,
+/// and re-verifies them with [`serve_held`].
+pub type Hold<'a> = &'a (dyn Fn(&str, &Decision) -> bool + Sync);
 
 /// What one stream produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,56 +103,178 @@ pub fn serve_stream(
     now: UnixTime,
     send: &(dyn Fn(Vec<u8>) + Sync),
 ) -> Served {
-    let frame = match next_frame(input, limits) {
-        Ok(Some(f)) if f.consumed == input.len() => f,
-        Ok(Some(_)) => {
-            return fail(
-                0,
-                ErrorCode::MalformedFrame,
-                "one frame per stream, and nothing after it",
-                send,
-            );
-        }
-        Ok(None) => {
-            return fail(
-                0,
-                ErrorCode::MalformedFrame,
-                "stream ended inside a frame",
-                send,
-            );
-        }
-        Err(WireError::FrameTooLarge { len, limit }) => {
-            return fail(
-                0,
-                ErrorCode::FrameTooLarge,
-                &format!("frame of {len} bytes exceeds {limit}"),
-                send,
-            );
-        }
-        Err(e) => return fail(0, ErrorCode::UnsupportedFrame, &e.to_string(), send),
-    };
-    if frame.kind != FrameType::Batch {
-        return fail(
-            0,
-            ErrorCode::UnsupportedFrame,
-            "a client sends Batch frames only",
-            send,
-        );
-    }
-    let batch = match decode_batch(frame.body, limits) {
+    let mut tally = Tally::default();
+    serve_stream_with(
+        engine, pool, snapshot, input, limits, now, None, &mut tally, send,
+    )
+    .0
+}
+
+/// [`serve_stream`], counting decisions into `tally` and holding back the ones
+/// `hold` picks: they are returned (index, decision), not sent, and the caller
+/// must send them with [`serve_held`] so every item still gets exactly one decision.
+#[allow(clippy::too_many_arguments)]
+pub fn serve_stream_with(
+    engine: &Engine,
+    pool: &ThreadPool,
+    snapshot: &Snapshot,
+    input: &[u8],
+    limits: &Limits,
+    now: UnixTime,
+    hold: Option<Hold<'_>>,
+    tally: &mut Tally,
+    send: &(dyn Fn(Vec<u8>) + Sync),
+) -> (Served, Vec<(u32, Decision)>) {
+    let batch = match read_batch(input, limits) {
         Ok(b) => b,
-        Err(WireError::TooManyItems { count, limit }) => {
-            return fail(
-                0,
-                ErrorCode::TooManyItems,
-                &format!("{count} items; at most {limit}"),
-                send,
-            );
-        }
-        Err(e) => return fail(0, ErrorCode::MalformedFrame, &e.to_string(), send),
+        Err((code, message)) => return (fail(0, code, &message, send), Vec::new()),
     };
     let id = batch.request_id;
-    let requests: Vec<Request<'_>> = batch
+    let requests = requests(&batch);
+    let frames = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let held = Mutex::new(Vec::new());
+    let shared_tally = Mutex::new(Tally::default());
+    engine.verify_batch_streaming(pool, snapshot, &requests, now, |first, decisions| {
+        let mut local = Tally::default();
+        let mut keep = Vec::new();
+        let mut wire = Vec::with_capacity(decisions.len());
+        for (i, d) in decisions.iter().enumerate() {
+            let index = u32::try_from(first + i).unwrap_or(u32::MAX);
+            if let Some(hold) = hold
+                && hold(requests[first + i].tenant, d)
+            {
+                keep.push(index);
+                continue;
+            }
+            local.add(d);
+            wire.push(WireDecision::from_decision(index, d));
+        }
+        if !wire.is_empty() {
+            if send_chunk(id, wire, send) {
+                frames.fetch_add(1, Ordering::Relaxed);
+            } else {
+                failed.store(true, Ordering::Relaxed);
+            }
+        }
+        shared_tally.lock().expect("tally").merge(&local);
+        if !keep.is_empty() {
+            let mut held = held.lock().expect("held");
+            for index in keep {
+                held.push((index, decisions[index as usize - first].clone()));
+            }
+        }
+    });
+    tally.merge(&shared_tally.into_inner().expect("tally"));
+    if failed.into_inner() {
+        // A chunk could not be encoded (claims over the frame limit): the batch fails
+        // as a whole rather than leaving items undecided.
+        return (
+            fail(
+                id,
+                ErrorCode::Internal,
+                "a decision chunk exceeded the frame limit",
+                send,
+            ),
+            Vec::new(),
+        );
+    }
+    (
+        Served::Decided {
+            items: requests.len(),
+            frames: frames.into_inner(),
+        },
+        held.into_inner().expect("held"),
+    )
+}
+
+/// Sends the decisions [`serve_stream_with`] held back. With `reverify`, each
+/// held item is verified again against `snapshot` (which has the refetched keys)
+/// and that decision is sent; otherwise the held decision itself is. Returns the
+/// number of frames sent.
+#[allow(clippy::too_many_arguments)]
+pub fn serve_held(
+    engine: &Engine,
+    pool: &ThreadPool,
+    snapshot: &Snapshot,
+    input: &[u8],
+    limits: &Limits,
+    now: UnixTime,
+    held: Vec<(u32, Decision)>,
+    reverify: bool,
+    tally: &mut Tally,
+    send: &(dyn Fn(Vec<u8>) + Sync),
+) -> usize {
+    if held.is_empty() {
+        return 0;
+    }
+    let (id, decided): (u64, Vec<(u32, Decision)>) = match read_batch(input, limits) {
+        Ok(batch) if reverify => {
+            let all = requests(&batch);
+            let picked: Vec<Request<'_>> =
+                held.iter().map(|(i, _)| all[*i as usize]).collect();
+            let fresh = engine.verify_batch(pool, snapshot, &picked, now);
+            (
+                batch.request_id,
+                held.iter().map(|(i, _)| *i).zip(fresh).collect(),
+            )
+        }
+        Ok(batch) => (batch.request_id, held),
+        // Unreachable in practice (the same bytes decoded before); the held
+        // decisions still go out.
+        Err(_) => (0, held),
+    };
+    let mut frames = 0;
+    for part in decided.chunks(256) {
+        for (_, d) in part {
+            tally.add(d);
+        }
+        let wire = part
+            .iter()
+            .map(|(i, d)| WireDecision::from_decision(*i, d))
+            .collect();
+        if send_chunk(id, wire, send) {
+            frames += 1;
+        } else {
+            let bare: Vec<WireDecision<'_>> = part
+                .iter()
+                .map(|(i, _)| WireDecision {
+                    index: *i,
+                    allow: false,
+                    reason: Reason::InternalError.code(),
+                    kid: None,
+                    sub: None,
+                    exp: None,
+                    claims: Vec::new(),
+                })
+                .collect();
+            if send_chunk(id, bare, send) {
+                frames += 1;
+            }
+        }
+    }
+    frames
+}
+
+fn send_chunk(request_id: u64, decisions: Vec<WireDecision<'_>>, send: &(dyn Fn(Vec<u8>) + Sync)) -> bool {
+    let mut out = Vec::new();
+    match encode_decisions(
+        &DecisionChunk {
+            request_id,
+            decisions,
+        },
+        &mut out,
+    ) {
+        Ok(()) => {
+            send(out);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn requests<'a>(batch: &'a BatchRequest<'a>) -> Vec<Request<'a>> {
+    batch
         .items
         .iter()
         .map(|i| Request {
@@ -113,44 +285,51 @@ pub fn serve_stream(
             origin: i.origin,
             user_agent: i.user_agent,
         })
-        .collect();
-    let frames = std::sync::atomic::AtomicUsize::new(0);
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    engine.verify_batch_streaming(pool, snapshot, &requests, now, |first, decisions| {
-        let decisions: Vec<WireDecision<'_>> = decisions
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                WireDecision::from_decision(u32::try_from(first + i).unwrap_or(u32::MAX), d)
-            })
-            .collect();
-        let mut out = Vec::new();
-        match encode_decisions(
-            &DecisionChunk {
-                request_id: id,
-                decisions,
-            },
-            &mut out,
-        ) {
-            Ok(()) => {
-                frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                send(out);
-            }
-            Err(_) => failed.store(true, std::sync::atomic::Ordering::Relaxed),
+        .collect()
+}
+
+/// Reads the one Batch frame a stream must hold.
+fn read_batch<'a>(input: &'a [u8], limits: &Limits) -> Result<BatchRequest<'a>, (ErrorCode, String)> {
+    let frame = match next_frame(input, limits) {
+        Ok(Some(f)) if f.consumed == input.len() => f,
+        Ok(Some(_)) => {
+            return Err((
+                ErrorCode::MalformedFrame,
+                "one frame per stream, and nothing after it".into(),
+            ));
         }
-    });
-    if failed.into_inner() {
-        // A chunk could not be encoded (claims over the frame limit): the batch fails
-        // as a whole rather than leaving items undecided.
-        return fail(
-            id,
-            ErrorCode::Internal,
-            "a decision chunk exceeded the frame limit",
-            send,
-        );
+        Ok(None) => {
+            return Err((
+                ErrorCode::MalformedFrame,
+                "stream ended inside a frame".into(),
+            ));
+        }
+        Err(WireError::FrameTooLarge { len, limit }) => {
+            return Err((
+                ErrorCode::FrameTooLarge,
+                format!("frame of {len} bytes exceeds {limit}"),
+            ));
+        }
+        Err(e) => return Err((ErrorCode::UnsupportedFrame, e.to_string())),
+    };
+    if frame.kind != FrameType::Batch {
+        return Err((
+            ErrorCode::UnsupportedFrame,
+            "a client sends Batch frames only".into(),
+        ));
     }
-    Served::Decided {
-        items: requests.len(),
-        frames: frames.into_inner(),
+    match decode_batch(frame.body, limits) {
+        Ok(b) => Ok(b),
+        Err(WireError::TooManyItems { count, limit }) => Err((
+            ErrorCode::TooManyItems,
+            format!("{count} items; at most {limit}"),
+        )),
+        Err(e) => Err((ErrorCode::MalformedFrame, e.to_string())),
     }
+}
+
+/// Sends the one error frame of a batch that failed as a whole (the server
+/// uses it for refusals decided before any verification: overload, drain).
+pub fn send_error(request_id: u64, code: ErrorCode, message: &str, send: &(dyn Fn(Vec<u8>) + Sync)) {
+    fail(request_id, code, message, send);
 }

@@ -1,0 +1,646 @@
+//! The QUIC server and client over loopback: decisions, limits, refusals,
+//! vanishing clients, reloads at batch boundaries, drain, refetch on unknown kid.
+
+use jotd_core::{
+    Algorithm, Engine, EngineConfig, Reason, SigningKey, Snapshot, Tenant, TenantKey, UnixTime,
+};
+use jotd_transport::{
+    Backend, BoxFuture, Client, ClientError, ClientOptions, DevPki, ErrorCode, Event, Item,
+    Limits, Server, ServerOptions, ServerStats, client_config, client_config_alpn, server_config,
+};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+const NOW: u64 = 1_800_000_000;
+
+struct TestBackend {
+    snapshot: Mutex<Arc<Snapshot>>,
+    /// Installed by `refetch` (a stand-in for a JWKS fetch), when set.
+    after_refetch: Mutex<Option<Arc<Snapshot>>>,
+    refetches: AtomicUsize,
+    handshake_refusals: AtomicUsize,
+}
+
+impl TestBackend {
+    fn new(snapshot: Snapshot) -> Arc<Self> {
+        Arc::new(Self {
+            snapshot: Mutex::new(Arc::new(snapshot)),
+            after_refetch: Mutex::new(None),
+            refetches: AtomicUsize::new(0),
+            handshake_refusals: AtomicUsize::new(0),
+        })
+    }
+    fn set(&self, s: Snapshot) {
+        *self.snapshot.lock().unwrap() = Arc::new(s);
+    }
+}
+
+impl Backend for TestBackend {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.snapshot.lock().unwrap())
+    }
+    fn now(&self) -> UnixTime {
+        UnixTime(NOW)
+    }
+    fn refetchable(&self, tenant: &str) -> bool {
+        tenant == "jwks"
+    }
+    fn refetch(&self, tenants: Vec<String>) -> BoxFuture<bool> {
+        assert_eq!(tenants, ["jwks"]);
+        self.refetches.fetch_add(1, Ordering::SeqCst);
+        let next = self.after_refetch.lock().unwrap().take();
+        if let Some(s) = next {
+            *self.snapshot.lock().unwrap() = s;
+            Box::pin(async { true })
+        } else {
+            Box::pin(async { false })
+        }
+    }
+    fn event(&self, event: &Event<'_>) {
+        if let Event::ConnectionRefused { .. } = event {
+            self.handshake_refusals.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+struct Keys {
+    es: SigningKey,
+    hs: SigningKey,
+}
+
+fn keys() -> Keys {
+    Keys {
+        es: SigningKey::generate(Algorithm::Es256).unwrap(),
+        hs: SigningKey::generate(Algorithm::Hs256).unwrap(),
+    }
+}
+
+fn snapshot(generation: u64, k: &Keys, with_hs: bool) -> Snapshot {
+    let mut keys = vec![TenantKey {
+        kid: "es".into(),
+        key: k.es.verifying_key().unwrap(),
+    }];
+    if with_hs {
+        keys.push(TenantKey {
+            kid: "hs".into(),
+            key: k.hs.verifying_key().unwrap(),
+        });
+    }
+    // As jotd-keys does: the epoch changes with the keys (cached tokens of the
+    // old key set die), and a JWKS tenant allows its source's algorithms before
+    // the keys arrive.
+    let mut t = Tenant::new("t", keys.clone());
+    t.epoch = generation;
+    t.algorithms = jotd_core::AlgorithmSet::ALL;
+    let mut jwks = Tenant::new("jwks", keys);
+    jwks.epoch = generation;
+    jwks.algorithms = jotd_core::AlgorithmSet::ALL;
+    Snapshot::new(generation, [Arc::new(t), Arc::new(jwks)])
+}
+
+fn claims(sub: &str, exp: u64) -> String {
+    format!(r#"{{"sub":"{sub}","exp":{exp}}}"#)
+}
+
+struct Running {
+    addr: SocketAddr,
+    pki: DevPki,
+    stats: Arc<ServerStats>,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<jotd_transport::DrainReport>,
+}
+
+impl Running {
+    async fn stop(mut self) -> jotd_transport::DrainReport {
+        let _ = self.stop.take().unwrap().send(());
+        self.done.await.unwrap()
+    }
+}
+
+fn start(backend: Arc<TestBackend>, opts: ServerOptions, mtls: bool) -> Running {
+    let pki = DevPki::generate().unwrap();
+    let tls = server_config(
+        pki.server_cert_pem.as_bytes(),
+        pki.server_key_pem.as_bytes(),
+        mtls.then_some(pki.ca_pem.as_bytes()),
+    )
+    .unwrap();
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap(),
+    );
+    let engine = Arc::new(Engine::new(EngineConfig::default()));
+    let server = Server::bind(
+        ServerOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..opts
+        },
+        tls,
+        engine,
+        pool,
+        backend,
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let stats = server.stats();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        pki,
+        stats,
+        stop: Some(stop),
+        done,
+    }
+}
+
+fn client(r: &Running, addrs: Vec<SocketAddr>, with_cert: bool) -> Client {
+    let cert = with_cert.then_some((
+        r.pki.client_cert_pem.as_bytes(),
+        r.pki.client_key_pem.as_bytes(),
+    ));
+    let tls = client_config(r.pki.ca_pem.as_bytes(), cert).unwrap();
+    Client::new(ClientOptions::new(addrs, tls)).unwrap()
+}
+
+fn item<'a>(token: Option<&'a str>, tenant: &'a str) -> Item<'a> {
+    Item {
+        token: token.map(str::as_bytes),
+        tenant,
+        method: Some("eth_blockNumber"),
+        addresses: vec![],
+        origin: None,
+        user_agent: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_batch_gets_one_right_decision_per_item() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let r = start(backend, ServerOptions::default(), false);
+    let c = client(&r, vec![r.addr], false);
+    let good = k.es.mint(Some("es"), &claims("alice", NOW + 60)).unwrap();
+    let good_hs = k.hs.mint(Some("hs"), &claims("bob", NOW + 60)).unwrap();
+    let expired = k.es.mint(Some("es"), &claims("carol", NOW - 600)).unwrap();
+    let unknown = k.es.mint(Some("nope"), &claims("dave", NOW + 60)).unwrap();
+    // Flip one character inside the signature (not the last: its trailing bits
+    // would make it non-canonical base64, which is `malformed`).
+    let mut bad_sig = good.clone().into_bytes();
+    let at = bad_sig.len() - 10;
+    bad_sig[at] = if bad_sig[at] == b'A' { b'B' } else { b'A' };
+    let bad_sig = String::from_utf8(bad_sig).unwrap();
+    let items = vec![
+        item(Some(&good), "t"),
+        item(Some(&good_hs), "t"),
+        item(Some(&expired), "t"),
+        item(Some(&unknown), "t"),
+        item(Some(&bad_sig), "t"),
+        item(Some("not.a.jwt"), "t"),
+        item(None, "t"),
+        item(Some(&good), "who"),
+    ];
+    let got = c.verify_all(&items).await.unwrap();
+    let reasons: Vec<_> = got.iter().map(|d| d.reason().unwrap()).collect();
+    assert_eq!(
+        reasons,
+        [
+            Reason::Ok,
+            Reason::Ok,
+            Reason::Expired,
+            Reason::UnknownKid,
+            Reason::BadSignature,
+            Reason::Malformed,
+            Reason::MissingToken,
+            Reason::UnknownTenant,
+        ]
+    );
+    assert!(got[0].allow && !got[2].allow);
+    assert_eq!(got[0].sub.as_deref(), Some("alice"));
+    assert_eq!(got[1].kid.as_deref(), Some("hs"));
+
+    // The streaming form yields each index once.
+    let mut pending = c.verify(&items).await.unwrap();
+    let mut seen = vec![0; items.len()];
+    while let Some(d) = pending.next().await {
+        let (i, d) = d.unwrap();
+        seen[i as usize] += 1;
+        assert_eq!(d.reason().unwrap(), reasons[i as usize]);
+    }
+    assert_eq!(seen, vec![1; items.len()]);
+    let report = r.stop().await;
+    assert!(report.complete);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_streams_and_the_size_extremes() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let r = start(backend, ServerOptions::default(), false);
+    let c = Arc::new(client(&r, vec![r.addr], false));
+    let tokens: Vec<String> = (0..64)
+        .map(|i| k.hs.mint(Some("hs"), &claims(&format!("u{i}"), NOW + 60)).unwrap())
+        .collect();
+    let tokens = Arc::new(tokens);
+    let mut tasks = Vec::new();
+    for s in 0..1000usize {
+        let c = Arc::clone(&c);
+        let tokens = Arc::clone(&tokens);
+        tasks.push(tokio::spawn(async move {
+            let n = 1 + s % 8;
+            let items: Vec<Item<'_>> = (0..n)
+                .map(|i| item(Some(&tokens[(s + i) % 64]), "t"))
+                .collect();
+            let got = c.verify_all(&items).await.unwrap();
+            assert_eq!(got.len(), n);
+            assert!(got.iter().all(|d| d.allow));
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, (0..1000).map(|s| 1 + s % 8).sum::<usize>());
+
+    // One item, and the maximum.
+    let one = c.verify_all(&[item(Some(&tokens[0]), "t")]).await.unwrap();
+    assert_eq!(one.len(), 1);
+    let max = Limits::default().max_items;
+    let items: Vec<Item<'_>> = (0..max).map(|i| item(Some(&tokens[i % 64]), "t")).collect();
+    let got = c.verify_all(&items).await.unwrap();
+    assert_eq!(got.len(), max);
+    assert!(got.iter().all(|d| d.reason() == Some(Reason::Ok)));
+    // One more than the maximum fails as a whole.
+    let mut over = items.clone();
+    over.push(item(Some(&tokens[0]), "t"));
+    match c.verify_all(&over).await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::TooManyItems as u16),
+        other => panic!("{other:?}"),
+    }
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_gets_an_error_and_the_connection_keeps_serving() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let opts = ServerOptions {
+        limits: Limits {
+            max_frame_bytes: 64 << 10,
+            ..Limits::default()
+        },
+        ..ServerOptions::default()
+    };
+    let r = start(backend, opts, false);
+    let c = client(&r, vec![r.addr], false);
+    let big = "x".repeat(100 << 10);
+    let good = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let small_items = [item(Some(&good), "t")];
+    let large_items = [item(Some(&big), "t")];
+    let (small, large) = tokio::join!(c.verify_all(&small_items), c.verify_all(&large_items));
+    assert!(small.unwrap()[0].allow);
+    match large {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::FrameTooLarge as u16),
+        other => panic!("{other:?}"),
+    }
+    // The same connection still serves.
+    let again = c.verify_all(&[item(Some(&good), "t")]).await.unwrap();
+    assert!(again[0].allow);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_alpn_and_missing_client_certificates_are_refused() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let r = start(Arc::clone(&backend), ServerOptions::default(), true);
+    let good = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let items = [item(Some(&good), "t")];
+
+    // With a client certificate: served.
+    let with = client(&r, vec![r.addr], true);
+    assert!(with.verify_all(&items).await.unwrap()[0].allow);
+
+    // Without: refused at the handshake.
+    let without = client(&r, vec![r.addr], false);
+    let err = without.verify_all(&items).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Unavailable(_) | ClientError::Connection(_)),
+        "{err:?}"
+    );
+
+    // Wrong ALPN (with a valid certificate): refused.
+    let tls = client_config_alpn(
+        r.pki.ca_pem.as_bytes(),
+        Some((
+            r.pki.client_cert_pem.as_bytes(),
+            r.pki.client_key_pem.as_bytes(),
+        )),
+        &[b"h3"],
+    )
+    .unwrap();
+    let wrong = Client::new(ClientOptions::new(vec![r.addr], tls)).unwrap();
+    let err = wrong.verify_all(&items).await.unwrap_err();
+    assert!(matches!(err, ClientError::Unavailable(_)), "{err:?}");
+    assert!(backend.handshake_refusals.load(Ordering::SeqCst) >= 2);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_vanishes_mid_batch_leaks_nothing() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let opts = ServerOptions {
+        idle_timeout: Duration::from_secs(2),
+        keep_alive: Duration::from_millis(500),
+        ..ServerOptions::default()
+    };
+    let r = start(backend, opts, false);
+    // A raw quinn client: open a stream, write half a frame, vanish.
+    let tls = client_config(r.pki.ca_pem.as_bytes(), None).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint.connect(r.addr, "localhost").unwrap().await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0, 0, 1, 0, 1, 7, 7]).await.unwrap();
+    // A second stream with a whole batch whose answer nobody reads.
+    let tokens: Vec<String> = (0..256)
+        .map(|i| k.es.mint(Some("es"), &claims(&format!("{i}"), NOW + 60)).unwrap())
+        .collect();
+    let items: Vec<Item<'_>> = tokens.iter().map(|t| item(Some(t), "t")).collect();
+    let mut frame = Vec::new();
+    jotd_transport::encode_batch(
+        &jotd_transport::BatchRequest {
+            request_id: 9,
+            items,
+        },
+        &mut frame,
+    )
+    .unwrap();
+    let (mut send2, _recv2) = conn.open_bi().await.unwrap();
+    send2.write_all(&frame).await.unwrap();
+    send2.finish().unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Vanish without a goodbye: drop the endpoint's socket.
+    drop((send, send2, _recv, _recv2));
+    drop(conn);
+    drop(endpoint);
+    // The server notices by idle timeout; everything returns to zero.
+    let mut settled = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if r.stats.connections() == 0 && r.stats.streams() == 0 && r.stats.tokens_in_flight() == 0
+        {
+            settled = true;
+            break;
+        }
+    }
+    assert!(
+        settled,
+        "connections {} streams {} tokens {}",
+        r.stats.connections(),
+        r.stats.streams(),
+        r.stats.tokens_in_flight()
+    );
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_during_traffic_switches_at_a_batch_boundary() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let r = start(Arc::clone(&backend), ServerOptions::default(), false);
+    let c = Arc::new(client(&r, vec![r.addr], false));
+    let token = Arc::new(k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap());
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let c = Arc::clone(&c);
+        let token = Arc::clone(&token);
+        tasks.push(tokio::spawn(async move {
+            let mut kinds = Vec::new();
+            for _ in 0..60 {
+                let items: Vec<Item<'_>> = (0..64).map(|_| item(Some(&token), "t")).collect();
+                let got = c.verify_all(&items).await.unwrap();
+                let allowed = got.iter().filter(|d| d.allow).count();
+                // Each batch saw one snapshot: all allowed (hs key present) or none.
+                assert!(allowed == 0 || allowed == 64, "torn batch: {allowed} of 64");
+                kinds.push(allowed == 64);
+            }
+            kinds
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    backend.set(snapshot(2, &k, false));
+    let mut saw_old = false;
+    let mut saw_new = false;
+    for t in tasks {
+        let kinds = t.await.unwrap();
+        // Once a task saw the new snapshot it never sees the old one again.
+        let first_new = kinds.iter().position(|k| !k).unwrap_or(kinds.len());
+        assert!(kinds[first_new..].iter().all(|k| !k));
+        saw_old |= kinds.iter().any(|k| *k);
+        saw_new |= kinds.iter().any(|k| !k);
+    }
+    assert!(saw_new);
+    let _ = saw_old; // timing-dependent; the batch-boundary property is what matters
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_batches_in_flight() {
+    let k = keys();
+    let rs = SigningKey::generate(Algorithm::Rs256).unwrap();
+    let mut snap_tenant = Tenant::new(
+        "t",
+        vec![TenantKey {
+            kid: "rs".into(),
+            key: rs.verifying_key().unwrap(),
+        }],
+    );
+    snap_tenant.algorithms = jotd_core::AlgorithmSet::ALL;
+    let backend = TestBackend::new(Snapshot::new(1, [Arc::new(snap_tenant)]));
+    let _ = k;
+    let r = start(backend, ServerOptions::default(), false);
+    let c = client(&r, vec![r.addr], false);
+    // Distinct tokens so the cache cannot shortcut: a batch that takes a while.
+    let tokens: Vec<String> = (0..2000)
+        .map(|i| rs.mint(Some("rs"), &claims(&format!("{i}"), NOW + 60)).unwrap())
+        .collect();
+    let items: Vec<Item<'_>> = tokens.iter().map(|t| item(Some(t), "t")).collect();
+    c.connect_all().await.unwrap();
+    let addr = r.addr;
+    let pki = r.pki.clone();
+    let stats = Arc::clone(&r.stats);
+    let stop = async {
+        // Stop once the batch is being verified.
+        while stats.tokens_in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        r.stop().await
+    };
+    let (got, report) = tokio::join!(c.verify_all(&items), stop);
+    let got = got.unwrap();
+    assert_eq!(got.len(), 2000);
+    assert!(got.iter().all(|d| d.allow));
+    assert!(report.complete);
+    assert!(report.streams_at_start >= 1, "{report:?}");
+    // Closed afterwards: a new client cannot connect.
+    let tls = client_config(pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = ClientOptions::new(vec![addr], tls);
+    opts.connect_timeout = Duration::from_millis(500);
+    let late = Client::new(opts).unwrap();
+    assert!(late.verify_all(&items[..1]).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_an_error_frame_after_the_wait() {
+    let rs = SigningKey::generate(Algorithm::Rs256).unwrap();
+    let backend = TestBackend::new(Snapshot::new(
+        1,
+        [Arc::new(Tenant::new(
+            "t",
+            vec![TenantKey {
+                kid: "rs".into(),
+                key: rs.verifying_key().unwrap(),
+            }],
+        ))],
+    ));
+    let opts = ServerOptions {
+        max_tokens_in_flight: 100,
+        overload_wait: Duration::from_millis(1),
+        ..ServerOptions::default()
+    };
+    let r = start(backend, opts, false);
+    let c = Arc::new(client(&r, vec![r.addr], false));
+    let tokens: Arc<Vec<String>> = Arc::new(
+        (0..100)
+            .map(|i| rs.mint(Some("rs"), &claims(&format!("{i}"), NOW + 60)).unwrap())
+            .collect(),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let c = Arc::clone(&c);
+        let tokens = Arc::clone(&tokens);
+        tasks.push(tokio::spawn(async move {
+            let items: Vec<Item<'_>> = tokens.iter().map(|t| item(Some(t), "t")).collect();
+            c.verify_all(&items).await
+        }));
+    }
+    let (mut ok, mut overloaded) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(d) => {
+                assert_eq!(d.len(), 100);
+                ok += 1;
+            }
+            Err(ClientError::Server { code, .. }) if code == ErrorCode::Overloaded as u16 => {
+                overloaded += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(ok >= 1 && overloaded >= 1, "ok {ok} overloaded {overloaded}");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kid_of_a_jwks_tenant_is_reverified_after_a_refetch() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, false));
+    *backend.after_refetch.lock().unwrap() = Some(Arc::new(snapshot(2, &k, true)));
+    let r = start(Arc::clone(&backend), ServerOptions::default(), false);
+    let c = client(&r, vec![r.addr], false);
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let es = k.es.mint(Some("es"), &claims("b", NOW + 60)).unwrap();
+    // Tenant "t" is not refetchable: its unknown kid is final, in the same batch.
+    let items = [
+        item(Some(&hs), "jwks"),
+        item(Some(&es), "jwks"),
+        item(Some(&hs), "t"),
+    ];
+    let got = c.verify_all(&items).await.unwrap();
+    assert_eq!(got[0].reason(), Some(Reason::Ok));
+    assert_eq!(got[1].reason(), Some(Reason::Ok));
+    assert_eq!(got[2].reason(), Some(Reason::UnknownKid));
+    assert_eq!(backend.refetches.load(Ordering::SeqCst), 1);
+    // A refetch that brings nothing leaves the decision as it was.
+    let other = SigningKey::generate(Algorithm::Hs256).unwrap();
+    let stranger = other.mint(Some("zz"), &claims("c", NOW + 60)).unwrap();
+    let got = c.verify_all(&[item(Some(&stranger), "jwks")]).await.unwrap();
+    assert_eq!(got[0].reason(), Some(Reason::UnknownKid));
+    assert_eq!(backend.refetches.load(Ordering::SeqCst), 2);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_spreads_over_endpoints_and_survives_a_dead_one() {
+    let k = keys();
+    let b1 = TestBackend::new(snapshot(1, &k, true));
+    let b2 = TestBackend::new(snapshot(1, &k, true));
+    let r1 = start(b1, ServerOptions::default(), false);
+    // The second server shares the first's CA so one client trusts both.
+    let pki = r1.pki.clone();
+    let tls = server_config(
+        pki.server_cert_pem.as_bytes(),
+        pki.server_key_pem.as_bytes(),
+        None,
+    )
+    .unwrap();
+    let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap());
+    let s2 = Server::bind(
+        ServerOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..ServerOptions::default()
+        },
+        tls,
+        Arc::new(Engine::new(EngineConfig::default())),
+        pool,
+        b2,
+    )
+    .unwrap();
+    let addr2 = s2.local_addr().unwrap();
+    let stats2 = s2.stats();
+    let (stop2, stopped2) = oneshot::channel::<()>();
+    let done2 = tokio::spawn(s2.run(async {
+        let _ = stopped2.await;
+    }));
+    // A dead endpoint: a bound UDP port nobody answers on.
+    let dead_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = dead_socket.local_addr().unwrap();
+    let tls = client_config(pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = ClientOptions::new(vec![dead, r1.addr, addr2], tls);
+    opts.connect_timeout = Duration::from_millis(300);
+    let c = Arc::new(Client::new(opts).unwrap());
+    let token = Arc::new(k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap());
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let c = Arc::clone(&c);
+        let token = Arc::clone(&token);
+        tasks.push(tokio::spawn(async move {
+            let items: Vec<Item<'_>> = (0..16).map(|_| item(Some(&token), "t")).collect();
+            c.verify_all(&items).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if let Ok(d) = t.await.unwrap() {
+            assert_eq!(d.len(), 16);
+            ok += 1;
+        }
+    }
+    // Batches that picked the dead endpoint moved on to a live one.
+    assert_eq!(ok, 40);
+    assert!(stats2.batches() > 0 && r1.stats.batches() > 0, "both live endpoints used");
+    let _ = stop2.send(());
+    done2.await.unwrap();
+    r1.stop().await;
+}
