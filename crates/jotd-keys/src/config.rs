@@ -83,16 +83,16 @@ pub(crate) struct RawConfig {
     pub(crate) tenant: Vec<Spanned<RawTenant>>,
     // The daemon's sections: validated by the `jotd` binary (this crate only
     // lets them through; their typos are caught there, with lines).
-    #[serde(default)]
-    pub(crate) server: Option<toml::Table>,
-    #[serde(default)]
-    pub(crate) verify: Option<toml::Table>,
-    #[serde(default)]
-    pub(crate) admin: Option<toml::Table>,
-    #[serde(default)]
-    pub(crate) log: Option<toml::Table>,
-    #[serde(default)]
-    pub(crate) jwks_fetch: Option<toml::Table>,
+    #[serde(default, rename = "server")]
+    _server: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "verify")]
+    _verify: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "admin")]
+    _admin: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "log")]
+    _log: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "jwks_fetch")]
+    _jwks_fetch: Option<serde::de::IgnoredAny>,
 }
 
 /// One `[[tenant]]`.

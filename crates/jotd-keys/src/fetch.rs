@@ -87,6 +87,8 @@ pub struct SourceHealth {
     pub last_error: Option<FetchError>,
     /// Fetches done so far (good or not).
     pub fetches: u64,
+    /// Fetches that failed, in all.
+    pub failed_total: u64,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +103,7 @@ struct Info {
     failures: u32,
     last_error: Option<FetchError>,
     fetches: u64,
+    failed_total: u64,
 }
 
 #[derive(Debug, Default)]
@@ -289,6 +292,7 @@ impl JwksFetcher {
             }
             Err(e) => {
                 info.failures = info.failures.saturating_add(1);
+                info.failed_total += 1;
                 let backoff = self
                     .config
                     .retry_after
@@ -381,6 +385,7 @@ impl JwksFetcher {
                     age: info.last_good.map(|g| now - g),
                     refresh: t.refresh,
                     failures: info.failures,
+                    failed_total: info.failed_total,
                     last_error: info.last_error.clone(),
                     fetches: info.fetches,
                     tenant: t.tenant.clone(),

@@ -3,10 +3,17 @@
 //! Subcommands: `speed` (engine throughput against raw aws-lc-rs), `check`
 //! (decide JSON-lines requests offline against a config), `config check`
 //! (validate a config and list its tenants and keys), `key fingerprint`.
-//! `serve` arrives with the transport work (see the issues).
+//! `serve` (the daemon: QUIC in, decisions out; development defaults when
+//! started without `--config`).
 
+mod admin;
 mod check;
 mod config_cmd;
+mod dev;
+mod logging;
+mod metrics;
+mod serve;
+mod settings;
 mod speed;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +30,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve batches over QUIC. Without --config: development defaults written to ./jotd-dev/.
+    Serve(serve::ServeArgs),
     /// Measure the engine per algorithm against raw aws-lc-rs on the same keys and tokens.
     Speed(speed::SpeedArgs),
     /// Decide JSON-lines requests offline: one JSON decision line per input line, in order.
@@ -54,8 +63,14 @@ enum KeyCommand {
     },
 }
 
+/// Resolves once the daemon's stop flag is set (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
+        Command::Serve(args) => serve::run(&args),
         Command::Speed(args) => speed::run(&args),
         Command::Check(args) => check::run(&args),
         Command::Config(ConfigCommand::Check { config }) => config_cmd::check(&config),

@@ -1,0 +1,151 @@
+//! The admin listener (HTTP/1.1, hyper): `/metrics` (Prometheus text),
+//! `/healthz` (alive), `/readyz` (ready to take traffic). Bind it to a private
+//! address: it has no authentication.
+
+use crate::metrics::Metrics;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use jotd_keys::{JwksFetcher, Reloader};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// What readiness looks at.
+pub(crate) struct Health {
+    pub(crate) reloader: Arc<Reloader>,
+    pub(crate) fetcher: Arc<JwksFetcher>,
+    pub(crate) draining: Arc<AtomicBool>,
+}
+
+/// A JWKS source is stale past this many refresh intervals (its keys still serve).
+pub(crate) const STALE_REFRESHES: u32 = 3;
+
+impl Health {
+    /// `Ok(summary)` when ready; `Err(reasons)` otherwise.
+    pub(crate) fn ready(&self) -> Result<String, String> {
+        let mut problems = Vec::new();
+        if self.draining.load(Ordering::SeqCst) {
+            problems.push("draining".to_owned());
+        }
+        let snap = self.reloader.store().load();
+        let keys: usize = snap.tenants().map(|t| t.keys.len()).sum();
+        if keys == 0 {
+            problems.push("no keys loaded".to_owned());
+        }
+        for h in self.fetcher.health() {
+            let budget = h.refresh * STALE_REFRESHES;
+            match h.age {
+                None => problems.push(format!(
+                    "jwks {} (tenant {}) never fetched{}",
+                    h.url,
+                    h.tenant,
+                    h.last_error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                )),
+                Some(age) if age > budget => problems.push(format!(
+                    "jwks {} (tenant {}) stale: last good fetch {}s ago, budget {}s",
+                    h.url,
+                    h.tenant,
+                    age.as_secs(),
+                    budget.as_secs()
+                )),
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(format!(
+                "ready: generation {}, {} tenants, {keys} keys\n",
+                snap.generation(),
+                snap.len()
+            ))
+        } else {
+            Err(format!("not ready: {}\n", problems.join("; ")))
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn route(
+    req: &Request<hyper::body::Incoming>,
+    health: &Health,
+    metrics: Option<&Metrics>,
+) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into(), PLAIN);
+    }
+    match req.uri().path() {
+        "/metrics" => match metrics {
+            Some(m) => text(StatusCode::OK, m.render(), "text/plain; version=0.0.4; charset=utf-8"),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "metrics are off (--no-metrics)\n".into(),
+                PLAIN,
+            ),
+        },
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), PLAIN),
+        "/readyz" => match health.ready() {
+            Ok(s) => text(StatusCode::OK, s, PLAIN),
+            Err(s) => text(StatusCode::SERVICE_UNAVAILABLE, s, PLAIN),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics, /healthz, /readyz\n".into(),
+            PLAIN,
+        ),
+    }
+}
+
+/// Binds and serves until `stop`; returns the bound address.
+pub(crate) async fn start(
+    addr: SocketAddr,
+    health: Health,
+    metrics: Option<Arc<Metrics>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let health = Arc::new(health);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = crate::stopped(&mut stop) => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(s) => s,
+                    Err(_) => {
+                        // Out of fds or similar: back off instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let health = Arc::clone(&health);
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let r = route(&req, &health, metrics.as_deref());
+                    async move { Ok::<_, std::convert::Infallible>(r) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                // A slow or stuck scraper cannot hold a task forever.
+                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+            });
+        }
+    });
+    Ok(bound)
+}

@@ -1,0 +1,130 @@
+//! Development defaults: what `jotd serve` without `--config` runs on.
+//!
+//! Writes a fresh directory (default `./jotd-dev/`): a throwaway CA and a
+//! server certificate for localhost, a client certificate (for trying mutual
+//! TLS), demo signing keys (RS256, ES256, EdDSA, HS256) with their public
+//! halves, a denylist and `jotd.toml` wiring it all up: tenant `demo`
+//! (allowlist policy, audience `jotd-dev`, `web3_clientVersion` needs no
+//! token) and tenant `demo-besu` (permissions policy). The load harness and
+//! the client read the same directory. Private keys are written mode 0600.
+
+use anyhow::Context;
+use base64::Engine as _;
+use jotd_core::{Algorithm, SigningKey};
+use jotd_transport::DevPki;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The demo keys: (kid, algorithm, file stem).
+pub(crate) const DEMO_KEYS: [(&str, Algorithm, &str); 4] = [
+    ("rs256", Algorithm::Rs256, "rs256"),
+    ("es256", Algorithm::Es256, "es256"),
+    ("eddsa", Algorithm::EdDsa, "eddsa"),
+    ("hs256", Algorithm::Hs256, "hs256"),
+];
+
+/// The audience demo tokens must carry.
+pub(crate) const DEMO_AUDIENCE: &str = "jotd-dev";
+
+fn write(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if private { 0o600 } else { 0o644 });
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Generates the development directory; returns the config file's path.
+pub(crate) fn generate(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir.join("keys"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let pki = DevPki::generate()?;
+    write(&dir.join("ca.pem"), pki.ca_pem.as_bytes(), false)?;
+    write(&dir.join("server.pem"), pki.server_cert_pem.as_bytes(), false)?;
+    write(&dir.join("server.key"), pki.server_key_pem.as_bytes(), true)?;
+    write(&dir.join("client.pem"), pki.client_cert_pem.as_bytes(), false)?;
+    write(&dir.join("client.key"), pki.client_key_pem.as_bytes(), true)?;
+
+    let mut key_entries = String::new();
+    for (kid, alg, stem) in DEMO_KEYS {
+        let key = SigningKey::generate(alg).with_context(|| format!("generating {alg}"))?;
+        if let Some(secret) = key.hmac_secret() {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+            write(&dir.join(format!("keys/{stem}.secret")), b64.as_bytes(), true)?;
+            key_entries.push_str(&format!(
+                "[[tenant.key]]\nkid = \"{kid}\"\nname = \"demo {alg}\"\nalg = \"{alg}\"\nsecret_base64 = \"{b64}\"\n\n"
+            ));
+        } else {
+            let pk8 = key.to_pkcs8().context("exporting a demo key")?;
+            write(&dir.join(format!("keys/{stem}.pk8.der")), &pk8, true)?;
+            let spki = key
+                .verifying_key()
+                .ok()
+                .and_then(|k| k.spki_der())
+                .context("public half of a demo key")?;
+            let pem = pem::encode(&pem::Pem::new("PUBLIC KEY", spki));
+            write(&dir.join(format!("keys/{stem}.pub.pem")), pem.as_bytes(), false)?;
+            key_entries.push_str(&format!(
+                "[[tenant.key]]\nkid = \"{kid}\"\nname = \"demo {alg}\"\nalg = \"{alg}\"\npem_file = \"keys/{stem}.pub.pem\"\n\n"
+            ));
+        }
+    }
+    write(
+        &dir.join("revoked.toml"),
+        b"# Tokens of this subject are `revoked` until 2100.\n[[revoke]]\ntenant = \"demo\"\nsub = \"revoked-user\"\nuntil = 4102444800\n",
+        false,
+    )?;
+    let config = format!(
+        r#"# jotd development config, written by `jotd serve` (no --config).
+# Regenerated on every such start: fresh CA, certificates and keys.
+max_keys_per_tenant = 4
+denylist_file = "revoked.toml"
+
+[server]
+listen = "{listen}"
+cert_file = "server.pem"
+key_file = "server.key"
+# client_ca_file = "ca.pem"   # uncomment for mutual TLS (client.pem / client.key)
+
+[admin]
+listen = "127.0.0.1:9464"
+
+[[tenant]]
+id = "demo"
+policy = "allowlist"
+audiences = ["{DEMO_AUDIENCE}"]
+no_auth_methods = ["web3_clientVersion"]
+claims_to_return = ["scope"]
+
+{key_entries}[[tenant]]
+id = "demo-besu"
+policy = "permissions"
+audiences = ["{DEMO_AUDIENCE}"]
+
+{key_entries}"#
+    );
+    let path = dir.join("jotd.toml");
+    // The config holds the HMAC secret: private.
+    write(&path, config.as_bytes(), true)?;
+    write(
+        &dir.join("README.txt"),
+        b"Written by `jotd serve` on development defaults. Throwaway material: never use in production.\n\
+ca.pem                CA the client trusts (server.pem is issued by it)\n\
+server.pem/.key       the server's certificate and key (localhost, 127.0.0.1, ::1)\n\
+client.pem/.key       a client certificate for trying mutual TLS\n\
+keys/*.pk8.der        demo private keys (PKCS#8) for minting tokens; *.pub.pem their public keys\n\
+keys/hs256.secret     the HS256 secret (base64)\n\
+revoked.toml          denylist: sub \"revoked-user\" of tenant demo\n\
+jotd.toml             the config jotd serve runs on\n",
+        false,
+    )?;
+    Ok(path)
+}

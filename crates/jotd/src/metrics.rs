@@ -1,0 +1,340 @@
+//! Prometheus metrics (`metrics` + `metrics-exporter-prometheus`, rendered by
+//! the admin listener). Every handle is created once; tokens are counted per
+//! batch from the batch's tally, never per token on the hot path. No label
+//! carries a tenant or a kid: cardinality is fixed by the reason codes and
+//! algorithms (and the JWKS URLs the operator configured).
+
+use jotd_core::{Algorithm, Engine, Reason};
+use jotd_keys::{JwksFetcher, Reloader};
+use jotd_transport::{ErrorCode, Event, Refusal, ServerStats};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Batch sizes (items).
+const SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+/// Batch times (seconds): 50 µs … 5 s.
+const TIME_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0,
+];
+
+const ALGS: usize = Algorithm::ALL.len() + 1;
+
+fn alg_index(alg: Option<Algorithm>) -> usize {
+    alg.and_then(|a| Algorithm::ALL.iter().position(|x| *x == a))
+        .unwrap_or(ALGS - 1)
+}
+
+/// The daemon's metric handles.
+pub(crate) struct Metrics {
+    handle: PrometheusHandle,
+    /// `jotd_tokens_total{outcome,reason,alg}`, created on first use.
+    tokens: Box<[OnceLock<Counter>]>,
+    batches_ok: Counter,
+    batches_failed: Vec<Counter>,
+    batch_size: Histogram,
+    batch_seconds: Histogram,
+    verify_seconds: Histogram,
+    queue_seconds: Histogram,
+    lookup_misses: Counter,
+    refused_limit: Counter,
+    refused_handshake: Counter,
+    overloaded: Counter,
+    streams_aborted: Counter,
+    connections_total: Counter,
+    refetch_reverified: Counter,
+    reload_ok: Counter,
+    reload_failed: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn error_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::FrameTooLarge => "frame_too_large",
+        ErrorCode::MalformedFrame => "malformed_frame",
+        ErrorCode::TooManyItems => "too_many_items",
+        ErrorCode::Overloaded => "overloaded",
+        ErrorCode::ShuttingDown => "shutting_down",
+        ErrorCode::Internal => "internal",
+        ErrorCode::UnsupportedFrame => "unsupported_frame",
+    }
+}
+
+const ERROR_CODES: [ErrorCode; 7] = [
+    ErrorCode::FrameTooLarge,
+    ErrorCode::MalformedFrame,
+    ErrorCode::TooManyItems,
+    ErrorCode::Overloaded,
+    ErrorCode::ShuttingDown,
+    ErrorCode::Internal,
+    ErrorCode::UnsupportedFrame,
+];
+
+impl Metrics {
+    /// Installs the global recorder and creates the handles.
+    pub(crate) fn install() -> anyhow::Result<Self> {
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full("jotd_batch_size".into()), SIZE_BUCKETS)?
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), TIME_BUCKETS)?
+            .install_recorder()?;
+        metrics::describe_counter!(
+            "jotd_tokens_total",
+            "Decisions by outcome (allow/deny), reason code and verified algorithm (none: not verified)"
+        );
+        metrics::describe_histogram!("jotd_batch_size", "Items per batch");
+        metrics::describe_histogram!(
+            "jotd_batch_duration_seconds",
+            "From the end of a batch's request to its last answer byte handed to QUIC"
+        );
+        metrics::describe_histogram!(
+            "jotd_batch_verify_seconds",
+            "Time a batch spent on the verification pool"
+        );
+        metrics::describe_histogram!(
+            "jotd_batch_queue_seconds",
+            "Time a batch waited for room in the tokens-in-flight budget"
+        );
+        gauge!("jotd_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        let batches_failed = ERROR_CODES
+            .iter()
+            .map(|c| counter!("jotd_batches_total", "result" => error_name(*c)))
+            .collect();
+        Ok(Self {
+            handle,
+            tokens: (0..Reason::ALL.len() * ALGS)
+                .map(|_| OnceLock::new())
+                .collect(),
+            batches_ok: counter!("jotd_batches_total", "result" => "decided"),
+            batches_failed,
+            batch_size: histogram!("jotd_batch_size"),
+            batch_seconds: histogram!("jotd_batch_duration_seconds"),
+            verify_seconds: histogram!("jotd_batch_verify_seconds"),
+            queue_seconds: histogram!("jotd_batch_queue_seconds"),
+            lookup_misses: counter!("jotd_key_lookup_misses_total"),
+            refused_limit: counter!("jotd_connections_refused_total", "why" => "connection_limit"),
+            refused_handshake: counter!("jotd_connections_refused_total", "why" => "handshake"),
+            overloaded: counter!("jotd_batches_refused_total", "why" => "overloaded"),
+            streams_aborted: counter!("jotd_streams_aborted_total"),
+            connections_total: counter!("jotd_connections_total"),
+            refetch_reverified: counter!("jotd_refetch_reverified_batches_total"),
+            reload_ok: counter!("jotd_config_reloads_total", "result" => "ok"),
+            reload_failed: counter!("jotd_config_reloads_total", "result" => "rejected"),
+        })
+    }
+
+    fn token_counter(&self, reason: Reason, alg: Option<Algorithm>) -> &Counter {
+        let r = Reason::ALL.iter().position(|x| *x == reason).unwrap_or(0);
+        let a = alg_index(alg);
+        self.tokens[r * ALGS + a].get_or_init(|| {
+            counter!(
+                "jotd_tokens_total",
+                "outcome" => if reason.is_allow() { "allow" } else { "deny" },
+                "reason" => reason.as_str(),
+                "alg" => alg.map_or("none", Algorithm::as_str),
+            )
+        })
+    }
+
+    /// Records a server event.
+    pub(crate) fn event(&self, event: &Event<'_>) {
+        match event {
+            Event::Batch(b) => {
+                match b.error {
+                    None => self.batches_ok.increment(1),
+                    Some(code) => {
+                        if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
+                            self.batches_failed[i].increment(1);
+                        }
+                    }
+                }
+                if b.items > 0 {
+                    self.batch_size.record(b.items as f64);
+                    self.batch_seconds.record(b.total.as_secs_f64());
+                    self.verify_seconds.record(b.verify.as_secs_f64());
+                    self.queue_seconds.record(b.queued.as_secs_f64());
+                }
+                let mut misses = 0;
+                for (reason, alg, n) in b.tally.iter() {
+                    self.token_counter(reason, alg).increment(u64::from(n));
+                    if matches!(
+                        reason,
+                        Reason::UnknownKid | Reason::UnknownTenant | Reason::MissingKid
+                    ) {
+                        misses += u64::from(n);
+                    }
+                }
+                if misses > 0 {
+                    self.lookup_misses.increment(misses);
+                }
+                if b.refetched {
+                    self.refetch_reverified.increment(1);
+                }
+            }
+            Event::ConnectionOpened { .. } => self.connections_total.increment(1),
+            Event::ConnectionRefused { why, .. } => match why {
+                Refusal::ConnectionLimit => self.refused_limit.increment(1),
+                Refusal::Handshake => self.refused_handshake.increment(1),
+            },
+            Event::Overloaded { .. } => self.overloaded.increment(1),
+            Event::StreamAborted => self.streams_aborted.increment(1),
+            Event::ConnectionClosed { .. } => {}
+        }
+    }
+
+    /// Counts a config reload.
+    pub(crate) fn reload(&self, ok: bool) {
+        if ok {
+            self.reload_ok.increment(1);
+        } else {
+            self.reload_failed.increment(1);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub(crate) fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Samples gauges (server, cache, keys, JWKS, process) once a second.
+    pub(crate) fn start_sampler(
+        self: &Arc<Self>,
+        stats: Arc<ServerStats>,
+        engine: Arc<Engine>,
+        reloader: Arc<Reloader>,
+        fetcher: Arc<JwksFetcher>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let s = Sampler::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = crate::stopped(&mut stop) => return,
+                    _ = tick.tick() => {}
+                }
+                s.sample(&stats, &engine, &reloader, &fetcher);
+                me.handle.run_upkeep();
+            }
+        });
+    }
+}
+
+struct Sampler {
+    connections: Gauge,
+    streams: Gauge,
+    in_flight: Gauge,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_evictions: Counter,
+    cache_entries: Gauge,
+    cache_bytes: Gauge,
+    tenants: Gauge,
+    keys: Gauge,
+    generation: Gauge,
+    seen_generation: std::sync::atomic::AtomicU64,
+}
+
+impl Sampler {
+    fn new() -> Self {
+        Self {
+            connections: gauge!("jotd_connections_open"),
+            streams: gauge!("jotd_streams_open"),
+            in_flight: gauge!("jotd_tokens_in_flight"),
+            cache_hits: counter!("jotd_cache_hits_total"),
+            cache_misses: counter!("jotd_cache_misses_total"),
+            cache_evictions: counter!("jotd_cache_evictions_total"),
+            cache_entries: gauge!("jotd_cache_entries"),
+            cache_bytes: gauge!("jotd_cache_bytes"),
+            tenants: gauge!("jotd_tenants_loaded"),
+            keys: gauge!("jotd_keys_loaded"),
+            generation: gauge!("jotd_config_generation"),
+            seen_generation: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn sample(
+        &self,
+        stats: &ServerStats,
+        engine: &Engine,
+        reloader: &Reloader,
+        fetcher: &JwksFetcher,
+    ) {
+        self.connections.set(stats.connections() as f64);
+        self.streams.set(stats.streams() as f64);
+        self.in_flight.set(stats.tokens_in_flight() as f64);
+        if let Some(c) = engine.cache_stats() {
+            self.cache_hits.absolute(c.hits);
+            self.cache_misses.absolute(c.misses);
+            self.cache_evictions.absolute(c.evictions);
+            self.cache_entries.set(c.entries as f64);
+            self.cache_bytes.set(c.bytes as f64);
+        }
+        let snap = reloader.store().load();
+        let generation = snap.generation();
+        // Counting keys walks every tenant: only when the snapshot changed.
+        if self
+            .seen_generation
+            .swap(generation, std::sync::atomic::Ordering::Relaxed)
+            != generation
+        {
+            self.tenants.set(snap.len() as f64);
+            self.keys
+                .set(snap.tenants().map(|t| t.keys.len()).sum::<usize>() as f64);
+            self.generation.set(generation as f64);
+        }
+        for h in fetcher.health() {
+            let ok = h.fetches - h.failed_total;
+            counter!("jotd_jwks_fetches_total", "url" => h.url.clone(), "result" => "ok")
+                .absolute(ok);
+            counter!("jotd_jwks_fetches_total", "url" => h.url.clone(), "result" => "failed")
+                .absolute(h.failed_total);
+            // -1: never fetched successfully.
+            gauge!("jotd_jwks_age_seconds", "url" => h.url)
+                .set(h.age.map_or(-1.0, |a| a.as_secs_f64()));
+        }
+        process::sample();
+    }
+}
+
+/// Process metrics from /proc (Linux); elsewhere nothing is recorded.
+mod process {
+    use metrics::gauge;
+
+    #[cfg(target_os = "linux")]
+    pub(super) fn sample() {
+        // /proc/self/stat: fields after the command name (which may contain spaces).
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            && let Some((_, rest)) = stat.rsplit_once(") ")
+        {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime = field 14, stime = 15, rss = 24 (1-based over the whole line; rest starts at 3).
+            let ticks = 100.0; // USER_HZ on every Linux jotd supports
+            if let (Some(u), Some(s)) = (
+                f.get(11).and_then(|v| v.parse::<f64>().ok()),
+                f.get(12).and_then(|v| v.parse::<f64>().ok()),
+            ) {
+                // A gauge: metrics counters are integers, CPU seconds are not.
+                gauge!("process_cpu_seconds").set((u + s) / ticks);
+            }
+            if let Some(rss) = f.get(21).and_then(|v| v.parse::<f64>().ok()) {
+                gauge!("process_resident_memory_bytes").set(rss * 4096.0);
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            gauge!("process_open_fds").set(dir.count() as f64);
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn sample() {}
+}

@@ -1,0 +1,408 @@
+//! `jotd serve`: the daemon. Wires the config (jotd-keys `Reloader`), JWKS
+//! fetching, the engine and its rayon pool, the QUIC server, reloads (SIGHUP
+//! and file watching), the admin listener (metrics, health) and the drain on
+//! SIGTERM/SIGINT.
+
+use crate::admin::{self, Health};
+use crate::metrics::Metrics;
+use crate::settings::{self, LogFormat, Settings};
+use crate::{dev, logging};
+use anyhow::Context;
+use clap::Args;
+use jotd_core::{Engine, Snapshot, UnixTime};
+use jotd_keys::{JwksFetcher, Reloader};
+use jotd_transport::{Backend, BoxFuture, Event, Refusal, Server};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+use tracing::{error, info, warn};
+
+/// Options of `jotd serve`.
+#[derive(Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// The config file. Without it, jotd generates development defaults in
+    /// `--dev-dir` (CA, certificates, demo keys, config) and serves those.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where development defaults are written when `--config` is absent.
+    #[arg(long, default_value = "jotd-dev")]
+    dev_dir: PathBuf,
+    /// QUIC listen address (overrides `[server] listen`).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin (metrics, health) listen address, or `off` (overrides `[admin] listen`).
+    #[arg(long)]
+    admin: Option<String>,
+    /// Verification threads (overrides `[verify] threads`; 0 = one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Log format: `text` or `json` (overrides `[log] format`).
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    /// Record no metrics (to measure what they cost).
+    #[arg(long)]
+    no_metrics: bool,
+}
+
+fn unix_now() -> UnixTime {
+    UnixTime(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+fn stamp(p: &std::path::Path) -> Option<jotd_keys::FileStamp> {
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| (m.modified().ok(), m.len()))
+}
+
+/// The daemon side of the server: snapshots from the reloader, refetches
+/// through the JWKS fetcher, events into metrics and logs.
+struct Daemon {
+    reloader: Arc<Reloader>,
+    fetcher: Arc<JwksFetcher>,
+    metrics: Option<Arc<Metrics>>,
+    refusals: logging::RateLimited,
+}
+
+impl Backend for Daemon {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.reloader.store().load()
+    }
+
+    fn now(&self) -> UnixTime {
+        unix_now()
+    }
+
+    fn refetchable(&self, tenant: &str) -> bool {
+        self.fetcher.has_url_source(tenant)
+    }
+
+    fn refetch(&self, tenants: Vec<String>) -> BoxFuture<bool> {
+        let fetcher = Arc::clone(&self.fetcher);
+        Box::pin(async move {
+            let mut any = false;
+            for t in tenants {
+                any |= fetcher.on_unknown_kid(&t).await;
+            }
+            any
+        })
+    }
+
+    fn event(&self, event: &Event<'_>) {
+        if let Some(m) = &self.metrics {
+            m.event(event);
+        }
+        if let Event::ConnectionRefused {
+            remote,
+            why,
+            detail,
+        } = event
+        {
+            self.refusals.log(|suppressed| {
+                let why = match why {
+                    Refusal::ConnectionLimit => "connection limit",
+                    Refusal::Handshake => "handshake failed",
+                };
+                warn!(%remote, why, detail, suppressed, "connection refused");
+            });
+        }
+    }
+}
+
+fn read_file(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{what} {}: cannot read", path.display()))
+}
+
+pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let (config_path, dev) = match &args.config {
+        Some(p) => (p.clone(), false),
+        None => {
+            let listen = args
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4433)));
+            (dev::generate(&args.dev_dir, &listen.to_string())?, true)
+        }
+    };
+    let mut settings: Settings = settings::load(&config_path)?;
+    if let Some(l) = args.listen {
+        settings.server.listen = l;
+    }
+    if let Some(a) = &args.admin {
+        settings.admin = if a == "off" {
+            None
+        } else {
+            Some(
+                a.parse()
+                    .with_context(|| format!("--admin {a}: not an IP:port address or `off`"))?,
+            )
+        };
+    }
+    if let Some(t) = args.threads {
+        settings.verify_threads = t;
+    }
+    if let Some(f) = &args.log_format {
+        settings.log_format = if f == "json" {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        };
+    }
+    logging::init(settings.log_format, &settings.log_level);
+    if dev {
+        info!(
+            dir = %args.dev_dir.display(),
+            "no --config: serving development defaults (fresh CA, certificates and demo keys in {}; never for production)",
+            args.dev_dir.display()
+        );
+    }
+
+    let reloader = Arc::new(
+        Reloader::start(
+            &config_path,
+            Box::new(|p| std::fs::read(p)),
+            Box::new(stamp),
+        )
+        .map_err(anyhow::Error::from)?,
+    );
+    let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) else {
+        anyhow::bail!(
+            "{}: server.cert_file and server.key_file are required (jotd serve without --config generates development ones)",
+            config_path.display()
+        );
+    };
+    let client_ca = match &settings.client_ca_file {
+        Some(p) => Some(read_file(p, "server.client_ca_file")?),
+        None => None,
+    };
+    let tls = jotd_transport::server_config(
+        &read_file(cert, "server.cert_file")?,
+        &read_file(key, "server.key_file")?,
+        client_ca.as_deref(),
+    )
+    .with_context(|| format!("{}: server TLS", config_path.display()))?;
+    let mut fetch = settings.fetch.clone();
+    if let Some(p) = &settings.fetch_extra_ca_file {
+        fetch.extra_roots_pem = Some(read_file(p, "jwks_fetch.extra_ca_file")?);
+    }
+
+    let threads = if settings.verify_threads == 0 {
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    } else {
+        settings.verify_threads
+    };
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("jotd-verify-{i}"))
+            .build()
+            .context("starting the verification pool")?,
+    );
+    let engine = Arc::new(Engine::new(settings.engine));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.io_threads)
+        .thread_name("jotd-io")
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    runtime.block_on(serve(
+        settings,
+        config_path,
+        reloader,
+        fetch,
+        engine,
+        pool,
+        tls,
+        threads,
+        args.no_metrics,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    settings: Settings,
+    config_path: PathBuf,
+    reloader: Arc<Reloader>,
+    fetch: jotd_keys::FetchConfig,
+    engine: Arc<Engine>,
+    pool: Arc<rayon::ThreadPool>,
+    tls: rustls::ServerConfig,
+    threads: usize,
+    no_metrics: bool,
+) -> anyhow::Result<()> {
+    let fetcher = Arc::new(
+        JwksFetcher::new(Arc::clone(&reloader), fetch).context("starting the JWKS fetcher")?,
+    );
+    let metrics = if no_metrics || settings.admin.is_none() {
+        None
+    } else {
+        Some(Arc::new(Metrics::install()?))
+    };
+    let daemon = Arc::new(Daemon {
+        reloader: Arc::clone(&reloader),
+        fetcher: Arc::clone(&fetcher),
+        metrics: metrics.clone(),
+        refusals: logging::RateLimited::new(Duration::from_secs(10)),
+    });
+    let server = Server::bind(
+        settings.server.clone(),
+        tls,
+        Arc::clone(&engine),
+        pool,
+        Arc::clone(&daemon) as Arc<dyn Backend>,
+    )?;
+    let addr = server.local_addr()?;
+    let stats = server.stats();
+    let draining = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    // JWKS refresh.
+    {
+        let fetcher = Arc::clone(&fetcher);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            fetcher
+                .run(async move {
+                    crate::stopped(&mut stop).await;
+                })
+                .await;
+        });
+    }
+    // Reloads: SIGHUP, and polling the files the config was built from.
+    tokio::spawn(reload_loop(
+        Arc::clone(&reloader),
+        settings.watch_interval,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
+    // Admin: metrics and health.
+    if let Some(admin_addr) = settings.admin {
+        let health = Health {
+            reloader: Arc::clone(&reloader),
+            fetcher: Arc::clone(&fetcher),
+            draining: Arc::clone(&draining),
+        };
+        let bound = admin::start(admin_addr, health, metrics.clone(), stop_rx.clone())
+            .await
+            .with_context(|| format!("admin listener on {admin_addr}"))?;
+        info!(%bound, "admin listening: /metrics /healthz /readyz");
+    }
+    if let Some(m) = &metrics {
+        m.start_sampler(
+            Arc::clone(&stats),
+            Arc::clone(&engine),
+            Arc::clone(&reloader),
+            Arc::clone(&fetcher),
+            stop_rx.clone(),
+        );
+    }
+    let snapshot = reloader.store().load();
+    info!(
+        %addr,
+        config = %config_path.display(),
+        tenants = snapshot.len(),
+        threads,
+        "jotd serving (QUIC, ALPN jotd/1)"
+    );
+
+    let shutdown = {
+        let draining = Arc::clone(&draining);
+        async move {
+            let signal = wait_for_stop_signal().await;
+            draining.store(true, Ordering::SeqCst);
+            info!(signal, "draining: finishing batches in flight, refusing new connections");
+        }
+    };
+    let report = server.run(shutdown).await;
+    let _ = stop_tx.send(true);
+    if report.complete {
+        info!(
+            streams = report.streams_at_start,
+            "drained; all batches in flight finished"
+        );
+    } else {
+        error!(
+            streams = report.streams_at_start,
+            "drain timed out; some batches in flight were cut off"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install SIGTERM/SIGINT handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_stop_signal() -> &'static str {
+    let _ = tokio::signal::ctrl_c().await;
+    "ctrl-c"
+}
+
+async fn reload_loop(
+    reloader: Arc<Reloader>,
+    watch: Option<Duration>,
+    metrics: Option<Arc<Metrics>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let tick = watch.unwrap_or(Duration::from_secs(3600));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        let result = tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            () = hangup => Some(("SIGHUP", reloader.reload())),
+            _ = interval.tick(), if watch.is_some() => {
+                reloader.reload_if_changed().map(|r| ("file change", r))
+            }
+        };
+        let Some((trigger, result)) = result else {
+            continue;
+        };
+        match result {
+            Ok(generation) => {
+                let tenants = reloader.store().load().len();
+                info!(trigger, generation, tenants, "config reloaded");
+                if let Some(m) = &metrics {
+                    m.reload(true);
+                }
+            }
+            Err(e) => {
+                error!(trigger, error = %e, "config reload rejected; still serving the previous config");
+                if let Some(m) = &metrics {
+                    m.reload(false);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! The daemon's own config sections: `[server]`, `[verify]`, `[admin]`, `[log]`,
+//! `[jwks_fetch]`, in the same TOML file as the tenants. Unknown keys and bad
+//! values are errors with file, line and key, like the tenants' (jotd-keys lets
+//! these sections through and this module checks them).
+//!
+//! ```toml
+//! [server]
+//! listen = "0.0.0.0:4433"
+//! cert_file = "tls/server.pem"        # chain, PEM
+//! key_file = "tls/server.key"         # PKCS#8, PKCS#1 or SEC1 PEM
+//! client_ca_file = "tls/clients.pem"  # optional: mutual TLS
+//! max_connections = 1024
+//! max_streams_per_connection = 256
+//! max_tokens_in_flight = 65536
+//! max_batch_items = 4096
+//! max_frame_bytes = 4194304
+//! overload_wait_ms = 2000
+//! idle_timeout_s = 30
+//! keep_alive_s = 10
+//! drain_timeout_s = 10
+//! io_threads = 2
+//! watch_interval_s = 2                # 0: reload on SIGHUP only
+//!
+//! [verify]
+//! threads = 0                         # 0: one per core
+//! max_token_bytes = 8192
+//! chunk_size = 16
+//! cache = true
+//! cache_entries = 100000
+//! cache_bytes = 67108864
+//! cache_max_ttl_s = 3600
+//!
+//! [admin]
+//! listen = "127.0.0.1:9464"           # "off" disables it
+//!
+//! [log]
+//! format = "text"                     # or "json"
+//! level = "info"                      # RUST_LOG overrides
+//!
+//! [jwks_fetch]
+//! timeout_s = 10
+//! max_bytes = 524288
+//! refetch_interval_s = 30
+//! min_refresh_s = 10
+//! extra_ca_file = "idp-ca.pem"
+//! ```
+
+use jotd_core::{CacheConfig, EngineConfig};
+use jotd_keys::{ConfigError, FetchConfig};
+use jotd_transport::{HARD_MAX_FRAME_BYTES, Limits, ServerOptions};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Deserialize, Default)]
+struct RawFile {
+    #[serde(default)]
+    server: Option<RawServer>,
+    #[serde(default)]
+    verify: Option<RawVerify>,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    log: Option<RawLog>,
+    #[serde(default)]
+    jwks_fetch: Option<RawFetch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    client_ca_file: Option<String>,
+    max_connections: Option<usize>,
+    max_streams_per_connection: Option<u32>,
+    max_tokens_in_flight: Option<usize>,
+    max_batch_items: Option<usize>,
+    max_frame_bytes: Option<usize>,
+    overload_wait_ms: Option<u64>,
+    idle_timeout_s: Option<u64>,
+    keep_alive_s: Option<u64>,
+    drain_timeout_s: Option<u64>,
+    io_threads: Option<usize>,
+    watch_interval_s: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    threads: Option<usize>,
+    max_token_bytes: Option<usize>,
+    chunk_size: Option<usize>,
+    cache: Option<bool>,
+    cache_entries: Option<usize>,
+    cache_bytes: Option<usize>,
+    cache_max_ttl_s: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFetch {
+    timeout_s: Option<u64>,
+    max_bytes: Option<usize>,
+    refetch_interval_s: Option<u64>,
+    min_refresh_s: Option<u64>,
+    extra_ca_file: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The daemon's settings, validated.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) server: ServerOptions,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) client_ca_file: Option<PathBuf>,
+    pub(crate) io_threads: usize,
+    pub(crate) watch_interval: Option<Duration>,
+    pub(crate) verify_threads: usize,
+    pub(crate) engine: EngineConfig,
+    pub(crate) admin: Option<SocketAddr>,
+    pub(crate) log_format: LogFormat,
+    pub(crate) log_level: String,
+    pub(crate) fetch: FetchConfig,
+    pub(crate) fetch_extra_ca_file: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerOptions::default(),
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            io_threads: 2,
+            watch_interval: Some(Duration::from_secs(2)),
+            verify_threads: 0,
+            engine: EngineConfig::default(),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            fetch: FetchConfig::default(),
+            fetch_extra_ca_file: None,
+        }
+    }
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, key: &str, section: &str) -> Option<usize> {
+        // The line of `key =` inside `[section]`, for values serde accepted but we reject.
+        let mut in_section = false;
+        for (i, line) in self.text.lines().enumerate() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                in_section = t.trim_start_matches('[').trim_end_matches(']').trim() == section;
+                continue;
+            }
+            if in_section
+                && t.split_once('=')
+                    .is_some_and(|(k, _)| k.trim().trim_matches('"') == key)
+            {
+                return Some(i + 1);
+            }
+        }
+        None
+    }
+
+    fn err(&self, section: &str, key: &str, message: impl std::fmt::Display) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            line: self.line_of(key, section),
+            key: format!("{section}.{key}"),
+            message: message.to_string(),
+        }
+    }
+
+    fn path(&self, named: &str) -> PathBuf {
+        let p = Path::new(named);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.file.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+}
+
+fn positive(
+    ctx: &Ctx<'_>,
+    section: &str,
+    key: &str,
+    v: Option<usize>,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match v {
+        Some(0) => Err(ctx.err(section, key, "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
+fn addr(ctx: &Ctx<'_>, section: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| {
+        ctx.err(
+            section,
+            "listen",
+            format_args!("`{v}` is not an IP:port address (e.g. 127.0.0.1:4433 or [::]:4433)"),
+        )
+    })
+}
+
+/// Parses the daemon's sections of `text` (the config file `file`).
+pub(crate) fn parse(file: &Path, text: &str) -> Result<Settings, ConfigError> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError {
+        file: file.to_owned(),
+        line: e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+        key: String::new(),
+        message: e.message().trim().to_owned(),
+    })?;
+    let ctx = Ctx { file, text };
+    let mut s = Settings::default();
+    if let Some(r) = raw.server {
+        let d = ServerOptions::default();
+        if let Some(l) = &r.listen {
+            s.server.listen = addr(&ctx, "server", l)?;
+        }
+        s.cert_file = r.cert_file.as_deref().map(|p| ctx.path(p));
+        s.key_file = r.key_file.as_deref().map(|p| ctx.path(p));
+        s.client_ca_file = r.client_ca_file.as_deref().map(|p| ctx.path(p));
+        if s.cert_file.is_some() != s.key_file.is_some() {
+            let missing = if s.cert_file.is_some() {
+                "key_file"
+            } else {
+                "cert_file"
+            };
+            return Err(ctx.err(
+                "server",
+                missing,
+                "cert_file and key_file go together",
+            ));
+        }
+        s.server.max_connections = positive(
+            &ctx,
+            "server",
+            "max_connections",
+            r.max_connections,
+            d.max_connections,
+        )?;
+        s.server.max_streams_per_connection = u32::try_from(positive(
+            &ctx,
+            "server",
+            "max_streams_per_connection",
+            r.max_streams_per_connection.map(|v| v as usize),
+            d.max_streams_per_connection as usize,
+        )?)
+        .unwrap_or(u32::MAX);
+        s.server.max_tokens_in_flight = positive(
+            &ctx,
+            "server",
+            "max_tokens_in_flight",
+            r.max_tokens_in_flight,
+            d.max_tokens_in_flight,
+        )?;
+        let items = positive(
+            &ctx,
+            "server",
+            "max_batch_items",
+            r.max_batch_items,
+            d.limits.max_items,
+        )?;
+        let frame = positive(
+            &ctx,
+            "server",
+            "max_frame_bytes",
+            r.max_frame_bytes,
+            d.limits.max_frame_bytes,
+        )?;
+        if frame > HARD_MAX_FRAME_BYTES {
+            return Err(ctx.err(
+                "server",
+                "max_frame_bytes",
+                format_args!("at most {HARD_MAX_FRAME_BYTES}"),
+            ));
+        }
+        if items > s.server.max_tokens_in_flight {
+            return Err(ctx.err(
+                "server",
+                "max_batch_items",
+                "must not exceed max_tokens_in_flight (such a batch could never run)",
+            ));
+        }
+        s.server.limits = Limits {
+            max_frame_bytes: frame,
+            max_items: items,
+        };
+        if let Some(ms) = r.overload_wait_ms {
+            s.server.overload_wait = Duration::from_millis(ms);
+        }
+        if let Some(v) = r.idle_timeout_s {
+            if v == 0 {
+                return Err(ctx.err("server", "idle_timeout_s", "must be at least 1"));
+            }
+            s.server.idle_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = r.keep_alive_s {
+            if v == 0 || Some(v) >= r.idle_timeout_s.or(Some(d.idle_timeout.as_secs())) {
+                return Err(ctx.err(
+                    "server",
+                    "keep_alive_s",
+                    "must be at least 1 and below idle_timeout_s",
+                ));
+            }
+            s.server.keep_alive = Duration::from_secs(v);
+        }
+        if let Some(v) = r.drain_timeout_s {
+            s.server.drain_timeout = Duration::from_secs(v);
+        }
+        s.io_threads = positive(&ctx, "server", "io_threads", r.io_threads, 2)?;
+        if let Some(v) = r.watch_interval_s {
+            s.watch_interval = (v > 0).then(|| Duration::from_secs(v));
+        }
+    }
+    if let Some(r) = raw.verify {
+        s.verify_threads = r.threads.unwrap_or(0);
+        if let Some(v) = r.max_token_bytes {
+            s.engine.max_token_bytes = NonZeroUsize::new(v)
+                .ok_or_else(|| ctx.err("verify", "max_token_bytes", "must be at least 1"))?;
+        }
+        if let Some(v) = r.chunk_size {
+            s.engine.chunk_size = NonZeroUsize::new(v)
+                .ok_or_else(|| ctx.err("verify", "chunk_size", "must be at least 1"))?;
+        }
+        if r.cache == Some(false) {
+            s.engine.cache = None;
+        } else {
+            let mut c = CacheConfig::default();
+            if let Some(v) = r.cache_entries {
+                c.max_entries = NonZeroUsize::new(v)
+                    .ok_or_else(|| ctx.err("verify", "cache_entries", "must be at least 1 (set cache = false to disable)"))?;
+            }
+            if let Some(v) = r.cache_bytes {
+                c.max_bytes = NonZeroUsize::new(v)
+                    .ok_or_else(|| ctx.err("verify", "cache_bytes", "must be at least 1 (set cache = false to disable)"))?;
+            }
+            if let Some(v) = r.cache_max_ttl_s {
+                c.max_ttl = Duration::from_secs(v);
+            }
+            s.engine.cache = Some(c);
+        }
+    }
+    if let Some(r) = raw.admin
+        && let Some(l) = r.listen
+    {
+        s.admin = if l == "off" {
+            None
+        } else {
+            Some(addr(&ctx, "admin", &l)?)
+        };
+    }
+    if let Some(r) = raw.log {
+        if let Some(f) = r.format {
+            s.log_format = match f.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ctx.err(
+                        "log",
+                        "format",
+                        format_args!("`{other}`: expected \"text\" or \"json\""),
+                    ));
+                }
+            };
+        }
+        if let Some(l) = r.level {
+            if tracing_subscriber::EnvFilter::try_new(&l).is_err() {
+                return Err(ctx.err(
+                    "log",
+                    "level",
+                    format_args!("`{l}`: expected error, warn, info, debug, trace or a filter like jotd=debug"),
+                ));
+            }
+            s.log_level = l;
+        }
+    }
+    if let Some(r) = raw.jwks_fetch {
+        if let Some(v) = r.timeout_s {
+            if v == 0 {
+                return Err(ctx.err("jwks_fetch", "timeout_s", "must be at least 1"));
+            }
+            s.fetch.timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = r.max_bytes {
+            s.fetch.max_bytes = positive(&ctx, "jwks_fetch", "max_bytes", Some(v), 0)?;
+        }
+        if let Some(v) = r.refetch_interval_s {
+            s.fetch.refetch_interval = Duration::from_secs(v);
+        }
+        if let Some(v) = r.min_refresh_s {
+            s.fetch.min_refresh = Duration::from_secs(v);
+        }
+        s.fetch_extra_ca_file = r.extra_ca_file.as_deref().map(|p| ctx.path(p));
+    }
+    Ok(s)
+}
+
+/// Reads and parses the daemon's sections of a config file.
+pub(crate) fn load(file: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_owned(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(file, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Settings, String> {
+        parse(Path::new("/etc/jotd/jotd.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_without_sections() {
+        let s = p("[[tenant]]\nid = \"a\"\n").unwrap();
+        assert_eq!(s.server.listen, "127.0.0.1:4433".parse().unwrap());
+        assert_eq!(s.admin, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(s.engine.cache.is_some());
+    }
+
+    #[test]
+    fn values_and_relative_paths() {
+        let s = p(r#"
+[server]
+listen = "[::]:5000"
+cert_file = "tls/s.pem"
+key_file = "/abs/s.key"
+max_tokens_in_flight = 5000
+max_batch_items = 100
+[verify]
+threads = 3
+cache = false
+[admin]
+listen = "off"
+[log]
+format = "json"
+level = "jotd=debug"
+"#)
+        .unwrap();
+        assert_eq!(s.server.listen, "[::]:5000".parse().unwrap());
+        assert_eq!(s.cert_file.unwrap(), Path::new("/etc/jotd/tls/s.pem"));
+        assert_eq!(s.key_file.unwrap(), Path::new("/abs/s.key"));
+        assert_eq!(s.server.limits.max_items, 100);
+        assert_eq!(s.verify_threads, 3);
+        assert!(s.engine.cache.is_none());
+        assert!(s.admin.is_none());
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        assert_eq!(
+            p("[server]\nlisten = \"4433\"\n").unwrap_err(),
+            "/etc/jotd/jotd.toml:2: server.listen: `4433` is not an IP:port address (e.g. 127.0.0.1:4433 or [::]:4433)"
+        );
+        let e = p("[server]\nlisen = \"1.2.3.4:5\"\n").unwrap_err();
+        assert!(e.starts_with("/etc/jotd/jotd.toml:2:") && e.contains("unknown field `lisen`"), "{e}");
+        let e = p("[server]\ncert_file = \"a.pem\"\n").unwrap_err();
+        assert!(e.contains("server.key_file: cert_file and key_file go together"), "{e}");
+        let e = p("\n[verify]\nmax_token_bytes = 0\n").unwrap_err();
+        assert_eq!(e, "/etc/jotd/jotd.toml:3: verify.max_token_bytes: must be at least 1");
+        let e = p("[log]\nformat = \"xml\"\n").unwrap_err();
+        assert!(e.contains("log.format: `xml`"), "{e}");
+        let e = p("[server]\nmax_tokens_in_flight = 10\nmax_batch_items = 11\n").unwrap_err();
+        assert!(e.contains(":3: server.max_batch_items"), "{e}");
+        let e = p("[server]\nmax_connections = -1\n").unwrap_err();
+        assert!(e.starts_with("/etc/jotd/jotd.toml:2:"), "{e}");
+    }
+}
