@@ -266,7 +266,10 @@ impl Client {
         };
         let result = match tokio::time::timeout(self.opts.connect_timeout, attempt).await {
             Ok(r) => r,
-            Err(_) => Err(format!("connect timed out after {:?}", self.opts.connect_timeout)),
+            Err(_) => Err(format!(
+                "connect timed out after {:?}",
+                self.opts.connect_timeout
+            )),
         };
         match result {
             Ok(c) => {
@@ -502,12 +505,7 @@ impl Pending<'_> {
                 let result = match frame.kind {
                     FrameType::Decisions => {
                         let chunk = decode_decisions(frame.body)?;
-                        check(
-                            self.request_id,
-                            &mut self.seen,
-                            &mut self.decided,
-                            &chunk,
-                        )?;
+                        check(self.request_id, &mut self.seen, &mut self.decided, &chunk)?;
                         f(&chunk);
                         Ok(true)
                     }
@@ -518,9 +516,9 @@ impl Pending<'_> {
                             message: e.message.to_owned(),
                         })
                     }
-                    FrameType::Batch => Err(ClientError::Protocol(
-                        "server sent a Batch frame".into(),
-                    )),
+                    FrameType::Batch => {
+                        Err(ClientError::Protocol("server sent a Batch frame".into()))
+                    }
                 };
                 self.start += consumed;
                 if self.start == self.buf.len() {

@@ -211,8 +211,7 @@ pub fn serve_held(
     let (id, decided): (u64, Vec<(u32, Decision)>) = match read_batch(input, limits) {
         Ok(batch) if reverify => {
             let all = requests(&batch);
-            let picked: Vec<Request<'_>> =
-                held.iter().map(|(i, _)| all[*i as usize]).collect();
+            let picked: Vec<Request<'_>> = held.iter().map(|(i, _)| all[*i as usize]).collect();
             let fresh = engine.verify_batch(pool, snapshot, &picked, now);
             (
                 batch.request_id,
@@ -256,7 +255,11 @@ pub fn serve_held(
     frames
 }
 
-fn send_chunk(request_id: u64, decisions: Vec<WireDecision<'_>>, send: &(dyn Fn(Vec<u8>) + Sync)) -> bool {
+fn send_chunk(
+    request_id: u64,
+    decisions: Vec<WireDecision<'_>>,
+    send: &(dyn Fn(Vec<u8>) + Sync),
+) -> bool {
     let mut out = Vec::new();
     match encode_decisions(
         &DecisionChunk {
@@ -289,7 +292,10 @@ fn requests<'a>(batch: &'a BatchRequest<'a>) -> Vec<Request<'a>> {
 }
 
 /// Reads the one Batch frame a stream must hold.
-fn read_batch<'a>(input: &'a [u8], limits: &Limits) -> Result<BatchRequest<'a>, (ErrorCode, String)> {
+fn read_batch<'a>(
+    input: &'a [u8],
+    limits: &Limits,
+) -> Result<BatchRequest<'a>, (ErrorCode, String)> {
     let frame = match next_frame(input, limits) {
         Ok(Some(f)) if f.consumed == input.len() => f,
         Ok(Some(_)) => {
@@ -330,6 +336,11 @@ fn read_batch<'a>(input: &'a [u8], limits: &Limits) -> Result<BatchRequest<'a>, 
 
 /// Sends the one error frame of a batch that failed as a whole (the server
 /// uses it for refusals decided before any verification: overload, drain).
-pub fn send_error(request_id: u64, code: ErrorCode, message: &str, send: &(dyn Fn(Vec<u8>) + Sync)) {
+pub fn send_error(
+    request_id: u64,
+    code: ErrorCode,
+    message: &str,
+    send: &(dyn Fn(Vec<u8>) + Sync),
+) {
     fail(request_id, code, message, send);
 }

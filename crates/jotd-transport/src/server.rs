@@ -278,10 +278,11 @@ impl Server {
             .map_err(|e| ServerError::Tls(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(transport(&opts)?));
-        let endpoint = Endpoint::server(config, opts.listen).map_err(|source| ServerError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
+        let endpoint =
+            Endpoint::server(config, opts.listen).map_err(|source| ServerError::Bind {
+                addr: opts.listen,
+                source,
+            })?;
         let (drain, draining) = watch::channel(false);
         let budget = Arc::new(Semaphore::new(
             opts.max_tokens_in_flight.min(Semaphore::MAX_PERMITS),
@@ -470,7 +471,14 @@ async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream)
             "{items} tokens would exceed max_tokens_in_flight = {}",
             shared.opts.max_tokens_in_flight
         );
-        answer_error(&shared, &mut send, request_id, ErrorCode::Overloaded, &message).await;
+        answer_error(
+            &shared,
+            &mut send,
+            request_id,
+            ErrorCode::Overloaded,
+            &message,
+        )
+        .await;
         return;
     };
     shared
@@ -517,7 +525,12 @@ async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream)
             let (served, held) = run.unwrap_or_else(|_| {
                 // Per-token panics are caught in the engine; this is the batch
                 // plumbing itself. The stream fails as a whole, loudly.
-                send_error(request_id, ErrorCode::Internal, "internal error serving the batch", &send);
+                send_error(
+                    request_id,
+                    ErrorCode::Internal,
+                    "internal error serving the batch",
+                    &send,
+                );
                 (Served::Failed(ErrorCode::Internal), Vec::new())
             });
             let _ = done_tx.send(Job {
@@ -537,7 +550,14 @@ async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream)
     let Ok(mut job) = done_rx.await else {
         // The job vanished without reporting (cannot happen short of an abort);
         // the stream fails rather than ending silently.
-        answer_error(&shared, &mut send, request_id, ErrorCode::Internal, "verification job lost").await;
+        answer_error(
+            &shared,
+            &mut send,
+            request_id,
+            ErrorCode::Internal,
+            "verification job lost",
+        )
+        .await;
         return;
     };
     let mut refetched = false;

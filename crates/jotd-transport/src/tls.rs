@@ -32,7 +32,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 ///
 /// # Errors
 /// No `CERTIFICATE` block, or a block that does not decode.
-pub fn certificates(what: &'static str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn certificates(
+    what: &'static str,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err(what, format!("bad PEM: {e}")))?;
@@ -43,8 +46,12 @@ pub fn certificates(what: &'static str, pem: &[u8]) -> Result<Vec<CertificateDer
 }
 
 fn private_key(what: &'static str, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem)
-        .map_err(|e| err(what, format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}")))
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
+        err(
+            what,
+            format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
+        )
+    })
 }
 
 fn roots(what: &'static str, pem: &[u8]) -> Result<rustls::RootCertStore, TlsError> {

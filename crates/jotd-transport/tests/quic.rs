@@ -5,8 +5,8 @@ use jotd_core::{
     Algorithm, Engine, EngineConfig, Reason, SigningKey, Snapshot, Tenant, TenantKey, UnixTime,
 };
 use jotd_transport::{
-    Backend, BoxFuture, Client, ClientError, ClientOptions, DevPki, ErrorCode, Event, Item,
-    Limits, Server, ServerOptions, ServerStats, client_config, client_config_alpn, server_config,
+    Backend, BoxFuture, Client, ClientError, ClientOptions, DevPki, ErrorCode, Event, Item, Limits,
+    Server, ServerOptions, ServerStats, client_config, client_config_alpn, server_config,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -246,7 +246,10 @@ async fn a_thousand_concurrent_streams_and_the_size_extremes() {
     let r = start(backend, ServerOptions::default(), false);
     let c = Arc::new(client(&r, vec![r.addr], false));
     let tokens: Vec<String> = (0..64)
-        .map(|i| k.hs.mint(Some("hs"), &claims(&format!("u{i}"), NOW + 60)).unwrap())
+        .map(|i| {
+            k.hs.mint(Some("hs"), &claims(&format!("u{i}"), NOW + 60))
+                .unwrap()
+        })
         .collect();
     let tokens = Arc::new(tokens);
     let mut tasks = Vec::new();
@@ -333,7 +336,10 @@ async fn wrong_alpn_and_missing_client_certificates_are_refused() {
     let without = client(&r, vec![r.addr], false);
     let err = without.verify_all(&items).await.unwrap_err();
     assert!(
-        matches!(err, ClientError::Unavailable(_) | ClientError::Connection(_)),
+        matches!(
+            err,
+            ClientError::Unavailable(_) | ClientError::Connection(_)
+        ),
         "{err:?}"
     );
 
@@ -369,12 +375,19 @@ async fn a_client_that_vanishes_mid_batch_leaks_nothing() {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let conn = endpoint.connect(r.addr, "localhost").unwrap().await.unwrap();
+    let conn = endpoint
+        .connect(r.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     send.write_all(&[0, 0, 1, 0, 1, 7, 7]).await.unwrap();
     // A second stream with a whole batch whose answer nobody reads.
     let tokens: Vec<String> = (0..256)
-        .map(|i| k.es.mint(Some("es"), &claims(&format!("{i}"), NOW + 60)).unwrap())
+        .map(|i| {
+            k.es.mint(Some("es"), &claims(&format!("{i}"), NOW + 60))
+                .unwrap()
+        })
         .collect();
     let items: Vec<Item<'_>> = tokens.iter().map(|t| item(Some(t), "t")).collect();
     let mut frame = Vec::new();
@@ -398,8 +411,7 @@ async fn a_client_that_vanishes_mid_batch_leaks_nothing() {
     let mut settled = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if r.stats.connections() == 0 && r.stats.streams() == 0 && r.stats.tokens_in_flight() == 0
-        {
+        if r.stats.connections() == 0 && r.stats.streams() == 0 && r.stats.tokens_in_flight() == 0 {
             settled = true;
             break;
         }
@@ -473,7 +485,10 @@ async fn shutdown_drains_batches_in_flight() {
     let c = client(&r, vec![r.addr], false);
     // Distinct tokens so the cache cannot shortcut: a batch that takes a while.
     let tokens: Vec<String> = (0..2000)
-        .map(|i| rs.mint(Some("rs"), &claims(&format!("{i}"), NOW + 60)).unwrap())
+        .map(|i| {
+            rs.mint(Some("rs"), &claims(&format!("{i}"), NOW + 60))
+                .unwrap()
+        })
         .collect();
     let items: Vec<Item<'_>> = tokens.iter().map(|t| item(Some(t), "t")).collect();
     c.connect_all().await.unwrap();
@@ -523,7 +538,10 @@ async fn overload_is_an_error_frame_after_the_wait() {
     let c = Arc::new(client(&r, vec![r.addr], false));
     let tokens: Arc<Vec<String>> = Arc::new(
         (0..100)
-            .map(|i| rs.mint(Some("rs"), &claims(&format!("{i}"), NOW + 60)).unwrap())
+            .map(|i| {
+                rs.mint(Some("rs"), &claims(&format!("{i}"), NOW + 60))
+                    .unwrap()
+            })
             .collect(),
     );
     let mut tasks = Vec::new();
@@ -548,7 +566,10 @@ async fn overload_is_an_error_frame_after_the_wait() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert!(ok >= 1 && overloaded >= 1, "ok {ok} overloaded {overloaded}");
+    assert!(
+        ok >= 1 && overloaded >= 1,
+        "ok {ok} overloaded {overloaded}"
+    );
     r.stop().await;
 }
 
@@ -575,7 +596,10 @@ async fn unknown_kid_of_a_jwks_tenant_is_reverified_after_a_refetch() {
     // A refetch that brings nothing leaves the decision as it was.
     let other = SigningKey::generate(Algorithm::Hs256).unwrap();
     let stranger = other.mint(Some("zz"), &claims("c", NOW + 60)).unwrap();
-    let got = c.verify_all(&[item(Some(&stranger), "jwks")]).await.unwrap();
+    let got = c
+        .verify_all(&[item(Some(&stranger), "jwks")])
+        .await
+        .unwrap();
     assert_eq!(got[0].reason(), Some(Reason::UnknownKid));
     assert_eq!(backend.refetches.load(Ordering::SeqCst), 2);
     r.stop().await;
@@ -595,7 +619,12 @@ async fn the_client_spreads_over_endpoints_and_survives_a_dead_one() {
         None,
     )
     .unwrap();
-    let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap());
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap(),
+    );
     let s2 = Server::bind(
         ServerOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -639,7 +668,10 @@ async fn the_client_spreads_over_endpoints_and_survives_a_dead_one() {
     }
     // Batches that picked the dead endpoint moved on to a live one.
     assert_eq!(ok, 40);
-    assert!(stats2.batches() > 0 && r1.stats.batches() > 0, "both live endpoints used");
+    assert!(
+        stats2.batches() > 0 && r1.stats.batches() > 0,
+        "both live endpoints used"
+    );
     let _ = stop2.send(());
     done2.await.unwrap();
     r1.stop().await;

@@ -90,7 +90,11 @@ fn route(
     }
     match req.uri().path() {
         "/metrics" => match metrics {
-            Some(m) => text(StatusCode::OK, m.render(), "text/plain; version=0.0.4; charset=utf-8"),
+            Some(m) => text(
+                StatusCode::OK,
+                m.render(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
             None => text(
                 StatusCode::NOT_FOUND,
                 "metrics are off (--no-metrics)\n".into(),

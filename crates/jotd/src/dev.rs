@@ -48,9 +48,17 @@ pub(crate) fn generate(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let pki = DevPki::generate()?;
     write(&dir.join("ca.pem"), pki.ca_pem.as_bytes(), false)?;
-    write(&dir.join("server.pem"), pki.server_cert_pem.as_bytes(), false)?;
+    write(
+        &dir.join("server.pem"),
+        pki.server_cert_pem.as_bytes(),
+        false,
+    )?;
     write(&dir.join("server.key"), pki.server_key_pem.as_bytes(), true)?;
-    write(&dir.join("client.pem"), pki.client_cert_pem.as_bytes(), false)?;
+    write(
+        &dir.join("client.pem"),
+        pki.client_cert_pem.as_bytes(),
+        false,
+    )?;
     write(&dir.join("client.key"), pki.client_key_pem.as_bytes(), true)?;
 
     let mut key_entries = String::new();
@@ -58,7 +66,11 @@ pub(crate) fn generate(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
         let key = SigningKey::generate(alg).with_context(|| format!("generating {alg}"))?;
         if let Some(secret) = key.hmac_secret() {
             let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
-            write(&dir.join(format!("keys/{stem}.secret")), b64.as_bytes(), true)?;
+            write(
+                &dir.join(format!("keys/{stem}.secret")),
+                b64.as_bytes(),
+                true,
+            )?;
             key_entries.push_str(&format!(
                 "[[tenant.key]]\nkid = \"{kid}\"\nname = \"demo {alg}\"\nalg = \"{alg}\"\nsecret_base64 = \"{b64}\"\n\n"
             ));
@@ -71,7 +83,11 @@ pub(crate) fn generate(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
                 .and_then(|k| k.spki_der())
                 .context("public half of a demo key")?;
             let pem = pem::encode(&pem::Pem::new("PUBLIC KEY", spki));
-            write(&dir.join(format!("keys/{stem}.pub.pem")), pem.as_bytes(), false)?;
+            write(
+                &dir.join(format!("keys/{stem}.pub.pem")),
+                pem.as_bytes(),
+                false,
+            )?;
             key_entries.push_str(&format!(
                 "[[tenant.key]]\nkid = \"{kid}\"\nname = \"demo {alg}\"\nalg = \"{alg}\"\npem_file = \"keys/{stem}.pub.pem\"\n\n"
             ));

@@ -40,9 +40,15 @@ impl RateLimited {
 
     /// Calls `log(suppressed_since_last_line)` unless a line went out less than `every` ago.
     pub(crate) fn log(&self, log: impl FnOnce(u64)) {
-        let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        if st.0.is_some_and(|last| now.duration_since(last) < self.every) {
+        if st
+            .0
+            .is_some_and(|last| now.duration_since(last) < self.every)
+        {
             st.1 += 1;
             return;
         }

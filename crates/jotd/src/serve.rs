@@ -314,7 +314,10 @@ async fn serve(
         async move {
             let signal = wait_for_stop_signal().await;
             draining.store(true, Ordering::SeqCst);
-            info!(signal, "draining: finishing batches in flight, refusing new connections");
+            info!(
+                signal,
+                "draining: finishing batches in flight, refusing new connections"
+            );
         }
     };
     let report = server.run(shutdown).await;

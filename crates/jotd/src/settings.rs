@@ -262,11 +262,7 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Settings, ConfigError> {
             } else {
                 "cert_file"
             };
-            return Err(ctx.err(
-                "server",
-                missing,
-                "cert_file and key_file go together",
-            ));
+            return Err(ctx.err("server", missing, "cert_file and key_file go together"));
         }
         s.server.max_connections = positive(
             &ctx,
@@ -364,12 +360,22 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Settings, ConfigError> {
         } else {
             let mut c = CacheConfig::default();
             if let Some(v) = r.cache_entries {
-                c.max_entries = NonZeroUsize::new(v)
-                    .ok_or_else(|| ctx.err("verify", "cache_entries", "must be at least 1 (set cache = false to disable)"))?;
+                c.max_entries = NonZeroUsize::new(v).ok_or_else(|| {
+                    ctx.err(
+                        "verify",
+                        "cache_entries",
+                        "must be at least 1 (set cache = false to disable)",
+                    )
+                })?;
             }
             if let Some(v) = r.cache_bytes {
-                c.max_bytes = NonZeroUsize::new(v)
-                    .ok_or_else(|| ctx.err("verify", "cache_bytes", "must be at least 1 (set cache = false to disable)"))?;
+                c.max_bytes = NonZeroUsize::new(v).ok_or_else(|| {
+                    ctx.err(
+                        "verify",
+                        "cache_bytes",
+                        "must be at least 1 (set cache = false to disable)",
+                    )
+                })?;
             }
             if let Some(v) = r.cache_max_ttl_s {
                 c.max_ttl = Duration::from_secs(v);
@@ -495,11 +501,20 @@ level = "jotd=debug"
             "/etc/jotd/jotd.toml:2: server.listen: `4433` is not an IP:port address (e.g. 127.0.0.1:4433 or [::]:4433)"
         );
         let e = p("[server]\nlisen = \"1.2.3.4:5\"\n").unwrap_err();
-        assert!(e.starts_with("/etc/jotd/jotd.toml:2:") && e.contains("unknown field `lisen`"), "{e}");
+        assert!(
+            e.starts_with("/etc/jotd/jotd.toml:2:") && e.contains("unknown field `lisen`"),
+            "{e}"
+        );
         let e = p("[server]\ncert_file = \"a.pem\"\n").unwrap_err();
-        assert!(e.contains("server.key_file: cert_file and key_file go together"), "{e}");
+        assert!(
+            e.contains("server.key_file: cert_file and key_file go together"),
+            "{e}"
+        );
         let e = p("\n[verify]\nmax_token_bytes = 0\n").unwrap_err();
-        assert_eq!(e, "/etc/jotd/jotd.toml:3: verify.max_token_bytes: must be at least 1");
+        assert_eq!(
+            e,
+            "/etc/jotd/jotd.toml:3: verify.max_token_bytes: must be at least 1"
+        );
         let e = p("[log]\nformat = \"xml\"\n").unwrap_err();
         assert!(e.contains("log.format: `xml`"), "{e}");
         let e = p("[server]\nmax_tokens_in_flight = 10\nmax_batch_items = 11\n").unwrap_err();

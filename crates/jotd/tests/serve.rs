@@ -1,0 +1,716 @@
+//! `jotd serve` as a process, driven over loopback QUIC with the client library:
+//! the same cases as `jotd check` (so the two paths cannot drift), reloads on
+//! SIGHUP (a bad config keeps the old one serving), metrics that count what was
+//! sent, health endpoints, the drain on SIGTERM, and the development defaults.
+
+use jotd_core::{Algorithm, SigningKey};
+use jotd_transport::{Client, ClientDecision, ClientOptions, DevPki, Item, client_config};
+use serde_json::{Map, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+fn keys_data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../jotd-keys/tests/data")
+        .join(name)
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("jotd-serve-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+const HS_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+/// Writes TLS files and a config; `with_hs` decides whether the HS256 key is in it.
+fn write_config(dir: &Path, with_hs: bool) -> PathBuf {
+    let config = dir.join("jotd.toml");
+    let hs = if with_hs {
+        format!("[[tenant.key]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = \"{HS_SECRET}\"\n")
+    } else {
+        String::new()
+    };
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+denylist_file = "revoked.toml"
+[server]
+cert_file = "server.pem"
+key_file = "server.key"
+[verify]
+threads = 2
+
+[[tenant]]
+id = "infura"
+policy = "allowlist"
+no_auth_methods = ["net_version"]
+claims_to_return = ["groups"]
+[[tenant.key]]
+kid = "rsa"
+name = "primary"
+alg = "RS256"
+pem_file = "{}"
+{hs}
+[[tenant]]
+id = "besu"
+policy = "permissions"
+[[tenant.key]]
+kid = "es"
+alg = "ES256"
+pem_file = "es.pem"
+"#,
+            keys_data("rsa2048.pem").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+struct Fixture {
+    dir: PathBuf,
+    config: PathBuf,
+    pki: DevPki,
+    rsa: SigningKey,
+    hs: SigningKey,
+    es: SigningKey,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let dir = scratch_dir(name);
+    let pki = DevPki::generate().unwrap();
+    std::fs::write(dir.join("server.pem"), &pki.server_cert_pem).unwrap();
+    std::fs::write(dir.join("server.key"), &pki.server_key_pem).unwrap();
+    std::fs::write(
+        dir.join("revoked.toml"),
+        "[[revoke]]\ntenant = \"infura\"\nsub = \"mallory\"\nuntil = 4102444800\n",
+    )
+    .unwrap();
+    let es = SigningKey::generate(Algorithm::Es256).unwrap();
+    let spki = es.verifying_key().unwrap().spki_der().unwrap();
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64_std(&spki)
+    );
+    std::fs::write(dir.join("es.pem"), pem).unwrap();
+    let config = write_config(&dir, true);
+    Fixture {
+        dir,
+        config,
+        pki,
+        rsa: SigningKey::from_pkcs8(
+            Algorithm::Rs256,
+            &std::fs::read(keys_data("rsa2048.pk8.der")).unwrap(),
+        )
+        .unwrap(),
+        hs: SigningKey::from_hmac_secret(Algorithm::Hs256, HS_SECRET.as_bytes()).unwrap(),
+        es,
+    }
+}
+
+fn base64_std(bytes: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A running `jotd serve`, its log lines collected.
+struct Daemon {
+    child: Child,
+    quic: SocketAddr,
+    admin: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(args: &[&str], cwd: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_jotd"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run jotd serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line.clone());
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let (mut quic, mut admin) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while quic.is_none() || admin.is_none() {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("jotd serve did not start: {:?}", log.lock().unwrap()));
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if let Some(a) = v["addr"].as_str() {
+                quic = a.parse().ok();
+            }
+            if let Some(a) = v["bound"].as_str() {
+                admin = a.parse().ok();
+            }
+        }
+        Self {
+            child,
+            quic: quic.unwrap(),
+            admin: admin.unwrap(),
+            log,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no log line with {needle:?}: {:?}",
+            self.log.lock().unwrap()
+        );
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A bare HTTP/1.1 GET (the admin listener speaks plain HTTP).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn client(f: &Fixture, d: &Daemon) -> Client {
+    let tls = client_config(f.pki.ca_pem.as_bytes(), None).unwrap();
+    Client::new(ClientOptions::new(vec![d.quic], tls)).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// One request as `jotd check` reads it.
+#[derive(Clone)]
+struct Case {
+    token: Option<String>,
+    tenant: String,
+    method: Option<String>,
+    addresses: Vec<String>,
+}
+
+impl Case {
+    fn json(&self) -> String {
+        let mut m = Map::new();
+        if let Some(t) = &self.token {
+            m.insert("token".into(), Value::String(t.clone()));
+        }
+        m.insert("tenant".into(), Value::String(self.tenant.clone()));
+        if let Some(x) = &self.method {
+            m.insert("method".into(), Value::String(x.clone()));
+        }
+        m.insert(
+            "addresses".into(),
+            Value::Array(self.addresses.iter().cloned().map(Value::String).collect()),
+        );
+        Value::Object(m).to_string()
+    }
+    fn item(&self) -> Item<'_> {
+        Item {
+            token: self.token.as_deref().map(str::as_bytes),
+            tenant: &self.tenant,
+            method: self.method.as_deref(),
+            addresses: self.addresses.iter().map(String::as_str).collect(),
+            origin: None,
+            user_agent: None,
+        }
+    }
+}
+
+fn case(token: Option<&str>, tenant: &str, method: Option<&str>) -> Case {
+    Case {
+        token: token.map(str::to_owned),
+        tenant: tenant.to_owned(),
+        method: method.map(str::to_owned),
+        addresses: Vec::new(),
+    }
+}
+
+fn cases(f: &Fixture) -> Vec<Case> {
+    let n = now();
+    let good = f
+        .rsa
+        .mint(
+            Some("rsa"),
+            &format!(
+                r#"{{"sub":"alice","exp":{},"methods":["eth_call"],"addresses":["0xAbC0000000000000000000000000000000000001"],"groups":["ops"]}}"#,
+                n + 3600
+            ),
+        )
+        .unwrap();
+    let hs =
+        f.hs.mint(
+            Some("hs"),
+            &format!(r#"{{"sub":"bob","exp":{}}}"#, n + 3600),
+        )
+        .unwrap();
+    let expired =
+        f.hs.mint(
+            Some("hs"),
+            &format!(r#"{{"sub":"carol","exp":{}}}"#, n - 3600),
+        )
+        .unwrap();
+    let revoked =
+        f.hs.mint(
+            Some("hs"),
+            &format!(r#"{{"sub":"mallory","exp":{}}}"#, n + 3600),
+        )
+        .unwrap();
+    let future =
+        f.hs.mint(
+            Some("hs"),
+            &format!(r#"{{"sub":"dan","nbf":{},"exp":{}}}"#, n + 1800, n + 3600),
+        )
+        .unwrap();
+    let forged = SigningKey::generate(Algorithm::Rs256)
+        .unwrap()
+        .mint(Some("rsa"), &format!(r#"{{"exp":{}}}"#, n + 60))
+        .unwrap();
+    let unknown_kid =
+        f.hs.mint(Some("other"), &format!(r#"{{"exp":{}}}"#, n + 60))
+            .unwrap();
+    let besu = |perms: &str| {
+        f.es.mint(
+            Some("es"),
+            &format!(
+                r#"{{"sub":"node","exp":{},"permissions":{perms}}}"#,
+                n + 3600
+            ),
+        )
+        .unwrap()
+    };
+    let mut with_addr = case(Some(&good), "infura", Some("eth_call"));
+    with_addr.addresses = vec!["0xabc0000000000000000000000000000000000001".into()];
+    let mut bad_addr = case(Some(&good), "infura", Some("eth_call"));
+    bad_addr.addresses = vec!["0xdead000000000000000000000000000000000000".into()];
+    vec![
+        case(Some(&good), "infura", Some("eth_call")),
+        case(Some(&good), "infura", Some("eth_sendRawTransaction")),
+        with_addr,
+        bad_addr,
+        case(Some(&hs), "infura", Some("eth_call")),
+        case(Some(&expired), "infura", None),
+        case(Some(&revoked), "infura", None),
+        case(Some(&future), "infura", None),
+        case(Some(&forged), "infura", None),
+        case(Some(&unknown_kid), "infura", None),
+        case(Some("abc"), "infura", None),
+        case(Some("a.b.c"), "infura", None),
+        case(None, "infura", Some("net_version")),
+        case(None, "infura", Some("eth_call")),
+        case(Some(&good), "nobody", None),
+        case(Some(&besu(r#"["eth:*"]"#)), "besu", Some("eth_blockNumber")),
+        case(Some(&besu(r#"["net:*"]"#)), "besu", Some("eth_blockNumber")),
+        case(Some(&besu("[]")), "besu", Some("eth_blockNumber")),
+    ]
+}
+
+/// A decision in `jotd check`'s JSON shape, from the wire.
+fn as_check_json(index: usize, d: &ClientDecision) -> Value {
+    let mut m = Map::new();
+    m.insert("index".into(), index.into());
+    m.insert("allow".into(), d.allow.into());
+    m.insert("reason".into(), d.reason().unwrap().as_str().into());
+    if let Some(k) = &d.kid {
+        m.insert("kid".into(), k.clone().into());
+    }
+    if let Some(s) = &d.sub {
+        m.insert("sub".into(), s.clone().into());
+    }
+    if let Some(e) = d.exp {
+        m.insert("exp".into(), e.into());
+    }
+    if !d.claims.is_empty() {
+        let claims: Map<String, Value> = d
+            .claims
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap()))
+            .collect();
+        m.insert("claims".into(), Value::Object(claims));
+    }
+    Value::Object(m)
+}
+
+#[test]
+fn serve_and_check_agree_on_every_case() {
+    let f = fixture("agree");
+    let d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
+    let cases = cases(&f);
+    let input: String = cases.iter().map(|c| c.json() + "\n").collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_jotd"))
+        .args(["check", "--config", f.config.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(input.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    let offline: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rt = runtime();
+    let online = rt.block_on(async {
+        let c = client(&f, &d);
+        let items: Vec<Item<'_>> = cases.iter().map(Case::item).collect();
+        c.verify_all(&items).await.unwrap()
+    });
+    assert_eq!(offline.len(), cases.len());
+    let reasons: Vec<&str> = offline
+        .iter()
+        .map(|v| v["reason"].as_str().unwrap())
+        .collect();
+    // The cases cover what they claim to.
+    assert_eq!(
+        reasons,
+        [
+            "ok",
+            "method_not_allowed",
+            "ok",
+            "address_not_allowed",
+            "ok",
+            "expired",
+            "revoked",
+            "not_yet_valid",
+            "bad_signature",
+            "unknown_kid",
+            "malformed",
+            "malformed",
+            "ok_no_auth",
+            "missing_token",
+            "unknown_tenant",
+            "ok",
+            "permission_denied",
+            "permission_denied",
+        ]
+    );
+    for (i, (off, on)) in offline.iter().zip(&online).enumerate() {
+        assert_eq!(*off, as_check_json(i, on), "case {i}: {}", cases[i].json());
+    }
+
+    // Every decision was counted once in the metrics, by reason.
+    let (status, metrics) = d.get("/metrics");
+    assert_eq!(status, 200);
+    let total: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("jotd_tokens_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(total as usize, cases.len(), "{metrics}");
+    assert!(
+        metrics.contains(r#"jotd_tokens_total{outcome="deny",reason="revoked",alg="HS256"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"jotd_batches_total{result="decided"} 1"#));
+    assert!(!metrics.contains("infura"), "no tenant labels");
+    let (status, body) = d.get("/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = d.get("/readyz");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn sighup_reloads_and_a_bad_config_keeps_the_old_one_serving() {
+    let f = fixture("reload");
+    let d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
+    let hs =
+        f.hs.mint(
+            Some("hs"),
+            &format!(r#"{{"sub":"bob","exp":{}}}"#, now() + 3600),
+        )
+        .unwrap();
+    let rt = runtime();
+    let c = rt.block_on(async { client(&f, &d) });
+    let decide = |c: &Client| {
+        rt.block_on(async {
+            let items = [Item {
+                token: Some(hs.as_bytes()),
+                tenant: "infura",
+                method: Some("eth_call"),
+                addresses: vec![],
+                origin: None,
+                user_agent: None,
+            }];
+            c.verify_all(&items).await.unwrap()[0]
+                .reason()
+                .unwrap()
+                .as_str()
+        })
+    };
+    assert_eq!(decide(&c), "ok");
+
+    // The HS256 key leaves the config: after SIGHUP its tokens stop passing.
+    write_config(&f.dir, false);
+    d.signal("-HUP");
+    d.wait_log("config reloaded");
+    assert_eq!(decide(&c), "alg_not_allowed");
+
+    // A broken config is rejected whole; the last good one keeps serving.
+    std::fs::write(
+        &f.config,
+        "[[tenant]]\nid = \"infura\"\npolicy = \"bogus\"\n",
+    )
+    .unwrap();
+    d.signal("-HUP");
+    d.wait_log("config reload rejected");
+    assert_eq!(decide(&c), "alg_not_allowed");
+    let line = d
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("config reload rejected"))
+        .cloned()
+        .unwrap();
+    assert!(
+        line.contains("jotd.toml:3") && line.contains("policy"),
+        "{line}"
+    );
+    let (_, metrics) = d.get("/metrics");
+    assert!(metrics.contains(r#"jotd_config_reloads_total{result="rejected"} 1"#));
+
+    // Fixed again, and noticed by the file watcher without a signal.
+    write_config(&f.dir, true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while decide(&c) != "ok" {
+        assert!(Instant::now() < deadline, "file change not picked up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn sigterm_drains_the_batch_in_flight_then_exits() {
+    let f = fixture("drain");
+    let mut d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
+    let n = now();
+    // Distinct ES256 tokens: no cache shortcut, a batch that takes a while.
+    let tokens: Vec<String> = (0..4096)
+        .map(|i| {
+            f.es.mint(
+                Some("es"),
+                &format!(
+                    r#"{{"sub":"{i}","exp":{},"permissions":["*:*"]}}"#,
+                    n + 3600
+                ),
+            )
+            .unwrap()
+        })
+        .collect();
+    let rt = runtime();
+    let c = rt.block_on(async { client(&f, &d) });
+    let decided = rt.block_on(async {
+        let items: Vec<Item<'_>> = tokens
+            .iter()
+            .map(|t| Item {
+                token: Some(t.as_bytes()),
+                tenant: "besu",
+                method: Some("eth_call"),
+                addresses: vec![],
+                origin: None,
+                user_agent: None,
+            })
+            .collect();
+        let mut pending = c.verify(&items).await.unwrap();
+        let mut allowed = 0;
+        let mut chunks = 0;
+        while pending
+            .next_chunk(|chunk| {
+                allowed += chunk.decisions.iter().filter(|d| d.allow).count();
+            })
+            .await
+            .unwrap()
+        {
+            chunks += 1;
+            if chunks == 1 {
+                // The batch is in flight: ask the daemon to stop.
+                d.signal("-TERM");
+            }
+        }
+        allowed
+    });
+    assert_eq!(decided, 4096, "every item of the in-flight batch decided");
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    d.wait_log("drained; all batches in flight finished");
+}
+
+#[test]
+fn development_defaults_need_no_files() {
+    let dir = scratch_dir("dev");
+    let d = Daemon::start(&[], &dir);
+    d.wait_log("development defaults");
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "jotd.toml",
+        "keys/rs256.pk8.der",
+        "keys/es256.pk8.der",
+        "keys/eddsa.pk8.der",
+        "keys/hs256.secret",
+    ] {
+        assert!(dir.join("jotd-dev").join(f).is_file(), "{f}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("jotd-dev/keys/rs256.pk8.der"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "private keys are not readable by others");
+    }
+    // A token minted with a demo key passes, through the demo CA.
+    let dev = dir.join("jotd-dev");
+    let key = SigningKey::from_pkcs8(
+        Algorithm::EdDsa,
+        &std::fs::read(dev.join("keys/eddsa.pk8.der")).unwrap(),
+    )
+    .unwrap();
+    let token = key
+        .mint(
+            Some("eddsa"),
+            &format!(r#"{{"sub":"dev","aud":"jotd-dev","exp":{}}}"#, now() + 60),
+        )
+        .unwrap();
+    let ca = std::fs::read(dev.join("ca.pem")).unwrap();
+    let rt = runtime();
+    let got = rt.block_on(async {
+        let c = Client::new(ClientOptions::new(
+            vec![d.quic],
+            client_config(&ca, None).unwrap(),
+        ))
+        .unwrap();
+        let items = [Item {
+            token: Some(token.as_bytes()),
+            tenant: "demo",
+            method: Some("eth_call"),
+            addresses: vec![],
+            origin: None,
+            user_agent: None,
+        }];
+        c.verify_all(&items).await.unwrap()
+    });
+    assert_eq!(got[0].reason().unwrap().as_str(), "ok");
+    assert_eq!(got[0].kid.as_deref(), Some("eddsa"));
+}
+
+#[test]
+fn serve_refuses_bad_settings_with_file_line_and_key() {
+    let f = fixture("badsettings");
+    std::fs::write(
+        &f.config,
+        "[server]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\nmax_streams_per_connection = 0\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_jotd"))
+        .args(["serve", "--config", f.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("jotd.toml:4: server.max_streams_per_connection: must be at least 1"),
+        "{err}"
+    );
+    // A key file that is not a key.
+    std::fs::write(
+        &f.config,
+        "[server]\ncert_file = \"server.pem\"\nkey_file = \"server.pem\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_jotd"))
+        .args(["serve", "--config", f.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("key_file"), "{err}");
+}
