@@ -307,7 +307,6 @@ impl Client {
     /// # Errors
     /// The batch cannot be encoded, or no endpoint could take it.
     pub async fn verify(&self, items: &[Item<'_>]) -> Result<Pending<'_>, ClientError> {
-        let deadline = Instant::now() + self.opts.batch_timeout;
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Vec::new();
         encode_batch(
@@ -318,6 +317,22 @@ impl Client {
             &mut frame,
         )
         .map_err(|e| ClientError::Encode(e.to_string()))?;
+        self.verify_frame(&frame, request_id, items.len()).await
+    }
+
+    /// Sends an already encoded Batch frame (see [`crate::encode_batch`]) of
+    /// `items` items with `request_id`: for callers that send the same batches
+    /// many times (load generators) and would rather not encode each time.
+    ///
+    /// # Errors
+    /// No endpoint could take the batch, or the batch timed out.
+    pub async fn verify_frame(
+        &self,
+        frame: &[u8],
+        request_id: u64,
+        items: usize,
+    ) -> Result<Pending<'_>, ClientError> {
+        let deadline = Instant::now() + self.opts.batch_timeout;
         let mut last = ClientError::Unavailable("no endpoints".into());
         // Try each slot at most once; a batch is only retried elsewhere while
         // nothing of it has been sent.
@@ -341,11 +356,11 @@ impl Client {
                 }
                 Ok(Ok(x)) => x,
             };
-            slot.outstanding.fetch_add(items.len(), Ordering::Relaxed);
-            let guard = Outstanding(&slot.outstanding, items.len());
+            slot.outstanding.fetch_add(items, Ordering::Relaxed);
+            let guard = Outstanding(&slot.outstanding, items);
             let written = tokio::time::timeout(
                 deadline.saturating_duration_since(Instant::now()),
-                send.write_all(&frame),
+                send.write_all(frame),
             )
             .await;
             match written {
@@ -365,8 +380,8 @@ impl Client {
                 recv,
                 _guard: guard,
                 request_id,
-                items: items.len(),
-                seen: vec![false; items.len()],
+                items,
+                seen: vec![false; items],
                 decided: 0,
                 buf: Vec::new(),
                 start: 0,

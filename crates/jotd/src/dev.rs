@@ -5,7 +5,7 @@
 //! TLS), demo signing keys (RS256, ES256, EdDSA, HS256) with their public
 //! halves, a denylist and `jotd.toml` wiring it all up: tenant `demo`
 //! (allowlist policy, audience `jotd-dev`, `web3_clientVersion` needs no
-//! token) and tenant `demo-besu` (permissions policy). The load harness and
+//! token) and tenant `demo-besu` (permissions policy, same audience and no-auth method). The load harness and
 //! the client read the same directory. Private keys are written mode 0600.
 
 use anyhow::Context;
@@ -62,6 +62,7 @@ pub(crate) fn generate(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
     write(&dir.join("client.key"), pki.client_key_pem.as_bytes(), true)?;
 
     let mut key_entries = String::new();
+    let mut manifest_keys = Vec::new();
     for (kid, alg, stem) in DEMO_KEYS {
         let key = SigningKey::generate(alg).with_context(|| format!("generating {alg}"))?;
         if let Some(secret) = key.hmac_secret() {
@@ -74,6 +75,9 @@ pub(crate) fn generate(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
             key_entries.push_str(&format!(
                 "[[tenant.key]]\nkid = \"{kid}\"\nname = \"demo {alg}\"\nalg = \"{alg}\"\nsecret_base64 = \"{b64}\"\n\n"
             ));
+            manifest_keys.push(serde_json::json!({
+                "kid": kid, "alg": alg.as_str(), "secret_base64_file": format!("keys/{stem}.secret")
+            }));
         } else {
             let pk8 = key.to_pkcs8().context("exporting a demo key")?;
             write(&dir.join(format!("keys/{stem}.pk8.der")), &pk8, true)?;
@@ -91,6 +95,9 @@ pub(crate) fn generate(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
             key_entries.push_str(&format!(
                 "[[tenant.key]]\nkid = \"{kid}\"\nname = \"demo {alg}\"\nalg = \"{alg}\"\npem_file = \"keys/{stem}.pub.pem\"\n\n"
             ));
+            manifest_keys.push(serde_json::json!({
+                "kid": kid, "alg": alg.as_str(), "pkcs8_file": format!("keys/{stem}.pk8.der")
+            }));
         }
     }
     write(
@@ -124,9 +131,30 @@ claims_to_return = ["scope"]
 id = "demo-besu"
 policy = "permissions"
 audiences = ["{DEMO_AUDIENCE}"]
+no_auth_methods = ["web3_clientVersion"]
 
 {key_entries}"#
     );
+    // What the load harness (`jotd-load run --dev`) needs to mint tokens and
+    // know each one's expected decision.
+    let manifest = serde_json::json!({
+        "endpoint": listen,
+        "ca": "ca.pem",
+        "audience": DEMO_AUDIENCE,
+        "no_auth_method": "web3_clientVersion",
+        "revoked_sub": "revoked-user",
+        "revoked_tenants": ["demo"],
+        "keys": manifest_keys,
+        "tenants": [
+            {"id": "demo", "policy": "allowlist"},
+            {"id": "demo-besu", "policy": "permissions"},
+        ],
+    });
+    write(
+        &dir.join("load.json"),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+        false,
+    )?;
     let path = dir.join("jotd.toml");
     // The config holds the HMAC secret: private.
     write(&path, config.as_bytes(), true)?;
@@ -139,6 +167,7 @@ client.pem/.key       a client certificate for trying mutual TLS\n\
 keys/*.pk8.der        demo private keys (PKCS#8) for minting tokens; *.pub.pem their public keys\n\
 keys/hs256.secret     the HS256 secret (base64)\n\
 revoked.toml          denylist: sub \"revoked-user\" of tenant demo\n\
+load.json             what jotd-load --dev reads: endpoint, CA, keys, tenants, expected-decision facts\n\
 jotd.toml             the config jotd serve runs on\n",
         false,
     )?;

@@ -1,0 +1,661 @@
+//! `jotd-load run`: drive the daemon, check every decision, report.
+//!
+//! Open loop (`--rate`): batch *i* is due at `start + i × batch / rate`;
+//! latency is measured from that intended time, so a stalled server shows up
+//! as latency instead of as fewer requests (no coordinated omission). Closed
+//! loop (`--max`): each of `connections × streams` workers sends its next
+//! batch as soon as the last one is answered.
+
+use crate::workload::{Batch, Manifest, build_batches, build_pool, parse_mix};
+use anyhow::{Context, bail};
+use clap::Args;
+use hdrhistogram::Histogram;
+use jotd_core::{Algorithm, Reason};
+use jotd_transport::{Client, ClientError, ClientOptions, client_config};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Options of `jotd-load run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Target `jotd serve`'s development defaults: reads ./jotd-dev/load.json.
+    #[arg(long)]
+    dev: bool,
+    /// The manifest written by `jotd serve` (dev) or `jotd-load tenants`.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Daemon address (repeatable); default: the manifest's.
+    #[arg(long = "endpoint")]
+    endpoints: Vec<String>,
+    /// CA certificate (PEM); default: the manifest's.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM), for mutual TLS.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM), for mutual TLS.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Server name to expect in the certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// QUIC connections per endpoint.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Concurrent batches (streams) per connection.
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// Items per batch.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Algorithms to sign with (comma-separated); default: every manifest key.
+    #[arg(long, value_delimiter = ',')]
+    algs: Vec<String>,
+    /// How long to run: `10` (seconds), `10s`, `500ms`, `5m`. Default 10 s unless --count.
+    #[arg(long)]
+    duration: Option<String>,
+    /// Stop after this many tokens.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Open loop at this many tokens per second.
+    #[arg(long, conflicts_with = "max")]
+    rate: Option<f64>,
+    /// Closed loop, as fast as answers come (the default without --rate).
+    #[arg(long)]
+    max: bool,
+    /// Distinct valid tokens per tenant and key (the rest of the run reuses them).
+    #[arg(long, default_value_t = 256)]
+    distinct: usize,
+    /// Tenants of the manifest to use.
+    #[arg(long, default_value_t = 16)]
+    tenants: usize,
+    /// Outcome mix, e.g. `valid=0.9,expired=0.02,bad_signature=0.02,...`.
+    #[arg(long, default_value = "valid=1")]
+    mix: String,
+    /// Per-batch timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// I/O threads of the harness (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+    /// The daemon's metrics URL (`http://127.0.0.1:9464/metrics`), to report its memory.
+    #[arg(long)]
+    metrics_url: Option<String>,
+    /// Soak: every this many seconds, rewrite `--reload-config` with a rotated key.
+    #[arg(long, requires = "reload_config")]
+    reload_every: Option<u64>,
+    /// Soak: the daemon's config file (its last tenant gets the rotated key).
+    #[arg(long)]
+    reload_config: Option<PathBuf>,
+}
+
+/// Parses `10`, `10s`, `500ms`, `5m`, `1h`.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let t = text.trim();
+    let (num, unit) = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((t, "s"), |i| t.split_at(i));
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("--duration `{text}`: expected e.g. 10, 10s, 500ms, 5m"))?;
+    let secs = match unit {
+        "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => bail!("--duration `{text}`: unit must be ms, s, m or h"),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        bail!("--duration `{text}` must be positive");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The report (`--json`); these field names are relied on by scripts.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    /// Decisions received.
+    pub tokens: u64,
+    /// Batches answered (or failed).
+    pub batches: u64,
+    /// Wall time of the load phase.
+    pub seconds: f64,
+    /// `tokens / seconds`.
+    pub tokens_per_s: f64,
+    /// `batches / seconds`.
+    pub batches_per_s: f64,
+    /// Items per batch.
+    pub batch_size: usize,
+    /// Open loop at a rate, or closed loop.
+    pub mode: String,
+    /// Batch latency (from the intended send time in open loop).
+    pub latency_us: Latency,
+    /// Decisions by reason code.
+    pub reasons: BTreeMap<String, u64>,
+    /// Decisions that differ from the expected one.
+    pub mismatches: u64,
+    /// Items without a decision (their batch failed).
+    pub missing: u64,
+    /// Batches that failed as a whole.
+    pub batch_errors: u64,
+    /// Batch failures by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// The first few mismatches, described.
+    pub first_mismatches: Vec<String>,
+    /// CPU seconds the harness used during the load.
+    pub client_cpu_s: f64,
+    /// Config rewrites done (soak mode).
+    pub reloads: u64,
+    /// Daemon resident memory before the load (from `--metrics-url`).
+    pub daemon_rss_bytes_start: Option<f64>,
+    /// Daemon resident memory after the load.
+    pub daemon_rss_bytes_end: Option<f64>,
+}
+
+impl Report {
+    /// Every item got exactly one decision and each was the expected one.
+    #[must_use]
+    pub const fn passed(&self) -> bool {
+        self.mismatches == 0 && self.missing == 0 && self.batch_errors == 0
+    }
+}
+
+/// Batch latency percentiles, microseconds.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+struct Shared {
+    batches: Vec<Batch>,
+    batch: usize,
+    next: AtomicU64,
+    stop: AtomicBool,
+    limit_batches: Option<u64>,
+    start: Instant,
+    interval: Option<Duration>,
+    tokens_done: AtomicU64,
+    errors_live: AtomicU64,
+    window: Mutex<Histogram<u64>>,
+}
+
+#[derive(Default)]
+struct Local {
+    tokens: u64,
+    batches: u64,
+    reasons: BTreeMap<u16, u64>,
+    mismatches: u64,
+    missing: u64,
+    batch_errors: u64,
+    errors: BTreeMap<String, u64>,
+    first_mismatches: Vec<String>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+fn error_kind(e: &ClientError) -> String {
+    match e {
+        ClientError::Server { code, .. } => format!(
+            "server_{}",
+            jotd_transport::ErrorCode::from_code(*code)
+                .map_or_else(|| code.to_string(), |c| format!("{c:?}").to_lowercase())
+        ),
+        ClientError::Timeout(_) => "timeout".into(),
+        ClientError::Connection(_) => "connection".into(),
+        ClientError::Unavailable(_) => "unavailable".into(),
+        ClientError::Protocol(_) => "protocol".into(),
+        ClientError::Encode(_) => "encode".into(),
+        ClientError::Config(_) => "config".into(),
+    }
+}
+
+async fn worker(client: Arc<Client>, s: Arc<Shared>) -> (Local, Histogram<u64>) {
+    let mut local = Local::default();
+    let mut hist = histogram();
+    loop {
+        if s.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let i = s.next.fetch_add(1, Ordering::Relaxed);
+        if s.limit_batches.is_some_and(|l| i >= l) {
+            break;
+        }
+        let intended = match s.interval {
+            Some(every) => {
+                let due = s.start + every.mul_f64(i as f64);
+                tokio::time::sleep_until(due.into()).await;
+                if s.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                due
+            }
+            None => Instant::now(),
+        };
+        let b = &s.batches[(i as usize) % s.batches.len()];
+        let n = b.expected.len() as u64;
+        let mut decided = 0u64;
+        let result = async {
+            let mut p = client
+                .verify_frame(&b.frame, b.request_id, b.expected.len())
+                .await?;
+            while p
+                .next_chunk(|chunk| {
+                    for d in &chunk.decisions {
+                        decided += 1;
+                        *local.reasons.entry(d.reason).or_default() += 1;
+                        let want = b.expected[d.index as usize];
+                        if d.reason != want {
+                            local.mismatches += 1;
+                            if local.first_mismatches.len() < 10 {
+                                local.first_mismatches.push(format!(
+                                    "batch {i} item {}: expected {}, got {}",
+                                    d.index,
+                                    name(want),
+                                    name(d.reason)
+                                ));
+                            }
+                        }
+                    }
+                })
+                .await?
+            {}
+            Ok::<(), ClientError>(())
+        }
+        .await;
+        let latency = intended.elapsed().as_micros().max(1) as u64;
+        let _ = hist.record(latency.min(60_000_000));
+        if let Ok(mut w) = s.window.lock() {
+            let _ = w.record(latency.min(60_000_000));
+        }
+        local.batches += 1;
+        local.tokens += decided;
+        if let Err(e) = result {
+            local.batch_errors += 1;
+            local.missing += n - decided.min(n);
+            *local.errors.entry(error_kind(&e)).or_default() += 1;
+            s.errors_live.fetch_add(1, Ordering::Relaxed);
+            if local.errors.values().sum::<u64>() == 1 {
+                eprintln!("jotd-load: batch error: {e}");
+            }
+        }
+        s.tokens_done.fetch_add(decided, Ordering::Relaxed);
+    }
+    (local, hist)
+}
+
+fn name(code: u16) -> String {
+    Reason::from_code(code).map_or_else(|| format!("code {code}"), |r| r.as_str().to_owned())
+}
+
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(") ")?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let st: f64 = f.get(12)?.parse().ok()?;
+            Some((u + st) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Reads one gauge from a Prometheus text endpoint (plain HTTP).
+fn scrape(url: &str, metric: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /{} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        path.trim_start_matches('/')
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.starts_with(metric) && l[metric.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("--endpoint {addr}: not HOST:PORT"))?
+        .next()
+        .with_context(|| format!("--endpoint {addr}: resolves to nothing"))
+}
+
+/// Mints the workload, drives the daemon, checks every decision.
+///
+/// # Errors
+/// Bad flags or files, or no connection to the daemon. Wrong decisions are
+/// not errors: they are counted in the report.
+pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
+    let manifest_path = args
+        .manifest
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("jotd-dev/load.json"));
+    if !args.dev && args.manifest.is_none() && !manifest_path.exists() {
+        bail!(
+            "no --manifest and no ./jotd-dev/load.json: start `jotd serve` (development defaults) first, or pass --manifest"
+        );
+    }
+    let (m, dir) = Manifest::load(&manifest_path)?;
+    let algs = args
+        .algs
+        .iter()
+        .map(|a| {
+            Algorithm::from_name(a).with_context(|| format!("--algs: unknown algorithm `{a}`"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = m.signing_keys(&dir, &algs)?;
+    let mix = parse_mix(&args.mix)?;
+    if args.batch == 0 || args.connections == 0 || args.streams == 0 {
+        bail!("--batch, --connections and --streams must be at least 1");
+    }
+    let duration = match (&args.duration, args.count) {
+        (Some(d), _) => Some(parse_duration(d)?),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let t = Instant::now();
+    let pool = build_pool(&m, &keys, args.tenants, args.distinct, &mix, now)?;
+    let pool_size: usize = pool.by_outcome.iter().map(|(_, e)| e.len()).sum();
+    let batch_count = (pool_size / args.batch + 1).clamp(64, 4096);
+    let batches = build_batches(&pool, &mix, args.batch, batch_count)?;
+    if !args.quiet {
+        eprintln!(
+            "jotd-load: {pool_size} tokens minted for {} tenants × {} keys, {} batches of {} prepared in {:.1}s",
+            pool.tenants.len(),
+            keys.len(),
+            batches.len(),
+            args.batch,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let endpoints: Vec<SocketAddr> = if args.endpoints.is_empty() {
+        vec![resolve(&m.endpoint)?]
+    } else {
+        args.endpoints
+            .iter()
+            .map(|e| resolve(e))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let ca_path = args.ca.clone().unwrap_or_else(|| dir.join(&m.ca));
+    let ca = std::fs::read(&ca_path)
+        .with_context(|| format!("--ca {}: cannot read", ca_path.display()))?;
+    let client_cert = match (&args.cert, &args.key) {
+        (Some(c), Some(k)) => Some((
+            std::fs::read(c).with_context(|| format!("--cert {}", c.display()))?,
+            std::fs::read(k).with_context(|| format!("--key {}", k.display()))?,
+        )),
+        _ => None,
+    };
+    let tls = client_config(
+        &ca,
+        client_cert
+            .as_ref()
+            .map(|(c, k)| (c.as_slice(), k.as_slice())),
+    )?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    let mode = match args.rate {
+        Some(r) => format!("open loop at {r} tokens/s"),
+        None => "closed loop (max)".into(),
+    };
+    let interval = match args.rate {
+        Some(r) if r > 0.0 && r.is_finite() => Some(Duration::from_secs_f64(args.batch as f64 / r)),
+        Some(_) => bail!("--rate must be a positive number of tokens per second"),
+        None => None,
+    };
+    let rss_start = args
+        .metrics_url
+        .as_deref()
+        .and_then(|u| scrape(u, "process_resident_memory_bytes"));
+    let report = rt.block_on(async {
+        let mut opts = ClientOptions::new(endpoints, tls);
+        opts.connections_per_endpoint = args.connections;
+        opts.server_name = args.server_name.clone();
+        opts.batch_timeout = Duration::from_millis(args.timeout_ms);
+        let client = Arc::new(Client::new(opts)?);
+        client
+            .connect_all()
+            .await
+            .context("connecting to the daemon")?;
+        let shared = Arc::new(Shared {
+            batches,
+            batch: args.batch,
+            next: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            limit_batches: args.count.map(|c| c.div_ceil(args.batch as u64)),
+            start: Instant::now(),
+            interval,
+            tokens_done: AtomicU64::new(0),
+            errors_live: AtomicU64::new(0),
+            window: Mutex::new(histogram()),
+        });
+        let cpu0 = cpu_seconds();
+        let workers = args.connections * args.streams * client_endpoints(args);
+        let mut tasks = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            tasks.push(tokio::spawn(worker(Arc::clone(&client), Arc::clone(&shared))));
+        }
+        // Progress, the duration limit, soak reloads.
+        let monitor = {
+            let s = Arc::clone(&shared);
+            let quiet = args.quiet;
+            let reload = args.reload_every.zip(args.reload_config.clone());
+            tokio::spawn(async move {
+                let mut last = 0;
+                let mut reloads = 0u64;
+                let original = match &reload {
+                    Some((_, path)) => std::fs::read_to_string(path).ok(),
+                    None => None,
+                };
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let elapsed = s.start.elapsed();
+                    let done = s.tokens_done.load(Ordering::Relaxed);
+                    if !quiet {
+                        let p99 = s.window.lock().map(|mut w| {
+                            let v = w.value_at_quantile(0.99);
+                            w.reset();
+                            v
+                        });
+                        eprintln!(
+                            "[{:>5.0}s] {:>10.0} tokens/s  p99 {:>8} µs  errors {}",
+                            elapsed.as_secs_f64(),
+                            (done - last) as f64,
+                            p99.unwrap_or(0),
+                            s.errors_live.load(Ordering::Relaxed)
+                        );
+                    }
+                    last = done;
+                    if let (Some((every, path)), Some(text)) = (&reload, &original)
+                        && elapsed.as_secs() > 0
+                        && elapsed.as_secs().is_multiple_of(*every)
+                    {
+                        reloads += 1;
+                        // Rotate: the last tenant gets a fresh HS256 key (kid rot-N).
+                        let secret: String = format!("{:032x}", now as u128 * 7919 + u128::from(reloads));
+                        let rotated = format!(
+                            "{text}\n[[tenant.key]]\nkid = \"rot-{reloads}\"\nalg = \"HS256\"\nsecret = \"{secret}\"\n"
+                        );
+                        if let Err(e) = std::fs::write(path, rotated) {
+                            eprintln!("jotd-load: cannot rewrite {}: {e}", path.display());
+                        }
+                    }
+                    if duration.is_some_and(|d| elapsed >= d) {
+                        s.stop.store(true, Ordering::Relaxed);
+                    }
+                    if s.stop.load(Ordering::Relaxed) {
+                        if let (Some((_, path)), Some(text)) = (&reload, &original) {
+                            let _ = std::fs::write(path, text);
+                        }
+                        return reloads;
+                    }
+                }
+            })
+        };
+        let mut total = Local::default();
+        let mut hist = histogram();
+        for t in tasks {
+            let (l, h) = t.await?;
+            total.tokens += l.tokens;
+            total.batches += l.batches;
+            total.mismatches += l.mismatches;
+            total.missing += l.missing;
+            total.batch_errors += l.batch_errors;
+            for (k, v) in l.reasons {
+                *total.reasons.entry(k).or_default() += v;
+            }
+            for (k, v) in l.errors {
+                *total.errors.entry(k).or_default() += v;
+            }
+            total.first_mismatches.extend(l.first_mismatches);
+            hist.add(h).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let seconds = shared.start.elapsed().as_secs_f64();
+        shared.stop.store(true, Ordering::Relaxed);
+        let reloads = monitor.await.unwrap_or(0);
+        let cpu = cpu_seconds() - cpu0;
+        client.close();
+        total.first_mismatches.truncate(10);
+        Ok::<_, anyhow::Error>(Report {
+            tokens: total.tokens,
+            batches: total.batches,
+            seconds,
+            tokens_per_s: total.tokens as f64 / seconds,
+            batches_per_s: total.batches as f64 / seconds,
+            batch_size: shared.batch,
+            mode,
+            latency_us: Latency {
+                p50: hist.value_at_quantile(0.50),
+                p90: hist.value_at_quantile(0.90),
+                p99: hist.value_at_quantile(0.99),
+                p999: hist.value_at_quantile(0.999),
+                max: hist.max(),
+            },
+            reasons: total
+                .reasons
+                .into_iter()
+                .map(|(k, v)| (name(k), v))
+                .collect(),
+            mismatches: total.mismatches,
+            missing: total.missing,
+            batch_errors: total.batch_errors,
+            errors: total.errors,
+            first_mismatches: total.first_mismatches,
+            client_cpu_s: cpu,
+            reloads,
+            daemon_rss_bytes_start: rss_start,
+            daemon_rss_bytes_end: None,
+        })
+    })?;
+    let mut report = report;
+    report.daemon_rss_bytes_end = args
+        .metrics_url
+        .as_deref()
+        .and_then(|u| scrape(u, "process_resident_memory_bytes"));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("--json {}: cannot write", path.display()))?;
+    }
+    Ok(report)
+}
+
+fn client_endpoints(args: &RunArgs) -> usize {
+    args.endpoints.len().max(1)
+}
+
+/// The human report.
+pub fn print(r: &Report) {
+    println!("mode            {}", r.mode);
+    println!(
+        "tokens          {} in {:.2}s = {:.0} tokens/s ({:.0} batches/s of {})",
+        r.tokens, r.seconds, r.tokens_per_s, r.batches_per_s, r.batch_size
+    );
+    println!(
+        "latency (µs)    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        r.latency_us.p50, r.latency_us.p90, r.latency_us.p99, r.latency_us.p999, r.latency_us.max
+    );
+    println!(
+        "reasons         {}",
+        serde_json::to_string(&r.reasons).unwrap_or_default()
+    );
+    println!(
+        "checked         mismatches {}  missing {}  batch errors {} {}",
+        r.mismatches,
+        r.missing,
+        r.batch_errors,
+        if r.errors.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&r.errors).unwrap_or_default()
+        }
+    );
+    for m in &r.first_mismatches {
+        println!("  mismatch: {m}");
+    }
+    println!("client cpu      {:.2}s", r.client_cpu_s);
+    if r.reloads > 0 {
+        println!("reloads         {}", r.reloads);
+    }
+    if let (Some(a), Some(b)) = (r.daemon_rss_bytes_start, r.daemon_rss_bytes_end) {
+        println!(
+            "daemon rss      {:.1} MiB → {:.1} MiB",
+            a / 1048576.0,
+            b / 1048576.0
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

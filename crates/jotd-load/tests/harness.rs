@@ -1,0 +1,302 @@
+//! The harness against an in-process daemon: zero mismatches on a mixed
+//! workload; and against a server that flips one answer: exactly one
+//! mismatch, and a failed run. So the harness's checking can fail.
+
+use jotd_core::{Engine, EngineConfig, Snapshot, UnixTime};
+use jotd_load::{Outcome, main_with, run::Report};
+use jotd_transport::{
+    Backend, Limits, Server, ServerOptions, decode_decisions, encode_decisions, next_frame,
+    serve_stream, server_config,
+};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+const MIX: &str = "valid=0.4,expired=0.06,not_yet_valid=0.06,bad_signature=0.06,unknown_kid=0.06,wrong_audience=0.06,policy_deny=0.06,malformed=0.06,revoked=0.06,missing_token=0.06,no_auth=0.06";
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("jotd-load-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn tenants(dir: &Path) {
+    let out = main_with([
+        "jotd-load",
+        "tenants",
+        "--count",
+        "6",
+        "--algs",
+        "ES256,EdDSA,HS256",
+        "--out",
+        dir.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert!(matches!(out, Outcome::Done));
+}
+
+fn snapshot(dir: &Path) -> Snapshot {
+    let cfg = jotd_keys::load(&dir.join("jotd.toml"), &|p| std::fs::read(p)).unwrap();
+    cfg.snapshot(1, &|_, _| None)
+}
+
+fn now() -> UnixTime {
+    UnixTime(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+}
+
+struct Fixed(Arc<Snapshot>);
+
+impl Backend for Fixed {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.0)
+    }
+    fn now(&self) -> UnixTime {
+        now()
+    }
+}
+
+fn tls(dir: &Path) -> rustls::ServerConfig {
+    server_config(
+        &std::fs::read(dir.join("server.pem")).unwrap(),
+        &std::fs::read(dir.join("server.key")).unwrap(),
+        None,
+    )
+    .unwrap()
+}
+
+fn run_harness(dir: &Path, addr: SocketAddr, count: &str) -> Report {
+    let out = main_with([
+        "jotd-load",
+        "run",
+        "--manifest",
+        dir.join("load.json").to_str().unwrap(),
+        "--endpoint",
+        &addr.to_string(),
+        "--count",
+        count,
+        "--batch",
+        "32",
+        "--distinct",
+        "8",
+        "--tenants",
+        "6",
+        "--connections",
+        "1",
+        "--streams",
+        "4",
+        "--threads",
+        "2",
+        "--quiet",
+        "--mix",
+        MIX,
+    ])
+    .unwrap();
+    match out {
+        Outcome::Ran(r) => r,
+        Outcome::Done => panic!("run reports"),
+    }
+}
+
+#[test]
+fn zero_mismatches_against_the_real_server_on_a_mixed_workload() {
+    let dir = scratch("real");
+    tenants(&dir);
+    let snap = Arc::new(snapshot(&dir));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (addr, stop) = rt.block_on(async {
+        let server = Server::bind(
+            ServerOptions {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                ..ServerOptions::default()
+            },
+            tls(&dir),
+            Arc::new(Engine::new(EngineConfig::default())),
+            Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(2)
+                    .build()
+                    .unwrap(),
+            ),
+            Arc::new(Fixed(snap)),
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        (addr, tx)
+    });
+    let r = run_harness(&dir, addr, "8000");
+    assert!(r.passed(), "{r:#?}");
+    assert_eq!(r.tokens, 8000);
+    assert_eq!(r.mismatches, 0);
+    for reason in [
+        "ok",
+        "expired",
+        "not_yet_valid",
+        "bad_signature",
+        "unknown_kid",
+        "bad_audience",
+        "method_not_allowed",
+        "permission_denied",
+        "malformed",
+        "revoked",
+        "missing_token",
+        "ok_no_auth",
+    ] {
+        assert!(
+            r.reasons.get(reason).copied().unwrap_or(0) > 0,
+            "no {reason}: {r:#?}"
+        );
+    }
+    let _ = stop.send(());
+}
+
+/// A server that answers through `serve_stream` but flips the first decision
+/// of its fifth stream.
+async fn flipping_server(dir: &Path, snap: Arc<Snapshot>) -> SocketAddr {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls(dir)).unwrap();
+    let endpoint = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let engine = Arc::new(Engine::new(EngineConfig::default()));
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap(),
+    );
+    let streams = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let (engine, pool, snap, streams) = (
+                Arc::clone(&engine),
+                Arc::clone(&pool),
+                Arc::clone(&snap),
+                Arc::clone(&streams),
+            );
+            tokio::spawn(async move {
+                let conn = incoming.await.unwrap();
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let (engine, pool, snap) =
+                        (Arc::clone(&engine), Arc::clone(&pool), Arc::clone(&snap));
+                    let nth = streams.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let input = recv.read_to_end(1 << 24).await.unwrap();
+                        let frames = tokio::task::spawn_blocking(move || {
+                            let out = std::sync::Mutex::new(Vec::new());
+                            serve_stream(
+                                &engine,
+                                &pool,
+                                &snap,
+                                &input,
+                                &Limits::default(),
+                                now(),
+                                &|f| out.lock().unwrap().push(f),
+                            );
+                            out.into_inner().unwrap()
+                        })
+                        .await
+                        .unwrap();
+                        for (i, frame) in frames.iter().enumerate() {
+                            if nth == 4 && i == 0 {
+                                let raw = next_frame(frame, &Limits::default()).unwrap().unwrap();
+                                let mut chunk = decode_decisions(raw.body).unwrap();
+                                let d = &mut chunk.decisions[0];
+                                // The wrong answer: a deny becomes ok, anything else bad_signature.
+                                let ok = jotd_core::Reason::Ok.code();
+                                let bad = jotd_core::Reason::BadSignature.code();
+                                d.reason = if d.reason == ok { bad } else { ok };
+                                d.allow = !d.allow;
+                                let mut flipped = Vec::new();
+                                encode_decisions(&chunk, &mut flipped).unwrap();
+                                send.write_all(&flipped).await.unwrap();
+                            } else {
+                                send.write_all(frame).await.unwrap();
+                            }
+                        }
+                        let _ = send.finish();
+                        let _ = send.stopped().await;
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_flipped_answer_is_caught_and_fails_the_run() {
+    let dir = scratch("flip");
+    tenants(&dir);
+    let snap = Arc::new(snapshot(&dir));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = rt.block_on(flipping_server(&dir, snap));
+    let r = run_harness(&dir, addr, "640");
+    assert_eq!(r.mismatches, 1, "{r:#?}");
+    assert_eq!(r.missing, 0);
+    assert!(!r.passed());
+    assert_eq!(r.first_mismatches.len(), 1);
+}
+
+#[test]
+fn bad_flags_are_named() {
+    let e = main_with([
+        "jotd-load",
+        "run",
+        "--mix",
+        "valid=1,nope=2",
+        "--manifest",
+        "/nonexistent/load.json",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("/nonexistent/load.json"), "{e}");
+    let dir = scratch("flags");
+    tenants(&dir);
+    let m = dir.join("load.json");
+    let e = main_with([
+        "jotd-load",
+        "run",
+        "--manifest",
+        m.to_str().unwrap(),
+        "--mix",
+        "valid=1,nope=2",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("unknown outcome `nope`"), "{e}");
+    let e = main_with([
+        "jotd-load",
+        "run",
+        "--manifest",
+        m.to_str().unwrap(),
+        "--duration",
+        "5 parsecs",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--duration"), "{e}");
+    let e = main_with([
+        "jotd-load",
+        "run",
+        "--manifest",
+        m.to_str().unwrap(),
+        "--algs",
+        "RS999",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("RS999"), "{e}");
+}
