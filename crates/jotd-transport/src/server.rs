@@ -237,6 +237,16 @@ pub enum ServerError {
     Limit(String),
 }
 
+/// Path MTU discovery up to jumbo frames: batches are tens of kilobytes, and
+/// fewer, larger packets cost far less CPU on both ends. Discovery probes; a
+/// path that drops large packets keeps the size it proved (quinn's black-hole
+/// detection falls back).
+pub(crate) fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
+    let mut m = quinn::MtuDiscoveryConfig::default();
+    m.upper_bound(8952);
+    m
+}
+
 fn transport(opts: &ServerOptions) -> Result<quinn::TransportConfig, ServerError> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(opts.max_streams_per_connection))
@@ -245,7 +255,8 @@ fn transport(opts: &ServerOptions) -> Result<quinn::TransportConfig, ServerError
             quinn::IdleTimeout::try_from(opts.idle_timeout)
                 .map_err(|_| ServerError::Limit("idle_timeout is too long".into()))?,
         ))
-        .keep_alive_interval(Some(opts.keep_alive));
+        .keep_alive_interval(Some(opts.keep_alive))
+        .mtu_discovery_config(Some(mtu_discovery()));
     // A request stream may carry a whole frame; let it arrive without stalls.
     let window = u32::try_from(opts.limits.max_frame_bytes.min(HARD_MAX_FRAME_BYTES) + 5)
         .unwrap_or(u32::MAX);
