@@ -24,6 +24,177 @@ const TIME_BUCKETS: &[f64] = &[
 
 const ALGS: usize = Algorithm::ALL.len() + 1;
 
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric jotd exports, with its help text (docs/operations.md lists the same).
+const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (
+        "jotd_tokens_total",
+        Kind::Counter,
+        "Decisions by outcome (allow/deny), reason code and verified algorithm (none: signature not verified)",
+    ),
+    (
+        "jotd_batches_total",
+        Kind::Counter,
+        "Batches answered: decided, or the error code that failed them as a whole",
+    ),
+    (
+        "jotd_batches_refused_total",
+        Kind::Counter,
+        "Batches refused before verification (overloaded: no room in the tokens-in-flight budget)",
+    ),
+    ("jotd_batch_size", Kind::Histogram, "Items per batch"),
+    (
+        "jotd_batch_duration_seconds",
+        Kind::Histogram,
+        "From the end of a batch's request to its last answer byte handed to QUIC",
+    ),
+    (
+        "jotd_batch_verify_seconds",
+        Kind::Histogram,
+        "Time a batch spent on the verification pool",
+    ),
+    (
+        "jotd_batch_queue_seconds",
+        Kind::Histogram,
+        "Time a batch waited for room in the tokens-in-flight budget",
+    ),
+    (
+        "jotd_key_lookup_misses_total",
+        Kind::Counter,
+        "Decisions whose key was not found (unknown_kid, unknown_tenant, missing_kid)",
+    ),
+    (
+        "jotd_connections_total",
+        Kind::Counter,
+        "QUIC connections accepted",
+    ),
+    (
+        "jotd_connections_refused_total",
+        Kind::Counter,
+        "QUIC connections refused, by why (connection_limit, handshake)",
+    ),
+    (
+        "jotd_streams_aborted_total",
+        Kind::Counter,
+        "Streams whose client reset them or vanished before the answer",
+    ),
+    (
+        "jotd_refetch_reverified_batches_total",
+        Kind::Counter,
+        "Batches whose unknown_kid decisions were re-verified after a JWKS refetch",
+    ),
+    (
+        "jotd_config_reloads_total",
+        Kind::Counter,
+        "Config reloads by result (ok, rejected)",
+    ),
+    (
+        "jotd_config_generation",
+        Kind::Gauge,
+        "Generation of the key snapshot serving now",
+    ),
+    (
+        "jotd_tenants_loaded",
+        Kind::Gauge,
+        "Tenants in the serving snapshot",
+    ),
+    (
+        "jotd_keys_loaded",
+        Kind::Gauge,
+        "Keys in the serving snapshot (static and JWKS)",
+    ),
+    (
+        "jotd_connections_open",
+        Kind::Gauge,
+        "QUIC connections open",
+    ),
+    (
+        "jotd_connections_limit",
+        Kind::Gauge,
+        "server.max_connections",
+    ),
+    (
+        "jotd_streams_open",
+        Kind::Gauge,
+        "Streams (batches) being served",
+    ),
+    (
+        "jotd_tokens_in_flight",
+        Kind::Gauge,
+        "Tokens holding room in the in-flight budget",
+    ),
+    (
+        "jotd_tokens_in_flight_limit",
+        Kind::Gauge,
+        "server.max_tokens_in_flight",
+    ),
+    (
+        "jotd_cache_hits_total",
+        Kind::Counter,
+        "Verified-token cache hits",
+    ),
+    (
+        "jotd_cache_misses_total",
+        Kind::Counter,
+        "Verified-token cache misses",
+    ),
+    (
+        "jotd_cache_evictions_total",
+        Kind::Counter,
+        "Verified-token cache entries dropped (bounds or death)",
+    ),
+    (
+        "jotd_cache_entries",
+        Kind::Gauge,
+        "Verified-token cache entries",
+    ),
+    (
+        "jotd_cache_bytes",
+        Kind::Gauge,
+        "Verified-token cache size, approximate bytes",
+    ),
+    (
+        "jotd_jwks_fetches_total",
+        Kind::Counter,
+        "JWKS fetches by URL and result (ok, failed)",
+    ),
+    (
+        "jotd_jwks_age_seconds",
+        Kind::Gauge,
+        "Seconds since the last good fetch of a JWKS URL (-1: never)",
+    ),
+    (
+        "jotd_jwks_stale",
+        Kind::Gauge,
+        "1 when a JWKS URL is past its stale budget (3 refresh intervals) or never fetched",
+    ),
+    (
+        "jotd_build_info",
+        Kind::Gauge,
+        "Always 1; the version label says which build",
+    ),
+    (
+        "process_cpu_seconds",
+        Kind::Gauge,
+        "CPU time (user + system) the process used, seconds",
+    ),
+    (
+        "process_resident_memory_bytes",
+        Kind::Gauge,
+        "Resident memory of the process",
+    ),
+    (
+        "process_open_fds",
+        Kind::Gauge,
+        "Open file descriptors of the process",
+    ),
+];
+
 fn alg_index(alg: Option<Algorithm>) -> usize {
     alg.and_then(|a| Algorithm::ALL.iter().position(|x| *x == a))
         .unwrap_or(ALGS - 1)
@@ -86,23 +257,13 @@ impl Metrics {
             .set_buckets_for_metric(Matcher::Full("jotd_batch_size".into()), SIZE_BUCKETS)?
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), TIME_BUCKETS)?
             .install_recorder()?;
-        metrics::describe_counter!(
-            "jotd_tokens_total",
-            "Decisions by outcome (allow/deny), reason code and verified algorithm (none: not verified)"
-        );
-        metrics::describe_histogram!("jotd_batch_size", "Items per batch");
-        metrics::describe_histogram!(
-            "jotd_batch_duration_seconds",
-            "From the end of a batch's request to its last answer byte handed to QUIC"
-        );
-        metrics::describe_histogram!(
-            "jotd_batch_verify_seconds",
-            "Time a batch spent on the verification pool"
-        );
-        metrics::describe_histogram!(
-            "jotd_batch_queue_seconds",
-            "Time a batch waited for room in the tokens-in-flight budget"
-        );
+        for (name, kind, help) in DESCRIPTIONS {
+            match kind {
+                Kind::Counter => metrics::describe_counter!(*name, *help),
+                Kind::Gauge => metrics::describe_gauge!(*name, *help),
+                Kind::Histogram => metrics::describe_histogram!(*name, *help),
+            }
+        }
         gauge!("jotd_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         let batches_failed = ERROR_CODES
             .iter()
@@ -207,12 +368,15 @@ impl Metrics {
     /// Samples gauges (server, cache, keys, JWKS, process) once a second.
     pub(crate) fn start_sampler(
         self: &Arc<Self>,
+        limits: &jotd_transport::ServerOptions,
         stats: Arc<ServerStats>,
         engine: Arc<Engine>,
         reloader: Arc<Reloader>,
         fetcher: Arc<JwksFetcher>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        gauge!("jotd_tokens_in_flight_limit").set(limits.max_tokens_in_flight as f64);
+        gauge!("jotd_connections_limit").set(limits.max_connections as f64);
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let s = Sampler::new();
@@ -298,6 +462,12 @@ impl Sampler {
                 .absolute(ok);
             counter!("jotd_jwks_fetches_total", "url" => h.url.clone(), "result" => "failed")
                 .absolute(h.failed_total);
+            // Stale by the same rule as /readyz: never fetched, or older than
+            // STALE_REFRESHES refresh intervals.
+            let stale = h
+                .age
+                .is_none_or(|a| a > h.refresh * crate::admin::STALE_REFRESHES);
+            gauge!("jotd_jwks_stale", "url" => h.url.clone()).set(if stale { 1.0 } else { 0.0 });
             // -1: never fetched successfully.
             gauge!("jotd_jwks_age_seconds", "url" => h.url)
                 .set(h.age.map_or(-1.0, |a| a.as_secs_f64()));

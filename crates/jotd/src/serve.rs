@@ -293,6 +293,7 @@ async fn serve(
     }
     if let Some(m) = &metrics {
         m.start_sampler(
+            &settings.server,
             Arc::clone(&stats),
             Arc::clone(&engine),
             Arc::clone(&reloader),
