@@ -260,16 +260,27 @@ async fn serve(
     let draining = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
-    // JWKS refresh.
+    // JWKS refresh: one log line per failed fetch (retries back off, so
+    // these stay few); the source keeps its last good keys.
     {
         let fetcher = Arc::clone(&fetcher);
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            fetcher
-                .run(async move {
-                    crate::stopped(&mut stop).await;
-                })
-                .await;
+            loop {
+                for (tenant, url, e) in fetcher.refresh_due().await {
+                    warn!(tenant, url, error = %e, "jwks fetch failed; keeping the last good keys");
+                }
+                let now = tokio::time::Instant::now();
+                let wake = fetcher
+                    .next_due()
+                    .unwrap_or(now)
+                    .max(now)
+                    .min(now + Duration::from_secs(1));
+                tokio::select! {
+                    () = crate::stopped(&mut stop) => return,
+                    () = tokio::time::sleep_until(wake) => {}
+                }
+            }
         });
     }
     // Reloads: SIGHUP, and polling the files the config was built from.
