@@ -193,7 +193,8 @@ struct Shared {
     stop: AtomicBool,
     limit_batches: Option<u64>,
     start: Instant,
-    interval: Option<Duration>,
+    /// Open loop: (batch index, due time) released by the pacer thread.
+    paced: Option<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(u64, Instant)>>>,
     tokens_done: AtomicU64,
     errors_live: AtomicU64,
     window: Mutex<Histogram<u64>>,
@@ -238,21 +239,17 @@ async fn worker(client: Arc<Client>, s: Arc<Shared>) -> (Local, Histogram<u64>) 
         if s.stop.load(Ordering::Relaxed) {
             break;
         }
-        let i = s.next.fetch_add(1, Ordering::Relaxed);
+        let (i, intended) = match &s.paced {
+            // Open loop: the pacer thread releases batch i at its due time.
+            Some(rx) => match rx.lock().await.recv().await {
+                Some(x) => x,
+                None => break,
+            },
+            None => (s.next.fetch_add(1, Ordering::Relaxed), Instant::now()),
+        };
         if s.limit_batches.is_some_and(|l| i >= l) {
             break;
         }
-        let intended = match s.interval {
-            Some(every) => {
-                let due = s.start + every.mul_f64(i as f64);
-                tokio::time::sleep_until(due.into()).await;
-                if s.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                due
-            }
-            None => Instant::now(),
-        };
         let b = &s.batches[(i as usize) % s.batches.len()];
         let n = b.expected.len() as u64;
         let mut decided = 0u64;
@@ -454,6 +451,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
             .connect_all()
             .await
             .context("connecting to the daemon")?;
+        let (paced_tx, paced_rx) = match interval {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
             batches,
             batch: args.batch,
@@ -461,11 +465,33 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
             stop: AtomicBool::new(false),
             limit_batches: args.count.map(|c| c.div_ceil(args.batch as u64)),
             start: Instant::now(),
-            interval,
+            paced: paced_rx.map(tokio::sync::Mutex::new),
             tokens_done: AtomicU64::new(0),
             errors_live: AtomicU64::new(0),
             window: Mutex::new(histogram()),
         });
+        // The pacer: a plain thread sleeps to each batch's due time (finer than
+        // tokio's millisecond timer) and hands the batch to whichever worker is
+        // free; when none is, the batch waits and its latency, measured from
+        // the due time, says so.
+        if let (Some(every), Some(tx)) = (interval, paced_tx) {
+            let s = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                for i in 0u64.. {
+                    if s.stop.load(Ordering::Relaxed) || s.limit_batches.is_some_and(|l| i >= l) {
+                        break;
+                    }
+                    let due = s.start + every.mul_f64(i as f64);
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    if tx.send((i, due)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         let cpu0 = cpu_seconds();
         let workers = args.connections * args.streams * client_endpoints(args);
         let mut tasks = Vec::with_capacity(workers);
