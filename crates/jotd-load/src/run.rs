@@ -161,6 +161,8 @@ pub struct Report {
     pub daemon_rss_bytes_start: Option<f64>,
     /// Daemon resident memory after the load.
     pub daemon_rss_bytes_end: Option<f64>,
+    /// Daemon resident memory every 10 s during the load (seconds, bytes).
+    pub daemon_rss_samples: Vec<(u64, f64)>,
 }
 
 impl Report {
@@ -503,7 +505,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
             let s = Arc::clone(&shared);
             let quiet = args.quiet;
             let reload = args.reload_every.zip(args.reload_config.clone());
+            let metrics_url = args.metrics_url.clone();
             tokio::spawn(async move {
+                let mut rss = Vec::new();
                 let mut last = 0;
                 let mut reloads = 0u64;
                 let original = match &reload {
@@ -531,6 +535,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
                         );
                     }
                     last = done;
+                    if let Some(url) = &metrics_url
+                        && elapsed.as_secs().is_multiple_of(10)
+                    {
+                        let url = url.clone();
+                        if let Ok(Some(v)) = tokio::task::spawn_blocking(move || {
+                            scrape(&url, "process_resident_memory_bytes")
+                        })
+                        .await
+                        {
+                            rss.push((elapsed.as_secs(), v));
+                        }
+                    }
                     if let (Some((every, path)), Some(text)) = (&reload, &original)
                         && elapsed.as_secs() > 0
                         && elapsed.as_secs().is_multiple_of(*every)
@@ -552,7 +568,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
                         if let (Some((_, path)), Some(text)) = (&reload, &original) {
                             let _ = std::fs::write(path, text);
                         }
-                        return reloads;
+                        return (reloads, rss);
                     }
                 }
             })
@@ -577,7 +593,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         }
         let seconds = shared.start.elapsed().as_secs_f64();
         shared.stop.store(true, Ordering::Relaxed);
-        let reloads = monitor.await.unwrap_or(0);
+        let (reloads, rss_samples) = monitor.await.unwrap_or_default();
         let cpu = cpu_seconds() - cpu0;
         client.close();
         total.first_mismatches.truncate(10);
@@ -610,6 +626,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
             reloads,
             daemon_rss_bytes_start: rss_start,
             daemon_rss_bytes_end: None,
+            daemon_rss_samples: rss_samples,
         })
     })?;
     let mut report = report;
@@ -667,6 +684,14 @@ pub fn print(r: &Report) {
             a / 1048576.0,
             b / 1048576.0
         );
+    }
+    if !r.daemon_rss_samples.is_empty() {
+        let samples: Vec<String> = r
+            .daemon_rss_samples
+            .iter()
+            .map(|(t, b)| format!("{t}s {:.1}", b / 1048576.0))
+            .collect();
+        println!("daemon rss MiB  {}", samples.join(", "));
     }
 }
 

@@ -552,12 +552,7 @@ async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream)
             });
         });
     }
-    let mut writable = true;
-    while let Some(frame) = rx.recv().await {
-        if writable && send.write_all(&frame).await.is_err() {
-            writable = false;
-        }
-    }
+    let mut writable = forward(&mut rx, &mut send, true).await;
     let Ok(mut job) = done_rx.await else {
         // The job vanished without reporting (cannot happen short of an abort);
         // the stream fails rather than ending silently.
@@ -617,11 +612,7 @@ async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream)
             }));
             let _ = done_tx.send(tally);
         });
-        while let Some(frame) = rx.recv().await {
-            if writable && send.write_all(&frame).await.is_err() {
-                writable = false;
-            }
-        }
+        writable = forward(&mut rx, &mut send, writable).await;
         if let Ok(t) = done_rx.await {
             job.tally.merge(&t);
         }
@@ -650,6 +641,22 @@ async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream)
     // Keep the stream until the peer has the answer, so a drain that closes the
     // connection next cannot cut it off.
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+}
+
+/// Writes the frames the pool sends until it is done with them. After a
+/// write fails (the client went away) the rest are drained and dropped, so the
+/// pool never waits on a dead stream. Returns whether the stream is still writable.
+async fn forward(
+    rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    send: &mut SendStream,
+    mut writable: bool,
+) -> bool {
+    while let Some(frame) = rx.recv().await {
+        if writable && send.write_all(&frame).await.is_err() {
+            writable = false;
+        }
+    }
+    writable
 }
 
 async fn answer_error(

@@ -553,32 +553,24 @@ fn development_defaults_need_no_files() {
 #[test]
 fn serve_refuses_bad_settings_with_file_line_and_key() {
     let f = fixture("badsettings");
-    std::fs::write(
-        &f.config,
+    // Writes `config`, runs `jotd serve` on it, returns its error output (it must fail).
+    let refused = |config: &str| {
+        std::fs::write(&f.config, config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_jotd"))
+            .args(["serve", "--config", f.config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(
         "[server]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\nmax_streams_per_connection = 0\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_jotd"))
-        .args(["serve", "--config", f.config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(
         err.contains("jotd.toml:4: server.max_streams_per_connection: must be at least 1"),
         "{err}"
     );
     // A key file that is not a key.
-    std::fs::write(
-        &f.config,
-        "[server]\ncert_file = \"server.pem\"\nkey_file = \"server.pem\"\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_jotd"))
-        .args(["serve", "--config", f.config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused("[server]\ncert_file = \"server.pem\"\nkey_file = \"server.pem\"\n");
     assert!(err.contains("key_file"), "{err}");
 }
