@@ -11,6 +11,54 @@ pub(crate) fn load(config: &Path) -> anyhow::Result<jotd_keys::KeysConfig> {
 
 pub(crate) fn check(config: &Path) -> anyhow::Result<()> {
     let cfg = load(config)?;
+    let settings = crate::settings::load(config)?;
+    // The files the daemon would read at start must be readable TLS material.
+    if let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) {
+        let read = |p: &Path, what: &str| {
+            std::fs::read(p).with_context(|| format!("server.{what} {}: cannot read", p.display()))
+        };
+        let ca = match &settings.client_ca_file {
+            Some(p) => Some(read(p, "client_ca_file")?),
+            None => None,
+        };
+        jotd_transport::server_config(
+            &read(cert, "cert_file")?,
+            &read(key, "key_file")?,
+            ca.as_deref(),
+        )
+        .with_context(|| format!("{}: server TLS", config.display()))?;
+    }
+    let s = &settings.server;
+    println!(
+        "server: listen {}, TLS {}{}, max {} connections x {} streams, {} tokens in flight, batches of at most {} items / {} bytes",
+        s.listen,
+        settings.cert_file.as_ref().map_or_else(
+            || "(not configured: jotd serve needs cert_file and key_file)".to_owned(),
+            |p| p.display().to_string()
+        ),
+        if settings.client_ca_file.is_some() {
+            ", mutual TLS"
+        } else {
+            ""
+        },
+        s.max_connections,
+        s.max_streams_per_connection,
+        s.max_tokens_in_flight,
+        s.limits.max_items,
+        s.limits.max_frame_bytes,
+    );
+    println!(
+        "verify: {} threads (0 = one per core), tokens up to {} bytes, cache {}; admin {}",
+        settings.verify_threads,
+        settings.engine.max_token_bytes,
+        settings.engine.cache.map_or_else(
+            || "off".to_owned(),
+            |c| format!("{} entries / {} bytes", c.max_entries, c.max_bytes)
+        ),
+        settings
+            .admin
+            .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+    );
     println!("{}: ok, {} tenant(s)", config.display(), cfg.tenants.len());
     for spec in &cfg.tenants {
         let t = &spec.tenant;

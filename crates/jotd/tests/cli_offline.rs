@@ -146,6 +146,39 @@ fn config_check_lists_keys_or_names_the_error() {
         )),
         "{err}"
     );
+
+    // The daemon's sections are checked too: values, and the TLS files they name.
+    let tenant = "[[tenant]]\nid = \"x\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+    let check_with = |server: &str| {
+        std::fs::write(&config, format!("{server}\n{tenant}")).unwrap();
+        jotd(
+            &["config", "check", "--config", config.to_str().unwrap()],
+            None,
+        )
+    };
+    let bad = check_with("[server]\n\n\n\nlisten = \"nowhere\"");
+    assert_eq!(bad.status.code(), Some(1));
+    let err = text(&bad.stderr);
+    assert!(
+        err.contains(":5: server.listen: `nowhere` is not an IP:port address"),
+        "{err}"
+    );
+    let bad = check_with("[server]\ncert_file = \"missing.pem\"\nkey_file = \"missing.key\"");
+    assert_eq!(bad.status.code(), Some(1));
+    let err = text(&bad.stderr);
+    assert!(
+        err.contains("server.cert_file") && err.contains("missing.pem"),
+        "{err}"
+    );
+    let ok = check_with(
+        "[server]\nlisten = \"0.0.0.0:5000\"\nmax_tokens_in_flight = 1000\nmax_batch_items = 100",
+    );
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(
+        text(&ok.stdout).contains("server: listen 0.0.0.0:5000, TLS (not configured"),
+        "{}",
+        text(&ok.stdout)
+    );
 }
 
 #[test]
