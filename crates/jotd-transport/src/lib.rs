@@ -27,7 +27,7 @@ pub use codec::{
 pub use handler::{Hold, Served, Tally, send_error, serve_held, serve_stream, serve_stream_with};
 pub use messages::{ALPN, BatchRequest, DecisionChunk, ErrorCode, ErrorFrame, Item, WireDecision};
 pub use server::{
-    Backend, BatchReport, BoxFuture, CLOSE_BUSY, CLOSE_SHUTDOWN, DrainReport, Event, Refusal,
-    STOP_TOO_LARGE, Server, ServerError, ServerOptions, ServerStats,
+    Backend, BatchReport, BoxFuture, CLOSE_SHUTDOWN, DrainReport, Event, Refusal, STOP_TOO_LARGE,
+    Server, ServerError, ServerOptions, ServerStats,
 };
 pub use tls::{DevPki, TlsError, certificates, client_config, client_config_alpn, server_config};

@@ -33,8 +33,6 @@ use tokio::task::JoinSet;
 
 /// QUIC application close code: the server is shutting down.
 pub const CLOSE_SHUTDOWN: u32 = 0;
-/// QUIC application close code: refused at the connection limit.
-pub const CLOSE_BUSY: u32 = 1;
 /// QUIC stream stop code: the request exceeded the frame limit.
 pub const STOP_TOO_LARGE: u32 = 1;
 
