@@ -395,11 +395,19 @@ impl JwksFetcher {
             .collect()
     }
 
-    /// Keeps every source fresh until `shutdown` resolves.
-    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+    /// Keeps every source fresh until `shutdown` resolves, calling
+    /// `on_failure(tenant, url, error)` for each failed fetch (the source keeps
+    /// its last good keys; retries back off, so failures stay few).
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+        on_failure: impl Fn(&str, &str, &FetchError),
+    ) {
         tokio::pin!(shutdown);
         loop {
-            self.refresh_due().await;
+            for (tenant, url, e) in self.refresh_due().await {
+                on_failure(&tenant, &url, &e);
+            }
             let wake = self
                 .next_due()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));

@@ -331,9 +331,12 @@ async fn the_background_loop_refreshes_on_max_age_and_stops_on_shutdown() {
     let (reloader, fetcher) = setup(&server, config);
     let fetcher = Arc::new(fetcher);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(Arc::clone(&fetcher).run(async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(Arc::clone(&fetcher).run(
+        async {
+            let _ = stopped.await;
+        },
+        |_, _, _| {},
+    ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while decide(&reloader, &key_a, "a") != Reason::Ok {
         assert!(

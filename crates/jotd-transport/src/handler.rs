@@ -48,12 +48,6 @@ impl Tally {
     pub fn iter(&self) -> impl Iterator<Item = (Reason, Option<Algorithm>, u32)> + '_ {
         self.entries.iter().copied()
     }
-
-    /// Decisions counted.
-    #[must_use]
-    pub fn total(&self) -> u64 {
-        self.entries.iter().map(|e| u64::from(e.2)).sum()
-    }
 }
 
 /// Which decisions to hold back (not send) for a second look, given the item's

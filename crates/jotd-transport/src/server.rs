@@ -439,8 +439,54 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming) {
 struct Job {
     served: Served,
     held: Vec<(u32, Decision)>,
+    /// The distinct tenants of the held items.
+    tenants: Vec<String>,
     tally: Tally,
     verify: Duration,
+}
+
+/// The distinct tenants of held items (decoding the request again: rare, and
+/// on the pool).
+fn held_tenants(input: &[u8], limits: &Limits, held: &[(u32, Decision)]) -> Vec<String> {
+    let mut tenants: Vec<String> = Vec::new();
+    if held.is_empty() {
+        return tenants;
+    }
+    if let Ok(Some(frame)) = crate::codec::next_frame(input, limits)
+        && let Ok(batch) = crate::codec::decode_batch(frame.body, limits)
+    {
+        for (i, _) in held {
+            if let Some(item) = batch.items.get(*i as usize)
+                && !tenants.iter().any(|t| t == item.tenant)
+            {
+                tenants.push(item.tenant.to_owned());
+            }
+        }
+    }
+    tenants
+}
+
+/// Runs `job` on the verification pool with a frame sender, writes the frames
+/// to the stream as they come (through a channel bounded in practice by one
+/// batch), and returns the job's result; `None` when it panicked. No tokio
+/// thread waits on crypto.
+async fn on_pool<T: Send + 'static>(
+    pool: &ThreadPool,
+    send: &mut SendStream,
+    writable: &mut bool,
+    job: impl FnOnce(&(dyn Fn(Vec<u8>) + Sync)) -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (done_tx, done_rx) = oneshot::channel::<Option<T>>();
+    pool.spawn(move || {
+        let frames = |frame: Vec<u8>| {
+            let _ = tx.send(frame);
+        };
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| job(&frames))).ok();
+        let _ = done_tx.send(result);
+    });
+    *writable = forward(&mut rx, send, *writable).await;
+    done_rx.await.ok().flatten()
 }
 
 async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream) {
@@ -498,28 +544,25 @@ async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream)
     let queued = started.elapsed();
     let input = Arc::new(input);
 
-    // Verify on the pool; frames come back through an unbounded channel whose
-    // content is bounded by this batch (at most one frame per chunk).
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let (done_tx, done_rx) = oneshot::channel::<Job>();
     let snapshot = shared.backend.snapshot();
     let now = shared.backend.now();
-    {
+    let mut writable = true;
+    let first = {
         let shared = Arc::clone(&shared);
         let input = Arc::clone(&input);
         let snapshot = Arc::clone(&snapshot);
-        shared.pool.clone().spawn(move || {
-            let t = Instant::now();
-            let backend = Arc::clone(&shared.backend);
-            let hold = move |tenant: &str, d: &Decision| {
-                d.reason() == Reason::UnknownKid && backend.refetchable(tenant)
-            };
-            let mut tally = Tally::default();
-            let send = |frame: Vec<u8>| {
-                let _ = tx.send(frame);
-            };
-            let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                serve_stream_with(
+        on_pool(
+            &shared.pool.clone(),
+            &mut send,
+            &mut writable,
+            move |send| {
+                let t = Instant::now();
+                let backend = Arc::clone(&shared.backend);
+                let hold = move |tenant: &str, d: &Decision| {
+                    d.reason() == Reason::UnknownKid && backend.refetchable(tenant)
+                };
+                let mut tally = Tally::default();
+                let (served, held) = serve_stream_with(
                     &shared.engine,
                     &shared.pool,
                     &snapshot,
@@ -528,73 +571,61 @@ async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream)
                     now,
                     Some(&hold),
                     &mut tally,
-                    &send,
-                )
-            }));
-            let (served, held) = run.unwrap_or_else(|_| {
-                // Per-token panics are caught in the engine; this is the batch
-                // plumbing itself. The stream fails as a whole, loudly.
-                send_error(
-                    request_id,
-                    ErrorCode::Internal,
-                    "internal error serving the batch",
-                    &send,
+                    send,
                 );
-                (Served::Failed(ErrorCode::Internal), Vec::new())
-            });
-            let _ = done_tx.send(Job {
-                served,
-                held,
-                tally,
-                verify: t.elapsed(),
-            });
-        });
-    }
-    let mut writable = forward(&mut rx, &mut send, true).await;
-    let Ok(mut job) = done_rx.await else {
-        // The job vanished without reporting (cannot happen short of an abort);
-        // the stream fails rather than ending silently.
-        answer_error(
-            &shared,
-            &mut send,
-            request_id,
-            ErrorCode::Internal,
-            "verification job lost",
+                let tenants = held_tenants(&input, &limits, &held);
+                Job {
+                    served,
+                    held,
+                    tenants,
+                    tally,
+                    verify: t.elapsed(),
+                }
+            },
         )
-        .await;
-        return;
+        .await
+    };
+    let mut job = match first {
+        Some(job) => job,
+        None => {
+            // Per-token panics are caught in the engine; this is the batch
+            // plumbing itself. The stream fails as a whole, loudly.
+            write_error(
+                &mut send,
+                request_id,
+                ErrorCode::Internal,
+                "internal error serving the batch",
+            )
+            .await;
+            Job {
+                served: Served::Failed(ErrorCode::Internal),
+                held: Vec::new(),
+                tenants: Vec::new(),
+                tally: Tally::default(),
+                verify: Duration::ZERO,
+            }
+        }
     };
     let mut refetched = false;
     if !job.held.is_empty() {
-        let mut tenants: Vec<String> = Vec::new();
-        if let Ok(batch) = crate::codec::next_frame(&input, &limits)
-            && let Some(frame) = batch
-            && let Ok(b) = crate::codec::decode_batch(frame.body, &limits)
-        {
-            for (i, _) in &job.held {
-                let t = b.items[*i as usize].tenant;
-                if !tenants.iter().any(|x| x == t) {
-                    tenants.push(t.to_owned());
-                }
-            }
-        }
-        refetched = shared.backend.refetch(tenants).await;
+        refetched = shared
+            .backend
+            .refetch(std::mem::take(&mut job.tenants))
+            .await;
         let snapshot = if refetched {
             shared.backend.snapshot()
         } else {
             snapshot
         };
         let held = std::mem::take(&mut job.held);
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        let (done_tx, done_rx) = oneshot::channel::<Tally>();
         let job_shared = Arc::clone(&shared);
         let job_input = Arc::clone(&input);
-        shared.pool.spawn(move || {
-            let mut tally = Tally::default();
-            let send = |frame: Vec<u8>| {
-                let _ = tx.send(frame);
-            };
-            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let second = on_pool(
+            &shared.pool.clone(),
+            &mut send,
+            &mut writable,
+            move |send| {
+                let mut tally = Tally::default();
                 serve_held(
                     &job_shared.engine,
                     &job_shared.pool,
@@ -605,14 +636,25 @@ async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream)
                     held,
                     refetched,
                     &mut tally,
-                    &send,
+                    send,
                 );
-            }));
-            let _ = done_tx.send(tally);
-        });
-        writable = forward(&mut rx, &mut send, writable).await;
-        if let Ok(t) = done_rx.await {
-            job.tally.merge(&t);
+                tally
+            },
+        )
+        .await;
+        match second {
+            Some(t) => job.tally.merge(&t),
+            None => {
+                // Held items would be left undecided: fail the batch as a whole.
+                write_error(
+                    &mut send,
+                    request_id,
+                    ErrorCode::Internal,
+                    "internal error re-verifying held items",
+                )
+                .await;
+                job.served = Served::Failed(ErrorCode::Internal);
+            }
         }
     }
     let _ = send.finish();
@@ -641,6 +683,16 @@ async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream)
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
 }
 
+/// Writes one error frame.
+async fn write_error(send: &mut SendStream, request_id: u64, code: ErrorCode, message: &str) {
+    let frame = std::sync::Mutex::new(Vec::new());
+    send_error(request_id, code, message, &|f| {
+        *frame.lock().expect("frame") = f;
+    });
+    let frame = frame.into_inner().expect("frame");
+    let _ = send.write_all(&frame).await;
+}
+
 /// Writes the frames the pool sends until it is done with them. After a
 /// write fails (the client went away) the rest are drained and dropped, so the
 /// pool never waits on a dead stream. Returns whether the stream is still writable.
@@ -664,12 +716,7 @@ async fn answer_error(
     code: ErrorCode,
     message: &str,
 ) {
-    let frame = std::sync::Mutex::new(Vec::new());
-    send_error(request_id, code, message, &|f| {
-        *frame.lock().expect("frame") = f;
-    });
-    let frame = frame.into_inner().expect("frame");
-    let _ = send.write_all(&frame).await;
+    write_error(send, request_id, code, message).await;
     let _ = send.finish();
     shared.stats.batches.fetch_add(1, Ordering::Relaxed);
     let tally = Tally::default();

@@ -452,24 +452,20 @@ async fn a_reload_during_traffic_switches_at_a_batch_boundary() {
     }
     tokio::time::sleep(Duration::from_millis(30)).await;
     backend.set(snapshot(2, &k, false));
-    let mut saw_old = false;
     let mut saw_new = false;
     for t in tasks {
         let kinds = t.await.unwrap();
         // Once a task saw the new snapshot it never sees the old one again.
         let first_new = kinds.iter().position(|k| !k).unwrap_or(kinds.len());
         assert!(kinds[first_new..].iter().all(|k| !k));
-        saw_old |= kinds.iter().any(|k| *k);
         saw_new |= kinds.iter().any(|k| !k);
     }
     assert!(saw_new);
-    let _ = saw_old; // timing-dependent; the batch-boundary property is what matters
     r.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_batches_in_flight() {
-    let k = keys();
     let rs = SigningKey::generate(Algorithm::Rs256).unwrap();
     let mut snap_tenant = Tenant::new(
         "t",
@@ -480,7 +476,6 @@ async fn shutdown_drains_batches_in_flight() {
     );
     snap_tenant.algorithms = jotd_core::AlgorithmSet::ALL;
     let backend = TestBackend::new(Snapshot::new(1, [Arc::new(snap_tenant)]));
-    let _ = k;
     let r = start(backend, ServerOptions::default(), false);
     let c = client(&r, vec![r.addr], false);
     // Distinct tokens so the cache cannot shortcut: a batch that takes a while.

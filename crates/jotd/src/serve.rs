@@ -260,27 +260,16 @@ async fn serve(
     let draining = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
-    // JWKS refresh: one log line per failed fetch (retries back off, so
-    // these stay few); the source keeps its last good keys.
+    // JWKS refresh: one log line per failed fetch.
     {
         let fetcher = Arc::clone(&fetcher);
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            loop {
-                for (tenant, url, e) in fetcher.refresh_due().await {
+            fetcher
+                .run(crate::stopped(&mut stop), |tenant, url, e| {
                     warn!(tenant, url, error = %e, "jwks fetch failed; keeping the last good keys");
-                }
-                let now = tokio::time::Instant::now();
-                let wake = fetcher
-                    .next_due()
-                    .unwrap_or(now)
-                    .max(now)
-                    .min(now + Duration::from_secs(1));
-                tokio::select! {
-                    () = crate::stopped(&mut stop) => return,
-                    () = tokio::time::sleep_until(wake) => {}
-                }
-            }
+                })
+                .await;
         });
     }
     // Reloads: SIGHUP, and polling the files the config was built from.

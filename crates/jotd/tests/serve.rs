@@ -88,11 +88,11 @@ fn fixture(name: &str) -> Fixture {
     .unwrap();
     let es = SigningKey::generate(Algorithm::Es256).unwrap();
     let spki = es.verifying_key().unwrap().spki_der().unwrap();
-    let pem = format!(
-        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-        base64_std(&spki)
-    );
-    std::fs::write(dir.join("es.pem"), pem).unwrap();
+    std::fs::write(
+        dir.join("es.pem"),
+        pem::encode(&pem::Pem::new("PUBLIC KEY", spki)),
+    )
+    .unwrap();
     let config = write_config(&dir, true);
     Fixture {
         dir,
@@ -106,24 +106,6 @@ fn fixture(name: &str) -> Fixture {
         hs: SigningKey::from_hmac_secret(Algorithm::Hs256, HS_SECRET.as_bytes()).unwrap(),
         es,
     }
-}
-
-fn base64_std(bytes: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in bytes.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn client(f: &Fixture, d: &Daemon) -> Client {
