@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 /// QUIC application close code: the server is shutting down.
@@ -466,6 +466,14 @@ fn held_tenants(input: &[u8], limits: &Limits, held: &[(u32, Decision)]) -> Vec<
     tenants
 }
 
+/// What a pool job sends to its stream's task: frames as they are encoded,
+/// then the job's result (`None`: it panicked). One channel for both, so a
+/// batch whose frames are written by then costs the I/O thread one wake-up.
+enum FromPool<T> {
+    Frame(Vec<u8>),
+    Done(Option<T>),
+}
+
 /// Runs `job` on the verification pool with a frame sender, writes the frames
 /// to the stream as they come (through a channel bounded in practice by one
 /// batch), and returns the job's result; `None` when it panicked. No tokio
@@ -476,17 +484,17 @@ async fn on_pool<T: Send + 'static>(
     writable: &mut bool,
     job: impl FnOnce(&(dyn Fn(Vec<u8>) + Sync)) -> T + Send + 'static,
 ) -> Option<T> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let (done_tx, done_rx) = oneshot::channel::<Option<T>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<FromPool<T>>();
     pool.spawn(move || {
         let frames = |frame: Vec<u8>| {
-            let _ = tx.send(frame);
+            let _ = tx.send(FromPool::Frame(frame));
         };
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| job(&frames))).ok();
-        let _ = done_tx.send(result);
+        let _ = tx.send(FromPool::Done(result));
     });
-    *writable = forward(&mut rx, send, *writable).await;
-    done_rx.await.ok().flatten()
+    let (ok, result) = forward(&mut rx, send, *writable).await;
+    *writable = ok;
+    result
 }
 
 async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream) {
@@ -695,18 +703,24 @@ async fn write_error(send: &mut SendStream, request_id: u64, code: ErrorCode, me
 
 /// Writes the frames the pool sends until it is done with them. After a
 /// write fails (the client went away) the rest are drained and dropped, so the
-/// pool never waits on a dead stream. Returns whether the stream is still writable.
-async fn forward(
-    rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+/// pool never waits on a dead stream. Returns whether the stream is still
+/// writable, and the job's result (`None` also if the job vanished unheard).
+async fn forward<T>(
+    rx: &mut mpsc::UnboundedReceiver<FromPool<T>>,
     send: &mut SendStream,
     mut writable: bool,
-) -> bool {
-    while let Some(frame) = rx.recv().await {
-        if writable && send.write_all(&frame).await.is_err() {
-            writable = false;
+) -> (bool, Option<T>) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            FromPool::Frame(frame) => {
+                if writable && send.write_all(&frame).await.is_err() {
+                    writable = false;
+                }
+            }
+            FromPool::Done(result) => return (writable, result),
         }
     }
-    writable
+    (writable, None)
 }
 
 async fn answer_error(

@@ -203,8 +203,9 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
             .context("starting the verification pool")?,
     );
     let engine = Arc::new(Engine::new(settings.engine));
+    let io_threads = io_threads(settings.io_threads);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.io_threads)
+        .worker_threads(io_threads)
         .thread_name("jotd-io")
         .enable_all()
         .build()
@@ -220,6 +221,18 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         threads,
         args.no_metrics,
     ))
+}
+
+/// I/O threads for `[server] io_threads` (0: automatic: one per 8 cores, at
+/// least one). On 2 cores a second I/O thread cost ~6 % of RS256 throughput in
+/// wake-ups (`docs/benchmarks.md`); the 1:8 ratio for big machines is a guess
+/// that a 16-core run of `benches/e2e.sh` should check.
+fn io_threads(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    (cores / 8).max(1)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -18,7 +18,7 @@
 //! idle_timeout_s = 30
 //! keep_alive_s = 10
 //! drain_timeout_s = 10
-//! io_threads = 2
+//! io_threads = 0                    # 0: one per 8 cores, at least 1
 //! watch_interval_s = 2                # 0: reload on SIGHUP only
 //!
 //! [verify]
@@ -155,7 +155,7 @@ impl Default for Settings {
             cert_file: None,
             key_file: None,
             client_ca_file: None,
-            io_threads: 2,
+            io_threads: 0,
             watch_interval: Some(Duration::from_secs(2)),
             verify_threads: 0,
             engine: EngineConfig::default(),
@@ -340,7 +340,10 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Settings, ConfigError> {
         if let Some(v) = r.drain_timeout_s {
             s.server.drain_timeout = Duration::from_secs(v);
         }
-        s.io_threads = positive(&ctx, "server", "io_threads", r.io_threads, 2)?;
+        s.io_threads = r.io_threads.unwrap_or(0);
+        if s.io_threads > 256 {
+            return Err(ctx.err("server", "io_threads", "must be at most 256 (0: automatic)"));
+        }
         if let Some(v) = r.watch_interval_s {
             s.watch_interval = (v > 0).then(|| Duration::from_secs(v));
         }
@@ -463,6 +466,7 @@ mod tests {
         assert_eq!(s.server.listen, "127.0.0.1:4433".parse().unwrap());
         assert_eq!(s.admin, Some("127.0.0.1:9464".parse().unwrap()));
         assert!(s.engine.cache.is_some());
+        assert_eq!(s.io_threads, 0, "automatic");
     }
 
     #[test]
@@ -519,6 +523,11 @@ level = "jotd=debug"
         assert!(e.contains("log.format: `xml`"), "{e}");
         let e = p("[server]\nmax_tokens_in_flight = 10\nmax_batch_items = 11\n").unwrap_err();
         assert!(e.contains(":3: server.max_batch_items"), "{e}");
+        assert_eq!(
+            p("[server]\nio_threads = 257\n").unwrap_err(),
+            "/etc/jotd/jotd.toml:2: server.io_threads: must be at most 256 (0: automatic)"
+        );
+        assert_eq!(p("[server]\nio_threads = 3\n").unwrap().io_threads, 3);
         let e = p("[server]\nmax_connections = -1\n").unwrap_err();
         assert!(e.starts_with("/etc/jotd/jotd.toml:2:"), "{e}");
     }
