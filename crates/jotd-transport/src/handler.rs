@@ -10,20 +10,116 @@ use crate::codec::{
 use crate::messages::{BatchRequest, DecisionChunk, ErrorCode, ErrorFrame, WireDecision};
 use jotd_core::{Algorithm, Decision, Engine, Reason, Request, Snapshot, UnixTime};
 use rayon::ThreadPool;
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Decisions of one batch counted by (reason, algorithm), for metrics recorded
 /// once per batch. The algorithm is known only when the signature verified.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// With a [`TenantWatch`], decisions of the watched tenants are also counted
+/// per tenant (allowed, denied).
+#[derive(Debug, Clone, Default)]
 pub struct Tally {
     entries: Vec<(Reason, Option<Algorithm>, u32)>,
+    watch: Option<Arc<TenantWatch>>,
+    /// `[allowed, denied]` per watched tenant, indexed like the watch list
+    /// (empty until a watched tenant is counted).
+    tenants: Vec<[u32; 2]>,
+    /// The last watched lookup: batches tend to repeat a tenant.
+    last: Option<(Box<str>, Option<u16>)>,
+}
+
+/// A bounded list of tenants an operator chose to see in per-tenant metrics
+/// (per-tenant labels are otherwise never used: unbounded cardinality).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantWatch {
+    names: Vec<String>,
+    index: HashMap<String, u16>,
+}
+
+impl TenantWatch {
+    /// The most tenants a watch list may hold.
+    pub const MAX: usize = 256;
+
+    /// A watch list; duplicates are ignored.
+    ///
+    /// # Errors
+    /// More than [`TenantWatch::MAX`] distinct names, or an empty name.
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Result<Self, String> {
+        let mut watch = Self {
+            names: Vec::new(),
+            index: HashMap::new(),
+        };
+        for name in names {
+            let name: String = name.into();
+            if name.is_empty() {
+                return Err("a tenant id must not be empty".into());
+            }
+            if watch.index.contains_key(&name) {
+                continue;
+            }
+            if watch.names.len() == Self::MAX {
+                return Err(format!("at most {} tenants", Self::MAX));
+            }
+            let slot = u16::try_from(watch.names.len()).expect("MAX fits u16");
+            watch.index.insert(name.clone(), slot);
+            watch.names.push(name);
+        }
+        Ok(watch)
+    }
+
+    /// The watched tenant ids; a [`Tally`]'s per-tenant slots index this list.
+    #[must_use]
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    fn slot(&self, tenant: &str) -> Option<u16> {
+        self.index.get(tenant).copied()
+    }
 }
 
 impl Tally {
+    /// An empty tally that also counts the tenants of `watch` one by one.
+    #[must_use]
+    pub fn watching(watch: Option<Arc<TenantWatch>>) -> Self {
+        Self {
+            watch,
+            ..Self::default()
+        }
+    }
+
+    /// An empty tally watching the same tenants as this one.
+    #[must_use]
+    pub fn empty_like(&self) -> Self {
+        Self::watching(self.watch.clone())
+    }
+
     /// Counts one decision.
     pub fn add(&mut self, d: &Decision) {
         self.add_n(d.reason(), d.token().map(jotd_core::TokenInfo::alg), 1);
+    }
+
+    /// Counts one decision of `tenant`'s request: like [`add`](Self::add),
+    /// and per tenant when the tenant is watched.
+    pub fn add_for(&mut self, tenant: &str, d: &Decision) {
+        self.add(d);
+        let Some(watch) = &self.watch else { return };
+        let slot = match &self.last {
+            Some((name, slot)) if **name == *tenant => *slot,
+            _ => {
+                let slot = watch.slot(tenant);
+                self.last = Some((tenant.into(), slot));
+                slot
+            }
+        };
+        if let Some(slot) = slot {
+            if self.tenants.is_empty() {
+                self.tenants = vec![[0, 0]; watch.names.len()];
+            }
+            let outcome = usize::from(!d.reason().is_allow());
+            self.tenants[usize::from(slot)][outcome] += 1;
+        }
     }
 
     fn add_n(&mut self, reason: Reason, alg: Option<Algorithm>, n: u32) {
@@ -37,16 +133,36 @@ impl Tally {
         }
     }
 
-    /// Adds another tally to this one.
+    /// Adds another tally to this one (per-tenant counts too, when both
+    /// watch the same list).
     pub fn merge(&mut self, other: &Self) {
         for &(r, a, n) in &other.entries {
             self.add_n(r, a, n);
+        }
+        if !other.tenants.is_empty() {
+            if self.tenants.is_empty() {
+                self.tenants = vec![[0, 0]; other.tenants.len()];
+            }
+            for (mine, theirs) in self.tenants.iter_mut().zip(&other.tenants) {
+                mine[0] += theirs[0];
+                mine[1] += theirs[1];
+            }
         }
     }
 
     /// `(reason, algorithm, count)` entries.
     pub fn iter(&self) -> impl Iterator<Item = (Reason, Option<Algorithm>, u32)> + '_ {
         self.entries.iter().copied()
+    }
+
+    /// `(slot in the watch list, allowed, denied)` for each watched tenant
+    /// with decisions in this tally.
+    pub fn tenants(&self) -> impl Iterator<Item = (usize, u32, u32)> + '_ {
+        self.tenants
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c != [0, 0])
+            .map(|(i, c)| (i, c[0], c[1]))
     }
 }
 
@@ -128,9 +244,10 @@ pub fn serve_stream_with(
     let frames = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let held = Mutex::new(Vec::new());
-    let shared_tally = Mutex::new(Tally::default());
+    let shared_tally = Mutex::new(tally.empty_like());
+    let fresh = tally.empty_like();
     engine.verify_batch_streaming(pool, snapshot, &requests, now, |first, decisions| {
-        let mut local = Tally::default();
+        let mut local = fresh.empty_like();
         let mut keep = Vec::new();
         let mut wire = Vec::with_capacity(decisions.len());
         for (i, d) in decisions.iter().enumerate() {
@@ -141,7 +258,7 @@ pub fn serve_stream_with(
                 keep.push(index);
                 continue;
             }
-            local.add(d);
+            local.add_for(requests[first + i].tenant, d);
             wire.push(WireDecision::from_decision(index, d));
         }
         if !wire.is_empty() {
@@ -202,9 +319,14 @@ pub fn serve_held(
     if held.is_empty() {
         return 0;
     }
-    let (id, decided): (u64, Vec<(u32, Decision)>) = match read_batch(input, limits) {
+    let batch = read_batch(input, limits);
+    let tenant_of = |i: u32| match &batch {
+        Ok(b) => b.items.get(i as usize).map_or("", |item| item.tenant),
+        Err(_) => "",
+    };
+    let (id, decided): (u64, Vec<(u32, Decision)>) = match &batch {
         Ok(batch) if reverify => {
-            let all = requests(&batch);
+            let all = requests(batch);
             let picked: Vec<Request<'_>> = held.iter().map(|(i, _)| all[*i as usize]).collect();
             let fresh = engine.verify_batch(pool, snapshot, &picked, now);
             (
@@ -219,8 +341,8 @@ pub fn serve_held(
     };
     let mut frames = 0;
     for part in decided.chunks(256) {
-        for (_, d) in part {
-            tally.add(d);
+        for (i, d) in part {
+            tally.add_for(tenant_of(*i), d);
         }
         let wire = part
             .iter()

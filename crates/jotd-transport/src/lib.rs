@@ -24,7 +24,9 @@ pub use codec::{
     WireError, decode_batch, decode_decisions, decode_error, encode_batch, encode_decisions,
     encode_error, next_frame, peek_batch_header,
 };
-pub use handler::{Hold, Served, Tally, send_error, serve_held, serve_stream, serve_stream_with};
+pub use handler::{
+    Hold, Served, Tally, TenantWatch, send_error, serve_held, serve_stream, serve_stream_with,
+};
 pub use messages::{ALPN, BatchRequest, DecisionChunk, ErrorCode, ErrorFrame, Item, WireDecision};
 pub use server::{
     Backend, BatchReport, BoxFuture, CLOSE_SHUTDOWN, DrainReport, Event, Refusal, STOP_TOO_LARGE,

@@ -16,7 +16,7 @@
 //! `drain_timeout`), then connections close with code 0 `"shutdown"`.
 
 use crate::codec::{HARD_MAX_FRAME_BYTES, Limits, peek_batch_header};
-use crate::handler::{Served, Tally, send_error, serve_held, serve_stream_with};
+use crate::handler::{Served, Tally, TenantWatch, send_error, serve_held, serve_stream_with};
 use crate::messages::ErrorCode;
 use jotd_core::{Decision, Engine, Reason, Snapshot, UnixTime};
 use quinn::{Endpoint, Incoming, RecvStream, SendStream, VarInt};
@@ -58,6 +58,9 @@ pub struct ServerOptions {
     pub keep_alive: Duration,
     /// Longest wait for batches in flight at shutdown. Default 10 s.
     pub drain_timeout: Duration,
+    /// Tenants whose decisions each batch's [`Tally`] also counts per tenant
+    /// (an operator's bounded opt-in for per-tenant metrics). Default none.
+    pub tenant_watch: Option<Arc<TenantWatch>>,
 }
 
 impl Default for ServerOptions {
@@ -72,6 +75,7 @@ impl Default for ServerOptions {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            tenant_watch: None,
         }
     }
 }
@@ -566,10 +570,11 @@ async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream)
             move |send| {
                 let t = Instant::now();
                 let backend = Arc::clone(&shared.backend);
+                let watch = shared.opts.tenant_watch.clone();
                 let hold = move |tenant: &str, d: &Decision| {
                     d.reason() == Reason::UnknownKid && backend.refetchable(tenant)
                 };
-                let mut tally = Tally::default();
+                let mut tally = Tally::watching(watch);
                 let (served, held) = serve_stream_with(
                     &shared.engine,
                     &shared.pool,
@@ -633,7 +638,7 @@ async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream)
             &mut send,
             &mut writable,
             move |send| {
-                let mut tally = Tally::default();
+                let mut tally = Tally::watching(job_shared.opts.tenant_watch.clone());
                 serve_held(
                     &job_shared.engine,
                     &job_shared.pool,

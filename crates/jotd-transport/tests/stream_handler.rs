@@ -5,8 +5,9 @@ use jotd_core::{
     Algorithm, Engine, EngineConfig, Reason, SigningKey, Snapshot, Tenant, TenantKey, UnixTime,
 };
 use jotd_transport::{
-    BatchRequest, DecisionChunk, ErrorCode, FrameType, Item, Limits, Served, decode_decisions,
-    decode_error, encode_batch, encode_decisions, next_frame, serve_stream,
+    BatchRequest, DecisionChunk, ErrorCode, FrameType, Item, Limits, Served, Tally, TenantWatch,
+    decode_decisions, decode_error, encode_batch, encode_decisions, next_frame, serve_stream,
+    serve_stream_with,
 };
 use std::sync::{Arc, Mutex};
 
@@ -235,4 +236,80 @@ fn a_batch_that_cannot_be_served_gets_one_error_frame() {
         assert_eq!(served, Served::Failed(code), "case {i}");
         assert_eq!(only_error(&frames), (0, code as u16), "case {i}");
     }
+}
+
+#[test]
+fn watched_tenants_are_counted_one_by_one_and_only_they() {
+    let f = fixture();
+    let good =
+        f.hs.mint(Some("hs"), &format!(r#"{{"exp":{}}}"#, NOW + 60))
+            .unwrap();
+    // 40 items over three tenant ids: "t" (keys, allowed), "u" (unknown), "v" (unknown, not watched).
+    let tenants = ["t", "u", "t", "v"];
+    let items: Vec<Item<'_>> = (0..40)
+        .map(|i| Item {
+            token: Some(good.as_bytes()),
+            tenant: tenants[i % 4],
+            method: None,
+            addresses: vec![],
+            origin: None,
+            user_agent: None,
+        })
+        .collect();
+    let mut input = Vec::new();
+    encode_batch(
+        &BatchRequest {
+            request_id: 7,
+            items,
+        },
+        &mut input,
+    )
+    .unwrap();
+    let watch = Arc::new(TenantWatch::new(["u", "t", "u"]).unwrap());
+    assert_eq!(watch.names(), ["u", "t"], "duplicates ignored, order kept");
+    let mut tally = Tally::watching(Some(watch));
+    let (served, held) = serve_stream_with(
+        &f.engine,
+        &f.pool,
+        &f.snapshot,
+        &input,
+        &Limits::default(),
+        UnixTime(NOW),
+        None,
+        &mut tally,
+        &|_| {},
+    );
+    assert_eq!(
+        served,
+        Served::Decided {
+            items: 40,
+            frames: 3
+        }
+    );
+    assert!(held.is_empty());
+    let mut per_tenant: Vec<(usize, u32, u32)> = tally.tenants().collect();
+    per_tenant.sort_unstable();
+    // slot 0 = "u": 10 denied (unknown_tenant); slot 1 = "t": 20 allowed; "v" nowhere.
+    assert_eq!(per_tenant, [(0, 0, 10), (1, 20, 0)]);
+    let total: u32 = tally.iter().map(|(_, _, n)| n).sum();
+    assert_eq!(total, 40, "the (reason, alg) counts still cover every item");
+
+    // Without a watch list nothing is counted per tenant.
+    let mut plain = Tally::default();
+    serve_stream_with(
+        &f.engine,
+        &f.pool,
+        &f.snapshot,
+        &input,
+        &Limits::default(),
+        UnixTime(NOW),
+        None,
+        &mut plain,
+        &|_| {},
+    );
+    assert_eq!(plain.tenants().count(), 0);
+
+    let too_many: Vec<String> = (0..=TenantWatch::MAX).map(|i| format!("t{i}")).collect();
+    assert!(TenantWatch::new(too_many).is_err());
+    assert!(TenantWatch::new([""]).is_err());
 }

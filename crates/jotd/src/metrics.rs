@@ -6,7 +6,7 @@
 
 use jotd_core::{Algorithm, Engine, Reason};
 use jotd_keys::{JwksFetcher, Reloader};
-use jotd_transport::{ErrorCode, Event, Refusal, ServerStats};
+use jotd_transport::{ErrorCode, Event, Refusal, ServerStats, TenantWatch};
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::{Arc, OnceLock};
@@ -179,6 +179,11 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Always 1; the version label says which build",
     ),
     (
+        "jotd_tenant_tokens_total",
+        Kind::Counter,
+        "Decisions of the tenants listed in [admin] tenant_labels, by outcome (no other tenant is labelled)",
+    ),
+    (
         "process_cpu_seconds",
         Kind::Gauge,
         "CPU time (user + system) the process used, seconds",
@@ -205,6 +210,9 @@ pub(crate) struct Metrics {
     handle: PrometheusHandle,
     /// `jotd_tokens_total{outcome,reason,alg}`, created on first use.
     tokens: Box<[OnceLock<Counter>]>,
+    /// `jotd_tenant_tokens_total{tenant,outcome}`: `[allow, deny]` per slot of
+    /// `[admin] tenant_labels`.
+    tenant_tokens: Vec<[Counter; 2]>,
     batches_ok: Counter,
     batches_failed: Vec<Counter>,
     batch_size: Histogram,
@@ -252,7 +260,7 @@ const ERROR_CODES: [ErrorCode; 7] = [
 
 impl Metrics {
     /// Installs the global recorder and creates the handles.
-    pub(crate) fn install() -> anyhow::Result<Self> {
+    pub(crate) fn install(watch: Option<&TenantWatch>) -> anyhow::Result<Self> {
         let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full("jotd_batch_size".into()), SIZE_BUCKETS)?
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), TIME_BUCKETS)?
@@ -269,8 +277,22 @@ impl Metrics {
             .iter()
             .map(|c| counter!("jotd_batches_total", "result" => error_name(*c)))
             .collect();
+        let tenant_tokens = watch
+            .map(|w| {
+                w.names()
+                    .iter()
+                    .map(|t| {
+                        [
+                            counter!("jotd_tenant_tokens_total", "tenant" => t.clone(), "outcome" => "allow"),
+                            counter!("jotd_tenant_tokens_total", "tenant" => t.clone(), "outcome" => "deny"),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Self {
             handle,
+            tenant_tokens,
             tokens: (0..Reason::ALL.len() * ALGS)
                 .map(|_| OnceLock::new())
                 .collect(),
@@ -335,6 +357,12 @@ impl Metrics {
                 }
                 if misses > 0 {
                     self.lookup_misses.increment(misses);
+                }
+                for (slot, allowed, denied) in b.tally.tenants() {
+                    if let Some([allow, deny]) = self.tenant_tokens.get(slot) {
+                        allow.increment(u64::from(allowed));
+                        deny.increment(u64::from(denied));
+                    }
                 }
                 if b.refetched {
                     self.refetch_reverified.increment(1);

@@ -253,7 +253,9 @@ async fn serve(
     let metrics = if no_metrics || settings.admin.is_none() {
         None
     } else {
-        Some(Arc::new(Metrics::install()?))
+        Some(Arc::new(Metrics::install(
+            settings.server.tenant_watch.as_deref(),
+        )?))
     };
     let daemon = Arc::new(Daemon {
         reloader: Arc::clone(&reloader),

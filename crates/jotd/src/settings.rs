@@ -32,6 +32,8 @@
 //!
 //! [admin]
 //! listen = "127.0.0.1:9464"           # "off" disables it
+//! tenant_labels = ["acme", "globex"]  # optional: per-tenant token counts for
+//!                                     # these tenants only (at most 256)
 //!
 //! [log]
 //! format = "text"                     # or "json"
@@ -47,11 +49,12 @@
 
 use jotd_core::{CacheConfig, EngineConfig};
 use jotd_keys::{ConfigError, FetchConfig};
-use jotd_transport::{HARD_MAX_FRAME_BYTES, Limits, ServerOptions};
+use jotd_transport::{HARD_MAX_FRAME_BYTES, Limits, ServerOptions, TenantWatch};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Deserialize, Default)]
@@ -104,6 +107,7 @@ struct RawVerify {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    tenant_labels: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -386,14 +390,21 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Settings, ConfigError> {
             s.engine.cache = Some(c);
         }
     }
-    if let Some(r) = raw.admin
-        && let Some(l) = r.listen
-    {
-        s.admin = if l == "off" {
-            None
-        } else {
-            Some(addr(&ctx, "admin", &l)?)
-        };
+    if let Some(r) = raw.admin {
+        if let Some(l) = r.listen {
+            s.admin = if l == "off" {
+                None
+            } else {
+                Some(addr(&ctx, "admin", &l)?)
+            };
+        }
+        if let Some(names) = r.tenant_labels
+            && !names.is_empty()
+        {
+            let watch =
+                TenantWatch::new(names).map_err(|e| ctx.err("admin", "tenant_labels", e))?;
+            s.server.tenant_watch = Some(Arc::new(watch));
+        }
     }
     if let Some(r) = raw.log {
         if let Some(f) = r.format {
@@ -499,6 +510,29 @@ level = "jotd=debug"
     }
 
     #[test]
+    fn deploy_examples_have_valid_daemon_sections() {
+        for (name, text) in [
+            (
+                "infura-allowlist.toml",
+                include_str!("../../../deploy/examples/infura-allowlist.toml"),
+            ),
+            (
+                "besu-permissions.toml",
+                include_str!("../../../deploy/examples/besu-permissions.toml"),
+            ),
+            (
+                "jwks-tenant.toml",
+                include_str!("../../../deploy/examples/jwks-tenant.toml"),
+            ),
+        ] {
+            let s = parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"));
+            if name == "infura-allowlist.toml" {
+                assert_eq!(s.server.tenant_watch.unwrap().names().len(), 1);
+            }
+        }
+    }
+
+    #[test]
     fn errors_name_file_line_and_key() {
         assert_eq!(
             p("[server]\nlisten = \"4433\"\n").unwrap_err(),
@@ -528,6 +562,23 @@ level = "jotd=debug"
             "/etc/jotd/jotd.toml:2: server.io_threads: must be at most 256 (0: automatic)"
         );
         assert_eq!(p("[server]\nio_threads = 3\n").unwrap().io_threads, 3);
+        let e = p("[admin]\ntenant_labels = [\"a\", \"\"]\n").unwrap_err();
+        assert_eq!(
+            e,
+            "/etc/jotd/jotd.toml:2: admin.tenant_labels: a tenant id must not be empty"
+        );
+        let many: Vec<String> = (0..300).map(|i| format!("\"t{i}\"")).collect();
+        let e = p(&format!("[admin]\ntenant_labels = [{}]\n", many.join(","))).unwrap_err();
+        assert!(
+            e.ends_with("admin.tenant_labels: at most 256 tenants"),
+            "{e}"
+        );
+        let w = p("[admin]\ntenant_labels = [\"b\", \"a\"]\n")
+            .unwrap()
+            .server
+            .tenant_watch
+            .unwrap();
+        assert_eq!(w.names(), ["b", "a"]);
         let e = p("[server]\nmax_connections = -1\n").unwrap_err();
         assert!(e.starts_with("/etc/jotd/jotd.toml:2:"), "{e}");
     }

@@ -347,6 +347,38 @@ fn serve_and_check_agree_on_every_case() {
 }
 
 #[test]
+fn tenant_labels_count_the_listed_tenants_and_no_other() {
+    let f = fixture("tenant-labels");
+    let mut text = std::fs::read_to_string(&f.config).unwrap();
+    // "nobody" is listed but has no keys: its requests are counted too (denied).
+    text.push_str("\n[admin]\ntenant_labels = [\"besu\", \"nobody\"]\n");
+    std::fs::write(&f.config, text).unwrap();
+    let d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
+    let cases = cases(&f);
+    let rt = runtime();
+    rt.block_on(async {
+        let c = client(&f, &d);
+        let items: Vec<Item<'_>> = cases.iter().map(Case::item).collect();
+        c.verify_all(&items).await.unwrap();
+        c.verify_all(&items).await.unwrap();
+    });
+    let (_, metrics) = d.get("/metrics");
+    // Twice the cases: besu 1 allowed + 2 denied, nobody 1 denied, per round.
+    for want in [
+        r#"jotd_tenant_tokens_total{tenant="besu",outcome="allow"} 2"#,
+        r#"jotd_tenant_tokens_total{tenant="besu",outcome="deny"} 4"#,
+        r#"jotd_tenant_tokens_total{tenant="nobody",outcome="allow"} 0"#,
+        r#"jotd_tenant_tokens_total{tenant="nobody",outcome="deny"} 2"#,
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("infura"),
+        "an unlisted tenant is not labelled"
+    );
+}
+
+#[test]
 fn sighup_reloads_and_a_bad_config_keeps_the_old_one_serving() {
     let f = fixture("reload");
     let d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
