@@ -40,5 +40,5 @@ pub use key::{KeyError, RSA_MAX_BITS, RSA_MIN_BITS, VerifyingKey};
 pub use mint::{MintError, RawVerifier, SigningKey, sample_claims, split_for_raw};
 pub use policy::PolicyModel;
 pub use reason::Reason;
-pub use request::{Request, UnixTime};
+pub use request::{Request, UnixTime, token_hash};
 pub use tenant::{ClaimRules, Denylist, Snapshot, Tenant, TenantKey, TypRule};

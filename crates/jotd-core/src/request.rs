@@ -35,3 +35,31 @@ impl<'a> Request<'a> {
         }
     }
 }
+
+/// A short, stable name for a token in logs: the first 8 bytes of its
+/// SHA-256, in hex (16 characters). A token is a bearer credential, so logs
+/// never carry one whole; the hash still lets an operator match a log line
+/// to a token a client reports.
+#[must_use]
+pub fn token_hash(token: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token);
+    digest.as_ref()[..8]
+        .iter()
+        .fold(String::with_capacity(16), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_hash;
+
+    #[test]
+    fn token_hash_is_the_sha256_prefix() {
+        // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223...
+        assert_eq!(token_hash(b"abc"), "ba7816bf8f01cfea");
+        assert_ne!(token_hash(b"abd"), token_hash(b"abc"));
+    }
+}

@@ -8,7 +8,7 @@ use crate::codec::{
     FrameType, Limits, WireError, decode_batch, encode_decisions, encode_error, next_frame,
 };
 use crate::messages::{BatchRequest, DecisionChunk, ErrorCode, ErrorFrame, WireDecision};
-use jotd_core::{Algorithm, Decision, Engine, Reason, Request, Snapshot, UnixTime};
+use jotd_core::{Algorithm, Decision, Engine, Reason, Request, Snapshot, UnixTime, token_hash};
 use rayon::ThreadPool;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -244,6 +244,9 @@ pub fn serve_stream_with(
     let frames = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let held = Mutex::new(Vec::new());
+    // Denials at debug level, for an operator chasing one client's failures
+    // (`[log] level = "info,jotd::decision=debug"`). Checked once per batch.
+    let log_denials = tracing::enabled!(target: "jotd::decision", tracing::Level::DEBUG);
     let shared_tally = Mutex::new(tally.empty_like());
     let fresh = tally.empty_like();
     engine.verify_batch_streaming(pool, snapshot, &requests, now, |first, decisions| {
@@ -259,6 +262,9 @@ pub fn serve_stream_with(
                 continue;
             }
             local.add_for(requests[first + i].tenant, d);
+            if log_denials && !d.reason().is_allow() {
+                log_denial(id, index, &requests[first + i], d);
+            }
             wire.push(WireDecision::from_decision(index, d));
         }
         if !wire.is_empty() {
@@ -369,6 +375,21 @@ pub fn serve_held(
         }
     }
     frames
+}
+
+/// One debug line per denied item: never the token, its short hash.
+fn log_denial(request_id: u64, index: u32, req: &Request<'_>, d: &Decision) {
+    tracing::debug!(
+        target: "jotd::decision",
+        request_id,
+        index,
+        tenant = req.tenant,
+        method = req.method.unwrap_or(""),
+        reason = d.reason().as_str(),
+        kid = d.token().and_then(jotd_core::TokenInfo::kid).unwrap_or(""),
+        token = req.token.map_or_else(|| "-".to_owned(), token_hash),
+        "denied"
+    );
 }
 
 fn send_chunk(

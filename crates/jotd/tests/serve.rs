@@ -379,6 +379,49 @@ fn tenant_labels_count_the_listed_tenants_and_no_other() {
 }
 
 #[test]
+fn debug_logs_name_denied_tokens_by_hash_never_whole() {
+    let f = fixture("decision-log");
+    let mut text = std::fs::read_to_string(&f.config).unwrap();
+    text.push_str("\n[log]\nlevel = \"info,jotd::decision=debug\"\n");
+    std::fs::write(&f.config, text).unwrap();
+    let d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
+    let cases = cases(&f);
+    runtime().block_on(async {
+        let c = client(&f, &d);
+        let items: Vec<Item<'_>> = cases.iter().map(Case::item).collect();
+        c.verify_all(&items).await.unwrap();
+    });
+    // Case 5 is the expired HS256 token: one line names it by hash.
+    let expired = cases[5].token.clone().unwrap();
+    let hash = jotd_core::token_hash(expired.as_bytes());
+    d.wait_log(&hash);
+    let log = d.log.lock().unwrap().clone();
+    let line: Value = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["token"] == hash.as_str())
+        .unwrap();
+    assert_eq!(line["reason"], "expired", "{line}");
+    assert_eq!(line["tenant"], "infura");
+    assert_eq!(line["index"], 5);
+    assert_eq!(line["level"], "DEBUG");
+    // One line per denied case, none per allowed one, and no token in any line.
+    let denied = log.iter().filter(|l| l.contains("\"denied\"")).count();
+    assert_eq!(denied, 13, "{log:#?}");
+    for case in &cases {
+        if let Some(t) = &case.token
+            && t.len() > 8
+        {
+            let signature = t.rsplit('.').next().unwrap();
+            assert!(
+                !log.iter().any(|l| l.contains(signature)),
+                "a token leaked into the log"
+            );
+        }
+    }
+}
+
+#[test]
 fn sighup_reloads_and_a_bad_config_keeps_the_old_one_serving() {
     let f = fixture("reload");
     let d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
