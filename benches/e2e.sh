@@ -32,16 +32,8 @@ THREADS=${THREADS:-0}
 LOAD_THREADS=${LOAD_THREADS:-2}
 LABEL=${LABEL:-"${CORES}-core"}
 OUT=${OUT:-docs/benchmarks.md}
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-
-if [ -z "${NO_BUILD:-}" ]; then
-  cargo build --release -p jotd -p jotd-load
-fi
-JOTD="$BIN/jotd"
-LOAD="$BIN/jotd-load"
-
-field() { grep -o "\"$2\": [-0-9.e+]*" "$1" | head -1 | awk '{print $2}'; }
+# shellcheck source=benches/common.sh
+source benches/common.sh
 
 echo "== raw aws-lc-rs, one core (jotd speed)"
 "$JOTD" speed --seconds 3 --algs "$ALGS" --json > "$WORK/speed.json"
@@ -55,12 +47,6 @@ echo "== workloads"
 
 ROWS="$WORK/rows.md"
 : > "$ROWS"
-start_daemon() {
-  "$JOTD" serve --config "$1/jotd.toml" --log-format json 2> "$1/serve.log" &
-  DAEMON=$!
-  for _ in $(seq 50); do grep -q "jotd serving" "$1/serve.log" 2>/dev/null && return; sleep 0.1; done
-  echo "daemon did not start:"; cat "$1/serve.log"; exit 1
-}
 cell() { # reuse dir alg batch extra...
   local reuse=$1 dir=$2 alg=$3 batch=$4; shift 4
   local distinct=16; [ "$reuse" = none ] && distinct=256
@@ -80,7 +66,7 @@ cell() { # reuse dir alg batch extra...
 echo "== matrix"
 for reuse in none high; do
   dir="$WORK/nocache"; [ "$reuse" = high ] && dir="$WORK/cache"
-  start_daemon "$dir"
+  start_daemon "$dir/jotd.toml" "$dir/serve.log"
   for alg in ${ALGS//,/ }; do
     for b in $BATCHES; do
       cell "$reuse" "$dir" "$alg" "$b"

@@ -27,14 +27,8 @@ RATE=${RATE:-600000}
 DURATION=${DURATION:-8}
 BATCH=${BATCH:-64}
 ALG=${ALG:-HS256}
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-
-if [ -z "${NO_BUILD:-}" ]; then
-  cargo build --release -p jotd -p jotd-load
-fi
-JOTD="$BIN/jotd"
-LOAD="$BIN/jotd-load"
+# shellcheck source=benches/common.sh
+source benches/common.sh
 TICKS=$(getconf CLK_TCK)
 
 "$LOAD" tenants --count 16 --algs "$ALG" --out "$WORK/t" \
@@ -43,13 +37,11 @@ TICKS=$(getconf CLK_TCK)
 cpu_ticks() { # utime + stime of a process, in clock ticks
   sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
 }
-field() { grep -o "\"$2\": [-0-9.e+]*" "$1" | head -1 | awk '{print $2}'; }
 
 round() { # mode (on|off)
-  local flag=""; [ "$1" = off ] && flag="--no-metrics"
-  "$JOTD" serve --config "$WORK/t/jotd.toml" --log-format json $flag 2> "$WORK/serve.log" &
-  local pid=$!
-  for _ in $(seq 50); do grep -q "jotd serving" "$WORK/serve.log" 2>/dev/null && break; sleep 0.1; done
+  local flags=(); [ "$1" = off ] && flags=(--no-metrics)
+  start_daemon "$WORK/t/jotd.toml" "$WORK/serve.log" "${flags[@]}"
+  local pid=$DAEMON
   local before after
   before=$(cpu_ticks "$pid")
   local pace=(--rate "$RATE"); [ "$RATE" = max ] && pace=(--max)

@@ -267,18 +267,21 @@ fn watched_tenants_are_counted_one_by_one_and_only_they() {
     .unwrap();
     let watch = Arc::new(TenantWatch::new(["u", "t", "u"]).unwrap());
     assert_eq!(watch.names(), ["u", "t"], "duplicates ignored, order kept");
+    let serve = |tally: &mut Tally| {
+        serve_stream_with(
+            &f.engine,
+            &f.pool,
+            &f.snapshot,
+            &input,
+            &Limits::default(),
+            UnixTime(NOW),
+            None,
+            tally,
+            &|_| {},
+        )
+    };
     let mut tally = Tally::watching(Some(watch));
-    let (served, held) = serve_stream_with(
-        &f.engine,
-        &f.pool,
-        &f.snapshot,
-        &input,
-        &Limits::default(),
-        UnixTime(NOW),
-        None,
-        &mut tally,
-        &|_| {},
-    );
+    let (served, held) = serve(&mut tally);
     assert_eq!(
         served,
         Served::Decided {
@@ -296,17 +299,7 @@ fn watched_tenants_are_counted_one_by_one_and_only_they() {
 
     // Without a watch list nothing is counted per tenant.
     let mut plain = Tally::default();
-    serve_stream_with(
-        &f.engine,
-        &f.pool,
-        &f.snapshot,
-        &input,
-        &Limits::default(),
-        UnixTime(NOW),
-        None,
-        &mut plain,
-        &|_| {},
-    );
+    serve(&mut plain);
     assert_eq!(plain.tenants().count(), 0);
 
     let too_many: Vec<String> = (0..=TenantWatch::MAX).map(|i| format!("t{i}")).collect();

@@ -346,22 +346,32 @@ fn serve_and_check_agree_on_every_case() {
     assert_eq!(status, 200, "{body}");
 }
 
-#[test]
-fn tenant_labels_count_the_listed_tenants_and_no_other() {
-    let f = fixture("tenant-labels");
+/// The fixture's config plus `extra` TOML, served; every case sent `rounds` times.
+fn serve_cases_with(name: &str, extra: &str, rounds: usize) -> (Fixture, Daemon, Vec<Case>) {
+    let f = fixture(name);
     let mut text = std::fs::read_to_string(&f.config).unwrap();
-    // "nobody" is listed but has no keys: its requests are counted too (denied).
-    text.push_str("\n[admin]\ntenant_labels = [\"besu\", \"nobody\"]\n");
+    text.push_str(&format!("\n{extra}\n"));
     std::fs::write(&f.config, text).unwrap();
     let d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
     let cases = cases(&f);
-    let rt = runtime();
-    rt.block_on(async {
+    runtime().block_on(async {
         let c = client(&f, &d);
         let items: Vec<Item<'_>> = cases.iter().map(Case::item).collect();
-        c.verify_all(&items).await.unwrap();
-        c.verify_all(&items).await.unwrap();
+        for _ in 0..rounds {
+            c.verify_all(&items).await.unwrap();
+        }
     });
+    (f, d, cases)
+}
+
+#[test]
+fn tenant_labels_count_the_listed_tenants_and_no_other() {
+    // "nobody" is listed but has no keys: its requests are counted too (denied).
+    let (_f, d, _) = serve_cases_with(
+        "tenant-labels",
+        "[admin]\ntenant_labels = [\"besu\", \"nobody\"]",
+        2,
+    );
     let (_, metrics) = d.get("/metrics");
     // Twice the cases: besu 1 allowed + 2 denied, nobody 1 denied, per round.
     for want in [
@@ -380,17 +390,11 @@ fn tenant_labels_count_the_listed_tenants_and_no_other() {
 
 #[test]
 fn debug_logs_name_denied_tokens_by_hash_never_whole() {
-    let f = fixture("decision-log");
-    let mut text = std::fs::read_to_string(&f.config).unwrap();
-    text.push_str("\n[log]\nlevel = \"info,jotd::decision=debug\"\n");
-    std::fs::write(&f.config, text).unwrap();
-    let d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
-    let cases = cases(&f);
-    runtime().block_on(async {
-        let c = client(&f, &d);
-        let items: Vec<Item<'_>> = cases.iter().map(Case::item).collect();
-        c.verify_all(&items).await.unwrap();
-    });
+    let (_f, d, cases) = serve_cases_with(
+        "decision-log",
+        "[log]\nlevel = \"info,jotd::decision=debug\"",
+        1,
+    );
     // Case 5 is the expired HS256 token: one line names it by hash.
     let expired = cases[5].token.clone().unwrap();
     let hash = jotd_core::token_hash(expired.as_bytes());
