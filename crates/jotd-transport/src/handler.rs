@@ -25,8 +25,9 @@ pub struct Tally {
     /// `[allowed, denied]` per watched tenant, indexed like the watch list
     /// (empty until a watched tenant is counted).
     tenants: Vec<[u32; 2]>,
-    /// The last watched lookup: batches tend to repeat a tenant.
-    last: Option<(Box<str>, Option<u16>)>,
+    /// The slot of the last watched tenant seen: batches tend to repeat a
+    /// tenant, and comparing with its name needs no hashing.
+    last_hit: Option<u16>,
 }
 
 /// A bounded list of tenants an operator chose to see in per-tenant metrics
@@ -105,15 +106,12 @@ impl Tally {
     pub fn add_for(&mut self, tenant: &str, d: &Decision) {
         self.add(d);
         let Some(watch) = &self.watch else { return };
-        let slot = match &self.last {
-            Some((name, slot)) if **name == *tenant => *slot,
-            _ => {
-                let slot = watch.slot(tenant);
-                self.last = Some((tenant.into(), slot));
-                slot
-            }
+        let slot = match self.last_hit {
+            Some(s) if watch.names[usize::from(s)] == tenant => Some(s),
+            _ => watch.slot(tenant),
         };
         if let Some(slot) = slot {
+            self.last_hit = Some(slot);
             if self.tenants.is_empty() {
                 self.tenants = vec![[0, 0]; watch.names.len()];
             }
@@ -248,9 +246,8 @@ pub fn serve_stream_with(
     // (`[log] level = "info,jotd::decision=debug"`). Checked once per batch.
     let log_denials = tracing::enabled!(target: "jotd::decision", tracing::Level::DEBUG);
     let shared_tally = Mutex::new(tally.empty_like());
-    let fresh = tally.empty_like();
     engine.verify_batch_streaming(pool, snapshot, &requests, now, |first, decisions| {
-        let mut local = fresh.empty_like();
+        let mut local = tally.empty_like();
         let mut keep = Vec::new();
         let mut wire = Vec::with_capacity(decisions.len());
         for (i, d) in decisions.iter().enumerate() {

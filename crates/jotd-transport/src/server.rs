@@ -385,21 +385,13 @@ impl Drop for CountGuard<'_> {
 async fn connection(shared: Arc<Shared>, incoming: Incoming) {
     let _count = CountGuard(&shared.stats.connections, 1);
     let remote = incoming.remote_address();
-    let conn = match incoming.accept() {
-        Ok(connecting) => match connecting.await {
-            Ok(c) => c,
-            Err(e) => {
-                let detail = e.to_string();
-                shared.backend.event(&Event::ConnectionRefused {
-                    remote,
-                    why: Refusal::Handshake,
-                    detail: &detail,
-                });
-                return;
-            }
-        },
-        Err(e) => {
-            let detail = e.to_string();
+    let accepted = match incoming.accept() {
+        Ok(connecting) => connecting.await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let conn = match accepted {
+        Ok(c) => c,
+        Err(detail) => {
             shared.backend.event(&Event::ConnectionRefused {
                 remote,
                 why: Refusal::Handshake,

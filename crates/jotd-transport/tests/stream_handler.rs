@@ -245,7 +245,7 @@ fn watched_tenants_are_counted_one_by_one_and_only_they() {
         f.hs.mint(Some("hs"), &format!(r#"{{"exp":{}}}"#, NOW + 60))
             .unwrap();
     // 40 items over three tenant ids: "t" (keys, allowed), "u" (unknown), "v" (unknown, not watched).
-    let tenants = ["t", "u", "t", "v"];
+    let tenants = ["t", "t", "u", "v"];
     let items: Vec<Item<'_>> = (0..40)
         .map(|i| Item {
             token: Some(good.as_bytes()),
