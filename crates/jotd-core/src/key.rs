@@ -2,7 +2,7 @@
 
 use crate::alg::{Algorithm, KeyFamily};
 use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::{self, ParsedPublicKey, RsaPublicKeyComponents};
+use aws_lc_rs::signature::ParsedPublicKey;
 use aws_lc_rs::{digest, hmac, rsa};
 use base64::Engine as _;
 use std::fmt;
@@ -50,6 +50,23 @@ pub enum KeyError {
         len: usize,
         /// The length the curve needs.
         expected: usize,
+    },
+    /// The RSA public exponent is even, below 3, or 2^32 or more.
+    #[error("RSA public exponent {shown} is not an odd number in 3..2^32")]
+    RsaExponent {
+        /// The exponent, in decimal when it fits 64 bits, else its size.
+        shown: String,
+    },
+    /// The RSA modulus is even (so it is not a product of two odd primes).
+    #[error("RSA modulus is even")]
+    RsaEvenModulus,
+    /// An Ed25519 public key that must never verify anything: a small-order
+    /// point (with it, `R = identity, S = 0` verifies for every message), a
+    /// non-canonical encoding, or bytes that are no point on the curve.
+    #[error("Ed25519 public key refused: {why}")]
+    WeakEd25519 {
+        /// Which of the three it is.
+        why: &'static str,
     },
     /// aws-lc-rs rejected the key: bad encoding, point not on the curve,
     /// curve not matching the algorithm, inconsistent RSA components.
@@ -108,23 +125,23 @@ impl VerifyingKey {
             alg,
             expected: KeyFamily::Hmac,
         })?;
+        // Every source (PEM, DER, JWK, JWKS) ends here, so each rule below holds for all of them.
         if alg.family() == KeyFamily::Rsa {
-            // Measure first, so a small key is reported by its size rather than as "TooSmall".
-            let rejected = |e: aws_lc_rs::error::KeyRejected| KeyError::Rejected {
-                alg,
-                why: e.description_(),
-            };
-            let pkcs1 = rsa::PublicKey::from_der(der).map_err(rejected)?;
-            let bits =
-                signature::RsaParameters::public_modulus_len(pkcs1.as_ref()).map_err(|_| {
-                    KeyError::Rejected {
-                        alg,
-                        why: "cannot measure the RSA modulus",
-                    }
-                })?;
-            check_rsa_bits(bits as usize)?;
+            // Our rule first, on the components read from the DER, so a bad exponent is named
+            // as such (aws-lc says only "InvalidEncoding"); then aws-lc's own parse and checks.
+            if let Some((n, e)) = rsa_components(der) {
+                check_rsa(strip_leading_zeros(n), strip_leading_zeros(e))?;
+            }
+            let pkcs1 = rsa::PublicKey::from_der(der).map_err(rejected(alg))?;
+            check_rsa(
+                pkcs1.modulus().big_endian_without_leading_zero(),
+                pkcs1.exponent().big_endian_without_leading_zero(),
+            )?;
         }
         let parsed = ParsedPublicKey::new(verification, der).map_err(rejected(alg))?;
+        if alg.family() == KeyFamily::Ed25519 {
+            check_ed25519(&spki_of(&parsed, alg)?)?;
+        }
         Ok(Self {
             alg,
             inner: Inner::Public(parsed),
@@ -132,27 +149,23 @@ impl VerifyingKey {
     }
 
     /// Builds an RSA key from big-endian modulus and exponent (JWK `n`, `e`).
+    /// The components are encoded as PKCS#1 and parsed by
+    /// [`VerifyingKey::from_public_der`], so a JWK meets exactly the rules a PEM key meets.
     ///
     /// # Errors
-    /// `alg` is not RS*/PS*, the modulus is out of range, or the components are inconsistent.
+    /// `alg` is not RS*/PS*, the modulus is out of range or even, the
+    /// exponent is not odd in 3..2^32, or aws-lc-rs refuses the key.
     pub fn from_rsa_components(alg: Algorithm, n: &[u8], e: &[u8]) -> Result<Self, KeyError> {
-        let params = alg.rsa_parameters().ok_or(KeyError::WrongKeyType {
-            alg,
-            expected: alg.family(),
-        })?;
-        let n = strip_leading_zeros(n);
-        let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
-        check_rsa_bits(bits)?;
-        let parsed = RsaPublicKeyComponents {
-            n,
-            e: strip_leading_zeros(e),
+        if alg.family() != KeyFamily::Rsa {
+            return Err(KeyError::WrongKeyType {
+                alg,
+                expected: alg.family(),
+            });
         }
-        .to_parsed_public_key(params)
-        .map_err(rejected(alg))?;
-        Ok(Self {
-            alg,
-            inner: Inner::Public(parsed),
-        })
+        let (n, e) = (strip_leading_zeros(n), strip_leading_zeros(e));
+        // Refuse by the same rule before encoding, so the error names the component.
+        check_rsa(n, e)?;
+        Self::from_public_der(alg, &rsa_public_key_der(n, e))
     }
 
     /// Builds an EC key from its affine coordinates (JWK `x`, `y`), each
@@ -286,12 +299,137 @@ fn rejected(alg: Algorithm) -> impl Fn(aws_lc_rs::error::KeyRejected) -> KeyErro
     }
 }
 
-fn check_rsa_bits(bits: usize) -> Result<(), KeyError> {
-    if (RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
-        Ok(())
-    } else {
-        Err(KeyError::RsaModulusSize { bits })
+/// The one RSA rule, whatever the source: modulus 2048..=8192 bits and odd,
+/// exponent odd in 3..2^32. `n` and `e` are big-endian without leading zeros.
+fn check_rsa(n: &[u8], e: &[u8]) -> Result<(), KeyError> {
+    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
+        return Err(KeyError::RsaModulusSize { bits });
     }
+    if n.last().is_some_and(|b| b & 1 == 0) {
+        return Err(KeyError::RsaEvenModulus);
+    }
+    let value = (e.len() <= 8).then(|| e.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b)));
+    match value {
+        Some(v) if (3..1 << 32).contains(&v) && v & 1 == 1 => Ok(()),
+        Some(v) => Err(KeyError::RsaExponent {
+            shown: v.to_string(),
+        }),
+        None => Err(KeyError::RsaExponent {
+            shown: format!("of {} bytes", e.len()),
+        }),
+    }
+}
+
+/// One DER element: `(tag, contents, rest)`; `None` when malformed.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(count);
+        (
+            bytes.iter().fold(0usize, |v, b| (v << 8) | usize::from(*b)),
+            rest,
+        )
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The modulus and exponent of a DER RSA key, PKCS#1 `RSAPublicKey` or
+/// SubjectPublicKeyInfo; `None` when the bytes are neither (aws-lc then says why).
+fn rsa_components(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (0x30, body, _) = der_element(der)? else {
+        return None;
+    };
+    let (tag, _, rest) = der_element(body)?;
+    let pkcs1 = match tag {
+        0x02 => body,
+        0x30 => {
+            // SPKI: AlgorithmIdentifier (skipped), then a BIT STRING holding RSAPublicKey.
+            let (0x03, bits, _) = der_element(rest)? else {
+                return None;
+            };
+            let (0x30, inner, _) = der_element(bits.strip_prefix(&[0])?)? else {
+                return None;
+            };
+            inner
+        }
+        _ => return None,
+    };
+    let (0x02, n, rest) = der_element(pkcs1)? else {
+        return None;
+    };
+    let (0x02, e, _) = der_element(rest)? else {
+        return None;
+    };
+    Some((n, e))
+}
+
+/// DER `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`
+/// (RFC 8017) of two positive big-endian integers without leading zeros.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn push_len(out: &mut Vec<u8>, len: usize) {
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let skip = bytes
+                .iter()
+                .position(|b| *b != 0)
+                .unwrap_or(bytes.len() - 1);
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+    }
+    fn integer(out: &mut Vec<u8>, v: &[u8]) {
+        let pad = v.first().is_none_or(|b| b & 0x80 != 0);
+        out.push(0x02);
+        push_len(out, v.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(v);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    integer(&mut body, n);
+    integer(&mut body, e);
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.push(0x30);
+    push_len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Refuses Ed25519 public keys that are small-order points, non-canonical
+/// encodings or not on the curve. `spki` is the key's SubjectPublicKeyInfo,
+/// whose last 32 bytes are the encoded point (RFC 8410).
+fn check_ed25519(spki: &[u8]) -> Result<(), KeyError> {
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    let weak = |why| Err(KeyError::WeakEd25519 { why });
+    let Some(raw) = spki.len().checked_sub(32).map(|at| &spki[at..]) else {
+        return weak("shorter than 32 bytes");
+    };
+    let Ok(compressed) = CompressedEdwardsY::from_slice(raw) else {
+        return weak("not 32 bytes");
+    };
+    let Some(point) = compressed.decompress() else {
+        return weak("not a point on the curve");
+    };
+    // Decompression reduces y modulo p and accepts a sign bit on x = 0: a
+    // canonical encoding is the one that compresses back to the same bytes.
+    if point.compress().as_bytes() != raw {
+        return weak("a non-canonical encoding");
+    }
+    if point.is_small_order() {
+        return weak("a small-order point (anyone could forge tokens for it)");
+    }
+    Ok(())
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {

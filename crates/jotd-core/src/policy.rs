@@ -136,53 +136,138 @@ fn allowlist(g: &Grants<'_>, req: &Request<'_>) -> Result<(), Reason> {
 fn permissions(g: &Grants<'_>, req: &Request<'_>) -> Result<(), Reason> {
     let perms = g.permissions.as_ref().ok_or(Reason::MissingClaim)?;
     let method = req.method.ok_or(Reason::PermissionDenied)?;
-    // `eth_blockNumber` is group `eth`, method `blockNumber`; a name without `_` is a group alone.
-    let (group, name) = method.split_once('_').unwrap_or((method, ""));
-    let granted = perms.iter().any(|p| {
-        let Some((pg, pm)) = p.split_once(':') else {
-            return false;
-        };
-        (pg == "*" || pg == group) && (pm == "*" || (pm == name && !name.is_empty()))
-    });
-    if granted {
+    if perms.iter().any(|p| permission_grants(p, method)) {
         Ok(())
     } else {
         Err(Reason::PermissionDenied)
     }
 }
 
-/// Splits `scheme://host` into its parts; a bare host has no scheme.
-fn split_scheme(s: &str) -> (Option<&str>, &str) {
-    // A scheme holds no ':', so the first ':' decides (cheaper than a substring search).
-    let (scheme, rest) = match s.find(':') {
-        Some(i) if s.as_bytes()[i + 1..].starts_with(b"//") => (Some(&s[..i]), &s[i + 3..]),
-        _ => (None, s),
+/// Whether one Besu permission grants `method`. As Besu does, only three
+/// forms grant, each by exact string: `*:*` (everything), `group:*` and
+/// `group:method`, where the JSON-RPC method `eth_blockNumber` is group `eth`,
+/// method `blockNumber` (Besu writes the permission as the method name with
+/// every `_` turned into `:`). Case matters. `*:method`, `group:`, `:*`, `*`
+/// and anything without a colon grant nothing; a method without `_` (or with
+/// an empty group or name) is granted by `*:*` alone.
+pub(crate) fn permission_grants(permission: &str, method: &str) -> bool {
+    if permission == "*:*" {
+        return true;
+    }
+    let Some((group, name)) = method.split_once('_') else {
+        return false;
     };
-    (scheme, rest.trim_end_matches('/'))
+    if group.is_empty() || name.is_empty() {
+        return false;
+    }
+    // Besu's three strings: `*:*`, `{group}:*`, and the method with every `_` as `:`.
+    let group_wide = permission
+        .strip_prefix(group)
+        .is_some_and(|rest| rest == ":*");
+    let exact = permission.len() == method.len()
+        && permission
+            .bytes()
+            .zip(method.bytes())
+            .all(|(p, m)| p == if m == b'_' { b':' } else { m });
+    group_wide || exact
 }
 
-/// Matches an HTTP origin against an allowlist entry: `https://app.example.com`,
-/// `app.example.com` (any scheme), `https://*.example.com` (any subdomain, not the
-/// apex). Case-insensitive; a port in the origin must appear in the entry.
+/// An origin or an allowlist pattern, parsed: `[scheme://]host[:port]`.
+#[derive(Debug, PartialEq, Eq)]
+struct OriginParts<'a> {
+    scheme: Option<&'a str>,
+    host: &'a str,
+    port: Option<u16>,
+}
+
+/// Parses `scheme://host[:port]` (RFC 6454's serialisation), or with
+/// `pattern`, also a bare `host[:port]` and a leading `*.` label. Anything
+/// else (a path, `/` included, a query, a fragment, userinfo, a backslash,
+/// whitespace, percent-encoding, non-ASCII, an empty label, a port out of
+/// range) is `None`: such an origin matches no pattern, such a pattern no origin.
+fn parse_origin(s: &str, pattern: bool) -> Option<OriginParts<'_>> {
+    let (scheme, rest) = match s.split_once("://") {
+        Some((scheme, rest)) => {
+            let mut chars = scheme.bytes();
+            let ok = chars.next().is_some_and(|b| b.is_ascii_alphabetic())
+                && chars.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+            if !ok {
+                return None;
+            }
+            (Some(scheme), rest)
+        }
+        None if pattern => (None, s),
+        None => return None,
+    };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']')?;
+        if addr.is_empty()
+            || !addr
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b":.".contains(&b))
+        {
+            return None;
+        }
+        (&rest[..addr.len() + 2], after)
+    } else {
+        let end = rest.find(':').unwrap_or(rest.len());
+        let host = &rest[..end];
+        let labels = host.strip_prefix("*.").filter(|_| pattern).unwrap_or(host);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        };
+        if !labels.split('.').all(label_ok) {
+            return None;
+        }
+        (host, &rest[end..])
+    };
+    let port = match port {
+        "" => None,
+        p => {
+            let digits = p.strip_prefix(':')?;
+            if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            Some(digits.parse::<u16>().ok().filter(|p| *p != 0)?)
+        }
+    };
+    Some(OriginParts { scheme, host, port })
+}
+
+/// Matches an HTTP `Origin` against an allowlist entry.
+///
+/// The origin must be exactly `scheme://host[:port]` (see [`parse_origin`]);
+/// anything else matches nothing. Entries: `https://app.example.com` (that
+/// scheme, host and port), `app.example.com` (any scheme), `https://*.example.com`
+/// (any subdomain at any depth, not the apex). Scheme and host compare
+/// case-insensitively; the ports must be equal (an origin with a port needs an
+/// entry with that port, and the other way round).
 pub(crate) fn origin_matches(pattern: &str, origin: &str) -> bool {
-    let (p_scheme, p_host) = split_scheme(pattern);
-    let (o_scheme, o_host) = split_scheme(origin);
-    if let Some(ps) = p_scheme
-        && !o_scheme.is_some_and(|os| os.eq_ignore_ascii_case(ps))
+    let (Some(p), Some(o)) = (parse_origin(pattern, true), parse_origin(origin, false)) else {
+        return false;
+    };
+    if p.port != o.port {
+        return false;
+    }
+    if let Some(ps) = p.scheme
+        && !o.scheme.is_some_and(|os| os.eq_ignore_ascii_case(ps))
     {
         return false;
     }
-    match p_host.strip_prefix("*.") {
+    match p.host.strip_prefix("*.") {
         Some(suffix) => {
-            let Some(cut) = o_host.len().checked_sub(suffix.len() + 1) else {
+            let Some(cut) = o.host.len().checked_sub(suffix.len() + 1) else {
                 return false;
             };
+            // The origin's host is ASCII labels (parsed), so byte indexing is safe.
             cut > 0
-                && o_host.as_bytes()[cut] == b'.'
-                && o_host.is_char_boundary(cut + 1)
-                && o_host[cut + 1..].eq_ignore_ascii_case(suffix)
+                && o.host.as_bytes()[cut] == b'.'
+                && o.host[cut + 1..].eq_ignore_ascii_case(suffix)
         }
-        None => o_host.eq_ignore_ascii_case(p_host),
+        None => o.host.eq_ignore_ascii_case(p.host),
     }
 }
 

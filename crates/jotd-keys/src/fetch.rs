@@ -70,6 +70,105 @@ pub enum FetchError {
     Setup(String),
 }
 
+/// Redirects followed for one JWKS fetch, at most.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// Why a JWKS URL (configured, or the target of a redirect) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksUrlError {
+    /// Not an absolute URL.
+    #[error("not a URL ({0})")]
+    Parse(String),
+    /// A scheme other than `https` (or `http` to loopback).
+    #[error("scheme `{0}` is not https")]
+    Scheme(String),
+    /// Plain `http` to a host that is not loopback.
+    #[error(
+        "plain http only to a loopback host (127.0.0.0/8, [::1] or exactly `localhost`), not `{0}`"
+    )]
+    NotLoopback(String),
+    /// `user[:password]@` in the URL: it hides the real host from a reader.
+    #[error("the URL carries userinfo (`…@`); put no credentials in a JWKS URL")]
+    Userinfo,
+}
+
+/// Checks a JWKS URL on its **parsed** host: `https` to any host, plain
+/// `http` only to 127.0.0.0/8, `[::1]` or exactly `localhost` (never by
+/// string prefix: `http://localhost.evil.example/` is not loopback), and no
+/// userinfo anywhere. The same rule judges the config and every redirect.
+///
+/// # Errors
+/// See [`JwksUrlError`].
+pub fn check_jwks_url(url: &str) -> Result<reqwest::Url, JwksUrlError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| JwksUrlError::Parse(e.to_string()))?;
+    check_parsed_url(&parsed)?;
+    Ok(parsed)
+}
+
+fn check_parsed_url(url: &reqwest::Url) -> Result<(), JwksUrlError> {
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(JwksUrlError::Userinfo);
+    }
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Domain(d)) => d == "localhost",
+                Some(url::Host::Ipv4(a)) => a.is_loopback(),
+                Some(url::Host::Ipv6(a)) => a.is_loopback(),
+                None => false,
+            };
+            if loopback {
+                Ok(())
+            } else {
+                Err(JwksUrlError::NotLoopback(
+                    url.host_str().unwrap_or_default().to_owned(),
+                ))
+            }
+        }
+        other => Err(JwksUrlError::Scheme(other.to_owned())),
+    }
+}
+
+/// The redirect rule: at most [`MAX_REDIRECTS`], never a change of scheme
+/// (so an `https` source never ends on plain `http`), and every target must
+/// pass [`check_jwks_url`].
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let from = attempt.previous().last().cloned();
+        let to = attempt.url().clone();
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        if let Some(from) = &from
+            && from.scheme() != to.scheme()
+        {
+            return attempt.error(format!(
+                "redirect from {from} to {to} changes the scheme; refused"
+            ));
+        }
+        if let Err(e) = check_parsed_url(&to) {
+            return attempt.error(format!("redirect to {to} refused: {e}"));
+        }
+        attempt.follow()
+    })
+}
+
+/// An error and its causes, one line (reqwest keeps the useful part in `source()`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Health of one URL source, for `/readyz` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceHealth {
@@ -89,6 +188,9 @@ pub struct SourceHealth {
     pub fetches: u64,
     /// Fetches that failed, in all.
     pub failed_total: u64,
+    /// The URL the installed keys actually came from (after redirects);
+    /// `None` until a fetch succeeds.
+    pub keys_url: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +206,8 @@ struct Info {
     last_error: Option<FetchError>,
     fetches: u64,
     failed_total: u64,
+    /// Where the last good document came from, after redirects.
+    keys_url: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -163,7 +267,7 @@ impl JwksFetcher {
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .https_only(false)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(redirect_policy())
             .user_agent(concat!("jotd/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &config.extra_roots_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem)
@@ -226,7 +330,7 @@ impl JwksFetcher {
         if e.is_timeout() {
             FetchError::Timeout(self.config.timeout)
         } else {
-            FetchError::Http(e.to_string())
+            FetchError::Http(error_chain(e))
         }
     }
 
@@ -234,7 +338,7 @@ impl JwksFetcher {
     async fn download(
         &self,
         t: &Target,
-    ) -> Result<(crate::jwk::JwksKeys, Option<Duration>), FetchError> {
+    ) -> Result<(crate::jwk::JwksKeys, Option<Duration>, String), FetchError> {
         let limit = self.config.max_bytes;
         let request = async {
             let mut resp = self
@@ -243,6 +347,7 @@ impl JwksFetcher {
                 .send()
                 .await
                 .map_err(|e| self.http_error(&e))?;
+            let final_url = resp.url().to_string();
             if resp.status() != reqwest::StatusCode::OK {
                 return Err(FetchError::Status(resp.status().as_u16()));
             }
@@ -261,13 +366,13 @@ impl JwksFetcher {
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok((body, age))
+            Ok((body, age, final_url))
         };
-        let (body, age) = tokio::time::timeout(self.config.timeout, request)
+        let (body, age, final_url) = tokio::time::timeout(self.config.timeout, request)
             .await
             .map_err(|_| FetchError::Timeout(self.config.timeout))??;
         let max_keys = self.reloader.config().max_jwks_keys;
-        Ok((parse_jwks(&body, t.alg, max_keys)?, age))
+        Ok((parse_jwks(&body, t.alg, max_keys)?, age, final_url))
     }
 
     /// Fetches one source now and records the outcome; on success installs the keys.
@@ -278,7 +383,7 @@ impl JwksFetcher {
         info.last_attempt = Some(now);
         info.fetches += 1;
         match result {
-            Ok((keys, age)) => {
+            Ok((keys, age, final_url)) => {
                 let refresh = age
                     .map_or(t.refresh, |a| a.min(t.refresh))
                     .max(self.config.min_refresh);
@@ -286,6 +391,7 @@ impl JwksFetcher {
                 info.last_good = Some(now);
                 info.failures = 0;
                 info.last_error = None;
+                info.keys_url = Some(final_url);
                 drop(info);
                 self.reloader.set_fetched(&t.tenant, &t.url, Arc::new(keys));
                 Ok(())
@@ -388,6 +494,7 @@ impl JwksFetcher {
                     failed_total: info.failed_total,
                     last_error: info.last_error.clone(),
                     fetches: info.fetches,
+                    keys_url: info.keys_url.clone(),
                     tenant: t.tenant.clone(),
                     url: t.url.clone(),
                 }

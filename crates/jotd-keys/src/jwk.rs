@@ -43,6 +43,10 @@ pub enum JwkError {
     /// The JWK carries private key members: refused so the secret does not spread.
     #[error("JWK holds private key material (`d`); publish the public key only")]
     PrivateKey,
+    /// The JWK says it is not for verifying signatures (`use` other than
+    /// `sig`, or `key_ops` without `verify`).
+    #[error("JWK is not for verifying signatures ({0})")]
+    NotForVerification(String),
     /// Two keys of one JWKS share a `kid`.
     #[error("duplicate kid `{0}` in the JWKS")]
     DuplicateKid(String),
@@ -76,6 +80,9 @@ pub struct Jwk {
     /// `sig` or `enc`.
     #[serde(default, rename = "use")]
     pub use_: Option<String>,
+    /// Permitted operations (`verify`, `sign`, `encrypt`, ...); when present, must hold `verify`.
+    #[serde(default)]
+    pub key_ops: Option<Vec<String>>,
     /// Curve (`EC`, `OKP`).
     #[serde(default)]
     pub crv: Option<String>,
@@ -139,15 +146,40 @@ impl Jwk {
         }
     }
 
+    /// Refuses a key its publisher did not mean for verifying signatures:
+    /// `use` other than `sig` (RFC 7517 §4.2), or `key_ops` present without
+    /// `verify` (§4.3). The one rule for inline JWKs and JWKS documents alike.
+    ///
+    /// # Errors
+    /// [`JwkError::NotForVerification`], naming the member.
+    pub fn check_verification_use(&self) -> Result<(), JwkError> {
+        if let Some(use_) = self.use_.as_deref()
+            && use_ != "sig"
+        {
+            return Err(JwkError::NotForVerification(format!("use is `{use_}`")));
+        }
+        if let Some(ops) = &self.key_ops
+            && !ops.iter().any(|o| o == "verify")
+        {
+            return Err(JwkError::NotForVerification(format!(
+                "key_ops {ops:?} lacks `verify`"
+            )));
+        }
+        Ok(())
+    }
+
     /// Builds the verifying key, bound to [`Jwk::algorithm`].
     ///
     /// # Errors
-    /// Unsupported type, wrong curve, bad members, private material, or a key
-    /// the engine refuses (RSA size, point not on the curve, short secret).
+    /// Not for verification (see [`Jwk::check_verification_use`]),
+    /// unsupported type, wrong curve, bad members, private material, or a key
+    /// the engine refuses (RSA size or exponent, point not on the curve or of
+    /// small order, short secret).
     pub fn to_key(&self, config: Option<Algorithm>) -> Result<VerifyingKey, JwkError> {
         if self.d.is_some() && self.kty != "oct" {
             return Err(JwkError::PrivateKey);
         }
+        self.check_verification_use()?;
         let alg = self.algorithm(config)?;
         let curve_ok = |want: &str| {
             let crv = self.crv.as_deref().unwrap_or("");
@@ -204,8 +236,9 @@ struct Document {
     keys: Vec<serde_json::Value>,
 }
 
-/// Parses a JWKS document. Keys for encryption, without a `kid`, or of a type
-/// jotd cannot verify with are left out (and listed); a document with no usable
+/// Parses a JWKS document. Keys not for verification (`use` other than `sig`,
+/// `key_ops` without `verify`), without a `kid`, or that the engine refuses
+/// (type, curve, weak or malformed material) are left out (and listed); a document with no usable
 /// key, duplicate kids or more than `max_keys` usable keys is an error, so a
 /// broken document never replaces good keys.
 ///
@@ -233,8 +266,9 @@ pub fn parse_jwks(
             out.skipped.push(format!("keys[{i}]: no kid"));
             continue;
         };
-        if jwk.use_.as_deref() == Some("enc") {
-            out.skipped.push(format!("kid {kid}: use is enc"));
+        // Before the duplicate check: a publisher may give its encryption key the same kid.
+        if let Err(e) = jwk.check_verification_use() {
+            out.skipped.push(format!("kid {kid}: {e}"));
             continue;
         }
         if out.keys.iter().any(|(k, _)| *k == kid) {

@@ -19,7 +19,10 @@ mod store;
 mod tenants;
 
 pub use config::{ConfigError, DEFAULT_MAX_JWKS_KEYS, DEFAULT_MAX_KEYS_PER_TENANT};
-pub use fetch::{FetchConfig, FetchError, JwksFetcher, SourceHealth, max_age};
+pub use fetch::{
+    FetchConfig, FetchError, JwksFetcher, JwksUrlError, MAX_REDIRECTS, SourceHealth,
+    check_jwks_url, max_age,
+};
 pub use load::{KeysConfig, load};
 pub use reload::{FetchedJwks, FileStamp, Reader, ReloadStatus, Reloader, Stamper};
 pub use store::KeyStore;

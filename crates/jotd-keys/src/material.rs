@@ -22,6 +22,15 @@ pub enum MaterialError {
         "PEM block `{0}` is not a public key (expected PUBLIC KEY, RSA PUBLIC KEY or CERTIFICATE)"
     )]
     WrongPemLabel(String),
+    /// More than one PEM block where one key belongs (a second key, a
+    /// certificate chain): refused, so which key is used is never a guess.
+    #[error("PEM block {index} (`{label}`) is extra: give exactly one key per file or value")]
+    ExtraPemBlock {
+        /// 1-based position of the first extra block.
+        index: usize,
+        /// Its label.
+        label: String,
+    },
     /// A private key where a public key belongs: refused so it does not spread.
     #[error("this is a private key (`{0}`); give jotd the public key only")]
     PrivateKey(String),
@@ -66,7 +75,17 @@ pub fn public_der(bytes: &[u8]) -> Result<Vec<u8>, MaterialError> {
 }
 
 fn pem_der(text: &[u8]) -> Result<Vec<u8>, MaterialError> {
-    let block = pem::parse(text).map_err(|e| MaterialError::Unreadable(format!("PEM: {e}")))?;
+    let mut blocks =
+        pem::parse_many(text).map_err(|e| MaterialError::Unreadable(format!("PEM: {e}")))?;
+    if let Some(extra) = blocks.get(1) {
+        return Err(MaterialError::ExtraPemBlock {
+            index: 2,
+            label: extra.tag().to_owned(),
+        });
+    }
+    let block = blocks
+        .pop()
+        .ok_or_else(|| MaterialError::Unreadable("PEM: no block".into()))?;
     match block.tag() {
         "PUBLIC KEY" | "RSA PUBLIC KEY" => Ok(block.contents().to_vec()),
         "CERTIFICATE" => certificate_spki(block.contents()),

@@ -422,15 +422,8 @@ fn jwks_source(
     let span = raw.span();
     let location = match (&j.url, &j.file) {
         (Some(url), None) => {
-            let loopback = url.starts_with("http://127.0.0.1")
-                || url.starts_with("http://localhost")
-                || url.starts_with("http://[::1]");
-            if !url.starts_with("https://") && !loopback {
-                return cx.err(
-                    span,
-                    &format!("{at}.url"),
-                    "must be https:// (plain http only to loopback, for development)",
-                );
+            if let Err(e) = crate::fetch::check_jwks_url(url) {
+                return cx.err(span, &format!("{at}.url"), format_args!("`{url}`: {e}"));
             }
             JwksLocation::Url(url.clone())
         }

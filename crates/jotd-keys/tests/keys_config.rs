@@ -279,7 +279,7 @@ fn errors_name_file_line_and_key() {
             "[[tenant]]\nid = \"a\"\n[[tenant.jwks]]\nurl = \"http://idp.example.com/jwks\"\n",
             3,
             "tenant[0].jwks[0].url",
-            "must be https://",
+            "plain http only to a loopback host",
         ),
         (
             "[[tenant]]\nid = \"a\"\n[[tenant.jwks]]\nurl = \"https://idp.example.com/jwks\"\nrefresh_s = 1\n",

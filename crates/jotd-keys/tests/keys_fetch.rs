@@ -28,6 +28,11 @@ enum Mode {
     Garbage,
     Huge(usize),
     Hang,
+    /// `302 Location: location` for `/jwks.json`, the document on any other path.
+    Redirect {
+        location: String,
+        body: String,
+    },
 }
 
 struct Server {
@@ -88,7 +93,10 @@ async fn serve() -> Server {
                 }
                 h.fetch_add(1, Ordering::SeqCst);
                 let mode = m.lock().unwrap().clone();
+                let first_path = head.starts_with(b"GET /jwks.json ");
                 let response = match mode {
+                    Mode::Redirect { location, .. } if first_path => format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").into_bytes(),
+                    Mode::Redirect { body, .. } => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes(),
                     Mode::Doc { body, cache_control } => {
                         let cc = cache_control.map(|c| format!("Cache-Control: {c}\r\n")).unwrap_or_default();
                         format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{cc}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
@@ -407,4 +415,93 @@ async fn url_sources_follow_config_reloads() {
         "[[tenant]]\nid = \"idp\"\nrequire_jwt = false\nleeway_s = 1\n".to_owned();
     assert!(matches!(reloader.reload_if_changed(), Some(Ok(_))));
     assert!(fetcher.health().is_empty());
+}
+
+/// A plain-HTTP server on loopback that serves `body` to anyone and counts requests.
+async fn plain_http(body: String) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/keys",
+        listener.local_addr().unwrap().port()
+    );
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            h.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tcp.write_all(response.as_bytes()).await;
+        }
+    });
+    (url, hits)
+}
+
+/// An https source never ends on plain http: a redirect that changes the
+/// scheme, or one past the limit, fails the fetch (keys kept, nothing
+/// installed, the error says why); a same-scheme redirect is followed and the
+/// health names the URL the keys came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_never_leave_https_and_are_limited() {
+    let server = serve().await;
+    let (key, jwk) = ed_key("a");
+    let (http_url, http_hits) = plain_http(doc(&[&jwk])).await;
+    let config = FetchConfig {
+        refetch_interval: Duration::ZERO,
+        ..FetchConfig::default()
+    };
+    let (reloader, fetcher) = setup(&server, config);
+    let base = server.url.trim_end_matches("/jwks.json").to_owned();
+    let refused = [
+        (http_url.clone(), "changes the scheme"),
+        (
+            http_url.replace("127.0.0.1", "localhost"),
+            "changes the scheme",
+        ),
+        (format!("{base}/jwks.json"), "more than 3 redirects"),
+        (
+            format!(
+                "https://user@127.0.0.1:{}/x",
+                &base[base.rfind(':').unwrap() + 1..]
+            ),
+            "userinfo",
+        ),
+    ];
+    for (location, why) in refused {
+        server.set(Mode::Redirect {
+            location: location.clone(),
+            body: doc(&[&jwk]),
+        });
+        assert!(!fetcher.on_unknown_kid("idp").await, "{location}");
+        let h = &fetcher.health()[0];
+        let error = h.last_error.as_ref().expect("the fetch failed").to_string();
+        assert!(error.contains(why), "{location}: {error}");
+        assert_eq!(h.keys_url, None);
+        assert_eq!(
+            decide(&reloader, &key, "a"),
+            Reason::UnknownKid,
+            "{location}"
+        );
+    }
+    assert_eq!(
+        http_hits.load(Ordering::SeqCst),
+        0,
+        "plain http was never asked"
+    );
+
+    // https -> https on another path: followed, and the health says where the keys came from.
+    let other = format!("{base}/rotated/jwks.json");
+    server.set(Mode::Redirect {
+        location: other.clone(),
+        body: doc(&[&jwk]),
+    });
+    assert!(fetcher.on_unknown_kid("idp").await);
+    let h = &fetcher.health()[0];
+    assert_eq!(h.keys_url.as_deref(), Some(other.as_str()));
+    assert_eq!(h.url, server.url);
+    assert_eq!(decide(&reloader, &key, "a"), Reason::Ok);
 }

@@ -175,7 +175,7 @@ fn jwks_documents_keep_usable_keys_and_list_the_rest() {
     let kids: Vec<_> = parsed.keys.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(kids, ["ec-1", "ed-1"]);
     assert_eq!(parsed.skipped.len(), 4, "{:?}", parsed.skipped);
-    assert!(parsed.skipped.iter().any(|s| s.contains("use is enc")));
+    assert!(parsed.skipped.iter().any(|s| s.contains("use is `enc`")));
 
     let dup = json!({"keys": [doc["keys"][0], doc["keys"][0]]});
     assert_eq!(

@@ -102,8 +102,11 @@ fn origin_wildcards_and_schemes() {
         ("https://*.example.com", "HTTPS://A.b.Example.com"),
         ("*.example.com", "http://a.example.com"),
         ("app.test", "https://app.test"),
-        ("https://app.test", "https://app.test/"),
         ("https://app.test:8443", "https://app.test:8443"),
+        ("https://*.example.com", "https://a.b.example.com"),
+        ("http://[::1]:8080", "http://[::1]:8080"),
+        ("app.test:3000", "http://app.test:3000"),
+        ("https://under_score.test", "https://under_score.test"),
     ];
     let no = [
         ("https://*.example.com", "https://example.com"),
@@ -113,6 +116,9 @@ fn origin_wildcards_and_schemes() {
         ("https://app.test", "app.test"),
         ("https://app.test", "https://app.test:8443"),
         ("app.test", "https://app.test.evil"),
+        ("https://app.test", "https://app.test/"),
+        ("https://app.test:8443", "https://app.test"),
+        ("app.test", "https://app.test:443"),
     ];
     for (p, o) in yes {
         assert!(origin_matches(p, o), "{p} should match {o}");
@@ -159,7 +165,11 @@ fn besu_permissions() {
         permissions(&g(&["eth:"]), &r("eth")),
         Err(Reason::PermissionDenied)
     );
-    assert_eq!(permissions(&g(&["eth:*"]), &r("eth")), Ok(()));
+    assert_eq!(
+        permissions(&g(&["eth:*"]), &r("eth")),
+        Err(Reason::PermissionDenied)
+    );
+    assert_eq!(permissions(&g(&["*:*"]), &r("eth")), Ok(()));
     assert_eq!(
         permissions(&g(&["*:*"]), &req(None, &[], None, None)),
         Err(Reason::PermissionDenied)
@@ -168,4 +178,150 @@ fn besu_permissions() {
         permissions(&Grants::default(), &r("eth_call")),
         Err(Reason::MissingClaim)
     );
+}
+
+/// Every way to smuggle another host past `*.example.com` or an exact entry:
+/// a path, query, fragment, backslash, userinfo, a suffix that is not a label
+/// boundary, whitespace, percent-encoding, non-ASCII, empty labels.
+#[test]
+fn origin_smuggling_matches_nothing() {
+    let patterns = [
+        "https://*.example.com",
+        "*.example.com",
+        "https://example.com",
+        "example.com",
+    ];
+    let origins = [
+        "https://evil.com/.example.com",
+        "https://evil.com?.example.com",
+        "https://evil.com#.example.com",
+        "https://evil.com\\.example.com",
+        "https://user@evil.com/.example.com",
+        "https://a.example.com@evil.com",
+        "https://example.com@evil.com",
+        "https://example.com.evil.com",
+        "https://a.example.com.evil.com",
+        "https://evilexample.com",
+        "https://a.example.com/",
+        "https://a.example.com/path",
+        "https://a.example.com?q",
+        "https://a.example.com#f",
+        "https://a.example.com:",
+        "https://a.example.com:99999",
+        "https://a.example.com:0",
+        "https://a.example.com:+443",
+        "https://a.example.com :443",
+        "https://a.example.com%2fevil.com",
+        "https://a.example.com\t",
+        "https:// a.example.com",
+        "https://a..example.com",
+        "https://.example.com",
+        "https://a.example.com.",
+        "https://\u{430}.example.com",
+        "https:/a.example.com",
+        "https:a.example.com",
+        "//a.example.com",
+        "a.example.com",
+        "null",
+        "",
+        "https://",
+        "1https://a.example.com",
+        "ht tps://a.example.com",
+        "https://[::1].example.com",
+    ];
+    for p in patterns {
+        for o in origins {
+            assert!(!origin_matches(p, o), "{p:?} must not match {o:?}");
+        }
+    }
+    // Junk in a pattern matches nothing, not even the same junk.
+    for p in [
+        "https://example.com/",
+        "https://example.com/path",
+        "https://user@example.com",
+        "https://*.",
+        "*",
+        "https://*",
+        "https://a.*.example.com",
+        "https://*example.com",
+        "",
+    ] {
+        assert!(!origin_matches(p, p), "pattern {p:?} must match nothing");
+        assert!(!origin_matches(p, "https://a.example.com"), "{p:?}");
+    }
+}
+
+#[test]
+fn origin_ports_and_schemes_must_agree_when_given() {
+    assert!(origin_matches(
+        "https://*.example.com:8443",
+        "https://a.example.com:8443"
+    ));
+    assert!(!origin_matches(
+        "https://*.example.com:8443",
+        "https://a.example.com:8444"
+    ));
+    assert!(!origin_matches(
+        "https://*.example.com:8443",
+        "https://a.example.com"
+    ));
+    assert!(!origin_matches(
+        "https://*.example.com",
+        "https://a.example.com:8443"
+    ));
+    assert!(!origin_matches(
+        "wss://*.example.com",
+        "https://a.example.com"
+    ));
+    assert!(origin_matches(
+        "HTTPS://*.EXAMPLE.com",
+        "https://a.example.COM"
+    ));
+}
+
+/// Only `*:*`, `group:*` and Besu's exact `group:method` grant.
+#[test]
+fn besu_permission_forms_that_grant_nothing() {
+    for p in [
+        "*:blockNumber",
+        ":*",
+        "*",
+        "eth:",
+        "eth",
+        "",
+        ":",
+        "*:",
+        ":blockNumber",
+        "ETH:*",
+        "eth:BlockNumber",
+        "eth:*:*",
+        "eth :*",
+        "eth:* ",
+        "eth:blockNumber ",
+        " eth:blockNumber",
+        "eth_blockNumber",
+        "et:*",
+        "eth:block*",
+        "e*:*",
+        "**",
+        "*:**",
+    ] {
+        assert!(
+            !permission_grants(p, "eth_blockNumber"),
+            "{p:?} must grant nothing"
+        );
+    }
+    assert!(permission_grants("*:*", "eth_blockNumber"));
+    assert!(permission_grants("eth:*", "eth_blockNumber"));
+    assert!(permission_grants("eth:blockNumber", "eth_blockNumber"));
+    // Besu turns every `_` into `:`.
+    assert!(permission_grants("priv:get:thing", "priv_get_thing"));
+    assert!(!permission_grants("priv:get_thing", "priv_get_thing"));
+    assert!(permission_grants("priv:*", "priv_get_thing"));
+    // Empty group or name: `*:*` alone.
+    for m in ["eth_", "_blockNumber", "eth", "_", ""] {
+        assert!(!permission_grants("eth:*", m), "{m:?}");
+        assert!(!permission_grants("eth:", m), "{m:?}");
+        assert!(permission_grants("*:*", m), "{m:?}");
+    }
 }
