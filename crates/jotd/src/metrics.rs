@@ -174,6 +174,11 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "1 when a JWKS URL is past its stale budget (3 refresh intervals) or never fetched",
     ),
     (
+        "jotd_jwks_redirected",
+        Kind::Gauge,
+        "1 when a JWKS URL's installed keys came through a redirect (same scheme only; the log names the final URL)",
+    ),
+    (
         "jotd_build_info",
         Kind::Gauge,
         "Always 1; the version label says which build",
@@ -496,6 +501,13 @@ impl Sampler {
                 .age
                 .is_none_or(|a| a > h.refresh * crate::admin::STALE_REFRESHES);
             gauge!("jotd_jwks_stale", "url" => h.url.clone()).set(if stale { 1.0 } else { 0.0 });
+            // 1 when the installed keys came from another URL than the configured one.
+            let redirected = h.keys_url.as_ref().is_some_and(|k| *k != h.url);
+            gauge!("jotd_jwks_redirected", "url" => h.url.clone()).set(if redirected {
+                1.0
+            } else {
+                0.0
+            });
             // -1: never fetched successfully.
             gauge!("jotd_jwks_age_seconds", "url" => h.url)
                 .set(h.age.map_or(-1.0, |a| a.as_secs_f64()));
