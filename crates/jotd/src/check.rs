@@ -8,7 +8,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use jotd_core::{Decision, Engine, EngineConfig, Reason, Request, Scratch, UnixTime};
+use jotd_core::{Decision, Engine, Reason, Request, Scratch, UnixTime};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -18,7 +18,7 @@ use std::time::SystemTime;
 /// Options of `jotd check`.
 #[derive(Args, Debug)]
 pub(crate) struct CheckArgs {
-    /// The config file (tenants, keys).
+    /// The config file (tenants, keys, and `[verify]` as `jotd serve` reads it).
     #[arg(long)]
     config: PathBuf,
     /// JSON-lines input; standard input when absent.
@@ -79,6 +79,9 @@ pub(crate) fn decision_json(index: usize, d: &Decision) -> Value {
 
 pub(crate) fn run(args: &CheckArgs) -> anyhow::Result<()> {
     let cfg = crate::config_cmd::load(&args.config)?;
+    // The daemon's sections of the same file: `[verify]` decides too (a token
+    // over max_token_bytes is token_too_large here as in `jotd serve`).
+    let settings = crate::settings::load(&args.config)?;
     let snapshot = cfg.snapshot(1, &|_, _| None);
     let now = match args.now {
         Some(n) => n,
@@ -94,7 +97,7 @@ pub(crate) fn run(args: &CheckArgs) -> anyhow::Result<()> {
         )),
         None => Box::new(std::io::stdin().lock()),
     };
-    let engine = Engine::new(EngineConfig::default());
+    let engine = Engine::new(settings.engine_config());
     let mut scratch = Scratch::new();
     let mut out = BufWriter::new(std::io::stdout().lock());
     for (index, line) in input.lines().enumerate() {

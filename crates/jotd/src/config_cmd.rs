@@ -29,6 +29,7 @@ pub(crate) fn check(config: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{}: server TLS", config.display()))?;
     }
     let s = &settings.server;
+    let engine = settings.engine_config();
     println!(
         "server: listen {}, TLS {}{}, max {} connections x {} streams, {} tokens in flight, batches of at most {} items / {} bytes",
         s.listen,
@@ -50,8 +51,8 @@ pub(crate) fn check(config: &Path) -> anyhow::Result<()> {
     println!(
         "verify: {} threads (0 = one per core), tokens up to {} bytes, cache {}; admin {}",
         settings.verify_threads,
-        settings.engine.max_token_bytes,
-        settings.engine.cache.map_or_else(
+        engine.max_token_bytes,
+        engine.cache.map_or_else(
             || "off".to_owned(),
             |c| format!("{} entries / {} bytes", c.max_entries, c.max_bytes)
         ),
