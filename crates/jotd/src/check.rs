@@ -77,7 +77,7 @@ pub(crate) fn decision_json(index: usize, d: &Decision) -> Value {
     Value::Object(out)
 }
 
-pub(crate) fn run(args: &CheckArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let cfg = crate::config_cmd::load(&args.config)?;
     // The daemon's sections of the same file: `[verify]` decides too (a token
     // over max_token_bytes is token_too_large here as in `jotd serve`).
@@ -99,7 +99,7 @@ pub(crate) fn run(args: &CheckArgs) -> anyhow::Result<()> {
     };
     let engine = Engine::new(settings.engine_config());
     let mut scratch = Scratch::new();
-    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut out = BufWriter::new(out);
     for (index, line) in input.lines().enumerate() {
         let line = line.with_context(|| format!("input line {}: cannot read", index + 1))?;
         let value = match serde_json::from_str::<Line>(&line) {
@@ -124,8 +124,8 @@ pub(crate) fn run(args: &CheckArgs) -> anyhow::Result<()> {
                 v
             }
         };
-        writeln!(out, "{value}").context("cannot write to standard output")?;
+        writeln!(out, "{value}")?;
     }
-    out.flush().context("cannot write to standard output")?;
+    out.flush()?;
     Ok(())
 }
