@@ -3,8 +3,10 @@
 //! Input, one object per line: `{"token": "...", "tenant": "...", "method":
 //! "...", "addresses": [...], "origin": "...", "user_agent": "..."}` (all but
 //! `tenant` optional). Output, one line per input line, in order:
-//! `{"index": N, "allow": bool, "reason": "...", "kid", "sub", "exp", "claims"}`.
-//! A line that is not such an object yields `malformed` with an `error`.
+//! `{"index": N, "allow": bool, "reason": "...", "kid", "sub", "exp", "claims"}`:
+//! `kid`, `sub` and `exp` when the signature verified and the token has them;
+//! `claims` always, an object (see [`decision_json`]). A line that is not such
+//! an object yields `malformed` with an `error`.
 
 use anyhow::Context;
 use clap::Args;
@@ -44,12 +46,15 @@ struct Line {
     user_agent: Option<String>,
 }
 
-/// The JSON line for one decision.
+/// The JSON line for one decision. `claims` is always present: the tenant's
+/// `claims_to_return` found in a verified token, `{}` when there are none or
+/// no token verified, so a reader never has to tell "absent" from "empty".
 pub(crate) fn decision_json(index: usize, d: &Decision) -> Value {
     let mut out = Map::new();
     out.insert("index".into(), json!(index));
     out.insert("allow".into(), json!(d.allow()));
     out.insert("reason".into(), json!(d.reason().as_str()));
+    let mut claims = Map::new();
     if let Some(t) = d.token() {
         if let Some(kid) = t.kid() {
             out.insert("kid".into(), json!(kid));
@@ -60,20 +65,14 @@ pub(crate) fn decision_json(index: usize, d: &Decision) -> Value {
         if let Some(exp) = t.exp() {
             out.insert("exp".into(), json!(exp));
         }
-        if !t.claims().is_empty() {
-            let claims: Map<String, Value> = t
-                .claims()
-                .iter()
-                .map(|(k, raw)| {
-                    (
-                        k.to_string(),
-                        serde_json::from_str(raw).unwrap_or(Value::Null),
-                    )
-                })
-                .collect();
-            out.insert("claims".into(), Value::Object(claims));
-        }
+        claims.extend(t.claims().iter().map(|(k, raw)| {
+            (
+                k.to_string(),
+                serde_json::from_str(raw).unwrap_or(Value::Null),
+            )
+        }));
     }
+    out.insert("claims".into(), Value::Object(claims));
     Value::Object(out)
 }
 

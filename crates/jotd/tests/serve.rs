@@ -260,14 +260,13 @@ fn as_check_json(index: usize, d: &ClientDecision) -> Value {
     if let Some(e) = d.exp {
         m.insert("exp".into(), e.into());
     }
-    if !d.claims.is_empty() {
-        let claims: Map<String, Value> = d
-            .claims
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap()))
-            .collect();
-        m.insert("claims".into(), Value::Object(claims));
-    }
+    // Always present in `jotd check`'s lines, `{}` when empty.
+    let claims: Map<String, Value> = d
+        .claims
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap()))
+        .collect();
+    m.insert("claims".into(), Value::Object(claims));
     Value::Object(m)
 }
 
