@@ -17,6 +17,8 @@ mod dev;
 mod logging;
 mod metrics;
 mod output;
+#[cfg(target_os = "linux")]
+mod process_metrics;
 mod serve;
 mod settings;
 mod speed;
