@@ -30,7 +30,9 @@ enum Kind {
     Histogram,
 }
 
-/// Every metric jotd exports, with its help text (docs/operations.md lists the same).
+/// Every metric jotd exports through the recorder, with its help text
+/// (docs/operations.md lists the same); the `process_*` ones are rendered by
+/// `process_metrics`.
 const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         "jotd_tokens_total",
@@ -187,21 +189,6 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "jotd_tenant_tokens_total",
         Kind::Counter,
         "Decisions of the tenants listed in [admin] tenant_labels, by outcome (no other tenant is labelled)",
-    ),
-    (
-        "process_cpu_seconds",
-        Kind::Gauge,
-        "CPU time (user + system) the process used, seconds",
-    ),
-    (
-        "process_resident_memory_bytes",
-        Kind::Gauge,
-        "Resident memory of the process",
-    ),
-    (
-        "process_open_fds",
-        Kind::Gauge,
-        "Open file descriptors of the process",
     ),
 ];
 
@@ -393,12 +380,17 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition: the recorder's metrics, then (Linux)
+    /// the standard process metrics, read now.
     pub(crate) fn render(&self) -> String {
-        self.handle.render()
+        #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
+        let mut text = self.handle.render();
+        #[cfg(target_os = "linux")]
+        crate::process_metrics::render(&mut text);
+        text
     }
 
-    /// Samples gauges (server, cache, keys, JWKS, process) once a second.
+    /// Samples gauges (server, cache, keys, JWKS) once a second.
     pub(crate) fn start_sampler(
         self: &Arc<Self>,
         limits: &jotd_transport::ServerOptions,
@@ -512,39 +504,5 @@ impl Sampler {
             gauge!("jotd_jwks_age_seconds", "url" => h.url)
                 .set(h.age.map_or(-1.0, |a| a.as_secs_f64()));
         }
-        process::sample();
     }
-}
-
-/// Process metrics from /proc (Linux); elsewhere nothing is recorded.
-mod process {
-    use metrics::gauge;
-
-    #[cfg(target_os = "linux")]
-    pub(super) fn sample() {
-        // /proc/self/stat: fields after the command name (which may contain spaces).
-        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
-            && let Some((_, rest)) = stat.rsplit_once(") ")
-        {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // utime = field 14, stime = 15, rss = 24 (1-based over the whole line; rest starts at 3).
-            let ticks = 100.0; // USER_HZ on every Linux jotd supports
-            if let (Some(u), Some(s)) = (
-                f.get(11).and_then(|v| v.parse::<f64>().ok()),
-                f.get(12).and_then(|v| v.parse::<f64>().ok()),
-            ) {
-                // A gauge: metrics counters are integers, CPU seconds are not.
-                gauge!("process_cpu_seconds").set((u + s) / ticks);
-            }
-            if let Some(rss) = f.get(21).and_then(|v| v.parse::<f64>().ok()) {
-                gauge!("process_resident_memory_bytes").set(rss * 4096.0);
-            }
-        }
-        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-            gauge!("process_open_fds").set(dir.count() as f64);
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub(super) fn sample() {}
 }

@@ -202,7 +202,7 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
             .build()
             .context("starting the verification pool")?,
     );
-    let engine = Arc::new(Engine::new(settings.engine));
+    let engine = Arc::new(Engine::new(settings.engine_config()));
     let io_threads = io_threads(settings.io_threads);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(io_threads)

@@ -7,6 +7,7 @@ use jotd_core::{
     Algorithm, Engine, EngineConfig, PolicyModel, RawVerifier, Reason, Request, Scratch,
     SigningKey, Snapshot, Tenant, TenantKey, UnixTime, sample_claims, split_for_raw,
 };
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -228,24 +229,27 @@ fn run_one(w: &Workload, args: &SpeedArgs) -> anyhow::Result<Row> {
     })
 }
 
-pub(crate) fn run(args: &SpeedArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &SpeedArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let algs = parse_algs(&args.algs)?;
     if !args.json {
-        println!(
+        writeln!(
+            out,
             "jotd speed: {} token(s)/alg, {} s per measurement, {} thread(s); rates are tokens/s per thread",
             args.tokens, args.seconds, args.threads
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "{:<8} {:>14} {:>14} {:>14} {:>12}",
             "alg", "engine", "cached", "raw aws-lc-rs", "engine/raw"
-        );
+        )?;
     }
     for alg in algs {
         let w = workload(alg, args.tokens)?;
         let row = run_one(&w, args)?;
         let ratio = row.engine / row.raw;
         if args.json {
-            println!(
+            writeln!(
+                out,
                 "{}",
                 serde_json::json!({
                     "alg": row.alg.as_str(),
@@ -257,16 +261,17 @@ pub(crate) fn run(args: &SpeedArgs) -> anyhow::Result<()> {
                     "raw_per_s": row.raw.round(),
                     "ratio": (ratio * 1000.0).round() / 1000.0,
                 })
-            );
+            )?;
         } else {
-            println!(
+            writeln!(
+                out,
                 "{:<8} {:>14.0} {:>14.0} {:>14.0} {:>12.3}",
                 row.alg.as_str(),
                 row.engine,
                 row.cached,
                 row.raw,
                 ratio
-            );
+            )?;
         }
     }
     Ok(())
