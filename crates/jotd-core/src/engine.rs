@@ -319,8 +319,7 @@ impl Engine {
                     now,
                 );
                 if entry.dies_at > now.0 {
-                    cache.insert(token, entry, now.0);
-                    counts.inserts += 1;
+                    cache.insert(token, entry, counts);
                 }
                 verdict
             }

@@ -151,6 +151,16 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Verified-token cache entries dropped (bounds or death)",
     ),
     (
+        "jotd_cache_admission_rejected_total",
+        Kind::Counter,
+        "Verified tokens not admitted to the full cache (first sighting within the doorkeeper window)",
+    ),
+    (
+        "jotd_cache_hit_ratio",
+        Kind::Gauge,
+        "Cache hits over lookups during the last sampling second (0 when there was no lookup)",
+    ),
+    (
         "jotd_cache_entries",
         Kind::Gauge,
         "Verified-token cache entries",
@@ -425,6 +435,10 @@ struct Sampler {
     cache_hits: Counter,
     cache_misses: Counter,
     cache_evictions: Counter,
+    cache_rejected: Counter,
+    cache_hit_ratio: Gauge,
+    /// Hits and lookups at the last sample, for the ratio over one interval.
+    cache_last: std::sync::Mutex<(u64, u64)>,
     cache_entries: Gauge,
     cache_bytes: Gauge,
     tenants: Gauge,
@@ -442,6 +456,9 @@ impl Sampler {
             cache_hits: counter!("jotd_cache_hits_total"),
             cache_misses: counter!("jotd_cache_misses_total"),
             cache_evictions: counter!("jotd_cache_evictions_total"),
+            cache_rejected: counter!("jotd_cache_admission_rejected_total"),
+            cache_hit_ratio: gauge!("jotd_cache_hit_ratio"),
+            cache_last: std::sync::Mutex::new((0, 0)),
             cache_entries: gauge!("jotd_cache_entries"),
             cache_bytes: gauge!("jotd_cache_bytes"),
             tenants: gauge!("jotd_tenants_loaded"),
@@ -465,6 +482,16 @@ impl Sampler {
             self.cache_hits.absolute(c.hits);
             self.cache_misses.absolute(c.misses);
             self.cache_evictions.absolute(c.evictions);
+            self.cache_rejected.absolute(c.admission_rejected);
+            let lookups = c.hits + c.misses;
+            let mut last = self
+                .cache_last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (dh, dl) = (c.hits - last.0, lookups - last.1);
+            *last = (c.hits, lookups);
+            self.cache_hit_ratio
+                .set(if dl == 0 { 0.0 } else { dh as f64 / dl as f64 });
             self.cache_entries.set(c.entries as f64);
             self.cache_bytes.set(c.bytes as f64);
         }

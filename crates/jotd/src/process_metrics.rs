@@ -191,6 +191,11 @@ fn boot_time() -> Option<u64> {
     })
 }
 
+/// This process's resident set now, in bytes (`None` where /proc cannot tell).
+pub(crate) fn resident_bytes() -> Option<u64> {
+    sample().resident_bytes
+}
+
 /// Reads this process's values now.
 fn sample() -> Sample {
     let (page_size, ticks) = page_size_and_ticks();
