@@ -8,7 +8,10 @@
 //! Scenarios: A `lookup-or-insert` over N uniform random keys; B 1,000 hot keys
 //! among a stream of one-time keys (hot-set hit ratio); C scenario A at N = 256
 //! on 2 threads; D resident memory after 1,000,000 inserts (one child process
-//! per candidate, so one's freed memory does not flatter the next).
+//! per candidate, so one's freed memory does not flatter the next). A and C also run
+//! as interleaved rounds with per-round ratios to `current` (lines starting `P`),
+//! which background load on a small machine disturbs less than criterion's
+//! one-candidate-after-another runs.
 //!
 //! Run: `cargo bench -p jotd-core --bench cache_compare`. Results: docs/cache-compare.md.
 
@@ -226,25 +229,27 @@ const OWN_SHARDS: usize = 64;
 /// doorkeeper remembers 2 to 4 capacities of misses), so a scan of one-time keys
 /// evicts almost nothing.
 struct Own {
-    shards: Box<[RwLock<Shard>]>,
+    shards: Box<[Padded]>,
     hasher: foldhash::fast::RandomState,
 }
 
-struct Slot {
-    hash: u64,
+/// One shard per 128 bytes, so one shard's lock word never shares a line with another's.
+#[repr(align(128))]
+struct Padded(RwLock<Shard>);
+
+struct Entry {
     key: Box<[u8]>,
     val: Arc<Val>,
     weight: usize,
     referenced: AtomicBool,
 }
 
-/// The map is keyed by the 64-bit hash alone; the slot keeps the key, and a lookup
-/// compares it. Two keys with one hash share a slot (the later replaces the earlier):
-/// a miss, never a wrong answer.
+/// The map is keyed by the 64-bit hash alone and the entry keeps the key, which a
+/// lookup compares. Two keys with one hash share an entry (the later replaces the
+/// earlier): a miss, never a wrong answer. `ring` holds the hashes in CLOCK order.
 struct Shard {
-    index: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
-    slots: Vec<Option<Slot>>,
-    free: Vec<u32>,
+    map: HashMap<u64, Entry, BuildHasherDefault<Prehashed>>,
+    ring: Vec<u64>,
     hand: usize,
     bytes: usize,
     budget: usize,
@@ -278,17 +283,16 @@ impl Own {
         let bits = (window * 8).next_power_of_two();
         let shards = (0..OWN_SHARDS)
             .map(|_| {
-                RwLock::new(Shard {
-                    index: HashMap::default(),
-                    slots: Vec::new(),
-                    free: Vec::new(),
+                Padded(RwLock::new(Shard {
+                    map: HashMap::default(),
+                    ring: Vec::new(),
                     hand: 0,
                     bytes: 0,
                     budget: max_bytes / OWN_SHARDS,
                     seen: [vec![0; bits / 64], vec![0; bits / 64]],
                     seen_count: 0,
                     window,
-                })
+                }))
             })
             .collect();
         Self {
@@ -299,7 +303,7 @@ impl Own {
 
     /// Shard from bits 40.., doorkeeper from bits 0..40, hashbrown's tag from the top 7.
     fn shard(&self, hash: u64) -> &RwLock<Shard> {
-        &self.shards[(hash >> 40) as usize % OWN_SHARDS]
+        &self.shards[(hash >> 40) as usize % OWN_SHARDS].0
     }
 }
 
@@ -324,23 +328,21 @@ impl Shard {
     }
 
     /// Evicts the first entry the hand finds unreferenced, clearing bits on the way.
+    /// The last hash in the ring moves into the victim's place.
     fn evict_one(&mut self) {
         loop {
-            if self.hand >= self.slots.len() {
+            if self.hand >= self.ring.len() {
                 self.hand = 0;
             }
-            let i = self.hand;
-            self.hand += 1;
-            let Some(slot) = self.slots[i].as_mut() else {
-                continue;
-            };
-            if std::mem::take(slot.referenced.get_mut()) {
+            let hash = self.ring[self.hand];
+            let entry = self.map.get_mut(&hash).expect("ring and map agree");
+            if std::mem::take(entry.referenced.get_mut()) {
+                self.hand += 1;
                 continue;
             }
-            let slot = self.slots[i].take().expect("checked above");
-            self.index.remove(&slot.hash);
-            self.bytes -= slot.weight;
-            self.free.push(i as u32);
+            self.bytes -= entry.weight;
+            self.map.remove(&hash);
+            self.ring.swap_remove(self.hand);
             return;
         }
     }
@@ -353,14 +355,14 @@ impl TokenCacheImpl for Own {
             .shard(hash)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let slot = shard.slots[*shard.index.get(&hash)? as usize].as_ref()?;
-        if *slot.key != *key {
+        let entry = shard.map.get(&hash)?;
+        if *entry.key != *key {
             return None;
         }
-        if !slot.referenced.load(Relaxed) {
-            slot.referenced.store(true, Relaxed);
+        if !entry.referenced.load(Relaxed) {
+            entry.referenced.store(true, Relaxed);
         }
-        Some(Arc::clone(&slot.val))
+        Some(Arc::clone(&entry.val))
     }
 
     fn insert(&self, key: &[u8], val: Arc<Val>, weight: usize) {
@@ -370,16 +372,15 @@ impl TokenCacheImpl for Own {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let s = &mut *guard;
-        let slot = Slot {
-            hash,
+        let entry = Entry {
             key: key.into(),
             val,
             weight,
             referenced: AtomicBool::new(false),
         };
-        if let Some(&i) = s.index.get(&hash) {
-            let old = s.slots[i as usize].replace(slot).expect("indexed slot");
+        if let Some(old) = s.map.get_mut(&hash) {
             s.bytes = s.bytes - old.weight + weight;
+            *old = entry;
             return;
         }
         if weight > s.budget {
@@ -393,24 +394,15 @@ impl TokenCacheImpl for Own {
                 s.evict_one();
             }
         }
-        let i = match s.free.pop() {
-            Some(i) => {
-                s.slots[i as usize] = Some(slot);
-                i
-            }
-            None => {
-                s.slots.push(Some(slot));
-                (s.slots.len() - 1) as u32
-            }
-        };
-        s.index.insert(hash, i);
+        s.map.insert(hash, entry);
+        s.ring.push(hash);
         s.bytes += weight;
     }
 
     fn held(&self) -> (usize, usize) {
         self.shards.iter().fold((0, 0), |(n, b), s| {
-            let s = s.read().unwrap_or_else(PoisonError::into_inner);
-            (n + s.index.len(), b + s.bytes)
+            let s = s.0.read().unwrap_or_else(PoisonError::into_inner);
+            (n + s.map.len(), b + s.bytes)
         })
     }
 }
@@ -577,6 +569,99 @@ fn scenario_c(c: &mut Criterion, keys: &[Box<[u8]>]) {
     g.finish();
 }
 
+/// Lookup-or-insert on `threads` threads for `slice`; ops/s per thread.
+fn timed_slice(
+    cache: &dyn TokenCacheImpl,
+    keys: &[Box<[u8]>],
+    n: usize,
+    threads: u64,
+    seed: u64,
+) -> f64 {
+    const SLICE: Duration = Duration::from_millis(150);
+    let barrier = Barrier::new(threads as usize);
+    let rates: Vec<f64> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let mut rng = Rng(seed * 2 + t + 1);
+                    barrier.wait();
+                    let (start, mut ops) = (Instant::now(), 0u64);
+                    while start.elapsed() < SLICE {
+                        for _ in 0..1024 {
+                            lookup_or_insert(cache, &keys[rng.below(n)]);
+                        }
+                        ops += 1024;
+                    }
+                    ops as f64 / start.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    rates.iter().sum::<f64>() / rates.len() as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Scenarios A and C again, interleaved: in each of 9 rounds every candidate runs a
+/// 150 ms slice (order rotated per round), and each ratio is to `current`'s slice in
+/// the same round. Background load that comes and goes hits all four alike.
+fn paired_rounds(keys: &[Box<[u8]>]) {
+    const ROUNDS: usize = 9;
+    let cells = [
+        (256usize, 1u64),
+        (16_384, 1),
+        (65_536, 1),
+        (1_000_000, 1),
+        (256, 2),
+    ];
+    for (n, threads) in cells {
+        let caches: Vec<_> = NAMES.iter().map(|name| build(name, MAX_BYTES)).collect();
+        for cache in &caches {
+            let mut rng = Rng(0x1234_5678 + n as u64);
+            for k in &keys[..n] {
+                lookup_or_insert(&**cache, k);
+            }
+            for _ in 0..(2 * n).min(2_000_000) {
+                lookup_or_insert(&**cache, &keys[rng.below(n)]);
+            }
+        }
+        let mut rates = vec![Vec::new(); NAMES.len()];
+        for round in 0..ROUNDS {
+            for i in (0..NAMES.len()).map(|i| (i + round) % NAMES.len()) {
+                let seed = (round * NAMES.len() + i) as u64;
+                rates[i].push(timed_slice(&*caches[i], keys, n, threads, seed));
+            }
+        }
+        let line: Vec<String> = NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let ratios: Vec<f64> = (0..ROUNDS).map(|r| rates[i][r] / rates[0][r]).collect();
+                let (lo, hi) = ratios
+                    .iter()
+                    .fold((f64::MAX, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
+                format!(
+                    "{name} {:.3} M/s x{:.2} [{lo:.2}-{hi:.2}]",
+                    median(rates[i].clone()) / 1e6,
+                    median(ratios)
+                )
+            })
+            .collect();
+        println!(
+            "P n={n} threads={threads} (per thread): {}",
+            line.join("; ")
+        );
+    }
+}
+
 fn resident_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
     let pages: usize = statm
@@ -627,6 +712,7 @@ fn main() {
     let keys = keys(1_000_000);
     scenario_b(&keys);
     scenario_d();
+    paired_rounds(&keys);
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
