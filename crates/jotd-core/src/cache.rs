@@ -332,22 +332,22 @@ impl TokenCache {
         self.map.get(token)
     }
 
-    /// Inserts a verified token, unless the cache is full and the doorkeeper
-    /// has not seen the token before (then it is counted as rejected).
-    /// Returns whether it was admitted.
-    pub(crate) fn insert(
-        &self,
-        token: &[u8],
-        entry: CachedToken,
-        counts: &mut LocalCounts,
-    ) -> bool {
-        if self.state.full.load(Relaxed) && !self.doorkeeper.admit(self.hasher.hash_one(token)) {
+    /// Whether a verified token may be inserted: always while the cache has
+    /// room; once it is full, only when the doorkeeper has seen the token
+    /// before within its window (else it is counted as rejected).
+    pub(crate) fn admits(&self, token: &[u8], counts: &mut LocalCounts) -> bool {
+        if !self.state.full.load(Relaxed) || self.doorkeeper.admit(self.hasher.hash_one(token)) {
+            true
+        } else {
             counts.rejected += 1;
-            return false;
+            false
         }
+    }
+
+    /// Inserts a verified token that [`TokenCache::admits`] let in.
+    pub(crate) fn insert(&self, token: &[u8], entry: CachedToken, counts: &mut LocalCounts) {
         self.map.insert(token.into(), Arc::new(entry));
         counts.inserts += 1;
-        true
     }
 
     pub(crate) fn flush(&self, counts: &mut LocalCounts) {
