@@ -138,6 +138,13 @@ impl VerifyingKey {
                 pkcs1.exponent().big_endian_without_leading_zero(),
             )?;
         }
+        if alg.family() == KeyFamily::Ec && matches!(ec_point_form(der), Some(0x06 | 0x07)) {
+            // X9.62's hybrid form: RFC 5480 says it MUST NOT be used (aws-lc accepts it).
+            return Err(KeyError::Rejected {
+                alg,
+                why: "EC point in hybrid form (RFC 5480: must not be used)",
+            });
+        }
         let parsed = ParsedPublicKey::new(verification, der).map_err(rejected(alg))?;
         if alg.family() == KeyFamily::Ed25519 {
             check_ed25519(&spki_of(&parsed, alg)?)?;
@@ -369,6 +376,22 @@ fn rsa_components(der: &[u8]) -> Option<(&[u8], &[u8])> {
         return None;
     };
     Some((n, e))
+}
+
+/// The first byte of an EC key's point (its form: 2/3 compressed, 4
+/// uncompressed, 6/7 hybrid), for a raw SEC1 point or a SubjectPublicKeyInfo.
+fn ec_point_form(der: &[u8]) -> Option<u8> {
+    match der.first()? {
+        0x30 => {
+            let (_, spki, _) = der_element(der)?;
+            let (_, _, rest) = der_element(spki)?;
+            let (0x03, bits, _) = der_element(rest)? else {
+                return None;
+            };
+            bits.get(1).copied()
+        }
+        form => Some(*form),
+    }
 }
 
 /// DER `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`

@@ -149,14 +149,25 @@ fn ec_points_at_infinity_off_curve_or_of_wrong_length_are_refused_on_every_curve
 
         let mut off_curve = point.clone();
         *off_curve.last_mut().unwrap() ^= 1;
+        // Hybrid form (X9.62): 6 or 7 by y's parity, so it is the same, valid point; RFC
+        // 5480 forbids the form, aws-lc-rs alone accepts it.
         let mut hybrid = point.clone();
-        hybrid[0] = 0x06;
+        hybrid[0] = 0x06 | (point.last().unwrap() & 1);
+        let mut hybrid_spki = SigningKey::generate(alg)
+            .unwrap()
+            .verifying_key()
+            .unwrap()
+            .spki_der()
+            .unwrap();
+        let at = hybrid_spki.len() - (1 + 2 * size);
+        hybrid_spki[at] = 0x06 | (hybrid_spki.last().unwrap() & 1);
         let zeros = vec![0u8; size];
         let ones = vec![0xffu8; size];
-        let bad_der: [(&str, Vec<u8>); 6] = [
+        let bad_der: [(&str, Vec<u8>); 7] = [
             ("infinity", vec![0x00]),
             ("off-curve", off_curve.clone()),
             ("hybrid encoding", hybrid),
+            ("hybrid encoding in an SPKI", hybrid_spki),
             ("truncated", point[..point.len() - 1].to_vec()),
             ("one byte long", [point.as_slice(), &[0]].concat()),
             ("empty", Vec::new()),
