@@ -97,6 +97,9 @@ pub(crate) struct CachedToken {
     bytes: usize,
 }
 
+/// Allocator headers of an entry's five allocations, Arc counts, and the map's slot.
+const ENTRY_OVERHEAD: usize = 5 * 16 + 2 * 16 + 64;
+
 impl CachedToken {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
@@ -109,12 +112,18 @@ impl CachedToken {
         grants: Grants<'static>,
         info: Arc<TokenInfo>,
     ) -> Self {
-        let bytes = 2 * token_len
+        // What the entry really holds, so the byte bound holds in resident memory: the key,
+        // the entry and its token facts inline (the grants' lists live inline up to four
+        // strings), their heap parts, and per allocation (key, entry Arc, info Arc, tenant,
+        // jti) about 16 bytes of allocator overhead plus the map's slot.
+        let bytes = token_len
+            + std::mem::size_of::<Self>()
+            + std::mem::size_of::<TokenInfo>()
             + tenant.len()
             + jti.as_ref().map_or(0, |j| j.len())
             + grants.heap_bytes()
             + info.heap_bytes()
-            + 192;
+            + ENTRY_OVERHEAD;
         Self {
             tenant: tenant.into(),
             epoch,
@@ -183,6 +192,8 @@ pub(crate) struct LocalCounts {
     pub(crate) misses: u64,
     pub(crate) inserts: u64,
     pub(crate) rejected: u64,
+    /// Doorkeeper sightings, added to its window count at the flush.
+    pub(crate) sightings: u64,
 }
 
 type Hasher = foldhash::fast::RandomState;
@@ -253,19 +264,24 @@ impl Doorkeeper {
         }
     }
 
-    /// Records a sighting of `hash`; true when it had been seen before.
+    /// Records a sighting of `hash`; true when it had been seen before. A bit
+    /// already set is only read (no write to a shared line); the sighting is
+    /// counted by the caller and added in [`Doorkeeper::note`].
     fn admit(&self, hash: u64) -> bool {
         let (a, b) = (hash & self.mask, (hash >> 32) & self.mask);
         let set = |bit: u64| {
             let word = &self.bits[(bit / 64) as usize];
             let flag = 1u64 << (bit % 64);
-            word.fetch_or(flag, Relaxed) & flag != 0
+            word.load(Relaxed) & flag != 0 || word.fetch_or(flag, Relaxed) & flag != 0
         };
-        let seen = set(a) & set(b);
-        if self.seen.fetch_add(1, Relaxed) + 1 >= self.window {
+        set(a) & set(b)
+    }
+
+    /// Adds a worker's sightings; clears the set once a window has passed.
+    fn note(&self, sightings: u64) {
+        if self.seen.fetch_add(sightings, Relaxed) + sightings >= self.window {
             self.reset();
         }
-        seen
     }
 
     fn reset(&self) {
@@ -338,8 +354,12 @@ impl TokenCache {
     pub(crate) fn admits(&self, token: &[u8], counts: &mut LocalCounts) -> bool {
         // The doorkeeper hashes the token's last 16 bytes: base64url of 96 signature bits,
         // distinct for distinct tokens, and a fraction of the cost of hashing the whole token.
+        if !self.state.full.load(Relaxed) {
+            return true;
+        }
         let tail = &token[token.len().saturating_sub(16)..];
-        if !self.state.full.load(Relaxed) || self.doorkeeper.admit(self.hasher.hash_one(tail)) {
+        counts.sightings += 1;
+        if self.doorkeeper.admit(self.hasher.hash_one(tail)) {
             true
         } else {
             counts.rejected += 1;
@@ -363,6 +383,9 @@ impl TokenCache {
             if *local != 0 {
                 shared.fetch_add(std::mem::take(local), Relaxed);
             }
+        }
+        if counts.sightings != 0 {
+            self.doorkeeper.note(std::mem::take(&mut counts.sightings));
         }
     }
 
