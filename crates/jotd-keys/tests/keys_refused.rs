@@ -144,6 +144,17 @@ fn hex(text: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// A JSON object as the body of a TOML inline table (`k = v, ...`).
+fn inline_table(object: &Value) -> String {
+    object
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// An in-memory file system for config loads.
 fn load(config: &str, files: &[(&str, Vec<u8>)]) -> Result<KeysConfig, ConfigError> {
     let mut fs: HashMap<PathBuf, Vec<u8>> = files
@@ -204,14 +215,7 @@ fn weak_keys_are_refused_from_every_source() {
             ("/etc/jotd/weak.der", w.der.clone()),
             ("/etc/jotd/weak.pem", w.pem().into_bytes()),
         ];
-        let jwk_toml = w
-            .jwk
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| format!("{k} = {v}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let jwk_toml = inline_table(&w.jwk);
         for source in [
             "der_file = \"weak.der\"".to_owned(),
             "pem_file = \"weak.pem\"".to_owned(),
@@ -349,13 +353,7 @@ fn jwks_not_for_verification_are_refused_inline_and_skipped_in_a_jwks() {
             "{:?}",
             keys.skipped
         );
-        let toml = bad
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| format!("{k} = {v}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let toml = inline_table(&bad);
         let config =
             format!("[[tenant]]\nid = \"t\"\n[[tenant.key]]\nkid = \"k\"\njwk = {{ {toml} }}\n");
         let e = load(&config, &[]).unwrap_err().to_string();
