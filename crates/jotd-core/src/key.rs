@@ -309,7 +309,10 @@ fn rejected(alg: Algorithm) -> impl Fn(aws_lc_rs::error::KeyRejected) -> KeyErro
 /// The one RSA rule, whatever the source: modulus 2048..=8192 bits and odd,
 /// exponent odd in 3..2^32. `n` and `e` are big-endian without leading zeros.
 fn check_rsa(n: &[u8], e: &[u8]) -> Result<(), KeyError> {
-    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    // `n` has no leading zero byte, so its first byte fixes the size (an empty `n` is 0 bits).
+    let bits = n
+        .first()
+        .map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
     if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
         return Err(KeyError::RsaModulusSize { bits });
     }

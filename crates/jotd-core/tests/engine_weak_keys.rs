@@ -242,5 +242,13 @@ fn rsa_exponents_and_moduli_outside_the_rule_are_refused() {
             VerifyingKey::from_rsa_components(alg, &modulus(false), &[1, 0, 1]).unwrap_err(),
             KeyError::RsaEvenModulus
         );
+        // An empty or all-zero modulus (found by the jwk_parse fuzz target: it overflowed
+        // the size arithmetic) is a 0-bit modulus.
+        for n in [&[][..], &[0, 0][..]] {
+            assert_eq!(
+                VerifyingKey::from_rsa_components(alg, n, &[1, 0, 1]).unwrap_err(),
+                KeyError::RsaModulusSize { bits: 0 }
+            );
+        }
     }
 }
