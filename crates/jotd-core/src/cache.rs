@@ -48,7 +48,8 @@ impl Default for CacheConfig {
 pub struct CacheStats {
     /// Entries held now.
     pub entries: usize,
-    /// Approximate bytes held now.
+    /// Bytes held now, as the bound measures them: each entry's approximate
+    /// footprint, and at least `max_bytes / max_entries`.
     pub bytes: usize,
     /// Lookups answered from the cache.
     pub hits: u64,
@@ -59,7 +60,8 @@ pub struct CacheStats {
     /// Entries dropped to stay within bounds (and every entry dropped by a clear).
     pub evictions: u64,
     /// Verified tokens not admitted: the cache was full and the token had not
-    /// been seen before within the doorkeeper's window.
+    /// been seen before within the doorkeeper's window (or, rarely, the entry
+    /// was too large for a shard).
     pub admission_rejected: u64,
 }
 
@@ -292,8 +294,19 @@ impl Doorkeeper {
     }
 }
 
+/// The largest entry the shards are sized for: an 8 KiB token (the engine's
+/// default cap) with its claims, grants and facts held again on the heap.
+const LARGE_ENTRY: u64 = 40 << 10;
+
+/// The smallest entry there is, for sizing the doorkeeper's window.
+const SMALL_ENTRY: usize = 256;
+
 pub(crate) struct TokenCache {
     map: quick_cache::sync::Cache<Box<[u8]>, Arc<CachedToken>, EntryWeight, Hasher, Evictions>,
+    /// quick_cache hands an entry heavier than ~97 % of a shard straight back
+    /// (evicted unseen): such an entry is turned away here instead.
+    max_weight: u64,
+    weigher: EntryWeight,
     state: Arc<EvictionState>,
     doorkeeper: Doorkeeper,
     hasher: Hasher,
@@ -315,20 +328,31 @@ impl TokenCache {
         let weigher = EntryWeight {
             floor: (bytes / entries as u64).max(1),
         };
+        // Shards (a power of two, at most 64) each big enough for 16 large entries, or one.
+        let mut shards = 64u64;
+        while shards > 1 && bytes / shards < 16 * LARGE_ENTRY.max(weigher.floor) {
+            shards /= 2;
+        }
         let options = quick_cache::OptionsBuilder::new()
             .estimated_items_capacity(entries)
             .weight_capacity(bytes)
+            .shards(shards as usize)
             .build()
             .expect("capacities are set");
+        let map = quick_cache::sync::Cache::with_options(
+            options,
+            weigher,
+            hasher.clone(),
+            Evictions(Arc::clone(&state)),
+        );
+        let max_weight = map.shard_capacity() / 100 * 96;
         Self {
-            map: quick_cache::sync::Cache::with_options(
-                options,
-                weigher,
-                hasher.clone(),
-                Evictions(Arc::clone(&state)),
-            ),
+            map,
+            max_weight,
+            weigher,
             state,
-            doorkeeper: Doorkeeper::new(entries),
+            // A window of the entries the bound can hold, however large max_entries is.
+            doorkeeper: Doorkeeper::new(entries.min(config.max_bytes.get() / SMALL_ENTRY)),
             hasher,
             config,
             clears: AtomicU64::new(0),
@@ -367,9 +391,16 @@ impl TokenCache {
         }
     }
 
-    /// Inserts a verified token that [`TokenCache::admits`] let in.
+    /// Inserts a verified token that [`TokenCache::admits`] let in; one too
+    /// large for a shard is counted as rejected instead.
     pub(crate) fn insert(&self, token: &[u8], entry: CachedToken, counts: &mut LocalCounts) {
-        self.map.insert(token.into(), Arc::new(entry));
+        let key: Box<[u8]> = token.into();
+        let entry = Arc::new(entry);
+        if quick_cache::Weighter::weight(&self.weigher, &key, &entry) > self.max_weight {
+            counts.rejected += 1;
+            return;
+        }
+        self.map.insert(key, entry);
         counts.inserts += 1;
     }
 

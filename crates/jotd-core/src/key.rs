@@ -438,13 +438,10 @@ fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
 fn check_ed25519(spki: &[u8]) -> Result<(), KeyError> {
     use curve25519_dalek::edwards::CompressedEdwardsY;
     let weak = |why| Err(KeyError::WeakEd25519 { why });
-    let Some(raw) = spki.len().checked_sub(32).map(|at| &spki[at..]) else {
+    let Some(raw) = spki.last_chunk::<32>() else {
         return weak("shorter than 32 bytes");
     };
-    let Ok(compressed) = CompressedEdwardsY::from_slice(raw) else {
-        return weak("not 32 bytes");
-    };
-    let Some(point) = compressed.decompress() else {
+    let Some(point) = CompressedEdwardsY(*raw).decompress() else {
         return weak("not a point on the curve");
     };
     // Decompression reduces y modulo p and accepts a sign bit on x = 0: a

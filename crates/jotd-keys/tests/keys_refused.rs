@@ -405,3 +405,36 @@ fn plain_http_jwks_urls_only_to_a_parsed_loopback_host() {
         );
     }
 }
+
+/// A refused URL's error never repeats a password it carried.
+#[test]
+fn url_errors_leave_the_password_out() {
+    let config =
+        "[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nurl = \"http://user:s3cret@idp.example/jwks\"\n";
+    let e = load(config, &[]).unwrap_err().to_string();
+    assert!(e.contains("userinfo") && !e.contains("s3cret"), "{e}");
+}
+
+/// Two signing keys sharing a kid make the document invalid in either order,
+/// whether or not one of them is refused.
+#[test]
+fn a_duplicate_kid_is_an_error_whichever_key_comes_first() {
+    let good = SigningKey::generate(Algorithm::EdDsa).unwrap();
+    let spki = good.verifying_key().unwrap().spki_der().unwrap();
+    let ok = json!({"kty": "OKP", "crv": "Ed25519", "kid": "k", "x": b64u(&spki[12..])});
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let weak = json!({"kty": "OKP", "crv": "Ed25519", "kid": "k", "x": b64u(&identity)});
+    for keys in [[&ok, &weak], [&weak, &ok]] {
+        let doc = json!({ "keys": keys }).to_string();
+        assert!(
+            matches!(parse_jwks(doc.as_bytes(), None, 10), Err(JwkError::DuplicateKid(k)) if k == "k"),
+            "{doc}"
+        );
+    }
+    // An encryption key may share a signing key's kid.
+    let enc =
+        json!({"kty": "OKP", "crv": "Ed25519", "kid": "k", "use": "enc", "x": b64u(&spki[12..])});
+    let doc = json!({ "keys": [enc, ok] }).to_string();
+    assert_eq!(parse_jwks(doc.as_bytes(), None, 10).unwrap().keys.len(), 1);
+}
