@@ -5,13 +5,21 @@
 //! that do not depend on time or the request. Time claims, revocation and
 //! policy are checked again on every hit. Entries die at `exp` + leeway (or
 //! `max_ttl`), and are ignored once their tenant's epoch changes.
+//!
+//! Never a pessimisation: the map is `quick_cache` (CLOCK-Pro/S3-FIFO style:
+//! new entries start cold and only reuse makes them hot; O(1) eviction per
+//! insert, never a sweep; a byte bound by weight), with hits taking a
+//! per-thread read-lock slot. In front of it, once the cache has had to evict,
+//! a doorkeeper admits a token only on evidence of reuse (its second sighting
+//! within a window): a stream of one-time tokens costs a bit test each, not an
+//! insert and an eviction, and cannot push the hot set out.
 
 use crate::decision::TokenInfo;
 use crate::policy::Grants;
-use dashmap::DashMap;
+use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Verified-token cache limits.
@@ -48,8 +56,24 @@ pub struct CacheStats {
     pub misses: u64,
     /// Entries added.
     pub inserts: u64,
-    /// Entries dropped to stay within bounds or because they died.
+    /// Entries dropped to stay within bounds (and every entry dropped by a clear).
     pub evictions: u64,
+    /// Verified tokens not admitted: the cache was full and the token had not
+    /// been seen before within the doorkeeper's window.
+    pub admission_rejected: u64,
+}
+
+impl CacheStats {
+    /// Hits over lookups, 0 when there was none.
+    #[must_use]
+    pub fn hit_ratio(&self) -> f64 {
+        let lookups = self.hits + self.misses;
+        if lookups == 0 {
+            0.0
+        } else {
+            self.hits as f64 / lookups as f64
+        }
+    }
 }
 
 /// Time claims of a verified token.
@@ -158,33 +182,144 @@ pub(crate) struct LocalCounts {
     pub(crate) hits: u64,
     pub(crate) misses: u64,
     pub(crate) inserts: u64,
+    pub(crate) rejected: u64,
+}
+
+type Hasher = foldhash::fast::RandomState;
+
+/// An entry weighs its bytes, and at least `max_bytes / max_entries`, so the
+/// one weight bound holds both limits.
+#[derive(Clone, Copy, Debug)]
+struct EntryWeight {
+    floor: u64,
+}
+
+impl quick_cache::Weighter<Box<[u8]>, Arc<CachedToken>> for EntryWeight {
+    #[inline]
+    fn weight(&self, _: &Box<[u8]>, entry: &Arc<CachedToken>) -> u64 {
+        (entry.bytes as u64).max(self.floor)
+    }
+}
+
+/// Counts evictions and notes that the cache has filled up (admission starts then).
+#[derive(Clone, Debug)]
+struct Evictions(Arc<EvictionState>);
+
+#[derive(Debug, Default)]
+struct EvictionState {
+    evictions: AtomicU64,
+    /// Set at the first eviction, cleared by `clear`: from then on the doorkeeper decides.
+    full: AtomicBool,
+}
+
+impl quick_cache::Lifecycle<Box<[u8]>, Arc<CachedToken>> for Evictions {
+    /// Up to two evicted entries, dropped after the shard lock is released.
+    type RequestState = [Option<(Box<[u8]>, Arc<CachedToken>)>; 2];
+
+    #[inline]
+    fn on_evict(&self, state: &mut Self::RequestState, key: Box<[u8]>, val: Arc<CachedToken>) {
+        self.0.evictions.fetch_add(1, Relaxed);
+        if !self.0.full.load(Relaxed) {
+            self.0.full.store(true, Relaxed);
+        }
+        if let Some(slot) = state.iter_mut().find(|s| s.is_none()) {
+            *slot = Some((key, val));
+        }
+    }
+}
+
+/// TinyLFU's doorkeeper: a bit set of recently seen token hashes (two bits
+/// each). A token is admitted when both its bits are already set. After
+/// `window` sightings the set is cleared, so "recently" means within the last
+/// window (sized to the cache's capacity in entries). Racy by design: a lost
+/// bit costs one extra verification, never a wrong decision.
+#[derive(Debug)]
+struct Doorkeeper {
+    bits: Box<[AtomicU64]>,
+    mask: u64,
+    seen: AtomicU64,
+    window: u64,
+}
+
+impl Doorkeeper {
+    fn new(window: usize) -> Self {
+        // About 8 bits per windowed token: two bits each keep false admissions near 5 %.
+        let words = (window.max(64) * 8 / 64).next_power_of_two();
+        Self {
+            bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            mask: (words * 64 - 1) as u64,
+            seen: AtomicU64::new(0),
+            window: window.max(64) as u64,
+        }
+    }
+
+    /// Records a sighting of `hash`; true when it had been seen before.
+    fn admit(&self, hash: u64) -> bool {
+        let (a, b) = (hash & self.mask, (hash >> 32) & self.mask);
+        let set = |bit: u64| {
+            let word = &self.bits[(bit / 64) as usize];
+            let flag = 1u64 << (bit % 64);
+            word.fetch_or(flag, Relaxed) & flag != 0
+        };
+        let seen = set(a) & set(b);
+        if self.seen.fetch_add(1, Relaxed) + 1 >= self.window {
+            self.reset();
+        }
+        seen
+    }
+
+    fn reset(&self) {
+        self.seen.store(0, Relaxed);
+        for w in &self.bits {
+            w.store(0, Relaxed);
+        }
+    }
 }
 
 pub(crate) struct TokenCache {
-    map: DashMap<Box<[u8]>, Arc<CachedToken>, foldhash::fast::RandomState>,
+    map: quick_cache::sync::Cache<Box<[u8]>, Arc<CachedToken>, EntryWeight, Hasher, Evictions>,
+    state: Arc<EvictionState>,
+    doorkeeper: Doorkeeper,
+    hasher: Hasher,
     config: CacheConfig,
-    bytes: AtomicUsize,
     /// Bumped by `clear`, so per-worker hot-token memos drop what they hold.
     clears: AtomicU64,
-    evicting: AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
     inserts: AtomicU64,
-    evictions: AtomicU64,
+    rejected: AtomicU64,
 }
 
 impl TokenCache {
     pub(crate) fn new(config: CacheConfig) -> Self {
+        let entries = config.max_entries.get();
+        let bytes = config.max_bytes.get() as u64;
+        let state = Arc::new(EvictionState::default());
+        let hasher = Hasher::default();
+        let weigher = EntryWeight {
+            floor: (bytes / entries as u64).max(1),
+        };
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(entries)
+            .weight_capacity(bytes)
+            .build()
+            .expect("capacities are set");
         Self {
-            map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            map: quick_cache::sync::Cache::with_options(
+                options,
+                weigher,
+                hasher.clone(),
+                Evictions(Arc::clone(&state)),
+            ),
+            state,
+            doorkeeper: Doorkeeper::new(entries),
+            hasher,
             config,
-            bytes: AtomicUsize::new(0),
             clears: AtomicU64::new(0),
-            evicting: AtomicBool::new(false),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             inserts: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
         }
     }
 
@@ -194,20 +329,28 @@ impl TokenCache {
 
     #[inline]
     pub(crate) fn get(&self, token: &[u8]) -> Option<Arc<CachedToken>> {
-        self.map.get(token).map(|e| Arc::clone(e.value()))
+        self.map.get(token)
     }
 
-    pub(crate) fn insert(&self, token: &[u8], entry: CachedToken, now: u64) {
-        let over = self.map.len() >= self.config.max_entries.get()
-            || self.bytes.load(Relaxed) + entry.bytes > self.config.max_bytes.get();
-        if over {
-            self.make_room(now);
+    /// Whether a verified token may be inserted: always while the cache has
+    /// room; once it is full, only when the doorkeeper has seen the token
+    /// before within its window (else it is counted as rejected).
+    pub(crate) fn admits(&self, token: &[u8], counts: &mut LocalCounts) -> bool {
+        // The doorkeeper hashes the token's last 16 bytes: base64url of 96 signature bits,
+        // distinct for distinct tokens, and a fraction of the cost of hashing the whole token.
+        let tail = &token[token.len().saturating_sub(16)..];
+        if !self.state.full.load(Relaxed) || self.doorkeeper.admit(self.hasher.hash_one(tail)) {
+            true
+        } else {
+            counts.rejected += 1;
+            false
         }
-        let bytes = entry.bytes;
-        if let Some(old) = self.map.insert(token.into(), Arc::new(entry)) {
-            self.bytes.fetch_sub(old.bytes, Relaxed);
-        }
-        self.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// Inserts a verified token that [`TokenCache::admits`] let in.
+    pub(crate) fn insert(&self, token: &[u8], entry: CachedToken, counts: &mut LocalCounts) {
+        self.map.insert(token.into(), Arc::new(entry));
+        counts.inserts += 1;
     }
 
     pub(crate) fn flush(&self, counts: &mut LocalCounts) {
@@ -215,49 +358,12 @@ impl TokenCache {
             (&mut counts.hits, &self.hits),
             (&mut counts.misses, &self.misses),
             (&mut counts.inserts, &self.inserts),
+            (&mut counts.rejected, &self.rejected),
         ] {
             if *local != 0 {
                 shared.fetch_add(std::mem::take(local), Relaxed);
             }
         }
-    }
-
-    /// Drops dead entries, then about a quarter of the rest if still above 7/8 of a bound.
-    /// One thread evicts at a time; others insert meanwhile (the bound is soft by that much).
-    fn make_room(&self, now: u64) {
-        if self.evicting.swap(true, Relaxed) {
-            return;
-        }
-        let mut dropped = 0u64;
-        let mut freed = 0usize;
-        self.map.retain(|_, e| {
-            let keep = e.dies_at > now;
-            if !keep {
-                dropped += 1;
-                freed += e.bytes;
-            }
-            keep
-        });
-        self.bytes.fetch_sub(freed, Relaxed);
-        let full = |c: &Self| {
-            c.map.len() * 8 > c.config.max_entries.get() * 7
-                || c.bytes.load(Relaxed) * 8 > c.config.max_bytes.get() * 7
-        };
-        if full(self) {
-            let (mut n, mut freed) = (0u64, 0usize);
-            self.map.retain(|_, e| {
-                n += 1;
-                let keep = n % 4 != 0;
-                if !keep {
-                    dropped += 1;
-                    freed += e.bytes;
-                }
-                keep
-            });
-            self.bytes.fetch_sub(freed, Relaxed);
-        }
-        self.evictions.fetch_add(dropped, Relaxed);
-        self.evicting.store(false, Relaxed);
     }
 
     /// How many times the cache was cleared (read per lookup by hot-token memos).
@@ -270,18 +376,20 @@ impl TokenCache {
         self.clears.fetch_add(1, Relaxed);
         let n = self.map.len() as u64;
         self.map.clear();
-        self.bytes.store(0, Relaxed);
-        self.evictions.fetch_add(n, Relaxed);
+        self.doorkeeper.reset();
+        self.state.full.store(false, Relaxed);
+        self.state.evictions.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
         CacheStats {
             entries: self.map.len(),
-            bytes: self.bytes.load(Relaxed),
+            bytes: self.map.weight() as usize,
             hits: self.hits.load(Relaxed),
             misses: self.misses.load(Relaxed),
             inserts: self.inserts.load(Relaxed),
-            evictions: self.evictions.load(Relaxed),
+            evictions: self.state.evictions.load(Relaxed),
+            admission_rejected: self.rejected.load(Relaxed),
         }
     }
 }

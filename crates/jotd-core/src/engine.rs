@@ -292,18 +292,24 @@ impl Engine {
             nbf: claims.nbf,
             iat: claims.iat,
         };
-        let verdict = match &self.cache {
-            Some(cache) => {
-                let cfg = cache.config();
-                let ttl_end = now.0.saturating_add(cfg.max_ttl.as_secs());
-                let exp_end = claims.exp.map_or(u64::MAX, |e| {
-                    e.saturating_add(tenant.claims.leeway.as_secs())
-                });
+        // Cache only what lives past now and what the cache admits (decided before building
+        // the entry, so a token turned away costs no allocation).
+        let admitted = self.cache.as_ref().and_then(|cache| {
+            let cfg = cache.config();
+            let ttl_end = now.0.saturating_add(cfg.max_ttl.as_secs());
+            let exp_end = claims.exp.map_or(u64::MAX, |e| {
+                e.saturating_add(tenant.claims.leeway.as_secs())
+            });
+            let dies_at = ttl_end.min(exp_end);
+            (dies_at > now.0 && cache.admits(token, counts)).then_some((cache, dies_at))
+        });
+        let verdict = match admitted {
+            Some((cache, dies_at)) => {
                 let entry = CachedToken::new(
                     token.len(),
                     &tenant.id,
                     tenant.epoch,
-                    ttl_end.min(exp_end),
+                    dies_at,
                     times,
                     claims.jti.as_deref().map(Box::from),
                     claims.grants.into_owned(),
@@ -318,10 +324,7 @@ impl Engine {
                     req,
                     now,
                 );
-                if entry.dies_at > now.0 {
-                    cache.insert(token, entry, now.0);
-                    counts.inserts += 1;
-                }
+                cache.insert(token, entry, counts);
                 verdict
             }
             None => finish(

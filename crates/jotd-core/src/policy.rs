@@ -119,8 +119,15 @@ fn allowlist(g: &Grants<'_>, req: &Request<'_>) -> Result<(), Reason> {
         }
     }
     if let Some(origins) = &g.origins {
-        let origin = req.origin.ok_or(Reason::OriginNotAllowed)?;
-        if !origins.iter().any(|p| origin_matches(p, origin)) {
+        // Parsed once per request, then matched against each entry.
+        let origin = req
+            .origin
+            .and_then(|o| parse_origin(o, false))
+            .ok_or(Reason::OriginNotAllowed)?;
+        if !origins
+            .iter()
+            .any(|p| parse_origin(p, true).is_some_and(|p| p.matches(&origin)))
+        {
             return Err(Reason::OriginNotAllowed);
         }
     }
@@ -172,6 +179,26 @@ pub(crate) fn permission_grants(permission: &str, method: &str) -> bool {
     group_wide || exact
 }
 
+/// Byte classes for origin parsing, one table lookup per byte.
+const LABEL: u8 = 1; // letters, digits, `-`, `_`
+const SCHEME: u8 = 2; // letters, digits, `+`, `-`, `.`
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() {
+            t[b] = LABEL | SCHEME;
+        }
+        b += 1;
+    }
+    t[b'-' as usize] = LABEL | SCHEME;
+    t[b'_' as usize] = LABEL;
+    t[b'+' as usize] = SCHEME;
+    t[b'.' as usize] = SCHEME;
+    t
+};
+
 /// An origin or an allowlist pattern, parsed: `[scheme://]host[:port]`.
 #[derive(Debug, PartialEq, Eq)]
 struct OriginParts<'a> {
@@ -186,53 +213,70 @@ struct OriginParts<'a> {
 /// whitespace, percent-encoding, non-ASCII, an empty label, a port out of
 /// range) is `None`: such an origin matches no pattern, such a pattern no origin.
 fn parse_origin(s: &str, pattern: bool) -> Option<OriginParts<'_>> {
-    let (scheme, rest) = match s.split_once("://") {
-        Some((scheme, rest)) => {
-            let mut chars = scheme.bytes();
-            let ok = chars.next().is_some_and(|b| b.is_ascii_alphabetic())
-                && chars.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    // Byte scans, no `str` pattern searchers: this runs on every allowlist check,
+    // cache hits included.
+    let bytes = s.as_bytes();
+    let colon = bytes.iter().position(|b| *b == b':');
+    let (scheme, rest) = match colon {
+        Some(i) if bytes[i + 1..].starts_with(b"//") => {
+            let scheme = &bytes[..i];
+            let ok = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+                && scheme.iter().all(|b| CLASS[usize::from(*b)] & SCHEME != 0);
             if !ok {
                 return None;
             }
-            (Some(scheme), rest)
+            (Some(&s[..i]), &s[i + 3..])
         }
-        None if pattern => (None, s),
-        None => return None,
+        _ if pattern => (None, s),
+        _ => return None,
     };
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (addr, after) = v6.split_once(']')?;
+    let rb = rest.as_bytes();
+    let (host, port) = if rb.first() == Some(&b'[') {
+        let close = rb.iter().position(|b| *b == b']')?;
+        let addr = &rb[1..close];
         if addr.is_empty()
             || !addr
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b":.".contains(&b))
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
         {
             return None;
         }
-        (&rest[..addr.len() + 2], after)
+        (&rest[..=close], &rb[close + 1..])
     } else {
-        let end = rest.find(':').unwrap_or(rest.len());
-        let host = &rest[..end];
-        let labels = host.strip_prefix("*.").filter(|_| pattern).unwrap_or(host);
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        let end = rb.iter().position(|b| *b == b':').unwrap_or(rb.len());
+        let host = &rb[..end];
+        let labels = match host {
+            [b'*', b'.', tail @ ..] if pattern => tail,
+            _ => host,
         };
-        if !labels.split('.').all(label_ok) {
-            return None;
-        }
-        (host, &rest[end..])
-    };
-    let port = match port {
-        "" => None,
-        p => {
-            let digits = p.strip_prefix(':')?;
-            if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit())
-            {
+        // Labels of letters, digits, `-` and `_`, none empty.
+        let mut label_len = 0usize;
+        for b in labels {
+            if CLASS[usize::from(*b)] & LABEL != 0 {
+                label_len += 1;
+            } else if *b == b'.' && label_len > 0 {
+                label_len = 0;
+            } else {
                 return None;
             }
-            Some(digits.parse::<u16>().ok().filter(|p| *p != 0)?)
         }
+        if label_len == 0 {
+            return None;
+        }
+        (&rest[..end], &rb[end..])
+    };
+    let port = match port {
+        [] => None,
+        [b':', digits @ ..] => {
+            if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let value = digits
+                .iter()
+                .fold(0u32, |v, d| v * 10 + u32::from(d - b'0'));
+            Some(u16::try_from(value).ok().filter(|p| *p != 0)?)
+        }
+        _ => return None,
     };
     Some(OriginParts { scheme, host, port })
 }
@@ -245,29 +289,37 @@ fn parse_origin(s: &str, pattern: bool) -> Option<OriginParts<'_>> {
 /// (any subdomain at any depth, not the apex). Scheme and host compare
 /// case-insensitively; the ports must be equal (an origin with a port needs an
 /// entry with that port, and the other way round).
+#[cfg(test)]
 pub(crate) fn origin_matches(pattern: &str, origin: &str) -> bool {
-    let (Some(p), Some(o)) = (parse_origin(pattern, true), parse_origin(origin, false)) else {
-        return false;
-    };
-    if p.port != o.port {
-        return false;
+    match (parse_origin(pattern, true), parse_origin(origin, false)) {
+        (Some(p), Some(o)) => p.matches(&o),
+        _ => false,
     }
-    if let Some(ps) = p.scheme
-        && !o.scheme.is_some_and(|os| os.eq_ignore_ascii_case(ps))
-    {
-        return false;
-    }
-    match p.host.strip_prefix("*.") {
-        Some(suffix) => {
-            let Some(cut) = o.host.len().checked_sub(suffix.len() + 1) else {
-                return false;
-            };
-            // The origin's host is ASCII labels (parsed), so byte indexing is safe.
-            cut > 0
-                && o.host.as_bytes()[cut] == b'.'
-                && o.host[cut + 1..].eq_ignore_ascii_case(suffix)
+}
+
+impl OriginParts<'_> {
+    /// Whether this pattern matches the parsed `origin`: the rules `origin_matches` states.
+    fn matches(&self, o: &OriginParts<'_>) -> bool {
+        if self.port != o.port {
+            return false;
         }
-        None => o.host.eq_ignore_ascii_case(p.host),
+        if let Some(ps) = self.scheme
+            && !o.scheme.is_some_and(|os| os.eq_ignore_ascii_case(ps))
+        {
+            return false;
+        }
+        match self.host.strip_prefix("*.") {
+            Some(suffix) => {
+                let Some(cut) = o.host.len().checked_sub(suffix.len() + 1) else {
+                    return false;
+                };
+                // The origin's host is ASCII labels (parsed), so byte indexing is safe.
+                cut > 0
+                    && o.host.as_bytes()[cut] == b'.'
+                    && o.host[cut + 1..].eq_ignore_ascii_case(suffix)
+            }
+            None => o.host.eq_ignore_ascii_case(self.host),
+        }
     }
 }
 

@@ -365,3 +365,134 @@ fn non_utf8_and_binary_garbage() {
     );
     assert_eq!(d.reason(), Reason::Malformed);
 }
+
+/// `s` replaced by `n - s` (P-256 order `n`): the other valid signature
+/// of the same token. RFC 7518 has no low-S rule; jotd accepts both, like
+/// PyJWT and jose.
+fn high_s_twin(token: &str) -> String {
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let (_, sig) = token.rsplit_once('.').unwrap();
+    let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    let s = &mut sig[32..];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(d < 0);
+        s[i] = d.rem_euclid(256) as u8;
+    }
+    assert_eq!(borrow, 0, "s < n");
+    with_signature(token, &sig)
+}
+
+/// Malleable ECDSA: both `(r, s)` and `(r, n - s)` verify. The cache keys on
+/// the whole token bytes (the twin is a second entry, never a lookup by
+/// signature), and revocation keys on `jti`/`sub`, so revoking the token
+/// revokes its twin, cached or not.
+#[test]
+fn high_s_ecdsa_twins_verify_and_are_revoked_together() {
+    let token = mint(Es256, json!({"jti": "twin-1"}));
+    let twin = high_s_twin(&token);
+    assert_ne!(token, twin);
+    check(&token, Reason::Ok);
+    check(&twin, Reason::Ok);
+    let engine = Engine::new(EngineConfig::default());
+    let open = snapshot(vec![tenant("t", &[Es256])]);
+    for t in [&token, &twin, &token, &twin] {
+        assert_eq!(reason(&engine, &open, "t", t), Reason::Ok);
+    }
+    let stats = engine.cache_stats().unwrap();
+    assert_eq!(
+        (stats.inserts, stats.hits),
+        (2, 2),
+        "one entry per token bytes"
+    );
+    let mut revoked = tenant("t", &[Es256]);
+    let mut denylist = jotd_core::Denylist::default();
+    denylist
+        .jti
+        .insert("twin-1".into(), jotd_core::UnixTime(NOW + 600));
+    revoked.denylist = std::sync::Arc::new(denylist);
+    let closed = snapshot(vec![revoked]);
+    for t in [&token, &twin] {
+        assert_eq!(reason(&engine, &closed, "t", t), Reason::Revoked);
+        assert_eq!(reason(&uncached(), &closed, "t", t), Reason::Revoked);
+    }
+    // A flipped bit in the twin is still a bad signature.
+    let (input, sig) = twin.rsplit_once('.').unwrap();
+    let mut bad = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    bad[63] ^= 1;
+    check(&format!("{input}.{}", b64(&bad)), Reason::BadSignature);
+}
+
+/// Policy smuggling through the whole engine: origins that carry another
+/// host after a path, query, fragment, backslash or userinfo, and Besu
+/// permission strings that only look like grants.
+#[test]
+fn policy_smuggling_end_to_end() {
+    let engine = uncached();
+    let mut allow = tenant("a", &[Es256]);
+    allow.policy = jotd_core::PolicyModel::Allowlist;
+    let mut besu = tenant("b", &[Es256]);
+    besu.policy = jotd_core::PolicyModel::Permissions;
+    let snap = snapshot(vec![allow, besu]);
+    let origin_token = mint(Es256, json!({"origins": ["https://*.example.com"]}));
+    let with_origin = |origin: &str| {
+        let req = jotd_core::Request {
+            token: Some(origin_token.as_bytes()),
+            tenant: "a",
+            method: Some("eth_call"),
+            addresses: &[],
+            origin: Some(origin),
+            user_agent: None,
+        };
+        engine
+            .verify(&snap, &req, jotd_core::UnixTime(NOW))
+            .reason()
+    };
+    assert_eq!(with_origin("https://a.example.com"), Reason::Ok);
+    assert_eq!(with_origin("https://a.b.example.com"), Reason::Ok);
+    for evil in [
+        "https://evil.com/.example.com",
+        "https://evil.com?.example.com",
+        "https://evil.com#.example.com",
+        "https://evil.com\\.example.com",
+        "https://user@evil.com/.example.com",
+        "https://example.com.evil.com",
+        "https://a.example.com/",
+        "http://a.example.com",
+    ] {
+        assert_eq!(with_origin(evil), Reason::OriginNotAllowed, "{evil}");
+    }
+    for (perm, method, want) in [
+        ("eth:*", "eth_call", Reason::Ok),
+        ("eth:call", "eth_call", Reason::Ok),
+        ("*:*", "admin_peers", Reason::Ok),
+        ("*:call", "eth_call", Reason::PermissionDenied),
+        (":*", "eth_call", Reason::PermissionDenied),
+        ("*", "eth_call", Reason::PermissionDenied),
+        ("eth:", "eth_call", Reason::PermissionDenied),
+        ("eth", "eth_call", Reason::PermissionDenied),
+        ("eth:*", "ethx_call", Reason::PermissionDenied),
+    ] {
+        let token = mint(Es256, json!({"permissions": [perm]}));
+        let req = jotd_core::Request {
+            token: Some(token.as_bytes()),
+            tenant: "b",
+            method: Some(method),
+            addresses: &[],
+            origin: None,
+            user_agent: None,
+        };
+        assert_eq!(
+            engine
+                .verify(&snap, &req, jotd_core::UnixTime(NOW))
+                .reason(),
+            want,
+            "{perm} for {method}"
+        );
+    }
+}

@@ -128,8 +128,10 @@ fn bounded_in_entries_and_bytes() {
         assert!(s.entries <= 64 + 1, "entries {} over the bound", s.entries);
     }
     let s = e.cache_stats().unwrap();
-    assert_eq!(s.inserts, 1000);
-    assert!(s.evictions >= 1000 - 65, "evictions {}", s.evictions);
+    // Once full, one-time tokens are not admitted (the doorkeeper never saw them before).
+    assert_eq!(s.inserts + s.admission_rejected, 1000);
+    assert!(s.admission_rejected > 800, "{s:?}");
+    assert!(s.evictions + 65 >= s.inserts, "{s:?}");
 
     let small = Engine::new(EngineConfig {
         cache: Some(CacheConfig {
@@ -230,4 +232,75 @@ fn a_workers_hot_token_copy_obeys_clear_revocation_and_epoch() {
         before + 1,
         "verified again after clear"
     );
+}
+
+/// A hot set keeps its hits while ten times the cache's capacity of valid
+/// one-time tokens streams past: they are verified, not admitted.
+#[test]
+fn a_scan_of_one_time_tokens_does_not_evict_the_hot_set() {
+    let e = cached(256);
+    let snap = snapshot(vec![tenant("t", &[Hs256])]);
+    let hot: Vec<String> = (0..100)
+        .map(|i| mint(Hs256, json!({"jti": format!("hot-{i}")})))
+        .collect();
+    // Warm up: the hot set is seen a few times (and fills the cache's room).
+    for _ in 0..3 {
+        for t in &hot {
+            assert_eq!(at(&e, &snap, t, None, NOW), Reason::Ok);
+        }
+    }
+    let before = e.cache_stats().unwrap();
+    let (mut hot_hits, mut hot_lookups) = (0u64, 0u64);
+    for i in 0..2560 {
+        let one_time = mint(Hs256, json!({"jti": format!("scan-{i}")}));
+        assert_eq!(at(&e, &snap, &one_time, None, NOW), Reason::Ok);
+        if i % 4 == 0 {
+            let t = &hot[(i / 4) % hot.len()];
+            let h = e.cache_stats().unwrap().hits;
+            assert_eq!(at(&e, &snap, t, None, NOW), Reason::Ok);
+            hot_lookups += 1;
+            hot_hits += e.cache_stats().unwrap().hits - h;
+        }
+    }
+    let after = e.cache_stats().unwrap();
+    assert!(
+        hot_hits * 100 >= hot_lookups * 95,
+        "hot-set hit ratio {hot_hits}/{hot_lookups}; {before:?} -> {after:?}"
+    );
+    assert!(
+        after.admission_rejected - before.admission_rejected >= 2000,
+        "{after:?}"
+    );
+    assert!(after.hit_ratio() > 0.0 && after.hit_ratio() < 1.0);
+}
+
+/// Once the cache has evicted, a token is admitted on its second sighting.
+#[test]
+fn a_full_cache_admits_on_evidence_of_reuse() {
+    let e = cached(64);
+    let snap = snapshot(vec![tenant("t", &[Hs256])]);
+    for i in 0..200 {
+        let t = mint(Hs256, json!({"jti": format!("fill-{i}")}));
+        assert_eq!(at(&e, &snap, &t, None, NOW), Reason::Ok);
+    }
+    let token = mint(Hs256, json!({"jti": "reused"}));
+    let s0 = e.cache_stats().unwrap();
+    assert_eq!(at(&e, &snap, &token, None, NOW), Reason::Ok);
+    let s1 = e.cache_stats().unwrap();
+    assert_eq!(
+        s1.admission_rejected,
+        s0.admission_rejected + 1,
+        "first sighting"
+    );
+    assert_eq!(at(&e, &snap, &token, None, NOW), Reason::Ok);
+    let s2 = e.cache_stats().unwrap();
+    assert_eq!(s2.inserts, s1.inserts + 1, "second sighting is admitted");
+    assert_eq!(at(&e, &snap, &token, None, NOW), Reason::Ok);
+    assert_eq!(e.cache_stats().unwrap().hits, s2.hits + 1);
+    // A clear empties the cache and its doorkeeper: admission starts afresh.
+    e.clear_cache();
+    let fresh = mint(Hs256, json!({"jti": "fresh"}));
+    let s3 = e.cache_stats().unwrap();
+    assert_eq!(at(&e, &snap, &fresh, None, NOW), Reason::Ok);
+    assert_eq!(e.cache_stats().unwrap().inserts, s3.inserts + 1);
 }

@@ -217,6 +217,36 @@ struct Source {
     info: Mutex<Info>,
 }
 
+/// What one fetch did, for the daemon's logs and metrics.
+#[derive(Debug)]
+pub enum FetchEvent<'a> {
+    /// Keys were installed.
+    Installed {
+        /// Tenant id.
+        tenant: &'a str,
+        /// The configured URL.
+        url: &'a str,
+        /// The URL the keys actually came from (differs after a redirect).
+        keys_url: &'a str,
+        /// Keys installed.
+        keys: usize,
+        /// Keys of the document left out, one line each (`kid k: why`).
+        skipped: &'a [String],
+    },
+    /// The fetch failed; the source keeps its last good keys.
+    Failed {
+        /// Tenant id.
+        tenant: &'a str,
+        /// The configured URL.
+        url: &'a str,
+        /// Why.
+        error: &'a FetchError,
+    },
+}
+
+/// Called with every fetch's outcome (refreshes and unknown-kid refetches alike).
+pub type FetchObserver = Box<dyn Fn(&FetchEvent<'_>) + Send + Sync>;
+
 /// One URL source as the config lists it.
 #[derive(Debug, Clone)]
 struct Target {
@@ -230,14 +260,23 @@ struct Target {
 type TargetsOf = (Arc<KeysConfig>, Arc<Vec<Target>>);
 
 /// Fetches every JWKS URL of the config and installs the keys through the [`Reloader`].
-#[derive(Debug)]
 pub struct JwksFetcher {
     client: reqwest::Client,
     config: FetchConfig,
     reloader: Arc<Reloader>,
+    observer: Option<FetchObserver>,
     sources: Mutex<HashMap<(String, String), Arc<Source>>>,
     /// URL sources of the config they were computed from (held, so the pointer stays unique).
     targets: Mutex<Option<TargetsOf>>,
+}
+
+impl std::fmt::Debug for JwksFetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksFetcher")
+            .field("config", &self.config)
+            .field("observer", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -283,9 +322,23 @@ impl JwksFetcher {
             client,
             config,
             reloader,
+            observer: None,
             sources: Mutex::new(HashMap::new()),
             targets: Mutex::new(None),
         })
+    }
+
+    /// Reports every fetch's outcome to `observer` (the daemon logs and counts them).
+    #[must_use]
+    pub fn with_observer(mut self, observer: FetchObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn report(&self, event: &FetchEvent<'_>) {
+        if let Some(observer) = &self.observer {
+            observer(event);
+        }
     }
 
     /// The config's URL sources, computed once per config (a reload makes a new one),
@@ -391,8 +444,15 @@ impl JwksFetcher {
                 info.last_good = Some(now);
                 info.failures = 0;
                 info.last_error = None;
-                info.keys_url = Some(final_url);
+                info.keys_url = Some(final_url.clone());
                 drop(info);
+                self.report(&FetchEvent::Installed {
+                    tenant: &t.tenant,
+                    url: &t.url,
+                    keys_url: &final_url,
+                    keys: keys.keys.len(),
+                    skipped: &keys.skipped,
+                });
                 self.reloader.set_fetched(&t.tenant, &t.url, Arc::new(keys));
                 Ok(())
             }
@@ -405,6 +465,12 @@ impl JwksFetcher {
                     .saturating_mul(1 << info.failures.min(16).saturating_sub(1));
                 info.next_due = Some(now + backoff.min(t.refresh));
                 info.last_error = Some(e.clone());
+                drop(info);
+                self.report(&FetchEvent::Failed {
+                    tenant: &t.tenant,
+                    url: &t.url,
+                    error: &e,
+                });
                 Err(e)
             }
         }
@@ -502,19 +568,13 @@ impl JwksFetcher {
             .collect()
     }
 
-    /// Keeps every source fresh until `shutdown` resolves, calling
-    /// `on_failure(tenant, url, error)` for each failed fetch (the source keeps
-    /// its last good keys; retries back off, so failures stay few).
-    pub async fn run(
-        self: Arc<Self>,
-        shutdown: impl std::future::Future<Output = ()>,
-        on_failure: impl Fn(&str, &str, &FetchError),
-    ) {
+    /// Keeps every source fresh until `shutdown` resolves. Outcomes go to the
+    /// observer (a failed source keeps its last good keys; retries back off,
+    /// so failures stay few).
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            for (tenant, url, e) in self.refresh_due().await {
-                on_failure(&tenant, &url, &e);
-            }
+            self.refresh_due().await;
             let wake = self
                 .next_due()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));

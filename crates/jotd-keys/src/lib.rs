@@ -20,8 +20,8 @@ mod tenants;
 
 pub use config::{ConfigError, DEFAULT_MAX_JWKS_KEYS, DEFAULT_MAX_KEYS_PER_TENANT};
 pub use fetch::{
-    FetchConfig, FetchError, JwksFetcher, JwksUrlError, MAX_REDIRECTS, SourceHealth,
-    check_jwks_url, max_age,
+    FetchConfig, FetchError, FetchEvent, FetchObserver, JwksFetcher, JwksUrlError, MAX_REDIRECTS,
+    SourceHealth, check_jwks_url, max_age,
 };
 pub use load::{KeysConfig, load};
 pub use reload::{FetchedJwks, FileStamp, Reader, ReloadStatus, Reloader, Stamper};

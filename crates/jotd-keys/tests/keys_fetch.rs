@@ -339,12 +339,9 @@ async fn the_background_loop_refreshes_on_max_age_and_stops_on_shutdown() {
     let (reloader, fetcher) = setup(&server, config);
     let fetcher = Arc::new(fetcher);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(Arc::clone(&fetcher).run(
-        async {
-            let _ = stopped.await;
-        },
-        |_, _, _| {},
-    ));
+    let task = tokio::spawn(Arc::clone(&fetcher).run(async {
+        let _ = stopped.await;
+    }));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while decide(&reloader, &key_a, "a") != Reason::Ok {
         assert!(
@@ -504,4 +501,55 @@ async fn redirects_never_leave_https_and_are_limited() {
     assert_eq!(h.keys_url.as_deref(), Some(other.as_str()));
     assert_eq!(h.url, server.url);
     assert_eq!(decide(&reloader, &key, "a"), Reason::Ok);
+}
+
+/// Every fetch is reported to the observer: what was installed, from which
+/// URL, which keys were left out and why (a weak key in a fetched JWKS is
+/// skipped and named), and failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_observer_hears_installs_skipped_keys_and_failures() {
+    let server = serve().await;
+    let (key, jwk) = ed_key("a");
+    let identity = format!(
+        r#"{{"kty":"OKP","crv":"Ed25519","kid":"weak","x":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode([&[1u8][..], &[0u8; 31]].concat())
+    );
+    server.set(Mode::Doc {
+        body: doc(&[&identity, &jwk]),
+        cache_control: None,
+    });
+    let config = FetchConfig {
+        refetch_interval: Duration::ZERO,
+        ..FetchConfig::default()
+    };
+    let (reloader, fetcher) = setup(&server, config);
+    let heard = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = Arc::clone(&heard);
+    let fetcher = fetcher.with_observer(Box::new(move |event| {
+        let line = match event {
+            jotd_keys::FetchEvent::Installed {
+                tenant,
+                keys_url,
+                keys,
+                skipped,
+                ..
+            } => format!("installed {tenant} {keys} from {keys_url}; skipped {skipped:?}"),
+            jotd_keys::FetchEvent::Failed { tenant, error, .. } => {
+                format!("failed {tenant}: {error}")
+            }
+        };
+        log.lock().unwrap().push(line);
+    }));
+    assert!(fetcher.on_unknown_kid("idp").await);
+    assert_eq!(decide(&reloader, &key, "a"), Reason::Ok);
+    server.set(Mode::Status(500));
+    assert!(!fetcher.on_unknown_kid("idp").await);
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard.len(), 2, "{heard:?}");
+    assert!(
+        heard[0].starts_with(&format!("installed idp 1 from {}", server.url))
+            && heard[0].contains("kid weak: Ed25519 public key refused: a small-order point"),
+        "{heard:?}"
+    );
+    assert_eq!(heard[1], "failed idp: HTTP status 500");
 }

@@ -3,12 +3,14 @@
 //! Input, one object per line: `{"token": "...", "tenant": "...", "method":
 //! "...", "addresses": [...], "origin": "...", "user_agent": "..."}` (all but
 //! `tenant` optional). Output, one line per input line, in order:
-//! `{"index": N, "allow": bool, "reason": "...", "kid", "sub", "exp", "claims"}`.
-//! A line that is not such an object yields `malformed` with an `error`.
+//! `{"index": N, "allow": bool, "reason": "...", "kid", "sub", "exp", "claims"}`:
+//! `kid`, `sub` and `exp` when the signature verified and the token has them;
+//! `claims` always, an object (see [`decision_json`]). A line that is not such
+//! an object yields `malformed` with an `error`.
 
 use anyhow::Context;
 use clap::Args;
-use jotd_core::{Decision, Engine, EngineConfig, Reason, Request, Scratch, UnixTime};
+use jotd_core::{Decision, Engine, Reason, Request, Scratch, UnixTime};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -18,7 +20,7 @@ use std::time::SystemTime;
 /// Options of `jotd check`.
 #[derive(Args, Debug)]
 pub(crate) struct CheckArgs {
-    /// The config file (tenants, keys).
+    /// The config file (tenants, keys, and `[verify]` as `jotd serve` reads it).
     #[arg(long)]
     config: PathBuf,
     /// JSON-lines input; standard input when absent.
@@ -44,12 +46,15 @@ struct Line {
     user_agent: Option<String>,
 }
 
-/// The JSON line for one decision.
+/// The JSON line for one decision. `claims` is always present: the tenant's
+/// `claims_to_return` found in a verified token, `{}` when there are none or
+/// no token verified, so a reader never has to tell "absent" from "empty".
 pub(crate) fn decision_json(index: usize, d: &Decision) -> Value {
     let mut out = Map::new();
     out.insert("index".into(), json!(index));
     out.insert("allow".into(), json!(d.allow()));
     out.insert("reason".into(), json!(d.reason().as_str()));
+    let mut claims = Map::new();
     if let Some(t) = d.token() {
         if let Some(kid) = t.kid() {
             out.insert("kid".into(), json!(kid));
@@ -60,25 +65,22 @@ pub(crate) fn decision_json(index: usize, d: &Decision) -> Value {
         if let Some(exp) = t.exp() {
             out.insert("exp".into(), json!(exp));
         }
-        if !t.claims().is_empty() {
-            let claims: Map<String, Value> = t
-                .claims()
-                .iter()
-                .map(|(k, raw)| {
-                    (
-                        k.to_string(),
-                        serde_json::from_str(raw).unwrap_or(Value::Null),
-                    )
-                })
-                .collect();
-            out.insert("claims".into(), Value::Object(claims));
-        }
+        claims.extend(t.claims().iter().map(|(k, raw)| {
+            (
+                k.to_string(),
+                serde_json::from_str(raw).unwrap_or(Value::Null),
+            )
+        }));
     }
+    out.insert("claims".into(), Value::Object(claims));
     Value::Object(out)
 }
 
-pub(crate) fn run(args: &CheckArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let cfg = crate::config_cmd::load(&args.config)?;
+    // The daemon's sections of the same file: `[verify]` decides too (a token
+    // over max_token_bytes is token_too_large here as in `jotd serve`).
+    let settings = crate::settings::load(&args.config)?;
     let snapshot = cfg.snapshot(1, &|_, _| None);
     let now = match args.now {
         Some(n) => n,
@@ -94,9 +96,9 @@ pub(crate) fn run(args: &CheckArgs) -> anyhow::Result<()> {
         )),
         None => Box::new(std::io::stdin().lock()),
     };
-    let engine = Engine::new(EngineConfig::default());
+    let engine = Engine::new(settings.engine_config());
     let mut scratch = Scratch::new();
-    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut out = BufWriter::new(out);
     for (index, line) in input.lines().enumerate() {
         let line = line.with_context(|| format!("input line {}: cannot read", index + 1))?;
         let value = match serde_json::from_str::<Line>(&line) {
@@ -121,8 +123,8 @@ pub(crate) fn run(args: &CheckArgs) -> anyhow::Result<()> {
                 v
             }
         };
-        writeln!(out, "{value}").context("cannot write to standard output")?;
+        writeln!(out, "{value}")?;
     }
-    out.flush().context("cannot write to standard output")?;
+    out.flush()?;
     Ok(())
 }

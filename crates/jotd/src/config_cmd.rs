@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use jotd_keys::JwksLocation;
+use std::io::Write;
 use std::path::Path;
 
 /// Loads a config with the real file system.
@@ -9,7 +10,7 @@ pub(crate) fn load(config: &Path) -> anyhow::Result<jotd_keys::KeysConfig> {
     Ok(jotd_keys::load(config, &|p| std::fs::read(p))?)
 }
 
-pub(crate) fn check(config: &Path) -> anyhow::Result<()> {
+pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
     let cfg = load(config)?;
     let settings = crate::settings::load(config)?;
     // The files the daemon would read at start must be readable TLS material.
@@ -29,7 +30,9 @@ pub(crate) fn check(config: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{}: server TLS", config.display()))?;
     }
     let s = &settings.server;
-    println!(
+    let engine = settings.engine_config();
+    writeln!(
+        out,
         "server: listen {}, TLS {}{}, max {} connections x {} streams, {} tokens in flight, batches of at most {} items / {} bytes",
         s.listen,
         settings.cert_file.as_ref().map_or_else(
@@ -46,32 +49,40 @@ pub(crate) fn check(config: &Path) -> anyhow::Result<()> {
         s.max_tokens_in_flight,
         s.limits.max_items,
         s.limits.max_frame_bytes,
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "verify: {} threads (0 = one per core), tokens up to {} bytes, cache {}; admin {}",
         settings.verify_threads,
-        settings.engine.max_token_bytes,
-        settings.engine.cache.map_or_else(
+        engine.max_token_bytes,
+        engine.cache.map_or_else(
             || "off".to_owned(),
             |c| format!("{} entries / {} bytes", c.max_entries, c.max_bytes)
         ),
         settings
             .admin
             .map_or_else(|| "off".to_owned(), |a| a.to_string()),
-    );
-    println!("{}: ok, {} tenant(s)", config.display(), cfg.tenants.len());
+    )?;
+    writeln!(
+        out,
+        "{}: ok, {} tenant(s)",
+        config.display(),
+        cfg.tenants.len()
+    )?;
     for spec in &cfg.tenants {
         let t = &spec.tenant;
         let algs: Vec<_> = t.algorithms.iter().map(|a| a.as_str()).collect();
-        println!(
+        writeln!(
+            out,
             "tenant {}: policy {}, require_jwt {}, algorithms [{}]",
             t.id,
             t.policy.as_str(),
             t.require_jwt,
             algs.join(", ")
-        );
+        )?;
         for k in &spec.keys {
-            println!(
+            writeln!(
+                out,
                 "  key {} ({}) {} {} [{}]",
                 k.kid,
                 k.name.as_deref().unwrap_or("-"),
@@ -80,7 +91,7 @@ pub(crate) fn check(config: &Path) -> anyhow::Result<()> {
                     .as_deref()
                     .unwrap_or("(HMAC secret, no fingerprint)"),
                 k.source
-            );
+            )?;
         }
         for (i, source) in spec.jwks.iter().enumerate() {
             let index = cfg
@@ -99,35 +110,37 @@ pub(crate) fn check(config: &Path) -> anyhow::Result<()> {
                                 .map(|(kid, key)| format!("{kid} {}", key.algorithm()))
                         })
                         .collect();
-                    println!(
+                    writeln!(
+                        out,
                         "  jwks file {} (refresh {}s): {}",
                         path.display(),
                         source.refresh.as_secs(),
                         kids.join(", ")
-                    );
+                    )?;
                     for skipped in keys.iter().flat_map(|k| k.skipped.iter()) {
-                        println!("    left out: {skipped}");
+                        writeln!(out, "    left out: {skipped}")?;
                     }
                 }
                 JwksLocation::Url(url) => {
-                    println!(
+                    writeln!(
+                        out,
                         "  jwks url {url} (refresh {}s): fetched by the daemon, not by offline commands",
                         source.refresh.as_secs()
-                    );
+                    )?;
                 }
             }
         }
         if let Some(d) = cfg.denylists.get(&*t.id) {
-            println!("  denylist: {} jti, {} sub", d.jti.len(), d.sub.len());
+            writeln!(out, "  denylist: {} jti, {} sub", d.jti.len(), d.sub.len())?;
         }
     }
     Ok(())
 }
 
-pub(crate) fn fingerprint(file: &Path) -> anyhow::Result<()> {
+pub(crate) fn fingerprint(file: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
     let fp =
         jotd_keys::material::fingerprint(&bytes).with_context(|| format!("{}", file.display()))?;
-    println!("{fp}");
+    writeln!(out, "{fp}")?;
     Ok(())
 }

@@ -6,17 +6,25 @@
 //! `serve` (the daemon: QUIC in, decisions out; development defaults when
 //! started without `--config`).
 
+// A closed pipe is a quiet exit, not a panic: commands print through
+// `output::Output`, which `println!` would bypass.
+#![deny(clippy::print_stdout)]
+
 mod admin;
 mod check;
 mod config_cmd;
 mod dev;
 mod logging;
 mod metrics;
+mod output;
+#[cfg(target_os = "linux")]
+mod process_metrics;
 mod serve;
 mod settings;
 mod speed;
 
 use clap::{Parser, Subcommand};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -69,15 +77,21 @@ pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 }
 
 fn main() -> ExitCode {
+    // Commands print through `out`, never `println!`: see `output` for a
+    // closed pipe (exit 0, no message).
+    let mut out = output::Output::stdout();
     let result = match Cli::parse().command {
         Command::Serve(args) => serve::run(&args),
-        Command::Speed(args) => speed::run(&args),
-        Command::Check(args) => check::run(&args),
-        Command::Config(ConfigCommand::Check { config }) => config_cmd::check(&config),
-        Command::Key(KeyCommand::Fingerprint { file }) => config_cmd::fingerprint(&file),
-    };
+        Command::Speed(args) => speed::run(&args, &mut out),
+        Command::Check(args) => check::run(&args, &mut out),
+        Command::Config(ConfigCommand::Check { config }) => config_cmd::check(&config, &mut out),
+        Command::Key(KeyCommand::Fingerprint { file }) => config_cmd::fingerprint(&file, &mut out),
+    }
+    .and_then(|()| Ok(out.flush()?));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head -1`): it had what it wanted.
+        Err(_) if out.reader_gone() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("jotd: {e:#}");
             ExitCode::FAILURE

@@ -30,7 +30,9 @@ enum Kind {
     Histogram,
 }
 
-/// Every metric jotd exports, with its help text (docs/operations.md lists the same).
+/// Every metric jotd exports through the recorder, with its help text
+/// (docs/operations.md lists the same); the `process_*` ones are rendered by
+/// `process_metrics`.
 const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         "jotd_tokens_total",
@@ -149,6 +151,16 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Verified-token cache entries dropped (bounds or death)",
     ),
     (
+        "jotd_cache_admission_rejected_total",
+        Kind::Counter,
+        "Verified tokens not admitted to the full cache (first sighting within the doorkeeper window)",
+    ),
+    (
+        "jotd_cache_hit_ratio",
+        Kind::Gauge,
+        "Cache hits over lookups during the last sampling second (0 when there was no lookup)",
+    ),
+    (
         "jotd_cache_entries",
         Kind::Gauge,
         "Verified-token cache entries",
@@ -174,6 +186,11 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "1 when a JWKS URL is past its stale budget (3 refresh intervals) or never fetched",
     ),
     (
+        "jotd_jwks_redirected",
+        Kind::Gauge,
+        "1 when a JWKS URL's installed keys came through a redirect (same scheme only; the log names the final URL)",
+    ),
+    (
         "jotd_build_info",
         Kind::Gauge,
         "Always 1; the version label says which build",
@@ -182,21 +199,6 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "jotd_tenant_tokens_total",
         Kind::Counter,
         "Decisions of the tenants listed in [admin] tenant_labels, by outcome (no other tenant is labelled)",
-    ),
-    (
-        "process_cpu_seconds",
-        Kind::Gauge,
-        "CPU time (user + system) the process used, seconds",
-    ),
-    (
-        "process_resident_memory_bytes",
-        Kind::Gauge,
-        "Resident memory of the process",
-    ),
-    (
-        "process_open_fds",
-        Kind::Gauge,
-        "Open file descriptors of the process",
     ),
 ];
 
@@ -388,12 +390,17 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition: the recorder's metrics, then (Linux)
+    /// the standard process metrics, read now.
     pub(crate) fn render(&self) -> String {
-        self.handle.render()
+        #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
+        let mut text = self.handle.render();
+        #[cfg(target_os = "linux")]
+        crate::process_metrics::render(&mut text);
+        text
     }
 
-    /// Samples gauges (server, cache, keys, JWKS, process) once a second.
+    /// Samples gauges (server, cache, keys, JWKS) once a second.
     pub(crate) fn start_sampler(
         self: &Arc<Self>,
         limits: &jotd_transport::ServerOptions,
@@ -428,6 +435,10 @@ struct Sampler {
     cache_hits: Counter,
     cache_misses: Counter,
     cache_evictions: Counter,
+    cache_rejected: Counter,
+    cache_hit_ratio: Gauge,
+    /// Hits and lookups at the last sample, for the ratio over one interval.
+    cache_last: std::sync::Mutex<(u64, u64)>,
     cache_entries: Gauge,
     cache_bytes: Gauge,
     tenants: Gauge,
@@ -445,6 +456,9 @@ impl Sampler {
             cache_hits: counter!("jotd_cache_hits_total"),
             cache_misses: counter!("jotd_cache_misses_total"),
             cache_evictions: counter!("jotd_cache_evictions_total"),
+            cache_rejected: counter!("jotd_cache_admission_rejected_total"),
+            cache_hit_ratio: gauge!("jotd_cache_hit_ratio"),
+            cache_last: std::sync::Mutex::new((0, 0)),
             cache_entries: gauge!("jotd_cache_entries"),
             cache_bytes: gauge!("jotd_cache_bytes"),
             tenants: gauge!("jotd_tenants_loaded"),
@@ -468,6 +482,16 @@ impl Sampler {
             self.cache_hits.absolute(c.hits);
             self.cache_misses.absolute(c.misses);
             self.cache_evictions.absolute(c.evictions);
+            self.cache_rejected.absolute(c.admission_rejected);
+            let lookups = c.hits + c.misses;
+            let mut last = self
+                .cache_last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (dh, dl) = (c.hits - last.0, lookups - last.1);
+            *last = (c.hits, lookups);
+            self.cache_hit_ratio
+                .set(if dl == 0 { 0.0 } else { dh as f64 / dl as f64 });
             self.cache_entries.set(c.entries as f64);
             self.cache_bytes.set(c.bytes as f64);
         }
@@ -496,43 +520,16 @@ impl Sampler {
                 .age
                 .is_none_or(|a| a > h.refresh * crate::admin::STALE_REFRESHES);
             gauge!("jotd_jwks_stale", "url" => h.url.clone()).set(if stale { 1.0 } else { 0.0 });
+            // 1 when the installed keys came from another URL than the configured one.
+            let redirected = h.keys_url.as_ref().is_some_and(|k| *k != h.url);
+            gauge!("jotd_jwks_redirected", "url" => h.url.clone()).set(if redirected {
+                1.0
+            } else {
+                0.0
+            });
             // -1: never fetched successfully.
             gauge!("jotd_jwks_age_seconds", "url" => h.url)
                 .set(h.age.map_or(-1.0, |a| a.as_secs_f64()));
         }
-        process::sample();
     }
-}
-
-/// Process metrics from /proc (Linux); elsewhere nothing is recorded.
-mod process {
-    use metrics::gauge;
-
-    #[cfg(target_os = "linux")]
-    pub(super) fn sample() {
-        // /proc/self/stat: fields after the command name (which may contain spaces).
-        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
-            && let Some((_, rest)) = stat.rsplit_once(") ")
-        {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // utime = field 14, stime = 15, rss = 24 (1-based over the whole line; rest starts at 3).
-            let ticks = 100.0; // USER_HZ on every Linux jotd supports
-            if let (Some(u), Some(s)) = (
-                f.get(11).and_then(|v| v.parse::<f64>().ok()),
-                f.get(12).and_then(|v| v.parse::<f64>().ok()),
-            ) {
-                // A gauge: metrics counters are integers, CPU seconds are not.
-                gauge!("process_cpu_seconds").set((u + s) / ticks);
-            }
-            if let Some(rss) = f.get(21).and_then(|v| v.parse::<f64>().ok()) {
-                gauge!("process_resident_memory_bytes").set(rss * 4096.0);
-            }
-        }
-        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-            gauge!("process_open_fds").set(dir.count() as f64);
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub(super) fn sample() {}
 }

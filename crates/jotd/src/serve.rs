@@ -202,7 +202,7 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
             .build()
             .context("starting the verification pool")?,
     );
-    let engine = Arc::new(Engine::new(settings.engine));
+    let engine = Arc::new(Engine::new(settings.engine_config()));
     let io_threads = io_threads(settings.io_threads);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(io_threads)
@@ -248,7 +248,9 @@ async fn serve(
     no_metrics: bool,
 ) -> anyhow::Result<()> {
     let fetcher = Arc::new(
-        JwksFetcher::new(Arc::clone(&reloader), fetch).context("starting the JWKS fetcher")?,
+        JwksFetcher::new(Arc::clone(&reloader), fetch)
+            .context("starting the JWKS fetcher")?
+            .with_observer(Box::new(log_fetch)),
     );
     let metrics = if no_metrics || settings.admin.is_none() {
         None
@@ -275,17 +277,11 @@ async fn serve(
     let draining = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
-    // JWKS refresh: one log line per failed fetch.
+    // JWKS refresh (outcomes are logged by `log_fetch`).
     {
         let fetcher = Arc::clone(&fetcher);
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            fetcher
-                .run(crate::stopped(&mut stop), |tenant, url, e| {
-                    warn!(tenant, url, error = %e, "jwks fetch failed; keeping the last good keys");
-                })
-                .await;
-        });
+        tokio::spawn(async move { fetcher.run(crate::stopped(&mut stop)).await });
     }
     // Reloads: SIGHUP, and polling the files the config was built from.
     tokio::spawn(reload_loop(
@@ -422,6 +418,36 @@ async fn reload_loop(
                     m.reload(false);
                 }
             }
+        }
+    }
+}
+
+/// One log line per JWKS fetch: failures and redirects at `warn`, each key
+/// of a fetched document that was left out (weak, not for verification, ...)
+/// at `warn`, plain installs at `debug`. Names the URL the keys came from.
+fn log_fetch(event: &jotd_keys::FetchEvent<'_>) {
+    match *event {
+        jotd_keys::FetchEvent::Installed {
+            tenant,
+            url,
+            keys_url,
+            keys,
+            skipped,
+        } => {
+            if keys_url == url {
+                tracing::debug!(tenant, url, keys, "jwks fetched");
+            } else {
+                warn!(
+                    tenant,
+                    url, keys_url, keys, "jwks fetched through a redirect"
+                );
+            }
+            for why in skipped {
+                warn!(tenant, keys_url, key = %why, "jwks key left out");
+            }
+        }
+        jotd_keys::FetchEvent::Failed { tenant, url, error } => {
+            warn!(tenant, url, error = %error, "jwks fetch failed; keeping the last good keys");
         }
     }
 }

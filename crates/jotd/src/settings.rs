@@ -144,7 +144,8 @@ pub(crate) struct Settings {
     pub(crate) io_threads: usize,
     pub(crate) watch_interval: Option<Duration>,
     pub(crate) verify_threads: usize,
-    pub(crate) engine: EngineConfig,
+    /// `[verify]`'s engine part; read it through [`Settings::engine_config`].
+    engine: EngineConfig,
     pub(crate) admin: Option<SocketAddr>,
     pub(crate) log_format: LogFormat,
     pub(crate) log_level: String,
@@ -169,6 +170,16 @@ impl Default for Settings {
             fetch: FetchConfig::default(),
             fetch_extra_ca_file: None,
         }
+    }
+}
+
+impl Settings {
+    /// The engine configuration (`[verify]` max_token_bytes, chunk_size, cache)
+    /// of every command that verifies or reports on verifying: `serve`,
+    /// `check` and `config check` all build it here, from the same file, so the
+    /// offline answer is the daemon's answer.
+    pub(crate) const fn engine_config(&self) -> EngineConfig {
+        self.engine
     }
 }
 

@@ -4,9 +4,11 @@
 use anyhow::{Context, bail};
 use clap::Args;
 use jotd_core::{
-    Algorithm, Engine, EngineConfig, PolicyModel, RawVerifier, Reason, Request, Scratch,
-    SigningKey, Snapshot, Tenant, TenantKey, UnixTime, sample_claims, split_for_raw,
+    Algorithm, CacheConfig, Engine, EngineConfig, PolicyModel, RawVerifier, Reason, Request,
+    Scratch, SigningKey, Snapshot, Tenant, TenantKey, UnixTime, sample_claims, split_for_raw,
 };
+use std::io::Write;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,9 +28,21 @@ pub(crate) struct SpeedArgs {
         default_value = "RS256,PS256,ES256,ES256K,EdDSA,HS256"
     )]
     algs: Vec<String>,
-    /// Distinct tokens per algorithm (the uncached loop cycles through them).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// Distinct tokens per algorithm: the working set both loops cycle through
+    /// in order (past the cache's capacity, a cyclic scan: the worst case for recency).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=2_000_000))]
     tokens: u32,
+    /// Hot set plus scan: the first HOT of the tokens are reused, the others
+    /// stream past once each in turn (`--scan-per-hot` one-time tokens per hot
+    /// lookup). The table gains the hot set's hit ratio in the cached run.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    hot: Option<u32>,
+    /// With `--hot`: one-time tokens between two hot lookups.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    scan_per_hot: u32,
+    /// The verified-token cache's byte bound for the cached run (default: the daemon's, 64 MiB).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(4096..))]
+    cache_bytes: Option<u64>,
     /// Print one JSON object per algorithm instead of a table.
     #[arg(long)]
     json: bool,
@@ -156,18 +170,46 @@ fn measure(
     Ok(per_thread / f64::from(threads))
 }
 
+/// Which token step `i` presents: cycling through all of them, or (hot set
+/// plus scan) one of the first `hot` after every `per_hot` one-time tokens.
+#[derive(Clone, Copy, Debug)]
+enum Order {
+    Cycle,
+    HotAndScan { hot: usize, per_hot: usize },
+}
+
+impl Order {
+    fn index(self, i: usize, n: usize) -> usize {
+        match self {
+            Self::Cycle => i % n,
+            Self::HotAndScan { hot, per_hot } => {
+                let (round, pos) = (i / (per_hot + 1), i % (per_hot + 1));
+                if pos == 0 {
+                    round % hot
+                } else {
+                    hot + (round * per_hot + pos - 1) % (n - hot)
+                }
+            }
+        }
+    }
+}
+
 /// One verification through the engine, with a per-thread scratch as the batch path uses.
 fn engine_step<'a>(
     engine: &'a Engine,
     w: &'a Workload,
     reqs: &'a [Request<'a>],
+    order: Order,
 ) -> impl Fn(usize) -> bool + Sync + 'a {
     thread_local!(static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::new()));
     move |i| {
         SCRATCH.with_borrow_mut(|s| {
-            engine
-                .verify_with(s, &w.snapshot, &reqs[i % reqs.len()], w.now)
-                .allow()
+            let d = engine.verify_with(s, &w.snapshot, &reqs[order.index(i, reqs.len())], w.now);
+            // Cache counts reach the engine every 64 steps (as the batch path flushes per chunk).
+            if i % 64 == 63 {
+                engine.flush(s);
+            }
+            d.allow()
         })
     }
 }
@@ -177,6 +219,11 @@ struct Row {
     engine: f64,
     cached: f64,
     raw: f64,
+    /// The cached run's hit ratio (of every lookup; with `--hot`, of one lookup
+    /// of each hot token right after the scan).
+    hit_ratio: f64,
+    /// Resident-set growth over the cached run (the cache's memory), bytes.
+    cache_rss: Option<u64>,
 }
 
 fn run_one(w: &Workload, args: &SpeedArgs) -> anyhow::Result<Row> {
@@ -202,20 +249,74 @@ fn run_one(w: &Workload, args: &SpeedArgs) -> anyhow::Result<Row> {
         }
         Ok(())
     };
+    let order = match args.hot {
+        None => Order::Cycle,
+        Some(hot) if (hot as usize) < n => Order::HotAndScan {
+            hot: hot as usize,
+            per_hot: args.scan_per_hot as usize,
+        },
+        Some(hot) => bail!("--hot {hot} needs more --tokens than that ({n})"),
+    };
     let uncached = Engine::new(EngineConfig {
         cache: None,
         ..EngineConfig::default()
     });
     check_all(&uncached)?;
-    let cached = Engine::new(EngineConfig::default());
-    check_all(&cached)?; // warms the cache with every token
+    let mut cache = CacheConfig::default();
+    if let Some(bytes) = args.cache_bytes {
+        cache.max_bytes = usize::try_from(bytes)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .context("--cache-bytes: too large for this machine")?;
+    }
+    let rss_before = crate::process_metrics::resident_bytes();
+    let cached = Engine::new(EngineConfig {
+        cache: Some(cache),
+        ..EngineConfig::default()
+    });
+    // Warm-up: the order the measurement uses, twice over the working set.
+    let warm = engine_step(&cached, w, &reqs, order);
+    for i in 0..2 * n {
+        if !warm(i) {
+            bail!(
+                "{}: a token failed verification while warming the cache",
+                w.alg
+            );
+        }
+    }
 
     let engine = measure(
         args.threads,
         args.seconds,
-        &engine_step(&uncached, w, &reqs),
+        &engine_step(&uncached, w, &reqs, order),
     )?;
-    let hits = measure(args.threads, args.seconds, &engine_step(&cached, w, &reqs))?;
+    let before = cached.cache_stats().unwrap_or_default();
+    let hits = measure(
+        args.threads,
+        args.seconds,
+        &engine_step(&cached, w, &reqs, order),
+    )?;
+    let after = cached.cache_stats().unwrap_or_default();
+    let cache_rss = crate::process_metrics::resident_bytes()
+        .zip(rss_before)
+        .map(|(a, b)| a.saturating_sub(b));
+    let (dh, lookups) = match order {
+        Order::Cycle => (
+            after.hits - before.hits,
+            (after.hits + after.misses) - (before.hits + before.misses),
+        ),
+        // The hot set's hit ratio once the scan has streamed past: one lookup of each hot
+        // token (a fresh scratch, so no worker's private copy answers), all counted.
+        Order::HotAndScan { hot, .. } => {
+            let mut scratch = Scratch::new();
+            for r in &reqs[..hot] {
+                let _ = cached.verify_with(&mut scratch, &w.snapshot, r, w.now);
+            }
+            cached.flush(&mut scratch);
+            let probed = cached.cache_stats().unwrap_or_default();
+            (probed.hits - after.hits, hot as u64)
+        }
+    };
     let raw = measure(args.threads, args.seconds, &|i| {
         let (input, sig) = &w.raw_cases[i % n];
         w.raw.verify(input, sig)
@@ -225,27 +326,47 @@ fn run_one(w: &Workload, args: &SpeedArgs) -> anyhow::Result<Row> {
         engine,
         cached: hits,
         raw,
+        hit_ratio: if lookups == 0 {
+            0.0
+        } else {
+            dh as f64 / lookups as f64
+        },
+        cache_rss,
     })
 }
 
-pub(crate) fn run(args: &SpeedArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &SpeedArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let algs = parse_algs(&args.algs)?;
     if !args.json {
-        println!(
+        writeln!(
+            out,
             "jotd speed: {} token(s)/alg, {} s per measurement, {} thread(s); rates are tokens/s per thread",
             args.tokens, args.seconds, args.threads
-        );
-        println!(
-            "{:<8} {:>14} {:>14} {:>14} {:>12}",
-            "alg", "engine", "cached", "raw aws-lc-rs", "engine/raw"
-        );
+        )?;
+        writeln!(
+            out,
+            "{:<8} {:>14} {:>14} {:>14} {:>12} {:>14} {:>9} {:>12}",
+            "alg",
+            "engine",
+            "cached",
+            "raw aws-lc-rs",
+            "engine/raw",
+            "cached/engine",
+            if args.hot.is_some() {
+                "hot hit%"
+            } else {
+                "hit%"
+            },
+            "cache RSS"
+        )?;
     }
     for alg in algs {
         let w = workload(alg, args.tokens)?;
         let row = run_one(&w, args)?;
         let ratio = row.engine / row.raw;
         if args.json {
-            println!(
+            writeln!(
+                out,
                 "{}",
                 serde_json::json!({
                     "alg": row.alg.as_str(),
@@ -256,17 +377,29 @@ pub(crate) fn run(args: &SpeedArgs) -> anyhow::Result<()> {
                     "cached_per_s": row.cached.round(),
                     "raw_per_s": row.raw.round(),
                     "ratio": (ratio * 1000.0).round() / 1000.0,
+                    "cached_over_engine": (row.cached / row.engine * 1000.0).round() / 1000.0,
+                    "hot": args.hot,
+                    "scan_per_hot": args.hot.map(|_| args.scan_per_hot),
+                    "hit_ratio": (row.hit_ratio * 10000.0).round() / 10000.0,
+                    "cache_rss_bytes": row.cache_rss,
                 })
-            );
+            )?;
         } else {
-            println!(
-                "{:<8} {:>14.0} {:>14.0} {:>14.0} {:>12.3}",
+            writeln!(
+                out,
+                "{:<8} {:>14.0} {:>14.0} {:>14.0} {:>12.3} {:>14.3} {:>9.1} {:>12}",
                 row.alg.as_str(),
                 row.engine,
                 row.cached,
                 row.raw,
-                ratio
-            );
+                ratio,
+                row.cached / row.engine,
+                row.hit_ratio * 100.0,
+                row.cache_rss.map_or_else(
+                    || "-".to_owned(),
+                    |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+                )
+            )?;
         }
     }
     Ok(())

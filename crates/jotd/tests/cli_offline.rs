@@ -275,7 +275,17 @@ fn check_decides_each_line_in_order() {
             ),
             (Some("rsa"), Some("alice"), Some(now + 60))
         );
-        assert_eq!(lines[0]["claims"]["groups"], serde_json::json!(["ops"]));
+        assert_eq!(lines[0]["claims"], serde_json::json!({"groups": ["ops"]}));
+        // `claims` is always there (docs/configuration.md, `jotd check`): `{}`
+        // for a verified token without the returned claims (2: expired, no
+        // `groups`), for one that did not verify (3), for a bad input line (4)
+        // and for no token at all (6).
+        for (i, line) in lines.iter().enumerate() {
+            assert!(line["claims"].is_object(), "line {i}: {line}");
+            if i != 0 && i != 1 {
+                assert_eq!(line["claims"], serde_json::json!({}), "line {i}: {line}");
+            }
+        }
         assert_eq!(
             lines[2]["sub"].as_str(),
             Some("bob"),
@@ -294,4 +304,43 @@ fn check_decides_each_line_in_order() {
                 .contains("missing field `tenant`")
         );
     }
+}
+
+/// `jotd speed` in hot-set-plus-scan mode with a small cache: the scan is
+/// several times the cache, the hot set keeps its hits, and the JSON says so.
+#[test]
+fn speed_hot_set_plus_scan_keeps_the_hot_set() {
+    let out = jotd(
+        &[
+            "speed",
+            "--algs",
+            "HS256",
+            "--tokens",
+            "4000",
+            "--hot",
+            "50",
+            "--scan-per-hot",
+            "3",
+            "--cache-bytes",
+            "262144",
+            "--seconds",
+            "0.2",
+            "--json",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(row["hot"], 50);
+    assert_eq!(row["scan_per_hot"], 3);
+    let ratio = row["hit_ratio"].as_f64().unwrap();
+    assert!(ratio >= 0.95, "hot-set hit ratio {ratio}: {row}");
+    assert!(row["cached_over_engine"].as_f64().unwrap() > 0.0);
+    let bad = jotd(&["speed", "--tokens", "10", "--hot", "10"], None);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--hot 10 needs more --tokens"));
 }

@@ -1,6 +1,7 @@
 //! A real Prometheus scrapes a real `jotd serve`: the token count Prometheus
-//! reports equals what the client sent; `promtool check metrics` passes on the
-//! exposition and `promtool check rules` on deploy/prometheus/jotd-alerts.yml.
+//! reports equals what the client sent, the standard process metrics arrive;
+//! `promtool check metrics` passes on the exposition and `promtool check
+//! rules` on deploy/prometheus/jotd-alerts.yml.
 //!
 //! Prometheus comes from Debian's `prometheus` package; `.ci/run` installs it,
 //! and this test installs it itself when it is missing and it may (root).
@@ -217,4 +218,19 @@ fn prometheus_counts_what_the_client_sent_and_promtool_accepts_metrics_and_rules
     assert_eq!(expired, Some(100.0));
     let batches = query("sum(jotd_batch_size_count)");
     assert_eq!(batches, Some(3.0));
+    // The standard process metrics arrive under their standard names (what
+    // the JotdFileDescriptorsNearLimit rule and the dashboard query).
+    for name in [
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
+        "process_open_fds",
+        "process_max_fds",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+    ] {
+        assert!(
+            query(&format!("{name}%7Bjob=%22jotd%22%7D")).is_some_and(|v| v > 0.0),
+            "{name} in Prometheus"
+        );
+    }
 }

@@ -22,8 +22,9 @@ fn keys_data(name: &str) -> PathBuf {
 
 const HS_SECRET: &str = "0123456789abcdef0123456789abcdef";
 
-/// Writes TLS files and a config; `with_hs` decides whether the HS256 key is in it.
-fn write_config(dir: &Path, with_hs: bool) -> PathBuf {
+/// Writes TLS files and a config; `with_hs` decides whether the HS256 key is in
+/// it, `verify` is added to its `[verify]` section.
+fn write_config(dir: &Path, with_hs: bool, verify: &str) -> PathBuf {
     let config = dir.join("jotd.toml");
     let hs = if with_hs {
         format!("[[tenant.key]]\nkid = \"hs\"\nalg = \"HS256\"\nsecret = \"{HS_SECRET}\"\n")
@@ -40,6 +41,7 @@ cert_file = "server.pem"
 key_file = "server.key"
 [verify]
 threads = 2
+{verify}
 
 [[tenant]]
 id = "infura"
@@ -77,6 +79,11 @@ struct Fixture {
 }
 
 fn fixture(name: &str) -> Fixture {
+    fixture_with(name, "")
+}
+
+/// [`fixture`] with `verify` added to the config's `[verify]` section.
+fn fixture_with(name: &str, verify: &str) -> Fixture {
     let dir = scratch_dir(name);
     let pki = DevPki::generate().unwrap();
     std::fs::write(dir.join("server.pem"), &pki.server_cert_pem).unwrap();
@@ -93,7 +100,7 @@ fn fixture(name: &str) -> Fixture {
         pem::encode(&pem::Pem::new("PUBLIC KEY", spki)),
     )
     .unwrap();
-    let config = write_config(&dir, true);
+    let config = write_config(&dir, true, verify);
     Fixture {
         dir,
         config,
@@ -253,15 +260,75 @@ fn as_check_json(index: usize, d: &ClientDecision) -> Value {
     if let Some(e) = d.exp {
         m.insert("exp".into(), e.into());
     }
-    if !d.claims.is_empty() {
-        let claims: Map<String, Value> = d
-            .claims
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap()))
-            .collect();
-        m.insert("claims".into(), Value::Object(claims));
-    }
+    // Always present in `jotd check`'s lines, `{}` when empty.
+    let claims: Map<String, Value> = d
+        .claims
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap()))
+        .collect();
+    m.insert("claims".into(), Value::Object(claims));
     Value::Object(m)
+}
+
+/// `jotd check` on `config`, fed `cases` on standard input: one JSON line each.
+fn decide_offline(config: &Path, cases: &[Case]) -> Vec<Value> {
+    let input: String = cases.iter().map(|c| c.json() + "\n").collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_jotd"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(input.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "jotd check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The same cases in one batch over QUIC to the running daemon.
+fn decide_online(f: &Fixture, d: &Daemon, cases: &[Case]) -> Vec<ClientDecision> {
+    runtime().block_on(async {
+        let c = client(f, d);
+        let items: Vec<Item<'_>> = cases.iter().map(Case::item).collect();
+        c.verify_all(&items).await.unwrap()
+    })
+}
+
+/// Asserts that both paths decided every case alike: allow, reason, kid, sub,
+/// exp and claims, item by item.
+fn assert_same_decisions(cases: &[Case], offline: &[Value], online: &[ClientDecision]) {
+    assert_eq!(offline.len(), cases.len(), "jotd check: one line per case");
+    assert_eq!(
+        online.len(),
+        cases.len(),
+        "jotd serve: one decision per case"
+    );
+    for (i, (off, on)) in offline.iter().zip(online).enumerate() {
+        assert_eq!(
+            *off,
+            as_check_json(i, on),
+            "case {i} (left: jotd check, right: jotd serve): {}",
+            cases[i].json()
+        );
+    }
+}
+
+fn reasons(decisions: &[Value]) -> Vec<&str> {
+    decisions
+        .iter()
+        .map(|v| v["reason"].as_str().unwrap())
+        .collect()
 }
 
 #[test]
@@ -269,37 +336,11 @@ fn serve_and_check_agree_on_every_case() {
     let f = fixture("agree");
     let d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
     let cases = cases(&f);
-    let input: String = cases.iter().map(|c| c.json() + "\n").collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_jotd"))
-        .args(["check", "--config", f.config.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(input.as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert!(out.status.success());
-    let offline: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let rt = runtime();
-    let online = rt.block_on(async {
-        let c = client(&f, &d);
-        let items: Vec<Item<'_>> = cases.iter().map(Case::item).collect();
-        c.verify_all(&items).await.unwrap()
-    });
-    assert_eq!(offline.len(), cases.len());
-    let reasons: Vec<&str> = offline
-        .iter()
-        .map(|v| v["reason"].as_str().unwrap())
-        .collect();
+    let offline = decide_offline(&f.config, &cases);
+    let online = decide_online(&f, &d, &cases);
     // The cases cover what they claim to.
     assert_eq!(
-        reasons,
+        reasons(&offline),
         [
             "ok",
             "method_not_allowed",
@@ -321,9 +362,7 @@ fn serve_and_check_agree_on_every_case() {
             "permission_denied",
         ]
     );
-    for (i, (off, on)) in offline.iter().zip(&online).enumerate() {
-        assert_eq!(*off, as_check_json(i, on), "case {i}: {}", cases[i].json());
-    }
+    assert_same_decisions(&cases, &offline, &online);
 
     // Every decision was counted once in the metrics, by reason.
     let (status, metrics) = d.get("/metrics");
@@ -344,6 +383,82 @@ fn serve_and_check_agree_on_every_case() {
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     let (status, body) = d.get("/readyz");
     assert_eq!(status, 200, "{body}");
+}
+
+/// `[verify] max_token_bytes` for the next test: the RS256 tokens of [`cases`]
+/// are longer (their signature alone is 342 characters), the HS256 and ES256
+/// ones shorter.
+const SMALL_MAX_TOKEN_BYTES: usize = 300;
+
+#[test]
+fn check_and_serve_apply_the_same_verify_settings() {
+    let f = fixture_with(
+        "verify-settings",
+        &format!("max_token_bytes = {SMALL_MAX_TOKEN_BYTES}\nchunk_size = 3\ncache = false"),
+    );
+    let cases = cases(&f);
+    let long = |c: &Case| {
+        c.token
+            .as_ref()
+            .is_some_and(|t| t.len() > SMALL_MAX_TOKEN_BYTES)
+    };
+    assert!(
+        cases.iter().any(long) && cases.iter().any(|c| c.token.is_some() && !long(c)),
+        "the cases have tokens on both sides of the limit"
+    );
+    let d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
+    let offline = decide_offline(&f.config, &cases);
+    let online = decide_online(&f, &d, &cases);
+    assert_same_decisions(&cases, &offline, &online);
+    // The limit is what decided the long tokens, on both paths.
+    assert_eq!(
+        reasons(&offline),
+        [
+            "token_too_large",
+            "token_too_large",
+            "token_too_large",
+            "token_too_large",
+            "ok",
+            "expired",
+            "revoked",
+            "not_yet_valid",
+            "token_too_large",
+            "unknown_kid",
+            "malformed",
+            "malformed",
+            "ok_no_auth",
+            "missing_token",
+            "unknown_tenant",
+            "ok",
+            "permission_denied",
+            "permission_denied",
+        ]
+    );
+    // (The tenant is looked up first: a long token for "nobody" is unknown_tenant.)
+    for (i, case) in cases.iter().enumerate() {
+        assert_eq!(
+            long(case) && case.tenant != "nobody",
+            offline[i]["reason"] == "token_too_large",
+            "case {i}: token_too_large exactly for the tokens over the limit"
+        );
+    }
+    // `config check` reports the same engine settings from the same file.
+    let out = Command::new(env!("CARGO_BIN_EXE_jotd"))
+        .args(["config", "check", "--config", f.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains(&format!(
+            "tokens up to {SMALL_MAX_TOKEN_BYTES} bytes, cache off"
+        )),
+        "{listing}"
+    );
 }
 
 /// The fixture's config plus `extra` TOML, served; every case sent `rounds` times.
@@ -456,7 +571,7 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one_serving() {
     assert_eq!(decide(&c), "ok");
 
     // The HS256 key leaves the config: after SIGHUP its tokens stop passing.
-    write_config(&f.dir, false);
+    write_config(&f.dir, false, "");
     d.signal("-HUP");
     d.wait_log("config reloaded");
     assert_eq!(decide(&c), "alg_not_allowed");
@@ -486,7 +601,7 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one_serving() {
     assert!(metrics.contains(r#"jotd_config_reloads_total{result="rejected"} 1"#));
 
     // Fixed again, and noticed by the file watcher without a signal.
-    write_config(&f.dir, true);
+    write_config(&f.dir, true, "");
     let deadline = Instant::now() + Duration::from_secs(20);
     while decide(&c) != "ok" {
         assert!(Instant::now() < deadline, "file change not picked up");

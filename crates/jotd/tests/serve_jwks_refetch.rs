@@ -1,0 +1,179 @@
+//! `jotd serve` and a tenant whose keys come from a JWKS URL: a token naming a
+//! kid the daemon does not have yet is held, the JWKS refetched, and the token
+//! re-verified with the new keys; a second unknown kid inside
+//! `jwks_fetch.refetch_interval_s` fetches nothing and stays `unknown_kid`.
+//! (What docs/configuration.md, "Unknown kids", says.)
+
+mod common;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{Daemon, now, runtime, scratch_dir};
+use jotd_core::{Algorithm, SigningKey};
+use jotd_transport::{Client, ClientOptions, DevPki, Item, client_config};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A JWKS endpoint over plain HTTP on loopback (allowed for loopback hosts):
+/// answers every request with the current `doc` and counts the requests.
+struct JwksEndpoint {
+    url: String,
+    doc: Arc<Mutex<String>>,
+    hits: Arc<AtomicUsize>,
+}
+
+fn jwks_endpoint(doc: String) -> JwksEndpoint {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let doc = Arc::new(Mutex::new(doc));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (d, h) = (Arc::clone(&doc), Arc::clone(&hits));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 << 10 {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            h.fetch_add(1, Ordering::SeqCst);
+            let body = d.lock().unwrap().clone();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    JwksEndpoint { url, doc, hits }
+}
+
+/// An Ed25519 key and its JWK.
+fn ed_key(kid: &str) -> (SigningKey, String) {
+    let key = SigningKey::generate(Algorithm::EdDsa).unwrap();
+    let spki = key.verifying_key().unwrap().spki_der().unwrap();
+    let jwk = format!(
+        r#"{{"kty":"OKP","crv":"Ed25519","kid":"{kid}","x":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode(&spki[spki.len() - 32..])
+    );
+    (key, jwk)
+}
+
+#[test]
+fn unknown_kid_of_a_jwks_url_tenant_is_refetched_once_and_reverified() {
+    let dir = scratch_dir("jwks-refetch");
+    let pki = DevPki::generate().unwrap();
+    std::fs::write(dir.join("server.pem"), &pki.server_cert_pem).unwrap();
+    std::fs::write(dir.join("server.key"), &pki.server_key_pem).unwrap();
+    let (old_key, old_jwk) = ed_key("old");
+    let (new_key, new_jwk) = ed_key("new");
+    let (stranger, _) = ed_key("stranger");
+    let jwks = jwks_endpoint(format!(r#"{{"keys":[{old_jwk}]}}"#));
+    let config = dir.join("jotd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+cert_file = "server.pem"
+key_file = "server.key"
+[jwks_fetch]
+refetch_interval_s = 30
+
+[[tenant]]
+id = "sso"
+policy = "none"
+[[tenant.jwks]]
+url = "{}"
+refresh_s = 3600
+"#,
+            jwks.url
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["--config", config.to_str().unwrap()], &dir);
+    // Ready once the JWKS has been fetched at start.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.get("/readyz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {:?}",
+            d.get("/readyz")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(jwks.hits.load(Ordering::SeqCst), 1, "one fetch at start");
+
+    let exp = now() + 600;
+    let mint = |key: &SigningKey, kid: &str| {
+        key.mint(Some(kid), &format!(r#"{{"sub":"{kid}","exp":{exp}}}"#))
+            .unwrap()
+    };
+    let (old, new, unknown) = (
+        mint(&old_key, "old"),
+        mint(&new_key, "new"),
+        mint(&stranger, "stranger"),
+    );
+    let rt = runtime();
+    let c = rt.block_on(async {
+        Client::new(ClientOptions::new(
+            vec![d.quic],
+            client_config(pki.ca_pem.as_bytes(), None).unwrap(),
+        ))
+        .unwrap()
+    });
+    let decide = |tokens: &[&str]| -> Vec<String> {
+        rt.block_on(async {
+            let items: Vec<Item<'_>> = tokens
+                .iter()
+                .map(|t| Item {
+                    token: Some(t.as_bytes()),
+                    tenant: "sso",
+                    method: None,
+                    addresses: vec![],
+                    origin: None,
+                    user_agent: None,
+                })
+                .collect();
+            c.verify_all(&items)
+                .await
+                .unwrap()
+                .iter()
+                .map(|d| d.reason().unwrap().as_str().to_owned())
+                .collect()
+        })
+    };
+    assert_eq!(decide(&[&old]), ["ok"]);
+    assert_eq!(
+        jwks.hits.load(Ordering::SeqCst),
+        1,
+        "a known kid fetches nothing"
+    );
+
+    // The identity provider rotates: "new" joins the document.
+    *jwks.doc.lock().unwrap() = format!(r#"{{"keys":[{old_jwk},{new_jwk}]}}"#);
+    assert_eq!(
+        decide(&[&new, &old]),
+        ["ok", "ok"],
+        "the unknown kid was held, refetched and re-verified"
+    );
+    assert_eq!(jwks.hits.load(Ordering::SeqCst), 2, "one refetch");
+
+    // Another unknown kid inside refetch_interval_s: no fetch, answered as it was.
+    assert_eq!(decide(&[&unknown, &new]), ["unknown_kid", "ok"]);
+    assert_eq!(
+        jwks.hits.load(Ordering::SeqCst),
+        2,
+        "the refetch is rate limited"
+    );
+    let (_, metrics) = d.get("/metrics");
+    assert!(
+        metrics.contains("jotd_refetch_reverified_batches_total 1"),
+        "{metrics}"
+    );
+}
