@@ -48,7 +48,8 @@ impl Default for CacheConfig {
 pub struct CacheStats {
     /// Entries held now.
     pub entries: usize,
-    /// Approximate bytes held now.
+    /// Bytes held now, as the bound measures them: each entry's approximate
+    /// footprint, and at least `max_bytes / max_entries`.
     pub bytes: usize,
     /// Lookups answered from the cache.
     pub hits: u64,
@@ -59,7 +60,8 @@ pub struct CacheStats {
     /// Entries dropped to stay within bounds (and every entry dropped by a clear).
     pub evictions: u64,
     /// Verified tokens not admitted: the cache was full and the token had not
-    /// been seen before within the doorkeeper's window.
+    /// been seen before within the doorkeeper's window (or, rarely, the entry
+    /// was too large for a shard).
     pub admission_rejected: u64,
 }
 
@@ -97,6 +99,9 @@ pub(crate) struct CachedToken {
     bytes: usize,
 }
 
+/// Allocator headers of an entry's five allocations, Arc counts, and the map's slot.
+const ENTRY_OVERHEAD: usize = 5 * 16 + 2 * 16 + 64;
+
 impl CachedToken {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
@@ -109,12 +114,18 @@ impl CachedToken {
         grants: Grants<'static>,
         info: Arc<TokenInfo>,
     ) -> Self {
-        let bytes = 2 * token_len
+        // What the entry really holds, so the byte bound holds in resident memory: the key,
+        // the entry and its token facts inline (the grants' lists live inline up to four
+        // strings), their heap parts, and per allocation (key, entry Arc, info Arc, tenant,
+        // jti) about 16 bytes of allocator overhead plus the map's slot.
+        let bytes = token_len
+            + std::mem::size_of::<Self>()
+            + std::mem::size_of::<TokenInfo>()
             + tenant.len()
             + jti.as_ref().map_or(0, |j| j.len())
             + grants.heap_bytes()
             + info.heap_bytes()
-            + 192;
+            + ENTRY_OVERHEAD;
         Self {
             tenant: tenant.into(),
             epoch,
@@ -183,6 +194,8 @@ pub(crate) struct LocalCounts {
     pub(crate) misses: u64,
     pub(crate) inserts: u64,
     pub(crate) rejected: u64,
+    /// Doorkeeper sightings, added to its window count at the flush.
+    pub(crate) sightings: u64,
 }
 
 type Hasher = foldhash::fast::RandomState;
@@ -253,19 +266,24 @@ impl Doorkeeper {
         }
     }
 
-    /// Records a sighting of `hash`; true when it had been seen before.
+    /// Records a sighting of `hash`; true when it had been seen before. A bit
+    /// already set is only read (no write to a shared line); the sighting is
+    /// counted by the caller and added in [`Doorkeeper::note`].
     fn admit(&self, hash: u64) -> bool {
         let (a, b) = (hash & self.mask, (hash >> 32) & self.mask);
         let set = |bit: u64| {
             let word = &self.bits[(bit / 64) as usize];
             let flag = 1u64 << (bit % 64);
-            word.fetch_or(flag, Relaxed) & flag != 0
+            word.load(Relaxed) & flag != 0 || word.fetch_or(flag, Relaxed) & flag != 0
         };
-        let seen = set(a) & set(b);
-        if self.seen.fetch_add(1, Relaxed) + 1 >= self.window {
+        set(a) & set(b)
+    }
+
+    /// Adds a worker's sightings; clears the set once a window has passed.
+    fn note(&self, sightings: u64) {
+        if self.seen.fetch_add(sightings, Relaxed) + sightings >= self.window {
             self.reset();
         }
-        seen
     }
 
     fn reset(&self) {
@@ -276,8 +294,19 @@ impl Doorkeeper {
     }
 }
 
+/// The largest entry the shards are sized for: an 8 KiB token (the engine's
+/// default cap) with its claims, grants and facts held again on the heap.
+const LARGE_ENTRY: u64 = 40 << 10;
+
+/// The smallest entry there is, for sizing the doorkeeper's window.
+const SMALL_ENTRY: usize = 256;
+
 pub(crate) struct TokenCache {
     map: quick_cache::sync::Cache<Box<[u8]>, Arc<CachedToken>, EntryWeight, Hasher, Evictions>,
+    /// quick_cache hands an entry heavier than ~97 % of a shard straight back
+    /// (evicted unseen): such an entry is turned away here instead.
+    max_weight: u64,
+    weigher: EntryWeight,
     state: Arc<EvictionState>,
     doorkeeper: Doorkeeper,
     hasher: Hasher,
@@ -299,20 +328,31 @@ impl TokenCache {
         let weigher = EntryWeight {
             floor: (bytes / entries as u64).max(1),
         };
+        // Shards (a power of two, at most 64) each big enough for 16 large entries, or one.
+        let mut shards = 64u64;
+        while shards > 1 && bytes / shards < 16 * LARGE_ENTRY.max(weigher.floor) {
+            shards /= 2;
+        }
         let options = quick_cache::OptionsBuilder::new()
             .estimated_items_capacity(entries)
             .weight_capacity(bytes)
+            .shards(shards as usize)
             .build()
             .expect("capacities are set");
+        let map = quick_cache::sync::Cache::with_options(
+            options,
+            weigher,
+            hasher.clone(),
+            Evictions(Arc::clone(&state)),
+        );
+        let max_weight = map.shard_capacity() / 100 * 96;
         Self {
-            map: quick_cache::sync::Cache::with_options(
-                options,
-                weigher,
-                hasher.clone(),
-                Evictions(Arc::clone(&state)),
-            ),
+            map,
+            max_weight,
+            weigher,
             state,
-            doorkeeper: Doorkeeper::new(entries),
+            // A window of the entries the bound can hold, however large max_entries is.
+            doorkeeper: Doorkeeper::new(entries.min(config.max_bytes.get() / SMALL_ENTRY)),
             hasher,
             config,
             clears: AtomicU64::new(0),
@@ -338,8 +378,12 @@ impl TokenCache {
     pub(crate) fn admits(&self, token: &[u8], counts: &mut LocalCounts) -> bool {
         // The doorkeeper hashes the token's last 16 bytes: base64url of 96 signature bits,
         // distinct for distinct tokens, and a fraction of the cost of hashing the whole token.
+        if !self.state.full.load(Relaxed) {
+            return true;
+        }
         let tail = &token[token.len().saturating_sub(16)..];
-        if !self.state.full.load(Relaxed) || self.doorkeeper.admit(self.hasher.hash_one(tail)) {
+        counts.sightings += 1;
+        if self.doorkeeper.admit(self.hasher.hash_one(tail)) {
             true
         } else {
             counts.rejected += 1;
@@ -347,9 +391,16 @@ impl TokenCache {
         }
     }
 
-    /// Inserts a verified token that [`TokenCache::admits`] let in.
+    /// Inserts a verified token that [`TokenCache::admits`] let in; one too
+    /// large for a shard is counted as rejected instead.
     pub(crate) fn insert(&self, token: &[u8], entry: CachedToken, counts: &mut LocalCounts) {
-        self.map.insert(token.into(), Arc::new(entry));
+        let key: Box<[u8]> = token.into();
+        let entry = Arc::new(entry);
+        if quick_cache::Weighter::weight(&self.weigher, &key, &entry) > self.max_weight {
+            counts.rejected += 1;
+            return;
+        }
+        self.map.insert(key, entry);
         counts.inserts += 1;
     }
 
@@ -363,6 +414,9 @@ impl TokenCache {
             if *local != 0 {
                 shared.fetch_add(std::mem::take(local), Relaxed);
             }
+        }
+        if counts.sightings != 0 {
+            self.doorkeeper.note(std::mem::take(&mut counts.sightings));
         }
     }
 

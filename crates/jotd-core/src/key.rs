@@ -138,6 +138,13 @@ impl VerifyingKey {
                 pkcs1.exponent().big_endian_without_leading_zero(),
             )?;
         }
+        if alg.family() == KeyFamily::Ec && matches!(ec_point_form(der), Some(0x06 | 0x07)) {
+            // X9.62's hybrid form: RFC 5480 says it MUST NOT be used (aws-lc accepts it).
+            return Err(KeyError::Rejected {
+                alg,
+                why: "EC point in hybrid form (RFC 5480: must not be used)",
+            });
+        }
         let parsed = ParsedPublicKey::new(verification, der).map_err(rejected(alg))?;
         if alg.family() == KeyFamily::Ed25519 {
             check_ed25519(&spki_of(&parsed, alg)?)?;
@@ -302,7 +309,10 @@ fn rejected(alg: Algorithm) -> impl Fn(aws_lc_rs::error::KeyRejected) -> KeyErro
 /// The one RSA rule, whatever the source: modulus 2048..=8192 bits and odd,
 /// exponent odd in 3..2^32. `n` and `e` are big-endian without leading zeros.
 fn check_rsa(n: &[u8], e: &[u8]) -> Result<(), KeyError> {
-    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    // `n` has no leading zero byte, so its first byte fixes the size (an empty `n` is 0 bits).
+    let bits = n
+        .first()
+        .map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
     if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
         return Err(KeyError::RsaModulusSize { bits });
     }
@@ -371,6 +381,22 @@ fn rsa_components(der: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((n, e))
 }
 
+/// The first byte of an EC key's point (its form: 2/3 compressed, 4
+/// uncompressed, 6/7 hybrid), for a raw SEC1 point or a SubjectPublicKeyInfo.
+fn ec_point_form(der: &[u8]) -> Option<u8> {
+    match der.first()? {
+        0x30 => {
+            let (_, spki, _) = der_element(der)?;
+            let (_, _, rest) = der_element(spki)?;
+            let (0x03, bits, _) = der_element(rest)? else {
+                return None;
+            };
+            bits.get(1).copied()
+        }
+        form => Some(*form),
+    }
+}
+
 /// DER `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`
 /// (RFC 8017) of two positive big-endian integers without leading zeros.
 fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
@@ -412,13 +438,10 @@ fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
 fn check_ed25519(spki: &[u8]) -> Result<(), KeyError> {
     use curve25519_dalek::edwards::CompressedEdwardsY;
     let weak = |why| Err(KeyError::WeakEd25519 { why });
-    let Some(raw) = spki.len().checked_sub(32).map(|at| &spki[at..]) else {
+    let Some(raw) = spki.last_chunk::<32>() else {
         return weak("shorter than 32 bytes");
     };
-    let Ok(compressed) = CompressedEdwardsY::from_slice(raw) else {
-        return weak("not 32 bytes");
-    };
-    let Some(point) = compressed.decompress() else {
+    let Some(point) = CompressedEdwardsY(*raw).decompress() else {
         return weak("not a point on the curve");
     };
     // Decompression reduces y modulo p and accepts a sign bit on x = 0: a

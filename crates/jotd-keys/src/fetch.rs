@@ -92,6 +92,20 @@ pub enum JwksUrlError {
     Userinfo,
 }
 
+/// `url` for messages: any `user:password@` left out.
+#[must_use]
+pub(crate) fn redacted_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
 /// Checks a JWKS URL on its **parsed** host: `https` to any host, plain
 /// `http` only to 127.0.0.0/8, `[::1]` or exactly `localhost` (never by
 /// string prefix: `http://localhost.evil.example/` is not loopback), and no
@@ -306,6 +320,9 @@ impl JwksFetcher {
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .https_only(false)
+            // No proxy from the environment: "plain http only to loopback" must hold on the
+            // wire, and an https source must not be steered through a proxy it did not name.
+            .no_proxy()
             .redirect(redirect_policy())
             .user_agent(concat!("jotd/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &config.extra_roots_pem {

@@ -254,6 +254,7 @@ pub fn parse_jwks(
         keys: Vec::new(),
         skipped: Vec::new(),
     };
+    let mut signing_kids: Vec<String> = Vec::new();
     for (i, value) in doc.keys.into_iter().enumerate() {
         let jwk: Jwk = match serde_json::from_value(value) {
             Ok(j) => j,
@@ -271,9 +272,12 @@ pub fn parse_jwks(
             out.skipped.push(format!("kid {kid}: {e}"));
             continue;
         }
-        if out.keys.iter().any(|(k, _)| *k == kid) {
+        // Against every signing key seen, kept or refused, so the outcome does not depend
+        // on which of two keys sharing a kid comes first.
+        if signing_kids.contains(&kid) {
             return Err(JwkError::DuplicateKid(kid));
         }
+        signing_kids.push(kid.clone());
         match jwk.to_key(config_alg) {
             Ok(key) => out.keys.push((kid, key)),
             Err(e) => out.skipped.push(format!("kid {kid}: {e}")),

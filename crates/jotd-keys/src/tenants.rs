@@ -423,7 +423,8 @@ fn jwks_source(
     let location = match (&j.url, &j.file) {
         (Some(url), None) => {
             if let Err(e) = crate::fetch::check_jwks_url(url) {
-                return cx.err(span, &format!("{at}.url"), format_args!("`{url}`: {e}"));
+                let shown = crate::fetch::redacted_url(url);
+                return cx.err(span, &format!("{at}.url"), format_args!("`{shown}`: {e}"));
             }
             JwksLocation::Url(url.clone())
         }

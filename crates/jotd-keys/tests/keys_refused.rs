@@ -144,6 +144,17 @@ fn hex(text: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// A JSON object as the body of a TOML inline table (`k = v, ...`).
+fn inline_table(object: &Value) -> String {
+    object
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// An in-memory file system for config loads.
 fn load(config: &str, files: &[(&str, Vec<u8>)]) -> Result<KeysConfig, ConfigError> {
     let mut fs: HashMap<PathBuf, Vec<u8>> = files
@@ -204,14 +215,7 @@ fn weak_keys_are_refused_from_every_source() {
             ("/etc/jotd/weak.der", w.der.clone()),
             ("/etc/jotd/weak.pem", w.pem().into_bytes()),
         ];
-        let jwk_toml = w
-            .jwk
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| format!("{k} = {v}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let jwk_toml = inline_table(&w.jwk);
         for source in [
             "der_file = \"weak.der\"".to_owned(),
             "pem_file = \"weak.pem\"".to_owned(),
@@ -349,13 +353,7 @@ fn jwks_not_for_verification_are_refused_inline_and_skipped_in_a_jwks() {
             "{:?}",
             keys.skipped
         );
-        let toml = bad
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| format!("{k} = {v}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let toml = inline_table(&bad);
         let config =
             format!("[[tenant]]\nid = \"t\"\n[[tenant.key]]\nkid = \"k\"\njwk = {{ {toml} }}\n");
         let e = load(&config, &[]).unwrap_err().to_string();
@@ -406,4 +404,37 @@ fn plain_http_jwks_urls_only_to_a_parsed_loopback_host() {
             "{bad}: {e}"
         );
     }
+}
+
+/// A refused URL's error never repeats a password it carried.
+#[test]
+fn url_errors_leave_the_password_out() {
+    let config =
+        "[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nurl = \"http://user:s3cret@idp.example/jwks\"\n";
+    let e = load(config, &[]).unwrap_err().to_string();
+    assert!(e.contains("userinfo") && !e.contains("s3cret"), "{e}");
+}
+
+/// Two signing keys sharing a kid make the document invalid in either order,
+/// whether or not one of them is refused.
+#[test]
+fn a_duplicate_kid_is_an_error_whichever_key_comes_first() {
+    let good = SigningKey::generate(Algorithm::EdDsa).unwrap();
+    let spki = good.verifying_key().unwrap().spki_der().unwrap();
+    let ok = json!({"kty": "OKP", "crv": "Ed25519", "kid": "k", "x": b64u(&spki[12..])});
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let weak = json!({"kty": "OKP", "crv": "Ed25519", "kid": "k", "x": b64u(&identity)});
+    for keys in [[&ok, &weak], [&weak, &ok]] {
+        let doc = json!({ "keys": keys }).to_string();
+        assert!(
+            matches!(parse_jwks(doc.as_bytes(), None, 10), Err(JwkError::DuplicateKid(k)) if k == "k"),
+            "{doc}"
+        );
+    }
+    // An encryption key may share a signing key's kid.
+    let enc =
+        json!({"kty": "OKP", "crv": "Ed25519", "kid": "k", "use": "enc", "x": b64u(&spki[12..])});
+    let doc = json!({ "keys": [enc, ok] }).to_string();
+    assert_eq!(parse_jwks(doc.as_bytes(), None, 10).unwrap().keys.len(), 1);
 }

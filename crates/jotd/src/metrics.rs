@@ -488,7 +488,10 @@ impl Sampler {
                 .cache_last
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (dh, dl) = (c.hits - last.0, lookups - last.1);
+            let (dh, dl) = (
+                c.hits.saturating_sub(last.0),
+                lookups.saturating_sub(last.1),
+            );
             *last = (c.hits, lookups);
             self.cache_hit_ratio
                 .set(if dl == 0 { 0.0 } else { dh as f64 / dl as f64 });
