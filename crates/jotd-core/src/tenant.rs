@@ -137,6 +137,10 @@ pub struct Tenant {
     pub claims_to_return: Vec<Box<str>>,
     /// Revoked `jti`/`sub` values, checked on every request, cached tokens included.
     pub denylist: Arc<Denylist>,
+    /// Some keys come from a remote JWKS that can be fetched again: a front
+    /// door holds this tenant's `unknown_kid` decisions for one refetch
+    /// (read from the snapshot, so deciding takes no lock). Default: `false`.
+    pub remote_keys: bool,
 }
 
 impl Tenant {
@@ -156,6 +160,7 @@ impl Tenant {
             require_jwt: true,
             claims_to_return: Vec::new(),
             denylist: Arc::default(),
+            remote_keys: false,
         }
     }
 

@@ -144,7 +144,10 @@ impl KeysConfig {
                 }
                 let keys = match &source.location {
                     JwksLocation::File(_) => self.jwks_files.get(&(ti, si)).cloned(),
-                    JwksLocation::Url(url) => fetched(&tenant.id, url),
+                    JwksLocation::Url(url) => {
+                        tenant.remote_keys = true;
+                        fetched(&tenant.id, url)
+                    }
                 };
                 for (kid, key) in keys.iter().flat_map(|k| k.keys.iter()) {
                     // A static key of the same kid wins; a JWKS cannot shadow configuration.

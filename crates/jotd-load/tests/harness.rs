@@ -5,8 +5,8 @@
 use jotd_core::{Engine, EngineConfig, Snapshot, UnixTime};
 use jotd_load::{Outcome, main_with, run::Report};
 use jotd_transport::{
-    Backend, Limits, Server, ServerOptions, decode_decisions, encode_decisions, next_frame,
-    serve_stream, server_config,
+    Backend, JobContext, Limits, Server, ServerOptions, decode_decisions, encode_decisions,
+    next_frame, serve_to_end, server_config,
 };
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -160,7 +160,7 @@ fn zero_mismatches_against_the_real_server_on_a_mixed_workload() {
     let _ = stop.send(());
 }
 
-/// A server that answers through `serve_stream` but flips the first decision
+/// A server that answers through the batch job (`serve_to_end`) but flips the first decision
 /// of its fifth stream.
 async fn flipping_server(dir: &Path, snap: Arc<Snapshot>) -> SocketAddr {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls(dir)).unwrap();
@@ -196,15 +196,17 @@ async fn flipping_server(dir: &Path, snap: Arc<Snapshot>) -> SocketAddr {
                         let input = recv.read_to_end(1 << 24).await.unwrap();
                         let frames = tokio::task::spawn_blocking(move || {
                             let out = std::sync::Mutex::new(Vec::new());
-                            serve_stream(
-                                &engine,
-                                &pool,
-                                &snap,
-                                &input,
-                                &Limits::default(),
-                                now(),
-                                &|f| out.lock().unwrap().push(f),
-                            );
+                            let clock = std::time::Instant::now;
+                            let cx = JobContext {
+                                engine: &engine,
+                                pool: &pool,
+                                watch: None,
+                                record_denials: false,
+                                clock: &clock,
+                            };
+                            serve_to_end(&cx, &snap, input, &Limits::default(), now(), &|f| {
+                                out.lock().unwrap().push(f)
+                            });
                             out.into_inner().unwrap()
                         })
                         .await

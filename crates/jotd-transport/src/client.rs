@@ -196,7 +196,7 @@ impl Client {
             .keep_alive_interval(Some(Duration::from_secs(5)))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .stream_receive_window(VarInt::from_u32(4 << 20))
-            .mtu_discovery_config(Some(crate::server::mtu_discovery()));
+            .mtu_discovery_config(Some(crate::options::mtu_discovery()));
         config.transport_config(Arc::new(transport));
         let local: SocketAddr = if opts.endpoints[0].is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()

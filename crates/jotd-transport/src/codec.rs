@@ -230,16 +230,17 @@ pub fn decode_error(body: &[u8]) -> Result<ErrorFrame<'_>, WireError> {
     decode(body)
 }
 
-/// The `(request_id, item count)` a whole stream's Batch frame starts with,
-/// read without decoding the items (the server reserves that many tokens in
-/// flight first). `None` when `input` does not start with a Batch frame.
+/// The request id a Batch frame's first bytes carry, read from as much of
+/// the stream as has arrived (the 4-byte length, the type byte, then the id as
+/// a varint): refusals echo it whenever it was readable. `None` when `head`
+/// is too short or does not start a Batch frame.
 #[must_use]
-pub fn peek_batch_header(input: &[u8]) -> Option<(u64, u64)> {
-    let body = input.get(5..)?;
-    if input.get(4) != Some(&(FrameType::Batch as u8)) {
+pub fn peek_request_id(head: &[u8]) -> Option<u64> {
+    if head.get(4) != Some(&(FrameType::Batch as u8)) {
         return None;
     }
-    bincode::decode_from_slice::<(u64, u64), _>(body, bincode_config())
+    let body = head.get(5..)?;
+    bincode::decode_from_slice::<u64, _>(body, bincode_config())
         .ok()
-        .map(|(header, _)| header)
+        .map(|(id, _)| id)
 }

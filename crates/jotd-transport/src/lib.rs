@@ -3,33 +3,43 @@
 //! - [`messages`](BatchRequest) and a sans-IO codec (frames in caller
 //!   buffers, limits before allocation); the byte layout is specified in
 //!   docs/protocol.md, kept honest by a golden-bytes test.
-//! - [`serve_stream`]: the server's per-stream work, sans IO.
+//! - [`BatchJob`]: one batch's bytes → its decisions, sans IO; every front
+//!   door drives one per batch and consumes its [`BatchReport`].
 //! - [`Server`]: QUIC (quinn, TLS 1.3 on rustls + aws-lc-rs, ALPN `jotd/1`,
-//!   optional mutual TLS) with connection, stream and in-flight limits and a
-//!   bounded drain.
+//!   optional mutual TLS) that only moves bytes between streams and jobs,
+//!   under connection, handshake, stream, buffer, in-flight and time limits,
+//!   with a bounded drain.
 //! - [`Client`]: the gateway side: several endpoints, least-outstanding
 //!   spreading, reconnect with backoff, per-batch timeout, exactly one decision
 //!   per item or an error.
 
 mod client;
 mod codec;
-mod handler;
+#[cfg(feature = "dev-pki")]
+mod dev_pki;
+mod job;
 mod messages;
+mod options;
+mod report;
 mod server;
+mod stream;
 mod tls;
 
 pub use client::{Client, ClientDecision, ClientError, ClientOptions, Pending};
 pub use codec::{
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_ITEMS, FrameType, HARD_MAX_FRAME_BYTES, Limits, RawFrame,
     WireError, decode_batch, decode_decisions, decode_error, encode_batch, encode_decisions,
-    encode_error, next_frame, peek_batch_header,
+    encode_error, next_frame, peek_request_id,
 };
-pub use handler::{
-    Hold, Served, Tally, TenantWatch, send_error, serve_held, serve_stream, serve_stream_with,
-};
+#[cfg(feature = "dev-pki")]
+pub use dev_pki::DevPki;
+pub use job::{BatchJob, Emit, JobContext, Next, Refused, serve_to_end};
 pub use messages::{ALPN, BatchRequest, DecisionChunk, ErrorCode, ErrorFrame, Item, WireDecision};
+pub use options::{OptionsError, ServerOptions};
+pub use report::{BatchReport, Denial, Tally, TenantWatch};
 pub use server::{
-    Backend, BatchReport, BoxFuture, CLOSE_SHUTDOWN, DrainReport, Event, Refusal, STOP_TOO_LARGE,
-    Server, ServerError, ServerOptions, ServerStats,
+    Backend, BoxFuture, CLOSE_CONNECTION_LIMIT, CLOSE_SHUTDOWN, DrainReport, Event, Overload,
+    RESET_WRITE_TIMEOUT, Refusal, STOP_REFUSED, STOP_TOO_LARGE, Server, ServerError, ServerStats,
+    StreamEnd,
 };
-pub use tls::{DevPki, TlsError, certificates, client_config, client_config_alpn, server_config};
+pub use tls::{TlsError, certificates, client_config, client_config_alpn, server_config};

@@ -116,6 +116,9 @@ pub enum ErrorCode {
     Internal = 6,
     /// A frame type this server does not know.
     UnsupportedFrame = 7,
+    /// The request did not finish arriving within the server's
+    /// `request_timeout`; the server stopped reading it.
+    RequestTimeout = 8,
 }
 
 impl ErrorCode {
@@ -130,7 +133,35 @@ impl ErrorCode {
             5 => Self::ShuttingDown,
             6 => Self::Internal,
             7 => Self::UnsupportedFrame,
+            8 => Self::RequestTimeout,
             _ => return None,
         })
+    }
+
+    /// Every code, in code order (for metrics that pre-register a series each).
+    pub const ALL: [Self; 8] = [
+        Self::FrameTooLarge,
+        Self::MalformedFrame,
+        Self::TooManyItems,
+        Self::Overloaded,
+        Self::ShuttingDown,
+        Self::Internal,
+        Self::UnsupportedFrame,
+        Self::RequestTimeout,
+    ];
+
+    /// The stable snake_case name (docs/protocol.md, metrics labels).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::FrameTooLarge => "frame_too_large",
+            Self::MalformedFrame => "malformed_frame",
+            Self::TooManyItems => "too_many_items",
+            Self::Overloaded => "overloaded",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal => "internal",
+            Self::UnsupportedFrame => "unsupported_frame",
+            Self::RequestTimeout => "request_timeout",
+        }
     }
 }

@@ -45,9 +45,6 @@ impl Backend for TestBackend {
     fn now(&self) -> UnixTime {
         UnixTime(NOW)
     }
-    fn refetchable(&self, tenant: &str) -> bool {
-        tenant == "jwks"
-    }
     fn refetch(&self, tenants: Vec<String>) -> BoxFuture<bool> {
         assert_eq!(tenants, ["jwks"]);
         self.refetches.fetch_add(1, Ordering::SeqCst);
@@ -97,6 +94,7 @@ fn snapshot(generation: u64, k: &Keys, with_hs: bool) -> Snapshot {
     t.algorithms = jotd_core::AlgorithmSet::ALL;
     let mut jwks = Tenant::new("jwks", keys);
     jwks.epoch = generation;
+    jwks.remote_keys = true;
     jwks.algorithms = jotd_core::AlgorithmSet::ALL;
     Snapshot::new(generation, [Arc::new(t), Arc::new(jwks)])
 }

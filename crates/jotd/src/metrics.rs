@@ -6,7 +6,7 @@
 
 use jotd_core::{Algorithm, Engine, Reason};
 use jotd_keys::{JwksFetcher, Reloader};
-use jotd_transport::{ErrorCode, Event, Refusal, ServerStats, TenantWatch};
+use jotd_transport::{ErrorCode, Event, Overload, Refusal, ServerStats, StreamEnd, TenantWatch};
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::{Arc, OnceLock};
@@ -47,7 +47,7 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         "jotd_batches_refused_total",
         Kind::Counter,
-        "Batches refused before verification (overloaded: no room in the tokens-in-flight budget)",
+        "Batches refused before verification, by why (overloaded: no room in the tokens-in-flight budget; request_buffer: no room in the buffer for requests still arriving)",
     ),
     ("jotd_batch_size", Kind::Histogram, "Items per batch"),
     (
@@ -78,7 +78,32 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         "jotd_connections_refused_total",
         Kind::Counter,
-        "QUIC connections refused, by why (connection_limit, handshake)",
+        "QUIC connections refused, by why (connection_limit: after the handshake; handshake_limit, handshake_timeout, handshake: failed)",
+    ),
+    (
+        "jotd_retries_sent_total",
+        Kind::Counter,
+        "QUIC Retry packets sent to unvalidated addresses while handshakes piled up",
+    ),
+    (
+        "jotd_streams_reset_total",
+        Kind::Counter,
+        "Streams the server gave up on, by why (request_timeout: the request did not arrive in time; write_timeout: the client did not read its answer)",
+    ),
+    (
+        "jotd_handshakes_in_progress",
+        Kind::Gauge,
+        "QUIC handshakes in progress (they hold no connection slot)",
+    ),
+    (
+        "jotd_request_buffer_bytes",
+        Kind::Gauge,
+        "Bytes reserved by requests still arriving",
+    ),
+    (
+        "jotd_request_buffer_limit_bytes",
+        Kind::Gauge,
+        "server.max_request_buffer_bytes",
     ),
     (
         "jotd_streams_aborted_total",
@@ -222,10 +247,14 @@ pub(crate) struct Metrics {
     verify_seconds: Histogram,
     queue_seconds: Histogram,
     lookup_misses: Counter,
-    refused_limit: Counter,
-    refused_handshake: Counter,
+    /// `jotd_connections_refused_total{why}`, by [`Refusal`].
+    refused: [Counter; 4],
     overloaded: Counter,
+    request_buffer_full: Counter,
     streams_aborted: Counter,
+    request_timeouts: Counter,
+    write_timeouts: Counter,
+    retries: Counter,
     connections_total: Counter,
     refetch_reverified: Counter,
     reload_ok: Counter,
@@ -237,28 +266,6 @@ impl std::fmt::Debug for Metrics {
         f.debug_struct("Metrics").finish_non_exhaustive()
     }
 }
-
-fn error_name(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::FrameTooLarge => "frame_too_large",
-        ErrorCode::MalformedFrame => "malformed_frame",
-        ErrorCode::TooManyItems => "too_many_items",
-        ErrorCode::Overloaded => "overloaded",
-        ErrorCode::ShuttingDown => "shutting_down",
-        ErrorCode::Internal => "internal",
-        ErrorCode::UnsupportedFrame => "unsupported_frame",
-    }
-}
-
-const ERROR_CODES: [ErrorCode; 7] = [
-    ErrorCode::FrameTooLarge,
-    ErrorCode::MalformedFrame,
-    ErrorCode::TooManyItems,
-    ErrorCode::Overloaded,
-    ErrorCode::ShuttingDown,
-    ErrorCode::Internal,
-    ErrorCode::UnsupportedFrame,
-];
 
 impl Metrics {
     /// Installs the global recorder and creates the handles.
@@ -275,9 +282,9 @@ impl Metrics {
             }
         }
         gauge!("jotd_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-        let batches_failed = ERROR_CODES
+        let batches_failed = ErrorCode::ALL
             .iter()
-            .map(|c| counter!("jotd_batches_total", "result" => error_name(*c)))
+            .map(|c| counter!("jotd_batches_total", "result" => c.as_str()))
             .collect();
         let tenant_tokens = watch
             .map(|w| {
@@ -305,10 +312,19 @@ impl Metrics {
             verify_seconds: histogram!("jotd_batch_verify_seconds"),
             queue_seconds: histogram!("jotd_batch_queue_seconds"),
             lookup_misses: counter!("jotd_key_lookup_misses_total"),
-            refused_limit: counter!("jotd_connections_refused_total", "why" => "connection_limit"),
-            refused_handshake: counter!("jotd_connections_refused_total", "why" => "handshake"),
+            refused: [
+                "connection_limit",
+                "handshake_limit",
+                "handshake_timeout",
+                "handshake",
+            ]
+            .map(|why| counter!("jotd_connections_refused_total", "why" => why)),
             overloaded: counter!("jotd_batches_refused_total", "why" => "overloaded"),
+            request_buffer_full: counter!("jotd_batches_refused_total", "why" => "request_buffer"),
             streams_aborted: counter!("jotd_streams_aborted_total"),
+            request_timeouts: counter!("jotd_streams_reset_total", "why" => "request_timeout"),
+            write_timeouts: counter!("jotd_streams_reset_total", "why" => "write_timeout"),
+            retries: counter!("jotd_retries_sent_total"),
             connections_total: counter!("jotd_connections_total"),
             refetch_reverified: counter!("jotd_refetch_reverified_batches_total"),
             reload_ok: counter!("jotd_config_reloads_total", "result" => "ok"),
@@ -336,7 +352,7 @@ impl Metrics {
                 match b.error {
                     None => self.batches_ok.increment(1),
                     Some(code) => {
-                        if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
+                        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
                             self.batches_failed[i].increment(1);
                         }
                     }
@@ -371,12 +387,25 @@ impl Metrics {
                 }
             }
             Event::ConnectionOpened { .. } => self.connections_total.increment(1),
-            Event::ConnectionRefused { why, .. } => match why {
-                Refusal::ConnectionLimit => self.refused_limit.increment(1),
-                Refusal::Handshake => self.refused_handshake.increment(1),
+            Event::ConnectionRefused { why, .. } => {
+                let i = match why {
+                    Refusal::ConnectionLimit => 0,
+                    Refusal::HandshakeLimit => 1,
+                    Refusal::HandshakeTimeout => 2,
+                    Refusal::Handshake => 3,
+                };
+                self.refused[i].increment(1);
+            }
+            Event::Retry { .. } => self.retries.increment(1),
+            Event::Overloaded { why, .. } => match why {
+                Overload::TokensInFlight => self.overloaded.increment(1),
+                Overload::RequestBuffer => self.request_buffer_full.increment(1),
             },
-            Event::Overloaded { .. } => self.overloaded.increment(1),
-            Event::StreamAborted => self.streams_aborted.increment(1),
+            Event::Stream(end) => match end {
+                StreamEnd::Aborted => self.streams_aborted.increment(1),
+                StreamEnd::RequestTimeout => self.request_timeouts.increment(1),
+                StreamEnd::WriteTimeout => self.write_timeouts.increment(1),
+            },
             Event::ConnectionClosed { .. } => {}
         }
     }
@@ -412,6 +441,7 @@ impl Metrics {
     ) {
         gauge!("jotd_tokens_in_flight_limit").set(limits.max_tokens_in_flight as f64);
         gauge!("jotd_connections_limit").set(limits.max_connections as f64);
+        gauge!("jotd_request_buffer_limit_bytes").set(limits.max_request_buffer_bytes as f64);
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let s = Sampler::new();
@@ -432,6 +462,8 @@ struct Sampler {
     connections: Gauge,
     streams: Gauge,
     in_flight: Gauge,
+    handshakes: Gauge,
+    request_bytes: Gauge,
     cache_hits: Counter,
     cache_misses: Counter,
     cache_evictions: Counter,
@@ -453,6 +485,8 @@ impl Sampler {
             connections: gauge!("jotd_connections_open"),
             streams: gauge!("jotd_streams_open"),
             in_flight: gauge!("jotd_tokens_in_flight"),
+            handshakes: gauge!("jotd_handshakes_in_progress"),
+            request_bytes: gauge!("jotd_request_buffer_bytes"),
             cache_hits: counter!("jotd_cache_hits_total"),
             cache_misses: counter!("jotd_cache_misses_total"),
             cache_evictions: counter!("jotd_cache_evictions_total"),
@@ -478,6 +512,8 @@ impl Sampler {
         self.connections.set(stats.connections() as f64);
         self.streams.set(stats.streams() as f64);
         self.in_flight.set(stats.tokens_in_flight() as f64);
+        self.handshakes.set(stats.handshakes() as f64);
+        self.request_bytes.set(stats.request_bytes() as f64);
         if let Some(c) = engine.cache_stats() {
             self.cache_hits.absolute(c.hits);
             self.cache_misses.absolute(c.misses);

@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use jotd_core::{Engine, Snapshot, UnixTime};
 use jotd_keys::{JwksFetcher, Reloader};
-use jotd_transport::{Backend, BoxFuture, Event, Refusal, Server};
+use jotd_transport::{Backend, BatchReport, BoxFuture, Event, Refusal, Server};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,10 +78,6 @@ impl Backend for Daemon {
         unix_now()
     }
 
-    fn refetchable(&self, tenant: &str) -> bool {
-        self.fetcher.has_url_source(tenant)
-    }
-
     fn refetch(&self, tenants: Vec<String>) -> BoxFuture<bool> {
         let fetcher = Arc::clone(&self.fetcher);
         Box::pin(async move {
@@ -93,9 +89,18 @@ impl Backend for Daemon {
         })
     }
 
+    fn record_denials(&self) -> bool {
+        // `[log] level = "info,jotd::decision=debug"`: an operator chasing one
+        // client's failures.
+        tracing::enabled!(target: "jotd::decision", tracing::Level::DEBUG)
+    }
+
     fn event(&self, event: &Event<'_>) {
         if let Some(m) = &self.metrics {
             m.event(event);
+        }
+        if let Event::Batch(report) = event {
+            log_denials(report);
         }
         if let Event::ConnectionRefused {
             remote,
@@ -106,11 +111,30 @@ impl Backend for Daemon {
             self.refusals.log(|suppressed| {
                 let why = match why {
                     Refusal::ConnectionLimit => "connection limit",
+                    Refusal::HandshakeLimit => "handshake limit",
+                    Refusal::HandshakeTimeout => "handshake timed out",
                     Refusal::Handshake => "handshake failed",
                 };
                 warn!(%remote, why, detail, suppressed, "connection refused");
             });
         }
+    }
+}
+
+/// One debug line per denied item of a batch (never the token: its short hash).
+fn log_denials(report: &BatchReport) {
+    for d in &report.denials {
+        tracing::debug!(
+            target: "jotd::decision",
+            request_id = report.request_id.unwrap_or(0),
+            index = d.index,
+            tenant = d.tenant,
+            method = d.method.as_deref().unwrap_or(""),
+            reason = d.reason.as_str(),
+            kid = d.kid.as_deref().unwrap_or(""),
+            token = d.token_hash.as_deref().unwrap_or("-"),
+            "denied"
+        );
     }
 }
 
@@ -223,16 +247,17 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
     ))
 }
 
-/// I/O threads for `[server] io_threads` (0: automatic: one per 8 cores, at
+/// I/O threads for `[server] io_threads` (0: automatic: one per 4 cores, at
 /// least one). On 2 cores a second I/O thread cost ~6 % of RS256 throughput in
-/// wake-ups (`docs/benchmarks.md`); the 1:8 ratio for big machines is a guess
-/// that a 16-core run of `benches/e2e.sh` should check.
+/// wake-ups (`docs/benchmarks.md`); on a 16-core machine one I/O thread per 8
+/// cores held RS256 × 64 to 0.69 × 12 × the one-core rate and one per 4 cores
+/// reached 0.93 (the measurement in issue 12, `benches/e2e.sh`).
 fn io_threads(configured: usize) -> usize {
     if configured > 0 {
         return configured;
     }
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    (cores / 8).max(1)
+    (cores / 4).max(1)
 }
 
 #[allow(clippy::too_many_arguments)]

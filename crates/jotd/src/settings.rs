@@ -15,10 +15,16 @@
 //! max_batch_items = 4096
 //! max_frame_bytes = 4194304
 //! overload_wait_ms = 2000
+//! max_request_buffer_bytes = 134217728  # requests still arriving, server-wide
+//! request_timeout_ms = 10000          # a request must arrive whole in this time
+//! write_timeout_ms = 10000            # a client must read its answer in this time
+//! handshake_timeout_ms = 5000
+//! max_handshakes = 1024
+//! retry_after_handshakes = 32         # QUIC Retry for unvalidated addresses past this
 //! idle_timeout_s = 30
 //! keep_alive_s = 10
 //! drain_timeout_s = 10
-//! io_threads = 0                    # 0: one per 8 cores, at least 1
+//! io_threads = 0                      # 0: one per 4 cores, at least 1
 //! watch_interval_s = 2                # 0: reload on SIGHUP only
 //!
 //! [verify]
@@ -84,6 +90,12 @@ struct RawServer {
     max_batch_items: Option<usize>,
     max_frame_bytes: Option<usize>,
     overload_wait_ms: Option<u64>,
+    max_request_buffer_bytes: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    write_timeout_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    max_handshakes: Option<usize>,
+    retry_after_handshakes: Option<usize>,
     idle_timeout_s: Option<u64>,
     keep_alive_s: Option<u64>,
     drain_timeout_s: Option<u64>,
@@ -354,6 +366,55 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Settings, ConfigError> {
         }
         if let Some(v) = r.drain_timeout_s {
             s.server.drain_timeout = Duration::from_secs(v);
+        }
+        for (key, v, field) in [
+            (
+                "request_timeout_ms",
+                r.request_timeout_ms,
+                &mut s.server.request_timeout,
+            ),
+            (
+                "write_timeout_ms",
+                r.write_timeout_ms,
+                &mut s.server.write_timeout,
+            ),
+            (
+                "handshake_timeout_ms",
+                r.handshake_timeout_ms,
+                &mut s.server.handshake_timeout,
+            ),
+        ] {
+            match v {
+                Some(0) => return Err(ctx.err("server", key, "must be at least 1")),
+                Some(ms) => *field = Duration::from_millis(ms),
+                None => {}
+            }
+        }
+        s.server.max_handshakes = positive(
+            &ctx,
+            "server",
+            "max_handshakes",
+            r.max_handshakes,
+            d.max_handshakes,
+        )?;
+        if let Some(v) = r.retry_after_handshakes {
+            s.server.retry_after_handshakes = v;
+        }
+        if let Some(v) = r.max_request_buffer_bytes {
+            s.server.max_request_buffer_bytes = v;
+        }
+        if s.server.max_request_buffer_bytes < s.server.limits.max_frame_bytes + 4 {
+            return Err(ctx.err(
+                "server",
+                "max_request_buffer_bytes",
+                format_args!(
+                    "must hold at least one whole request (max_frame_bytes + 4 = {})",
+                    s.server.limits.max_frame_bytes + 4
+                ),
+            ));
+        }
+        if let Err(e) = s.server.validate() {
+            return Err(ctx.err("server", e.key, e.message));
         }
         s.io_threads = r.io_threads.unwrap_or(0);
         if s.io_threads > 256 {

@@ -1,0 +1,402 @@
+//! One QUIC stream: read the request under the server's limits, drive its
+//! [`BatchJob`] on the pool, write the frames back. Bytes only: every
+//! decision (and every refusal's wording) is the job's or [`Refused`]'s.
+
+use crate::codec::HARD_MAX_FRAME_BYTES;
+use crate::job::{BatchJob, JobContext, Next, Refused};
+use crate::messages::ErrorCode;
+use crate::report::BatchReport;
+use crate::server::{
+    CountGuard, Event, Overload, RESET_WRITE_TIMEOUT, STOP_REFUSED, STOP_TOO_LARGE, Shared,
+    StreamEnd,
+};
+use quinn::{RecvStream, SendStream, VarInt};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+
+/// The first bytes read before the length is known: the 4-byte length, the
+/// type byte and up to a 9-byte request id, so refusals can echo the id.
+const HEAD: usize = 14;
+
+/// How reading a request ended without a request.
+enum ReadFailure {
+    /// Answer with this error frame (the stream has been stopped).
+    Refuse(Refused, Option<Overload>),
+    /// The client reset the stream or the connection went away.
+    Aborted,
+}
+
+/// A request read whole, with the room it held in the request buffer.
+struct Request {
+    bytes: Vec<u8>,
+    _room: OwnedSemaphorePermit,
+}
+
+/// Reads one request: the length prefix first (a frame over the limit is
+/// refused from it alone), then room for the declared size in the server's
+/// request buffer, then the bytes up to the client's FIN, all within
+/// `request_timeout`.
+async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Request, ReadFailure> {
+    let opts = &shared.opts;
+    let mut head = Vec::with_capacity(HEAD);
+    let read = tokio::time::timeout(opts.request_timeout, async {
+        // The length prefix, and whatever of the header came with it.
+        while head.len() < 4 {
+            match recv.read_chunk(HEAD - head.len(), true).await {
+                Ok(Some(chunk)) => head.extend_from_slice(&chunk.bytes),
+                Ok(None) => {
+                    return Err(refuse(
+                        &head,
+                        ErrorCode::MalformedFrame,
+                        "stream ended inside a frame",
+                    ));
+                }
+                Err(_) => return Err(ReadFailure::Aborted),
+            }
+        }
+        let declared = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+        let limit = opts.limits.max_frame_bytes.min(HARD_MAX_FRAME_BYTES);
+        if declared > limit {
+            let _ = recv.stop(VarInt::from_u32(STOP_TOO_LARGE));
+            return Err(refuse(
+                &head,
+                ErrorCode::FrameTooLarge,
+                &format!("frame of {declared} bytes exceeds the frame limit of {limit}"),
+            ));
+        }
+        let total = declared + 4;
+        let Ok(room) = Arc::clone(&shared.request_bytes)
+            .try_acquire_many_owned(u32::try_from(total).unwrap_or(u32::MAX))
+        else {
+            let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
+            return Err(ReadFailure::Refuse(
+                Refused::of(
+                    &head,
+                    ErrorCode::Overloaded,
+                    format!(
+                        "the server's buffer for requests in progress (max_request_buffer_bytes = {}) is full",
+                        opts.max_request_buffer_bytes
+                    ),
+                ),
+                Some(Overload::RequestBuffer),
+            ));
+        };
+        shared.stats.request_bytes.fetch_add(total, Ordering::Relaxed);
+        let _gauge = CountGuard(&shared.stats.request_bytes, total);
+        if head.len() > total {
+            let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
+            return Err(refuse(
+                &head,
+                ErrorCode::MalformedFrame,
+                "one frame per stream, and nothing after it",
+            ));
+        }
+        // Grow as bytes arrive, never past the declared size: memory follows
+        // what the client sent, within what it reserved.
+        let mut bytes = head.clone();
+        while bytes.len() < total {
+            match recv.read_chunk(total - bytes.len(), true).await {
+                Ok(Some(chunk)) => {
+                    let want = (bytes.len() + chunk.bytes.len())
+                        .max((2 * bytes.len()).min(total))
+                        .min(total);
+                    bytes.reserve_exact(want.saturating_sub(bytes.capacity()));
+                    bytes.extend_from_slice(&chunk.bytes);
+                }
+                Ok(None) => {
+                    return Err(refuse(
+                        &bytes,
+                        ErrorCode::MalformedFrame,
+                        "stream ended inside a frame",
+                    ));
+                }
+                Err(_) => return Err(ReadFailure::Aborted),
+            }
+        }
+        // The answer starts at the client's FIN: nothing may follow the frame.
+        match recv.read_chunk(1, true).await {
+            Ok(None) => Ok(Request {
+                bytes,
+                _room: room,
+            }),
+            Ok(Some(_)) => {
+                let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
+                Err(refuse(
+                    &bytes,
+                    ErrorCode::MalformedFrame,
+                    "one frame per stream, and nothing after it",
+                ))
+            }
+            Err(_) => Err(ReadFailure::Aborted),
+        }
+    })
+    .await;
+    match read {
+        Ok(result) => result,
+        Err(_) => {
+            // Timed out: stop the stream; the bytes and the room go with `head`
+            // and the future that held them.
+            let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
+            Err(refuse(
+                &head,
+                ErrorCode::RequestTimeout,
+                &format!(
+                    "the request did not arrive whole within request_timeout = {:?}",
+                    opts.request_timeout
+                ),
+            ))
+        }
+    }
+}
+
+fn refuse(head: &[u8], code: ErrorCode, message: &str) -> ReadFailure {
+    ReadFailure::Refuse(Refused::of(head, code, message), None)
+}
+
+/// Serves one stream to its end.
+pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream) {
+    let _count = CountGuard(&shared.stats.streams, 1);
+    let request = match read_request(&shared, &mut recv).await {
+        Ok(r) => r,
+        Err(ReadFailure::Aborted) => {
+            shared.backend.event(&Event::Stream(StreamEnd::Aborted));
+            return;
+        }
+        Err(ReadFailure::Refuse(refused, overload)) => {
+            if let Some(why) = overload {
+                shared.backend.event(&Event::Overloaded { items: 0, why });
+            }
+            if refused.code == ErrorCode::RequestTimeout {
+                shared
+                    .backend
+                    .event(&Event::Stream(StreamEnd::RequestTimeout));
+            }
+            answer_refused(&shared, &mut send, &refused).await;
+            return;
+        }
+    };
+    let started = Instant::now();
+    let Request { bytes, _room } = request;
+    drop(_room);
+    let limits = shared.opts.limits;
+    let job = match BatchJob::decode(bytes, &limits) {
+        Ok(job) => job,
+        Err(refused) => {
+            answer_refused(&shared, &mut send, &refused).await;
+            return;
+        }
+    };
+    // Reserve the batch's tokens (an empty batch one) until its decisions exist.
+    let max_permits = shared.opts.max_tokens_in_flight.min(usize::MAX >> 4);
+    let items = job.len().clamp(1, max_permits);
+    let permits = u32::try_from(items).unwrap_or(u32::MAX);
+    let Ok(Ok(permit)) = tokio::time::timeout(
+        shared.opts.overload_wait,
+        Arc::clone(&shared.tokens).acquire_many_owned(permits),
+    )
+    .await
+    else {
+        shared.backend.event(&Event::Overloaded {
+            items: job.len(),
+            why: Overload::TokensInFlight,
+        });
+        let refused = Refused {
+            request_id: Some(job.request_id()),
+            code: ErrorCode::Overloaded,
+            message: format!(
+                "{items} tokens would exceed max_tokens_in_flight = {}",
+                shared.opts.max_tokens_in_flight
+            ),
+        };
+        answer_refused(&shared, &mut send, &refused).await;
+        return;
+    };
+    shared
+        .stats
+        .tokens_in_flight
+        .fetch_add(items, Ordering::Relaxed);
+    let in_flight = CountGuard(&shared.stats.tokens_in_flight, items);
+    let queued = started.elapsed();
+
+    let (frames, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let request_id = job.request_id();
+    let control = async {
+        let report = drive(&shared, job, frames).await;
+        // Decisions produced: the tokens' room goes back now, whether or not
+        // the client reads its answer.
+        drop(in_flight);
+        drop(permit);
+        report
+    };
+    let (report, written) = tokio::join!(control, write_frames(&shared, &mut send, rx));
+    let mut report = report.unwrap_or_else(|| BatchReport {
+        request_id: Some(request_id),
+        error: Some(ErrorCode::Internal),
+        ..BatchReport::default()
+    });
+    report.queued = queued;
+    report.total = started.elapsed();
+    shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+    shared.backend.event(&Event::Batch(&report));
+    match written {
+        Ok(()) => {
+            // Keep the stream until the peer has the answer, so a drain that
+            // closes the connection next cannot cut it off.
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        }
+        Err(end) => shared.backend.event(&Event::Stream(end)),
+    }
+}
+
+/// Runs the job on the pool (refetching between its steps when it asks),
+/// sending its frames into `frames`. `None`: the job panicked; an `internal`
+/// error frame was sent after whatever decisions had gone.
+async fn drive(
+    shared: &Arc<Shared>,
+    job: BatchJob,
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+) -> Option<BatchReport> {
+    let request_id = job.request_id();
+    let backend = Arc::clone(&shared.backend);
+    let snapshot = backend.snapshot();
+    let now = backend.now();
+    let record_denials = backend.record_denials();
+    let verify: Step = Box::new(move |mut job, cx, emit| {
+        let next = job.verify(cx, &snapshot, now, emit);
+        (job, next)
+    });
+    let (job, next) = on_pool(shared, &frames, record_denials, job, verify)
+        .await
+        .or_else(|| internal(&frames, request_id))?;
+    let job = match next {
+        Next::Done => job,
+        Next::Refetch(tenants) => {
+            let fresh = backend.refetch(tenants).await.then(|| backend.snapshot());
+            let now = backend.now();
+            let resume: Step = Box::new(move |mut job, cx, emit| {
+                job.resume(cx, fresh.as_deref(), now, emit);
+                (job, Next::Done)
+            });
+            on_pool(shared, &frames, record_denials, job, resume)
+                .await
+                .or_else(|| internal(&frames, request_id))?
+                .0
+        }
+    };
+    Some(job.finish())
+}
+
+fn internal<T>(frames: &mpsc::UnboundedSender<Vec<u8>>, request_id: u64) -> Option<T> {
+    // Per-token panics are caught in the engine; this is the batch plumbing
+    // itself. The stream fails as a whole, loudly.
+    let refused = Refused {
+        request_id: Some(request_id),
+        code: ErrorCode::Internal,
+        message: "internal error serving the batch".into(),
+    };
+    let _ = frames.send(refused.frame());
+    None
+}
+
+/// What a job step does on the pool.
+type Step = Box<
+    dyn FnOnce(BatchJob, &JobContext<'_>, &(dyn Fn(Vec<u8>) + Sync)) -> (BatchJob, Next) + Send,
+>;
+
+/// Runs one step of `job` on the verification pool, its frames into
+/// `frames`; `None` when it panicked. No tokio thread waits on crypto.
+async fn on_pool(
+    shared: &Arc<Shared>,
+    frames: &mpsc::UnboundedSender<Vec<u8>>,
+    record_denials: bool,
+    job: BatchJob,
+    step: Step,
+) -> Option<(BatchJob, Next)> {
+    let (done, result) = oneshot::channel();
+    let pool_shared = Arc::clone(shared);
+    let frames = frames.clone();
+    shared.pool.spawn(move || {
+        let shared = pool_shared;
+        let emit = |frame: Vec<u8>| {
+            let _ = frames.send(frame);
+        };
+        let clock = Instant::now;
+        let cx = JobContext {
+            engine: &shared.engine,
+            pool: &shared.pool,
+            watch: shared.opts.tenant_watch.as_ref(),
+            record_denials,
+            clock: &clock,
+        };
+        let out = std::panic::catch_unwind(AssertUnwindSafe(|| step(job, &cx, &emit))).ok();
+        let _ = done.send(out);
+    });
+    result.await.ok().flatten()
+}
+
+/// Writes frames as they come until every sender is gone, then finishes the
+/// stream. A write that waits on the client's flow control longer than
+/// `write_timeout` resets the stream; after a failed write the rest are
+/// dropped (the pool never waits on a stream).
+async fn write_frames(
+    shared: &Shared,
+    send: &mut SendStream,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) -> Result<(), StreamEnd> {
+    while let Some(frame) = rx.recv().await {
+        match tokio::time::timeout(shared.opts.write_timeout, send.write_all(&frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(StreamEnd::Aborted),
+            Err(_) => {
+                let _ = send.reset(VarInt::from_u32(RESET_WRITE_TIMEOUT));
+                return Err(StreamEnd::WriteTimeout);
+            }
+        }
+    }
+    send.finish().map_err(|_| StreamEnd::Aborted)
+}
+
+/// Answers a batch refused as a whole: its one error frame, then FIN.
+async fn answer_refused(shared: &Shared, send: &mut SendStream, refused: &Refused) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = tx.send(refused.frame());
+    drop(tx);
+    let written = write_frames(shared, send, rx).await;
+    shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+    shared.backend.event(&Event::Batch(&refused.report()));
+    match written {
+        Ok(()) => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        }
+        Err(end) => shared.backend.event(&Event::Stream(end)),
+    }
+}
+
+/// Answers a stream opened while the server drains: `shutting_down`, echoing
+/// the request id when its first bytes arrive promptly. Nothing more is read.
+pub(crate) async fn refuse_draining(
+    shared: Arc<Shared>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let mut head = Vec::with_capacity(HEAD);
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        while head.len() < HEAD {
+            match recv.read_chunk(HEAD - head.len(), true).await {
+                Ok(Some(chunk)) => head.extend_from_slice(&chunk.bytes),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
+    let refused = Refused::of(
+        &head,
+        ErrorCode::ShuttingDown,
+        "the server is draining for shutdown; send this batch to another endpoint",
+    );
+    answer_refused(&shared, &mut send, &refused).await;
+}
