@@ -1,0 +1,287 @@
+//! The server holds its ground against clients that misbehave on purpose:
+//! half-sent requests, frames that announce too much, clients that never read
+//! their answers, handshakes that never finish, streams opened during drain.
+//! Each limit is shown to hold and to be released.
+
+mod support;
+
+use jotd_core::Reason;
+use jotd_transport::{
+    BatchRequest, ErrorCode, Item, Limits, ServerOptions, StreamEnd, encode_batch,
+};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use support::*;
+use tokio::sync::Notify;
+
+fn encoded(request_id: u64, tokens: &[&str], tenant: &str) -> Vec<u8> {
+    let items = tokens
+        .iter()
+        .map(|t| Item {
+            token: Some(t.as_bytes()),
+            tenant,
+            method: Some("eth_call"),
+            addresses: vec![],
+            origin: None,
+            user_agent: None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    encode_batch(&BatchRequest { request_id, items }, &mut out).unwrap();
+    out
+}
+
+/// A UDP relay that forwards datagrams to `server` and drops every answer.
+async fn one_way_relay(server: std::net::SocketAddr) -> std::net::SocketAddr {
+    let inbound = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let outbound = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = inbound.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok(n) = inbound.recv(&mut buf).await {
+            let _ = outbound.send_to(&buf[..n], server).await;
+        }
+    });
+    addr
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_stay_within_the_buffer_and_go_after_request_timeout() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let frame = 1 << 20;
+    let opts = ServerOptions {
+        limits: Limits {
+            max_frame_bytes: frame,
+            ..Limits::default()
+        },
+        max_request_buffer_bytes: 4 * (frame + 4),
+        request_timeout: Duration::from_secs(3),
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, false);
+    let conn = raw_connection(&r, false, None).await;
+    // Eight streams each announce a 1 MiB frame, send 64 KiB of it and stall.
+    let mut streams = Vec::new();
+    for id in 0..8u64 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let mut head = (frame as u32).to_be_bytes().to_vec();
+        head.push(1); // Batch
+        head.push(u8::try_from(100 + id).unwrap()); // request id, one varint byte
+        head.resize(64 << 10, 0);
+        send.write_all(&head).await.unwrap();
+        streams.push((send, recv));
+    }
+    // Four fit the buffer; the other four are refused at once, echoing their ids.
+    let mut refused = Vec::new();
+    let mut waiting = Vec::new();
+    for (send, mut recv) in streams {
+        match tokio::time::timeout(Duration::from_millis(250), error_answer(&mut recv)).await {
+            Ok((id, code)) => {
+                assert_eq!(code, ErrorCode::Overloaded as u16);
+                refused.push(id);
+            }
+            Err(_) => waiting.push((send, recv)),
+        }
+    }
+    assert_eq!(
+        (refused.len(), waiting.len()),
+        (4, 4),
+        "refused {refused:?}"
+    );
+    assert!(refused.iter().all(|id| (100..108).contains(id)));
+    assert_eq!(
+        r.stats.request_bytes(),
+        4 * (frame + 4),
+        "reserved, not more"
+    );
+    // After request_timeout the rest are refused with request_timeout and
+    // their room is released.
+    for (_send, mut recv) in waiting {
+        let (id, code) = error_answer(&mut recv).await;
+        assert_eq!(code, ErrorCode::RequestTimeout as u16);
+        assert!((100..108).contains(&id));
+    }
+    wait_for("the buffer to empty", || r.stats.request_bytes() == 0).await;
+    assert_eq!(backend.ends(StreamEnd::RequestTimeout), 4);
+    // The connection still serves.
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encoded(7, &[&hs], "t")).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(1 << 20).await.unwrap();
+    assert!(!answer.is_empty());
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_limit_is_refused_from_its_prefix_alone() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let opts = ServerOptions {
+        limits: Limits {
+            max_frame_bytes: 1 << 16,
+            ..Limits::default()
+        },
+        request_timeout: Duration::from_secs(30),
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, false);
+    let conn = raw_connection(&r, false, None).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // The prefix announces 1 MiB; only the header follows, and no FIN.
+    let mut head = (1u32 << 20).to_be_bytes().to_vec();
+    head.extend_from_slice(&[1, 42]);
+    send.write_all(&head).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(2), error_answer(&mut recv))
+        .await
+        .expect("answered without waiting for the body or the timeout");
+    assert_eq!(answer, (42, ErrorCode::FrameTooLarge as u16));
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_releases_its_tokens_and_is_reset() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let opts = ServerOptions {
+        max_tokens_in_flight: 400,
+        overload_wait: Duration::from_millis(300),
+        write_timeout: Duration::from_millis(700),
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, false);
+    // Tokens with a long subject, so the 400 decisions are far larger than
+    // the 1 KiB receive window this client grants and then never reads.
+    let sub = "s".repeat(200);
+    let hs = k.hs.mint(Some("hs"), &claims(&sub, NOW + 60)).unwrap();
+    let tokens = vec![hs.as_str(); 400];
+    let stuck = raw_connection(&r, false, Some(1024)).await;
+    let (mut send, recv) = stuck.open_bi().await.unwrap();
+    send.write_all(&encoded(1, &tokens, "t")).await.unwrap();
+    send.finish().unwrap();
+    // Its decisions are produced: the whole budget is free again although
+    // the answer is still unread.
+    wait_for("the budget to be free", || r.stats.tokens_in_flight() == 0).await;
+    // Another client's batch of the whole budget is served, not overloaded.
+    let c = client(&r, vec![r.addr], false);
+    let items: Vec<Item<'_>> = tokens.iter().map(|t| item(Some(t), "t")).collect();
+    let got = c.verify_all(&items).await.expect("served");
+    assert!(got.iter().all(|d| d.reason() == Some(Reason::Ok)));
+    // The stuck stream is reset after write_timeout.
+    wait_for("the write timeout", || {
+        backend.ends(StreamEnd::WriteTimeout) == 1
+    })
+    .await;
+    drop(recv);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_that_never_finish_take_no_connection_slot() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let opts = ServerOptions {
+        max_connections: 3,
+        handshake_timeout: Duration::from_millis(600),
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, true);
+    // Three clients without a certificate whose packets reach the server
+    // but never hear back (a one-way relay): their handshakes stall.
+    let mut attackers = Vec::new();
+    for _ in 0..3 {
+        let relay = one_way_relay(r.addr).await;
+        let tls = jotd_transport::client_config(r.pki.ca_pem.as_bytes(), None).unwrap();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let connecting = ep.connect(relay, "localhost").unwrap();
+        attackers.push((ep, tokio::spawn(connecting)));
+    }
+    wait_for("three stalled handshakes", || r.stats.handshakes() == 3).await;
+    // A client with a certificate is served at once.
+    let started = Instant::now();
+    let c = client(&r, vec![r.addr], true);
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let got = c.verify_all(&[item(Some(&hs), "t")]).await.unwrap();
+    assert_eq!(got[0].reason(), Some(Reason::Ok));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the certified client waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        r.stats.connections(),
+        1,
+        "only the certified client holds a slot"
+    );
+    // The stalled handshakes are dropped after handshake_timeout.
+    wait_for("stalled handshakes to go", || r.stats.handshakes() == 0).await;
+    assert_eq!(backend.handshake_refusals.load(Ordering::SeqCst), 3);
+    drop(attackers);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unvalidated_attempts_get_a_retry_once_handshakes_pile_up() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let opts = ServerOptions {
+        retry_after_handshakes: 0,
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, false);
+    // A real client answers the Retry and is served.
+    let c = client(&r, vec![r.addr], false);
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let got = c.verify_all(&[item(Some(&hs), "t")]).await.unwrap();
+    assert_eq!(got[0].reason(), Some(Reason::Ok));
+    assert_eq!(backend.retries.load(Ordering::SeqCst), 1);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opened_during_drain_get_shutting_down() {
+    let k = keys();
+    let gate = Arc::new(Notify::new());
+    let backend = TestBackend::gated(snapshot(1, &k, false), Arc::clone(&gate));
+    let r = start(Arc::clone(&backend), ServerOptions::default(), false);
+    let conn = raw_connection(&r, false, None).await;
+    // A batch held in flight: the JWKS tenant's unknown kid waits for a refetch.
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let (mut send, mut held) = conn.open_bi().await.unwrap();
+    send.write_all(&encoded(1, &[&hs], "jwks")).await.unwrap();
+    send.finish().unwrap();
+    wait_for("the refetch", || {
+        backend.refetches.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let stats = Arc::clone(&r.stats);
+    let stopping = tokio::spawn(r.stop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A stream opened now is answered shutting_down with its id.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encoded(2, &[&hs], "t")).await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(
+        error_answer(&mut recv).await,
+        (2, ErrorCode::ShuttingDown as u16)
+    );
+    // The batch in flight still gets its decision, then the connection closes.
+    gate.notify_one();
+    let answer = held.read_to_end(1 << 20).await.unwrap();
+    assert!(!answer.is_empty());
+    let report = stopping.await.unwrap();
+    assert!(report.complete);
+    assert_eq!(stats.streams(), 0);
+}

@@ -1,0 +1,264 @@
+//! Scaffolding shared by the loopback QUIC tests: a test backend, keys,
+//! snapshots, a running server, clients (the library's and raw quinn ones).
+#![allow(dead_code, unreachable_pub)]
+
+pub use jotd_core::TenantKey;
+use jotd_core::{Algorithm, Engine, EngineConfig, SigningKey, Snapshot, Tenant, UnixTime};
+use jotd_transport::{
+    Backend, BoxFuture, Client, ClientOptions, DevPki, Event, FrameType, Item, Limits, Server,
+    ServerOptions, ServerStats, StreamEnd, client_config, decode_error, next_frame, server_config,
+};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, oneshot};
+
+pub const NOW: u64 = 1_800_000_000;
+
+pub struct TestBackend {
+    pub snapshot: Mutex<Arc<Snapshot>>,
+    /// Installed by `refetch` (a stand-in for a JWKS fetch), when set.
+    pub after_refetch: Mutex<Option<Arc<Snapshot>>>,
+    pub refetches: AtomicUsize,
+    pub handshake_refusals: AtomicUsize,
+    /// QUIC Retry packets sent.
+    pub retries: AtomicUsize,
+    /// Streams given up on, by why: aborted, request timeout, write timeout.
+    pub stream_ends: [AtomicUsize; 3],
+    /// When set, `refetch` waits for a notification first (a batch in flight).
+    pub refetch_gate: Option<Arc<Notify>>,
+}
+
+impl TestBackend {
+    pub fn new(snapshot: Snapshot) -> Arc<Self> {
+        Arc::new(Self::plain(snapshot))
+    }
+    /// A backend whose refetches wait for `gate`.
+    pub fn gated(snapshot: Snapshot, gate: Arc<Notify>) -> Arc<Self> {
+        Arc::new(Self {
+            refetch_gate: Some(gate),
+            ..Self::plain(snapshot)
+        })
+    }
+    fn plain(snapshot: Snapshot) -> Self {
+        Self {
+            snapshot: Mutex::new(Arc::new(snapshot)),
+            after_refetch: Mutex::new(None),
+            refetches: AtomicUsize::new(0),
+            handshake_refusals: AtomicUsize::new(0),
+            retries: AtomicUsize::new(0),
+            stream_ends: Default::default(),
+            refetch_gate: None,
+        }
+    }
+    pub fn ends(&self, end: StreamEnd) -> usize {
+        let i = match end {
+            StreamEnd::Aborted => 0,
+            StreamEnd::RequestTimeout => 1,
+            StreamEnd::WriteTimeout => 2,
+        };
+        self.stream_ends[i].load(Ordering::SeqCst)
+    }
+    pub fn set(&self, s: Snapshot) {
+        *self.snapshot.lock().unwrap() = Arc::new(s);
+    }
+}
+
+impl Backend for TestBackend {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.snapshot.lock().unwrap())
+    }
+    fn now(&self) -> UnixTime {
+        UnixTime(NOW)
+    }
+    fn refetch(&self, tenants: Vec<String>) -> BoxFuture<bool> {
+        assert_eq!(tenants, ["jwks"]);
+        self.refetches.fetch_add(1, Ordering::SeqCst);
+        let next = self.after_refetch.lock().unwrap().take();
+        let gate = self.refetch_gate.clone();
+        let installed = next.is_some();
+        if let Some(s) = next {
+            *self.snapshot.lock().unwrap() = s;
+        }
+        Box::pin(async move {
+            if let Some(gate) = gate {
+                gate.notified().await;
+            }
+            installed
+        })
+    }
+    fn event(&self, event: &Event<'_>) {
+        match event {
+            Event::ConnectionRefused { .. } => {
+                self.handshake_refusals.fetch_add(1, Ordering::SeqCst);
+            }
+            Event::Retry { .. } => {
+                self.retries.fetch_add(1, Ordering::SeqCst);
+            }
+            Event::Stream(end) => {
+                let i = match end {
+                    StreamEnd::Aborted => 0,
+                    StreamEnd::RequestTimeout => 1,
+                    StreamEnd::WriteTimeout => 2,
+                };
+                self.stream_ends[i].fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+    }
+}
+
+pub struct Keys {
+    pub es: SigningKey,
+    pub hs: SigningKey,
+}
+
+pub fn keys() -> Keys {
+    Keys {
+        es: SigningKey::generate(Algorithm::Es256).unwrap(),
+        hs: SigningKey::generate(Algorithm::Hs256).unwrap(),
+    }
+}
+
+pub fn snapshot(generation: u64, k: &Keys, with_hs: bool) -> Snapshot {
+    let mut keys = vec![TenantKey {
+        kid: "es".into(),
+        key: k.es.verifying_key().unwrap(),
+    }];
+    if with_hs {
+        keys.push(TenantKey {
+            kid: "hs".into(),
+            key: k.hs.verifying_key().unwrap(),
+        });
+    }
+    // As jotd-keys does: the epoch changes with the keys (cached tokens of the
+    // old key set die), and a JWKS tenant allows its source's algorithms before
+    // the keys arrive.
+    let mut t = Tenant::new("t", keys.clone());
+    t.epoch = generation;
+    t.algorithms = jotd_core::AlgorithmSet::ALL;
+    let mut jwks = Tenant::new("jwks", keys);
+    jwks.epoch = generation;
+    jwks.remote_keys = true;
+    jwks.algorithms = jotd_core::AlgorithmSet::ALL;
+    Snapshot::new(generation, [Arc::new(t), Arc::new(jwks)])
+}
+
+pub fn claims(sub: &str, exp: u64) -> String {
+    format!(r#"{{"sub":"{sub}","exp":{exp}}}"#)
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub pki: DevPki,
+    pub stats: Arc<ServerStats>,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<jotd_transport::DrainReport>,
+}
+
+impl Running {
+    pub async fn stop(mut self) -> jotd_transport::DrainReport {
+        let _ = self.stop.take().unwrap().send(());
+        self.done.await.unwrap()
+    }
+}
+
+pub fn start(backend: Arc<TestBackend>, opts: ServerOptions, mtls: bool) -> Running {
+    let pki = DevPki::generate().unwrap();
+    let tls = server_config(
+        pki.server_cert_pem.as_bytes(),
+        pki.server_key_pem.as_bytes(),
+        mtls.then_some(pki.ca_pem.as_bytes()),
+    )
+    .unwrap();
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap(),
+    );
+    let engine = Arc::new(Engine::new(EngineConfig::default()));
+    let server = Server::bind(
+        ServerOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..opts
+        },
+        tls,
+        engine,
+        pool,
+        backend,
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let stats = server.stats();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        pki,
+        stats,
+        stop: Some(stop),
+        done,
+    }
+}
+
+pub fn client(r: &Running, addrs: Vec<SocketAddr>, with_cert: bool) -> Client {
+    let cert = with_cert.then_some((
+        r.pki.client_cert_pem.as_bytes(),
+        r.pki.client_key_pem.as_bytes(),
+    ));
+    let tls = client_config(r.pki.ca_pem.as_bytes(), cert).unwrap();
+    Client::new(ClientOptions::new(addrs, tls)).unwrap()
+}
+
+pub fn item<'a>(token: Option<&'a str>, tenant: &'a str) -> Item<'a> {
+    Item {
+        token: token.map(str::as_bytes),
+        tenant,
+        method: Some("eth_blockNumber"),
+        addresses: vec![],
+        origin: None,
+        user_agent: None,
+    }
+}
+
+/// A bare quinn connection to `r` (for tests that must misbehave as a client
+/// library never would); `window`: the stream receive window it grants.
+pub async fn raw_connection(
+    r: &Running,
+    with_cert: bool,
+    window: Option<u32>,
+) -> quinn::Connection {
+    let cert = with_cert.then_some((
+        r.pki.client_cert_pem.as_bytes(),
+        r.pki.client_key_pem.as_bytes(),
+    ));
+    let tls = client_config(r.pki.ca_pem.as_bytes(), cert).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    if let Some(w) = window {
+        let mut t = quinn::TransportConfig::default();
+        t.stream_receive_window(quinn::VarInt::from_u32(w));
+        config.transport_config(Arc::new(t));
+    }
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    endpoint
+        .connect(r.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap()
+}
+
+/// Reads a stream's whole answer and returns its one error frame's
+/// `(request_id, code)`; panics on anything else.
+pub async fn error_answer(recv: &mut quinn::RecvStream) -> (u64, u16) {
+    let bytes = recv.read_to_end(1 << 20).await.unwrap();
+    let frame = next_frame(&bytes, &Limits::default()).unwrap().unwrap();
+    assert_eq!(frame.kind, FrameType::Error);
+    assert_eq!(frame.consumed, bytes.len(), "one frame");
+    let e = decode_error(frame.body).unwrap();
+    (e.request_id, e.code)
+}
