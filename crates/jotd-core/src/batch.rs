@@ -36,6 +36,11 @@ impl Engine {
     /// `on_chunk(first_index, decisions)` as soon as it is done (completion
     /// order, not input order). Every index in `0..reqs.len()` is delivered
     /// exactly once before this returns.
+    ///
+    /// A batch smaller than `chunk_size` × the pool's threads is cut into
+    /// one chunk per thread, so a lone batch on an idle pool is spread over
+    /// every thread (its latency is its share of the work, not the whole);
+    /// a big batch keeps whole chunks.
     pub fn verify_batch_streaming<F>(
         &self,
         pool: &ThreadPool,
@@ -46,7 +51,11 @@ impl Engine {
     ) where
         F: Fn(usize, Vec<Decision>) + Sync,
     {
-        let chunk = self.config.chunk_size.get();
+        let chunk = streaming_chunk(
+            self.config.chunk_size.get(),
+            reqs.len(),
+            pool.current_num_threads(),
+        );
         pool.install(|| {
             reqs.par_chunks(chunk)
                 .enumerate()
@@ -70,5 +79,27 @@ impl Engine {
             .collect();
         self.flush(scratch);
         out
+    }
+}
+
+/// Items per streamed chunk: `configured`, or fewer so that a batch of
+/// `items` gives every one of `threads` a chunk.
+fn streaming_chunk(configured: usize, items: usize, threads: usize) -> usize {
+    items.div_ceil(threads.max(1)).clamp(1, configured.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::streaming_chunk;
+
+    #[test]
+    fn small_batches_are_spread_over_every_thread_and_big_ones_keep_whole_chunks() {
+        // 64 items on 12 threads: 6 per chunk (11 chunks) rather than 4 of 16.
+        assert_eq!(streaming_chunk(16, 64, 12), 6);
+        // On 2 threads the configured chunk already gives each a share.
+        assert_eq!(streaming_chunk(16, 64, 2), 16);
+        assert_eq!(streaming_chunk(16, 4096, 16), 16);
+        assert_eq!(streaming_chunk(16, 3, 12), 1);
+        assert_eq!(streaming_chunk(16, 0, 12), 1);
     }
 }

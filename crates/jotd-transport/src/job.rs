@@ -33,6 +33,9 @@ use std::time::Instant;
 /// Where a job's frames go: called from pool threads, once per frame.
 pub type Emit<'a> = &'a (dyn Fn(Vec<u8>) + Sync);
 
+/// Which decisions `decide` keeps back, given the item's tenant.
+type Hold<'a> = &'a (dyn Fn(&str, &Decision) -> bool + Sync);
+
 /// What a job runs with: the engine, the pool, and what the driver wants
 /// reported.
 #[derive(Clone, Copy)]
@@ -372,7 +375,7 @@ impl BatchJob {
         snapshot: &Snapshot,
         now: UnixTime,
         picked: &[u32],
-        hold: Option<&(dyn Fn(&str, &Decision) -> bool + Sync)>,
+        hold: Option<Hold<'_>>,
         emit: Emit<'_>,
     ) -> Vec<(u32, Decision)> {
         let addresses: Vec<&str> = self.addresses.iter().map(|s| self.text(*s)).collect();

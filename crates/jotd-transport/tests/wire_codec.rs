@@ -4,7 +4,7 @@
 use jotd_transport::{
     BatchRequest, DecisionChunk, ErrorCode, ErrorFrame, FrameType, Item, Limits, WireDecision,
     WireError, decode_batch, decode_decisions, decode_error, encode_batch, encode_decisions,
-    encode_error, next_frame,
+    encode_error, next_frame, peek_request_id,
 };
 use proptest::prelude::*;
 
@@ -68,6 +68,27 @@ fn golden_bytes_match_the_protocol_doc() {
     )
     .unwrap();
     assert_eq!(hex(&out), "00 00 00 0c 03 07 03 08 6d 61 78 20 34 30 39 36");
+}
+
+/// docs/protocol.md: decoders accept a varint in a longer form than needed
+/// (encoders always write the shortest), and the request id of a frame's first
+/// bytes is readable before the rest arrives.
+#[test]
+fn non_shortest_varints_are_accepted_and_the_id_is_read_from_the_head() {
+    // The doc's batch with request_id 7 written as 0xfb 07 00 (u16 form).
+    let mut long = Vec::new();
+    encode_batch(&sample(), &mut long).unwrap();
+    long.splice(5..6, [0xfb, 0x07, 0x00]);
+    let len = u32::try_from(long.len() - 4).unwrap();
+    long[..4].copy_from_slice(&len.to_be_bytes());
+    let frame = next_frame(&long, &Limits::default()).unwrap().unwrap();
+    assert_eq!(
+        decode_batch(frame.body, &Limits::default()).unwrap(),
+        sample()
+    );
+    assert_eq!(peek_request_id(&long[..8]), Some(7));
+    assert_eq!(peek_request_id(&long[..6]), None, "id not whole yet");
+    assert_eq!(peek_request_id(&[0, 0, 0, 9, 2, 7]), None, "not a Batch");
 }
 
 #[test]
