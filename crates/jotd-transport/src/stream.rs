@@ -15,7 +15,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// The first bytes read before the length is known: the 4-byte length, the
 /// type byte and up to a 9-byte request id, so refusals can echo the id.
@@ -29,27 +29,24 @@ enum ReadFailure {
     Aborted,
 }
 
-/// A request read whole, with the room it held in the request buffer.
-struct Request {
-    bytes: Vec<u8>,
-    _room: OwnedSemaphorePermit,
-}
-
-/// Reads one request: the length prefix first (a frame over the limit is
+/// Reads one request's bytes: the length prefix first (a frame over the limit is
 /// refused from it alone), then room for the declared size in the server's
 /// request buffer, then the bytes up to the client's FIN, all within
 /// `request_timeout`.
-async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Request, ReadFailure> {
+/// The request's room in the buffer is released when it has arrived whole.
+async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Vec<u8>, ReadFailure> {
     let opts = &shared.opts;
-    let mut head = Vec::with_capacity(HEAD);
+    let limit = opts.limits.max_frame_bytes.min(HARD_MAX_FRAME_BYTES);
+    let mut bytes: Vec<u8> = Vec::new();
     let read = tokio::time::timeout(opts.request_timeout, async {
-        // The length prefix, and whatever of the header came with it.
-        while head.len() < 4 {
-            match recv.read_chunk(HEAD - head.len(), true).await {
-                Ok(Some(chunk)) => head.extend_from_slice(&chunk.bytes),
+        // Whatever has arrived, until the length prefix is in: QUIC flow
+        // control (the stream window is one frame) bounds what that can be.
+        while bytes.len() < 4 {
+            match recv.read_chunk(limit + 5, true).await {
+                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk.bytes),
                 Ok(None) => {
                     return Err(refuse(
-                        &head,
+                        &bytes,
                         ErrorCode::MalformedFrame,
                         "stream ended inside a frame",
                     ));
@@ -57,12 +54,11 @@ async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Request,
                 Err(_) => return Err(ReadFailure::Aborted),
             }
         }
-        let declared = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-        let limit = opts.limits.max_frame_bytes.min(HARD_MAX_FRAME_BYTES);
+        let declared = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
         if declared > limit {
             let _ = recv.stop(VarInt::from_u32(STOP_TOO_LARGE));
             return Err(refuse(
-                &head,
+                &bytes,
                 ErrorCode::FrameTooLarge,
                 &format!("frame of {declared} bytes exceeds the frame limit of {limit}"),
             ));
@@ -74,7 +70,7 @@ async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Request,
             let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
             return Err(ReadFailure::Refuse(
                 Refused::of(
-                    &head,
+                    &bytes,
                     ErrorCode::Overloaded,
                     format!(
                         "the server's buffer for requests in progress (max_request_buffer_bytes = {}) is full",
@@ -86,26 +82,19 @@ async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Request,
         };
         shared.stats.request_bytes.fetch_add(total, Ordering::Relaxed);
         let _gauge = CountGuard(&shared.stats.request_bytes, total);
-        if head.len() > total {
+        if bytes.len() > total {
             let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
             return Err(refuse(
-                &head,
+                &bytes,
                 ErrorCode::MalformedFrame,
                 "one frame per stream, and nothing after it",
             ));
         }
-        // Grow as bytes arrive, never past the declared size: memory follows
-        // what the client sent, within what it reserved.
-        let mut bytes = head.clone();
+        // The rest, into room the request reserved.
+        bytes.reserve_exact(total - bytes.len());
         while bytes.len() < total {
             match recv.read_chunk(total - bytes.len(), true).await {
-                Ok(Some(chunk)) => {
-                    let want = (bytes.len() + chunk.bytes.len())
-                        .max((2 * bytes.len()).min(total))
-                        .min(total);
-                    bytes.reserve_exact(want.saturating_sub(bytes.capacity()));
-                    bytes.extend_from_slice(&chunk.bytes);
-                }
+                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk.bytes),
                 Ok(None) => {
                     return Err(refuse(
                         &bytes,
@@ -118,10 +107,7 @@ async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Request,
         }
         // The answer starts at the client's FIN: nothing may follow the frame.
         match recv.read_chunk(1, true).await {
-            Ok(None) => Ok(Request {
-                bytes,
-                _room: room,
-            }),
+            Ok(None) => Ok(room),
             Ok(Some(_)) => {
                 let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
                 Err(refuse(
@@ -135,13 +121,14 @@ async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Request,
     })
     .await;
     match read {
-        Ok(result) => result,
+        Ok(Ok(_room)) => Ok(bytes),
+        Ok(Err(failure)) => Err(failure),
         Err(_) => {
-            // Timed out: stop the stream; the bytes and the room go with `head`
-            // and the future that held them.
+            // Timed out: stop the stream; its bytes and room are released
+            // when this returns.
             let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
             Err(refuse(
-                &head,
+                &bytes,
                 ErrorCode::RequestTimeout,
                 &format!(
                     "the request did not arrive whole within request_timeout = {:?}",
@@ -159,7 +146,7 @@ fn refuse(head: &[u8], code: ErrorCode, message: &str) -> ReadFailure {
 /// Serves one stream to its end.
 pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream) {
     let _count = CountGuard(&shared.stats.streams, 1);
-    let request = match read_request(&shared, &mut recv).await {
+    let bytes = match read_request(&shared, &mut recv).await {
         Ok(r) => r,
         Err(ReadFailure::Aborted) => {
             shared.backend.event(&Event::Stream(StreamEnd::Aborted));
@@ -179,8 +166,6 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
         }
     };
     let started = Instant::now();
-    let Request { bytes, _room } = request;
-    drop(_room);
     let limits = shared.opts.limits;
     let job = match BatchJob::decode(bytes, &limits) {
         Ok(job) => job,

@@ -4,12 +4,10 @@
 //! `jwks_fetch.refetch_interval_s` fetches nothing and stays `unknown_kid`.
 //! (What docs/configuration.md, "Unknown kids", says.)
 
-mod common;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{Daemon, now, runtime, scratch_dir};
 use jotd_core::{Algorithm, SigningKey};
+use jotd_e2e::{Daemon, now, runtime, scratch_dir};
 use jotd_transport::{Client, ClientOptions, DevPki, Item, client_config};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};

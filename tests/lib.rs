@@ -1,14 +1,76 @@
-//! Helpers shared by the daemon tests: a running `jotd serve`, plain HTTP GETs.
-#![allow(dead_code, unreachable_pub)] // each test file uses a different subset
+//! jotd's end-to-end tests: the ones that span binaries and crates (the
+//! daemon over QUIC with the client library, the load harness against the
+//! daemon, a real Prometheus scrape). Unit and single-crate tests stay beside
+//! their code.
+//!
+//! This library holds what they share: the workspace's binaries (built on
+//! first use, in the profile the tests were built with), a running
+//! `jotd serve`, plain HTTP GETs.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+/// The workspace's root folder.
+#[must_use]
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A binary of the workspace (`jotd`, `jotd-load`), from the target folder
+/// and profile these tests were built in. The first call in a test process
+/// runs `cargo build` for both (a no-op when they are up to date), so
+/// `cargo test -p jotd-e2e` alone never runs a stale daemon.
+///
+/// # Panics
+/// The build fails.
+#[must_use]
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    BUILT.get_or_init(|| {
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug");
+        let target_dir = profile_dir.parent().expect("target folder");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "jotd",
+            "-p",
+            "jotd-load",
+            "--bins",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(workspace_root());
+        if profile != "debug" {
+            cmd.args(["--profile", profile]);
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of jotd and jotd-load failed");
+    });
+    profile_dir.join(name)
+}
+
+/// A fresh scratch folder for one test.
+///
+/// # Panics
+/// The folder cannot be made.
+#[must_use]
 pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("jotd-serve-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -16,6 +78,8 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Seconds since the Unix epoch.
+#[must_use]
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -23,6 +87,11 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
+/// A two-thread tokio runtime for the client side.
+///
+/// # Panics
+/// The runtime cannot start.
+#[must_use]
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -32,16 +101,27 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A running `jotd serve`, its log lines collected.
+#[derive(Debug)]
 pub struct Daemon {
+    /// The process.
     pub child: Child,
+    /// Its QUIC address.
     pub quic: SocketAddr,
+    /// Its admin (metrics, health) address.
     pub admin: SocketAddr,
+    /// Every log line so far (JSON).
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
+    /// Starts `jotd serve` in `cwd` with `args`, on loopback ports it picks,
+    /// and waits until it serves.
+    ///
+    /// # Panics
+    /// It does not start within 30 s.
+    #[must_use]
     pub fn start(args: &[&str], cwd: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_jotd"))
+        let mut child = Command::new(bin("jotd"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(["--log-format", "json"])
@@ -88,6 +168,10 @@ impl Daemon {
         }
     }
 
+    /// Sends a signal (`-HUP`, `-TERM`, …).
+    ///
+    /// # Panics
+    /// `kill` fails.
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
@@ -97,6 +181,10 @@ impl Daemon {
         assert!(ok, "kill {sig}");
     }
 
+    /// Waits (up to 20 s) for a log line containing `needle`.
+    ///
+    /// # Panics
+    /// No such line arrives.
     pub fn wait_log(&self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -111,6 +199,8 @@ impl Daemon {
         );
     }
 
+    /// GETs `path` from the admin listener: (status, body).
+    #[must_use]
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(self.admin, path)
     }
@@ -124,6 +214,10 @@ impl Drop for Daemon {
 }
 
 /// A bare HTTP/1.1 GET (the admin listener speaks plain HTTP).
+///
+/// # Panics
+/// The connection or the response fails.
+#[must_use]
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).unwrap();

@@ -2,9 +2,7 @@
 //! process metrics under the names and types of the official clients' process
 //! collectors, so stock dashboards and alerts work, with plausible values.
 
-mod common;
-
-use common::{Daemon, now, scratch_dir};
+use jotd_e2e::{Daemon, now, scratch_dir};
 use std::collections::HashMap;
 
 /// The standard process metrics and their types.

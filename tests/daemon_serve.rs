@@ -3,10 +3,8 @@
 //! SIGHUP (a bad config keeps the old one serving), metrics that count what was
 //! sent, health endpoints, the drain on SIGTERM, and the development defaults.
 
-mod common;
-
-use common::{Daemon, now, runtime, scratch_dir};
 use jotd_core::{Algorithm, SigningKey};
+use jotd_e2e::{Daemon, now, runtime, scratch_dir};
 use jotd_transport::{Client, ClientDecision, ClientOptions, DevPki, Item, client_config};
 use serde_json::{Map, Value};
 use std::io::Write;
@@ -15,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn keys_data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../jotd-keys/tests/data")
+    jotd_e2e::workspace_root()
+        .join("crates/jotd-keys/tests/data")
         .join(name)
 }
 
@@ -273,7 +271,7 @@ fn as_check_json(index: usize, d: &ClientDecision) -> Value {
 /// `jotd check` on `config`, fed `cases` on standard input: one JSON line each.
 fn decide_offline(config: &Path, cases: &[Case]) -> Vec<Value> {
     let input: String = cases.iter().map(|c| c.json() + "\n").collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_jotd"))
+    let out = Command::new(jotd_e2e::bin("jotd"))
         .args(["check", "--config", config.to_str().unwrap()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -443,7 +441,7 @@ fn check_and_serve_apply_the_same_verify_settings() {
         );
     }
     // `config check` reports the same engine settings from the same file.
-    let out = Command::new(env!("CARGO_BIN_EXE_jotd"))
+    let out = Command::new(jotd_e2e::bin("jotd"))
         .args(["config", "check", "--config", f.config.to_str().unwrap()])
         .output()
         .unwrap();
@@ -732,7 +730,7 @@ fn serve_refuses_bad_settings_with_file_line_and_key() {
     // Writes `config`, runs `jotd serve` on it, returns its error output (it must fail).
     let refused = |config: &str| {
         std::fs::write(&f.config, config).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_jotd"))
+        let out = Command::new(jotd_e2e::bin("jotd"))
             .args(["serve", "--config", f.config.to_str().unwrap()])
             .output()
             .unwrap();

@@ -6,14 +6,12 @@
 //! Prometheus comes from Debian's `prometheus` package; `.ci/run` installs it,
 //! and this test installs it itself when it is missing and it may (root).
 
-mod common;
-
-use common::{Daemon, http_get, now, runtime, scratch_dir};
 use jotd_core::{Algorithm, SigningKey};
+use jotd_e2e::{Daemon, http_get, now, runtime, scratch_dir};
 use jotd_transport::{Client, ClientOptions, Item, client_config};
 use serde_json::Value;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,7 +44,7 @@ fn tool(name: &str) -> PathBuf {
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    jotd_e2e::workspace_root()
 }
 
 fn free_port() -> u16 {
