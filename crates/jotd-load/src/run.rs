@@ -163,6 +163,65 @@ pub struct Report {
     pub daemon_rss_bytes_end: Option<f64>,
     /// Daemon resident memory every 10 s during the load (seconds, bytes).
     pub daemon_rss_samples: Vec<(u64, f64)>,
+    /// What the client library did across the replicas.
+    pub fleet: Fleet,
+}
+
+/// The client library's failover and hedging, as counted by it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Fleet {
+    /// Batches sent again after a failure, to another endpoint.
+    pub retries: u64,
+    /// Second copies of late batches.
+    pub hedges: u64,
+    /// Decisions dropped because their item was already decided.
+    pub late_duplicates: u64,
+    /// Times an endpoint was taken out of rotation.
+    pub ejections: u64,
+    /// Per endpoint (connection slot): batches sent, failures, ejections.
+    pub endpoints: Vec<EndpointCounts>,
+}
+
+/// One endpoint's counts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EndpointCounts {
+    /// The address.
+    pub endpoint: String,
+    /// Batches (first copies, retries, hedges) sent to it.
+    pub sent: u64,
+    /// Attempts on it that failed or stalled.
+    pub failures: u64,
+    /// Times it was ejected.
+    pub ejections: u64,
+}
+
+impl From<jotd_transport::ClientStats> for Fleet {
+    fn from(s: jotd_transport::ClientStats) -> Self {
+        let mut endpoints: Vec<EndpointCounts> = Vec::new();
+        for e in s.endpoints {
+            let name = e.addr.to_string();
+            match endpoints.iter_mut().find(|c| c.endpoint == name) {
+                Some(c) => {
+                    c.sent += e.sent;
+                    c.failures += e.failures;
+                    c.ejections += e.ejections;
+                }
+                None => endpoints.push(EndpointCounts {
+                    endpoint: name,
+                    sent: e.sent,
+                    failures: e.failures,
+                    ejections: e.ejections,
+                }),
+            }
+        }
+        Self {
+            retries: s.retries,
+            hedges: s.hedges,
+            late_duplicates: s.late_duplicates,
+            ejections: s.ejections,
+            endpoints,
+        }
+    }
 }
 
 impl Report {
@@ -220,17 +279,8 @@ fn histogram() -> Histogram<u64> {
 
 fn error_kind(e: &ClientError) -> String {
     match e {
-        ClientError::Server { code, .. } => format!(
-            "server_{}",
-            jotd_transport::ErrorCode::from_code(*code)
-                .map_or_else(|| code.to_string(), |c| format!("{c:?}").to_lowercase())
-        ),
-        ClientError::Timeout(_) => "timeout".into(),
-        ClientError::Connection(_) => "connection".into(),
-        ClientError::Unavailable(_) => "unavailable".into(),
-        ClientError::Protocol(_) => "protocol".into(),
-        ClientError::Encode(_) => "encode".into(),
-        ClientError::Config(_) => "config".into(),
+        ClientError::Server { .. } => format!("server_{}", e.kind()),
+        _ => e.kind().to_owned(),
     }
 }
 
@@ -595,6 +645,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         shared.stop.store(true, Ordering::Relaxed);
         let (reloads, rss_samples) = monitor.await.unwrap_or_default();
         let cpu = cpu_seconds() - cpu0;
+        let fleet = Fleet::from(client.stats());
         client.close();
         total.first_mismatches.truncate(10);
         Ok::<_, anyhow::Error>(Report {
@@ -627,6 +678,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
             daemon_rss_bytes_start: rss_start,
             daemon_rss_bytes_end: None,
             daemon_rss_samples: rss_samples,
+            fleet,
         })
     })?;
     let mut report = report;
@@ -675,6 +727,17 @@ pub fn print(r: &Report) {
         println!("  mismatch: {m}");
     }
     println!("client cpu      {:.2}s", r.client_cpu_s);
+    let f = &r.fleet;
+    println!(
+        "fleet           retries {}  hedges {}  late duplicates dropped {}  ejections {}",
+        f.retries, f.hedges, f.late_duplicates, f.ejections
+    );
+    for e in &f.endpoints {
+        println!(
+            "  {:<22} sent {}  failures {}  ejections {}",
+            e.endpoint, e.sent, e.failures, e.ejections
+        );
+    }
     if r.reloads > 0 {
         println!("reloads         {}", r.reloads);
     }

@@ -25,7 +25,10 @@ mod server;
 mod stream;
 mod tls;
 
-pub use client::{Client, ClientDecision, ClientError, ClientOptions, Pending};
+pub use client::{
+    Client, ClientDecision, ClientError, ClientOptions, ClientStats, ConnectionFailure,
+    EndpointStats, HedgePolicy, Pending, Violation,
+};
 pub use codec::{
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_ITEMS, FrameType, HARD_MAX_FRAME_BYTES, Limits, RawFrame,
     WireError, decode_batch, decode_decisions, decode_error, encode_batch, encode_decisions,

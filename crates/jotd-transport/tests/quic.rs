@@ -171,10 +171,11 @@ async fn wrong_alpn_and_missing_client_certificates_are_refused() {
     assert!(
         matches!(
             err,
-            ClientError::Unavailable(_) | ClientError::Connection(_)
+            ClientError::Unavailable { .. } | ClientError::Connection { .. }
         ),
         "{err:?}"
     );
+    assert_eq!(err.endpoint(), Some(r.addr), "{err}");
 
     // Wrong ALPN (with a valid certificate): refused.
     let tls = client_config_alpn(
@@ -188,7 +189,7 @@ async fn wrong_alpn_and_missing_client_certificates_are_refused() {
     .unwrap();
     let wrong = Client::new(ClientOptions::new(vec![r.addr], tls)).unwrap();
     let err = wrong.verify_all(&items).await.unwrap_err();
-    assert!(matches!(err, ClientError::Unavailable(_)), "{err:?}");
+    assert!(matches!(err, ClientError::Unavailable { .. }), "{err:?}");
     assert!(backend.handshake_refusals.load(Ordering::SeqCst) >= 2);
     r.stop().await;
 }

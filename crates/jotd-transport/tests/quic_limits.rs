@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::*;
-use tokio::sync::Notify;
 
 fn encoded(request_id: u64, tokens: &[&str], tenant: &str) -> Vec<u8> {
     let items = tokens
@@ -253,8 +252,8 @@ async fn unvalidated_attempts_get_a_retry_once_handshakes_pile_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_opened_during_drain_get_shutting_down() {
     let k = keys();
-    let gate = Arc::new(Notify::new());
-    let backend = TestBackend::gated(snapshot(1, &k, false), Arc::clone(&gate));
+    let (gate, gated) = tokio::sync::watch::channel(false);
+    let backend = TestBackend::gated(snapshot(1, &k, false), gated);
     let r = start(Arc::clone(&backend), ServerOptions::default(), false);
     let conn = raw_connection(&r, false, None).await;
     // A batch held in flight: the JWKS tenant's unknown kid waits for a refetch.
@@ -278,7 +277,7 @@ async fn streams_opened_during_drain_get_shutting_down() {
         (2, ErrorCode::ShuttingDown as u16)
     );
     // The batch in flight still gets its decision, then the connection closes.
-    gate.notify_one();
+    gate.send(true).unwrap();
     let answer = held.read_to_end(1 << 20).await.unwrap();
     assert!(!answer.is_empty());
     let report = stopping.await.unwrap();

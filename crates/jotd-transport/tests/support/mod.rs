@@ -11,7 +11,7 @@ use jotd_transport::{
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{oneshot, watch};
 
 pub const NOW: u64 = 1_800_000_000;
 
@@ -25,16 +25,16 @@ pub struct TestBackend {
     pub retries: AtomicUsize,
     /// Streams given up on, by why: aborted, request timeout, write timeout.
     pub stream_ends: [AtomicUsize; 3],
-    /// When set, `refetch` waits for a notification first (a batch in flight).
-    pub refetch_gate: Option<Arc<Notify>>,
+    /// When set, `refetch` waits until the gate opens (a batch in flight).
+    pub refetch_gate: Option<watch::Receiver<bool>>,
 }
 
 impl TestBackend {
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
         Arc::new(Self::plain(snapshot))
     }
-    /// A backend whose refetches wait for `gate`.
-    pub fn gated(snapshot: Snapshot, gate: Arc<Notify>) -> Arc<Self> {
+    /// A backend whose refetches wait until `gate` holds `true`.
+    pub fn gated(snapshot: Snapshot, gate: watch::Receiver<bool>) -> Arc<Self> {
         Arc::new(Self {
             refetch_gate: Some(gate),
             ..Self::plain(snapshot)
@@ -81,8 +81,8 @@ impl Backend for TestBackend {
             *self.snapshot.lock().unwrap() = s;
         }
         Box::pin(async move {
-            if let Some(gate) = gate {
-                gate.notified().await;
+            if let Some(mut gate) = gate {
+                let _ = gate.wait_for(|open| *open).await;
             }
             installed
         })
@@ -164,7 +164,16 @@ impl Running {
 }
 
 pub fn start(backend: Arc<TestBackend>, opts: ServerOptions, mtls: bool) -> Running {
-    let pki = DevPki::generate().unwrap();
+    start_with(backend, opts, mtls, DevPki::generate().unwrap())
+}
+
+/// A server with the given PKI (several servers of one pool share a CA).
+pub fn start_with(
+    backend: Arc<TestBackend>,
+    opts: ServerOptions,
+    mtls: bool,
+    pki: DevPki,
+) -> Running {
     let tls = server_config(
         pki.server_cert_pem.as_bytes(),
         pki.server_key_pem.as_bytes(),
@@ -261,4 +270,60 @@ pub async fn error_answer(recv: &mut quinn::RecvStream) -> (u64, u16) {
     assert_eq!(frame.consumed, bytes.len(), "one frame");
     let e = decode_error(frame.body).unwrap();
     (e.request_id, e.code)
+}
+
+/// A UDP relay in front of a server that can be cut: after [`Relay::cut`]
+/// every packet either way is dropped, as when a replica's node vanishes
+/// (`kill -9`, a lost machine): no close, no reset, silence.
+pub struct Relay {
+    pub addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    pub async fn start(server: SocketAddr) -> Self {
+        use std::sync::atomic::AtomicBool;
+        let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        back.connect(server).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        {
+            let (front, back, cut, client) = (
+                Arc::clone(&front),
+                Arc::clone(&back),
+                Arc::clone(&cut),
+                Arc::clone(&client),
+            );
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                    *client.lock().unwrap() = Some(from);
+                    if !cut.load(Ordering::SeqCst) {
+                        let _ = back.send(&buf[..n]).await;
+                    }
+                }
+            });
+        }
+        {
+            let cut = Arc::clone(&cut);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok(n) = back.recv(&mut buf).await {
+                    let to = *client.lock().unwrap();
+                    if let Some(to) = to
+                        && !cut.load(Ordering::SeqCst)
+                    {
+                        let _ = front.send_to(&buf[..n], to).await;
+                    }
+                }
+            });
+        }
+        Self { addr, cut }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
 }

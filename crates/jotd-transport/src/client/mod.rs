@@ -1,0 +1,824 @@
+//! The gateway's client: batches out over QUIC to a pool of jotd replicas,
+//! decisions back as they arrive.
+//!
+//! Verification is a pure function of the token, the request and the key
+//! snapshot, so a batch may be sent again, or twice, at no risk. A [`Client`]
+//! uses that to survive replicas that die, stall, drain or refuse:
+//!
+//! - **Failover**: a batch whose stream fails (connection lost, reset, a
+//!   retryable error frame such as `overloaded` or `shutting_down`, a broken
+//!   answer) is sent again to another endpoint.
+//! - **Hedging**: a batch with no complete answer after a delay derived from
+//!   the observed latency ([`HedgePolicy`]) gets a second copy on another
+//!   endpoint; a budget caps hedges to a fraction of batches, except when the
+//!   first endpoint is already known to be failing.
+//! - **Ejection**: an endpoint whose connection failed, or that stalled while
+//!   a hedge answered, takes no new batches for a backoff that doubles while
+//!   it keeps failing; a lost connection is re-established in the background,
+//!   never on a batch's path while another endpoint is up.
+//!
+//! The caller sees exactly one decision per item: the first answer for an
+//! item wins, a later one is dropped and counted ([`ClientStats`]). Every
+//! call either yields all its decisions or returns a typed [`ClientError`].
+
+mod pending;
+
+pub use pending::Pending;
+
+use crate::codec::{HARD_MAX_FRAME_BYTES, WireError, encode_batch};
+use crate::messages::{BatchRequest, DecisionChunk, ErrorCode, Item, WireDecision};
+use jotd_core::Reason;
+use quinn::{Connection, Endpoint, VarInt};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// When and how often a batch gets a second copy on another endpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HedgePolicy {
+    /// Hedge at all. Default `true`.
+    pub enabled: bool,
+    /// The hedge delay is the smoothed batch latency plus four times its
+    /// deviation (as TCP's retransmission timer), within these bounds.
+    /// Default 5 ms.
+    pub min_delay: Duration,
+    /// Default 100 ms.
+    pub max_delay: Duration,
+    /// Hedges per batch sent, at most, over time (a token bucket). Hedges of
+    /// batches whose endpoint is ejected are free. Default 0.05.
+    pub budget: f64,
+    /// Hedges that may be spent at once. Default 10.
+    pub burst: u32,
+}
+
+impl Default for HedgePolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(100),
+            budget: 0.05,
+            burst: 10,
+        }
+    }
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// jotd endpoints; batches spread across them.
+    pub endpoints: Vec<SocketAddr>,
+    /// Connections to open to each endpoint. Default 1.
+    pub connections_per_endpoint: usize,
+    /// The name the server certificate must carry. Default `localhost`.
+    pub server_name: String,
+    /// TLS (see [`crate::client_config`]).
+    pub tls: rustls::ClientConfig,
+    /// Longest time for one batch, failovers and hedges included. Default 5 s.
+    pub batch_timeout: Duration,
+    /// Longest time to establish a connection. Default 2 s.
+    pub connect_timeout: Duration,
+    /// First ejection (and reconnect) delay after a failure; doubles up to
+    /// `backoff_max` while the endpoint keeps failing. Default 100 ms.
+    pub backoff_min: Duration,
+    /// Longest such delay. Default 5 s.
+    pub backoff_max: Duration,
+    /// A connection with no packet from the server for this long is dead
+    /// (keep-alives flow every `keep_alive`). Default 3 s.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval on idle connections. Default 1 s.
+    pub keep_alive: Duration,
+    /// Hedged requests.
+    pub hedge: HedgePolicy,
+    /// Largest answer frame accepted. Default 16 MiB.
+    pub max_frame_bytes: usize,
+}
+
+impl ClientOptions {
+    /// Defaults for `endpoints` with `tls`.
+    #[must_use]
+    pub fn new(endpoints: Vec<SocketAddr>, tls: rustls::ClientConfig) -> Self {
+        Self {
+            endpoints,
+            connections_per_endpoint: 1,
+            server_name: "localhost".into(),
+            tls,
+            batch_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(3),
+            keep_alive: Duration::from_secs(1),
+            hedge: HedgePolicy::default(),
+            max_frame_bytes: HARD_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// How a connection or stream failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionFailure {
+    /// The connection could not be started (a bad address, the endpoint closing).
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The handshake did not finish in time.
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    /// The connection ended (idle timeout, closed by the server, reset, …).
+    #[error("connection lost: {0}")]
+    Lost(#[from] quinn::ConnectionError),
+    /// The server reset the answer stream with this code (a write timeout).
+    #[error("stream reset by the server (code {0})")]
+    Reset(u64),
+    /// The server stopped reading the request with this code.
+    #[error("request stopped by the server (code {0})")]
+    Stopped(u64),
+    /// The stream was already closed locally.
+    #[error("stream closed")]
+    Closed,
+}
+
+/// How an answer broke the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// A frame that does not decode, or exceeds the limit.
+    #[error("bad frame: {0}")]
+    Frame(#[from] WireError),
+    /// A chunk for another request.
+    #[error("answer for request {0}")]
+    WrongRequest(u64),
+    /// A decision for an index outside the batch.
+    #[error("decision for item {0}, outside the batch")]
+    OutOfRange(u32),
+    /// A second decision for one item on one stream.
+    #[error("second decision for item {0}")]
+    Duplicate(u32),
+    /// The stream ended with items undecided.
+    #[error("stream ended with {0} items undecided")]
+    Undecided(usize),
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    /// A frame type a server never sends.
+    #[error("server sent a Batch frame")]
+    BatchFrame,
+}
+
+/// Why a batch has no (complete) answer. The batch as a whole is undecided;
+/// [`retryable`](Self::retryable) says whether sending it again may help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// A bad setting (no endpoints, a TLS config QUIC cannot use, …).
+    #[error("client configuration: {0}")]
+    Config(String),
+    /// No endpoint could take the batch (all failed, ejected or tried).
+    #[error("no endpoint available ({tried} tried){}", last.as_ref().map(|e| format!("; last: {e}")).unwrap_or_default())]
+    Unavailable {
+        /// Endpoints this batch was sent to or tried.
+        tried: usize,
+        /// The last failure, if any.
+        last: Option<Box<Self>>,
+    },
+    /// The batch took longer than `batch_timeout`.
+    #[error("batch timed out after {0:?}")]
+    Timeout(Duration),
+    /// A server refused the batch as a whole with an error frame.
+    #[error("{endpoint}: server error {code} ({}): {message}", ErrorCode::from_code(*code).map_or("unknown", ErrorCode::as_str))]
+    Server {
+        /// The endpoint that answered.
+        endpoint: SocketAddr,
+        /// The [`ErrorCode`] number.
+        code: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// The connection or stream failed mid-batch.
+    #[error("{endpoint}: {failure}")]
+    Connection {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// What failed.
+        failure: ConnectionFailure,
+    },
+    /// An answer broke the protocol.
+    #[error("{endpoint}: protocol violation: {violation}")]
+    Protocol {
+        /// The endpoint that answered.
+        endpoint: SocketAddr,
+        /// What was wrong.
+        violation: Violation,
+    },
+    /// The batch cannot be encoded (over the frame limit).
+    #[error("cannot send batch: {0}")]
+    Encode(WireError),
+}
+
+impl ClientError {
+    /// Whether sending the same batch again (elsewhere, or later) may succeed.
+    /// A batch the server found malformed or too large never will.
+    #[must_use]
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Config(_) | Self::Encode(_) => false,
+            Self::Server { code, .. } => matches!(
+                ErrorCode::from_code(*code),
+                Some(
+                    ErrorCode::Overloaded
+                        | ErrorCode::ShuttingDown
+                        | ErrorCode::Internal
+                        | ErrorCode::RequestTimeout
+                )
+            ),
+            Self::Unavailable { .. }
+            | Self::Timeout(_)
+            | Self::Connection { .. }
+            | Self::Protocol { .. } => true,
+        }
+    }
+
+    /// The endpoint the failure came from, when one did.
+    #[must_use]
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Server { endpoint, .. }
+            | Self::Connection { endpoint, .. }
+            | Self::Protocol { endpoint, .. } => Some(*endpoint),
+            Self::Unavailable { last, .. } => last.as_ref().and_then(|e| e.endpoint()),
+            _ => None,
+        }
+    }
+
+    /// A short stable name of the failure's kind (for counters).
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "config",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Timeout(_) => "timeout",
+            Self::Server { code, .. } => {
+                ErrorCode::from_code(*code).map_or("server_unknown", ErrorCode::as_str)
+            }
+            Self::Connection { .. } => "connection",
+            Self::Protocol { .. } => "protocol",
+            Self::Encode(_) => "encode",
+        }
+    }
+}
+
+/// One decision as the client owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientDecision {
+    /// Whether the request is allowed.
+    pub allow: bool,
+    /// Reason code number.
+    pub reason: u16,
+    /// Key id, when the signature verified.
+    pub kid: Option<String>,
+    /// `sub`, when the signature verified.
+    pub sub: Option<String>,
+    /// `exp`, when the signature verified.
+    pub exp: Option<u64>,
+    /// Returned claims: (name, raw JSON).
+    pub claims: Vec<(String, String)>,
+}
+
+impl ClientDecision {
+    /// The reason, when this build knows the code.
+    #[must_use]
+    pub fn reason(&self) -> Option<Reason> {
+        Reason::from_code(self.reason)
+    }
+}
+
+impl From<&WireDecision<'_>> for ClientDecision {
+    fn from(d: &WireDecision<'_>) -> Self {
+        Self {
+            allow: d.allow,
+            reason: d.reason,
+            kid: d.kid.map(str::to_owned),
+            sub: d.sub.map(str::to_owned),
+            exp: d.exp,
+            claims: d
+                .claims
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+}
+
+/// What the client did, since it started (monotonic counters).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Batches sent again after a failure on another endpoint.
+    pub retries: u64,
+    /// Second copies sent because the first had not answered in time.
+    pub hedges: u64,
+    /// Decisions that arrived for items already decided (dropped).
+    pub late_duplicates: u64,
+    /// Times an endpoint was taken out of rotation.
+    pub ejections: u64,
+    /// Per endpoint (one row per connection slot).
+    pub endpoints: Vec<EndpointStats>,
+}
+
+/// One endpoint's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Batches (first copies, retries and hedges) sent to it.
+    pub sent: u64,
+    /// Attempts on it that failed or stalled.
+    pub failures: u64,
+    /// Times it was ejected.
+    pub ejections: u64,
+}
+
+struct SlotState {
+    conn: Option<Connection>,
+    /// Consecutive failures (connects, streams, stalls).
+    failures: u32,
+    /// No new batches before this.
+    ejected_until: Option<Instant>,
+}
+
+pub(crate) struct Slot {
+    addr: SocketAddr,
+    outstanding: AtomicUsize,
+    reconnecting: AtomicBool,
+    /// Held while connecting: one handshake per slot at a time.
+    connecting: tokio::sync::Mutex<()>,
+    sent: AtomicU64,
+    failed: AtomicU64,
+    ejections: AtomicU64,
+    state: Mutex<SlotState>,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A live connection that takes batches now.
+    fn live(&self, now: Instant) -> Option<Connection> {
+        let st = self.lock();
+        if st.ejected_until.is_some_and(|t| now < t) {
+            return None;
+        }
+        st.conn
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    fn ejected(&self, now: Instant) -> bool {
+        self.lock().ejected_until.is_some_and(|t| now < t)
+    }
+}
+
+/// Shared counters and the latency estimate.
+#[derive(Default)]
+struct Shared {
+    retries: AtomicU64,
+    hedges: AtomicU64,
+    late_duplicates: AtomicU64,
+    ejections: AtomicU64,
+    /// Hedge credits, in thousandths.
+    hedge_credit: AtomicU64,
+    /// Smoothed batch latency and its deviation, µs.
+    srtt_us: AtomicU64,
+    rttvar_us: AtomicU64,
+}
+
+/// A connection pool to jotd endpoints. Cheap to share (`Arc`); all methods take `&self`.
+pub struct Client {
+    endpoint: Endpoint,
+    config: quinn::ClientConfig,
+    opts: ClientOptions,
+    slots: Vec<Arc<Slot>>,
+    shared: Shared,
+    next_id: AtomicU64,
+    rotate: AtomicUsize,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.opts.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts a batch's items against a slot while an attempt of it is open.
+pub(crate) struct Outstanding(Arc<Slot>, usize);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
+impl Client {
+    /// A client for `opts.endpoints`; nothing is connected until the first batch.
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// No endpoints, a TLS config unfit for QUIC, or the local UDP socket failing.
+    pub fn new(opts: ClientOptions) -> Result<Self, ClientError> {
+        if opts.endpoints.is_empty() {
+            return Err(ClientError::Config("no endpoints".into()));
+        }
+        if opts.keep_alive >= opts.idle_timeout {
+            return Err(ClientError::Config(
+                "keep_alive must be shorter than idle_timeout".into(),
+            ));
+        }
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(opts.tls.clone())
+            .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(opts.keep_alive))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(opts.idle_timeout)
+                    .map_err(|_| ClientError::Config("idle_timeout too long".into()))?,
+            ))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .stream_receive_window(VarInt::from_u32(4 << 20))
+            .mtu_discovery_config(Some(crate::options::mtu_discovery()));
+        config.transport_config(Arc::new(transport));
+        let local: SocketAddr = if opts.endpoints[0].is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let endpoint = Endpoint::client(local)
+            .map_err(|e| ClientError::Config(format!("cannot bind {local}: {e}")))?;
+        let per = opts.connections_per_endpoint.max(1);
+        let slots = opts
+            .endpoints
+            .iter()
+            .flat_map(|a| std::iter::repeat_n(*a, per))
+            .map(|addr| {
+                Arc::new(Slot {
+                    addr,
+                    outstanding: AtomicUsize::new(0),
+                    reconnecting: AtomicBool::new(false),
+                    connecting: tokio::sync::Mutex::new(()),
+                    sent: AtomicU64::new(0),
+                    failed: AtomicU64::new(0),
+                    ejections: AtomicU64::new(0),
+                    state: Mutex::new(SlotState {
+                        conn: None,
+                        failures: 0,
+                        ejected_until: None,
+                    }),
+                })
+            })
+            .collect();
+        let shared = Shared::default();
+        shared
+            .hedge_credit
+            .store(u64::from(opts.hedge.burst) * 1000, Ordering::Relaxed);
+        Ok(Self {
+            endpoint,
+            config,
+            opts,
+            slots,
+            shared,
+            next_id: AtomicU64::new(1),
+            rotate: AtomicUsize::new(0),
+        })
+    }
+
+    /// Connects every slot now (instead of on first use).
+    ///
+    /// # Errors
+    /// The first slot that cannot connect.
+    pub async fn connect_all(&self) -> Result<(), ClientError> {
+        for slot in &self.slots {
+            let conn = connect(&self.endpoint, &self.config, &self.opts, slot).await?;
+            slot.lock().conn = Some(conn);
+        }
+        Ok(())
+    }
+
+    /// What the client did so far.
+    #[must_use]
+    pub fn stats(&self) -> ClientStats {
+        let s = &self.shared;
+        ClientStats {
+            retries: s.retries.load(Ordering::Relaxed),
+            hedges: s.hedges.load(Ordering::Relaxed),
+            late_duplicates: s.late_duplicates.load(Ordering::Relaxed),
+            ejections: s.ejections.load(Ordering::Relaxed),
+            endpoints: self
+                .slots
+                .iter()
+                .map(|slot| EndpointStats {
+                    addr: slot.addr,
+                    sent: slot.sent.load(Ordering::Relaxed),
+                    failures: slot.failed.load(Ordering::Relaxed),
+                    ejections: slot.ejections.load(Ordering::Relaxed),
+                })
+                .collect(),
+        }
+    }
+
+    /// The connection to use on `slot` for a new attempt, or why not. A slot
+    /// without a live connection is reconnected in the background while any
+    /// other slot is up; only when none is does the batch wait for a connect.
+    async fn connection(&self, slot: &Arc<Slot>) -> Result<Connection, ClientError> {
+        let now = Instant::now();
+        if let Some(c) = slot.live(now) {
+            return Ok(c);
+        }
+        if slot.ejected(now) {
+            return Err(ClientError::Unavailable {
+                tried: 1,
+                last: None,
+            });
+        }
+        let others_up = self
+            .slots
+            .iter()
+            .any(|s| !Arc::ptr_eq(s, slot) && s.live(now).is_some());
+        if others_up {
+            self.reconnect_in_background(slot);
+            return Err(ClientError::Unavailable {
+                tried: 1,
+                last: None,
+            });
+        }
+        let _one_at_a_time = slot.connecting.lock().await;
+        if let Some(c) = slot.live(Instant::now()) {
+            return Ok(c);
+        }
+        if slot.ejected(Instant::now()) {
+            return Err(ClientError::Unavailable {
+                tried: 1,
+                last: None,
+            });
+        }
+        match connect(&self.endpoint, &self.config, &self.opts, slot).await {
+            Ok(c) => {
+                let mut st = slot.lock();
+                st.failures = 0;
+                st.ejected_until = None;
+                st.conn = Some(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                self.eject(slot);
+                Err(e)
+            }
+        }
+    }
+
+    fn reconnect_in_background(&self, slot: &Arc<Slot>) {
+        if slot.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (endpoint, config, opts, slot) = (
+            self.endpoint.clone(),
+            self.config.clone(),
+            self.opts.clone(),
+            Arc::clone(slot),
+        );
+        let backoff = (opts.backoff_min, opts.backoff_max);
+        tokio::spawn(async move {
+            let guard = slot.connecting.lock().await;
+            let result = match slot.live(Instant::now()) {
+                Some(c) => Ok(c),
+                None => connect(&endpoint, &config, &opts, &slot).await,
+            };
+            drop(guard);
+            {
+                let mut st = slot.lock();
+                match result {
+                    Ok(c) => {
+                        st.conn = Some(c);
+                        st.failures = 0;
+                        st.ejected_until = None;
+                    }
+                    Err(_) => {
+                        let delay = backoff_delay(st.failures, backoff);
+                        st.failures = st.failures.saturating_add(1);
+                        st.ejected_until = Some(Instant::now() + delay);
+                    }
+                }
+            }
+            slot.reconnecting.store(false, Ordering::Release);
+        });
+    }
+
+    /// Takes a slot out of rotation for a backoff that doubles while it
+    /// keeps failing; a dead connection is dropped.
+    fn eject(&self, slot: &Slot) {
+        let mut st = slot.lock();
+        let now = Instant::now();
+        if st.ejected_until.is_some_and(|t| now < t) {
+            return;
+        }
+        let delay = backoff_delay(st.failures, (self.opts.backoff_min, self.opts.backoff_max));
+        st.failures = st.failures.saturating_add(1);
+        st.ejected_until = Some(now + delay);
+        if st.conn.as_ref().is_some_and(|c| c.close_reason().is_some()) {
+            st.conn = None;
+        }
+        drop(st);
+        slot.ejections.fetch_add(1, Ordering::Relaxed);
+        self.shared.ejections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A slot whose attempt succeeded: its failure streak ends.
+    fn healthy(&self, slot: &Slot) {
+        let mut st = slot.lock();
+        if st.failures != 0 {
+            st.failures = 0;
+        }
+    }
+
+    /// Slots by outstanding work (ties rotate), live ones first.
+    fn order(&self) -> Vec<usize> {
+        let n = self.slots.len();
+        let start = self.rotate.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut order: Vec<(bool, usize, usize)> = (0..n)
+            .map(|k| {
+                let i = (start + k) % n;
+                let slot = &self.slots[i];
+                (
+                    slot.live(now).is_none(),
+                    slot.outstanding.load(Ordering::Relaxed),
+                    i,
+                )
+            })
+            .collect();
+        // Slots that are down (not ejected) come back in the background
+        // while others serve; with none up, the batch connects itself.
+        if order.iter().any(|(down, _, _)| !down) {
+            for &(down, _, i) in &order {
+                if down && !self.slots[i].ejected(now) {
+                    self.reconnect_in_background(&self.slots[i]);
+                }
+            }
+        }
+        order.sort_by_key(|&(down, load, _)| (down, load));
+        order.into_iter().map(|(_, _, i)| i).collect()
+    }
+
+    /// The delay after which a batch without its answer is hedged.
+    fn hedge_delay(&self) -> Duration {
+        let h = &self.opts.hedge;
+        let srtt = self.shared.srtt_us.load(Ordering::Relaxed);
+        let var = self.shared.rttvar_us.load(Ordering::Relaxed);
+        if srtt == 0 {
+            return h.max_delay;
+        }
+        Duration::from_micros(srtt + 4 * var).clamp(h.min_delay, h.max_delay)
+    }
+
+    /// Feeds a completed batch's latency into the estimate (as TCP's RTT).
+    fn observe(&self, latency: Duration) {
+        let sample = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let s = &self.shared;
+        let srtt = s.srtt_us.load(Ordering::Relaxed);
+        if srtt == 0 {
+            s.srtt_us.store(sample.max(1), Ordering::Relaxed);
+            s.rttvar_us.store(sample / 2, Ordering::Relaxed);
+            return;
+        }
+        let var = s.rttvar_us.load(Ordering::Relaxed);
+        let dev = srtt.abs_diff(sample);
+        s.rttvar_us.store((3 * var + dev) / 4, Ordering::Relaxed);
+        s.srtt_us
+            .store(((7 * srtt + sample) / 8).max(1), Ordering::Relaxed);
+    }
+
+    /// Adds the credit one batch earns towards hedges.
+    fn earn_hedge_credit(&self) {
+        let h = &self.opts.hedge;
+        let cap = u64::from(h.burst) * 1000;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let earn = (h.budget.clamp(0.0, 1.0) * 1000.0) as u64;
+        let credit = &self.shared.hedge_credit;
+        let now = credit.load(Ordering::Relaxed);
+        if now < cap {
+            credit.store((now + earn).min(cap), Ordering::Relaxed);
+        }
+    }
+
+    /// Spends one hedge credit, if there is one.
+    fn spend_hedge_credit(&self) -> bool {
+        self.shared
+            .hedge_credit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                c.checked_sub(1000)
+            })
+            .is_ok()
+    }
+
+    /// Sends a batch; the returned [`Pending`] yields its decisions as they arrive.
+    ///
+    /// # Errors
+    /// The batch cannot be encoded, or no endpoint could take it.
+    pub async fn verify(&self, items: &[Item<'_>]) -> Result<Pending<'_>, ClientError> {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::new();
+        encode_batch(
+            &BatchRequest {
+                request_id,
+                items: items.to_vec(),
+            },
+            &mut frame,
+        )
+        .map_err(ClientError::Encode)?;
+        Pending::start(self, frame.into(), request_id, items.len()).await
+    }
+
+    /// Sends an already encoded Batch frame (see [`crate::encode_batch`]) of
+    /// `items` items with `request_id`: for callers that send the same batches
+    /// many times (load generators) and would rather not encode each time.
+    ///
+    /// # Errors
+    /// No endpoint could take the batch, or the batch timed out.
+    pub async fn verify_frame(
+        &self,
+        frame: &[u8],
+        request_id: u64,
+        items: usize,
+    ) -> Result<Pending<'_>, ClientError> {
+        Pending::start(self, frame.into(), request_id, items).await
+    }
+
+    /// Sends a batch and calls `on_chunk` with each decision chunk (borrowed,
+    /// no copies) as it arrives; every index is checked (in range, once) before
+    /// `on_chunk` sees it. Returns once all items are decided.
+    ///
+    /// # Errors
+    /// As [`Client::verify`], and as [`Pending::next_chunk`].
+    pub async fn verify_with(
+        &self,
+        items: &[Item<'_>],
+        mut on_chunk: impl FnMut(&DecisionChunk<'_>),
+    ) -> Result<(), ClientError> {
+        let mut pending = self.verify(items).await?;
+        while pending.next_chunk(&mut on_chunk).await? {}
+        Ok(())
+    }
+
+    /// Sends a batch and collects its decisions in item order.
+    ///
+    /// # Errors
+    /// As [`Client::verify_with`].
+    pub async fn verify_all(&self, items: &[Item<'_>]) -> Result<Vec<ClientDecision>, ClientError> {
+        let mut out: Vec<Option<ClientDecision>> = vec![None; items.len()];
+        self.verify_with(items, |chunk| {
+            for d in &chunk.decisions {
+                out[d.index as usize] = Some(d.into());
+            }
+        })
+        .await?;
+        // Pending delivers every index exactly once before it ends.
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Closes every connection.
+    pub fn close(&self) {
+        self.endpoint.close(VarInt::from_u32(0), b"client closing");
+    }
+
+    /// Waits until closed connections have told their peers.
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+}
+
+fn backoff_delay(failures: u32, (min, max): (Duration, Duration)) -> Duration {
+    min.saturating_mul(1 << failures.min(16)).min(max)
+}
+
+async fn connect(
+    endpoint: &Endpoint,
+    config: &quinn::ClientConfig,
+    opts: &ClientOptions,
+    slot: &Slot,
+) -> Result<Connection, ClientError> {
+    let failed = |failure| ClientError::Connection {
+        endpoint: slot.addr,
+        failure,
+    };
+    let connecting = endpoint
+        .connect_with(config.clone(), slot.addr, &opts.server_name)
+        .map_err(|e| failed(ConnectionFailure::Connect(e)))?;
+    match tokio::time::timeout(opts.connect_timeout, connecting).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(failed(ConnectionFailure::Lost(e))),
+        Err(_) => Err(failed(ConnectionFailure::ConnectTimeout(
+            opts.connect_timeout,
+        ))),
+    }
+}

@@ -1,0 +1,522 @@
+//! The answer to one batch: one attempt, or more after a failover or a hedge,
+//! read together; each item's first decision is delivered, later ones are
+//! dropped and counted.
+
+use super::{Client, ClientDecision, ClientError, ConnectionFailure, Outstanding, Violation};
+use crate::codec::{FrameType, Limits, decode_decisions, decode_error, next_frame};
+use crate::messages::{DecisionChunk, WireDecision};
+use quinn::{ReadError, RecvStream, WriteError};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Instant;
+
+/// One copy of the batch on one endpoint.
+struct Attempt {
+    slot: usize,
+    recv: RecvStream,
+    _outstanding: Outstanding,
+    buf: Vec<u8>,
+    start: usize,
+    /// Items this stream decided (a second decision on one stream is a
+    /// protocol violation; across streams it is a late duplicate).
+    seen: Vec<bool>,
+    decided: usize,
+    finished: bool,
+    /// Whether any byte of an answer arrived.
+    progressed: bool,
+}
+
+/// What woke the wait.
+enum Wake {
+    Data(usize, quinn::Chunk),
+    Finished(usize),
+    Failed(usize, ReadError),
+    Timer,
+}
+
+/// What one buffered frame of an attempt gave.
+enum Step {
+    /// Nothing whole buffered.
+    Idle,
+    /// A frame was consumed; `delivered` decisions were new.
+    Consumed { delivered: usize },
+    /// This attempt failed; others may still answer, or a retry may.
+    Failed(ClientError),
+    /// The batch fails as a whole (no endpoint will take it).
+    Fatal(ClientError),
+}
+
+/// The answer to one batch, read as it arrives.
+pub struct Pending<'c> {
+    client: &'c Client,
+    frame: Arc<[u8]>,
+    request_id: u64,
+    items: usize,
+    delivered: Vec<bool>,
+    decided: usize,
+    attempts: Vec<Attempt>,
+    tried: Vec<usize>,
+    started: Instant,
+    deadline: Instant,
+    hedge_at: Option<Instant>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    last_error: Option<ClientError>,
+    limits: Limits,
+    ready: VecDeque<(u32, ClientDecision)>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Pending<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("request_id", &self.request_id)
+            .field("items", &self.items)
+            .field("decided", &self.decided)
+            .field("attempts", &self.attempts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_failure(e: ReadError) -> ConnectionFailure {
+    match e {
+        ReadError::Reset(code) => ConnectionFailure::Reset(code.into_inner()),
+        ReadError::ConnectionLost(e) => ConnectionFailure::Lost(e),
+        _ => ConnectionFailure::Closed,
+    }
+}
+
+impl<'c> Pending<'c> {
+    /// Sends the first copy of `frame`.
+    pub(super) async fn start(
+        client: &'c Client,
+        frame: Arc<[u8]>,
+        request_id: u64,
+        items: usize,
+    ) -> Result<Self, ClientError> {
+        let started = Instant::now();
+        let deadline = started + client.opts.batch_timeout;
+        client.earn_hedge_credit();
+        let hedge_at = client
+            .opts
+            .hedge
+            .enabled
+            .then(|| started + client.hedge_delay());
+        let mut pending = Self {
+            client,
+            frame,
+            request_id,
+            items,
+            delivered: vec![false; items],
+            decided: 0,
+            attempts: Vec::with_capacity(2),
+            tried: Vec::with_capacity(2),
+            started,
+            deadline,
+            hedge_at,
+            timer: Box::pin(tokio::time::sleep_until(deadline.into())),
+            last_error: None,
+            limits: Limits {
+                max_frame_bytes: client.opts.max_frame_bytes,
+                max_items: usize::MAX,
+            },
+            ready: VecDeque::new(),
+            done: false,
+        };
+        pending.send_attempt().await?;
+        Ok(pending)
+    }
+
+    /// The batch's request id.
+    #[must_use]
+    pub const fn request_id(&self) -> u64 {
+        self.request_id
+    }
+
+    /// Sends a copy of the batch to the best endpoint this batch has not used.
+    async fn send_attempt(&mut self) -> Result<(), ClientError> {
+        let client = self.client;
+        for i in client.order() {
+            if self.tried.contains(&i) {
+                continue;
+            }
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(ClientError::Timeout(client.opts.batch_timeout));
+            }
+            self.tried.push(i);
+            let slot = &client.slots[i];
+            let addr = slot.addr;
+            let lost = |failure| ClientError::Connection {
+                endpoint: addr,
+                failure,
+            };
+            let opened = tokio::time::timeout(remaining, async {
+                let conn = client.connection(slot).await?;
+                conn.open_bi()
+                    .await
+                    .map_err(|e| lost(ConnectionFailure::Lost(e)))
+            })
+            .await;
+            let (mut send, recv) = match opened {
+                Err(_) => return Err(ClientError::Timeout(client.opts.batch_timeout)),
+                Ok(Err(e)) => {
+                    self.note_failure(i, e);
+                    continue;
+                }
+                Ok(Ok(x)) => x,
+            };
+            slot.outstanding.fetch_add(self.items, Ordering::Relaxed);
+            let outstanding = Outstanding(Arc::clone(slot), self.items);
+            slot.sent.fetch_add(1, Ordering::Relaxed);
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, send.write_all(&self.frame)).await {
+                Err(_) => return Err(ClientError::Timeout(client.opts.batch_timeout)),
+                // The server stopped reading (a request over its limit, or a
+                // refusal): its answer, an error frame, is still on the way.
+                Ok(Err(WriteError::Stopped(_))) => {}
+                Ok(Err(WriteError::ConnectionLost(e))) => {
+                    self.note_failure(i, lost(ConnectionFailure::Lost(e)));
+                    continue;
+                }
+                Ok(Err(_)) => {
+                    self.note_failure(i, lost(ConnectionFailure::Closed));
+                    continue;
+                }
+                Ok(Ok(())) => {
+                    let _ = send.finish();
+                }
+            }
+            self.attempts.push(Attempt {
+                slot: i,
+                recv,
+                _outstanding: outstanding,
+                buf: Vec::new(),
+                start: 0,
+                seen: vec![false; self.items],
+                decided: 0,
+                finished: false,
+                progressed: false,
+            });
+            return Ok(());
+        }
+        Err(ClientError::Unavailable {
+            tried: self.tried.len(),
+            last: self.last_error.clone().map(Box::new),
+        })
+    }
+
+    /// Records a failed attempt against its endpoint: a connection, protocol
+    /// or drain failure ejects it; a refusal for load does not.
+    fn note_failure(&mut self, slot: usize, e: ClientError) {
+        let client = self.client;
+        let s = &client.slots[slot];
+        match &e {
+            ClientError::Unavailable { .. } => {}
+            ClientError::Server { code, .. } if *code == crate::ErrorCode::Overloaded as u16 => {
+                s.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                s.failed.fetch_add(1, Ordering::Relaxed);
+                client.eject(s);
+            }
+        }
+        self.last_error = Some(e);
+    }
+
+    /// Drops attempt `k` after it failed and, when none is left, sends the
+    /// batch again elsewhere.
+    async fn fail_attempt(&mut self, k: usize, e: ClientError) -> Result<(), ClientError> {
+        let attempt = self.attempts.swap_remove(k);
+        self.note_failure(attempt.slot, e);
+        drop(attempt);
+        if self.attempts.is_empty() {
+            if let Err(e) = self.send_attempt().await {
+                // Nowhere else to go: the failure itself says the most.
+                return Err(match (e, self.last_error.take()) {
+                    (ClientError::Unavailable { .. }, Some(last)) => last,
+                    (e, _) => e,
+                });
+            }
+            self.client.shared.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Sends a second copy when the first is late: always when its endpoint
+    /// is already ejected, else when the hedge budget has credit.
+    async fn hedge(&mut self) {
+        self.hedge_at = None;
+        if self.attempts.len() != 1 {
+            return;
+        }
+        let client = self.client;
+        let primary = &client.slots[self.attempts[0].slot];
+        if (primary.ejected(Instant::now()) || client.spend_hedge_credit())
+            && self.send_attempt().await.is_ok()
+        {
+            client.shared.hedges.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every item decided: the other attempts are dropped; one that never
+    /// answered while this one did stalled, and its endpoint is ejected.
+    fn complete(&mut self, winner: usize) {
+        self.done = true;
+        let client = self.client;
+        client.observe(self.started.elapsed());
+        client.healthy(&client.slots[winner]);
+        for a in self.attempts.drain(..) {
+            if a.slot != winner && !a.progressed {
+                let s = &client.slots[a.slot];
+                s.failed.fetch_add(1, Ordering::Relaxed);
+                client.eject(s);
+            }
+        }
+    }
+
+    /// Consumes one whole buffered frame of attempt `k`, delivering its new
+    /// decisions to `f`.
+    fn take_frame(&mut self, k: usize, f: &mut impl FnMut(&DecisionChunk<'_>)) -> Step {
+        let endpoint = self.client.slots[self.attempts[k].slot].addr;
+        let protocol = |violation| {
+            Step::Failed(ClientError::Protocol {
+                endpoint,
+                violation,
+            })
+        };
+        let a = &mut self.attempts[k];
+        let frame = match next_frame(&a.buf[a.start..], &self.limits) {
+            Err(e) => return protocol(Violation::Frame(e)),
+            Ok(None) => {
+                if a.finished && a.start != a.buf.len() {
+                    return protocol(Violation::Truncated);
+                }
+                if a.finished && self.decided < self.items {
+                    return protocol(Violation::Undecided(self.items - a.decided));
+                }
+                return Step::Idle;
+            }
+            Ok(Some(frame)) => frame,
+        };
+        let consumed = frame.consumed;
+        let step = match frame.kind {
+            FrameType::Decisions => match decode_decisions(frame.body) {
+                Err(e) => protocol(Violation::Frame(e)),
+                Ok(chunk) => {
+                    if chunk.request_id == self.request_id {
+                        match check(&mut a.seen, &chunk) {
+                            Err(v) => protocol(v),
+                            Ok(()) => {
+                                a.decided += chunk.decisions.len();
+                                let delivered = deliver(
+                                    &mut self.delivered,
+                                    &chunk,
+                                    f,
+                                    &self.client.shared.late_duplicates,
+                                );
+                                self.decided += delivered;
+                                Step::Consumed { delivered }
+                            }
+                        }
+                    } else {
+                        protocol(Violation::WrongRequest(chunk.request_id))
+                    }
+                }
+            },
+            FrameType::Error => match decode_error(frame.body) {
+                Err(e) => protocol(Violation::Frame(e)),
+                Ok(e) => {
+                    let error = ClientError::Server {
+                        endpoint,
+                        code: e.code,
+                        message: e.message.to_owned(),
+                    };
+                    if error.retryable() {
+                        Step::Failed(error)
+                    } else {
+                        Step::Fatal(error)
+                    }
+                }
+            },
+            FrameType::Batch => protocol(Violation::BatchFrame),
+        };
+        a.start += consumed;
+        if a.start == a.buf.len() {
+            a.buf.clear();
+            a.start = 0;
+        }
+        step
+    }
+
+    /// The next decision, as `(index, decision)`; `None` once every item has
+    /// had exactly one.
+    ///
+    /// # Errors
+    /// As [`Pending::next_chunk`].
+    pub async fn next(&mut self) -> Option<Result<(u32, ClientDecision), ClientError>> {
+        loop {
+            if let Some(d) = self.ready.pop_front() {
+                return Some(Ok(d));
+            }
+            let mut ready = std::mem::take(&mut self.ready);
+            match self
+                .next_chunk(|chunk| {
+                    ready.extend(chunk.decisions.iter().map(|d| (d.index, d.into())));
+                })
+                .await
+            {
+                Ok(true) => self.ready = ready,
+                Ok(false) => return None,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// Waits for the next decisions not delivered before and hands them to
+    /// `f` (each index checked: in range, once). `Ok(false)`: every item is
+    /// decided.
+    ///
+    /// # Errors
+    /// A non-retryable error frame, the batch timeout, or no endpoint left
+    /// to send the batch to after the ones it was on failed.
+    pub async fn next_chunk(
+        &mut self,
+        mut f: impl FnMut(&DecisionChunk<'_>),
+    ) -> Result<bool, ClientError> {
+        loop {
+            if self.done || self.items == 0 {
+                self.done = true;
+                return Ok(false);
+            }
+            // A whole frame buffered on any attempt?
+            let mut k = 0;
+            while k < self.attempts.len() {
+                match self.take_frame(k, &mut f) {
+                    Step::Idle => k += 1,
+                    Step::Consumed { delivered } => {
+                        if self.decided == self.items {
+                            let winner = self.attempts[k].slot;
+                            self.complete(winner);
+                            return Ok(true);
+                        }
+                        if delivered > 0 {
+                            return Ok(true);
+                        }
+                    }
+                    Step::Failed(e) => {
+                        self.fail_attempt(k, e).await?;
+                        k = 0;
+                    }
+                    Step::Fatal(e) => return Err(e),
+                }
+            }
+            let now = Instant::now();
+            if now >= self.deadline {
+                return Err(ClientError::Timeout(self.client.opts.batch_timeout));
+            }
+            if self.hedge_at.is_some_and(|t| now >= t) {
+                self.hedge().await;
+                continue;
+            }
+            let wake_at = self
+                .hedge_at
+                .map_or(self.deadline, |t| t.min(self.deadline));
+            self.timer.as_mut().reset(wake_at.into());
+            let (attempts, timer) = (&mut self.attempts, &mut self.timer);
+            let wake = std::future::poll_fn(|cx| {
+                for (k, a) in attempts.iter_mut().enumerate() {
+                    if a.finished {
+                        continue;
+                    }
+                    // `read_chunk` is cancel-safe: a fresh future per poll.
+                    let mut read = std::pin::pin!(a.recv.read_chunk(64 << 10, true));
+                    match read.as_mut().poll(cx) {
+                        Poll::Ready(Ok(Some(chunk))) => {
+                            return Poll::Ready(Wake::Data(k, chunk));
+                        }
+                        Poll::Ready(Ok(None)) => return Poll::Ready(Wake::Finished(k)),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Wake::Failed(k, e)),
+                        Poll::Pending => {}
+                    }
+                }
+                timer.as_mut().poll(cx).map(|()| Wake::Timer)
+            })
+            .await;
+            match wake {
+                Wake::Data(k, chunk) => {
+                    let a = &mut self.attempts[k];
+                    a.progressed = true;
+                    a.buf.extend_from_slice(&chunk.bytes);
+                }
+                Wake::Finished(k) => self.attempts[k].finished = true,
+                Wake::Failed(k, e) => {
+                    let endpoint = self.client.slots[self.attempts[k].slot].addr;
+                    let error = ClientError::Connection {
+                        endpoint,
+                        failure: read_failure(e),
+                    };
+                    self.fail_attempt(k, error).await?;
+                }
+                Wake::Timer => {}
+            }
+        }
+    }
+}
+
+/// Checks a chunk against what its stream decided before: every index in
+/// range and new on this stream.
+fn check(seen: &mut [bool], chunk: &DecisionChunk<'_>) -> Result<(), Violation> {
+    for d in &chunk.decisions {
+        match seen.get_mut(d.index as usize) {
+            None => return Err(Violation::OutOfRange(d.index)),
+            Some(true) => return Err(Violation::Duplicate(d.index)),
+            Some(seen) => *seen = true,
+        }
+    }
+    Ok(())
+}
+
+/// Hands `f` the decisions of `chunk` not delivered before (the whole chunk
+/// when all are new); counts the rest as late duplicates. Returns how many
+/// were delivered.
+fn deliver(
+    delivered: &mut [bool],
+    chunk: &DecisionChunk<'_>,
+    f: &mut impl FnMut(&DecisionChunk<'_>),
+    late: &std::sync::atomic::AtomicU64,
+) -> usize {
+    let fresh = chunk
+        .decisions
+        .iter()
+        .filter(|d| !delivered[d.index as usize])
+        .count();
+    let stale = chunk.decisions.len() - fresh;
+    if stale > 0 {
+        late.fetch_add(stale as u64, Ordering::Relaxed);
+    }
+    if fresh == 0 {
+        return 0;
+    }
+    if stale == 0 {
+        f(chunk);
+    } else {
+        let decisions: Vec<WireDecision<'_>> = chunk
+            .decisions
+            .iter()
+            .filter(|d| !delivered[d.index as usize])
+            .cloned()
+            .collect();
+        f(&DecisionChunk {
+            request_id: chunk.request_id,
+            decisions,
+        });
+    }
+    for d in &chunk.decisions {
+        delivered[d.index as usize] = true;
+    }
+    fresh
+}

@@ -1,0 +1,268 @@
+//! The client against a pool whose replicas go silent mid-batch, stall,
+//! reset their streams, and drain: every batch still gets exactly one decision
+//! per item, late answers are dropped and counted, failing replicas are
+//! ejected.
+
+mod support;
+
+use jotd_core::Reason;
+use jotd_transport::{
+    Client, ClientDecision, ClientError, ClientOptions, DevPki, ErrorCode, Item, ServerOptions,
+    client_config, server_config,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use tokio::sync::watch;
+
+fn pool_client(pki: &DevPki, endpoints: Vec<SocketAddr>) -> Arc<Client> {
+    let tls = client_config(pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = ClientOptions::new(endpoints, tls);
+    opts.batch_timeout = Duration::from_secs(5);
+    Arc::new(Client::new(opts).unwrap())
+}
+
+fn assert_once(got: &[ClientDecision], n: usize, reason: Reason) {
+    assert_eq!(got.len(), n);
+    assert!(got.iter().all(|d| d.reason() == Some(reason)), "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_goes_silent_mid_batch_costs_no_decision() {
+    let k = keys();
+    let pki = DevPki::generate().unwrap();
+    // Every replica holds "jwks" batches (an unknown kid waits for a refetch)
+    // until its gate opens: 30 batches are in flight across the pool.
+    let (open, gate) = watch::channel(false);
+    let replicas: Vec<Running> = (0..3)
+        .map(|_| {
+            let backend = TestBackend::gated(snapshot(1, &k, false), gate.clone());
+            start_with(backend, ServerOptions::default(), false, pki.clone())
+        })
+        .collect();
+    let relay = Relay::start(replicas[0].addr).await;
+    let c = pool_client(&pki, vec![relay.addr, replicas[1].addr, replicas[2].addr]);
+    c.connect_all().await.unwrap();
+    let hs = Arc::new(k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap());
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let (c, hs) = (Arc::clone(&c), Arc::clone(&hs));
+            tokio::spawn(async move {
+                let items: Vec<Item<'_>> = (0..4).map(|_| item(Some(&hs), "jwks")).collect();
+                c.verify_all(&items).await
+            })
+        })
+        .collect();
+    // The first replica's node vanishes with its batches unanswered; the
+    // others go on.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let on_first: u64 = c.stats().endpoints[0].sent;
+    assert!(on_first > 0, "some batches went to the first replica");
+    relay.cut();
+    open.send(true).unwrap();
+    for t in tasks {
+        let got = t.await.unwrap().expect("no batch fails");
+        assert_once(&got, 4, Reason::UnknownKid);
+    }
+    let stats = c.stats();
+    assert!(stats.hedges + stats.retries >= 1, "{stats:?}");
+    assert!(stats.endpoints[0].ejections >= 1, "{stats:?}");
+    assert_eq!(
+        stats.late_duplicates, 0,
+        "the silent replica answered nothing"
+    );
+    // New batches avoid the ejected replica and are answered at once.
+    let got = c.verify_all(&[item(Some(&hs), "jwks")]).await.unwrap();
+    assert_once(&got, 1, Reason::UnknownKid);
+    for r in replicas.into_iter().skip(1) {
+        r.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_is_dropped_and_counted() {
+    let k = keys();
+    let pki = DevPki::generate().unwrap();
+    // The first replica answers "t" items at once and holds "jwks" items
+    // forever; the second answers everything.
+    let (open, gate) = watch::channel(false);
+    let slow = start_with(
+        TestBackend::gated(snapshot(1, &k, false), gate),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    );
+    let fast = start_with(
+        TestBackend::new(snapshot(1, &k, false)),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    );
+    let c = pool_client(&pki, vec![slow.addr, fast.addr]);
+    c.connect_all().await.unwrap();
+    let es = k.es.mint(Some("es"), &claims("a", NOW + 60)).unwrap();
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    // The first batch goes to the first endpoint (nothing outstanding anywhere).
+    let items = [
+        item(Some(&es), "t"),
+        item(Some(&es), "t"),
+        item(Some(&es), "t"),
+        item(Some(&hs), "jwks"),
+    ];
+    let got = c.verify_all(&items).await.unwrap();
+    assert_eq!(got[0].reason(), Some(Reason::Ok));
+    assert_eq!(got[3].reason(), Some(Reason::UnknownKid));
+    let stats = c.stats();
+    assert_eq!(stats.hedges, 1, "{stats:?}");
+    assert_eq!(
+        stats.late_duplicates, 3,
+        "the hedge repeated three answered items"
+    );
+    assert_eq!(
+        stats.endpoints[0].ejections, 0,
+        "a slow replica that answers is not ejected"
+    );
+    open.send(true).unwrap();
+    slow.stop().await;
+    fast.stop().await;
+}
+
+/// A server that reads every request and resets its answer stream.
+async fn resetting_server(pki: &DevPki) -> SocketAddr {
+    let tls = server_config(
+        pki.server_cert_pem.as_bytes(),
+        pki.server_key_pem.as_bytes(),
+        None,
+    )
+    .unwrap();
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let _ = recv.read_to_end(1 << 24).await;
+                    let _ = send.reset(quinn::VarInt::from_u32(7));
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_resets_its_streams_is_skipped() {
+    let k = keys();
+    let good = start(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+    );
+    let bad = resetting_server(&good.pki).await;
+    let c = pool_client(&good.pki, vec![bad, good.addr]);
+    c.connect_all().await.unwrap();
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    for _ in 0..20 {
+        let got = c
+            .verify_all(&[item(Some(&hs), "t"), item(Some(&hs), "t")])
+            .await;
+        assert_once(&got.unwrap(), 2, Reason::Ok);
+    }
+    let stats = c.stats();
+    assert!(stats.retries >= 1, "{stats:?}");
+    assert!(stats.endpoints[0].failures >= 1, "{stats:?}");
+    assert!(stats.endpoints[0].ejections >= 1, "{stats:?}");
+
+    // Alone, the resetting replica's failure is typed and retryable.
+    let alone = pool_client(&good.pki, vec![bad]);
+    let err = alone.verify_all(&[item(Some(&hs), "t")]).await.unwrap_err();
+    assert!(err.retryable(), "{err}");
+    assert_eq!(err.endpoint(), Some(bad));
+    assert_eq!(err.kind(), "connection", "{err}");
+    good.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_replica_sends_its_new_batches_elsewhere() {
+    let k = keys();
+    let pki = DevPki::generate().unwrap();
+    let (open, gate) = watch::channel(false);
+    let draining = start_with(
+        TestBackend::gated(snapshot(1, &k, true), gate),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    );
+    let other = start_with(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    );
+    let c = pool_client(&pki, vec![draining.addr, other.addr]);
+    c.connect_all().await.unwrap();
+    let hs = Arc::new(k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap());
+    let es = Arc::new(k.es.mint(Some("zz"), &claims("a", NOW + 60)).unwrap());
+    // A batch held in flight on the first replica (an unknown kid of the
+    // JWKS tenant waits for its refetch), so its drain takes a while.
+    let held = {
+        let (c, es) = (Arc::clone(&c), Arc::clone(&es));
+        tokio::spawn(async move { c.verify_all(&[item(Some(&es), "jwks")]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stopping = tokio::spawn(draining.stop());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Batches sent during the drain: none fails.
+    for _ in 0..20 {
+        let got = c.verify_all(&[item(Some(&hs), "t")]).await.unwrap();
+        assert_once(&got, 1, Reason::Ok);
+    }
+    open.send(true).unwrap();
+    let got = held.await.unwrap().unwrap();
+    assert_once(&got, 1, Reason::UnknownKid);
+    assert!(stopping.await.unwrap().complete);
+    other.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_no_server_will_take_fails_once_with_a_typed_error() {
+    let k = keys();
+    let opts = ServerOptions {
+        limits: jotd_transport::Limits {
+            max_items: 2,
+            ..jotd_transport::Limits::default()
+        },
+        max_tokens_in_flight: 2,
+        ..ServerOptions::default()
+    };
+    let a = start(TestBackend::new(snapshot(1, &k, true)), opts.clone(), false);
+    let b = start_with(
+        TestBackend::new(snapshot(1, &k, true)),
+        opts,
+        false,
+        a.pki.clone(),
+    );
+    let c = pool_client(&a.pki, vec![a.addr, b.addr]);
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let items: Vec<Item<'_>> = (0..3).map(|_| item(Some(&hs), "t")).collect();
+    let err = c.verify_all(&items).await.unwrap_err();
+    match &err {
+        ClientError::Server { code, .. } => assert_eq!(*code, ErrorCode::TooManyItems as u16),
+        e => panic!("{e:?}"),
+    }
+    assert!(!err.retryable());
+    assert_eq!(
+        c.stats().retries,
+        0,
+        "not sent again: no server would take it"
+    );
+    a.stop().await;
+    b.stop().await;
+}
