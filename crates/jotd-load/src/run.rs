@@ -80,6 +80,9 @@ pub struct RunArgs {
     /// Per-batch timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// Send no hedged copies of late batches (failover after failures stays on).
+    #[arg(long)]
+    no_hedge: bool,
     /// I/O threads of the harness (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -498,6 +501,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         opts.connections_per_endpoint = args.connections;
         opts.server_name = args.server_name.clone();
         opts.batch_timeout = Duration::from_millis(args.timeout_ms);
+        opts.hedge.enabled = !args.no_hedge;
         let client = Arc::new(Client::new(opts)?);
         client
             .connect_all()

@@ -42,7 +42,13 @@ async fn a_replica_that_goes_silent_mid_batch_costs_no_decision() {
         })
         .collect();
     let relay = Relay::start(replicas[0].addr).await;
-    let c = pool_client(&pki, vec![relay.addr, replicas[1].addr, replicas[2].addr]);
+    let tls = client_config(pki.ca_pem.as_bytes(), None).unwrap();
+    let endpoints = vec![relay.addr, replicas[1].addr, replicas[2].addr];
+    let mut opts = ClientOptions::new(endpoints, tls);
+    // Faster failure detection than the defaults, so the test is short.
+    opts.keep_alive = Duration::from_millis(20);
+    opts.dead_after = Duration::from_millis(60);
+    let c = Arc::new(Client::new(opts).unwrap());
     c.connect_all().await.unwrap();
     let hs = Arc::new(k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap());
     let tasks: Vec<_> = (0..30)
@@ -64,6 +70,12 @@ async fn a_replica_that_goes_silent_mid_batch_costs_no_decision() {
     for t in tasks {
         let got = t.await.unwrap().expect("no batch fails");
         assert_once(&got, 4, Reason::UnknownKid);
+    }
+    // The late batches' liveness check finds the replica silent (no ACK,
+    // no answer to keep-alive pings) for dead_after, and ejects it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while c.stats().endpoints[0].ejections == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let stats = c.stats();
     assert!(stats.hedges + stats.retries >= 1, "{stats:?}");

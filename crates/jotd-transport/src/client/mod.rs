@@ -84,11 +84,18 @@ pub struct ClientOptions {
     pub backoff_min: Duration,
     /// Longest such delay. Default 5 s.
     pub backoff_max: Duration,
-    /// A connection with no packet from the server for this long is dead
-    /// (keep-alives flow every `keep_alive`). Default 3 s.
+    /// A connection with no packet from the server for this long is closed
+    /// as dead. Default 3 s.
     pub idle_timeout: Duration,
-    /// Keep-alive interval on idle connections. Default 1 s.
+    /// The client pings a connection it has sent nothing on for this long;
+    /// a live server acknowledges within its ACK delay (25 ms), however busy
+    /// its verification threads are. Default 100 ms.
     pub keep_alive: Duration,
+    /// An endpoint with a batch late on it and no packet at all from it for
+    /// this long (requests and pings unacknowledged) is dead: it is ejected
+    /// and its late batches move on at once, outside the hedge budget.
+    /// Default 250 ms; keep it well above `keep_alive` + 25 ms.
+    pub dead_after: Duration,
     /// Hedged requests.
     pub hedge: HedgePolicy,
     /// Largest answer frame accepted. Default 16 MiB.
@@ -109,7 +116,8 @@ impl ClientOptions {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(3),
-            keep_alive: Duration::from_secs(1),
+            keep_alive: Duration::from_millis(100),
+            dead_after: Duration::from_millis(250),
             hedge: HedgePolicy::default(),
             max_frame_bytes: HARD_MAX_FRAME_BYTES,
         }
@@ -348,6 +356,8 @@ pub(crate) struct Slot {
     addr: SocketAddr,
     outstanding: AtomicUsize,
     reconnecting: AtomicBool,
+    /// A liveness check is under way (a batch was late on this slot).
+    checking: AtomicBool,
     /// Held while connecting: one handshake per slot at a time.
     connecting: tokio::sync::Mutex<()>,
     sent: AtomicU64,
@@ -398,7 +408,7 @@ pub struct Client {
     config: quinn::ClientConfig,
     opts: ClientOptions,
     slots: Vec<Arc<Slot>>,
-    shared: Shared,
+    shared: Arc<Shared>,
     next_id: AtomicU64,
     rotate: AtomicUsize,
 }
@@ -466,6 +476,7 @@ impl Client {
                     addr,
                     outstanding: AtomicUsize::new(0),
                     reconnecting: AtomicBool::new(false),
+                    checking: AtomicBool::new(false),
                     connecting: tokio::sync::Mutex::new(()),
                     sent: AtomicU64::new(0),
                     failed: AtomicU64::new(0),
@@ -478,7 +489,7 @@ impl Client {
                 })
             })
             .collect();
-        let shared = Shared::default();
+        let shared = Arc::new(Shared::default());
         shared
             .hedge_credit
             .store(u64::from(opts.hedge.burst) * 1000, Ordering::Relaxed);
@@ -530,10 +541,20 @@ impl Client {
     /// The connection to use on `slot` for a new attempt, or why not. A slot
     /// without a live connection is reconnected in the background while any
     /// other slot is up; only when none is does the batch wait for a connect.
-    async fn connection(&self, slot: &Arc<Slot>) -> Result<Connection, ClientError> {
+    async fn connection(
+        &self,
+        slot: &Arc<Slot>,
+        even_ejected: bool,
+    ) -> Result<Connection, ClientError> {
         let now = Instant::now();
         if let Some(c) = slot.live(now) {
             return Ok(c);
+        }
+        if even_ejected {
+            let st = slot.lock();
+            if let Some(c) = st.conn.as_ref().filter(|c| c.close_reason().is_none()) {
+                return Ok(c.clone());
+            }
         }
         if slot.ejected(now) {
             return Err(ClientError::Unavailable {
@@ -614,23 +635,41 @@ impl Client {
         });
     }
 
-    /// Takes a slot out of rotation for a backoff that doubles while it
-    /// keeps failing; a dead connection is dropped.
-    fn eject(&self, slot: &Slot) {
-        let mut st = slot.lock();
-        let now = Instant::now();
-        if st.ejected_until.is_some_and(|t| now < t) {
+    /// A batch is late on `slot`: checks, once at a time per slot, whether
+    /// its connection is alive. A live server acknowledges the client's
+    /// requests and keep-alive pings within its ACK delay however busy it
+    /// is; a connection that receives nothing for `dead_after` is ejected.
+    fn suspect(&self, slot: &Arc<Slot>) {
+        if slot.ejected(Instant::now()) || slot.checking.swap(true, Ordering::AcqRel) {
             return;
         }
-        let delay = backoff_delay(st.failures, (self.opts.backoff_min, self.opts.backoff_max));
-        st.failures = st.failures.saturating_add(1);
-        st.ejected_until = Some(now + delay);
-        if st.conn.as_ref().is_some_and(|c| c.close_reason().is_some()) {
-            st.conn = None;
-        }
-        drop(st);
-        slot.ejections.fetch_add(1, Ordering::Relaxed);
-        self.shared.ejections.fetch_add(1, Ordering::Relaxed);
+        let Some(conn) = slot.lock().conn.clone() else {
+            slot.checking.store(false, Ordering::Release);
+            return;
+        };
+        let (slot, shared) = (Arc::clone(slot), Arc::clone(&self.shared));
+        let (dead_after, backoff) = (
+            self.opts.dead_after,
+            (self.opts.backoff_min, self.opts.backoff_max),
+        );
+        tokio::spawn(async move {
+            let before = conn.stats().udp_rx.datagrams;
+            tokio::time::sleep(dead_after).await;
+            if conn.stats().udp_rx.datagrams == before {
+                slot.failed.fetch_add(1, Ordering::Relaxed);
+                eject(&slot, &shared, backoff);
+            }
+            slot.checking.store(false, Ordering::Release);
+        });
+    }
+
+    /// Takes a slot out of rotation (see [`eject`]).
+    fn eject(&self, slot: &Slot) {
+        eject(
+            slot,
+            &self.shared,
+            (self.opts.backoff_min, self.opts.backoff_max),
+        );
     }
 
     /// A slot whose attempt succeeded: its failure streak ends.
@@ -795,6 +834,25 @@ impl Client {
     pub async fn wait_idle(&self) {
         self.endpoint.wait_idle().await;
     }
+}
+
+/// Takes a slot out of rotation for a backoff that doubles while it keeps
+/// failing; a dead connection is dropped.
+fn eject(slot: &Slot, shared: &Shared, backoff: (Duration, Duration)) {
+    let mut st = slot.lock();
+    let now = Instant::now();
+    if st.ejected_until.is_some_and(|t| now < t) {
+        return;
+    }
+    let delay = backoff_delay(st.failures, backoff);
+    st.failures = st.failures.saturating_add(1);
+    st.ejected_until = Some(now + delay);
+    if st.conn.as_ref().is_some_and(|c| c.close_reason().is_some()) {
+        st.conn = None;
+    }
+    drop(st);
+    slot.ejections.fetch_add(1, Ordering::Relaxed);
+    shared.ejections.fetch_add(1, Ordering::Relaxed);
 }
 
 fn backoff_delay(failures: u32, (min, max): (Duration, Duration)) -> Duration {

@@ -8,6 +8,7 @@ use crate::messages::{DecisionChunk, WireDecision};
 use quinn::{ReadError, RecvStream, WriteError};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -136,10 +137,30 @@ impl<'c> Pending<'c> {
         self.request_id
     }
 
-    /// Sends a copy of the batch to the best endpoint this batch has not used.
+    /// Sends a copy of the batch to the best endpoint this batch has not
+    /// used: another address first, then another connection to one, and
+    /// when every one is ejected, an ejected one after all (better a slow
+    /// answer than none).
     async fn send_attempt(&mut self) -> Result<(), ClientError> {
         let client = self.client;
-        for i in client.order() {
+        let order = client.order();
+        let used: Vec<SocketAddr> = self.tried.iter().map(|&i| client.slots[i].addr).collect();
+        let fresh_addr: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| !used.contains(&client.slots[i].addr))
+            .collect();
+        let rest: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|i| !fresh_addr.contains(i))
+            .collect();
+        let candidates = fresh_addr
+            .iter()
+            .chain(&rest)
+            .map(|&i| (i, false))
+            .chain(fresh_addr.iter().chain(&rest).map(|&i| (i, true)));
+        for (i, even_ejected) in candidates {
             if self.tried.contains(&i) {
                 continue;
             }
@@ -147,15 +168,18 @@ impl<'c> Pending<'c> {
             if remaining.is_zero() {
                 return Err(ClientError::Timeout(client.opts.batch_timeout));
             }
-            self.tried.push(i);
             let slot = &client.slots[i];
+            if !even_ejected && slot.ejected(Instant::now()) {
+                continue;
+            }
+            self.tried.push(i);
             let addr = slot.addr;
             let lost = |failure| ClientError::Connection {
                 endpoint: addr,
                 failure,
             };
             let opened = tokio::time::timeout(remaining, async {
-                let conn = client.connection(slot).await?;
+                let conn = client.connection(slot, even_ejected).await?;
                 conn.open_bi()
                     .await
                     .map_err(|e| lost(ConnectionFailure::Lost(e)))
@@ -247,7 +271,9 @@ impl<'c> Pending<'c> {
     }
 
     /// Sends a second copy when the first is late: always when its endpoint
-    /// is already ejected, else when the hedge budget has credit.
+    /// is ejected, else when the hedge budget has credit (without, it looks
+    /// again one hedge delay later). A first copy that has had no answer at
+    /// all gets its endpoint's liveness checked.
     async fn hedge(&mut self) {
         self.hedge_at = None;
         if self.attempts.len() != 1 {
@@ -255,27 +281,25 @@ impl<'c> Pending<'c> {
         }
         let client = self.client;
         let primary = &client.slots[self.attempts[0].slot];
-        if (primary.ejected(Instant::now()) || client.spend_hedge_credit())
-            && self.send_attempt().await.is_ok()
-        {
-            client.shared.hedges.fetch_add(1, Ordering::Relaxed);
+        if !self.attempts[0].progressed {
+            client.suspect(primary);
+        }
+        if primary.ejected(Instant::now()) || client.spend_hedge_credit() {
+            if self.send_attempt().await.is_ok() {
+                client.shared.hedges.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            self.hedge_at = Some(Instant::now() + client.hedge_delay());
         }
     }
 
-    /// Every item decided: the other attempts are dropped; one that never
-    /// answered while this one did stalled, and its endpoint is ejected.
+    /// Every item decided: the other attempts are dropped.
     fn complete(&mut self, winner: usize) {
         self.done = true;
         let client = self.client;
         client.observe(self.started.elapsed());
         client.healthy(&client.slots[winner]);
-        for a in self.attempts.drain(..) {
-            if a.slot != winner && !a.progressed {
-                let s = &client.slots[a.slot];
-                s.failed.fetch_add(1, Ordering::Relaxed);
-                client.eject(s);
-            }
-        }
+        self.attempts.clear();
     }
 
     /// Consumes one whole buffered frame of attempt `k`, delivering its new
