@@ -29,9 +29,15 @@ pub struct RunArgs {
     /// The manifest written by `jotd serve` (dev) or `jotd-load tenants`.
     #[arg(long)]
     manifest: Option<PathBuf>,
-    /// Daemon address (repeatable); default: the manifest's.
+    /// Daemon address (repeatable); default: the manifest's. An IP:port is
+    /// used as it is; a `host:port` name is resolved again every
+    /// `--resolve-interval-s` (a Kubernetes headless Service: replicas are
+    /// followed as they come and go).
     #[arg(long = "endpoint")]
     endpoints: Vec<String>,
+    /// How often endpoint names are resolved again, in seconds.
+    #[arg(long, default_value_t = 5)]
+    resolve_interval_s: u64,
     /// CA certificate (PEM); default: the manifest's.
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -452,13 +458,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
             t.elapsed().as_secs_f64()
         );
     }
-    let endpoints: Vec<SocketAddr> = if args.endpoints.is_empty() {
-        vec![resolve(&m.endpoint)?]
+    let (endpoints, names): (Vec<SocketAddr>, Vec<String>) = if args.endpoints.is_empty() {
+        (vec![resolve(&m.endpoint)?], Vec::new())
     } else {
-        args.endpoints
+        let (addrs, names): (Vec<&String>, Vec<&String>) = args
+            .endpoints
             .iter()
-            .map(|e| resolve(e))
-            .collect::<anyhow::Result<_>>()?
+            .partition(|e| e.parse::<SocketAddr>().is_ok());
+        for name in &names {
+            resolve(name)?; // a name that does not resolve now is an error now
+        }
+        (
+            addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+            names.into_iter().cloned().collect(),
+        )
     };
     let ca_path = args.ca.clone().unwrap_or_else(|| dir.join(&m.ca));
     let ca = std::fs::read(&ca_path)
@@ -498,6 +511,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         .and_then(|u| scrape(u, "process_resident_memory_bytes"));
     let report = rt.block_on(async {
         let mut opts = ClientOptions::new(endpoints, tls);
+        opts.names = names;
+        opts.resolve_interval = Duration::from_secs(args.resolve_interval_s.max(1));
         opts.connections_per_endpoint = args.connections;
         opts.server_name = args.server_name.clone();
         opts.batch_timeout = Duration::from_millis(args.timeout_ms);

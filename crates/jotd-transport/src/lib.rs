@@ -27,7 +27,7 @@ mod tls;
 
 pub use client::{
     Client, ClientDecision, ClientError, ClientOptions, ClientStats, ConnectionFailure,
-    EndpointStats, HedgePolicy, Pending, Violation,
+    EndpointStats, HedgePolicy, Pending, Resolve, ResolveFuture, SystemResolver, Violation,
 };
 pub use codec::{
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_ITEMS, FrameType, HARD_MAX_FRAME_BYTES, Limits, RawFrame,

@@ -278,3 +278,71 @@ async fn a_batch_no_server_will_take_fails_once_with_a_typed_error() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A resolver the test rewrites: what a headless Service's DNS answer does
+/// as pods come and go.
+#[derive(Default)]
+struct FakeDns(std::sync::Mutex<Vec<SocketAddr>>);
+
+impl jotd_transport::Resolve for FakeDns {
+    fn resolve(&self, _name: &str) -> jotd_transport::ResolveFuture {
+        let addrs = self.0.lock().unwrap().clone();
+        Box::pin(async move { Ok(addrs) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_added_to_and_removed_from_the_name_are_followed() {
+    let k = keys();
+    let pki = DevPki::generate().unwrap();
+    let a = start_with(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    );
+    let b = start_with(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    );
+    let dns = Arc::new(FakeDns::default());
+    dns.0.lock().unwrap().push(a.addr);
+    let tls = client_config(pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = ClientOptions::new(vec![], tls);
+    opts.names = vec!["jotd-headless.test.svc:4433".into()];
+    opts.resolve_interval = Duration::from_millis(100);
+    opts.resolver = Arc::clone(&dns) as Arc<dyn jotd_transport::Resolve>;
+    let c = Client::new(opts).unwrap();
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let batch = [item(Some(&hs), "t")];
+    // Only A is in the name's answer.
+    for _ in 0..10 {
+        assert_once(&c.verify_all(&batch).await.unwrap(), 1, Reason::Ok);
+    }
+    assert!(a.stats.batches() >= 10);
+    assert_eq!(b.stats.batches(), 0);
+    // B joins the answer: within two resolution intervals it gets batches.
+    dns.0.lock().unwrap().push(b.addr);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..20 {
+        assert_once(&c.verify_all(&batch).await.unwrap(), 1, Reason::Ok);
+    }
+    assert!(b.stats.batches() > 0, "the added replica serves");
+    // A leaves the answer: after two intervals it gets nothing new.
+    dns.0.lock().unwrap().retain(|x| *x != a.addr);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = a.stats.batches();
+    for _ in 0..10 {
+        assert_once(&c.verify_all(&batch).await.unwrap(), 1, Reason::Ok);
+    }
+    assert_eq!(
+        a.stats.batches(),
+        before,
+        "the removed replica gets no batch"
+    );
+    assert_eq!(c.stats().endpoints.len(), 1);
+    a.stop().await;
+    b.stop().await;
+}

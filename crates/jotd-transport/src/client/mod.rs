@@ -64,11 +64,43 @@ impl Default for HedgePolicy {
     }
 }
 
+/// Resolves endpoint names (`host:port`) to addresses; the default asks the
+/// system resolver. Tests and service-discovery integrations plug in their own.
+pub trait Resolve: Send + Sync + 'static {
+    /// The addresses `name` stands for now.
+    fn resolve(&self, name: &str) -> ResolveFuture;
+}
+
+/// What [`Resolve::resolve`] returns.
+pub type ResolveFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'static>,
+>;
+
+/// The system resolver (`getaddrinfo` on a blocking thread).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(&self, name: &str) -> ResolveFuture {
+        let name = name.to_owned();
+        Box::pin(async move { Ok(tokio::net::lookup_host(name).await?.collect()) })
+    }
+}
+
 /// Client settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
-    /// jotd endpoints; batches spread across them.
+    /// jotd endpoints as addresses; batches spread across them.
     pub endpoints: Vec<SocketAddr>,
+    /// jotd endpoints as names (`jotd-headless.ns.svc:4433`), resolved when
+    /// the client starts and again every `resolve_interval`: replicas are
+    /// followed as they come and go (a Kubernetes headless Service). A name
+    /// that fails to resolve keeps its last addresses. Default none.
+    pub names: Vec<String>,
+    /// How often `names` are resolved again. Default 5 s.
+    pub resolve_interval: Duration,
+    /// Resolves `names`. Default [`SystemResolver`].
+    pub resolver: Arc<dyn Resolve>,
     /// Connections to open to each endpoint. Default 1.
     pub connections_per_endpoint: usize,
     /// The name the server certificate must carry. Default `localhost`.
@@ -102,12 +134,26 @@ pub struct ClientOptions {
     pub max_frame_bytes: usize,
 }
 
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("endpoints", &self.endpoints)
+            .field("names", &self.names)
+            .field("batch_timeout", &self.batch_timeout)
+            .field("hedge", &self.hedge)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClientOptions {
     /// Defaults for `endpoints` with `tls`.
     #[must_use]
     pub fn new(endpoints: Vec<SocketAddr>, tls: rustls::ClientConfig) -> Self {
         Self {
             endpoints,
+            names: Vec::new(),
+            resolve_interval: Duration::from_secs(5),
+            resolver: Arc::new(SystemResolver),
             connections_per_endpoint: 1,
             server_name: "localhost".into(),
             tls,
@@ -367,6 +413,24 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    fn new(addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Self {
+            addr,
+            outstanding: AtomicUsize::new(0),
+            reconnecting: AtomicBool::new(false),
+            checking: AtomicBool::new(false),
+            connecting: tokio::sync::Mutex::new(()),
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            state: Mutex::new(SlotState {
+                conn: None,
+                failures: 0,
+                ejected_until: None,
+            }),
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -407,7 +471,11 @@ pub struct Client {
     endpoint: Endpoint,
     config: quinn::ClientConfig,
     opts: ClientOptions,
-    slots: Vec<Arc<Slot>>,
+    /// The slots now (swapped whole when names resolve differently).
+    slots: Arc<arc_swap::ArcSwap<Vec<Arc<Slot>>>>,
+    /// Counts resolutions of `names` (0: none finished yet).
+    resolved: tokio::sync::watch::Receiver<u64>,
+    resolver_task: Option<tokio::task::JoinHandle<()>>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
     rotate: AtomicUsize,
@@ -437,7 +505,7 @@ impl Client {
     /// # Errors
     /// No endpoints, a TLS config unfit for QUIC, or the local UDP socket failing.
     pub fn new(opts: ClientOptions) -> Result<Self, ClientError> {
-        if opts.endpoints.is_empty() {
+        if opts.endpoints.is_empty() && opts.names.is_empty() {
             return Err(ClientError::Config("no endpoints".into()));
         }
         if opts.keep_alive >= opts.idle_timeout {
@@ -459,7 +527,7 @@ impl Client {
             .stream_receive_window(VarInt::from_u32(4 << 20))
             .mtu_discovery_config(Some(crate::options::mtu_discovery()));
         config.transport_config(Arc::new(transport));
-        let local: SocketAddr = if opts.endpoints[0].is_ipv6() {
+        let local: SocketAddr = if opts.endpoints.first().is_some_and(SocketAddr::is_ipv6) {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
@@ -467,28 +535,21 @@ impl Client {
         let endpoint = Endpoint::client(local)
             .map_err(|e| ClientError::Config(format!("cannot bind {local}: {e}")))?;
         let per = opts.connections_per_endpoint.max(1);
-        let slots = opts
+        let slots: Vec<Arc<Slot>> = opts
             .endpoints
             .iter()
             .flat_map(|a| std::iter::repeat_n(*a, per))
-            .map(|addr| {
-                Arc::new(Slot {
-                    addr,
-                    outstanding: AtomicUsize::new(0),
-                    reconnecting: AtomicBool::new(false),
-                    checking: AtomicBool::new(false),
-                    connecting: tokio::sync::Mutex::new(()),
-                    sent: AtomicU64::new(0),
-                    failed: AtomicU64::new(0),
-                    ejections: AtomicU64::new(0),
-                    state: Mutex::new(SlotState {
-                        conn: None,
-                        failures: 0,
-                        ejected_until: None,
-                    }),
-                })
-            })
+            .map(Slot::new)
             .collect();
+        let slots = Arc::new(arc_swap::ArcSwap::from_pointee(slots));
+        let (resolved_tx, resolved) = tokio::sync::watch::channel(0u64);
+        let resolver_task = (!opts.names.is_empty()).then(|| {
+            tokio::spawn(follow_names(
+                Arc::downgrade(&slots),
+                opts.clone(),
+                resolved_tx,
+            ))
+        });
         let shared = Arc::new(Shared::default());
         shared
             .hedge_credit
@@ -498,6 +559,8 @@ impl Client {
             config,
             opts,
             slots,
+            resolved,
+            resolver_task,
             shared,
             next_id: AtomicU64::new(1),
             rotate: AtomicUsize::new(0),
@@ -509,7 +572,8 @@ impl Client {
     /// # Errors
     /// The first slot that cannot connect.
     pub async fn connect_all(&self) -> Result<(), ClientError> {
-        for slot in &self.slots {
+        let deadline = Instant::now() + self.opts.connect_timeout;
+        for slot in self.current_slots(deadline).await.iter() {
             let conn = connect(&self.endpoint, &self.config, &self.opts, slot).await?;
             slot.lock().conn = Some(conn);
         }
@@ -527,6 +591,7 @@ impl Client {
             ejections: s.ejections.load(Ordering::Relaxed),
             endpoints: self
                 .slots
+                .load()
                 .iter()
                 .map(|slot| EndpointStats {
                     addr: slot.addr,
@@ -564,6 +629,7 @@ impl Client {
         }
         let others_up = self
             .slots
+            .load()
             .iter()
             .any(|s| !Arc::ptr_eq(s, slot) && s.live(now).is_some());
         if others_up {
@@ -680,15 +746,27 @@ impl Client {
         }
     }
 
-    /// Slots by outstanding work (ties rotate), live ones first.
-    fn order(&self) -> Vec<usize> {
-        let n = self.slots.len();
+    /// The slots now; before the first resolution of `names` (with no
+    /// fixed endpoint), waits for it until `deadline`.
+    async fn current_slots(&self, deadline: Instant) -> Arc<Vec<Arc<Slot>>> {
+        let slots = self.slots.load_full();
+        if !slots.is_empty() || self.opts.names.is_empty() {
+            return slots;
+        }
+        let mut resolved = self.resolved.clone();
+        let _ = tokio::time::timeout_at(deadline.into(), resolved.wait_for(|n| *n > 0)).await;
+        self.slots.load_full()
+    }
+
+    /// Indices of `slots` by outstanding work (ties rotate), live ones first.
+    fn order(&self, slots: &[Arc<Slot>]) -> Vec<usize> {
+        let n = slots.len();
         let start = self.rotate.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut order: Vec<(bool, usize, usize)> = (0..n)
             .map(|k| {
                 let i = (start + k) % n;
-                let slot = &self.slots[i];
+                let slot = &slots[i];
                 (
                     slot.live(now).is_none(),
                     slot.outstanding.load(Ordering::Relaxed),
@@ -700,8 +778,8 @@ impl Client {
         // while others serve; with none up, the batch connects itself.
         if order.iter().any(|(down, _, _)| !down) {
             for &(down, _, i) in &order {
-                if down && !self.slots[i].ejected(now) {
-                    self.reconnect_in_background(&self.slots[i]);
+                if down && !slots[i].ejected(now) {
+                    self.reconnect_in_background(&slots[i]);
                 }
             }
         }
@@ -853,6 +931,68 @@ fn eject(slot: &Slot, shared: &Shared, backoff: (Duration, Duration)) {
     drop(st);
     slot.ejections.fetch_add(1, Ordering::Relaxed);
     shared.ejections.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(task) = &self.resolver_task {
+            task.abort();
+        }
+    }
+}
+
+/// Resolves `opts.names` now and every `resolve_interval`, swapping in a
+/// slot list with the fixed endpoints and every address the names give: a
+/// kept address keeps its slots (connections, counters), a new one gets
+/// fresh ones, a vanished one's slots leave (batches on them finish). A
+/// name that fails to resolve keeps its last addresses.
+async fn follow_names(
+    slots: std::sync::Weak<arc_swap::ArcSwap<Vec<Arc<Slot>>>>,
+    opts: ClientOptions,
+    resolved: tokio::sync::watch::Sender<u64>,
+) {
+    let per = opts.connections_per_endpoint.max(1);
+    let mut last: Vec<Vec<SocketAddr>> = vec![Vec::new(); opts.names.len()];
+    let mut rounds = 0u64;
+    loop {
+        for (name, known) in opts.names.iter().zip(&mut last) {
+            if let Ok(Ok(addrs)) =
+                tokio::time::timeout(opts.connect_timeout, opts.resolver.resolve(name)).await
+            {
+                *known = addrs;
+            }
+        }
+        let Some(slots) = slots.upgrade() else { return };
+        let mut wanted: Vec<SocketAddr> = opts.endpoints.clone();
+        for addr in last.iter().flatten() {
+            if !wanted.contains(addr) {
+                wanted.push(*addr);
+            }
+        }
+        let current = slots.load_full();
+        let mut next: Vec<Arc<Slot>> = current
+            .iter()
+            .filter(|s| wanted.contains(&s.addr))
+            .cloned()
+            .collect();
+        for addr in &wanted {
+            if !next.iter().any(|s| s.addr == *addr) {
+                next.extend(std::iter::repeat_with(|| Slot::new(*addr)).take(per));
+            }
+        }
+        let changed = next.len() != current.len()
+            || next
+                .iter()
+                .zip(current.iter())
+                .any(|(a, b)| !Arc::ptr_eq(a, b));
+        if changed {
+            slots.store(Arc::new(next));
+        }
+        drop(slots);
+        rounds += 1;
+        let _ = resolved.send(rounds);
+        tokio::time::sleep(opts.resolve_interval).await;
+    }
 }
 
 fn backoff_delay(failures: u32, (min, max): (Duration, Duration)) -> Duration {

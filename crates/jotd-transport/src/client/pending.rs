@@ -54,6 +54,8 @@ enum Step {
 /// The answer to one batch, read as it arrives.
 pub struct Pending<'c> {
     client: &'c Client,
+    /// The client's slots when the batch started (indices refer to these).
+    slots: Arc<Vec<Arc<super::Slot>>>,
     frame: Arc<[u8]>,
     request_id: u64,
     items: usize,
@@ -106,8 +108,10 @@ impl<'c> Pending<'c> {
             .hedge
             .enabled
             .then(|| started + client.hedge_delay());
+        let slots = client.current_slots(deadline).await;
         let mut pending = Self {
             client,
+            slots,
             frame,
             request_id,
             items,
@@ -143,12 +147,12 @@ impl<'c> Pending<'c> {
     /// answer than none).
     async fn send_attempt(&mut self) -> Result<(), ClientError> {
         let client = self.client;
-        let order = client.order();
-        let used: Vec<SocketAddr> = self.tried.iter().map(|&i| client.slots[i].addr).collect();
+        let order = client.order(&self.slots);
+        let used: Vec<SocketAddr> = self.tried.iter().map(|&i| self.slots[i].addr).collect();
         let fresh_addr: Vec<usize> = order
             .iter()
             .copied()
-            .filter(|&i| !used.contains(&client.slots[i].addr))
+            .filter(|&i| !used.contains(&self.slots[i].addr))
             .collect();
         let rest: Vec<usize> = order
             .iter()
@@ -168,7 +172,7 @@ impl<'c> Pending<'c> {
             if remaining.is_zero() {
                 return Err(ClientError::Timeout(client.opts.batch_timeout));
             }
-            let slot = &client.slots[i];
+            let slot = &self.slots[i];
             if !even_ejected && slot.ejected(Instant::now()) {
                 continue;
             }
@@ -237,7 +241,7 @@ impl<'c> Pending<'c> {
     /// or drain failure ejects it; a refusal for load does not.
     fn note_failure(&mut self, slot: usize, e: ClientError) {
         let client = self.client;
-        let s = &client.slots[slot];
+        let s = &self.slots[slot];
         match &e {
             ClientError::Unavailable { .. } => {}
             ClientError::Server { code, .. } if *code == crate::ErrorCode::Overloaded as u16 => {
@@ -280,7 +284,7 @@ impl<'c> Pending<'c> {
             return;
         }
         let client = self.client;
-        let primary = &client.slots[self.attempts[0].slot];
+        let primary = &self.slots[self.attempts[0].slot];
         if !self.attempts[0].progressed {
             client.suspect(primary);
         }
@@ -298,14 +302,14 @@ impl<'c> Pending<'c> {
         self.done = true;
         let client = self.client;
         client.observe(self.started.elapsed());
-        client.healthy(&client.slots[winner]);
+        client.healthy(&self.slots[winner]);
         self.attempts.clear();
     }
 
     /// Consumes one whole buffered frame of attempt `k`, delivering its new
     /// decisions to `f`.
     fn take_frame(&mut self, k: usize, f: &mut impl FnMut(&DecisionChunk<'_>)) -> Step {
-        let endpoint = self.client.slots[self.attempts[k].slot].addr;
+        let endpoint = self.slots[self.attempts[k].slot].addr;
         let protocol = |violation| {
             Step::Failed(ClientError::Protocol {
                 endpoint,
@@ -478,7 +482,7 @@ impl<'c> Pending<'c> {
                 }
                 Wake::Finished(k) => self.attempts[k].finished = true,
                 Wake::Failed(k, e) => {
-                    let endpoint = self.client.slots[self.attempts[k].slot].addr;
+                    let endpoint = self.slots[self.attempts[k].slot].addr;
                     let error = ClientError::Connection {
                         endpoint,
                         failure: read_failure(e),
