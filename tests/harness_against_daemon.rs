@@ -1,7 +1,7 @@
 //! The two binaries together, as the README's commands use them: `jotd serve`
 //! on its development defaults, `jotd-load run --dev` against it with a mixed
 //! workload. Every decision is checked by the harness; the daemon's metrics
-//! count exactly what the harness sent.
+//! count what the harness got, plus at most the client's second copies.
 
 use jotd_e2e::{Daemon, bin, scratch_dir};
 use serde_json::Value;
@@ -52,19 +52,27 @@ fn the_harness_checks_every_decision_of_the_dev_daemon() {
             "{reason}: {r}"
         );
     }
-    // The daemon counted every token the harness sent, once (its batch
-    // reports land a moment after the last answer byte: poll briefly).
+    // The daemon verified every token the harness got, and more only by
+    // the client's second copies (hedges, retries: at most one batch each)
+    // and the batches in flight when the run stopped (2 connections x 8
+    // streams). Its batch reports land a moment after the last answer byte:
+    // poll briefly.
+    let fleet = &r["fleet"];
+    let extra_batches = fleet["hedges"].as_u64().unwrap() + fleet["retries"].as_u64().unwrap() + 16;
     #[allow(clippy::cast_precision_loss)]
-    let sent = tokens as f64;
+    let (got, most) = (tokens as f64, (tokens + 64 * extra_batches) as f64);
     let mut counted = 0.0;
     for _ in 0..100 {
         let (status, metrics) = daemon.get("/metrics");
         assert_eq!(status, 200);
         counted = metric_sum(&metrics, "jotd_tokens_total");
-        if counted >= sent {
+        if counted >= got {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(counted, sent);
+    assert!(
+        (got..=most).contains(&counted),
+        "daemon counted {counted}, harness got {got}, fleet {fleet}"
+    );
 }
