@@ -1,5 +1,8 @@
-//! The tenants config file (TOML): raw types, parsing, and errors that name
-//! the file, the line and the key.
+//! The keys section of a config file (TOML): raw types, parsing, and errors
+//! that name the file, the line and the key. This crate knows the tenants'
+//! keys (`max_keys_per_tenant`, `max_jwks_keys`, `denylist_file`,
+//! `[[tenant]]`) and nothing else: a binary that keeps other sections in the
+//! same file parses the file once itself and hands over a [`KeysSection`].
 //!
 //! ```toml
 //! max_keys_per_tenant = 3            # default 3
@@ -69,36 +72,65 @@ fn yes() -> bool {
     true
 }
 
-/// The file as written.
+/// The keys section as written: the top-level keys this crate owns. Spans
+/// are byte offsets into the text it was parsed from (errors give lines).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawConfig {
+pub struct KeysSection {
+    /// Keys a tenant may have (rotation). Default 3.
     #[serde(default = "default_max_keys")]
-    pub(crate) max_keys_per_tenant: usize,
+    pub max_keys_per_tenant: usize,
+    /// Keys taken from one JWKS document. Default 16.
     #[serde(default = "default_max_jwks_keys")]
-    pub(crate) max_jwks_keys: usize,
+    pub max_jwks_keys: usize,
+    /// The denylist file, relative to the config file.
     #[serde(default)]
-    pub(crate) denylist_file: Option<Spanned<String>>,
+    pub denylist_file: Option<Spanned<String>>,
+    /// Every `[[tenant]]`.
     #[serde(default)]
-    pub(crate) tenant: Vec<Spanned<RawTenant>>,
-    // The daemon's sections: validated by the `jotd` binary (this crate only
-    // lets them through; their typos are caught there, with lines).
-    #[serde(default, rename = "server")]
-    _server: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "verify")]
-    _verify: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "admin")]
-    _admin: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "log")]
-    _log: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "jwks_fetch")]
-    _jwks_fetch: Option<serde::de::IgnoredAny>,
+    pub tenant: Vec<Spanned<RawTenant>>,
 }
 
-/// One `[[tenant]]`.
+impl Default for KeysSection {
+    fn default() -> Self {
+        Self {
+            max_keys_per_tenant: DEFAULT_MAX_KEYS_PER_TENANT,
+            max_jwks_keys: DEFAULT_MAX_JWKS_KEYS,
+            denylist_file: None,
+            tenant: Vec::new(),
+        }
+    }
+}
+
+/// A [`ConfigError`] from a TOML error in `text` (the file `file`): its line,
+/// and the key when serde named an unknown one.
+#[must_use]
+pub fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().to_owned();
+    // serde names unknown fields as "unknown field `x`": use it as the key.
+    let key = message
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(k, _)| k.to_owned())
+        .unwrap_or_default();
+    ConfigError {
+        file: file.to_owned(),
+        line: e.span().map(|s| {
+            text.as_bytes()[..s.start.min(text.len())]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1
+        }),
+        key,
+        message,
+    }
+}
+
+/// One `[[tenant]]` as written (its fields are read by this crate only).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawTenant {
+pub struct RawTenant {
     pub(crate) id: Spanned<String>,
     #[serde(default)]
     pub(crate) policy: Option<Spanned<String>>,
@@ -200,23 +232,10 @@ impl Locator<'_> {
         }
     }
 
-    /// Parses the text, turning TOML errors (syntax, unknown keys, wrong types) into [`ConfigError`].
-    pub(crate) fn parse(&self) -> Result<RawConfig, ConfigError> {
-        toml::from_str(self.text).map_err(|e| {
-            let message = e.message().trim().to_owned();
-            // serde names unknown fields as "unknown field `x`": use it as the key.
-            let key = message
-                .split_once("unknown field `")
-                .and_then(|(_, rest)| rest.split_once('`'))
-                .map(|(k, _)| k.to_owned())
-                .unwrap_or_default();
-            ConfigError {
-                file: self.file.to_owned(),
-                line: e.span().map(|s| self.line(s.start)),
-                key,
-                message,
-            }
-        })
+    /// Parses a file holding the keys section alone, turning TOML errors
+    /// (syntax, unknown keys, wrong types) into [`ConfigError`].
+    pub(crate) fn parse(&self) -> Result<KeysSection, ConfigError> {
+        toml::from_str(self.text).map_err(|e| toml_error(self.file, self.text, &e))
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! Key material (PEM SPKI/PKCS#1/certificate, base64-wrapped PEM, DER, JWK,
 //! JWKS, HMAC secrets) → pre-parsed `jotd_core::VerifyingKey`s bound to one
-//! algorithm each; the TOML tenants config with errors naming file, line and
-//! key; per-tenant denylists; immutable snapshots swapped whole.
+//! algorithm each; the typed keys section of a config (tenants, keys, JWKS
+//! sources, denylist; parsed by the binary that owns the file, or from a
+//! keys-only file) with errors naming file, line and key; per-tenant
+//! denylists; immutable snapshots swapped whole.
 //!
 //! Contract: nothing here reads files or the clock on its own; the caller
 //! passes a file reader ([`ReadFile`]) and times.
@@ -18,12 +20,15 @@ mod reload;
 mod store;
 mod tenants;
 
-pub use config::{ConfigError, DEFAULT_MAX_JWKS_KEYS, DEFAULT_MAX_KEYS_PER_TENANT};
+pub use config::{
+    ConfigError, DEFAULT_MAX_JWKS_KEYS, DEFAULT_MAX_KEYS_PER_TENANT, KeysSection, RawTenant,
+    toml_error,
+};
 pub use fetch::{
     FetchConfig, FetchError, FetchEvent, FetchObserver, JwksFetcher, JwksUrlError, MAX_REDIRECTS,
     SourceHealth, check_jwks_url, max_age,
 };
-pub use load::{KeysConfig, load};
-pub use reload::{FetchedJwks, FileStamp, Reader, ReloadStatus, Reloader, Stamper};
+pub use load::{KeysConfig, load, load_section, read_text};
+pub use reload::{FetchedJwks, FileStamp, Loader, Reader, ReloadStatus, Reloader, Stamper};
 pub use store::KeyStore;
 pub use tenants::{DEFAULT_JWKS_REFRESH, JwksLocation, JwksSource, KeyInfo, ReadFile, TenantSpec};

@@ -1,7 +1,7 @@
 //! Loading: the config file, the files it names, JWKS files, the denylist →
 //! a validated [`KeysConfig`] and an immutable [`Snapshot`].
 
-use crate::config::{ConfigError, Locator};
+use crate::config::{ConfigError, KeysSection, Locator};
 use crate::denylist::{self, Denylists};
 use crate::jwk::{self, JwksKeys};
 use crate::tenants::{self, JwksLocation, ReadFile, TenantSpec};
@@ -31,11 +31,23 @@ pub struct KeysConfig {
     pub files: Vec<PathBuf>,
 }
 
-/// Reads and validates the config file and everything it names.
+/// Reads and validates a file that holds the keys section alone, and
+/// everything it names. (A binary whose file has sections of its own parses
+/// it once and calls [`load_section`].)
 ///
 /// # Errors
 /// The first problem found, with file, line and key.
 pub fn load(file: &Path, read: ReadFile<'_>) -> Result<KeysConfig, ConfigError> {
+    let text = read_text(file, read)?;
+    let raw = Locator { file, text: &text }.parse()?;
+    load_section(file, &text, &raw, read)
+}
+
+/// A config file's text, or an error naming the file.
+///
+/// # Errors
+/// The file cannot be read or is not UTF-8.
+pub fn read_text(file: &Path, read: ReadFile<'_>) -> Result<String, ConfigError> {
     let whole = |message: String| ConfigError {
         file: file.to_owned(),
         line: None,
@@ -43,9 +55,27 @@ pub fn load(file: &Path, read: ReadFile<'_>) -> Result<KeysConfig, ConfigError> 
         message,
     };
     let bytes = read(file).map_err(|e| whole(format!("cannot read: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|_| whole("not UTF-8".into()))?;
-    let loc = Locator { file, text: &text };
-    let raw = loc.parse()?;
+    String::from_utf8(bytes).map_err(|_| whole("not UTF-8".into()))
+}
+
+/// Validates a keys section parsed from `text` (the file `file`, whose spans
+/// it carries) and reads everything it names.
+///
+/// # Errors
+/// The first problem found, with file, line and key.
+pub fn load_section(
+    file: &Path,
+    text: &str,
+    raw: &KeysSection,
+    read: ReadFile<'_>,
+) -> Result<KeysConfig, ConfigError> {
+    let whole = |message: String| ConfigError {
+        file: file.to_owned(),
+        line: None,
+        key: String::new(),
+        message,
+    };
+    let loc = Locator { file, text };
     if raw.max_keys_per_tenant == 0 {
         return Err(whole("max_keys_per_tenant must be at least 1".into()));
     }

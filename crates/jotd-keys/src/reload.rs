@@ -18,6 +18,10 @@ pub type FileStamp = (Option<SystemTime>, u64);
 
 /// Reads a file (the binary passes `std::fs::read`).
 pub type Reader = Box<dyn Fn(&Path) -> io::Result<Vec<u8>> + Send + Sync>;
+/// Reads and validates the whole config again (a reload): the binary that
+/// owns the file parses it (its own sections too) and calls
+/// [`load_section`](crate::load_section).
+pub type Loader = Box<dyn Fn() -> Result<KeysConfig, ConfigError> + Send + Sync>;
 /// Stats a file (the binary passes a `std::fs::metadata` wrapper); `None` when missing.
 pub type Stamper = Box<dyn Fn(&Path) -> Option<FileStamp> + Send + Sync>;
 
@@ -46,7 +50,7 @@ struct State {
 pub struct Reloader {
     path: PathBuf,
     store: Arc<KeyStore>,
-    read: Reader,
+    loader: Loader,
     stamp: Stamper,
     state: Mutex<State>,
 }
@@ -60,12 +64,23 @@ impl std::fmt::Debug for Reloader {
 }
 
 impl Reloader {
-    /// Loads the config for the first time and creates the store (generation 1).
+    /// Loads a file that holds the keys section alone for the first time and
+    /// creates the store (generation 1); reloads read it the same way.
     ///
     /// # Errors
     /// The config does not validate.
     pub fn start(path: &Path, read: Reader, stamp: Stamper) -> Result<Self, ConfigError> {
         let config = load(path, &*read)?;
+        let owned = path.to_owned();
+        let loader: Loader = Box::new(move || load(&owned, &*read));
+        Ok(Self::with_loader(config, loader, stamp))
+    }
+
+    /// Creates the store (generation 1) from a config the caller loaded;
+    /// reloads call `loader`.
+    #[must_use]
+    pub fn with_loader(config: KeysConfig, loader: Loader, stamp: Stamper) -> Self {
+        let path = config.file.clone();
         let stamps = config.files.iter().map(|f| (f.clone(), stamp(f))).collect();
         let store = Arc::new(KeyStore::new(config.snapshot(1, &|_, _| None)));
         let state = State {
@@ -74,13 +89,13 @@ impl Reloader {
             fetched: FetchedJwks::new(),
             status: ReloadStatus::default(),
         };
-        Ok(Self {
-            path: path.to_owned(),
+        Self {
+            path,
             store,
-            read,
+            loader,
             stamp,
             state: Mutex::new(state),
-        })
+        }
     }
 
     /// The store readers load snapshots from.
@@ -122,7 +137,7 @@ impl Reloader {
     /// The new config does not validate.
     pub fn reload(&self) -> Result<u64, ConfigError> {
         let mut state = self.lock();
-        let result = load(&self.path, &*self.read).map(|config| {
+        let result = (self.loader)().map(|config| {
             let stamps = config
                 .files
                 .iter()

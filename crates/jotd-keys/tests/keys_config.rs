@@ -315,6 +315,10 @@ fn errors_name_file_line_and_key() {
             .contains("4 keys, more than max_keys_per_tenant = 3"),
         "{e}"
     );
+    // This crate owns the keys section and nothing else: a daemon's
+    // section in a file it is asked to load alone is an unknown key.
+    let e = err("[server]\nlisten = \"127.0.0.1:4433\"\n");
+    assert!(e.to_string().contains("unknown field `server`"), "{e}");
     let unreadable = jotd_keys::load(Path::new("/nowhere.toml"), &|_| {
         Err(io::Error::other("denied"))
     })

@@ -77,10 +77,10 @@ pub(crate) fn decision_json(index: usize, d: &Decision) -> Value {
 }
 
 pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let cfg = crate::config_cmd::load(&args.config)?;
-    // The daemon's sections of the same file: `[verify]` decides too (a token
-    // over max_token_bytes is token_too_large here as in `jotd serve`).
-    let settings = crate::settings::load(&args.config)?;
+    // One parse of the file: the keys, and the daemon's sections (`[verify]`
+    // decides too: a token over max_token_bytes is token_too_large here as in
+    // `jotd serve`).
+    let (settings, cfg) = crate::settings::load(&args.config)?;
     let snapshot = cfg.snapshot(1, &|_, _| None);
     let now = match args.now {
         Some(n) => n,

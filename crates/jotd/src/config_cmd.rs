@@ -5,14 +5,8 @@ use jotd_keys::JwksLocation;
 use std::io::Write;
 use std::path::Path;
 
-/// Loads a config with the real file system.
-pub(crate) fn load(config: &Path) -> anyhow::Result<jotd_keys::KeysConfig> {
-    Ok(jotd_keys::load(config, &|p| std::fs::read(p))?)
-}
-
 pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
-    let cfg = load(config)?;
-    let settings = crate::settings::load(config)?;
+    let (settings, cfg) = crate::settings::load(config)?;
     // The files the daemon would read at start must be readable TLS material.
     if let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) {
         let read = |p: &Path, what: &str| {

@@ -152,7 +152,8 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
             (dev::generate(&args.dev_dir, &listen.to_string())?, true)
         }
     };
-    let mut settings: Settings = settings::load(&config_path)?;
+    // The file is read and parsed once: the daemon's settings and the keys.
+    let (mut settings, keys): (Settings, _) = settings::load(&config_path)?;
     if let Some(l) = args.listen {
         settings.server.listen = l;
     }
@@ -185,14 +186,11 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         );
     }
 
-    let reloader = Arc::new(
-        Reloader::start(
-            &config_path,
-            Box::new(|p| std::fs::read(p)),
-            Box::new(stamp),
-        )
-        .map_err(anyhow::Error::from)?,
-    );
+    let reloader = Arc::new(Reloader::with_loader(
+        keys,
+        settings::loader(&config_path),
+        Box::new(stamp),
+    ));
     let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) else {
         anyhow::bail!(
             "{}: server.cert_file and server.key_file are required (jotd serve without --config generates development ones)",

@@ -1,7 +1,10 @@
-//! The daemon's own config sections: `[server]`, `[verify]`, `[admin]`, `[log]`,
-//! `[jwks_fetch]`, in the same TOML file as the tenants. Unknown keys and bad
-//! values are errors with file, line and key, like the tenants' (jotd-keys lets
-//! these sections through and this module checks them).
+//! The config file has one owner, this binary: it is read and parsed once
+//! (per start or reload) into the daemon's typed sections (`[server]`,
+//! `[verify]`, `[admin]`, `[log]`, `[jwks_fetch]`) and the keys section
+//! (`max_keys_per_tenant`, `max_jwks_keys`, `denylist_file`, `[[tenant]]`),
+//! which goes to jotd-keys as a typed [`jotd_keys::KeysSection`] (jotd-keys
+//! knows nothing of the daemon's sections). Unknown keys anywhere and bad
+//! values are errors with file, line and key.
 //!
 //! ```toml
 //! [server]
@@ -54,7 +57,7 @@
 //! ```
 
 use jotd_core::{CacheConfig, EngineConfig};
-use jotd_keys::{ConfigError, FetchConfig};
+use jotd_keys::{ConfigError, FetchConfig, KeysConfig, KeysSection};
 use jotd_transport::{HARD_MAX_FRAME_BYTES, Limits, ServerOptions, TenantWatch};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -63,8 +66,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawFile {
+    // The keys section (jotd-keys validates it).
+    #[serde(default = "default_max_keys")]
+    max_keys_per_tenant: usize,
+    #[serde(default = "default_max_jwks_keys")]
+    max_jwks_keys: usize,
+    #[serde(default)]
+    denylist_file: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    tenant: Vec<toml::Spanned<jotd_keys::RawTenant>>,
+    // The daemon's sections.
     #[serde(default)]
     server: Option<RawServer>,
     #[serde(default)]
@@ -263,16 +277,29 @@ fn addr(ctx: &Ctx<'_>, section: &str, v: &str) -> Result<SocketAddr, ConfigError
     })
 }
 
-/// Parses the daemon's sections of `text` (the config file `file`).
-pub(crate) fn parse(file: &Path, text: &str) -> Result<Settings, ConfigError> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError {
-        file: file.to_owned(),
-        line: e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
-        key: String::new(),
-        message: e.message().trim().to_owned(),
-    })?;
+const fn default_max_keys() -> usize {
+    jotd_keys::DEFAULT_MAX_KEYS_PER_TENANT
+}
+
+const fn default_max_jwks_keys() -> usize {
+    jotd_keys::DEFAULT_MAX_JWKS_KEYS
+}
+
+/// Parses `text` (the config file `file`) once: the daemon's settings, and
+/// the keys section for jotd-keys.
+pub(crate) fn parse(file: &Path, text: &str) -> Result<(Settings, KeysSection), ConfigError> {
+    let mut raw: RawFile =
+        toml::from_str(text).map_err(|e| jotd_keys::toml_error(file, text, &e))?;
+    let keys = KeysSection {
+        max_keys_per_tenant: raw.max_keys_per_tenant,
+        max_jwks_keys: raw.max_jwks_keys,
+        denylist_file: raw.denylist_file.take(),
+        tenant: std::mem::take(&mut raw.tenant),
+    };
+    Ok((settings(file, text, raw)?, keys))
+}
+
+fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigError> {
     let ctx = Ctx { file, text };
     let mut s = Settings::default();
     if let Some(r) = raw.server {
@@ -525,14 +552,22 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Settings, ConfigError> {
 }
 
 /// Reads and parses the daemon's sections of a config file.
-pub(crate) fn load(file: &Path) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-        file: file.to_owned(),
-        line: None,
-        key: String::new(),
-        message: format!("cannot read: {e}"),
-    })?;
-    parse(file, &text)
+/// Reads the config file once and validates all of it: the daemon's
+/// settings, and the tenants and keys (with every file they name).
+pub(crate) fn load(file: &Path) -> Result<(Settings, KeysConfig), ConfigError> {
+    let read = |p: &Path| std::fs::read(p);
+    let text = jotd_keys::read_text(file, &read)?;
+    let (settings, keys) = parse(file, &text)?;
+    let keys = jotd_keys::load_section(file, &text, &keys, &read)?;
+    Ok((settings, keys))
+}
+
+/// What a reload runs: the whole file read and validated again (a reload
+/// whose daemon sections no longer validate is rejected too), the keys
+/// config kept.
+pub(crate) fn loader(file: &Path) -> jotd_keys::Loader {
+    let file = file.to_owned();
+    Box::new(move || load(&file).map(|(_, keys)| keys))
 }
 
 #[cfg(test)]
@@ -540,7 +575,9 @@ mod tests {
     use super::*;
 
     fn p(text: &str) -> Result<Settings, String> {
-        parse(Path::new("/etc/jotd/jotd.toml"), text).map_err(|e| e.to_string())
+        parse(Path::new("/etc/jotd/jotd.toml"), text)
+            .map(|(s, _)| s)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -597,11 +634,50 @@ level = "jotd=debug"
                 include_str!("../../../deploy/examples/jwks-tenant.toml"),
             ),
         ] {
-            let s = parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"));
+            let (s, _) = parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"));
             if name == "infura-allowlist.toml" {
                 assert_eq!(s.server.tenant_watch.unwrap().names().len(), 1);
             }
         }
+    }
+
+    #[test]
+    fn one_parse_gives_the_daemon_its_sections_and_jotd_keys_its_own() {
+        let text = "max_keys_per_tenant = 2\n[server]\nmax_connections = 7\n[[tenant]]\nid = \"a\"\n[[tenant]]\nid = \"b\"\n";
+        let (s, keys) = parse(Path::new("/etc/jotd/jotd.toml"), text).unwrap();
+        assert_eq!(s.server.max_connections, 7);
+        assert_eq!(keys.max_keys_per_tenant, 2);
+        assert_eq!(keys.tenant.len(), 2);
+        // A typo at the top level is the daemon's to refuse, with its line.
+        let e = p("max_keys_per_tenant = 2\ntenants = 1\n").unwrap_err();
+        assert!(
+            e.starts_with("/etc/jotd/jotd.toml:2: tenants:")
+                && e.contains("unknown field `tenants`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_reload_reads_the_whole_file_and_refuses_bad_daemon_sections() {
+        let dir = std::env::temp_dir().join(format!("jotd-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("jotd.toml");
+        let tenant = "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+        std::fs::write(&file, format!("[server]\nmax_connections = 7\n{tenant}")).unwrap();
+        let (settings, keys) = load(&file).unwrap();
+        assert_eq!(
+            (settings.server.max_connections, keys.tenants.len()),
+            (7, 1)
+        );
+        let reload = loader(&file);
+        assert_eq!(reload().unwrap().tenants.len(), 1);
+        std::fs::write(&file, format!("[server]\nmax_connections = 0\n{tenant}")).unwrap();
+        let e = reload().unwrap_err().to_string();
+        assert!(
+            e.contains(":2: server.max_connections: must be at least 1"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
