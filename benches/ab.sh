@@ -17,7 +17,8 @@
 #
 # Env: BIN_A, BIN_B (folders with jotd and jotd-load; B defaults to
 # target/release), ROUNDS (default 3), RATE (default 300000), DURATION
-# (seconds per run, default 6), LOAD_THREADS (default 2).
+# (seconds per run, default 6), LOAD_THREADS (default 2), ONLY=cost (the
+# CPU-per-token rounds alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,8 +67,10 @@ for r in $(seq "$ROUNDS"); do
   for side in $order; do
     bin=$BIN_A; [ "$side" = B ] && bin=$BIN_B
     echo "cost $side $(run "$bin" "$WORK/hs" HS256 16 --rate "$RATE")" >> "$WORK/all"
+    [ "${ONLY:-}" = cost ] && continue
     echo "peak $side $(run "$bin" "$WORK/rs" RS256 256)" >> "$WORK/all"
   done
+  if [ "${ONLY:-}" = cost ]; then tail -2 "$WORK/all"; continue; fi
   half=$(grep "^peak B" "$WORK/all" | tail -1 | awk '{printf "%d", $4 / 2}')
   for side in $order; do
     bin=$BIN_A; [ "$side" = B ] && bin=$BIN_B
@@ -86,6 +89,7 @@ awk -v raw="$RAW" -v threads="$threads" -v rate="$RATE" '
     print "| --- | --- | --- | --- |"
     a = cpu["cost A"] / n["cost A"]; b = cpu["cost B"] / n["cost B"]
     printf "| daemon CPU us/token, cached HS256 x 64 at %d/s | %.2f | %.2f | %.2f |\n", rate, a, b, b / a
+    if (!n["peak A"]) exit
     a = tps["peak A"] / n["peak A"]; b = tps["peak B"] / n["peak B"]
     printf "| RS256 x 64 uncached, tokens/s | %.0f | %.0f | %.2f |\n", a, b, b / a
     printf "| same, / raw one-core rate | %.2f | %.2f | |\n", a / raw, b / raw
