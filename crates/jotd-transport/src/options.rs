@@ -4,6 +4,7 @@ use crate::codec::{HARD_MAX_FRAME_BYTES, Limits};
 use crate::report::TenantWatch;
 use quinn::VarInt;
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,20 +19,20 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// Connections served at once (counted once their handshake completed);
     /// a connection past it is closed right after its handshake. Default 1024.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// Concurrent streams (batches) per connection. Default 256.
-    pub max_streams_per_connection: u32,
+    pub max_streams_per_connection: NonZeroU32,
     /// Tokens being verified across the server. A batch holds its tokens'
     /// room until its decisions are produced (not until the client has read
     /// them). Default 65,536.
-    pub max_tokens_in_flight: usize,
+    pub max_tokens_in_flight: NonZeroUsize,
     /// How long a batch may wait for room in the in-flight budget before it
     /// gets an `overloaded` error. Default 2 s.
     pub overload_wait: Duration,
     /// Bytes of requests still arriving, across the server. A request takes
     /// room for its declared length when its length prefix arrives; one that
     /// finds none is refused at once with `overloaded`. Default 128 MiB.
-    pub max_request_buffer_bytes: usize,
+    pub max_request_buffer_bytes: NonZeroUsize,
     /// A request that has not arrived whole (up to its FIN) this long after
     /// its stream opened is refused with `request_timeout`, its stream stopped
     /// and its bytes released. Default 10 s.
@@ -44,7 +45,7 @@ pub struct ServerOptions {
     pub handshake_timeout: Duration,
     /// Handshakes in progress at once; a new attempt past it is refused.
     /// Default 1024.
-    pub max_handshakes: usize,
+    pub max_handshakes: NonZeroUsize,
     /// With this many handshakes in progress, a new attempt from an address
     /// not yet validated gets a QUIC Retry (it must prove it receives at that
     /// address). 0: always. Default 32.
@@ -60,20 +61,27 @@ pub struct ServerOptions {
     pub tenant_watch: Option<Arc<TenantWatch>>,
 }
 
+const fn nz(n: usize) -> NonZeroUsize {
+    match NonZeroUsize::new(n) {
+        Some(n) => n,
+        None => panic!("a default limit is zero"),
+    }
+}
+
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             limits: Limits::default(),
-            max_connections: 1024,
-            max_streams_per_connection: 256,
-            max_tokens_in_flight: 65_536,
+            max_connections: nz(1024),
+            max_streams_per_connection: NonZeroU32::new(256).expect("non-zero"),
+            max_tokens_in_flight: nz(65_536),
             overload_wait: Duration::from_secs(2),
-            max_request_buffer_bytes: 128 << 20,
+            max_request_buffer_bytes: nz(128 << 20),
             request_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
-            max_handshakes: 1024,
+            max_handshakes: nz(1024),
             retry_after_handshakes: 32,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
@@ -106,14 +114,8 @@ impl ServerOptions {
                 message: message.to_owned(),
             })
         };
+        // Counts are NonZero by type; the frame limits are plain numbers.
         let at_least_one = [
-            ("max_connections", self.max_connections),
-            (
-                "max_streams_per_connection",
-                self.max_streams_per_connection as usize,
-            ),
-            ("max_tokens_in_flight", self.max_tokens_in_flight),
-            ("max_handshakes", self.max_handshakes),
             ("max_batch_items", self.limits.max_items),
             ("max_frame_bytes", self.limits.max_frame_bytes),
         ];
@@ -125,7 +127,7 @@ impl ServerOptions {
         if self.limits.max_frame_bytes > HARD_MAX_FRAME_BYTES {
             return err("max_frame_bytes", "at most 16 MiB");
         }
-        if self.max_request_buffer_bytes < self.limits.max_frame_bytes + 4 {
+        if self.max_request_buffer_bytes.get() < self.limits.max_frame_bytes + 4 {
             return err(
                 "max_request_buffer_bytes",
                 "must hold at least one whole request (max_frame_bytes + 4)",
@@ -153,7 +155,7 @@ impl ServerOptions {
     /// The QUIC transport these options imply.
     pub(crate) fn transport(&self) -> quinn::TransportConfig {
         let mut t = quinn::TransportConfig::default();
-        t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_streams_per_connection))
+        t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_streams_per_connection.get()))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok())
             .keep_alive_interval(Some(self.keep_alive))

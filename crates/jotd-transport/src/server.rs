@@ -252,8 +252,8 @@ impl Server {
         Ok(Self {
             endpoint,
             shared: Arc::new(Shared {
-                tokens: permits(opts.max_tokens_in_flight),
-                request_bytes: permits(opts.max_request_buffer_bytes),
+                tokens: permits(opts.max_tokens_in_flight.get()),
+                request_bytes: permits(opts.max_request_buffer_bytes.get()),
                 opts,
                 engine,
                 pool,
@@ -337,7 +337,9 @@ impl Server {
     fn admit_validated(&self, incoming: Incoming, connections: &mut JoinSet<()>) {
         let shared = &self.shared;
         let remote = incoming.remote_address();
-        if shared.stats.handshakes.fetch_add(1, Ordering::Relaxed) >= shared.opts.max_handshakes {
+        if shared.stats.handshakes.fetch_add(1, Ordering::Relaxed)
+            >= shared.opts.max_handshakes.get()
+        {
             shared.stats.handshakes.fetch_sub(1, Ordering::Relaxed);
             shared.backend.event(&Event::ConnectionRefused {
                 remote,
@@ -393,7 +395,7 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming) {
     };
     // Only an authenticated, complete handshake takes a slot.
     let stats = &shared.stats;
-    if stats.connections.fetch_add(1, Ordering::Relaxed) >= shared.opts.max_connections {
+    if stats.connections.fetch_add(1, Ordering::Relaxed) >= shared.opts.max_connections.get() {
         stats.connections.fetch_sub(1, Ordering::Relaxed);
         shared.backend.event(&Event::ConnectionRefused {
             remote,

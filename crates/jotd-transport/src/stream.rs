@@ -175,7 +175,7 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
         }
     };
     // Reserve the batch's tokens (an empty batch one) until its decisions exist.
-    let max_permits = shared.opts.max_tokens_in_flight.min(usize::MAX >> 4);
+    let max_permits = shared.opts.max_tokens_in_flight.get().min(usize::MAX >> 4);
     let items = job.len().clamp(1, max_permits);
     let permits = u32::try_from(items).unwrap_or(u32::MAX);
     let Ok(Ok(permit)) = tokio::time::timeout(

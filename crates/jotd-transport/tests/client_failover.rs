@@ -251,7 +251,7 @@ async fn a_batch_no_server_will_take_fails_once_with_a_typed_error() {
             max_items: 2,
             ..jotd_transport::Limits::default()
         },
-        max_tokens_in_flight: 2,
+        max_tokens_in_flight: std::num::NonZeroUsize::new(2).unwrap(),
         ..ServerOptions::default()
     };
     let a = start(TestBackend::new(snapshot(1, &k, true)), opts.clone(), false);

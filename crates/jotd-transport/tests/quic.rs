@@ -359,7 +359,7 @@ async fn overload_is_an_error_frame_after_the_wait() {
         ))],
     ));
     let opts = ServerOptions {
-        max_tokens_in_flight: 100,
+        max_tokens_in_flight: std::num::NonZeroUsize::new(100).unwrap(),
         overload_wait: Duration::from_millis(1),
         ..ServerOptions::default()
     };

@@ -63,7 +63,7 @@ async fn half_sent_requests_stay_within_the_buffer_and_go_after_request_timeout(
             max_frame_bytes: frame,
             ..Limits::default()
         },
-        max_request_buffer_bytes: 4 * (frame + 4),
+        max_request_buffer_bytes: std::num::NonZeroUsize::new(4 * (frame + 4)).unwrap(),
         request_timeout: Duration::from_secs(3),
         ..ServerOptions::default()
     };
@@ -153,7 +153,7 @@ async fn a_client_that_never_reads_releases_its_tokens_and_is_reset() {
     let k = keys();
     let backend = TestBackend::new(snapshot(1, &k, true));
     let opts = ServerOptions {
-        max_tokens_in_flight: 400,
+        max_tokens_in_flight: std::num::NonZeroUsize::new(400).unwrap(),
         overload_wait: Duration::from_millis(300),
         write_timeout: Duration::from_millis(700),
         ..ServerOptions::default()
@@ -190,7 +190,7 @@ async fn handshakes_that_never_finish_take_no_connection_slot() {
     let k = keys();
     let backend = TestBackend::new(snapshot(1, &k, true));
     let opts = ServerOptions {
-        max_connections: 3,
+        max_connections: std::num::NonZeroUsize::new(3).unwrap(),
         handshake_timeout: Duration::from_millis(600),
         ..ServerOptions::default()
     };

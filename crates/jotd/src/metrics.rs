@@ -439,9 +439,9 @@ impl Metrics {
         fetcher: Arc<JwksFetcher>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        gauge!("jotd_tokens_in_flight_limit").set(limits.max_tokens_in_flight as f64);
-        gauge!("jotd_connections_limit").set(limits.max_connections as f64);
-        gauge!("jotd_request_buffer_limit_bytes").set(limits.max_request_buffer_bytes as f64);
+        gauge!("jotd_tokens_in_flight_limit").set(limits.max_tokens_in_flight.get() as f64);
+        gauge!("jotd_connections_limit").set(limits.max_connections.get() as f64);
+        gauge!("jotd_request_buffer_limit_bytes").set(limits.max_request_buffer_bytes.get() as f64);
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let s = Sampler::new();

@@ -267,6 +267,19 @@ fn positive(
     }
 }
 
+/// A `[server]` count that must be at least 1.
+fn non_zero(
+    ctx: &Ctx<'_>,
+    key: &str,
+    v: Option<usize>,
+    default: NonZeroUsize,
+) -> Result<NonZeroUsize, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(n) => NonZeroUsize::new(n).ok_or_else(|| ctx.err("server", key, "must be at least 1")),
+    }
+}
+
 fn addr(ctx: &Ctx<'_>, section: &str, v: &str) -> Result<SocketAddr, ConfigError> {
     v.parse().map_err(|_| {
         ctx.err(
@@ -318,24 +331,20 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
             };
             return Err(ctx.err("server", missing, "cert_file and key_file go together"));
         }
-        s.server.max_connections = positive(
+        s.server.max_connections = non_zero(
             &ctx,
-            "server",
             "max_connections",
             r.max_connections,
             d.max_connections,
         )?;
-        s.server.max_streams_per_connection = u32::try_from(positive(
+        s.server.max_streams_per_connection = match r.max_streams_per_connection {
+            None => d.max_streams_per_connection,
+            Some(v) => std::num::NonZeroU32::new(v).ok_or_else(|| {
+                ctx.err("server", "max_streams_per_connection", "must be at least 1")
+            })?,
+        };
+        s.server.max_tokens_in_flight = non_zero(
             &ctx,
-            "server",
-            "max_streams_per_connection",
-            r.max_streams_per_connection.map(|v| v as usize),
-            d.max_streams_per_connection as usize,
-        )?)
-        .unwrap_or(u32::MAX);
-        s.server.max_tokens_in_flight = positive(
-            &ctx,
-            "server",
             "max_tokens_in_flight",
             r.max_tokens_in_flight,
             d.max_tokens_in_flight,
@@ -361,7 +370,7 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
                 format_args!("at most {HARD_MAX_FRAME_BYTES}"),
             ));
         }
-        if items > s.server.max_tokens_in_flight {
+        if items > s.server.max_tokens_in_flight.get() {
             return Err(ctx.err(
                 "server",
                 "max_batch_items",
@@ -417,20 +426,18 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
                 None => {}
             }
         }
-        s.server.max_handshakes = positive(
-            &ctx,
-            "server",
-            "max_handshakes",
-            r.max_handshakes,
-            d.max_handshakes,
-        )?;
+        s.server.max_handshakes =
+            non_zero(&ctx, "max_handshakes", r.max_handshakes, d.max_handshakes)?;
         if let Some(v) = r.retry_after_handshakes {
             s.server.retry_after_handshakes = v;
         }
-        if let Some(v) = r.max_request_buffer_bytes {
-            s.server.max_request_buffer_bytes = v;
-        }
-        if s.server.max_request_buffer_bytes < s.server.limits.max_frame_bytes + 4 {
+        s.server.max_request_buffer_bytes = non_zero(
+            &ctx,
+            "max_request_buffer_bytes",
+            r.max_request_buffer_bytes,
+            d.max_request_buffer_bytes,
+        )?;
+        if s.server.max_request_buffer_bytes.get() < s.server.limits.max_frame_bytes + 4 {
             return Err(ctx.err(
                 "server",
                 "max_request_buffer_bytes",
@@ -645,7 +652,7 @@ level = "jotd=debug"
     fn one_parse_gives_the_daemon_its_sections_and_jotd_keys_its_own() {
         let text = "max_keys_per_tenant = 2\n[server]\nmax_connections = 7\n[[tenant]]\nid = \"a\"\n[[tenant]]\nid = \"b\"\n";
         let (s, keys) = parse(Path::new("/etc/jotd/jotd.toml"), text).unwrap();
-        assert_eq!(s.server.max_connections, 7);
+        assert_eq!(s.server.max_connections.get(), 7);
         assert_eq!(keys.max_keys_per_tenant, 2);
         assert_eq!(keys.tenant.len(), 2);
         // A typo at the top level is the daemon's to refuse, with its line.
@@ -666,7 +673,7 @@ level = "jotd=debug"
         std::fs::write(&file, format!("[server]\nmax_connections = 7\n{tenant}")).unwrap();
         let (settings, keys) = load(&file).unwrap();
         assert_eq!(
-            (settings.server.max_connections, keys.tenants.len()),
+            (settings.server.max_connections.get(), keys.tenants.len()),
             (7, 1)
         );
         let reload = loader(&file);
