@@ -79,11 +79,17 @@ impl Backend for Daemon {
     }
 
     fn refetch(&self, tenants: Vec<String>) -> BoxFuture<bool> {
-        let fetcher = Arc::clone(&self.fetcher);
+        // Every tenant's refetch at once (each is single-flight and rate
+        // limited in the fetcher): a batch waits for the slowest, not the sum.
+        let mut fetches = tokio::task::JoinSet::new();
+        for t in tenants {
+            let fetcher = Arc::clone(&self.fetcher);
+            fetches.spawn(async move { fetcher.on_unknown_kid(&t).await });
+        }
         Box::pin(async move {
             let mut any = false;
-            for t in tenants {
-                any |= fetcher.on_unknown_kid(&t).await;
+            while let Some(installed) = fetches.join_next().await {
+                any |= installed.unwrap_or(false);
             }
             any
         })
