@@ -522,9 +522,24 @@ fn debug_logs_name_denied_tokens_by_hash_never_whole() {
     assert_eq!(line["tenant"], "infura");
     assert_eq!(line["index"], 5);
     assert_eq!(line["level"], "DEBUG");
-    // One line per denied case, none per allowed one, and no token in any line.
-    let denied = log.iter().filter(|l| l.contains("\"denied\"")).count();
-    assert_eq!(denied, 13, "{log:#?}");
+    // One line per denied case, none per allowed one, and no token in any
+    // line. The lines are written with the batch's report, after its answer:
+    // wait for all of them, then make sure no more come.
+    let denied = || {
+        d.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("\"denied\""))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while denied() < 13 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let log = d.log.lock().unwrap().clone();
+    assert_eq!(denied(), 13, "{log:#?}");
     for case in &cases {
         if let Some(t) = &case.token
             && t.len() > 8

@@ -37,10 +37,15 @@ impl Engine {
     /// order, not input order). Every index in `0..reqs.len()` is delivered
     /// exactly once before this returns.
     ///
-    /// A batch smaller than `chunk_size` × the pool's threads is cut into
-    /// one chunk per thread, so a lone batch on an idle pool is spread over
-    /// every thread (its latency is its share of the work, not the whole);
-    /// a big batch keeps whole chunks.
+    /// The first few items are decided on the calling thread. While every
+    /// token decided there needed no costly signature check (a cache hit,
+    /// HMAC, or refused before its signature), the batch stays on the calling
+    /// thread chunk by chunk: waking other threads would cost more than the
+    /// work (a batch of 64 cached tokens is a few microseconds). Otherwise the
+    /// rest is shared on `pool`, cut so that a batch smaller than
+    /// `chunk_size` × the pool's threads gives every thread a chunk (a lone
+    /// batch on an idle pool is spread over every thread); a big batch keeps
+    /// whole chunks.
     pub fn verify_batch_streaming<F>(
         &self,
         pool: &ThreadPool,
@@ -56,12 +61,37 @@ impl Engine {
             reqs.len(),
             pool.current_num_threads(),
         );
+        let mut scratch = Scratch::new();
+        let mut start = 0;
+        let mut cheap = true;
+        while cheap && start < reqs.len() {
+            // A short probe first, so a costly batch loses little latency.
+            let len = if start == 0 { chunk.min(PROBE) } else { chunk };
+            let part = &reqs[start..(start + len).min(reqs.len())];
+            let misses = scratch.counts.misses;
+            let decisions = self.verify_chunk_unflushed(&mut scratch, snapshot, part, now);
+            cheap = decisions.iter().all(|d| {
+                d.token().is_none_or(|t| {
+                    t.alg().family() == crate::KeyFamily::Hmac
+                        || (self.cache.is_some() && scratch.counts.misses == misses)
+                })
+            });
+            self.flush(&mut scratch);
+            on_chunk(start, decisions);
+            start += part.len();
+        }
+        self.cheap
+            .store(start == reqs.len(), std::sync::atomic::Ordering::Relaxed);
+        if start == reqs.len() {
+            return;
+        }
+        let rest = &reqs[start..];
         pool.install(|| {
-            reqs.par_chunks(chunk)
+            rest.par_chunks(chunk)
                 .enumerate()
                 .for_each_init(Scratch::new, |scratch, (i, part)| {
                     let decisions = self.verify_chunk(scratch, snapshot, part, now);
-                    on_chunk(i * chunk, decisions);
+                    on_chunk(start + i * chunk, decisions);
                 });
         });
     }
@@ -73,14 +103,26 @@ impl Engine {
         part: &[Request<'_>],
         now: UnixTime,
     ) -> Vec<Decision> {
-        let out = part
-            .iter()
-            .map(|r| self.verify_with(scratch, snapshot, r, now))
-            .collect();
+        let out = self.verify_chunk_unflushed(scratch, snapshot, part, now);
         self.flush(scratch);
         out
     }
+
+    fn verify_chunk_unflushed(
+        &self,
+        scratch: &mut Scratch,
+        snapshot: &Snapshot,
+        part: &[Request<'_>],
+        now: UnixTime,
+    ) -> Vec<Decision> {
+        part.iter()
+            .map(|r| self.verify_with(scratch, snapshot, r, now))
+            .collect()
+    }
 }
+
+/// Items decided on the calling thread before a batch is known to be cheap.
+const PROBE: usize = 4;
 
 /// Items per streamed chunk: `configured`, or fewer so that a batch of
 /// `items` gives every one of `threads` a chunk.

@@ -91,6 +91,9 @@ pub struct Engine {
     pub(crate) config: EngineConfig,
     base64url: Base64Url,
     pub(crate) cache: Option<TokenCache>,
+    /// Whether the last streamed batch needed no costly signature check
+    /// (see [`Engine::batches_are_cheap`]).
+    pub(crate) cheap: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -109,7 +112,18 @@ impl Engine {
             config,
             base64url: Base64Url::new(),
             cache: config.cache.map(TokenCache::new),
+            cheap: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the last batch decided with [`Engine::verify_batch_streaming`]
+    /// stayed on its calling thread (every token a cache hit, HMAC, or
+    /// refused before its signature). A driver uses it as a hint for the
+    /// next batch: cheap ones are best run where waking many threads costs
+    /// nothing, costly ones on the pool.
+    #[must_use]
+    pub fn batches_are_cheap(&self) -> bool {
+        self.cheap.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The settings this engine was built with.

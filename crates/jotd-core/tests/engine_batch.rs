@@ -114,3 +114,41 @@ fn one_hot_token_across_threads() {
         "at most one miss per thread racing the first insert"
     );
 }
+
+#[test]
+fn cheap_batches_stay_on_the_calling_thread_and_costly_ones_use_the_pool() {
+    let snap = snapshot(vec![tenant("t", &[Es256, Hs256])]);
+    let engine = Engine::new(EngineConfig::default());
+    let pool = pool(2);
+    let caller = std::thread::current().id();
+    let run = |tokens: &[String]| {
+        let reqs: Vec<_> = tokens
+            .iter()
+            .map(|t| Request::bearer("t", t.as_bytes()))
+            .collect();
+        let threads = Mutex::new(Vec::new());
+        let decided = Mutex::new(0);
+        engine.verify_batch_streaming(&pool, &snap, &reqs, UnixTime(NOW), |_, decisions| {
+            threads.lock().unwrap().push(std::thread::current().id());
+            assert!(decisions.iter().all(|d| d.reason() == Reason::Ok));
+            *decided.lock().unwrap() += decisions.len();
+        });
+        assert_eq!(*decided.lock().unwrap(), tokens.len());
+        threads.into_inner().unwrap()
+    };
+    // HMAC: cheap; every chunk decided on the calling thread.
+    let hs: Vec<String> = (0..64)
+        .map(|i| mint(Hs256, json!({"sub": i.to_string()})))
+        .collect();
+    assert!(run(&hs).iter().all(|t| *t == caller));
+    assert!(engine.batches_are_cheap());
+    // ES256 not seen before: costly; the pool shares the rest of the batch.
+    let es: Vec<String> = (0..64)
+        .map(|i| mint(Es256, json!({"sub": i.to_string()})))
+        .collect();
+    assert!(run(&es).iter().any(|t| *t != caller));
+    assert!(!engine.batches_are_cheap());
+    // The same tokens again are cache hits: cheap.
+    assert!(run(&es).iter().all(|t| *t == caller));
+    assert!(engine.batches_are_cheap());
+}

@@ -192,6 +192,8 @@ pub(crate) struct Shared {
     pub(crate) opts: ServerOptions,
     pub(crate) engine: Arc<Engine>,
     pub(crate) pool: Arc<ThreadPool>,
+    /// Runs the batch jobs (blocking waits; the pool does the parallel part).
+    pub(crate) dispatch: crate::dispatch::Dispatch,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) tokens: Arc<Semaphore>,
     pub(crate) request_bytes: Arc<Semaphore>,
@@ -223,6 +225,9 @@ pub enum ServerError {
     /// An option is out of range.
     #[error(transparent)]
     Options(#[from] crate::options::OptionsError),
+    /// The batch threads could not be started.
+    #[error("cannot start the batch threads: {0}")]
+    Threads(std::io::Error),
 }
 
 impl Server {
@@ -247,6 +252,8 @@ impl Server {
                 addr: opts.listen,
                 source,
             })?;
+        let dispatch = crate::dispatch::Dispatch::start(2 * pool.current_num_threads())
+            .map_err(ServerError::Threads)?;
         let (drain, draining) = watch::channel(false);
         let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
         Ok(Self {
@@ -257,6 +264,7 @@ impl Server {
                 opts,
                 engine,
                 pool,
+                dispatch,
                 backend,
                 stats: Arc::new(ServerStats::default()),
                 draining,

@@ -303,7 +303,7 @@ async fn on_pool(
     let (done, result) = oneshot::channel();
     let pool_shared = Arc::clone(shared);
     let frames = frames.clone();
-    shared.pool.spawn(move || {
+    let task: crate::dispatch::Task = Box::new(move || {
         let shared = pool_shared;
         let emit = |frame: Vec<u8>| {
             let _ = frames.send(frame);
@@ -319,6 +319,14 @@ async fn on_pool(
         let out = std::panic::catch_unwind(AssertUnwindSafe(|| step(job, &cx, &emit))).ok();
         let _ = done.send(out);
     });
+    // Cheap batches (cached, HMAC) on the batch threads: one futex wake-up
+    // each, where the pool's idle workers would spin after every batch;
+    // costly ones on the pool, which they share among its threads.
+    if shared.engine.batches_are_cheap() {
+        shared.dispatch.spawn(task);
+    } else {
+        shared.pool.spawn(task);
+    }
     result.await.ok().flatten()
 }
 
