@@ -41,19 +41,7 @@ async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Vec<u8>,
     let read = tokio::time::timeout(opts.request_timeout, async {
         // Whatever has arrived, until the length prefix is in: QUIC flow
         // control (the stream window is one frame) bounds what that can be.
-        while bytes.len() < 4 {
-            match recv.read_chunk(limit + 5, true).await {
-                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk.bytes),
-                Ok(None) => {
-                    return Err(refuse(
-                        &bytes,
-                        ErrorCode::MalformedFrame,
-                        "stream ended inside a frame",
-                    ));
-                }
-                Err(_) => return Err(ReadFailure::Aborted),
-            }
-        }
+        fill(recv, &mut bytes, 4, |_| limit + 5).await?;
         let declared = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
         if declared > limit {
             let _ = recv.stop(VarInt::from_u32(STOP_TOO_LARGE));
@@ -92,19 +80,7 @@ async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Vec<u8>,
         }
         // The rest, into room the request reserved.
         bytes.reserve_exact(total - bytes.len());
-        while bytes.len() < total {
-            match recv.read_chunk(total - bytes.len(), true).await {
-                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk.bytes),
-                Ok(None) => {
-                    return Err(refuse(
-                        &bytes,
-                        ErrorCode::MalformedFrame,
-                        "stream ended inside a frame",
-                    ));
-                }
-                Err(_) => return Err(ReadFailure::Aborted),
-            }
-        }
+        fill(recv, &mut bytes, total, |have| total - have).await?;
         // The answer starts at the client's FIN: nothing may follow the frame.
         match recv.read_chunk(1, true).await {
             Ok(None) => Ok(room),
@@ -137,6 +113,30 @@ async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Vec<u8>,
             ))
         }
     }
+}
+
+/// Reads into `bytes` until it holds `want` bytes, each read at most
+/// `most(bytes held)`.
+async fn fill(
+    recv: &mut RecvStream,
+    bytes: &mut Vec<u8>,
+    want: usize,
+    most: impl Fn(usize) -> usize,
+) -> Result<(), ReadFailure> {
+    while bytes.len() < want {
+        match recv.read_chunk(most(bytes.len()), true).await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(refuse(
+                    bytes,
+                    ErrorCode::MalformedFrame,
+                    "stream ended inside a frame",
+                ));
+            }
+            Err(_) => return Err(ReadFailure::Aborted),
+        }
+    }
+    Ok(())
 }
 
 fn refuse(head: &[u8], code: ErrorCode, message: &str) -> ReadFailure {
