@@ -169,7 +169,7 @@ refresh_s = 3600
         2,
         "the refetch is rate limited"
     );
-    let (_, metrics) = d.get("/metrics");
+    let metrics = d.metrics_when(|m| m.contains("jotd_refetch_reverified_batches_total 1"));
     assert!(
         metrics.contains("jotd_refetch_reverified_batches_total 1"),
         "{metrics}"

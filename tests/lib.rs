@@ -199,6 +199,23 @@ impl Daemon {
         );
     }
 
+    /// `/metrics` once `ready` holds for it (up to 5 s; then as it is). A
+    /// batch's report, which the metrics count, lands a moment after its
+    /// last answer byte: a test that reads counts right after its answers
+    /// must wait for them.
+    #[must_use]
+    pub fn metrics_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, body) = self.get("/metrics");
+            assert_eq!(status, 200, "{body}");
+            if ready(&body) || Instant::now() >= deadline {
+                return body;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// GETs `path` from the admin listener: (status, body).
     #[must_use]
     pub fn get(&self, path: &str) -> (u16, String) {
