@@ -7,8 +7,11 @@
 //! - `jotd-load mint`: one token from flags.
 //! - `jotd-load run`: the load (see `run --help`); exits non-zero on any
 //!   mismatch, missing decision or batch error.
+//! - `jotd-load stall`: a hostile client that holds half-sent requests, to
+//!   measure the daemon's request buffer and `request_timeout`.
 
 pub mod run;
+mod stall;
 mod tenants;
 mod workload;
 
@@ -31,6 +34,9 @@ enum Command {
     Mint(tenants::MintArgs),
     /// Run load against the daemon and check every decision.
     Run(run::RunArgs),
+    /// Hold half-sent requests open (a hostile client) and report what the
+    /// daemon did with them and its memory.
+    Stall(stall::StallArgs),
 }
 
 /// What a command produced.
@@ -71,5 +77,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<Outcome> {
             Outcome::Done
         }
         Command::Run(a) => Outcome::Ran(run::run(&a)?),
+        Command::Stall(a) => {
+            stall::stall(&a)?;
+            Outcome::Done
+        }
     })
 }

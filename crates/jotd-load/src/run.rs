@@ -381,7 +381,7 @@ fn cpu_seconds() -> f64 {
 }
 
 /// Reads one gauge from a Prometheus text endpoint (plain HTTP).
-fn scrape(url: &str, metric: &str) -> Option<f64> {
+pub(crate) fn scrape(url: &str, metric: &str) -> Option<f64> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
