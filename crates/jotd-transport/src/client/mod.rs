@@ -266,6 +266,9 @@ pub enum ClientError {
     /// The batch cannot be encoded (over the frame limit).
     #[error("cannot send batch: {0}")]
     Encode(WireError),
+    /// The answers ended with items undecided (a client bug; fails closed).
+    #[error("{0} items left undecided")]
+    Incomplete(usize),
 }
 
 impl ClientError {
@@ -287,7 +290,8 @@ impl ClientError {
             Self::Unavailable { .. }
             | Self::Timeout(_)
             | Self::Connection { .. }
-            | Self::Protocol { .. } => true,
+            | Self::Protocol { .. }
+            | Self::Incomplete(_) => true,
         }
     }
 
@@ -316,6 +320,7 @@ impl ClientError {
             Self::Connection { .. } => "connection",
             Self::Protocol { .. } => "protocol",
             Self::Encode(_) => "encode",
+            Self::Incomplete(_) => "incomplete",
         }
     }
 }
@@ -899,7 +904,12 @@ impl Client {
             }
         })
         .await?;
-        // Pending delivers every index exactly once before it ends.
+        // Pending delivers every index exactly once before it ends; should
+        // one be missing, the batch fails rather than shrink.
+        let undecided = out.iter().filter(|d| d.is_none()).count();
+        if undecided > 0 {
+            return Err(ClientError::Incomplete(undecided));
+        }
         Ok(out.into_iter().flatten().collect())
     }
 
