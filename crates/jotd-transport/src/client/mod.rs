@@ -43,7 +43,8 @@ pub struct HedgePolicy {
     /// deviation (as TCP's retransmission timer), within these bounds.
     /// Default 5 ms.
     pub min_delay: Duration,
-    /// Default 100 ms.
+    /// Default 50 ms: a batch stuck on a replica that died waits at most
+    /// this long for its second copy.
     pub max_delay: Duration,
     /// Hedges per batch sent, at most, over time (a token bucket). Hedges of
     /// batches whose endpoint is ejected are free. Default 0.05.
@@ -57,7 +58,7 @@ impl Default for HedgePolicy {
         Self {
             enabled: true,
             min_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(50),
             budget: 0.05,
             burst: 10,
         }
