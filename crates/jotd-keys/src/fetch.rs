@@ -555,12 +555,6 @@ impl JwksFetcher {
         refreshed
     }
 
-    /// Whether `tenant` has a JWKS URL source (its unknown kids may be cured by a refetch).
-    #[must_use]
-    pub fn has_url_source(&self, tenant: &str) -> bool {
-        self.targets().iter().any(|t| t.tenant == tenant)
-    }
-
     /// Every URL source's state.
     #[must_use]
     pub fn health(&self) -> Vec<SourceHealth> {

@@ -296,7 +296,17 @@ impl BatchJob {
             for part in held.chunks(HELD_CHUNK) {
                 let mut wire = Vec::with_capacity(part.len());
                 for (i, d) in part {
-                    self.account(cx, *i, d, &mut tally, &mut denials);
+                    let item = &self.items[*i as usize];
+                    // What accounting reads (addresses are not).
+                    let req = Request {
+                        token: item.token.map(|t| self.bytes(t)),
+                        tenant: self.text(item.tenant),
+                        method: item.method.map(|m| self.text(m)),
+                        addresses: &[],
+                        origin: None,
+                        user_agent: None,
+                    };
+                    Self::account(cx, *i, &req, d, &mut tally, &mut denials);
                     wire.push(WireDecision::from_decision(*i, d));
                 }
                 self.send_chunk(wire, emit);
@@ -317,29 +327,28 @@ impl BatchJob {
         self.report
     }
 
+    /// Counts the decision of item `index` (request `req`), and records it
+    /// when it is a denial the driver asked for.
     fn account(
-        &self,
         cx: &JobContext<'_>,
         index: u32,
+        req: &Request<'_>,
         d: &Decision,
         tally: &mut Tally,
         denials: &mut Vec<Denial>,
     ) {
-        let Some(item) = self.items.get(index as usize) else {
-            return;
-        };
-        tally.add_for(self.text(item.tenant), d);
+        tally.add_for(req.tenant, d);
         if cx.record_denials && !d.reason().is_allow() {
             denials.push(Denial {
                 index,
-                tenant: self.text(item.tenant).to_owned(),
-                method: item.method.map(|m| self.text(m).to_owned()),
+                tenant: req.tenant.to_owned(),
+                method: req.method.map(str::to_owned),
                 reason: d.reason(),
                 kid: d
                     .token()
                     .and_then(jotd_core::TokenInfo::kid)
                     .map(str::to_owned),
-                token_hash: item.token.map(|t| token_hash(self.bytes(t))),
+                token_hash: req.token.map(token_hash),
             });
         }
     }
@@ -414,7 +423,7 @@ impl BatchJob {
                         keep.push(k);
                         continue;
                     }
-                    this.account(cx, index, d, &mut tally, &mut denials);
+                    Self::account(cx, index, &requests[first + k], d, &mut tally, &mut denials);
                     wire.push(WireDecision::from_decision(index, d));
                 }
                 if !wire.is_empty() {

@@ -9,9 +9,11 @@
 //!   optional mutual TLS) that only moves bytes between streams and jobs,
 //!   under connection, handshake, stream, buffer, in-flight and time limits,
 //!   with a bounded drain.
-//! - [`Client`]: the gateway side: several endpoints, least-outstanding
-//!   spreading, reconnect with backoff, per-batch timeout, exactly one decision
-//!   per item or an error.
+//! - [`Client`]: the gateway side: several endpoints (addresses, or names
+//!   resolved again periodically), least-outstanding spreading, failover and
+//!   hedged copies to other endpoints, ejection of failing ones with
+//!   background reconnects, per-batch timeout, exactly one decision per item
+//!   or a typed error.
 
 mod client;
 mod codec;
