@@ -29,8 +29,9 @@ mod stream;
 mod tls;
 
 pub use client::{
-    Client, ClientDecision, ClientError, ClientOptions, ClientStats, ConnectionFailure,
-    EndpointStats, HedgePolicy, Pending, Resolve, ResolveFuture, SystemResolver, Violation,
+    Batcher, BatcherOptions, BatcherStats, Check, CheckError, Client, ClientDecision, ClientError,
+    ClientOptions, ClientStats, ConnectionFailure, EndpointStats, FlushReason, HedgePolicy,
+    Pending, Resolve, ResolveFuture, SystemResolver, Violation,
 };
 pub use codec::{
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_ITEMS, FrameType, HARD_MAX_FRAME_BYTES, Limits, RawFrame,

@@ -21,8 +21,10 @@
 //! item wins, a later one is dropped and counted ([`ClientStats`]). Every
 //! call either yields all its decisions or returns a typed [`ClientError`].
 
+mod batcher;
 mod pending;
 
+pub use batcher::{Batcher, BatcherOptions, BatcherStats, Check, CheckError, FlushReason};
 pub use pending::Pending;
 
 use crate::codec::{HARD_MAX_FRAME_BYTES, WireError, encode_batch};

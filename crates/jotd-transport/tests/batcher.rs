@@ -1,0 +1,235 @@
+//! Micro-batching: single checks from many tasks become batches, each check
+//! gets exactly its own decision, deadlines hold, failures reach every check.
+
+mod support;
+
+use jotd_core::Reason;
+use jotd_transport::{Batcher, BatcherOptions, Check, CheckError, ServerOptions};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+fn check(token: &str, tenant: &str) -> Check {
+    Check {
+        token: Some(token.as_bytes().to_vec()),
+        tenant: tenant.into(),
+        method: Some("eth_blockNumber".into()),
+        ..Check::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checks_form_batches_and_each_gets_its_own_decision() {
+    let k = keys();
+    let r = start(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+    );
+    let client = Arc::new(client(&r, vec![r.addr], false));
+    client.connect_all().await.unwrap();
+    let batcher = Batcher::new(
+        Arc::clone(&client),
+        BatcherOptions {
+            max_items: NonZeroUsize::new(16).unwrap(),
+            max_delay: Duration::from_millis(5),
+            ..BatcherOptions::default()
+        },
+    );
+    // Alternate valid, expired and bad-signature tokens: a decision handed to
+    // the wrong check would show as the wrong reason.
+    let valid = k.hs.mint(Some("hs"), &claims("ok", NOW + 60)).unwrap();
+    let expired = k.hs.mint(Some("hs"), &claims("old", NOW - 600)).unwrap();
+    let forged = format!("{}AAAA", &valid[..valid.len() - 4]);
+    let cases = [
+        (valid, Reason::Ok),
+        (expired, Reason::Expired),
+        (forged, Reason::BadSignature),
+    ];
+    let n = 600;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (token, want) = cases[i % 3].clone();
+            let b = batcher.clone();
+            tokio::spawn(async move {
+                let d = b
+                    .check(check(&token, "t"), Instant::now() + Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                assert_eq!(d.reason(), Some(want), "check {i}");
+                assert_eq!(d.allow, want == Reason::Ok);
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = batcher.stats();
+    assert_eq!(s.checks, n as u64);
+    assert_eq!(s.items, n as u64, "{s:?}");
+    assert!(s.batches < n as u64 / 2, "no batching: {s:?}");
+    assert_eq!(
+        s.flush_full + s.flush_eager + s.flush_answered + s.flush_delay,
+        s.batches
+    );
+    assert!(s.flush_full > 0, "{s:?}");
+    assert_eq!(s.failed + s.abandoned + s.overloaded, 0, "{s:?}");
+    let sent: u64 = client.stats().endpoints.iter().map(|e| e.sent).sum();
+    assert!(
+        sent >= s.batches,
+        "one client batch (or more, hedged) per flush"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_check_is_sent_at_once() {
+    let k = keys();
+    let r = start(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+    );
+    let client = Arc::new(client(&r, vec![r.addr], false));
+    client.connect_all().await.unwrap();
+    // A delay far longer than the test may take: only the eager rule sends it.
+    let batcher = Batcher::new(
+        client,
+        BatcherOptions {
+            max_delay: Duration::from_secs(3600),
+            ..BatcherOptions::default()
+        },
+    );
+    let valid = k.hs.mint(Some("hs"), &claims("ok", NOW + 60)).unwrap();
+    for _ in 0..3 {
+        let d = tokio::time::timeout(
+            Duration::from_secs(5),
+            batcher.check(check(&valid, "t"), Instant::now() + Duration::from_secs(5)),
+        )
+        .await
+        .expect("sent at once, not after max_delay")
+        .unwrap();
+        assert!(d.allow);
+    }
+    let s = batcher.stats();
+    assert_eq!((s.batches, s.flush_eager), (3, 3), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_past_its_deadline_fails_and_the_rest_still_decide() {
+    let k = keys();
+    // "jwks" items with an unknown kid wait for a refetch that waits for the gate.
+    let (open, gate) = watch::channel(false);
+    let r = start(
+        TestBackend::gated(snapshot(1, &k, false), gate),
+        ServerOptions::default(),
+        false,
+    );
+    let client = Arc::new(client(&r, vec![r.addr], false));
+    client.connect_all().await.unwrap();
+    let batcher = Batcher::new(Arc::clone(&client), BatcherOptions::default());
+    let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let started = Instant::now();
+    let got = batcher
+        .check(
+            check(&held, "jwks"),
+            Instant::now() + Duration::from_millis(200),
+        )
+        .await;
+    assert_eq!(got, Err(CheckError::Deadline));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    open.send(true).unwrap();
+    // A check queued behind it (the first batch is still outstanding) is
+    // sent when that batch answers, or after max_delay.
+    let valid = k.es.mint(Some("es"), &claims("b", NOW + 60)).unwrap();
+    let d = batcher
+        .check(check(&valid, "t"), Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(d.allow, "{d:?}");
+    // A check already past its deadline when it is flushed is never sent.
+    let before = batcher.stats();
+    let got = batcher.check(check(&valid, "t"), Instant::now()).await;
+    assert_eq!(got, Err(CheckError::Deadline));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = batcher.stats();
+    assert_eq!(after.items, before.items, "{after:?}");
+    assert_eq!(after.abandoned, before.abandoned + 1, "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_that_is_gone_fails_every_check_with_the_client_error() {
+    let k = keys();
+    let r = start(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+    );
+    let addr = r.addr;
+    let c = client(&r, vec![addr], false);
+    r.stop().await;
+    let batcher = Batcher::new(Arc::new(c), BatcherOptions::default());
+    let valid = k.hs.mint(Some("hs"), &claims("ok", NOW + 60)).unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (b, v) = (batcher.clone(), valid.clone());
+            tokio::spawn(async move {
+                b.check(check(&v, "t"), Instant::now() + Duration::from_secs(10))
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        match t.await.unwrap() {
+            Err(CheckError::Client(e)) => assert!(e.retryable(), "{e}"),
+            other => panic!("expected a client error, got {other:?}"),
+        }
+    }
+    let s = batcher.stats();
+    assert_eq!(s.failed, 20, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_at_once() {
+    let k = keys();
+    let (_open, gate) = watch::channel(false);
+    let r = start(
+        TestBackend::gated(snapshot(1, &k, false), gate),
+        ServerOptions::default(),
+        false,
+    );
+    let client = Arc::new(client(&r, vec![r.addr], false));
+    client.connect_all().await.unwrap();
+    let batcher = Batcher::new(
+        client,
+        BatcherOptions {
+            max_queued: NonZeroUsize::new(4).unwrap(),
+            max_delay: Duration::from_secs(3600),
+            ..BatcherOptions::default()
+        },
+    );
+    let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    // The first check goes out eagerly and is held; four more fill the queue.
+    let mut waiting = Vec::new();
+    for _ in 0..5 {
+        let (b, h) = (batcher.clone(), held.clone());
+        waiting.push(tokio::spawn(async move {
+            b.check(check(&h, "jwks"), Instant::now() + Duration::from_secs(2))
+                .await
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = batcher
+        .check(
+            check(&held, "jwks"),
+            Instant::now() + Duration::from_secs(2),
+        )
+        .await;
+    assert_eq!(got, Err(CheckError::Overloaded));
+    assert_eq!(batcher.stats().overloaded, 1);
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), Err(CheckError::Deadline));
+    }
+}
