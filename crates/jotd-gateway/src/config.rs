@@ -1,0 +1,514 @@
+//! `jotd-gateway.toml`: read once, typed, checked; errors name file, line and key.
+//!
+//! ```toml
+//! [pool]
+//! endpoints = ["127.0.0.1:4433"]     # addresses or names (re-resolved)
+//! ca_file = "ca.pem"                 # the CA the jotd servers' certificates chain to
+//! # client_cert_file = "client.pem"  # mutual TLS, when jotd asks for it
+//! # client_key_file = "client.key"
+//! server_name = "localhost"
+//! check_timeout_ms = 2000            # per check, micro-batching and failover included
+//! failure_mode = "closed"            # or "open": allow when the pool cannot answer
+//!
+//! [batch]
+//! max_items = 64
+//! max_delay_us = 1000
+//! eager_batches = 1
+//!
+//! [proxy]                            # the JSON-RPC reverse proxy
+//! listen = "127.0.0.1:8545"
+//! upstreams = ["http://127.0.0.1:8546"]
+//!
+//! [forward_auth]                     # NGINX auth_request, Caddy forward_auth, Traefik, APISIX
+//! listen = "127.0.0.1:9180"
+//!
+//! [admin]
+//! listen = "127.0.0.1:9465"          # /metrics /healthz /readyz
+//!
+//! [[route]]                          # first match wins
+//! path = "/v3/{tenant}"              # or host = "{tenant}.rpc.example.com", or tenant = "node-1"
+//! ```
+
+use crate::jsonrpc::AddressTable;
+use crate::route::{Route, RouteError};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A config error, located.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}{}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default(), if key.is_empty() { String::new() } else { format!(": `{key}`") })]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// The 1-based line, when known.
+    pub line: Option<usize>,
+    /// The key, when known.
+    pub key: String,
+    /// What was wrong.
+    pub message: String,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// Whether the pool's failure means deny or allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Deny (HTTP 503) when the pool cannot answer. Default.
+    #[default]
+    Closed,
+    /// Allow when the pool cannot answer (Envoy's `failure_mode_allow`).
+    Open,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    pool: Spanned<RawPool>,
+    #[serde(default)]
+    batch: RawBatch,
+    proxy: Option<Spanned<RawProxy>>,
+    forward_auth: Option<Spanned<RawListen>>,
+    admin: Option<Spanned<RawListen>>,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+    /// Extra or replaced rows of the method → address-parameter table.
+    #[serde(default)]
+    address_params: std::collections::BTreeMap<String, Spanned<Vec<String>>>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    endpoints: Vec<Spanned<String>>,
+    ca_file: Spanned<String>,
+    client_cert_file: Option<Spanned<String>>,
+    client_key_file: Option<Spanned<String>>,
+    #[serde(default = "localhost")]
+    server_name: String,
+    #[serde(default = "check_timeout")]
+    check_timeout_ms: u64,
+    #[serde(default)]
+    failure_mode: FailureMode,
+}
+
+fn localhost() -> String {
+    "localhost".into()
+}
+const fn check_timeout() -> u64 {
+    2000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    #[serde(default = "max_items")]
+    max_items: Spanned<usize>,
+    #[serde(default = "max_delay")]
+    max_delay_us: u64,
+    #[serde(default = "one")]
+    eager_batches: Spanned<usize>,
+}
+
+impl Default for RawBatch {
+    fn default() -> Self {
+        Self {
+            max_items: max_items(),
+            max_delay_us: max_delay(),
+            eager_batches: one(),
+        }
+    }
+}
+
+fn max_items() -> Spanned<usize> {
+    Spanned::new(0..0, 64)
+}
+const fn max_delay() -> u64 {
+    1000
+}
+fn one() -> Spanned<usize> {
+    Spanned::new(0..0, 1)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Spanned<String>,
+    upstreams: Vec<Spanned<String>>,
+    #[serde(default = "upstream_timeout")]
+    upstream_timeout_ms: u64,
+}
+
+const fn upstream_timeout() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path: Option<Spanned<String>>,
+    host: Option<Spanned<String>>,
+    tenant: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "max_body")]
+    max_body_bytes: usize,
+    #[serde(default = "max_calls")]
+    max_batch_calls: usize,
+    #[serde(default = "max_token")]
+    max_token_bytes: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: max_body(),
+            max_batch_calls: max_calls(),
+            max_token_bytes: max_token(),
+        }
+    }
+}
+
+const fn max_body() -> usize {
+    1 << 20
+}
+const fn max_calls() -> usize {
+    100
+}
+const fn max_token() -> usize {
+    8 << 10
+}
+
+/// Where the jotd pool is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// Endpoints as written: `ip:port` or `name:port`.
+    pub endpoints: Vec<String>,
+    /// CA PEM file.
+    pub ca_file: PathBuf,
+    /// Client certificate and key PEM files (mutual TLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// The name jotd's certificate must carry.
+    pub server_name: String,
+    /// Longest wait for one check's decision.
+    pub check_timeout: Duration,
+    /// Deny or allow when the pool cannot answer.
+    pub failure_mode: FailureMode,
+}
+
+/// Micro-batching settings (see `jotd_transport::BatcherOptions`).
+#[derive(Debug, Clone, Copy)]
+pub struct Batch {
+    /// Flush at this many checks.
+    pub max_items: std::num::NonZeroUsize,
+    /// Flush when the oldest check waited this long.
+    pub max_delay: Duration,
+    /// Send at once while fewer batches are outstanding.
+    pub eager_batches: std::num::NonZeroUsize,
+}
+
+/// The reverse proxy's settings.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Upstream node URLs (`http://host:port[/path]`), used in turn.
+    pub upstreams: Vec<hyper::Uri>,
+    /// Longest wait for an upstream's answer.
+    pub upstream_timeout: Duration,
+}
+
+/// Request limits shared by the doors.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body read (413 beyond).
+    pub max_body_bytes: usize,
+    /// Most calls in one JSON-RPC batch array.
+    pub max_batch_calls: usize,
+    /// Largest bearer token passed on (longer ones are `token_too_large` at jotd;
+    /// the gateway refuses them before they cross the network).
+    pub max_token_bytes: usize,
+}
+
+/// The whole config, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (relative paths are resolved against its folder).
+    pub file: PathBuf,
+    /// The jotd pool.
+    pub pool: Pool,
+    /// Micro-batching.
+    pub batch: Batch,
+    /// The reverse proxy, when configured.
+    pub proxy: Option<Proxy>,
+    /// The forward-auth listener, when configured.
+    pub forward_auth: Option<SocketAddr>,
+    /// The admin listener, when configured.
+    pub admin: Option<SocketAddr>,
+    /// Routes, first match wins.
+    pub routes: Vec<Route>,
+    /// Method → address parameters.
+    pub addresses: AddressTable,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Reads and checks `file`.
+    ///
+    /// # Errors
+    /// The file cannot be read, or a value is wrong (located).
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(file, &text)
+    }
+
+    /// Checks `text` as if read from `file`.
+    ///
+    /// # Errors
+    /// A value is wrong (located).
+    #[allow(clippy::too_many_lines)]
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let err = |span: std::ops::Range<usize>, key: &str, message: String| ConfigError {
+            file: file.to_owned(),
+            line: (span.end > 0).then(|| line_of(text, span.start)),
+            key: key.to_owned(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_owned();
+            let key = message
+                .split_once("unknown field `")
+                .and_then(|(_, rest)| rest.split_once('`'))
+                .map(|(k, _)| k.to_owned())
+                .unwrap_or_default();
+            ConfigError {
+                file: file.to_owned(),
+                line: e.span().map(|s| line_of(text, s.start)),
+                key,
+                message,
+            }
+        })?;
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &str| {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                dir.join(p)
+            }
+        };
+        let listen = |s: &Spanned<String>, key: &str| {
+            s.get_ref().parse::<SocketAddr>().map_err(|e| {
+                err(
+                    s.span(),
+                    key,
+                    format!("`{}` is not an address (ip:port): {e}", s.get_ref()),
+                )
+            })
+        };
+
+        let pool_span = raw.pool.span();
+        let p = raw.pool.into_inner();
+        if p.endpoints.is_empty() {
+            return Err(err(pool_span, "endpoints", "no jotd endpoint given".into()));
+        }
+        for e in &p.endpoints {
+            let s = e.get_ref();
+            let ok = s.parse::<SocketAddr>().is_ok()
+                || s.rsplit_once(':')
+                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(err(
+                    e.span(),
+                    "endpoints",
+                    format!("`{s}` is neither ip:port nor name:port"),
+                ));
+            }
+        }
+        let client_cert = match (p.client_cert_file, p.client_key_file) {
+            (Some(c), Some(k)) => Some((resolve(c.get_ref()), resolve(k.get_ref()))),
+            (None, None) => None,
+            (Some(c), None) => {
+                return Err(err(
+                    c.span(),
+                    "client_key_file",
+                    "client_cert_file needs client_key_file".into(),
+                ));
+            }
+            (None, Some(k)) => {
+                return Err(err(
+                    k.span(),
+                    "client_cert_file",
+                    "client_key_file needs client_cert_file".into(),
+                ));
+            }
+        };
+        if p.check_timeout_ms == 0 {
+            return Err(err(pool_span, "check_timeout_ms", "must be above 0".into()));
+        }
+        let pool = Pool {
+            endpoints: p.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
+            ca_file: resolve(p.ca_file.get_ref()),
+            client_cert,
+            server_name: p.server_name,
+            check_timeout: Duration::from_millis(p.check_timeout_ms),
+            failure_mode: p.failure_mode,
+        };
+
+        let nz = |s: &Spanned<usize>, key: &str| {
+            std::num::NonZeroUsize::new(*s.get_ref())
+                .ok_or_else(|| err(s.span(), key, "must be above 0".into()))
+        };
+        let batch = Batch {
+            max_items: nz(&raw.batch.max_items, "max_items")?,
+            max_delay: Duration::from_micros(raw.batch.max_delay_us),
+            eager_batches: nz(&raw.batch.eager_batches, "eager_batches")?,
+        };
+        if batch.max_items.get() > jotd_transport::DEFAULT_MAX_ITEMS {
+            return Err(err(
+                raw.batch.max_items.span(),
+                "max_items",
+                format!(
+                    "at most {} (jotd's default per-batch limit)",
+                    jotd_transport::DEFAULT_MAX_ITEMS
+                ),
+            ));
+        }
+
+        let proxy = match raw.proxy {
+            None => None,
+            Some(px) => {
+                let span = px.span();
+                let px = px.into_inner();
+                if px.upstreams.is_empty() {
+                    return Err(err(span, "upstreams", "no upstream node given".into()));
+                }
+                let mut upstreams = Vec::new();
+                for u in &px.upstreams {
+                    let uri: hyper::Uri = u.get_ref().parse().map_err(|e| {
+                        err(
+                            u.span(),
+                            "upstreams",
+                            format!("`{}` is not a URL: {e}", u.get_ref()),
+                        )
+                    })?;
+                    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                        return Err(err(
+                            u.span(),
+                            "upstreams",
+                            format!(
+                                "`{}`: only http://host:port upstreams (the node beside the gateway; terminate TLS in front of the gateway)",
+                                u.get_ref()
+                            ),
+                        ));
+                    }
+                    upstreams.push(uri);
+                }
+                Some(Proxy {
+                    listen: listen(&px.listen, "listen")?,
+                    upstreams,
+                    upstream_timeout: Duration::from_millis(px.upstream_timeout_ms.max(1)),
+                })
+            }
+        };
+        let forward_auth = raw
+            .forward_auth
+            .as_ref()
+            .map(|f| listen(&f.get_ref().listen, "listen"))
+            .transpose()?;
+        let admin = raw
+            .admin
+            .as_ref()
+            .map(|f| listen(&f.get_ref().listen, "listen"))
+            .transpose()?;
+        if proxy.is_none() && forward_auth.is_none() {
+            return Err(err(
+                0..0,
+                "",
+                "nothing to serve: configure [proxy] and/or [forward_auth]".into(),
+            ));
+        }
+
+        let mut routes = Vec::new();
+        for r in &raw.route {
+            let span = r.span();
+            let r = r.get_ref();
+            let route = match (&r.path, &r.host, &r.tenant) {
+                (Some(p), None, None) => Route::path(p.get_ref()),
+                (None, Some(h), None) => Route::host(h.get_ref()),
+                (None, None, Some(t)) => Route::fixed(t.get_ref()),
+                (Some(p), None, Some(t)) => {
+                    Route::path(p.get_ref()).and_then(|r| r.with_tenant(t.get_ref()))
+                }
+                (None, Some(h), Some(t)) => {
+                    Route::host(h.get_ref()).and_then(|r| r.with_tenant(t.get_ref()))
+                }
+                _ => Err(RouteError(
+                    "a route has one of `path` or `host` (with `{tenant}`, or with `tenant`), or only `tenant`".into(),
+                )),
+            }
+            .map_err(|e| err(span.clone(), "route", e.0))?;
+            routes.push(route);
+        }
+        if routes.is_empty() {
+            return Err(err(
+                0..0,
+                "route",
+                "no [[route]]: say how a request names its tenant (path = \"/v3/{tenant}\", host = \"{tenant}.example.com\", or tenant = \"id\")".into(),
+            ));
+        }
+
+        let mut addresses = AddressTable::ethereum();
+        for (method, params) in &raw.address_params {
+            addresses
+                .set(method, params.get_ref())
+                .map_err(|e| err(params.span(), method, e))?;
+        }
+
+        let l = raw.limits;
+        if l.max_body_bytes == 0 || l.max_batch_calls == 0 || l.max_token_bytes == 0 {
+            return Err(err(0..0, "limits", "limits must be above 0".into()));
+        }
+        Ok(Self {
+            file: file.to_owned(),
+            pool,
+            batch,
+            proxy,
+            forward_auth,
+            admin,
+            routes,
+            addresses,
+            limits: Limits {
+                max_body_bytes: l.max_body_bytes,
+                max_batch_calls: l.max_batch_calls,
+                max_token_bytes: l.max_token_bytes,
+            },
+        })
+    }
+}

@@ -1,0 +1,234 @@
+//! The check every door makes: a request's calls → one jotd decision each,
+//! micro-batched into the pool; what a decision means in HTTP terms.
+
+use crate::config::FailureMode;
+use jotd_core::Reason;
+use jotd_transport::{Batcher, Check, CheckError, ClientDecision};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which front door a check came through (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// The JSON-RPC reverse proxy.
+    Proxy,
+    /// HTTP forward-auth.
+    ForwardAuth,
+}
+
+impl Door {
+    /// The label value.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::ForwardAuth => "forward_auth",
+        }
+    }
+}
+
+/// What kind of "no" a denial is, which decides the HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Class {
+    /// The token is valid and its policy refuses the call: 403.
+    Policy,
+    /// The token is missing or not valid: 401 with `WWW-Authenticate`.
+    Token,
+    /// No decision could be had (the pool is unavailable, an internal error): 503.
+    Unavailable,
+}
+
+/// The class of a denial reason.
+#[must_use]
+pub fn class_of(reason: Reason) -> Class {
+    match reason {
+        Reason::MethodNotAllowed
+        | Reason::AddressNotAllowed
+        | Reason::OriginNotAllowed
+        | Reason::UserAgentNotAllowed
+        | Reason::PermissionDenied
+        | Reason::UnknownTenant => Class::Policy,
+        Reason::InternalError => Class::Unavailable,
+        _ => Class::Token,
+    }
+}
+
+/// One call's outcome.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// jotd allowed it.
+    Allow(ClientDecision),
+    /// The pool could not answer and the operator chose `failure_mode = "open"`.
+    FailOpen(String),
+    /// jotd denied it (or the gateway did, before asking: a token over the size cap).
+    Deny(Reason),
+    /// The pool could not answer; fail closed.
+    Unavailable(String),
+}
+
+impl Verdict {
+    /// Whether the call goes on.
+    #[must_use]
+    pub const fn allowed(&self) -> bool {
+        matches!(self, Self::Allow(_) | Self::FailOpen(_))
+    }
+
+    /// The denial class, when denied.
+    #[must_use]
+    pub fn class(&self) -> Option<Class> {
+        match self {
+            Self::Allow(_) | Self::FailOpen(_) => None,
+            Self::Deny(r) => Some(class_of(*r)),
+            Self::Unavailable(_) => Some(Class::Unavailable),
+        }
+    }
+
+    /// The reason name (for bodies, headers and metrics).
+    #[must_use]
+    pub fn reason_name(&self) -> &'static str {
+        match self {
+            Self::Allow(d) => d.reason().map_or("unknown", Reason::as_str),
+            Self::FailOpen(_) => "fail_open",
+            Self::Deny(r) => r.as_str(),
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// The request facts a check carries besides the call.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// The tenant.
+    pub tenant: String,
+    /// The bearer token, when there was one.
+    pub token: Option<Vec<u8>>,
+    /// HTTP `Origin`.
+    pub origin: Option<String>,
+    /// HTTP `User-Agent`.
+    pub user_agent: Option<String>,
+}
+
+/// One call to check: its method and addresses.
+#[derive(Debug, Clone, Default)]
+pub struct CallFacts {
+    /// JSON-RPC method, when known.
+    pub method: Option<String>,
+    /// Addresses it touches.
+    pub addresses: Vec<String>,
+}
+
+/// Checks calls against the pool.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    batcher: Batcher,
+    timeout: Duration,
+    failure_mode: FailureMode,
+    max_token_bytes: usize,
+}
+
+impl Gate {
+    /// A gate over `batcher`.
+    #[must_use]
+    pub const fn new(
+        batcher: Batcher,
+        timeout: Duration,
+        failure_mode: FailureMode,
+        max_token_bytes: usize,
+    ) -> Self {
+        Self {
+            batcher,
+            timeout,
+            failure_mode,
+            max_token_bytes,
+        }
+    }
+
+    /// The batcher (for its counters).
+    #[must_use]
+    pub const fn batcher(&self) -> &Batcher {
+        &self.batcher
+    }
+
+    /// One verdict per call, in order. All calls are checked concurrently
+    /// (and so usually ride in one batch).
+    pub async fn check(&self, door: Door, facts: &Facts, calls: Vec<CallFacts>) -> Vec<Verdict> {
+        if facts
+            .token
+            .as_ref()
+            .is_some_and(|t| t.len() > self.max_token_bytes)
+        {
+            let v = vec![Verdict::Deny(Reason::TokenTooLarge); calls.len()];
+            count(door, &v);
+            return v;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let facts = Arc::new(facts.clone());
+        let pending: Vec<_> = calls
+            .into_iter()
+            .map(|c| {
+                let check = Check {
+                    token: facts.token.clone(),
+                    tenant: facts.tenant.clone(),
+                    method: c.method,
+                    addresses: c.addresses,
+                    origin: facts.origin.clone(),
+                    user_agent: facts.user_agent.clone(),
+                };
+                let b = self.batcher.clone();
+                async move { b.check(check, deadline).await }
+            })
+            .collect();
+        let outcomes = futures_util::future::join_all(pending).await;
+        let v: Vec<Verdict> = outcomes
+            .into_iter()
+            .map(|o| match o {
+                Ok(d) if d.allow => Verdict::Allow(d),
+                Ok(d) => Verdict::Deny(d.reason().unwrap_or(Reason::InternalError)),
+                Err(e) => {
+                    let why = describe(&e);
+                    match self.failure_mode {
+                        FailureMode::Open => Verdict::FailOpen(why),
+                        FailureMode::Closed => Verdict::Unavailable(why),
+                    }
+                }
+            })
+            .collect();
+        count(door, &v);
+        v
+    }
+}
+
+fn describe(e: &CheckError) -> String {
+    match e {
+        CheckError::Client(c) => format!("jotd pool: {c}"),
+        other => format!("jotd pool: {other}"),
+    }
+}
+
+fn count(door: Door, v: &[Verdict]) {
+    for verdict in v {
+        metrics::counter!(
+            "jotd_gateway_checks_total",
+            "door" => door.as_str(),
+            "outcome" => verdict.reason_name(),
+        )
+        .increment(1);
+        if let Verdict::Unavailable(why) | Verdict::FailOpen(why) = verdict {
+            tracing::warn!(door = door.as_str(), "no decision: {why}");
+        }
+    }
+}
+
+/// The `WWW-Authenticate` value for a token denial (RFC 6750 §3: no error
+/// code when the request had no token).
+#[must_use]
+pub fn www_authenticate(reason: Reason) -> String {
+    if reason == Reason::MissingToken {
+        "Bearer realm=\"jotd\"".into()
+    } else {
+        format!(
+            "Bearer realm=\"jotd\", error=\"invalid_token\", error_description=\"{}\"",
+            reason.as_str()
+        )
+    }
+}

@@ -1,0 +1,184 @@
+//! HTTP plumbing shared by the doors: the accept loop with drain, bodies
+//! read under a cap, the bearer token, JSON answers.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The answer type of every door.
+pub type Answer = Response<Full<Bytes>>;
+
+/// A JSON answer.
+#[must_use]
+pub fn json(status: StatusCode, body: &serde_json::Value) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A plain-text answer.
+#[must_use]
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Answer {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The bearer token of a request, RFC 6750 §2.1: one `Authorization`
+/// header, scheme `Bearer` (any case), one space, the token.
+///
+/// `Ok(None)`: no `Authorization` header, or another scheme (the request has
+/// no bearer token). `Err`: a malformed one (more than one header, an empty
+/// token, bytes a token cannot hold).
+pub fn bearer(headers: &HeaderMap) -> Result<Option<Vec<u8>>, &'static str> {
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    let Some(v) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err("more than one Authorization header");
+    }
+    let v = v.as_bytes();
+    if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
+        return Ok(None);
+    }
+    let token = v[7..].trim_ascii();
+    if token.is_empty() {
+        return Err("an empty bearer token");
+    }
+    // b64token (RFC 6750): ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/", then "="s.
+    if !token
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(b))
+    {
+        return Err("a bearer token with characters a token cannot hold");
+    }
+    Ok(Some(token.to_vec()))
+}
+
+/// A header as UTF-8 text, when present and readable.
+#[must_use]
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Over the cap.
+    TooLarge,
+    /// The client went away or sent a broken body.
+    Broken(String),
+}
+
+/// Reads a body of at most `max` bytes.
+pub async fn read_body(body: Incoming, max: usize) -> Result<Bytes, BodyError> {
+    match Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(e) => Err(BodyError::Broken(e.to_string())),
+    }
+}
+
+/// Resolves once `stop` holds true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Serves HTTP/1.1 on `listener` with `handle` until `stop` turns true; then
+/// stops accepting and lets open connections finish (keep-alive ones close
+/// after their current request).
+pub async fn serve<F, Fut>(
+    listener: tokio::net::TcpListener,
+    handle: F,
+    mut stop: watch::Receiver<bool>,
+    header_timeout: Duration,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Answer> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off, keep serving.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let handle = Arc::clone(&handle);
+        let mut stop = stop.clone();
+        tasks.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let fut = handle(req, peer);
+                async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        // Reap finished connections so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(values: &[&str]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for v in values {
+            m.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_strictly() {
+        assert_eq!(bearer(&h(&[])), Ok(None));
+        assert_eq!(bearer(&h(&["Basic dXNlcjpwYXNz"])), Ok(None));
+        assert_eq!(
+            bearer(&h(&["Bearer abc.def.ghi"])),
+            Ok(Some(b"abc.def.ghi".to_vec()))
+        );
+        assert_eq!(bearer(&h(&["bearer abc"])), Ok(Some(b"abc".to_vec())));
+        assert!(bearer(&h(&["Bearer "])).is_err());
+        assert!(bearer(&h(&["Bearer a b"])).is_err());
+        assert!(bearer(&h(&["Bearer a\"b"])).is_err());
+        assert!(bearer(&h(&["Bearer a", "Bearer b"])).is_err());
+    }
+}

@@ -1,0 +1,554 @@
+//! JSON-RPC 2.0 bodies as the gateway reads them: a single call or a batch
+//! array; each call's `id`, `method`, and the addresses it touches (from a
+//! table of methods → parameter positions).
+//!
+//! What the gateway checks is what the node will run: each call is forwarded
+//! as the exact bytes that were parsed, and a body whose meaning another
+//! parser could read differently is refused (duplicate keys at any depth). A
+//! value at an address position that is not an address (a number, an object,
+//! a malformed string) makes the call invalid rather than unrestricted.
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+/// JSON-RPC error codes the gateway answers with.
+pub mod code {
+    /// The body is not JSON.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Not a valid request object.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// A parameter at an address position is not an address.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// Internal (upstream unreachable, the jotd pool unavailable).
+    pub const INTERNAL: i64 = -32603;
+    /// The token is missing or invalid (HTTP 401 alone).
+    pub const UNAUTHORIZED: i64 = -32001;
+    /// The token is valid but its policy refuses the call (HTTP 403 alone).
+    pub const FORBIDDEN: i64 = -32003;
+}
+
+/// One parameter position of an address: `0` (the parameter is an address),
+/// `0.to` (a field of the parameter object), `0.address[]` (a field holding
+/// one address or a list of them, as `eth_getLogs`'s `address`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamPath {
+    index: usize,
+    field: Option<String>,
+    list: bool,
+}
+
+impl ParamPath {
+    fn parse(s: &str) -> Result<Self, String> {
+        let (path, list) = match s.strip_suffix("[]") {
+            Some(p) => (p, true),
+            None => (s, false),
+        };
+        let (index, field) = match path.split_once('.') {
+            Some((i, f)) => (i, Some(f)),
+            None => (s, None),
+        };
+        let index = index
+            .parse::<usize>()
+            .map_err(|_| format!("`{s}`: a parameter position is `N`, `N.field` or `N.field[]`"))?;
+        if list && field.is_none() {
+            return Err(format!("`{s}`: `[]` follows a field name"));
+        }
+        if let Some(f) = field
+            && (f.is_empty() || f.contains('.'))
+        {
+            return Err(format!("`{s}`: one field name after the position"));
+        }
+        Ok(Self {
+            index,
+            field: field.map(str::to_owned),
+            list,
+        })
+    }
+}
+
+/// Method → the parameter positions holding addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AddressTable {
+    rows: BTreeMap<String, Vec<ParamPath>>,
+}
+
+/// The built-in rows (docs/gateways.md lists them). `from` is not an address
+/// the call touches (it is the caller), so only targets count.
+const ETHEREUM: &[(&str, &[&str])] = &[
+    ("eth_getBalance", &["0"]),
+    ("eth_getCode", &["0"]),
+    ("eth_getStorageAt", &["0"]),
+    ("eth_getTransactionCount", &["0"]),
+    ("eth_getProof", &["0"]),
+    ("eth_call", &["0.to"]),
+    ("eth_estimateGas", &["0.to"]),
+    ("eth_createAccessList", &["0.to"]),
+    ("eth_sendTransaction", &["0.to"]),
+    ("eth_signTransaction", &["0.to"]),
+    ("eth_getLogs", &["0.address[]"]),
+    ("eth_newFilter", &["0.address[]"]),
+    ("eth_sign", &["0"]),
+    ("personal_sign", &["1"]),
+    ("eth_signTypedData_v4", &["0"]),
+];
+
+impl AddressTable {
+    /// The built-in Ethereum rows.
+    #[must_use]
+    pub fn ethereum() -> Self {
+        let mut t = Self::default();
+        for (m, ps) in ETHEREUM {
+            let ps: Vec<String> = ps.iter().map(|p| (*p).to_owned()).collect();
+            t.set(m, &ps).expect("built-in rows parse");
+        }
+        t
+    }
+
+    /// Sets (or, with no positions, clears) the row of `method`.
+    ///
+    /// # Errors
+    /// A position is not `N`, `N.field` or `N.field[]`.
+    pub fn set(&mut self, method: &str, params: &[String]) -> Result<(), String> {
+        let ps = params
+            .iter()
+            .map(|p| ParamPath::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        if ps.is_empty() {
+            self.rows.remove(method);
+        } else {
+            self.rows.insert(method.to_owned(), ps);
+        }
+        Ok(())
+    }
+
+    /// The rows, as `method: ["0", "0.to"]`.
+    pub fn rows(&self) -> impl Iterator<Item = (&str, Vec<String>)> {
+        self.rows.iter().map(|(m, ps)| {
+            (
+                m.as_str(),
+                ps.iter()
+                    .map(|p| match &p.field {
+                        Some(f) => format!("{}.{f}{}", p.index, if p.list { "[]" } else { "" }),
+                        None => p.index.to_string(),
+                    })
+                    .collect(),
+            )
+        })
+    }
+}
+
+/// One call, as parsed.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The `id` as written (raw JSON); `None` for a notification.
+    pub id: Option<Box<RawValue>>,
+    /// The method.
+    pub method: String,
+    /// Addresses it touches, lower-case.
+    pub addresses: Vec<String>,
+    /// The call's exact bytes (what is forwarded).
+    pub raw: Box<RawValue>,
+}
+
+/// An element that is not a call: answered with an error, never forwarded.
+#[derive(Debug, Clone)]
+pub struct Invalid {
+    /// The `id`, when one could be read (else `null`).
+    pub id: Option<Box<RawValue>>,
+    /// [`code::INVALID_REQUEST`] or [`code::INVALID_PARAMS`].
+    pub code: i64,
+    /// What was wrong.
+    pub message: String,
+}
+
+/// A parsed body.
+#[derive(Debug)]
+pub enum Body {
+    /// One call (or one invalid object).
+    Single(Result<Call, Invalid>),
+    /// A batch array, in order.
+    Batch(Vec<Result<Call, Invalid>>),
+}
+
+/// A body that cannot be answered call by call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyError {
+    /// [`code::PARSE_ERROR`] or [`code::INVALID_REQUEST`].
+    pub code: i64,
+    /// What was wrong.
+    pub message: String,
+}
+
+/// Walks a JSON document and fails on a duplicate key in any object.
+struct NoDuplicateKeys;
+
+impl<'de> de::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDupVisitor)
+    }
+}
+
+struct NoDupVisitor;
+
+impl<'de> Visitor<'de> for NoDupVisitor {
+    type Value = NoDuplicateKeys;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if !seen.insert(k.clone()) {
+                return Err(de::Error::custom(format!("duplicate key `{k}`")));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(NoDuplicateKeys)
+    }
+}
+
+fn raw(v: &str) -> Box<RawValue> {
+    RawValue::from_string(v.to_owned()).expect("valid JSON")
+}
+
+/// Whether `s` is `0x` and 40 hex digits.
+fn is_address(s: &str) -> bool {
+    s.len() == 42
+        && (s.starts_with("0x") || s.starts_with("0X"))
+        && s.as_bytes()[2..].iter().all(u8::is_ascii_hexdigit)
+}
+
+fn addresses_of(
+    table: &AddressTable,
+    method: &str,
+    params: Option<&Value>,
+) -> Result<Vec<String>, String> {
+    let Some(paths) = table.rows.get(method) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let one = |v: &Value, at: &str, out: &mut Vec<String>| match v {
+        Value::String(s) if is_address(s) => {
+            out.push(s.to_ascii_lowercase());
+            Ok(())
+        }
+        _ => Err(format!("{method}: params[{at}] is not an address")),
+    };
+    for p in paths {
+        let Some(param) = params.and_then(|ps| match ps {
+            Value::Array(a) => a.get(p.index),
+            _ => None,
+        }) else {
+            continue;
+        };
+        match &p.field {
+            None if param.is_null() => {}
+            None => one(param, &p.index.to_string(), &mut out)?,
+            Some(f) => {
+                let at = format!("{}.{f}", p.index);
+                match param {
+                    Value::Null => {}
+                    Value::Object(o) => match o.get(f) {
+                        None | Some(Value::Null) => {}
+                        Some(Value::Array(list)) if p.list => {
+                            for v in list {
+                                one(v, &at, &mut out)?;
+                            }
+                        }
+                        Some(v) => one(v, &at, &mut out)?,
+                    },
+                    _ => return Err(format!("{method}: params[{}] is not an object", p.index)),
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn call(table: &AddressTable, raw_call: Box<RawValue>) -> Result<Call, Invalid> {
+    let invalid =
+        |id: Option<Box<RawValue>>, code: i64, message: String| Invalid { id, code, message };
+    let obj: Map<String, Value> = match serde_json::from_str(raw_call.get()) {
+        Ok(o) => o,
+        Err(_) => {
+            return Err(invalid(
+                None,
+                code::INVALID_REQUEST,
+                "a call is a JSON object".into(),
+            ));
+        }
+    };
+    let id = match obj.get("id") {
+        None => None,
+        Some(v @ (Value::Null | Value::String(_) | Value::Number(_))) => Some(raw(&v.to_string())),
+        Some(_) => {
+            return Err(invalid(
+                None,
+                code::INVALID_REQUEST,
+                "`id` is a string, a number or null".into(),
+            ));
+        }
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(invalid(
+            id,
+            code::INVALID_REQUEST,
+            "`jsonrpc` must be \"2.0\"".into(),
+        ));
+    }
+    let Some(method) = obj.get("method").and_then(Value::as_str) else {
+        return Err(invalid(
+            id,
+            code::INVALID_REQUEST,
+            "`method` is a string".into(),
+        ));
+    };
+    let params = obj.get("params");
+    if let Some(p) = params
+        && !p.is_array()
+        && !p.is_object()
+    {
+        return Err(invalid(
+            id,
+            code::INVALID_REQUEST,
+            "`params` is an array or an object".into(),
+        ));
+    }
+    let addresses = addresses_of(table, method, params)
+        .map_err(|m| invalid(id.clone(), code::INVALID_PARAMS, m))?;
+    Ok(Call {
+        id,
+        method: method.to_owned(),
+        addresses,
+        raw: raw_call,
+    })
+}
+
+/// Parses a body. `max_calls` caps a batch array.
+///
+/// # Errors
+/// Not JSON, a duplicate key, an empty or oversized batch, or not an object or array.
+pub fn parse(body: &[u8], table: &AddressTable, max_calls: usize) -> Result<Body, BodyError> {
+    let text = std::str::from_utf8(body).map_err(|_| BodyError {
+        code: code::PARSE_ERROR,
+        message: "the body is not UTF-8".into(),
+    })?;
+    serde_json::from_str::<NoDuplicateKeys>(text).map_err(|e| BodyError {
+        code: code::PARSE_ERROR,
+        message: format!("the body is not JSON-RPC: {e}"),
+    })?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('[') {
+        let items: Vec<Box<RawValue>> = serde_json::from_str(text).map_err(|e| BodyError {
+            code: code::PARSE_ERROR,
+            message: format!("the body is not JSON: {e}"),
+        })?;
+        if items.is_empty() {
+            return Err(BodyError {
+                code: code::INVALID_REQUEST,
+                message: "an empty batch".into(),
+            });
+        }
+        if items.len() > max_calls {
+            return Err(BodyError {
+                code: code::INVALID_REQUEST,
+                message: format!("a batch of {} calls (at most {max_calls})", items.len()),
+            });
+        }
+        Ok(Body::Batch(
+            items.into_iter().map(|c| call(table, c)).collect(),
+        ))
+    } else if trimmed.starts_with('{') {
+        let one: Box<RawValue> = serde_json::from_str(text).map_err(|e| BodyError {
+            code: code::PARSE_ERROR,
+            message: format!("the body is not JSON: {e}"),
+        })?;
+        Ok(Body::Single(call(table, one)))
+    } else {
+        Err(BodyError {
+            code: code::INVALID_REQUEST,
+            message: "the body is a JSON-RPC object or a batch array".into(),
+        })
+    }
+}
+
+/// A JSON-RPC error response object.
+#[must_use]
+pub fn error_object(id: Option<&RawValue>, code: i64, message: &str, data: Option<Value>) -> Value {
+    let id: Value = id.map_or(Value::Null, |r| {
+        serde_json::from_str(r.get()).unwrap_or(Value::Null)
+    });
+    let mut err = serde_json::json!({ "code": code, "message": message });
+    if let Some(d) = data {
+        err["data"] = d;
+    }
+    serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": err })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> AddressTable {
+        AddressTable::ethereum()
+    }
+
+    fn single(body: &str) -> Result<Call, Invalid> {
+        match parse(body.as_bytes(), &table(), 100).unwrap() {
+            Body::Single(c) => c,
+            Body::Batch(_) => panic!("batch"),
+        }
+    }
+
+    const A: &str = "0x1937C4dD0AD26Ee5F1A5b9E6d0Bc2E2b5F2Ef9aB";
+
+    #[test]
+    fn addresses_come_from_the_table() {
+        let c = single(&format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["{A}","latest"]}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.addresses, [A.to_ascii_lowercase()]);
+        assert_eq!(c.id.unwrap().get(), "1");
+        let c = single(&format!(
+            r#"{{"jsonrpc":"2.0","id":"x","method":"eth_call","params":[{{"to":"{A}","data":"0x"}},"latest"]}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.addresses.len(), 1);
+        let c = single(&format!(
+            r#"{{"jsonrpc":"2.0","id":2,"method":"eth_getLogs","params":[{{"address":["{A}","{A}"]}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.addresses.len(), 2);
+        let c =
+            single(r#"{"jsonrpc":"2.0","id":3,"method":"eth_blockNumber","params":[]}"#).unwrap();
+        assert!(c.addresses.is_empty());
+        let c = single(r#"{"jsonrpc":"2.0","method":"eth_blockNumber"}"#).unwrap();
+        assert!(c.id.is_none(), "a notification");
+    }
+
+    #[test]
+    fn a_non_address_at_an_address_position_is_invalid_not_unrestricted() {
+        for params in [
+            r#"[123,"latest"]"#,
+            r#"[{"a":1},"latest"]"#,
+            r#"["0x12","latest"]"#,
+            r#"[["0x1937C4dD0AD26Ee5F1A5b9E6d0Bc2E2b5F2Ef9aB"],"latest"]"#,
+        ] {
+            let e = single(&format!(
+                r#"{{"jsonrpc":"2.0","id":7,"method":"eth_getBalance","params":{params}}}"#
+            ))
+            .unwrap_err();
+            assert_eq!(e.code, code::INVALID_PARAMS, "{params}");
+            assert_eq!(e.id.unwrap().get(), "7");
+        }
+        for params in [
+            r#"[{"to":5}]"#,
+            r#"[{"to":{"x":1}}]"#,
+            r#"["0x"]"#,
+            r#"[{"to":["0x1"]}]"#,
+        ] {
+            let e = single(&format!(
+                r#"{{"jsonrpc":"2.0","id":7,"method":"eth_call","params":{params}}}"#
+            ))
+            .unwrap_err();
+            assert_eq!(e.code, code::INVALID_PARAMS, "{params}");
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_anywhere_are_refused() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","method":"eth_sendTransaction"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{"to":"0x0000000000000000000000000000000000000001","to":"0x0000000000000000000000000000000000000002"}]}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"id":2,"method":"eth_blockNumber"}]"#,
+        ] {
+            let e = parse(body.as_bytes(), &table(), 100).unwrap_err();
+            assert_eq!(e.code, code::PARSE_ERROR, "{body}");
+            assert!(e.message.contains("duplicate key"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn batches_keep_order_and_mark_bad_elements() {
+        let body = r#"[{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}, 5, {"jsonrpc":"2.0","id":3}, {"jsonrpc":"1.0","id":4,"method":"x"}]"#;
+        let Body::Batch(calls) = parse(body.as_bytes(), &table(), 100).unwrap() else {
+            panic!("not a batch")
+        };
+        assert_eq!(calls.len(), 4);
+        assert!(calls[0].is_ok());
+        assert_eq!(calls[1].as_ref().unwrap_err().code, code::INVALID_REQUEST);
+        assert_eq!(
+            calls[2].as_ref().unwrap_err().id.as_ref().unwrap().get(),
+            "3"
+        );
+        assert!(calls[3].is_err());
+        assert_eq!(
+            calls[0].as_ref().unwrap().raw.get(),
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}"#
+        );
+        assert_eq!(
+            parse(b"[]", &table(), 100).unwrap_err().code,
+            code::INVALID_REQUEST
+        );
+        let many = format!(
+            "[{}]",
+            [r#"{"jsonrpc":"2.0","id":1,"method":"a"}"#; 3].join(",")
+        );
+        assert_eq!(
+            parse(many.as_bytes(), &table(), 2).unwrap_err().code,
+            code::INVALID_REQUEST
+        );
+        assert_eq!(
+            parse(b"{", &table(), 2).unwrap_err().code,
+            code::PARSE_ERROR
+        );
+        assert_eq!(
+            parse(b"\"x\"", &table(), 2).unwrap_err().code,
+            code::INVALID_REQUEST
+        );
+        assert_eq!(
+            parse(b"\xff", &table(), 2).unwrap_err().code,
+            code::PARSE_ERROR
+        );
+    }
+
+    #[test]
+    fn the_table_can_be_extended_and_rows_removed() {
+        let mut t = AddressTable::ethereum();
+        t.set("my_method", &["1.contract".into()]).unwrap();
+        t.set("eth_getBalance", &[]).unwrap();
+        assert!(
+            t.rows()
+                .any(|(m, ps)| m == "my_method" && ps == ["1.contract"])
+        );
+        assert!(!t.rows().any(|(m, _)| m == "eth_getBalance"));
+        assert!(t.set("x", &["a".into()]).is_err());
+        assert!(t.set("x", &["0.a.b".into()]).is_err());
+    }
+}

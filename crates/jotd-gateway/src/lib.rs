@@ -1,0 +1,333 @@
+//! jotd-gateway: the gateway side of jotd.
+//!
+//! Runs beside each gateway node (or as the gateway in front of a node) and
+//! turns the requests it sees, one at a time, into micro-batched checks
+//! against a pool of jotd daemons (QUIC, the client library: failover,
+//! hedging, ejection). Doors:
+//!
+//! - a JSON-RPC reverse proxy ([`proxy`]): allowed calls go to the node,
+//!   denied ones are answered with a JSON-RPC error carrying the jotd reason;
+//! - HTTP forward-auth ([`forward_auth`]) for NGINX, Caddy, Traefik, APISIX;
+//! - an admin listener: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! The binary owns the config file ([`config`]); this library takes it typed.
+
+pub mod config;
+pub mod forward_auth;
+pub mod gate;
+pub mod http;
+pub mod jsonrpc;
+pub mod proxy;
+pub mod route;
+
+use crate::config::Config;
+use crate::forward_auth::ForwardAuthDoor;
+use crate::gate::Gate;
+use crate::http::{Answer, json, text};
+use crate::proxy::ProxyDoor;
+use anyhow::Context;
+use hyper::StatusCode;
+use jotd_transport::{Batcher, BatcherOptions, Client, ClientOptions, client_config};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Where the proxy listens, when configured.
+    pub proxy: Option<SocketAddr>,
+    /// Where forward-auth listens, when configured.
+    pub forward_auth: Option<SocketAddr>,
+    /// Where the admin listener listens, when configured.
+    pub admin: Option<SocketAddr>,
+    /// The batcher (counters).
+    pub batcher: Batcher,
+    client: Arc<Client>,
+    stop: watch::Sender<bool>,
+    draining: Arc<AtomicBool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Gateway {
+    /// The pool client (counters).
+    #[must_use]
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Stops taking connections, lets requests in flight finish, closes the pool.
+    pub async fn drain(mut self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.client.close();
+    }
+}
+
+/// Renders the Prometheus text: the recorder's metrics (when one was
+/// installed) plus the batcher's and the pool client's counters.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+fn pool_client(cfg: &Config) -> anyhow::Result<Client> {
+    let p = &cfg.pool;
+    let ca = std::fs::read(&p.ca_file)
+        .with_context(|| format!("{}: cannot read the pool CA (ca_file)", p.ca_file.display()))?;
+    let cert = match &p.client_cert {
+        Some((c, k)) => Some((
+            std::fs::read(c)
+                .with_context(|| format!("{}: cannot read client_cert_file", c.display()))?,
+            std::fs::read(k)
+                .with_context(|| format!("{}: cannot read client_key_file", k.display()))?,
+        )),
+        None => None,
+    };
+    let tls = client_config(
+        &ca,
+        cert.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", p.ca_file.display()))?;
+    let (addrs, names): (Vec<&String>, Vec<&String>) = p
+        .endpoints
+        .iter()
+        .partition(|e| e.parse::<SocketAddr>().is_ok());
+    let mut opts = ClientOptions::new(
+        addrs.iter().map(|a| a.parse().expect("checked")).collect(),
+        tls,
+    );
+    opts.names = names.into_iter().cloned().collect();
+    opts.server_name.clone_from(&p.server_name);
+    opts.batch_timeout = p.check_timeout;
+    Client::new(opts).map_err(|e| anyhow::anyhow!("jotd pool: {e}"))
+}
+
+/// Starts every configured listener. `render` serves `/metrics` (none: 404).
+///
+/// # Errors
+/// A file cannot be read, a listener cannot bind.
+pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gateway> {
+    let client = Arc::new(pool_client(cfg)?);
+    if let Err(e) = client.connect_all().await {
+        // Not fatal: the pool may come up after the gateway; checks fail
+        // (closed, or open where configured) until it does.
+        tracing::warn!("jotd pool not reachable yet: {e}");
+    }
+    let batcher = Batcher::new(
+        Arc::clone(&client),
+        BatcherOptions {
+            max_items: cfg.batch.max_items,
+            max_delay: cfg.batch.max_delay,
+            eager_batches: cfg.batch.eager_batches,
+            ..BatcherOptions::default()
+        },
+    );
+    let gate = Gate::new(
+        batcher.clone(),
+        cfg.pool.check_timeout,
+        cfg.pool.failure_mode,
+        cfg.limits.max_token_bytes,
+    );
+    let (stop, stopped) = watch::channel(false);
+    let draining = Arc::new(AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    let header_timeout = Duration::from_secs(10);
+
+    let mut proxy_addr = None;
+    if let Some(p) = &cfg.proxy {
+        let listener = tokio::net::TcpListener::bind(p.listen)
+            .await
+            .with_context(|| format!("[proxy] listen {}", p.listen))?;
+        proxy_addr = Some(listener.local_addr()?);
+        let door = Arc::new(ProxyDoor::new(
+            gate.clone(),
+            cfg.routes.clone(),
+            cfg.addresses.clone(),
+            cfg.limits,
+            p,
+        ));
+        tasks.spawn(http::serve(
+            listener,
+            move |req, _| {
+                let door = Arc::clone(&door);
+                async move { door.handle(req).await }
+            },
+            stopped.clone(),
+            header_timeout,
+        ));
+    }
+    let mut fa_addr = None;
+    if let Some(listen) = cfg.forward_auth {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("[forward_auth] listen {listen}"))?;
+        fa_addr = Some(listener.local_addr()?);
+        let door = Arc::new(ForwardAuthDoor {
+            gate: gate.clone(),
+            routes: cfg.routes.clone(),
+            table: cfg.addresses.clone(),
+            limits: cfg.limits,
+        });
+        tasks.spawn(http::serve(
+            listener,
+            move |req, _| {
+                let door = Arc::clone(&door);
+                async move { door.handle(req).await }
+            },
+            stopped.clone(),
+            header_timeout,
+        ));
+    }
+    let mut admin_addr = None;
+    if let Some(listen) = cfg.admin {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("[admin] listen {listen}"))?;
+        admin_addr = Some(listener.local_addr()?);
+        let st = Arc::new(AdminState {
+            render,
+            batcher: batcher.clone(),
+            client: Arc::clone(&client),
+            draining: Arc::clone(&draining),
+        });
+        tasks.spawn(http::serve(
+            listener,
+            move |req, _| {
+                let st = Arc::clone(&st);
+                async move { st.answer(req.uri().path()).await }
+            },
+            stopped.clone(),
+            header_timeout,
+        ));
+    }
+    Ok(Gateway {
+        proxy: proxy_addr,
+        forward_auth: fa_addr,
+        admin: admin_addr,
+        batcher,
+        client,
+        stop,
+        draining,
+        tasks,
+    })
+}
+
+struct AdminState {
+    render: Option<Render>,
+    batcher: Batcher,
+    client: Arc<Client>,
+    draining: Arc<AtomicBool>,
+}
+
+impl AdminState {
+    async fn answer(&self, path: &str) -> Answer {
+        match path {
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => self.ready().await,
+            "/metrics" => match &self.render {
+                Some(r) => {
+                    let mut out = r();
+                    self.pool_metrics(&mut out);
+                    let mut a = text(StatusCode::OK, out);
+                    a.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    a
+                }
+                None => text(StatusCode::NOT_FOUND, "metrics are off\n"),
+            },
+            _ => json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"paths": ["/metrics", "/healthz", "/readyz"]}),
+            ),
+        }
+    }
+
+    /// Ready when not draining and the pool answers a probe (a check for a
+    /// tenant no config holds: any decision means a replica is serving).
+    async fn ready(&self) -> Answer {
+        if self.draining.load(Ordering::SeqCst) {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        }
+        let probe = jotd_transport::Check {
+            tenant: "jotd-gateway-readiness-probe".into(),
+            ..jotd_transport::Check::default()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        match self.batcher.check(probe, deadline).await {
+            Ok(_) => text(StatusCode::OK, "ready\n"),
+            Err(e) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("jotd pool not answering: {e}\n"),
+            ),
+        }
+    }
+
+    fn pool_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let s = self.batcher.stats();
+        let _ = writeln!(
+            out,
+            "# HELP jotd_gateway_batches_total Batches sent to the jotd pool, by why they were sent.\n# TYPE jotd_gateway_batches_total counter"
+        );
+        for (why, n) in [
+            ("full", s.flush_full),
+            ("eager", s.flush_eager),
+            ("answered", s.flush_answered),
+            ("delay", s.flush_delay),
+        ] {
+            let _ = writeln!(out, "jotd_gateway_batches_total{{flush=\"{why}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP jotd_gateway_batch_items_total Checks sent in those batches (over batches: the mean batch size).\n# TYPE jotd_gateway_batch_items_total counter\njotd_gateway_batch_items_total {}",
+            s.items
+        );
+        let _ = writeln!(
+            out,
+            "# HELP jotd_gateway_checks_dropped_total Checks never sent, by why.\n# TYPE jotd_gateway_checks_dropped_total counter\njotd_gateway_checks_dropped_total{{why=\"deadline\"}} {}\njotd_gateway_checks_dropped_total{{why=\"queue_full\"}} {}\njotd_gateway_checks_dropped_total{{why=\"batch_failed\"}} {}",
+            s.abandoned, s.overloaded, s.failed
+        );
+        let c = self.client.stats();
+        let _ = writeln!(
+            out,
+            "# HELP jotd_gateway_pool_batches_total Batches sent to each jotd endpoint (first copies, retries, hedges).\n# TYPE jotd_gateway_pool_batches_total counter"
+        );
+        for e in &c.endpoints {
+            let _ = writeln!(
+                out,
+                "jotd_gateway_pool_batches_total{{endpoint=\"{}\"}} {}",
+                e.addr, e.sent
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP jotd_gateway_pool_failures_total Attempts that failed or stalled, per jotd endpoint.\n# TYPE jotd_gateway_pool_failures_total counter"
+        );
+        for e in &c.endpoints {
+            let _ = writeln!(
+                out,
+                "jotd_gateway_pool_failures_total{{endpoint=\"{}\"}} {}",
+                e.addr, e.failures
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP jotd_gateway_pool_ejections_total Times each jotd endpoint was taken out of rotation.\n# TYPE jotd_gateway_pool_ejections_total counter"
+        );
+        for e in &c.endpoints {
+            let _ = writeln!(
+                out,
+                "jotd_gateway_pool_ejections_total{{endpoint=\"{}\"}} {}",
+                e.addr, e.ejections
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP jotd_gateway_pool_retries_total Batches sent again after a failure.\n# TYPE jotd_gateway_pool_retries_total counter\njotd_gateway_pool_retries_total {}\n# HELP jotd_gateway_pool_hedges_total Second copies of slow batches.\n# TYPE jotd_gateway_pool_hedges_total counter\njotd_gateway_pool_hedges_total {}",
+            c.retries, c.hedges
+        );
+    }
+}

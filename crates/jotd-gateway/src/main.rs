@@ -1,0 +1,216 @@
+//! `jotd-gateway`: serve the doors, or check a config.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use jotd_gateway::config::Config;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "jotd-gateway",
+    version,
+    about = "The gateway side of jotd: JSON-RPC reverse proxy and HTTP forward-auth, micro-batching checks into a jotd pool"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the configured doors (SIGTERM / Ctrl-C drains).
+    Serve {
+        /// The config file.
+        #[arg(long, conflicts_with = "dev")]
+        config: Option<PathBuf>,
+        /// Development defaults: the pool is the `jotd serve` dev daemon (reads
+        /// its `jotd-dev/` folder); proxy on 127.0.0.1:8600, forward-auth on
+        /// 127.0.0.1:8601, admin on 127.0.0.1:9466.
+        #[arg(long)]
+        dev: bool,
+        /// With --dev: the folder `jotd serve` wrote.
+        #[arg(long, default_value = "jotd-dev")]
+        dev_dir: PathBuf,
+        /// With --dev: the upstream node(s).
+        #[arg(long, default_value = "http://127.0.0.1:8545")]
+        upstream: Vec<String>,
+    },
+    /// Config commands.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check a config file and print what it sets up.
+    Check {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// The config `--dev` runs on (parsed like any file, so it is checked the same way).
+fn dev_config(dir: &Path, upstreams: &[String]) -> anyhow::Result<Config> {
+    let manifest = dir.join("load.json");
+    let text = std::fs::read_to_string(&manifest).with_context(|| {
+        format!(
+            "{}: cannot read (start `jotd serve` on its development defaults first: it writes {})",
+            manifest.display(),
+            dir.display()
+        )
+    })?;
+    let m: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", manifest.display()))?;
+    let endpoint = m["endpoint"].as_str().unwrap_or("127.0.0.1:4433");
+    let ups = upstreams
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let toml = format!(
+        r#"# jotd-gateway --dev
+[pool]
+endpoints = ["{endpoint}"]
+ca_file = "ca.pem"
+
+[proxy]
+listen = "127.0.0.1:8600"
+upstreams = [{ups}]
+
+[forward_auth]
+listen = "127.0.0.1:8601"
+
+[admin]
+listen = "127.0.0.1:9466"
+
+# Infura-style: the project id in the path.
+[[route]]
+path = "/v3/{{tenant}}"
+
+# Besu-style: one node, one tenant.
+[[route]]
+path = "/besu"
+tenant = "demo-besu"
+"#
+    );
+    Config::parse(&dir.join("jotd-gateway.toml (--dev)"), &toml).map_err(Into::into)
+}
+
+fn check(cfg: &Config) {
+    println!("{}: OK", cfg.file.display());
+    println!(
+        "pool: {} (ca {})",
+        cfg.pool.endpoints.join(", "),
+        cfg.pool.ca_file.display()
+    );
+    println!(
+        "  check timeout {:?}, failure mode {:?}, batches of up to {} checks, {:?} max delay, {} eager",
+        cfg.pool.check_timeout,
+        cfg.pool.failure_mode,
+        cfg.batch.max_items,
+        cfg.batch.max_delay,
+        cfg.batch.eager_batches
+    );
+    if let Some(p) = &cfg.proxy {
+        let ups: Vec<String> = p.upstreams.iter().map(ToString::to_string).collect();
+        println!("proxy: {} → {}", p.listen, ups.join(", "));
+    }
+    if let Some(f) = cfg.forward_auth {
+        println!("forward_auth: {f}");
+    }
+    if let Some(a) = cfg.admin {
+        println!("admin: {a}");
+    }
+    println!("routes: {}", cfg.routes.len());
+    println!("address table: {} methods", cfg.addresses.rows().count());
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.cmd {
+        Cmd::Config {
+            cmd: ConfigCmd::Check { config },
+        } => Config::load(&config)
+            .map(|c| check(&c))
+            .map_err(anyhow::Error::from),
+        Cmd::Serve {
+            config,
+            dev,
+            dev_dir,
+            upstream,
+        } => {
+            let cfg = match (config, dev) {
+                (Some(f), false) => Config::load(&f).map_err(anyhow::Error::from),
+                (None, true) => dev_config(&dev_dir, &upstream),
+                _ => Err(anyhow::anyhow!("give --config FILE, or --dev")),
+            };
+            cfg.and_then(serve)
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jotd-gateway: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cfg: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+            )?
+            .install_recorder()?;
+        metrics::describe_counter!(
+            "jotd_gateway_checks_total",
+            "Checks (one per JSON-RPC call, or per auth subrequest without a body), by door and outcome (the jotd reason, fail_open, unavailable)"
+        );
+        metrics::describe_counter!(
+            "jotd_gateway_requests_total",
+            "HTTP requests answered, by door and status"
+        );
+        metrics::describe_histogram!(
+            "jotd_gateway_upstream_seconds",
+            "Time for the upstream node's answer"
+        );
+        metrics::describe_counter!(
+            "jotd_gateway_upstream_errors_total",
+            "Upstream requests without an answer, by kind (connect, timeout, request)"
+        );
+        let render: jotd_gateway::Render = Arc::new(move || handle.render());
+        let gw = jotd_gateway::start(&cfg, Some(render)).await?;
+        tracing::info!(
+            proxy = ?gw.proxy,
+            forward_auth = ?gw.forward_auth,
+            admin = ?gw.admin,
+            pool = ?cfg.pool.endpoints,
+            "jotd-gateway serving"
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("draining");
+        gw.drain().await;
+        tracing::info!("drained");
+        Ok(())
+    })
+}

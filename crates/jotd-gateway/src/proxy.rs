@@ -1,0 +1,532 @@
+//! The JSON-RPC reverse proxy: each call is checked with jotd; allowed calls
+//! go to the upstream node (without `Authorization`), denied ones are answered
+//! here with a JSON-RPC error carrying the jotd reason and never reach it.
+
+use crate::config::{Limits, Proxy};
+use crate::gate::{CallFacts, Class, Door, Facts, Gate, Verdict, www_authenticate};
+use crate::http::{Answer, BodyError, bearer, header, json, read_body};
+use crate::jsonrpc::{self, AddressTable, Body, Call, Invalid, code, error_object};
+use crate::route::{Route, tenant_of};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// What the proxy door needs.
+#[derive(Debug)]
+pub struct ProxyDoor {
+    /// Checks.
+    pub gate: Gate,
+    /// Tenant routes.
+    pub routes: Vec<Route>,
+    /// Method → address positions.
+    pub table: AddressTable,
+    /// Request limits.
+    pub limits: Limits,
+    upstreams: Vec<Uri>,
+    next: AtomicUsize,
+    client: HttpClient<HttpConnector, Full<Bytes>>,
+    upstream_timeout: Duration,
+}
+
+/// What the upstream answered.
+struct Upstream {
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    body: Bytes,
+}
+
+/// Why the upstream gave no answer.
+#[derive(Debug)]
+struct UpstreamError(String);
+
+impl ProxyDoor {
+    /// A proxy door forwarding to `proxy.upstreams`.
+    #[must_use]
+    pub fn new(
+        gate: Gate,
+        routes: Vec<Route>,
+        table: AddressTable,
+        limits: Limits,
+        proxy: &Proxy,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = HttpClient::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Self {
+            gate,
+            routes,
+            table,
+            limits,
+            upstreams: proxy.upstreams.clone(),
+            next: AtomicUsize::new(0),
+            client,
+            upstream_timeout: proxy.upstream_timeout,
+        }
+    }
+
+    /// POSTs `body` to an upstream (the next in turn; on a connection
+    /// failure, once more to the one after).
+    async fn forward(
+        &self,
+        body: Bytes,
+        facts: &Facts,
+        sub: Option<&str>,
+    ) -> Result<Upstream, UpstreamError> {
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let tries = self.upstreams.len().min(2);
+        let mut last = String::new();
+        for i in 0..tries {
+            let uri = &self.upstreams[(first + i) % self.upstreams.len()];
+            // A fresh request: nothing of the client's headers (Authorization
+            // above all) reaches the node but what is set here.
+            let mut req = Request::builder()
+                .method(Method::POST)
+                .uri(uri.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .header("x-jotd-tenant", facts.tenant.as_str());
+            if let Some(s) = sub.and_then(|s| HeaderValue::from_str(s).ok()) {
+                req = req.header("x-jotd-subject", s);
+            }
+            let req = req
+                .body(Full::new(body.clone()))
+                .map_err(|e| UpstreamError(e.to_string()))?;
+            let started = Instant::now();
+            let sent = tokio::time::timeout(self.upstream_timeout, self.client.request(req)).await;
+            match sent {
+                Err(_) => {
+                    metrics::counter!("jotd_gateway_upstream_errors_total", "kind" => "timeout")
+                        .increment(1);
+                    return Err(UpstreamError(format!(
+                        "{uri}: no answer within {:?}",
+                        self.upstream_timeout
+                    )));
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    metrics::counter!("jotd_gateway_upstream_errors_total", "kind" => "connect")
+                        .increment(1);
+                    last = format!("{uri}: {e}");
+                }
+                Ok(Err(e)) => {
+                    metrics::counter!("jotd_gateway_upstream_errors_total", "kind" => "request")
+                        .increment(1);
+                    return Err(UpstreamError(format!("{uri}: {e}")));
+                }
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    let content_type = resp.headers().get(CONTENT_TYPE).cloned();
+                    let body =
+                        tokio::time::timeout(self.upstream_timeout, resp.into_body().collect())
+                            .await
+                            .map_err(|_| {
+                                UpstreamError(format!("{uri}: body not finished in time"))
+                            })?
+                            .map_err(|e| UpstreamError(format!("{uri}: {e}")))?
+                            .to_bytes();
+                    metrics::histogram!("jotd_gateway_upstream_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok(Upstream {
+                        status,
+                        content_type,
+                        body,
+                    });
+                }
+            }
+        }
+        Err(UpstreamError(last))
+    }
+
+    /// Handles one HTTP request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Answer {
+        let answer = self.answer(req).await;
+        metrics::counter!(
+            "jotd_gateway_requests_total",
+            "door" => Door::Proxy.as_str(),
+            "status" => status_label(answer.status()),
+        )
+        .increment(1);
+        answer
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Answer {
+        if req.method() != Method::POST {
+            let mut a = rpc_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                None,
+                code::INVALID_REQUEST,
+                "JSON-RPC over HTTP is POST",
+                None,
+            );
+            a.headers_mut()
+                .insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+            return a;
+        }
+        let headers = req.headers();
+        let Some(tenant) = tenant_of(&self.routes, req.uri().path(), header(headers, "host"))
+        else {
+            return rpc_error(
+                StatusCode::NOT_FOUND,
+                None,
+                code::INVALID_REQUEST,
+                "no route names a tenant for this path or host",
+                None,
+            );
+        };
+        let token = match bearer(headers) {
+            Ok(t) => t,
+            Err(why) => {
+                let mut a = rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    code::UNAUTHORIZED,
+                    &format!("unauthorized: {why}"),
+                    None,
+                );
+                a.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"jotd\", error=\"invalid_request\""),
+                );
+                return a;
+            }
+        };
+        let facts = Facts {
+            tenant,
+            token,
+            origin: header(headers, "origin").map(str::to_owned),
+            user_agent: header(headers, "user-agent").map(str::to_owned),
+        };
+        let body = match read_body(req.into_body(), self.limits.max_body_bytes).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => {
+                return rpc_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    None,
+                    code::INVALID_REQUEST,
+                    &format!("the body is over {} bytes", self.limits.max_body_bytes),
+                    None,
+                );
+            }
+            Err(BodyError::Broken(e)) => {
+                return rpc_error(StatusCode::BAD_REQUEST, None, code::PARSE_ERROR, &e, None);
+            }
+        };
+        let parsed = match jsonrpc::parse(&body, &self.table, self.limits.max_batch_calls) {
+            Ok(p) => p,
+            Err(e) => return rpc_error(StatusCode::BAD_REQUEST, None, e.code, &e.message, None),
+        };
+        match parsed {
+            Body::Single(Err(invalid)) => invalid_answer(StatusCode::BAD_REQUEST, &invalid),
+            Body::Single(Ok(call)) => self.single(body, call, &facts).await,
+            Body::Batch(calls) => self.batch(calls, &facts).await,
+        }
+    }
+
+    async fn single(&self, body: Bytes, call: Call, facts: &Facts) -> Answer {
+        let verdicts = self
+            .gate
+            .check(
+                Door::Proxy,
+                facts,
+                vec![CallFacts {
+                    method: Some(call.method.clone()),
+                    addresses: call.addresses.clone(),
+                }],
+            )
+            .await;
+        let verdict = &verdicts[0];
+        if !verdict.allowed() {
+            return denial(verdict, call.id.as_deref());
+        }
+        let sub = match verdict {
+            Verdict::Allow(d) => d.sub.as_deref(),
+            _ => None,
+        };
+        match self.forward(body, facts, sub).await {
+            Ok(up) => {
+                let mut r = hyper::Response::new(Full::new(up.body));
+                *r.status_mut() = up.status;
+                if let Some(ct) = up.content_type {
+                    r.headers_mut().insert(CONTENT_TYPE, ct);
+                }
+                r
+            }
+            Err(UpstreamError(e)) => {
+                tracing::warn!("upstream: {e}");
+                rpc_error(
+                    StatusCode::BAD_GATEWAY,
+                    call.id.as_deref(),
+                    code::INTERNAL,
+                    "upstream unavailable",
+                    None,
+                )
+            }
+        }
+    }
+
+    async fn batch(&self, calls: Vec<Result<Call, Invalid>>, facts: &Facts) -> Answer {
+        let to_check: Vec<CallFacts> = calls
+            .iter()
+            .filter_map(|c| c.as_ref().ok())
+            .map(|c| CallFacts {
+                method: Some(c.method.clone()),
+                addresses: c.addresses.clone(),
+            })
+            .collect();
+        let mut verdicts = self
+            .gate
+            .check(Door::Proxy, facts, to_check)
+            .await
+            .into_iter();
+        // Per element: Some(answer) when answered here, None when it goes upstream.
+        let mut answers: Vec<Option<Value>> = Vec::with_capacity(calls.len());
+        let mut forwarded: Vec<usize> = Vec::new();
+        let mut worst: Option<Class> = None;
+        let mut any_ok = false;
+        let mut sub = None;
+        let mut token_reason = None;
+        for (i, c) in calls.iter().enumerate() {
+            match c {
+                Err(invalid) => {
+                    any_ok = true; // answered on its own merits, not refused
+                    answers.push(Some(error_object(
+                        invalid.id.as_deref(),
+                        invalid.code,
+                        &invalid.message,
+                        None,
+                    )));
+                }
+                Ok(call) => {
+                    let v = verdicts.next().expect("one verdict per call");
+                    if v.allowed() {
+                        any_ok = true;
+                        if let Verdict::Allow(d) = &v {
+                            sub = sub.or_else(|| d.sub.clone());
+                        }
+                        forwarded.push(i);
+                        answers.push(None);
+                    } else {
+                        worst = worst.max(v.class());
+                        if let (Verdict::Deny(r), Some(Class::Token)) = (&v, v.class()) {
+                            token_reason = token_reason.or(Some(*r));
+                        }
+                        answers.push(Some(denial_object(&v, call.id.as_deref())));
+                    }
+                }
+            }
+        }
+        if !forwarded.is_empty() {
+            let picked: Vec<&Call> = forwarded
+                .iter()
+                .map(|&i| calls[i].as_ref().expect("forwarded calls parsed"))
+                .collect();
+            match self.forward_calls(&picked, facts, sub.as_deref()).await {
+                Ok(mut by_pos) => {
+                    for (k, &i) in forwarded.iter().enumerate() {
+                        answers[i] = by_pos[k].take();
+                    }
+                }
+                Err(UpstreamError(e)) => {
+                    tracing::warn!("upstream: {e}");
+                    for (k, &i) in forwarded.iter().enumerate() {
+                        answers[i] = Some(error_object(
+                            picked[k].id.as_deref(),
+                            code::INTERNAL,
+                            "upstream unavailable",
+                            None,
+                        ));
+                    }
+                }
+            }
+        }
+        // Notifications (no id) get no answer, allowed or not (JSON-RPC 2.0 §6).
+        let out: Vec<Value> = calls
+            .iter()
+            .zip(answers)
+            .filter(|(c, _)| !matches!(c, Ok(call) if call.id.is_none()))
+            .filter_map(|(_, a)| a)
+            .collect();
+        let status = match (any_ok, worst) {
+            (false, Some(Class::Token)) => StatusCode::UNAUTHORIZED,
+            (false, Some(Class::Policy)) => StatusCode::FORBIDDEN,
+            (false, Some(Class::Unavailable)) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::OK,
+        };
+        let mut a = json(status, &Value::Array(out));
+        if let (StatusCode::UNAUTHORIZED, Some(r)) = (status, token_reason)
+            && let Ok(h) = HeaderValue::from_str(&www_authenticate(r))
+        {
+            a.headers_mut().insert(WWW_AUTHENTICATE, h);
+        }
+        a
+    }
+
+    /// Forwards allowed calls of a batch; one answer (or none, for a
+    /// notification) per call, by position. Calls go as one batch array when
+    /// their ids tell the answers apart, else one by one.
+    async fn forward_calls(
+        &self,
+        calls: &[&Call],
+        facts: &Facts,
+        sub: Option<&str>,
+    ) -> Result<Vec<Option<Value>>, UpstreamError> {
+        let ids: Vec<&str> = calls
+            .iter()
+            .filter_map(|c| c.id.as_deref().map(RawValue::get))
+            .collect();
+        let unique = {
+            let mut seen = std::collections::HashSet::new();
+            ids.iter().all(|id| *id != "null" && seen.insert(*id))
+        };
+        if unique {
+            let mut body =
+                Vec::with_capacity(calls.iter().map(|c| c.raw.get().len() + 1).sum::<usize>() + 2);
+            body.push(b'[');
+            for (i, c) in calls.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(c.raw.get().as_bytes());
+            }
+            body.push(b']');
+            let up = self.forward(body.into(), facts, sub).await?;
+            let answers: Vec<Value> = match serde_json::from_slice::<Value>(&up.body) {
+                Ok(Value::Array(a)) => a,
+                // A node may answer a one-call batch with a bare object.
+                Ok(v @ Value::Object(_)) => vec![v],
+                _ => {
+                    return Err(UpstreamError(format!(
+                        "the node answered a batch with HTTP {} and no JSON array",
+                        up.status
+                    )));
+                }
+            };
+            let mut by_id: HashMap<String, Value> = HashMap::new();
+            for a in answers {
+                if let Some(id) = a.get("id") {
+                    by_id.insert(id.to_string(), a);
+                }
+            }
+            Ok(calls
+                .iter()
+                .map(|c| {
+                    let id = c.id.as_deref()?;
+                    let key = serde_json::from_str::<Value>(id.get()).ok()?.to_string();
+                    Some(by_id.remove(&key).unwrap_or_else(|| {
+                        error_object(
+                            Some(id),
+                            code::INTERNAL,
+                            "the node sent no answer for this call",
+                            None,
+                        )
+                    }))
+                })
+                .collect())
+        } else {
+            let mut out = Vec::with_capacity(calls.len());
+            for c in calls {
+                let up = self
+                    .forward(Bytes::copy_from_slice(c.raw.get().as_bytes()), facts, sub)
+                    .await?;
+                out.push(c.id.as_ref().map(|id| {
+                    serde_json::from_slice::<Value>(&up.body).unwrap_or_else(|_| {
+                        error_object(
+                            Some(id),
+                            code::INTERNAL,
+                            "the node's answer is not JSON",
+                            None,
+                        )
+                    })
+                }));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// A status's metric label.
+#[must_use]
+pub fn status_label(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        200 => "200",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s if s < 300 => "2xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn rpc_error(
+    status: StatusCode,
+    id: Option<&RawValue>,
+    code: i64,
+    message: &str,
+    data: Option<Value>,
+) -> Answer {
+    json(status, &error_object(id, code, message, data))
+}
+
+fn invalid_answer(status: StatusCode, invalid: &Invalid) -> Answer {
+    rpc_error(
+        status,
+        invalid.id.as_deref(),
+        invalid.code,
+        &invalid.message,
+        None,
+    )
+}
+
+/// The JSON-RPC error object for a refused call: the jotd reason in `data`.
+#[must_use]
+pub fn denial_object(v: &Verdict, id: Option<&RawValue>) -> Value {
+    let (code, message) = match v.class() {
+        Some(Class::Token) => (code::UNAUTHORIZED, "unauthorized"),
+        Some(Class::Policy) => (code::FORBIDDEN, "forbidden"),
+        _ => (code::INTERNAL, "authorization unavailable"),
+    };
+    let reason = v.reason_name();
+    error_object(
+        id,
+        code,
+        &format!("{message}: {reason}"),
+        Some(serde_json::json!({ "reason": reason })),
+    )
+}
+
+/// The HTTP answer for one refused call: 401 (with `WWW-Authenticate`), 403 or 503.
+#[must_use]
+pub fn denial(v: &Verdict, id: Option<&RawValue>) -> Answer {
+    let status = match v.class() {
+        Some(Class::Token) => StatusCode::UNAUTHORIZED,
+        Some(Class::Policy) => StatusCode::FORBIDDEN,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut a = json(status, &denial_object(v, id));
+    if let Verdict::Deny(r) = v
+        && status == StatusCode::UNAUTHORIZED
+        && let Ok(h) = HeaderValue::from_str(&www_authenticate(*r))
+    {
+        a.headers_mut().insert(WWW_AUTHENTICATE, h);
+    }
+    a
+}

@@ -1,0 +1,228 @@
+//! Which tenant a request belongs to: a path pattern (`/v3/{tenant}`), a host
+//! pattern (`{tenant}.rpc.example.com`), or a fixed tenant (a Besu-style
+//! single node). First match wins.
+
+/// A bad route pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteError(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Tenant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pattern {
+    /// Path segments (`/v3/{tenant}`): same number of segments, literals exact.
+    Path(Vec<Part>),
+    /// Host labels (`{tenant}.rpc.example.com`), compared case-insensitively.
+    Host(Vec<Part>),
+    /// Every request.
+    Any,
+}
+
+/// One route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pattern: Pattern,
+    /// The tenant when the pattern does not capture one.
+    fixed: Option<String>,
+}
+
+/// The longest tenant id taken from a request.
+const MAX_TENANT: usize = 128;
+
+/// Whether `s` may be a tenant id taken from a request.
+fn tenant_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_TENANT
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn parts(items: &[&str], what: &str) -> Result<Vec<Part>, RouteError> {
+    let mut out = Vec::new();
+    for item in items {
+        if *item == "{tenant}" {
+            out.push(Part::Tenant);
+        } else if item.contains('{') || item.contains('}') {
+            return Err(RouteError(format!(
+                "{what} part `{item}`: only a whole `{{tenant}}` part is a capture"
+            )));
+        } else {
+            out.push(Part::Literal((*item).to_owned()));
+        }
+    }
+    if out.iter().filter(|p| **p == Part::Tenant).count() > 1 {
+        return Err(RouteError(format!("{what}: `{{tenant}}` more than once")));
+    }
+    Ok(out)
+}
+
+impl Route {
+    /// A path pattern such as `/v3/{tenant}`.
+    ///
+    /// # Errors
+    /// The pattern does not start with `/` or has a bad capture.
+    pub fn path(pattern: &str) -> Result<Self, RouteError> {
+        let Some(rest) = pattern.strip_prefix('/') else {
+            return Err(RouteError(format!("path `{pattern}` must start with `/`")));
+        };
+        let segs: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.trim_end_matches('/').split('/').collect()
+        };
+        let p = parts(&segs, "path")?;
+        Ok(Self {
+            fixed: None,
+            pattern: Pattern::Path(p),
+        })
+    }
+
+    /// A host pattern such as `{tenant}.rpc.example.com`.
+    ///
+    /// # Errors
+    /// A bad capture.
+    pub fn host(pattern: &str) -> Result<Self, RouteError> {
+        if pattern.is_empty() {
+            return Err(RouteError("empty host pattern".into()));
+        }
+        let labels: Vec<String> = pattern.split('.').map(str::to_ascii_lowercase).collect();
+        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let p = parts(&refs, "host")?;
+        Ok(Self {
+            fixed: None,
+            pattern: Pattern::Host(p),
+        })
+    }
+
+    /// Every request belongs to `tenant`.
+    ///
+    /// # Errors
+    /// `tenant` is not a valid id.
+    pub fn fixed(tenant: &str) -> Result<Self, RouteError> {
+        Self {
+            pattern: Pattern::Any,
+            fixed: None,
+        }
+        .with_tenant(tenant)
+    }
+
+    /// This pattern (which must not capture) names `tenant`.
+    ///
+    /// # Errors
+    /// The pattern captures, or `tenant` is not a valid id.
+    pub fn with_tenant(mut self, tenant: &str) -> Result<Self, RouteError> {
+        let captures = match &self.pattern {
+            Pattern::Path(p) | Pattern::Host(p) => p.contains(&Part::Tenant),
+            Pattern::Any => false,
+        };
+        if captures {
+            return Err(RouteError(
+                "a pattern with `{tenant}` cannot also set `tenant`".into(),
+            ));
+        }
+        if !tenant_ok(tenant) {
+            return Err(RouteError(format!(
+                "tenant `{tenant}`: 1 to {MAX_TENANT} of A-Z a-z 0-9 - _ ."
+            )));
+        }
+        self.fixed = Some(tenant.to_owned());
+        Ok(self)
+    }
+
+    fn capture<'a>(parts: &[Part], items: &[&'a str]) -> Option<Option<&'a str>> {
+        if parts.len() != items.len() {
+            return None;
+        }
+        let mut got = None;
+        for (p, i) in parts.iter().zip(items) {
+            match p {
+                Part::Literal(l) if l == i => {}
+                Part::Literal(_) => return None,
+                Part::Tenant if tenant_ok(i) => got = Some(*i),
+                Part::Tenant => return None,
+            }
+        }
+        Some(got)
+    }
+
+    /// The tenant of a request to `path` (no query) on `host` (no port), if this route matches.
+    #[must_use]
+    pub fn tenant(&self, path: &str, host: Option<&str>) -> Option<String> {
+        let captured: Option<String> = match &self.pattern {
+            Pattern::Any => None,
+            Pattern::Path(p) => {
+                let rest = path.strip_prefix('/')?;
+                let segs: Vec<&str> = if rest.is_empty() {
+                    Vec::new()
+                } else {
+                    rest.trim_end_matches('/').split('/').collect()
+                };
+                Self::capture(p, &segs)?.map(str::to_owned)
+            }
+            Pattern::Host(p) => {
+                let host = host?.trim_end_matches('.').to_ascii_lowercase();
+                let labels: Vec<&str> = host.split('.').collect();
+                Self::capture(p, &labels)?.map(str::to_owned)
+            }
+        };
+        captured.or_else(|| self.fixed.clone())
+    }
+}
+
+/// The tenant of a request: the first route that matches. `host` may carry a port.
+#[must_use]
+pub fn tenant_of(routes: &[Route], path: &str, host: Option<&str>) -> Option<String> {
+    let host = host.map(|h| match h.rsplit_once(':') {
+        Some((name, port)) if !h.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => h,
+    });
+    routes.iter().find_map(|r| r.tenant(path, host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_host_and_fixed_routes() {
+        let routes = [
+            Route::path("/v3/{tenant}").unwrap(),
+            Route::host("{tenant}.rpc.example.com").unwrap(),
+            Route::path("/besu").unwrap().with_tenant("node-1").unwrap(),
+        ];
+        let t = |p: &str, h: Option<&str>| tenant_of(&routes, p, h);
+        assert_eq!(t("/v3/abc123", None).as_deref(), Some("abc123"));
+        assert_eq!(t("/v3/abc123/", None).as_deref(), Some("abc123"));
+        assert_eq!(t("/v3/", None), None);
+        assert_eq!(t("/v3/a/b", None), None);
+        assert_eq!(t("/v3/bad%20id", None), None, "only safe ids are captured");
+        assert_eq!(
+            t("/", Some("ACME.rpc.example.com:443")).as_deref(),
+            Some("acme")
+        );
+        assert_eq!(t("/", Some("rpc.example.com")), None);
+        assert_eq!(t("/besu", None).as_deref(), Some("node-1"));
+        assert_eq!(t("/other", Some("example.org")), None);
+        let any = [Route::fixed("solo").unwrap()];
+        assert_eq!(tenant_of(&any, "/x/y", None).as_deref(), Some("solo"));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        assert!(Route::path("v3/{tenant}").is_err());
+        assert!(Route::path("/v3/x{tenant}").is_err());
+        assert!(Route::path("/{tenant}/{tenant}").is_err());
+        assert!(
+            Route::path("/v3/{tenant}")
+                .unwrap()
+                .with_tenant("a")
+                .is_err()
+        );
+        assert!(Route::fixed("bad id").is_err());
+        assert!(Route::fixed("").is_err());
+    }
+}

@@ -1,0 +1,812 @@
+//! The doors against an in-process jotd server and a recording upstream:
+//! the Infura flow (RS256/ES256 by kid, aud, exp, allowlists), the Besu flow
+//! (group:method permissions, no-auth methods), batch arrays with mixed
+//! outcomes, forward-auth, and a pool that is gone (closed and open). The
+//! upstream records every request: it must never see a denied call or an
+//! `Authorization` header.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use jotd_core::{
+    Algorithm, AlgorithmSet, Engine, EngineConfig, PolicyModel, SigningKey, Snapshot, Tenant,
+    TenantKey, UnixTime,
+};
+use jotd_gateway::config::Config;
+use jotd_transport::{Backend, DevPki, Server, ServerOptions, server_config};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+const A: &str = "0x1937c4dd0ad26ee5f1a5b9e6d0bc2e2b5f2ef9ab";
+const B: &str = "0x00000000000000000000000000000000000000b2";
+const AUD: &str = "jotd-test";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct Keys {
+    rs: SigningKey,
+    es: SigningKey,
+}
+
+struct Pool {
+    addr: SocketAddr,
+    pki: DevPki,
+    _stop: oneshot::Sender<()>,
+}
+
+struct StaticBackend(Arc<Snapshot>);
+
+impl Backend for StaticBackend {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.0)
+    }
+    fn now(&self) -> UnixTime {
+        UnixTime(now())
+    }
+}
+
+fn tenants(k: &Keys) -> Snapshot {
+    let keys = vec![
+        TenantKey {
+            kid: "rsa-1".into(),
+            key: k.rs.verifying_key().unwrap(),
+        },
+        TenantKey {
+            kid: "ec-1".into(),
+            key: k.es.verifying_key().unwrap(),
+        },
+    ];
+    let mut infura = Tenant::new("infura", keys.clone());
+    infura.policy = PolicyModel::Allowlist;
+    infura.algorithms = AlgorithmSet::ALL;
+    infura.claims.audiences = vec![AUD.into()];
+    infura.no_auth_methods = vec!["web3_clientVersion".into()];
+    infura.claims_to_return = vec!["scope".into()];
+    let mut besu = Tenant::new("besu", keys);
+    besu.policy = PolicyModel::Permissions;
+    besu.algorithms = AlgorithmSet::ALL;
+    besu.no_auth_methods = vec!["net_version".into()];
+    Snapshot::new(1, [Arc::new(infura), Arc::new(besu)])
+}
+
+fn start_pool(k: &Keys) -> Pool {
+    let pki = DevPki::generate().unwrap();
+    let tls = server_config(
+        pki.server_cert_pem.as_bytes(),
+        pki.server_key_pem.as_bytes(),
+        None,
+    )
+    .unwrap();
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap(),
+    );
+    let server = Server::bind(
+        ServerOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..ServerOptions::default()
+        },
+        tls,
+        Arc::new(Engine::new(EngineConfig::default())),
+        pool,
+        Arc::new(StaticBackend(Arc::new(tenants(k)))),
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    Pool {
+        addr,
+        pki,
+        _stop: stop,
+    }
+}
+
+/// What the upstream saw: each request's headers and body.
+type Seen = Arc<Mutex<Vec<(hyper::HeaderMap, Value)>>>;
+
+/// A JSON-RPC node stand-in: answers each call with `result = method`, and
+/// batches in reverse order (answers are matched by id, as the spec allows).
+async fn start_upstream() -> (SocketAddr, Seen) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let s = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let s = Arc::clone(&s);
+                    async move {
+                        let headers = req.headers().clone();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let v: Value = serde_json::from_slice(&body).unwrap();
+                        s.lock().unwrap().push((headers, v.clone()));
+                        let answer =
+                            |c: &Value| json!({"jsonrpc":"2.0","id":c["id"],"result":c["method"]});
+                        let out = match &v {
+                            Value::Array(calls) => Value::Array(
+                                calls
+                                    .iter()
+                                    .rev()
+                                    .filter(|c| c.get("id").is_some())
+                                    .map(answer)
+                                    .collect(),
+                            ),
+                            c => answer(c),
+                        };
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            out.to_string(),
+                        ))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("jotd-gateway-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn config(
+    name: &str,
+    pool: &Pool,
+    pool_addr: SocketAddr,
+    upstream: SocketAddr,
+    extra: &str,
+) -> Config {
+    let dir = scratch(name);
+    std::fs::write(dir.join("ca.pem"), &pool.pki.ca_pem).unwrap();
+    let text = format!(
+        r#"
+[pool]
+endpoints = ["{pool_addr}"]
+ca_file = "ca.pem"
+check_timeout_ms = 1500
+{extra}
+[proxy]
+listen = "127.0.0.1:0"
+upstreams = ["http://{upstream}/"]
+[forward_auth]
+listen = "127.0.0.1:0"
+[[route]]
+path = "/v3/{{tenant}}"
+[[route]]
+path = "/besu"
+tenant = "besu"
+"#
+    );
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, &text).unwrap();
+    Config::load(&file).unwrap()
+}
+
+struct Http {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: Value,
+}
+
+async fn post(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Http {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(if body.is_empty() { "GET" } else { "POST" })
+        .uri(path)
+        .header("host", "gateway.test")
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = send
+        .send_request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    Http {
+        status,
+        headers,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+fn call(id: u64, method: &str, params: &Value) -> String {
+    json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}).to_string()
+}
+
+fn keys() -> Keys {
+    Keys {
+        rs: SigningKey::generate(Algorithm::Rs256).unwrap(),
+        es: SigningKey::generate(Algorithm::Es256).unwrap(),
+    }
+}
+
+/// Asserts the upstream saw exactly `methods` since the last call, and no Authorization.
+fn upstream_saw(seen: &Seen, methods: &[&str]) {
+    let mut s = seen.lock().unwrap();
+    let mut got = Vec::new();
+    for (h, v) in s.drain(..) {
+        assert!(
+            h.get("authorization").is_none(),
+            "the node saw Authorization"
+        );
+        let calls = match v {
+            Value::Array(a) => a,
+            c => vec![c],
+        };
+        got.extend(
+            calls
+                .iter()
+                .map(|c| c["method"].as_str().unwrap().to_owned()),
+        );
+    }
+    got.sort();
+    let mut want: Vec<String> = methods.iter().map(|m| (*m).to_owned()).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_infura_flow_through_the_proxy() {
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, seen) = start_upstream().await;
+    let gw = jotd_gateway::start(&config("infura", &pool, pool.addr, up, ""), None)
+        .await
+        .unwrap();
+    let proxy = gw.proxy.unwrap();
+    let exp = now() + 600;
+    let claims = json!({"sub":"alice","aud":AUD,"exp":exp,"methods":["eth_getBalance","eth_call"],"addresses":[A],"scope":"read"}).to_string();
+    let rs = k.rs.mint(Some("rsa-1"), &claims).unwrap();
+    let es = k.es.mint(Some("ec-1"), &claims).unwrap();
+
+    // The seed's call: eth_getBalance on the allowed address, RS256 and ES256.
+    for token in [&rs, &es] {
+        let r = post(
+            proxy,
+            "/v3/infura",
+            Some(token),
+            &[],
+            &call(1, "eth_getBalance", &json!([A, "latest"])),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.body["result"], "eth_getBalance");
+        assert_eq!(r.body["id"], 1);
+    }
+    upstream_saw(&seen, &["eth_getBalance", "eth_getBalance"]);
+    {
+        // Identity reaches the node; the token does not.
+        seen.lock().unwrap().clear();
+        post(
+            proxy,
+            "/v3/infura",
+            Some(&rs),
+            &[],
+            &call(1, "eth_getBalance", &json!([A])),
+        )
+        .await;
+        let s = seen.lock().unwrap();
+        assert_eq!(s[0].0.get("x-jotd-subject").unwrap(), "alice");
+        assert_eq!(s[0].0.get("x-jotd-tenant").unwrap(), "infura");
+    }
+    seen.lock().unwrap().clear();
+
+    // Another address, another method: 403 with the reason, same id.
+    let r = post(
+        proxy,
+        "/v3/infura",
+        Some(&rs),
+        &[],
+        &call(7, "eth_getBalance", &json!([B, "latest"])),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["id"], 7);
+    assert_eq!(r.body["error"]["data"]["reason"], "address_not_allowed");
+    let r = post(
+        proxy,
+        "/v3/infura",
+        Some(&rs),
+        &[],
+        &call(8, "eth_sendRawTransaction", &json!(["0x00"])),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["data"]["reason"].as_str()),
+        (403, Some("method_not_allowed"))
+    );
+    // eth_call's `to` is checked, a non-address there is refused before jotd.
+    let r = post(
+        proxy,
+        "/v3/infura",
+        Some(&rs),
+        &[],
+        &call(9, "eth_call", &json!([{"to": B, "data":"0x"}, "latest"])),
+    )
+    .await;
+    assert_eq!(r.body["error"]["data"]["reason"], "address_not_allowed");
+    let r = post(
+        proxy,
+        "/v3/infura",
+        Some(&rs),
+        &[],
+        &call(10, "eth_call", &json!([{"to": [A]}, "latest"])),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_i64()),
+        (400, Some(-32602))
+    );
+    // A duplicate key could read differently at the node: refused.
+    let dup = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["{A}"],"params":["{B}"]}}"#
+    );
+    let r = post(proxy, "/v3/infura", Some(&rs), &[], &dup).await;
+    assert_eq!(r.status, 400);
+
+    // Token problems: 401 with WWW-Authenticate (RFC 6750).
+    let expired =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"a","aud":AUD,"exp":now() - 60}).to_string(),
+        )
+        .unwrap();
+    let wrong_aud =
+        k.es.mint(
+            Some("ec-1"),
+            &json!({"sub":"a","aud":"other","exp":exp}).to_string(),
+        )
+        .unwrap();
+    let unknown_kid =
+        k.es.mint(
+            Some("ec-9"),
+            &json!({"sub":"a","aud":AUD,"exp":exp}).to_string(),
+        )
+        .unwrap();
+    // Signed by a key that is not the tenant's, under the tenant's kid.
+    let forged = SigningKey::generate(Algorithm::Es256)
+        .unwrap()
+        .mint(Some("ec-1"), &claims)
+        .unwrap();
+    for (token, reason) in [
+        (Some(expired.as_str()), "expired"),
+        (Some(wrong_aud.as_str()), "bad_audience"),
+        (Some(unknown_kid.as_str()), "unknown_kid"),
+        (Some(forged.as_str()), "bad_signature"),
+        (None, "missing_token"),
+    ] {
+        let r = post(
+            proxy,
+            "/v3/infura",
+            token,
+            &[],
+            &call(3, "eth_getBalance", &json!([A])),
+        )
+        .await;
+        assert_eq!(r.status, 401, "{reason}: {:?}", r.body);
+        assert_eq!(r.body["error"]["data"]["reason"], reason);
+        let www = r.headers.get("www-authenticate").unwrap().to_str().unwrap();
+        if reason == "missing_token" {
+            assert_eq!(www, "Bearer realm=\"jotd\"");
+        } else {
+            assert!(www.contains("error=\"invalid_token\""), "{www}");
+        }
+    }
+    // No-auth method without a token: allowed.
+    let r = post(
+        proxy,
+        "/v3/infura",
+        None,
+        &[],
+        &call(4, "web3_clientVersion", &json!([])),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // An unknown tenant is refused.
+    let r = post(
+        proxy,
+        "/v3/nobody",
+        Some(&rs),
+        &[],
+        &call(5, "eth_getBalance", &json!([A])),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["data"]["reason"].as_str()),
+        (403, Some("unknown_tenant"))
+    );
+    // No route, not POST.
+    assert_eq!(
+        post(
+            proxy,
+            "/elsewhere",
+            Some(&rs),
+            &[],
+            &call(1, "eth_getBalance", &json!([A]))
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        post(proxy, "/v3/infura", Some(&rs), &[], "").await.status,
+        405
+    );
+    upstream_saw(&seen, &["web3_clientVersion"]);
+    gw.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_array_is_answered_in_order_with_mixed_outcomes() {
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, seen) = start_upstream().await;
+    let gw = jotd_gateway::start(&config("batch", &pool, pool.addr, up, ""), None)
+        .await
+        .unwrap();
+    let proxy = gw.proxy.unwrap();
+    let claims = json!({"sub":"bob","aud":AUD,"exp":now() + 600,"methods":["eth_getBalance","eth_blockNumber"],"addresses":[A]}).to_string();
+    let token = k.es.mint(Some("ec-1"), &claims).unwrap();
+    let body = format!(
+        "[{},{},{},5,{},{}]",
+        call(1, "eth_getBalance", &json!([A, "latest"])),
+        call(2, "eth_getBalance", &json!([B, "latest"])),
+        call(3, "eth_blockNumber", &json!([])),
+        // An allowed notification: forwarded, no answer.
+        json!({"jsonrpc":"2.0","method":"eth_blockNumber"}),
+        call(6, "eth_chainId", &json!([])),
+    );
+    let r = post(proxy, "/v3/infura", Some(&token), &[], &body).await;
+    assert_eq!(r.status, 200);
+    let a = r.body.as_array().unwrap();
+    let ids: Vec<&Value> = a.iter().map(|x| &x["id"]).collect();
+    assert_eq!(
+        ids,
+        [&json!(1), &json!(2), &json!(3), &Value::Null, &json!(6)]
+    );
+    assert_eq!(a[0]["result"], "eth_getBalance");
+    assert_eq!(a[1]["error"]["data"]["reason"], "address_not_allowed");
+    assert_eq!(a[2]["result"], "eth_blockNumber");
+    assert_eq!(a[3]["error"]["code"], -32600);
+    assert_eq!(a[4]["error"]["data"]["reason"], "method_not_allowed");
+    upstream_saw(
+        &seen,
+        &["eth_getBalance", "eth_blockNumber", "eth_blockNumber"],
+    );
+
+    // Every call refused for the token: 401; for policy: 403.
+    let expired =
+        k.es.mint(
+            Some("ec-1"),
+            &json!({"aud":AUD,"exp":now() - 60}).to_string(),
+        )
+        .unwrap();
+    let two = format!(
+        "[{},{}]",
+        call(1, "eth_getBalance", &json!([A])),
+        call(2, "eth_blockNumber", &json!([]))
+    );
+    let r = post(proxy, "/v3/infura", Some(&expired), &[], &two).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body.as_array().unwrap().len(), 2);
+    let denied = format!(
+        "[{},{}]",
+        call(1, "eth_getBalance", &json!([B])),
+        call(2, "eth_chainId", &json!([]))
+    );
+    assert_eq!(
+        post(proxy, "/v3/infura", Some(&token), &[], &denied)
+            .await
+            .status,
+        403
+    );
+    // Duplicate ids among allowed calls: forwarded one by one, each still answered.
+    let dup_ids = format!(
+        "[{},{}]",
+        call(1, "eth_getBalance", &json!([A])),
+        call(1, "eth_blockNumber", &json!([]))
+    );
+    let r = post(proxy, "/v3/infura", Some(&token), &[], &dup_ids).await;
+    let a = r.body.as_array().unwrap();
+    assert_eq!(
+        (a[0]["result"].as_str(), a[1]["result"].as_str()),
+        (Some("eth_getBalance"), Some("eth_blockNumber"))
+    );
+    upstream_saw(&seen, &["eth_getBalance", "eth_blockNumber"]);
+    gw.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_besu_flow_on_a_fixed_tenant() {
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, seen) = start_upstream().await;
+    let gw = jotd_gateway::start(&config("besu", &pool, pool.addr, up, ""), None)
+        .await
+        .unwrap();
+    let proxy = gw.proxy.unwrap();
+    let token =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"node-op","exp":now() + 600,"permissions":["eth:*","net:version"]})
+                .to_string(),
+        )
+        .unwrap();
+    let r = post(
+        proxy,
+        "/besu",
+        Some(&token),
+        &[],
+        &call(1, "eth_blockNumber", &json!([])),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = post(
+        proxy,
+        "/besu",
+        Some(&token),
+        &[],
+        &call(2, "admin_peers", &json!([])),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["data"]["reason"].as_str()),
+        (403, Some("permission_denied"))
+    );
+    let r = post(
+        proxy,
+        "/besu",
+        None,
+        &[],
+        &call(3, "net_version", &json!([])),
+    )
+    .await;
+    assert_eq!(r.status, 200, "no-auth method");
+    let r = post(
+        proxy,
+        "/besu",
+        None,
+        &[],
+        &call(4, "eth_blockNumber", &json!([])),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    upstream_saw(&seen, &["eth_blockNumber", "net_version"]);
+    gw.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_answers_from_the_forwarded_headers() {
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, _seen) = start_upstream().await;
+    let gw = jotd_gateway::start(&config("fa", &pool, pool.addr, up, ""), None)
+        .await
+        .unwrap();
+    let fa = gw.forward_auth.unwrap();
+    let exp = now() + 600;
+    let open =
+        k.es.mint(
+            Some("ec-1"),
+            &json!({"sub":"carol","aud":AUD,"exp":exp,"scope":"read"}).to_string(),
+        )
+        .unwrap();
+    let limited =
+        k.es.mint(
+            Some("ec-1"),
+            &json!({"sub":"dave","aud":AUD,"exp":exp,"methods":["eth_getBalance"],"addresses":[A]})
+                .to_string(),
+        )
+        .unwrap();
+    // NGINX: X-Original-URI; Caddy/Traefik: X-Forwarded-Uri. No body.
+    for h in ["x-original-uri", "x-forwarded-uri"] {
+        let r = post(fa, "/auth", Some(&open), &[(h, "/v3/infura?x=1")], "").await;
+        assert_eq!(r.status, 200, "{h}");
+        assert_eq!(r.headers.get("x-jotd-subject").unwrap(), "carol");
+        assert_eq!(r.headers.get("x-jotd-tenant").unwrap(), "infura");
+        assert_eq!(r.headers.get("x-jotd-claim-scope").unwrap(), "read");
+    }
+    // Without the body, a token whose policy restricts methods is refused.
+    let r = post(
+        fa,
+        "/auth",
+        Some(&limited),
+        &[("x-original-uri", "/v3/infura")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["data"]["reason"].as_str()),
+        (403, Some("method_not_allowed"))
+    );
+    // With the body (APISIX, Envoy with_request_body), every call counts.
+    let ok = call(1, "eth_getBalance", &json!([A]));
+    let r = post(
+        fa,
+        "/auth",
+        Some(&limited),
+        &[("x-forwarded-uri", "/v3/infura")],
+        &ok,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let mixed = format!("[{ok},{}]", call(2, "eth_getBalance", &json!([B])));
+    let r = post(
+        fa,
+        "/auth",
+        Some(&limited),
+        &[("x-forwarded-uri", "/v3/infura")],
+        &mixed,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["data"]["reason"].as_str()),
+        (403, Some("address_not_allowed"))
+    );
+    // Token problems are 401; no route is 403.
+    let r = post(fa, "/auth", None, &[("x-original-uri", "/v3/infura")], "").await;
+    assert_eq!(r.status, 401);
+    assert!(r.headers.get("www-authenticate").is_some());
+    assert_eq!(
+        post(
+            fa,
+            "/auth",
+            Some(&open),
+            &[("x-original-uri", "/nowhere")],
+            ""
+        )
+        .await
+        .status,
+        403
+    );
+    gw.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_that_is_gone_fails_closed_or_open_as_configured() {
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, seen) = start_upstream().await;
+    // Nothing listens there.
+    let dead: SocketAddr = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    let token =
+        k.es.mint(
+            Some("ec-1"),
+            &json!({"aud":AUD,"exp":now() + 600}).to_string(),
+        )
+        .unwrap();
+    let closed = jotd_gateway::start(&config("closed", &pool, dead, up, ""), None)
+        .await
+        .unwrap();
+    let r = post(
+        closed.proxy.unwrap(),
+        "/v3/infura",
+        Some(&token),
+        &[],
+        &call(1, "eth_blockNumber", &json!([])),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.body["error"]["data"]["reason"], "unavailable");
+    let r = post(
+        closed.forward_auth.unwrap(),
+        "/auth",
+        Some(&token),
+        &[("x-original-uri", "/v3/infura")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    upstream_saw(&seen, &[]);
+    closed.drain().await;
+    let open = jotd_gateway::start(
+        &config("open", &pool, dead, up, "failure_mode = \"open\""),
+        None,
+    )
+    .await
+    .unwrap();
+    let r = post(
+        open.proxy.unwrap(),
+        "/v3/infura",
+        Some(&token),
+        &[],
+        &call(1, "eth_blockNumber", &json!([])),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    upstream_saw(&seen, &["eth_blockNumber"]);
+    open.drain().await;
+}
+
+#[test]
+fn config_errors_name_file_line_and_key() {
+    let dir = scratch("cfg");
+    let file = dir.join("gw.toml");
+    let cases = [
+        (
+            "[pool]\nendpoints = []\nca_file = \"ca.pem\"\n[proxy]\nlisten = \"127.0.0.1:1\"\nupstreams = [\"http://127.0.0.1:2\"]\n[[route]]\ntenant = \"a\"\n",
+            "endpoints",
+        ),
+        (
+            "[pool]\nendpoints = [\"x\"]\nca_file = \"ca.pem\"\n",
+            "endpoints",
+        ),
+        (
+            "[pool]\nendpoints = [\"127.0.0.1:1\"]\nca_file = \"ca.pem\"\n[proxy]\nlisten = \"nope\"\nupstreams = [\"http://127.0.0.1:2\"]\n[[route]]\ntenant = \"a\"\n",
+            "listen",
+        ),
+        (
+            "[pool]\nendpoints = [\"127.0.0.1:1\"]\nca_file = \"ca.pem\"\n[proxy]\nlisten = \"127.0.0.1:1\"\nupstreams = [\"https://node:443\"]\n[[route]]\ntenant = \"a\"\n",
+            "upstreams",
+        ),
+        (
+            "[pool]\nendpoints = [\"127.0.0.1:1\"]\nca_file = \"ca.pem\"\n[forward_auth]\nlisten = \"127.0.0.1:1\"\n[[route]]\npath = \"/v3/{tenant}\"\ntenant = \"a\"\n",
+            "route",
+        ),
+        (
+            "[pool]\nendpoints = [\"127.0.0.1:1\"]\nca_file = \"ca.pem\"\nbogus = 1\n",
+            "bogus",
+        ),
+        (
+            "[pool]\nendpoints = [\"127.0.0.1:1\"]\nca_file = \"ca.pem\"\n[batch]\nmax_items = 0\n[forward_auth]\nlisten = \"127.0.0.1:1\"\n[[route]]\ntenant = \"a\"\n",
+            "max_items",
+        ),
+        (
+            "[pool]\nendpoints = [\"127.0.0.1:1\"]\nca_file = \"ca.pem\"\n[forward_auth]\nlisten = \"127.0.0.1:1\"\n[[route]]\ntenant = \"a\"\n[address_params]\neth_x = [\"a.b\"]\n",
+            "eth_x",
+        ),
+    ];
+    for (text, key) in cases {
+        std::fs::write(&file, text).unwrap();
+        let e = Config::load(&file).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.line.is_some(), "{e}");
+        assert!(
+            e.to_string().starts_with(&file.display().to_string()),
+            "{e}"
+        );
+    }
+}
