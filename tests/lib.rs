@@ -52,6 +52,8 @@ pub fn bin(name: &str) -> PathBuf {
             "jotd",
             "-p",
             "jotd-load",
+            "-p",
+            "jotd-gateway",
             "--bins",
         ])
         .arg("--target-dir")
@@ -61,7 +63,10 @@ pub fn bin(name: &str) -> PathBuf {
             cmd.args(["--profile", profile]);
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build of jotd and jotd-load failed");
+        assert!(
+            status.success(),
+            "cargo build of jotd, jotd-load and jotd-gateway failed"
+        );
     });
     profile_dir.join(name)
 }
