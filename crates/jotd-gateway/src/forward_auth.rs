@@ -41,7 +41,18 @@ fn original_path(req: &Request<Incoming>) -> String {
     let uri = header(h, "x-original-uri")
         .or_else(|| header(h, "x-forwarded-uri"))
         .or_else(|| header(h, "x-envoy-original-path"))
-        .map_or_else(|| req.uri().path().to_owned(), str::to_owned);
+        .map_or_else(
+            // Envoy's HTTP ext_authz sends the original path after its
+            // `path_prefix` (`/auth/v3/demo`).
+            || {
+                let p = req.uri().path();
+                p.strip_prefix("/auth")
+                    .filter(|rest| rest.starts_with('/'))
+                    .unwrap_or(p)
+                    .to_owned()
+            },
+            str::to_owned,
+        );
     // The path alone: no query, no fragment.
     uri.split(['?', '#']).next().unwrap_or("").to_owned()
 }

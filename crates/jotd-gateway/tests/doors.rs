@@ -646,6 +646,10 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
         assert_eq!(r.headers.get("x-jotd-tenant").unwrap(), "infura");
         assert_eq!(r.headers.get("x-jotd-claim-scope").unwrap(), "read");
     }
+    // Envoy's HTTP ext_authz: the original path after the `/auth` prefix.
+    let r = post(fa, "/auth/v3/infura", Some(&open), &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.get("x-jotd-tenant").unwrap(), "infura");
     // Without the body, a token whose policy restricts methods is refused.
     let r = post(
         fa,
