@@ -22,6 +22,10 @@
 //! [forward_auth]                     # NGINX auth_request, Caddy forward_auth, Traefik, APISIX
 //! listen = "127.0.0.1:9180"
 //!
+//! [ext_authz]                        # Envoy external authorization (gRPC)
+//! listen = "127.0.0.1:9191"
+//! remove_authorization = true
+//!
 //! [admin]
 //! listen = "127.0.0.1:9465"          # /metrics /healthz /readyz
 //!
@@ -78,6 +82,7 @@ struct RawConfig {
     batch: RawBatch,
     proxy: Option<Spanned<RawProxy>>,
     forward_auth: Option<Spanned<RawListen>>,
+    ext_authz: Option<Spanned<RawExtAuthz>>,
     admin: Option<Spanned<RawListen>>,
     #[serde(default)]
     route: Vec<Spanned<RawRoute>>,
@@ -162,6 +167,18 @@ struct RawListen {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawExtAuthz {
+    listen: Spanned<String>,
+    #[serde(default = "yes")]
+    remove_authorization: bool,
+}
+
+const fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawRoute {
     path: Option<Spanned<String>>,
     host: Option<Spanned<String>>,
@@ -238,6 +255,15 @@ pub struct Proxy {
     pub upstream_timeout: Duration,
 }
 
+/// The Envoy ext_authz door's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtAuthz {
+    /// Listen address (gRPC, plaintext HTTP/2).
+    pub listen: SocketAddr,
+    /// Whether allowed requests lose `authorization` upstream. Default true.
+    pub remove_authorization: bool,
+}
+
 /// Request limits shared by the doors.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -263,6 +289,8 @@ pub struct Config {
     pub proxy: Option<Proxy>,
     /// The forward-auth listener, when configured.
     pub forward_auth: Option<SocketAddr>,
+    /// The Envoy ext_authz (gRPC) listener, when configured.
+    pub ext_authz: Option<ExtAuthz>,
     /// The admin listener, when configured.
     pub admin: Option<SocketAddr>,
     /// Routes, first match wins.
@@ -447,11 +475,22 @@ impl Config {
             .as_ref()
             .map(|f| listen(&f.get_ref().listen, "listen"))
             .transpose()?;
-        if proxy.is_none() && forward_auth.is_none() {
+        let ext_authz = raw
+            .ext_authz
+            .as_ref()
+            .map(|e| {
+                let e = e.get_ref();
+                listen(&e.listen, "listen").map(|l| ExtAuthz {
+                    listen: l,
+                    remove_authorization: e.remove_authorization,
+                })
+            })
+            .transpose()?;
+        if proxy.is_none() && forward_auth.is_none() && ext_authz.is_none() {
             return Err(err(
                 0..0,
                 "",
-                "nothing to serve: configure [proxy] and/or [forward_auth]".into(),
+                "nothing to serve: configure [proxy], [forward_auth] and/or [ext_authz]".into(),
             ));
         }
 
@@ -501,6 +540,7 @@ impl Config {
             batch,
             proxy,
             forward_auth,
+            ext_authz,
             admin,
             routes,
             addresses,

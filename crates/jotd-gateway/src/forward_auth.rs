@@ -15,12 +15,12 @@ use crate::config::Limits;
 use crate::gate::{CallFacts, Door, Facts, Gate, Verdict};
 use crate::http::{Answer, BodyError, bearer, header, json, read_body};
 use crate::jsonrpc::{self, AddressTable, Body, code, error_object};
-use crate::proxy::{denial, status_label};
+use crate::proxy::{denial_parts, status_label};
 use crate::route::{Route, tenant_of};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 /// What the forward-auth door needs.
@@ -57,6 +57,194 @@ fn original_path(req: &Request<Incoming>) -> String {
     uri.split(['?', '#']).next().unwrap_or("").to_owned()
 }
 
+/// One authorization question, whatever door asked it.
+#[derive(Debug)]
+pub struct AuthQuestion<'a> {
+    /// The tenant when the gateway names it (Envoy `context_extensions`);
+    /// else the routes decide from `path` and `host`.
+    pub tenant: Option<&'a str>,
+    /// The original request's path (no query).
+    pub path: &'a str,
+    /// The original request's host.
+    pub host: Option<&'a str>,
+    /// The original request's headers (`Authorization`, `Origin`, `User-Agent` are read).
+    pub headers: &'a hyper::HeaderMap,
+    /// The original request's body, when the gateway sent it (empty: none).
+    pub body: &'a [u8],
+}
+
+/// The answer to an [`AuthQuestion`].
+#[derive(Debug)]
+pub enum AuthAnswer {
+    /// Allowed: headers to add to the upstream request.
+    Allow(Vec<(String, String)>),
+    /// Refused: the status, headers (`WWW-Authenticate`) and the JSON-RPC error body.
+    Deny {
+        /// 400, 401, 403, 413 or 503.
+        status: StatusCode,
+        /// Headers for the client.
+        headers: Vec<(String, String)>,
+        /// The JSON-RPC error object.
+        body: serde_json::Value,
+    },
+}
+
+impl AuthAnswer {
+    fn deny(status: StatusCode, body: serde_json::Value) -> Self {
+        Self::Deny {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    fn refused(v: &Verdict, id: Option<&serde_json::value::RawValue>) -> Self {
+        let (status, www, body) = denial_parts(v, id);
+        Self::Deny {
+            status,
+            headers: www
+                .map(|w| ("www-authenticate".to_owned(), w))
+                .into_iter()
+                .collect(),
+            body,
+        }
+    }
+}
+
+/// Decides an authorization question: the shared core of forward-auth and
+/// Envoy ext_authz. Without a body: one check with no method; with one:
+/// every JSON-RPC call in it must be allowed.
+pub async fn authorize(
+    gate: &Gate,
+    door: Door,
+    routes: &[Route],
+    table: &AddressTable,
+    limits: &Limits,
+    q: AuthQuestion<'_>,
+) -> AuthAnswer {
+    let tenant = match q.tenant {
+        Some(t) => Some(t.to_owned()),
+        None => tenant_of(routes, q.path, q.host),
+    };
+    let Some(tenant) = tenant else {
+        return AuthAnswer::deny(
+            StatusCode::FORBIDDEN,
+            error_object(
+                None,
+                code::FORBIDDEN,
+                "forbidden: no route names a tenant for this path or host",
+                Some(serde_json::json!({ "reason": "no_route" })),
+            ),
+        );
+    };
+    let h = q.headers;
+    let token = match bearer(h) {
+        Ok(t) => t,
+        Err(why) => {
+            return AuthAnswer::Deny {
+                status: StatusCode::UNAUTHORIZED,
+                headers: vec![(
+                    "www-authenticate".into(),
+                    "Bearer realm=\"jotd\", error=\"invalid_request\"".into(),
+                )],
+                body: error_object(
+                    None,
+                    code::UNAUTHORIZED,
+                    &format!("unauthorized: {why}"),
+                    None,
+                ),
+            };
+        }
+    };
+    let facts = Facts {
+        tenant,
+        token,
+        origin: header(h, "origin").map(str::to_owned),
+        user_agent: header(h, "user-agent").map(str::to_owned),
+    };
+    if q.body.len() > limits.max_body_bytes {
+        return AuthAnswer::deny(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            error_object(None, code::INVALID_REQUEST, "the body is too large", None),
+        );
+    }
+    let (calls, first_id) = if q.body.iter().all(u8::is_ascii_whitespace) {
+        (vec![CallFacts::default()], None)
+    } else {
+        let invalid = |i: &jsonrpc::Invalid| {
+            AuthAnswer::deny(
+                StatusCode::BAD_REQUEST,
+                error_object(i.id.as_deref(), i.code, &i.message, None),
+            )
+        };
+        match jsonrpc::parse(q.body, table, limits.max_batch_calls) {
+            Err(e) => {
+                return AuthAnswer::deny(
+                    StatusCode::BAD_REQUEST,
+                    error_object(None, e.code, &e.message, None),
+                );
+            }
+            Ok(Body::Single(Err(i))) => return invalid(&i),
+            Ok(Body::Single(Ok(c))) => (
+                vec![CallFacts {
+                    method: Some(c.method),
+                    addresses: c.addresses,
+                }],
+                c.id,
+            ),
+            Ok(Body::Batch(items)) => {
+                let mut calls = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Ok(c) => calls.push(CallFacts {
+                            method: Some(c.method),
+                            addresses: c.addresses,
+                        }),
+                        Err(i) => return invalid(&i),
+                    }
+                }
+                (calls, None)
+            }
+        }
+    };
+    let verdicts = gate.check(door, &facts, calls).await;
+    // Every call must pass; the worst refusal answers.
+    if let Some(refused) = verdicts
+        .iter()
+        .filter(|v| !v.allowed())
+        .max_by_key(|v| v.class())
+    {
+        return AuthAnswer::refused(refused, first_id.as_deref());
+    }
+    let mut out: Vec<(String, String)> = vec![("x-jotd-tenant".into(), facts.tenant.clone())];
+    match &verdicts[0] {
+        Verdict::Allow(d) => {
+            out.push((
+                "x-jotd-reason".into(),
+                d.reason().map_or("ok", jotd_core::Reason::as_str).into(),
+            ));
+            if let Some(s) = &d.sub {
+                out.push(("x-jotd-subject".into(), s.clone()));
+            }
+            if let Some(k) = &d.kid {
+                out.push(("x-jotd-kid".into(), k.clone()));
+            }
+            for (name, raw) in &d.claims {
+                // Strings as their text, anything else as JSON.
+                let v = serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.clone());
+                out.push((format!("x-jotd-claim-{}", name.to_ascii_lowercase()), v));
+            }
+        }
+        Verdict::FailOpen(_) => out.push(("x-jotd-reason".into(), "fail_open".into())),
+        _ => {}
+    }
+    // Only what a header can carry.
+    out.retain(|(n, v)| {
+        HeaderName::from_bytes(n.as_bytes()).is_ok() && HeaderValue::from_str(v).is_ok()
+    });
+    AuthAnswer::Allow(out)
+}
+
 impl ForwardAuthDoor {
     /// Handles one auth subrequest.
     pub async fn handle(&self, req: Request<Incoming>) -> Answer {
@@ -72,45 +260,10 @@ impl ForwardAuthDoor {
 
     async fn answer(&self, req: Request<Incoming>) -> Answer {
         let path = original_path(&req);
-        let h = req.headers();
+        let (parts, body) = req.into_parts();
+        let h = &parts.headers;
         let host = header(h, "x-forwarded-host").or_else(|| header(h, "host"));
-        let Some(tenant) = tenant_of(&self.routes, &path, host) else {
-            return json(
-                StatusCode::FORBIDDEN,
-                &error_object(
-                    None,
-                    code::FORBIDDEN,
-                    "forbidden: no route names a tenant for this path or host",
-                    Some(serde_json::json!({ "reason": "no_route" })),
-                ),
-            );
-        };
-        let token = match bearer(h) {
-            Ok(t) => t,
-            Err(why) => {
-                let mut a = json(
-                    StatusCode::UNAUTHORIZED,
-                    &error_object(
-                        None,
-                        code::UNAUTHORIZED,
-                        &format!("unauthorized: {why}"),
-                        None,
-                    ),
-                );
-                a.headers_mut().insert(
-                    WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"jotd\", error=\"invalid_request\""),
-                );
-                return a;
-            }
-        };
-        let facts = Facts {
-            tenant,
-            token,
-            origin: header(h, "origin").map(str::to_owned),
-            user_agent: header(h, "user-agent").map(str::to_owned),
-        };
-        let body = match read_body(req.into_body(), self.limits.max_body_bytes).await {
+        let body = match read_body(body, self.limits.max_body_bytes).await {
             Ok(b) => b,
             Err(BodyError::TooLarge) => {
                 return json(
@@ -125,90 +278,51 @@ impl ForwardAuthDoor {
                 );
             }
         };
-        let (calls, first_id) = if body.iter().all(u8::is_ascii_whitespace) {
-            (vec![CallFacts::default()], None)
-        } else {
-            match jsonrpc::parse(&body, &self.table, self.limits.max_batch_calls) {
-                Err(e) => {
-                    return json(
-                        StatusCode::BAD_REQUEST,
-                        &error_object(None, e.code, &e.message, None),
-                    );
-                }
-                Ok(Body::Single(Err(i))) => {
-                    return json(
-                        StatusCode::BAD_REQUEST,
-                        &error_object(i.id.as_deref(), i.code, &i.message, None),
-                    );
-                }
-                Ok(Body::Single(Ok(c))) => (
-                    vec![CallFacts {
-                        method: Some(c.method),
-                        addresses: c.addresses,
-                    }],
-                    c.id,
-                ),
-                Ok(Body::Batch(items)) => {
-                    let mut calls = Vec::with_capacity(items.len());
-                    for item in items {
-                        match item {
-                            Ok(c) => calls.push(CallFacts {
-                                method: Some(c.method),
-                                addresses: c.addresses,
-                            }),
-                            Err(i) => {
-                                return json(
-                                    StatusCode::BAD_REQUEST,
-                                    &error_object(i.id.as_deref(), i.code, &i.message, None),
-                                );
-                            }
-                        }
-                    }
-                    (calls, None)
-                }
-            }
+        let q = AuthQuestion {
+            tenant: None,
+            path: &path,
+            host,
+            headers: h,
+            body: &body,
         };
-        let verdicts = self.gate.check(Door::ForwardAuth, &facts, calls).await;
-        // Every call must pass; the first refusal answers (the worst class first).
-        if let Some(refused) = verdicts
-            .iter()
-            .filter(|v| !v.allowed())
-            .max_by_key(|v| v.class())
+        match authorize(
+            &self.gate,
+            Door::ForwardAuth,
+            &self.routes,
+            &self.table,
+            &self.limits,
+            q,
+        )
+        .await
         {
-            return denial(refused, first_id.as_deref());
-        }
-        let mut ok = Response::new(Full::new(Bytes::new()));
-        let hs = ok.headers_mut();
-        let mut set = |name: &str, value: &str| {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                hs.insert(n, v);
+            AuthAnswer::Allow(headers) => {
+                let mut ok = Response::new(Full::new(Bytes::new()));
+                for (n, v) in headers {
+                    if let (Ok(n), Ok(v)) = (
+                        HeaderName::from_bytes(n.as_bytes()),
+                        HeaderValue::from_str(&v),
+                    ) {
+                        ok.headers_mut().insert(n, v);
+                    }
+                }
+                ok
             }
-        };
-        set("x-jotd-tenant", &facts.tenant);
-        match &verdicts[0] {
-            Verdict::Allow(d) => {
-                set(
-                    "x-jotd-reason",
-                    d.reason().map_or("ok", jotd_core::Reason::as_str),
-                );
-                if let Some(s) = &d.sub {
-                    set("x-jotd-subject", s);
+            AuthAnswer::Deny {
+                status,
+                headers,
+                body,
+            } => {
+                let mut a = json(status, &body);
+                for (n, v) in headers {
+                    if let (Ok(n), Ok(v)) = (
+                        HeaderName::from_bytes(n.as_bytes()),
+                        HeaderValue::from_str(&v),
+                    ) {
+                        a.headers_mut().insert(n, v);
+                    }
                 }
-                if let Some(k) = &d.kid {
-                    set("x-jotd-kid", k);
-                }
-                for (name, raw) in &d.claims {
-                    // Strings as their text, anything else as JSON.
-                    let v = serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.clone());
-                    set(&format!("x-jotd-claim-{}", name.to_ascii_lowercase()), &v);
-                }
+                a
             }
-            Verdict::FailOpen(_) => set("x-jotd-reason", "fail_open"),
-            _ => {}
         }
-        ok
     }
 }

@@ -14,6 +14,8 @@ pub enum Door {
     Proxy,
     /// HTTP forward-auth.
     ForwardAuth,
+    /// Envoy ext_authz over gRPC.
+    ExtAuthz,
 }
 
 impl Door {
@@ -23,6 +25,7 @@ impl Door {
         match self {
             Self::Proxy => "proxy",
             Self::ForwardAuth => "forward_auth",
+            Self::ExtAuthz => "ext_authz",
         }
     }
 }

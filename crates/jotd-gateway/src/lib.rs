@@ -13,6 +13,7 @@
 //! The binary owns the config file ([`config`]); this library takes it typed.
 
 pub mod config;
+pub mod ext_authz;
 pub mod forward_auth;
 pub mod gate;
 pub mod http;
@@ -41,6 +42,8 @@ pub struct Gateway {
     pub proxy: Option<SocketAddr>,
     /// Where forward-auth listens, when configured.
     pub forward_auth: Option<SocketAddr>,
+    /// Where the Envoy ext_authz (gRPC) door listens, when configured.
+    pub ext_authz: Option<SocketAddr>,
     /// Where the admin listener listens, when configured.
     pub admin: Option<SocketAddr>,
     /// The batcher (counters).
@@ -179,6 +182,46 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             header_timeout,
         ));
     }
+    let mut ext_addr = None;
+    if let Some(e) = cfg.ext_authz {
+        let listener = tokio::net::TcpListener::bind(e.listen)
+            .await
+            .with_context(|| format!("[ext_authz] listen {}", e.listen))?;
+        ext_addr = Some(listener.local_addr()?);
+        let door = ext_authz::ExtAuthzDoor {
+            gate: gate.clone(),
+            routes: cfg.routes.clone(),
+            table: cfg.addresses.clone(),
+            limits: cfg.limits,
+            remove_authorization: e.remove_authorization,
+        };
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<envoy_types::ext_authz::v3::pb::AuthorizationServer<ext_authz::ExtAuthzDoor>>()
+            .await;
+        let mut stop = stopped.clone();
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        tasks.spawn(async move {
+            let serve =
+                tonic::transport::Server::builder()
+                    .add_service(health_service)
+                    .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
+                        door,
+                    ))
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        http::stopped(&mut stop).await;
+                        health
+                            .set_not_serving::<envoy_types::ext_authz::v3::pb::AuthorizationServer<
+                                ext_authz::ExtAuthzDoor,
+                            >>()
+                            .await;
+                    });
+            if let Err(e) = serve.await {
+                tracing::error!("ext_authz server: {e}");
+            }
+        });
+    }
     let mut admin_addr = None;
     if let Some(listen) = cfg.admin {
         let listener = tokio::net::TcpListener::bind(listen)
@@ -204,6 +247,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
     Ok(Gateway {
         proxy: proxy_addr,
         forward_auth: fa_addr,
+        ext_authz: ext_addr,
         admin: admin_addr,
         batcher,
         client,

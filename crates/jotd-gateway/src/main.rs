@@ -26,7 +26,7 @@ enum Cmd {
         config: Option<PathBuf>,
         /// Development defaults: the pool is the `jotd serve` dev daemon (reads
         /// its `jotd-dev/` folder); proxy on 127.0.0.1:8600, forward-auth on
-        /// 127.0.0.1:8601, admin on 127.0.0.1:9466.
+        /// 127.0.0.1:8601, Envoy ext_authz (gRPC) on 127.0.0.1:8602, admin on 127.0.0.1:9466.
         #[arg(long)]
         dev: bool,
         /// With --dev: the folder `jotd serve` wrote.
@@ -84,6 +84,9 @@ upstreams = [{ups}]
 [forward_auth]
 listen = "127.0.0.1:8601"
 
+[ext_authz]
+listen = "127.0.0.1:8602"
+
 [admin]
 listen = "127.0.0.1:9466"
 
@@ -121,6 +124,12 @@ fn check(cfg: &Config) {
     }
     if let Some(f) = cfg.forward_auth {
         println!("forward_auth: {f}");
+    }
+    if let Some(e) = cfg.ext_authz {
+        println!(
+            "ext_authz: {} (gRPC; authorization removed upstream: {})",
+            e.listen, e.remove_authorization
+        );
     }
     if let Some(a) = cfg.admin {
         println!("admin: {a}");
@@ -199,6 +208,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(
             proxy = ?gw.proxy,
             forward_auth = ?gw.forward_auth,
+            ext_authz = ?gw.ext_authz,
             admin = ?gw.admin,
             pool = ?cfg.pool.endpoints,
             "jotd-gateway serving"

@@ -513,19 +513,28 @@ pub fn denial_object(v: &Verdict, id: Option<&RawValue>) -> Value {
     )
 }
 
-/// The HTTP answer for one refused call: 401 (with `WWW-Authenticate`), 403 or 503.
+/// A refused call's status (401, 403, 503), `WWW-Authenticate` value (for
+/// 401) and JSON-RPC error object.
 #[must_use]
-pub fn denial(v: &Verdict, id: Option<&RawValue>) -> Answer {
+pub fn denial_parts(v: &Verdict, id: Option<&RawValue>) -> (StatusCode, Option<String>, Value) {
     let status = match v.class() {
         Some(Class::Token) => StatusCode::UNAUTHORIZED,
         Some(Class::Policy) => StatusCode::FORBIDDEN,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
-    let mut a = json(status, &denial_object(v, id));
-    if let Verdict::Deny(r) = v
-        && status == StatusCode::UNAUTHORIZED
-        && let Ok(h) = HeaderValue::from_str(&www_authenticate(*r))
-    {
+    let www = match v {
+        Verdict::Deny(r) if status == StatusCode::UNAUTHORIZED => Some(www_authenticate(*r)),
+        _ => None,
+    };
+    (status, www, denial_object(v, id))
+}
+
+/// The HTTP answer for one refused call: 401 (with `WWW-Authenticate`), 403 or 503.
+#[must_use]
+pub fn denial(v: &Verdict, id: Option<&RawValue>) -> Answer {
+    let (status, www, body) = denial_parts(v, id);
+    let mut a = json(status, &body);
+    if let Some(h) = www.and_then(|w| HeaderValue::from_str(&w).ok()) {
         a.headers_mut().insert(WWW_AUTHENTICATE, h);
     }
     a

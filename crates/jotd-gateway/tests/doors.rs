@@ -814,3 +814,158 @@ fn config_errors_name_file_line_and_key() {
         );
     }
 }
+
+mod envoy {
+    pub(crate) use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request,
+    };
+    pub(crate) use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    pub(crate) use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    pub(crate) use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+}
+
+fn envoy_check(
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+    tenant: Option<&str>,
+) -> envoy::CheckRequest {
+    let mut headers = std::collections::HashMap::new();
+    if let Some(t) = token {
+        headers.insert("authorization".to_owned(), format!("Bearer {t}"));
+    }
+    headers.insert("user-agent".to_owned(), "envoy-test".to_owned());
+    envoy::CheckRequest {
+        attributes: Some(envoy::AttributeContext {
+            request: Some(envoy::Request {
+                http: Some(envoy::HttpRequest {
+                    method: "POST".into(),
+                    path: path.into(),
+                    host: "rpc.test".into(),
+                    headers,
+                    body: body.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: tenant
+                .map(|t| [("tenant".to_owned(), t.to_owned())].into_iter().collect())
+                .unwrap_or_default(),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_ext_authz_over_grpc() {
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, _seen) = start_upstream().await;
+    let mut cfg = config("envoy", &pool, pool.addr, up, "");
+    cfg.ext_authz = Some(jotd_gateway::config::ExtAuthz {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        remove_authorization: true,
+    });
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let addr = gw.ext_authz.unwrap();
+    let mut client = envoy::AuthorizationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let exp = now() + 600;
+    let token = k.rs.mint(Some("rsa-1"), &json!({"sub":"erin","aud":AUD,"exp":exp,"methods":["eth_getBalance"],"addresses":[A],"scope":"rw"}).to_string()).unwrap();
+
+    // Allowed, with the body Envoy sends (with_request_body).
+    let body = call(1, "eth_getBalance", &json!([A, "latest"]));
+    let r = client
+        .check(envoy_check("/v3/infura", Some(&token), &body, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.as_ref().unwrap().code, 0);
+    let Some(envoy::HttpResponse::OkResponse(ok)) = r.http_response else {
+        panic!("{r:?}")
+    };
+    let h = |name: &str| {
+        ok.headers.iter().find_map(|o| {
+            o.header
+                .as_ref()
+                .filter(|h| h.key == name)
+                .map(|h| h.value.clone())
+        })
+    };
+    assert_eq!(h("x-jotd-subject").as_deref(), Some("erin"));
+    assert_eq!(h("x-jotd-claim-scope").as_deref(), Some("rw"));
+    assert_eq!(ok.headers_to_remove, ["authorization"]);
+
+    // Refused by policy: 403 with the JSON-RPC body; by the token: 401 + WWW-Authenticate.
+    let other = call(2, "eth_getBalance", &json!([B, "latest"]));
+    let r = client
+        .check(envoy_check("/v3/infura", Some(&token), &other, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.as_ref().unwrap().code, 7);
+    let Some(envoy::HttpResponse::DeniedResponse(d)) = r.http_response else {
+        panic!("{r:?}")
+    };
+    assert_eq!(d.status.unwrap().code, 403);
+    let b: Value = serde_json::from_str(&d.body).unwrap();
+    assert_eq!(
+        (b["id"].as_i64(), b["error"]["data"]["reason"].as_str()),
+        (Some(2), Some("address_not_allowed"))
+    );
+    let r = client
+        .check(envoy_check("/v3/infura", None, &body, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.as_ref().unwrap().code, 16);
+    let Some(envoy::HttpResponse::DeniedResponse(d)) = r.http_response else {
+        panic!("{r:?}")
+    };
+    assert_eq!(d.status.unwrap().code, 401);
+    assert!(d.headers.iter().any(|o| {
+        o.header
+            .as_ref()
+            .is_some_and(|h| h.key == "www-authenticate")
+    }));
+
+    // The tenant from context_extensions (per Envoy route), whatever the path.
+    let besu =
+        k.es.mint(
+            Some("ec-1"),
+            &json!({"exp":exp,"permissions":["eth:*"]}).to_string(),
+        )
+        .unwrap();
+    let r = client
+        .check(envoy_check(
+            "/anything",
+            Some(&besu),
+            &call(3, "eth_blockNumber", &json!([])),
+            Some("besu"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.as_ref().unwrap().code, 0, "{r:?}");
+
+    // The gRPC health service.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let s = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "envoy.service.auth.v3.Authorization".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        s.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    gw.drain().await;
+}

@@ -1,0 +1,165 @@
+//! Envoy external authorization over gRPC
+//! (`envoy.service.auth.v3.Authorization/Check`), with the gRPC health service.
+//!
+//! The tenant comes from the filter's `context_extensions["tenant"]` when set
+//! (per route in Envoy), else from the routes applied to the request's path and
+//! host. The JSON-RPC body is checked call by call when Envoy sends it
+//! (`with_request_body`; `body` or, with `pack_as_bytes`, `raw_body`). An
+//! allowed request gets OK with `x-jotd-*` headers for the upstream (and
+//! `authorization` removed, unless `remove_authorization = false`); a refused
+//! one gets Denied with 401 (and `WWW-Authenticate`), 403 or 503 and the
+//! JSON-RPC error body, so Envoy answers the client the same way the proxy
+//! door would.
+
+use crate::config::Limits;
+use crate::forward_auth::{AuthAnswer, AuthQuestion, authorize};
+use crate::gate::{Door, Gate};
+use crate::jsonrpc::AddressTable;
+use crate::route::Route;
+use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse, HttpStatusCode};
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use hyper::header::{HeaderName, HeaderValue};
+use tonic::{Request, Response, Status};
+
+/// The ext_authz service.
+#[derive(Debug)]
+pub struct ExtAuthzDoor {
+    /// Checks.
+    pub gate: Gate,
+    /// Tenant routes (when `context_extensions` names none).
+    pub routes: Vec<Route>,
+    /// Method → address positions.
+    pub table: AddressTable,
+    /// Request limits.
+    pub limits: Limits,
+    /// Whether an allowed request loses its `authorization` header upstream.
+    pub remove_authorization: bool,
+}
+
+/// The headers the checks read, as a header map (Envoy sends them lower-cased,
+/// repeated ones joined with commas).
+fn headers_of(h: &std::collections::HashMap<String, String>) -> hyper::HeaderMap {
+    let mut out = hyper::HeaderMap::new();
+    for name in ["authorization", "origin", "user-agent"] {
+        if let Some(v) = h.get(name)
+            && let Ok(v) = HeaderValue::from_str(v)
+        {
+            out.insert(HeaderName::from_static(name), v);
+        }
+    }
+    out
+}
+
+fn http_status(s: hyper::StatusCode) -> HttpStatusCode {
+    match s.as_u16() {
+        400 => HttpStatusCode::BadRequest,
+        401 => HttpStatusCode::Unauthorized,
+        403 => HttpStatusCode::Forbidden,
+        413 => HttpStatusCode::PayloadTooLarge,
+        _ => HttpStatusCode::ServiceUnavailable,
+    }
+}
+
+impl ExtAuthzDoor {
+    async fn decide(&self, req: &CheckRequest) -> CheckResponse {
+        let attrs = req.attributes.as_ref();
+        let http = attrs
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let Some(http) = http else {
+            let mut r = CheckResponse::with_status(Status::invalid_argument(
+                "no attributes.request.http in the CheckRequest",
+            ));
+            let mut denied = DeniedHttpResponseBuilder::new();
+            denied.set_http_status(HttpStatusCode::Forbidden);
+            r.set_http_response(denied);
+            return r;
+        };
+        let tenant = attrs.and_then(|a| a.context_extensions.get("tenant"));
+        let headers = headers_of(&http.headers);
+        let path = http.path.split(['?', '#']).next().unwrap_or("");
+        let body: &[u8] = if http.raw_body.is_empty() {
+            http.body.as_bytes()
+        } else {
+            &http.raw_body
+        };
+        let q = AuthQuestion {
+            tenant: tenant.map(String::as_str),
+            path,
+            host: (!http.host.is_empty()).then_some(http.host.as_str()),
+            headers: &headers,
+            body,
+        };
+        match authorize(
+            &self.gate,
+            Door::ExtAuthz,
+            &self.routes,
+            &self.table,
+            &self.limits,
+            q,
+        )
+        .await
+        {
+            AuthAnswer::Allow(add) => {
+                let mut ok = OkHttpResponseBuilder::new();
+                for (n, v) in add {
+                    ok.add_header(n, v, None, false);
+                }
+                if self.remove_authorization {
+                    ok.remove_header("authorization");
+                }
+                let mut r = CheckResponse::with_status(Status::ok("allowed"));
+                r.set_http_response(ok);
+                r
+            }
+            AuthAnswer::Deny {
+                status,
+                headers,
+                body,
+            } => {
+                let mut denied = DeniedHttpResponseBuilder::new();
+                denied.set_http_status(http_status(status));
+                denied.add_header("content-type", "application/json", None, false);
+                for (n, v) in headers {
+                    denied.add_header(n, v, None, false);
+                }
+                denied.set_body(body.to_string());
+                let grpc = match status.as_u16() {
+                    401 => Status::unauthenticated("unauthorized"),
+                    503 => Status::unavailable("authorization unavailable"),
+                    400 | 413 => Status::invalid_argument("bad request"),
+                    _ => Status::permission_denied("forbidden"),
+                };
+                let mut r = CheckResponse::with_status(grpc);
+                r.set_http_response(denied);
+                r
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthzDoor {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let r = self.decide(request.get_ref()).await;
+        let code = r.status.as_ref().map_or(0, |s| s.code);
+        metrics::counter!(
+            "jotd_gateway_requests_total",
+            "door" => Door::ExtAuthz.as_str(),
+            "status" => match code {
+                0 => "ok",
+                16 => "unauthenticated",
+                7 => "permission_denied",
+                14 => "unavailable",
+                _ => "invalid_argument",
+            },
+        )
+        .increment(1);
+        Ok(Response::new(r))
+    }
+}
