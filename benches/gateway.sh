@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# jotd-gateway benchmarks (docs/gateways.md, docs/benchmarks.md), with oha as
+# the load tool (cargo install oha; OHA=/path/to/oha):
+#
+#   1. Micro-batching: at a fixed rate of cached-token checks through the
+#      forward-auth door, gateway + daemon CPU per check with the default
+#      batching against batches of one ([batch] max_items = 1), alternated
+#      A/B/A/B in one run.
+#   2. Added latency: JSON-RPC calls at a fixed rate through the proxy door
+#      against the same calls straight to the node (ganache), alternated.
+#
+# Needs release builds (cargo build --release -p jotd -p jotd-gateway -p jotd-load)
+# and ganache (tests/tools/install-gateway-peers.sh). Everything binds 127.0.0.1.
+#
+#   RATE=20000 SECS=15 LAT_RATE=1000 LAT_SECS=20 benches/gateway.sh
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="${BIN:-$ROOT/target/release}"
+OHA="${OHA:-oha}"
+RATE="${RATE:-20000}"
+SECS="${SECS:-15}"
+CONNS="${CONNS:-64}"
+LAT_RATE="${LAT_RATE:-1000}"
+LAT_SECS="${LAT_SECS:-20}"
+ROUNDS="${ROUNDS:-2}"
+GANACHE="$ROOT/tests/.tools/node_modules/ganache/dist/node/cli.js"
+WORK="$(mktemp -d /tmp/jotd-gw-bench.XXXXXX)"
+cd "$WORK"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+"$BIN/jotd" serve > jotd.log 2>&1 &
+JOTD=$!; pids+=("$JOTD")
+wait_port 9464
+node "$GANACHE" --server.host 127.0.0.1 --server.port 18545 --wallet.deterministic --logging.quiet > /dev/null 2>&1 &
+pids+=("$!")
+wait_port 18545
+
+ACCOUNT=0x90F8bf6A479f320ead074411a4B0e7944Ea8c9C1
+TOKEN=$("$BIN/jotd-load" mint --key jotd-dev/keys/es256.pk8.der --alg ES256 --kid es256 --claims '{"aud":"jotd-dev"}')
+
+gateway() { # $1: max_items
+  cat > gw.toml <<EOF
+[pool]
+endpoints = ["127.0.0.1:4433"]
+ca_file = "jotd-dev/ca.pem"
+[batch]
+max_items = $1
+[proxy]
+listen = "127.0.0.1:18600"
+upstreams = ["http://127.0.0.1:18545/"]
+[forward_auth]
+listen = "127.0.0.1:18601"
+[admin]
+listen = "127.0.0.1:19466"
+[[route]]
+path = "/v3/{tenant}"
+EOF
+  RUST_LOG=warn "$BIN/jotd-gateway" serve --config gw.toml > "gw-$1.log" 2>&1 &
+  GW=$!; pids+=("$GW")
+  wait_port 19466
+}
+
+summary() { # oha json → "ok/total p50 p99" (ms)
+  python3 -c '
+import json,sys
+d=json.load(open(sys.argv[1]))
+codes=d.get("statusCodeDistribution",{})
+ok=codes.get("200",0); total=sum(codes.values())
+p=d["latencyPercentiles"]
+p50=p["p50"]*1000; p99=p["p99"]*1000
+print(f"{ok}/{total} p50={p50:.3f}ms p99={p99:.3f}ms")' "$1"
+}
+
+echo "== 1. micro-batching: forward-auth, cached ES256, $RATE checks/s for ${SECS}s, $CONNS connections"
+for round in $(seq 1 "$ROUNDS"); do
+  for items in 64 1; do
+    gateway "$items"
+    # Warm the cache and the connections.
+    "$OHA" --no-tui -q 2000 -z 2s -c "$CONNS" -H "Authorization: Bearer $TOKEN" -H "X-Original-URI: /v3/demo" \
+      --output-format quiet http://127.0.0.1:18601/auth || true
+    j0=$(cpu_ticks "$JOTD"); g0=$(cpu_ticks "$GW")
+    "$OHA" --no-tui -q "$RATE" -z "${SECS}s" -c "$CONNS" -H "Authorization: Bearer $TOKEN" -H "X-Original-URI: /v3/demo" \
+      --output-format json http://127.0.0.1:18601/auth > "fa-$items-$round.json"
+    j1=$(cpu_ticks "$JOTD"); g1=$(cpu_ticks "$GW")
+    s=$(summary "fa-$items-$round.json")
+    ok=${s%%/*}
+    batches=$(curl -s http://127.0.0.1:19466/metrics | awk '/^jotd_gateway_batches_total/ {b+=$2} /^jotd_gateway_batch_items_total/ {i=$2} END {if (b) printf "%.1f", i/b}')
+    python3 -c "
+ok=$ok; j=($j1-$j0)*1e4; g=($g1-$g0)*1e4
+print(f'max_items=$items round $round: {\"$s\"}; mean batch {\"$batches\"}; CPU per check: gateway {g/ok:.2f} us + jotd {j/ok:.2f} us = {(g+j)/ok:.2f} us')"
+    kill "$GW"; wait "$GW" 2>/dev/null || true
+  done
+done
+
+echo "== 2. added latency: eth_getBalance at $LAT_RATE/s for ${LAT_SECS}s, proxy vs straight to the node"
+gateway 64
+BODY='{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["'$ACCOUNT'","latest"]}'
+for round in $(seq 1 "$ROUNDS"); do
+  "$OHA" --no-tui -q "$LAT_RATE" -z "${LAT_SECS}s" -c 16 -m POST -H "Content-Type: application/json" -d "$BODY" \
+    --output-format json http://127.0.0.1:18545/ > "direct-$round.json"
+  echo "direct round $round: $(summary "direct-$round.json")"
+  "$OHA" --no-tui -q "$LAT_RATE" -z "${LAT_SECS}s" -c 16 -m POST -H "Content-Type: application/json" -H "Authorization: Bearer $TOKEN" -d "$BODY" \
+    --output-format json http://127.0.0.1:18600/v3/demo > "proxy-$round.json"
+  echo "proxy  round $round: $(summary "proxy-$round.json")"
+done
+echo "results in $WORK"
