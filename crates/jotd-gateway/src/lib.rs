@@ -20,6 +20,7 @@ pub mod http;
 pub mod jsonrpc;
 pub mod proxy;
 pub mod route;
+pub mod ws;
 
 use crate::config::Config;
 use crate::forward_auth::ForwardAuthDoor;
@@ -203,20 +204,19 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tasks.spawn(async move {
-            let serve =
-                tonic::transport::Server::builder()
-                    .add_service(health_service)
-                    .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
-                        door,
-                    ))
-                    .serve_with_incoming_shutdown(incoming, async move {
-                        http::stopped(&mut stop).await;
-                        health
+            let serve = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
+                    door,
+                ))
+                .serve_with_incoming_shutdown(incoming, async move {
+                    http::stopped(&mut stop).await;
+                    health
                             .set_not_serving::<envoy_types::ext_authz::v3::pb::AuthorizationServer<
                                 ext_authz::ExtAuthzDoor,
                             >>()
                             .await;
-                    });
+                });
             if let Err(e) = serve.await {
                 tracing::error!("ext_authz server: {e}");
             }

@@ -148,8 +148,16 @@ impl ProxyDoor {
         Err(UpstreamError(last))
     }
 
+    /// The WebSocket URL of the first upstream (`http` → `ws`).
+    #[must_use]
+    pub fn ws_upstream(&self) -> Option<String> {
+        let u = self.upstreams.first()?;
+        let authority = u.authority()?;
+        Some(format!("ws://{authority}{}", u.path()))
+    }
+
     /// Handles one HTTP request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Answer {
+    pub async fn handle(self: std::sync::Arc<Self>, req: Request<Incoming>) -> Answer {
         let answer = self.answer(req).await;
         metrics::counter!(
             "jotd_gateway_requests_total",
@@ -160,17 +168,18 @@ impl ProxyDoor {
         answer
     }
 
-    async fn answer(&self, req: Request<Incoming>) -> Answer {
-        if req.method() != Method::POST {
+    async fn answer(self: &std::sync::Arc<Self>, req: Request<Incoming>) -> Answer {
+        let upgrade = req.method() == Method::GET && crate::ws::is_upgrade(&req);
+        if req.method() != Method::POST && !upgrade {
             let mut a = rpc_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 None,
                 code::INVALID_REQUEST,
-                "JSON-RPC over HTTP is POST",
+                "JSON-RPC over HTTP is POST (or a GET WebSocket upgrade)",
                 None,
             );
             a.headers_mut()
-                .insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
+                .insert(hyper::header::ALLOW, HeaderValue::from_static("POST, GET"));
             return a;
         }
         let headers = req.headers();
@@ -207,6 +216,9 @@ impl ProxyDoor {
             origin: header(headers, "origin").map(str::to_owned),
             user_agent: header(headers, "user-agent").map(str::to_owned),
         };
+        if upgrade {
+            return crate::ws::upgrade(std::sync::Arc::clone(self), req, facts).await;
+        }
         let body = match read_body(req.into_body(), self.limits.max_body_bytes).await {
             Ok(b) => b,
             Err(BodyError::TooLarge) => {

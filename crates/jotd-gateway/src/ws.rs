@@ -1,0 +1,294 @@
+//! WebSocket through the proxy door (`eth_subscribe` and friends).
+//!
+//! - At the upgrade the token is checked (tenant, signature, claims, Origin,
+//!   User-Agent): a refusal for the token is 401, for the tenant, origin or
+//!   user agent 403, no decision 503, all before the node is contacted. A
+//!   token whose policy only limits methods or addresses passes here: those
+//!   are checked per call.
+//! - Each client message is parsed as JSON-RPC; every call is checked with
+//!   the same token. Allowed calls go to the node (a batch's allowed calls as
+//!   one array); refused and invalid ones are answered by the gateway at once
+//!   (for a batch, as one array message of their own, ahead of the node's).
+//! - Node messages (answers, subscription notifications) go to the client as
+//!   they are.
+//! - At the token's `exp` the gateway closes the socket (1008, "token
+//!   expired"), and the node connection with it.
+
+use crate::gate::{CallFacts, Class, Door, Facts, Verdict, www_authenticate};
+use crate::http::{Answer, json};
+use crate::jsonrpc::{self, Body, code, error_object};
+use crate::proxy::{ProxyDoor, denial_object};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{
+    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE, WWW_AUTHENTICATE,
+};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use jotd_core::Reason;
+use serde_json::Value;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+/// Whether `req` asks for a WebSocket upgrade.
+#[must_use]
+pub fn is_upgrade(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    h.get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && h.get(CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Reasons that refuse a call, not the token: checked per message instead.
+const fn per_call(r: Reason) -> bool {
+    matches!(
+        r,
+        Reason::MethodNotAllowed | Reason::AddressNotAllowed | Reason::PermissionDenied
+    )
+}
+
+fn refuse(v: &Verdict) -> Answer {
+    let status = match v.class() {
+        Some(Class::Token) => StatusCode::UNAUTHORIZED,
+        Some(Class::Policy) => StatusCode::FORBIDDEN,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut a = json(status, &denial_object(v, None));
+    if let (Verdict::Deny(r), StatusCode::UNAUTHORIZED) = (v, status)
+        && let Ok(h) = HeaderValue::from_str(&www_authenticate(*r))
+    {
+        a.headers_mut().insert(WWW_AUTHENTICATE, h);
+    }
+    a
+}
+
+/// Handles an upgrade request for `facts` (tenant and token already read).
+pub async fn upgrade(
+    door: std::sync::Arc<ProxyDoor>,
+    req: Request<Incoming>,
+    facts: Facts,
+) -> Answer {
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).cloned() else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &error_object(
+                None,
+                code::INVALID_REQUEST,
+                "a WebSocket upgrade needs Sec-WebSocket-Key",
+                None,
+            ),
+        );
+    };
+    // The token, tenant, origin and user agent, before anything else.
+    let verdict = door
+        .gate
+        .check(Door::Proxy, &facts, vec![CallFacts::default()])
+        .await
+        .remove(0);
+    let exp = match &verdict {
+        Verdict::Allow(d) => d.exp,
+        Verdict::Deny(r) if per_call(*r) => None,
+        Verdict::FailOpen(_) => None,
+        v => return refuse(v),
+    };
+    // The token's expiry comes with an allowing decision; after a per-call
+    // refusal at the upgrade it is learned from the first allowed call.
+    let Some(upstream) = door.ws_upstream() else {
+        return json(
+            StatusCode::BAD_GATEWAY,
+            &error_object(None, code::INTERNAL, "no upstream", None),
+        );
+    };
+    let node = match tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(upstream.as_str()),
+    )
+    .await
+    {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => {
+            tracing::warn!("upstream WebSocket {upstream}: {e}");
+            return json(
+                StatusCode::BAD_GATEWAY,
+                &error_object(None, code::INTERNAL, "upstream unavailable", None),
+            );
+        }
+        Err(_) => {
+            return json(
+                StatusCode::GATEWAY_TIMEOUT,
+                &error_object(None, code::INTERNAL, "upstream unavailable", None),
+            );
+        }
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(up) => {
+                let client =
+                    WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+                relay(&door, client, node, facts, exp).await;
+            }
+            Err(e) => tracing::warn!("WebSocket upgrade: {e}"),
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The moment `exp` passes, as a tokio instant.
+fn deadline(exp: Option<u64>) -> Option<tokio::time::Instant> {
+    exp.map(|e| tokio::time::Instant::now() + Duration::from_secs(e.saturating_sub(unix_now())))
+}
+
+async fn relay<C, N>(
+    door: &ProxyDoor,
+    mut client: WebSocketStream<C>,
+    mut node: WebSocketStream<N>,
+    facts: Facts,
+    mut exp: Option<u64>,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    N: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let expiry = deadline(exp);
+        tokio::select! {
+            () = async { tokio::time::sleep_until(expiry.expect("guarded")).await }, if expiry.is_some() => {
+                let _ = client
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: "token expired".into(),
+                    })))
+                    .await;
+                break;
+            }
+            msg = client.next() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
+                    Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                };
+                let (to_node, to_client, learned) = door_message(door, &facts, text.as_bytes()).await;
+                if exp.is_none() {
+                    exp = learned;
+                }
+                if let Some(v) = to_client
+                    && client.send(Message::text(v.to_string())).await.is_err()
+                {
+                    break;
+                }
+                if let Some(m) = to_node
+                    && node.send(Message::text(m)).await.is_err()
+                {
+                    break;
+                }
+            }
+            msg = node.next() => match msg {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    if client.send(m).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                    let _ = client
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CloseCode::Away,
+                            reason: "upstream closed".into(),
+                        })))
+                        .await;
+                    break;
+                }
+            },
+        }
+    }
+    let _ = node.close(None).await;
+    let _ = client.close(None).await;
+}
+
+/// One client message: what goes to the node, what the gateway answers at
+/// once, and the token's `exp` when a decision carried it.
+async fn door_message(
+    door: &ProxyDoor,
+    facts: &Facts,
+    text: &[u8],
+) -> (Option<String>, Option<Value>, Option<u64>) {
+    let parsed = match jsonrpc::parse(text, &door.table, door.limits.max_batch_calls) {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                None,
+                Some(error_object(None, e.code, &e.message, None)),
+                None,
+            );
+        }
+    };
+    let (items, single) = match parsed {
+        Body::Single(c) => (vec![c], true),
+        Body::Batch(cs) => (cs, false),
+    };
+    let calls: Vec<CallFacts> = items
+        .iter()
+        .filter_map(|c| c.as_ref().ok())
+        .map(|c| CallFacts {
+            method: Some(c.method.clone()),
+            addresses: c.addresses.clone(),
+        })
+        .collect();
+    let mut verdicts = door.gate.check(Door::Proxy, facts, calls).await.into_iter();
+    let mut forward = Vec::new();
+    let mut answers = Vec::new();
+    let mut exp = None;
+    for item in &items {
+        match item {
+            Err(i) => answers.push(error_object(i.id.as_deref(), i.code, &i.message, None)),
+            Ok(c) => {
+                let v = verdicts.next().expect("one verdict per call");
+                if let Verdict::Allow(d) = &v {
+                    exp = exp.or(d.exp);
+                }
+                if v.allowed() {
+                    forward.push(c.raw.get().to_owned());
+                } else if c.id.is_some() {
+                    answers.push(denial_object(&v, c.id.as_deref()));
+                }
+            }
+        }
+    }
+    let to_node = match (single, forward.len()) {
+        (_, 0) => None,
+        (true, _) => forward.pop(),
+        (false, _) => Some(format!("[{}]", forward.join(","))),
+    };
+    let to_client = match (single, answers.len()) {
+        (_, 0) => None,
+        (true, _) => answers.pop(),
+        (false, _) => Some(Value::Array(answers)),
+    };
+    (to_node, to_client, exp)
+}
