@@ -116,6 +116,11 @@ struct Reply {
 
 /// One HTTP/1.1 request on its own connection.
 fn post(port: u16, path: &str, token: Option<&str>, body: &str) -> Reply {
+    post_with(port, path, token, "", body)
+}
+
+/// As [`post`], with extra header lines (`Name: value\r\n` each).
+fn post_with(port: u16, path: &str, token: Option<&str>, extra: &str, body: &str) -> Reply {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let auth = token
@@ -123,7 +128,7 @@ fn post(port: u16, path: &str, token: Option<&str>, body: &str) -> Reply {
         .unwrap_or_default();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n{auth}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

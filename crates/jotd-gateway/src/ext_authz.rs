@@ -16,7 +16,17 @@ use crate::forward_auth::{AuthAnswer, AuthQuestion, authorize};
 use crate::gate::{Door, Gate};
 use crate::jsonrpc::AddressTable;
 use crate::route::Route;
-use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse, HttpStatusCode};
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
+};
+
+/// The identity headers the gateway sets (claims add `x-jotd-claim-<name>`).
+const IDENTITY: &[&str] = &[
+    "x-jotd-tenant",
+    "x-jotd-reason",
+    "x-jotd-subject",
+    "x-jotd-kid",
+];
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
@@ -104,8 +114,20 @@ impl ExtAuthzDoor {
         {
             AuthAnswer::Allow(add) => {
                 let mut ok = OkHttpResponseBuilder::new();
+                // Identity headers replace any the client sent; those not set
+                // for this token are removed, so a client cannot forge them.
+                for name in IDENTITY {
+                    if !add.iter().any(|(n, _)| n == name) {
+                        ok.remove_header(*name);
+                    }
+                }
                 for (n, v) in add {
-                    ok.add_header(n, v, None, false);
+                    ok.add_header(
+                        n,
+                        v,
+                        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                        false,
+                    );
                 }
                 if self.remove_authorization {
                     ok.remove_header("authorization");

@@ -895,7 +895,32 @@ async fn envoy_ext_authz_over_grpc() {
     };
     assert_eq!(h("x-jotd-subject").as_deref(), Some("erin"));
     assert_eq!(h("x-jotd-claim-scope").as_deref(), Some("rw"));
-    assert_eq!(ok.headers_to_remove, ["authorization"]);
+    assert_eq!(
+        ok.headers_to_remove,
+        ["authorization"],
+        "every identity header is set here"
+    );
+    assert!(
+        ok.headers.iter().all(|o| o.append_action
+            == envoy_types::ext_authz::v3::pb::HeaderAppendAction::OverwriteIfExistsOrAdd as i32),
+        "identity headers overwrite the client's"
+    );
+    // A token without `sub`: a client-sent x-jotd-subject is removed.
+    let anon =
+        k.rs.mint(Some("rsa-1"), &json!({"aud":AUD,"exp":exp}).to_string())
+            .unwrap();
+    let r = client
+        .check(envoy_check("/v3/infura", Some(&anon), "", None))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(envoy::HttpResponse::OkResponse(ok)) = r.http_response else {
+        panic!("{r:?}")
+    };
+    assert!(
+        ok.headers_to_remove.iter().any(|h| h == "x-jotd-subject"),
+        "{ok:?}"
+    );
 
     // Refused by policy: 403 with the JSON-RPC body; by the token: 401 + WWW-Authenticate.
     let other = call(2, "eth_getBalance", &json!([B, "latest"]));
