@@ -997,9 +997,14 @@ async fn envoy_ext_authz_over_grpc() {
 
 #[test]
 fn the_shipped_example_config_checks() {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/jotd-gateway.toml");
+    let file =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/jotd-gateway.toml");
     let cfg = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.routes.len(), 3);
     assert!(cfg.proxy.is_some() && cfg.forward_auth.is_some() && cfg.ext_authz.is_some());
-    assert!(cfg.addresses.rows().any(|(m, ps)| m == "acme_getThing" && ps == ["0.contract"]));
+    assert!(
+        cfg.addresses
+            .rows()
+            .any(|(m, ps)| m == "acme_getThing" && ps == ["0.contract"])
+    );
 }
