@@ -81,7 +81,7 @@ struct RawConfig {
     #[serde(default)]
     batch: RawBatch,
     proxy: Option<Spanned<RawProxy>>,
-    forward_auth: Option<Spanned<RawListen>>,
+    forward_auth: Option<Spanned<RawForwardAuth>>,
     ext_authz: Option<Spanned<RawExtAuthz>>,
     admin: Option<Spanned<RawListen>>,
     #[serde(default)]
@@ -167,6 +167,23 @@ struct RawListen {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawForwardAuth {
+    listen: Spanned<String>,
+    #[serde(default = "uri_header")]
+    uri_header: Spanned<String>,
+    #[serde(default = "host_header")]
+    host_header: Spanned<String>,
+}
+
+fn uri_header() -> Spanned<String> {
+    Spanned::new(0..0, "x-forwarded-uri".into())
+}
+fn host_header() -> Spanned<String> {
+    Spanned::new(0..0, "x-forwarded-host".into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawExtAuthz {
     listen: Spanned<String>,
     #[serde(default = "yes")]
@@ -190,6 +207,12 @@ struct RawRoute {
 struct RawLimits {
     #[serde(default = "max_body")]
     max_body_bytes: usize,
+    #[serde(default = "body_timeout")]
+    body_timeout_ms: u64,
+    #[serde(default = "max_connections")]
+    max_connections: usize,
+    #[serde(default = "max_upstream")]
+    max_upstream_bytes: usize,
     #[serde(default = "max_calls")]
     max_batch_calls: usize,
     #[serde(default = "max_token")]
@@ -200,6 +223,9 @@ impl Default for RawLimits {
     fn default() -> Self {
         Self {
             max_body_bytes: max_body(),
+            body_timeout_ms: body_timeout(),
+            max_connections: max_connections(),
+            max_upstream_bytes: max_upstream(),
             max_batch_calls: max_calls(),
             max_token_bytes: max_token(),
         }
@@ -208,6 +234,15 @@ impl Default for RawLimits {
 
 const fn max_body() -> usize {
     1 << 20
+}
+const fn body_timeout() -> u64 {
+    10_000
+}
+const fn max_connections() -> usize {
+    10_000
+}
+const fn max_upstream() -> usize {
+    64 << 20
 }
 const fn max_calls() -> usize {
     100
@@ -255,6 +290,21 @@ pub struct Proxy {
     pub upstream_timeout: Duration,
 }
 
+/// The forward-auth door's settings.
+#[derive(Debug, Clone)]
+pub struct ForwardAuth {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// The one header the original URI is read from (the gateway sets it and
+    /// overwrites a client's). Default `x-forwarded-uri` (Caddy, Traefik,
+    /// APISIX; the NGINX snippet sets it). Absent: the request's own path,
+    /// less a leading `/auth` (Envoy's HTTP ext_authz `path_prefix`).
+    pub uri_header: hyper::header::HeaderName,
+    /// The one header the original host is read from, else `Host`. Default
+    /// `x-forwarded-host`.
+    pub host_header: hyper::header::HeaderName,
+}
+
 /// The Envoy ext_authz door's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ExtAuthz {
@@ -267,8 +317,14 @@ pub struct ExtAuthz {
 /// Request limits shared by the doors.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Largest request body read (413 beyond).
+    /// Largest request body read (413 beyond); also the largest WebSocket message.
     pub max_body_bytes: usize,
+    /// Longest wait for a request body to finish arriving (408 beyond).
+    pub body_timeout: Duration,
+    /// Most open connections per listener (WebSockets included); more are closed at once.
+    pub max_connections: usize,
+    /// Largest upstream answer relayed (502 beyond).
+    pub max_upstream_bytes: usize,
     /// Most calls in one JSON-RPC batch array.
     pub max_batch_calls: usize,
     /// Largest bearer token passed on (longer ones are `token_too_large` at jotd;
@@ -287,8 +343,8 @@ pub struct Config {
     pub batch: Batch,
     /// The reverse proxy, when configured.
     pub proxy: Option<Proxy>,
-    /// The forward-auth listener, when configured.
-    pub forward_auth: Option<SocketAddr>,
+    /// The forward-auth door, when configured.
+    pub forward_auth: Option<ForwardAuth>,
     /// The Envoy ext_authz (gRPC) listener, when configured.
     pub ext_authz: Option<ExtAuthz>,
     /// The admin listener, when configured.
@@ -465,11 +521,26 @@ impl Config {
                 })
             }
         };
-        let forward_auth = raw
-            .forward_auth
-            .as_ref()
-            .map(|f| listen(&f.get_ref().listen, "listen"))
-            .transpose()?;
+        let header_name = |h: &Spanned<String>, key: &str| {
+            hyper::header::HeaderName::from_bytes(h.get_ref().as_bytes()).map_err(|_| {
+                err(
+                    h.span(),
+                    key,
+                    format!("`{}` is not a header name", h.get_ref()),
+                )
+            })
+        };
+        let forward_auth = match raw.forward_auth.as_ref() {
+            None => None,
+            Some(f) => {
+                let f = f.get_ref();
+                Some(ForwardAuth {
+                    listen: listen(&f.listen, "listen")?,
+                    uri_header: header_name(&f.uri_header, "uri_header")?,
+                    host_header: header_name(&f.host_header, "host_header")?,
+                })
+            }
+        };
         let admin = raw
             .admin
             .as_ref()
@@ -531,7 +602,13 @@ impl Config {
         }
 
         let l = raw.limits;
-        if l.max_body_bytes == 0 || l.max_batch_calls == 0 || l.max_token_bytes == 0 {
+        if l.max_body_bytes == 0
+            || l.max_batch_calls == 0
+            || l.max_token_bytes == 0
+            || l.body_timeout_ms == 0
+            || l.max_connections == 0
+            || l.max_upstream_bytes == 0
+        {
             return Err(err(0..0, "limits", "limits must be above 0".into()));
         }
         Ok(Self {
@@ -546,6 +623,9 @@ impl Config {
             addresses,
             limits: Limits {
                 max_body_bytes: l.max_body_bytes,
+                body_timeout: Duration::from_millis(l.body_timeout_ms),
+                max_connections: l.max_connections,
+                max_upstream_bytes: l.max_upstream_bytes,
                 max_batch_calls: l.max_batch_calls,
                 max_token_bytes: l.max_token_bytes,
             },

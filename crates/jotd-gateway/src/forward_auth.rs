@@ -34,16 +34,20 @@ pub struct ForwardAuthDoor {
     pub table: AddressTable,
     /// Request limits.
     pub limits: Limits,
+    /// Where the original URI and host are read from.
+    pub headers: crate::config::ForwardAuth,
 }
 
-fn original_path(req: &Request<Incoming>) -> String {
-    let h = req.headers();
-    let uri = header(h, "x-original-uri")
-        .or_else(|| header(h, "x-forwarded-uri"))
-        .or_else(|| header(h, "x-envoy-original-path"))
+/// The original path: from the one configured header, else the request's
+/// own path less a leading `/auth` (Envoy's HTTP ext_authz `path_prefix`).
+/// Other forwarding headers are ignored: a client could send them through a
+/// gateway that sets only its own.
+fn original_path(req: &Request<Incoming>, uri_header: &HeaderName) -> String {
+    let uri = req
+        .headers()
+        .get(uri_header)
+        .and_then(|v| v.to_str().ok())
         .map_or_else(
-            // Envoy's HTTP ext_authz sends the original path after its
-            // `path_prefix` (`/auth/v3/demo`).
             || {
                 let p = req.uri().path();
                 p.strip_prefix("/auth")
@@ -169,7 +173,15 @@ pub async fn authorize(
         );
     }
     let (calls, first_id) = if q.body.iter().all(u8::is_ascii_whitespace) {
-        (vec![CallFacts::default()], None)
+        // No body: no method, and nothing bounds the addresses (a token that
+        // restricts either is refused; see docs/gateways.md).
+        (
+            vec![CallFacts {
+                method: None,
+                addresses: vec![crate::jsonrpc::ANY.to_owned()],
+            }],
+            None,
+        )
     } else {
         let invalid = |i: &jsonrpc::Invalid| {
             AuthAnswer::deny(
@@ -259,11 +271,15 @@ impl ForwardAuthDoor {
     }
 
     async fn answer(&self, req: Request<Incoming>) -> Answer {
-        let path = original_path(&req);
+        let path = original_path(&req, &self.headers.uri_header);
         let (parts, body) = req.into_parts();
         let h = &parts.headers;
-        let host = header(h, "x-forwarded-host").or_else(|| header(h, "host"));
-        let body = match read_body(body, self.limits.max_body_bytes).await {
+        let host = h
+            .get(&self.headers.host_header)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| header(h, "host"));
+        let body = match read_body(body, self.limits.max_body_bytes, self.limits.body_timeout).await
+        {
             Ok(b) => b,
             Err(BodyError::TooLarge) => {
                 return json(
@@ -275,6 +291,17 @@ impl ForwardAuthDoor {
                 return json(
                     StatusCode::BAD_REQUEST,
                     &error_object(None, code::PARSE_ERROR, &e, None),
+                );
+            }
+            Err(BodyError::Timeout) => {
+                return json(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &error_object(
+                        None,
+                        code::INVALID_REQUEST,
+                        "the body did not arrive in time",
+                        None,
+                    ),
                 );
             }
         };

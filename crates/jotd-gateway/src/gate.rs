@@ -189,9 +189,17 @@ impl Gate {
                 Ok(d) => Verdict::Deny(d.reason().unwrap_or(Reason::InternalError)),
                 Err(e) => {
                     let why = describe(&e);
+                    // Only the pool being unreachable or slow may fail open:
+                    // a full queue or a batch the pool refuses as a whole
+                    // (too large, malformed) is something a caller can cause.
+                    let pool_down = match &e {
+                        CheckError::Deadline => true,
+                        CheckError::Client(c) => c.retryable(),
+                        CheckError::Overloaded | CheckError::Closed => false,
+                    };
                     match self.failure_mode {
-                        FailureMode::Open => Verdict::FailOpen(why),
-                        FailureMode::Closed => Verdict::Unavailable(why),
+                        FailureMode::Open if pool_down => Verdict::FailOpen(why),
+                        _ => Verdict::Unavailable(why),
                     }
                 }
             })

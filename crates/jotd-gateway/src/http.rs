@@ -83,14 +83,17 @@ pub enum BodyError {
     TooLarge,
     /// The client went away or sent a broken body.
     Broken(String),
+    /// The body did not finish arriving in time.
+    Timeout,
 }
 
-/// Reads a body of at most `max` bytes.
-pub async fn read_body(body: Incoming, max: usize) -> Result<Bytes, BodyError> {
-    match Limited::new(body, max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
-        Err(e) => Err(BodyError::Broken(e.to_string())),
+/// Reads a body of at most `max` bytes within `timeout`.
+pub async fn read_body(body: Incoming, max: usize, timeout: Duration) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+        Err(_) => Err(BodyError::Timeout),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Ok(Err(e)) => Err(BodyError::Broken(e.to_string())),
     }
 }
 
@@ -107,12 +110,14 @@ pub async fn serve<F, Fut>(
     handle: F,
     mut stop: watch::Receiver<bool>,
     header_timeout: Duration,
+    max_connections: usize,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Answer> + Send + 'static,
 {
     let handle = Arc::new(handle);
     let mut tasks = tokio::task::JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (stream, peer) = tokio::select! {
             () = stopped(&mut stop) => break,
@@ -126,10 +131,17 @@ pub async fn serve<F, Fut>(
                 }
             },
         };
+        // Over the connection cap: closed at once (the peer retries elsewhere).
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            metrics::counter!("jotd_gateway_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let handle = Arc::clone(&handle);
         let mut stop = stop.clone();
         tasks.spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let fut = handle(req, peer);
                 async move { Ok::<_, std::convert::Infallible>(fut.await) }

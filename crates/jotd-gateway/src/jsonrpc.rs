@@ -4,9 +4,14 @@
 //!
 //! What the gateway checks is what the node will run: each call is forwarded
 //! as the exact bytes that were parsed, and a body whose meaning another
-//! parser could read differently is refused (duplicate keys at any depth). A
-//! value at an address position that is not an address (a number, an object,
-//! a malformed string) makes the call invalid rather than unrestricted.
+//! parser could read differently is refused. Keys are matched the way the
+//! most lenient node parser matches them (Go's `encoding/json`: case folded,
+//! `ſ` as `s`, `K` as `k`): two keys of one object that fold alike are a
+//! duplicate, and `METHOD` is read as `method`. A value at an address position
+//! that is not an address makes the call invalid rather than unrestricted, and
+//! a call whose reach no address bounds (`eth_getLogs` without `address`,
+//! `eth_call` without `to`, state overrides) carries the address [`ANY`], which
+//! only a token that lists `*` allows.
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -30,43 +35,87 @@ pub mod code {
     pub const FORBIDDEN: i64 = -32003;
 }
 
-/// One parameter position of an address: `0` (the parameter is an address),
-/// `0.to` (a field of the parameter object), `0.address[]` (a field holding
-/// one address or a list of them, as `eth_getLogs`'s `address`).
+/// One parameter position of an address:
+///
+/// - `N`: the parameter is an address (absent or null: none);
+/// - `N.field`: a field of the parameter object holds one address; absent or
+///   null, the call is unbounded (`eth_call` without `to` creates a contract);
+/// - `N.field[]`: the field holds one address or a list; absent, null or
+///   empty, the call is unbounded (`eth_getLogs` without `address`);
+/// - `N!`: the parameter, when present and not null, makes the call unbounded
+///   (state overrides);
+/// - `*`: the call is always unbounded (`eth_simulateV1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParamPath {
-    index: usize,
-    field: Option<String>,
-    list: bool,
+pub enum ParamPath {
+    /// `N`.
+    Param(usize),
+    /// `N.field` or, with `list`, `N.field[]`.
+    Field {
+        /// The parameter.
+        index: usize,
+        /// The field (matched case-folded, as the node does).
+        field: String,
+        /// Whether a list of addresses may stand there.
+        list: bool,
+    },
+    /// `N!`.
+    Unbounding(usize),
+    /// `*`.
+    Always,
 }
 
 impl ParamPath {
     fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}`: a position is `N`, `N.field`, `N.field[]`, `N!` or `*`");
+        if s == "*" {
+            return Ok(Self::Always);
+        }
+        if let Some(n) = s.strip_suffix('!') {
+            return n.parse().map(Self::Unbounding).map_err(|_| bad());
+        }
         let (path, list) = match s.strip_suffix("[]") {
             Some(p) => (p, true),
             None => (s, false),
         };
-        let (index, field) = match path.split_once('.') {
-            Some((i, f)) => (i, Some(f)),
-            None => (s, None),
-        };
-        let index = index
-            .parse::<usize>()
-            .map_err(|_| format!("`{s}`: a parameter position is `N`, `N.field` or `N.field[]`"))?;
-        if list && field.is_none() {
-            return Err(format!("`{s}`: `[]` follows a field name"));
+        match path.split_once('.') {
+            None if !list => path.parse().map(Self::Param).map_err(|_| bad()),
+            None => Err(bad()),
+            Some((i, f)) if !f.is_empty() && !f.contains('.') => Ok(Self::Field {
+                index: i.parse().map_err(|_| bad())?,
+                field: f.to_owned(),
+                list,
+            }),
+            Some(_) => Err(bad()),
         }
-        if let Some(f) = field
-            && (f.is_empty() || f.contains('.'))
-        {
-            return Err(format!("`{s}`: one field name after the position"));
-        }
-        Ok(Self {
-            index,
-            field: field.map(str::to_owned),
-            list,
-        })
     }
+
+    fn render(&self) -> String {
+        match self {
+            Self::Param(i) => i.to_string(),
+            Self::Field { index, field, list } => {
+                format!("{index}.{field}{}", if *list { "[]" } else { "" })
+            }
+            Self::Unbounding(i) => format!("{i}!"),
+            Self::Always => "*".into(),
+        }
+    }
+}
+
+/// The address a call carries when nothing bounds what it touches. Only a
+/// token whose allowlist lists `*` allows it; a token without an address
+/// allowlist is not restricted by it.
+pub const ANY: &str = "*";
+
+/// Most addresses one call may name (a longer list is invalid params): keeps
+/// one check, and so one batch, small.
+pub const MAX_ADDRESSES: usize = 64;
+
+/// A key as Go's `encoding/json` compares it (simple case folding).
+fn fold(key: &str) -> String {
+    key.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 /// Method → the parameter positions holding addresses.
@@ -76,22 +125,30 @@ pub struct AddressTable {
 }
 
 /// The built-in rows (docs/gateways.md lists them). `from` is not an address
-/// the call touches (it is the caller), so only targets count.
+/// the call touches (it is the caller), so only targets count. `eth_subscribe`
+/// is handled apart (its second parameter depends on the first).
 const ETHEREUM: &[(&str, &[&str])] = &[
     ("eth_getBalance", &["0"]),
     ("eth_getCode", &["0"]),
     ("eth_getStorageAt", &["0"]),
     ("eth_getTransactionCount", &["0"]),
     ("eth_getProof", &["0"]),
-    ("eth_call", &["0.to"]),
-    ("eth_estimateGas", &["0.to"]),
+    ("eth_call", &["0.to", "2!"]),
+    ("eth_estimateGas", &["0.to", "2!"]),
     ("eth_createAccessList", &["0.to"]),
     ("eth_sendTransaction", &["0.to"]),
     ("eth_signTransaction", &["0.to"]),
+    ("personal_sendTransaction", &["0.to"]),
+    ("personal_signTransaction", &["0.to"]),
+    ("debug_traceCall", &["0.to", "2!"]),
+    ("trace_call", &["0.to"]),
+    ("eth_simulateV1", &["*"]),
     ("eth_getLogs", &["0.address[]"]),
     ("eth_newFilter", &["0.address[]"]),
     ("eth_sign", &["0"]),
     ("personal_sign", &["1"]),
+    ("eth_signTypedData", &["0"]),
+    ("eth_signTypedData_v3", &["0"]),
     ("eth_signTypedData_v4", &["0"]),
 ];
 
@@ -110,7 +167,7 @@ impl AddressTable {
     /// Sets (or, with no positions, clears) the row of `method`.
     ///
     /// # Errors
-    /// A position is not `N`, `N.field` or `N.field[]`.
+    /// A position is not `N`, `N.field`, `N.field[]`, `N!` or `*`.
     pub fn set(&mut self, method: &str, params: &[String]) -> Result<(), String> {
         let ps = params
             .iter()
@@ -126,17 +183,9 @@ impl AddressTable {
 
     /// The rows, as `method: ["0", "0.to"]`.
     pub fn rows(&self) -> impl Iterator<Item = (&str, Vec<String>)> {
-        self.rows.iter().map(|(m, ps)| {
-            (
-                m.as_str(),
-                ps.iter()
-                    .map(|p| match &p.field {
-                        Some(f) => format!("{}.{f}{}", p.index, if p.list { "[]" } else { "" }),
-                        None => p.index.to_string(),
-                    })
-                    .collect(),
-            )
-        })
+        self.rows
+            .iter()
+            .map(|(m, ps)| (m.as_str(), ps.iter().map(ParamPath::render).collect()))
     }
 }
 
@@ -223,17 +272,15 @@ impl<'de> Visitor<'de> for NoDupVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut seen = HashSet::new();
         while let Some(k) = map.next_key::<String>()? {
-            if !seen.insert(k.clone()) {
-                return Err(de::Error::custom(format!("duplicate key `{k}`")));
+            if !seen.insert(fold(&k)) {
+                return Err(de::Error::custom(format!(
+                    "duplicate key `{k}` (keys are compared case-insensitively, as nodes do)"
+                )));
             }
             map.next_value::<NoDuplicateKeys>()?;
         }
         Ok(NoDuplicateKeys)
     }
-}
-
-fn raw(v: &str) -> Box<RawValue> {
-    RawValue::from_string(v.to_owned()).expect("valid JSON")
 }
 
 /// Whether `s` is `0x` and 40 hex digits.
@@ -243,14 +290,21 @@ fn is_address(s: &str) -> bool {
         && s.as_bytes()[2..].iter().all(u8::is_ascii_hexdigit)
 }
 
+/// The value of `name` in `obj`, matched case-folded (duplicates under
+/// folding were refused, so there is at most one).
+fn get_folded<'v>(obj: &'v BTreeMap<String, Box<RawValue>>, name: &str) -> Option<&'v RawValue> {
+    obj.iter().find(|(k, _)| fold(k) == name).map(|(_, v)| &**v)
+}
+
+fn object_get<'v>(o: &'v Map<String, Value>, name: &str) -> Option<&'v Value> {
+    o.iter().find(|(k, _)| fold(k) == name).map(|(_, v)| v)
+}
+
 fn addresses_of(
     table: &AddressTable,
     method: &str,
     params: Option<&Value>,
 ) -> Result<Vec<String>, String> {
-    let Some(paths) = table.rows.get(method) else {
-        return Ok(Vec::new());
-    };
     let mut out = Vec::new();
     let one = |v: &Value, at: &str, out: &mut Vec<String>| match v {
         Value::String(s) if is_address(s) => {
@@ -259,33 +313,78 @@ fn addresses_of(
         }
         _ => Err(format!("{method}: params[{at}] is not an address")),
     };
+    let list = match params {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(a)) => a.as_slice(),
+        // Named parameters: the table's positions do not apply; fail closed.
+        Some(_) => {
+            return Ok(
+                if table.rows.contains_key(method) || method == "eth_subscribe" {
+                    vec![ANY.to_owned()]
+                } else {
+                    Vec::new()
+                },
+            );
+        }
+    };
+    let param = |i: usize| list.get(i).filter(|v| !v.is_null());
+    // eth_subscribe: "logs" takes a filter like eth_getLogs'; other kinds touch no address.
+    let subscribe = [ParamPath::Field {
+        index: 1,
+        field: "address".into(),
+        list: true,
+    }];
+    let paths: &[ParamPath] = if method == "eth_subscribe" {
+        if param(0).and_then(Value::as_str) == Some("logs") {
+            &subscribe
+        } else {
+            &[]
+        }
+    } else {
+        match table.rows.get(method) {
+            Some(p) => p,
+            None => return Ok(out),
+        }
+    };
     for p in paths {
-        let Some(param) = params.and_then(|ps| match ps {
-            Value::Array(a) => a.get(p.index),
-            _ => None,
-        }) else {
-            continue;
-        };
-        match &p.field {
-            None if param.is_null() => {}
-            None => one(param, &p.index.to_string(), &mut out)?,
-            Some(f) => {
-                let at = format!("{}.{f}", p.index);
-                match param {
-                    Value::Null => {}
-                    Value::Object(o) => match o.get(f) {
-                        None | Some(Value::Null) => {}
-                        Some(Value::Array(list)) if p.list => {
-                            for v in list {
+        match p {
+            ParamPath::Always => out.push(ANY.to_owned()),
+            ParamPath::Unbounding(i) => {
+                if param(*i).is_some() {
+                    out.push(ANY.to_owned());
+                }
+            }
+            ParamPath::Param(i) => {
+                if let Some(v) = param(*i) {
+                    one(v, &i.to_string(), &mut out)?;
+                }
+            }
+            ParamPath::Field { index, field, list } => {
+                let at = format!("{index}.{field}");
+                match param(*index) {
+                    None => out.push(ANY.to_owned()),
+                    Some(Value::Object(o)) => match object_get(o, &fold(field)) {
+                        None | Some(Value::Null) => out.push(ANY.to_owned()),
+                        Some(Value::Array(items)) if *list => {
+                            if items.is_empty() {
+                                out.push(ANY.to_owned());
+                            }
+                            for v in items {
                                 one(v, &at, &mut out)?;
                             }
                         }
                         Some(v) => one(v, &at, &mut out)?,
                     },
-                    _ => return Err(format!("{method}: params[{}] is not an object", p.index)),
+                    Some(_) => return Err(format!("{method}: params[{index}] is not an object")),
                 }
             }
         }
+    }
+    if out.len() > MAX_ADDRESSES {
+        return Err(format!(
+            "{method}: {} addresses (at most {MAX_ADDRESSES} per call)",
+            out.len()
+        ));
     }
     Ok(out)
 }
@@ -293,19 +392,25 @@ fn addresses_of(
 fn call(table: &AddressTable, raw_call: Box<RawValue>) -> Result<Call, Invalid> {
     let invalid =
         |id: Option<Box<RawValue>>, code: i64, message: String| Invalid { id, code, message };
-    let obj: Map<String, Value> = match serde_json::from_str(raw_call.get()) {
-        Ok(o) => o,
-        Err(_) => {
-            return Err(invalid(
-                None,
-                code::INVALID_REQUEST,
-                "a call is a JSON object".into(),
-            ));
-        }
+    // Each member's exact text, so the id is echoed as written.
+    let Ok(members) = serde_json::from_str::<BTreeMap<String, Box<RawValue>>>(raw_call.get())
+    else {
+        return Err(invalid(
+            None,
+            code::INVALID_REQUEST,
+            "a call is a JSON object".into(),
+        ));
     };
-    let id = match obj.get("id") {
+    let id = match get_folded(&members, "id") {
         None => None,
-        Some(v @ (Value::Null | Value::String(_) | Value::Number(_))) => Some(raw(&v.to_string())),
+        Some(v)
+            if matches!(
+                v.get().as_bytes().first(),
+                Some(b'"' | b'n' | b'-' | b'0'..=b'9')
+            ) =>
+        {
+            Some(v.to_owned())
+        }
         Some(_) => {
             return Err(invalid(
                 None,
@@ -314,22 +419,26 @@ fn call(table: &AddressTable, raw_call: Box<RawValue>) -> Result<Call, Invalid> 
             ));
         }
     };
-    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+    let text = |name: &str| {
+        get_folded(&members, name).and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+    };
+    if text("jsonrpc").as_deref() != Some("2.0") {
         return Err(invalid(
             id,
             code::INVALID_REQUEST,
             "`jsonrpc` must be \"2.0\"".into(),
         ));
     }
-    let Some(method) = obj.get("method").and_then(Value::as_str) else {
+    let Some(method) = text("method") else {
         return Err(invalid(
             id,
             code::INVALID_REQUEST,
             "`method` is a string".into(),
         ));
     };
-    let params = obj.get("params");
-    if let Some(p) = params
+    let params: Option<Value> = get_folded(&members, "params")
+        .map(|v| serde_json::from_str(v.get()).unwrap_or(Value::Null));
+    if let Some(p) = &params
         && !p.is_array()
         && !p.is_object()
     {
@@ -339,11 +448,11 @@ fn call(table: &AddressTable, raw_call: Box<RawValue>) -> Result<Call, Invalid> 
             "`params` is an array or an object".into(),
         ));
     }
-    let addresses = addresses_of(table, method, params)
+    let addresses = addresses_of(table, &method, params.as_ref())
         .map_err(|m| invalid(id.clone(), code::INVALID_PARAMS, m))?;
     Ok(Call {
         id,
-        method: method.to_owned(),
+        method,
         addresses,
         raw: raw_call,
     })
@@ -482,6 +591,89 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_read_as_a_case_folding_node_reads_them() {
+        // Go's encoding/json matches keys case-insensitively (ſ as s, K as k):
+        // a second spelling would be the one the node runs.
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":[],"METHOD":"eth_sendTransaction"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{"to":"0x0000000000000000000000000000000000000001","TO":"0x0000000000000000000000000000000000000002"}]}"#,
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"eth_call\",\"params\":[],\"param\u{17f}\":[]}",
+            r#"{"jsonrpc":"2.0","id":1,"ID":2,"method":"eth_blockNumber"}"#,
+        ] {
+            let e = parse(body.as_bytes(), &table(), 100).unwrap_err();
+            assert!(e.message.contains("duplicate key"), "{body}: {}", e.message);
+        }
+        // A lone other spelling is read as the node reads it.
+        let c = single(&format!(
+            r#"{{"JSONRPC":"2.0","Id":1,"Method":"eth_call","PARAMS":[{{"To":"{A}"}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!((c.method.as_str(), c.addresses.len()), ("eth_call", 1));
+        let c = single(r#"{"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":[{"ADDRESS":"0x00000000000000000000000000000000000000b2"}]}"#).unwrap();
+        assert_eq!(c.addresses, ["0x00000000000000000000000000000000000000b2"]);
+    }
+
+    #[test]
+    fn a_call_nothing_bounds_carries_any() {
+        for (method, params) in [
+            ("eth_getLogs", "[{}]"),
+            ("eth_getLogs", r#"[{"address":null}]"#),
+            ("eth_getLogs", r#"[{"address":[]}]"#),
+            ("eth_getLogs", "[null]"),
+            ("eth_getLogs", "[]"),
+            ("eth_newFilter", r#"[{"fromBlock":"0x0"}]"#),
+            ("eth_call", r#"[{"data":"0x6000"}]"#),
+            ("eth_estimateGas", r#"[{"to":null,"data":"0x6000"}]"#),
+            (
+                "eth_call",
+                r#"[{"to":"0x0000000000000000000000000000000000000001"},"latest",{"0x0000000000000000000000000000000000000001":{"code":"0x00"}}]"#,
+            ),
+            ("eth_simulateV1", r#"[{"blockStateCalls":[]}]"#),
+            (
+                "eth_getBalance",
+                r#"{"address":"0x0000000000000000000000000000000000000001"}"#,
+            ),
+            ("eth_subscribe", r#"["logs",{}]"#),
+            ("eth_subscribe", r#"["logs"]"#),
+        ] {
+            let c = single(&format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#
+            ))
+            .unwrap();
+            assert!(
+                c.addresses.iter().any(|a| a == ANY),
+                "{method} {params}: {:?}",
+                c.addresses
+            );
+        }
+        let c =
+            single(r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#)
+                .unwrap();
+        assert!(c.addresses.is_empty());
+        let c = single(&format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["logs",{{"address":"{A}"}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.addresses, [A.to_ascii_lowercase()]);
+    }
+
+    #[test]
+    fn too_many_addresses_are_invalid_and_ids_are_echoed_as_written() {
+        let many = vec![format!("\"{A}\""); MAX_ADDRESSES + 1].join(",");
+        let e = single(&format!(
+            r#"{{"jsonrpc":"2.0","id":1e0,"method":"eth_getLogs","params":[{{"address":[{many}]}}]}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(e.code, code::INVALID_PARAMS);
+        assert_eq!(e.id.unwrap().get(), "1e0");
+        let c = single(r#"{"jsonrpc":"2.0","id":18446744073709551616,"method":"eth_chainId"}"#)
+            .unwrap();
+        assert_eq!(c.id.unwrap().get(), "18446744073709551616");
+        let e = single(r#"{"jsonrpc":"2.0","id":{"a":1},"method":"eth_chainId"}"#).unwrap_err();
+        assert_eq!(e.code, code::INVALID_REQUEST);
+    }
+
+    #[test]
     fn duplicate_keys_anywhere_are_refused() {
         for body in [
             r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","method":"eth_sendTransaction"}"#,
@@ -550,5 +742,12 @@ mod tests {
         assert!(!t.rows().any(|(m, _)| m == "eth_getBalance"));
         assert!(t.set("x", &["a".into()]).is_err());
         assert!(t.set("x", &["0.a.b".into()]).is_err());
+        assert!(t.set("x", &["0[]".into()]).is_err());
+        t.set("x", &["2!".into(), "*".into(), "0.a[]".into()])
+            .unwrap();
+        assert!(
+            t.rows()
+                .any(|(m, ps)| m == "x" && ps == ["2!", "*", "0.a[]"])
+        );
     }
 }

@@ -159,10 +159,12 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             },
             stopped.clone(),
             header_timeout,
+            cfg.limits.max_connections,
         ));
     }
     let mut fa_addr = None;
-    if let Some(listen) = cfg.forward_auth {
+    if let Some(fa) = &cfg.forward_auth {
+        let listen = fa.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("[forward_auth] listen {listen}"))?;
@@ -172,6 +174,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             routes: cfg.routes.clone(),
             table: cfg.addresses.clone(),
             limits: cfg.limits,
+            headers: fa.clone(),
         });
         tasks.spawn(http::serve(
             listener,
@@ -181,6 +184,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             },
             stopped.clone(),
             header_timeout,
+            cfg.limits.max_connections,
         ));
     }
     let mut ext_addr = None;
@@ -227,6 +231,8 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("[admin] listen {listen}"))?;
+        // The admin listener: a few scrapers and probes.
+        let admin_connections = 64;
         admin_addr = Some(listener.local_addr()?);
         let st = Arc::new(AdminState {
             render,
@@ -242,6 +248,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             },
             stopped.clone(),
             header_timeout,
+            admin_connections,
         ));
     }
     Ok(Gateway {

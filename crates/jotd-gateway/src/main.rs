@@ -122,8 +122,11 @@ fn check(cfg: &Config) {
         let ups: Vec<String> = p.upstreams.iter().map(ToString::to_string).collect();
         println!("proxy: {} → {}", p.listen, ups.join(", "));
     }
-    if let Some(f) = cfg.forward_auth {
-        println!("forward_auth: {f}");
+    if let Some(f) = &cfg.forward_auth {
+        println!(
+            "forward_auth: {} (original URI from {}, host from {})",
+            f.listen, f.uri_header, f.host_header
+        );
     }
     if let Some(e) = cfg.ext_authz {
         println!(

@@ -44,9 +44,23 @@ struct Upstream {
     body: Bytes,
 }
 
-/// Why the upstream gave no answer.
+/// Why the upstream gave no answer (`timeout`: it did not answer in time).
 #[derive(Debug)]
-struct UpstreamError(String);
+struct UpstreamError(String, bool);
+
+impl UpstreamError {
+    fn other(why: String) -> Self {
+        Self(why, false)
+    }
+    /// 504 when the node did not answer in time, else 502.
+    const fn status(&self) -> StatusCode {
+        if self.1 {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::BAD_GATEWAY
+        }
+    }
+}
 
 impl ProxyDoor {
     /// A proxy door forwarding to `proxy.upstreams`.
@@ -102,17 +116,17 @@ impl ProxyDoor {
             }
             let req = req
                 .body(Full::new(body.clone()))
-                .map_err(|e| UpstreamError(e.to_string()))?;
+                .map_err(|e| UpstreamError::other(e.to_string()))?;
             let started = Instant::now();
             let sent = tokio::time::timeout(self.upstream_timeout, self.client.request(req)).await;
             match sent {
                 Err(_) => {
                     metrics::counter!("jotd_gateway_upstream_errors_total", "kind" => "timeout")
                         .increment(1);
-                    return Err(UpstreamError(format!(
-                        "{uri}: no answer within {:?}",
-                        self.upstream_timeout
-                    )));
+                    return Err(UpstreamError(
+                        format!("{uri}: no answer within {:?}", self.upstream_timeout),
+                        true,
+                    ));
                 }
                 Ok(Err(e)) if e.is_connect() => {
                     metrics::counter!("jotd_gateway_upstream_errors_total", "kind" => "connect")
@@ -122,19 +136,23 @@ impl ProxyDoor {
                 Ok(Err(e)) => {
                     metrics::counter!("jotd_gateway_upstream_errors_total", "kind" => "request")
                         .increment(1);
-                    return Err(UpstreamError(format!("{uri}: {e}")));
+                    return Err(UpstreamError::other(format!("{uri}: {e}")));
                 }
                 Ok(Ok(resp)) => {
                     let status = resp.status();
                     let content_type = resp.headers().get(CONTENT_TYPE).cloned();
-                    let body =
-                        tokio::time::timeout(self.upstream_timeout, resp.into_body().collect())
-                            .await
-                            .map_err(|_| {
-                                UpstreamError(format!("{uri}: body not finished in time"))
-                            })?
-                            .map_err(|e| UpstreamError(format!("{uri}: {e}")))?
-                            .to_bytes();
+                    // The answer is relayed whole: capped.
+                    let limited = http_body_util::Limited::new(
+                        resp.into_body(),
+                        self.limits.max_upstream_bytes,
+                    );
+                    let body = tokio::time::timeout(self.upstream_timeout, limited.collect())
+                        .await
+                        .map_err(|_| {
+                            UpstreamError(format!("{uri}: body not finished in time"), true)
+                        })?
+                        .map_err(|e| UpstreamError::other(format!("{uri}: {e}")))?
+                        .to_bytes();
                     metrics::histogram!("jotd_gateway_upstream_seconds")
                         .record(started.elapsed().as_secs_f64());
                     return Ok(Upstream {
@@ -145,7 +163,7 @@ impl ProxyDoor {
                 }
             }
         }
-        Err(UpstreamError(last))
+        Err(UpstreamError::other(last))
     }
 
     /// The WebSocket URL of the first upstream (`http` → `ws`).
@@ -219,7 +237,13 @@ impl ProxyDoor {
         if upgrade {
             return crate::ws::upgrade(std::sync::Arc::clone(self), req, facts).await;
         }
-        let body = match read_body(req.into_body(), self.limits.max_body_bytes).await {
+        let body = match read_body(
+            req.into_body(),
+            self.limits.max_body_bytes,
+            self.limits.body_timeout,
+        )
+        .await
+        {
             Ok(b) => b,
             Err(BodyError::TooLarge) => {
                 return rpc_error(
@@ -232,6 +256,15 @@ impl ProxyDoor {
             }
             Err(BodyError::Broken(e)) => {
                 return rpc_error(StatusCode::BAD_REQUEST, None, code::PARSE_ERROR, &e, None);
+            }
+            Err(BodyError::Timeout) => {
+                return rpc_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    None,
+                    code::INVALID_REQUEST,
+                    "the body did not arrive in time",
+                    None,
+                );
             }
         };
         let parsed = match jsonrpc::parse(&body, &self.table, self.limits.max_batch_calls) {
@@ -274,10 +307,10 @@ impl ProxyDoor {
                 }
                 r
             }
-            Err(UpstreamError(e)) => {
-                tracing::warn!("upstream: {e}");
+            Err(e) => {
+                tracing::warn!("upstream: {}", e.0);
                 rpc_error(
-                    StatusCode::BAD_GATEWAY,
+                    e.status(),
                     call.id.as_deref(),
                     code::INTERNAL,
                     "upstream unavailable",
@@ -349,8 +382,8 @@ impl ProxyDoor {
                         answers[i] = by_pos[k].take();
                     }
                 }
-                Err(UpstreamError(e)) => {
-                    tracing::warn!("upstream: {e}");
+                Err(e) => {
+                    tracing::warn!("upstream: {}", e.0);
                     for (k, &i) in forwarded.iter().enumerate() {
                         answers[i] = Some(error_object(
                             picked[k].id.as_deref(),
@@ -375,6 +408,12 @@ impl ProxyDoor {
             (false, Some(Class::Unavailable)) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::OK,
         };
+        if out.is_empty() && status == StatusCode::OK {
+            // Only notifications: JSON-RPC 2.0 answers nothing.
+            let mut a = hyper::Response::new(Full::new(Bytes::new()));
+            *a.status_mut() = StatusCode::NO_CONTENT;
+            return a;
+        }
         let mut a = json(status, &Value::Array(out));
         if let (StatusCode::UNAUTHORIZED, Some(r)) = (status, token_reason)
             && let Ok(h) = HeaderValue::from_str(&www_authenticate(r))
@@ -418,7 +457,7 @@ impl ProxyDoor {
                 // A node may answer a one-call batch with a bare object.
                 Ok(v @ Value::Object(_)) => vec![v],
                 _ => {
-                    return Err(UpstreamError(format!(
+                    return Err(UpstreamError::other(format!(
                         "the node answered a batch with HTTP {} and no JSON array",
                         up.status
                     )));

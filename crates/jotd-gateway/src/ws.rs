@@ -135,8 +135,13 @@ pub async fn upgrade(
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(up) => {
+                // A message is at most what a request body may be.
+                let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .max_message_size(Some(door.limits.max_body_bytes))
+                    .max_frame_size(Some(door.limits.max_body_bytes));
                 let client =
-                    WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+                    WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, Some(config))
+                        .await;
                 relay(&door, client, node, facts, exp).await;
             }
             Err(e) => tracing::warn!("WebSocket upgrade: {e}"),

@@ -377,6 +377,54 @@ async fn the_infura_flow_through_the_proxy() {
         (r.status, r.body["error"]["code"].as_i64()),
         (400, Some(-32602))
     );
+    // Key spellings a case-folding node reads as the same key: refused, never forwarded.
+    let folded = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["{A}"],"METHOD":"eth_sendRawTransaction"}}"#
+    );
+    assert_eq!(
+        post(proxy, "/v3/infura", Some(&rs), &[], &folded)
+            .await
+            .status,
+        400
+    );
+    let to_folded = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{{"to":"{A}","TO":"{B}"}}]}}"#
+    );
+    assert_eq!(
+        post(proxy, "/v3/infura", Some(&rs), &[], &to_folded)
+            .await
+            .status,
+        400
+    );
+    // A lone `TO` is read as `to`: B is checked (and refused).
+    let r = post(
+        proxy,
+        "/v3/infura",
+        Some(&rs),
+        &[],
+        &format!(r#"{{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{{"TO":"{B}"}}]}}"#),
+    )
+    .await;
+    assert_eq!(r.body["error"]["data"]["reason"], "address_not_allowed");
+    // eth_call without `to` (contract creation) is unbounded: refused for an
+    // address-restricted token, allowed for one that lists "*".
+    let create = call(11, "eth_call", &json!([{"data": "0x6000"}, "latest"]));
+    let r = post(proxy, "/v3/infura", Some(&rs), &[], &create).await;
+    assert_eq!(r.body["error"]["data"]["reason"], "address_not_allowed");
+    let star =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"s","aud":AUD,"exp":exp,"methods":["eth_call"],"addresses":["*"]})
+                .to_string(),
+        )
+        .unwrap();
+    assert_eq!(
+        post(proxy, "/v3/infura", Some(&star), &[], &create)
+            .await
+            .status,
+        200
+    );
+    upstream_saw(&seen, &["eth_call"]);
     // A duplicate key could read differently at the node: refused.
     let dup = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["{A}"],"params":["{B}"]}}"#
@@ -553,6 +601,22 @@ async fn a_batch_array_is_answered_in_order_with_mixed_outcomes() {
         (Some("eth_getBalance"), Some("eth_blockNumber"))
     );
     upstream_saw(&seen, &["eth_getBalance", "eth_blockNumber"]);
+    // Only notifications: forwarded, and nothing to answer (204).
+    let notes = format!("[{}]", json!({"jsonrpc":"2.0","method":"eth_blockNumber"}));
+    let r = post(proxy, "/v3/infura", Some(&token), &[], &notes).await;
+    assert_eq!(r.status, 204);
+    upstream_saw(&seen, &["eth_blockNumber"]);
+    // Ids are echoed as written.
+    let r = post(
+        proxy,
+        "/v3/infura",
+        Some(&token),
+        &[],
+        r#"{"jsonrpc":"2.0","id":1e0,"method":"eth_chainId"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["id"], json!(1.0));
     gw.drain().await;
 }
 
@@ -638,8 +702,9 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
                 .to_string(),
         )
         .unwrap();
-    // NGINX: X-Original-URI; Caddy/Traefik: X-Forwarded-Uri. No body.
-    for h in ["x-original-uri", "x-forwarded-uri"] {
+    // The original URI from X-Forwarded-Uri (Caddy, Traefik, APISIX; the NGINX
+    // snippet sets it). No body.
+    for h in ["x-forwarded-uri"] {
         let r = post(fa, "/auth", Some(&open), &[(h, "/v3/infura?x=1")], "").await;
         assert_eq!(r.status, 200, "{h}");
         assert_eq!(r.headers.get("x-jotd-subject").unwrap(), "carol");
@@ -650,12 +715,47 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
     let r = post(fa, "/auth/v3/infura", Some(&open), &[], "").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.headers.get("x-jotd-tenant").unwrap(), "infura");
+    // Only the configured header names the URI: another one a client adds
+    // through a gateway that sets only its own is ignored.
+    let r = post(
+        fa,
+        "/auth",
+        Some(&open),
+        &[
+            ("x-original-uri", "/v3/infura"),
+            ("x-forwarded-uri", "/v3/nobody"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["error"]["data"]["reason"], "unknown_tenant");
+    // Without the body, a token that restricts addresses only is refused too:
+    // nothing bounds what the request touches.
+    let addr_only =
+        k.es.mint(
+            Some("ec-1"),
+            &json!({"sub":"f","aud":AUD,"exp":exp,"addresses":[A]}).to_string(),
+        )
+        .unwrap();
+    let r = post(
+        fa,
+        "/auth",
+        Some(&addr_only),
+        &[("x-forwarded-uri", "/v3/infura")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["data"]["reason"].as_str()),
+        (403, Some("address_not_allowed"))
+    );
     // Without the body, a token whose policy restricts methods is refused.
     let r = post(
         fa,
         "/auth",
         Some(&limited),
-        &[("x-original-uri", "/v3/infura")],
+        &[("x-forwarded-uri", "/v3/infura")],
         "",
     )
     .await;
@@ -688,7 +788,7 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
         (403, Some("address_not_allowed"))
     );
     // Token problems are 401; no route is 403.
-    let r = post(fa, "/auth", None, &[("x-original-uri", "/v3/infura")], "").await;
+    let r = post(fa, "/auth", None, &[("x-forwarded-uri", "/v3/infura")], "").await;
     assert_eq!(r.status, 401);
     assert!(r.headers.get("www-authenticate").is_some());
     assert_eq!(
@@ -696,7 +796,7 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
             fa,
             "/auth",
             Some(&open),
-            &[("x-original-uri", "/nowhere")],
+            &[("x-forwarded-uri", "/nowhere")],
             ""
         )
         .await
@@ -739,7 +839,7 @@ async fn a_pool_that_is_gone_fails_closed_or_open_as_configured() {
         closed.forward_auth.unwrap(),
         "/auth",
         Some(&token),
-        &[("x-original-uri", "/v3/infura")],
+        &[("x-forwarded-uri", "/v3/infura")],
         "",
     )
     .await;

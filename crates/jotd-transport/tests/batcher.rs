@@ -233,3 +233,41 @@ async fn a_full_queue_refuses_at_once() {
         assert_eq!(w.await.unwrap(), Err(CheckError::Deadline));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_stay_under_the_byte_cap() {
+    let k = keys();
+    let r = start(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+    );
+    let client = Arc::new(client(&r, vec![r.addr], false));
+    client.connect_all().await.unwrap();
+    let batcher = Batcher::new(
+        client,
+        BatcherOptions {
+            max_batch_bytes: NonZeroUsize::new(1000).unwrap(),
+            max_delay: Duration::from_millis(50),
+            ..BatcherOptions::default()
+        },
+    );
+    // 400 bytes of address each: at most two checks fit in 1000 bytes.
+    let valid = k.hs.mint(Some("hs"), &claims("ok", NOW + 60)).unwrap();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (b, v) = (batcher.clone(), valid.clone());
+            tokio::spawn(async move {
+                let mut c = check(&v, "t");
+                c.addresses = vec!["0x".to_owned() + &"a".repeat(398)];
+                b.check(c, Instant::now() + Duration::from_secs(5)).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().unwrap().allow);
+    }
+    let s = batcher.stats();
+    assert_eq!(s.items, 10);
+    assert!(s.batches >= 5, "{s:?}");
+}

@@ -37,6 +37,10 @@ pub struct BatcherOptions {
     /// Checks queued before [`Batcher::check`] answers `Overloaded` at once.
     /// Default 65 536.
     pub max_queued: NonZeroUsize,
+    /// A batch holds at most about this many bytes of checks (tokens,
+    /// tenants, methods, addresses, headers), so no batch nears the server's
+    /// frame limit; a single larger check goes alone. Default 1 MiB.
+    pub max_batch_bytes: NonZeroUsize,
 }
 
 impl Default for BatcherOptions {
@@ -46,6 +50,7 @@ impl Default for BatcherOptions {
             max_delay: Duration::from_millis(1),
             eager_batches: NonZeroUsize::new(1).expect("non-zero"),
             max_queued: NonZeroUsize::new(65_536).expect("non-zero"),
+            max_batch_bytes: NonZeroUsize::new(1 << 20).expect("non-zero"),
         }
     }
 }
@@ -68,6 +73,16 @@ pub struct Check {
 }
 
 impl Check {
+    /// About the bytes this check takes in a batch frame.
+    fn size(&self) -> usize {
+        16 + self.token.as_ref().map_or(0, Vec::len)
+            + self.tenant.len()
+            + self.method.as_ref().map_or(0, String::len)
+            + self.addresses.iter().map(|a| a.len() + 2).sum::<usize>()
+            + self.origin.as_ref().map_or(0, String::len)
+            + self.user_agent.as_ref().map_or(0, String::len)
+    }
+
     fn item(&self) -> Item<'_> {
         Item {
             token: self.token.as_deref(),
@@ -294,7 +309,16 @@ async fn flush_loop(
             } else {
                 break;
             };
-            let n = queue.len().min(opts.max_items.get());
+            // At most max_items checks and about max_batch_bytes (one check at least).
+            let mut n = 0;
+            let mut bytes = 0;
+            for q in queue.iter().take(opts.max_items.get()) {
+                bytes += q.check.size();
+                if n > 0 && bytes > opts.max_batch_bytes.get() {
+                    break;
+                }
+                n += 1;
+            }
             let batch: Vec<Queued> = queue.drain(..n).collect();
             counters.queued.fetch_sub(n as u64, Relaxed);
             oldest = Instant::now();
