@@ -89,12 +89,12 @@ pub enum AuthAnswer {
         /// Headers for the client.
         headers: Vec<(String, String)>,
         /// The JSON-RPC error object.
-        body: serde_json::Value,
+        body: Box<serde_json::value::RawValue>,
     },
 }
 
 impl AuthAnswer {
-    fn deny(status: StatusCode, body: serde_json::Value) -> Self {
+    fn deny(status: StatusCode, body: Box<serde_json::value::RawValue>) -> Self {
         Self::Deny {
             status,
             headers: Vec::new(),

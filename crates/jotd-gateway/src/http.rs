@@ -18,8 +18,9 @@ pub type Answer = Response<Full<Bytes>>;
 
 /// A JSON answer.
 #[must_use]
-pub fn json(status: StatusCode, body: &serde_json::Value) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Answer {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "null".into());
+    let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -506,17 +506,37 @@ pub fn parse(body: &[u8], table: &AddressTable, max_calls: usize) -> Result<Body
     }
 }
 
-/// A JSON-RPC error response object.
+/// A JSON-RPC error response object, the `id` echoed exactly as written.
 #[must_use]
-pub fn error_object(id: Option<&RawValue>, code: i64, message: &str, data: Option<Value>) -> Value {
-    let id: Value = id.map_or(Value::Null, |r| {
-        serde_json::from_str(r.get()).unwrap_or(Value::Null)
-    });
+pub fn error_object(
+    id: Option<&RawValue>,
+    code: i64,
+    message: &str,
+    data: Option<Value>,
+) -> Box<RawValue> {
     let mut err = serde_json::json!({ "code": code, "message": message });
     if let Some(d) = data {
         err["data"] = d;
     }
-    serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": err })
+    let text = format!(
+        r#"{{"jsonrpc":"2.0","id":{},"error":{err}}}"#,
+        id.map_or("null", RawValue::get)
+    );
+    RawValue::from_string(text).expect("valid JSON")
+}
+
+/// A JSON array of raw JSON values.
+#[must_use]
+pub fn raw_array<'a>(items: impl IntoIterator<Item = &'a RawValue>) -> Box<RawValue> {
+    let mut text = String::from("[");
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(item.get());
+    }
+    text.push(']');
+    RawValue::from_string(text).expect("valid JSON")
 }
 
 #[cfg(test)]

@@ -206,6 +206,10 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             "jotd_gateway_upstream_errors_total",
             "Upstream requests without an answer, by kind (connect, timeout, request)"
         );
+        metrics::describe_counter!(
+            "jotd_gateway_connections_refused_total",
+            "Connections closed at once because a listener had max_connections open"
+        );
         let render: jotd_gateway::Render = Arc::new(move || handle.render());
         let gw = jotd_gateway::start(&cfg, Some(render)).await?;
         tracing::info!(

@@ -335,7 +335,7 @@ impl ProxyDoor {
             .await
             .into_iter();
         // Per element: Some(answer) when answered here, None when it goes upstream.
-        let mut answers: Vec<Option<Value>> = Vec::with_capacity(calls.len());
+        let mut answers: Vec<Option<Box<RawValue>>> = Vec::with_capacity(calls.len());
         let mut forwarded: Vec<usize> = Vec::new();
         let mut worst: Option<Class> = None;
         let mut any_ok = false;
@@ -396,7 +396,7 @@ impl ProxyDoor {
             }
         }
         // Notifications (no id) get no answer, allowed or not (JSON-RPC 2.0 §6).
-        let out: Vec<Value> = calls
+        let out: Vec<Box<RawValue>> = calls
             .iter()
             .zip(answers)
             .filter(|(c, _)| !matches!(c, Ok(call) if call.id.is_none()))
@@ -414,7 +414,7 @@ impl ProxyDoor {
             *a.status_mut() = StatusCode::NO_CONTENT;
             return a;
         }
-        let mut a = json(status, &Value::Array(out));
+        let mut a = json(status, &*jsonrpc::raw_array(out.iter().map(|r| &**r)));
         if let (StatusCode::UNAUTHORIZED, Some(r)) = (status, token_reason)
             && let Ok(h) = HeaderValue::from_str(&www_authenticate(r))
         {
@@ -431,7 +431,7 @@ impl ProxyDoor {
         calls: &[&Call],
         facts: &Facts,
         sub: Option<&str>,
-    ) -> Result<Vec<Option<Value>>, UpstreamError> {
+    ) -> Result<Vec<Option<Box<RawValue>>>, UpstreamError> {
         let ids: Vec<&str> = calls
             .iter()
             .filter_map(|c| c.id.as_deref().map(RawValue::get))
@@ -452,20 +452,32 @@ impl ProxyDoor {
             }
             body.push(b']');
             let up = self.forward(body.into(), facts, sub).await?;
-            let answers: Vec<Value> = match serde_json::from_slice::<Value>(&up.body) {
-                Ok(Value::Array(a)) => a,
-                // A node may answer a one-call batch with a bare object.
-                Ok(v @ Value::Object(_)) => vec![v],
-                _ => {
-                    return Err(UpstreamError::other(format!(
-                        "the node answered a batch with HTTP {} and no JSON array",
-                        up.status
-                    )));
-                }
-            };
-            let mut by_id: HashMap<String, Value> = HashMap::new();
+            // Answers kept as the node wrote them (numbers and all).
+            let answers: Vec<Box<RawValue>> =
+                match serde_json::from_slice::<Vec<Box<RawValue>>>(&up.body) {
+                    Ok(a) => a,
+                    // A node may answer a one-call batch with a bare object.
+                    Err(_) if up.body.trim_ascii_start().starts_with(b"{") => {
+                        match serde_json::from_slice::<Box<RawValue>>(&up.body) {
+                            Ok(v) => vec![v],
+                            Err(_) => Vec::new(),
+                        }
+                    }
+                    _ => {
+                        return Err(UpstreamError::other(format!(
+                            "the node answered a batch with HTTP {} and no JSON array",
+                            up.status
+                        )));
+                    }
+                };
+            #[derive(serde::Deserialize)]
+            struct IdOf {
+                id: Option<Value>,
+            }
+            // Matched on the id's value (a node may rewrite `1e0` as `1`).
+            let mut by_id: HashMap<String, Box<RawValue>> = HashMap::new();
             for a in answers {
-                if let Some(id) = a.get("id") {
+                if let Ok(IdOf { id: Some(id) }) = serde_json::from_str::<IdOf>(a.get()) {
                     by_id.insert(id.to_string(), a);
                 }
             }
@@ -485,20 +497,28 @@ impl ProxyDoor {
                 })
                 .collect())
         } else {
+            // One by one; each call's own failure is its own answer (a call
+            // the node already ran keeps its result).
             let mut out = Vec::with_capacity(calls.len());
             for c in calls {
                 let up = self
                     .forward(Bytes::copy_from_slice(c.raw.get().as_bytes()), facts, sub)
-                    .await?;
-                out.push(c.id.as_ref().map(|id| {
-                    serde_json::from_slice::<Value>(&up.body).unwrap_or_else(|_| {
-                        error_object(
-                            Some(id),
-                            code::INTERNAL,
-                            "the node's answer is not JSON",
-                            None,
-                        )
-                    })
+                    .await;
+                out.push(c.id.as_ref().map(|id| match &up {
+                    Ok(up) => {
+                        serde_json::from_slice::<Box<RawValue>>(&up.body).unwrap_or_else(|_| {
+                            error_object(
+                                Some(id),
+                                code::INTERNAL,
+                                "the node's answer is not JSON",
+                                None,
+                            )
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!("upstream: {}", e.0);
+                        error_object(Some(id), code::INTERNAL, "upstream unavailable", None)
+                    }
                 }));
             }
             Ok(out)
@@ -549,7 +569,7 @@ fn invalid_answer(status: StatusCode, invalid: &Invalid) -> Answer {
 
 /// The JSON-RPC error object for a refused call: the jotd reason in `data`.
 #[must_use]
-pub fn denial_object(v: &Verdict, id: Option<&RawValue>) -> Value {
+pub fn denial_object(v: &Verdict, id: Option<&RawValue>) -> Box<RawValue> {
     let (code, message) = match v.class() {
         Some(Class::Token) => (code::UNAUTHORIZED, "unauthorized"),
         Some(Class::Policy) => (code::FORBIDDEN, "forbidden"),
@@ -567,7 +587,10 @@ pub fn denial_object(v: &Verdict, id: Option<&RawValue>) -> Value {
 /// A refused call's status (401, 403, 503), `WWW-Authenticate` value (for
 /// 401) and JSON-RPC error object.
 #[must_use]
-pub fn denial_parts(v: &Verdict, id: Option<&RawValue>) -> (StatusCode, Option<String>, Value) {
+pub fn denial_parts(
+    v: &Verdict,
+    id: Option<&RawValue>,
+) -> (StatusCode, Option<String>, Box<RawValue>) {
     let status = match v.class() {
         Some(Class::Token) => StatusCode::UNAUTHORIZED,
         Some(Class::Policy) => StatusCode::FORBIDDEN,

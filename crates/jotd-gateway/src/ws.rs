@@ -28,7 +28,7 @@ use hyper::header::{
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use jotd_core::Reason;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -203,7 +203,7 @@ async fn relay<C, N>(
                     exp = learned;
                 }
                 if let Some(v) = to_client
-                    && client.send(Message::text(v.to_string())).await.is_err()
+                    && client.send(Message::text(v.get())).await.is_err()
                 {
                     break;
                 }
@@ -242,7 +242,7 @@ async fn door_message(
     door: &ProxyDoor,
     facts: &Facts,
     text: &[u8],
-) -> (Option<String>, Option<Value>, Option<u64>) {
+) -> (Option<String>, Option<Box<RawValue>>, Option<u64>) {
     let parsed = match jsonrpc::parse(text, &door.table, door.limits.max_batch_calls) {
         Ok(p) => p,
         Err(e) => {
@@ -293,7 +293,7 @@ async fn door_message(
     let to_client = match (single, answers.len()) {
         (_, 0) => None,
         (true, _) => answers.pop(),
-        (false, _) => Some(Value::Array(answers)),
+        (false, _) => Some(jsonrpc::raw_array(answers.iter().map(|a| &**a))),
     };
     (to_node, to_client, exp)
 }
