@@ -120,6 +120,21 @@ pub struct CallFacts {
     pub addresses: Vec<String>,
 }
 
+impl CallFacts {
+    /// The facts of each parsed call of `items` (invalid ones skipped), in order.
+    #[must_use]
+    pub fn of_calls(items: &[Result<crate::jsonrpc::Call, crate::jsonrpc::Invalid>]) -> Vec<Self> {
+        items
+            .iter()
+            .filter_map(|c| c.as_ref().ok())
+            .map(|c| Self {
+                method: Some(c.method.clone()),
+                addresses: c.addresses.clone(),
+            })
+            .collect()
+    }
+}
+
 /// Checks calls against the pool.
 #[derive(Debug, Clone)]
 pub struct Gate {

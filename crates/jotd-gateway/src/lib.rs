@@ -342,38 +342,29 @@ impl AdminState {
             s.abandoned, s.overloaded, s.failed
         );
         let c = self.client.stats();
-        let _ = writeln!(
-            out,
-            "# HELP jotd_gateway_pool_batches_total Batches sent to each jotd endpoint (first copies, retries, hedges).\n# TYPE jotd_gateway_pool_batches_total counter"
-        );
-        for e in &c.endpoints {
-            let _ = writeln!(
-                out,
-                "jotd_gateway_pool_batches_total{{endpoint=\"{}\"}} {}",
-                e.addr, e.sent
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP jotd_gateway_pool_failures_total Attempts that failed or stalled, per jotd endpoint.\n# TYPE jotd_gateway_pool_failures_total counter"
-        );
-        for e in &c.endpoints {
-            let _ = writeln!(
-                out,
-                "jotd_gateway_pool_failures_total{{endpoint=\"{}\"}} {}",
-                e.addr, e.failures
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP jotd_gateway_pool_ejections_total Times each jotd endpoint was taken out of rotation.\n# TYPE jotd_gateway_pool_ejections_total counter"
-        );
-        for e in &c.endpoints {
-            let _ = writeln!(
-                out,
-                "jotd_gateway_pool_ejections_total{{endpoint=\"{}\"}} {}",
-                e.addr, e.ejections
-            );
+        type PerEndpoint = fn(&jotd_transport::EndpointStats) -> u64;
+        let per_endpoint: [(&str, &str, PerEndpoint); 3] = [
+            (
+                "jotd_gateway_pool_batches_total",
+                "Batches sent to each jotd endpoint (first copies, retries, hedges).",
+                |e| e.sent,
+            ),
+            (
+                "jotd_gateway_pool_failures_total",
+                "Attempts that failed or stalled, per jotd endpoint.",
+                |e| e.failures,
+            ),
+            (
+                "jotd_gateway_pool_ejections_total",
+                "Times each jotd endpoint was taken out of rotation.",
+                |e| e.ejections,
+            ),
+        ];
+        for (name, help, value) in per_endpoint {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for e in &c.endpoints {
+                let _ = writeln!(out, "{name}{{endpoint=\"{}\"}} {}", e.addr, value(e));
+            }
         }
         let _ = writeln!(
             out,

@@ -321,14 +321,7 @@ impl ProxyDoor {
     }
 
     async fn batch(&self, calls: Vec<Result<Call, Invalid>>, facts: &Facts) -> Answer {
-        let to_check: Vec<CallFacts> = calls
-            .iter()
-            .filter_map(|c| c.as_ref().ok())
-            .map(|c| CallFacts {
-                method: Some(c.method.clone()),
-                addresses: c.addresses.clone(),
-            })
-            .collect();
+        let to_check = CallFacts::of_calls(&calls);
         let mut verdicts = self
             .gate
             .check(Door::Proxy, facts, to_check)

@@ -257,14 +257,7 @@ async fn door_message(
         Body::Single(c) => (vec![c], true),
         Body::Batch(cs) => (cs, false),
     };
-    let calls: Vec<CallFacts> = items
-        .iter()
-        .filter_map(|c| c.as_ref().ok())
-        .map(|c| CallFacts {
-            method: Some(c.method.clone()),
-            addresses: c.addresses.clone(),
-        })
-        .collect();
+    let calls = CallFacts::of_calls(&items);
     let mut verdicts = door.gate.check(Door::Proxy, facts, calls).await.into_iter();
     let mut forward = Vec::new();
     let mut answers = Vec::new();
