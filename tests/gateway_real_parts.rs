@@ -622,6 +622,7 @@ tenant = "demo-besu"
         "jotd_gateway_checks_total{door=\"forward_auth\",outcome=\"expired\"}",
         "jotd_gateway_batches_total{flush=\"eager\"}",
         "jotd_gateway_upstream_seconds_bucket",
+        "# TYPE jotd_gateway_pool_batches_total counter\njotd_gateway_pool_batches_total{endpoint=\"127.0.0.1:",
     ] {
         assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
     }
