@@ -626,5 +626,30 @@ tenant = "demo-besu"
     ] {
         assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
     }
+    // The drain (SIGTERM) closes an open WebSocket with 1001.
+    jotd_e2e::runtime().block_on(async {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let mut ws = ws_connect(proxy, &open_token).await.expect("upgrade");
+        let v = ws_call(&mut ws, &call(7, "eth_chainId", &json!([]))).await;
+        assert!(v["result"].is_string(), "{v}");
+        let killed = Command::new("kill")
+            .args(["-TERM", &gw.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let code = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => {}
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .expect("closed at the drain");
+        assert_eq!(code, Some(1001));
+    });
     drop(daemon);
 }

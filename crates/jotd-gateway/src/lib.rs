@@ -150,6 +150,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             cfg.addresses.clone(),
             cfg.limits,
             p,
+            stopped.clone(),
         ));
         tasks.spawn(http::serve(
             listener,

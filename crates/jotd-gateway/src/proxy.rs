@@ -35,6 +35,10 @@ pub struct ProxyDoor {
     next: AtomicUsize,
     client: HttpClient<HttpConnector, Full<Bytes>>,
     upstream_timeout: Duration,
+    /// WebSockets open (each holds one; `max_connections` in all).
+    pub(crate) ws_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Turns true at the drain: open WebSockets close (1001).
+    pub(crate) stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What the upstream answered.
@@ -71,6 +75,7 @@ impl ProxyDoor {
         table: AddressTable,
         limits: Limits,
         proxy: &Proxy,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -88,6 +93,8 @@ impl ProxyDoor {
             next: AtomicUsize::new(0),
             client,
             upstream_timeout: proxy.upstream_timeout,
+            ws_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            stop,
         }
     }
 

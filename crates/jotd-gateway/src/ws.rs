@@ -13,6 +13,9 @@
 //!   they are.
 //! - At the token's `exp` the gateway closes the socket (1008, "token
 //!   expired"), and the node connection with it.
+//! - The gateway pings the client every 30 s; a client silent (no frame, no
+//!   pong) for 90 s is closed (1001). At the drain every socket is closed
+//!   (1001, "going away"). Open sockets count against `max_connections`.
 
 use crate::gate::{CallFacts, Class, Door, Facts, Verdict, www_authenticate};
 use crate::http::{Answer, json};
@@ -79,6 +82,12 @@ pub async fn upgrade(
     req: Request<Incoming>,
     facts: Facts,
 ) -> Answer {
+    let Ok(slot) = std::sync::Arc::clone(&door.ws_slots).try_acquire_owned() else {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &error_object(None, code::INTERNAL, "too many WebSockets open", None),
+        );
+    };
     let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).cloned() else {
         return json(
             StatusCode::BAD_REQUEST,
@@ -133,6 +142,7 @@ pub async fn upgrade(
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     tokio::spawn(async move {
+        let _slot = slot;
         match hyper::upgrade::on(req).await {
             Ok(up) => {
                 // A message is at most what a request body may be.
@@ -158,6 +168,11 @@ pub async fn upgrade(
     r
 }
 
+/// How often the gateway pings a client.
+const PING_EVERY: Duration = Duration::from_secs(30);
+/// A client silent this long is gone.
+const SILENT_FOR: Duration = Duration::from_secs(90);
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -179,9 +194,36 @@ async fn relay<C, N>(
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     N: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let mut stop = door.stop.clone();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         let expiry = deadline(exp);
         tokio::select! {
+            () = crate::http::stopped(&mut stop) => {
+                let _ = client
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::Away,
+                        reason: "going away".into(),
+                    })))
+                    .await;
+                break;
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > SILENT_FOR {
+                    let _ = client
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CloseCode::Away,
+                            reason: "no answer to pings".into(),
+                        })))
+                        .await;
+                    break;
+                }
+                if client.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    break;
+                }
+            }
             () = async { tokio::time::sleep_until(expiry.expect("guarded")).await }, if expiry.is_some() => {
                 let _ = client
                     .send(Message::Close(Some(CloseFrame {
@@ -192,6 +234,7 @@ async fn relay<C, N>(
                 break;
             }
             msg = client.next() => {
+                last_heard = tokio::time::Instant::now();
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
                     Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
