@@ -273,6 +273,12 @@ async fn flush_loop(
         // What woke us decides the flush reason, should one follow.
         let mut reason = None;
         tokio::select! {
+            // An answer first: a check arriving with it then sees the batch gone.
+            biased;
+            Some(()) = done_rx.recv() => {
+                outstanding -= 1;
+                reason = Some(FlushReason::Answered);
+            }
             got = rx.recv(), if open => match got {
                 Some(q) => {
                     if queue.is_empty() {
@@ -289,10 +295,6 @@ async fn flush_loop(
                 }
                 None => open = false,
             },
-            Some(()) = done_rx.recv() => {
-                outstanding -= 1;
-                reason = Some(FlushReason::Answered);
-            }
             () = tokio::time::sleep_until(oldest + opts.max_delay), if !queue.is_empty() => {
                 reason = Some(FlushReason::Delay);
             }
@@ -364,6 +366,9 @@ fn send(
         let items: Vec<Item<'_>> = live.iter().map(|q| q.check.item()).collect();
         let outcome = client.verify_all(&items).await;
         drop(items);
+        // The batch is no longer outstanding before its callers hear back, so
+        // a check they send next may go out at once.
+        let _ = done.send(());
         match outcome {
             Ok(decisions) => {
                 for (q, d) in live.into_iter().zip(decisions) {
@@ -377,7 +382,6 @@ fn send(
                 }
             }
         }
-        let _ = done.send(());
     });
     true
 }
