@@ -12,7 +12,7 @@
 //! door would.
 
 use crate::config::Limits;
-use crate::forward_auth::{AuthAnswer, AuthQuestion, authorize};
+use crate::forward_auth::{AuthAnswer, AuthQuestion, IDENTITY, authorize};
 use crate::gate::{Door, Gate};
 use crate::jsonrpc::AddressTable;
 use crate::route::Route;
@@ -20,13 +20,6 @@ use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
 };
 
-/// The identity headers the gateway sets (claims add `x-jotd-claim-<name>`).
-const IDENTITY: &[&str] = &[
-    "x-jotd-tenant",
-    "x-jotd-reason",
-    "x-jotd-subject",
-    "x-jotd-kid",
-];
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };

@@ -61,6 +61,17 @@ fn original_path(req: &Request<Incoming>, uri_header: &HeaderName) -> String {
     uri.split(['?', '#']).next().unwrap_or("").to_owned()
 }
 
+/// The identity headers the doors set (claims add `x-jotd-claim-<name>`).
+/// Forward-auth always sends all of them, empty when the token has none, so a
+/// gateway that copies them overwrites any a client sent; ext_authz removes
+/// the ones it does not set.
+pub const IDENTITY: &[&str] = &[
+    "x-jotd-tenant",
+    "x-jotd-reason",
+    "x-jotd-subject",
+    "x-jotd-kid",
+];
+
 /// One authorization question, whatever door asked it.
 #[derive(Debug)]
 pub struct AuthQuestion<'a> {
@@ -324,6 +335,10 @@ impl ForwardAuthDoor {
         {
             AuthAnswer::Allow(headers) => {
                 let mut ok = Response::new(Full::new(Bytes::new()));
+                for name in IDENTITY {
+                    ok.headers_mut()
+                        .insert(HeaderName::from_static(name), HeaderValue::from_static(""));
+                }
                 for (n, v) in headers {
                     if let (Ok(n), Ok(v)) = (
                         HeaderName::from_bytes(n.as_bytes()),

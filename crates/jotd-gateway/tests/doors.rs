@@ -735,6 +735,22 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
     .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.body["error"]["data"]["reason"], "unknown_tenant");
+    // A token without `sub`: the identity headers are still all there (empty
+    // when unknown), so a gateway copying them overwrites a client's copies.
+    let no_sub =
+        k.es.mint(Some("ec-1"), &json!({"aud":AUD,"exp":exp}).to_string())
+            .unwrap();
+    let r = post(
+        fa,
+        "/auth",
+        Some(&no_sub),
+        &[("x-forwarded-uri", "/v3/infura")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.get("x-jotd-subject").unwrap(), "");
+    assert_eq!(r.headers.get("x-jotd-kid").unwrap(), "ec-1");
     // Without the body, a token that restricts addresses only is refused too:
     // nothing bounds what the request touches.
     let addr_only =
