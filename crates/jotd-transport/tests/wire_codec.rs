@@ -254,3 +254,47 @@ proptest! {
         prop_assert_eq!(decode_batch(frame.body, &Limits::default()).unwrap(), batch);
     }
 }
+
+/// docs/protocol.md's error-code table: every code with its name, and its
+/// "send again" column as the client library decides it.
+#[test]
+fn the_protocol_doc_lists_every_error_code_and_whether_to_send_again() {
+    use jotd_transport::{ClientError, ErrorCode};
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/protocol.md"),
+    )
+    .unwrap();
+    let rows: Vec<Vec<String>> = doc
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.ends_with(" |"))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().trim_matches('`').to_owned())
+                .collect()
+        })
+        .filter(|c: &Vec<String>| {
+            c.len() == 4 && c[0].parse::<u16>().is_ok() && matches!(c[3].as_str(), "yes" | "no")
+        })
+        .collect();
+    assert_eq!(rows.len(), ErrorCode::ALL.len(), "{rows:?}");
+    for code in ErrorCode::ALL {
+        let row = rows
+            .iter()
+            .find(|r| r[0] == (code as u16).to_string())
+            .unwrap_or_else(|| panic!("code {} not in the table", code as u16));
+        assert_eq!(row[1], code.as_str());
+        let again = ClientError::Server {
+            endpoint: "127.0.0.1:1".parse().unwrap(),
+            code: code as u16,
+            message: String::new(),
+        }
+        .retryable();
+        assert_eq!(
+            row[3],
+            if again { "yes" } else { "no" },
+            "{}",
+            code.as_str()
+        );
+    }
+}
