@@ -270,7 +270,7 @@ pub async fn authorize(
 
 impl ForwardAuthDoor {
     /// Handles one auth subrequest.
-    pub async fn handle(&self, req: Request<Incoming>) -> Answer {
+    pub async fn handle(self: std::sync::Arc<Self>, req: Request<Incoming>) -> Answer {
         let answer = self.answer(req).await;
         metrics::counter!(
             "jotd_gateway_requests_total",

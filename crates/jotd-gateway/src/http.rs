@@ -98,6 +98,13 @@ pub async fn read_body(body: Incoming, max: usize, timeout: Duration) -> Result<
     }
 }
 
+/// What answers a door's requests (with the peer's address).
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>, SocketAddr) -> std::pin::Pin<Box<dyn Future<Output = Answer> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Resolves once `stop` holds true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -106,17 +113,13 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// Serves HTTP/1.1 on `listener` with `handle` until `stop` turns true; then
 /// stops accepting and lets open connections finish (keep-alive ones close
 /// after their current request).
-pub async fn serve<F, Fut>(
+pub async fn serve(
     listener: tokio::net::TcpListener,
-    handle: F,
+    handle: Handler,
     mut stop: watch::Receiver<bool>,
     header_timeout: Duration,
     max_connections: usize,
-) where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Answer> + Send + 'static,
-{
-    let handle = Arc::new(handle);
+) {
     let mut tasks = tokio::task::JoinSet::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {

@@ -107,6 +107,18 @@ fn pool_client(cfg: &Config) -> anyhow::Result<Client> {
     Client::new(opts).map_err(|e| anyhow::anyhow!("jotd pool: {e}"))
 }
 
+/// Binds a listener of config section `section`; returns it and its address.
+async fn bind(
+    section: &str,
+    listen: SocketAddr,
+) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("[{section}] listen {listen}"))?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
 /// Starts every configured listener. `render` serves `/metrics` (none: 404).
 ///
 /// # Errors
@@ -138,12 +150,21 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
     let mut tasks = tokio::task::JoinSet::new();
     let header_timeout = Duration::from_secs(10);
 
+    // One HTTP door: its listener served until the drain.
+    let serve_http = |tasks: &mut tokio::task::JoinSet<()>, listener, door, max| {
+        tasks.spawn(http::serve(
+            listener,
+            door,
+            stopped.clone(),
+            header_timeout,
+            max,
+        ));
+    };
+
     let mut proxy_addr = None;
     if let Some(p) = &cfg.proxy {
-        let listener = tokio::net::TcpListener::bind(p.listen)
-            .await
-            .with_context(|| format!("[proxy] listen {}", p.listen))?;
-        proxy_addr = Some(listener.local_addr()?);
+        let (listener, addr) = bind("proxy", p.listen).await?;
+        proxy_addr = Some(addr);
         let door = Arc::new(ProxyDoor::new(
             gate.clone(),
             cfg.routes.clone(),
@@ -152,24 +173,13 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             p,
             stopped.clone(),
         ));
-        tasks.spawn(http::serve(
-            listener,
-            move |req, _| {
-                let door = Arc::clone(&door);
-                async move { door.handle(req).await }
-            },
-            stopped.clone(),
-            header_timeout,
-            cfg.limits.max_connections,
-        ));
+        let handle: http::Handler = Arc::new(move |req, _| Box::pin(Arc::clone(&door).handle(req)));
+        serve_http(&mut tasks, listener, handle, cfg.limits.max_connections);
     }
     let mut fa_addr = None;
     if let Some(fa) = &cfg.forward_auth {
-        let listen = fa.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("[forward_auth] listen {listen}"))?;
-        fa_addr = Some(listener.local_addr()?);
+        let (listener, addr) = bind("forward_auth", fa.listen).await?;
+        fa_addr = Some(addr);
         let door = Arc::new(ForwardAuthDoor {
             gate: gate.clone(),
             routes: cfg.routes.clone(),
@@ -177,23 +187,13 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             limits: cfg.limits,
             headers: fa.clone(),
         });
-        tasks.spawn(http::serve(
-            listener,
-            move |req, _| {
-                let door = Arc::clone(&door);
-                async move { door.handle(req).await }
-            },
-            stopped.clone(),
-            header_timeout,
-            cfg.limits.max_connections,
-        ));
+        let handle: http::Handler = Arc::new(move |req, _| Box::pin(Arc::clone(&door).handle(req)));
+        serve_http(&mut tasks, listener, handle, cfg.limits.max_connections);
     }
     let mut ext_addr = None;
     if let Some(e) = cfg.ext_authz {
-        let listener = tokio::net::TcpListener::bind(e.listen)
-            .await
-            .with_context(|| format!("[ext_authz] listen {}", e.listen))?;
-        ext_addr = Some(listener.local_addr()?);
+        let (listener, addr) = bind("ext_authz", e.listen).await?;
+        ext_addr = Some(addr);
         let door = ext_authz::ExtAuthzDoor {
             gate: gate.clone(),
             routes: cfg.routes.clone(),
@@ -229,28 +229,20 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
     }
     let mut admin_addr = None;
     if let Some(listen) = cfg.admin {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("[admin] listen {listen}"))?;
-        // The admin listener: a few scrapers and probes.
-        let admin_connections = 64;
-        admin_addr = Some(listener.local_addr()?);
+        let (listener, addr) = bind("admin", listen).await?;
+        admin_addr = Some(addr);
         let st = Arc::new(AdminState {
             render,
             batcher: batcher.clone(),
             client: Arc::clone(&client),
             draining: Arc::clone(&draining),
         });
-        tasks.spawn(http::serve(
-            listener,
-            move |req, _| {
-                let st = Arc::clone(&st);
-                async move { st.answer(req.uri().path()).await }
-            },
-            stopped.clone(),
-            header_timeout,
-            admin_connections,
-        ));
+        let handle: http::Handler = Arc::new(move |req, _| {
+            let st = Arc::clone(&st);
+            Box::pin(async move { st.answer(req.uri().path()).await })
+        });
+        // The admin listener: a few scrapers and probes.
+        serve_http(&mut tasks, listener, handle, 64);
     }
     Ok(Gateway {
         proxy: proxy_addr,
