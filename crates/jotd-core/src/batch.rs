@@ -68,12 +68,13 @@ impl Engine {
             // A short probe first, so a costly batch loses little latency.
             let len = if start == 0 { chunk.min(PROBE) } else { chunk };
             let part = &reqs[start..(start + len).min(reqs.len())];
-            let misses = scratch.counts.misses;
+            let misses = scratch.counts.misses + scratch.counts.bypassed;
             let decisions = self.verify_chunk_unflushed(&mut scratch, snapshot, part, now);
             cheap = decisions.iter().all(|d| {
                 d.token().is_none_or(|t| {
                     t.alg().family() == crate::KeyFamily::Hmac
-                        || (self.cache.is_some() && scratch.counts.misses == misses)
+                        || (self.cache.is_some()
+                            && scratch.counts.misses + scratch.counts.bypassed == misses)
                 })
             });
             self.flush(&mut scratch);

@@ -13,6 +13,24 @@
 //! a doorkeeper admits a token only on evidence of reuse (its second sighting
 //! within a window): a stream of one-time tokens costs a bit test each, not an
 //! insert and an eviction, and cannot push the hot set out.
+//!
+//! A cache can still cost more than it saves: when nearly every token is new
+//! and verifying one is cheap (HMAC), each lookup that misses (a hash of the
+//! whole token and a probe of a map far bigger than the CPU's caches) adds
+//! ~15 % to a verification that a rare hit does not win back; and when a
+//! working set a little bigger than the cache recurs, every miss is admitted
+//! and evicts another entry (an insert costs about one HMAC verification).
+//! So the cache keeps score ([`Payoff`]): every window of lookups it weighs
+//! what the hits saved against what the misses and inserts cost, and
+//! - when the cache does not pay, only one token in [`SAMPLE_EVERY`] is looked
+//!   up (the others are verified straight away, counted as `bypassed`); the
+//!   sampled lookups keep measuring, so a hot set that appears brings every
+//!   lookup back within a window;
+//! - when most lookups would insert (churn), an admitted token gets in with
+//!   probability 1/[`THROTTLE`] only, so a recurring working set larger than
+//!   the cache settles into a stable part that hits instead of cycling through.
+//!
+//! Neither changes a decision: a token not looked up is verified in full.
 
 use crate::decision::TokenInfo;
 use crate::policy::Grants;
@@ -60,13 +78,22 @@ pub struct CacheStats {
     /// Entries dropped to stay within bounds (and every entry dropped by a clear).
     pub evictions: u64,
     /// Verified tokens not admitted: the cache was full and the token had not
-    /// been seen before within the doorkeeper's window (or, rarely, the entry
-    /// was too large for a shard).
+    /// been seen before within the doorkeeper's window, or it was and the
+    /// cache was churning and it lost the [`THROTTLE`] draw (or, rarely, the
+    /// entry was too large for a shard).
     pub admission_rejected: u64,
+    /// Tokens verified without a lookup: the cache was not paying for the
+    /// traffic it saw, so only one token in [`SAMPLE_EVERY`] was looked up.
+    pub bypassed: u64,
+    /// One token in how many is looked up now: 1 while the cache pays, else
+    /// [`SAMPLE_EVERY`].
+    pub sample_every: u32,
+    /// Whether admission is throttled now (most lookups would insert).
+    pub throttled: bool,
 }
 
 impl CacheStats {
-    /// Hits over lookups, 0 when there was none.
+    /// Hits over lookups (bypassed tokens are not lookups), 0 when there was none.
     #[must_use]
     pub fn hit_ratio(&self) -> f64 {
         let lookups = self.hits + self.misses;
@@ -196,6 +223,12 @@ pub(crate) struct LocalCounts {
     pub(crate) rejected: u64,
     /// Doorkeeper sightings, added to its window count at the flush.
     pub(crate) sightings: u64,
+    /// Hits on tokens whose verification is costly (not HMAC).
+    pub(crate) costly_hits: u64,
+    /// Tokens the doorkeeper admitted into a full cache (before the throttle's draw).
+    pub(crate) approved: u64,
+    /// Tokens verified without a lookup.
+    pub(crate) bypassed: u64,
 }
 
 type Hasher = foldhash::fast::RandomState;
@@ -294,6 +327,106 @@ impl Doorkeeper {
     }
 }
 
+/// While the cache does not pay, one token in this many is looked up.
+pub const SAMPLE_EVERY: u32 = 16;
+
+/// While the cache churns, one admitted token in this many is inserted.
+pub const THROTTLE: u64 = 8;
+
+/// Tokens per payoff window at least (all workers, bypassed ones included);
+/// the window is as long as the doorkeeper's, the entries the cache holds,
+/// so that a working set that recurs about as often as the cache turns over
+/// is seen whole.
+const WINDOW: u64 = 4096;
+
+/// What one lookup that misses, an HMAC verification, an insert and a costly
+/// (RSA, EC, EdDSA) verification cost, in lookups. Measured with `jotd speed
+/// --algs HS256 --tokens N` on one core: a missing lookup in a 64 MiB cache
+/// ~0.2 µs, an HS256 verification ~1.3 µs, an insert with its eviction
+/// ~5 µs (allocations, an eviction and the frees, in a map far bigger than the
+/// CPU's caches); RS256 ~30 µs, ES256 ~50 µs. Costly hits are counted low on purpose.
+const MISS_COST: u64 = 1;
+const HMAC_COST: u64 = 6;
+const INSERT_COST: u64 = 24;
+const COSTLY_COST: u64 = 120;
+
+/// The cache's score over the last window and what it decided (see the module docs).
+#[derive(Debug)]
+struct Payoff {
+    /// Read on every lookup: kept on its own cache line, written once per window.
+    mode: Mode,
+    /// Counter values at the window's start and the running score, kept by
+    /// whoever closes a window.
+    window: std::sync::Mutex<Window>,
+    /// Tokens seen (looked up or bypassed) at which the current window closes.
+    closes_at: AtomicU64,
+    /// Tokens per window.
+    len: u64,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Mode {
+    sample_every: std::sync::atomic::AtomicU32,
+    throttle: AtomicBool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct WindowStart {
+    bypassed: u64,
+    hits: u64,
+    misses: u64,
+    costly_hits: u64,
+    approved: u64,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    start: WindowStart,
+    /// What a lookup saved net, per 1024 lookups, averaged over windows (each
+    /// new one weighs a quarter), so one lucky stretch of a long scan does not
+    /// flip the mode.
+    score: i64,
+}
+
+impl WindowStart {
+    const fn seen(&self) -> u64 {
+        self.hits + self.misses + self.bypassed
+    }
+}
+
+/// The mode for the next window, from the last one's counts and the running
+/// `score`: `(sample_every, throttle)`. While the cache has room every token
+/// is looked up and every insert is an investment. Once it is full: throttle
+/// admission when the admitted tokens' inserts would cost more than half of
+/// what the hits saved (churn); then look every token up while what the hits
+/// save covers the missing lookups and the inserts the next window will make
+/// (the admitted ones, or one in [`THROTTLE`] of them under the throttle),
+/// averaged over windows, else sample one in [`SAMPLE_EVERY`].
+fn next_mode(w: WindowStart, full: bool, score: &mut i64) -> (u32, bool) {
+    if !full {
+        *score = 0;
+        return (1, false);
+    }
+    let lookups = w.hits + w.misses;
+    if lookups == 0 {
+        return (SAMPLE_EVERY, false);
+    }
+    let cheap_hits = w.hits - w.costly_hits.min(w.hits);
+    let saved = cheap_hits * HMAC_COST + w.costly_hits * COSTLY_COST;
+    let throttle = w.approved * INSERT_COST * 2 > saved;
+    let inserts = if throttle {
+        w.approved / THROTTLE
+    } else {
+        w.approved
+    };
+    let spent = w.misses * MISS_COST + inserts * INSERT_COST;
+    let net = (i128::from(saved) - i128::from(spent)) * 1024 / i128::from(lookups);
+    let net = i64::try_from(net).unwrap_or(if net < 0 { i64::MIN / 4 } else { i64::MAX / 4 });
+    *score = *score - *score / 4 + net / 4;
+    (if *score >= 0 { 1 } else { SAMPLE_EVERY }, throttle)
+}
+
 /// The largest entry the shards are sized for: an 8 KiB token (the engine's
 /// default cap) with its claims, grants and facts held again on the heap.
 const LARGE_ENTRY: u64 = 40 << 10;
@@ -317,6 +450,10 @@ pub(crate) struct TokenCache {
     misses: AtomicU64,
     inserts: AtomicU64,
     rejected: AtomicU64,
+    costly_hits: AtomicU64,
+    approved: AtomicU64,
+    bypassed: AtomicU64,
+    payoff: Payoff,
 }
 
 impl TokenCache {
@@ -346,13 +483,14 @@ impl TokenCache {
             Evictions(Arc::clone(&state)),
         );
         let max_weight = map.shard_capacity() / 100 * 96;
+        // A window of the entries the bound can hold, however large max_entries is.
+        let window = entries.min(config.max_bytes.get() / SMALL_ENTRY);
         Self {
             map,
             max_weight,
             weigher,
             state,
-            // A window of the entries the bound can hold, however large max_entries is.
-            doorkeeper: Doorkeeper::new(entries.min(config.max_bytes.get() / SMALL_ENTRY)),
+            doorkeeper: Doorkeeper::new(window),
             hasher,
             config,
             clears: AtomicU64::new(0),
@@ -360,7 +498,31 @@ impl TokenCache {
             misses: AtomicU64::new(0),
             inserts: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            costly_hits: AtomicU64::new(0),
+            approved: AtomicU64::new(0),
+            bypassed: AtomicU64::new(0),
+            payoff: Payoff {
+                mode: Mode {
+                    sample_every: std::sync::atomic::AtomicU32::new(1),
+                    throttle: AtomicBool::new(false),
+                },
+                window: std::sync::Mutex::new(Window::default()),
+                closes_at: AtomicU64::new((window as u64).max(WINDOW)),
+                len: (window as u64).max(WINDOW),
+            },
         }
+    }
+
+    /// Whether the `tick`-th token a worker sees is looked up: every one while
+    /// the cache pays, else one in [`SAMPLE_EVERY`].
+    #[inline]
+    pub(crate) fn probes(&self, tick: u32) -> bool {
+        let every = self.payoff.mode.sample_every.load(Relaxed);
+        // Mixed, so that a workload that repeats with a period of a multiple of
+        // `every` tokens is not sampled at the same tokens every time round.
+        every <= 1
+            || (u64::from(tick).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32)
+                .is_multiple_of(u64::from(every))
     }
 
     pub(crate) const fn config(&self) -> &CacheConfig {
@@ -375,7 +537,9 @@ impl TokenCache {
     /// Whether a verified token may be inserted: always while the cache has
     /// room; once it is full, only when the doorkeeper has seen the token
     /// before within its window (else it is counted as rejected).
-    pub(crate) fn admits(&self, token: &[u8], counts: &mut LocalCounts) -> bool {
+    /// While the cache churns, an admitted token also has to win a 1 in
+    /// [`THROTTLE`] draw (mixed from the token's hash and the worker's `tick`).
+    pub(crate) fn admits(&self, token: &[u8], counts: &mut LocalCounts, tick: u32) -> bool {
         // The doorkeeper hashes the token's last 16 bytes: base64url of 96 signature bits,
         // distinct for distinct tokens, and a fraction of the cost of hashing the whole token.
         if !self.state.full.load(Relaxed) {
@@ -383,12 +547,21 @@ impl TokenCache {
         }
         let tail = &token[token.len().saturating_sub(16)..];
         counts.sightings += 1;
-        if self.doorkeeper.admit(self.hasher.hash_one(tail)) {
-            true
-        } else {
+        let hash = self.hasher.hash_one(tail);
+        if !self.doorkeeper.admit(hash) {
             counts.rejected += 1;
-            false
+            return false;
         }
+        counts.approved += 1;
+        if self.payoff.mode.throttle.load(Relaxed) {
+            let draw = (hash ^ u64::from(tick).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                .wrapping_mul(0xD6E8_FEB8_6659_FD93);
+            if draw >> 32 & (THROTTLE - 1) != 0 {
+                counts.rejected += 1;
+                return false;
+            }
+        }
+        true
     }
 
     /// Inserts a verified token that [`TokenCache::admits`] let in; one too
@@ -405,11 +578,15 @@ impl TokenCache {
     }
 
     pub(crate) fn flush(&self, counts: &mut LocalCounts) {
+        let looked = counts.hits + counts.misses;
         for (local, shared) in [
             (&mut counts.hits, &self.hits),
             (&mut counts.misses, &self.misses),
             (&mut counts.inserts, &self.inserts),
             (&mut counts.rejected, &self.rejected),
+            (&mut counts.costly_hits, &self.costly_hits),
+            (&mut counts.approved, &self.approved),
+            (&mut counts.bypassed, &self.bypassed),
         ] {
             if *local != 0 {
                 shared.fetch_add(std::mem::take(local), Relaxed);
@@ -417,6 +594,51 @@ impl TokenCache {
         }
         if counts.sightings != 0 {
             self.doorkeeper.note(std::mem::take(&mut counts.sightings));
+        }
+        if looked != 0 {
+            self.score();
+        }
+    }
+
+    /// Closes the payoff window once it holds [`WINDOW`] lookups, and sets
+    /// the mode for the next one. One worker closes it; others go on.
+    fn score(&self) {
+        let now = self.window_now();
+        if now.seen() < self.payoff.closes_at.load(Relaxed) {
+            return;
+        }
+        let Ok(mut window) = self.payoff.window.try_lock() else {
+            return;
+        };
+        let start = window.start;
+        let now = self.window_now();
+        if now.seen() < self.payoff.closes_at.load(Relaxed) {
+            return;
+        }
+        let w = WindowStart {
+            bypassed: now.bypassed.saturating_sub(start.bypassed),
+            hits: now.hits.saturating_sub(start.hits),
+            misses: now.misses.saturating_sub(start.misses),
+            costly_hits: now.costly_hits.saturating_sub(start.costly_hits),
+            approved: now.approved.saturating_sub(start.approved),
+        };
+        let mode = &self.payoff.mode;
+        let (every, throttle) = next_mode(w, self.state.full.load(Relaxed), &mut window.score);
+        mode.sample_every.store(every, Relaxed);
+        mode.throttle.store(throttle, Relaxed);
+        window.start = now;
+        self.payoff
+            .closes_at
+            .store(now.seen() + self.payoff.len, Relaxed);
+    }
+
+    fn window_now(&self) -> WindowStart {
+        WindowStart {
+            bypassed: self.bypassed.load(Relaxed),
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            costly_hits: self.costly_hits.load(Relaxed),
+            approved: self.approved.load(Relaxed),
         }
     }
 
@@ -432,6 +654,12 @@ impl TokenCache {
         self.map.clear();
         self.doorkeeper.reset();
         self.state.full.store(false, Relaxed);
+        // An empty cache starts paying again: every token looked up, no throttle.
+        if let Ok(mut w) = self.payoff.window.lock() {
+            w.score = 0;
+        }
+        self.payoff.mode.sample_every.store(1, Relaxed);
+        self.payoff.mode.throttle.store(false, Relaxed);
         self.state.evictions.fetch_add(n, Relaxed);
     }
 
@@ -444,6 +672,88 @@ impl TokenCache {
             inserts: self.inserts.load(Relaxed),
             evictions: self.state.evictions.load(Relaxed),
             admission_rejected: self.rejected.load(Relaxed),
+            bypassed: self.bypassed.load(Relaxed),
+            sample_every: self.payoff.mode.sample_every.load(Relaxed),
+            throttled: self.payoff.mode.throttle.load(Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod payoff_tests {
+    use super::{SAMPLE_EVERY, WindowStart, next_mode};
+
+    fn window(hits: u64, misses: u64, costly_hits: u64, approved: u64) -> WindowStart {
+        WindowStart {
+            bypassed: 0,
+            hits,
+            misses,
+            costly_hits,
+            approved,
+        }
+    }
+
+    /// Runs `w` for a few windows from a neutral score; returns the last mode.
+    fn settle(w: WindowStart) -> (u32, bool) {
+        let mut score = 0;
+        let mut mode = (0, false);
+        for _ in 0..8 {
+            mode = next_mode(w, true, &mut score);
+        }
+        mode
+    }
+
+    #[test]
+    fn a_cache_with_room_looks_every_token_up() {
+        let mut score = -5000;
+        assert_eq!(
+            next_mode(window(0, 4096, 0, 0), false, &mut score),
+            (1, false)
+        );
+        assert_eq!(score, 0, "a cache with room starts its score afresh");
+    }
+
+    #[test]
+    fn new_cheap_tokens_only_are_sampled() {
+        assert_eq!(settle(window(0, 4096, 0, 0)), (SAMPLE_EVERY, false));
+        assert_eq!(settle(window(40, 4056, 0, 0)), (SAMPLE_EVERY, false));
+    }
+
+    #[test]
+    fn hits_on_cheap_tokens_pay_when_they_cover_the_misses() {
+        assert_eq!(settle(window(4000, 96, 0, 0)), (1, false));
+        assert_eq!(settle(window(1024, 3072, 0, 0)), (1, false));
+    }
+
+    #[test]
+    fn a_few_hits_on_costly_tokens_pay_for_many_cheap_misses() {
+        // 2 % of lookups hit RSA/EC tokens, the rest are new HMAC tokens.
+        assert_eq!(settle(window(80, 4016, 80, 0)), (1, false));
+    }
+
+    #[test]
+    fn churn_throttles_admission_and_keeps_lookups_when_hits_still_pay() {
+        // Half the lookups hit, nearly every miss would insert.
+        assert_eq!(settle(window(2048, 2048, 0, 2000)), (1, true));
+        // Few hits and many admitted inserts: throttled, and sampled.
+        assert_eq!(settle(window(100, 3996, 0, 3000)), (SAMPLE_EVERY, true));
+    }
+
+    #[test]
+    fn one_lucky_window_does_not_flip_a_long_scan() {
+        let mut score = 0;
+        for _ in 0..8 {
+            next_mode(window(0, 4096, 0, 0), true, &mut score);
+        }
+        assert_eq!(
+            next_mode(window(1500, 2596, 0, 0), true, &mut score).0,
+            SAMPLE_EVERY
+        );
+        // A hot set that stays brings every lookup back within a few windows.
+        let mut back = 0;
+        while next_mode(window(3000, 1096, 0, 0), true, &mut score).0 != 1 {
+            back += 1;
+            assert!(back < 3, "still sampling after {back} hot windows");
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct Scratch {
     memo: HeaderMemo,
     hot: HotToken,
     pub(crate) counts: LocalCounts,
+    /// Tokens this worker has seen: picks the ones looked up while the cache samples.
+    tick: u32,
 }
 
 /// The last header segment this worker parsed. Tokens signed by one key share
@@ -208,6 +210,7 @@ impl Engine {
                 && hot.valid_for(&tenant.id, tenant.epoch, now.0)
             {
                 scratch.counts.hits += 1;
+                scratch.counts.costly_hits += u64::from(costly(info.alg()));
                 let verdict = finish(
                     tenant,
                     hot.times,
@@ -219,10 +222,20 @@ impl Engine {
                 );
                 return Decision::with_token(verdict, Arc::clone(info));
             }
+            let tick = scratch.tick;
+            scratch.tick = tick.wrapping_add(1);
+            if !cache.probes(tick) {
+                // The cache is not paying for this traffic: verify without a lookup.
+                scratch.counts.bypassed += 1;
+                return match self.verify_token(scratch, tenant, token, req, now, false) {
+                    Ok(d) | Err(d) => d,
+                };
+            }
             if let Some(hit) = cache.get(token)
                 && hit.valid_for(&tenant.id, tenant.epoch, now.0)
             {
                 scratch.counts.hits += 1;
+                scratch.counts.costly_hits += u64::from(costly(hit.info.alg()));
                 let (jti, sub) = (hit.jti.as_deref(), hit.info.sub());
                 let verdict = finish(tenant, hit.times, jti, sub, &hit.grants, req, now);
                 let decision = Decision::with_token(verdict, Arc::clone(&hit.info));
@@ -231,12 +244,14 @@ impl Engine {
             }
             scratch.counts.misses += 1;
         }
-        match self.verify_token(scratch, tenant, token, req, now) {
+        match self.verify_token(scratch, tenant, token, req, now, true) {
             Ok(d) | Err(d) => d,
         }
     }
 
     /// The uncached path: structure, header, key, signature, claims, then [`finish`].
+    /// A verified token is offered to the cache only when it was `looked_up`
+    /// there (a bypassed token may already be cached).
     fn verify_token(
         &self,
         scratch: &mut Scratch,
@@ -244,6 +259,7 @@ impl Engine {
         token: &[u8],
         req: &Request<'_>,
         now: UnixTime,
+        looked_up: bool,
     ) -> Result<Decision, Decision> {
         let deny = Decision::without_token;
         let seg = split(token).map_err(deny)?;
@@ -253,6 +269,7 @@ impl Engine {
             signature,
             memo,
             counts,
+            tick,
             ..
         } = scratch;
         let b64 = &self.base64url;
@@ -308,14 +325,14 @@ impl Engine {
         };
         // Cache only what lives past now and what the cache admits (decided before building
         // the entry, so a token turned away costs no allocation).
-        let admitted = self.cache.as_ref().and_then(|cache| {
+        let admitted = self.cache.as_ref().filter(|_| looked_up).and_then(|cache| {
             let cfg = cache.config();
             let ttl_end = now.0.saturating_add(cfg.max_ttl.as_secs());
             let exp_end = claims.exp.map_or(u64::MAX, |e| {
                 e.saturating_add(tenant.claims.leeway.as_secs())
             });
             let dies_at = ttl_end.min(exp_end);
-            (dies_at > now.0 && cache.admits(token, counts)).then_some((cache, dies_at))
+            (dies_at > now.0 && cache.admits(token, counts, *tick)).then_some((cache, dies_at))
         });
         let verdict = match admitted {
             Some((cache, dies_at)) => {
@@ -353,6 +370,11 @@ impl Engine {
         };
         Ok(Decision::with_token(verdict, info))
     }
+}
+
+/// Whether verifying a token of `alg` costs more than a cache insert (everything but HMAC).
+fn costly(alg: crate::Algorithm) -> bool {
+    alg.family() != crate::KeyFamily::Hmac
 }
 
 fn find_key<'t>(tenant: &'t Tenant, kid: Option<&str>) -> Result<&'t TenantKey, Reason> {

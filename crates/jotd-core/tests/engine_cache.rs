@@ -325,3 +325,120 @@ fn a_full_cache_admits_on_evidence_of_reuse() {
     assert_eq!(at(&e, &snap, &fresh, None, NOW), Reason::Ok);
     assert_eq!(e.cache_stats().unwrap().inserts, s3.inserts + 1);
 }
+
+/// Decides `tokens` in order with one long-lived scratch (as a pool worker
+/// does), flushing every 64 like the batch path; every decision must be `ok`.
+fn stream(e: &Engine, snap: &Snapshot, scratch: &mut jotd_core::Scratch, tokens: &[String]) {
+    for (i, t) in tokens.iter().enumerate() {
+        let d = e.verify_with(
+            scratch,
+            snap,
+            &Request::bearer("t", t.as_bytes()),
+            UnixTime(NOW),
+        );
+        assert_eq!(d.reason(), Reason::Ok, "token {i}");
+        if i % 64 == 63 {
+            e.flush(scratch);
+        }
+    }
+    e.flush(scratch);
+}
+
+/// A full cache that only ever sees new HMAC tokens does not pay for its
+/// lookups: it samples one token in 16 (the rest are verified without a
+/// lookup, with the same decisions), and comes back to looking every token
+/// up once a hot set shows up in the sampled lookups.
+#[test]
+fn a_cache_that_does_not_pay_samples_and_comes_back_for_a_hot_set() {
+    let e = cached(64);
+    let snap = snapshot(vec![tenant("t", &[Hs256])]);
+    let mut scratch = jotd_core::Scratch::new();
+    let one_time: Vec<String> = (0..4 * 4096)
+        .map(|i| mint(Hs256, json!({"jti": format!("once-{i}")})))
+        .collect();
+    stream(&e, &snap, &mut scratch, &one_time);
+    let s = e.cache_stats().unwrap();
+    assert_eq!(s.sample_every, jotd_core::SAMPLE_EVERY, "{s:?}");
+    assert!(s.bypassed > 4096, "{s:?}");
+    assert_eq!(
+        s.hits + s.misses + s.bypassed,
+        one_time.len() as u64,
+        "every token is a lookup or bypassed, once"
+    );
+    // A hot set of 8 tokens, reused: the sampled lookups see hits, and every
+    // token is looked up again.
+    let hot: Vec<String> = (0..8)
+        .map(|i| mint(Hs256, json!({"jti": format!("hot-{i}")})))
+        .collect();
+    let reused: Vec<String> = (0..3 * 4096).map(|i| hot[i % 8].clone()).collect();
+    stream(&e, &snap, &mut scratch, &reused);
+    let back = e.cache_stats().unwrap();
+    assert_eq!(back.sample_every, 1, "{back:?}");
+    let before = back.bypassed;
+    stream(&e, &snap, &mut scratch, &reused[..1024]);
+    let after = e.cache_stats().unwrap();
+    assert_eq!(after.bypassed, before, "no token bypassed: {after:?}");
+    assert_eq!(after.hits - back.hits, 1024, "{after:?}");
+    // A clear starts afresh: every token looked up.
+    e.clear_cache();
+    assert_eq!(e.cache_stats().unwrap().sample_every, 1);
+}
+
+/// A bypassed token gets the same decision as a looked-up one: revocation,
+/// time and policy all apply (it is verified in full).
+#[test]
+fn bypassed_tokens_are_decided_in_full() {
+    let e = cached(64);
+    let snap = snapshot(vec![tenant("t", &[Hs256])]);
+    let mut scratch = jotd_core::Scratch::new();
+    let one_time: Vec<String> = (0..3 * 4096)
+        .map(|i| mint(Hs256, json!({"jti": format!("once-{i}")})))
+        .collect();
+    stream(&e, &snap, &mut scratch, &one_time);
+    assert_eq!(
+        e.cache_stats().unwrap().sample_every,
+        jotd_core::SAMPLE_EVERY
+    );
+    let mut revoked = tenant("t", &[Hs256]);
+    let mut d = Denylist::default();
+    d.jti.insert("gone".into(), UnixTime(NOW + 600));
+    revoked.denylist = Arc::new(d);
+    let revoked = snapshot(vec![revoked]);
+    let gone = mint(Hs256, json!({"jti": "gone", "exp": NOW + 100}));
+    let late = mint(Hs256, json!({"exp": NOW - 100}));
+    let bypassed = e.cache_stats().unwrap().bypassed;
+    for _ in 0..32 {
+        for (token, now, want) in [(&gone, NOW, Reason::Revoked), (&late, NOW, Reason::Expired)] {
+            let req = Request::bearer("t", token.as_bytes());
+            let d = e.verify_with(&mut scratch, &revoked, &req, UnixTime(now));
+            assert_eq!(d.reason(), want);
+        }
+    }
+    e.flush(&mut scratch);
+    assert!(e.cache_stats().unwrap().bypassed > bypassed + 32);
+}
+
+/// A working set a little bigger than the cache, reused in a cycle: without
+/// a throttle every miss would be admitted and evict the next token to come
+/// round; with it, the cache settles into a stable part that hits.
+#[test]
+fn a_recurring_working_set_larger_than_the_cache_throttles_admission() {
+    let e = cached(64);
+    let snap = snapshot(vec![tenant("t", &[Hs256])]);
+    let mut scratch = jotd_core::Scratch::new();
+    let set: Vec<String> = (0..96)
+        .map(|i| mint(Hs256, json!({"jti": format!("ws-{i}")})))
+        .collect();
+    let cycle: Vec<String> = (0..6 * 4096).map(|i| set[i % 96].clone()).collect();
+    stream(&e, &snap, &mut scratch, &cycle);
+    let s0 = e.cache_stats().unwrap();
+    assert!(s0.throttled, "{s0:?}");
+    stream(&e, &snap, &mut scratch, &cycle[..4096]);
+    let s1 = e.cache_stats().unwrap();
+    let (hits, inserts) = (s1.hits - s0.hits, s1.inserts - s0.inserts);
+    assert!(
+        hits * 100 >= 4096 * 40,
+        "the stable part hits: {hits} of 4096; {s1:?}"
+    );
+    assert!(inserts * 8 <= 4096, "few inserts once throttled: {inserts}");
+}

@@ -178,7 +178,22 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         "jotd_cache_admission_rejected_total",
         Kind::Counter,
-        "Verified tokens not admitted to the full cache (first sighting within the doorkeeper window)",
+        "Verified tokens not admitted to the full cache (first sighting within the doorkeeper window, or the churn throttle's draw)",
+    ),
+    (
+        "jotd_cache_bypassed_total",
+        Kind::Counter,
+        "Tokens verified without a cache lookup because the cache was not paying for the traffic (only 1 in jotd_cache_sample_every looked up)",
+    ),
+    (
+        "jotd_cache_sample_every",
+        Kind::Gauge,
+        "One token in this many is looked up in the cache: 1 while it pays, 16 while it does not",
+    ),
+    (
+        "jotd_cache_throttled",
+        Kind::Gauge,
+        "1 while cache admission is throttled because most lookups would insert (churn), else 0",
     ),
     (
         "jotd_cache_hit_ratio",
@@ -468,6 +483,9 @@ struct Sampler {
     cache_misses: Counter,
     cache_evictions: Counter,
     cache_rejected: Counter,
+    cache_bypassed: Counter,
+    cache_sample_every: Gauge,
+    cache_throttled: Gauge,
     cache_hit_ratio: Gauge,
     /// Hits and lookups at the last sample, for the ratio over one interval.
     cache_last: std::sync::Mutex<(u64, u64)>,
@@ -491,6 +509,9 @@ impl Sampler {
             cache_misses: counter!("jotd_cache_misses_total"),
             cache_evictions: counter!("jotd_cache_evictions_total"),
             cache_rejected: counter!("jotd_cache_admission_rejected_total"),
+            cache_bypassed: counter!("jotd_cache_bypassed_total"),
+            cache_sample_every: gauge!("jotd_cache_sample_every"),
+            cache_throttled: gauge!("jotd_cache_throttled"),
             cache_hit_ratio: gauge!("jotd_cache_hit_ratio"),
             cache_last: std::sync::Mutex::new((0, 0)),
             cache_entries: gauge!("jotd_cache_entries"),
@@ -519,6 +540,9 @@ impl Sampler {
             self.cache_misses.absolute(c.misses);
             self.cache_evictions.absolute(c.evictions);
             self.cache_rejected.absolute(c.admission_rejected);
+            self.cache_bypassed.absolute(c.bypassed);
+            self.cache_sample_every.set(f64::from(c.sample_every));
+            self.cache_throttled.set(f64::from(u8::from(c.throttled)));
             let lookups = c.hits + c.misses;
             let mut last = self
                 .cache_last

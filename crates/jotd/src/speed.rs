@@ -224,6 +224,9 @@ struct Row {
     hit_ratio: f64,
     /// Resident-set growth over the cached run (the cache's memory), bytes.
     cache_rss: Option<u64>,
+    /// Share of the cached run's tokens verified without a lookup (the cache
+    /// was sampling because it did not pay).
+    bypassed: f64,
 }
 
 fn run_one(w: &Workload, args: &SpeedArgs) -> anyhow::Result<Row> {
@@ -297,13 +300,22 @@ fn run_one(w: &Workload, args: &SpeedArgs) -> anyhow::Result<Row> {
         &engine_step(&cached, w, &reqs, order),
     )?;
     let after = cached.cache_stats().unwrap_or_default();
+    let seen = (after.hits + after.misses + after.bypassed)
+        .saturating_sub(before.hits + before.misses + before.bypassed);
+    let bypassed = if seen == 0 {
+        0.0
+    } else {
+        (after.bypassed - before.bypassed) as f64 / seen as f64
+    };
     let cache_rss = crate::process_metrics::resident_bytes()
         .zip(rss_before)
         .map(|(a, b)| a.saturating_sub(b));
     let (dh, lookups) = match order {
         Order::Cycle => (
             after.hits - before.hits,
-            (after.hits + after.misses) - (before.hits + before.misses),
+            // Every token the cached engine saw: bypassed ones were not looked up.
+            (after.hits + after.misses + after.bypassed)
+                - (before.hits + before.misses + before.bypassed),
         ),
         // The hot set's hit ratio once the scan has streamed past: one lookup of each hot
         // token (a fresh scratch, so no worker's private copy answers), all counted.
@@ -332,6 +344,7 @@ fn run_one(w: &Workload, args: &SpeedArgs) -> anyhow::Result<Row> {
             dh as f64 / lookups as f64
         },
         cache_rss,
+        bypassed,
     })
 }
 
@@ -382,6 +395,7 @@ pub(crate) fn run(args: &SpeedArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     "scan_per_hot": args.hot.map(|_| args.scan_per_hot),
                     "hit_ratio": (row.hit_ratio * 10000.0).round() / 10000.0,
                     "cache_rss_bytes": row.cache_rss,
+                    "bypassed": (row.bypassed * 10000.0).round() / 10000.0,
                 })
             )?;
         } else {
