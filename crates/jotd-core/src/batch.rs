@@ -61,13 +61,74 @@ impl Engine {
             reqs.len(),
             pool.current_num_threads(),
         );
+        let start = self.while_cheap(snapshot, reqs, now, chunk, usize::MAX, &on_chunk);
+        self.verify_rest_on_pool(pool, snapshot, reqs, start, now, chunk, &on_chunk);
+    }
+
+    /// Decides the first items of a batch on the calling thread while they
+    /// are cheap (a cache hit, HMAC, or refused before the signature) and at
+    /// most `limit` of them, handing each chunk to `on_chunk(first_index,
+    /// decisions)`; returns how many were decided (a prefix of `reqs`). A
+    /// driver that must not block (an async I/O thread) calls this first and
+    /// [`Engine::verify_batch_streaming_from`] on the pool for the rest, if
+    /// any. Updates the hint [`Engine::batches_are_cheap`].
+    pub fn verify_batch_while_cheap<F>(
+        &self,
+        snapshot: &Snapshot,
+        reqs: &[Request<'_>],
+        now: UnixTime,
+        limit: usize,
+        on_chunk: F,
+    ) -> usize
+    where
+        F: Fn(usize, Vec<Decision>) + Sync,
+    {
+        let chunk = self.config.chunk_size.get();
+        self.while_cheap(snapshot, reqs, now, chunk, limit, &on_chunk)
+    }
+
+    /// Decides `reqs[start..]` on `pool` as [`Engine::verify_batch_streaming`]
+    /// does after its cheap prefix (indices handed to `on_chunk` count from
+    /// the start of `reqs`).
+    pub fn verify_batch_streaming_from<F>(
+        &self,
+        pool: &ThreadPool,
+        snapshot: &Snapshot,
+        reqs: &[Request<'_>],
+        start: usize,
+        now: UnixTime,
+        on_chunk: F,
+    ) where
+        F: Fn(usize, Vec<Decision>) + Sync,
+    {
+        let chunk = streaming_chunk(
+            self.config.chunk_size.get(),
+            reqs.len().saturating_sub(start),
+            pool.current_num_threads(),
+        );
+        self.verify_rest_on_pool(pool, snapshot, reqs, start, now, chunk, &on_chunk);
+    }
+
+    fn while_cheap<F>(
+        &self,
+        snapshot: &Snapshot,
+        reqs: &[Request<'_>],
+        now: UnixTime,
+        chunk: usize,
+        limit: usize,
+        on_chunk: &F,
+    ) -> usize
+    where
+        F: Fn(usize, Vec<Decision>) + Sync,
+    {
         let mut scratch = Scratch::new();
         let mut start = 0;
         let mut cheap = true;
-        while cheap && start < reqs.len() {
+        let end = reqs.len().min(limit);
+        while cheap && start < end {
             // A short probe first, so a costly batch loses little latency.
             let len = if start == 0 { chunk.min(PROBE) } else { chunk };
-            let part = &reqs[start..(start + len).min(reqs.len())];
+            let part = &reqs[start..(start + len).min(end)];
             let misses = scratch.counts.misses + scratch.counts.bypassed;
             let decisions = self.verify_chunk_unflushed(&mut scratch, snapshot, part, now);
             cheap = decisions.iter().all(|d| {
@@ -82,8 +143,24 @@ impl Engine {
             start += part.len();
         }
         self.cheap
-            .store(start == reqs.len(), std::sync::atomic::Ordering::Relaxed);
-        if start == reqs.len() {
+            .store(cheap, std::sync::atomic::Ordering::Relaxed);
+        start
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn verify_rest_on_pool<F>(
+        &self,
+        pool: &ThreadPool,
+        snapshot: &Snapshot,
+        reqs: &[Request<'_>],
+        start: usize,
+        now: UnixTime,
+        chunk: usize,
+        on_chunk: &F,
+    ) where
+        F: Fn(usize, Vec<Decision>) + Sync,
+    {
+        if start >= reqs.len() {
             return;
         }
         let rest = &reqs[start..];

@@ -8,7 +8,11 @@
 //!    against one snapshot, emitting `Decisions` frames as chunks complete.
 //!    `unknown_kid` items of tenants whose snapshot entry has
 //!    [`remote_keys`](jotd_core::Tenant::remote_keys) are held back, and
-//!    [`Next::Refetch`] names their tenants.
+//!    [`Next::Refetch`] names their tenants. A driver that runs on an async
+//!    I/O thread may first call [`BatchJob::verify_while_cheap`] there: it
+//!    decides items while they are cheap (cache hits, HMAC, refusals before
+//!    the signature), up to a limit, and answers [`Next::Pool`] when the
+//!    rest needs the pool, where [`BatchJob::verify`] decides what is left.
 //! 3. The driver refetches (however it likes) and calls [`BatchJob::resume`]
 //!    with the new snapshot, or `None` to send the held decisions as they are.
 //! 4. [`BatchJob::finish`] gives the one [`BatchReport`].
@@ -119,6 +123,9 @@ const HELD_CHUNK: usize = 256;
 pub enum Next {
     /// Every item is decided; call [`BatchJob::finish`].
     Done,
+    /// Items are left that need the pool (costly, or past the inline limit):
+    /// call [`BatchJob::verify`] there.
+    Pool,
     /// Items of these tenants are held on `unknown_kid`: refetch their keys,
     /// then call [`BatchJob::resume`].
     Refetch(Vec<String>),
@@ -150,6 +157,8 @@ pub struct BatchJob {
     request_id: u64,
     items: Vec<ItemSpans>,
     addresses: Vec<Span>,
+    /// Items `0..decided` have their decisions (sent, or held).
+    decided: usize,
     held: Vec<(u32, Decision)>,
     report: BatchReport,
 }
@@ -198,6 +207,7 @@ impl BatchJob {
             request_id,
             items,
             addresses,
+            decided: 0,
             held: Vec::new(),
             report: BatchReport {
                 request_id: Some(request_id),
@@ -241,6 +251,7 @@ impl BatchJob {
 
     /// Decides every item against `snapshot` at `now`, emitting `Decisions`
     /// frames as chunks complete.
+    /// Items [`BatchJob::verify_while_cheap`] already decided are not decided again.
     pub fn verify(
         &mut self,
         cx: &JobContext<'_>,
@@ -248,27 +259,61 @@ impl BatchJob {
         now: UnixTime,
         emit: Emit<'_>,
     ) -> Next {
+        self.decide_pending(cx, snapshot, now, None, emit)
+    }
+
+    /// Decides items on the calling thread (never the pool) while they are
+    /// cheap, at most `limit` of them: [`Next::Pool`] when items are left
+    /// for [`BatchJob::verify`] on the pool, else as `verify` answers. For a
+    /// driver on an async I/O thread, where waking a pool thread for a batch
+    /// of cached tokens costs more than deciding it.
+    pub fn verify_while_cheap(
+        &mut self,
+        cx: &JobContext<'_>,
+        snapshot: &Snapshot,
+        now: UnixTime,
+        limit: usize,
+        emit: Emit<'_>,
+    ) -> Next {
+        self.decide_pending(cx, snapshot, now, Some(limit), emit)
+    }
+
+    fn decide_pending(
+        &mut self,
+        cx: &JobContext<'_>,
+        snapshot: &Snapshot,
+        now: UnixTime,
+        inline: Option<usize>,
+        emit: Emit<'_>,
+    ) -> Next {
         let started = (cx.clock)();
-        self.report.tally = Tally::watching(cx.watch.cloned());
-        let all: Vec<u32> = (0..self.items.len() as u32).collect();
+        if self.decided == 0 {
+            self.report.tally = Tally::watching(cx.watch.cloned());
+        }
+        let pending: Vec<u32> = (self.decided as u32..self.items.len() as u32).collect();
         let hold = |tenant: &str, d: &Decision| {
             d.reason() == Reason::UnknownKid
                 && snapshot.tenant(tenant).is_some_and(|t| t.remote_keys)
         };
-        let held = self.decide(cx, snapshot, now, &all, Some(&hold), emit);
+        let (mut held, decided) =
+            self.decide(cx, snapshot, now, &pending, Some(&hold), inline, emit);
+        self.decided += decided;
+        self.held.append(&mut held);
         self.report.verify += (cx.clock)().saturating_duration_since(started);
-        if held.is_empty() {
+        if self.decided < self.items.len() {
+            return Next::Pool;
+        }
+        if self.held.is_empty() {
             return Next::Done;
         }
         let mut tenants: Vec<String> = Vec::new();
-        for (i, _) in &held {
+        for (i, _) in &self.held {
             let t = self.tenant(*i);
             if !tenants.iter().any(|known| known == t) {
                 tenants.push(t.to_owned());
             }
         }
-        self.report.held = held.len();
-        self.held = held;
+        self.report.held = self.held.len();
         Next::Refetch(tenants)
     }
 
@@ -289,7 +334,7 @@ impl BatchJob {
         if let Some(snapshot) = snapshot {
             self.report.refetched = true;
             let picked: Vec<u32> = held.iter().map(|(i, _)| *i).collect();
-            self.decide(cx, snapshot, now, &picked, None, emit);
+            self.decide(cx, snapshot, now, &picked, None, None, emit);
         } else {
             let mut tally = self.report.tally.empty_like();
             let mut denials = Vec::new();
@@ -376,8 +421,12 @@ impl BatchJob {
         }
     }
 
-    /// Decides the items `picked` on the pool, emitting frames; returns the
-    /// decisions `hold` kept back.
+    /// Decides the items `picked` on the pool, or with `inline` a prefix of
+    /// them on the calling thread while they are cheap (at most that many),
+    /// emitting frames; returns the decisions `hold` kept back and how many
+    /// of `picked` were decided (all of them after a failure: the batch has
+    /// ended with its error frame).
+    #[allow(clippy::too_many_arguments)]
     fn decide(
         &mut self,
         cx: &JobContext<'_>,
@@ -385,8 +434,9 @@ impl BatchJob {
         now: UnixTime,
         picked: &[u32],
         hold: Option<Hold<'_>>,
+        inline: Option<usize>,
         emit: Emit<'_>,
-    ) -> Vec<(u32, Decision)> {
+    ) -> (Vec<(u32, Decision)>, usize) {
         let addresses: Vec<&str> = self.addresses.iter().map(|s| self.text(*s)).collect();
         let requests: Vec<Request<'_>> = picked
             .iter()
@@ -409,44 +459,53 @@ impl BatchJob {
         let shared = Mutex::new((self.report.tally.empty_like(), Vec::new()));
         let id = self.request_id;
         let this = &*self;
-        cx.engine
-            .verify_batch_streaming(cx.pool, snapshot, &requests, now, |first, decisions| {
-                let mut tally = this.report.tally.empty_like();
-                let mut denials = Vec::new();
-                let mut keep = Vec::new();
-                let mut wire = Vec::with_capacity(decisions.len());
-                for (k, d) in decisions.iter().enumerate() {
-                    let index = picked[first + k];
-                    if let Some(hold) = hold
-                        && hold(requests[first + k].tenant, d)
-                    {
-                        keep.push(k);
-                        continue;
-                    }
-                    Self::account(cx, index, &requests[first + k], d, &mut tally, &mut denials);
-                    wire.push(WireDecision::from_decision(index, d));
-                }
-                if !wire.is_empty() {
-                    match chunk_frame(id, wire) {
-                        Some(frame) => {
-                            emit(frame);
-                            frames.fetch_add(1, Ordering::Relaxed);
-                        }
-                        None => failed.store(true, Ordering::Relaxed),
-                    }
-                }
+        let on_chunk = |first: usize, decisions: Vec<Decision>| {
+            let mut tally = this.report.tally.empty_like();
+            let mut denials = Vec::new();
+            let mut keep = Vec::new();
+            let mut wire = Vec::with_capacity(decisions.len());
+            for (k, d) in decisions.iter().enumerate() {
+                let index = picked[first + k];
+                if let Some(hold) = hold
+                    && hold(requests[first + k].tenant, d)
                 {
-                    let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
-                    shared.0.merge(&tally);
-                    shared.1.append(&mut denials);
+                    keep.push(k);
+                    continue;
                 }
-                if !keep.is_empty() {
-                    let mut held = held.lock().unwrap_or_else(PoisonError::into_inner);
-                    for k in keep {
-                        held.push((picked[first + k], decisions[k].clone()));
+                Self::account(cx, index, &requests[first + k], d, &mut tally, &mut denials);
+                wire.push(WireDecision::from_decision(index, d));
+            }
+            if !wire.is_empty() {
+                match chunk_frame(id, wire) {
+                    Some(frame) => {
+                        emit(frame);
+                        frames.fetch_add(1, Ordering::Relaxed);
                     }
+                    None => failed.store(true, Ordering::Relaxed),
                 }
-            });
+            }
+            {
+                let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                shared.0.merge(&tally);
+                shared.1.append(&mut denials);
+            }
+            if !keep.is_empty() {
+                let mut held = held.lock().unwrap_or_else(PoisonError::into_inner);
+                for k in keep {
+                    held.push((picked[first + k], decisions[k].clone()));
+                }
+            }
+        };
+        let decided = match inline {
+            Some(limit) => cx
+                .engine
+                .verify_batch_while_cheap(snapshot, &requests, now, limit, on_chunk),
+            None => {
+                cx.engine
+                    .verify_batch_streaming(cx.pool, snapshot, &requests, now, on_chunk);
+                requests.len()
+            }
+        };
         drop(requests);
         drop(addresses);
         let (tally, mut denials) = shared.into_inner().unwrap_or_else(PoisonError::into_inner);
@@ -455,9 +514,12 @@ impl BatchJob {
         self.report.frames += frames.into_inner();
         if failed.into_inner() {
             self.fail_internal(emit);
-            return Vec::new();
+            return (Vec::new(), picked.len());
         }
-        held.into_inner().unwrap_or_else(PoisonError::into_inner)
+        (
+            held.into_inner().unwrap_or_else(PoisonError::into_inner),
+            decided,
+        )
     }
 }
 

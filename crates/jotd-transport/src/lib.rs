@@ -19,7 +19,6 @@ mod client;
 mod codec;
 #[cfg(feature = "dev-pki")]
 mod dev_pki;
-mod dispatch;
 mod job;
 mod messages;
 mod options;

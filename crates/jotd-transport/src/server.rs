@@ -192,8 +192,6 @@ pub(crate) struct Shared {
     pub(crate) opts: ServerOptions,
     pub(crate) engine: Arc<Engine>,
     pub(crate) pool: Arc<ThreadPool>,
-    /// Runs the batch jobs (blocking waits; the pool does the parallel part).
-    pub(crate) dispatch: crate::dispatch::Dispatch,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) tokens: Arc<Semaphore>,
     pub(crate) request_bytes: Arc<Semaphore>,
@@ -225,9 +223,6 @@ pub enum ServerError {
     /// An option is out of range.
     #[error(transparent)]
     Options(#[from] crate::options::OptionsError),
-    /// The batch threads could not be started.
-    #[error("cannot start the batch threads: {0}")]
-    Threads(std::io::Error),
 }
 
 impl Server {
@@ -252,8 +247,6 @@ impl Server {
                 addr: opts.listen,
                 source,
             })?;
-        let dispatch = crate::dispatch::Dispatch::start(2 * pool.current_num_threads())
-            .map_err(ServerError::Threads)?;
         let (drain, draining) = watch::channel(false);
         let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
         Ok(Self {
@@ -264,7 +257,6 @@ impl Server {
                 opts,
                 engine,
                 pool,
-                dispatch,
                 backend,
                 stats: Arc::new(ServerStats::default()),
                 draining,

@@ -532,3 +532,106 @@ fn denials_are_recorded_only_when_asked_and_never_with_the_token() {
         );
     }
 }
+
+/// A driver on an I/O thread decides cheap items itself (`verify_while_cheap`)
+/// and leaves what is costly, or past its limit, to `verify` on the pool:
+/// every item once across both steps, `unknown_kid` items held in either
+/// step, one report that counts each item once.
+#[test]
+fn cheap_items_are_decided_inline_and_the_rest_on_the_pool() {
+    let f = fixture();
+    let hs =
+        f.hs.mint(Some("hs"), &format!(r#"{{"exp":{}}}"#, NOW + 60))
+            .unwrap();
+    let es =
+        f.es.mint(Some("es"), &format!(r#"{{"exp":{}}}"#, NOW + 60))
+            .unwrap();
+    // Before the refetch neither tenant has the HMAC key: `hs` at "t" is a
+    // final unknown_kid (cheap, refused before the signature), at "remote"
+    // it is held. `es` needs an ECDSA verification (costly).
+    let mut items: Vec<(Option<&str>, &str)> = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..60 {
+        let (item, reason) = match i {
+            0 | 50 => ((Some(hs.as_str()), "remote"), Reason::Ok),
+            20 => ((Some(es.as_str()), "t"), Reason::Ok),
+            55 => ((Some(es.as_str()), "remote"), Reason::Ok),
+            _ => ((Some(hs.as_str()), "t"), Reason::UnknownKid),
+        };
+        items.push(item);
+        want.push(reason);
+    }
+    let input = batch(9, &items);
+    let before = remote_snapshot(&f, 1, false);
+    let after = remote_snapshot(&f, 2, true);
+    let clock = FakeClock::new();
+    let read = || clock.read();
+    let cx = context(&f, &read, None, false);
+    let sent = Mutex::new(Vec::new());
+    let emit = |frame: Vec<u8>| sent.lock().unwrap().push(frame);
+
+    let mut job = BatchJob::decode(input, &Limits::default()).unwrap();
+    assert_eq!(
+        job.verify_while_cheap(&cx, &before, UnixTime(NOW), 128, &emit),
+        Next::Pool,
+        "the chunk with the ECDSA token ends the inline part"
+    );
+    assert!(!f.engine.batches_are_cheap());
+    let inline: usize = sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|fr| {
+            let frame = next_frame(fr, &Limits::default()).unwrap().unwrap();
+            decode_decisions(frame.body).unwrap().decisions.len()
+        })
+        .sum();
+    assert!(
+        (19..50).contains(&inline),
+        "{inline} decisions sent inline (item 0 held)"
+    );
+    assert_eq!(
+        job.verify(&cx, &before, UnixTime(NOW), &emit),
+        Next::Refetch(vec!["remote".to_owned()])
+    );
+    assert_eq!(
+        job.resume(&cx, Some(&after), UnixTime(NOW), &emit),
+        Next::Done
+    );
+    let report = job.finish();
+    assert_eq!(decisions(&sent.into_inner().unwrap(), 60, 9), want);
+    assert_eq!(
+        (report.items, report.held, report.refetched, report.error),
+        (60, 2, true, None)
+    );
+    let counted: u32 = report.tally.iter().map(|(_, _, n)| n).sum();
+    assert_eq!(counted, 60, "each item counted once");
+
+    // All cheap but longer than the limit: the limit's worth inline, the rest on the pool.
+    let long: Vec<(Option<&str>, &str)> = (0..200).map(|_| (Some(hs.as_str()), "t")).collect();
+    let sent = Mutex::new(Vec::new());
+    let emit = |frame: Vec<u8>| sent.lock().unwrap().push(frame);
+    let mut job = BatchJob::decode(batch(10, &long), &Limits::default()).unwrap();
+    assert_eq!(
+        job.verify_while_cheap(&cx, &before, UnixTime(NOW), 128, &emit),
+        Next::Pool
+    );
+    assert!(f.engine.batches_are_cheap());
+    assert_eq!(job.verify(&cx, &before, UnixTime(NOW), &emit), Next::Done);
+    assert_eq!(job.finish().items, 200);
+    assert_eq!(
+        decisions(&sent.into_inner().unwrap(), 200, 10),
+        vec![Reason::UnknownKid; 200]
+    );
+
+    // Short and cheap: done inline, nothing for the pool.
+    let sent = Mutex::new(Vec::new());
+    let emit = |frame: Vec<u8>| sent.lock().unwrap().push(frame);
+    let mut job = BatchJob::decode(batch(11, &long[..40]), &Limits::default()).unwrap();
+    assert_eq!(
+        job.verify_while_cheap(&cx, &before, UnixTime(NOW), 128, &emit),
+        Next::Done
+    );
+    assert_eq!(job.finish().items, 40);
+    assert_eq!(decisions(&sent.into_inner().unwrap(), 40, 11).len(), 40);
+}
