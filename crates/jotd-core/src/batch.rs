@@ -70,8 +70,8 @@ impl Engine {
     /// most `limit` of them, handing each chunk to `on_chunk(first_index,
     /// decisions)`; returns how many were decided (a prefix of `reqs`). A
     /// driver that must not block (an async I/O thread) calls this first and
-    /// [`Engine::verify_batch_streaming_from`] on the pool for the rest, if
-    /// any. Updates the hint [`Engine::batches_are_cheap`].
+    /// [`Engine::verify_batch_streaming`] on the pool for the rest
+    /// (`reqs[n..]`), if any. Updates the hint [`Engine::batches_are_cheap`].
     pub fn verify_batch_while_cheap<F>(
         &self,
         snapshot: &Snapshot,
@@ -85,28 +85,6 @@ impl Engine {
     {
         let chunk = self.config.chunk_size.get();
         self.while_cheap(snapshot, reqs, now, chunk, limit, &on_chunk)
-    }
-
-    /// Decides `reqs[start..]` on `pool` as [`Engine::verify_batch_streaming`]
-    /// does after its cheap prefix (indices handed to `on_chunk` count from
-    /// the start of `reqs`).
-    pub fn verify_batch_streaming_from<F>(
-        &self,
-        pool: &ThreadPool,
-        snapshot: &Snapshot,
-        reqs: &[Request<'_>],
-        start: usize,
-        now: UnixTime,
-        on_chunk: F,
-    ) where
-        F: Fn(usize, Vec<Decision>) + Sync,
-    {
-        let chunk = streaming_chunk(
-            self.config.chunk_size.get(),
-            reqs.len().saturating_sub(start),
-            pool.current_num_threads(),
-        );
-        self.verify_rest_on_pool(pool, snapshot, reqs, start, now, chunk, &on_chunk);
     }
 
     fn while_cheap<F>(
