@@ -219,7 +219,7 @@ struct Row {
     engine: f64,
     cached: f64,
     raw: f64,
-    /// The cached run's hit ratio (of every lookup; with `--hot`, of one lookup
+    /// The cached run's hit ratio (of every token, bypassed ones included; with `--hot`, of one lookup
     /// of each hot token right after the scan).
     hit_ratio: f64,
     /// Resident-set growth over the cached run (the cache's memory), bytes.
