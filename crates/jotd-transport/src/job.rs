@@ -46,7 +46,9 @@ type Hold<'a> = &'a (dyn Fn(&str, &Decision) -> bool + Sync);
 pub struct JobContext<'a> {
     /// The engine.
     pub engine: &'a Engine,
-    /// The verification pool (the job's work runs there; never a tokio thread).
+    /// The verification pool: [`BatchJob::verify`] and [`BatchJob::resume`]
+    /// run there; [`BatchJob::verify_while_cheap`] runs on the caller's thread
+    /// and never touches it.
     pub pool: &'a ThreadPool,
     /// Tenants also counted one by one in the report's tally.
     pub watch: Option<&'a Arc<TenantWatch>>,

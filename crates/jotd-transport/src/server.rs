@@ -1,8 +1,9 @@
 //! The QUIC server: moves bytes between QUIC streams and batch jobs. Each
 //! stream's request is read under the server's limits and handed to a
-//! [`BatchJob`](crate::BatchJob) that runs on the dedicated rayon pool (no
-//! tokio worker ever waits on crypto); its frames are written back as they
-//! come. Every decision is the job's; this module only decides when to stop
+//! [`BatchJob`](crate::BatchJob): a cheap batch (cached tokens, HMAC; at
+//! most 128 items) is decided on the stream's own task, anything costly on
+//! the dedicated rayon pool (no tokio worker waits on the pool or on a
+//! costly signature check); its frames are written back as they come. Every decision is the job's; this module only decides when to stop
 //! listening.
 //!
 //! Connections: an attempt takes a handshake slot (`max_handshakes`, Retry

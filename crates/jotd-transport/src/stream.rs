@@ -342,7 +342,8 @@ fn run_step(
 }
 
 /// Runs one step of `job` on the verification pool, its frames into
-/// `frames`; `None` when it panicked. No tokio thread waits on crypto.
+/// `frames`; `None` when it panicked. The stream's task awaits the answer
+/// without blocking its tokio thread.
 async fn on_pool(
     shared: &Arc<Shared>,
     frames: &mpsc::UnboundedSender<Vec<u8>>,
