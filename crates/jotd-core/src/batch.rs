@@ -67,7 +67,8 @@ impl Engine {
 
     /// Decides the first items of a batch on the calling thread while they
     /// are cheap (a cache hit, HMAC, or refused before the signature) and at
-    /// most `limit` of them, handing each chunk to `on_chunk(first_index,
+    /// most `limit` of them, stopping right after the first costly one,
+    /// handing each chunk to `on_chunk(first_index,
     /// decisions)`; returns how many were decided (a prefix of `reqs`). A
     /// driver that must not block (an async I/O thread) calls this first and
     /// [`Engine::verify_batch_streaming`] on the pool for the rest
@@ -107,18 +108,27 @@ impl Engine {
             // A short probe first, so a costly batch loses little latency.
             let len = if start == 0 { chunk.min(PROBE) } else { chunk };
             let part = &reqs[start..(start + len).min(end)];
-            let misses = scratch.counts.misses + scratch.counts.bypassed;
-            let decisions = self.verify_chunk_unflushed(&mut scratch, snapshot, part, now);
-            cheap = decisions.iter().all(|d| {
-                d.token().is_none_or(|t| {
+            let mut decisions = Vec::with_capacity(part.len());
+            for r in part {
+                let misses = scratch.counts.misses + scratch.counts.bypassed;
+                let d = self.verify_with(&mut scratch, snapshot, r, now);
+                // Costly: a signature other than HMAC was checked (not a cache hit).
+                cheap = d.token().is_none_or(|t| {
                     t.alg().family() == crate::KeyFamily::Hmac
                         || (self.cache.is_some()
                             && scratch.counts.misses + scratch.counts.bypassed == misses)
-                })
-            });
+                });
+                decisions.push(d);
+                if !cheap {
+                    // The rest goes where costly work belongs: at most this
+                    // one costly item was decided on the calling thread.
+                    break;
+                }
+            }
             self.flush(&mut scratch);
+            let decided = decisions.len();
             on_chunk(start, decisions);
-            start += part.len();
+            start += decided;
         }
         self.cheap
             .store(cheap, std::sync::atomic::Ordering::Relaxed);
