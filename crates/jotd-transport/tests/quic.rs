@@ -373,18 +373,23 @@ async fn overload_is_an_error_frame_after_the_wait() {
     };
     let r = start(backend, opts, false);
     let c = Arc::new(client(&r, vec![r.addr], false));
-    let tokens: Arc<Vec<String>> = Arc::new(
-        (0..100)
-            .map(|i| {
-                rs.mint(Some("rs"), &claims(&format!("{i}"), NOW + 60))
-                    .unwrap()
-            })
-            .collect(),
-    );
+    // Tokens of its own per batch: none is a cache hit, so every batch needs
+    // RSA on the pool and the eight overlap (cached ones would be decided in
+    // microseconds on the I/O thread, one after the other). All minted
+    // before any batch is sent.
+    let batches: Vec<Vec<String>> = (0..8)
+        .map(|task| {
+            (0..100)
+                .map(|i| {
+                    rs.mint(Some("rs"), &claims(&format!("{task}-{i}"), NOW + 60))
+                        .unwrap()
+                })
+                .collect()
+        })
+        .collect();
     let mut tasks = Vec::new();
-    for _ in 0..8 {
+    for tokens in batches {
         let c = Arc::clone(&c);
-        let tokens = Arc::clone(&tokens);
         tasks.push(tokio::spawn(async move {
             let items: Vec<Item<'_>> = tokens.iter().map(|t| item(Some(t), "t")).collect();
             c.verify_all(&items).await
