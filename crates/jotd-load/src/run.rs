@@ -202,6 +202,13 @@ pub struct EndpointCounts {
     pub failures: u64,
     /// Times it was ejected.
     pub ejections: u64,
+    /// The smallest path MTU (UDP payload bytes) its live connections had
+    /// proved when the run ended.
+    pub path_mtu: Option<u16>,
+    /// Packets the client's live connections to it declared lost.
+    pub lost_packets: u64,
+    /// Packets the client's live connections to it sent.
+    pub sent_packets: u64,
 }
 
 impl From<jotd_transport::ClientStats> for Fleet {
@@ -214,12 +221,20 @@ impl From<jotd_transport::ClientStats> for Fleet {
                     c.sent += e.sent;
                     c.failures += e.failures;
                     c.ejections += e.ejections;
+                    if let Some(p) = &e.path {
+                        c.path_mtu = Some(c.path_mtu.map_or(p.mtu, |m| m.min(p.mtu)));
+                        c.lost_packets += p.lost_packets;
+                        c.sent_packets += p.sent_packets;
+                    }
                 }
                 None => endpoints.push(EndpointCounts {
                     endpoint: name,
                     sent: e.sent,
                     failures: e.failures,
                     ejections: e.ejections,
+                    path_mtu: e.path.as_ref().map(|p| p.mtu),
+                    lost_packets: e.path.as_ref().map_or(0, |p| p.lost_packets),
+                    sent_packets: e.path.as_ref().map_or(0, |p| p.sent_packets),
                 }),
             }
         }
@@ -753,8 +768,14 @@ pub fn print(r: &Report) {
     );
     for e in &f.endpoints {
         println!(
-            "  {:<22} sent {}  failures {}  ejections {}",
-            e.endpoint, e.sent, e.failures, e.ejections
+            "  {:<22} sent {}  failures {}  ejections {}  path mtu {}  packets lost {} of {}",
+            e.endpoint,
+            e.sent,
+            e.failures,
+            e.ejections,
+            e.path_mtu.map_or_else(|| "-".to_owned(), |m| m.to_string()),
+            e.lost_packets,
+            e.sent_packets
         );
     }
     if r.reloads > 0 {

@@ -30,7 +30,7 @@ mod tls;
 pub use client::{
     Batcher, BatcherOptions, BatcherStats, Check, CheckError, Client, ClientDecision, ClientError,
     ClientOptions, ClientStats, ConnectionFailure, EndpointStats, FlushReason, HedgePolicy,
-    Pending, Resolve, ResolveFuture, SystemResolver, Violation,
+    PathStats, Pending, Resolve, ResolveFuture, SystemResolver, Violation,
 };
 pub use codec::{
     DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_ITEMS, FrameType, HARD_MAX_FRAME_BYTES, Limits, RawFrame,

@@ -174,12 +174,91 @@ impl ServerOptions {
     }
 }
 
-/// Path MTU discovery up to jumbo frames: batches are tens of kilobytes, and
-/// fewer, larger packets cost far less CPU on both ends. Discovery probes; a
-/// path that drops large packets keeps the size it proved (quinn's black-hole
-/// detection falls back).
+/// The largest UDP payload jotd sends and advertises (the QUIC
+/// `max_udp_payload_size` transport parameter). quinn's default is 1,472
+/// (Ethernet), and a peer never sends more than the other side advertises,
+/// so without this path-MTU discovery stops at 1,472 whatever its upper bound.
+pub(crate) const MAX_UDP_PAYLOAD: u16 = MTU_UPPER_BOUND;
+
+/// Path MTU discovery goes up to this: batches are tens of kilobytes, and
+/// fewer, larger packets cost far less CPU on both ends (one encryption, one
+/// header, one acknowledgement each). A path that drops large packets keeps
+/// the size it proved: discovery probes, and quinn's black-hole detection
+/// falls back. Loopback and jumbo-frame networks reach the bound; plain
+/// Ethernet stays at 1,452.
+///
+/// Why not more: quinn hands the kernel up to 10 packets in one
+/// segmentation-offload (GSO) send, and Linux refuses a send over 65,507
+/// bytes (one IPv4 UDP datagram's limit) with EINVAL or EMSGSIZE. quinn drops
+/// that send (the packets are lost) and turns GSO off for the socket for
+/// good. 10 × 6,550 = 65,500 stays under the limit.
+pub(crate) const MTU_UPPER_BOUND: u16 = 6550;
+
+/// Path-MTU discovery up to [`MTU_UPPER_BOUND`].
 pub(crate) fn mtu_discovery() -> quinn::MtuDiscoveryConfig {
     let mut m = quinn::MtuDiscoveryConfig::default();
-    m.upper_bound(8952);
+    m.upper_bound(MTU_UPPER_BOUND);
     m
+}
+
+/// The UDP socket buffers jotd asks for, each way. The kernel default
+/// (about 208 KiB) holds about a hundred datagrams: a burst of batches from a
+/// few clients overflows it, the kernel drops datagrams, and QUIC reads the
+/// drops as congestion (smaller window, retransmissions, hedges in the
+/// client) and as an MTU black hole (back to 1,200-byte packets).
+pub(crate) const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+/// Asks for [`SOCKET_BUFFER_BYTES`] each way; Linux caps the request at
+/// `net.core.rmem_max` / `wmem_max`, so what was granted is logged.
+fn socket_buffers(socket: &socket2::Socket) {
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    let recv = socket.recv_buffer_size().unwrap_or(0);
+    let send = socket.send_buffer_size().unwrap_or(0);
+    // Linux reports twice what it grants (bookkeeping overhead included).
+    if recv < SOCKET_BUFFER_BYTES || send < SOCKET_BUFFER_BYTES {
+        tracing::info!(
+            recv_buffer_bytes = recv,
+            send_buffer_bytes = send,
+            wanted = SOCKET_BUFFER_BYTES,
+            "UDP socket buffers smaller than wanted; raise net.core.rmem_max and \
+             net.core.wmem_max to at least {} (sysctl) to avoid drops under bursts",
+            SOCKET_BUFFER_BYTES / 2
+        );
+    } else {
+        tracing::debug!(
+            recv_buffer_bytes = recv,
+            send_buffer_bytes = send,
+            "UDP socket buffers"
+        );
+    }
+}
+
+/// A QUIC endpoint on `addr` (a server when `server` is set) that advertises
+/// [`MAX_UDP_PAYLOAD`]. An IPv6 address also takes IPv4 where the system
+/// allows it (as `quinn::Endpoint::client` does).
+pub(crate) fn endpoint(
+    addr: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6()
+        && server.is_none()
+        && let Err(e) = socket.set_only_v6(false)
+    {
+        tracing::debug!(%e, "unable to make the socket dual-stack");
+    }
+    socket.bind(&addr.into())?;
+    socket_buffers(&socket);
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .map_err(|e| std::io::Error::other(format!("max_udp_payload_size: {e}")))?;
+    quinn::Endpoint::new(
+        config,
+        server,
+        socket.into(),
+        std::sync::Arc::new(quinn::TokioRuntime),
+    )
 }

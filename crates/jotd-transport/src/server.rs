@@ -243,11 +243,12 @@ impl Server {
             .map_err(|e| ServerError::Tls(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(opts.transport()));
-        let endpoint =
-            Endpoint::server(config, opts.listen).map_err(|source| ServerError::Bind {
+        let endpoint = crate::options::endpoint(opts.listen, Some(config)).map_err(|source| {
+            ServerError::Bind {
                 addr: opts.listen,
                 source,
-            })?;
+            }
+        })?;
         let (drain, draining) = watch::channel(false);
         let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
         Ok(Self {

@@ -525,3 +525,63 @@ async fn the_client_spreads_over_endpoints_and_survives_a_dead_one() {
     done2.await.unwrap();
     r1.stop().await;
 }
+
+/// Both ends advertise a large `max_udp_payload_size`, so path-MTU discovery
+/// on loopback goes past Ethernet's 1,472 (quinn's default caps it there),
+/// and the size it reaches survives bursts: each offloaded (GSO) send of up
+/// to 10 packets stays within the kernel's 64 KiB, so none is refused, lost,
+/// and read as an MTU black hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_mtu_discovery_goes_past_ethernet_and_survives_bursts() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let r = start(backend, ServerOptions::default(), false);
+    let c = client(&r, vec![r.addr], false);
+    let mtu = |c: &Client| c.stats().endpoints[0].path.as_ref().map(|p| p.mtu);
+    let token = k.hs.mint(Some("hs"), &claims("alice", NOW + 60)).unwrap();
+    let items: Vec<Item<'_>> = (0..64).map(|_| item(Some(&token), "t")).collect();
+    for _ in 0..100 {
+        let decisions = c.verify_all(&items).await.unwrap();
+        assert!(decisions.iter().all(|d| d.reason() == Some(Reason::Ok)));
+        if mtu(&c).is_some_and(|m| m > 1472_u16) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let found = mtu(&c);
+    assert!(
+        found.is_some_and(|m| m > 1472_u16),
+        "path MTU stayed at {found:?} on loopback"
+    );
+    // Bursts: batches of ~170 KiB (2 KiB of claims per token), 16 at a time,
+    // so the client sends many full packets in each offloaded send.
+    let pad = "x".repeat(2048);
+    let big = Arc::new(
+        k.hs.mint(
+            Some("hs"),
+            &format!(r#"{{"sub":"alice","exp":{},"pad":"{pad}"}}"#, NOW + 60),
+        )
+        .unwrap(),
+    );
+    let c = Arc::new(c);
+    for _ in 0..8 {
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (c, big) = (Arc::clone(&c), Arc::clone(&big));
+            tasks.push(tokio::spawn(async move {
+                let items: Vec<Item<'_>> = (0..64).map(|_| item(Some(&big), "t")).collect();
+                let got = c.verify_all(&items).await.unwrap();
+                assert!(got.iter().all(|d| d.reason() == Some(Reason::Ok)));
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    let after = mtu(&c);
+    assert!(
+        after >= found,
+        "path MTU fell from {found:?} to {after:?} after bursts (a black hole was detected)"
+    );
+    r.stop().await;
+}

@@ -396,6 +396,23 @@ pub struct EndpointStats {
     pub failures: u64,
     /// Times it was ejected.
     pub ejections: u64,
+    /// The live connection's path, if there is one.
+    pub path: Option<PathStats>,
+}
+
+/// What QUIC knows of one live connection's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathStats {
+    /// The UDP payload size path-MTU discovery has proved (1,200 at the
+    /// start; up to 6,550 on loopback and jumbo-frame networks).
+    pub mtu: u16,
+    /// Packets this side declared lost (drops, or reordering past QUIC's
+    /// thresholds); on loopback any loss means full socket buffers.
+    pub lost_packets: u64,
+    /// Packets this side sent.
+    pub sent_packets: u64,
+    /// The smoothed round-trip time.
+    pub rtt: Duration,
 }
 
 struct SlotState {
@@ -540,7 +557,7 @@ impl Client {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let endpoint = Endpoint::client(local)
+        let endpoint = crate::options::endpoint(local, None)
             .map_err(|e| ClientError::Config(format!("cannot bind {local}: {e}")))?;
         let per = opts.connections_per_endpoint.max(1);
         let slots: Vec<Arc<Slot>> = opts
@@ -606,6 +623,20 @@ impl Client {
                     sent: slot.sent.load(Ordering::Relaxed),
                     failures: slot.failed.load(Ordering::Relaxed),
                     ejections: slot.ejections.load(Ordering::Relaxed),
+                    path: slot
+                        .lock()
+                        .conn
+                        .as_ref()
+                        .filter(|c| c.close_reason().is_none())
+                        .map(|c| {
+                            let p = c.stats().path;
+                            PathStats {
+                                mtu: p.current_mtu,
+                                lost_packets: p.lost_packets,
+                                sent_packets: p.sent_packets,
+                                rtt: p.rtt,
+                            }
+                        }),
                 })
                 .collect(),
         }
