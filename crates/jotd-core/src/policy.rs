@@ -101,23 +101,9 @@ pub(crate) fn authorize(
 }
 
 fn allowlist(g: &Grants<'_>, req: &Request<'_>) -> Result<(), Reason> {
-    if let Some(methods) = &g.methods {
-        let method = req.method.ok_or(Reason::MethodNotAllowed)?;
-        if !methods.iter().any(|m| m == method) {
-            return Err(Reason::MethodNotAllowed);
-        }
-    }
-    if let Some(allowed) = &g.addresses {
-        // Every address the request touches must be allowed; hex compares case-insensitively
-        // (EIP-55 checksums are mixed case).
-        let ok = req
-            .addresses
-            .iter()
-            .all(|a| allowed.iter().any(|x| x.eq_ignore_ascii_case(a)));
-        if !ok {
-            return Err(Reason::AddressNotAllowed);
-        }
-    }
+    // What the request as a whole carries (Origin, User-Agent) first, then
+    // each call's method and addresses: a check with no method (a WebSocket
+    // upgrade, forward-auth without a body) still learns an Origin refusal.
     if let Some(origins) = &g.origins {
         // Parsed once per request, then matched against each entry.
         let origin = req
@@ -135,6 +121,23 @@ fn allowlist(g: &Grants<'_>, req: &Request<'_>) -> Result<(), Reason> {
         let ua = req.user_agent.ok_or(Reason::UserAgentNotAllowed)?;
         if !agents.iter().any(|p| ua.contains(&**p)) {
             return Err(Reason::UserAgentNotAllowed);
+        }
+    }
+    if let Some(methods) = &g.methods {
+        let method = req.method.ok_or(Reason::MethodNotAllowed)?;
+        if !methods.iter().any(|m| m == method) {
+            return Err(Reason::MethodNotAllowed);
+        }
+    }
+    if let Some(allowed) = &g.addresses {
+        // Every address the request touches must be allowed; hex compares case-insensitively
+        // (EIP-55 checksums are mixed case).
+        let ok = req
+            .addresses
+            .iter()
+            .all(|a| allowed.iter().any(|x| x.eq_ignore_ascii_case(a)));
+        if !ok {
+            return Err(Reason::AddressNotAllowed);
         }
     }
     Ok(())

@@ -81,6 +81,20 @@ fn allowlist_kinds_and_together_entries_or() {
     for (r, want) in cases {
         assert_eq!(allowlist(&g, &r), Err(want), "{r:?}");
     }
+    // A request without a method (a WebSocket upgrade, forward-auth without a
+    // body) still learns that its Origin or User-Agent is refused: those are
+    // checked before the per-call kinds.
+    assert_eq!(
+        allowlist(
+            &g,
+            &req(None, &[], Some("https://evil.test"), good.user_agent)
+        ),
+        Err(Reason::OriginNotAllowed)
+    );
+    assert_eq!(
+        allowlist(&g, &req(None, &other, good.origin, Some("curl/8"))),
+        Err(Reason::UserAgentNotAllowed)
+    );
     // An address-less request passes an address allowlist; an absent kind never restricts.
     assert_eq!(
         allowlist(
