@@ -204,11 +204,13 @@ impl Gate {
                 Ok(d) => Verdict::Deny(d.reason().unwrap_or(Reason::InternalError)),
                 Err(e) => {
                     let why = describe(&e);
-                    // Only the pool being unreachable or slow may fail open:
-                    // a full queue or a batch the pool refuses as a whole
-                    // (too large, malformed) is something a caller can cause.
+                    // Only the pool being unreachable may fail open: a full
+                    // queue, a batch the pool refuses as a whole (too large,
+                    // malformed), or a deadline missed while the pool is
+                    // connected (a check held while jotd refetches a key set
+                    // for an unknown `kid`) is something a caller can cause.
                     let pool_down = match &e {
-                        CheckError::Deadline => true,
+                        CheckError::Deadline => !self.batcher.pool_reachable(),
                         CheckError::Client(c) => c.retryable(),
                         CheckError::Overloaded | CheckError::Closed => false,
                     };

@@ -163,6 +163,53 @@ async fn a_check_past_its_deadline_fails_and_the_rest_still_decide() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_check_delays_only_itself_not_its_batch() {
+    let k = keys();
+    // "jwks" items with an unknown kid are held until the gate opens (never,
+    // in this test): a key set refetch that does not finish.
+    let (_open, gate) = watch::channel(false);
+    let r = start(
+        TestBackend::gated(snapshot(1, &k, false), gate),
+        ServerOptions::default(),
+        false,
+    );
+    let client = Arc::new(client(&r, vec![r.addr], false));
+    client.connect_all().await.unwrap();
+    let opts = BatcherOptions {
+        max_items: NonZeroUsize::new(2).unwrap(),
+        max_delay: Duration::from_secs(5),
+        ..BatcherOptions::default()
+    };
+    let batcher = Batcher::new(Arc::clone(&client), opts);
+    let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let valid = k.es.mint(Some("es"), &claims("b", NOW + 60)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    // The first goes out alone (nothing outstanding); the next two wait for
+    // a full batch of two and share it.
+    let first = tokio::spawn({
+        let (b, h) = (batcher.clone(), held.clone());
+        async move { b.check(check(&h, "jwks"), deadline).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn({
+        let (b, h) = (batcher.clone(), held.clone());
+        async move { b.check(check(&h, "jwks"), deadline).await }
+    });
+    let d = batcher
+        .check(check(&valid, "t"), deadline)
+        .await
+        .expect("the valid check is decided while its batch-mate is held");
+    assert!(d.allow, "{d:?}");
+    let s = batcher.stats();
+    assert_eq!((s.batches, s.items), (2, 3), "{s:?}");
+    // The held ones miss their deadline while the pool is connected: a
+    // caller must not read that as the pool being down.
+    assert_eq!(first.await.unwrap(), Err(CheckError::Deadline));
+    assert_eq!(second.await.unwrap(), Err(CheckError::Deadline));
+    assert!(batcher.pool_reachable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_that_is_gone_fails_every_check_with_the_client_error() {
     let k = keys();
     let r = start(
@@ -192,6 +239,7 @@ async fn a_pool_that_is_gone_fails_every_check_with_the_client_error() {
     }
     let s = batcher.stats();
     assert_eq!(s.failed, 20, "{s:?}");
+    assert!(!batcher.pool_reachable());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

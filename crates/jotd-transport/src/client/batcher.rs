@@ -174,6 +174,7 @@ struct Queued {
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::UnboundedSender<Queued>,
+    client: Arc<Client>,
     counters: Arc<Counters>,
     max_queued: u64,
 }
@@ -193,12 +194,28 @@ impl Batcher {
     pub fn new(client: Arc<Client>, opts: BatcherOptions) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
-        tokio::spawn(flush_loop(client, opts, rx, Arc::clone(&counters)));
+        tokio::spawn(flush_loop(
+            Arc::clone(&client),
+            opts,
+            rx,
+            Arc::clone(&counters),
+        ));
         Self {
             tx,
+            client,
             counters,
             max_queued: opts.max_queued.get() as u64,
         }
+    }
+
+    /// Whether the client holds a live connection to at least one endpoint
+    /// now. A caller that fails open on [`CheckError::Deadline`] should do so
+    /// only when this is false: a deadline missed while the pool is reachable
+    /// is that check's own doing (a held item, a slow key fetch), not the
+    /// pool being down.
+    #[must_use]
+    pub fn pool_reachable(&self) -> bool {
+        self.client.has_live_connection()
     }
 
     /// Checks one request; waits for its decision until `deadline`.
@@ -363,23 +380,36 @@ fn send(
     let counters = Arc::clone(counters);
     let done = done.clone();
     tokio::spawn(async move {
-        let items: Vec<Item<'_>> = live.iter().map(|q| q.check.item()).collect();
-        let outcome = client.verify_all(&items).await;
+        let (checks, replies): (Vec<Check>, Vec<_>) =
+            live.into_iter().map(|q| (q.check, Some(q.reply))).unzip();
+        let mut replies = replies;
+        let items: Vec<Item<'_>> = checks.iter().map(Check::item).collect();
+        // Each check hears its decision as soon as its chunk arrives: a check
+        // the server holds (an unknown `kid` while it refetches a key set)
+        // delays only itself, not the checks that share its batch.
+        let outcome = client
+            .verify_with(&items, |chunk| {
+                for d in &chunk.decisions {
+                    if let Some(reply) = replies.get_mut(d.index as usize).and_then(Option::take) {
+                        let _ = reply.send(Ok(d.into()));
+                    }
+                }
+            })
+            .await;
         drop(items);
-        // The batch is no longer outstanding before its callers hear back, so
-        // a check they send next may go out at once.
         let _ = done.send(());
-        match outcome {
-            Ok(decisions) => {
-                for (q, d) in live.into_iter().zip(decisions) {
-                    let _ = q.reply.send(Ok(d));
-                }
-            }
-            Err(e) => {
-                counters.failed.fetch_add(live.len() as u64, Relaxed);
-                for q in live {
-                    let _ = q.reply.send(Err(CheckError::Client(e.clone())));
-                }
+        // Pending delivers every index once before it ends; any left over
+        // (the batch failed, or an index never came) get an error, never
+        // silence.
+        let undecided = replies.iter().filter(|r| r.is_some()).count();
+        if undecided > 0 {
+            counters.failed.fetch_add(undecided as u64, Relaxed);
+            let e = match outcome {
+                Err(e) => e,
+                Ok(()) => ClientError::Incomplete(undecided),
+            };
+            for reply in replies.into_iter().flatten() {
+                let _ = reply.send(Err(CheckError::Client(e.clone())));
             }
         }
     });

@@ -605,6 +605,17 @@ impl Client {
         Ok(())
     }
 
+    /// Whether any endpoint has a live (not closed) connection now.
+    #[must_use]
+    pub fn has_live_connection(&self) -> bool {
+        self.slots.load().iter().any(|slot| {
+            slot.lock()
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.close_reason().is_none())
+        })
+    }
+
     /// What the client did so far.
     #[must_use]
     pub fn stats(&self) -> ClientStats {
