@@ -52,6 +52,16 @@ fn headers_of(h: &std::collections::HashMap<String, String>) -> hyper::HeaderMap
             out.insert(HeaderName::from_static(name), v);
         }
     }
+    // The client's `x-jotd-*` headers, by name only: what the answer does
+    // not set is removed.
+    for name in h.keys() {
+        let lower = name.to_ascii_lowercase();
+        if lower.starts_with(crate::forward_auth::JOTD_PREFIX)
+            && let Ok(n) = HeaderName::from_bytes(lower.as_bytes())
+        {
+            out.insert(n, HeaderValue::from_static(""));
+        }
+    }
     out
 }
 
@@ -105,14 +115,19 @@ impl ExtAuthzDoor {
         )
         .await
         {
-            AuthAnswer::Allow(add) => {
+            AuthAnswer::Allow { add, remove } => {
                 let mut ok = OkHttpResponseBuilder::new();
                 // Identity headers replace any the client sent; those not set
-                // for this token are removed, so a client cannot forge them.
+                // for this token, and any other `x-jotd-*` the client sent
+                // (a claim the token lacks), are removed: a client cannot
+                // forge them.
                 for name in IDENTITY {
                     if !add.iter().any(|(n, _)| n == name) {
                         ok.remove_header(*name);
                     }
+                }
+                for name in remove {
+                    ok.remove_header(name);
                 }
                 for (n, v) in add {
                     ok.add_header(

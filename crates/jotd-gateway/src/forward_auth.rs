@@ -42,24 +42,43 @@ pub struct ForwardAuthDoor {
 /// own path less a leading `/auth` (Envoy's HTTP ext_authz `path_prefix`).
 /// Other forwarding headers are ignored: a client could send them through a
 /// gateway that sets only its own.
-fn original_path(req: &Request<Incoming>, uri_header: &HeaderName) -> String {
-    let uri = req
-        .headers()
-        .get(uri_header)
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(
-            || {
-                let p = req.uri().path();
-                p.strip_prefix("/auth")
-                    .filter(|rest| rest.starts_with('/'))
-                    .unwrap_or(p)
-                    .to_owned()
-            },
-            str::to_owned,
-        );
-    // The path alone: no query, no fragment.
-    uri.split(['?', '#']).next().unwrap_or("").to_owned()
+/// A header the gateway sets once, or none: an error when it appears twice
+/// or is not readable text (a client's copy beside the gateway's, or bytes
+/// the routes cannot match), never a silent fallback.
+fn single_header<'h>(
+    h: &'h hyper::HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'h str>, String> {
+    let mut all = h.get_all(name).iter();
+    let Some(first) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(format!("`{name}` appears more than once"));
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| format!("`{name}` is not visible ASCII"))
 }
+
+fn original_path(req: &Request<Incoming>, uri_header: &HeaderName) -> Result<String, String> {
+    let uri = single_header(req.headers(), uri_header)?.map_or_else(
+        || {
+            let p = req.uri().path();
+            p.strip_prefix("/auth")
+                .filter(|rest| rest.starts_with('/'))
+                .unwrap_or(p)
+                .to_owned()
+        },
+        str::to_owned,
+    );
+    // The path alone: no query, no fragment.
+    Ok(uri.split(['?', '#']).next().unwrap_or("").to_owned())
+}
+
+/// Every header the doors set starts with this.
+pub const JOTD_PREFIX: &str = "x-jotd-";
 
 /// The identity headers the doors set (claims add `x-jotd-claim-<name>`).
 /// Forward-auth always sends all of them, empty when the token has none, so a
@@ -91,8 +110,15 @@ pub struct AuthQuestion<'a> {
 /// The answer to an [`AuthQuestion`].
 #[derive(Debug)]
 pub enum AuthAnswer {
-    /// Allowed: headers to add to the upstream request.
-    Allow(Vec<(String, String)>),
+    /// Allowed.
+    Allow {
+        /// Headers to set on the upstream request.
+        add: Vec<(String, String)>,
+        /// `x-jotd-*` headers the client sent that this answer does not set
+        /// (a claim header for a claim the token lacks): to remove, so a
+        /// client cannot forge what the node reads as jotd's word.
+        remove: Vec<String>,
+    },
     /// Refused: the status, headers (`WWW-Authenticate`) and the JSON-RPC error body.
     Deny {
         /// 400, 401, 403, 413 or 503.
@@ -265,7 +291,15 @@ pub async fn authorize(
     out.retain(|(n, v)| {
         HeaderName::from_bytes(n.as_bytes()).is_ok() && HeaderValue::from_str(v).is_ok()
     });
-    AuthAnswer::Allow(out)
+    let remove: Vec<String> = q
+        .headers
+        .keys()
+        .map(HeaderName::as_str)
+        .filter(|n| n.starts_with(JOTD_PREFIX))
+        .filter(|n| !IDENTITY.contains(n) && !out.iter().any(|(o, _)| o == n))
+        .map(str::to_owned)
+        .collect();
+    AuthAnswer::Allow { add: out, remove }
 }
 
 impl ForwardAuthDoor {
@@ -282,13 +316,23 @@ impl ForwardAuthDoor {
     }
 
     async fn answer(&self, req: Request<Incoming>) -> Answer {
-        let path = original_path(&req, &self.headers.uri_header);
+        let ambiguous = |e: String| {
+            json(
+                StatusCode::BAD_REQUEST,
+                &error_object(None, code::INVALID_REQUEST, &e, None),
+            )
+        };
+        let path = match original_path(&req, &self.headers.uri_header) {
+            Ok(p) => p,
+            Err(e) => return ambiguous(e),
+        };
         let (parts, body) = req.into_parts();
         let h = &parts.headers;
-        let host = h
-            .get(&self.headers.host_header)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| header(h, "host"));
+        let host = match single_header(h, &self.headers.host_header) {
+            Ok(Some(v)) => Some(v),
+            Ok(None) => header(h, "host"),
+            Err(e) => return ambiguous(e),
+        };
         let body = match read_body(body, self.limits.max_body_bytes, self.limits.body_timeout).await
         {
             Ok(b) => b,
@@ -333,11 +377,29 @@ impl ForwardAuthDoor {
         )
         .await
         {
-            AuthAnswer::Allow(headers) => {
+            AuthAnswer::Allow {
+                add: headers,
+                remove,
+            } => {
                 let mut ok = Response::new(Full::new(Bytes::new()));
                 for name in IDENTITY {
                     ok.headers_mut()
                         .insert(HeaderName::from_static(name), HeaderValue::from_static(""));
+                }
+                // Client-sent `x-jotd-*` headers this answer does not set go
+                // back empty (a gateway that copies `x-jotd-*` overwrites the
+                // client's copy) and are named for Envoy's HTTP ext_authz to
+                // remove.
+                for name in &remove {
+                    if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                        ok.headers_mut().insert(n, HeaderValue::from_static(""));
+                    }
+                }
+                if !remove.is_empty()
+                    && let Ok(v) = HeaderValue::from_str(&remove.join(", "))
+                {
+                    ok.headers_mut()
+                        .insert(HeaderName::from_static("x-envoy-auth-headers-to-remove"), v);
                 }
                 for (n, v) in headers {
                     if let (Ok(n), Ok(v)) = (

@@ -4,18 +4,25 @@
 //!
 //! What the gateway checks is what the node will run: each call is forwarded
 //! as the exact bytes that were parsed, and a body whose meaning another
-//! parser could read differently is refused. Keys are matched the way the
-//! most lenient node parser matches them (Go's `encoding/json`: case folded,
-//! `ſ` as `s`, `K` as `k`): two keys of one object that fold alike are a
-//! duplicate, and `METHOD` is read as `method`. A value at an address position
+//! parser could read differently is refused. Node parsers disagree on keys:
+//! Go's `encoding/json` (geth, erigon) matches them case-insensitively with
+//! Unicode folding, serde and Jackson match them exactly. So the gateway
+//! reads only the exact spelling of each key it looks at, refuses a call
+//! that spells one of those keys any other way that folds alike (`METHOD`,
+//! `TO`, `addreß`, `ıd`: some node would read it as the key, another would
+//! not), and refuses two keys of one object that fold alike, at any depth.
+//! The fold is broad on purpose (full case mapping, plus Go's `ſ` → `s` and
+//! `K` → `k`, plus `ı` and `İ` → `i`): refusing too much is safe, reading a
+//! variant is not. Methods not in the table touch an unknown set of addresses
+//! ([`ANY`]) unless they are known to touch none. A value at an address position
 //! that is not an address makes the call invalid rather than unrestricted, and
 //! a call whose reach no address bounds (`eth_getLogs` without `address`,
 //! `eth_call` without `to`, state overrides) carries the address [`ANY`], which
 //! only a token that lists `*` allows.
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
@@ -110,12 +117,42 @@ pub const ANY: &str = "*";
 /// one check, and so one batch, small.
 pub const MAX_ADDRESSES: usize = 64;
 
-/// A key as Go's `encoding/json` compares it (simple case folding).
+/// A key folded broadly: every spelling some JSON parser may read as the
+/// same key folds to the same string (full case mapping, so `ß` is `ss`;
+/// Go's `ſ` → `s` and Kelvin `K` → `k`; `ı` and `İ` → `i`).
 fn fold(key: &str) -> String {
     key.chars()
+        .map(|c| match c {
+            '\u{17f}' => 's',
+            '\u{212a}' => 'k',
+            '\u{131}' | '\u{130}' => 'i',
+            c => c,
+        })
         .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
         .collect()
+}
+
+/// The value of the key spelled exactly `name` in an object's members, or
+/// an error when the object spells it another way that folds alike (some
+/// node would read that as `name`, another would not). Keys that fold alike
+/// were refused as duplicates, so at most one matches.
+fn member<'v, V>(
+    members: impl IntoIterator<Item = (&'v String, &'v V)>,
+    name: &str,
+) -> Result<Option<&'v V>, String> {
+    let folded = fold(name);
+    for (k, v) in members {
+        if k == name {
+            return Ok(Some(v));
+        }
+        if fold(k) == folded {
+            return Err(format!(
+                "key `{k}` is not spelled `{name}`: nodes differ on whether they read it as `{name}`"
+            ));
+        }
+    }
+    Ok(None)
 }
 
 /// Method → the parameter positions holding addresses.
@@ -150,6 +187,58 @@ const ETHEREUM: &[(&str, &[&str])] = &[
     ("eth_signTypedData", &["0"]),
     ("eth_signTypedData_v3", &["0"]),
     ("eth_signTypedData_v4", &["0"]),
+    ("eth_getAccount", &["0"]),
+    ("debug_storageRangeAt", &["2"]),
+    // Known to touch no address (chain data by block or hash, the node's own
+    // state, filters made earlier, raw transactions whose target is inside the
+    // signed RLP). Any method not in this table carries `*`.
+    ("web3_clientVersion", &[]),
+    ("web3_sha3", &[]),
+    ("net_version", &[]),
+    ("net_listening", &[]),
+    ("net_peerCount", &[]),
+    ("eth_protocolVersion", &[]),
+    ("eth_syncing", &[]),
+    ("eth_chainId", &[]),
+    ("eth_blockNumber", &[]),
+    ("eth_gasPrice", &[]),
+    ("eth_maxPriorityFeePerGas", &[]),
+    ("eth_feeHistory", &[]),
+    ("eth_blobBaseFee", &[]),
+    ("eth_mining", &[]),
+    ("eth_hashrate", &[]),
+    ("eth_coinbase", &[]),
+    ("eth_accounts", &[]),
+    ("eth_getBlockByHash", &[]),
+    ("eth_getBlockByNumber", &[]),
+    ("eth_getBlockReceipts", &[]),
+    ("eth_getBlockTransactionCountByHash", &[]),
+    ("eth_getBlockTransactionCountByNumber", &[]),
+    ("eth_getUncleByBlockHashAndIndex", &[]),
+    ("eth_getUncleByBlockNumberAndIndex", &[]),
+    ("eth_getUncleCountByBlockHash", &[]),
+    ("eth_getUncleCountByBlockNumber", &[]),
+    ("eth_getTransactionByHash", &[]),
+    ("eth_getTransactionByBlockHashAndIndex", &[]),
+    ("eth_getTransactionByBlockNumberAndIndex", &[]),
+    ("eth_getTransactionReceipt", &[]),
+    ("eth_getRawTransactionByHash", &[]),
+    ("eth_sendRawTransaction", &[]),
+    ("eth_newBlockFilter", &[]),
+    ("eth_newPendingTransactionFilter", &[]),
+    ("eth_getFilterChanges", &[]),
+    ("eth_getFilterLogs", &[]),
+    ("eth_uninstallFilter", &[]),
+    ("eth_unsubscribe", &[]),
+    ("debug_traceTransaction", &[]),
+    ("debug_traceBlockByHash", &[]),
+    ("debug_traceBlockByNumber", &[]),
+    ("trace_transaction", &[]),
+    ("trace_block", &[]),
+    ("trace_get", &[]),
+    ("trace_replayTransaction", &[]),
+    ("trace_replayBlockTransactions", &[]),
+    ("txpool_status", &[]),
 ];
 
 impl AddressTable {
@@ -164,7 +253,8 @@ impl AddressTable {
         t
     }
 
-    /// Sets (or, with no positions, clears) the row of `method`.
+    /// Sets the row of `method`; no positions: the method touches no
+    /// address. A method without a row touches an unknown set ([`ANY`]).
     ///
     /// # Errors
     /// A position is not `N`, `N.field`, `N.field[]`, `N!` or `*`.
@@ -173,11 +263,7 @@ impl AddressTable {
             .iter()
             .map(|p| ParamPath::parse(p))
             .collect::<Result<Vec<_>, _>>()?;
-        if ps.is_empty() {
-            self.rows.remove(method);
-        } else {
-            self.rows.insert(method.to_owned(), ps);
-        }
+        self.rows.insert(method.to_owned(), ps);
         Ok(())
     }
 
@@ -290,16 +376,6 @@ fn is_address(s: &str) -> bool {
         && s.as_bytes()[2..].iter().all(u8::is_ascii_hexdigit)
 }
 
-/// The value of `name` in `obj`, matched case-folded (duplicates under
-/// folding were refused, so there is at most one).
-fn get_folded<'v>(obj: &'v BTreeMap<String, Box<RawValue>>, name: &str) -> Option<&'v RawValue> {
-    obj.iter().find(|(k, _)| fold(k) == name).map(|(_, v)| &**v)
-}
-
-fn object_get<'v>(o: &'v Map<String, Value>, name: &str) -> Option<&'v Value> {
-    o.iter().find(|(k, _)| fold(k) == name).map(|(_, v)| v)
-}
-
 fn addresses_of(
     table: &AddressTable,
     method: &str,
@@ -318,13 +394,11 @@ fn addresses_of(
         Some(Value::Array(a)) => a.as_slice(),
         // Named parameters: the table's positions do not apply; fail closed.
         Some(_) => {
-            return Ok(
-                if table.rows.contains_key(method) || method == "eth_subscribe" {
-                    vec![ANY.to_owned()]
-                } else {
-                    Vec::new()
-                },
-            );
+            return Ok(if table.rows.get(method).is_some_and(Vec::is_empty) {
+                Vec::new()
+            } else {
+                vec![ANY.to_owned()]
+            });
         }
     };
     let param = |i: usize| list.get(i).filter(|v| !v.is_null());
@@ -343,7 +417,8 @@ fn addresses_of(
     } else {
         match table.rows.get(method) {
             Some(p) => p,
-            None => return Ok(out),
+            // Not known to touch no address: what it touches is unknown.
+            None => return Ok(vec![ANY.to_owned()]),
         }
     };
     for p in paths {
@@ -363,7 +438,9 @@ fn addresses_of(
                 let at = format!("{index}.{field}");
                 match param(*index) {
                     None => out.push(ANY.to_owned()),
-                    Some(Value::Object(o)) => match object_get(o, &fold(field)) {
+                    Some(Value::Object(o)) => match member(o, field)
+                        .map_err(|e| format!("{method}: params[{index}]: {e}"))?
+                    {
                         None | Some(Value::Null) => out.push(ANY.to_owned()),
                         Some(Value::Array(items)) if *list => {
                             if items.is_empty() {
@@ -401,9 +478,10 @@ fn call(table: &AddressTable, raw_call: Box<RawValue>) -> Result<Call, Invalid> 
             "a call is a JSON object".into(),
         ));
     };
-    let id = match get_folded(&members, "id") {
-        None => None,
-        Some(v)
+    let id = match member(&members, "id") {
+        Err(e) => return Err(invalid(None, code::INVALID_REQUEST, e)),
+        Ok(None) => None,
+        Ok(Some(v))
             if matches!(
                 v.get().as_bytes().first(),
                 Some(b'"' | b'n' | b'-' | b'0'..=b'9')
@@ -411,7 +489,7 @@ fn call(table: &AddressTable, raw_call: Box<RawValue>) -> Result<Call, Invalid> 
         {
             Some(v.to_owned())
         }
-        Some(_) => {
+        Ok(Some(_)) => {
             return Err(invalid(
                 None,
                 code::INVALID_REQUEST,
@@ -419,9 +497,13 @@ fn call(table: &AddressTable, raw_call: Box<RawValue>) -> Result<Call, Invalid> 
             ));
         }
     };
-    let text = |name: &str| {
-        get_folded(&members, name).and_then(|v| serde_json::from_str::<String>(v.get()).ok())
-    };
+    for name in ["jsonrpc", "method", "params"] {
+        if let Err(e) = member(&members, name) {
+            return Err(invalid(id, code::INVALID_REQUEST, e));
+        }
+    }
+    let get = |name: &str| member(&members, name).ok().flatten();
+    let text = |name: &str| get(name).and_then(|v| serde_json::from_str::<String>(v.get()).ok());
     if text("jsonrpc").as_deref() != Some("2.0") {
         return Err(invalid(
             id,
@@ -436,8 +518,8 @@ fn call(table: &AddressTable, raw_call: Box<RawValue>) -> Result<Call, Invalid> 
             "`method` is a string".into(),
         ));
     };
-    let params: Option<Value> = get_folded(&members, "params")
-        .map(|v| serde_json::from_str(v.get()).unwrap_or(Value::Null));
+    let params: Option<Value> =
+        get("params").map(|v| serde_json::from_str(v.get()).unwrap_or(Value::Null));
     if let Some(p) = &params
         && !p.is_array()
         && !p.is_object()
@@ -611,7 +693,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_read_as_a_case_folding_node_reads_them() {
+    fn keys_that_fold_alike_are_duplicates() {
         // Go's encoding/json matches keys case-insensitively (ſ as s, K as k):
         // a second spelling would be the one the node runs.
         for body in [
@@ -623,14 +705,124 @@ mod tests {
             let e = parse(body.as_bytes(), &table(), 100).unwrap_err();
             assert!(e.message.contains("duplicate key"), "{body}: {}", e.message);
         }
-        // A lone other spelling is read as the node reads it.
+        // Full case mapping folds too: `ß` is `ss`, `ı` is `i`.
+        for body in [
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"eth_getLogs\",\"params\":[{\"address\":\"0x00000000000000000000000000000000000000b2\",\"addre\u{df}\":null}]}",
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"\u{131}d\":2,\"method\":\"eth_chainId\"}",
+        ] {
+            let e = parse(body.as_bytes(), &table(), 100).unwrap_err();
+            assert!(e.message.contains("duplicate key"), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_key_spelled_another_way_is_refused_not_read() {
+        // Go's encoding/json would read these as the key, serde and Jackson
+        // would not: either reading could be the node's, so neither is taken.
+        for (body, want) in [
+            (
+                format!(r#"{{"JSONRPC":"2.0","id":1,"method":"eth_call","params":[{{"to":"{A}"}}]}}"#),
+                code::INVALID_REQUEST,
+            ),
+            (
+                format!(r#"{{"jsonrpc":"2.0","id":1,"Method":"eth_call","params":[{{"to":"{A}"}}]}}"#),
+                code::INVALID_REQUEST,
+            ),
+            (
+                format!(r#"{{"jsonrpc":"2.0","id":1,"method":"eth_call","PARAMS":[{{"to":"{A}"}}]}}"#),
+                code::INVALID_REQUEST,
+            ),
+            (
+                format!(r#"{{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{{"To":"{A}"}}]}}"#),
+                code::INVALID_PARAMS,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":[{"ADDRESS":"0x00000000000000000000000000000000000000b2"}]}"#.to_owned(),
+                code::INVALID_PARAMS,
+            ),
+            // `addreß` folds to `address` in Rust, not in Go: a node that
+            // ignores the key would read every contract's logs.
+            (
+                "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"eth_getLogs\",\"params\":[{\"addre\u{df}\":\"0x00000000000000000000000000000000000000b2\"}]}".to_owned(),
+                code::INVALID_PARAMS,
+            ),
+            // Go reads `ſ` as `s`.
+            (
+                "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"eth_getLogs\",\"params\":[{\"addre\u{17f}s\":\"0x00000000000000000000000000000000000000b2\"}]}".to_owned(),
+                code::INVALID_PARAMS,
+            ),
+            (
+                "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"eth_getLogs\",\"param\u{17f}\":[{}]}".to_owned(),
+                code::INVALID_REQUEST,
+            ),
+        ] {
+            let e = single(&body).expect_err(&body);
+            assert_eq!(e.code, want, "{body}: {}", e.message);
+            assert!(e.message.contains("is not spelled"), "{body}: {}", e.message);
+        }
+        // The id is echoed when it was spelled right, not otherwise.
+        let e = single(r#"{"jsonrpc":"2.0","id":5,"Method":"eth_chainId"}"#).unwrap_err();
+        assert_eq!(e.id.unwrap().get(), "5");
+        let e = single(r#"{"jsonrpc":"2.0","ID":5,"method":"eth_chainId"}"#).unwrap_err();
+        assert!(e.id.is_none());
+        // Keys the gateway does not read may be spelled as the caller likes.
         let c = single(&format!(
-            r#"{{"JSONRPC":"2.0","Id":1,"Method":"eth_call","PARAMS":[{{"To":"{A}"}}]}}"#
+            r#"{{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{{"to":"{A}","DATA":"0x"}}]}}"#
         ))
         .unwrap();
-        assert_eq!((c.method.as_str(), c.addresses.len()), ("eth_call", 1));
-        let c = single(r#"{"jsonrpc":"2.0","id":1,"method":"eth_getLogs","params":[{"ADDRESS":"0x00000000000000000000000000000000000000b2"}]}"#).unwrap();
-        assert_eq!(c.addresses, ["0x00000000000000000000000000000000000000b2"]);
+        assert_eq!(c.addresses, [A.to_ascii_lowercase()]);
+    }
+
+    #[test]
+    fn methods_not_known_to_touch_no_address_carry_any() {
+        for method in [
+            "eth_callMany",
+            "trace_callMany",
+            "trace_filter",
+            "personal_unlockAccount",
+            "evm_setAccountBalance",
+            "my_custom",
+        ] {
+            let c = single(&format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":["{A}"]}}"#
+            ))
+            .unwrap();
+            assert_eq!(c.addresses, [ANY], "{method}");
+            let c = single(&format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{"a":"{A}"}}}}"#
+            ))
+            .unwrap();
+            assert_eq!(c.addresses, [ANY], "{method} by name");
+        }
+        for method in [
+            "eth_blockNumber",
+            "eth_chainId",
+            "eth_sendRawTransaction",
+            "eth_getTransactionReceipt",
+        ] {
+            let c = single(&format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":["0x01"]}}"#
+            ))
+            .unwrap();
+            assert!(c.addresses.is_empty(), "{method}");
+        }
+        let c = single(&format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"debug_storageRangeAt","params":["0x01",0,"{A}","0x00",1]}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.addresses, [A.to_ascii_lowercase()]);
+        // An operator can declare a method address-free.
+        let mut t = table();
+        t.set("my_custom", &[]).unwrap();
+        let Body::Single(Ok(c)) = parse(
+            br#"{"jsonrpc":"2.0","id":1,"method":"my_custom","params":[]}"#,
+            &t,
+            10,
+        )
+        .unwrap() else {
+            panic!("one valid call")
+        };
+        assert!(c.addresses.is_empty());
     }
 
     #[test]
@@ -759,7 +951,10 @@ mod tests {
             t.rows()
                 .any(|(m, ps)| m == "my_method" && ps == ["1.contract"])
         );
-        assert!(!t.rows().any(|(m, _)| m == "eth_getBalance"));
+        assert!(
+            t.rows()
+                .any(|(m, ps)| m == "eth_getBalance" && ps.is_empty())
+        );
         assert!(t.set("x", &["a".into()]).is_err());
         assert!(t.set("x", &["0.a.b".into()]).is_err());
         assert!(t.set("x", &["0[]".into()]).is_err());

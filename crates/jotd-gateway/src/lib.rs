@@ -209,7 +209,15 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tasks.spawn(async move {
+            // Envoy is the peer here (bind this listener where only it can
+            // reach it): no per-listener connection cap, but bounded streams
+            // per connection, a deadline per call and keep-alive probes so a
+            // dead peer's connection goes.
             let serve = tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(1024))
+                .timeout(std::time::Duration::from_secs(30))
+                .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
                 .add_service(health_service)
                 .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
                     door,

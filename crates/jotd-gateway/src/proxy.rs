@@ -125,7 +125,9 @@ impl ProxyDoor {
                 .body(Full::new(body.clone()))
                 .map_err(|e| UpstreamError::other(e.to_string()))?;
             let started = Instant::now();
-            let sent = tokio::time::timeout(self.upstream_timeout, self.client.request(req)).await;
+            // One deadline for the answer's head and body together.
+            let by = tokio::time::Instant::now() + self.upstream_timeout;
+            let sent = tokio::time::timeout_at(by, self.client.request(req)).await;
             match sent {
                 Err(_) => {
                     metrics::counter!("jotd_gateway_upstream_errors_total", "kind" => "timeout")
@@ -153,7 +155,7 @@ impl ProxyDoor {
                         resp.into_body(),
                         self.limits.max_upstream_bytes,
                     );
-                    let body = tokio::time::timeout(self.upstream_timeout, limited.collect())
+                    let body = tokio::time::timeout_at(by, limited.collect())
                         .await
                         .map_err(|_| {
                             UpstreamError(format!("{uri}: body not finished in time"), true)
@@ -432,13 +434,15 @@ impl ProxyDoor {
         facts: &Facts,
         sub: Option<&str>,
     ) -> Result<Vec<Option<Box<RawValue>>>, UpstreamError> {
-        let ids: Vec<&str> = calls
-            .iter()
-            .filter_map(|c| c.id.as_deref().map(RawValue::get))
-            .collect();
+        // Ids are told apart by the key answers are matched on, so two ids
+        // written differently but read alike (`1` and `1.0`, `"a"` and
+        // `"\u0061"`, integers past 2^53) go one by one, never crossed.
         let unique = {
             let mut seen = std::collections::HashSet::new();
-            ids.iter().all(|id| *id != "null" && seen.insert(*id))
+            calls.iter().all(|c| {
+                c.id.as_deref()
+                    .is_none_or(|id| id_key_raw(id).is_some_and(|k| seen.insert(k)))
+            })
         };
         if unique {
             let mut body =
@@ -477,15 +481,17 @@ impl ProxyDoor {
             // Matched on the id's value (a node may rewrite `1e0` as `1`).
             let mut by_id: HashMap<String, Box<RawValue>> = HashMap::new();
             for a in answers {
-                if let Ok(IdOf { id: Some(id) }) = serde_json::from_str::<IdOf>(a.get()) {
-                    by_id.insert(id.to_string(), a);
+                if let Ok(IdOf { id: Some(id) }) = serde_json::from_str::<IdOf>(a.get())
+                    && let Some(key) = id_key(&id)
+                {
+                    by_id.insert(key, a);
                 }
             }
             Ok(calls
                 .iter()
                 .map(|c| {
                     let id = c.id.as_deref()?;
-                    let key = serde_json::from_str::<Value>(id.get()).ok()?.to_string();
+                    let key = id_key_raw(id).unwrap_or_default();
                     Some(by_id.remove(&key).unwrap_or_else(|| {
                         error_object(
                             Some(id),
@@ -524,6 +530,21 @@ impl ProxyDoor {
             Ok(out)
         }
     }
+}
+
+/// The key a JSON-RPC id is matched on: a number by its value as the node's
+/// parser most likely reads it (an `f64`: `1`, `1.0` and `1e0` are one key),
+/// a string by its decoded text. `null` and other types have none.
+fn id_key(id: &Value) -> Option<String> {
+    match id {
+        Value::Number(n) => n.as_f64().map(|f| format!("n:{f:?}")),
+        Value::String(s) => Some(format!("s:{s}")),
+        _ => None,
+    }
+}
+
+fn id_key_raw(id: &RawValue) -> Option<String> {
+    id_key(&serde_json::from_str::<Value>(id.get()).ok()?)
 }
 
 /// A status's metric label.

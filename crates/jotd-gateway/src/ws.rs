@@ -172,6 +172,9 @@ pub async fn upgrade(
 const PING_EVERY: Duration = Duration::from_secs(30);
 /// A client silent this long is gone.
 const SILENT_FOR: Duration = Duration::from_secs(90);
+/// A peer that has not taken a message this long is gone (the socket is
+/// closed, its slot freed).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -202,35 +205,29 @@ async fn relay<C, N>(
         let expiry = deadline(exp);
         tokio::select! {
             () = crate::http::stopped(&mut stop) => {
-                let _ = client
-                    .send(Message::Close(Some(CloseFrame {
-                        code: CloseCode::Away,
-                        reason: "going away".into(),
-                    })))
-                    .await;
+                let _ = send_within(&mut client, Message::Close(Some(CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "going away".into(),
+                })), None).await;
                 break;
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > SILENT_FOR {
-                    let _ = client
-                        .send(Message::Close(Some(CloseFrame {
-                            code: CloseCode::Away,
-                            reason: "no answer to pings".into(),
-                        })))
-                        .await;
+                    let _ = send_within(&mut client, Message::Close(Some(CloseFrame {
+                        code: CloseCode::Away,
+                        reason: "no answer to pings".into(),
+                    })), None).await;
                     break;
                 }
-                if client.send(Message::Ping(Vec::new().into())).await.is_err() {
+                if !send_within(&mut client, Message::Ping(Vec::new().into()), expiry).await {
                     break;
                 }
             }
             () = async { tokio::time::sleep_until(expiry.expect("guarded")).await }, if expiry.is_some() => {
-                let _ = client
-                    .send(Message::Close(Some(CloseFrame {
-                        code: CloseCode::Policy,
-                        reason: "token expired".into(),
-                    })))
-                    .await;
+                let _ = send_within(&mut client, Message::Close(Some(CloseFrame {
+                    code: CloseCode::Policy,
+                    reason: "token expired".into(),
+                })), None).await;
                 break;
             }
             msg = client.next() => {
@@ -246,37 +243,54 @@ async fn relay<C, N>(
                     exp = learned;
                 }
                 if let Some(v) = to_client
-                    && client.send(Message::text(v.get())).await.is_err()
+                    && !send_within(&mut client, Message::text(v.get()), expiry).await
                 {
                     break;
                 }
                 if let Some(m) = to_node
-                    && node.send(Message::text(m)).await.is_err()
+                    && !send_within(&mut node, Message::text(m), None).await
                 {
                     break;
                 }
             }
             msg = node.next() => match msg {
                 Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    if client.send(m).await.is_err() {
+                    if !send_within(&mut client, m, expiry).await {
                         break;
                     }
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_)) | Err(_)) | None => {
-                    let _ = client
-                        .send(Message::Close(Some(CloseFrame {
-                            code: CloseCode::Away,
-                            reason: "upstream closed".into(),
-                        })))
-                        .await;
+                    let _ = send_within(&mut client, Message::Close(Some(CloseFrame {
+                        code: CloseCode::Away,
+                        reason: "upstream closed".into(),
+                    })), None).await;
                     break;
                 }
             },
         }
     }
-    let _ = node.close(None).await;
-    let _ = client.close(None).await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, node.close(None)).await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, client.close(None)).await;
+}
+
+/// Sends `msg`, waiting at most [`WRITE_TIMEOUT`] and never past `until`
+/// (the token's expiry): a peer that stops reading must not hold the relay
+/// loop, which is also what closes the socket at expiry, at drain and when
+/// pings go unanswered. False: not sent (the caller closes).
+async fn send_within<S>(
+    ws: &mut WebSocketStream<S>,
+    msg: Message,
+    until: Option<tokio::time::Instant>,
+) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut by = tokio::time::Instant::now() + WRITE_TIMEOUT;
+    if let Some(u) = until {
+        by = by.min(u);
+    }
+    matches!(tokio::time::timeout_at(by, ws.send(msg)).await, Ok(Ok(())))
 }
 
 /// One client message: what goes to the node, what the gateway answers at
@@ -332,4 +346,36 @@ async fn door_message(
         (false, _) => Some(jsonrpc::raw_array(answers.iter().map(|a| &**a))),
     };
     (to_node, to_client, exp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_does_not_hold_a_send() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The client connects and never reads.
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let big = "x".repeat(1 << 20);
+        let mut sent = 0;
+        let refused = loop {
+            let until = tokio::time::Instant::now() + Duration::from_millis(300);
+            if !send_within(&mut ws, Message::text(big.clone()), Some(until)).await {
+                break true;
+            }
+            sent += 1;
+            if sent == 256 {
+                break false;
+            }
+        };
+        assert!(
+            refused,
+            "256 MiB went to a client that reads nothing: sends are not bounded"
+        );
+    }
 }

@@ -398,7 +398,8 @@ async fn the_infura_flow_through_the_proxy() {
             .status,
         400
     );
-    // A lone `TO` is read as `to`: B is checked (and refused).
+    // A lone `TO` is refused, not read: geth would read it as `to`, a node
+    // matching keys exactly would see a contract creation.
     let r = post(
         proxy,
         "/v3/infura",
@@ -407,7 +408,18 @@ async fn the_infura_flow_through_the_proxy() {
         &format!(r#"{{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{{"TO":"{B}"}}]}}"#),
     )
     .await;
-    assert_eq!(r.body["error"]["data"]["reason"], "address_not_allowed");
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_i64()),
+        (400, Some(-32602))
+    );
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not spelled `to`"),
+        "{}",
+        r.body
+    );
     // eth_call without `to` (contract creation) is unbounded: refused for an
     // address-restricted token, allowed for one that lists "*".
     let create = call(11, "eth_call", &json!([{"data": "0x6000"}, "latest"]));
@@ -603,6 +615,21 @@ async fn a_batch_array_is_answered_in_order_with_mixed_outcomes() {
         (Some("eth_getBalance"), Some("eth_blockNumber"))
     );
     upstream_saw(&seen, &["eth_getBalance", "eth_blockNumber"]);
+    // Ids written differently that a node reads alike (`1` and `1.0`, `"a"`
+    // and `"\u0061"`) are duplicates too: never crossed.
+    for (x, y) in [("1", "1.0"), (r#""a""#, r#""\u0061""#)] {
+        let body = format!(
+            r#"[{{"jsonrpc":"2.0","id":{x},"method":"eth_getBalance","params":["{A}"]}},{{"jsonrpc":"2.0","id":{y},"method":"eth_blockNumber"}}]"#
+        );
+        let r = post(proxy, "/v3/infura", Some(&token), &[], &body).await;
+        let a = r.body.as_array().unwrap();
+        assert_eq!(
+            (a[0]["result"].as_str(), a[1]["result"].as_str()),
+            (Some("eth_getBalance"), Some("eth_blockNumber")),
+            "{body}"
+        );
+        upstream_saw(&seen, &["eth_getBalance", "eth_blockNumber"]);
+    }
     // Only notifications: forwarded, and nothing to answer (204).
     let notes = format!("[{}]", json!({"jsonrpc":"2.0","method":"eth_blockNumber"}));
     let r = post(proxy, "/v3/infura", Some(&token), &[], &notes).await;
@@ -716,6 +743,27 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
         assert_eq!(r.headers.get("x-jotd-tenant").unwrap(), "infura");
         assert_eq!(r.headers.get("x-jotd-claim-scope").unwrap(), "read");
     }
+    // Claim headers a client sent for claims the token lacks go back empty
+    // and named for Envoy to remove; one the token has is jotd's value.
+    let r = post(
+        fa,
+        "/auth",
+        Some(&open),
+        &[
+            ("x-forwarded-uri", "/v3/infura"),
+            ("x-jotd-claim-role", "admin"),
+            ("x-jotd-claim-scope", "forged"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.get("x-jotd-claim-role").unwrap(), "");
+    assert_eq!(r.headers.get("x-jotd-claim-scope").unwrap(), "read");
+    assert_eq!(
+        r.headers.get("x-envoy-auth-headers-to-remove").unwrap(),
+        "x-jotd-claim-role"
+    );
     // Envoy's HTTP ext_authz: the original path after the `/auth` prefix.
     let r = post(fa, "/auth/v3/infura", Some(&open), &[], "").await;
     assert_eq!(r.status, 200);
@@ -735,6 +783,28 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
     .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.body["error"]["data"]["reason"], "unknown_tenant");
+    // The configured header twice (a client's copy beside the gateway's):
+    // 400, not whichever came first.
+    let r = post(
+        fa,
+        "/auth",
+        Some(&open),
+        &[
+            ("x-forwarded-uri", "/v3/nobody"),
+            ("x-forwarded-uri", "/v3/infura"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than once"),
+        "{}",
+        r.body
+    );
     // A token without `sub`: the identity headers are still all there (empty
     // when unknown), so a gateway copying them overwrites a client's copies.
     let no_sub =
@@ -1040,6 +1110,47 @@ async fn envoy_ext_authz_over_grpc() {
     };
     assert!(
         ok.headers_to_remove.iter().any(|h| h == "x-jotd-subject"),
+        "{ok:?}"
+    );
+    // Claim headers the client sent for claims the token lacks are removed;
+    // one the token has is overwritten.
+    let mut forged = envoy_check(
+        "/v3/infura",
+        Some(&token),
+        &call(1, "eth_getBalance", &json!([A, "latest"])),
+        None,
+    );
+    let http = forged
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .unwrap();
+    http.headers
+        .insert("x-jotd-claim-role".into(), "admin".into());
+    http.headers
+        .insert("x-jotd-claim-scope".into(), "forged".into());
+    let r = client.check(forged).await.unwrap().into_inner();
+    let Some(envoy::HttpResponse::OkResponse(ok)) = r.http_response else {
+        panic!("{r:?}")
+    };
+    assert!(
+        ok.headers_to_remove
+            .iter()
+            .any(|h| h == "x-jotd-claim-role"),
+        "{ok:?}"
+    );
+    assert!(
+        !ok.headers_to_remove
+            .iter()
+            .any(|h| h == "x-jotd-claim-scope"),
+        "{ok:?}"
+    );
+    assert!(
+        ok.headers.iter().any(|o| o
+            .header
+            .as_ref()
+            .is_some_and(|h| h.key == "x-jotd-claim-scope" && h.value == "rw")),
         "{ok:?}"
     );
 
