@@ -40,6 +40,12 @@ pub struct ServerOptions {
     /// Longest a write of the answer may wait for the client to read (flow
     /// control); then the stream is reset. Default 10 s.
     pub write_timeout: Duration,
+    /// Longest a batch's unknown-`kid` items wait for their tenant's key-set
+    /// refetch; past it they are decided on the keys at hand (`unknown_kid`)
+    /// while the refetch goes on in the background. Keeps a slow identity
+    /// provider from holding a stream, its tokens' room and a gateway's
+    /// check past their deadlines. Default 1 s.
+    pub refetch_hold: Duration,
     /// A handshake not complete this long after the first packet is dropped.
     /// Default 5 s.
     pub handshake_timeout: Duration,
@@ -80,6 +86,7 @@ impl Default for ServerOptions {
             max_request_buffer_bytes: nz(128 << 20),
             request_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            refetch_hold: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(5),
             max_handshakes: nz(1024),
             retry_after_handshakes: 32,
@@ -136,6 +143,7 @@ impl ServerOptions {
         for (key, d) in [
             ("request_timeout", self.request_timeout),
             ("write_timeout", self.write_timeout),
+            ("refetch_hold", self.refetch_hold),
             ("handshake_timeout", self.handshake_timeout),
             ("idle_timeout", self.idle_timeout),
         ] {

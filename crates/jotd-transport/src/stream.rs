@@ -281,7 +281,15 @@ async fn drive(
         // `verify` decides every item: nothing is left for the pool.
         Next::Pool => return internal(&frames, request_id),
         Next::Refetch(tenants) => {
-            let fresh = backend.refetch(tenants).await.then(|| backend.snapshot());
+            // The refetch runs on its own task: past `refetch_hold` the held
+            // items are decided on the keys at hand, and the fetch still
+            // lands for the next batch.
+            let refetch = tokio::spawn(backend.refetch(tenants));
+            let fetched = matches!(
+                tokio::time::timeout(shared.opts.refetch_hold, refetch).await,
+                Ok(Ok(true))
+            );
+            let fresh = fetched.then(|| backend.snapshot());
             let now = backend.now();
             let resume: Step = Box::new(move |mut job, cx, emit| {
                 job.resume(cx, fresh.as_deref(), now, emit);

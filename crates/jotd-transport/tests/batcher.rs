@@ -127,7 +127,7 @@ async fn a_check_past_its_deadline_fails_and_the_rest_still_decide() {
     let (open, gate) = watch::channel(false);
     let r = start(
         TestBackend::gated(snapshot(1, &k, false), gate),
-        ServerOptions::default(),
+        holding(),
         false,
     );
     let client = Arc::new(client(&r, vec![r.addr], false));
@@ -170,7 +170,7 @@ async fn a_held_check_delays_only_itself_not_its_batch() {
     let (_open, gate) = watch::channel(false);
     let r = start(
         TestBackend::gated(snapshot(1, &k, false), gate),
-        ServerOptions::default(),
+        holding(),
         false,
     );
     let client = Arc::new(client(&r, vec![r.addr], false));
@@ -207,6 +207,47 @@ async fn a_held_check_delays_only_itself_not_its_batch() {
     assert_eq!(first.await.unwrap(), Err(CheckError::Deadline));
     assert_eq!(second.await.unwrap(), Err(CheckError::Deadline));
     assert!(batcher.pool_reachable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_items_wait_at_most_refetch_hold() {
+    let k = keys();
+    // The refetch installs the new keys at once but never reports back: a
+    // slow identity provider.
+    let (_open, gate) = watch::channel(false);
+    let backend = TestBackend::gated(snapshot(1, &k, false), gate);
+    *backend.after_refetch.lock().unwrap() = Some(Arc::new(snapshot(2, &k, true)));
+    let opts = ServerOptions {
+        refetch_hold: Duration::from_millis(200),
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, false);
+    let batcher = Batcher::new(
+        Arc::new(client(&r, vec![r.addr], false)),
+        BatcherOptions::default(),
+    );
+    let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let d = batcher
+        .check(
+            check(&held, "jwks"),
+            Instant::now() + Duration::from_secs(30),
+        )
+        .await
+        .expect("decided once refetch_hold passed, not held until the deadline");
+    assert_eq!(d.reason(), Some(Reason::UnknownKid), "{d:?}");
+    assert_eq!(
+        backend.refetches.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // The next batch finds the keys the refetch brought.
+    let d = batcher
+        .check(
+            check(&held, "jwks"),
+            Instant::now() + Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(d.allow, "{d:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,7 +289,7 @@ async fn a_full_queue_refuses_at_once() {
     let (_open, gate) = watch::channel(false);
     let r = start(
         TestBackend::gated(snapshot(1, &k, false), gate),
-        ServerOptions::default(),
+        holding(),
         false,
     );
     let client = Arc::new(client(&r, vec![r.addr], false));

@@ -38,7 +38,7 @@ async fn a_replica_that_goes_silent_mid_batch_costs_no_decision() {
     let replicas: Vec<Running> = (0..3)
         .map(|_| {
             let backend = TestBackend::gated(snapshot(1, &k, false), gate.clone());
-            start_with(backend, ServerOptions::default(), false, pki.clone())
+            start_with(backend, holding(), false, pki.clone())
         })
         .collect();
     let relay = Relay::start(replicas[0].addr).await;
@@ -101,7 +101,7 @@ async fn a_late_answer_is_dropped_and_counted() {
     let (open, gate) = watch::channel(false);
     let slow = start_with(
         TestBackend::gated(snapshot(1, &k, false), gate),
-        ServerOptions::default(),
+        holding(),
         false,
         pki.clone(),
     );
@@ -208,7 +208,7 @@ async fn a_draining_replica_sends_its_new_batches_elsewhere() {
     let (open, gate) = watch::channel(false);
     let draining = start_with(
         TestBackend::gated(snapshot(1, &k, true), gate),
-        ServerOptions::default(),
+        holding(),
         false,
         pki.clone(),
     );

@@ -254,7 +254,7 @@ async fn streams_opened_during_drain_get_shutting_down() {
     let k = keys();
     let (gate, gated) = tokio::sync::watch::channel(false);
     let backend = TestBackend::gated(snapshot(1, &k, false), gated);
-    let r = start(Arc::clone(&backend), ServerOptions::default(), false);
+    let r = start(Arc::clone(&backend), holding(), false);
     let conn = raw_connection(&r, false, None).await;
     // A batch held in flight: the JWKS tenant's unknown kid waits for a refetch.
     let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();

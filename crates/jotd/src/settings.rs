@@ -21,6 +21,7 @@
 //! max_request_buffer_bytes = 134217728  # requests still arriving, server-wide
 //! request_timeout_ms = 10000          # a request must arrive whole in this time
 //! write_timeout_ms = 10000            # a client must read its answer in this time
+//! refetch_hold_ms = 1000              # unknown kids wait this long for a JWKS refetch
 //! handshake_timeout_ms = 5000
 //! max_handshakes = 1024
 //! retry_after_handshakes = 32         # QUIC Retry for unvalidated addresses past this
@@ -107,6 +108,7 @@ struct RawServer {
     max_request_buffer_bytes: Option<usize>,
     request_timeout_ms: Option<u64>,
     write_timeout_ms: Option<u64>,
+    refetch_hold_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
     max_handshakes: Option<usize>,
     retry_after_handshakes: Option<usize>,
@@ -415,6 +417,11 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
                 &mut s.server.write_timeout,
             ),
             (
+                "refetch_hold_ms",
+                r.refetch_hold_ms,
+                &mut s.server.refetch_hold,
+            ),
+            (
                 "handshake_timeout_ms",
                 r.handshake_timeout_ms,
                 &mut s.server.handshake_timeout,
@@ -717,6 +724,17 @@ level = "jotd=debug"
             "/etc/jotd/jotd.toml:2: server.io_threads: must be at most 256 (0: automatic)"
         );
         assert_eq!(p("[server]\nio_threads = 3\n").unwrap().io_threads, 3);
+        assert_eq!(
+            p("[server]\nrefetch_hold_ms = 0\n").unwrap_err(),
+            "/etc/jotd/jotd.toml:2: server.refetch_hold_ms: must be at least 1"
+        );
+        assert_eq!(
+            p("[server]\nrefetch_hold_ms = 250\n")
+                .unwrap()
+                .server
+                .refetch_hold,
+            Duration::from_millis(250)
+        );
         let e = p("[admin]\ntenant_labels = [\"a\", \"\"]\n").unwrap_err();
         assert_eq!(
             e,

@@ -327,3 +327,12 @@ impl Relay {
         self.cut.store(true, Ordering::SeqCst);
     }
 }
+
+/// Server options under which held items wait for their refetch as long as
+/// a test keeps the refetch gate shut (the default `refetch_hold` is 1 s).
+pub fn holding() -> jotd_transport::ServerOptions {
+    jotd_transport::ServerOptions {
+        refetch_hold: std::time::Duration::from_secs(600),
+        ..jotd_transport::ServerOptions::default()
+    }
+}
