@@ -217,6 +217,8 @@ struct RawLimits {
     max_batch_calls: usize,
     #[serde(default = "max_token")]
     max_token_bytes: usize,
+    #[serde(default = "websocket_recheck")]
+    websocket_recheck_ms: u64,
 }
 
 impl Default for RawLimits {
@@ -228,8 +230,13 @@ impl Default for RawLimits {
             max_upstream_bytes: max_upstream(),
             max_batch_calls: max_calls(),
             max_token_bytes: max_token(),
+            websocket_recheck_ms: websocket_recheck(),
         }
     }
+}
+
+const fn websocket_recheck() -> u64 {
+    30_000
 }
 
 const fn max_body() -> usize {
@@ -330,6 +337,9 @@ pub struct Limits {
     /// Largest bearer token passed on (longer ones are `token_too_large` at jotd;
     /// the gateway refuses them before they cross the network).
     pub max_token_bytes: usize,
+    /// How often an open WebSocket's token is checked again (a key removed,
+    /// a token revoked, the tenant gone: the socket is closed with 1008).
+    pub websocket_recheck: Duration,
 }
 
 /// The whole config, checked.
@@ -608,6 +618,7 @@ impl Config {
             || l.body_timeout_ms == 0
             || l.max_connections == 0
             || l.max_upstream_bytes == 0
+            || l.websocket_recheck_ms == 0
         {
             return Err(err(0..0, "limits", "limits must be above 0".into()));
         }
@@ -628,6 +639,7 @@ impl Config {
                 max_upstream_bytes: l.max_upstream_bytes,
                 max_batch_calls: l.max_batch_calls,
                 max_token_bytes: l.max_token_bytes,
+                websocket_recheck: Duration::from_millis(l.websocket_recheck_ms),
             },
         })
     }

@@ -201,6 +201,9 @@ async fn relay<C, N>(
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_heard = tokio::time::Instant::now();
+    let mut recheck = tokio::time::interval(door.limits.websocket_recheck);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    recheck.tick().await;
     loop {
         let expiry = deadline(exp);
         tokio::select! {
@@ -220,6 +223,24 @@ async fn relay<C, N>(
                     break;
                 }
                 if !send_within(&mut client, Message::Ping(Vec::new().into()), expiry).await {
+                    break;
+                }
+            }
+            _ = recheck.tick() => {
+                // The token again, as at the upgrade: a key removed, a token
+                // revoked or the tenant gone ends the socket, not only `exp`.
+                let v = door
+                    .gate
+                    .check(Door::Proxy, &facts, vec![CallFacts::default()])
+                    .await
+                    .remove(0);
+                if let Verdict::Deny(r) = v
+                    && !per_call(r)
+                {
+                    let _ = send_within(&mut client, Message::Close(Some(CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: format!("token no longer valid: {}", r.as_str()).into(),
+                    })), None).await;
                     break;
                 }
             }

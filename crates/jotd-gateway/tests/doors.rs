@@ -42,14 +42,16 @@ struct Keys {
 struct Pool {
     addr: SocketAddr,
     pki: DevPki,
+    /// The keys the pool serves; a test may swap them (a key removed).
+    keys: Arc<Mutex<Arc<Snapshot>>>,
     _stop: oneshot::Sender<()>,
 }
 
-struct StaticBackend(Arc<Snapshot>);
+struct StaticBackend(Arc<Mutex<Arc<Snapshot>>>);
 
 impl Backend for StaticBackend {
     fn snapshot(&self) -> Arc<Snapshot> {
-        Arc::clone(&self.0)
+        Arc::clone(&self.0.lock().unwrap())
     }
     fn now(&self) -> UnixTime {
         UnixTime(now())
@@ -82,6 +84,7 @@ fn tenants(k: &Keys) -> Snapshot {
 
 fn start_pool(k: &Keys) -> Pool {
     let pki = DevPki::generate().unwrap();
+    let keys = Arc::new(Mutex::new(Arc::new(tenants(k))));
     let tls = server_config(
         pki.server_cert_pem.as_bytes(),
         pki.server_key_pem.as_bytes(),
@@ -102,7 +105,7 @@ fn start_pool(k: &Keys) -> Pool {
         tls,
         Arc::new(Engine::new(EngineConfig::default())),
         pool,
-        Arc::new(StaticBackend(Arc::new(tenants(k)))),
+        Arc::new(StaticBackend(Arc::clone(&keys))),
     )
     .unwrap();
     let addr = server.local_addr().unwrap();
@@ -113,6 +116,7 @@ fn start_pool(k: &Keys) -> Pool {
     Pool {
         addr,
         pki,
+        keys,
         _stop: stop,
     }
 }
@@ -1239,4 +1243,115 @@ fn the_shipped_example_config_checks() {
             .rows()
             .any(|(m, ps)| m == "acme_getThing" && ps == ["0.contract"])
     );
+}
+
+/// A WebSocket JSON-RPC node stand-in: answers each call with
+/// `result = method`.
+async fn start_ws_upstream() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                        let c: Value = serde_json::from_str(t.as_str()).unwrap();
+                        let a = json!({"jsonrpc":"2.0","id":c["id"],"result":c["method"]});
+                        let _ = ws
+                            .send(tokio_tungstenite::tungstenite::Message::text(a.to_string()))
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_closes_when_its_token_stops_verifying() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let k = keys();
+    let pool = start_pool(&k);
+    let up = start_ws_upstream().await;
+    let mut cfg = config("ws-recheck", &pool, pool.addr, up, "");
+    cfg.limits.websocket_recheck = std::time::Duration::from_millis(200);
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let proxy = gw.proxy.unwrap();
+    let token =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"frank","aud":AUD,"exp":now() + 600}).to_string(),
+        )
+        .unwrap();
+    let mut req = format!("ws://{proxy}/v3/infura")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::text(call(1, "eth_chainId", &json!([]))))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.to_text().unwrap().contains("eth_chainId"),
+        "{answer:?}"
+    );
+    // Rechecks while the token verifies leave the socket open.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    ws.send(Message::text(call(2, "eth_chainId", &json!([]))))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.to_text().unwrap().contains("eth_chainId"),
+        "{answer:?}"
+    );
+    // The operator removes the key (compromised): the socket closes with 1008.
+    let mut without = Tenant::new(
+        "infura",
+        vec![TenantKey {
+            kid: "ec-1".into(),
+            key: k.es.verifying_key().unwrap(),
+        }],
+    );
+    without.policy = PolicyModel::Allowlist;
+    without.algorithms = AlgorithmSet::ALL;
+    without.claims.audiences = vec![AUD.into()];
+    // A key change bumps the tenant's epoch (the key store does on reload),
+    // which drops its cached tokens.
+    without.epoch = 1;
+    *pool.keys.lock().unwrap() = Arc::new(Snapshot::new(2, [Arc::new(without)]));
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => {
+                    return f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed after the key went");
+    let (code, reason) = closed.expect("a close frame");
+    assert_eq!(code, 1008);
+    assert!(reason.contains("unknown_kid"), "{reason}");
+    gw.drain().await;
 }
