@@ -141,12 +141,19 @@ fn member<'v, V>(
     members: impl IntoIterator<Item = (&'v String, &'v V)>,
     name: &str,
 ) -> Result<Option<&'v V>, String> {
-    let folded = fold(name);
+    let folded = std::cell::OnceCell::new();
     for (k, v) in members {
         if k == name {
             return Ok(Some(v));
         }
-        if fold(k) == folded {
+        // The names read are ASCII: an ASCII key folds alike exactly when it
+        // matches ignoring ASCII case (no allocation on this, the usual, path).
+        let alike = if k.is_ascii() {
+            k.eq_ignore_ascii_case(name)
+        } else {
+            fold(k) == *folded.get_or_init(|| fold(name))
+        };
+        if alike {
             return Err(format!(
                 "key `{k}` is not spelled `{name}`: nodes differ on whether they read it as `{name}`"
             ));

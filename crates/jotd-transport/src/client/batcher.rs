@@ -380,9 +380,8 @@ fn send(
     let counters = Arc::clone(counters);
     let done = done.clone();
     tokio::spawn(async move {
-        let (checks, replies): (Vec<Check>, Vec<_>) =
+        let (checks, mut replies): (Vec<Check>, Vec<_>) =
             live.into_iter().map(|q| (q.check, Some(q.reply))).unzip();
-        let mut replies = replies;
         let items: Vec<Item<'_>> = checks.iter().map(Check::item).collect();
         // Each check hears its decision as soon as its chunk arrives: a check
         // the server holds (an unknown `kid` while it refetches a key set)
