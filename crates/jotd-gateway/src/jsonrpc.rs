@@ -73,7 +73,11 @@ pub enum ParamPath {
 
 impl ParamPath {
     fn parse(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}`: a position is `N`, `N.field`, `N.field[]`, `N!` or `*`");
+        let bad = || {
+            format!(
+                "`{s}`: a position is `N`, `N.field`, `N.field[]`, `N!` or `*` (field names in ASCII)"
+            )
+        };
         if s == "*" {
             return Ok(Self::Always);
         }
@@ -87,7 +91,9 @@ impl ParamPath {
         match path.split_once('.') {
             None if !list => path.parse().map(Self::Param).map_err(|_| bad()),
             None => Err(bad()),
-            Some((i, f)) if !f.is_empty() && !f.contains('.') => Ok(Self::Field {
+            // ASCII field names only: keys are then compared without folding
+            // Unicode (see `member`).
+            Some((i, f)) if !f.is_empty() && !f.contains('.') && f.is_ascii() => Ok(Self::Field {
                 index: i.parse().map_err(|_| bad())?,
                 field: f.to_owned(),
                 list,
@@ -965,6 +971,7 @@ mod tests {
         assert!(t.set("x", &["a".into()]).is_err());
         assert!(t.set("x", &["0.a.b".into()]).is_err());
         assert!(t.set("x", &["0[]".into()]).is_err());
+        assert!(t.set("x", &["0.addre\u{df}".into()]).is_err());
         t.set("x", &["2!".into(), "*".into(), "0.a[]".into()])
             .unwrap();
         assert!(

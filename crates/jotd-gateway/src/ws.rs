@@ -34,9 +34,9 @@ use jotd_core::Reason;
 use serde_json::value::RawValue;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Whether `req` asks for a WebSocket upgrade.
 #[must_use]
@@ -208,18 +208,12 @@ async fn relay<C, N>(
         let expiry = deadline(exp);
         tokio::select! {
             () = crate::http::stopped(&mut stop) => {
-                let _ = send_within(&mut client, Message::Close(Some(CloseFrame {
-                    code: CloseCode::Away,
-                    reason: "going away".into(),
-                })), None).await;
+                close(&mut client, CloseCode::Away, "going away").await;
                 break;
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > SILENT_FOR {
-                    let _ = send_within(&mut client, Message::Close(Some(CloseFrame {
-                        code: CloseCode::Away,
-                        reason: "no answer to pings".into(),
-                    })), None).await;
+                    close(&mut client, CloseCode::Away, "no answer to pings").await;
                     break;
                 }
                 if !send_within(&mut client, Message::Ping(Vec::new().into()), expiry).await {
@@ -237,18 +231,12 @@ async fn relay<C, N>(
                 if let Verdict::Deny(r) = v
                     && !per_call(r)
                 {
-                    let _ = send_within(&mut client, Message::Close(Some(CloseFrame {
-                        code: CloseCode::Policy,
-                        reason: format!("token no longer valid: {}", r.as_str()).into(),
-                    })), None).await;
+                    close(&mut client, CloseCode::Policy, format!("token no longer valid: {}", r.as_str())).await;
                     break;
                 }
             }
             () = async { tokio::time::sleep_until(expiry.expect("guarded")).await }, if expiry.is_some() => {
-                let _ = send_within(&mut client, Message::Close(Some(CloseFrame {
-                    code: CloseCode::Policy,
-                    reason: "token expired".into(),
-                })), None).await;
+                close(&mut client, CloseCode::Policy, "token expired").await;
                 break;
             }
             msg = client.next() => {
@@ -282,10 +270,7 @@ async fn relay<C, N>(
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_)) | Err(_)) | None => {
-                    let _ = send_within(&mut client, Message::Close(Some(CloseFrame {
-                        code: CloseCode::Away,
-                        reason: "upstream closed".into(),
-                    })), None).await;
+                    close(&mut client, CloseCode::Away, "upstream closed").await;
                     break;
                 }
             },
@@ -293,6 +278,18 @@ async fn relay<C, N>(
     }
     let _ = tokio::time::timeout(WRITE_TIMEOUT, node.close(None)).await;
     let _ = tokio::time::timeout(WRITE_TIMEOUT, client.close(None)).await;
+}
+
+/// Sends a Close frame (bounded like any send; the socket goes either way).
+async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: impl Into<Utf8Bytes>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = send_within(ws, Message::Close(Some(frame)), None).await;
 }
 
 /// Sends `msg`, waiting at most [`WRITE_TIMEOUT`] and never past `until`
