@@ -68,7 +68,7 @@ pem_file = "es.pem"
 }
 
 struct Fixture {
-    dir: PathBuf,
+    dir: jotd_e2e::Scratch,
     config: PathBuf,
     pki: DevPki,
     rsa: SigningKey,

@@ -281,6 +281,7 @@ fn gateway_proxy_nginx_and_caddy_in_front_of_a_real_node() {
 
     // The node, and a recording relay in front of it.
     let node_port = free_port();
+    std::fs::create_dir_all(dir.join("ganache-db")).unwrap();
     let mut node = Killed(
         Command::new("node")
             .arg(ganache_cli())
@@ -296,6 +297,9 @@ fn gateway_proxy_nginx_and_caddy_in_front_of_a_real_node() {
                 "--chain.chainId",
                 "1337",
             ])
+            // In the scratch folder, so a killed node leaves no database behind.
+            .arg("--database.dbPath")
+            .arg(dir.join("ganache-db"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -71,16 +71,35 @@ pub fn bin(name: &str) -> PathBuf {
     profile_dir.join(name)
 }
 
-/// A fresh scratch folder for one test.
+/// A fresh scratch folder for one test, removed when dropped (so a test run
+/// leaves nothing under the temporary directory). It derefs to its path.
+pub struct Scratch(tempfile::TempDir);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+/// A fresh scratch folder for one test; see [`Scratch`].
 ///
 /// # Panics
 /// The folder cannot be made.
 #[must_use]
-pub fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("jotd-serve-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+pub fn scratch_dir(name: &str) -> Scratch {
+    Scratch(
+        tempfile::Builder::new()
+            .prefix(&format!("jotd-serve-{name}-"))
+            .tempdir()
+            .unwrap(),
+    )
 }
 
 /// Seconds since the Unix epoch.

@@ -170,11 +170,11 @@ async fn start_upstream() -> (SocketAddr, Seen) {
     (addr, seen)
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("jotd-gateway-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("jotd-gateway-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn config(
@@ -183,9 +183,9 @@ fn config(
     pool_addr: SocketAddr,
     upstream: SocketAddr,
     extra: &str,
-) -> Config {
+) -> (Config, tempfile::TempDir) {
     let dir = scratch(name);
-    std::fs::write(dir.join("ca.pem"), &pool.pki.ca_pem).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &pool.pki.ca_pem).unwrap();
     let text = format!(
         r#"
 [pool]
@@ -205,9 +205,9 @@ path = "/besu"
 tenant = "besu"
 "#
     );
-    let file = dir.join("gw.toml");
+    let file = dir.path().join("gw.toml");
     std::fs::write(&file, &text).unwrap();
-    Config::load(&file).unwrap()
+    (Config::load(&file).unwrap(), dir)
 }
 
 struct Http {
@@ -296,9 +296,8 @@ async fn the_infura_flow_through_the_proxy() {
     let k = keys();
     let pool = start_pool(&k);
     let (up, seen) = start_upstream().await;
-    let gw = jotd_gateway::start(&config("infura", &pool, pool.addr, up, ""), None)
-        .await
-        .unwrap();
+    let (cfg, _dir) = config("infura", &pool, pool.addr, up, "");
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let proxy = gw.proxy.unwrap();
     let exp = now() + 600;
     let claims = json!({"sub":"alice","aud":AUD,"exp":exp,"methods":["eth_getBalance","eth_call"],"addresses":[A],"scope":"read"}).to_string();
@@ -547,9 +546,8 @@ async fn a_batch_array_is_answered_in_order_with_mixed_outcomes() {
     let k = keys();
     let pool = start_pool(&k);
     let (up, seen) = start_upstream().await;
-    let gw = jotd_gateway::start(&config("batch", &pool, pool.addr, up, ""), None)
-        .await
-        .unwrap();
+    let (cfg, _dir) = config("batch", &pool, pool.addr, up, "");
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let proxy = gw.proxy.unwrap();
     let claims = json!({"sub":"bob","aud":AUD,"exp":now() + 600,"methods":["eth_getBalance","eth_blockNumber"],"addresses":[A]}).to_string();
     let token = k.es.mint(Some("ec-1"), &claims).unwrap();
@@ -661,9 +659,8 @@ async fn the_besu_flow_on_a_fixed_tenant() {
     let k = keys();
     let pool = start_pool(&k);
     let (up, seen) = start_upstream().await;
-    let gw = jotd_gateway::start(&config("besu", &pool, pool.addr, up, ""), None)
-        .await
-        .unwrap();
+    let (cfg, _dir) = config("besu", &pool, pool.addr, up, "");
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let proxy = gw.proxy.unwrap();
     let token =
         k.rs.mint(
@@ -720,9 +717,8 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
     let k = keys();
     let pool = start_pool(&k);
     let (up, _seen) = start_upstream().await;
-    let gw = jotd_gateway::start(&config("fa", &pool, pool.addr, up, ""), None)
-        .await
-        .unwrap();
+    let (cfg, _dir) = config("fa", &pool, pool.addr, up, "");
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let fa = gw.forward_auth.unwrap();
     let exp = now() + 600;
     let open =
@@ -917,9 +913,8 @@ async fn a_pool_that_is_gone_fails_closed_or_open_as_configured() {
             &json!({"aud":AUD,"exp":now() + 600}).to_string(),
         )
         .unwrap();
-    let closed = jotd_gateway::start(&config("closed", &pool, dead, up, ""), None)
-        .await
-        .unwrap();
+    let (cfg, _closed_dir) = config("closed", &pool, dead, up, "");
+    let closed = jotd_gateway::start(&cfg, None).await.unwrap();
     let r = post(
         closed.proxy.unwrap(),
         "/v3/infura",
@@ -941,12 +936,8 @@ async fn a_pool_that_is_gone_fails_closed_or_open_as_configured() {
     assert_eq!(r.status, 503);
     upstream_saw(&seen, &[]);
     closed.drain().await;
-    let open = jotd_gateway::start(
-        &config("open", &pool, dead, up, "failure_mode = \"open\""),
-        None,
-    )
-    .await
-    .unwrap();
+    let (cfg, _open_dir) = config("open", &pool, dead, up, "failure_mode = \"open\"");
+    let open = jotd_gateway::start(&cfg, None).await.unwrap();
     let r = post(
         open.proxy.unwrap(),
         "/v3/infura",
@@ -962,7 +953,8 @@ async fn a_pool_that_is_gone_fails_closed_or_open_as_configured() {
 
 #[test]
 fn config_errors_name_file_line_and_key() {
-    let dir = scratch("cfg");
+    let scratch = scratch("cfg");
+    let dir = scratch.path();
     let file = dir.join("gw.toml");
     let cases = [
         (
@@ -1056,7 +1048,7 @@ async fn envoy_ext_authz_over_grpc() {
     let k = keys();
     let pool = start_pool(&k);
     let (up, _seen) = start_upstream().await;
-    let mut cfg = config("envoy", &pool, pool.addr, up, "");
+    let (mut cfg, _dir) = config("envoy", &pool, pool.addr, up, "");
     cfg.ext_authz = Some(jotd_gateway::config::ExtAuthz {
         listen: "127.0.0.1:0".parse().unwrap(),
         remove_authorization: true,
@@ -1280,7 +1272,7 @@ async fn an_open_websocket_closes_when_its_token_stops_verifying() {
     let k = keys();
     let pool = start_pool(&k);
     let up = start_ws_upstream().await;
-    let mut cfg = config("ws-recheck", &pool, pool.addr, up, "");
+    let (mut cfg, _dir) = config("ws-recheck", &pool, pool.addr, up, "");
     cfg.limits.websocket_recheck = std::time::Duration::from_millis(200);
     let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let proxy = gw.proxy.unwrap();

@@ -16,10 +16,15 @@ use std::time::SystemTime;
 
 const MIX: &str = "valid=0.4,expired=0.06,not_yet_valid=0.06,bad_signature=0.06,unknown_kid=0.06,wrong_audience=0.06,policy_deny=0.06,malformed=0.06,revoked=0.06,missing_token=0.06,no_auth=0.06";
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("jotd-load-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A scratch folder, removed when the returned guard drops. The harness
+/// creates the folder itself, so the guard's path does not exist yet.
+fn scratch(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let guard = tempfile::Builder::new()
+        .prefix(&format!("jotd-load-{name}-"))
+        .tempdir()
+        .unwrap();
+    let dir = guard.path().join("run");
+    (guard, dir)
 }
 
 fn tenants(dir: &Path) {
@@ -121,7 +126,7 @@ fn run_harness(dir: &Path, addr: SocketAddr, count: &str) -> Report {
 
 #[test]
 fn zero_mismatches_against_the_real_server_on_a_mixed_workload() {
-    let dir = scratch("real");
+    let (_scratch, dir) = scratch("real");
     tenants(&dir);
     let snap = Arc::new(snapshot(&dir));
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -255,7 +260,7 @@ async fn flipping_server(dir: &Path, snap: Arc<Snapshot>) -> SocketAddr {
 
 #[test]
 fn a_flipped_answer_is_caught_and_fails_the_run() {
-    let dir = scratch("flip");
+    let (_scratch, dir) = scratch("flip");
     tenants(&dir);
     let snap = Arc::new(snapshot(&dir));
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -280,7 +285,7 @@ fn bad_flags_are_named() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("/nonexistent/load.json"), "{e}");
-    let dir = scratch("flags");
+    let (_scratch, dir) = scratch("flags");
     tenants(&dir);
     let m = dir.join("load.json");
     let e = main_with([

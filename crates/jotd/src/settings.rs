@@ -673,9 +673,11 @@ level = "jotd=debug"
 
     #[test]
     fn a_reload_reads_the_whole_file_and_refuses_bad_daemon_sections() {
-        let dir = std::env::temp_dir().join(format!("jotd-settings-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("jotd.toml");
+        let dir = tempfile::Builder::new()
+            .prefix("jotd-settings-")
+            .tempdir()
+            .unwrap();
+        let file = dir.path().join("jotd.toml");
         let tenant = "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
         std::fs::write(&file, format!("[server]\nmax_connections = 7\n{tenant}")).unwrap();
         let (settings, keys) = load(&file).unwrap();
@@ -691,7 +693,6 @@ level = "jotd=debug"
             e.contains(":2: server.max_connections: must be at least 1"),
             "{e}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

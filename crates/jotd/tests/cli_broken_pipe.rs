@@ -34,9 +34,11 @@ fn with_stdout_closed(args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn every_printing_command_exits_quietly_when_stdout_is_closed() {
-    let dir = std::env::temp_dir().join(format!("jotd-epipe-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("jotd-epipe-")
+        .tempdir()
+        .unwrap();
+    let dir = scratch.path();
     let secret = "0123456789abcdef0123456789abcdef";
     let config = dir.join("jotd.toml");
     std::fs::write(

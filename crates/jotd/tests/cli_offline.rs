@@ -37,11 +37,11 @@ fn text(b: &[u8]) -> String {
 }
 
 /// A fresh folder for one test's files.
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("jotd-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("jotd-cli-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
@@ -109,7 +109,8 @@ secret = "0123456789abcdef0123456789abcdef"
 
 #[test]
 fn config_check_lists_keys_or_names_the_error() {
-    let dir = scratch_dir("config");
+    let scratch = scratch_dir("config");
+    let dir = scratch.path();
     let config = write_config(&dir);
     let out = jotd(
         &["config", "check", "--config", config.to_str().unwrap()],
@@ -183,7 +184,8 @@ fn config_check_lists_keys_or_names_the_error() {
 
 #[test]
 fn check_decides_each_line_in_order() {
-    let dir = scratch_dir("check");
+    let scratch = scratch_dir("check");
+    let dir = scratch.path();
     let config = write_config(&dir);
     let now = 1_800_000_000u64;
     let rsa = SigningKey::from_pkcs8(
