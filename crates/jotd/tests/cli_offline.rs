@@ -111,7 +111,7 @@ secret = "0123456789abcdef0123456789abcdef"
 fn config_check_lists_keys_or_names_the_error() {
     let scratch = scratch_dir("config");
     let dir = scratch.path();
-    let config = write_config(&dir);
+    let config = write_config(dir);
     let out = jotd(
         &["config", "check", "--config", config.to_str().unwrap()],
         None,
@@ -186,7 +186,7 @@ fn config_check_lists_keys_or_names_the_error() {
 fn check_decides_each_line_in_order() {
     let scratch = scratch_dir("check");
     let dir = scratch.path();
-    let config = write_config(&dir);
+    let config = write_config(dir);
     let now = 1_800_000_000u64;
     let rsa = SigningKey::from_pkcs8(
         Algorithm::Rs256,
