@@ -85,7 +85,9 @@ pub enum KeyError {
 #[derive(Clone)]
 enum Inner {
     Public(ParsedPublicKey),
-    Hmac(hmac::Key),
+    /// The key, and a digest of its secret for [`VerifyingKey::material_digest`]
+    /// (aws-lc-rs does not give the secret back).
+    Hmac(hmac::Key, [u8; 32]),
 }
 
 /// A verifying key, parsed once at load time and bound to one [`Algorithm`].
@@ -103,7 +105,7 @@ impl fmt::Debug for VerifyingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.inner {
             Inner::Public(_) => "public",
-            Inner::Hmac(_) => "hmac",
+            Inner::Hmac(..) => "hmac",
         };
         f.debug_struct("VerifyingKey")
             .field("alg", &self.alg)
@@ -247,7 +249,10 @@ impl VerifyingKey {
         }
         Ok(Self {
             alg,
-            inner: Inner::Hmac(hmac::Key::new(hmac_alg, secret)),
+            inner: Inner::Hmac(
+                hmac::Key::new(hmac_alg, secret),
+                sha256(&[b"jotd hmac secret\0", secret]),
+            ),
         })
     }
 
@@ -262,7 +267,23 @@ impl VerifyingKey {
     pub fn spki_der(&self) -> Option<Vec<u8>> {
         match &self.inner {
             Inner::Public(p) => spki_of(p, self.alg).ok(),
-            Inner::Hmac(_) => None,
+            Inner::Hmac(..) => None,
+        }
+    }
+
+    /// A digest that changes whenever the key material changes, for every kind of key:
+    /// SHA-256 of the DER SPKI for public keys, of the secret (domain-separated) for HMAC.
+    /// Key sets digest it into a tenant's cache epoch, so a key replaced under the same
+    /// `kid` (a rotated HMAC secret included) drops the tokens cached under the old one.
+    #[must_use]
+    pub fn material_digest(&self) -> [u8; 32] {
+        match &self.inner {
+            Inner::Public(p) => match p.as_der() {
+                Ok(der) => sha256(&[b"jotd public key\0", der.as_ref()]),
+                // Not expected for keys aws-lc-rs parsed; the raw key bytes identify it too.
+                Err(_) => sha256(&[b"jotd raw public key\0", p.as_ref()]),
+            },
+            Inner::Hmac(_, d) => *d,
         }
     }
 
@@ -283,9 +304,20 @@ impl VerifyingKey {
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         match &self.inner {
             Inner::Public(key) => key.verify_sig(message, signature).is_ok(),
-            Inner::Hmac(key) => hmac::verify(key, message, signature).is_ok(),
+            Inner::Hmac(key, _) => hmac::verify(key, message, signature).is_ok(),
         }
     }
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    ctx.finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
 }
 
 fn spki_of(parsed: &ParsedPublicKey, alg: Algorithm) -> Result<Vec<u8>, KeyError> {

@@ -186,7 +186,9 @@ impl KeysConfig {
                     }
                     ctx.update(kid.as_bytes());
                     ctx.update(key.algorithm().as_str().as_bytes());
-                    ctx.update(&key.spki_der().unwrap_or_default());
+                    // Every kind of key, HMAC secrets included: a secret rotated under the
+                    // same kid must drop the tokens cached under the old one.
+                    ctx.update(&key.material_digest());
                     if !spec.algorithms_configured {
                         tenant.algorithms.insert(key.algorithm());
                     }

@@ -293,12 +293,12 @@ pub(crate) fn tenant(
     })
 }
 
-/// Parses one key; returns it, its listing, and the bytes that identify its material.
+/// Parses one key; returns it, its listing, and the digest of its material ([`VerifyingKey::material_digest`](jotd_core::VerifyingKey::material_digest)).
 fn key(
     cx: &Ctx<'_, '_>,
     at: &str,
     raw: &Spanned<RawKey>,
-) -> Result<(TenantKey, KeyInfo, Vec<u8>), ConfigError> {
+) -> Result<(TenantKey, KeyInfo, [u8; 32]), ConfigError> {
     let k = raw.get_ref();
     let span = raw.span();
     let kid = k.kid.get_ref();
@@ -344,25 +344,20 @@ fn key(
         )
     };
     let bad = |e: MaterialError| cx.loc.error(span.clone(), at, e);
-    // `secret` holds an HMAC secret's bytes, only to digest them into the cache epoch.
-    let (key, source, secret) = if let Some(jwk) = &k.jwk {
+    let (key, source) = if let Some(jwk) = &k.jwk {
         let key = jwk
             .to_key(alg)
             .map_err(|e| cx.loc.error(span.clone(), format!("{at}.jwk"), e))?;
-        (
-            key,
-            "jwk".to_owned(),
-            jwk.k.as_ref().map(|s| s.as_bytes().to_vec()),
-        )
+        (key, "jwk".to_owned())
     } else if let Some(secret) = &k.secret {
         let key = jotd_core::VerifyingKey::from_hmac_secret(need_alg()?, secret.as_bytes())
             .map_err(|e| bad(e.into()))?;
-        (key, "secret".to_owned(), Some(secret.as_bytes().to_vec()))
+        (key, "secret".to_owned())
     } else if let Some(secret) = &k.secret_base64 {
         let bytes = material::decode_secret_base64(secret).map_err(bad)?;
         let key = jotd_core::VerifyingKey::from_hmac_secret(need_alg()?, &bytes)
             .map_err(|e| bad(e.into()))?;
-        (key, "secret_base64".to_owned(), Some(bytes))
+        (key, "secret_base64".to_owned())
     } else {
         let (bytes, source) = if let Some(pem) = &k.pem {
             (pem.as_bytes().to_vec(), "pem".to_owned())
@@ -385,17 +380,11 @@ fn key(
         (
             material::public_key(need_alg()?, &bytes).map_err(bad)?,
             source,
-            None,
         )
     };
     let alg = key.algorithm();
     let fingerprint = key.fingerprint();
-    let material = match (key.spki_der(), secret) {
-        (Some(spki), _) => spki,
-        (None, secret) => digest::digest(&digest::SHA256, &secret.unwrap_or_default())
-            .as_ref()
-            .to_vec(),
-    };
+    let material = key.material_digest();
     let info = KeyInfo {
         kid: kid.clone(),
         name: k.name.clone(),

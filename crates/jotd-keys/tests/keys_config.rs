@@ -8,6 +8,7 @@ use jotd_keys::{ConfigError, KeyStore, KeysConfig};
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const CONFIG: &str = "/etc/jotd/tenants.toml";
 
@@ -471,4 +472,139 @@ fn the_store_swaps_whole_snapshots_and_keeps_the_old_one_on_error() {
     });
     assert!(refused.is_err());
     assert_eq!(store.load().generation(), 2, "a bad config changes nothing");
+}
+
+/// A key replaced under the same `kid` changes its tenant's cache epoch, from every
+/// source, HMAC secrets included (a JWKS `oct` key's secret once counted as empty, so a
+/// rotated secret kept tokens forged with the leaked one in the cache).
+#[test]
+fn a_key_replaced_under_its_kid_changes_the_epoch_from_every_source() {
+    use base64::Engine as _;
+    let b64 = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let (s1, s2) = (
+        b"0123456789abcdef0123456789abcdef".as_slice(),
+        b"fedcba9876543210fedcba9876543210".as_slice(),
+    );
+    let oct = |s: &[u8]| {
+        format!(
+            r#"{{"kty":"oct","kid":"h","alg":"HS256","k":"{}"}}"#,
+            b64(s)
+        )
+    };
+    let jwks = |s: &[u8]| format!(r#"{{"keys":[{}]}}"#, oct(s));
+    let tenant = "[[tenant]]\nid = \"t\"\n";
+    // (what the source is, the config, extra files) for secret 1 and secret 2.
+    let sources = |s: &[u8]| {
+        vec![
+            (
+                "secret",
+                format!(
+                    "{tenant}[[tenant.key]]\nkid = \"h\"\nalg = \"HS256\"\nsecret = \"{}\"\n",
+                    std::str::from_utf8(s).unwrap()
+                ),
+                None,
+            ),
+            (
+                "secret_base64",
+                format!(
+                    "{tenant}[[tenant.key]]\nkid = \"h\"\nalg = \"HS256\"\nsecret_base64 = \"{}\"\n",
+                    base64::engine::general_purpose::STANDARD.encode(s)
+                ),
+                None,
+            ),
+            (
+                "inline jwk",
+                format!(
+                    "{tenant}[[tenant.key]]\nkid = \"h\"\nalg = \"HS256\"\njwk = {}\n",
+                    toml_inline(&oct(s))
+                ),
+                None,
+            ),
+            (
+                "jwks file",
+                format!("{tenant}[[tenant.jwks]]\nfile = \"jwks.json\"\n"),
+                Some(jwks(s)),
+            ),
+        ]
+    };
+    let engine = Engine::new(EngineConfig::default());
+    let claims = format!(r#"{{"exp":{}}}"#, 2_000_000_000u64);
+    let token = SigningKey::from_hmac_secret(Algorithm::Hs256, s1)
+        .unwrap()
+        .mint(Some("h"), &claims)
+        .unwrap();
+    let req = Request {
+        token: Some(token.as_bytes()),
+        tenant: "t",
+        method: None,
+        addresses: &[],
+        origin: None,
+        user_agent: None,
+    };
+    let now = UnixTime(1_800_000_000);
+    for ((what, c1, f1), (_, c2, f2)) in sources(s1).into_iter().zip(sources(s2)) {
+        let snap = |config: &str, file: Option<String>, generation| {
+            let mut files = Files::new(config);
+            if let Some(f) = file {
+                files = files.with("/etc/jotd/jwks.json", &f);
+            }
+            files
+                .load()
+                .unwrap_or_else(|e| panic!("{what}: {e}"))
+                .snapshot(generation, &|_, _| None)
+        };
+        let (old, new) = (snap(&c1, f1, 1), snap(&c2, f2, 2));
+        assert_ne!(
+            old.tenant("t").unwrap().epoch,
+            new.tenant("t").unwrap().epoch,
+            "{what}"
+        );
+        // End to end: the token signed with the old secret is cached under the old
+        // snapshot (the second lookup hits), and refused under the new one.
+        engine.clear_cache();
+        let hits = engine.cache_stats().unwrap().hits;
+        for _ in 0..2 {
+            assert_eq!(
+                engine.verify(&old, &req, now).reason(),
+                Reason::Ok,
+                "{what}"
+            );
+        }
+        assert!(
+            engine.cache_stats().unwrap().hits > hits,
+            "{what}: not cached"
+        );
+        assert_eq!(
+            engine.verify(&new, &req, now).reason(),
+            Reason::BadSignature,
+            "{what}"
+        );
+    }
+    // A JWKS URL's keys come from the fetcher: the same rule.
+    let url_config = format!("{tenant}[[tenant.jwks]]\nurl = \"https://idp.example.com/jwks\"\n");
+    let cfg = Files::new(&url_config).load().unwrap();
+    let fetched =
+        |s: &[u8]| Arc::new(jotd_keys::jwk::parse_jwks(jwks(s).as_bytes(), None, 16).unwrap());
+    let (k1, k2) = (fetched(s1), fetched(s2));
+    let old = cfg.snapshot(1, &|_, _| Some(Arc::clone(&k1)));
+    let new = cfg.snapshot(2, &|_, _| Some(Arc::clone(&k2)));
+    assert_ne!(
+        old.tenant("t").unwrap().epoch,
+        new.tenant("t").unwrap().epoch
+    );
+    engine.clear_cache();
+    for _ in 0..2 {
+        assert_eq!(engine.verify(&old, &req, now).reason(), Reason::Ok);
+    }
+    assert_eq!(
+        engine.verify(&new, &req, now).reason(),
+        Reason::BadSignature
+    );
+}
+
+/// A JSON object as a TOML inline table (flat objects of strings only).
+fn toml_inline(json: &str) -> String {
+    let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json).unwrap();
+    let fields: Vec<String> = v.iter().map(|(k, v)| format!("{k} = {}", v)).collect();
+    format!("{{ {} }}", fields.join(", "))
 }
