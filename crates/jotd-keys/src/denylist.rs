@@ -65,11 +65,43 @@ pub fn parse(
             ));
         }
         let list = lists.entry(e.tenant.clone()).or_default();
-        match (&e.jti, &e.sub) {
-            (Some(jti), None) => list.jti.insert(jti.as_str().into(), UnixTime(e.until)),
-            (None, Some(sub)) => list.sub.insert(sub.as_str().into(), UnixTime(e.until)),
+        let (map, value) = match (&e.jti, &e.sub) {
+            (Some(jti), None) => (&mut list.jti, jti),
+            (None, Some(sub)) => (&mut list.sub, sub),
             _ => return Err(loc.error(entry.span(), at, "give exactly one of jti, sub")),
         };
+        // The same jti or sub listed twice (an old entry left behind): the later `until`
+        // holds, so a stale line can never shorten a revocation.
+        let until = map.entry(value.as_str().into()).or_insert(UnixTime(e.until));
+        until.0 = until.0.max(e.until);
     }
     Ok(lists.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jti_or_sub_listed_twice_keeps_the_later_until_whatever_the_order() {
+        let entry = |kind: &str, until: u64| {
+            format!("[[revoke]]\ntenant = \"t\"\n{kind} = \"stolen\"\nuntil = {until}\n")
+        };
+        for kind in ["jti", "sub"] {
+            for text in [
+                entry(kind, 2_000_000_000) + &entry(kind, 1),
+                entry(kind, 1) + &entry(kind, 2_000_000_000),
+            ] {
+                let lists = parse(Path::new("revoked.toml"), &text, &|t| t == "t").unwrap();
+                let list = &lists["t"];
+                let (jti, sub) = if kind == "jti" {
+                    (Some("stolen"), None)
+                } else {
+                    (None, Some("stolen"))
+                };
+                assert!(list.is_revoked(jti, sub, UnixTime(1_900_000_000)), "{text}");
+                assert!(!list.is_revoked(jti, sub, UnixTime(2_000_000_000)), "{text}");
+            }
+        }
+    }
 }
