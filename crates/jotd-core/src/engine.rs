@@ -315,7 +315,7 @@ impl Engine {
             claims.exp,
             returned,
         ));
-        if let Err(reason) = static_checks(tenant, &claims, now) {
+        if let Err(reason) = static_checks(tenant, &claims) {
             return Ok(Decision::with_token(reason, info));
         }
         let times = Times {
@@ -390,7 +390,7 @@ fn find_key<'t>(tenant: &'t Tenant, kid: Option<&str>) -> Result<&'t TenantKey, 
 }
 
 /// Claim rules that depend on neither the clock nor the request: checked once, then cached.
-fn static_checks(tenant: &Tenant, claims: &Claims<'_>, now: UnixTime) -> Result<(), Reason> {
+fn static_checks(tenant: &Tenant, claims: &Claims<'_>) -> Result<(), Reason> {
     let rules = &tenant.claims;
     if rules.require_exp && claims.exp.is_none() {
         return Err(Reason::MissingClaim);
@@ -401,13 +401,19 @@ fn static_checks(tenant: &Tenant, claims: &Claims<'_>, now: UnixTime) -> Result<
             return Err(Reason::BadIssuer);
         }
     }
-    if !rules.audiences.is_empty() {
-        let aud = claims.aud.as_ref().ok_or(Reason::MissingClaim)?;
-        if !aud
-            .iter()
-            .any(|a| rules.audiences.iter().any(|x| **x == **a))
-        {
-            return Err(Reason::BadAudience);
+    // RFC 7519 §4.1.3: a token that names audiences must name one of ours. A tenant
+    // without `audiences` identifies itself with none, so a token carrying `aud` (minted
+    // for another API, or an OIDC ID token) is refused there too, not waved through.
+    match (&claims.aud, rules.audiences.is_empty()) {
+        (None, true) => {}
+        (None, false) => return Err(Reason::MissingClaim),
+        (Some(aud), _) => {
+            if !aud
+                .iter()
+                .any(|a| rules.audiences.iter().any(|x| **x == **a))
+            {
+                return Err(Reason::BadAudience);
+            }
         }
     }
     for i in 0..rules.required.len() {
@@ -416,9 +422,15 @@ fn static_checks(tenant: &Tenant, claims: &Claims<'_>, now: UnixTime) -> Result<
         }
     }
     if let Some(max) = rules.max_lifetime {
-        let exp = claims.exp.ok_or(Reason::MissingClaim)?;
-        let start = claims.iat.unwrap_or(now.0);
-        if exp.saturating_sub(start) > max.as_secs() {
+        // The lifetime is `exp - iat`, so a cap needs `iat`: measured from `now` instead,
+        // a year-long token without `iat` would pass in its last `max_lifetime`.
+        let (Some(exp), Some(iat)) = (claims.exp, claims.iat) else {
+            return Err(Reason::MissingClaim);
+        };
+        if iat > exp {
+            return Err(Reason::InvalidClaim);
+        }
+        if exp - iat > max.as_secs() {
             return Err(Reason::LifetimeTooLong);
         }
     }

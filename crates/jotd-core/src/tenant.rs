@@ -58,9 +58,11 @@ pub struct ClaimRules {
     pub require_exp: bool,
     /// Clock skew allowed on `exp`, `nbf` and `iat`. Default: 30 s.
     pub leeway: Duration,
-    /// Longest accepted `exp - iat` (or `exp - now` without `iat`). Default: none.
+    /// Longest accepted `exp - iat`; when set, tokens without `iat` are `missing_claim`.
+    /// Default: none.
     pub max_lifetime: Option<Duration>,
-    /// If not empty, `aud` must contain one of these. Default: empty.
+    /// `aud` must contain one of these; when empty, a token carrying `aud` is
+    /// `bad_audience` (RFC 7519 §4.1.3). Default: empty.
     pub audiences: Vec<Box<str>>,
     /// If not empty, `iss` must be one of these. Default: empty.
     pub issuers: Vec<Box<str>>,

@@ -93,10 +93,19 @@ fn exp_optional_and_lifetime_cap() {
         r(json!({"iat": NOW, "exp": NOW + 3601})),
         Reason::LifetimeTooLong
     );
+    // Without iat the lifetime cannot be measured: a year-long token would otherwise
+    // pass in its last hour.
+    for exp in [NOW + 3601, NOW + 60] {
+        assert_eq!(
+            r(json!({"iat": null, "exp": exp})),
+            Reason::MissingClaim,
+            "a lifetime cap needs iat"
+        );
+    }
     assert_eq!(
-        r(json!({"iat": null, "exp": NOW + 3601})),
-        Reason::LifetimeTooLong,
-        "without iat: from now"
+        r(json!({"iat": NOW + 20, "exp": NOW + 10})),
+        Reason::InvalidClaim,
+        "issued after it expires"
     );
     let mut lax = tenant("l", &[Es256]);
     lax.claims.require_exp = false;
@@ -133,6 +142,16 @@ fn audience_issuer_required_claims_and_typ() {
     );
     assert_eq!(with(json!({"iss": null})), Reason::MissingClaim);
     assert_eq!(with(json!({"name": null})), Reason::MissingClaim);
+
+    // A tenant that lists no audiences identifies itself with none (RFC 7519 §4.1.3):
+    // a token that names audiences is not for it, whatever it names.
+    let open = one(tenant("o", &[Es256]));
+    let r = |claims: serde_json::Value| reason(&e, &open, "o", &mint(Es256, claims));
+    assert_eq!(r(json!({})), Reason::Ok, "no aud, no audiences");
+    for aud in [json!("other-api"), json!(["a", "b"]), json!([]), json!("")] {
+        assert_eq!(r(json!({"aud": aud})), Reason::BadAudience, "{aud}");
+    }
+    assert_eq!(r(json!({"aud": 7})), Reason::InvalidClaim);
 
     let mut strict = tenant("s", &[Es256]);
     strict.claims.typ = TypRule {
