@@ -72,7 +72,9 @@ pub fn parse(
         };
         // The same jti or sub listed twice (an old entry left behind): the later `until`
         // holds, so a stale line can never shorten a revocation.
-        let until = map.entry(value.as_str().into()).or_insert(UnixTime(e.until));
+        let until = map
+            .entry(value.as_str().into())
+            .or_insert(UnixTime(e.until));
         until.0 = until.0.max(e.until);
     }
     Ok(lists.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
@@ -100,7 +102,10 @@ mod tests {
                     (None, Some("stolen"))
                 };
                 assert!(list.is_revoked(jti, sub, UnixTime(1_900_000_000)), "{text}");
-                assert!(!list.is_revoked(jti, sub, UnixTime(2_000_000_000)), "{text}");
+                assert!(
+                    !list.is_revoked(jti, sub, UnixTime(2_000_000_000)),
+                    "{text}"
+                );
             }
         }
     }

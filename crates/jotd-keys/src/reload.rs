@@ -53,6 +53,10 @@ pub struct Reloader {
     loader: Loader,
     stamp: Stamper,
     state: Mutex<State>,
+    /// One reload at a time. Held while the files are read and parsed, which can take
+    /// seconds for a large config; `state` is not, so [`Reloader::config`] and
+    /// [`Reloader::status`] (health, metrics, refetches) never wait on a reload.
+    reloading: Mutex<()>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -95,6 +99,7 @@ impl Reloader {
             loader,
             stamp,
             state: Mutex::new(state),
+            reloading: Mutex::new(()),
         }
     }
 
@@ -136,12 +141,31 @@ impl Reloader {
     /// # Errors
     /// The new config does not validate.
     pub fn reload(&self) -> Result<u64, ConfigError> {
+        let _one = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Files are stamped before they are read: a file read while it was being
+        // rewritten (truncated, then written) keeps its old stamp, so the next check sees
+        // it changed and reads it again. Stamped after the read, the half-written content
+        // would stay in service until the file changed once more.
+        let before: HashMap<PathBuf, Option<FileStamp>> = self
+            .lock()
+            .stamps
+            .iter()
+            .map(|(f, _)| (f.clone(), (self.stamp)(f)))
+            .collect();
+        let loaded = (self.loader)();
         let mut state = self.lock();
-        let result = (self.loader)().map(|config| {
+        let result = loaded.map(|config| {
             let stamps = config
                 .files
                 .iter()
-                .map(|f| (f.clone(), (self.stamp)(f)))
+                .map(|f| {
+                    // A file the config names for the first time has no earlier stamp.
+                    let stamp = before.get(f).cloned().unwrap_or_else(|| (self.stamp)(f));
+                    (f.clone(), stamp)
+                })
                 .collect();
             let generation = self.install(&config, &state.fetched);
             (config, stamps, generation)

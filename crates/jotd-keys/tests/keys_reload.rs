@@ -164,3 +164,72 @@ fn fetched_jwks_keys_survive_reloads() {
         "fetched keys are kept across a reload"
     );
 }
+
+/// A file read while it is being rewritten (truncated, then written) is read again
+/// on the next check: it is stamped before the read, so the finished file's stamp
+/// differs from the one recorded. Stamped after the read, the half-written denylist
+/// stayed in service until the file changed once more.
+#[test]
+fn a_file_read_mid_write_is_read_again() {
+    let fs = Fs::default();
+    let secret = [7u8; 32];
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    fs.write(
+        "/cfg/jotd.toml",
+        &format!("denylist_file = \"revoked.toml\"\n{}", secret_config(&b64)),
+    );
+    fs.write("/cfg/revoked.toml", "");
+    // The writer: what `finish` holds for a path is written right after the next read
+    // of it, as a writer that truncated the file and is still writing would.
+    let finish: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let (files, stamps, f) = (fs.clone(), fs.clone(), Arc::clone(&finish));
+    let r = Reloader::start(
+        Path::new("/cfg/jotd.toml"),
+        Box::new(move |p| {
+            let read = files
+                .0
+                .lock()
+                .unwrap()
+                .get(p)
+                .map(|e| e.0.clone())
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound));
+            if let Some(text) = f.lock().unwrap().remove(p.to_str().unwrap()) {
+                files.write(p.to_str().unwrap(), &text);
+            }
+            read
+        }),
+        Box::new(move |p| stamps.0.lock().unwrap().get(p).map(|e| (None, e.1))),
+    )
+    .unwrap();
+    let mallory = SigningKey::from_hmac_secret(Algorithm::Hs256, &secret)
+        .unwrap()
+        .mint(
+            Some("k"),
+            &format!(r#"{{"exp":{},"sub":"mallory"}}"#, NOW + 60),
+        )
+        .unwrap();
+    assert_eq!(decide(&r, &mallory), Reason::Ok);
+
+    // Truncated (a new stamp), read empty, then finished.
+    fs.write("/cfg/revoked.toml", "");
+    finish.lock().unwrap().insert(
+        "/cfg/revoked.toml".to_owned(),
+        format!(
+            "[[revoke]]\ntenant = \"t\"\nsub = \"mallory\"\nuntil = {}\n",
+            NOW + 3600
+        ),
+    );
+    assert!(matches!(r.reload_if_changed(), Some(Ok(_))));
+    assert_eq!(
+        decide(&r, &mallory),
+        Reason::Ok,
+        "the torn read had no entry"
+    );
+    assert!(
+        matches!(r.reload_if_changed(), Some(Ok(_))),
+        "the finished file is read again"
+    );
+    assert_eq!(decide(&r, &mallory), Reason::Revoked);
+    assert!(r.reload_if_changed().is_none(), "and then left alone");
+}
