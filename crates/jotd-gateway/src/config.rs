@@ -373,12 +373,15 @@ impl Config {
     /// # Errors
     /// The file cannot be read, or a value is wrong (located).
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        let whole = |message: String| ConfigError {
             file: file.to_owned(),
             line: None,
             key: String::new(),
-            message: format!("cannot read: {e}"),
-        })?;
+            message,
+        };
+        let bytes =
+            jotd_core::files::read_file(file).map_err(|e| whole(format!("cannot read: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|_| whole("not UTF-8".to_owned()))?;
         Self::parse(file, &text)
     }
 

@@ -77,13 +77,13 @@ pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 fn pool_client(cfg: &Config) -> anyhow::Result<Client> {
     let p = &cfg.pool;
-    let ca = std::fs::read(&p.ca_file)
+    let ca = jotd_core::files::read_file(&p.ca_file)
         .with_context(|| format!("{}: cannot read the pool CA (ca_file)", p.ca_file.display()))?;
     let cert = match &p.client_cert {
         Some((c, k)) => Some((
-            std::fs::read(c)
+            jotd_core::files::read_file(c)
                 .with_context(|| format!("{}: cannot read client_cert_file", c.display()))?,
-            std::fs::read(k)
+            jotd_core::files::read_file(k)
                 .with_context(|| format!("{}: cannot read client_key_file", k.display()))?,
         )),
         None => None,

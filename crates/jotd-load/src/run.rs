@@ -489,12 +489,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         )
     };
     let ca_path = args.ca.clone().unwrap_or_else(|| dir.join(&m.ca));
-    let ca = std::fs::read(&ca_path)
+    let ca = jotd_core::files::read_file(&ca_path)
         .with_context(|| format!("--ca {}: cannot read", ca_path.display()))?;
     let client_cert = match (&args.cert, &args.key) {
         (Some(c), Some(k)) => Some((
-            std::fs::read(c).with_context(|| format!("--cert {}", c.display()))?,
-            std::fs::read(k).with_context(|| format!("--key {}", k.display()))?,
+            jotd_core::files::read_file(c).with_context(|| format!("--cert {}", c.display()))?,
+            jotd_core::files::read_file(k).with_context(|| format!("--key {}", k.display()))?,
         )),
         _ => None,
     };

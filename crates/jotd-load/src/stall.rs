@@ -43,7 +43,8 @@ pub(crate) struct StallArgs {
 }
 
 pub(crate) fn stall(args: &StallArgs) -> anyhow::Result<()> {
-    let ca = std::fs::read(&args.ca).with_context(|| format!("--ca {}", args.ca.display()))?;
+    let ca = jotd_core::files::read_file(&args.ca)
+        .with_context(|| format!("--ca {}", args.ca.display()))?;
     let rss = || {
         args.metrics_url
             .as_deref()

@@ -78,7 +78,7 @@ impl Manifest {
                 continue;
             }
             let key = if let Some(f) = &k.pkcs8_file {
-                let der = std::fs::read(dir.join(f))
+                let der = jotd_core::files::read_file(&dir.join(f))
                     .with_context(|| format!("manifest key {}: cannot read {f}", k.kid))?;
                 SigningKey::from_pkcs8(alg, &der)
                     .map_err(|e| anyhow::anyhow!("manifest key {}: {f}: {e}", k.kid))?

@@ -10,7 +10,8 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
     // The files the daemon would read at start must be readable TLS material.
     if let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) {
         let read = |p: &Path, what: &str| {
-            std::fs::read(p).with_context(|| format!("server.{what} {}: cannot read", p.display()))
+            jotd_core::files::read_file(p)
+                .with_context(|| format!("server.{what} {}: cannot read", p.display()))
         };
         let ca = match &settings.client_ca_file {
             Some(p) => Some(read(p, "client_ca_file")?),
@@ -132,7 +133,8 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 pub(crate) fn fingerprint(file: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
-    let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let bytes = jotd_core::files::read_file(file)
+        .with_context(|| format!("{}: cannot read", file.display()))?;
     let fp =
         jotd_keys::material::fingerprint(&bytes).with_context(|| format!("{}", file.display()))?;
     writeln!(out, "{fp}")?;

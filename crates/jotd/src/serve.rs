@@ -145,7 +145,8 @@ fn log_denials(report: &BatchReport) {
 }
 
 fn read_file(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("{what} {}: cannot read", path.display()))
+    jotd_core::files::read_file(path)
+        .with_context(|| format!("{what} {}: cannot read", path.display()))
 }
 
 pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
@@ -423,15 +424,29 @@ async fn reload_loop(
         };
         #[cfg(not(unix))]
         let hangup = std::future::pending::<()>();
-        let result = tokio::select! {
+        let trigger = tokio::select! {
             _ = crate::stopped(&mut stop) => return,
-            () = hangup => Some(("SIGHUP", reloader.reload())),
-            _ = interval.tick(), if watch.is_some() => {
-                reloader.reload_if_changed().map(|r| ("file change", r))
-            }
+            () = hangup => "SIGHUP",
+            _ = interval.tick(), if watch.is_some() => "file change",
         };
-        let Some((trigger, result)) = result else {
-            continue;
+        // Reading and parsing every file can take seconds (100k tenants): off the I/O
+        // threads, so QUIC keeps moving during a reload.
+        let r = Arc::clone(&reloader);
+        let result = tokio::task::spawn_blocking(move || {
+            if trigger == "SIGHUP" {
+                Some(r.reload())
+            } else {
+                r.reload_if_changed()
+            }
+        })
+        .await;
+        let result = match result {
+            Ok(Some(result)) => result,
+            Ok(None) => continue,
+            Err(e) => {
+                error!(trigger, error = %e, "config reload failed; still serving the previous config");
+                continue;
+            }
         };
         match result {
             Ok(generation) => {

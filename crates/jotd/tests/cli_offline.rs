@@ -346,3 +346,70 @@ fn speed_hot_set_plus_scan_keeps_the_hot_set() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--hot 10 needs more --tokens"));
 }
+
+/// Every file a config names is read the same way: a FIFO (which would block the
+/// read until a writer came), a device such as `/dev/zero` (which would read until
+/// memory ran out) or a directory is an error naming the file and the key, at once.
+#[test]
+fn files_that_are_not_regular_files_are_named_not_read() {
+    let scratch = scratch_dir("not-regular");
+    let dir = scratch.path();
+    let fifo = dir.join("key.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success(),
+        "mkfifo"
+    );
+    let tenant = "[[tenant]]\nid = \"t\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"ES256\"\n";
+    let cases = [
+        (
+            format!("{tenant}pem_file = \"{}\"\n", fifo.display()),
+            "a FIFO",
+            "tenant[0].key[0].pem_file",
+        ),
+        (
+            format!("{tenant}der_file = \"/dev/zero\"\n"),
+            "a character device",
+            "tenant[0].key[0].der_file",
+        ),
+        (
+            format!("{tenant}pem_file = \"{}\"\n", dir.display()),
+            "a directory",
+            "tenant[0].key[0].pem_file",
+        ),
+        (
+            format!(
+                "denylist_file = \"{}\"\n{tenant}pem_file = \"{}\"\n",
+                fifo.display(),
+                keys_data("ec_p256.pem").display()
+            ),
+            "a FIFO",
+            "denylist_file",
+        ),
+    ];
+    for (config, why, key) in cases {
+        let file = dir.join("jotd.toml");
+        std::fs::write(&file, &config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_jotd"))
+            .args(["config", "check", "--config", file.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("`jotd config check` still reading after 20 s: {config}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{config}");
+        assert!(err.contains(why) && err.contains(key), "{config}\n{err}");
+    }
+}
