@@ -244,8 +244,11 @@ pub enum FetchEvent<'a> {
         keys_url: &'a str,
         /// Keys installed.
         keys: usize,
-        /// Keys of the document left out, one line each (`kid k: why`).
+        /// Why keys of the document were left out, one line each (`kid "k": why`),
+        /// the first [`MAX_SKIPPED_LISTED`](crate::jwk::MAX_SKIPPED_LISTED).
         skipped: &'a [String],
+        /// Keys left out in all, listed or not.
+        left_out: usize,
     },
     /// The fetch failed; the source keeps its last good keys.
     Failed {
@@ -469,6 +472,7 @@ impl JwksFetcher {
                     keys_url: &final_url,
                     keys: keys.keys.len(),
                     skipped: &keys.skipped,
+                    left_out: keys.skipped_total,
                 });
                 self.reloader.set_fetched(&t.tenant, &t.url, Arc::new(keys));
                 Ok(())

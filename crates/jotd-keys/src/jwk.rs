@@ -47,12 +47,23 @@ pub enum JwkError {
     /// `sig`, or `key_ops` without `verify`).
     #[error("JWK is not for verifying signatures ({0})")]
     NotForVerification(String),
-    /// Two keys of one JWKS share a `kid`.
-    #[error("duplicate kid `{0}` in the JWKS")]
+    /// Two keys of one JWKS share a `kid` (quoted and escaped: it comes from the IdP).
+    #[error("duplicate kid {0:?} in the JWKS")]
     DuplicateKid(String),
     /// No key of the JWKS is usable (the reasons are in the skipped list).
     #[error("no usable key in the JWKS ({0})")]
     NoUsableKey(String),
+    /// More entries in the document than a JWKS of `max_jwks_keys` usable keys needs
+    /// (refused before any entry is parsed).
+    #[error(
+        "{found} entries in the JWKS, more than {limit} ({MAX_ENTRIES_PER_KEY} per key of max_jwks_keys)"
+    )]
+    TooManyEntries {
+        /// Entries in the document.
+        found: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// More keys than allowed.
     #[error("{found} keys, more than the limit of {limit}")]
     TooManyKeys {
@@ -222,13 +233,59 @@ impl Jwk {
     }
 }
 
+/// Entries a JWKS may hold per usable key allowed (`max_jwks_keys`): room for
+/// encryption keys and keys of other types beside the signing keys, not for a
+/// document of thousands of junk entries.
+pub const MAX_ENTRIES_PER_KEY: usize = 4;
+
+/// Reasons kept in [`JwksKeys::skipped`]; the rest are only counted.
+pub const MAX_SKIPPED_LISTED: usize = 8;
+
 /// The usable keys of a JWKS document, and why the others were left out.
 #[derive(Debug)]
 pub struct JwksKeys {
     /// `(kid, key)` in document order.
     pub keys: Vec<(String, VerifyingKey)>,
-    /// One line per key left out (`use: enc`, no kid, unsupported type, ...).
+    /// Why keys were left out (`use: enc`, no kid, unsupported type, ...), one line
+    /// each, the first [`MAX_SKIPPED_LISTED`]; kids are quoted and escaped.
     pub skipped: Vec<String>,
+    /// Keys left out in all, listed or not.
+    pub skipped_total: usize,
+}
+
+impl JwksKeys {
+    fn skip(&mut self, why: String) {
+        self.skipped_total += 1;
+        if self.skipped.len() < MAX_SKIPPED_LISTED {
+            // The reasons quote the IdP's strings (kids, types, serde's messages): control
+            // characters are escaped so a `\n` in a kid cannot forge a log line.
+            let printable = if why.chars().any(char::is_control) {
+                why.chars()
+                    .map(|c| {
+                        if c.is_control() {
+                            c.escape_default().to_string()
+                        } else {
+                            c.to_string()
+                        }
+                    })
+                    .collect()
+            } else {
+                why
+            };
+            self.skipped.push(printable);
+        }
+    }
+
+    /// The reasons as one line, with how many more were not listed.
+    #[must_use]
+    pub fn skipped_summary(&self) -> String {
+        let mut line = self.skipped.join("; ");
+        let more = self.skipped_total - self.skipped.len();
+        if more > 0 {
+            line.push_str(&format!("; and {more} more"));
+        }
+        line
+    }
 }
 
 #[derive(Deserialize)]
@@ -250,41 +307,48 @@ pub fn parse_jwks(
     max_keys: usize,
 ) -> Result<JwksKeys, JwkError> {
     let doc: Document = serde_json::from_slice(bytes).map_err(|e| JwkError::Json(e.to_string()))?;
+    let limit = max_keys.max(1).saturating_mul(MAX_ENTRIES_PER_KEY);
+    if doc.keys.len() > limit {
+        return Err(JwkError::TooManyEntries {
+            found: doc.keys.len(),
+            limit,
+        });
+    }
     let mut out = JwksKeys {
         keys: Vec::new(),
         skipped: Vec::new(),
+        skipped_total: 0,
     };
-    let mut signing_kids: Vec<String> = Vec::new();
+    let mut signing_kids: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (i, value) in doc.keys.into_iter().enumerate() {
         let jwk: Jwk = match serde_json::from_value(value) {
             Ok(j) => j,
             Err(e) => {
-                out.skipped.push(format!("keys[{i}]: {e}"));
+                out.skip(format!("keys[{i}]: {e}"));
                 continue;
             }
         };
         let Some(kid) = jwk.kid.clone() else {
-            out.skipped.push(format!("keys[{i}]: no kid"));
+            out.skip(format!("keys[{i}]: no kid"));
             continue;
         };
         // Before the duplicate check: a publisher may give its encryption key the same kid.
         if let Err(e) = jwk.check_verification_use() {
-            out.skipped.push(format!("kid {kid}: {e}"));
+            out.skip(format!("kid {kid:?}: {e}"));
             continue;
         }
         // Against every signing key seen, kept or refused, so the outcome does not depend
         // on which of two keys sharing a kid comes first.
-        if signing_kids.contains(&kid) {
+        if !signing_kids.insert(kid.clone()) {
             return Err(JwkError::DuplicateKid(kid));
         }
-        signing_kids.push(kid.clone());
         match jwk.to_key(config_alg) {
             Ok(key) => out.keys.push((kid, key)),
-            Err(e) => out.skipped.push(format!("kid {kid}: {e}")),
+            Err(e) => out.skip(format!("kid {kid:?}: {e}")),
         }
     }
     if out.keys.is_empty() {
-        return Err(JwkError::NoUsableKey(out.skipped.join("; ")));
+        return Err(JwkError::NoUsableKey(out.skipped_summary()));
     }
     if out.keys.len() > max_keys {
         return Err(JwkError::TooManyKeys {

@@ -79,6 +79,12 @@ pub fn load_section(
     if raw.max_keys_per_tenant == 0 {
         return Err(whole("max_keys_per_tenant must be at least 1".into()));
     }
+    if !(1..=1024).contains(&raw.max_jwks_keys) {
+        return Err(whole(format!(
+            "max_jwks_keys = {}: must be 1 to 1024",
+            raw.max_jwks_keys
+        )));
+    }
     let files_read = std::cell::RefCell::new(vec![file.to_owned()]);
     let tracking = |p: &Path| {
         files_read.borrow_mut().push(p.to_owned());

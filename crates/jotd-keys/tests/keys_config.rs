@@ -608,3 +608,23 @@ fn toml_inline(json: &str) -> String {
     let fields: Vec<String> = v.iter().map(|(k, v)| format!("{k} = {}", v)).collect();
     format!("{{ {} }}", fields.join(", "))
 }
+
+#[test]
+fn max_jwks_keys_is_bounded() {
+    let tenant = "[[tenant]]\nid = \"t\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+    for bad in [0, 1025] {
+        let e = Files::new(&format!("max_jwks_keys = {bad}\n{tenant}"))
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("max_jwks_keys = {bad}: must be 1 to 1024")),
+            "{e}"
+        );
+    }
+    assert!(
+        Files::new(&format!("max_jwks_keys = 1024\n{tenant}"))
+            .load()
+            .is_ok()
+    );
+}

@@ -548,7 +548,8 @@ async fn the_observer_hears_installs_skipped_keys_and_failures() {
     assert_eq!(heard.len(), 2, "{heard:?}");
     assert!(
         heard[0].starts_with(&format!("installed idp 1 from {}", server.url))
-            && heard[0].contains("kid weak: Ed25519 public key refused: a small-order point"),
+            && heard[0]
+                .contains(r#"kid \"weak\": Ed25519 public key refused: a small-order point"#),
         "{heard:?}"
     );
     assert_eq!(heard[1], "failed idp: HTTP status 500");

@@ -194,8 +194,74 @@ fn jwks_documents_keep_usable_keys_and_list_the_rest() {
         parse_jwks(br#"{"keys":{}}"#, None, 16),
         Err(JwkError::Json(_))
     ));
+    let two = json!({"keys": [doc["keys"][0], doc["keys"][1]]});
     assert_eq!(
-        parse_jwks(doc.to_string().as_bytes(), None, 1).unwrap_err(),
+        parse_jwks(two.to_string().as_bytes(), None, 1).unwrap_err(),
         JwkError::TooManyKeys { found: 2, limit: 1 }
     );
+}
+
+/// A JWKS of junk entries cannot flood the log or an error: entries past
+/// `MAX_ENTRIES_PER_KEY` × `max_jwks_keys` are refused before any is parsed, the
+/// reasons kept are the first `MAX_SKIPPED_LISTED` (with a count of the rest), and
+/// the IdP's strings in them are escaped (a `\n` in a kid cannot forge a log line).
+#[test]
+fn a_jwks_of_junk_is_bounded_and_its_strings_escaped() {
+    use jotd_keys::jwk::{MAX_ENTRIES_PER_KEY, MAX_SKIPPED_LISTED};
+    let mut ec = public_jwk(Algorithm::Es256, "ec_p256.pem");
+    ec["kid"] = json!("good");
+    let max_keys = 16;
+    let junk = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"kty": "Kyber", "kid": format!("j{i}\nFAKE log line")}))
+            .collect()
+    };
+    let mut keys = junk(max_keys * MAX_ENTRIES_PER_KEY - 1);
+    keys.push(ec.clone());
+    let parsed = parse_jwks(json!({"keys": keys}).to_string().as_bytes(), None, max_keys).unwrap();
+    assert_eq!(parsed.keys.len(), 1);
+    assert_eq!(parsed.skipped_total, max_keys * MAX_ENTRIES_PER_KEY - 1);
+    assert_eq!(parsed.skipped.len(), MAX_SKIPPED_LISTED);
+    assert!(
+        parsed
+            .skipped
+            .iter()
+            .all(|s| !s.contains('\n') && s.contains("\\n")),
+        "{:?}",
+        parsed.skipped
+    );
+    let more = max_keys * MAX_ENTRIES_PER_KEY - 1 - MAX_SKIPPED_LISTED;
+    assert!(
+        parsed
+            .skipped_summary()
+            .ends_with(&format!("; and {more} more"))
+    );
+
+    // All junk: the error is bounded too.
+    let e = parse_jwks(
+        json!({"keys": junk(max_keys * MAX_ENTRIES_PER_KEY)})
+            .to_string()
+            .as_bytes(),
+        None,
+        max_keys,
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, JwkError::NoUsableKey(_)), "{text}");
+    assert!(text.len() < 2048 && !text.contains('\n'), "{text}");
+
+    // One entry more than the limit: refused whole, before parsing.
+    let mut keys = junk(max_keys * MAX_ENTRIES_PER_KEY);
+    keys.push(ec);
+    assert_eq!(
+        parse_jwks(json!({"keys": keys}).to_string().as_bytes(), None, max_keys).unwrap_err(),
+        JwkError::TooManyEntries {
+            found: max_keys * MAX_ENTRIES_PER_KEY + 1,
+            limit: max_keys * MAX_ENTRIES_PER_KEY
+        }
+    );
+    // A duplicate kid is named escaped as well.
+    let dup = json!({"keys": [{"kty": "oct", "kid": "a\nb", "k": "x"}, {"kty": "oct", "kid": "a\nb", "k": "y"}]});
+    let e = parse_jwks(dup.to_string().as_bytes(), None, max_keys).unwrap_err();
+    assert!(!e.to_string().contains('\n'), "{e}");
 }

@@ -112,8 +112,14 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
                         source.refresh.as_secs(),
                         kids.join(", ")
                     )?;
-                    for skipped in keys.iter().flat_map(|k| k.skipped.iter()) {
-                        writeln!(out, "    left out: {skipped}")?;
+                    for k in keys.iter() {
+                        for skipped in &k.skipped {
+                            writeln!(out, "    left out: {skipped}")?;
+                        }
+                        let more = k.skipped_total - k.skipped.len();
+                        if more > 0 {
+                            writeln!(out, "    left out: {more} more")?;
+                        }
                     }
                 }
                 JwksLocation::Url(url) => {

@@ -466,9 +466,11 @@ async fn reload_loop(
     }
 }
 
-/// One log line per JWKS fetch: failures and redirects at `warn`, each key
-/// of a fetched document that was left out (weak, not for verification, ...)
-/// at `warn`, plain installs at `debug`. Names the URL the keys came from.
+/// One log line per JWKS fetch: failures and redirects at `warn`, then one line
+/// for the keys of a fetched document that were left out (weak, not for
+/// verification, ...: how many, and the first reasons, escaped) at `warn`, plain
+/// installs at `debug`. Names the URL the keys came from. One line, not one per key:
+/// an IdP publishing thousands of junk entries cannot flood the log.
 fn log_fetch(event: &jotd_keys::FetchEvent<'_>) {
     match *event {
         jotd_keys::FetchEvent::Installed {
@@ -477,6 +479,7 @@ fn log_fetch(event: &jotd_keys::FetchEvent<'_>) {
             keys_url,
             keys,
             skipped,
+            left_out,
         } => {
             if keys_url == url {
                 tracing::debug!(tenant, url, keys, "jwks fetched");
@@ -486,8 +489,8 @@ fn log_fetch(event: &jotd_keys::FetchEvent<'_>) {
                     url, keys_url, keys, "jwks fetched through a redirect"
                 );
             }
-            for why in skipped {
-                warn!(tenant, keys_url, key = %why, "jwks key left out");
+            if left_out > 0 {
+                warn!(tenant, keys_url, left_out, reasons = ?skipped, "jwks keys left out");
             }
         }
         jotd_keys::FetchEvent::Failed { tenant, url, error } => {

@@ -467,6 +467,13 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
     }
     if let Some(r) = raw.verify {
         s.verify_threads = r.threads.unwrap_or(0);
+        if s.verify_threads > 1024 {
+            return Err(ctx.err(
+                "verify",
+                "threads",
+                "must be at most 1024 (0: one per core)",
+            ));
+        }
         if let Some(v) = r.max_token_bytes {
             s.engine.max_token_bytes = NonZeroUsize::new(v)
                 .ok_or_else(|| ctx.err("verify", "max_token_bytes", "must be at least 1"))?;
@@ -545,20 +552,37 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
         }
     }
     if let Some(r) = raw.jwks_fetch {
-        if let Some(v) = r.timeout_s {
-            if v == 0 {
-                return Err(ctx.err("jwks_fetch", "timeout_s", "must be at least 1"));
+        // Every duration within a range: 0 would turn a rate limit into a busy loop
+        // against the IdP, and a value near u64::MAX overflows when added to a clock.
+        let secs = |key: &str, v: u64, max: u64| {
+            if (1..=max).contains(&v) {
+                Ok(Duration::from_secs(v))
+            } else {
+                Err(ctx.err(
+                    "jwks_fetch",
+                    key,
+                    format_args!("{v}: must be 1 to {max} seconds"),
+                ))
             }
-            s.fetch.timeout = Duration::from_secs(v);
+        };
+        if let Some(v) = r.timeout_s {
+            s.fetch.timeout = secs("timeout_s", v, 600)?;
         }
         if let Some(v) = r.max_bytes {
             s.fetch.max_bytes = positive(&ctx, "jwks_fetch", "max_bytes", Some(v), 0)?;
+            if s.fetch.max_bytes > 64 << 20 {
+                return Err(ctx.err(
+                    "jwks_fetch",
+                    "max_bytes",
+                    format_args!("{v}: must be at most 67108864 (64 MiB)"),
+                ));
+            }
         }
         if let Some(v) = r.refetch_interval_s {
-            s.fetch.refetch_interval = Duration::from_secs(v);
+            s.fetch.refetch_interval = secs("refetch_interval_s", v, 86_400)?;
         }
         if let Some(v) = r.min_refresh_s {
-            s.fetch.min_refresh = Duration::from_secs(v);
+            s.fetch.min_refresh = secs("min_refresh_s", v, 86_400)?;
         }
         s.fetch_extra_ca_file = r.extra_ca_file.as_deref().map(|p| ctx.path(p));
     }
@@ -725,6 +749,32 @@ level = "jotd=debug"
             "/etc/jotd/jotd.toml:2: server.io_threads: must be at most 256 (0: automatic)"
         );
         assert_eq!(p("[server]\nio_threads = 3\n").unwrap().io_threads, 3);
+        // Every [jwks_fetch] duration in range: 0 would busy-loop against the IdP, and
+        // u64::MAX would overflow when added to a clock.
+        for (key, bad, line) in [
+            ("timeout_s", "0", "must be 1 to 600 seconds"),
+            ("refetch_interval_s", "0", "must be 1 to 86400 seconds"),
+            ("min_refresh_s", "0", "must be 1 to 86400 seconds"),
+            (
+                "min_refresh_s",
+                "18446744073709551615",
+                "must be 1 to 86400 seconds",
+            ),
+            ("max_bytes", "0", "must be at least 1"),
+            ("max_bytes", "1000000000", "must be at most 67108864"),
+        ] {
+            let e = p(&format!("[jwks_fetch]\n{key} = {bad}\n")).unwrap_err();
+            assert!(
+                e.starts_with(&format!("/etc/jotd/jotd.toml:2: jwks_fetch.{key}:"))
+                    && e.contains(line),
+                "{key} = {bad}: {e}"
+            );
+        }
+        let e = p("[verify]\nthreads = 100000\n").unwrap_err();
+        assert!(
+            e.contains(":2: verify.threads: must be at most 1024"),
+            "{e}"
+        );
         assert_eq!(
             p("[server]\nrefetch_hold_ms = 0\n").unwrap_err(),
             "/etc/jotd/jotd.toml:2: server.refetch_hold_ms: must be at least 1"
