@@ -768,3 +768,46 @@ fn serve_refuses_bad_settings_with_file_line_and_key() {
     let err = refused("[server]\ncert_file = \"server.pem\"\nkey_file = \"server.pem\"\n");
     assert!(err.contains("key_file"), "{err}");
 }
+
+/// The admin listener holds at most 64 connections: idle clients past that are
+/// closed as they arrive, while metrics and health keep answering once a slot frees;
+/// a client that never sends its headers is dropped after the header timeout.
+#[test]
+fn the_admin_listener_caps_idle_connections() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    let dir = scratch_dir("admin-cap");
+    let d = Daemon::start(&[], &dir);
+    d.wait_log("development defaults");
+    assert_eq!(d.get("/healthz").0, 200);
+    let idle: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(d.admin).unwrap())
+        .collect();
+    // Accepted in order: give the listener a moment to take all 64.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(d.admin).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = extra.read(&mut buf);
+    assert!(
+        matches!(n, Ok(0)) || n.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the 65th connection is closed at once"
+    );
+    // A held connection that never sends headers is dropped by the header timeout.
+    let mut first = idle.into_iter().next().unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let start = Instant::now();
+    let n = first.read(&mut buf);
+    assert!(
+        matches!(n, Ok(0)) || n.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "an idle connection is dropped"
+    );
+    assert!(start.elapsed() < Duration::from_secs(15));
+    // The other 63 went with the same timeout; the listener answers again.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(d.get("/healthz").0, 200);
+}

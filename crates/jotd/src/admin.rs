@@ -6,7 +6,7 @@ use crate::metrics::Metrics;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use jotd_keys::{JwksFetcher, Reloader};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,6 +114,15 @@ fn route(
     }
 }
 
+/// Connections served at once; more are closed as they arrive. Scrapers and probes
+/// need a handful; the cap keeps idle or slow clients (anything that can reach the
+/// port: it has no authentication) from piling up tasks and buffers.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+/// Time for a client to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Request head buffer (hyper's default is ~400 KB); admin requests are one line.
+const MAX_HEAD_BYTES: usize = 16 << 10;
+
 /// Binds and serves until `stop`; returns the bound address.
 pub(crate) async fn start(
     addr: SocketAddr,
@@ -124,6 +133,7 @@ pub(crate) async fn start(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let health = Arc::new(health);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -137,14 +147,23 @@ pub(crate) async fn start(
                     }
                 },
             };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::debug!("admin connection refused: {MAX_CONNECTIONS} open");
+                drop(stream);
+                continue;
+            };
             let health = Arc::clone(&health);
             let metrics = metrics.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = hyper::service::service_fn(move |req| {
                     let r = route(&req, &health, metrics.as_deref());
                     async move { Ok::<_, std::convert::Infallible>(r) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .max_buf_size(MAX_HEAD_BYTES)
                     .serve_connection(TokioIo::new(stream), service);
                 // A slow or stuck scraper cannot hold a task forever.
                 let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
