@@ -119,7 +119,9 @@ fn allowlist(g: &Grants<'_>, req: &Request<'_>) -> Result<(), Reason> {
     }
     if let Some(agents) = &g.user_agents {
         let ua = req.user_agent.ok_or(Reason::UserAgentNotAllowed)?;
-        if !agents.iter().any(|p| ua.contains(&**p)) {
+        // Substring match, as Infura documents it; an empty entry would be a substring of
+        // every User-Agent (allow-all hidden in an allowlist), so it matches none.
+        if !agents.iter().any(|p| !p.is_empty() && ua.contains(&**p)) {
             return Err(Reason::UserAgentNotAllowed);
         }
     }

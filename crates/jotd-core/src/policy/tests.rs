@@ -339,3 +339,56 @@ fn besu_permission_forms_that_grant_nothing() {
         assert!(permission_grants("*:*", m), "{m:?}");
     }
 }
+
+/// Empty entries in a token's allowlists grant nothing: an empty User-Agent entry
+/// would be a substring of every User-Agent, an empty origin or method or address
+/// entry matches no real request.
+#[test]
+fn empty_allowlist_entries_grant_nothing() {
+    let ua = Grants {
+        user_agents: list(&[""]),
+        ..Grants::default()
+    };
+    for agent in ["curl/8", "MetaMask", ""] {
+        assert_eq!(
+            allowlist(&ua, &req(None, &[], None, Some(agent))),
+            Err(Reason::UserAgentNotAllowed),
+            "{agent:?}"
+        );
+    }
+    let both = Grants {
+        user_agents: list(&["", "MetaMask"]),
+        ..Grants::default()
+    };
+    assert_eq!(
+        allowlist(&both, &req(None, &[], None, Some("MetaMask/11"))),
+        Ok(())
+    );
+    let origins = Grants {
+        origins: list(&[""]),
+        ..Grants::default()
+    };
+    assert_eq!(
+        allowlist(&origins, &req(None, &[], Some("https://a.test"), None)),
+        Err(Reason::OriginNotAllowed)
+    );
+    let methods = Grants {
+        methods: list(&[""]),
+        ..Grants::default()
+    };
+    assert_eq!(
+        allowlist(&methods, &req(Some("eth_call"), &[], None, None)),
+        Err(Reason::MethodNotAllowed)
+    );
+    let addresses = Grants {
+        addresses: list(&[""]),
+        ..Grants::default()
+    };
+    assert_eq!(
+        allowlist(
+            &addresses,
+            &req(None, &["0xabc0000000000000000000000000000000000001"], None, None)
+        ),
+        Err(Reason::AddressNotAllowed)
+    );
+}
