@@ -138,6 +138,8 @@ pub struct RawTenant {
     pub(crate) require_jwt: bool,
     #[serde(default)]
     pub(crate) require_typ: bool,
+    #[serde(default)]
+    pub(crate) accepted_typ: Option<Spanned<Vec<String>>>,
     #[serde(default = "yes")]
     pub(crate) require_exp: bool,
     #[serde(default)]

@@ -170,6 +170,32 @@ pub(crate) fn tenant(
         required: t.require_typ,
         ..TypRule::default()
     };
+    if let Some(list) = &t.accepted_typ {
+        let bad = |m: &str| cx.err(list.span(), &at("accepted_typ"), m);
+        if list.get_ref().is_empty() {
+            return bad("give at least one media type (the default is [\"JWT\"])");
+        }
+        let mut accepted = Vec::with_capacity(list.get_ref().len());
+        for typ in list.get_ref() {
+            // Written with or without `application/` (RFC 7515 §4.1.9), as tokens are:
+            // both sides are compared without it.
+            let bare = match typ.get(..12) {
+                Some(p) if p.eq_ignore_ascii_case("application/") => &typ[12..],
+                _ => typ.as_str(),
+            };
+            if bare.is_empty()
+                || bare.len() > 64
+                || !bare.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+            {
+                return bad(&format!(
+                    "`{}`: a media type such as JWT or at+jwt (printable ASCII, at most 64 characters)",
+                    typ.escape_default()
+                ));
+            }
+            accepted.push(bare.into());
+        }
+        claims.typ.accepted = accepted;
+    }
 
     let configured_algs = match &t.algorithms {
         None => None,

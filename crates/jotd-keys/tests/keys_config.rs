@@ -628,3 +628,52 @@ fn max_jwks_keys_is_bounded() {
             .is_ok()
     );
 }
+
+/// `accepted_typ` lets a tenant take RFC 9068 access tokens (`at+jwt`) instead of
+/// turning the typ check off; entries are compared without `application/`, as the
+/// token's value is.
+#[test]
+fn accepted_typ_is_configurable_and_normalised() {
+    let secret = "0123456789abcdef0123456789abcdef";
+    let config = |typ: &str| {
+        format!(
+            "[[tenant]]\nid = \"t\"\nrequire_typ = true\naccepted_typ = {typ}\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"{secret}\"\n"
+        )
+    };
+    let snap = Files::new(&config(r#"["application/at+jwt"]"#))
+        .load()
+        .unwrap()
+        .snapshot(1, &|_, _| None);
+    let engine = Engine::new(EngineConfig::default());
+    let key = SigningKey::from_hmac_secret(Algorithm::Hs256, secret.as_bytes()).unwrap();
+    let claims = format!(r#"{{"exp":{}}}"#, 2_000_000_000u64);
+    for (typ, want) in [
+        (Some("at+jwt"), Reason::Ok),
+        (Some("application/AT+JWT"), Reason::Ok),
+        (Some("JWT"), Reason::BadTyp),
+        (None, Reason::BadTyp),
+    ] {
+        let header = match typ {
+            Some(t) => format!(r#"{{"alg":"HS256","kid":"k","typ":"{t}"}}"#),
+            None => r#"{"alg":"HS256","kid":"k"}"#.to_owned(),
+        };
+        let token = key.mint_raw(header.as_bytes(), claims.as_bytes()).unwrap();
+        let req = Request::bearer("t", token.as_bytes());
+        assert_eq!(
+            engine.verify(&snap, &req, UnixTime(1_800_000_000)).reason(),
+            want,
+            "{typ:?}"
+        );
+    }
+    for (bad, why) in [
+        ("[]", "at least one media type"),
+        (r#"["a/b"]"#, "`a/b`: a media type"),
+        (r#"["application/"]"#, "a media type"),
+    ] {
+        let e = Files::new(&config(bad)).load().unwrap_err().to_string();
+        assert!(
+            e.contains(":4: tenant[0].accepted_typ:") && e.contains(why),
+            "{bad}: {e}"
+        );
+    }
+}

@@ -387,7 +387,12 @@ fn empty_allowlist_entries_grant_nothing() {
     assert_eq!(
         allowlist(
             &addresses,
-            &req(None, &["0xabc0000000000000000000000000000000000001"], None, None)
+            &req(
+                None,
+                &["0xabc0000000000000000000000000000000000001"],
+                None,
+                None
+            )
         ),
         Err(Reason::AddressNotAllowed)
     );
