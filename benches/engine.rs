@@ -47,6 +47,7 @@ fn fixture(alg: Algorithm) -> Fixture {
         vec![TenantKey {
             kid: kid.into(),
             key: verifying,
+            issuer: None,
         }],
     );
     tenant.policy = PolicyModel::Allowlist;

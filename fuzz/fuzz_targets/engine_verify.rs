@@ -12,6 +12,7 @@ static SETUP: LazyLock<(Engine, Snapshot)> = LazyLock::new(|| {
         .map(|alg| TenantKey {
             kid: alg.as_str().to_ascii_lowercase().into(),
             key: SigningKey::generate(alg).unwrap().verifying_key().unwrap(),
+            issuer: None,
         })
         .collect();
     (Engine::new(EngineConfig::default()), Snapshot::new(1, [Arc::new(Tenant::new("t", keys))]))

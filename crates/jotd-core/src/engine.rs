@@ -315,7 +315,7 @@ impl Engine {
             claims.exp,
             returned,
         ));
-        if let Err(reason) = static_checks(tenant, &claims) {
+        if let Err(reason) = static_checks(tenant, key, &claims) {
             return Ok(Decision::with_token(reason, info));
         }
         let times = Times {
@@ -390,7 +390,7 @@ fn find_key<'t>(tenant: &'t Tenant, kid: Option<&str>) -> Result<&'t TenantKey, 
 }
 
 /// Claim rules that depend on neither the clock nor the request: checked once, then cached.
-fn static_checks(tenant: &Tenant, claims: &Claims<'_>) -> Result<(), Reason> {
+fn static_checks(tenant: &Tenant, key: &TenantKey, claims: &Claims<'_>) -> Result<(), Reason> {
     let rules = &tenant.claims;
     if rules.require_exp && claims.exp.is_none() {
         return Err(Reason::MissingClaim);
@@ -398,6 +398,13 @@ fn static_checks(tenant: &Tenant, claims: &Claims<'_>) -> Result<(), Reason> {
     if !rules.issuers.is_empty() {
         let iss = claims.iss.as_deref().ok_or(Reason::MissingClaim)?;
         if !rules.issuers.iter().any(|i| **i == *iss) {
+            return Err(Reason::BadIssuer);
+        }
+    }
+    // The key's own issuer: the provider that holds this key speaks for itself only.
+    if let Some(bound) = &key.issuer {
+        let iss = claims.iss.as_deref().ok_or(Reason::MissingClaim)?;
+        if **bound != *iss {
             return Err(Reason::BadIssuer);
         }
     }

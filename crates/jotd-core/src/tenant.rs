@@ -15,6 +15,11 @@ pub struct TenantKey {
     pub kid: Box<str>,
     /// The verifying key, bound to one algorithm.
     pub key: VerifyingKey,
+    /// When set, a token this key verifies must carry exactly this `iss`
+    /// (`bad_issuer`, or `missing_claim` without one). A tenant whose keys come from
+    /// several identity providers binds each key to its own, so one provider cannot
+    /// sign tokens in another's name. `None`: the tenant's `issuers` rule alone.
+    pub issuer: Option<Box<str>>,
 }
 
 /// How a tenant treats the header's `typ`.

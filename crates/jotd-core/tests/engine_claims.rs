@@ -227,6 +227,7 @@ fn key_selection_rotation_and_algorithm_allowlist() {
         vec![jotd_core::TenantKey {
             kid: kid(Es256).into(),
             key: other,
+            issuer: None,
         }],
     ));
     assert_eq!(

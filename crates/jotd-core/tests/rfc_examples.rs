@@ -72,6 +72,7 @@ fn decide(ex: Example, token: &str, now: u64) -> Reason {
         vec![TenantKey {
             kid: kid.into(),
             key: ex.key,
+            issuer: None,
         }],
     );
     let snap = Snapshot::new(1, [Arc::new(tenant)]);

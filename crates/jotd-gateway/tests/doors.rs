@@ -63,10 +63,12 @@ fn tenants(k: &Keys) -> Snapshot {
         TenantKey {
             kid: "rsa-1".into(),
             key: k.rs.verifying_key().unwrap(),
+            issuer: None,
         },
         TenantKey {
             kid: "ec-1".into(),
             key: k.es.verifying_key().unwrap(),
+            issuer: None,
         },
     ];
     let mut infura = Tenant::new("infura", keys.clone());
@@ -1311,6 +1313,7 @@ async fn an_open_websocket_closes_when_its_token_stops_verifying() {
         vec![TenantKey {
             kid: "ec-1".into(),
             key: k.es.verifying_key().unwrap(),
+            issuer: None,
         }],
     );
     without.policy = PolicyModel::Allowlist;

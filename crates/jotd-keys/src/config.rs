@@ -187,6 +187,8 @@ pub(crate) struct RawKey {
     pub(crate) secret: Option<String>,
     #[serde(default)]
     pub(crate) secret_base64: Option<String>,
+    #[serde(default)]
+    pub(crate) issuer: Option<String>,
 }
 
 /// One `[[tenant.jwks]]`.
@@ -201,6 +203,8 @@ pub(crate) struct RawJwks {
     pub(crate) refresh_s: Option<u64>,
     #[serde(default)]
     pub(crate) alg: Option<String>,
+    #[serde(default)]
+    pub(crate) issuer: Option<String>,
 }
 
 /// Locates errors in one file's text.

@@ -195,12 +195,14 @@ impl KeysConfig {
                     // Every kind of key, HMAC secrets included: a secret rotated under the
                     // same kid must drop the tokens cached under the old one.
                     ctx.update(&key.material_digest());
+                    ctx.update(source.issuer.as_deref().unwrap_or("\0").as_bytes());
                     if !spec.algorithms_configured {
                         tenant.algorithms.insert(key.algorithm());
                     }
                     tenant.keys.push(TenantKey {
                         kid: kid.as_str().into(),
                         key: key.clone(),
+                        issuer: source.issuer.clone(),
                     });
                 }
             }

@@ -45,6 +45,9 @@ pub struct JwksSource {
     pub refresh: Duration,
     /// Algorithm for keys whose JWK has no `alg` (RSA keys need one).
     pub alg: Option<Algorithm>,
+    /// The `iss` every token verified by this source's keys must carry
+    /// ([`TenantKey::issuer`](jotd_core::TenantKey::issuer)).
+    pub issuer: Option<Box<str>>,
 }
 
 /// Default JWKS refresh interval.
@@ -276,6 +279,7 @@ pub(crate) fn tenant(
         ctx.update(info.kid.as_bytes());
         ctx.update(info.alg.as_str().as_bytes());
         ctx.update(&material);
+        ctx.update(tenant_key.issuer.as_deref().unwrap_or("\0").as_bytes());
         keys.push(tenant_key);
         infos.push(info);
     }
@@ -422,6 +426,12 @@ fn key(
         TenantKey {
             kid: kid.as_str().into(),
             key,
+            issuer: checked_issuer(
+                cx,
+                span.clone(),
+                &format!("{at}.issuer"),
+                k.issuer.as_deref(),
+            )?,
         },
         info,
         material,
@@ -461,9 +471,31 @@ fn jwks_source(
         Some(a) => Some(alg_named(a).or_else(|m| cx.err(span.clone(), &format!("{at}.alg"), m))?),
         None => None,
     };
+    let issuer = checked_issuer(cx, span, &format!("{at}.issuer"), j.issuer.as_deref())?;
     Ok(JwksSource {
         location,
         refresh,
         alg,
+        issuer,
     })
+}
+
+/// A key's or source's `issuer`: non-empty, at most 1,024 bytes, no control characters.
+fn checked_issuer(
+    cx: &Ctx<'_, '_>,
+    span: std::ops::Range<usize>,
+    at: &str,
+    issuer: Option<&str>,
+) -> Result<Option<Box<str>>, ConfigError> {
+    match issuer {
+        None => Ok(None),
+        Some(i) if !i.is_empty() && i.len() <= 1024 && !i.chars().any(char::is_control) => {
+            Ok(Some(i.into()))
+        }
+        Some(_) => cx.err(
+            span,
+            at,
+            "must be the exact `iss` of the tokens this key signs (1 to 1024 characters, no control characters)",
+        ),
+    }
 }

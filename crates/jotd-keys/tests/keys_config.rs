@@ -677,3 +677,86 @@ fn accepted_typ_is_configurable_and_normalised() {
         );
     }
 }
+
+/// A tenant fed by two identity providers binds each key (static or from a JWKS) to
+/// its provider's `iss`: provider B's key cannot sign a token that claims to come
+/// from provider A, even though the tenant accepts both issuers.
+#[test]
+fn keys_bound_to_an_issuer_verify_only_that_issuers_tokens() {
+    let (sa, sb) = (
+        "0123456789abcdef0123456789abcdef",
+        "fedcba9876543210fedcba9876543210",
+    );
+    let config = format!(
+        "[[tenant]]\nid = \"t\"\nissuers = [\"https://a\", \"https://b\"]\n\
+         [[tenant.key]]\nkid = \"ka\"\nalg = \"HS256\"\nsecret = \"{sa}\"\nissuer = \"https://a\"\n\
+         [[tenant.key]]\nkid = \"kb\"\nalg = \"HS256\"\nsecret = \"{sb}\"\nissuer = \"https://b\"\n\
+         [[tenant.jwks]]\nurl = \"https://idp-c.example/jwks\"\nissuer = \"https://c\"\n"
+    );
+    let cfg = Files::new(&config).load().unwrap_or_else(|e| panic!("{e}"));
+    use base64::Engine as _;
+    let sc = "0011223344556677889900112233445566778899";
+    let jwks = format!(
+        r#"{{"keys":[{{"kty":"oct","kid":"kc","alg":"HS256","k":"{}"}}]}}"#,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sc)
+    );
+    let fetched = Arc::new(jotd_keys::jwk::parse_jwks(jwks.as_bytes(), None, 16).unwrap());
+    let snap = cfg.snapshot(1, &|_, _| Some(Arc::clone(&fetched)));
+    let engine = Engine::new(EngineConfig::default());
+    let decide = |secret: &str, kid: &str, iss: Option<&str>| {
+        let claims = match iss {
+            Some(i) => format!(r#"{{"exp":2000000000,"iss":"{i}"}}"#),
+            None => r#"{"exp":2000000000}"#.to_owned(),
+        };
+        let token = SigningKey::from_hmac_secret(Algorithm::Hs256, secret.as_bytes())
+            .unwrap()
+            .mint(Some(kid), &claims)
+            .unwrap();
+        engine
+            .verify(
+                &snap,
+                &Request::bearer("t", token.as_bytes()),
+                UnixTime(1_800_000_000),
+            )
+            .reason()
+    };
+    assert_eq!(decide(sa, "ka", Some("https://a")), Reason::Ok);
+    assert_eq!(decide(sb, "kb", Some("https://b")), Reason::Ok);
+    assert_eq!(
+        decide(sb, "kb", Some("https://a")),
+        Reason::BadIssuer,
+        "B speaking for A"
+    );
+    assert_eq!(
+        decide(sa, "ka", Some("https://b")),
+        Reason::BadIssuer,
+        "A speaking for B"
+    );
+    assert_eq!(decide(sb, "kb", None), Reason::MissingClaim);
+    // The fetched key is bound to its source's issuer; the tenant's list still applies.
+    assert_eq!(decide(sc, "kc", Some("https://a")), Reason::BadIssuer);
+    assert_eq!(
+        decide(sc, "kc", Some("https://c")),
+        Reason::BadIssuer,
+        "not in issuers"
+    );
+
+    // Binding a key to another issuer changes the tenant's epoch (cached tokens go).
+    let rebound = Files::new(&config.replace("issuer = \"https://b\"", "issuer = \"https://b2\""))
+        .load()
+        .unwrap()
+        .snapshot(2, &|_, _| Some(Arc::clone(&fetched)));
+    assert_ne!(
+        snap.tenant("t").unwrap().epoch,
+        rebound.tenant("t").unwrap().epoch
+    );
+
+    let e = Files::new(&config.replace("issuer = \"https://a\"", "issuer = \"\""))
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tenant[0].key[0].issuer:") && e.contains("must be the exact `iss`"),
+        "{e}"
+    );
+}

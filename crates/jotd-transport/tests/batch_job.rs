@@ -32,10 +32,12 @@ fn fixture() -> Fixture {
         TenantKey {
             kid: "es".into(),
             key: es.verifying_key().unwrap(),
+            issuer: None,
         },
         TenantKey {
             kid: "hs".into(),
             key: hs.verifying_key().unwrap(),
+            issuer: None,
         },
     ];
     Fixture {
@@ -361,11 +363,13 @@ fn remote_snapshot(f: &Fixture, generation: u64, fetched_hs: bool) -> Snapshot {
     let mut keys = vec![TenantKey {
         kid: "es".into(),
         key: f.es.verifying_key().unwrap(),
+        issuer: None,
     }];
     if fetched_hs {
         keys.push(TenantKey {
             kid: "hs".into(),
             key: f.hs.verifying_key().unwrap(),
+            issuer: None,
         });
     }
     let mut remote = Tenant::new("remote", keys.clone());

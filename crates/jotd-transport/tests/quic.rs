@@ -314,6 +314,7 @@ async fn shutdown_drains_batches_in_flight() {
         vec![TenantKey {
             kid: "rs".into(),
             key: rs.verifying_key().unwrap(),
+            issuer: None,
         }],
     );
     snap_tenant.algorithms = jotd_core::AlgorithmSet::ALL;
@@ -363,6 +364,7 @@ async fn overload_is_an_error_frame_after_the_wait() {
             vec![TenantKey {
                 kid: "rs".into(),
                 key: rs.verifying_key().unwrap(),
+                issuer: None,
             }],
         ))],
     ));

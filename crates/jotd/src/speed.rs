@@ -108,6 +108,7 @@ fn workload(alg: Algorithm, count: u32) -> anyhow::Result<Workload> {
         vec![TenantKey {
             kid: kid.into(),
             key: key.verifying_key()?,
+            issuer: None,
         }],
     );
     tenant.policy = PolicyModel::Allowlist;

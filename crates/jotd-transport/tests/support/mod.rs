@@ -124,11 +124,13 @@ pub fn snapshot(generation: u64, k: &Keys, with_hs: bool) -> Snapshot {
     let mut keys = vec![TenantKey {
         kid: "es".into(),
         key: k.es.verifying_key().unwrap(),
+        issuer: None,
     }];
     if with_hs {
         keys.push(TenantKey {
             kid: "hs".into(),
             key: k.hs.verifying_key().unwrap(),
+            issuer: None,
         });
     }
     // As jotd-keys does: the epoch changes with the keys (cached tokens of the
