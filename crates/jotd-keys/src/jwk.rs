@@ -251,6 +251,10 @@ pub struct JwksKeys {
     pub skipped: Vec<String>,
     /// Keys left out in all, listed or not.
     pub skipped_total: usize,
+    /// The algorithm the document was parsed with for keys without `alg` (the
+    /// source's `alg`). A snapshot uses the keys only while the source still says
+    /// the same, so a reload that changes it never leaves keys read the old way serving.
+    pub parsed_alg: Option<Algorithm>,
 }
 
 impl JwksKeys {
@@ -318,6 +322,7 @@ pub fn parse_jwks(
         keys: Vec::new(),
         skipped: Vec::new(),
         skipped_total: 0,
+        parsed_alg: config_alg,
     };
     let mut signing_kids: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (i, value) in doc.keys.into_iter().enumerate() {

@@ -182,7 +182,9 @@ impl KeysConfig {
                     JwksLocation::File(_) => self.jwks_files.get(&(ti, si)).cloned(),
                     JwksLocation::Url(url) => {
                         tenant.remote_keys = true;
-                        fetched(&tenant.id, url)
+                        // Keys fetched while the source named another `alg` (before a
+                        // reload) are not used: the next fetch reads them the new way.
+                        fetched(&tenant.id, url).filter(|k| k.parsed_alg == source.alg)
                     }
                 };
                 for (kid, key) in keys.iter().flat_map(|k| k.keys.iter()) {

@@ -760,3 +760,53 @@ fn keys_bound_to_an_issuer_verify_only_that_issuers_tokens() {
         "{e}"
     );
 }
+
+/// Keys fetched while a source named one `alg` do not serve after a reload names
+/// another: the key would keep verifying with the algorithm the operator removed.
+#[test]
+fn fetched_keys_read_under_another_alg_are_not_used() {
+    use base64::Engine as _;
+    let secret = [9u8; 64];
+    let jwks = format!(
+        r#"{{"keys":[{{"kty":"oct","kid":"h","k":"{}"}}]}}"#,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    );
+    let config = |alg: &str| {
+        format!(
+            "[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nurl = \"https://idp.example/jwks\"\nalg = \"{alg}\"\n"
+        )
+    };
+    let parsed =
+        |alg| Arc::new(jotd_keys::jwk::parse_jwks(jwks.as_bytes(), Some(alg), 16).unwrap());
+    let engine = Engine::new(EngineConfig::default());
+    let token = |alg| {
+        SigningKey::from_hmac_secret(alg, &secret)
+            .unwrap()
+            .mint(Some("h"), r#"{"exp":2000000000}"#)
+            .unwrap()
+    };
+    let (t256, t384) = (token(Algorithm::Hs256), token(Algorithm::Hs384));
+    let now = UnixTime(1_800_000_000);
+    let decide = |snap: &jotd_core::Snapshot, t: &str| {
+        engine
+            .verify(snap, &Request::bearer("t", t.as_bytes()), now)
+            .reason()
+    };
+    let old_keys = parsed(Algorithm::Hs256);
+    let snap = Files::new(&config("HS256"))
+        .load()
+        .unwrap()
+        .snapshot(1, &|_, _| Some(Arc::clone(&old_keys)));
+    assert_eq!(decide(&snap, &t256), Reason::Ok);
+    // The operator moves the source to HS384. Until the next fetch, the HS256 reading
+    // of the document is not used: an HS384 token finds no key (which asks for a
+    // refetch), rather than meeting the old HS256 key.
+    let hs384 = Files::new(&config("HS384")).load().unwrap();
+    let snap = hs384.snapshot(2, &|_, _| Some(Arc::clone(&old_keys)));
+    assert_eq!(decide(&snap, &t384), Reason::UnknownKid);
+    assert_ne!(decide(&snap, &t256), Reason::Ok);
+    let new_keys = parsed(Algorithm::Hs384);
+    let snap = hs384.snapshot(3, &|_, _| Some(Arc::clone(&new_keys)));
+    assert_eq!(decide(&snap, &t384), Reason::Ok);
+    assert_ne!(decide(&snap, &t256), Reason::Ok);
+}
