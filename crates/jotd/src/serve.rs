@@ -161,6 +161,7 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
     };
     // The file is read and parsed once: the daemon's settings and the keys.
     let (mut settings, keys): (Settings, _) = settings::load(&config_path)?;
+    let from_file = settings.clone();
     if let Some(l) = args.listen {
         settings.server.listen = l;
     }
@@ -195,7 +196,7 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
 
     let reloader = Arc::new(Reloader::with_loader(
         keys,
-        settings::loader(&config_path),
+        settings::loader(&config_path, &from_file),
         Box::new(stamp),
     ));
     let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) else {

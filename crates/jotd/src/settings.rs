@@ -602,10 +602,60 @@ pub(crate) fn load(file: &Path) -> Result<(Settings, KeysConfig), ConfigError> {
 
 /// What a reload runs: the whole file read and validated again (a reload
 /// whose daemon sections no longer validate is rejected too), the keys
-/// config kept.
-pub(crate) fn loader(file: &Path) -> jotd_keys::Loader {
+/// config kept. `running` is the file's settings at start (before command-line
+/// overrides): a reload that changes a section it cannot apply says so, naming the
+/// sections, instead of a bare "config reloaded" the operator would take for done.
+pub(crate) fn loader(file: &Path, running: &Settings) -> jotd_keys::Loader {
     let file = file.to_owned();
-    Box::new(move || load(&file).map(|(_, keys)| keys))
+    let running = running.clone();
+    Box::new(move || {
+        let (new, keys) = load(&file)?;
+        let sections = restart_needed(&running, &new);
+        if !sections.is_empty() {
+            tracing::warn!(
+                file = %file.display(),
+                ?sections,
+                "config reloaded: tenants, keys and the denylist are applied; changes to these sections take effect at the next restart"
+            );
+        }
+        Ok(keys)
+    })
+}
+
+/// The daemon's sections that differ between two readings of the file: a reload
+/// applies none of them.
+pub(crate) fn restart_needed(running: &Settings, new: &Settings) -> Vec<&'static str> {
+    let sections = |s: &Settings| {
+        [
+            (
+                "server",
+                format!(
+                    "{:?}",
+                    (
+                        &s.server,
+                        &s.cert_file,
+                        &s.key_file,
+                        &s.client_ca_file,
+                        s.io_threads,
+                        s.watch_interval
+                    )
+                ),
+            ),
+            ("verify", format!("{:?}", (s.verify_threads, &s.engine))),
+            ("admin", format!("{:?}", s.admin)),
+            ("log", format!("{:?}", (s.log_format, &s.log_level))),
+            (
+                "jwks_fetch",
+                format!("{:?}", (&s.fetch, &s.fetch_extra_ca_file)),
+            ),
+        ]
+    };
+    sections(running)
+        .into_iter()
+        .zip(sections(new))
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| a.0)
+        .collect()
 }
 
 #[cfg(test)]
@@ -709,7 +759,7 @@ level = "jotd=debug"
             (settings.server.max_connections.get(), keys.tenants.len()),
             (7, 1)
         );
-        let reload = loader(&file);
+        let reload = loader(&file, &settings);
         assert_eq!(reload().unwrap().tenants.len(), 1);
         std::fs::write(&file, format!("[server]\nmax_connections = 0\n{tenant}")).unwrap();
         let e = reload().unwrap_err().to_string();
@@ -717,6 +767,31 @@ level = "jotd=debug"
             e.contains(":2: server.max_connections: must be at least 1"),
             "{e}"
         );
+    }
+
+    /// A reload applies tenants, keys and the denylist; every other section it names
+    /// as needing a restart, and only those that changed.
+    #[test]
+    fn a_reload_names_the_sections_it_cannot_apply() {
+        let tenant = "[[tenant]]\nid = \"a\"\n";
+        let base = p(tenant).unwrap();
+        assert!(
+            restart_needed(
+                &base,
+                &p(&format!("{tenant}require_jwt = false\n")).unwrap()
+            )
+            .is_empty()
+        );
+        for (section, text, want) in [
+            ("server", "max_connections = 9", vec!["server"]),
+            ("verify", "cache = false", vec!["verify"]),
+            ("admin", "listen = \"127.0.0.1:1\"", vec!["admin"]),
+            ("log", "level = \"debug\"", vec!["log"]),
+            ("jwks_fetch", "min_refresh_s = 20", vec!["jwks_fetch"]),
+        ] {
+            let new = p(&format!("[{section}]\n{text}\n{tenant}")).unwrap();
+            assert_eq!(restart_needed(&base, &new), want, "{section}");
+        }
     }
 
     #[test]
