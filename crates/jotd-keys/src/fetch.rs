@@ -228,7 +228,34 @@ struct Info {
 struct Source {
     /// Held while fetching: concurrent triggers queue here (single flight).
     flight: tokio::sync::Mutex<()>,
+    /// Unknown-kid triggers queued on `flight` now (see [`MAX_WAITERS`]).
+    waiters: std::sync::atomic::AtomicUsize,
     info: Mutex<Info>,
+}
+
+/// Unknown-kid triggers that may wait on one source's fetch in flight. Past it a
+/// trigger returns at once (its batch is decided on the keys at hand): a flood of
+/// forged kids while the IdP is slow would otherwise queue a task per batch for as
+/// long as the fetch takes.
+pub const MAX_WAITERS: usize = 256;
+
+/// A place among a source's waiters, given back on drop.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn take(count: &'a std::sync::atomic::AtomicUsize) -> Option<Self> {
+        use std::sync::atomic::Ordering::Relaxed;
+        count
+            .fetch_update(Relaxed, Relaxed, |n| (n < MAX_WAITERS).then_some(n + 1))
+            .ok()
+            .map(|_| Self(count))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What one fetch did, for the daemon's logs and metrics.
@@ -539,7 +566,11 @@ impl JwksFetcher {
         for t in self.targets().iter().filter(|t| t.tenant == tenant) {
             let source = self.source(t);
             let asked = Instant::now();
+            let Some(waiting) = Waiting::take(&source.waiters) else {
+                continue;
+            };
             let _flight = source.flight.lock().await;
+            drop(waiting);
             let (good, attempt, triggered) = {
                 let info = lock(&source.info);
                 (info.last_good, info.last_attempt, info.last_triggered)

@@ -554,3 +554,35 @@ async fn the_observer_hears_installs_skipped_keys_and_failures() {
     );
     assert_eq!(heard[1], "failed idp: HTTP status 500");
 }
+
+/// While a fetch is in flight, at most `MAX_WAITERS` unknown-kid triggers queue on
+/// it; the rest return at once (their batches are decided on the keys at hand), so
+/// a flood of forged kids while the IdP is slow cannot pile up a task per batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_a_slow_fetch_are_bounded() {
+    let server = serve().await;
+    let (_, jwk) = ed_key("a");
+    server.set(Mode::SlowDoc {
+        body: doc(&[&jwk]),
+        pause: Duration::from_millis(1500),
+    });
+    let (_reloader, fetcher) = setup(&server, FetchConfig::default());
+    let fetcher = Arc::new(fetcher);
+    let extra = 60;
+    let triggers: Vec<_> = (0..jotd_keys::MAX_WAITERS + 1 + extra)
+        .map(|_| {
+            let f = Arc::clone(&fetcher);
+            tokio::spawn(async move { f.on_unknown_kid("idp").await })
+        })
+        .collect();
+    let mut saw = 0;
+    for t in triggers {
+        saw += usize::from(t.await.unwrap());
+    }
+    assert!(
+        saw <= jotd_keys::MAX_WAITERS + 1,
+        "{saw} triggers waited on one fetch"
+    );
+    assert!(saw >= 1, "the fetch itself and its waiters see the keys");
+    assert_eq!(server.hits(), 1, "one fetch");
+}
