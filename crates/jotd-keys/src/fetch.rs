@@ -239,6 +239,9 @@ struct Source {
 /// long as the fetch takes.
 pub const MAX_WAITERS: usize = 256;
 
+/// Sources fetched at once by [`JwksFetcher::refresh_due`].
+pub const PARALLEL_FETCHES: usize = 16;
+
 /// A place among a source's waiters, given back on drop.
 struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
 
@@ -525,23 +528,40 @@ impl JwksFetcher {
     }
 
     /// Fetches every source that is due (never fetched, or past its refresh or
-    /// retry time). Returns the failures, by tenant and URL.
+    /// retry time), [`PARALLEL_FETCHES`] at a time: one IdP that hangs until the
+    /// timeout does not hold back every other tenant's refresh. Returns the
+    /// failures, by tenant and URL.
     pub async fn refresh_due(&self) -> Vec<(String, String, FetchError)> {
+        use futures_util::StreamExt as _;
+        let due: Vec<(Target, Arc<Source>)> = self
+            .targets()
+            .iter()
+            .filter_map(|t| {
+                let source = self.source(t);
+                let due = lock(&source.info)
+                    .next_due
+                    .is_none_or(|d| d <= Instant::now());
+                due.then(|| (t.clone(), source))
+            })
+            .collect();
         let mut failures = Vec::new();
-        for t in self.targets().iter() {
-            let source = self.source(t);
-            let due = lock(&source.info)
-                .next_due
-                .is_none_or(|d| d <= Instant::now());
-            if !due {
-                continue;
-            }
-            let _flight = source.flight.lock().await;
-            if let Err(e) = self.fetch(t, &source).await {
-                failures.push((t.tenant.clone(), t.url.clone(), e));
-            }
+        let mut fetches = futures_util::stream::iter(due)
+            .map(|(t, source)| self.fetch_due(t, source))
+            .buffer_unordered(PARALLEL_FETCHES);
+        while let Some(outcome) = fetches.next().await {
+            failures.extend(outcome);
         }
         failures
+    }
+
+    async fn fetch_due(
+        &self,
+        t: Target,
+        source: Arc<Source>,
+    ) -> Option<(String, String, FetchError)> {
+        let _flight = source.flight.lock().await;
+        let e = self.fetch(&t, &source).await.err()?;
+        Some((t.tenant, t.url, e))
     }
 
     /// When the next source falls due (`None` when there are no URL sources).

@@ -586,3 +586,51 @@ async fn waiters_on_a_slow_fetch_are_bounded() {
     assert!(saw >= 1, "the fetch itself and its waiters see the keys");
     assert_eq!(server.hits(), 1, "one fetch");
 }
+
+/// Due sources are fetched in parallel: an IdP that hangs until the timeout (listed
+/// first here) does not hold back another tenant's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_idp_does_not_hold_back_other_tenants() {
+    let server = serve().await;
+    let (key, jwk) = ed_key("a");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk]),
+        cache_control: None,
+    });
+    // Accepts connections (the kernel's backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = format!(
+        "[[tenant]]\nid = \"slow\"\n[[tenant.jwks]]\nurl = \"https://127.0.0.1:{}/jwks.json\"\nalg = \"EdDSA\"\n\
+         [[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nalg = \"EdDSA\"\n",
+        silent.local_addr().unwrap().port(),
+        server.url
+    );
+    let reloader = Arc::new(
+        Reloader::start(
+            Path::new("/cfg/jotd.toml"),
+            Box::new(move |_| Ok(text.clone().into_bytes())),
+            Box::new(|_| Some((None, 1))),
+        )
+        .unwrap(),
+    );
+    let config = FetchConfig {
+        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
+        timeout: Duration::from_secs(4),
+        ..FetchConfig::default()
+    };
+    let fetcher = Arc::new(JwksFetcher::new(Arc::clone(&reloader), config).unwrap());
+    let f = Arc::clone(&fetcher);
+    let refresh = tokio::spawn(async move { f.refresh_due().await });
+    let start = tokio::time::Instant::now();
+    while decide(&reloader, &key, "a") != Reason::Ok {
+        assert!(
+            !refresh.is_finished(),
+            "the healthy tenant's keys arrive while the silent IdP is still being waited on"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(start.elapsed() < Duration::from_secs(4));
+    let failures = refresh.await.unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].0, "slow");
+}
