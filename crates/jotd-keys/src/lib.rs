@@ -26,7 +26,7 @@ pub use config::{
 };
 pub use fetch::{
     FetchConfig, FetchError, FetchEvent, FetchObserver, JwksFetcher, JwksUrlError, MAX_REDIRECTS,
-    MAX_WAITERS, SourceHealth, check_jwks_url, max_age,
+    MAX_WAITERS, PARALLEL_FETCHES, SourceHealth, check_jwks_url, max_age,
 };
 pub use load::{KeysConfig, load, load_section, read_text};
 pub use reload::{FetchedJwks, FileStamp, Loader, Reader, ReloadStatus, Reloader, Stamper};
