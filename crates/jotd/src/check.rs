@@ -89,7 +89,7 @@ pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             .context("clock before 1970")?
             .as_secs(),
     };
-    let input: Box<dyn BufRead> = match &args.input {
+    let mut input: Box<dyn BufRead> = match &args.input {
         Some(path) => Box::new(BufReader::new(
             std::fs::File::open(path)
                 .with_context(|| format!("{}: cannot open", path.display()))?,
@@ -99,9 +99,18 @@ pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let engine = Engine::new(settings.engine_config());
     let mut scratch = Scratch::new();
     let mut out = BufWriter::new(out);
-    for (index, line) in input.lines().enumerate() {
-        let line = line.with_context(|| format!("input line {}: cannot read", index + 1))?;
-        let value = match serde_json::from_str::<Line>(&line) {
+    let mut buf = Vec::new();
+    for index in 0.. {
+        let Some(line) = next_line(&mut input, &mut buf)
+            .with_context(|| format!("input line {}: cannot read", index + 1))?
+        else {
+            break;
+        };
+        // A line that is too long or not UTF-8 gets its own `malformed` answer; the
+        // lines after it are still decided.
+        let parsed =
+            line.and_then(|text| serde_json::from_str::<Line>(text).map_err(|e| e.to_string()));
+        let value = match parsed {
             Ok(l) => {
                 let addresses: Vec<&str> = l.addresses.iter().map(String::as_str).collect();
                 let req = Request {
@@ -127,4 +136,49 @@ pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// The longest input line read: far above any request (tokens are capped at
+/// `max_token_bytes`), far below what a stray binary file would make us buffer.
+const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Reads one line into `buf` (without its newline): `None` at the end of the input,
+/// `Some(Err(why))` for a line over [`MAX_LINE_BYTES`] (skipped to its end without
+/// buffering it) or not UTF-8.
+fn next_line<'b>(
+    input: &mut dyn BufRead,
+    buf: &'b mut Vec<u8>,
+) -> std::io::Result<Option<Result<&'b str, String>>> {
+    use std::io::Read as _;
+    buf.clear();
+    let n = input
+        .take(MAX_LINE_BYTES as u64 + 1)
+        .read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if buf.len() > MAX_LINE_BYTES {
+        // Skip the rest of the line.
+        loop {
+            let rest = input.fill_buf()?;
+            if rest.is_empty() {
+                break;
+            }
+            if let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                input.consume(end + 1);
+                break;
+            }
+            let all = rest.len();
+            input.consume(all);
+        }
+        return Ok(Some(Err(format!("longer than {MAX_LINE_BYTES} bytes"))));
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Some(
+        std::str::from_utf8(buf).map_err(|e| format!("not UTF-8 ({e})")),
+    ))
 }

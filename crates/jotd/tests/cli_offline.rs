@@ -413,3 +413,54 @@ fn files_that_are_not_regular_files_are_named_not_read() {
         assert!(err.contains(why) && err.contains(key), "{config}\n{err}");
     }
 }
+
+/// A line that is not UTF-8 or is over 1 MiB gets its own `malformed` answer naming
+/// why; the lines after it are still decided (the whole run used to stop at a
+/// non-UTF-8 line, and a long line was buffered whole).
+#[test]
+fn check_answers_bad_lines_and_goes_on() {
+    let scratch = scratch_dir("check-bad-lines");
+    let dir = scratch.path();
+    let config = write_config(dir);
+    let no_auth = br#"{"tenant":"infura","method":"net_version"}"#;
+    let mut input = Vec::new();
+    input.extend_from_slice(no_auth);
+    input.extend_from_slice(b"\n\xff\xfe{}\n");
+    input.extend(std::iter::repeat_n(b'a', 2 << 20));
+    input.push(b'\n');
+    input.extend_from_slice(no_auth);
+    input.extend_from_slice(b"\r\n");
+    let file = dir.join("requests.jsonl");
+    std::fs::write(&file, &input).unwrap();
+    let out = jotd(
+        &[
+            "check",
+            "--config",
+            config.to_str().unwrap(),
+            "--input",
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(u64, &str)> = lines
+        .iter()
+        .map(|v| (v["index"].as_u64().unwrap(), v["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, "ok_no_auth"),
+            (1, "malformed"),
+            (2, "malformed"),
+            (3, "ok_no_auth")
+        ]
+    );
+    let why = |i: usize| lines[i]["error"].as_str().unwrap_or_default().to_owned();
+    assert!(why(1).starts_with("input line 2: not UTF-8"), "{}", why(1));
+    assert_eq!(why(2), "input line 3: longer than 1048576 bytes");
+}
