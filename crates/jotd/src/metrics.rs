@@ -571,28 +571,101 @@ impl Sampler {
                 .set(snap.tenants().map(|t| t.keys.len()).sum::<usize>() as f64);
             self.generation.set(generation as f64);
         }
-        for h in fetcher.health() {
-            let ok = h.fetches - h.failed_total;
-            counter!("jotd_jwks_fetches_total", "url" => h.url.clone(), "result" => "ok")
-                .absolute(ok);
-            counter!("jotd_jwks_fetches_total", "url" => h.url.clone(), "result" => "failed")
-                .absolute(h.failed_total);
-            // Stale by the same rule as /readyz: never fetched, or older than
-            // STALE_REFRESHES refresh intervals.
-            let stale = h
-                .age
-                .is_none_or(|a| a > h.refresh * crate::admin::STALE_REFRESHES);
-            gauge!("jotd_jwks_stale", "url" => h.url.clone()).set(if stale { 1.0 } else { 0.0 });
-            // 1 when the installed keys came from another URL than the configured one.
-            let redirected = h.keys_url.as_ref().is_some_and(|k| *k != h.url);
-            gauge!("jotd_jwks_redirected", "url" => h.url.clone()).set(if redirected {
-                1.0
-            } else {
-                0.0
-            });
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        for (url, u) in per_url(fetcher.health()) {
+            counter!("jotd_jwks_fetches_total", "url" => url.clone(), "result" => "ok")
+                .absolute(u.ok);
+            counter!("jotd_jwks_fetches_total", "url" => url.clone(), "result" => "failed")
+                .absolute(u.failed);
+            gauge!("jotd_jwks_stale", "url" => url.clone()).set(flag(u.stale));
+            gauge!("jotd_jwks_redirected", "url" => url.clone()).set(flag(u.redirected));
             // -1: never fetched successfully.
-            gauge!("jotd_jwks_age_seconds", "url" => h.url)
-                .set(h.age.map_or(-1.0, |a| a.as_secs_f64()));
+            gauge!("jotd_jwks_age_seconds", "url" => url).set(u.oldest.flatten().unwrap_or(-1.0));
         }
+    }
+}
+
+/// One URL's JWKS sources, folded: several tenants may share one URL (each its own
+/// source), and the series are per URL, so sources are summed (counts) or taken at
+/// their worst (staleness, redirects, age), never written over one another.
+#[derive(Debug, Default, PartialEq)]
+struct PerUrl {
+    ok: u64,
+    failed: u64,
+    stale: bool,
+    redirected: bool,
+    /// The oldest last good fetch, in seconds; `Some(None)`: some source of this
+    /// URL never fetched successfully.
+    oldest: Option<Option<f64>>,
+}
+
+fn per_url(health: Vec<jotd_keys::SourceHealth>) -> std::collections::BTreeMap<String, PerUrl> {
+    let mut out: std::collections::BTreeMap<String, PerUrl> = std::collections::BTreeMap::new();
+    for h in health {
+        let u = out.entry(h.url.clone()).or_default();
+        u.ok += h.fetches - h.failed_total;
+        u.failed += h.failed_total;
+        // Stale by the same rule as /readyz: never fetched, or older than
+        // STALE_REFRESHES refresh intervals.
+        u.stale |= h
+            .age
+            .is_none_or(|a| a > h.refresh * crate::admin::STALE_REFRESHES);
+        // The installed keys came from another URL than the configured one.
+        u.redirected |= h.keys_url.as_ref().is_some_and(|k| *k != h.url);
+        let age = h.age.map(|a| a.as_secs_f64());
+        u.oldest = Some(match (u.oldest, age) {
+            (None, a) => a,
+            (Some(None), _) | (_, None) => None,
+            (Some(Some(x)), Some(y)) => Some(x.max(y)),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod per_url_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn source(
+        tenant: &str,
+        url: &str,
+        age: Option<u64>,
+        fetches: u64,
+        failed: u64,
+    ) -> jotd_keys::SourceHealth {
+        jotd_keys::SourceHealth {
+            tenant: tenant.into(),
+            url: url.into(),
+            age: age.map(Duration::from_secs),
+            refresh: Duration::from_secs(300),
+            failures: 0,
+            last_error: None,
+            fetches,
+            failed_total: failed,
+            keys_url: None,
+        }
+    }
+
+    #[test]
+    fn tenants_sharing_a_url_are_summed_and_taken_at_their_worst() {
+        let shared = "https://idp.example/jwks";
+        let m = per_url(vec![
+            source("a", shared, Some(10), 5, 1),
+            source("b", shared, Some(2000), 3, 0),
+            source("c", "https://other.example/jwks", None, 2, 2),
+        ]);
+        assert_eq!(
+            m[shared],
+            PerUrl {
+                ok: 7,
+                failed: 1,
+                stale: true,
+                redirected: false,
+                oldest: Some(Some(2000.0))
+            }
+        );
+        let other = &m["https://other.example/jwks"];
+        assert!(other.stale && other.oldest == Some(None));
     }
 }
