@@ -116,10 +116,10 @@ for round in $(seq 1 "$ROUNDS"); do
   for items in 64 1; do
     gateway "$items"
     # Warm the cache and the connections.
-    "$OHA" --no-tui -q 2000 -z 2s -c "$CONNS" -H "Authorization: Bearer $TOKEN" -H "X-Original-URI: /v3/demo" \
+    "$OHA" --no-tui -q 2000 -z 2s -c "$CONNS" -H "Authorization: Bearer $TOKEN" -H "X-Forwarded-Uri: /v3/demo" \
       --output-format quiet http://127.0.0.1:18601/auth || true
     j0=$(cpu_ticks "$JOTD"); g0=$(cpu_ticks "$GW")
-    "$OHA" --no-tui -q "$RATE" -z "${SECS}s" -c "$CONNS" -H "Authorization: Bearer $TOKEN" -H "X-Original-URI: /v3/demo" \
+    "$OHA" --no-tui -q "$RATE" -z "${SECS}s" -c "$CONNS" -H "Authorization: Bearer $TOKEN" -H "X-Forwarded-Uri: /v3/demo" \
       --output-format json http://127.0.0.1:18601/auth > "fa-$items-$round.json"
     j1=$(cpu_ticks "$JOTD"); g1=$(cpu_ticks "$GW")
     s=$(summary "fa-$items-$round.json")

@@ -3,8 +3,9 @@
 //!
 //! The gateway asks this door about a request it holds; the door answers 200
 //! with identity headers to copy, or 401 / 403 / 503 with a JSON-RPC error
-//! body. The original path and host come from the forwarded headers
-//! (`X-Original-URI`, `X-Forwarded-Uri`, `X-Forwarded-Host`); the token,
+//! body. The original path and host come from one configured header each
+//! (`uri_header`, default `X-Forwarded-Uri`; `host_header`, default
+//! `X-Forwarded-Host`; any other copy is ignored); the token,
 //! `Origin` and `User-Agent` from the copied request headers. When the gateway
 //! sends the body (APISIX, Envoy `with_request_body`), every JSON-RPC call in
 //! it must be allowed; without a body jotd checks the token, tenant, origin
