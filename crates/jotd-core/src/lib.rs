@@ -19,7 +19,6 @@ mod cache;
 mod claims;
 mod decision;
 mod engine;
-pub mod files;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod json;

@@ -379,8 +379,8 @@ impl Config {
             key: String::new(),
             message,
         };
-        let bytes =
-            jotd_core::files::read_file(file).map_err(|e| whole(format!("cannot read: {e}")))?;
+        let bytes = jotd_transport::files::read_file(file)
+            .map_err(|e| whole(format!("cannot read: {e}")))?;
         let text = String::from_utf8(bytes).map_err(|_| whole("not UTF-8".to_owned()))?;
         Self::parse(file, &text)
     }

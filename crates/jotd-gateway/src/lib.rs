@@ -77,13 +77,13 @@ pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 fn pool_client(cfg: &Config) -> anyhow::Result<Client> {
     let p = &cfg.pool;
-    let ca = jotd_core::files::read_file(&p.ca_file)
+    let ca = jotd_transport::files::read_file(&p.ca_file)
         .with_context(|| format!("{}: cannot read the pool CA (ca_file)", p.ca_file.display()))?;
     let cert = match &p.client_cert {
         Some((c, k)) => Some((
-            jotd_core::files::read_file(c)
+            jotd_transport::files::read_file(c)
                 .with_context(|| format!("{}: cannot read client_cert_file", c.display()))?,
-            jotd_core::files::read_file(k)
+            jotd_transport::files::read_file(k)
                 .with_context(|| format!("{}: cannot read client_key_file", k.display()))?,
         )),
         None => None,

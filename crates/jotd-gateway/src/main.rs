@@ -56,7 +56,7 @@ enum ConfigCmd {
 /// The config `--dev` runs on (parsed like any file, so it is checked the same way).
 fn dev_config(dir: &Path, upstreams: &[String]) -> anyhow::Result<Config> {
     let manifest = dir.join("load.json");
-    let text = std::fs::read_to_string(&manifest).with_context(|| {
+    let text = jotd_transport::files::read_text(&manifest).with_context(|| {
         format!(
             "{}: cannot read (start `jotd serve` on its development defaults first: it writes {})",
             manifest.display(),

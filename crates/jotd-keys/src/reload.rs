@@ -16,7 +16,7 @@ use std::time::SystemTime;
 /// What identifies a file's version: modification time and length (from `stat`).
 pub type FileStamp = (Option<SystemTime>, u64);
 
-/// Reads a file (the binary passes `std::fs::read`).
+/// Reads a file (the binary passes `jotd_transport::files::read_file`).
 pub type Reader = Box<dyn Fn(&Path) -> io::Result<Vec<u8>> + Send + Sync>;
 /// Reads and validates the whole config again (a reload): the binary that
 /// owns the file parses it (its own sections too) and calls

@@ -489,12 +489,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         )
     };
     let ca_path = args.ca.clone().unwrap_or_else(|| dir.join(&m.ca));
-    let ca = jotd_core::files::read_file(&ca_path)
+    let ca = jotd_transport::files::read_file(&ca_path)
         .with_context(|| format!("--ca {}: cannot read", ca_path.display()))?;
     let client_cert = match (&args.cert, &args.key) {
         (Some(c), Some(k)) => Some((
-            jotd_core::files::read_file(c).with_context(|| format!("--cert {}", c.display()))?,
-            jotd_core::files::read_file(k).with_context(|| format!("--key {}", k.display()))?,
+            jotd_transport::files::read_file(c)
+                .with_context(|| format!("--cert {}", c.display()))?,
+            jotd_transport::files::read_file(k)
+                .with_context(|| format!("--key {}", k.display()))?,
         )),
         _ => None,
     };
@@ -595,7 +597,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
                 let mut last = 0;
                 let mut reloads = 0u64;
                 let original = match &reload {
-                    Some((_, path)) => std::fs::read_to_string(path).ok(),
+                    Some((_, path)) => jotd_transport::files::read_text(path).ok(),
                     None => None,
                 };
                 let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -43,7 +43,7 @@ pub(crate) struct StallArgs {
 }
 
 pub(crate) fn stall(args: &StallArgs) -> anyhow::Result<()> {
-    let ca = jotd_core::files::read_file(&args.ca)
+    let ca = jotd_transport::files::read_file(&args.ca)
         .with_context(|| format!("--ca {}", args.ca.display()))?;
     let rss = || {
         args.metrics_url

@@ -204,7 +204,7 @@ pub(crate) struct MintArgs {
 pub(crate) fn mint(a: &MintArgs) -> anyhow::Result<()> {
     let alg =
         Algorithm::from_name(&a.alg).with_context(|| format!("--alg: unknown `{}`", a.alg))?;
-    let bytes = jotd_core::files::read_file(&a.key)
+    let bytes = jotd_transport::files::read_file(&a.key)
         .with_context(|| format!("--key {}: cannot read", a.key.display()))?;
     let key = if alg.as_str().starts_with("HS") {
         let secret = base64::engine::general_purpose::STANDARD

@@ -53,7 +53,7 @@ pub(crate) struct ManifestTenant {
 
 impl Manifest {
     pub(crate) fn load(path: &Path) -> anyhow::Result<(Self, PathBuf)> {
-        let text = std::fs::read_to_string(path)
+        let text = jotd_transport::files::read_text(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let m: Self = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a jotd-load manifest", path.display()))?;
@@ -78,12 +78,12 @@ impl Manifest {
                 continue;
             }
             let key = if let Some(f) = &k.pkcs8_file {
-                let der = jotd_core::files::read_file(&dir.join(f))
+                let der = jotd_transport::files::read_file(&dir.join(f))
                     .with_context(|| format!("manifest key {}: cannot read {f}", k.kid))?;
                 SigningKey::from_pkcs8(alg, &der)
                     .map_err(|e| anyhow::anyhow!("manifest key {}: {f}: {e}", k.kid))?
             } else if let Some(f) = &k.secret_base64_file {
-                let text = std::fs::read_to_string(dir.join(f))
+                let text = jotd_transport::files::read_text(&dir.join(f))
                     .with_context(|| format!("manifest key {}: cannot read {f}", k.kid))?;
                 let secret = base64::engine::general_purpose::STANDARD
                     .decode(text.trim())

@@ -19,6 +19,7 @@ mod client;
 mod codec;
 #[cfg(feature = "dev-pki")]
 mod dev_pki;
+pub mod files;
 mod job;
 mod messages;
 mod options;

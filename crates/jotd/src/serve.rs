@@ -145,7 +145,7 @@ fn log_denials(report: &BatchReport) {
 }
 
 fn read_file(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    jotd_core::files::read_file(path)
+    jotd_transport::files::read_file(path)
         .with_context(|| format!("{what} {}: cannot read", path.display()))
 }
 

@@ -593,7 +593,7 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
 /// Reads the config file once and validates all of it: the daemon's
 /// settings, and the tenants and keys (with every file they name).
 pub(crate) fn load(file: &Path) -> Result<(Settings, KeysConfig), ConfigError> {
-    let read = |p: &Path| jotd_core::files::read_file(p);
+    let read = |p: &Path| jotd_transport::files::read_file(p);
     let text = jotd_keys::read_text(file, &read)?;
     let (settings, keys) = parse(file, &text)?;
     let keys = jotd_keys::load_section(file, &text, &keys, &read)?;

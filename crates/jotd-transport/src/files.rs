@@ -1,6 +1,10 @@
 //! The one way jotd's binaries read a file an operator names (config, key files,
 //! JWKS files, denylists, certificates): regular files only, and a size cap.
 //!
+//! It lives here, not in jotd-core (which never touches files), because every
+//! binary (jotd, jotd-gateway, jotd-load) depends on this crate. Nothing in the
+//! libraries calls it on its own: the binaries read and pass bytes in.
+//!
 //! `std::fs::read` on a FIFO blocks until a writer comes (a daemon that never
 //! starts, or a reload that never ends); on `/dev/zero` or a huge file it reads
 //! until memory runs out. Both are operator mistakes that deserve an error naming
@@ -21,6 +25,19 @@ pub const MAX_FILE_BYTES: u64 = 256 << 20;
 /// (`InvalidData`).
 pub fn read_file(path: &Path) -> io::Result<Vec<u8>> {
     read_file_capped(path, MAX_FILE_BYTES)
+}
+
+/// [`read_file`] for a text file: the bytes must be UTF-8.
+///
+/// # Errors
+/// As [`read_file`], and `InvalidData` naming the first byte that is not UTF-8.
+pub fn read_text(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_file(path)?).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (at byte {})", e.utf8_error().valid_up_to()),
+        )
+    })
 }
 
 /// [`read_file`] with a cap of the caller's.
@@ -93,8 +110,8 @@ mod tests {
 
     #[test]
     fn regular_files_are_read_and_everything_else_is_named() {
-        let dir = std::env::temp_dir().join(format!("jotd-files-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().to_path_buf();
         let file = dir.join("a.txt");
         std::fs::write(&file, b"hello").unwrap();
         assert_eq!(read_file(&file).unwrap(), b"hello");
@@ -104,6 +121,11 @@ mod tests {
             "{e}"
         );
         assert_eq!(read_file_capped(&file, 5).unwrap(), b"hello");
+        assert_eq!(read_text(&file).unwrap(), "hello");
+        let binary = dir.join("b.bin");
+        std::fs::write(&binary, b"ok\xff").unwrap();
+        let e = read_text(&binary).unwrap_err();
+        assert!(e.to_string().contains("not UTF-8 text (at byte 2)"), "{e}");
         let e = read_file(&dir).unwrap_err();
         assert!(e.to_string().contains("a directory"), "{e}");
         #[cfg(unix)]
@@ -121,6 +143,5 @@ mod tests {
                 assert!(e.to_string().contains("a FIFO"), "{e}");
             }
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
