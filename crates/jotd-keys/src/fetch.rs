@@ -222,6 +222,20 @@ struct Info {
     failed_total: u64,
     /// Where the last good document came from, after redirects.
     keys_url: Option<String>,
+    /// The source's `alg` at the last fetch (good or not): `None` before the first.
+    fetched_for: Option<Option<Algorithm>>,
+}
+
+impl Info {
+    /// When the source falls due; `None` when it is due now: never fetched, or the
+    /// config's `alg` changed since the last fetch (keys read under the old one are
+    /// not used, so the new ones are fetched at once, not at the next refresh).
+    fn due(&self, t: &Target) -> Option<Instant> {
+        if self.fetched_for != Some(t.alg) {
+            return None;
+        }
+        self.next_due
+    }
 }
 
 #[derive(Debug, Default)]
@@ -485,6 +499,7 @@ impl JwksFetcher {
         let mut info = lock(&source.info);
         info.last_attempt = Some(now);
         info.fetches += 1;
+        info.fetched_for = Some(t.alg);
         match result {
             Ok((keys, age, final_url)) => {
                 let refresh = age
@@ -539,7 +554,7 @@ impl JwksFetcher {
             .filter_map(|t| {
                 let source = self.source(t);
                 let due = lock(&source.info)
-                    .next_due
+                    .due(t)
                     .is_none_or(|d| d <= Instant::now());
                 due.then(|| (t.clone(), source))
             })
@@ -571,7 +586,7 @@ impl JwksFetcher {
             .iter()
             .map(|t| {
                 lock(&self.source(t).info)
-                    .next_due
+                    .due(t)
                     .unwrap_or_else(Instant::now)
             })
             .min()
@@ -637,16 +652,49 @@ impl JwksFetcher {
     /// Keeps every source fresh until `shutdown` resolves. Outcomes go to the
     /// observer (a failed source keeps its last good keys; retries back off,
     /// so failures stay few).
+    ///
+    /// Each source's fetch runs on its own, [`PARALLEL_FETCHES`] at a time, and
+    /// the loop does not wait for a round to end: a source that falls due is
+    /// fetched as soon as a slot is free, even while another IdP hangs until the
+    /// timeout.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        use futures_util::StreamExt as _;
         tokio::pin!(shutdown);
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        let mut fetching: std::collections::HashSet<(String, String)> =
+            std::collections::HashSet::new();
         loop {
-            self.refresh_due().await;
-            let wake = self
-                .next_due()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-            let wake = wake.min(Instant::now() + Duration::from_secs(1)); // notice new sources after a reload
+            let now = Instant::now();
+            // Notice new sources after a reload within a second.
+            let mut wake = now + Duration::from_secs(1);
+            for t in self.targets().iter() {
+                let key = (t.tenant.clone(), t.url.clone());
+                if fetching.contains(&key) {
+                    continue;
+                }
+                let source = self.source(t);
+                let due = lock(&source.info).due(t);
+                match due {
+                    Some(d) if d > now => wake = wake.min(d),
+                    _ if in_flight.len() < PARALLEL_FETCHES => {
+                        fetching.insert(key.clone());
+                        let t = t.clone();
+                        let this = &self;
+                        in_flight.push(async move {
+                            // The outcome went to the observer.
+                            let _ = this.fetch_due(t, source).await;
+                            key
+                        });
+                    }
+                    // Due, but every slot is taken: looked at again when one frees.
+                    _ => {}
+                }
+            }
             tokio::select! {
                 () = &mut shutdown => return,
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    fetching.remove(&done);
+                }
                 () = tokio::time::sleep_until(wake) => {}
             }
         }

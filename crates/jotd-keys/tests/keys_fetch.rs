@@ -634,3 +634,115 @@ async fn a_hanging_idp_does_not_hold_back_other_tenants() {
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0].0, "slow");
 }
+
+/// The background loop does not wait for a round to end: while one IdP hangs
+/// until the timeout, another tenant's source that falls due again and again is
+/// fetched each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_loop_keeps_going_while_one_idp_hangs() {
+    let server = serve().await;
+    let (_, jwk) = ed_key("a");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk]),
+        cache_control: Some("max-age=0"),
+    });
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = format!(
+        "[[tenant]]\nid = \"slow\"\n[[tenant.jwks]]\nurl = \"https://127.0.0.1:{}/jwks.json\"\nalg = \"EdDSA\"\n\
+         [[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nalg = \"EdDSA\"\n",
+        silent.local_addr().unwrap().port(),
+        server.url
+    );
+    let reloader = Arc::new(
+        Reloader::start(
+            Path::new("/cfg/jotd.toml"),
+            Box::new(move |_| Ok(text.clone().into_bytes())),
+            Box::new(|_| Some((None, 1))),
+        )
+        .unwrap(),
+    );
+    let config = FetchConfig {
+        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
+        timeout: Duration::from_secs(30),
+        min_refresh: Duration::from_millis(100),
+        ..FetchConfig::default()
+    };
+    let fetcher = Arc::new(JwksFetcher::new(Arc::clone(&reloader), config).unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let looping = tokio::spawn(Arc::clone(&fetcher).run(async {
+        let _ = stopped.await;
+    }));
+    // The silent IdP holds its fetch for 30 s; the healthy one falls due every 100 ms.
+    let start = tokio::time::Instant::now();
+    while server.hits() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the healthy source was fetched {} times in 10 s while the other hung",
+            server.hits()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), looping)
+        .await
+        .expect("the loop stops on shutdown with a fetch still hanging")
+        .unwrap();
+}
+
+/// A reload that changes a source's `alg` makes it due at once: the keys read
+/// under the old `alg` are not used, so waiting for the refresh would leave the
+/// tenant without URL keys for up to `refresh_s`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_alg_is_fetched_at_once() {
+    let server = serve().await;
+    let secret = [7u8; 64];
+    server.set(Mode::Doc {
+        body: format!(
+            r#"{{"keys":[{{"kty":"oct","kid":"h","k":"{}"}}]}}"#,
+            URL_SAFE_NO_PAD.encode(secret)
+        ),
+        cache_control: None,
+    });
+    let alg = Arc::new(Mutex::new("HS256"));
+    let url = server.url.clone();
+    let current = Arc::clone(&alg);
+    let reloader = Arc::new(
+        Reloader::start(
+            Path::new("/cfg/jotd.toml"),
+            Box::new(move |_| {
+                Ok(format!(
+                    "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 3600\nalg = \"{}\"\n",
+                    current.lock().unwrap()
+                )
+                .into_bytes())
+            }),
+            Box::new(|_| Some((None, 1))),
+        )
+        .unwrap(),
+    );
+    let config = FetchConfig {
+        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
+        ..FetchConfig::default()
+    };
+    let fetcher = JwksFetcher::new(Arc::clone(&reloader), config).unwrap();
+    let hs = |alg| SigningKey::from_hmac_secret(alg, &secret).unwrap();
+    assert!(fetcher.refresh_due().await.is_empty());
+    assert_eq!(decide(&reloader, &hs(Algorithm::Hs256), "h"), Reason::Ok);
+    assert!(fetcher.next_due().unwrap() > tokio::time::Instant::now() + Duration::from_secs(3000));
+    assert_eq!(server.hits(), 1);
+
+    *alg.lock().unwrap() = "HS384";
+    reloader.reload().unwrap();
+    assert_eq!(
+        decide(&reloader, &hs(Algorithm::Hs384), "h"),
+        Reason::UnknownKid
+    );
+    assert!(
+        fetcher.next_due().unwrap() <= tokio::time::Instant::now(),
+        "the source is due now"
+    );
+    assert!(fetcher.refresh_due().await.is_empty());
+    assert_eq!(server.hits(), 2);
+    assert_eq!(decide(&reloader, &hs(Algorithm::Hs384), "h"), Reason::Ok);
+    assert_ne!(decide(&reloader, &hs(Algorithm::Hs256), "h"), Reason::Ok);
+}
