@@ -47,20 +47,18 @@ pub enum JwkError {
     /// `sig`, or `key_ops` without `verify`).
     #[error("JWK is not for verifying signatures ({0})")]
     NotForVerification(String),
-    /// Two keys of one JWKS share a `kid` (quoted and escaped: it comes from the IdP).
-    #[error("duplicate kid {0:?} in the JWKS")]
+    /// Two keys of one JWKS share a `kid` (quoted, escaped and cut: it comes from the IdP).
+    #[error("duplicate kid {0} in the JWKS")]
     DuplicateKid(String),
     /// No key of the JWKS is usable (the reasons are in the skipped list).
     #[error("no usable key in the JWKS ({0})")]
     NoUsableKey(String),
     /// More entries in the document than a JWKS of `max_jwks_keys` usable keys needs
-    /// (refused before any entry is parsed).
+    /// (refused while reading the list: no entry past the limit is kept or parsed).
     #[error(
-        "{found} entries in the JWKS, more than {limit} ({MAX_ENTRIES_PER_KEY} per key of max_jwks_keys)"
+        "more than {limit} entries in the JWKS ({MAX_ENTRIES_PER_KEY} per key of max_jwks_keys)"
     )]
     TooManyEntries {
-        /// Entries in the document.
-        found: usize,
         /// The limit.
         limit: usize,
     },
@@ -238,6 +236,28 @@ impl Jwk {
 /// document of thousands of junk entries.
 pub const MAX_ENTRIES_PER_KEY: usize = 4;
 
+/// The longest reason or error text taken from a JWKS, in characters.
+pub const MAX_REASON_CHARS: usize = 256;
+
+/// Text quoting an IdP's strings (kids, types, serde's messages) made safe for a
+/// log line: control characters escaped (a `\n` in a kid cannot forge a line) and
+/// cut at [`MAX_REASON_CHARS`] (a megabyte kid does not become a megabyte line).
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_REASON_CHARS + 8));
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_REASON_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Reasons kept in [`JwksKeys::skipped`]; the rest are only counted.
 pub const MAX_SKIPPED_LISTED: usize = 8;
 
@@ -258,25 +278,10 @@ pub struct JwksKeys {
 }
 
 impl JwksKeys {
-    fn skip(&mut self, why: String) {
+    fn skip(&mut self, why: &str) {
         self.skipped_total += 1;
         if self.skipped.len() < MAX_SKIPPED_LISTED {
-            // The reasons quote the IdP's strings (kids, types, serde's messages): control
-            // characters are escaped so a `\n` in a kid cannot forge a log line.
-            let printable = if why.chars().any(char::is_control) {
-                why.chars()
-                    .map(|c| {
-                        if c.is_control() {
-                            c.escape_default().to_string()
-                        } else {
-                            c.to_string()
-                        }
-                    })
-                    .collect()
-            } else {
-                why
-            };
-            self.skipped.push(printable);
+            self.skipped.push(printable(why));
         }
     }
 
@@ -292,9 +297,88 @@ impl JwksKeys {
     }
 }
 
-#[derive(Deserialize)]
-struct Document {
-    keys: Vec<serde_json::Value>,
+/// The `keys` list of a JWKS document, each entry as its raw JSON text (parsed one
+/// by one later), read with a cap on entries that stops at the first one past it.
+fn document_keys(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<Vec<&serde_json::value::RawValue>, JwkError> {
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde_json::value::RawValue;
+    use std::cell::Cell;
+    use std::fmt;
+
+    struct Doc<'a> {
+        limit: usize,
+        over: &'a Cell<bool>,
+    }
+    struct Entries<'a> {
+        limit: usize,
+        over: &'a Cell<bool>,
+    }
+    impl<'de> DeserializeSeed<'de> for Doc<'_> {
+        type Value = Vec<&'de RawValue>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Doc<'_> {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JWKS object with a `keys` list")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut keys = None;
+            while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if name == "keys" {
+                    if keys.is_some() {
+                        return Err(de::Error::duplicate_field("keys"));
+                    }
+                    keys = Some(map.next_value_seed(Entries {
+                        limit: self.limit,
+                        over: self.over,
+                    })?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            keys.ok_or_else(|| de::Error::missing_field("keys"))
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Entries<'_> {
+        type Value = Vec<&'de RawValue>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Entries<'_> {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of JWKs")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(entry) = seq.next_element::<&'de RawValue>()? {
+                if out.len() == self.limit {
+                    self.over.set(true);
+                    return Err(de::Error::custom("too many entries"));
+                }
+                out.push(entry);
+            }
+            Ok(out)
+        }
+    }
+
+    let over = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let read = Doc { limit, over: &over }
+        .deserialize(&mut de)
+        .and_then(|keys| de.end().map(|()| keys));
+    match read {
+        Ok(keys) => Ok(keys),
+        Err(_) if over.get() => Err(JwkError::TooManyEntries { limit }),
+        Err(e) => Err(JwkError::Json(printable(&e.to_string()))),
+    }
 }
 
 /// Parses a JWKS document. Keys not for verification (`use` other than `sig`,
@@ -310,14 +394,8 @@ pub fn parse_jwks(
     config_alg: Option<Algorithm>,
     max_keys: usize,
 ) -> Result<JwksKeys, JwkError> {
-    let doc: Document = serde_json::from_slice(bytes).map_err(|e| JwkError::Json(e.to_string()))?;
     let limit = max_keys.max(1).saturating_mul(MAX_ENTRIES_PER_KEY);
-    if doc.keys.len() > limit {
-        return Err(JwkError::TooManyEntries {
-            found: doc.keys.len(),
-            limit,
-        });
-    }
+    let entries = document_keys(bytes, limit)?;
     let mut out = JwksKeys {
         keys: Vec::new(),
         skipped: Vec::new(),
@@ -325,31 +403,31 @@ pub fn parse_jwks(
         parsed_alg: config_alg,
     };
     let mut signing_kids: std::collections::HashSet<String> = std::collections::HashSet::new();
-    for (i, value) in doc.keys.into_iter().enumerate() {
-        let jwk: Jwk = match serde_json::from_value(value) {
+    for (i, entry) in entries.into_iter().enumerate() {
+        let jwk: Jwk = match serde_json::from_str(entry.get()) {
             Ok(j) => j,
             Err(e) => {
-                out.skip(format!("keys[{i}]: {e}"));
+                out.skip(&format!("keys[{i}]: {e}"));
                 continue;
             }
         };
         let Some(kid) = jwk.kid.clone() else {
-            out.skip(format!("keys[{i}]: no kid"));
+            out.skip(&format!("keys[{i}]: no kid"));
             continue;
         };
         // Before the duplicate check: a publisher may give its encryption key the same kid.
         if let Err(e) = jwk.check_verification_use() {
-            out.skip(format!("kid {kid:?}: {e}"));
+            out.skip(&format!("kid {kid:?}: {e}"));
             continue;
         }
         // Against every signing key seen, kept or refused, so the outcome does not depend
         // on which of two keys sharing a kid comes first.
         if !signing_kids.insert(kid.clone()) {
-            return Err(JwkError::DuplicateKid(kid));
+            return Err(JwkError::DuplicateKid(printable(&format!("{kid:?}"))));
         }
         match jwk.to_key(config_alg) {
             Ok(key) => out.keys.push((kid, key)),
-            Err(e) => out.skip(format!("kid {kid:?}: {e}")),
+            Err(e) => out.skip(&format!("kid {kid:?}: {e}")),
         }
     }
     if out.keys.is_empty() {

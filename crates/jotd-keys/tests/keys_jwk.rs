@@ -180,7 +180,7 @@ fn jwks_documents_keep_usable_keys_and_list_the_rest() {
     let dup = json!({"keys": [doc["keys"][0], doc["keys"][0]]});
     assert_eq!(
         parse_jwks(dup.to_string().as_bytes(), None, 16).unwrap_err(),
-        JwkError::DuplicateKid("ec-1".into())
+        JwkError::DuplicateKid("\"ec-1\"".into())
     );
     assert!(matches!(
         parse_jwks(br#"{"keys":[]}"#, None, 16),
@@ -256,7 +256,18 @@ fn a_jwks_of_junk_is_bounded_and_its_strings_escaped() {
     assert_eq!(
         parse_jwks(json!({"keys": keys}).to_string().as_bytes(), None, max_keys).unwrap_err(),
         JwkError::TooManyEntries {
-            found: max_keys * MAX_ENTRIES_PER_KEY + 1,
+            limit: max_keys * MAX_ENTRIES_PER_KEY
+        }
+    );
+    // The cap stops the reading: a document whose list runs on past it (here not
+    // even finished) is refused for its length, not for its syntax.
+    let mut unfinished = String::from(r#"{"keys":["#);
+    for _ in 0..=max_keys * MAX_ENTRIES_PER_KEY {
+        unfinished.push_str("{},");
+    }
+    assert_eq!(
+        parse_jwks(unfinished.as_bytes(), None, max_keys).unwrap_err(),
+        JwkError::TooManyEntries {
             limit: max_keys * MAX_ENTRIES_PER_KEY
         }
     );
@@ -264,4 +275,20 @@ fn a_jwks_of_junk_is_bounded_and_its_strings_escaped() {
     let dup = json!({"keys": [{"kty": "oct", "kid": "a\nb", "k": "x"}, {"kty": "oct", "kid": "a\nb", "k": "y"}]});
     let e = parse_jwks(dup.to_string().as_bytes(), None, max_keys).unwrap_err();
     assert!(!e.to_string().contains('\n'), "{e}");
+    // An IdP's long strings are cut: a 100 KB kid, type or JSON error does not
+    // become a 100 KB log line.
+    let long = "k".repeat(100_000);
+    let dup = json!({"keys": [{"kty": "oct", "kid": long, "k": "eA"}, {"kty": "oct", "kid": long, "k": "eQ"}]});
+    let e = parse_jwks(dup.to_string().as_bytes(), None, max_keys).unwrap_err();
+    assert!(matches!(e, JwkError::DuplicateKid(_)), "{e}");
+    assert!(e.to_string().len() < 1024, "{} bytes", e.to_string().len());
+    let odd = json!({"keys": [{"kty": long, "kid": "a"}, {"kty": "oct", "kid": long}]});
+    let e = parse_jwks(odd.to_string().as_bytes(), None, max_keys).unwrap_err();
+    assert!(matches!(e, JwkError::NoUsableKey(_)), "{e}");
+    assert!(e.to_string().len() < 2048, "{} bytes", e.to_string().len());
+    // serde quotes the string it did not expect.
+    let not_json = format!(r#"{{"keys": "{long}"}}"#);
+    let e = parse_jwks(not_json.as_bytes(), None, max_keys).unwrap_err();
+    assert!(matches!(e, JwkError::Json(_)), "{e}");
+    assert!(e.to_string().len() < 1024, "{} bytes", e.to_string().len());
 }
