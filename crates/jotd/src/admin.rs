@@ -114,14 +114,49 @@ fn route(
     }
 }
 
-/// Connections served at once; more are closed as they arrive. Scrapers and probes
-/// need a handful; the cap keeps idle or slow clients (anything that can reach the
-/// port: it has no authentication) from piling up tasks and buffers.
+/// Connections served at once. Scrapers and probes need a handful; the cap keeps
+/// idle or slow clients (anything that can reach the port: it has no
+/// authentication) from piling up tasks and buffers. At the cap the *oldest*
+/// connection is closed to make room, not the new one: a client holding every slot
+/// cannot make the kubelet's liveness probe fail (a probe's request takes
+/// milliseconds, a slot holder's connection lives until someone needs its slot).
 pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// Time for a client to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Request head buffer (hyper's default is ~400 KB); admin requests are one line.
 const MAX_HEAD_BYTES: usize = 16 << 10;
+
+/// The admin connections being served, oldest first, each with the signal that
+/// closes it.
+#[derive(Default)]
+struct OpenConnections(std::sync::Mutex<std::collections::BTreeMap<u64, Arc<tokio::sync::Notify>>>);
+
+impl OpenConnections {
+    /// Takes a slot for connection `id` (ids grow), closing the oldest connection
+    /// when all are taken. Returns the signal that closes this one.
+    fn admit(&self, id: u64) -> Arc<tokio::sync::Notify> {
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while open.len() >= MAX_CONNECTIONS {
+            if let Some((_, oldest)) = open.pop_first() {
+                // A stored permit: closes it even before its task waits.
+                oldest.notify_one();
+            }
+        }
+        let close = Arc::new(tokio::sync::Notify::new());
+        open.insert(id, Arc::clone(&close));
+        close
+    }
+
+    fn leave(&self, id: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+    }
+}
 
 /// Binds and serves until `stop`; returns the bound address.
 pub(crate) async fn start(
@@ -133,8 +168,9 @@ pub(crate) async fn start(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let health = Arc::new(health);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(OpenConnections::default());
     tokio::spawn(async move {
+        let mut next_id = 0u64;
         loop {
             let (stream, _) = tokio::select! {
                 _ = crate::stopped(&mut stop) => return,
@@ -147,15 +183,13 @@ pub(crate) async fn start(
                     }
                 },
             };
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                tracing::debug!("admin connection refused: {MAX_CONNECTIONS} open");
-                drop(stream);
-                continue;
-            };
+            next_id += 1;
+            let id = next_id;
+            let close = open.admit(id);
+            let open = Arc::clone(&open);
             let health = Arc::clone(&health);
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let _slot = slot;
                 let service = hyper::service::service_fn(move |req| {
                     let r = route(&req, &health, metrics.as_deref());
                     async move { Ok::<_, std::convert::Infallible>(r) }
@@ -165,8 +199,14 @@ pub(crate) async fn start(
                     .header_read_timeout(HEADER_TIMEOUT)
                     .max_buf_size(MAX_HEAD_BYTES)
                     .serve_connection(TokioIo::new(stream), service);
-                // A slow or stuck scraper cannot hold a task forever.
-                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+                tokio::select! {
+                    // A slow or stuck scraper cannot hold a task forever.
+                    _ = tokio::time::timeout(Duration::from_secs(30), conn) => {}
+                    () = close.notified() => {
+                        tracing::debug!("admin connection closed: {MAX_CONNECTIONS} open, it was the oldest");
+                    }
+                }
+                open.leave(id);
             });
         }
     });
