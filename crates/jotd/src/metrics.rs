@@ -489,6 +489,7 @@ struct Sampler {
     cache_hit_ratio: Gauge,
     /// Hits and lookups at the last sample, for the ratio over one interval.
     cache_last: std::sync::Mutex<(u64, u64)>,
+    jwks_totals: std::sync::Mutex<FetchTotals>,
     cache_entries: Gauge,
     cache_bytes: Gauge,
     tenants: Gauge,
@@ -514,6 +515,7 @@ impl Sampler {
             cache_throttled: gauge!("jotd_cache_throttled"),
             cache_hit_ratio: gauge!("jotd_cache_hit_ratio"),
             cache_last: std::sync::Mutex::new((0, 0)),
+            jwks_totals: std::sync::Mutex::new(FetchTotals::default()),
             cache_entries: gauge!("jotd_cache_entries"),
             cache_bytes: gauge!("jotd_cache_bytes"),
             tenants: gauge!("jotd_tenants_loaded"),
@@ -572,11 +574,21 @@ impl Sampler {
             self.generation.set(generation as f64);
         }
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        for (url, u) in per_url(fetcher.health()) {
-            counter!("jotd_jwks_fetches_total", "url" => url.clone(), "result" => "ok")
-                .absolute(u.ok);
-            counter!("jotd_jwks_fetches_total", "url" => url.clone(), "result" => "failed")
-                .absolute(u.failed);
+        let health = fetcher.health();
+        {
+            let mut totals = self
+                .jwks_totals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            totals.add(&health);
+            for (url, (ok, failed)) in &totals.per_url {
+                counter!("jotd_jwks_fetches_total", "url" => url.clone(), "result" => "ok")
+                    .absolute(*ok);
+                counter!("jotd_jwks_fetches_total", "url" => url.clone(), "result" => "failed")
+                    .absolute(*failed);
+            }
+        }
+        for (url, u) in per_url(health) {
             gauge!("jotd_jwks_stale", "url" => url.clone()).set(flag(u.stale));
             gauge!("jotd_jwks_redirected", "url" => url.clone()).set(flag(u.redirected));
             // -1: never fetched successfully.
@@ -585,13 +597,39 @@ impl Sampler {
     }
 }
 
+/// JWKS fetches per URL, as counters that only grow. Several tenants may share a
+/// URL (each its own source): the URL's count is the sum of what its sources did,
+/// accumulated as increments, so a reload that removes one of the tenants does not
+/// make the counter go down (Prometheus would read that as a restart), and one that
+/// brings it back does not count its old fetches twice.
+#[derive(Debug, Default)]
+struct FetchTotals {
+    /// Each source's (good, failed) fetches when last seen.
+    seen: std::collections::HashMap<(String, String), (u64, u64)>,
+    /// Per URL: (good, failed) fetches so far.
+    per_url: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+impl FetchTotals {
+    fn add(&mut self, health: &[jotd_keys::SourceHealth]) {
+        for h in health {
+            let now = (h.fetches - h.failed_total, h.failed_total);
+            let before = self
+                .seen
+                .insert((h.tenant.clone(), h.url.clone()), now)
+                .unwrap_or((0, 0));
+            let total = self.per_url.entry(h.url.clone()).or_default();
+            total.0 += now.0.saturating_sub(before.0);
+            total.1 += now.1.saturating_sub(before.1);
+        }
+    }
+}
+
 /// One URL's JWKS sources, folded: several tenants may share one URL (each its own
-/// source), and the series are per URL, so sources are summed (counts) or taken at
-/// their worst (staleness, redirects, age), never written over one another.
+/// source), and the series are per URL, so sources are taken at their worst
+/// (staleness, redirects, age), never written over one another.
 #[derive(Debug, Default, PartialEq)]
 struct PerUrl {
-    ok: u64,
-    failed: u64,
     stale: bool,
     redirected: bool,
     /// The oldest last good fetch, in seconds; `Some(None)`: some source of this
@@ -603,8 +641,6 @@ fn per_url(health: Vec<jotd_keys::SourceHealth>) -> std::collections::BTreeMap<S
     let mut out: std::collections::BTreeMap<String, PerUrl> = std::collections::BTreeMap::new();
     for h in health {
         let u = out.entry(h.url.clone()).or_default();
-        u.ok += h.fetches - h.failed_total;
-        u.failed += h.failed_total;
         // Stale by the same rule as /readyz: never fetched, or older than
         // STALE_REFRESHES refresh intervals.
         u.stale |= h
@@ -648,7 +684,7 @@ mod per_url_tests {
     }
 
     #[test]
-    fn tenants_sharing_a_url_are_summed_and_taken_at_their_worst() {
+    fn tenants_sharing_a_url_are_taken_at_their_worst() {
         let shared = "https://idp.example/jwks";
         let m = per_url(vec![
             source("a", shared, Some(10), 5, 1),
@@ -658,8 +694,6 @@ mod per_url_tests {
         assert_eq!(
             m[shared],
             PerUrl {
-                ok: 7,
-                failed: 1,
                 stale: true,
                 redirected: false,
                 oldest: Some(Some(2000.0))
@@ -667,5 +701,25 @@ mod per_url_tests {
         );
         let other = &m["https://other.example/jwks"];
         assert!(other.stale && other.oldest == Some(None));
+    }
+
+    #[test]
+    fn fetch_counts_per_url_are_summed_and_never_go_down() {
+        let shared = "https://idp.example/jwks";
+        let mut t = FetchTotals::default();
+        t.add(&[
+            source("a", shared, Some(10), 5, 1),
+            source("b", shared, Some(20), 3, 0),
+        ]);
+        assert_eq!(t.per_url[shared], (7, 1));
+        // A reload removes tenant b: the count stays; a's new fetches add on.
+        t.add(&[source("a", shared, Some(10), 6, 1)]);
+        assert_eq!(t.per_url[shared], (8, 1));
+        // b comes back with the fetches it had (its source was kept) plus one failure.
+        t.add(&[
+            source("a", shared, Some(10), 6, 1),
+            source("b", shared, Some(20), 4, 1),
+        ]);
+        assert_eq!(t.per_url[shared], (8, 2));
     }
 }
