@@ -192,12 +192,15 @@ impl KeysConfig {
                     if tenant.keys.iter().any(|k| *k.kid == **kid) {
                         continue;
                     }
-                    ctx.update(kid.as_bytes());
-                    ctx.update(key.algorithm().as_str().as_bytes());
                     // Every kind of key, HMAC secrets included: a secret rotated under the
                     // same kid must drop the tokens cached under the old one.
-                    ctx.update(&key.material_digest());
-                    ctx.update(source.issuer.as_deref().unwrap_or("\0").as_bytes());
+                    tenants::digest_key(
+                        &mut ctx,
+                        kid,
+                        key.algorithm(),
+                        &key.material_digest(),
+                        source.issuer.as_deref(),
+                    );
                     if !spec.algorithms_configured {
                         tenant.algorithms.insert(key.algorithm());
                     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
-/// Reads a file named in the config. The binary passes `std::fs::read`; tests pass a map.
+/// Reads a file named in the config. The binary passes `jotd_transport::files::read_file` (regular files, capped); tests pass a map.
 pub type ReadFile<'a> = &'a dyn Fn(&Path) -> io::Result<Vec<u8>>;
 
 /// A configured key, as `jotd config check` lists it.
@@ -276,10 +276,13 @@ pub(crate) fn tenant(
                 format_args!("{} is not in this tenant's algorithms", info.alg),
             );
         }
-        ctx.update(info.kid.as_bytes());
-        ctx.update(info.alg.as_str().as_bytes());
-        ctx.update(&material);
-        ctx.update(tenant_key.issuer.as_deref().unwrap_or("\0").as_bytes());
+        digest_key(
+            &mut ctx,
+            &info.kid,
+            info.alg,
+            &material,
+            tenant_key.issuer.as_deref(),
+        );
         keys.push(tenant_key);
         infos.push(info);
     }
@@ -497,5 +500,52 @@ fn checked_issuer(
             at,
             "must be the exact `iss` of the tokens this key signs (1 to 1024 characters, no control characters)",
         ),
+    }
+}
+
+/// Feeds one key into a tenant's epoch digest: kid, algorithm, key material and
+/// the issuer it is bound to, each length-prefixed (and the issuer's absence
+/// marked), so two different keys never feed the same bytes and a change to any
+/// field changes the epoch (dropping tokens cached under the old key).
+pub(crate) fn digest_key(
+    ctx: &mut digest::Context,
+    kid: &str,
+    alg: Algorithm,
+    material: &[u8],
+    issuer: Option<&str>,
+) {
+    for field in [kid.as_bytes(), alg.as_str().as_bytes(), material] {
+        ctx.update(&(field.len() as u64).to_le_bytes());
+        ctx.update(field);
+    }
+    match issuer {
+        None => ctx.update(&[0]),
+        Some(i) => {
+            ctx.update(&[1]);
+            ctx.update(&(i.len() as u64).to_le_bytes());
+            ctx.update(i.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::*;
+
+    fn epoch(kid: &str, material: &[u8], issuer: Option<&str>) -> Vec<u8> {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        digest_key(&mut ctx, kid, Algorithm::Hs256, material, issuer);
+        ctx.finish().as_ref().to_vec()
+    }
+
+    #[test]
+    fn no_two_keys_feed_the_same_bytes() {
+        // A field boundary moved: concatenated, these were the same bytes.
+        assert_ne!(epoch("ab", b"c", None), epoch("a", b"bc", None));
+        assert_ne!(epoch("k", b"m", Some("x")), epoch("k", b"mx", None));
+        // No issuer and an issuer that is one NUL byte.
+        assert_ne!(epoch("k", b"m", None), epoch("k", b"m", Some("\0")));
+        assert_ne!(epoch("k", b"m", None), epoch("k", b"m", Some("")));
+        assert_eq!(epoch("k", b"m", Some("i")), epoch("k", b"m", Some("i")));
     }
 }
