@@ -10,7 +10,7 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
     // The files the daemon would read at start must be readable TLS material.
     if let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) {
         let read = |p: &Path, what: &str| {
-            jotd_core::files::read_file(p)
+            jotd_transport::files::read_file(p)
                 .with_context(|| format!("server.{what} {}: cannot read", p.display()))
         };
         let ca = match &settings.client_ca_file {
@@ -75,17 +75,26 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
             t.require_jwt,
             algs.join(", ")
         )?;
+        // The issuer a key or JWKS is bound to: only that issuer's tokens verify with it.
+        let bound =
+            |issuer: Option<&str>| issuer.map_or(String::new(), |i| format!(", issuer {i:?} only"));
         for k in &spec.keys {
+            let issuer = t
+                .keys
+                .iter()
+                .find(|tk| *tk.kid == *k.kid)
+                .and_then(|tk| tk.issuer.as_deref());
             writeln!(
                 out,
-                "  key {} ({}) {} {} [{}]",
+                "  key {} ({}) {} {} [{}]{}",
                 k.kid,
                 k.name.as_deref().unwrap_or("-"),
                 k.alg,
                 k.fingerprint
                     .as_deref()
                     .unwrap_or("(HMAC secret, no fingerprint)"),
-                k.source
+                k.source,
+                bound(issuer)
             )?;
         }
         for (i, source) in spec.jwks.iter().enumerate() {
@@ -107,9 +116,10 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
                         .collect();
                     writeln!(
                         out,
-                        "  jwks file {} (refresh {}s): {}",
+                        "  jwks file {} (refresh {}s{}): {}",
                         path.display(),
                         source.refresh.as_secs(),
+                        bound(source.issuer.as_deref()),
                         kids.join(", ")
                     )?;
                     for k in keys.iter() {
@@ -125,8 +135,9 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
                 JwksLocation::Url(url) => {
                     writeln!(
                         out,
-                        "  jwks url {url} (refresh {}s): fetched by the daemon, not by offline commands",
-                        source.refresh.as_secs()
+                        "  jwks url {url} (refresh {}s{}): fetched by the daemon, not by offline commands",
+                        source.refresh.as_secs(),
+                        bound(source.issuer.as_deref())
                     )?;
                 }
             }
@@ -139,7 +150,7 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 pub(crate) fn fingerprint(file: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
-    let bytes = jotd_core::files::read_file(file)
+    let bytes = jotd_transport::files::read_file(file)
         .with_context(|| format!("{}: cannot read", file.display()))?;
     let fp =
         jotd_keys::material::fingerprint(&bytes).with_context(|| format!("{}", file.display()))?;

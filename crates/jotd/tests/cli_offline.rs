@@ -171,6 +171,23 @@ fn config_check_lists_keys_or_names_the_error() {
         err.contains("server.cert_file") && err.contains("missing.pem"),
         "{err}"
     );
+    // A key bound to an issuer says so.
+    std::fs::write(
+        &config,
+        format!("{tenant}issuer = \"https://idp.example/\"\n[[tenant.jwks]]\nurl = \"https://idp.example/jwks\"\nalg = \"RS256\"\nissuer = \"https://idp.example/\"\n"),
+    )
+    .unwrap();
+    let bound = jotd(
+        &["config", "check", "--config", config.to_str().unwrap()],
+        None,
+    );
+    assert!(bound.status.success(), "{}", text(&bound.stderr));
+    let listing = text(&bound.stdout);
+    assert!(
+        listing.contains(r#"key k (-) HS256 (HMAC secret, no fingerprint) [secret], issuer "https://idp.example/" only"#)
+            && listing.contains(r#"jwks url https://idp.example/jwks (refresh 300s, issuer "https://idp.example/" only)"#),
+        "{listing}"
+    );
     let ok = check_with(
         "[server]\nlisten = \"0.0.0.0:5000\"\nmax_tokens_in_flight = 1000\nmax_batch_items = 100",
     );
