@@ -292,6 +292,24 @@ pub(crate) fn tenant(
         .enumerate()
         .map(|(j, s)| jwks_source(&cx, &format!("tenant[{index}].jwks[{j}]"), s))
         .collect::<Result<Vec<_>, _>>()?;
+    // One source per place: the fetcher keeps one state per (tenant, url), so the
+    // same URL twice (say with two `alg`s) would flip that state on every fetch and
+    // refetch it without end; the same file twice only repeats its keys.
+    for (j, s) in jwks.iter().enumerate() {
+        if let Some(first) = jwks[..j].iter().position(|o| o.location == s.location) {
+            let (field, shown) = match &s.location {
+                JwksLocation::Url(url) => ("url", crate::fetch::redacted_url(url)),
+                JwksLocation::File(path) => ("file", path.display().to_string()),
+            };
+            return cx.err(
+                t.jwks[j].span(),
+                &format!("tenant[{index}].jwks[{j}].{field}"),
+                format_args!(
+                    "`{shown}` is already tenant[{index}].jwks[{first}]: list each source once (one `alg` per source)"
+                ),
+            );
+        }
+    }
     if keys.is_empty() && jwks.is_empty() && t.require_jwt {
         return cx.err(raw.span(), &at("key"), "no key and no jwks: every token would be denied (set require_jwt = false for a tenant without tokens)");
     }

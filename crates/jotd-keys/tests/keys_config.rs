@@ -288,6 +288,18 @@ fn errors_name_file_line_and_key() {
             "tenant[0].jwks[0].refresh_s",
             "10..=86400",
         ),
+        (
+            "[[tenant]]\nid = \"a\"\n[[tenant.jwks]]\nurl = \"https://idp.example.com/jwks\"\nalg = \"RS256\"\n[[tenant.jwks]]\nurl = \"https://idp.example.com/jwks\"\nalg = \"ES256\"\n",
+            6,
+            "tenant[0].jwks[1].url",
+            "`https://idp.example.com/jwks` is already tenant[0].jwks[0]",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\n[[tenant.jwks]]\nfile = \"jwks.json\"\n[[tenant.jwks]]\nurl = \"https://idp.example.com/jwks\"\n[[tenant.jwks]]\nfile = \"./jwks.json\"\n",
+            7,
+            "tenant[0].jwks[2].file",
+            "`/etc/jotd/./jwks.json` is already tenant[0].jwks[0]",
+        ),
         ("[[tenant]\nid = \"a\"\n", 1, "", "unclosed array table"),
         ("max_keys_per_tenant = \"three\"\n", 1, "", "invalid type"),
     ];
