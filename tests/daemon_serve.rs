@@ -792,7 +792,8 @@ fn the_admin_listener_caps_idle_connections() {
         200,
         "a probe gets through a full listener"
     );
-    // ...and the slot it took was the oldest holder's, which is closed.
+    // ...and the slot it took was the oldest connection of the address holding
+    // the most (all come from 127.0.0.1 here), which is closed.
     let mut buf = [0u8; 16];
     let first = &mut idle[0];
     first
