@@ -7,6 +7,7 @@ use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use jotd_transport::slots::{Admitted, ConnectionSlots};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -118,10 +119,9 @@ pub async fn serve(
     handle: Handler,
     mut stop: watch::Receiver<bool>,
     header_timeout: Duration,
-    max_connections: usize,
+    slots: Arc<ConnectionSlots>,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (stream, peer) = tokio::select! {
             () = stopped(&mut stop) => break,
@@ -135,17 +135,26 @@ pub async fn serve(
                 }
             },
         };
-        // Over the connection cap: closed at once (the peer retries elsewhere).
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            metrics::counter!("jotd_gateway_connections_refused_total").increment(1);
-            drop(stream);
-            continue;
+        // At the connection cap: a door refuses the newcomer (the peer retries
+        // elsewhere); the admin listener closes a connection to make room.
+        let slot = match slots.admit(peer.ip(), std::time::Instant::now()) {
+            Admitted::In { slot, closed } => {
+                if closed > 0 {
+                    metrics::counter!("jotd_gateway_connections_closed_for_room_total")
+                        .increment(closed as u64);
+                }
+                slot
+            }
+            Admitted::Refused => {
+                metrics::counter!("jotd_gateway_connections_refused_total").increment(1);
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let handle = Arc::clone(&handle);
         let mut stop = stop.clone();
         tasks.spawn(async move {
-            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let fut = handle(req, peer);
                 async move { Ok::<_, std::convert::Infallible>(fut.await) }
@@ -160,6 +169,8 @@ pub async fn serve(
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
+                // Closed to make room (admin listener only).
+                () = slot.closed() => {}
                 () = stopped(&mut stop) => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;

@@ -29,12 +29,16 @@ use crate::http::{Answer, json, text};
 use crate::proxy::ProxyDoor;
 use anyhow::Context;
 use hyper::StatusCode;
+use jotd_transport::slots::{ConnectionSlots, SlotRule};
 use jotd_transport::{Batcher, BatcherOptions, Client, ClientOptions, client_config};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Connections the admin listener serves at once (scrapers and probes).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// A running gateway.
 #[derive(Debug)]
@@ -151,13 +155,13 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
     let header_timeout = Duration::from_secs(10);
 
     // One HTTP door: its listener served until the drain.
-    let serve_http = |tasks: &mut tokio::task::JoinSet<()>, listener, door, max| {
+    let serve_http = |tasks: &mut tokio::task::JoinSet<()>, listener, door, max, rule| {
         tasks.spawn(http::serve(
             listener,
             door,
             stopped.clone(),
             header_timeout,
-            max,
+            ConnectionSlots::new(max, rule),
         ));
     };
 
@@ -174,7 +178,13 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             stopped.clone(),
         ));
         let handle: http::Handler = Arc::new(move |req, _| Box::pin(Arc::clone(&door).handle(req)));
-        serve_http(&mut tasks, listener, handle, cfg.limits.max_connections);
+        serve_http(
+            &mut tasks,
+            listener,
+            handle,
+            cfg.limits.max_connections,
+            SlotRule::Refuse,
+        );
     }
     let mut fa_addr = None;
     if let Some(fa) = &cfg.forward_auth {
@@ -188,7 +198,13 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             headers: fa.clone(),
         });
         let handle: http::Handler = Arc::new(move |req, _| Box::pin(Arc::clone(&door).handle(req)));
-        serve_http(&mut tasks, listener, handle, cfg.limits.max_connections);
+        serve_http(
+            &mut tasks,
+            listener,
+            handle,
+            cfg.limits.max_connections,
+            SlotRule::Refuse,
+        );
     }
     let mut ext_addr = None;
     if let Some(e) = cfg.ext_authz {
@@ -249,8 +265,15 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             let st = Arc::clone(&st);
             Box::pin(async move { st.answer(req.uri().path()).await })
         });
-        // The admin listener: a few scrapers and probes.
-        serve_http(&mut tasks, listener, handle, 64);
+        // The admin listener: a few scrapers and probes, no authentication. A
+        // client holding every slot loses its own, never a probe mid-request.
+        serve_http(
+            &mut tasks,
+            listener,
+            handle,
+            ADMIN_MAX_CONNECTIONS,
+            SlotRule::MakeRoom,
+        );
     }
     Ok(Gateway {
         proxy: proxy_addr,

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 const A: &str = "0x1937c4dd0ad26ee5f1a5b9e6d0bc2e2b5f2ef9ab";
@@ -1339,5 +1339,43 @@ async fn an_open_websocket_closes_when_its_token_stops_verifying() {
     let (code, reason) = closed.expect("a close frame");
     assert_eq!(code, 1008);
     assert!(reason.contains("unknown_kid"), "{reason}");
+    gw.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holding_every_admin_slot_cannot_fail_the_probe() {
+    use tokio::io::AsyncReadExt;
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, _seen) = start_upstream().await;
+    let pool_addr = pool.addr;
+    let (cfg, _dir) = config(
+        "admin-slots",
+        &pool,
+        pool_addr,
+        up,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let admin = gw.admin.unwrap();
+    assert_eq!(post(admin, "/healthz", None, &[], "").await.status, 200);
+    // 64 idle connections: every slot.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The probe is answered (the old rule, refuse at the cap, failed it)...
+    let r = post(admin, "/healthz", None, &[], "").await;
+    assert_eq!((r.status, r.raw_body.as_str()), (200, "ok\n"));
+    // ...at the cost of the slot holder's oldest connection, which is closed.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(3), idle[0].read(&mut buf))
+        .await
+        .expect("the oldest idle connection is closed");
+    assert!(
+        matches!(n, Ok(0)) || n.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "closed, not answered"
+    );
     gw.drain().await;
 }

@@ -14,6 +14,8 @@
 //!   hedged copies to other endpoints, ejection of failing ones with
 //!   background reconnects, per-batch timeout, exactly one decision per item
 //!   or a typed error.
+//! - [`slots`]: the connection cap of the plain-TCP listeners (admin ports,
+//!   the gateway's HTTP doors) and who gives way at it.
 
 mod client;
 mod codec;
@@ -25,6 +27,7 @@ mod messages;
 mod options;
 mod report;
 mod server;
+pub mod slots;
 mod stream;
 mod tls;
 

@@ -1,0 +1,330 @@
+//! Connection slots for the plain-TCP listeners (the daemon's and the gateway's
+//! admin ports, the gateway's HTTP doors): a cap on connections served at once,
+//! and what happens at the cap.
+//!
+//! A data listener ([`SlotRule::Refuse`]) refuses the newcomer: its clients
+//! retry elsewhere, and a request in flight is never cut. An admin listener
+//! ([`SlotRule::MakeRoom`]) has no authentication and must keep answering the
+//! kubelet's probes and Prometheus' scrape while something holds every slot, so
+//! it closes a connection to make room, chosen so that a flood only ever costs
+//! the flooder:
+//!
+//! - when some address holds two connections or more, the oldest connection of
+//!   the address holding the most is closed (a probe, one connection from its
+//!   own address, is never the one while anyone holds two);
+//! - when every connection comes from a different address, the oldest one open
+//!   for at least [`MIN_AGE`] is closed (a probe's request takes milliseconds);
+//! - when there is none, the newcomer is refused rather than a request cut off.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Under [`SlotRule::MakeRoom`], when every connection comes from a different
+/// address, only one at least this old may be closed to make room.
+pub const MIN_AGE: Duration = Duration::from_secs(1);
+
+/// What a full listener does with a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRule {
+    /// Refuse it.
+    Refuse,
+    /// Close an open connection to make room (see the module docs).
+    MakeRoom,
+}
+
+struct Open {
+    peer: IpAddr,
+    since: Instant,
+    close: Arc<Notify>,
+}
+
+struct Inner {
+    open: BTreeMap<u64, Open>,
+    next_id: u64,
+}
+
+/// The connections a listener serves, oldest first.
+pub struct ConnectionSlots {
+    max: usize,
+    rule: SlotRule,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for ConnectionSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionSlots")
+            .field("max", &self.max)
+            .field("rule", &self.rule)
+            .field("open", &self.open())
+            .finish()
+    }
+}
+
+/// What [`ConnectionSlots::admit`] did.
+#[derive(Debug)]
+pub enum Admitted {
+    /// Served; `closed` connections were closed to make room (0 or 1).
+    In {
+        /// The slot (given back on drop).
+        slot: Slot,
+        /// Connections closed to make room for it.
+        closed: usize,
+    },
+    /// Refused: the listener is full.
+    Refused,
+}
+
+/// One admitted connection's slot; dropping it gives the slot back.
+pub struct Slot {
+    id: u64,
+    close: Arc<Notify>,
+    slots: Arc<ConnectionSlots>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("id", &self.id).finish()
+    }
+}
+
+impl Slot {
+    /// Resolves when the listener closes this connection to make room for
+    /// another (never under [`SlotRule::Refuse`]). Serve the connection until
+    /// this or its own end, whichever is first.
+    pub async fn closed(&self) {
+        self.close.notified().await;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.lock().open.remove(&self.id);
+    }
+}
+
+impl ConnectionSlots {
+    /// At most `max` connections at once (at least 1), handled at the cap by `rule`.
+    #[must_use]
+    pub fn new(max: usize, rule: SlotRule) -> Arc<Self> {
+        Arc::new(Self {
+            max: max.max(1),
+            rule,
+            inner: Mutex::new(Inner {
+                open: BTreeMap::new(),
+                next_id: 0,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Connections served now.
+    #[must_use]
+    pub fn open(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    /// A slot for a connection from `peer` accepted at `now`.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, now: Instant) -> Admitted {
+        // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d.
+        let peer = peer.to_canonical();
+        let mut inner = self.lock();
+        let mut closed = 0;
+        while inner.open.len() >= self.max {
+            let victim = match self.rule {
+                SlotRule::Refuse => None,
+                SlotRule::MakeRoom => victim(&inner.open, now),
+            };
+            let Some(victim) = victim else {
+                return Admitted::Refused;
+            };
+            let gone = inner.open.remove(&victim).expect("found in the map");
+            // A stored permit: closes it even before its task waits.
+            gone.close.notify_one();
+            closed += 1;
+        }
+        inner.next_id += 1;
+        let id = inner.next_id;
+        let close = Arc::new(Notify::new());
+        inner.open.insert(
+            id,
+            Open {
+                peer,
+                since: now,
+                close: Arc::clone(&close),
+            },
+        );
+        Admitted::In {
+            slot: Slot {
+                id,
+                close,
+                slots: Arc::clone(self),
+            },
+            closed,
+        }
+    }
+}
+
+/// The connection [`SlotRule::MakeRoom`] closes, if any (see the module docs).
+fn victim(open: &BTreeMap<u64, Open>, now: Instant) -> Option<u64> {
+    let mut held = HashMap::<IpAddr, usize>::with_capacity(open.len());
+    for c in open.values() {
+        *held.entry(c.peer).or_default() += 1;
+    }
+    let most = held.values().copied().max().unwrap_or(0);
+    open.iter()
+        .find(|(_, c)| {
+            if most >= 2 {
+                held[&c.peer] == most
+            } else {
+                now.saturating_duration_since(c.since) >= MIN_AGE
+            }
+        })
+        .map(|(&id, _)| id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const MAX: usize = 64;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+    }
+
+    fn ids(slots: &ConnectionSlots) -> Vec<u64> {
+        slots.lock().open.keys().copied().collect()
+    }
+
+    fn admit(slots: &Arc<ConnectionSlots>, peer: IpAddr, now: Instant) -> Option<Slot> {
+        match slots.admit(peer, now) {
+            Admitted::In { slot, .. } => Some(slot),
+            Admitted::Refused => None,
+        }
+    }
+
+    /// Whether the slot's close signal was given.
+    fn fired(slot: &Slot) -> bool {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(1), slot.closed())
+                .await
+                .is_ok()
+        })
+    }
+
+    #[test]
+    fn a_flood_from_one_address_closes_only_its_own_connections() {
+        let slots = ConnectionSlots::new(MAX, SlotRule::MakeRoom);
+        let t0 = Instant::now();
+        // The probe connects first (id 1), then one address takes every other slot.
+        let probe = admit(&slots, ip(1), t0).unwrap();
+        let mut flood: Vec<Slot> = (1..MAX)
+            .map(|_| admit(&slots, ip(2), t0).unwrap())
+            .collect();
+        // More from the flooder, all at once (younger than MIN_AGE): each closes
+        // the flooder's own oldest, never the probe's.
+        for _ in 0..10 {
+            flood.push(admit(&slots, ip(2), t0).unwrap());
+        }
+        let now = ids(&slots);
+        assert_eq!(now.len(), MAX);
+        assert_eq!(now[0], 1, "the probe's connection stays: {now:?}");
+        assert_eq!(now[1], 12, "the flooder's ten oldest were closed: {now:?}");
+        assert!(fired(&flood[0]) && fired(&flood[9]));
+        assert!(!fired(&flood[10]));
+        assert!(!fired(&probe));
+        // A new probe from a third address gets in too, again at the flooder's cost.
+        assert!(admit(&slots, ip(3), t0).is_some());
+        assert_eq!(ids(&slots)[..2], [1, 13]);
+    }
+
+    #[test]
+    fn with_every_slot_from_another_address_only_an_old_connection_is_closed() {
+        let slots = ConnectionSlots::new(MAX, SlotRule::MakeRoom);
+        let t0 = Instant::now();
+        let _held: Vec<Slot> = (0..MAX)
+            .map(|i| {
+                let last = u8::try_from(i).unwrap();
+                let at = t0 + Duration::from_millis(u64::from(last));
+                admit(&slots, ip(last), at).unwrap()
+            })
+            .collect();
+        // All younger than MIN_AGE: the newcomer is refused, nobody is cut off.
+        let young = t0 + Duration::from_millis(500);
+        assert!(admit(&slots, ip(200), young).is_none());
+        assert_eq!(ids(&slots), (1..=MAX as u64).collect::<Vec<_>>());
+        // Once the oldest has been open MIN_AGE, it makes room (only it).
+        let later = t0 + MIN_AGE;
+        let _newer = admit(&slots, ip(201), later).unwrap();
+        let now = ids(&slots);
+        assert_eq!((now[0], now.len()), (2, MAX));
+        assert!(admit(&slots, ip(202), later).is_none());
+    }
+
+    #[test]
+    fn two_from_one_address_pay_however_young() {
+        let slots = ConnectionSlots::new(MAX, SlotRule::MakeRoom);
+        let t0 = Instant::now();
+        let mut held: Vec<Slot> = (0..MAX - 1)
+            .map(|i| admit(&slots, ip(u8::try_from(i).unwrap()), t0).unwrap())
+            .collect();
+        // ip(5) (id 6) connects again: it now holds two.
+        held.push(admit(&slots, ip(5), t0).unwrap());
+        assert!(admit(&slots, ip(250), t0).is_some());
+        let now = ids(&slots);
+        assert!(
+            !now.contains(&6) && now.contains(&(MAX as u64)) && now.contains(&1),
+            "{now:?}"
+        );
+    }
+
+    #[test]
+    fn a_mapped_ipv4_address_counts_as_the_same_peer() {
+        let slots = ConnectionSlots::new(MAX, SlotRule::MakeRoom);
+        let t0 = Instant::now();
+        let IpAddr::V4(v4) = ip(9) else {
+            unreachable!()
+        };
+        let mut held: Vec<Slot> = (0..MAX - 2)
+            .map(|i| admit(&slots, ip(u8::try_from(i + 10).unwrap()), t0).unwrap())
+            .collect();
+        held.push(admit(&slots, IpAddr::V6(v4.to_ipv6_mapped()), t0).unwrap());
+        held.push(admit(&slots, ip(9), t0).unwrap());
+        // ip(9) and its mapped form are one peer with two connections: it pays,
+        // though every connection is young.
+        assert!(admit(&slots, ip(250), t0).is_some());
+        let now = ids(&slots);
+        let mapped = MAX as u64 - 1;
+        assert!(
+            !now.contains(&mapped) && now.contains(&(mapped + 1)),
+            "{now:?}"
+        );
+    }
+
+    #[test]
+    fn a_refusing_listener_refuses_and_a_dropped_slot_is_given_back() {
+        let slots = ConnectionSlots::new(2, SlotRule::Refuse);
+        let t0 = Instant::now();
+        let a = admit(&slots, ip(1), t0).unwrap();
+        let b = admit(&slots, ip(1), t0).unwrap();
+        assert!(admit(&slots, ip(2), t0 + MIN_AGE * 10).is_none());
+        assert!(!fired(&a) && !fired(&b));
+        drop(a);
+        assert_eq!(slots.open(), 1);
+        let c = admit(&slots, ip(2), t0).unwrap();
+        assert_eq!(ids(&slots), [2, 3]);
+        drop((b, c));
+        assert_eq!(slots.open(), 0);
+    }
+}
