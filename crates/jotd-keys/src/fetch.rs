@@ -575,6 +575,14 @@ impl JwksFetcher {
         source: Arc<Source>,
     ) -> Option<(String, String, FetchError)> {
         let _flight = source.flight.lock().await;
+        // An unknown-kid refetch may have run while this waited for the flight:
+        // then the source is no longer due and is not fetched twice in a row.
+        if lock(&source.info)
+            .due(&t)
+            .is_some_and(|due| due > Instant::now())
+        {
+            return None;
+        }
         let e = self.fetch(&t, &source).await.err()?;
         Some((t.tenant, t.url, e))
     }

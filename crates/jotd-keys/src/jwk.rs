@@ -249,13 +249,20 @@ fn printable(text: &str) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() {
+        if c.is_control() || reorders_or_breaks(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Characters that are not control characters yet break a log line (U+2028,
+/// U+2029) or reorder what a terminal shows (the bidi marks, embeddings,
+/// overrides and isolates: "Trojan Source").
+fn reorders_or_breaks(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Reasons kept in [`JwksKeys::skipped`]; the rest are only counted.

@@ -213,7 +213,7 @@ fn a_jwks_of_junk_is_bounded_and_its_strings_escaped() {
     let max_keys = 16;
     let junk = |n: usize| -> Vec<Value> {
         (0..n)
-            .map(|i| json!({"kty": "Kyber", "kid": format!("j{i}\nFAKE log line")}))
+            .map(|i| json!({"kty": "Kyber", "kid": format!("j{i}\nFAKE log\u{2028}line \u{202E}txt.exe\u{2066}")}))
             .collect()
     };
     let mut keys = junk(max_keys * MAX_ENTRIES_PER_KEY - 1);
@@ -226,7 +226,10 @@ fn a_jwks_of_junk_is_bounded_and_its_strings_escaped() {
         parsed
             .skipped
             .iter()
-            .all(|s| !s.contains('\n') && s.contains("\\n")),
+            .all(|s| !s.contains(['\n', '\u{2028}', '\u{202E}', '\u{2066}'])
+                && s.contains("\\n")
+                && s.contains("\\u{2028}")
+                && s.contains("\\u{202e}")),
         "{:?}",
         parsed.skipped
     );
@@ -248,7 +251,10 @@ fn a_jwks_of_junk_is_bounded_and_its_strings_escaped() {
     .unwrap_err();
     let text = e.to_string();
     assert!(matches!(e, JwkError::NoUsableKey(_)), "{text}");
-    assert!(text.len() < 2048 && !text.contains('\n'), "{text}");
+    assert!(
+        text.len() < 2048 && !text.contains(['\n', '\u{2028}', '\u{202E}']),
+        "{text}"
+    );
 
     // One entry more than the limit: refused whole, before parsing.
     let mut keys = junk(max_keys * MAX_ENTRIES_PER_KEY);
