@@ -127,17 +127,19 @@ fn allowlist(g: &Grants<'_>, req: &Request<'_>) -> Result<(), Reason> {
     }
     if let Some(methods) = &g.methods {
         let method = req.method.ok_or(Reason::MethodNotAllowed)?;
-        if !methods.iter().any(|m| m == method) {
+        // An empty entry matches nothing, not even an empty method.
+        if !methods.iter().any(|m| !m.is_empty() && m == method) {
             return Err(Reason::MethodNotAllowed);
         }
     }
     if let Some(allowed) = &g.addresses {
         // Every address the request touches must be allowed; hex compares case-insensitively
         // (EIP-55 checksums are mixed case).
-        let ok = req
-            .addresses
-            .iter()
-            .all(|a| allowed.iter().any(|x| x.eq_ignore_ascii_case(a)));
+        let ok = req.addresses.iter().all(|a| {
+            allowed
+                .iter()
+                .any(|x| !x.is_empty() && x.eq_ignore_ascii_case(a))
+        });
         if !ok {
             return Err(Reason::AddressNotAllowed);
         }

@@ -45,7 +45,15 @@ pub struct ExtAuthzDoor {
 /// repeated ones joined with commas).
 fn headers_of(h: &std::collections::HashMap<String, String>) -> hyper::HeaderMap {
     let mut out = hyper::HeaderMap::new();
-    for name in ["authorization", "origin", "user-agent"] {
+    for name in [
+        "authorization",
+        "origin",
+        "user-agent",
+        "upgrade",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "x-envoy-auth-partial-body",
+    ] {
         if let Some(v) = h.get(name)
             && let Ok(v) = HeaderValue::from_str(v)
         {

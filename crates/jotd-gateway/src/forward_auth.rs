@@ -153,6 +153,17 @@ impl AuthAnswer {
     }
 }
 
+/// Whether a request asks to become a WebSocket (HTTP/1.1 `Upgrade: websocket`,
+/// or any WebSocket handshake header).
+fn is_websocket_upgrade(h: &hyper::HeaderMap) -> bool {
+    h.get_all(hyper::header::UPGRADE).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+    }) || h.contains_key(hyper::header::SEC_WEBSOCKET_KEY)
+        || h.contains_key(hyper::header::SEC_WEBSOCKET_VERSION)
+}
+
 /// Decides an authorization question: the shared core of forward-auth and
 /// Envoy ext_authz. Without a body: one check with no method; with one:
 /// every JSON-RPC call in it must be allowed.
@@ -208,6 +219,37 @@ pub async fn authorize(
         return AuthAnswer::deny(
             StatusCode::PAYLOAD_TOO_LARGE,
             error_object(None, code::INVALID_REQUEST, "the body is too large", None),
+        );
+    }
+    // Envoy with `allow_partial_message` sends the first bytes of a longer body
+    // and says so: the calls checked would not be all the calls the node reads.
+    if h.get_all("x-envoy-auth-partial-body")
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+    {
+        return AuthAnswer::deny(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            error_object(
+                None,
+                code::INVALID_REQUEST,
+                "the body reached the gateway cut short (x-envoy-auth-partial-body): raise with_request_body.max_request_bytes above the bodies clients send",
+                Some(serde_json::json!({ "reason": "partial_body" })),
+            ),
+        );
+    }
+    // A WebSocket allowed here would be checked once and then outlive the
+    // token's `exp`, its revocation and its key: the front proxy relays the
+    // socket without asking again. The proxy door relays WebSockets itself and
+    // re-checks them (docs/gateways.md).
+    if is_websocket_upgrade(h) {
+        return AuthAnswer::deny(
+            StatusCode::FORBIDDEN,
+            error_object(
+                None,
+                code::FORBIDDEN,
+                "forbidden: a WebSocket upgrade is not authorized here (it would outlive the token); send WebSockets through the gateway's proxy door",
+                Some(serde_json::json!({ "reason": "websocket_upgrade" })),
+            ),
         );
     }
     let (calls, first_id) = if q.body.iter().all(u8::is_ascii_whitespace) {

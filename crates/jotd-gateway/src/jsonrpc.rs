@@ -185,13 +185,13 @@ const ETHEREUM: &[(&str, &[&str])] = &[
     ("eth_getProof", &["0"]),
     ("eth_call", &["0.to", "2!"]),
     ("eth_estimateGas", &["0.to", "2!"]),
-    ("eth_createAccessList", &["0.to"]),
+    ("eth_createAccessList", &["0.to", "2!"]),
     ("eth_sendTransaction", &["0.to"]),
     ("eth_signTransaction", &["0.to"]),
     ("personal_sendTransaction", &["0.to"]),
     ("personal_signTransaction", &["0.to"]),
     ("debug_traceCall", &["0.to", "2!"]),
-    ("trace_call", &["0.to"]),
+    ("trace_call", &["0.to", "3!"]),
     ("eth_simulateV1", &["*"]),
     ("eth_getLogs", &["0.address[]"]),
     ("eth_newFilter", &["0.address[]"]),
@@ -201,10 +201,19 @@ const ETHEREUM: &[(&str, &[&str])] = &[
     ("eth_signTypedData_v3", &["0"]),
     ("eth_signTypedData_v4", &["0"]),
     ("eth_getAccount", &["0"]),
+    // A tracer config (index 1) can run a JavaScript tracer that reads any
+    // account's state, or carry state overrides: with one, the call is unbounded.
+    ("debug_traceTransaction", &["1!"]),
+    ("debug_traceBlockByHash", &["1!"]),
+    ("debug_traceBlockByNumber", &["1!"]),
     ("debug_storageRangeAt", &["2"]),
     // Known to touch no address (chain data by block or hash, the node's own
-    // state, filters made earlier, raw transactions whose target is inside the
-    // signed RLP). Any method not in this table carries `*`.
+    // state, raw transactions whose target is inside the signed RLP). Any method
+    // not in this table carries `*`: so do eth_getFilterChanges,
+    // eth_getFilterLogs and eth_uninstallFilter, since some nodes (Nethermind)
+    // number filters 1, 2, 3... and a filter id would reach another tenant's
+    // filter; on a node with random ids an operator may list them with no
+    // positions in `[address_params]`.
     ("web3_clientVersion", &[]),
     ("web3_sha3", &[]),
     ("net_version", &[]),
@@ -239,13 +248,7 @@ const ETHEREUM: &[(&str, &[&str])] = &[
     ("eth_sendRawTransaction", &[]),
     ("eth_newBlockFilter", &[]),
     ("eth_newPendingTransactionFilter", &[]),
-    ("eth_getFilterChanges", &[]),
-    ("eth_getFilterLogs", &[]),
-    ("eth_uninstallFilter", &[]),
     ("eth_unsubscribe", &[]),
-    ("debug_traceTransaction", &[]),
-    ("debug_traceBlockByHash", &[]),
-    ("debug_traceBlockByNumber", &[]),
     ("trace_transaction", &[]),
     ("trace_block", &[]),
     ("trace_get", &[]),
@@ -415,17 +418,18 @@ fn addresses_of(
         }
     };
     let param = |i: usize| list.get(i).filter(|v| !v.is_null());
-    // eth_subscribe: "logs" takes a filter like eth_getLogs'; other kinds touch no address.
+    // eth_subscribe: "logs" takes a filter like eth_getLogs'; the other standard
+    // kinds touch no address; a kind not known here carries `*`.
     let subscribe = [ParamPath::Field {
         index: 1,
         field: "address".into(),
         list: true,
     }];
     let paths: &[ParamPath] = if method == "eth_subscribe" {
-        if param(0).and_then(Value::as_str) == Some("logs") {
-            &subscribe
-        } else {
-            &[]
+        match param(0).and_then(Value::as_str) {
+            Some("logs") => &subscribe,
+            Some("newHeads" | "newPendingTransactions" | "syncing") => &[],
+            _ => return Ok(vec![ANY.to_owned()]),
         }
     } else {
         match table.rows.get(method) {
@@ -860,6 +864,31 @@ mod tests {
             ),
             ("eth_subscribe", r#"["logs",{}]"#),
             ("eth_subscribe", r#"["logs"]"#),
+            (
+                "eth_subscribe",
+                r#"["myKind",{"address":"0x0000000000000000000000000000000000000001"}]"#,
+            ),
+            ("eth_subscribe", "[]"),
+            (
+                "trace_call",
+                r#"[{"to":"0x0000000000000000000000000000000000000001","data":"0x"},["trace"],"latest",{"0x0000000000000000000000000000000000000001":{"code":"0x00"}}]"#,
+            ),
+            (
+                "eth_createAccessList",
+                r#"[{"to":"0x0000000000000000000000000000000000000001"},"latest",{"0x0000000000000000000000000000000000000001":{"code":"0x00"}}]"#,
+            ),
+            (
+                "debug_traceTransaction",
+                r#"["0x00",{"tracer":"{result: function(ctx, db) { return db.getState('0x0000000000000000000000000000000000000002', '0x00') }, fault: function() {}}"}]"#,
+            ),
+            (
+                "debug_traceBlockByHash",
+                r#"["0x00",{"tracer":"callTracer"}]"#,
+            ),
+            ("debug_traceBlockByNumber", r#"["latest",{}]"#),
+            ("eth_getFilterLogs", r#"["0x7"]"#),
+            ("eth_getFilterChanges", r#"["0x7"]"#),
+            ("eth_uninstallFilter", r#"["0x7"]"#),
         ] {
             let c = single(&format!(
                 r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#
@@ -875,6 +904,25 @@ mod tests {
             single(r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#)
                 .unwrap();
         assert!(c.addresses.is_empty());
+        // Without a tracer config a trace touches no address.
+        for (method, params) in [
+            ("debug_traceTransaction", r#"["0x00"]"#),
+            ("debug_traceBlockByNumber", r#"["latest",null]"#),
+            (
+                "trace_call",
+                r#"[{"to":"0x0000000000000000000000000000000000000001"},["trace"],"latest"]"#,
+            ),
+        ] {
+            let c = single(&format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#
+            ))
+            .unwrap();
+            assert!(
+                !c.addresses.iter().any(|a| a == ANY),
+                "{method} {params}: {:?}",
+                c.addresses
+            );
+        }
         let c = single(&format!(
             r#"{{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["logs",{{"address":"{A}"}}]}}"#
         ))

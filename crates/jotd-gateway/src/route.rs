@@ -33,9 +33,13 @@ pub struct Route {
 /// The longest tenant id taken from a request.
 const MAX_TENANT: usize = 128;
 
-/// Whether `s` may be a tenant id taken from a request.
+/// Whether `s` may be a tenant id taken from a request. `.` and `..` are not:
+/// a front proxy that resolves dot-segments sees another path than the one the
+/// tenant was taken from.
 fn tenant_ok(s: &str) -> bool {
     !s.is_empty()
+        && s != "."
+        && s != ".."
         && s.len() <= MAX_TENANT
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
@@ -200,6 +204,9 @@ mod tests {
         assert_eq!(t("/v3/", None), None);
         assert_eq!(t("/v3/a/b", None), None);
         assert_eq!(t("/v3/bad%20id", None), None, "only safe ids are captured");
+        assert_eq!(t("/v3/..", None), None, "no dot-segment is a tenant");
+        assert_eq!(t("/v3/./", None), None);
+        assert_eq!(t("/v3/a.b", None).as_deref(), Some("a.b"));
         assert_eq!(
             t("/", Some("ACME.rpc.example.com:443")).as_deref(),
             Some("acme")

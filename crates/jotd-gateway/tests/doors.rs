@@ -1010,7 +1010,9 @@ mod envoy {
     };
     pub(crate) use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
     pub(crate) use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-    pub(crate) use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    pub(crate) use envoy_types::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest, CheckResponse,
+    };
 }
 
 fn envoy_check(
@@ -1377,5 +1379,75 @@ async fn a_client_holding_every_admin_slot_cannot_fail_the_probe() {
         matches!(n, Ok(0)) || n.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
         "closed, not answered"
     );
+    gw.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_and_cut_bodies_are_refused_by_the_authorizer_doors() {
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, _seen) = start_upstream().await;
+    let (mut cfg, _dir) = config("ws-auth", &pool, pool.addr, up, "");
+    cfg.ext_authz = Some(jotd_gateway::config::ExtAuthz {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        remove_authorization: false,
+    });
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let fa = gw.forward_auth.unwrap();
+    let exp = now() + 600;
+    // An unrestricted token: the one a bodiless check lets through.
+    let open =
+        k.es.mint(
+            Some("ec-1"),
+            &json!({"sub":"carol","aud":AUD,"exp":exp}).to_string(),
+        )
+        .unwrap();
+    let uri = ("x-forwarded-uri", "/v3/infura");
+    assert_eq!(post(fa, "/auth", Some(&open), &[uri], "").await.status, 200);
+    // The same check for a WebSocket handshake (as Caddy, NGINX or Traefik
+    // forward it; Traefik drops the hop-by-hop Upgrade but keeps the key).
+    for upgrade in [
+        &[("upgrade", "websocket"), ("connection", "Upgrade")][..],
+        &[("upgrade", "h2c, WebSocket")],
+        &[("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")],
+    ] {
+        let mut headers = upgrade.to_vec();
+        headers.push(uri);
+        let r = post(fa, "/auth", Some(&open), &headers, "").await;
+        assert_eq!(r.status, 403, "{upgrade:?}: {}", r.raw_body);
+        assert_eq!(r.body["error"]["data"]["reason"], "websocket_upgrade");
+    }
+    // Through Envoy: the upgrade and a body Envoy says it cut short.
+    let mut client =
+        envoy::AuthorizationClient::connect(format!("http://{}", gw.ext_authz.unwrap()))
+            .await
+            .unwrap();
+    let status_of = |r: envoy::CheckResponse| match r.http_response {
+        Some(envoy::HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
+        Some(envoy::HttpResponse::OkResponse(_)) => 200,
+        _ => -1,
+    };
+    let body = call(1, "eth_blockNumber", &json!([]));
+    let r = client
+        .check(envoy_check("/v3/infura", Some(&open), &body, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status_of(r), 200);
+    for (name, value, want) in [
+        ("upgrade", "websocket", 403),
+        ("x-envoy-auth-partial-body", "true", 413),
+    ] {
+        let mut req = envoy_check("/v3/infura", Some(&open), &body, None);
+        let http = req
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .unwrap();
+        http.headers.insert(name.to_owned(), value.to_owned());
+        let r = client.check(req).await.unwrap().into_inner();
+        assert_eq!(status_of(r), want, "{name}: {value}");
+    }
     gw.drain().await;
 }

@@ -380,6 +380,11 @@ fn empty_allowlist_entries_grant_nothing() {
         allowlist(&methods, &req(Some("eth_call"), &[], None, None)),
         Err(Reason::MethodNotAllowed)
     );
+    // Nor an empty method (a request's method may be "" on the wire).
+    assert_eq!(
+        allowlist(&methods, &req(Some(""), &[], None, None)),
+        Err(Reason::MethodNotAllowed)
+    );
     let addresses = Grants {
         addresses: list(&[""]),
         ..Grants::default()
@@ -395,5 +400,10 @@ fn empty_allowlist_entries_grant_nothing() {
             )
         ),
         Err(Reason::AddressNotAllowed)
+    );
+    assert_eq!(
+        allowlist(&addresses, &req(None, &[""], None, None)),
+        Err(Reason::AddressNotAllowed),
+        "an empty entry does not match an empty address either"
     );
 }
