@@ -304,9 +304,12 @@ pub struct ForwardAuth {
     pub listen: SocketAddr,
     /// The one header the original URI is read from (the gateway sets it and
     /// overwrites a client's). Default `x-forwarded-uri` (Caddy, Traefik,
-    /// APISIX; the NGINX snippet sets it). Absent: the request's own path,
-    /// less a leading `/auth` (Envoy's HTTP ext_authz `path_prefix`).
-    pub uri_header: hyper::header::HeaderName,
+    /// APISIX; the NGINX snippet sets it). Absent from the request: the
+    /// request's own path, less a leading `/auth` (Envoy's HTTP ext_authz
+    /// `path_prefix`). `None` (`uri_header = ""`): the request's own path
+    /// always, for a gateway that sets no such header (Envoy), so a client's
+    /// copy can never choose the tenant.
+    pub uri_header: Option<hyper::header::HeaderName>,
     /// The one header the original host is read from, else `Host`. Default
     /// `x-forwarded-host`.
     pub host_header: hyper::header::HeaderName,
@@ -549,7 +552,11 @@ impl Config {
                 let f = f.get_ref();
                 Some(ForwardAuth {
                     listen: listen(&f.listen, "listen")?,
-                    uri_header: header_name(&f.uri_header, "uri_header")?,
+                    uri_header: if f.uri_header.get_ref().is_empty() {
+                        None
+                    } else {
+                        Some(header_name(&f.uri_header, "uri_header")?)
+                    },
                     host_header: header_name(&f.host_header, "host_header")?,
                 })
             }

@@ -63,8 +63,15 @@ fn single_header<'h>(
         .map_err(|_| format!("`{name}` is not visible ASCII"))
 }
 
-fn original_path(req: &Request<Incoming>, uri_header: &HeaderName) -> Result<String, String> {
-    let uri = single_header(req.headers(), uri_header)?.map_or_else(
+fn original_path(
+    req: &Request<Incoming>,
+    uri_header: Option<&HeaderName>,
+) -> Result<String, String> {
+    let sent = match uri_header {
+        Some(h) => single_header(req.headers(), h)?,
+        None => None,
+    };
+    let uri = sent.map_or_else(
         || {
             let p = req.uri().path();
             p.strip_prefix("/auth")
@@ -365,7 +372,7 @@ impl ForwardAuthDoor {
                 &error_object(None, code::INVALID_REQUEST, &e, None),
             )
         };
-        let path = match original_path(&req, &self.headers.uri_header) {
+        let path = match original_path(&req, self.headers.uri_header.as_ref()) {
             Ok(p) => p,
             Err(e) => return ambiguous(e),
         };

@@ -125,7 +125,11 @@ fn check(cfg: &Config) {
     if let Some(f) = &cfg.forward_auth {
         println!(
             "forward_auth: {} (original URI from {}, host from {})",
-            f.listen, f.uri_header, f.host_header
+            f.listen,
+            f.uri_header
+                .as_ref()
+                .map_or("the request's own path", |h| h.as_str()),
+            f.host_header
         );
     }
     if let Some(e) = cfg.ext_authz {

@@ -1451,3 +1451,60 @@ async fn websocket_upgrades_and_cut_bodies_are_refused_by_the_authorizer_doors()
     }
     gw.drain().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uri_header_off_takes_the_tenant_from_the_path_alone() {
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, _seen) = start_upstream().await;
+    let (mut cfg, dir) = config("uri-off", &pool, pool.addr, up, "");
+    // `uri_header = ""` reads as "no such header".
+    let text = std::fs::read_to_string(dir.path().join("gw.toml"))
+        .unwrap()
+        .replace(
+            "[forward_auth]\nlisten = \"127.0.0.1:0\"\n",
+            "[forward_auth]\nlisten = \"127.0.0.1:0\"\nuri_header = \"\"\n",
+        );
+    let file = dir.path().join("gw-off.toml");
+    std::fs::write(&file, text).unwrap();
+    let off = Config::load(&file).unwrap();
+    assert!(off.forward_auth.as_ref().unwrap().uri_header.is_none());
+    let token =
+        k.es.mint(
+            Some("ec-1"),
+            &json!({"aud":AUD,"exp":now() + 600}).to_string(),
+        )
+        .unwrap();
+    // Envoy's HTTP ext_authz shape: the original path after `/auth`; the
+    // client added its own X-Forwarded-Uri naming another tenant.
+    let forged = [("x-forwarded-uri", "/v3/someone-else")];
+    let gw = jotd_gateway::start(&off, None).await.unwrap();
+    let r = post(
+        gw.forward_auth.unwrap(),
+        "/auth/v3/infura",
+        Some(&token),
+        &forged,
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.raw_body);
+    assert_eq!(r.headers.get("x-jotd-tenant").unwrap(), "infura");
+    gw.drain().await;
+    // With the default, the header chooses (right for Caddy, Traefik, NGINX,
+    // which set it over the client's).
+    cfg.forward_auth.as_mut().unwrap().uri_header = Some("x-forwarded-uri".parse().unwrap());
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let r = post(
+        gw.forward_auth.unwrap(),
+        "/auth/v3/infura",
+        Some(&token),
+        &forged,
+        "",
+    )
+    .await;
+    assert_ne!(
+        r.headers.get("x-jotd-tenant").map(|v| v.to_str().unwrap()),
+        Some("infura")
+    );
+    gw.drain().await;
+}
