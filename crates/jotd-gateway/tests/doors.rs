@@ -1047,21 +1047,33 @@ fn envoy_check(
     }
 }
 
+/// Starts the gateway of `cfg` with the gRPC ext_authz door too, and an Envoy-side client.
+async fn with_ext_authz(
+    mut cfg: Config,
+    remove_authorization: bool,
+) -> (
+    jotd_gateway::Gateway,
+    envoy::AuthorizationClient<tonic::transport::Channel>,
+) {
+    cfg.ext_authz = Some(jotd_gateway::config::ExtAuthz {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        remove_authorization,
+    });
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let addr = gw.ext_authz.unwrap();
+    let client = envoy::AuthorizationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    (gw, client)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_ext_authz_over_grpc() {
     let k = keys();
     let pool = start_pool(&k);
     let (up, _seen) = start_upstream().await;
-    let (mut cfg, _dir) = config("envoy", &pool, pool.addr, up, "");
-    cfg.ext_authz = Some(jotd_gateway::config::ExtAuthz {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        remove_authorization: true,
-    });
-    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
-    let addr = gw.ext_authz.unwrap();
-    let mut client = envoy::AuthorizationClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let (cfg, _dir) = config("envoy", &pool, pool.addr, up, "");
+    let (gw, mut client) = with_ext_authz(cfg, true).await;
     let exp = now() + 600;
     let token = k.rs.mint(Some("rsa-1"), &json!({"sub":"erin","aud":AUD,"exp":exp,"methods":["eth_getBalance"],"addresses":[A],"scope":"rw"}).to_string()).unwrap();
 
@@ -1207,11 +1219,12 @@ async fn envoy_ext_authz_over_grpc() {
     assert_eq!(r.status.as_ref().unwrap().code, 0, "{r:?}");
 
     // The gRPC health service.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", gw.ext_authz.unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let s = health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -1387,12 +1400,8 @@ async fn websocket_upgrades_and_cut_bodies_are_refused_by_the_authorizer_doors()
     let k = keys();
     let pool = start_pool(&k);
     let (up, _seen) = start_upstream().await;
-    let (mut cfg, _dir) = config("ws-auth", &pool, pool.addr, up, "");
-    cfg.ext_authz = Some(jotd_gateway::config::ExtAuthz {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        remove_authorization: false,
-    });
-    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let (cfg, _dir) = config("ws-auth", &pool, pool.addr, up, "");
+    let (gw, mut client) = with_ext_authz(cfg, false).await;
     let fa = gw.forward_auth.unwrap();
     let exp = now() + 600;
     // An unrestricted token: the one a bodiless check lets through.
@@ -1418,10 +1427,6 @@ async fn websocket_upgrades_and_cut_bodies_are_refused_by_the_authorizer_doors()
         assert_eq!(r.body["error"]["data"]["reason"], "websocket_upgrade");
     }
     // Through Envoy: the upgrade and a body Envoy says it cut short.
-    let mut client =
-        envoy::AuthorizationClient::connect(format!("http://{}", gw.ext_authz.unwrap()))
-            .await
-            .unwrap();
     let status_of = |r: envoy::CheckResponse| match r.http_response {
         Some(envoy::HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
         Some(envoy::HttpResponse::OkResponse(_)) => 200,

@@ -587,17 +587,14 @@ async fn waiters_on_a_slow_fetch_are_bounded() {
     assert_eq!(server.hits(), 1, "one fetch");
 }
 
-/// Due sources are fetched in parallel: an IdP that hangs until the timeout (listed
-/// first here) does not hold back another tenant's keys.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hanging_idp_does_not_hold_back_other_tenants() {
-    let server = serve().await;
-    let (key, jwk) = ed_key("a");
-    server.set(Mode::Doc {
-        body: doc(&[&jwk]),
-        cache_control: None,
-    });
-    // Accepts connections (the kernel's backlog) and never answers.
+/// Two tenants: `slow`, whose IdP accepts connections (the kernel's backlog)
+/// and never answers, listed first; `idp`, served by `server`. Keep the
+/// returned listener alive for as long as the IdP should hang.
+fn slow_and_healthy(
+    server: &Server,
+    timeout: Duration,
+    min_refresh: Option<Duration>,
+) -> (std::net::TcpListener, Arc<Reloader>, Arc<JwksFetcher>) {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let text = format!(
         "[[tenant]]\nid = \"slow\"\n[[tenant.jwks]]\nurl = \"https://127.0.0.1:{}/jwks.json\"\nalg = \"EdDSA\"\n\
@@ -613,12 +610,29 @@ async fn a_hanging_idp_does_not_hold_back_other_tenants() {
         )
         .unwrap(),
     );
-    let config = FetchConfig {
+    let mut config = FetchConfig {
         extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
-        timeout: Duration::from_secs(4),
+        timeout,
         ..FetchConfig::default()
     };
+    if let Some(m) = min_refresh {
+        config.min_refresh = m;
+    }
     let fetcher = Arc::new(JwksFetcher::new(Arc::clone(&reloader), config).unwrap());
+    (silent, reloader, fetcher)
+}
+
+/// Due sources are fetched in parallel: an IdP that hangs until the timeout (listed
+/// first here) does not hold back another tenant's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_idp_does_not_hold_back_other_tenants() {
+    let server = serve().await;
+    let (key, jwk) = ed_key("a");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk]),
+        cache_control: None,
+    });
+    let (_silent, reloader, fetcher) = slow_and_healthy(&server, Duration::from_secs(4), None);
     let f = Arc::clone(&fetcher);
     let refresh = tokio::spawn(async move { f.refresh_due().await });
     let start = tokio::time::Instant::now();
@@ -646,28 +660,11 @@ async fn the_refresh_loop_keeps_going_while_one_idp_hangs() {
         body: doc(&[&jwk]),
         cache_control: Some("max-age=0"),
     });
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let text = format!(
-        "[[tenant]]\nid = \"slow\"\n[[tenant.jwks]]\nurl = \"https://127.0.0.1:{}/jwks.json\"\nalg = \"EdDSA\"\n\
-         [[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nalg = \"EdDSA\"\n",
-        silent.local_addr().unwrap().port(),
-        server.url
+    let (_silent, _reloader, fetcher) = slow_and_healthy(
+        &server,
+        Duration::from_secs(30),
+        Some(Duration::from_millis(100)),
     );
-    let reloader = Arc::new(
-        Reloader::start(
-            Path::new("/cfg/jotd.toml"),
-            Box::new(move |_| Ok(text.clone().into_bytes())),
-            Box::new(|_| Some((None, 1))),
-        )
-        .unwrap(),
-    );
-    let config = FetchConfig {
-        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
-        timeout: Duration::from_secs(30),
-        min_refresh: Duration::from_millis(100),
-        ..FetchConfig::default()
-    };
-    let fetcher = Arc::new(JwksFetcher::new(Arc::clone(&reloader), config).unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let looping = tokio::spawn(Arc::clone(&fetcher).run(async {
         let _ = stopped.await;
