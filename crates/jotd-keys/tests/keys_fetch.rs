@@ -145,19 +145,24 @@ fn doc(jwks: &[&str]) -> String {
     format!(r#"{{"keys":[{}]}}"#, jwks.join(","))
 }
 
-fn setup(server: &Server, config: FetchConfig) -> (Arc<Reloader>, JwksFetcher) {
-    let text = format!(
-        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n",
-        server.url
-    );
-    let reloader = Arc::new(
+/// A reloader over one in-memory config text (every file stamped alike).
+fn reloader_of(text: String) -> Arc<Reloader> {
+    Arc::new(
         Reloader::start(
             Path::new("/cfg/jotd.toml"),
             Box::new(move |_| Ok(text.clone().into_bytes())),
             Box::new(|_| Some((None, 1))),
         )
         .unwrap(),
+    )
+}
+
+fn setup(server: &Server, config: FetchConfig) -> (Arc<Reloader>, JwksFetcher) {
+    let text = format!(
+        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n",
+        server.url
     );
+    let reloader = reloader_of(text);
     let config = FetchConfig {
         extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
         ..config
@@ -602,14 +607,7 @@ fn slow_and_healthy(
         silent.local_addr().unwrap().port(),
         server.url
     );
-    let reloader = Arc::new(
-        Reloader::start(
-            Path::new("/cfg/jotd.toml"),
-            Box::new(move |_| Ok(text.clone().into_bytes())),
-            Box::new(|_| Some((None, 1))),
-        )
-        .unwrap(),
-    );
+    let reloader = reloader_of(text);
     let mut config = FetchConfig {
         extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
         timeout,
