@@ -619,11 +619,10 @@ impl FetchTotals {
                 .insert((h.tenant.clone(), h.url.clone()), now)
                 .unwrap_or((0, 0));
             let total = self.per_url.entry(h.url.clone()).or_default();
-            // A count below the last one seen: the source was made anew (its
-            // tenant left the config and came back) and counts from 0 again.
-            let grown = |now: u64, before: u64| now.checked_sub(before).unwrap_or(now);
-            total.0 += grown(now.0, before.0);
-            total.1 += grown(now.1, before.1);
+            // A source's counts never go down: the fetcher keeps each (tenant,
+            // URL) source for the life of the process, across reloads.
+            total.0 += now.0.saturating_sub(before.0);
+            total.1 += now.1.saturating_sub(before.1);
         }
     }
 }
@@ -724,12 +723,5 @@ mod per_url_tests {
             source("b", shared, Some(20), 4, 1),
         ]);
         assert_eq!(t.per_url[shared], (8, 2));
-        // b's source made anew (counting from 0 again): its 2 good fetches add on
-        // rather than vanishing below the last count seen (3 good).
-        t.add(&[
-            source("a", shared, Some(10), 6, 1),
-            source("b", shared, Some(20), 2, 0),
-        ]);
-        assert_eq!(t.per_url[shared], (10, 2));
     }
 }
