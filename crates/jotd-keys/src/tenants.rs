@@ -222,25 +222,29 @@ pub(crate) fn tenant(
             ),
         );
     }
+    // Every part length-prefixed and every list counted, so no two configurations
+    // feed the same bytes (a method named `a\0b` is not the two methods `a` and `b`).
     let mut ctx = digest::Context::new(&digest::SHA256);
     for part in [
         id.as_str(),
         policy.as_str(),
         &format!("{:?}|{}|", claims, t.require_jwt),
     ] {
-        ctx.update(part.as_bytes());
-        ctx.update(b"\0");
+        put(&mut ctx, part.as_bytes());
     }
     for list in [&t.no_auth_methods, &t.claims_to_return] {
+        ctx.update(&(list.len() as u64).to_le_bytes());
         for s in list {
-            ctx.update(s.as_bytes());
-            ctx.update(b"\0");
+            put(&mut ctx, s.as_bytes());
         }
-        ctx.update(b"\x01");
     }
-    if let Some(set) = configured_algs {
-        for a in set.iter() {
-            ctx.update(a.as_str().as_bytes());
+    match configured_algs {
+        None => ctx.update(&[0]),
+        Some(set) => {
+            ctx.update(&[1]);
+            for a in set.iter() {
+                put(&mut ctx, a.as_str().as_bytes());
+            }
         }
     }
     let mut keys = Vec::new();
@@ -533,17 +537,21 @@ pub(crate) fn digest_key(
     issuer: Option<&str>,
 ) {
     for field in [kid.as_bytes(), alg.as_str().as_bytes(), material] {
-        ctx.update(&(field.len() as u64).to_le_bytes());
-        ctx.update(field);
+        put(ctx, field);
     }
     match issuer {
         None => ctx.update(&[0]),
         Some(i) => {
             ctx.update(&[1]);
-            ctx.update(&(i.len() as u64).to_le_bytes());
-            ctx.update(i.as_bytes());
+            put(ctx, i.as_bytes());
         }
     }
+}
+
+/// Feeds `bytes` into an epoch digest after their length.
+fn put(ctx: &mut digest::Context, bytes: &[u8]) {
+    ctx.update(&(bytes.len() as u64).to_le_bytes());
+    ctx.update(bytes);
 }
 
 #[cfg(test)]

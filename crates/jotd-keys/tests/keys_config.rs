@@ -402,6 +402,43 @@ fn snapshots_verify_tokens_and_epochs_follow_changes() {
     );
 }
 
+/// A tenant's epoch digest feeds each rule with its length: moving a boundary
+/// inside a list (one name holding a NUL or \x01 against two names) or between
+/// two lists is a different configuration, so it must be a different epoch.
+#[test]
+fn list_boundaries_are_part_of_the_epoch() {
+    let epoch = |lists: &str| {
+        let config = format!(
+            "[[tenant]]\nid = \"t\"\nrequire_jwt = false\n{lists}\n"
+        );
+        Files::new(&config)
+            .load()
+            .unwrap()
+            .snapshot(1, &|_, _| None)
+            .tenant("t")
+            .unwrap()
+            .epoch
+    };
+    let cases = [
+        r#"no_auth_methods = ["a\u0000b"]"#,
+        r#"no_auth_methods = ["a", "b"]"#,
+        r#"no_auth_methods = ["a\u0000\u0001b"]"#,
+        "no_auth_methods = [\"a\"]\nclaims_to_return = [\"b\"]",
+        "no_auth_methods = [\"a\", \"b\"]\nclaims_to_return = [\"\"]",
+        "claims_to_return = [\"a\", \"b\"]",
+        "no_auth_methods = []",
+    ];
+    let epochs: Vec<u64> = cases.iter().map(|c| epoch(c)).collect();
+    for (i, a) in epochs.iter().enumerate() {
+        for (j, b) in epochs.iter().enumerate().skip(i + 1) {
+            assert_ne!(a, b, "`{}` and `{}`", cases[i], cases[j]);
+        }
+    }
+    // Empty lists and absent ones are the same configuration.
+    assert_eq!(epoch("no_auth_methods = []"), epoch(""));
+    assert_eq!(epoch(cases[1]), epoch(cases[1]));
+}
+
 #[test]
 fn jwks_files_and_denylists() {
     let jwks = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"ed-jwks","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},{"kty":"oct","kid":"enc","use":"enc","k":"AAAA"}]}"#;
