@@ -29,6 +29,8 @@ pub use fetch::{
     MAX_WAITERS, PARALLEL_FETCHES, SourceHealth, check_jwks_url, max_age,
 };
 pub use load::{KeysConfig, load, load_section, read_text};
-pub use reload::{FetchedJwks, FileStamp, Loader, Reader, ReloadStatus, Reloader, Stamper};
+pub use reload::{
+    FetchedJwks, FileStamp, Loader, MTIME_SLACK, Reader, ReloadStatus, Reloader, Stamper,
+};
 pub use store::KeyStore;
 pub use tenants::{DEFAULT_JWKS_REFRESH, JwksLocation, JwksSource, KeyInfo, ReadFile, TenantSpec};

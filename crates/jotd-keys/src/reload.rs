@@ -11,10 +11,26 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// What identifies a file's version: modification time and length (from `stat`).
 pub type FileStamp = (Option<SystemTime>, u64);
+
+/// How far a file's modification time may lag the clock (coarse kernel
+/// timestamps, 2-second FAT times, a file server's clock): a file stamped after
+/// it was read counts as written during the read when modified less than this
+/// before the read began.
+pub const MTIME_SLACK: Duration = Duration::from_secs(2);
+
+/// Whether a stamp taken after a read, of a file whose read began at `since`,
+/// shows a file left alone during the read. A file without a modification time
+/// (or gone) cannot tell and counts as settled, as it did before.
+fn settled(stamp: Option<&FileStamp>, since: SystemTime) -> bool {
+    match stamp {
+        Some((Some(modified), _)) => *modified + MTIME_SLACK < since,
+        _ => true,
+    }
+}
 
 /// Reads a file (the binary passes `jotd_transport::files::read_file`).
 pub type Reader = Box<dyn Fn(&Path) -> io::Result<Vec<u8>> + Send + Sync>;
@@ -42,6 +58,9 @@ pub struct ReloadStatus {
 struct State {
     config: Arc<KeysConfig>,
     stamps: Vec<(PathBuf, Option<FileStamp>)>,
+    /// A file stamped after it was read (named for the first time) was modified
+    /// after its read may have begun: the next check reads everything again.
+    unsettled: bool,
     fetched: FetchedJwks,
     status: ReloadStatus,
 }
@@ -74,22 +93,34 @@ impl Reloader {
     /// # Errors
     /// The config does not validate.
     pub fn start(path: &Path, read: Reader, stamp: Stamper) -> Result<Self, ConfigError> {
+        let since = SystemTime::now();
         let config = load(path, &*read)?;
         let owned = path.to_owned();
         let loader: Loader = Box::new(move || load(&owned, &*read));
-        Ok(Self::with_loader(config, loader, stamp))
+        Ok(Self::with_loader(config, loader, stamp, since))
     }
 
-    /// Creates the store (generation 1) from a config the caller loaded;
-    /// reloads call `loader`.
+    /// Creates the store (generation 1) from a config the caller loaded, having
+    /// begun to read its files at `read_since`; reloads call `loader`.
+    ///
+    /// Its files are stamped now, after they were read: one modified since
+    /// `read_since` (less [`MTIME_SLACK`]) may have been read half-written, so the
+    /// first check reads everything again.
     #[must_use]
-    pub fn with_loader(config: KeysConfig, loader: Loader, stamp: Stamper) -> Self {
+    pub fn with_loader(
+        config: KeysConfig,
+        loader: Loader,
+        stamp: Stamper,
+        read_since: SystemTime,
+    ) -> Self {
         let path = config.file.clone();
-        let stamps = config.files.iter().map(|f| (f.clone(), stamp(f))).collect();
+        let stamps: Vec<_> = config.files.iter().map(|f| (f.clone(), stamp(f))).collect();
+        let unsettled = stamps.iter().any(|(_, s)| !settled(s.as_ref(), read_since));
         let store = Arc::new(KeyStore::new(config.snapshot(1, &|_, _| None)));
         let state = State {
             config: Arc::new(config),
             stamps,
+            unsettled,
             fetched: FetchedJwks::new(),
             status: ReloadStatus::default(),
         };
@@ -155,25 +186,33 @@ impl Reloader {
             .iter()
             .map(|(f, _)| (f.clone(), (self.stamp)(f)))
             .collect();
+        let since = SystemTime::now();
         let loaded = (self.loader)();
         let mut state = self.lock();
         let result = loaded.map(|config| {
+            let mut unsettled = false;
             let stamps = config
                 .files
                 .iter()
                 .map(|f| {
-                    // A file the config names for the first time has no earlier stamp.
-                    let stamp = before.get(f).cloned().unwrap_or_else(|| (self.stamp)(f));
+                    // A file the config names for the first time has no earlier stamp:
+                    // stamped now, and read again if it was modified after the read began.
+                    let stamp = before.get(f).cloned().unwrap_or_else(|| {
+                        let late = (self.stamp)(f);
+                        unsettled |= !settled(late.as_ref(), since);
+                        late
+                    });
                     (f.clone(), stamp)
                 })
                 .collect();
             let generation = self.install(&config, &state.fetched);
-            (config, stamps, generation)
+            (config, stamps, unsettled, generation)
         });
         match result {
-            Ok((config, stamps, generation)) => {
+            Ok((config, stamps, unsettled, generation)) => {
                 state.config = Arc::new(config);
                 state.stamps = stamps;
+                state.unsettled = unsettled;
                 state.status.ok += 1;
                 state.status.last_error = None;
                 Ok(generation)
@@ -186,14 +225,15 @@ impl Reloader {
         }
     }
 
-    /// Reloads when any file the config was built from changed (by stamp).
-    /// Returns `None` when nothing changed.
+    /// Reloads when any file the config was built from changed (by stamp), or
+    /// when one was stamped only after it was read and had been modified since
+    /// the read began (see [`Reloader::with_loader`]). Returns `None` when
+    /// nothing changed.
     pub fn reload_if_changed(&self) -> Option<Result<u64, ConfigError>> {
-        let changed = self
-            .lock()
-            .stamps
-            .iter()
-            .any(|(f, s)| (self.stamp)(f) != *s);
+        let changed = {
+            let state = self.lock();
+            state.unsettled || state.stamps.iter().any(|(f, s)| (self.stamp)(f) != *s)
+        };
         changed.then(|| self.reload())
     }
 

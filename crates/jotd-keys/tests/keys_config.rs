@@ -408,9 +408,7 @@ fn snapshots_verify_tokens_and_epochs_follow_changes() {
 #[test]
 fn list_boundaries_are_part_of_the_epoch() {
     let epoch = |lists: &str| {
-        let config = format!(
-            "[[tenant]]\nid = \"t\"\nrequire_jwt = false\n{lists}\n"
-        );
+        let config = format!("[[tenant]]\nid = \"t\"\nrequire_jwt = false\n{lists}\n");
         Files::new(&config)
             .load()
             .unwrap()

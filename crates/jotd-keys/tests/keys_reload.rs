@@ -233,3 +233,100 @@ fn a_file_read_mid_write_is_read_again() {
     assert_eq!(decide(&r, &mallory), Reason::Revoked);
     assert!(r.reload_if_changed().is_none(), "and then left alone");
 }
+
+/// A file the config names for the first time (at start, or added by a reload)
+/// has no stamp from before its read: it is stamped after. One modified after
+/// its read may have begun (here: read half-written, finished at once) is read
+/// again at the next check; one left alone for longer than the slack is not.
+/// Real files, so the modification times are the file system's.
+#[test]
+fn a_new_file_modified_while_it_was_read_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let write = |name: &str, text: &str, modified: Option<std::time::SystemTime>| {
+        std::fs::write(path(name), text).unwrap();
+        if let Some(m) = modified {
+            std::fs::File::options()
+                .write(true)
+                .open(path(name))
+                .unwrap()
+                .set_modified(m)
+                .unwrap();
+        }
+    };
+    use base64::Engine as _;
+    let secret = [9u8; 32];
+    let config = secret_config(&base64::engine::general_purpose::STANDARD.encode(secret));
+    let revoked = format!(
+        "[[revoke]]\ntenant = \"t\"\nsub = \"mallory\"\nuntil = {}\n",
+        NOW + 3600
+    );
+    let start = |torn: Arc<Mutex<Vec<PathBuf>>>| {
+        Reloader::start(
+            &path("jotd.toml"),
+            Box::new(move |p| {
+                // A path in `torn` is read once as the empty file a writer had just
+                // truncated; the finished text is on disk by the time it is stamped.
+                let mut torn = torn.lock().unwrap();
+                if let Some(i) = torn.iter().position(|t| t == p) {
+                    torn.remove(i);
+                    return Ok(Vec::new());
+                }
+                std::fs::read(p)
+            }),
+            Box::new(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .map(|m| (m.modified().ok(), m.len()))
+            }),
+        )
+        .unwrap()
+    };
+    let mallory = SigningKey::from_hmac_secret(Algorithm::Hs256, &secret)
+        .unwrap()
+        .mint(
+            Some("k"),
+            &format!(r#"{{"exp":{},"sub":"mallory"}}"#, NOW + 60),
+        )
+        .unwrap();
+
+    // Files untouched for an hour: settled at start, nothing to read again.
+    write("jotd.toml", &config, Some(long_ago));
+    let torn: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
+    let r = start(Arc::clone(&torn));
+    assert!(r.reload_if_changed().is_none(), "old files are settled");
+
+    // A reload names a denylist for the first time, read torn.
+    write("revoked.toml", &revoked, None);
+    write(
+        "jotd.toml",
+        &format!("denylist_file = \"revoked.toml\"\n{config}"),
+        None,
+    );
+    torn.lock().unwrap().push(path("revoked.toml"));
+    assert!(matches!(r.reload_if_changed(), Some(Ok(_))));
+    assert_eq!(
+        decide(&r, &mallory),
+        Reason::Ok,
+        "the torn read had no entry"
+    );
+    assert!(
+        matches!(r.reload_if_changed(), Some(Ok(_))),
+        "a new file modified during its read is read again"
+    );
+    assert_eq!(decide(&r, &mallory), Reason::Revoked);
+    assert!(r.reload_if_changed().is_none(), "and then left alone");
+
+    // The same at start: the denylist read torn, read again at the first check.
+    torn.lock().unwrap().push(path("revoked.toml"));
+    let r = start(Arc::clone(&torn));
+    assert_eq!(
+        decide(&r, &mallory),
+        Reason::Ok,
+        "the torn read had no entry"
+    );
+    assert!(matches!(r.reload_if_changed(), Some(Ok(_))));
+    assert_eq!(decide(&r, &mallory), Reason::Revoked);
+    assert!(r.reload_if_changed().is_none());
+}

@@ -160,6 +160,7 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         }
     };
     // The file is read and parsed once: the daemon's settings and the keys.
+    let read_since = std::time::SystemTime::now();
     let (mut settings, keys): (Settings, _) = settings::load(&config_path)?;
     let from_file = settings.clone();
     if let Some(l) = args.listen {
@@ -198,6 +199,7 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         keys,
         settings::loader(&config_path, &from_file),
         Box::new(stamp),
+        read_since,
     ));
     let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) else {
         anyhow::bail!(
