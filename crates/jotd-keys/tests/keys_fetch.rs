@@ -592,6 +592,38 @@ async fn waiters_on_a_slow_fetch_are_bounded() {
     assert_eq!(server.hits(), 1, "one fetch");
 }
 
+/// A due refresh that queued behind an unknown-kid refetch of the same source is
+/// not fetched again once that refetch has made the source fresh: one fetch, not
+/// two in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_queued_behind_a_refetch_is_not_fetched_twice() {
+    let server = serve().await;
+    let (key, jwk) = ed_key("a");
+    server.set(Mode::SlowDoc {
+        body: doc(&[&jwk]),
+        pause: Duration::from_millis(600),
+    });
+    let (reloader, fetcher) = setup(&server, FetchConfig::default());
+    let fetcher = Arc::new(fetcher);
+    let f = Arc::clone(&fetcher);
+    let refetch = tokio::spawn(async move { f.on_unknown_kid("idp").await });
+    // The refetch holds the source's flight; the source (never fetched) is due, so
+    // the refresh round picks it and waits for that flight.
+    while server.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let failures = fetcher.refresh_due().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(refetch.await.unwrap());
+    assert_eq!(decide(&reloader, &key, "a"), Reason::Ok);
+    assert_eq!(
+        server.hits(),
+        1,
+        "the queued refresh found the source fresh"
+    );
+    assert_eq!(fetcher.health()[0].fetches, 1);
+}
+
 /// Two tenants: `slow`, whose IdP accepts connections (the kernel's backlog)
 /// and never answers, listed first; `idp`, served by `server`. Keep the
 /// returned listener alive for as long as the IdP should hang.
