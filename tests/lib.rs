@@ -210,15 +210,27 @@ impl Daemon {
     /// # Panics
     /// No such line arrives.
     pub fn wait_log(&self, needle: &str) {
+        self.wait_log_all(&[needle]);
+    }
+
+    /// Waits (up to 20 s) for a log line holding every one of `needles`.
+    pub fn wait_log_all(&self, needles: &[&str]) {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let found = || {
+            self.log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| needles.iter().all(|n| l.contains(n)))
+        };
         while Instant::now() < deadline {
-            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            if found() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "no log line with {needle:?}: {:?}",
+            "no log line with {needles:?}: {:?}",
             self.log.lock().unwrap()
         );
     }
