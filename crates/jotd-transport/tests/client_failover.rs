@@ -201,6 +201,67 @@ async fn a_replica_that_resets_its_streams_is_skipped() {
     good.stop().await;
 }
 
+/// A server that completes every handshake and keeps the connection alive but
+/// grants no stream: a replica whose streams are all stuck.
+async fn streamless_server(pki: &DevPki) -> SocketAddr {
+    let tls = server_config(
+        pki.server_cert_pem.as_bytes(),
+        pki.server_key_pem.as_bytes(),
+        None,
+    )
+    .unwrap();
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(0u32.into());
+    config.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some(incoming) = endpoint.accept().await {
+            if let Ok(conn) = incoming.await {
+                held.push(conn);
+            }
+        }
+    });
+    addr
+}
+
+/// A replica that accepts connections but never grants a stream takes half of
+/// what remains of a batch's deadline at most, then is ejected and the batch
+/// goes to the next one; before, the wait for a stream took the whole deadline
+/// and the batch failed with a timeout though a healthy replica was up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_grants_no_stream_is_left_for_the_next() {
+    let k = keys();
+    let good = start(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+    );
+    let stuck = streamless_server(&good.pki).await;
+    let tls = client_config(good.pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = ClientOptions::new(vec![stuck, good.addr], tls);
+    opts.batch_timeout = Duration::from_secs(2);
+    opts.hedge.enabled = false;
+    let c = Arc::new(Client::new(opts).unwrap());
+    c.connect_all().await.unwrap();
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    for _ in 0..3 {
+        let got = c
+            .verify_all(&[item(Some(&hs), "t"), item(Some(&hs), "t")])
+            .await
+            .expect("the healthy replica answers");
+        assert_once(&got, 2, Reason::Ok);
+    }
+    let stats = c.stats();
+    assert!(stats.endpoints[0].failures >= 1, "{stats:?}");
+    assert!(stats.endpoints[0].ejections >= 1, "{stats:?}");
+    assert_eq!(stats.endpoints[0].sent, 0, "{stats:?}");
+    good.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_replica_sends_its_new_batches_elsewhere() {
     let k = keys();

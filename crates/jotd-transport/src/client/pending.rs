@@ -182,7 +182,21 @@ impl<'c> Pending<'c> {
                 endpoint: addr,
                 failure,
             };
-            let opened = tokio::time::timeout(remaining, async {
+            // Counted from now: a batch waiting to open a stream is load on its
+            // endpoint too, so a replica that stops granting streams stops looking idle.
+            slot.outstanding.fetch_add(self.items, Ordering::Relaxed);
+            let outstanding = Outstanding(Arc::clone(slot), self.items);
+            // While another endpoint is left to try, this one gets half of what
+            // remains to connect and open a stream: one that accepts connections but
+            // never grants a stream (its every stream stuck) cannot take the whole
+            // deadline and leave no time to fail over.
+            let others_left = self.slots.len() > self.tried.len();
+            let step = if others_left {
+                remaining / 2
+            } else {
+                remaining
+            };
+            let opened = tokio::time::timeout(step, async {
                 let conn = client.connection(slot, even_ejected).await?;
                 conn.open_bi()
                     .await
@@ -190,15 +204,19 @@ impl<'c> Pending<'c> {
             })
             .await;
             let (mut send, recv) = match opened {
-                Err(_) => return Err(ClientError::Timeout(client.opts.batch_timeout)),
+                Err(_) if !others_left => {
+                    return Err(ClientError::Timeout(client.opts.batch_timeout));
+                }
+                Err(_) => {
+                    self.note_failure(i, ClientError::Timeout(step));
+                    continue;
+                }
                 Ok(Err(e)) => {
                     self.note_failure(i, e);
                     continue;
                 }
                 Ok(Ok(x)) => x,
             };
-            slot.outstanding.fetch_add(self.items, Ordering::Relaxed);
-            let outstanding = Outstanding(Arc::clone(slot), self.items);
             slot.sent.fetch_add(1, Ordering::Relaxed);
             let remaining = self.deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(remaining, send.write_all(&self.frame)).await {
