@@ -262,6 +262,42 @@ async fn a_replica_that_grants_no_stream_is_left_for_the_next() {
     good.stop().await;
 }
 
+/// A pool whose only replica drops every packet (a socket that never reads),
+/// with batch deadlines shorter than `connect_timeout`, as the gateway's checks
+/// are by default: the connect still runs to its end and ejects the endpoint,
+/// so the failure is counted and the next batches fail at once (fail closed or
+/// open without waiting out each deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_pool_is_ejected_though_every_batch_gives_up_first() {
+    let k = keys();
+    let pki = DevPki::generate().unwrap();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let tls = client_config(pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = ClientOptions::new(vec![silent.local_addr().unwrap()], tls);
+    opts.batch_timeout = Duration::from_millis(300);
+    opts.connect_timeout = Duration::from_millis(800);
+    opts.backoff_min = Duration::from_secs(30);
+    opts.backoff_max = Duration::from_secs(30);
+    let c = Arc::new(Client::new(opts).unwrap());
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let err = c.verify_all(&[item(Some(&hs), "t")]).await.unwrap_err();
+    assert_eq!(err.kind(), "timeout", "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while c.stats().endpoints[0].ejections == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connect never ended: {:?}",
+            c.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Refused as unavailable (at once), not cut off by the deadline.
+    let err = c.verify_all(&[item(Some(&hs), "t")]).await.unwrap_err();
+    assert!(err.retryable(), "{err}");
+    assert_eq!(err.kind(), "unavailable", "{err}");
+    drop(silent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_replica_sends_its_new_batches_elsewhere() {
     let k = keys();

@@ -689,29 +689,46 @@ impl Client {
                 last: None,
             });
         }
-        let _one_at_a_time = slot.connecting.lock().await;
-        if let Some(c) = slot.live(Instant::now()) {
-            return Ok(c);
-        }
-        if slot.ejected(Instant::now()) {
-            return Err(ClientError::Unavailable {
-                tried: 1,
-                last: None,
-            });
-        }
-        match connect(&self.endpoint, &self.config, &self.opts, slot).await {
-            Ok(c) => {
-                let mut st = slot.lock();
-                st.failures = 0;
-                st.ejected_until = None;
-                st.conn = Some(c.clone());
-                Ok(c)
+        // The connect runs in a task of its own, so it always ends (within
+        // `connect_timeout`) and ejects an unreachable endpoint even when every
+        // batch waiting on it gives up first (a batch deadline at or below
+        // `connect_timeout`): later batches then fail at once instead of each
+        // waiting out its deadline, and the failure shows in the counts.
+        let (endpoint, config, opts, slot, shared) = (
+            self.endpoint.clone(),
+            self.config.clone(),
+            self.opts.clone(),
+            Arc::clone(slot),
+            Arc::clone(&self.shared),
+        );
+        let unavailable = || ClientError::Unavailable {
+            tried: 1,
+            last: None,
+        };
+        tokio::spawn(async move {
+            let _one_at_a_time = slot.connecting.lock().await;
+            if let Some(c) = slot.live(Instant::now()) {
+                return Ok(c);
             }
-            Err(e) => {
-                self.eject(slot);
-                Err(e)
+            if slot.ejected(Instant::now()) {
+                return Err(unavailable());
             }
-        }
+            match connect(&endpoint, &config, &opts, &slot).await {
+                Ok(c) => {
+                    let mut st = slot.lock();
+                    st.failures = 0;
+                    st.ejected_until = None;
+                    st.conn = Some(c.clone());
+                    Ok(c)
+                }
+                Err(e) => {
+                    eject(&slot, &shared, (opts.backoff_min, opts.backoff_max));
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(unavailable()))
     }
 
     fn reconnect_in_background(&self, slot: &Arc<Slot>) {
