@@ -654,3 +654,16 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod default_tests {
+    /// A daemon on its defaults answers `overloaded` early enough in a check's
+    /// default deadline for the client to send the batch to another replica
+    /// (a wait equal to the deadline made every such answer too late).
+    #[test]
+    fn the_daemons_overload_wait_leaves_time_to_fail_over() {
+        let wait = jotd_transport::ServerOptions::default().overload_wait;
+        let deadline = std::time::Duration::from_millis(super::check_timeout());
+        assert!(wait * 4 <= deadline, "{wait:?} against {deadline:?}");
+    }
+}

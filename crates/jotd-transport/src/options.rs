@@ -27,7 +27,8 @@ pub struct ServerOptions {
     /// them). Default 65,536.
     pub max_tokens_in_flight: NonZeroUsize,
     /// How long a batch may wait for room in the in-flight budget before it
-    /// gets an `overloaded` error. Default 2 s.
+    /// gets an `overloaded` error. Default 250 ms: well below the clients'
+    /// deadlines, so the answer leaves them time to try another replica.
     pub overload_wait: Duration,
     /// Bytes of requests still arriving, across the server. A request takes
     /// room for its declared length when its length prefix arrives; one that
@@ -82,7 +83,7 @@ impl Default for ServerOptions {
             max_connections: nz(1024),
             max_streams_per_connection: NonZeroU32::new(256).expect("non-zero"),
             max_tokens_in_flight: nz(65_536),
-            overload_wait: Duration::from_secs(2),
+            overload_wait: Duration::from_millis(250),
             max_request_buffer_bytes: nz(128 << 20),
             request_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),

@@ -17,7 +17,7 @@
 //! max_tokens_in_flight = 65536
 //! max_batch_items = 4096
 //! max_frame_bytes = 4194304
-//! overload_wait_ms = 2000
+//! overload_wait_ms = 250
 //! max_request_buffer_bytes = 134217728  # requests still arriving, server-wide
 //! request_timeout_ms = 10000          # a request must arrive whole in this time
 //! write_timeout_ms = 10000            # a client must read its answer in this time
