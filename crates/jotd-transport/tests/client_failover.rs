@@ -140,6 +140,47 @@ async fn a_late_answer_is_dropped_and_counted() {
     fast.stop().await;
 }
 
+/// A replica that keeps its connection up but answers nothing within a batch's
+/// deadline (here: it holds the batch for a refetch that never ends) counts a
+/// failure and is ejected; one that answered part of the batch is only counted.
+/// Before, neither showed in the counts and the stalled replica kept drawing
+/// batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_stalls_past_the_deadline_is_counted_and_ejected() {
+    let k = keys();
+    let pki = DevPki::generate().unwrap();
+    let (_open, gate) = watch::channel(false);
+    let stalled = start_with(
+        TestBackend::gated(snapshot(1, &k, false), gate),
+        holding(),
+        false,
+        pki.clone(),
+    );
+    let tls = client_config(pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = ClientOptions::new(vec![stalled.addr], tls);
+    opts.batch_timeout = Duration::from_millis(400);
+    opts.hedge.enabled = false;
+    let c = Arc::new(Client::new(opts).unwrap());
+    c.connect_all().await.unwrap();
+    let es = k.es.mint(Some("es"), &claims("a", NOW + 60)).unwrap();
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    // Part of the batch answered, the rest held: counted, not ejected.
+    let err = c
+        .verify_all(&[item(Some(&es), "t"), item(Some(&hs), "jwks")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "timeout", "{err}");
+    let stats = c.stats();
+    assert_eq!(stats.endpoints[0].failures, 1, "{stats:?}");
+    assert_eq!(stats.endpoints[0].ejections, 0, "{stats:?}");
+    // Nothing answered in the whole deadline: counted and ejected.
+    let err = c.verify_all(&[item(Some(&hs), "jwks")]).await.unwrap_err();
+    assert_eq!(err.kind(), "timeout", "{err}");
+    let stats = c.stats();
+    assert_eq!(stats.endpoints[0].failures, 2, "{stats:?}");
+    assert_eq!(stats.endpoints[0].ejections, 1, "{stats:?}");
+}
+
 /// A server that reads every request and resets its answer stream.
 async fn resetting_server(pki: &DevPki) -> SocketAddr {
     let tls = server_config(

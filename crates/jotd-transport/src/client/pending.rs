@@ -315,6 +315,21 @@ impl<'c> Pending<'c> {
         }
     }
 
+    /// The deadline passed with attempts still open: each counts as a failure
+    /// of its endpoint, and one that sent nothing back in the whole deadline
+    /// (a replica that stalls while its connection stays up) is ejected, so a
+    /// stalled replica shows in the counts and stops drawing batches.
+    fn timed_out(&mut self) {
+        let client = self.client;
+        for a in std::mem::take(&mut self.attempts) {
+            let slot = &self.slots[a.slot];
+            slot.failed.fetch_add(1, Ordering::Relaxed);
+            if !a.progressed {
+                client.eject(slot);
+            }
+        }
+    }
+
     /// Every item decided: the other attempts are dropped.
     fn complete(&mut self, winner: usize) {
         self.done = true;
@@ -462,6 +477,7 @@ impl<'c> Pending<'c> {
             }
             let now = Instant::now();
             if now >= self.deadline {
+                self.timed_out();
                 return Err(ClientError::Timeout(self.client.opts.batch_timeout));
             }
             if self.hedge_at.is_some_and(|t| now >= t) {
