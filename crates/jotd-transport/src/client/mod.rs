@@ -715,8 +715,8 @@ impl Client {
             }
             match connect(&endpoint, &config, &opts, &slot).await {
                 Ok(c) => {
+                    // The failure streak ends with an answered batch (`healthy`).
                     let mut st = slot.lock();
-                    st.failures = 0;
                     st.ejected_until = None;
                     st.conn = Some(c.clone());
                     Ok(c)
@@ -742,6 +742,7 @@ impl Client {
             Arc::clone(slot),
         );
         let backoff = (opts.backoff_min, opts.backoff_max);
+        let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             let guard = slot.connecting.lock().await;
             let result = match slot.live(Instant::now()) {
@@ -749,20 +750,17 @@ impl Client {
                 None => connect(&endpoint, &config, &opts, &slot).await,
             };
             drop(guard);
-            {
-                let mut st = slot.lock();
-                match result {
-                    Ok(c) => {
-                        st.conn = Some(c);
-                        st.failures = 0;
-                        st.ejected_until = None;
-                    }
-                    Err(_) => {
-                        let delay = backoff_delay(st.failures, backoff);
-                        st.failures = st.failures.saturating_add(1);
-                        st.ejected_until = Some(Instant::now() + delay);
-                    }
+            match result {
+                Ok(c) => {
+                    // The failure streak ends when a batch is answered (`healthy`),
+                    // not at the handshake: a replica that accepts and drops every
+                    // connection keeps backing off longer.
+                    let mut st = slot.lock();
+                    st.conn = Some(c);
+                    st.ejected_until = None;
                 }
+                // Counted as an ejection like any other failed connect.
+                Err(_) => eject(&slot, &shared, backoff),
             }
             slot.reconnecting.store(false, Ordering::Release);
         });
