@@ -162,6 +162,45 @@ async fn a_check_past_its_deadline_fails_and_the_rest_still_decide() {
     assert_eq!(after.abandoned, before.abandoned + 1, "{after:?}");
 }
 
+/// A check whose deadline passes before its batch fails is answered
+/// `Deadline` once and not counted again as failed by the batch: each check is
+/// one answer and one count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_past_its_deadline_is_not_counted_again_when_its_batch_fails() {
+    let k = keys();
+    let (_open, gate) = watch::channel(false);
+    let r = start(
+        TestBackend::gated(snapshot(1, &k, false), gate),
+        holding(),
+        false,
+    );
+    let tls = jotd_transport::client_config(r.pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = jotd_transport::ClientOptions::new(vec![r.addr], tls);
+    opts.batch_timeout = Duration::from_millis(500);
+    opts.hedge.enabled = false;
+    let client = Arc::new(jotd_transport::Client::new(opts).unwrap());
+    client.connect_all().await.unwrap();
+    let batcher = Batcher::new(Arc::clone(&client), BatcherOptions::default());
+    let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let late = batcher.check(
+        check(&held, "jwks"),
+        Instant::now() + Duration::from_millis(100),
+    );
+    let waiting = batcher.check(
+        check(&held, "jwks"),
+        Instant::now() + Duration::from_secs(5),
+    );
+    let (late, waiting) = tokio::join!(late, waiting);
+    assert_eq!(late, Err(CheckError::Deadline));
+    assert!(
+        matches!(waiting, Err(CheckError::Client(ref e)) if e.kind() == "timeout"),
+        "{waiting:?}"
+    );
+    let stats = batcher.stats();
+    assert_eq!(stats.items, 2, "{stats:?}");
+    assert_eq!(stats.failed, 1, "only the check still waiting: {stats:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_check_delays_only_itself_not_its_batch() {
     let k = keys();

@@ -147,7 +147,8 @@ pub struct BatcherStats {
     pub abandoned: u64,
     /// Checks refused because the queue was full.
     pub overloaded: u64,
-    /// Checks whose batch failed.
+    /// Checks whose batch failed while their caller still waited (a check
+    /// whose deadline passed first is not counted here).
     pub failed: u64,
 }
 
@@ -402,7 +403,10 @@ fn send(
         // silence.
         let undecided = replies.iter().filter(|r| r.is_some()).count();
         if undecided > 0 {
-            counters.failed.fetch_add(undecided as u64, Relaxed);
+            // Counted only for callers still waiting: one whose deadline passed
+            // first has had its answer (`Deadline`) and is not counted twice.
+            let waiting = replies.iter().flatten().filter(|r| !r.is_closed()).count();
+            counters.failed.fetch_add(waiting as u64, Relaxed);
             let e = match outcome {
                 Err(e) => e,
                 Ok(()) => ClientError::Incomplete(undecided),
