@@ -151,8 +151,7 @@ fn one() -> Spanned<usize> {
 struct RawProxy {
     listen: Spanned<String>,
     upstreams: Vec<Spanned<String>>,
-    #[serde(default = "upstream_timeout")]
-    upstream_timeout_ms: u64,
+    upstream_timeout_ms: Option<Spanned<u64>>,
 }
 
 const fn upstream_timeout() -> u64 {
@@ -202,59 +201,39 @@ struct RawRoute {
     tenant: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Each limit with where it was written (for errors); absent ones take their default.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
-    #[serde(default = "max_body")]
-    max_body_bytes: usize,
-    #[serde(default = "body_timeout")]
-    body_timeout_ms: u64,
-    #[serde(default = "max_connections")]
-    max_connections: usize,
-    #[serde(default = "max_upstream")]
-    max_upstream_bytes: usize,
-    #[serde(default = "max_calls")]
-    max_batch_calls: usize,
-    #[serde(default = "max_token")]
-    max_token_bytes: usize,
-    #[serde(default = "websocket_recheck")]
-    websocket_recheck_ms: u64,
-}
-
-impl Default for RawLimits {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: max_body(),
-            body_timeout_ms: body_timeout(),
-            max_connections: max_connections(),
-            max_upstream_bytes: max_upstream(),
-            max_batch_calls: max_calls(),
-            max_token_bytes: max_token(),
-            websocket_recheck_ms: websocket_recheck(),
-        }
-    }
+    max_body_bytes: Option<Spanned<u64>>,
+    body_timeout_ms: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
+    max_upstream_bytes: Option<Spanned<u64>>,
+    max_batch_calls: Option<Spanned<u64>>,
+    max_token_bytes: Option<Spanned<u64>>,
+    websocket_recheck_ms: Option<Spanned<u64>>,
 }
 
 const fn websocket_recheck() -> u64 {
     30_000
 }
 
-const fn max_body() -> usize {
+const fn max_body() -> u64 {
     1 << 20
 }
 const fn body_timeout() -> u64 {
     10_000
 }
-const fn max_connections() -> usize {
+const fn max_connections() -> u64 {
     10_000
 }
-const fn max_upstream() -> usize {
+const fn max_upstream() -> u64 {
     64 << 20
 }
-const fn max_calls() -> usize {
+const fn max_calls() -> u64 {
     100
 }
-const fn max_token() -> usize {
+const fn max_token() -> u64 {
     8 << 10
 }
 
@@ -530,10 +509,21 @@ impl Config {
                     }
                     upstreams.push(uri);
                 }
+                let upstream_timeout_ms = match &px.upstream_timeout_ms {
+                    None => upstream_timeout(),
+                    Some(t) if (1..=3_600_000).contains(t.get_ref()) => *t.get_ref(),
+                    Some(t) => {
+                        return Err(err(
+                            t.span(),
+                            "upstream_timeout_ms",
+                            format!("{}: must be 1 to 3600000", t.get_ref()),
+                        ));
+                    }
+                };
                 Some(Proxy {
                     listen: listen(&px.listen, "listen")?,
                     upstreams,
-                    upstream_timeout: Duration::from_millis(px.upstream_timeout_ms.max(1)),
+                    upstream_timeout: Duration::from_millis(upstream_timeout_ms),
                 })
             }
         };
@@ -621,17 +611,47 @@ impl Config {
                 .map_err(|e| err(params.span(), method, e))?;
         }
 
+        // Every limit from 1 to a bound past any real use: 0 would refuse or
+        // time out everything, and a huge count panicked at start (a semaphore).
         let l = raw.limits;
-        if l.max_body_bytes == 0
-            || l.max_batch_calls == 0
-            || l.max_token_bytes == 0
-            || l.body_timeout_ms == 0
-            || l.max_connections == 0
-            || l.max_upstream_bytes == 0
-            || l.websocket_recheck_ms == 0
-        {
-            return Err(err(0..0, "limits", "limits must be above 0".into()));
-        }
+        let limit = |v: &Option<Spanned<u64>>, key: &str, default: u64, max: u64| match v {
+            None => Ok(default),
+            Some(s) if (1..=max).contains(s.get_ref()) => Ok(*s.get_ref()),
+            Some(s) => Err(err(
+                s.span(),
+                &format!("limits.{key}"),
+                format!("{}: must be 1 to {max}", s.get_ref()),
+            )),
+        };
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        const HOUR_MS: u64 = 3_600_000;
+        let max_body_bytes = limit(&l.max_body_bytes, "max_body_bytes", max_body(), 1 << 30)?;
+        let body_timeout_ms = limit(
+            &l.body_timeout_ms,
+            "body_timeout_ms",
+            body_timeout(),
+            HOUR_MS,
+        )?;
+        let max_connections = limit(
+            &l.max_connections,
+            "max_connections",
+            max_connections(),
+            1_000_000,
+        )?;
+        let max_upstream_bytes = limit(
+            &l.max_upstream_bytes,
+            "max_upstream_bytes",
+            max_upstream(),
+            1 << 30,
+        )?;
+        let max_batch_calls = limit(&l.max_batch_calls, "max_batch_calls", max_calls(), 100_000)?;
+        let max_token_bytes = limit(&l.max_token_bytes, "max_token_bytes", max_token(), 1 << 20)?;
+        let websocket_recheck_ms = limit(
+            &l.websocket_recheck_ms,
+            "websocket_recheck_ms",
+            websocket_recheck(),
+            24 * HOUR_MS,
+        )?;
         Ok(Self {
             file: file.to_owned(),
             pool,
@@ -643,13 +663,13 @@ impl Config {
             routes,
             addresses,
             limits: Limits {
-                max_body_bytes: l.max_body_bytes,
-                body_timeout: Duration::from_millis(l.body_timeout_ms),
-                max_connections: l.max_connections,
-                max_upstream_bytes: l.max_upstream_bytes,
-                max_batch_calls: l.max_batch_calls,
-                max_token_bytes: l.max_token_bytes,
-                websocket_recheck: Duration::from_millis(l.websocket_recheck_ms),
+                max_body_bytes: size(max_body_bytes),
+                body_timeout: Duration::from_millis(body_timeout_ms),
+                max_connections: size(max_connections),
+                max_upstream_bytes: size(max_upstream_bytes),
+                max_batch_calls: size(max_batch_calls),
+                max_token_bytes: size(max_token_bytes),
+                websocket_recheck: Duration::from_millis(websocket_recheck_ms),
             },
         })
     }

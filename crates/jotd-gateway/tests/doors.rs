@@ -992,8 +992,38 @@ fn config_errors_name_file_line_and_key() {
             "eth_x",
         ),
     ];
+    // Every limit: 0 and a value past its bound (a huge max_connections panicked
+    // at start) are refused on their own line, and so is a zero upstream timeout
+    // (it was quietly read as 1 ms).
+    let base = "[pool]\nendpoints = [\"127.0.0.1:1\"]\nca_file = \"ca.pem\"\n[proxy]\nlisten = \"127.0.0.1:1\"\nupstreams = [\"http://127.0.0.1:2\"]\n";
+    let mut more = Vec::new();
+    for key in [
+        "max_body_bytes",
+        "body_timeout_ms",
+        "max_connections",
+        "max_upstream_bytes",
+        "max_batch_calls",
+        "max_token_bytes",
+        "websocket_recheck_ms",
+    ] {
+        for bad in ["0", "18446744073709551615"] {
+            more.push((
+                format!("{base}[[route]]\ntenant = \"a\"\n[limits]\n{key} = {bad}\n"),
+                format!("limits.{key}"),
+            ));
+        }
+    }
+    more.push((
+        base.replace("upstreams =", "upstream_timeout_ms = 0\nupstreams =")
+            + "[[route]]\ntenant = \"a\"\n",
+        "upstream_timeout_ms".to_owned(),
+    ));
+    let cases = cases
+        .iter()
+        .map(|(t, k)| ((*t).to_owned(), (*k).to_owned()))
+        .chain(more);
     for (text, key) in cases {
-        std::fs::write(&file, text).unwrap();
+        std::fs::write(&file, &text).unwrap();
         let e = Config::load(&file).unwrap_err();
         assert_eq!(e.key, key, "{e}");
         assert!(e.line.is_some(), "{e}");

@@ -156,6 +156,21 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
             let listen = args
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4433)));
+            // The development defaults hold demo keys whose private halves sit in
+            // the dev directory, and an admin port without authentication: they
+            // serve loopback only (checked before anything is written).
+            let admin = args
+                .admin
+                .as_deref()
+                .filter(|a| *a != "off")
+                .and_then(|a| a.parse::<SocketAddr>().ok());
+            for (flag, addr) in [("--listen", Some(listen)), ("--admin", admin)] {
+                if let Some(a) = addr.filter(|a| !a.ip().is_loopback()) {
+                    anyhow::bail!(
+                        "{flag} {a}: development defaults (no --config) serve loopback addresses only; write a config (docs/configuration.md) to serve {a}"
+                    );
+                }
+            }
             (dev::generate(&args.dev_dir, &listen.to_string())?, true)
         }
     };
@@ -177,6 +192,9 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         };
     }
     if let Some(t) = args.threads {
+        if t > 1024 {
+            anyhow::bail!("--threads {t}: must be at most 1024 (0: one per core)");
+        }
         settings.verify_threads = t;
     }
     if let Some(f) = &args.log_format {

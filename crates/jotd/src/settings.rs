@@ -67,6 +67,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The largest `[verify] cache_entries`: 16M entries (the map is sized for them at start).
+const MAX_CACHE_ENTRIES: usize = 1 << 24;
+/// The largest `[verify] cache_bytes`: 64 GiB.
+const MAX_CACHE_BYTES: usize = 64 << 30;
+/// The longest `[verify] cache_max_ttl_s`: one day.
+const MAX_CACHE_TTL_S: u64 = 86_400;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
@@ -455,13 +462,28 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
             ));
         }
         if let Err(e) = s.server.validate() {
-            return Err(ctx.err("server", e.key, e.message));
+            // The library names its fields; the file names them with their unit.
+            let key = match e.key {
+                "idle_timeout" | "keep_alive" => format!("{}_s", e.key),
+                "request_timeout" | "write_timeout" | "refetch_hold" | "handshake_timeout" => {
+                    format!("{}_ms", e.key)
+                }
+                other => other.to_owned(),
+            };
+            return Err(ctx.err("server", &key, e.message));
         }
         s.io_threads = r.io_threads.unwrap_or(0);
         if s.io_threads > 256 {
             return Err(ctx.err("server", "io_threads", "must be at most 256 (0: automatic)"));
         }
         if let Some(v) = r.watch_interval_s {
+            if v > 86_400 {
+                return Err(ctx.err(
+                    "server",
+                    "watch_interval_s",
+                    format_args!("{v}: at most 86400 seconds (0: SIGHUP only)"),
+                ));
+            }
             s.watch_interval = (v > 0).then(|| Duration::from_secs(v));
         }
     }
@@ -486,7 +508,16 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
             s.engine.cache = None;
         } else {
             let mut c = CacheConfig::default();
+            // The map is sized for its entries up front: a bound past any machine's
+            // memory is refused here, not met by an allocation failure at start.
             if let Some(v) = r.cache_entries {
+                if v > MAX_CACHE_ENTRIES {
+                    return Err(ctx.err(
+                        "verify",
+                        "cache_entries",
+                        format_args!("{v}: at most {MAX_CACHE_ENTRIES}"),
+                    ));
+                }
                 c.max_entries = NonZeroUsize::new(v).ok_or_else(|| {
                     ctx.err(
                         "verify",
@@ -496,6 +527,13 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
                 })?;
             }
             if let Some(v) = r.cache_bytes {
+                if v > MAX_CACHE_BYTES {
+                    return Err(ctx.err(
+                        "verify",
+                        "cache_bytes",
+                        format_args!("{v}: at most {MAX_CACHE_BYTES} (64 GiB)"),
+                    ));
+                }
                 c.max_bytes = NonZeroUsize::new(v).ok_or_else(|| {
                     ctx.err(
                         "verify",
@@ -505,6 +543,15 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
                 })?;
             }
             if let Some(v) = r.cache_max_ttl_s {
+                if !(1..=MAX_CACHE_TTL_S).contains(&v) {
+                    return Err(ctx.err(
+                        "verify",
+                        "cache_max_ttl_s",
+                        format_args!(
+                            "{v}: 1 to {MAX_CACHE_TTL_S} seconds (set cache = false to disable)"
+                        ),
+                    ));
+                }
                 c.max_ttl = Duration::from_secs(v);
             }
             s.engine.cache = Some(c);
@@ -842,6 +889,48 @@ level = "jotd=debug"
             assert!(
                 e.starts_with(&format!("/etc/jotd/jotd.toml:2: jwks_fetch.{key}:"))
                     && e.contains(line),
+                "{key} = {bad}: {e}"
+            );
+        }
+        // Sizes past any machine's memory and times past any use are refused with
+        // their line (a cache of u64::MAX entries aborted the process at start).
+        for (section, key, bad, want) in [
+            (
+                "verify",
+                "cache_entries",
+                "18446744073709551615",
+                "at most 16777216",
+            ),
+            (
+                "verify",
+                "cache_bytes",
+                "18446744073709551615",
+                "at most 68719476736",
+            ),
+            ("verify", "cache_max_ttl_s", "0", "1 to 86400 seconds"),
+            (
+                "verify",
+                "cache_max_ttl_s",
+                "18446744073709551615",
+                "1 to 86400 seconds",
+            ),
+            (
+                "server",
+                "watch_interval_s",
+                "18446744073709551615",
+                "at most 86400",
+            ),
+            (
+                "server",
+                "idle_timeout_s",
+                "18446744073709551615",
+                "too long for QUIC",
+            ),
+        ] {
+            let e = p(&format!("[{section}]\n{key} = {bad}\n")).unwrap_err();
+            assert!(
+                e.starts_with(&format!("/etc/jotd/jotd.toml:2: {section}.{key}:"))
+                    && e.contains(want),
                 "{key} = {bad}: {e}"
             );
         }

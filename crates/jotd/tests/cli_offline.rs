@@ -481,3 +481,44 @@ fn check_answers_bad_lines_and_goes_on() {
     assert!(why(1).starts_with("input line 2: not UTF-8"), "{}", why(1));
     assert_eq!(why(2), "input line 3: longer than 1048576 bytes");
 }
+
+/// The development defaults (demo keys, an admin port without authentication)
+/// never serve a non-loopback address, and a `--threads` past the config's own
+/// bound is refused like the config key: each a one-line error naming the flag,
+/// before anything is written or started.
+#[test]
+fn dev_defaults_stay_on_loopback_and_flags_keep_the_configs_bounds() {
+    let scratch = scratch_dir("dev-flags");
+    let dev = scratch.path().join("dev");
+    let dev_dir = dev.to_str().unwrap();
+    for (flag, value) in [("--listen", "0.0.0.0:0"), ("--admin", "[::]:0")] {
+        let out = jotd(&["serve", "--dev-dir", dev_dir, flag, value], None);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("{flag} {value}")) && err.contains("loopback addresses only"),
+            "{err}"
+        );
+        assert!(!dev.exists(), "nothing written for a refused start");
+    }
+    let out = jotd(
+        &[
+            "serve",
+            "--dev-dir",
+            dev_dir,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--threads",
+            "100000",
+        ],
+        None,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--threads 100000: must be at most 1024"),
+        "{err}"
+    );
+}
