@@ -102,7 +102,7 @@ pub struct RunArgs {
     #[arg(long)]
     metrics_url: Option<String>,
     /// Soak: every this many seconds, rewrite `--reload-config` with a rotated key.
-    #[arg(long, requires = "reload_config")]
+    #[arg(long, requires = "reload_config", value_parser = clap::value_parser!(u64).range(1..))]
     reload_every: Option<u64>,
     /// Soak: the daemon's config file (its last tenant gets the rotated key).
     #[arg(long)]
@@ -128,7 +128,10 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     if !(secs.is_finite() && secs > 0.0) {
         bail!("--duration `{text}` must be positive");
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| *d <= Duration::from_secs(365 * 86_400))
+        .with_context(|| format!("--duration `{text}`: at most a year"))
 }
 
 /// The report (`--json`); these field names are relied on by scripts.
@@ -509,6 +512,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get));
+    if !(1..=1024).contains(&threads) {
+        bail!("--threads {threads}: must be 1 to 1024");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -518,8 +524,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         None => "closed loop (max)".into(),
     };
     let interval = match args.rate {
-        Some(r) if r > 0.0 && r.is_finite() => Some(Duration::from_secs_f64(args.batch as f64 / r)),
-        Some(_) => bail!("--rate must be a positive number of tokens per second"),
+        // At least one token a second: a slower rate's interval overflows a clock.
+        Some(r) if (1.0..=1e12).contains(&r) => {
+            Some(Duration::from_secs_f64(args.batch as f64 / r))
+        }
+        Some(r) => bail!("--rate {r:e}: must be 1 to 1e12 tokens per second"),
         None => None,
     };
     let rss_start = args
@@ -812,6 +821,10 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("0").is_err());
+        // Past a year (and past what a Duration holds): an error, not a panic.
+        assert!(parse_duration("99999999999999999999999").is_err());
+        assert!(parse_duration("400d").is_err());
+        assert!(parse_duration("366h").is_ok());
         assert!(parse_duration("").is_err());
     }
 }

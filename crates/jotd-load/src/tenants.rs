@@ -221,7 +221,10 @@ pub(crate) fn mint(a: &MintArgs) -> anyhow::Result<()> {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     claims.entry("iat").or_insert(now.into());
-    claims.entry("exp").or_insert((now + a.lifetime).into());
+    let exp = now
+        .checked_add(a.lifetime)
+        .with_context(|| format!("--lifetime {}: too long", a.lifetime))?;
+    claims.entry("exp").or_insert(exp.into());
     let token = key
         .mint(
             a.kid.as_deref(),
