@@ -480,6 +480,28 @@ impl Config {
             ));
         }
 
+        // Where each listener's address was written, for a clash between two.
+        let listen_spans: Vec<(&str, std::ops::Range<usize>)> = [
+            (
+                "proxy",
+                raw.proxy.as_ref().map(|x| x.get_ref().listen.span()),
+            ),
+            (
+                "forward_auth",
+                raw.forward_auth.as_ref().map(|x| x.get_ref().listen.span()),
+            ),
+            (
+                "ext_authz",
+                raw.ext_authz.as_ref().map(|x| x.get_ref().listen.span()),
+            ),
+            (
+                "admin",
+                raw.admin.as_ref().map(|x| x.get_ref().listen.span()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(n, s)| s.map(|s| (n, s)))
+        .collect();
         let proxy = match raw.proxy {
             None => None,
             Some(px) => {
@@ -567,6 +589,37 @@ impl Config {
                 })
             })
             .transpose()?;
+        // Two listeners on one port (the same address, or one on all addresses)
+        // would fail at bind with no line to go on: refused here, at the second.
+        let addrs: Vec<(&str, SocketAddr)> = [
+            ("proxy", proxy.as_ref().map(|x| x.listen)),
+            ("forward_auth", forward_auth.as_ref().map(|x| x.listen)),
+            ("ext_authz", ext_authz.as_ref().map(|x| x.listen)),
+            ("admin", admin),
+        ]
+        .into_iter()
+        .filter_map(|(n, a)| a.map(|a| (n, a)))
+        .collect();
+        for (j, (name, b)) in addrs.iter().enumerate() {
+            let clash = addrs[..j].iter().find(|(_, a)| {
+                a.port() == b.port()
+                    && a.port() != 0
+                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+            });
+            if let Some((first, a)) = clash {
+                let span = listen_spans
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(0..0, |(_, s)| s.clone());
+                return Err(err(
+                    span,
+                    "listen",
+                    format!(
+                        "[{name}] {b} takes the port of [{first}] {a}: give each listener its own"
+                    ),
+                ));
+            }
+        }
         if proxy.is_none() && forward_auth.is_none() && ext_authz.is_none() {
             return Err(err(
                 0..0,

@@ -30,10 +30,14 @@ enum Cmd {
         #[arg(long)]
         dev: bool,
         /// With --dev: the folder `jotd serve` wrote.
-        #[arg(long, default_value = "jotd-dev")]
+        #[arg(long, default_value = "jotd-dev", conflicts_with = "config")]
         dev_dir: PathBuf,
         /// With --dev: the upstream node(s).
-        #[arg(long, default_value = "http://127.0.0.1:8545")]
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8545",
+            conflicts_with = "config"
+        )]
         upstream: Vec<String>,
     },
     /// Config commands.

@@ -1013,6 +1013,17 @@ fn config_errors_name_file_line_and_key() {
             ));
         }
     }
+    // Two listeners on one port, the same address or one on all addresses.
+    for second in ["127.0.0.1:1", "0.0.0.0:1"] {
+        more.push((
+            format!("{base}[forward_auth]\nlisten = \"{second}\"\n[[route]]\ntenant = \"a\"\n"),
+            "listen".to_owned(),
+        ));
+    }
+    more.push((
+        format!("{base}[admin]\nlisten = \"127.0.0.1:1\"\n[[route]]\ntenant = \"a\"\n"),
+        "listen".to_owned(),
+    ));
     more.push((
         base.replace("upstreams =", "upstream_timeout_ms = 0\nupstreams =")
             + "[[route]]\ntenant = \"a\"\n",
