@@ -165,6 +165,16 @@ fn fetched_jwks_keys_survive_reloads() {
     );
 }
 
+/// After a read of the denylist that found it torn (empty): mallory still
+/// passes; the next check reads it again (`why`) and revokes her; then nothing
+/// is left to read.
+fn read_torn_then_again(r: &Reloader, mallory: &str, why: &str) {
+    assert_eq!(decide(r, mallory), Reason::Ok, "the torn read had no entry");
+    assert!(matches!(r.reload_if_changed(), Some(Ok(_))), "{why}");
+    assert_eq!(decide(r, mallory), Reason::Revoked, "{why}");
+    assert!(r.reload_if_changed().is_none(), "and then left alone");
+}
+
 /// A file read while it is being rewritten (truncated, then written) is read again
 /// on the next check: it is stamped before the read, so the finished file's stamp
 /// differs from the one recorded. Stamped after the read, the half-written denylist
@@ -221,17 +231,7 @@ fn a_file_read_mid_write_is_read_again() {
         ),
     );
     assert!(matches!(r.reload_if_changed(), Some(Ok(_))));
-    assert_eq!(
-        decide(&r, &mallory),
-        Reason::Ok,
-        "the torn read had no entry"
-    );
-    assert!(
-        matches!(r.reload_if_changed(), Some(Ok(_))),
-        "the finished file is read again"
-    );
-    assert_eq!(decide(&r, &mallory), Reason::Revoked);
-    assert!(r.reload_if_changed().is_none(), "and then left alone");
+    read_torn_then_again(&r, &mallory, "the finished file is read again");
 }
 
 /// A file the config names for the first time (at start, or added by a reload)
@@ -306,27 +306,14 @@ fn a_new_file_modified_while_it_was_read_is_read_again() {
     );
     torn.lock().unwrap().push(path("revoked.toml"));
     assert!(matches!(r.reload_if_changed(), Some(Ok(_))));
-    assert_eq!(
-        decide(&r, &mallory),
-        Reason::Ok,
-        "the torn read had no entry"
+    read_torn_then_again(
+        &r,
+        &mallory,
+        "a new file modified during its read is read again",
     );
-    assert!(
-        matches!(r.reload_if_changed(), Some(Ok(_))),
-        "a new file modified during its read is read again"
-    );
-    assert_eq!(decide(&r, &mallory), Reason::Revoked);
-    assert!(r.reload_if_changed().is_none(), "and then left alone");
 
     // The same at start: the denylist read torn, read again at the first check.
     torn.lock().unwrap().push(path("revoked.toml"));
     let r = start(Arc::clone(&torn));
-    assert_eq!(
-        decide(&r, &mallory),
-        Reason::Ok,
-        "the torn read had no entry"
-    );
-    assert!(matches!(r.reload_if_changed(), Some(Ok(_))));
-    assert_eq!(decide(&r, &mallory), Reason::Revoked);
-    assert!(r.reload_if_changed().is_none());
+    read_torn_then_again(&r, &mallory, "a file read torn at start is read again");
 }

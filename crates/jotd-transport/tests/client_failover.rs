@@ -215,8 +215,9 @@ async fn failed_background_reconnects_are_counted() {
     good.stop().await;
 }
 
-/// A server that reads every request and resets its answer stream.
-async fn resetting_server(pki: &DevPki) -> SocketAddr {
+/// A bare QUIC server with the dev certificate and `transport` settings: the
+/// misbehaving replicas below are built on it.
+fn bare_server(pki: &DevPki, transport: quinn::TransportConfig) -> quinn::Endpoint {
     let tls = server_config(
         pki.server_cert_pem.as_bytes(),
         pki.server_key_pem.as_bytes(),
@@ -224,11 +225,14 @@ async fn resetting_server(pki: &DevPki) -> SocketAddr {
     )
     .unwrap();
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::server(
-        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+/// A server that reads every request and resets its answer stream.
+async fn resetting_server(pki: &DevPki) -> SocketAddr {
+    let endpoint = bare_server(pki, quinn::TransportConfig::default());
     let addr = endpoint.local_addr().unwrap();
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
@@ -279,18 +283,9 @@ async fn a_replica_that_resets_its_streams_is_skipped() {
 /// A server that completes every handshake and keeps the connection alive but
 /// grants no stream: a replica whose streams are all stuck.
 async fn streamless_server(pki: &DevPki) -> SocketAddr {
-    let tls = server_config(
-        pki.server_cert_pem.as_bytes(),
-        pki.server_key_pem.as_bytes(),
-        None,
-    )
-    .unwrap();
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(0u32.into());
-    config.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let endpoint = bare_server(pki, transport);
     let addr = endpoint.local_addr().unwrap();
     tokio::spawn(async move {
         let mut held = Vec::new();
