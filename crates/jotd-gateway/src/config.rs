@@ -102,8 +102,7 @@ struct RawPool {
     client_key_file: Option<Spanned<String>>,
     #[serde(default = "localhost")]
     server_name: String,
-    #[serde(default = "check_timeout")]
-    check_timeout_ms: u64,
+    check_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     failure_mode: FailureMode,
 }
@@ -448,15 +447,23 @@ impl Config {
                 ));
             }
         };
-        if p.check_timeout_ms == 0 {
-            return Err(err(pool_span, "check_timeout_ms", "must be above 0".into()));
-        }
+        let check_timeout_ms = match &p.check_timeout_ms {
+            None => check_timeout(),
+            Some(t) if (1..=3_600_000).contains(t.get_ref()) => *t.get_ref(),
+            Some(t) => {
+                return Err(err(
+                    t.span(),
+                    "check_timeout_ms",
+                    format!("{}: must be 1 to 3600000", t.get_ref()),
+                ));
+            }
+        };
         let pool = Pool {
             endpoints: p.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
             ca_file: resolve(p.ca_file.get_ref()),
             client_cert,
             server_name: p.server_name,
-            check_timeout: Duration::from_millis(p.check_timeout_ms),
+            check_timeout: Duration::from_millis(check_timeout_ms),
             failure_mode: p.failure_mode,
         };
 

@@ -1024,6 +1024,13 @@ fn config_errors_name_file_line_and_key() {
         format!("{base}[admin]\nlisten = \"127.0.0.1:1\"\n[[route]]\ntenant = \"a\"\n"),
         "listen".to_owned(),
     ));
+    for bad in ["0", "18446744073709551615"] {
+        more.push((
+            base.replace("ca_file =", &format!("check_timeout_ms = {bad}\nca_file ="))
+                + "[[route]]\ntenant = \"a\"\n",
+            "check_timeout_ms".to_owned(),
+        ));
+    }
     more.push((
         base.replace("upstreams =", "upstream_timeout_ms = 0\nupstreams =")
             + "[[route]]\ntenant = \"a\"\n",
