@@ -213,6 +213,9 @@ struct RawLimits {
     websocket_recheck_ms: Option<Spanned<u64>>,
 }
 
+/// The longest time a config value may give: an hour, in milliseconds.
+const HOUR_MS: u64 = 3_600_000;
+
 const fn websocket_recheck() -> u64 {
     30_000
 }
@@ -378,6 +381,16 @@ impl Config {
             key: key.to_owned(),
             message,
         };
+        // A count or a time from 1 to `max` (its default when absent), or an error on its line.
+        let ranged = |v: &Option<Spanned<u64>>, key: &str, default: u64, max: u64| match v {
+            None => Ok(default),
+            Some(s) if (1..=max).contains(s.get_ref()) => Ok(*s.get_ref()),
+            Some(s) => Err(err(
+                s.span(),
+                key,
+                format!("{}: must be 1 to {max}", s.get_ref()),
+            )),
+        };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let message = e.message().trim().to_owned();
             let key = message
@@ -447,17 +460,12 @@ impl Config {
                 ));
             }
         };
-        let check_timeout_ms = match &p.check_timeout_ms {
-            None => check_timeout(),
-            Some(t) if (1..=3_600_000).contains(t.get_ref()) => *t.get_ref(),
-            Some(t) => {
-                return Err(err(
-                    t.span(),
-                    "check_timeout_ms",
-                    format!("{}: must be 1 to 3600000", t.get_ref()),
-                ));
-            }
-        };
+        let check_timeout_ms = ranged(
+            &p.check_timeout_ms,
+            "check_timeout_ms",
+            check_timeout(),
+            HOUR_MS,
+        )?;
         let pool = Pool {
             endpoints: p.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
             ca_file: resolve(p.ca_file.get_ref()),
@@ -538,17 +546,12 @@ impl Config {
                     }
                     upstreams.push(uri);
                 }
-                let upstream_timeout_ms = match &px.upstream_timeout_ms {
-                    None => upstream_timeout(),
-                    Some(t) if (1..=3_600_000).contains(t.get_ref()) => *t.get_ref(),
-                    Some(t) => {
-                        return Err(err(
-                            t.span(),
-                            "upstream_timeout_ms",
-                            format!("{}: must be 1 to 3600000", t.get_ref()),
-                        ));
-                    }
-                };
+                let upstream_timeout_ms = ranged(
+                    &px.upstream_timeout_ms,
+                    "upstream_timeout_ms",
+                    upstream_timeout(),
+                    HOUR_MS,
+                )?;
                 Some(Proxy {
                     listen: listen(&px.listen, "listen")?,
                     upstreams,
@@ -674,17 +677,10 @@ impl Config {
         // Every limit from 1 to a bound past any real use: 0 would refuse or
         // time out everything, and a huge count panicked at start (a semaphore).
         let l = raw.limits;
-        let limit = |v: &Option<Spanned<u64>>, key: &str, default: u64, max: u64| match v {
-            None => Ok(default),
-            Some(s) if (1..=max).contains(s.get_ref()) => Ok(*s.get_ref()),
-            Some(s) => Err(err(
-                s.span(),
-                &format!("limits.{key}"),
-                format!("{}: must be 1 to {max}", s.get_ref()),
-            )),
+        let limit = |v: &Option<Spanned<u64>>, key: &str, default: u64, max: u64| {
+            ranged(v, &format!("limits.{key}"), default, max)
         };
         let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-        const HOUR_MS: u64 = 3_600_000;
         let max_body_bytes = limit(&l.max_body_bytes, "max_body_bytes", max_body(), 1 << 30)?;
         let body_timeout_ms = limit(
             &l.body_timeout_ms,
