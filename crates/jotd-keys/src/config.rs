@@ -127,6 +127,35 @@ pub fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     }
 }
 
+/// The 1-based line where the key at `path` (a table path, then the key:
+/// `["server", "listen"]`, or `["max_jwks_keys"]` at the top) is written in
+/// `text`, read by the TOML parser itself: dotted keys, inline tables and
+/// headers with comments all locate. `None` when the text does not parse or
+/// has no such key.
+#[must_use]
+pub fn line_of_key(text: &str, path: &[&str]) -> Option<usize> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let (last, tables) = path.split_last()?;
+    let mut table = doc.get_ref();
+    for name in tables {
+        let (_, v) = table.iter().find(|(k, _)| k.get_ref() == name)?;
+        let toml::de::DeValue::Table(t) = v.get_ref() else {
+            return None;
+        };
+        table = t;
+    }
+    let (k, v) = table.iter().find(|(k, _)| k.get_ref() == last)?;
+    // A key's own span, else its value's (the parser may leave either unset).
+    let at = [k.span(), v.span()].into_iter().find(|s| s.end > 0)?.start;
+    Some(
+        text.as_bytes()[..at.min(text.len())]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1,
+    )
+}
+
 /// One `[[tenant]]` as written (its fields are read by this crate only).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,19 +172,19 @@ pub struct RawTenant {
     #[serde(default = "yes")]
     pub(crate) require_exp: bool,
     #[serde(default)]
-    pub(crate) audiences: Vec<String>,
+    pub(crate) audiences: Option<Spanned<Vec<String>>>,
     #[serde(default)]
-    pub(crate) issuers: Vec<String>,
+    pub(crate) issuers: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub(crate) algorithms: Option<Spanned<Vec<String>>>,
     #[serde(default)]
-    pub(crate) no_auth_methods: Vec<String>,
+    pub(crate) no_auth_methods: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub(crate) leeway_s: Option<Spanned<u64>>,
     #[serde(default)]
     pub(crate) max_lifetime_s: Option<Spanned<u64>>,
     #[serde(default)]
-    pub(crate) claims_to_return: Vec<String>,
+    pub(crate) claims_to_return: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub(crate) required_claims: Option<Spanned<Vec<String>>>,
     #[serde(default)]

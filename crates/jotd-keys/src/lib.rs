@@ -22,11 +22,11 @@ mod tenants;
 
 pub use config::{
     ConfigError, DEFAULT_MAX_JWKS_KEYS, DEFAULT_MAX_KEYS_PER_TENANT, KeysSection, RawTenant,
-    toml_error,
+    line_of_key, toml_error,
 };
 pub use fetch::{
     FetchConfig, FetchError, FetchEvent, FetchObserver, JwksFetcher, JwksUrlError, MAX_REDIRECTS,
-    MAX_WAITERS, PARALLEL_FETCHES, SourceHealth, check_jwks_url, max_age,
+    MAX_WAITERS, PARALLEL_FETCHES, SourceHealth, check_fetch_config, check_jwks_url, max_age,
 };
 pub use load::{KeysConfig, load, load_section, read_text};
 pub use reload::{

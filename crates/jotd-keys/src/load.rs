@@ -76,14 +76,22 @@ pub fn load_section(
         message,
     };
     let loc = Locator { file, text };
-    if raw.max_keys_per_tenant == 0 {
-        return Err(whole("max_keys_per_tenant must be at least 1".into()));
+    let top = |key: &str, message: String| ConfigError {
+        line: crate::config::line_of_key(text, &[key]),
+        key: key.to_owned(),
+        ..whole(message)
+    };
+    if !(1..=1024).contains(&raw.max_keys_per_tenant) {
+        return Err(top(
+            "max_keys_per_tenant",
+            format!("{}: must be 1 to 1024", raw.max_keys_per_tenant),
+        ));
     }
     if !(1..=1024).contains(&raw.max_jwks_keys) {
-        return Err(whole(format!(
-            "max_jwks_keys = {}: must be 1 to 1024",
-            raw.max_jwks_keys
-        )));
+        return Err(top(
+            "max_jwks_keys",
+            format!("{}: must be 1 to 1024", raw.max_jwks_keys),
+        ));
     }
     let files_read = std::cell::RefCell::new(vec![file.to_owned()]);
     let tracking = |p: &Path| {
