@@ -157,18 +157,20 @@ pub(crate) fn tenant(
         }
         claims.max_lifetime = Some(Duration::from_secs(*m.get_ref()));
     }
-    claims.audiences = t.audiences.iter().map(|s| s.as_str().into()).collect();
-    claims.issuers = t.issuers.iter().map(|s| s.as_str().into()).collect();
-    if let Some(required) = &t.required_claims {
-        if required.get_ref().len() > 64 {
-            return cx.err(required.span(), &at("required_claims"), "at most 64 claims");
-        }
-        claims.required = required
-            .get_ref()
-            .iter()
-            .map(|s| s.as_str().into())
-            .collect();
-    }
+    claims.audiences = names(&cx, &t.audiences, &at("audiences"), MAX_NAMES)?
+        .iter()
+        .map(|s| s.as_str().into())
+        .collect();
+    claims.issuers = names(&cx, &t.issuers, &at("issuers"), MAX_NAMES)?
+        .iter()
+        .map(|s| s.as_str().into())
+        .collect();
+    claims.required = names(&cx, &t.required_claims, &at("required_claims"), 64)?
+        .iter()
+        .map(|s| s.as_str().into())
+        .collect();
+    let no_auth_methods = names(&cx, &t.no_auth_methods, &at("no_auth_methods"), MAX_NAMES)?;
+    let claims_to_return = names(&cx, &t.claims_to_return, &at("claims_to_return"), 64)?;
     claims.typ = TypRule {
         required: t.require_typ,
         ..TypRule::default()
@@ -232,7 +234,7 @@ pub(crate) fn tenant(
     ] {
         put(&mut ctx, part.as_bytes());
     }
-    for list in [&t.no_auth_methods, &t.claims_to_return] {
+    for list in [&no_auth_methods, &claims_to_return] {
         ctx.update(&(list.len() as u64).to_le_bytes());
         for s in list {
             put(&mut ctx, s.as_bytes());
@@ -324,16 +326,8 @@ pub(crate) fn tenant(
     tenant.claims = claims;
     tenant.policy = policy;
     tenant.require_jwt = t.require_jwt;
-    tenant.no_auth_methods = t
-        .no_auth_methods
-        .iter()
-        .map(|s| s.as_str().into())
-        .collect();
-    tenant.claims_to_return = t
-        .claims_to_return
-        .iter()
-        .map(|s| s.as_str().into())
-        .collect();
+    tenant.no_auth_methods = no_auth_methods.iter().map(|s| s.as_str().into()).collect();
+    tenant.claims_to_return = claims_to_return.iter().map(|s| s.as_str().into()).collect();
     let digest = ctx
         .finish()
         .as_ref()
@@ -503,6 +497,45 @@ fn jwks_source(
         alg,
         issuer,
     })
+}
+
+/// The most entries in a tenant's `audiences`, `issuers` or `no_auth_methods`.
+const MAX_NAMES: usize = 1024;
+
+/// A tenant's list of names (audiences, issuers, methods, claim names), each
+/// compared byte for byte with what tokens and requests carry: at most `max`
+/// entries, each 1 to 1,024 bytes without control characters or surrounding
+/// blanks. An empty entry (a template's unset variable) or `" aud"` matched
+/// nothing, or only a token crafted to match, and said nothing.
+fn names(
+    cx: &Ctx<'_, '_>,
+    list: &Option<Spanned<Vec<String>>>,
+    at: &str,
+    max: usize,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    if list.get_ref().len() > max {
+        return cx.err(list.span(), at, format_args!("at most {max} entries"));
+    }
+    for (i, name) in list.get_ref().iter().enumerate() {
+        if name.is_empty()
+            || name.len() > 1024
+            || name.chars().any(char::is_control)
+            || name.trim() != name
+        {
+            return cx.err(
+                list.span(),
+                at,
+                format_args!(
+                    "entry {i} `{}`: 1 to 1024 characters, no control characters, no leading or trailing blanks",
+                    name.escape_default()
+                ),
+            );
+        }
+    }
+    Ok(list.get_ref().clone())
 }
 
 /// A key's or source's `issuer`: non-empty, at most 1,024 bytes, no control characters.

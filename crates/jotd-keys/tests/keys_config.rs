@@ -403,8 +403,10 @@ fn snapshots_verify_tokens_and_epochs_follow_changes() {
 }
 
 /// A tenant's epoch digest feeds each rule with its length: moving a boundary
-/// inside a list (one name holding a NUL or \x01 against two names) or between
-/// two lists is a different configuration, so it must be a different epoch.
+/// inside a list (one name against two) or between two lists is a different
+/// configuration, so it must be a different epoch. (Names with control
+/// characters, which a separator-based digest confused, are refused outright:
+/// `name_lists_refuse_entries_that_match_nothing`.)
 #[test]
 fn list_boundaries_are_part_of_the_epoch() {
     let epoch = |lists: &str| {
@@ -418,11 +420,11 @@ fn list_boundaries_are_part_of_the_epoch() {
             .epoch
     };
     let cases = [
-        r#"no_auth_methods = ["a\u0000b"]"#,
+        r#"no_auth_methods = ["a b"]"#,
         r#"no_auth_methods = ["a", "b"]"#,
-        r#"no_auth_methods = ["a\u0000\u0001b"]"#,
+        r#"no_auth_methods = ["ab"]"#,
         "no_auth_methods = [\"a\"]\nclaims_to_return = [\"b\"]",
-        "no_auth_methods = [\"a\", \"b\"]\nclaims_to_return = [\"\"]",
+        "no_auth_methods = [\"a\", \"b\"]\nclaims_to_return = [\"c\"]",
         "claims_to_return = [\"a\", \"b\"]",
         "no_auth_methods = []",
     ];
@@ -665,7 +667,7 @@ fn max_jwks_keys_is_bounded() {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains(&format!("max_jwks_keys = {bad}: must be 1 to 1024")),
+            e.contains(&format!(":1: max_jwks_keys: {bad}: must be 1 to 1024")),
             "{e}"
         );
     }
@@ -674,6 +676,44 @@ fn max_jwks_keys_is_bounded() {
             .load()
             .is_ok()
     );
+}
+
+/// Every list of names a tenant compares byte for byte (audiences, issuers,
+/// required claims, no-auth methods, claims to return) refuses entries that
+/// can only be mistakes, on the list's line, and bounds its length.
+#[test]
+fn name_lists_refuse_entries_that_match_nothing() {
+    let key = "[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+    for field in [
+        "audiences",
+        "issuers",
+        "required_claims",
+        "no_auth_methods",
+        "claims_to_return",
+    ] {
+        for bad in ["\"\"", "\" api\"", "\"api \"", "\"a\\u0000b\"", "\"a\\tb\""] {
+            let e = err(&format!(
+                "[[tenant]]\nid = \"t\"\n{field} = [\"ok\", {bad}]\n{key}"
+            ));
+            assert_eq!(
+                (e.line, e.key.as_str()),
+                (Some(3), format!("tenant[0].{field}").as_str()),
+                "{field} = {bad}: {e}"
+            );
+            assert!(e.message.starts_with("entry 1 `"), "{e}");
+        }
+        let many: Vec<String> = (0..1025).map(|i| format!("\"n{i}\"")).collect();
+        let e = err(&format!(
+            "[[tenant]]\nid = \"t\"\n{field} = [{}]\n{key}",
+            many.join(", ")
+        ));
+        assert!(e.message.starts_with("at most "), "{field}: {e}");
+        let fine = Files::new(&format!(
+            "[[tenant]]\nid = \"t\"\n{field} = [\"https://a.example/x y\", \"eth_call\"]\n{key}"
+        ))
+        .load();
+        assert!(fine.is_ok(), "{field}: {:?}", fine.err());
+    }
 }
 
 /// `accepted_typ` lets a tenant take RFC 9068 access tokens (`at+jwt`) instead of
