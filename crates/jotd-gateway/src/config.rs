@@ -100,16 +100,12 @@ struct RawPool {
     ca_file: Spanned<String>,
     client_cert_file: Option<Spanned<String>>,
     client_key_file: Option<Spanned<String>>,
-    #[serde(default = "localhost")]
-    server_name: String,
+    server_name: Option<Spanned<String>>,
     check_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     failure_mode: FailureMode,
 }
 
-fn localhost() -> String {
-    "localhost".into()
-}
 const fn check_timeout() -> u64 {
     2000
 }
@@ -460,6 +456,14 @@ impl Config {
                 ));
             }
         };
+        let server_name = match p.server_name {
+            None => "localhost".to_owned(),
+            Some(n) => {
+                jotd_transport::check_server_name(n.get_ref())
+                    .map_err(|e| err(n.span(), "server_name", e))?;
+                n.into_inner()
+            }
+        };
         let check_timeout_ms = ranged(
             &p.check_timeout_ms,
             "check_timeout_ms",
@@ -470,7 +474,7 @@ impl Config {
             endpoints: p.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
             ca_file: resolve(p.ca_file.get_ref()),
             client_cert,
-            server_name: p.server_name,
+            server_name,
             check_timeout: Duration::from_millis(check_timeout_ms),
             failure_mode: p.failure_mode,
         };

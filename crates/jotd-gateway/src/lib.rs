@@ -79,7 +79,12 @@ impl Gateway {
 /// installed) plus the batcher's and the pool client's counters.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
-fn pool_client(cfg: &Config) -> anyhow::Result<Client> {
+/// The pool's TLS client, from the files `[pool]` names: read and checked
+/// the same way by `serve` and by `config check`.
+///
+/// # Errors
+/// A file cannot be read, or is not the PEM it should be (named).
+pub fn pool_tls(cfg: &Config) -> anyhow::Result<rustls::ClientConfig> {
     let p = &cfg.pool;
     let ca = jotd_transport::files::read_file(&p.ca_file)
         .with_context(|| format!("{}: cannot read the pool CA (ca_file)", p.ca_file.display()))?;
@@ -96,7 +101,26 @@ fn pool_client(cfg: &Config) -> anyhow::Result<Client> {
         &ca,
         cert.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
     )
-    .map_err(|e| anyhow::anyhow!("{}: {e}", p.ca_file.display()))?;
+    .map_err(|e| {
+        // The library names its inputs; the file names them as keys, with their paths.
+        let (key, path) = match (e.what, &p.client_cert) {
+            ("cert", Some((c, _))) => ("client_cert_file", c),
+            ("key", Some((_, k))) => ("client_key_file", k),
+            _ => ("ca_file", &p.ca_file),
+        };
+        anyhow::anyhow!(
+            "{}: pool.{key} {}: {}",
+            cfg.file.display(),
+            path.display(),
+            e.message
+        )
+    })?;
+    Ok(tls)
+}
+
+fn pool_client(cfg: &Config) -> anyhow::Result<Client> {
+    let p = &cfg.pool;
+    let tls = pool_tls(cfg)?;
     let (addrs, names): (Vec<&String>, Vec<&String>) = p
         .endpoints
         .iter()

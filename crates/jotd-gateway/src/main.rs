@@ -107,12 +107,20 @@ tenant = "demo-besu"
     Config::parse(&dir.join("jotd-gateway.toml (--dev)"), &toml).map_err(Into::into)
 }
 
-fn check(cfg: &Config) {
+fn check(cfg: &Config) -> anyhow::Result<()> {
+    // The files `serve` would read at start, read and checked the same way.
+    jotd_gateway::pool_tls(cfg)?;
     println!("{}: OK", cfg.file.display());
     println!(
-        "pool: {} (ca {})",
+        "pool: {} (ca {}{}, server name {})",
         cfg.pool.endpoints.join(", "),
-        cfg.pool.ca_file.display()
+        cfg.pool.ca_file.display(),
+        if cfg.pool.client_cert.is_some() {
+            ", mutual TLS"
+        } else {
+            ""
+        },
+        cfg.pool.server_name
     );
     println!(
         "  check timeout {:?}, failure mode {:?}, batches of up to {} checks, {:?} max delay, {} eager",
@@ -147,6 +155,7 @@ fn check(cfg: &Config) {
     }
     println!("routes: {}", cfg.routes.len());
     println!("address table: {} methods", cfg.addresses.rows().count());
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -162,8 +171,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Config {
             cmd: ConfigCmd::Check { config },
         } => Config::load(&config)
-            .map(|c| check(&c))
-            .map_err(anyhow::Error::from),
+            .map_err(anyhow::Error::from)
+            .and_then(|c| check(&c)),
         Cmd::Serve {
             config,
             dev,

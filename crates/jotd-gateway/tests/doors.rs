@@ -1031,6 +1031,14 @@ fn config_errors_name_file_line_and_key() {
             "check_timeout_ms".to_owned(),
         ));
     }
+    // A server name no certificate can carry failed every handshake at run time.
+    for bad in ["\"\"", "\"jotd pool\"", "\"-bad-.example\""] {
+        more.push((
+            base.replace("ca_file =", &format!("server_name = {bad}\nca_file ="))
+                + "[[route]]\ntenant = \"a\"\n",
+            "server_name".to_owned(),
+        ));
+    }
     more.push((
         base.replace("upstreams =", "upstream_timeout_ms = 0\nupstreams =")
             + "[[route]]\ntenant = \"a\"\n",
@@ -1049,6 +1057,47 @@ fn config_errors_name_file_line_and_key() {
             e.to_string().starts_with(&file.display().to_string()),
             "{e}"
         );
+    }
+}
+
+/// `config check` and `serve` read the pool's TLS files through one function:
+/// each unreadable or wrong file is named with its key and path.
+#[test]
+fn the_pools_tls_files_are_read_and_named_before_serving() {
+    let scratch = scratch("tls");
+    let dir = scratch.path();
+    let pki = jotd_transport::DevPki::generate().unwrap();
+    std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(dir.join("junk.pem"), "not a certificate\n").unwrap();
+    let file = dir.join("gw.toml");
+    let with = |pool: &str| {
+        std::fs::write(
+            &file,
+            format!("[pool]\nendpoints = [\"127.0.0.1:1\"]\n{pool}[forward_auth]\nlisten = \"127.0.0.1:1\"\n[[route]]\ntenant = \"a\"\n"),
+        )
+        .unwrap();
+        let cfg = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        jotd_gateway::pool_tls(&cfg)
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+    };
+    with("ca_file = \"ca.pem\"\n").unwrap();
+    for (pool, key, path) in [
+        ("ca_file = \"missing.pem\"\n", "ca_file", "missing.pem"),
+        ("ca_file = \"junk.pem\"\n", "ca_file", "junk.pem"),
+        (
+            "ca_file = \"ca.pem\"\nclient_cert_file = \"junk.pem\"\nclient_key_file = \"ca.pem\"\n",
+            "client_cert_file",
+            "junk.pem",
+        ),
+        (
+            "ca_file = \"ca.pem\"\nclient_cert_file = \"ca.pem\"\nclient_key_file = \"junk.pem\"\n",
+            "client_key_file",
+            "junk.pem",
+        ),
+    ] {
+        let e = with(pool).unwrap_err();
+        assert!(e.contains(key) && e.contains(path), "{pool:?}: {e}");
     }
 }
 

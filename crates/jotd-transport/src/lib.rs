@@ -52,4 +52,6 @@ pub use server::{
     RESET_WRITE_TIMEOUT, Refusal, STOP_REFUSED, STOP_TOO_LARGE, Server, ServerError, ServerStats,
     StreamEnd,
 };
-pub use tls::{TlsError, certificates, client_config, client_config_alpn, server_config};
+pub use tls::{
+    TlsError, certificates, check_server_name, client_config, client_config_alpn, server_config,
+};

@@ -39,7 +39,8 @@ impl TenantWatch {
     /// A watch list; duplicates are ignored.
     ///
     /// # Errors
-    /// More than [`TenantWatch::MAX`] distinct names, or an empty name.
+    /// More than [`TenantWatch::MAX`] distinct names, or a name no tenant id
+    /// can have (empty, over 256 bytes, control characters).
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Result<Self, String> {
         let mut watch = Self {
             names: Vec::new(),
@@ -47,8 +48,12 @@ impl TenantWatch {
         };
         for name in names {
             let name: String = name.into();
-            if name.is_empty() {
-                return Err("a tenant id must not be empty".into());
+            // The rule tenant ids follow (jotd-keys): a name outside it matches no tenant.
+            if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+                return Err(format!(
+                    "`{}`: a tenant id is 1..=256 printable characters",
+                    name.escape_default()
+                ));
             }
             if watch.index.contains_key(&name) {
                 continue;

@@ -98,6 +98,23 @@ pub fn server_config(
     Ok(config)
 }
 
+/// Checks the name a client verifies the servers' certificates against: a
+/// DNS name or an IP address. An empty or malformed name would fail every
+/// handshake at run time; it is refused where it is configured instead.
+///
+/// # Errors
+/// The name is neither, with the reason.
+pub fn check_server_name(name: &str) -> Result<(), String> {
+    rustls::pki_types::ServerName::try_from(name)
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "`{}` is not a DNS name or IP address ({e})",
+                name.escape_default()
+            )
+        })
+}
+
 /// A client's TLS: trust `ca_pem` only (never the system roots: jotd runs on a
 /// private PKI), and present `client` (certificate chain PEM, key PEM) when given.
 ///
@@ -131,4 +148,18 @@ pub fn client_config_alpn(
     };
     config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_names_are_dns_names_or_ip_addresses() {
+        for ok in ["localhost", "jotd.internal", "10.0.0.1", "::1"] {
+            assert!(super::check_server_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "jotd pool", "a..b", "-x-.example", "jotd\n"] {
+            let e = super::check_server_name(bad).unwrap_err();
+            assert!(e.contains("is not a DNS name or IP address"), "{bad:?}: {e}");
+        }
+    }
 }

@@ -528,11 +528,14 @@ impl Client {
     /// Must be called inside a tokio runtime.
     ///
     /// # Errors
-    /// No endpoints, a TLS config unfit for QUIC, or the local UDP socket failing.
+    /// No endpoints, a server name that is no DNS name or IP address, a TLS
+    /// config unfit for QUIC, or the local UDP socket failing.
     pub fn new(opts: ClientOptions) -> Result<Self, ClientError> {
         if opts.endpoints.is_empty() && opts.names.is_empty() {
             return Err(ClientError::Config("no endpoints".into()));
         }
+        crate::tls::check_server_name(&opts.server_name)
+            .map_err(|e| ClientError::Config(format!("server_name {e}")))?;
         if opts.keep_alive >= opts.idle_timeout {
             return Err(ClientError::Config(
                 "keep_alive must be shorter than idle_timeout".into(),
