@@ -358,30 +358,58 @@ pub fn max_age(cache_control: &str) -> Option<Duration> {
     })
 }
 
+/// Checks what [`JwksFetcher::new`] will build from `config` (the extra CA
+/// above all), without a reloader: `jotd config check` refuses what `jotd
+/// serve` would. Returns how many extra CA certificates it holds.
+///
+/// # Errors
+/// As [`JwksFetcher::new`].
+pub fn check_fetch_config(config: &FetchConfig) -> Result<usize, FetchError> {
+    client(config)?;
+    Ok(match &config.extra_roots_pem {
+        Some(pem) => extra_roots(pem)?.len(),
+        None => 0,
+    })
+}
+
+/// The certificates of an extra CA bundle: at least one. A file with none
+/// (a key, a typo'd path to the wrong PEM) trusted nothing and said nothing.
+fn extra_roots(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, FetchError> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem)
+        .map_err(|e| FetchError::Setup(format!("extra CA: {e}")))?;
+    if certs.is_empty() {
+        return Err(FetchError::Setup(
+            "extra CA: no PEM CERTIFICATE block in it".into(),
+        ));
+    }
+    Ok(certs)
+}
+
+/// The HTTP client every fetch goes through.
+fn client(config: &FetchConfig) -> Result<reqwest::Client, FetchError> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(config.timeout)
+        .https_only(false)
+        // No proxy from the environment: "plain http only to loopback" must hold on the
+        // wire, and an https source must not be steered through a proxy it did not name.
+        .no_proxy()
+        .redirect(redirect_policy())
+        .user_agent(concat!("jotd/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = &config.extra_roots_pem {
+        builder = builder.tls_certs_merge(extra_roots(pem)?);
+    }
+    builder
+        .build()
+        .map_err(|e| FetchError::Setup(e.to_string()))
+}
+
 impl JwksFetcher {
     /// Builds the client.
     ///
     /// # Errors
     /// The extra CA is not PEM, or the TLS client cannot be built.
     pub fn new(reloader: Arc<Reloader>, config: FetchConfig) -> Result<Self, FetchError> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .https_only(false)
-            // No proxy from the environment: "plain http only to loopback" must hold on the
-            // wire, and an https source must not be steered through a proxy it did not name.
-            .no_proxy()
-            .redirect(redirect_policy())
-            .user_agent(concat!("jotd/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &config.extra_roots_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| FetchError::Setup(e.to_string()))?
-            {
-                builder = builder.tls_certs_merge([cert]);
-            }
-        }
-        let client = builder
-            .build()
-            .map_err(|e| FetchError::Setup(e.to_string()))?;
+        let client = client(&config)?;
         Ok(Self {
             client,
             config,

@@ -24,6 +24,24 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
         )
         .with_context(|| format!("{}: server TLS", config.display()))?;
     }
+    // The JWKS fetcher's client as `serve` builds it, extra CA included.
+    let mut fetch = settings.fetch.clone();
+    if let Some(p) = &settings.fetch_extra_ca_file {
+        fetch.extra_roots_pem =
+            Some(jotd_transport::files::read_file(p).with_context(|| {
+                format!("jwks_fetch.extra_ca_file {}: cannot read", p.display())
+            })?);
+    }
+    let extra_roots = jotd_keys::check_fetch_config(&fetch).with_context(|| {
+        format!(
+            "{}: jwks_fetch.extra_ca_file {}",
+            config.display(),
+            settings
+                .fetch_extra_ca_file
+                .as_ref()
+                .map_or_else(String::new, |p| p.display().to_string())
+        )
+    })?;
     let s = &settings.server;
     let engine = settings.engine_config();
     writeln!(
@@ -58,6 +76,19 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
             .admin
             .map_or_else(|| "off".to_owned(), |a| a.to_string()),
     )?;
+    if let Some(p) = &settings.fetch_extra_ca_file {
+        writeln!(
+            out,
+            "jwks_fetch: extra CA {} ({extra_roots} certificate(s))",
+            p.display()
+        )?;
+    }
+    for name in crate::settings::unknown_tenant_labels(&settings, &cfg) {
+        writeln!(
+            out,
+            "warning: admin.tenant_labels names `{name}`, which no [[tenant]] has (its count stays 0 until a reload adds it)"
+        )?;
+    }
     writeln!(
         out,
         "{}: ok, {} tenant(s)",

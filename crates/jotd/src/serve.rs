@@ -213,6 +213,12 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         );
     }
 
+    for name in settings::unknown_tenant_labels(&settings, &keys) {
+        tracing::warn!(
+            tenant = %name,
+            "admin.tenant_labels names a tenant no [[tenant]] has: its count stays 0 until a reload adds it"
+        );
+    }
     let reloader = Arc::new(Reloader::with_loader(
         keys,
         settings::loader(&config_path, &from_file),

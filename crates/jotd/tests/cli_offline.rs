@@ -199,6 +199,56 @@ fn config_check_lists_keys_or_names_the_error() {
     );
 }
 
+/// `config check` reads every file `serve` would read at start and refuses
+/// what `serve` would refuse, naming the key and the file.
+#[test]
+fn config_check_reads_every_file_the_daemon_would() {
+    let scratch = scratch_dir("config-files");
+    let dir = scratch.path();
+    let pki = jotd_transport::DevPki::generate().unwrap();
+    std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &pki.server_key_pem).unwrap();
+    let config = dir.join("jotd.toml");
+    let tenant = "[[tenant]]\nid = \"x\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+    let check_with = |sections: &str| {
+        std::fs::write(&config, format!("{sections}\n{tenant}")).unwrap();
+        let out = jotd(
+            &["config", "check", "--config", config.to_str().unwrap()],
+            None,
+        );
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    // The JWKS fetcher's extra CA: unreadable, or holding no certificate.
+    for (file, says) in [
+        ("missing.pem", "cannot read"),
+        ("key.pem", "no PEM CERTIFICATE"),
+    ] {
+        let (code, _, err) = check_with(&format!("[jwks_fetch]\nextra_ca_file = \"{file}\""));
+        assert_eq!(code, Some(1), "{file}: {err}");
+        assert!(
+            err.contains("jwks_fetch.extra_ca_file") && err.contains(file) && err.contains(says),
+            "{file}: {err}"
+        );
+    }
+    let (code, out, err) = check_with("[jwks_fetch]\nextra_ca_file = \"ca.pem\"");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ca.pem (1 certificate(s))"), "{out}");
+    // Mutual TLS without the server's own certificate: serve refuses it, so does check.
+    let (code, _, err) = check_with("[server]\n\nclient_ca_file = \"ca.pem\"");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(":3: server.client_ca_file: mutual TLS needs"),
+        "{err}"
+    );
+    // A per-tenant label that names no tenant is a warning, not an error.
+    let (code, out, err) = check_with("[admin]\ntenant_labels = [\"x\", \"y\"]");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("warning: admin.tenant_labels names `y`") && !out.contains("names `x`"),
+        "{out}"
+    );
+}
+
 #[test]
 fn check_decides_each_line_in_order() {
     let scratch = scratch_dir("check");
