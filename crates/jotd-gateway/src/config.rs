@@ -115,8 +115,7 @@ const fn check_timeout() -> u64 {
 struct RawBatch {
     #[serde(default = "max_items")]
     max_items: Spanned<usize>,
-    #[serde(default = "max_delay")]
-    max_delay_us: u64,
+    max_delay_us: Option<Spanned<u64>>,
     #[serde(default = "one")]
     eager_batches: Spanned<usize>,
 }
@@ -125,7 +124,7 @@ impl Default for RawBatch {
     fn default() -> Self {
         Self {
             max_items: max_items(),
-            max_delay_us: max_delay(),
+            max_delay_us: None,
             eager_batches: one(),
         }
     }
@@ -483,9 +482,27 @@ impl Config {
             std::num::NonZeroUsize::new(*s.get_ref())
                 .ok_or_else(|| err(s.span(), key, "must be above 0".into()))
         };
+        // Up to a second, and below the check deadline: a check that waits
+        // longer than its deadline to be sent is never answered in time.
+        let max_delay_us = match &raw.batch.max_delay_us {
+            None => max_delay(),
+            Some(s) if *s.get_ref() <= 1_000_000 && *s.get_ref() < check_timeout_ms * 1000 => {
+                *s.get_ref()
+            }
+            Some(s) => {
+                return Err(err(
+                    s.span(),
+                    "max_delay_us",
+                    format!(
+                        "{}: at most 1000000 (1 s) and below pool.check_timeout_ms",
+                        s.get_ref()
+                    ),
+                ));
+            }
+        };
         let batch = Batch {
             max_items: nz(&raw.batch.max_items, "max_items")?,
-            max_delay: Duration::from_micros(raw.batch.max_delay_us),
+            max_delay: Duration::from_micros(max_delay_us),
             eager_batches: nz(&raw.batch.eager_batches, "eager_batches")?,
         };
         if batch.max_items.get() > jotd_transport::DEFAULT_MAX_ITEMS {

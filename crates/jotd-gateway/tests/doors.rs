@@ -1031,6 +1031,19 @@ fn config_errors_name_file_line_and_key() {
             "check_timeout_ms".to_owned(),
         ));
     }
+    // A batching delay past a second or the check deadline (u64::MAX panicked
+    // on the first check: clock arithmetic).
+    for bad in ["1000001", "18446744073709551615"] {
+        more.push((
+            format!("{base}[[route]]\ntenant = \"a\"\n[batch]\nmax_delay_us = {bad}\n"),
+            "max_delay_us".to_owned(),
+        ));
+    }
+    more.push((
+        base.replace("ca_file =", "check_timeout_ms = 5\nca_file =")
+            + "[[route]]\ntenant = \"a\"\n[batch]\nmax_delay_us = 5000\n",
+        "max_delay_us".to_owned(),
+    ));
     // A server name no certificate can carry failed every handshake at run time.
     for bad in ["\"\"", "\"jotd pool\"", "\"-bad-.example\""] {
         more.push((

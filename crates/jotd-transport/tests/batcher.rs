@@ -95,10 +95,12 @@ async fn a_lone_check_is_sent_at_once() {
     let client = Arc::new(client(&r, vec![r.addr], false));
     client.connect_all().await.unwrap();
     // A delay far longer than the test may take: only the eager rule sends it.
+    // `Duration::MAX` also checks that no clock arithmetic overflows (it
+    // panicked the flushing task, and every check waited for nothing).
     let batcher = Batcher::new(
         client,
         BatcherOptions {
-            max_delay: Duration::from_secs(3600),
+            max_delay: Duration::MAX,
             ..BatcherOptions::default()
         },
     );

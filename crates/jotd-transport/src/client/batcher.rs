@@ -29,7 +29,8 @@ pub struct BatcherOptions {
     /// A batch is sent once this many checks are queued. Default 64.
     pub max_items: NonZeroUsize,
     /// The longest a check waits to be sent (tokio's timers tick in
-    /// milliseconds: shorter values act as 1 ms). Default 1 ms.
+    /// milliseconds: shorter values act as 1 ms; longer than an hour acts as
+    /// an hour, so no clock arithmetic overflows). Default 1 ms.
     pub max_delay: Duration,
     /// Queued checks go out at once while fewer batches than this are
     /// outstanding. Default 1.
@@ -281,6 +282,9 @@ async fn flush_loop(
     mut rx: mpsc::UnboundedReceiver<Queued>,
     counters: Arc<Counters>,
 ) {
+    // `oldest + max_delay` is computed on every turn (select! evaluates disabled
+    // branches too): a delay near `Duration::MAX` panicked there.
+    let max_delay = opts.max_delay.min(Duration::from_secs(3600));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
     let mut queue: Vec<Queued> = Vec::new();
     // When the oldest queued check arrived.
@@ -313,7 +317,7 @@ async fn flush_loop(
                 }
                 None => open = false,
             },
-            () = tokio::time::sleep_until(oldest + opts.max_delay), if !queue.is_empty() => {
+            () = tokio::time::sleep_until(oldest + max_delay), if !queue.is_empty() => {
                 reason = Some(FlushReason::Delay);
             }
         }
