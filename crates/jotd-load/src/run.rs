@@ -453,6 +453,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
     if args.batch == 0 || args.connections == 0 || args.streams == 0 {
         bail!("--batch, --connections and --streams must be at least 1");
     }
+    // The client's own bounds, named as flags (its errors name its options).
+    if args.connections > 64 {
+        bail!("--connections {}: must be 1 to 64", args.connections);
+    }
+    if !(1..=86_400_000).contains(&args.timeout_ms) {
+        bail!(
+            "--timeout-ms {}: must be 1 to 86400000 (a day)",
+            args.timeout_ms
+        );
+    }
+    jotd_transport::check_server_name(&args.server_name)
+        .map_err(|e| anyhow::anyhow!("--server-name {e}"))?;
     let duration = match (&args.duration, args.count) {
         (Some(d), _) => Some(parse_duration(d)?),
         (None, Some(_)) => None,

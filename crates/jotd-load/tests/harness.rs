@@ -321,4 +321,26 @@ fn bad_flags_are_named() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("RS999"), "{e}");
+    // The client's bounds, refused as the flags that set them.
+    for (flag, value) in [
+        ("--connections", "65"),
+        ("--timeout-ms", "0"),
+        ("--timeout-ms", "18446744073709551615"),
+        ("--server-name", ""),
+        ("--server-name", "jotd pool"),
+    ] {
+        let e = main_with([
+            "jotd-load",
+            "run",
+            "--manifest",
+            m.to_str().unwrap(),
+            "--endpoint",
+            "127.0.0.1:9",
+            flag,
+            value,
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with(flag), "{flag} {value:?}: {e}");
+    }
 }

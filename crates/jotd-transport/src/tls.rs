@@ -159,7 +159,10 @@ mod tests {
         }
         for bad in ["", "jotd pool", "a..b", "-x-.example", "jotd\n"] {
             let e = super::check_server_name(bad).unwrap_err();
-            assert!(e.contains("is not a DNS name or IP address"), "{bad:?}: {e}");
+            assert!(
+                e.contains("is not a DNS name or IP address"),
+                "{bad:?}: {e}"
+            );
         }
     }
 }

@@ -173,6 +173,75 @@ impl ClientOptions {
     }
 }
 
+impl ClientOptions {
+    /// The longest any of the client's times may be: past it, adding the time
+    /// to a clock overflows (a panic) long before it could matter.
+    pub const MAX_TIME: Duration = Duration::from_secs(86_400);
+
+    /// Checks the options as [`Client::new`] does: every time non-zero (where
+    /// zero would spin or fail every batch) and at most [`Self::MAX_TIME`];
+    /// `backoff_min ≤ backoff_max`, `hedge.min_delay ≤ hedge.max_delay`
+    /// (the hedge delay is clamped between them); a hedge budget from 0 to 1;
+    /// 1 to 64 connections per endpoint; an answer frame limit from 1 byte to
+    /// [`HARD_MAX_FRAME_BYTES`]; a server name that is a DNS name or an IP.
+    ///
+    /// # Errors
+    /// The first option out of range, named.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        let bad = |what: String| Err(ClientError::Config(what));
+        crate::tls::check_server_name(&self.server_name)
+            .map_err(|e| ClientError::Config(format!("server_name {e}")))?;
+        for (name, t, zero_ok) in [
+            ("resolve_interval", self.resolve_interval, false),
+            ("batch_timeout", self.batch_timeout, false),
+            ("connect_timeout", self.connect_timeout, false),
+            ("backoff_min", self.backoff_min, true),
+            ("backoff_max", self.backoff_max, false),
+            ("idle_timeout", self.idle_timeout, false),
+            ("keep_alive", self.keep_alive, false),
+            ("dead_after", self.dead_after, false),
+            ("hedge.min_delay", self.hedge.min_delay, true),
+            ("hedge.max_delay", self.hedge.max_delay, true),
+        ] {
+            if t > Self::MAX_TIME || (t.is_zero() && !zero_ok) {
+                let from = if zero_ok { "0" } else { "above 0" };
+                return bad(format!(
+                    "{name} {t:?}: must be {from} and at most {:?}",
+                    Self::MAX_TIME
+                ));
+            }
+        }
+        if self.backoff_min > self.backoff_max {
+            return bad("backoff_min must not exceed backoff_max".into());
+        }
+        if self.hedge.min_delay > self.hedge.max_delay {
+            return bad("hedge.min_delay must not exceed hedge.max_delay".into());
+        }
+        if !(0.0..=1.0).contains(&self.hedge.budget) {
+            return bad(format!(
+                "hedge.budget {}: must be 0 to 1 (hedges per batch)",
+                self.hedge.budget
+            ));
+        }
+        if !(1..=64).contains(&self.connections_per_endpoint) {
+            return bad(format!(
+                "connections_per_endpoint {}: must be 1 to 64",
+                self.connections_per_endpoint
+            ));
+        }
+        if !(1..=HARD_MAX_FRAME_BYTES).contains(&self.max_frame_bytes) {
+            return bad(format!(
+                "max_frame_bytes {}: must be 1 to {HARD_MAX_FRAME_BYTES}",
+                self.max_frame_bytes
+            ));
+        }
+        if self.keep_alive >= self.idle_timeout {
+            return bad("keep_alive must be shorter than idle_timeout".into());
+        }
+        Ok(())
+    }
+}
+
 /// How a connection or stream failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectionFailure {
@@ -528,19 +597,13 @@ impl Client {
     /// Must be called inside a tokio runtime.
     ///
     /// # Errors
-    /// No endpoints, a server name that is no DNS name or IP address, a TLS
-    /// config unfit for QUIC, or the local UDP socket failing.
+    /// No endpoints, an option out of range ([`ClientOptions::validate`]), a
+    /// TLS config unfit for QUIC, or the local UDP socket failing.
     pub fn new(opts: ClientOptions) -> Result<Self, ClientError> {
         if opts.endpoints.is_empty() && opts.names.is_empty() {
             return Err(ClientError::Config("no endpoints".into()));
         }
-        crate::tls::check_server_name(&opts.server_name)
-            .map_err(|e| ClientError::Config(format!("server_name {e}")))?;
-        if opts.keep_alive >= opts.idle_timeout {
-            return Err(ClientError::Config(
-                "keep_alive must be shorter than idle_timeout".into(),
-            ));
-        }
+        opts.validate()?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(opts.tls.clone())
             .map_err(|e| ClientError::Config(format!("TLS: {e}")))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -1091,5 +1154,53 @@ async fn connect(
         Err(_) => Err(failed(ConnectionFailure::ConnectTimeout(
             opts.connect_timeout,
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option a caller can set wrong is refused by name when the client
+    /// is built: a zero time that would spin or fail every batch, a time that
+    /// overflows a clock, bounds the wrong way round (the hedge delay's clamp
+    /// panicked), a budget out of 0..=1, and the rest.
+    #[test]
+    fn options_out_of_range_are_refused_by_name() {
+        let pki = crate::DevPki::generate().unwrap();
+        let tls = crate::client_config(pki.ca_pem.as_bytes(), None).unwrap();
+        let base = ClientOptions::new(vec![SocketAddr::from(([127, 0, 0, 1], 9))], tls);
+        base.validate().unwrap();
+        type Edit = fn(&mut ClientOptions);
+        let cases: [(&str, Edit); 14] = [
+            ("server_name", |o| o.server_name = String::new()),
+            ("resolve_interval", |o| o.resolve_interval = Duration::ZERO),
+            ("batch_timeout", |o| o.batch_timeout = Duration::ZERO),
+            ("batch_timeout", |o| o.batch_timeout = Duration::MAX),
+            ("connect_timeout", |o| o.connect_timeout = Duration::ZERO),
+            ("backoff_max", |o| {
+                o.backoff_max = Duration::from_secs(86_401)
+            }),
+            ("backoff_min", |o| o.backoff_min = Duration::from_secs(10)),
+            ("dead_after", |o| o.dead_after = Duration::ZERO),
+            ("hedge.min_delay", |o| {
+                o.hedge.min_delay = Duration::from_secs(1)
+            }),
+            ("hedge.budget", |o| o.hedge.budget = f64::NAN),
+            ("hedge.budget", |o| o.hedge.budget = 2.0),
+            ("connections_per_endpoint", |o| {
+                o.connections_per_endpoint = 0
+            }),
+            ("max_frame_bytes", |o| {
+                o.max_frame_bytes = HARD_MAX_FRAME_BYTES + 1
+            }),
+            ("keep_alive", |o| o.keep_alive = o.idle_timeout),
+        ];
+        for (name, edit) in cases {
+            let mut o = base.clone();
+            edit(&mut o);
+            let e = o.validate().unwrap_err().to_string();
+            assert!(e.contains(name), "{name}: {e}");
+        }
     }
 }
