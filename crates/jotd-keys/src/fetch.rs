@@ -47,6 +47,41 @@ impl Default for FetchConfig {
     }
 }
 
+impl FetchConfig {
+    /// Checks the settings as [`JwksFetcher::new`] does: `timeout` up to 10
+    /// min, the other times up to a day (a time near `Duration::MAX`
+    /// overflowed a clock), `timeout`, `min_refresh` and `retry_after` above
+    /// zero (zero refreshed or retried in a busy loop against the identity
+    /// provider), `max_bytes` 1 to 64 MiB. The daemon's `[jwks_fetch]` section
+    /// is stricter (whole seconds from 1).
+    ///
+    /// # Errors
+    /// The first setting out of range, named.
+    pub fn validate(&self) -> Result<(), FetchError> {
+        const DAY: Duration = Duration::from_secs(86_400);
+        for (name, t, zero_ok, max) in [
+            ("timeout", self.timeout, false, Duration::from_secs(600)),
+            ("refetch_interval", self.refetch_interval, true, DAY),
+            ("min_refresh", self.min_refresh, false, DAY),
+            ("retry_after", self.retry_after, false, DAY),
+        ] {
+            if t > max || (t.is_zero() && !zero_ok) {
+                let from = if zero_ok { "0" } else { "above 0" };
+                return Err(FetchError::Setup(format!(
+                    "{name} {t:?}: must be {from} and at most {max:?}"
+                )));
+            }
+        }
+        if !(1..=64 << 20).contains(&self.max_bytes) {
+            return Err(FetchError::Setup(format!(
+                "max_bytes {}: must be 1 to 67108864 (64 MiB)",
+                self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Why one fetch failed. The source keeps its last good keys.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
@@ -387,6 +422,7 @@ fn extra_roots(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, FetchError> {
 
 /// The HTTP client every fetch goes through.
 fn client(config: &FetchConfig) -> Result<reqwest::Client, FetchError> {
+    config.validate()?;
     let mut builder = reqwest::Client::builder()
         .timeout(config.timeout)
         .https_only(false)
@@ -407,7 +443,8 @@ impl JwksFetcher {
     /// Builds the client.
     ///
     /// # Errors
-    /// The extra CA is not PEM, or the TLS client cannot be built.
+    /// A setting out of range ([`FetchConfig::validate`]), an extra CA
+    /// without a certificate, or the TLS client cannot be built.
     pub fn new(reloader: Arc<Reloader>, config: FetchConfig) -> Result<Self, FetchError> {
         let client = client(&config)?;
         Ok(Self {

@@ -773,3 +773,26 @@ async fn a_changed_alg_is_fetched_at_once() {
     assert_eq!(decide(&reloader, &hs(Algorithm::Hs384), "h"), Reason::Ok);
     assert_ne!(decide(&reloader, &hs(Algorithm::Hs256), "h"), Reason::Ok);
 }
+
+/// Settings that spin against the identity provider or overflow a clock are
+/// refused by name when the fetcher is built (and by `config check`).
+#[test]
+fn fetch_settings_out_of_range_are_refused_by_name() {
+    jotd_keys::check_fetch_config(&FetchConfig::default()).unwrap();
+    type Edit = fn(&mut FetchConfig);
+    let cases: [(&str, Edit); 7] = [
+        ("timeout", |c| c.timeout = Duration::ZERO),
+        ("timeout", |c| c.timeout = Duration::from_secs(601)),
+        ("refetch_interval", |c| c.refetch_interval = Duration::MAX),
+        ("min_refresh", |c| c.min_refresh = Duration::ZERO),
+        ("retry_after", |c| c.retry_after = Duration::ZERO),
+        ("max_bytes", |c| c.max_bytes = 0),
+        ("max_bytes", |c| c.max_bytes = usize::MAX),
+    ];
+    for (name, edit) in cases {
+        let mut c = FetchConfig::default();
+        edit(&mut c);
+        let e = jotd_keys::check_fetch_config(&c).unwrap_err().to_string();
+        assert!(e.contains(name), "{name}: {e}");
+    }
+}
