@@ -332,6 +332,58 @@ async fn a_replica_that_grants_no_stream_is_left_for_the_next() {
     good.stop().await;
 }
 
+/// A hedge sent to a replica that grants no stream gets one hedge delay to
+/// open, then the batch goes back to reading its primary: before, the hedge
+/// waited for a stream for the whole remaining deadline while the primary's
+/// answer sat unread, and the batch failed with a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_that_cannot_open_does_not_hold_up_the_primary() {
+    let k = keys();
+    // The primary holds its one item (an unknown kid of a JWKS tenant) until
+    // the gate opens: an answer that comes, but after the hedge delay.
+    let (open, gate) = watch::channel(false);
+    let slow = start(
+        TestBackend::gated(snapshot(1, &k, false), gate),
+        holding(),
+        false,
+    );
+    let stuck = streamless_server(&slow.pki).await;
+    let tls = client_config(slow.pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = ClientOptions::new(vec![slow.addr, stuck], tls);
+    opts.batch_timeout = Duration::from_secs(6);
+    opts.hedge.min_delay = Duration::from_millis(30);
+    opts.hedge.max_delay = Duration::from_millis(30);
+    opts.hedge.budget = 1.0;
+    let c = Arc::new(Client::new(opts).unwrap());
+    c.connect_all().await.unwrap();
+    let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let started = std::time::Instant::now();
+    let batch = tokio::spawn({
+        let c = Arc::clone(&c);
+        async move { c.verify_all(&[item(Some(&held), "jwks")]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    open.send(true).unwrap();
+    let got = batch
+        .await
+        .unwrap()
+        .expect("the primary's answer is read though the hedge could not open");
+    assert_eq!(got.len(), 1);
+    let took = started.elapsed();
+    // Generous against a shared machine; without the bound the batch ran out
+    // its 6 s deadline.
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let stats = c.stats();
+    assert_eq!(
+        stats.endpoints[0].sent, 1,
+        "the primary was the gated replica: {stats:?}"
+    );
+    // A replica only slower than one hedge delay to grant a stream is not
+    // counted as failing for it.
+    assert_eq!(stats.endpoints[1].failures, 0, "{stats:?}");
+    slow.stop().await;
+}
+
 /// A pool whose only replica drops every packet (a socket that never reads),
 /// with batch deadlines shorter than `connect_timeout`, as the gateway's checks
 /// are by default: the connect still runs to its end and ejects the endpoint,

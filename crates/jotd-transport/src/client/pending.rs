@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One copy of the batch on one endpoint.
 struct Attempt {
@@ -131,7 +131,7 @@ impl<'c> Pending<'c> {
             ready: VecDeque::new(),
             done: false,
         };
-        pending.send_attempt().await?;
+        pending.send_attempt(None).await?;
         Ok(pending)
     }
 
@@ -144,8 +144,11 @@ impl<'c> Pending<'c> {
     /// Sends a copy of the batch to the best endpoint this batch has not
     /// used: another address first, then another connection to one, and
     /// when every one is ejected, an ejected one after all (better a slow
-    /// answer than none).
-    async fn send_attempt(&mut self) -> Result<(), ClientError> {
+    /// answer than none). A hedge passes its `hedge` delay: it has that long
+    /// to open a stream (one slow to open is not counted against its
+    /// endpoint) and that long again to write the batch.
+    async fn send_attempt(&mut self, hedge: Option<Duration>) -> Result<(), ClientError> {
+        let open_by = hedge.map(|d| Instant::now() + d);
         let client = self.client;
         let order = client.order(&self.slots);
         let used: Vec<SocketAddr> = self.tried.iter().map(|&i| self.slots[i].addr).collect();
@@ -196,6 +199,9 @@ impl<'c> Pending<'c> {
             } else {
                 remaining
             };
+            let step = open_by.map_or(step, |t| {
+                step.min(t.saturating_duration_since(Instant::now()))
+            });
             let opened = tokio::time::timeout(step, async {
                 let conn = client.connection(slot, even_ejected).await?;
                 conn.open_bi()
@@ -204,6 +210,11 @@ impl<'c> Pending<'c> {
             })
             .await;
             let (mut send, recv) = match opened {
+                // A hedge out of time: the primary still stands, and this
+                // endpoint was only slower than one hedge delay.
+                Err(_) if open_by.is_some() => {
+                    return Err(ClientError::Timeout(step));
+                }
                 Err(_) if !others_left => {
                     return Err(ClientError::Timeout(client.opts.batch_timeout));
                 }
@@ -219,7 +230,11 @@ impl<'c> Pending<'c> {
             };
             slot.sent.fetch_add(1, Ordering::Relaxed);
             let remaining = self.deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, send.write_all(&self.frame)).await {
+            let write_for = hedge.map_or(remaining, |d| remaining.min(d));
+            match tokio::time::timeout(write_for, send.write_all(&self.frame)).await {
+                // A hedge not written in time is dropped (its stream reset); the
+                // primary stands.
+                Err(_) if hedge.is_some() => return Err(ClientError::Timeout(write_for)),
                 Err(_) => return Err(ClientError::Timeout(client.opts.batch_timeout)),
                 // The server stopped reading (a request over its limit, or a
                 // refusal): its answer, an error frame, is still on the way.
@@ -280,7 +295,7 @@ impl<'c> Pending<'c> {
         self.note_failure(attempt.slot, e);
         drop(attempt);
         if self.attempts.is_empty() {
-            if let Err(e) = self.send_attempt().await {
+            if let Err(e) = self.send_attempt(None).await {
                 // Nowhere else to go: the failure itself says the most.
                 return Err(match (e, self.last_error.take()) {
                     (ClientError::Unavailable { .. }, Some(last)) => last,
@@ -307,7 +322,12 @@ impl<'c> Pending<'c> {
             client.suspect(primary);
         }
         if primary.ejected(Instant::now()) || client.spend_hedge_credit() {
-            if self.send_attempt().await.is_ok() {
+            // The primary is not read while the copy opens and is written: the
+            // copy gets one hedge delay to find an endpoint that grants a stream
+            // and one more to be written, or is not sent (a replica out of
+            // streams or credit would otherwise hold the primary's answer
+            // unread, up to the whole deadline).
+            if self.send_attempt(Some(client.hedge_delay())).await.is_ok() {
                 client.shared.hedges.fetch_add(1, Ordering::Relaxed);
             }
         } else {
