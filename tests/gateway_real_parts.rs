@@ -625,6 +625,7 @@ tenant = "demo-besu"
         "jotd_gateway_checks_total{door=\"proxy\",outcome=\"ok\"}",
         "jotd_gateway_checks_total{door=\"forward_auth\",outcome=\"expired\"}",
         "jotd_gateway_batches_total{flush=\"eager\"}",
+        "# TYPE jotd_gateway_batches_cancelled_total counter\njotd_gateway_batches_cancelled_total 0",
         "jotd_gateway_upstream_seconds_bucket",
         "# TYPE jotd_gateway_pool_batches_total counter\njotd_gateway_pool_batches_total{endpoint=\"127.0.0.1:",
     ] {

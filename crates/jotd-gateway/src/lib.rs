@@ -381,6 +381,11 @@ impl AdminState {
         }
         let _ = writeln!(
             out,
+            "# HELP jotd_gateway_batches_cancelled_total Batches stopped in flight because every check in them had gone (deadline passed, client left).\n# TYPE jotd_gateway_batches_cancelled_total counter\njotd_gateway_batches_cancelled_total {}",
+            s.cancelled
+        );
+        let _ = writeln!(
+            out,
             "# HELP jotd_gateway_batch_items_total Checks sent in those batches (over batches: the mean batch size).\n# TYPE jotd_gateway_batch_items_total counter\njotd_gateway_batch_items_total {}",
             s.items
         );

@@ -250,6 +250,51 @@ async fn a_held_check_delays_only_itself_not_its_batch() {
     assert!(batcher.pool_reachable());
 }
 
+/// A batch still out when every check in it has gone (deadline passed) is
+/// stopped, not kept until the batch's own timeout: the pool stops working on
+/// an answer nobody reads, and the batch is counted as cancelled, not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_checks_have_all_gone_is_stopped() {
+    let k = keys();
+    // Held until the gate opens (never): the batch would stay out for the
+    // client's 5 s batch timeout.
+    let (_open, gate) = watch::channel(false);
+    let r = start(
+        TestBackend::gated(snapshot(1, &k, false), gate),
+        holding(),
+        false,
+    );
+    let client = Arc::new(client(&r, vec![r.addr], false));
+    client.connect_all().await.unwrap();
+    let batcher = Batcher::new(Arc::clone(&client), BatcherOptions::default());
+    let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let valid = k.es.mint(Some("es"), &claims("b", NOW + 60)).unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        batcher
+            .check(check(&held, "jwks"), started + Duration::from_millis(200))
+            .await,
+        Err(CheckError::Deadline)
+    );
+    // Well inside the 5 s batch timeout (a timeout would count as failed).
+    while batcher.stats().cancelled == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            batcher.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = batcher.stats();
+    assert_eq!((s.batches, s.cancelled, s.failed), (1, 1, 0), "{s:?}");
+    // The pool is still there for the next check.
+    let d = batcher
+        .check(check(&valid, "t"), Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(d.allow, "{d:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_items_wait_at_most_refetch_hold() {
     let k = keys();

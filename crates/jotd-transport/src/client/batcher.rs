@@ -151,6 +151,10 @@ pub struct BatcherStats {
     /// Checks whose batch failed while their caller still waited (a check
     /// whose deadline passed first is not counted here).
     pub failed: u64,
+    /// Batches stopped in flight because every check in them had gone (its
+    /// deadline passed or its caller dropped it): their streams are reset, so
+    /// the pool stops spending work and load on answers nobody reads.
+    pub cancelled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -162,6 +166,7 @@ struct Counters {
     abandoned: AtomicU64,
     overloaded: AtomicU64,
     failed: AtomicU64,
+    cancelled: AtomicU64,
     queued: AtomicU64,
 }
 
@@ -270,6 +275,7 @@ impl Batcher {
             flush_answered: f(2),
             flush_delay: f(3),
             abandoned: c.abandoned.load(Relaxed),
+            cancelled: c.cancelled.load(Relaxed),
             overloaded: c.overloaded.load(Relaxed),
             failed: c.failed.load(Relaxed),
         }
@@ -357,6 +363,9 @@ async fn flush_loop(
     }
 }
 
+/// How often a batch in flight looks whether any of its callers still waits.
+const GONE_CHECK: Duration = Duration::from_millis(25);
+
 /// Sends one batch on its own task; false when nothing was left to send.
 fn send(
     client: &Arc<Client>,
@@ -385,23 +394,52 @@ fn send(
     let counters = Arc::clone(counters);
     let done = done.clone();
     tokio::spawn(async move {
-        let (checks, mut replies): (Vec<Check>, Vec<_>) =
+        let (checks, replies): (Vec<Check>, Vec<_>) =
             live.into_iter().map(|q| (q.check, Some(q.reply))).unzip();
         let items: Vec<Item<'_>> = checks.iter().map(Check::item).collect();
+        // Shared by the delivery below and the watch for gone callers (both
+        // run on this task: the lock is never contended).
+        let replies = std::sync::Mutex::new(replies);
+        let lock = || {
+            replies
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
         // Each check hears its decision as soon as its chunk arrives: a check
         // the server holds (an unknown `kid` while it refetches a key set)
         // delays only itself, not the checks that share its batch.
-        let outcome = client
-            .verify_with(&items, |chunk| {
-                for d in &chunk.decisions {
-                    if let Some(reply) = replies.get_mut(d.index as usize).and_then(Option::take) {
-                        let _ = reply.send(Ok(d.into()));
-                    }
+        let verify = client.verify_with(&items, |chunk| {
+            let mut replies = lock();
+            for d in &chunk.decisions {
+                if let Some(reply) = replies.get_mut(d.index as usize).and_then(Option::take) {
+                    let _ = reply.send(Ok(d.into()));
                 }
-            })
-            .await;
+            }
+        });
+        // Every caller gone (deadlines passed, requests dropped) while the
+        // batch is still out: stop it, so its streams are reset and the pool
+        // stops working on answers nobody reads.
+        let all_gone = async {
+            loop {
+                tokio::time::sleep(GONE_CHECK).await;
+                if lock().iter().flatten().all(oneshot::Sender::is_closed) {
+                    break;
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = verify => Some(outcome),
+            () = all_gone => None,
+        };
         drop(items);
         let _ = done.send(());
+        let Some(outcome) = outcome else {
+            counters.cancelled.fetch_add(1, Relaxed);
+            return;
+        };
+        let replies = replies
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Pending delivers every index once before it ends; any left over
         // (the batch failed, or an index never came) get an error, never
         // silence.
