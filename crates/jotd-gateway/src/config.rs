@@ -201,6 +201,7 @@ struct RawRoute {
 struct RawLimits {
     max_body_bytes: Option<Spanned<u64>>,
     body_timeout_ms: Option<Spanned<u64>>,
+    write_timeout_ms: Option<Spanned<u64>>,
     max_connections: Option<Spanned<u64>>,
     max_upstream_bytes: Option<Spanned<u64>>,
     max_batch_calls: Option<Spanned<u64>>,
@@ -307,6 +308,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest wait for a request body to finish arriving (408 beyond).
     pub body_timeout: Duration,
+    /// Longest a write to a client may make no progress (a client that stops
+    /// reading its answers); the connection is closed beyond, freeing its slot.
+    pub write_timeout: Duration,
     /// Most open connections per listener (WebSockets included); more are closed at once.
     pub max_connections: usize,
     /// Largest upstream answer relayed (502 beyond).
@@ -709,6 +713,12 @@ impl Config {
             body_timeout(),
             HOUR_MS,
         )?;
+        let write_timeout_ms = limit(
+            &l.write_timeout_ms,
+            "write_timeout_ms",
+            body_timeout(),
+            HOUR_MS,
+        )?;
         let max_connections = limit(
             &l.max_connections,
             "max_connections",
@@ -742,6 +752,7 @@ impl Config {
             limits: Limits {
                 max_body_bytes: size(max_body_bytes),
                 body_timeout: Duration::from_millis(body_timeout_ms),
+                write_timeout: Duration::from_millis(write_timeout_ms),
                 max_connections: size(max_connections),
                 max_upstream_bytes: size(max_upstream_bytes),
                 max_batch_calls: size(max_batch_calls),

@@ -41,36 +41,65 @@ pub struct ExtAuthzDoor {
     pub remove_authorization: bool,
 }
 
-/// The headers the checks read, as a header map (Envoy sends them lower-cased,
-/// repeated ones joined with commas).
-fn headers_of(h: &std::collections::HashMap<String, String>) -> hyper::HeaderMap {
+/// The headers the checks read.
+const CHECKED: [&str; 7] = [
+    "authorization",
+    "origin",
+    "user-agent",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "x-envoy-auth-partial-body",
+];
+
+/// The headers the checks read, as a header map, from whichever form Envoy
+/// sent: `headers` (lower-cased, repeats joined with commas) or, with
+/// `encode_raw_headers: true`, `header_map` (raw values, repeats kept: two
+/// `authorization` headers are refused as over HTTP). Reading only `headers`
+/// made every raw-encoded request look tokenless (a `require_jwt = false`
+/// tenant let a forged token through as `ok_no_auth`).
+///
+/// # Errors
+/// A checked header whose value no HTTP header can hold (it is never
+/// dropped: a token the gateway cannot read is refused, not ignored).
+fn headers_of(
+    http: &envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest,
+) -> Result<hyper::HeaderMap, String> {
+    let pairs: Vec<(&str, &[u8])> = match &http.header_map {
+        Some(m) if !m.headers.is_empty() => m
+            .headers
+            .iter()
+            .map(|h| {
+                let v = if h.raw_value.is_empty() {
+                    h.value.as_bytes()
+                } else {
+                    h.raw_value.as_slice()
+                };
+                (h.key.as_str(), v)
+            })
+            .collect(),
+        _ => http
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .collect(),
+    };
     let mut out = hyper::HeaderMap::new();
-    for name in [
-        "authorization",
-        "origin",
-        "user-agent",
-        "upgrade",
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "x-envoy-auth-partial-body",
-    ] {
-        if let Some(v) = h.get(name)
-            && let Ok(v) = HeaderValue::from_str(v)
-        {
-            out.insert(HeaderName::from_static(name), v);
-        }
-    }
-    // The client's `x-jotd-*` headers, by name only: what the answer does
-    // not set is removed.
-    for name in h.keys() {
+    for (name, value) in pairs {
         let lower = name.to_ascii_lowercase();
-        if lower.starts_with(crate::forward_auth::JOTD_PREFIX)
+        if let Some(known) = CHECKED.iter().find(|c| **c == lower) {
+            let v = HeaderValue::from_bytes(value)
+                .map_err(|_| format!("the {known} header holds bytes no header can"))?;
+            out.append(HeaderName::from_static(known), v);
+        } else if lower.starts_with(crate::forward_auth::JOTD_PREFIX)
             && let Ok(n) = HeaderName::from_bytes(lower.as_bytes())
         {
+            // The client's `x-jotd-*` headers, by name only: what the answer
+            // does not set is removed.
             out.insert(n, HeaderValue::from_static(""));
         }
     }
-    out
+    Ok(out)
 }
 
 fn http_status(s: hyper::StatusCode) -> HttpStatusCode {
@@ -99,7 +128,16 @@ impl ExtAuthzDoor {
             return r;
         };
         let tenant = attrs.and_then(|a| a.context_extensions.get("tenant"));
-        let headers = headers_of(&http.headers);
+        let headers = match headers_of(http) {
+            Ok(h) => h,
+            Err(why) => {
+                let mut r = CheckResponse::with_status(Status::invalid_argument(why));
+                let mut denied = DeniedHttpResponseBuilder::new();
+                denied.set_http_status(HttpStatusCode::BadRequest);
+                r.set_http_response(denied);
+                return r;
+            }
+        };
         let path = http.path.split(['?', '#']).next().unwrap_or("");
         let body: &[u8] = if http.raw_body.is_empty() {
             http.body.as_bytes()

@@ -200,6 +200,17 @@ impl Gate {
         let v: Vec<Verdict> = outcomes
             .into_iter()
             .map(|o| match o {
+                // The identity is passed on in headers: a value no header can
+                // carry (a `sub` with a line break) would reach the node as no
+                // identity at all, so the call is refused instead.
+                Ok(d) if d.allow && !identity_fits_headers(&d) => {
+                    tracing::warn!(
+                        door = door.as_str(),
+                        tenant = %facts.tenant,
+                        "a token's sub, kid or returned claim holds bytes no header can carry: refused as invalid_claim"
+                    );
+                    Verdict::Deny(Reason::InvalidClaim)
+                }
                 Ok(d) if d.allow => Verdict::Allow(d),
                 Ok(d) => Verdict::Deny(d.reason().unwrap_or(Reason::InternalError)),
                 Err(e) => {
@@ -224,6 +235,18 @@ impl Gate {
         count(door, &v);
         v
     }
+}
+
+/// Whether every identity value of an allowed decision can be written as a
+/// header value, as the doors write them: `sub` and `kid` as text, a returned
+/// claim as its text when a string, else as its JSON.
+fn identity_fits_headers(d: &jotd_transport::ClientDecision) -> bool {
+    let fits = |v: &str| hyper::header::HeaderValue::from_str(v).is_ok();
+    d.sub.as_deref().is_none_or(fits)
+        && d.kid.as_deref().is_none_or(fits)
+        && d.claims.iter().all(|(_, raw)| {
+            serde_json::from_str::<String>(raw).map_or_else(|_| fits(raw), |text| fits(&text))
+        })
 }
 
 fn describe(e: &CheckError) -> String {

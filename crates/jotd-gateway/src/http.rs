@@ -111,14 +111,114 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// A connection's socket whose writes fail once they have made no progress
+/// for `timeout`: hyper waits on a client's flow control without limit, so a
+/// client that sends requests and never reads the answers held its
+/// connection (slot, buffered answer) for good and stalled the drain.
+struct WriteStall<S> {
+    inner: S,
+    timeout: Duration,
+    /// Armed while a write waits; cleared by any progress.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteStall<S> {
+    const fn new(inner: S, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Turns a pending write into an error once it has waited `timeout`.
+    fn check<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        poll: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.timeout;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing of its answer in write_timeout_ms",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteStall<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStall<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    // Only writes count as progress: a socket's flush and shutdown are ready
+    // at once and say nothing about whether the client reads.
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// How long a connection may take to finish after the drain began, its
+/// current request included; past it the connection is dropped.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves HTTP/1.1 on `listener` with `handle` until `stop` turns true; then
 /// stops accepting and lets open connections finish (keep-alive ones close
-/// after their current request).
+/// after their current request), each within [`DRAIN_TIMEOUT`]. A write that
+/// makes no progress for `write_timeout` closes its connection.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     handle: Handler,
     mut stop: watch::Receiver<bool>,
-    header_timeout: Duration,
+    (header_timeout, write_timeout): (Duration, Duration),
     slots: Arc<ConnectionSlots>,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
@@ -164,7 +264,10 @@ pub async fn serve(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout);
             let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(
+                    TokioIo::new(WriteStall::new(stream, write_timeout)),
+                    service,
+                )
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
@@ -173,7 +276,7 @@ pub async fn serve(
                 () = slot.closed() => {}
                 () = stopped(&mut stop) => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
                 }
             }
         });

@@ -66,11 +66,20 @@ impl Gateway {
         &self.client
     }
 
-    /// Stops taking connections, lets requests in flight finish, closes the pool.
+    /// Stops taking connections, lets requests in flight finish (each HTTP
+    /// connection within [`http::DRAIN_TIMEOUT`], every listener within a few
+    /// seconds more: past that what is left is dropped), closes the pool.
     pub async fn drain(mut self) {
         self.draining.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(http::DRAIN_TIMEOUT + Duration::from_secs(5), all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain: connections still open past the drain timeout are dropped");
+            self.tasks.abort_all();
+        }
         self.client.close();
     }
 }
@@ -184,7 +193,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             listener,
             door,
             stopped.clone(),
-            header_timeout,
+            (header_timeout, cfg.limits.write_timeout),
             ConnectionSlots::new(max, rule),
         ));
     };
@@ -246,6 +255,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             .set_serving::<envoy_types::ext_authz::v3::pb::AuthorizationServer<ext_authz::ExtAuthzDoor>>()
             .await;
         let mut stop = stopped.clone();
+        let max_check_bytes = cfg.limits.max_body_bytes.saturating_add(1 << 20);
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tasks.spawn(async move {
@@ -259,9 +269,14 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
                 .add_service(health_service)
-                .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
-                    door,
-                ))
+                // A CheckRequest holds the body (up to max_body_bytes, refused by
+                // the door beyond) plus headers: tonic's default 4 MiB cap would
+                // refuse a larger one as an error, which Envoy's
+                // `failure_mode_allow` reads as "let it through".
+                .add_service(
+                    envoy_types::ext_authz::v3::pb::AuthorizationServer::new(door)
+                        .max_decoding_message_size(max_check_bytes),
+                )
                 .serve_with_incoming_shutdown(incoming, async move {
                     http::stopped(&mut stop).await;
                     health

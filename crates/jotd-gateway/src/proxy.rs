@@ -48,17 +48,25 @@ struct Upstream {
     body: Bytes,
 }
 
-/// Why the upstream gave no answer (`timeout`: it did not answer in time).
+/// Why the upstream gave no answer, and whether it did not answer in time
+/// (`Late`) or answered more than it may (`TooLarge`: the node ran the call).
 #[derive(Debug)]
-struct UpstreamError(String, bool);
+struct UpstreamError(String, Failed);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    Late,
+    TooLarge,
+    Other,
+}
 
 impl UpstreamError {
     fn other(why: String) -> Self {
-        Self(why, false)
+        Self(why, Failed::Other)
     }
     /// 504 when the node did not answer in time, else 502.
-    const fn status(&self) -> StatusCode {
-        if self.1 {
+    fn status(&self) -> StatusCode {
+        if self.1 == Failed::Late {
             StatusCode::GATEWAY_TIMEOUT
         } else {
             StatusCode::BAD_GATEWAY
@@ -100,11 +108,14 @@ impl ProxyDoor {
 
     /// POSTs `body` to an upstream (the next in turn; on a connection
     /// failure, once more to the one after).
+    /// Sends `body` to the next upstream; its answer may hold at most `cap`
+    /// bytes (an error beyond).
     async fn forward(
         &self,
         body: Bytes,
         facts: &Facts,
         sub: Option<&str>,
+        cap: usize,
     ) -> Result<Upstream, UpstreamError> {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         let tries = self.upstreams.len().min(2);
@@ -134,7 +145,7 @@ impl ProxyDoor {
                         .increment(1);
                     return Err(UpstreamError(
                         format!("{uri}: no answer within {:?}", self.upstream_timeout),
-                        true,
+                        Failed::Late,
                     ));
                 }
                 Ok(Err(e)) if e.is_connect() => {
@@ -151,16 +162,22 @@ impl ProxyDoor {
                     let status = resp.status();
                     let content_type = resp.headers().get(CONTENT_TYPE).cloned();
                     // The answer is relayed whole: capped.
-                    let limited = http_body_util::Limited::new(
-                        resp.into_body(),
-                        self.limits.max_upstream_bytes,
-                    );
+                    let limited = http_body_util::Limited::new(resp.into_body(), cap);
                     let body = tokio::time::timeout_at(by, limited.collect())
                         .await
                         .map_err(|_| {
-                            UpstreamError(format!("{uri}: body not finished in time"), true)
+                            UpstreamError(format!("{uri}: body not finished in time"), Failed::Late)
                         })?
-                        .map_err(|e| UpstreamError::other(format!("{uri}: {e}")))?
+                        .map_err(|e| {
+                            if e.is::<http_body_util::LengthLimitError>() {
+                                UpstreamError(
+                                    format!("{uri}: answer larger than {cap} bytes"),
+                                    Failed::TooLarge,
+                                )
+                            } else {
+                                UpstreamError::other(format!("{uri}: {e}"))
+                            }
+                        })?
                         .to_bytes();
                     metrics::histogram!("jotd_gateway_upstream_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -307,7 +324,10 @@ impl ProxyDoor {
             Verdict::Allow(d) => d.sub.as_deref(),
             _ => None,
         };
-        match self.forward(body, facts, sub).await {
+        match self
+            .forward(body, facts, sub, self.limits.max_upstream_bytes)
+            .await
+        {
             Ok(up) => {
                 let mut r = hyper::Response::new(Full::new(up.body));
                 *r.status_mut() = up.status;
@@ -455,7 +475,9 @@ impl ProxyDoor {
                 body.extend_from_slice(c.raw.get().as_bytes());
             }
             body.push(b']');
-            let up = self.forward(body.into(), facts, sub).await?;
+            let up = self
+                .forward(body.into(), facts, sub, self.limits.max_upstream_bytes)
+                .await?;
             // Answers kept as the node wrote them (numbers and all).
             let answers: Vec<Box<RawValue>> =
                 match serde_json::from_slice::<Vec<Box<RawValue>>>(&up.body) {
@@ -504,12 +526,37 @@ impl ProxyDoor {
                 .collect())
         } else {
             // One by one; each call's own failure is its own answer (a call
-            // the node already ran keeps its result).
+            // the node already ran keeps its result). `max_upstream_bytes`
+            // bounds the answers of the whole request, not each one: a batch of
+            // 100 calls could otherwise hold 100 answers of the limit each.
             let mut out = Vec::with_capacity(calls.len());
+            let mut left = self.limits.max_upstream_bytes;
             for c in calls {
+                if left == 0 {
+                    out.push(c.id.as_ref().map(|id| {
+                        error_object(
+                            Some(id),
+                            code::INTERNAL,
+                            "not sent: the answers before it filled max_upstream_bytes",
+                            None,
+                        )
+                    }));
+                    continue;
+                }
                 let up = self
-                    .forward(Bytes::copy_from_slice(c.raw.get().as_bytes()), facts, sub)
+                    .forward(
+                        Bytes::copy_from_slice(c.raw.get().as_bytes()),
+                        facts,
+                        sub,
+                        left,
+                    )
                     .await;
+                match &up {
+                    Ok(up) => left = left.saturating_sub(up.body.len()),
+                    // Past the budget: no later call is sent (the node ran this one).
+                    Err(e) if e.1 == Failed::TooLarge => left = 0,
+                    Err(_) => {}
+                }
                 out.push(c.id.as_ref().map(|id| match &up {
                     Ok(up) => {
                         serde_json::from_slice::<Box<RawValue>>(&up.body).unwrap_or_else(|_| {
@@ -523,7 +570,12 @@ impl ProxyDoor {
                     }
                     Err(e) => {
                         tracing::warn!("upstream: {}", e.0);
-                        error_object(Some(id), code::INTERNAL, "upstream unavailable", None)
+                        let why = if e.1 == Failed::TooLarge {
+                            "the node's answers passed max_upstream_bytes"
+                        } else {
+                            "upstream unavailable"
+                        };
+                        error_object(Some(id), code::INTERNAL, why, None)
                     }
                 }));
             }
@@ -537,7 +589,11 @@ impl ProxyDoor {
 /// a string by its decoded text. `null` and other types have none.
 fn id_key(id: &Value) -> Option<String> {
     match id {
-        Value::Number(n) => n.as_f64().map(|f| format!("n:{f:?}")),
+        // `-0` and `0` are one key: a node that reads ids as integers (or
+        // rewrites them) answers both as `0`.
+        Value::Number(n) => n
+            .as_f64()
+            .map(|f| format!("n:{:?}", if f == 0.0 { 0.0 } else { f })),
         Value::String(s) => Some(format!("s:{s}")),
         _ => None,
     }

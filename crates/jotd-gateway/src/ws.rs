@@ -119,9 +119,33 @@ pub async fn upgrade(
             &error_object(None, code::INTERNAL, "no upstream", None),
         );
     };
+    // The node learns the tenant and subject as over HTTP (the subject when
+    // the upgrade itself was allowed; both values fit a header, the gate
+    // refused any that did not).
+    let mut node_req =
+        match tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            upstream.as_str(),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("upstream WebSocket {upstream}: {e}");
+                return json(
+                    StatusCode::BAD_GATEWAY,
+                    &error_object(None, code::INTERNAL, "upstream unavailable", None),
+                );
+            }
+        };
+    if let Ok(v) = HeaderValue::from_str(&facts.tenant) {
+        node_req.headers_mut().insert("x-jotd-tenant", v);
+    }
+    if let Verdict::Allow(d) = &verdict
+        && let Some(v) = d.sub.as_deref().and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        node_req.headers_mut().insert("x-jotd-subject", v);
+    }
     let node = match tokio::time::timeout(
         Duration::from_secs(5),
-        tokio_tungstenite::connect_async(upstream.as_str()),
+        tokio_tungstenite::connect_async(node_req),
     )
     .await
     {
@@ -182,9 +206,18 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The moment `exp` passes, as a tokio instant.
+/// The longest a socket waits for its token's `exp`: a validly signed token
+/// may carry any `exp` (`1e19`), and an instant that far out overflows (a
+/// panic). The socket's token is checked again every `websocket_recheck_ms`
+/// meanwhile.
+const LONGEST_EXP_WAIT: Duration = Duration::from_secs(365 * 86_400);
+
+/// The moment `exp` passes, as a tokio instant (at most a year away).
 fn deadline(exp: Option<u64>) -> Option<tokio::time::Instant> {
-    exp.map(|e| tokio::time::Instant::now() + Duration::from_secs(e.saturating_sub(unix_now())))
+    exp.map(|e| {
+        tokio::time::Instant::now()
+            + Duration::from_secs(e.saturating_sub(unix_now())).min(LONGEST_EXP_WAIT)
+    })
 }
 
 async fn relay<C, N>(
@@ -370,6 +403,18 @@ async fn door_message(
 mod tests {
     use super::*;
     use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// Any `exp` a signed token carries gives a deadline: `1e19` panicked
+    /// (an instant past what the clock holds) and the socket was dropped.
+    #[tokio::test]
+    async fn any_exp_makes_a_deadline() {
+        let now = tokio::time::Instant::now();
+        for exp in [0, unix_now() + 60, 10_000_000_000_000_000_000, u64::MAX] {
+            let at = deadline(Some(exp)).unwrap();
+            assert!(at >= now && at <= now + LONGEST_EXP_WAIT + Duration::from_secs(1));
+        }
+        assert!(deadline(None).is_none());
+    }
 
     #[tokio::test]
     async fn a_peer_that_stops_reading_does_not_hold_a_send() {

@@ -656,6 +656,126 @@ async fn a_batch_array_is_answered_in_order_with_mixed_outcomes() {
     gw.drain().await;
 }
 
+/// `max_upstream_bytes` bounds what one request gathers from the node, not
+/// each answer: calls whose ids collide go one by one, and once their answers
+/// fill the budget the rest are not sent. And `0` and `-0` are one id (a node
+/// reads both as 0), so they go one by one too, never crossed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_budget_holds_per_request_and_ids_never_cross() {
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, seen) = start_upstream().await;
+    // One answer of the mock node is 52 bytes: three fit in 160.
+    let (cfg, _dir) = config(
+        "budget",
+        &pool,
+        pool.addr,
+        up,
+        "[limits]\nmax_upstream_bytes = 160\n",
+    );
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let proxy = gw.proxy.unwrap();
+    let claims = json!({"sub":"bob","aud":AUD,"exp":now() + 600}).to_string();
+    let token = k.es.mint(Some("ec-1"), &claims).unwrap();
+    let same_id: Vec<String> = (0..10)
+        .map(|_| call(1, "eth_blockNumber", &json!([])))
+        .collect();
+    let r = post(
+        proxy,
+        "/v3/infura",
+        Some(&token),
+        &[],
+        &format!("[{}]", same_id.join(",")),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.raw_body);
+    let a = r.body.as_array().unwrap();
+    assert_eq!(a.len(), 10);
+    let answered = a
+        .iter()
+        .filter(|x| x["result"] == "eth_blockNumber")
+        .count();
+    assert_eq!(answered, 3, "{}", r.raw_body);
+    assert!(
+        a[3..]
+            .iter()
+            .all(|x| x["id"] == 1 && x["error"]["code"] == -32603),
+        "{}",
+        r.raw_body
+    );
+    // The node saw only the calls whose answers were kept (and the one that
+    // overflowed the budget, which it ran), not all ten.
+    let calls = seen.lock().unwrap().len();
+    assert!(calls <= 4, "the node got {calls} calls");
+    seen.lock().unwrap().clear();
+
+    // `0` and `-0`: sent one by one, each answered with its own call.
+    let body = format!(
+        "[{},{}]",
+        call(0, "eth_blockNumber", &json!([])),
+        json!({"jsonrpc":"2.0","id":-0.0,"method":"eth_chainId","params":[]}),
+    );
+    let r = post(proxy, "/v3/infura", Some(&token), &[], &body).await;
+    assert_eq!(r.status, 200, "{}", r.raw_body);
+    let a = r.body.as_array().unwrap();
+    assert_eq!(
+        (&a[0]["result"], &a[1]["result"]),
+        (&json!("eth_blockNumber"), &json!("eth_chainId")),
+        "{}",
+        r.raw_body
+    );
+    assert!(
+        seen.lock().unwrap().iter().all(|(_, v)| !v.is_array()),
+        "sent as one array"
+    );
+    gw.drain().await;
+}
+
+/// A verified token whose `sub` (or a returned claim) holds a line break
+/// cannot have its identity passed on in a header: before, the header was
+/// dropped and the call went on with no identity; now every door refuses it
+/// as `invalid_claim`, and the node never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_no_header_can_carry_is_refused() {
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, seen) = start_upstream().await;
+    let (cfg, _dir) = config("identity", &pool, pool.addr, up, "");
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let (proxy, fa) = (gw.proxy.unwrap(), gw.forward_auth.unwrap());
+    for claims in [
+        json!({"sub":"eve\r\nx-jotd-tenant: other","aud":AUD,"exp":now() + 600}),
+        json!({"sub":"eve","scope":"rw\nadmin","aud":AUD,"exp":now() + 600}),
+    ] {
+        let token = k.es.mint(Some("ec-1"), &claims.to_string()).unwrap();
+        let r = post(
+            proxy,
+            "/v3/infura",
+            Some(&token),
+            &[],
+            &call(1, "eth_chainId", &json!([])),
+        )
+        .await;
+        assert_ne!(r.status, 200, "{}", r.raw_body);
+        assert_eq!(
+            r.body["error"]["data"]["reason"], "invalid_claim",
+            "{}",
+            r.raw_body
+        );
+        let r = post(
+            fa,
+            "/",
+            Some(&token),
+            &[("x-forwarded-uri", "/v3/infura")],
+            "",
+        )
+        .await;
+        assert_ne!(r.status, 200, "{}", r.raw_body);
+    }
+    assert!(seen.lock().unwrap().is_empty(), "the node saw a call");
+    gw.drain().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_besu_flow_on_a_fixed_tenant() {
     let k = keys();
@@ -1000,6 +1120,7 @@ fn config_errors_name_file_line_and_key() {
     for key in [
         "max_body_bytes",
         "body_timeout_ms",
+        "write_timeout_ms",
         "max_connections",
         "max_upstream_bytes",
         "max_batch_calls",
@@ -1175,6 +1296,91 @@ async fn with_ext_authz(
         .await
         .unwrap();
     (gw, client)
+}
+
+/// Envoy with `encode_raw_headers: true` sends `header_map` and no
+/// `headers`: the door reads it (before, every such request looked
+/// tokenless), keeps repeats apart (two `authorization` headers are refused)
+/// and refuses a checked header it cannot read rather than dropping it. A
+/// CheckRequest past tonic's default 4 MiB but within `max_body_bytes` is
+/// answered by the door, not refused as a gRPC error (which Envoy's
+/// `failure_mode_allow` would let through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_raw_headers_and_large_checks_are_read() {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, _seen) = start_upstream().await;
+    let (cfg, _dir) = config(
+        "envoy-raw",
+        &pool,
+        pool.addr,
+        up,
+        "[limits]\nmax_body_bytes = 8388608\n",
+    );
+    let (gw, mut client) = with_ext_authz(cfg, true).await;
+    let token =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"erin","aud":AUD,"exp":now() + 600}).to_string(),
+        )
+        .unwrap();
+    let raw = |pairs: &[(&str, &[u8])]| {
+        let mut check = envoy_check("/v3/infura", None, "", None);
+        let http = check
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .unwrap();
+        http.headers.clear();
+        http.header_map = Some(HeaderMap {
+            headers: pairs
+                .iter()
+                .map(|(k, v)| HeaderValue {
+                    key: (*k).to_owned(),
+                    raw_value: v.to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+        check
+    };
+    let bearer = format!("Bearer {token}");
+    let code = |r: &envoy::CheckResponse| r.status.as_ref().map_or(0, |s| s.code);
+    let r = client
+        .check(raw(&[
+            ("authorization", bearer.as_bytes()),
+            ("user-agent", b"envoy"),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r), 0, "allowed: {r:?}");
+    let r = client
+        .check(raw(&[
+            ("authorization", bearer.as_bytes()),
+            ("Authorization", bearer.as_bytes()),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(code(&r), 0, "two authorization headers: {r:?}");
+    let r = client
+        .check(raw(&[("authorization", b"Bearer a\nb")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r), 3, "an unreadable token is refused: {r:?}");
+    // 5 MiB of body: within max_body_bytes, past tonic's default cap.
+    let big = format!("[{}]", vec!["1"; 5 << 19].join(","));
+    let r = client
+        .check(envoy_check("/v3/infura", Some(&token), &big, None))
+        .await
+        .expect("the door answers, not tonic")
+        .into_inner();
+    assert_ne!(code(&r), 0, "{:?}", r.status);
+    gw.drain().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1366,6 +1572,8 @@ fn the_shipped_example_config_checks() {
 
 /// A WebSocket JSON-RPC node stand-in: answers each call with
 /// `result = method`.
+// tungstenite's handshake callback returns its `ErrorResponse` by value.
+#[allow(clippy::result_large_err)]
 async fn start_ws_upstream() -> SocketAddr {
     use futures_util::{SinkExt, StreamExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1373,13 +1581,30 @@ async fn start_ws_upstream() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                // The identity headers of the handshake, echoed in each answer.
+                let who = Arc::new(Mutex::new((String::new(), String::new())));
+                let seen = Arc::clone(&who);
+                let record =
+                    move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                          resp| {
+                        let h = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        *seen.lock().unwrap() = (h("x-jotd-tenant"), h("x-jotd-subject"));
+                        Ok(resp)
+                    };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
                     return;
                 };
+                let (tenant, subject) = who.lock().unwrap().clone();
                 while let Some(Ok(m)) = ws.next().await {
                     if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
                         let c: Value = serde_json::from_str(t.as_str()).unwrap();
-                        let a = json!({"jsonrpc":"2.0","id":c["id"],"result":c["method"]});
+                        let a = json!({"jsonrpc":"2.0","id":c["id"],"result":c["method"],"tenant":tenant,"subject":subject});
                         let _ = ws
                             .send(tokio_tungstenite::tungstenite::Message::text(a.to_string()))
                             .await;
@@ -1430,6 +1655,12 @@ async fn an_open_websocket_closes_when_its_token_stops_verifying() {
         assert!(
             answer.to_text().unwrap().contains("eth_chainId"),
             "{answer:?}"
+        );
+        // The node learned the tenant and subject at the handshake, as over HTTP.
+        let v: Value = serde_json::from_str(answer.to_text().unwrap()).unwrap();
+        assert_eq!(
+            (&v["tenant"], &v["subject"]),
+            (&json!("infura"), &json!("frank"))
         );
     }
     // The operator removes the key (compromised): the socket closes with 1008.
@@ -1503,6 +1734,84 @@ async fn a_client_holding_every_admin_slot_cannot_fail_the_probe() {
         "closed, not answered"
     );
     gw.drain().await;
+}
+
+/// Sends one GET on a fresh connection; the status, or `None` when the
+/// connection was refused (closed at the cap) or nothing came in 2 s.
+async fn status_of_a_get(addr: SocketAddr) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /v3/infura HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let head = String::from_utf8_lossy(&buf);
+        head.get(9..12)?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A client that pipelines requests and never reads the answers: once a
+/// write has made no progress for `write_timeout_ms` its connection is
+/// closed, so such clients cannot hold every slot of a door, nor the drain.
+/// (Before, hyper waited on the client's flow control for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_cannot_hold_a_connection_or_the_drain() {
+    use tokio::io::AsyncWriteExt;
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, _seen) = start_upstream().await;
+    let (cfg, _dir) = config(
+        "never-reads",
+        &pool,
+        pool.addr,
+        up,
+        "[limits]\nmax_connections = 2\nwrite_timeout_ms = 500\n",
+    );
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let proxy = gw.proxy.unwrap();
+    assert_eq!(status_of_a_get(proxy).await, Some(405));
+    // Two connections (every slot), each with a small receive buffer and
+    // ~15 MB of answers asked for: far past what the kernel buffers hold.
+    let request = b"GET /v3/infura HTTP/1.1\r\nHost: a\r\n\r\n".repeat(60_000);
+    let mut writers = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(2048).unwrap();
+        let mut stream = socket.connect(proxy).await.unwrap();
+        let request = request.clone();
+        writers.push(tokio::spawn(async move {
+            let _ = stream.write_all(&request).await;
+            // Held open, never read.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(stream);
+        }));
+    }
+    // Both slots taken: a newcomer is refused while they are held...
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...and freed once their stalled writes time out.
+    let started = std::time::Instant::now();
+    loop {
+        if status_of_a_get(proxy).await == Some(405) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the stalled connections were never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(10), gw.drain())
+        .await
+        .expect("the drain ends");
+    for w in writers {
+        w.abort();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
