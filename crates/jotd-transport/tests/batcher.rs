@@ -126,12 +126,7 @@ async fn a_lone_check_is_sent_at_once() {
 async fn a_check_past_its_deadline_fails_and_the_rest_still_decide() {
     let k = keys();
     // "jwks" items with an unknown kid wait for a refetch that waits for the gate.
-    let (open, gate) = watch::channel(false);
-    let r = start(
-        TestBackend::gated(snapshot(1, &k, false), gate),
-        holding(),
-        false,
-    );
+    let (r, open) = start_held(&k);
     let client = Arc::new(client(&r, vec![r.addr], false));
     client.connect_all().await.unwrap();
     let batcher = Batcher::new(Arc::clone(&client), BatcherOptions::default());
@@ -170,12 +165,7 @@ async fn a_check_past_its_deadline_fails_and_the_rest_still_decide() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_past_its_deadline_is_not_counted_again_when_its_batch_fails() {
     let k = keys();
-    let (_open, gate) = watch::channel(false);
-    let r = start(
-        TestBackend::gated(snapshot(1, &k, false), gate),
-        holding(),
-        false,
-    );
+    let (r, _open) = start_held(&k);
     let tls = jotd_transport::client_config(r.pki.ca_pem.as_bytes(), None).unwrap();
     let mut opts = jotd_transport::ClientOptions::new(vec![r.addr], tls);
     opts.batch_timeout = Duration::from_millis(500);
@@ -208,12 +198,7 @@ async fn a_held_check_delays_only_itself_not_its_batch() {
     let k = keys();
     // "jwks" items with an unknown kid are held until the gate opens (never,
     // in this test): a key set refetch that does not finish.
-    let (_open, gate) = watch::channel(false);
-    let r = start(
-        TestBackend::gated(snapshot(1, &k, false), gate),
-        holding(),
-        false,
-    );
+    let (r, _open) = start_held(&k);
     let client = Arc::new(client(&r, vec![r.addr], false));
     client.connect_all().await.unwrap();
     let opts = BatcherOptions {
@@ -258,12 +243,7 @@ async fn a_batch_whose_checks_have_all_gone_is_stopped() {
     let k = keys();
     // Held until the gate opens (never): the batch would stay out for the
     // client's 5 s batch timeout.
-    let (_open, gate) = watch::channel(false);
-    let r = start(
-        TestBackend::gated(snapshot(1, &k, false), gate),
-        holding(),
-        false,
-    );
+    let (r, _open) = start_held(&k);
     let client = Arc::new(client(&r, vec![r.addr], false));
     client.connect_all().await.unwrap();
     let batcher = Batcher::new(Arc::clone(&client), BatcherOptions::default());
@@ -372,12 +352,7 @@ async fn a_pool_that_is_gone_fails_every_check_with_the_client_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_at_once() {
     let k = keys();
-    let (_open, gate) = watch::channel(false);
-    let r = start(
-        TestBackend::gated(snapshot(1, &k, false), gate),
-        holding(),
-        false,
-    );
+    let (r, _open) = start_held(&k);
     let client = Arc::new(client(&r, vec![r.addr], false));
     client.connect_all().await.unwrap();
     let batcher = Batcher::new(

@@ -341,12 +341,7 @@ async fn a_hedge_that_cannot_open_does_not_hold_up_the_primary() {
     let k = keys();
     // The primary holds its one item (an unknown kid of a JWKS tenant) until
     // the gate opens: an answer that comes, but after the hedge delay.
-    let (open, gate) = watch::channel(false);
-    let slow = start(
-        TestBackend::gated(snapshot(1, &k, false), gate),
-        holding(),
-        false,
-    );
+    let (slow, open) = start_held(&k);
     let stuck = streamless_server(&slow.pki).await;
     let tls = client_config(slow.pki.ca_pem.as_bytes(), None).unwrap();
     let mut opts = ClientOptions::new(vec![slow.addr, stuck], tls);

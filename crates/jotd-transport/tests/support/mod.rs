@@ -330,6 +330,19 @@ impl Relay {
     }
 }
 
+/// A server whose "jwks" items with an unknown kid are held (see
+/// [`holding`]) until the returned gate is opened (sent `true`): an answer that
+/// comes only when the test says so.
+pub fn start_held(k: &Keys) -> (Running, watch::Sender<bool>) {
+    let (open, gate) = watch::channel(false);
+    let r = start(
+        TestBackend::gated(snapshot(1, k, false), gate),
+        holding(),
+        false,
+    );
+    (r, open)
+}
+
 /// Server options under which held items wait for their refetch as long as
 /// a test keeps the refetch gate shut (the default `refetch_hold` is 1 s).
 pub fn holding() -> jotd_transport::ServerOptions {
