@@ -475,7 +475,14 @@ fn finish(
     {
         return Reason::IssuedInFuture;
     }
-    if !tenant.denylist.is_empty() && tenant.denylist.is_revoked(jti, sub, UnixTime(now)) {
+    // A revocation holds until `until` plus the leeway `exp` gets: with
+    // `until` = the token's `exp` (as the docs advise), the token would
+    // otherwise verify again for the leeway after it.
+    if !tenant.denylist.is_empty()
+        && tenant
+            .denylist
+            .is_revoked(jti, sub, UnixTime(now.saturating_sub(leeway)))
+    {
         return Reason::Revoked;
     }
     if tenant.is_no_auth(req.method) {

@@ -8,7 +8,8 @@ use jotd_core::Algorithm::{
     Rs512,
 };
 use jotd_core::{
-    Algorithm, Denylist, PolicyModel, Reason, Request, Snapshot, Tenant, TypRule, UnixTime,
+    Algorithm, Denylist, Engine, EngineConfig, PolicyModel, Reason, Request, Snapshot, Tenant,
+    TypRule, UnixTime,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -360,7 +361,10 @@ fn revocation_by_jti_and_sub() {
     let mut d = Denylist::default();
     d.jti.insert("stolen".into(), UnixTime(NOW + 1000));
     d.sub.insert("mallory".into(), UnixTime(NOW + 1000));
-    d.sub.insert("old".into(), UnixTime(NOW - 1));
+    // Lapsed: past `until` and the tenant's 30 s leeway.
+    d.sub.insert("old".into(), UnixTime(NOW - 31));
+    // Revoked until the token's `exp` (as the docs advise).
+    d.jti.insert("until-exp".into(), UnixTime(NOW + 600));
     t.denylist = Arc::new(d);
     let snap = one(t);
     let e = uncached();
@@ -381,6 +385,38 @@ fn revocation_by_jti_and_sub() {
         reason(&e, &snap, "t", &mint(Es256, json!({"jti": "fine"}))),
         Reason::Ok
     );
+    // Between `exp` and `exp + leeway` the token still verifies, so the
+    // revocation must still hold there (it lapsed at `until` before), on the
+    // uncached and the cached path alike.
+    let revoked = mint(Es256, json!({"jti": "until-exp"}));
+    let cached = Engine::new(EngineConfig::default());
+    assert_eq!(reason(&cached, &snap, "t", &revoked), Reason::Revoked);
+    for engine in [&e, &cached] {
+        for at in [NOW + 599, NOW + 600, NOW + 629] {
+            assert_eq!(
+                engine
+                    .verify(
+                        &snap,
+                        &Request::bearer("t", revoked.as_bytes()),
+                        UnixTime(at)
+                    )
+                    .reason(),
+                Reason::Revoked,
+                "at exp {:+}",
+                at as i64 - (NOW + 600) as i64
+            );
+        }
+        assert_eq!(
+            engine
+                .verify(
+                    &snap,
+                    &Request::bearer("t", revoked.as_bytes()),
+                    UnixTime(NOW + 630)
+                )
+                .reason(),
+            Reason::Expired
+        );
+    }
 }
 
 #[test]
