@@ -14,7 +14,9 @@ pub enum PolicyModel {
     /// Besu: a required `permissions` claim of `group:method` strings
     /// (`*:*`, `eth:*`, `eth:blockNumber`). An empty list allows nothing.
     Permissions,
-    /// A valid token is enough.
+    /// A valid token is enough; one that carries a restriction claim
+    /// (`methods`, `addresses`, `origins`, `user_agents`, `permissions`) is
+    /// refused (`invalid_claim`), as no rule here could enforce it.
     #[default]
     None,
 }
@@ -88,11 +90,29 @@ impl Grants<'_> {
 }
 
 /// Applies `model` to a request carrying a valid token with these grants.
+///
+/// A token that states a restriction the tenant's model does not enforce
+/// (`methods` for a tenant of model `none`, `permissions` for an allowlist
+/// tenant, `origins` for a permissions tenant) is refused as `invalid_claim`:
+/// honouring the rest of the token would allow what its issuer restricted
+/// (one forgotten `policy` line removed every restriction).
 pub(crate) fn authorize(
     model: PolicyModel,
     grants: &Grants<'_>,
     req: &Request<'_>,
 ) -> Result<(), Reason> {
+    let allowlist_kinds = grants.methods.is_some()
+        || grants.addresses.is_some()
+        || grants.origins.is_some()
+        || grants.user_agents.is_some();
+    let unenforced = match model {
+        PolicyModel::None => allowlist_kinds || grants.permissions.is_some(),
+        PolicyModel::Allowlist => grants.permissions.is_some(),
+        PolicyModel::Permissions => allowlist_kinds,
+    };
+    if unenforced {
+        return Err(Reason::InvalidClaim);
+    }
     match model {
         PolicyModel::None => Ok(()),
         PolicyModel::Allowlist => allowlist(grants, req),

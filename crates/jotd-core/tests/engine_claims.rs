@@ -304,6 +304,74 @@ fn missing_token_no_auth_methods_and_require_jwt() {
     );
 }
 
+/// A token that states a restriction its tenant's policy model does not
+/// enforce is refused as `invalid_claim` (before, the restriction was dropped:
+/// a tenant left on `policy = "none"` let a token limited to `eth_chainId`
+/// send transactions). Restrictions of the tenant's own model apply as
+/// before; a token without any passes as before.
+#[test]
+fn restrictions_the_tenant_cannot_enforce_are_refused() {
+    let restrictions = [
+        ("methods", json!(["eth_chainId"])),
+        ("addresses", json!(["0x1111111111111111111111111111111111111111"])),
+        ("origins", json!(["https://app.example"])),
+        ("user_agents", json!(["curl"])),
+        ("permissions", json!(["eth:chainId"])),
+    ];
+    let e = uncached();
+    for model in [
+        PolicyModel::None,
+        PolicyModel::Allowlist,
+        PolicyModel::Permissions,
+    ] {
+        let mut t = tenant("t", &[Es256]);
+        t.policy = model;
+        let snap = one(t);
+        let call = |token: &str| {
+            e.verify(
+                &snap,
+                &Request {
+                    token: Some(token.as_bytes()),
+                    tenant: "t",
+                    method: Some("eth_sendTransaction"),
+                    addresses: &[],
+                    origin: None,
+                    user_agent: None,
+                },
+                UnixTime(NOW),
+            )
+            .reason()
+        };
+        let bare = call(&mint(Es256, json!({})));
+        assert_eq!(
+            bare,
+            if model == PolicyModel::Permissions {
+                // Besu requires the claim.
+                Reason::MissingClaim
+            } else {
+                Reason::Ok
+            },
+            "{model:?}, no restriction"
+        );
+        for (claim, value) in &restrictions {
+            let got = call(&mint(Es256, json!({ *claim: value })));
+            let enforced = match model {
+                PolicyModel::None => false,
+                PolicyModel::Allowlist => *claim != "permissions",
+                PolicyModel::Permissions => *claim == "permissions",
+            };
+            if enforced {
+                // Enforced by its own rule (a call that touches no address
+                // passes an address allowlist, as documented).
+                assert_ne!(got, Reason::InvalidClaim, "{model:?} enforces {claim}");
+                assert_eq!(got == Reason::Ok, *claim == "addresses", "{model:?} {claim}: {got:?}");
+            } else {
+                assert_eq!(got, Reason::InvalidClaim, "{model:?} cannot enforce {claim}");
+            }
+        }
+    }
+}
+
 #[test]
 fn allowlist_policy_and_returned_claims() {
     let mut t = tenant("t", &[Es256]);
