@@ -101,11 +101,16 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_, '_, '_, 'de> {
             de::Error::custom(reason.as_str())
         };
         while let Some(StrCow(name)) = map.next_key::<StrCow<'de>>()? {
-            if let Some(i) = wanted.required.iter().position(|r| **r == *name)
-                && i < 64
-            {
-                claims.required_seen |= 1 << i;
-            }
+            // Every place this claim is required (a name listed twice is met
+            // by one claim); `null` is as good as absent, so the bits are set
+            // once the value is known not to be null.
+            let required = wanted
+                .required
+                .iter()
+                .take(64)
+                .enumerate()
+                .filter(|(_, r)| ***r == *name)
+                .fold(0u64, |m, (i, _)| m | 1 << i);
             let returned = wanted.returned.iter().position(|r| **r == *name);
             let known = matches!(
                 &*name,
@@ -124,18 +129,29 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_, '_, '_, 'de> {
             );
             if !known && returned.is_none() {
                 failure.set(Some(Reason::Malformed));
-                map.next_value_seed(Skip::new())?;
+                let null = map.next_value_seed(Skip::new())?;
                 failure.set(None);
+                if !null {
+                    claims.required_seen |= required;
+                }
                 continue;
+            }
+            // A registered or policy claim that is `null` is `invalid_claim`
+            // below; a returned one is checked here.
+            if returned.is_none() {
+                claims.required_seen |= required;
             }
             // Claims to return are kept raw (then also typed if registered); others are typed in place.
             let raw = match returned {
                 Some(i) => {
                     let raw: &'de RawValue = map.next_value()?;
-                    let too_deep =
+                    let skipped =
                         Skip::new().deserialize(&mut serde_json::Deserializer::from_str(raw.get()));
-                    if claims.returned.iter().any(|(j, _)| *j == i) || too_deep.is_err() {
+                    if claims.returned.iter().any(|(j, _)| *j == i) || skipped.is_err() {
                         return Err(fail(Reason::Malformed));
+                    }
+                    if matches!(skipped, Ok(false)) {
+                        claims.required_seen |= required;
                     }
                     claims.returned.push((i, raw));
                     Some(raw)

@@ -116,6 +116,46 @@ fn exp_optional_and_lifetime_cap() {
     );
 }
 
+/// A required claim must carry a value: a literal `null` (which the fixture's
+/// `claims()` cannot write: it removes null claims) is as good as absent,
+/// whether or not the claim is also returned. A name required twice is met
+/// by one claim (it denied every token).
+#[test]
+fn a_required_claim_that_is_null_is_missing() {
+    let mut t = tenant("t", &[Es256]);
+    t.claims.required = vec!["name".into(), "tier".into(), "tier".into()];
+    t.claims_to_return = vec!["tier".into()];
+    let snap = one(t);
+    for e in [uncached(), Engine::new(EngineConfig::default())] {
+        let with = |payload: &str| {
+            let token = signer(Es256)
+                .mint_raw(br#"{"alg":"ES256","kid":"es256"}"#, payload.as_bytes())
+                .unwrap();
+            reason(&e, &snap, "t", &token)
+        };
+        let exp = NOW + 600;
+        assert_eq!(
+            with(&format!(r#"{{"exp":{exp},"name":"n","tier":"gold"}}"#)),
+            Reason::Ok
+        );
+        assert_eq!(
+            with(&format!(r#"{{"exp":{exp},"name":null,"tier":"gold"}}"#)),
+            Reason::MissingClaim,
+            "a null claim that is only required"
+        );
+        assert_eq!(
+            with(&format!(r#"{{"exp":{exp},"name":"n","tier":null}}"#)),
+            Reason::MissingClaim,
+            "a null claim that is also returned"
+        );
+        assert_eq!(
+            with(&format!(r#"{{"exp":{exp},"name":{{}},"tier":[]}}"#)),
+            Reason::Ok,
+            "empty objects and arrays are values"
+        );
+    }
+}
+
 #[test]
 fn audience_issuer_required_claims_and_typ() {
     let mut t = tenant("t", &[Es256]);
@@ -313,7 +353,10 @@ fn missing_token_no_auth_methods_and_require_jwt() {
 fn restrictions_the_tenant_cannot_enforce_are_refused() {
     let restrictions = [
         ("methods", json!(["eth_chainId"])),
-        ("addresses", json!(["0x1111111111111111111111111111111111111111"])),
+        (
+            "addresses",
+            json!(["0x1111111111111111111111111111111111111111"]),
+        ),
         ("origins", json!(["https://app.example"])),
         ("user_agents", json!(["curl"])),
         ("permissions", json!(["eth:chainId"])),
@@ -364,9 +407,17 @@ fn restrictions_the_tenant_cannot_enforce_are_refused() {
                 // Enforced by its own rule (a call that touches no address
                 // passes an address allowlist, as documented).
                 assert_ne!(got, Reason::InvalidClaim, "{model:?} enforces {claim}");
-                assert_eq!(got == Reason::Ok, *claim == "addresses", "{model:?} {claim}: {got:?}");
+                assert_eq!(
+                    got == Reason::Ok,
+                    *claim == "addresses",
+                    "{model:?} {claim}: {got:?}"
+                );
             } else {
-                assert_eq!(got, Reason::InvalidClaim, "{model:?} cannot enforce {claim}");
+                assert_eq!(
+                    got,
+                    Reason::InvalidClaim,
+                    "{model:?} cannot enforce {claim}"
+                );
             }
         }
     }

@@ -65,11 +65,22 @@ pub fn parse(
             ));
         }
         let list = lists.entry(e.tenant.clone()).or_default();
-        let (map, value) = match (&e.jti, &e.sub) {
-            (Some(jti), None) => (&mut list.jti, jti),
-            (None, Some(sub)) => (&mut list.sub, sub),
+        let (map, value, field) = match (&e.jti, &e.sub) {
+            (Some(jti), None) => (&mut list.jti, jti, "jti"),
+            (None, Some(sub)) => (&mut list.sub, sub, "sub"),
             _ => return Err(loc.error(entry.span(), at, "give exactly one of jti, sub")),
         };
+        // A value pasted with a trailing newline or blank revoked nothing, silently.
+        if !crate::tenants::is_name(value) {
+            return Err(loc.error(
+                entry.span(),
+                format!("{at}.{field}"),
+                format_args!(
+                    "`{}`: 1 to 1024 characters, no control characters, no leading or trailing blanks",
+                    value.escape_default()
+                ),
+            ));
+        }
         // The same jti or sub listed twice (an old entry left behind): the later `until`
         // holds, so a stale line can never shorten a revocation.
         let until = map
@@ -105,6 +116,24 @@ mod tests {
                 assert!(
                     !list.is_revoked(jti, sub, UnixTime(2_000_000_000)),
                     "{text}"
+                );
+            }
+        }
+    }
+
+    /// A `jti` or `sub` that can only be a paste mistake (a trailing newline
+    /// or blank, an empty string) is refused on its entry's line: it revoked
+    /// nothing, silently, during an incident.
+    #[test]
+    fn values_that_match_no_token_are_refused_on_their_line() {
+        for kind in ["jti", "sub"] {
+            for bad in ["\"\"", "\"5f1c2a \"", "\" 5f1c2a\"", "\"5f1c2a\\n\""] {
+                let text = format!("\n[[revoke]]\ntenant = \"t\"\n{kind} = {bad}\nuntil = 1\n");
+                let e = parse(Path::new("revoked.toml"), &text, &|t| t == "t").unwrap_err();
+                assert_eq!(
+                    (e.line, e.key.as_str()),
+                    (Some(2), format!("revoke[0].{kind}").as_str()),
+                    "{text}: {e}"
                 );
             }
         }

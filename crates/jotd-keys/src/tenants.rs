@@ -499,6 +499,17 @@ fn jwks_source(
     })
 }
 
+/// Whether `name` can be an entry compared byte for byte with what tokens and
+/// requests carry: 1 to 1,024 bytes, no control characters, no leading or
+/// trailing blanks (an entry outside that can only be a mistake: it matches
+/// nothing, and says nothing).
+pub(crate) fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 1024
+        && !name.chars().any(char::is_control)
+        && name.trim() == name
+}
+
 /// The most entries in a tenant's `audiences`, `issuers` or `no_auth_methods`.
 const MAX_NAMES: usize = 1024;
 
@@ -520,11 +531,7 @@ fn names(
         return cx.err(list.span(), at, format_args!("at most {max} entries"));
     }
     for (i, name) in list.get_ref().iter().enumerate() {
-        if name.is_empty()
-            || name.len() > 1024
-            || name.chars().any(char::is_control)
-            || name.trim() != name
-        {
+        if !is_name(name) {
             return cx.err(
                 list.span(),
                 at,
