@@ -126,8 +126,22 @@ pub(crate) struct CachedToken {
     bytes: usize,
 }
 
-/// Allocator headers of an entry's five allocations, Arc counts, and the map's slot.
-const ENTRY_OVERHEAD: usize = 5 * 16 + 2 * 16 + 64;
+/// The map's slot for an entry (key and value pointers, hash, metadata).
+const SLOT_BYTES: usize = 64;
+
+/// What a heap allocation of `n` bytes takes from the allocator: glibc
+/// rounds `n` plus its 8-byte header up to 16 bytes, and no chunk is under
+/// 32 (jemalloc's size classes are smaller). An empty allocation takes
+/// nothing. The byte bound counts this, not `n`: an entry of many one-byte
+/// strings takes 32 bytes for each.
+pub(crate) const fn heap_alloc(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        let chunk = (n + 8).div_ceil(16) * 16;
+        if chunk < 32 { 32 } else { chunk }
+    }
+}
 
 impl CachedToken {
     #[allow(clippy::too_many_arguments)]
@@ -141,18 +155,18 @@ impl CachedToken {
         grants: Grants<'static>,
         info: Arc<TokenInfo>,
     ) -> Self {
-        // What the entry really holds, so the byte bound holds in resident memory: the key,
-        // the entry and its token facts inline (the grants' lists live inline up to four
-        // strings), their heap parts, and per allocation (key, entry Arc, info Arc, tenant,
-        // jti) about 16 bytes of allocator overhead plus the map's slot.
-        let bytes = token_len
-            + std::mem::size_of::<Self>()
-            + std::mem::size_of::<TokenInfo>()
-            + tenant.len()
-            + jti.as_ref().map_or(0, |j| j.len())
+        // What the entry really holds, so the byte bound holds in resident memory:
+        // every allocation (the key, the entry's and the token facts' Arcs with
+        // their two counts, the tenant, the jti, and the heap parts of the grants
+        // and facts) as the allocator sizes it, plus the map's slot.
+        let bytes = heap_alloc(token_len)
+            + heap_alloc(std::mem::size_of::<Self>() + 16)
+            + heap_alloc(std::mem::size_of::<TokenInfo>() + 16)
+            + heap_alloc(tenant.len())
+            + jti.as_ref().map_or(0, |j| heap_alloc(j.len()))
             + grants.heap_bytes()
             + info.heap_bytes()
-            + ENTRY_OVERHEAD;
+            + SLOT_BYTES;
         Self {
             tenant: tenant.into(),
             epoch,

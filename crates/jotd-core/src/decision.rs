@@ -62,16 +62,18 @@ impl TokenInfo {
         &self.claims
     }
 
+    /// Heap bytes as the allocator sizes them (the cache's memory bound).
     pub(crate) fn heap_bytes(&self) -> usize {
-        let s = |o: &Option<Box<str>>| o.as_ref().map_or(0, |s| s.len());
+        use crate::cache::heap_alloc;
+        let s = |o: &Option<Box<str>>| o.as_ref().map_or(0, |s| heap_alloc(s.len()));
         s(&self.kid)
             + s(&self.sub)
+            + heap_alloc(self.claims.len() * std::mem::size_of::<(Box<str>, Box<str>)>())
             + self
                 .claims
                 .iter()
-                .map(|(k, v)| k.len() + v.len() + 32)
+                .map(|(k, v)| heap_alloc(k.len()) + heap_alloc(v.len()))
                 .sum::<usize>()
-            + 64
     }
 }
 

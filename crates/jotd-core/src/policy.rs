@@ -73,8 +73,11 @@ impl Grants<'_> {
         }
     }
 
-    /// Approximate heap bytes, for the cache's memory bound.
+    /// Heap bytes as the allocator sizes them, for the cache's memory bound:
+    /// each list's buffer once it outgrows its inline room (at its capacity,
+    /// which grows in powers of two), and each owned string's buffer.
     pub(crate) fn heap_bytes(&self) -> usize {
+        use crate::cache::heap_alloc;
         [
             &self.methods,
             &self.addresses,
@@ -84,7 +87,20 @@ impl Grants<'_> {
         ]
         .into_iter()
         .flatten()
-        .map(|l| l.iter().map(|s| s.len() + 24).sum::<usize>() + 24)
+        .map(|l| {
+            let buffer = if l.spilled() {
+                heap_alloc(l.capacity() * std::mem::size_of::<Cow<'_, str>>())
+            } else {
+                0
+            };
+            buffer
+                + l.iter()
+                    .map(|s| match s {
+                        Cow::Owned(o) => heap_alloc(o.capacity()),
+                        Cow::Borrowed(_) => 0,
+                    })
+                    .sum::<usize>()
+        })
         .sum()
     }
 }
