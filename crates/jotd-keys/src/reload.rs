@@ -210,6 +210,12 @@ impl Reloader {
         });
         match result {
             Ok((config, stamps, unsettled, generation)) => {
+                // Keys fetched for a source the config no longer names go: a
+                // tenant removed and later added back must not come back with
+                // keys its identity provider may have retired meanwhile.
+                state
+                    .fetched
+                    .retain(|(tenant, url), _| names_source(&config, tenant, url));
                 state.config = Arc::new(config);
                 state.stamps = stamps;
                 state.unsettled = unsettled;
@@ -239,11 +245,25 @@ impl Reloader {
 
     /// Installs keys fetched for one JWKS URL and rebuilds the snapshot from the
     /// current config (no files are read). Returns the new generation.
+    /// Keys for a source the current config no longer names (a fetch that
+    /// finished after a reload removed it) are dropped.
     pub fn set_fetched(&self, tenant: &str, url: &str, keys: Arc<JwksKeys>) -> u64 {
         let mut state = self.lock();
-        state
-            .fetched
-            .insert((tenant.to_owned(), url.to_owned()), keys);
+        if names_source(&state.config, tenant, url) {
+            state
+                .fetched
+                .insert((tenant.to_owned(), url.to_owned()), keys);
+        }
         self.install(&state.config, &state.fetched)
     }
+}
+
+/// Whether `config` has tenant `tenant` fetch keys from `url`.
+fn names_source(config: &KeysConfig, tenant: &str, url: &str) -> bool {
+    config.tenants.iter().any(|t| {
+        *t.tenant.id == *tenant
+            && t.jwks
+                .iter()
+                .any(|s| matches!(&s.location, crate::JwksLocation::Url(u) if u == url))
+    })
 }

@@ -163,6 +163,22 @@ fn fetched_jwks_keys_survive_reloads() {
         Reason::Ok,
         "fetched keys are kept across a reload"
     );
+    // The tenant removed, then added back: its old fetched keys do not come
+    // back with it (its identity provider may have retired them meanwhile);
+    // the next fetch brings what the provider serves then.
+    let other = "[[tenant]]\nid = \"o\"\nrequire_jwt = false\n";
+    fs.write("/cfg/jotd.toml", other);
+    assert!(matches!(r.reload_if_changed(), Some(Ok(_))));
+    // A fetch that finishes after the removal is not kept either.
+    let late = jotd_keys::jwk::parse_jwks(doc.as_bytes(), Some(Algorithm::Hs256), 16).unwrap();
+    r.set_fetched("t", "https://idp.example/jwks", Arc::new(late));
+    fs.write("/cfg/jotd.toml", config);
+    assert!(matches!(r.reload_if_changed(), Some(Ok(_))));
+    assert_eq!(
+        decide(&r, &token(&secret)),
+        Reason::UnknownKid,
+        "keys fetched for a removed tenant are gone"
+    );
 }
 
 /// After a read of the denylist that found it torn (empty): mallory still
