@@ -127,7 +127,12 @@ pub struct Tenant {
     /// Up to a few keys (rotation); looked up by `kid`.
     pub keys: Vec<TenantKey>,
     /// Must change whenever `keys`, `algorithms`, `claims` or `claims_to_return`
-    /// change: cached verified tokens of another epoch are dropped.
+    /// change: cached verified tokens of another epoch are dropped. The engine
+    /// trusts it: a caller that changes a rule or a key and keeps the epoch
+    /// gets cached answers of the old rules. jotd-keys derives it from a digest
+    /// of everything it covers (`cache_differential.rs` checks the two engines
+    /// agree); a direct user of this crate must do the same. [`Tenant::new`]
+    /// starts at 0.
     pub epoch: u64,
     /// Algorithms accepted. Default: every algorithm of a configured key.
     pub algorithms: AlgorithmSet,
