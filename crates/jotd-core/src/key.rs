@@ -31,6 +31,18 @@ pub enum KeyError {
         /// The modulus size found.
         bits: usize,
     },
+    /// The HMAC secret is public key material (a PEM block, an SSH public
+    /// key, a DER key or certificate): anyone holding the public key could
+    /// sign tokens with it.
+    #[error(
+        "{alg} secret is {what}: an HMAC secret must not be public key material (anyone who has the public key could sign tokens)"
+    )]
+    PublicKeyAsSecret {
+        /// The HMAC algorithm.
+        alg: Algorithm,
+        /// What the secret looks like.
+        what: &'static str,
+    },
     /// The HMAC secret is shorter than the hash output.
     #[error("{alg} secret of {len} bytes is shorter than the {min}-byte minimum")]
     SecretTooShort {
@@ -246,6 +258,9 @@ impl VerifyingKey {
                 len: secret.len(),
                 min: alg.min_secret_len(),
             });
+        }
+        if let Some(what) = public_material(secret) {
+            return Err(KeyError::PublicKeyAsSecret { alg, what });
         }
         Ok(Self {
             alg,
@@ -490,4 +505,41 @@ fn check_ed25519(spki: &[u8]) -> Result<(), KeyError> {
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
     &bytes[first..]
+}
+
+/// What an HMAC secret looks like when it is public key material, checked
+/// for every source (`secret`, `secret_base64`, an `oct` JWK, a JWKS): a PEM
+/// block, an OpenSSH public key line, or one whole DER SEQUENCE (an SPKI, a
+/// PKCS#1 key, a certificate). The classic algorithm-confusion key: a
+/// verifier handed the RSA public key as its HS256 secret accepts tokens
+/// anyone can sign. A random secret is one whole DER SEQUENCE by chance with
+/// a probability under 2^-16.
+fn public_material(secret: &[u8]) -> Option<&'static str> {
+    let text = secret.trim_ascii_start();
+    if text.starts_with(b"-----BEGIN") {
+        return Some("a PEM block");
+    }
+    if [
+        &b"ssh-rsa "[..],
+        b"ssh-ed25519 ",
+        b"ssh-dss ",
+        b"ecdsa-sha2-",
+        b"sk-ssh-",
+        b"sk-ecdsa-",
+    ]
+    .iter()
+    .any(|p| text.starts_with(p))
+    {
+        return Some("an OpenSSH public key");
+    }
+    let whole_sequence = match secret {
+        [0x30, len, rest @ ..] if *len < 0x80 => rest.len() == usize::from(*len),
+        [0x30, 0x81, len, rest @ ..] => rest.len() == usize::from(*len),
+        [0x30, 0x82, a, b, rest @ ..] => rest.len() == usize::from(u16::from_be_bytes([*a, *b])),
+        [0x30, 0x83, a, b, c, rest @ ..] => {
+            rest.len() == (usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c))
+        }
+        _ => false,
+    };
+    whole_sequence.then_some("a DER structure (a public key or certificate)")
 }

@@ -308,6 +308,57 @@ fn pem_with_more_than_one_block_names_the_extra_block() {
     }
 }
 
+/// Public key material given as an HMAC secret (the algorithm-confusion
+/// key: whoever has the public key signs HS256 tokens with it) is refused
+/// from every source: `secret`, `secret_base64`, an inline `oct` JWK, and a
+/// JWKS (skipped there, the other keys kept).
+#[test]
+fn public_key_material_is_never_an_hmac_secret() {
+    let rsa = SigningKey::generate(Algorithm::Rs256).unwrap();
+    let spki = rsa.verifying_key().unwrap().spki_der().unwrap();
+    let pem = pem::encode(&pem::Pem::new("PUBLIC KEY", spki.clone()));
+    let ssh =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@host";
+    let forms: [(&str, Vec<u8>); 3] = [
+        ("PEM block", pem.clone().into_bytes()),
+        ("DER structure", spki.clone()),
+        ("OpenSSH", ssh.as_bytes().to_vec()),
+    ];
+    for (what, bytes) in &forms {
+        let sources = [
+            format!("secret_base64 = \"{}\"", STANDARD.encode(bytes)),
+            format!("jwk = {{ kty = \"oct\", k = \"{}\" }}", b64u(bytes)),
+        ];
+        for source in sources.iter().chain(
+            std::str::from_utf8(bytes)
+                .ok()
+                .map(|text| format!("secret = {}", serde_json::to_string(text).unwrap()))
+                .as_ref(),
+        ) {
+            let config = format!(
+                "[[tenant]]\nid = \"t\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\n{source}\n"
+            );
+            let e = load(&config, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("must not be public key material"),
+                "{what}, {source}: {e}"
+            );
+        }
+        let doc = json!({"keys": [
+            {"kty": "oct", "kid": "confused", "alg": "HS256", "k": b64u(bytes)},
+            {"kty": "oct", "kid": "fine", "alg": "HS256", "k": b64u(&[7u8; 32])},
+        ]})
+        .to_string();
+        let keys = parse_jwks(doc.as_bytes(), None, 10).unwrap();
+        assert_eq!(keys.keys.len(), 1, "{what}");
+        assert!(
+            keys.skipped[0].contains("public key material"),
+            "{what}: {:?}",
+            keys.skipped
+        );
+    }
+}
+
 #[test]
 fn jwks_not_for_verification_are_refused_inline_and_skipped_in_a_jwks() {
     let good = SigningKey::generate(Algorithm::EdDsa).unwrap();
