@@ -127,17 +127,31 @@ pub enum JwksUrlError {
     Userinfo,
 }
 
-/// `url` for messages: any `user:password@` left out.
+/// `url` as it is shown (logs, metrics labels, `/readyz`, errors): any
+/// `user:password@` and fragment left out, the query replaced by a short
+/// digest of it.
 #[must_use]
-pub(crate) fn redacted_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => "(not a URL)".to_owned(),
+pub fn redacted_url(url: &str) -> String {
+    let Ok(mut u) = reqwest::Url::parse(url) else {
+        return "(not a URL)".to_owned();
+    };
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_fragment(None);
+    // A query may carry a credential (`?access_token=…`, a presigned object
+    // store URL after a redirect): shown as a short digest, so two sources
+    // that differ only there stay two.
+    let query = u.query().map(|q| {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, q.as_bytes());
+        d.as_ref()[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    });
+    u.set_query(None);
+    match query {
+        Some(q) => format!("{u}?…{q}"),
+        None => u.to_string(),
     }
 }
 
@@ -193,11 +207,16 @@ fn redirect_policy() -> reqwest::redirect::Policy {
             && from.scheme() != to.scheme()
         {
             return attempt.error(format!(
-                "redirect from {from} to {to} changes the scheme; refused"
+                "redirect from {} to {} changes the scheme; refused",
+                redacted_url(from.as_str()),
+                redacted_url(to.as_str())
             ));
         }
         if let Err(e) = check_parsed_url(&to) {
-            return attempt.error(format!("redirect to {to} refused: {e}"));
+            return attempt.error(format!(
+                "redirect to {} refused: {e}",
+                redacted_url(to.as_str())
+            ));
         }
         attempt.follow()
     })
@@ -512,7 +531,12 @@ impl JwksFetcher {
         if e.is_timeout() {
             FetchError::Timeout(self.config.timeout)
         } else {
-            FetchError::Http(error_chain(e))
+            // reqwest names the URL in its message: shown redacted.
+            let text = error_chain(e);
+            FetchError::Http(match e.url() {
+                Some(u) => text.replace(u.as_str(), &redacted_url(u.as_str())),
+                None => text,
+            })
         }
     }
 
@@ -578,8 +602,8 @@ impl JwksFetcher {
                 drop(info);
                 self.report(&FetchEvent::Installed {
                     tenant: &t.tenant,
-                    url: &t.url,
-                    keys_url: &final_url,
+                    url: &redacted_url(&t.url),
+                    keys_url: &redacted_url(&final_url),
                     keys: keys.keys.len(),
                     skipped: &keys.skipped,
                     left_out: keys.skipped_total,
@@ -599,7 +623,7 @@ impl JwksFetcher {
                 drop(info);
                 self.report(&FetchEvent::Failed {
                     tenant: &t.tenant,
-                    url: &t.url,
+                    url: &redacted_url(&t.url),
                     error: &e,
                 });
                 Err(e)
@@ -714,9 +738,9 @@ impl JwksFetcher {
                     failed_total: info.failed_total,
                     last_error: info.last_error.clone(),
                     fetches: info.fetches,
-                    keys_url: info.keys_url.clone(),
+                    keys_url: info.keys_url.as_deref().map(redacted_url),
                     tenant: t.tenant.clone(),
-                    url: t.url.clone(),
+                    url: redacted_url(&t.url),
                 }
             })
             .collect()

@@ -422,6 +422,16 @@ pub fn parse_jwks(
             out.skip(&format!("keys[{i}]: no kid"));
             continue;
         };
+        // The rule a configured kid follows, for every source: an empty kid
+        // (which a token's `"kid": ""` would find), control characters, or a
+        // kid past 256 bytes is no key id.
+        if !crate::is_kid(&kid) {
+            out.skip(&format!(
+                "keys[{i}]: kid {}: must be 1..=256 characters, no control characters",
+                printable(&format!("{kid:?}"))
+            ));
+            continue;
+        }
         // Before the duplicate check: a publisher may give its encryption key the same kid.
         if let Err(e) = jwk.check_verification_use() {
             out.skip(&format!("kid {kid:?}: {e}"));

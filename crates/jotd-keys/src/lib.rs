@@ -27,6 +27,7 @@ pub use config::{
 pub use fetch::{
     FetchConfig, FetchError, FetchEvent, FetchObserver, JwksFetcher, JwksUrlError, MAX_REDIRECTS,
     MAX_WAITERS, PARALLEL_FETCHES, SourceHealth, check_fetch_config, check_jwks_url, max_age,
+    redacted_url,
 };
 pub use load::{KeysConfig, load, load_section, read_text};
 pub use reload::{
@@ -34,3 +35,9 @@ pub use reload::{
 };
 pub use store::KeyStore;
 pub use tenants::{DEFAULT_JWKS_REFRESH, JwksLocation, JwksSource, KeyInfo, ReadFile, TenantSpec};
+
+/// A key id every source accepts (config, JWK, JWKS file or URL): 1 to 256
+/// bytes, no control characters.
+pub(crate) fn is_kid(kid: &str) -> bool {
+    !kid.is_empty() && kid.len() <= 256 && !kid.chars().any(char::is_control)
+}

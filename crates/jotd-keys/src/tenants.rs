@@ -351,11 +351,11 @@ fn key(
     let k = raw.get_ref();
     let span = raw.span();
     let kid = k.kid.get_ref();
-    if kid.is_empty() || kid.len() > 256 {
+    if !crate::is_kid(kid) {
         return cx.err(
             k.kid.span(),
             &format!("{at}.kid"),
-            "must be 1..=256 characters",
+            "must be 1..=256 characters, no control characters",
         );
     }
     let sources = [

@@ -458,6 +458,48 @@ fn plain_http_jwks_urls_only_to_a_parsed_loopback_host() {
 }
 
 /// A refused URL's error never repeats a password it carried.
+/// One kid rule for every source: a JWKS entry whose kid is empty (which a
+/// token's `"kid": ""` would find), holds control characters, or runs past
+/// 256 bytes is left out, as a configured one is refused.
+#[test]
+fn kids_follow_one_rule_in_every_source() {
+    let key = SigningKey::generate(Algorithm::EdDsa).unwrap();
+    let spki = key.verifying_key().unwrap().spki_der().unwrap();
+    let x = b64u(&spki[12..]);
+    for bad in [String::new(), "a\u{0}b".to_owned(), "k".repeat(257)] {
+        let doc = json!({"keys": [
+            {"kty": "OKP", "crv": "Ed25519", "kid": bad, "x": x},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "fine", "x": x},
+        ]})
+        .to_string();
+        let keys = parse_jwks(doc.as_bytes(), None, 10).unwrap();
+        assert_eq!(keys.keys.len(), 1, "{bad:?}");
+        assert_eq!(&*keys.keys[0].0, "fine");
+        let config = format!(
+            "[[tenant]]\nid = \"t\"\n[[tenant.key]]\nkid = {}\njwk = {{ kty = \"OKP\", crv = \"Ed25519\", x = \"{x}\" }}\n",
+            serde_json::to_string(&bad).unwrap()
+        );
+        let e = load(&config, &[]).unwrap_err().to_string();
+        assert!(e.contains("tenant[0].key[0].kid"), "{bad:?}: {e}");
+    }
+}
+
+/// A JWKS URL is shown (logs, metrics labels, `/readyz`, errors) without
+/// what may be a credential: userinfo, the fragment, and the query (as a
+/// short digest, so two sources differing there stay apart).
+#[test]
+fn shown_urls_leave_credentials_out() {
+    let a = jotd_keys::redacted_url("https://idp.example/jwks?access_token=S3CRET#frag");
+    let b = jotd_keys::redacted_url("https://idp.example/jwks?access_token=OTHER");
+    assert!(a.starts_with("https://idp.example/jwks?…"), "{a}");
+    assert!(!a.contains("S3CRET") && !a.contains("frag"), "{a}");
+    assert_ne!(a, b);
+    assert_eq!(
+        jotd_keys::redacted_url("https://idp.example/jwks"),
+        "https://idp.example/jwks"
+    );
+}
+
 #[test]
 fn url_errors_leave_the_password_out() {
     let config =
