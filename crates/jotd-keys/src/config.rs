@@ -234,6 +234,8 @@ pub(crate) struct RawJwks {
     pub(crate) alg: Option<String>,
     #[serde(default)]
     pub(crate) issuer: Option<String>,
+    #[serde(default)]
+    pub(crate) symmetric_keys: bool,
 }
 
 /// Locates errors in one file's text.

@@ -7,7 +7,7 @@
 //! roots plus any extra CA given in [`FetchConfig`] (private IdPs, tests).
 //! Time is tokio's, so tests can pause it.
 
-use crate::jwk::{JwkError, parse_jwks};
+use crate::jwk::JwkError;
 use crate::load::KeysConfig;
 use crate::reload::Reloader;
 use crate::tenants::JwksLocation;
@@ -369,6 +369,7 @@ struct Target {
     url: String,
     refresh: Duration,
     alg: Option<Algorithm>,
+    symmetric_keys: bool,
 }
 
 /// A config and the URL sources it lists.
@@ -509,6 +510,7 @@ impl JwksFetcher {
                             url: url.clone(),
                             refresh: s.refresh,
                             alg: s.alg,
+                            symmetric_keys: s.symmetric_keys,
                         }),
                         JwksLocation::File(_) => None,
                     })
@@ -578,7 +580,8 @@ impl JwksFetcher {
             .await
             .map_err(|_| FetchError::Timeout(self.config.timeout))??;
         let max_keys = self.reloader.config().max_jwks_keys;
-        Ok((parse_jwks(&body, t.alg, max_keys)?, age, final_url))
+        let keys = crate::jwk::parse_fetched_jwks(&body, t.alg, max_keys, t.symmetric_keys)?;
+        Ok((keys, age, final_url))
     }
 
     /// Fetches one source now and records the outcome; on success installs the keys.

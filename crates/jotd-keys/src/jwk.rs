@@ -401,6 +401,31 @@ pub fn parse_jwks(
     config_alg: Option<Algorithm>,
     max_keys: usize,
 ) -> Result<JwksKeys, JwkError> {
+    parse(bytes, config_alg, max_keys, true)
+}
+
+/// [`parse_jwks`] for a document fetched from a URL: symmetric (`oct`) keys
+/// are left out (and listed) unless the source says `symmetric_keys = true`.
+/// The fetcher sends no credentials, so whoever can fetch the URL holds such
+/// a secret and can sign tokens with it.
+///
+/// # Errors
+/// See [`JwkError`].
+pub fn parse_fetched_jwks(
+    bytes: &[u8],
+    config_alg: Option<Algorithm>,
+    max_keys: usize,
+    symmetric_keys: bool,
+) -> Result<JwksKeys, JwkError> {
+    parse(bytes, config_alg, max_keys, symmetric_keys)
+}
+
+fn parse(
+    bytes: &[u8],
+    config_alg: Option<Algorithm>,
+    max_keys: usize,
+    symmetric_keys: bool,
+) -> Result<JwksKeys, JwkError> {
     let limit = max_keys.max(1).saturating_mul(MAX_ENTRIES_PER_KEY);
     let entries = document_keys(bytes, limit)?;
     let mut out = JwksKeys {
@@ -443,6 +468,9 @@ pub fn parse_jwks(
             return Err(JwkError::DuplicateKid(printable(&format!("{kid:?}"))));
         }
         match jwk.to_key(config_alg) {
+            Ok(key) if !symmetric_keys && key.spki_der().is_none() => out.skip(&format!(
+                "kid {kid:?}: a symmetric key in a JWKS fetched over the network (anyone who can fetch the URL could sign tokens; set symmetric_keys = true on the source to take it)"
+            )),
             Ok(key) => out.keys.push((kid, key)),
             Err(e) => out.skip(&format!("kid {kid:?}: {e}")),
         }

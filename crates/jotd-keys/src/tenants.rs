@@ -48,6 +48,10 @@ pub struct JwksSource {
     /// The `iss` every token verified by this source's keys must carry
     /// ([`TenantKey::issuer`](jotd_core::TenantKey::issuer)).
     pub issuer: Option<Box<str>>,
+    /// URL sources only: take `oct` (HMAC) keys from the document. Off by
+    /// default: the fetcher sends no credentials, so whoever can fetch the
+    /// URL has the secret and can sign tokens.
+    pub symmetric_keys: bool,
 }
 
 /// Default JWKS refresh interval.
@@ -490,12 +494,20 @@ fn jwks_source(
         Some(a) => Some(alg_named(a).or_else(|m| cx.err(span.clone(), &format!("{at}.alg"), m))?),
         None => None,
     };
+    if j.symmetric_keys && matches!(location, JwksLocation::File(_)) {
+        return cx.err(
+            span,
+            &format!("{at}.symmetric_keys"),
+            "applies to url sources only (a JWKS file's symmetric keys are always read)",
+        );
+    }
     let issuer = checked_issuer(cx, span, &format!("{at}.issuer"), j.issuer.as_deref())?;
     Ok(JwksSource {
         location,
         refresh,
         alg,
         issuer,
+        symmetric_keys: j.symmetric_keys,
     })
 }
 

@@ -716,6 +716,57 @@ async fn the_refresh_loop_keeps_going_while_one_idp_hangs() {
         .unwrap();
 }
 
+/// A JWKS fetched from a URL gives no symmetric (`oct`) keys unless its
+/// source says `symmetric_keys = true`: the fetcher sends no credentials, so
+/// whoever can fetch the URL holds the secret. The document's other keys are
+/// installed; a JWKS file may hold symmetric keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetched_symmetric_keys_need_the_sources_consent() {
+    let server = serve().await;
+    let secret = [7u8; 32];
+    let ed = SigningKey::generate(Algorithm::EdDsa).unwrap();
+    let spki = ed.verifying_key().unwrap().spki_der().unwrap();
+    server.set(Mode::Doc {
+        body: format!(
+            r#"{{"keys":[{{"kty":"oct","kid":"h","alg":"HS256","k":"{}"}},{{"kty":"OKP","crv":"Ed25519","kid":"e","x":"{}"}}]}}"#,
+            URL_SAFE_NO_PAD.encode(secret),
+            URL_SAFE_NO_PAD.encode(&spki[12..])
+        ),
+        cache_control: None,
+    });
+    let hs = SigningKey::from_hmac_secret(Algorithm::Hs256, &secret).unwrap();
+    for (consent, hs_ok) in [("", false), ("symmetric_keys = true\n", true)] {
+        let url = server.url.clone();
+        let reloader = Arc::new(
+            Reloader::start(
+                Path::new("/cfg/jotd.toml"),
+                Box::new(move |_| {
+                    Ok(format!(
+                        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\n{consent}"
+                    )
+                    .into_bytes())
+                }),
+                Box::new(|_| Some((None, 1))),
+            )
+            .unwrap(),
+        );
+        let config = FetchConfig {
+            extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
+            ..FetchConfig::default()
+        };
+        let fetcher = JwksFetcher::new(Arc::clone(&reloader), config).unwrap();
+        assert!(fetcher.refresh_due().await.is_empty());
+        assert_eq!(decide(&reloader, &ed, "e"), Reason::Ok, "{consent:?}");
+        // Without consent the HMAC key is not there (nor, then, HS256 among
+        // the tenant's algorithms).
+        assert_eq!(
+            decide(&reloader, &hs, "h") == Reason::Ok,
+            hs_ok,
+            "{consent:?}"
+        );
+    }
+}
+
 /// A reload that changes a source's `alg` makes it due at once: the keys read
 /// under the old `alg` are not used, so waiting for the refresh would leave the
 /// tenant without URL keys for up to `refresh_s`.
@@ -738,7 +789,7 @@ async fn a_changed_alg_is_fetched_at_once() {
             Path::new("/cfg/jotd.toml"),
             Box::new(move |_| {
                 Ok(format!(
-                    "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 3600\nalg = \"{}\"\n",
+                    "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 3600\nsymmetric_keys = true\nalg = \"{}\"\n",
                     current.lock().unwrap()
                 )
                 .into_bytes())
