@@ -243,6 +243,9 @@ pub(crate) struct LocalCounts {
     pub(crate) approved: u64,
     /// Tokens verified without a lookup.
     pub(crate) bypassed: u64,
+    /// Signatures checked with a public key (RSA, ECDSA, EdDSA), whatever the
+    /// outcome: the costly work (not flushed anywhere; batches read it).
+    pub(crate) public_key_checks: u64,
 }
 
 type Hasher = foldhash::fast::RandomState;

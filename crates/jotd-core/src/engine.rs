@@ -292,6 +292,9 @@ impl Engine {
         // Every segment must be strict base64url before any crypto runs.
         b64.decode(seg.payload, payload).map_err(deny)?;
         b64.decode(seg.signature, signature).map_err(deny)?;
+        if alg.family() != crate::KeyFamily::Hmac {
+            counts.public_key_checks += 1;
+        }
         if !key.key.verify(seg.signing_input, signature) {
             return Err(deny(Reason::BadSignature));
         }

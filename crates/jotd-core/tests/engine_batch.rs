@@ -151,4 +151,29 @@ fn cheap_batches_stay_on_the_calling_thread_and_costly_ones_use_the_pool() {
     // The same tokens again are cache hits: cheap.
     assert!(run(&es).iter().all(|t| *t == caller));
     assert!(engine.batches_are_cheap());
+
+    // Forged ES256 signatures cost as much to refuse as good ones to accept:
+    // the first one ends what the calling thread decides (before, a refusal
+    // carried no token and counted as cheap, so a flood of forgeries ran on
+    // the caller, a server's I/O thread).
+    let forged: Vec<String> = es
+        .iter()
+        .map(|t| {
+            let (head, sig) = t.rsplit_once('.').unwrap();
+            let flipped = if sig.starts_with('A') { "B" } else { "A" };
+            format!("{head}.{flipped}{}", &sig[1..])
+        })
+        .collect();
+    let reqs: Vec<_> = forged
+        .iter()
+        .map(|t| Request::bearer("t", t.as_bytes()))
+        .collect();
+    let decided = engine.verify_batch_while_cheap(&snap, &reqs, UnixTime(NOW), 128, |_, d| {
+        assert!(
+            d.iter().all(|d| d.reason() == Reason::BadSignature),
+            "{d:?}"
+        );
+    });
+    assert_eq!(decided, 1, "one costly item at most on the calling thread");
+    assert!(!engine.batches_are_cheap());
 }
