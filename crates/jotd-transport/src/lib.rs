@@ -44,7 +44,10 @@ pub use codec::{
 #[cfg(feature = "dev-pki")]
 pub use dev_pki::DevPki;
 pub use job::{BatchJob, Emit, JobContext, Next, Refused, serve_to_end};
-pub use messages::{ALPN, BatchRequest, DecisionChunk, ErrorCode, ErrorFrame, Item, WireDecision};
+pub use messages::{
+    ALPN, BatchRequest, DecisionChunk, ErrorCode, ErrorFrame, Item, MAX_ADDRESSES_PER_BATCH,
+    WireDecision,
+};
 pub use options::{OptionsError, ServerOptions};
 pub use report::{BatchReport, Denial, Tally, TenantWatch};
 pub use server::{

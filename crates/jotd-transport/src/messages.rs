@@ -25,13 +25,69 @@ pub struct Item<'a> {
     pub user_agent: Option<&'a str>,
 }
 
+/// The most addresses one batch may carry, all items together. Each takes
+/// one wire byte at least (an empty string) but about 40 bytes once decoded
+/// and indexed, so without a cap a frame of empty addresses held about 30
+/// times its size. A gateway's micro-batch stays far below (its byte cap
+/// keeps it near 24,000 Ethereum addresses).
+pub const MAX_ADDRESSES_PER_BATCH: usize = 65_536;
+
 /// A batch: the one frame a client writes on a stream.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, BorrowDecode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode)]
 pub struct BatchRequest<'a> {
     /// Chosen by the client; echoed in every answer frame.
     pub request_id: u64,
     /// The requests; decisions refer to them by index.
     pub items: Vec<Item<'a>>,
+}
+
+// Decoded by hand (the same wire form as the derive) to count addresses
+// across the whole batch before any list is allocated.
+impl<'de, C> BorrowDecode<'de, C> for BatchRequest<'de> {
+    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = C>>(
+        d: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        use bincode::Decode;
+        use bincode::error::DecodeError;
+        let len = |d: &mut D| {
+            let v = <u64 as Decode<C>>::decode(d)?;
+            usize::try_from(v).map_err(|_| DecodeError::OutsideUsizeRange(v))
+        };
+        let request_id = <u64 as Decode<C>>::decode(d)?;
+        let count = len(d)?;
+        d.claim_container_read::<Item<'de>>(count)?;
+        let mut items = Vec::with_capacity(count);
+        let mut left = MAX_ADDRESSES_PER_BATCH;
+        for _ in 0..count {
+            d.unclaim_bytes_read(std::mem::size_of::<Item<'de>>());
+            let token = <Option<&'de [u8]>>::borrow_decode(d)?;
+            let tenant = <&'de str>::borrow_decode(d)?;
+            let method = <Option<&'de str>>::borrow_decode(d)?;
+            let n = len(d)?;
+            left = left.checked_sub(n).ok_or_else(|| {
+                DecodeError::OtherString(format!(
+                    "more than {MAX_ADDRESSES_PER_BATCH} addresses in the batch"
+                ))
+            })?;
+            d.claim_container_read::<&'de str>(n)?;
+            let mut addresses = Vec::with_capacity(n);
+            for _ in 0..n {
+                d.unclaim_bytes_read(std::mem::size_of::<&'de str>());
+                addresses.push(<&'de str>::borrow_decode(d)?);
+            }
+            let origin = <Option<&'de str>>::borrow_decode(d)?;
+            let user_agent = <Option<&'de str>>::borrow_decode(d)?;
+            items.push(Item {
+                token,
+                tenant,
+                method,
+                addresses,
+                origin,
+                user_agent,
+            });
+        }
+        Ok(Self { request_id, items })
+    }
 }
 
 /// The decision for one item.

@@ -2,9 +2,9 @@
 //! partial frames, and limits that hold before anything is allocated.
 
 use jotd_transport::{
-    BatchRequest, DecisionChunk, ErrorCode, ErrorFrame, FrameType, Item, Limits, WireDecision,
-    WireError, decode_batch, decode_decisions, decode_error, encode_batch, encode_decisions,
-    encode_error, next_frame, peek_request_id,
+    BatchRequest, DecisionChunk, ErrorCode, ErrorFrame, FrameType, Item, Limits,
+    MAX_ADDRESSES_PER_BATCH, WireDecision, WireError, decode_batch, decode_decisions, decode_error,
+    encode_batch, encode_decisions, encode_error, next_frame, peek_request_id,
 };
 use proptest::prelude::*;
 
@@ -199,6 +199,48 @@ fn limits_hold_before_allocation() {
     assert!(matches!(
         decode_batch(&long_token, &limits),
         Err(WireError::Malformed(_))
+    ));
+    // Addresses are counted across the batch before any list is allocated: a
+    // frame of empty addresses (one wire byte each, ~40 bytes once decoded
+    // and indexed) held about 30 times its size.
+    let big = Limits {
+        max_frame_bytes: 16 << 20,
+        max_items: 100,
+    };
+    let item = |n: usize| Item {
+        token: None,
+        tenant: "t",
+        method: None,
+        addresses: vec![""; n],
+        origin: None,
+        user_agent: None,
+    };
+    let body_of = |items: Vec<Item<'static>>| {
+        let mut out = Vec::new();
+        encode_batch(
+            &BatchRequest {
+                request_id: 7,
+                items,
+            },
+            &mut out,
+        )
+        .unwrap();
+        out[5..].to_vec()
+    };
+    let half = MAX_ADDRESSES_PER_BATCH / 2;
+    let at_cap = body_of(vec![item(half), item(MAX_ADDRESSES_PER_BATCH - half)]);
+    assert_eq!(decode_batch(&at_cap, &big).unwrap().items.len(), 2);
+    let over = body_of(vec![item(half), item(MAX_ADDRESSES_PER_BATCH - half + 1)]);
+    assert!(
+        matches!(decode_batch(&over, &big), Err(WireError::Malformed(m)) if m.contains("addresses in the batch")),
+        "one address past the cap must be refused"
+    );
+    // A tiny body claiming a million addresses: refused before the list exists.
+    let mut claim = vec![7, 1, 0, 1, b't', 0, 0xfc];
+    claim.extend_from_slice(&1_000_000u32.to_le_bytes());
+    assert!(matches!(
+        decode_batch(&claim, &big),
+        Err(WireError::Malformed(m)) if m.contains("addresses in the batch")
     ));
     // Truncation, trailing bytes, bad UTF-8.
     let mut out = Vec::new();
