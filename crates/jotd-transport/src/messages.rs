@@ -28,8 +28,8 @@ pub struct Item<'a> {
 /// The most addresses one batch may carry, all items together. Each takes
 /// one wire byte at least (an empty string) but about 40 bytes once decoded
 /// and indexed, so without a cap a frame of empty addresses held about 30
-/// times its size. A gateway's micro-batch stays far below (its byte cap
-/// keeps it near 24,000 Ethereum addresses).
+/// times its size. The gateway stays far below (at most 64 addresses per
+/// call, 4,096 in a micro-batch of 64 checks).
 pub const MAX_ADDRESSES_PER_BATCH: usize = 65_536;
 
 /// A batch: the one frame a client writes on a stream.
