@@ -509,11 +509,12 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
 
 /// What an HMAC secret looks like when it is public key material, checked
 /// for every source (`secret`, `secret_base64`, an `oct` JWK, a JWKS): a PEM
-/// block, an OpenSSH public key line, or one whole DER SEQUENCE (an SPKI, a
-/// PKCS#1 key, a certificate). The classic algorithm-confusion key: a
+/// block, an OpenSSH public key line, or one whole DER SEQUENCE whose first
+/// element (a SEQUENCE, an INTEGER or a certificate's `[0]`) fits in it (an
+/// SPKI, a PKCS#1 key, a certificate). The classic algorithm-confusion key: a
 /// verifier handed the RSA public key as its HS256 secret accepts tokens
-/// anyone can sign. A random secret is one whole DER SEQUENCE by chance with
-/// a probability under 2^-16.
+/// anyone can sign. A random secret passes for such a structure with a
+/// probability under 2^-24.
 fn public_material(secret: &[u8]) -> Option<&'static str> {
     let text = secret.trim_ascii_start();
     if text.starts_with(b"-----BEGIN") {
@@ -532,14 +533,37 @@ fn public_material(secret: &[u8]) -> Option<&'static str> {
     {
         return Some("an OpenSSH public key");
     }
-    let whole_sequence = match secret {
-        [0x30, len, rest @ ..] if *len < 0x80 => rest.len() == usize::from(*len),
-        [0x30, 0x81, len, rest @ ..] => rest.len() == usize::from(*len),
-        [0x30, 0x82, a, b, rest @ ..] => rest.len() == usize::from(u16::from_be_bytes([*a, *b])),
-        [0x30, 0x83, a, b, c, rest @ ..] => {
-            rest.len() == (usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c))
-        }
-        _ => false,
-    };
-    whole_sequence.then_some("a DER structure (a public key or certificate)")
+    whole_sequence(secret)
+        .and_then(whole_tlv_start)
+        .is_some_and(|inner| [0x30, 0x02, 0xa0].contains(&inner))
+        .then_some("a DER structure (a public key or certificate)")
+}
+
+/// A DER length at the start of `b` (after the tag): the length and how many
+/// bytes encode it.
+fn der_len(b: &[u8]) -> Option<(usize, usize)> {
+    match *b {
+        [n, ..] if n < 0x80 => Some((usize::from(n), 1)),
+        [0x81, n, ..] => Some((usize::from(n), 2)),
+        [0x82, a, c, ..] => Some((usize::from(u16::from_be_bytes([a, c])), 3)),
+        [0x83, a, c, d, ..] => Some((
+            usize::from(a) << 16 | usize::from(c) << 8 | usize::from(d),
+            4,
+        )),
+        _ => None,
+    }
+}
+
+/// The content of `secret` when it is exactly one DER SEQUENCE.
+fn whole_sequence(secret: &[u8]) -> Option<&[u8]> {
+    let (&tag, rest) = secret.split_first()?;
+    let (len, used) = der_len(rest)?;
+    (tag == 0x30 && rest.len() == used + len).then(|| &rest[used..])
+}
+
+/// The tag of the first element of `content` when that element fits in it.
+fn whole_tlv_start(content: &[u8]) -> Option<u8> {
+    let (&tag, rest) = content.split_first()?;
+    let (len, used) = der_len(rest)?;
+    (used + len <= rest.len()).then_some(tag)
 }

@@ -81,6 +81,8 @@ fn the_byte_count_covers_what_cached_entries_hold() {
         held <= counted * 1.05,
         "entries hold {held} bytes, the cache counts {counted}"
     );
-    // And the count is not wildly over either (the bound would then waste room).
-    assert!(counted <= held * 1.5, "counted {counted}, held {held}");
+    // And the count is not wildly over either (the bound would then waste
+    // room). The weights model glibc (the daemon's allocator: 16-byte steps,
+    // 32 bytes at least), which takes more than jemalloc does here.
+    assert!(counted <= held * 2.0, "counted {counted}, held {held}");
 }

@@ -107,9 +107,8 @@ impl ProxyDoor {
     }
 
     /// POSTs `body` to an upstream (the next in turn; on a connection
-    /// failure, once more to the one after).
-    /// Sends `body` to the next upstream; its answer may hold at most `cap`
-    /// bytes (an error beyond).
+    /// failure, once more to the one after); its answer may hold at most
+    /// `cap` bytes (an error beyond).
     async fn forward(
         &self,
         body: Bytes,

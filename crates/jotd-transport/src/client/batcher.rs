@@ -422,7 +422,11 @@ fn send(
         let all_gone = async {
             loop {
                 tokio::time::sleep(GONE_CHECK).await;
-                if lock().iter().flatten().all(oneshot::Sender::is_closed) {
+                // Some check still unanswered, and every such caller gone (a
+                // batch whose checks were all answered just ends on its own).
+                let replies = lock();
+                let mut waiting = replies.iter().flatten().peekable();
+                if waiting.peek().is_some() && waiting.all(oneshot::Sender::is_closed) {
                     break;
                 }
             }
