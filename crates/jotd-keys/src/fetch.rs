@@ -276,16 +276,18 @@ struct Info {
     failed_total: u64,
     /// Where the last good document came from, after redirects.
     keys_url: Option<String>,
-    /// The source's `alg` at the last fetch (good or not): `None` before the first.
-    fetched_for: Option<Option<Algorithm>>,
+    /// The source's `alg` and `symmetric_keys` at the last fetch (good or
+    /// not): `None` before the first.
+    fetched_for: Option<(Option<Algorithm>, bool)>,
 }
 
 impl Info {
     /// When the source falls due; `None` when it is due now: never fetched, or the
-    /// config's `alg` changed since the last fetch (keys read under the old one are
-    /// not used, so the new ones are fetched at once, not at the next refresh).
+    /// config's `alg` or `symmetric_keys` changed since the last fetch (keys read
+    /// under the old settings are not used, so the new ones are fetched at once,
+    /// not at the next refresh).
     fn due(&self, t: &Target) -> Option<Instant> {
-        if self.fetched_for != Some(t.alg) {
+        if self.fetched_for != Some((t.alg, t.symmetric_keys)) {
             return None;
         }
         self.next_due
@@ -591,7 +593,7 @@ impl JwksFetcher {
         let mut info = lock(&source.info);
         info.last_attempt = Some(now);
         info.fetches += 1;
-        info.fetched_for = Some(t.alg);
+        info.fetched_for = Some((t.alg, t.symmetric_keys));
         match result {
             Ok((keys, age, final_url)) => {
                 let refresh = age

@@ -285,6 +285,16 @@ pub struct JwksKeys {
 }
 
 impl JwksKeys {
+    /// Whether any key is symmetric (HMAC). A snapshot takes such fetched keys
+    /// only while their source still says `symmetric_keys = true`: turning it
+    /// off drops the HMAC keys of the last fetch at once.
+    #[must_use]
+    pub fn has_symmetric(&self) -> bool {
+        self.keys.iter().any(|(_, k)| k.spki_der().is_none())
+    }
+}
+
+impl JwksKeys {
     fn skip(&mut self, why: &str) {
         self.skipped_total += 1;
         if self.skipped.len() < MAX_SKIPPED_LISTED {

@@ -192,7 +192,10 @@ impl KeysConfig {
                         tenant.remote_keys = true;
                         // Keys fetched while the source named another `alg` (before a
                         // reload) are not used: the next fetch reads them the new way.
-                        fetched(&tenant.id, url).filter(|k| k.parsed_alg == source.alg)
+                        fetched(&tenant.id, url).filter(|k| {
+                            k.parsed_alg == source.alg
+                                && (source.symmetric_keys || !k.has_symmetric())
+                        })
                     }
                 };
                 for (kid, key) in keys.iter().flat_map(|k| k.keys.iter()) {

@@ -630,7 +630,9 @@ fn a_key_replaced_under_its_kid_changes_the_epoch_from_every_source() {
         );
     }
     // A JWKS URL's keys come from the fetcher: the same rule.
-    let url_config = format!("{tenant}[[tenant.jwks]]\nurl = \"https://idp.example.com/jwks\"\n");
+    let url_config = format!(
+        "{tenant}[[tenant.jwks]]\nurl = \"https://idp.example.com/jwks\"\nsymmetric_keys = true\n"
+    );
     let cfg = Files::new(&url_config).load().unwrap();
     let fetched =
         |s: &[u8]| Arc::new(jotd_keys::jwk::parse_jwks(jwks(s).as_bytes(), None, 16).unwrap());
@@ -778,7 +780,7 @@ fn keys_bound_to_an_issuer_verify_only_that_issuers_tokens() {
         "[[tenant]]\nid = \"t\"\nissuers = [\"https://a\", \"https://b\"]\n\
          [[tenant.key]]\nkid = \"ka\"\nalg = \"HS256\"\nsecret = \"{sa}\"\nissuer = \"https://a\"\n\
          [[tenant.key]]\nkid = \"kb\"\nalg = \"HS256\"\nsecret = \"{sb}\"\nissuer = \"https://b\"\n\
-         [[tenant.jwks]]\nurl = \"https://idp-c.example/jwks\"\nissuer = \"https://c\"\n"
+         [[tenant.jwks]]\nurl = \"https://idp-c.example/jwks\"\nissuer = \"https://c\"\nsymmetric_keys = true\n"
     );
     let cfg = Files::new(&config).load().unwrap_or_else(|e| panic!("{e}"));
     use base64::Engine as _;
@@ -860,7 +862,7 @@ fn fetched_keys_read_under_another_alg_are_not_used() {
     );
     let config = |alg: &str| {
         format!(
-            "[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nurl = \"https://idp.example/jwks\"\nalg = \"{alg}\"\n"
+            "[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nurl = \"https://idp.example/jwks\"\nalg = \"{alg}\"\nsymmetric_keys = true\n"
         )
     };
     let parsed =

@@ -765,6 +765,46 @@ async fn fetched_symmetric_keys_need_the_sources_consent() {
             "{consent:?}"
         );
     }
+    // Consent withdrawn by a reload: the HMAC key of the last fetch goes at
+    // once (not at the next refresh), and the source is fetched again now.
+    let consent = Arc::new(Mutex::new(true));
+    let (url, current) = (server.url.clone(), Arc::clone(&consent));
+    let reloader = Arc::new(
+        Reloader::start(
+            Path::new("/cfg/jotd.toml"),
+            Box::new(move |_| {
+                let line = if *current.lock().unwrap() { "symmetric_keys = true\n" } else { "" };
+                Ok(format!("[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 3600\n{line}").into_bytes())
+            }),
+            Box::new(|_| Some((None, 1))),
+        )
+        .unwrap(),
+    );
+    let config = FetchConfig {
+        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
+        ..FetchConfig::default()
+    };
+    let fetcher = JwksFetcher::new(Arc::clone(&reloader), config).unwrap();
+    assert!(fetcher.refresh_due().await.is_empty());
+    assert_eq!(decide(&reloader, &hs, "h"), Reason::Ok);
+    *consent.lock().unwrap() = false;
+    reloader.reload().unwrap();
+    assert_ne!(
+        decide(&reloader, &hs, "h"),
+        Reason::Ok,
+        "gone with the reload"
+    );
+    assert!(
+        fetcher.next_due().unwrap() <= tokio::time::Instant::now(),
+        "due now"
+    );
+    assert!(fetcher.refresh_due().await.is_empty());
+    assert_ne!(decide(&reloader, &hs, "h"), Reason::Ok);
+    assert_eq!(
+        decide(&reloader, &ed, "e"),
+        Reason::Ok,
+        "the other key is back"
+    );
 }
 
 /// A reload that changes a source's `alg` makes it due at once: the keys read

@@ -135,7 +135,7 @@ fn changed_files_reload_and_bad_configs_are_rejected_whole() {
 #[test]
 fn fetched_jwks_keys_survive_reloads() {
     let fs = Fs::default();
-    let config = "[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nurl = \"https://idp.example/jwks\"\nalg = \"HS256\"\n";
+    let config = "[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nurl = \"https://idp.example/jwks\"\nalg = \"HS256\"\nsymmetric_keys = true\n";
     fs.write("/cfg/jotd.toml", config);
     let r = fs.reloader().unwrap();
     let secret = [9u8; 32];
