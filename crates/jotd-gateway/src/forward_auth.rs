@@ -337,10 +337,22 @@ pub async fn authorize(
         Verdict::FailOpen(_) => out.push(("x-jotd-reason".into(), "fail_open".into())),
         _ => {}
     }
-    // Only what a header can carry.
-    out.retain(|(n, v)| {
-        HeaderName::from_bytes(n.as_bytes()).is_ok() && HeaderValue::from_str(v).is_ok()
-    });
+    // Every identity header must be writable: one dropped (a claim value with
+    // a line break, a claim name such as `https://example.com/roles` that no
+    // header name can be) would leave the upstream without it, silently.
+    if let Some((name, _)) = out.iter().find(|(n, v)| {
+        HeaderName::from_bytes(n.as_bytes()).is_err() || HeaderValue::from_str(v).is_err()
+    }) {
+        tracing::warn!(
+            tenant = %facts.tenant,
+            header = %name.escape_default(),
+            "an identity header cannot be written (its claim's name or value): refused as invalid_claim"
+        );
+        return AuthAnswer::refused(
+            &Verdict::Deny(jotd_core::Reason::InvalidClaim),
+            first_id.as_deref(),
+        );
+    }
     let remove: Vec<String> = q
         .headers
         .keys()

@@ -76,7 +76,7 @@ fn tenants(k: &Keys) -> Snapshot {
     infura.algorithms = AlgorithmSet::ALL;
     infura.claims.audiences = vec![AUD.into()];
     infura.no_auth_methods = vec!["web3_clientVersion".into()];
-    infura.claims_to_return = vec!["scope".into()];
+    infura.claims_to_return = vec!["scope".into(), "https://x.example/roles".into()];
     let mut besu = Tenant::new("besu", keys);
     besu.policy = PolicyModel::Permissions;
     besu.algorithms = AlgorithmSet::ALL;
@@ -743,9 +743,21 @@ async fn an_identity_no_header_can_carry_is_refused() {
     let (cfg, _dir) = config("identity", &pool, pool.addr, up, "");
     let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let (proxy, fa) = (gw.proxy.unwrap(), gw.forward_auth.unwrap());
-    for claims in [
-        json!({"sub":"eve\r\nx-jotd-tenant: other","aud":AUD,"exp":now() + 600}),
-        json!({"sub":"eve","scope":"rw\nadmin","aud":AUD,"exp":now() + 600}),
+    // (claims, refused by the proxy): the proxy passes the subject on, the
+    // authorizer doors the subject and every returned claim.
+    for (claims, by_proxy) in [
+        (
+            json!({"sub":"eve\r\nx-jotd-tenant: other","aud":AUD,"exp":now() + 600}),
+            true,
+        ),
+        (
+            json!({"sub":"eve","scope":"rw\nadmin","aud":AUD,"exp":now() + 600}),
+            false,
+        ),
+        (
+            json!({"sub":"eve","https://x.example/roles":"admin","aud":AUD,"exp":now() + 600}),
+            false,
+        ),
     ] {
         let token = k.es.mint(Some("ec-1"), &claims.to_string()).unwrap();
         let r = post(
@@ -756,12 +768,16 @@ async fn an_identity_no_header_can_carry_is_refused() {
             &call(1, "eth_chainId", &json!([])),
         )
         .await;
-        assert_ne!(r.status, 200, "{}", r.raw_body);
-        assert_eq!(
-            r.body["error"]["data"]["reason"], "invalid_claim",
-            "{}",
-            r.raw_body
-        );
+        if by_proxy {
+            assert_ne!(r.status, 200, "{}", r.raw_body);
+            assert_eq!(
+                r.body["error"]["data"]["reason"], "invalid_claim",
+                "{}",
+                r.raw_body
+            );
+        } else {
+            assert_eq!(r.status, 200, "{claims}: {}", r.raw_body);
+        }
         let r = post(
             fa,
             "/",
@@ -770,9 +786,15 @@ async fn an_identity_no_header_can_carry_is_refused() {
             "",
         )
         .await;
-        assert_ne!(r.status, 200, "{}", r.raw_body);
+        assert_ne!(r.status, 200, "{claims}: {}", r.raw_body);
+        assert_eq!(
+            r.body["error"]["data"]["reason"], "invalid_claim",
+            "{}",
+            r.raw_body
+        );
     }
-    assert!(seen.lock().unwrap().is_empty(), "the node saw a call");
+    // Only the proxy calls whose subject it could pass on reached the node.
+    assert_eq!(seen.lock().unwrap().len(), 2, "the node saw a refused call");
     gw.drain().await;
 }
 
