@@ -171,6 +171,28 @@ fn setup(server: &Server, config: FetchConfig) -> (Arc<Reloader>, JwksFetcher) {
     (reloader, fetcher)
 }
 
+/// A reloader over the config text `config` gives at each read, and a
+/// fetcher installing into it that trusts `server`'s CA.
+fn fetching(
+    server: &Server,
+    config: impl Fn() -> String + Send + Sync + 'static,
+) -> (Arc<Reloader>, JwksFetcher) {
+    let reloader = Arc::new(
+        Reloader::start(
+            Path::new("/cfg/jotd.toml"),
+            Box::new(move |_| Ok(config().into_bytes())),
+            Box::new(|_| Some((None, 1))),
+        )
+        .unwrap(),
+    );
+    let settings = FetchConfig {
+        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
+        ..FetchConfig::default()
+    };
+    let fetcher = JwksFetcher::new(Arc::clone(&reloader), settings).unwrap();
+    (reloader, fetcher)
+}
+
 fn decide(r: &Reloader, key: &SigningKey, kid: &str) -> Reason {
     let token = key.mint(Some(kid), r#"{"exp":4000000000}"#).unwrap();
     let engine = Engine::new(EngineConfig {
@@ -737,24 +759,9 @@ async fn fetched_symmetric_keys_need_the_sources_consent() {
     let hs = SigningKey::from_hmac_secret(Algorithm::Hs256, &secret).unwrap();
     for (consent, hs_ok) in [("", false), ("symmetric_keys = true\n", true)] {
         let url = server.url.clone();
-        let reloader = Arc::new(
-            Reloader::start(
-                Path::new("/cfg/jotd.toml"),
-                Box::new(move |_| {
-                    Ok(format!(
-                        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\n{consent}"
-                    )
-                    .into_bytes())
-                }),
-                Box::new(|_| Some((None, 1))),
-            )
-            .unwrap(),
-        );
-        let config = FetchConfig {
-            extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
-            ..FetchConfig::default()
-        };
-        let fetcher = JwksFetcher::new(Arc::clone(&reloader), config).unwrap();
+        let (reloader, fetcher) = fetching(&server, move || {
+            format!("[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\n{consent}")
+        });
         assert!(fetcher.refresh_due().await.is_empty());
         assert_eq!(decide(&reloader, &ed, "e"), Reason::Ok, "{consent:?}");
         // Without consent the HMAC key is not there (nor, then, HS256 among
@@ -769,22 +776,16 @@ async fn fetched_symmetric_keys_need_the_sources_consent() {
     // once (not at the next refresh), and the source is fetched again now.
     let consent = Arc::new(Mutex::new(true));
     let (url, current) = (server.url.clone(), Arc::clone(&consent));
-    let reloader = Arc::new(
-        Reloader::start(
-            Path::new("/cfg/jotd.toml"),
-            Box::new(move |_| {
-                let line = if *current.lock().unwrap() { "symmetric_keys = true\n" } else { "" };
-                Ok(format!("[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 3600\n{line}").into_bytes())
-            }),
-            Box::new(|_| Some((None, 1))),
+    let (reloader, fetcher) = fetching(&server, move || {
+        let line = if *current.lock().unwrap() {
+            "symmetric_keys = true\n"
+        } else {
+            ""
+        };
+        format!(
+            "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 3600\n{line}"
         )
-        .unwrap(),
-    );
-    let config = FetchConfig {
-        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
-        ..FetchConfig::default()
-    };
-    let fetcher = JwksFetcher::new(Arc::clone(&reloader), config).unwrap();
+    });
     assert!(fetcher.refresh_due().await.is_empty());
     assert_eq!(decide(&reloader, &hs, "h"), Reason::Ok);
     *consent.lock().unwrap() = false;
@@ -824,25 +825,12 @@ async fn a_changed_alg_is_fetched_at_once() {
     let alg = Arc::new(Mutex::new("HS256"));
     let url = server.url.clone();
     let current = Arc::clone(&alg);
-    let reloader = Arc::new(
-        Reloader::start(
-            Path::new("/cfg/jotd.toml"),
-            Box::new(move |_| {
-                Ok(format!(
-                    "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 3600\nsymmetric_keys = true\nalg = \"{}\"\n",
-                    current.lock().unwrap()
-                )
-                .into_bytes())
-            }),
-            Box::new(|_| Some((None, 1))),
+    let (reloader, fetcher) = fetching(&server, move || {
+        format!(
+            "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 3600\nsymmetric_keys = true\nalg = \"{}\"\n",
+            current.lock().unwrap()
         )
-        .unwrap(),
-    );
-    let config = FetchConfig {
-        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
-        ..FetchConfig::default()
-    };
-    let fetcher = JwksFetcher::new(Arc::clone(&reloader), config).unwrap();
+    });
     let hs = |alg| SigningKey::from_hmac_secret(alg, &secret).unwrap();
     assert!(fetcher.refresh_due().await.is_empty());
     assert_eq!(decide(&reloader, &hs(Algorithm::Hs256), "h"), Reason::Ok);
