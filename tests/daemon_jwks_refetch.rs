@@ -2,7 +2,8 @@
 //! kid the daemon does not have yet is held, the JWKS refetched, and the token
 //! re-verified with the new keys; a second unknown kid inside
 //! `jwks_fetch.refetch_interval_s` fetches nothing and stays `unknown_kid`.
-//! (What docs/configuration.md, "Unknown kids", says.)
+//! (What docs/configuration.md, "Unknown kids", says.) And a URL that cannot
+//! be fetched leaves the replica ready, reported as degraded.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -172,6 +173,73 @@ refresh_s = 3600
     let metrics = d.metrics_when(|m| m.contains("jotd_refetch_reverified_batches_total 1"));
     assert!(
         metrics.contains("jotd_refetch_reverified_batches_total 1"),
+        "{metrics}"
+    );
+}
+
+/// Readiness is about this replica, not one tenant's identity provider: a JWKS
+/// URL that cannot be fetched is reported (`degraded`) while the replica stays
+/// ready for every other tenant. Before, `/readyz` stayed 503, so an IdP outage
+/// took every replica of the pool out of its balancer.
+#[test]
+fn an_unreachable_jwks_url_degrades_readiness_without_failing_it() {
+    let dir = scratch_dir("jwks-unreachable");
+    let pki = DevPki::generate().unwrap();
+    std::fs::write(dir.join("server.pem"), &pki.server_cert_pem).unwrap();
+    std::fs::write(dir.join("server.key"), &pki.server_key_pem).unwrap();
+    // A port nothing listens on: connection refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = dir.join("jotd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+cert_file = "server.pem"
+key_file = "server.key"
+
+[[tenant]]
+id = "static"
+policy = "none"
+[[tenant.key]]
+kid = "hs"
+alg = "HS256"
+secret = "a secret of at least thirty-two bytes, for HS256"
+
+[[tenant]]
+id = "sso"
+policy = "none"
+[[tenant.jwks]]
+url = "http://{closed}/jwks.json"
+refresh_s = 3600
+"#
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["--config", config.to_str().unwrap()], &dir);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        let (status, body) = d.get("/readyz");
+        if status == 200 || Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("ready: "), "{body}");
+    assert!(
+        body.contains("degraded: jwks http://127.0.0.1:")
+            && body.contains("(tenant sso) never fetched: "),
+        "{body}"
+    );
+    let metrics = d.metrics_when(|m| m.contains("jotd_jwks_stale{"));
+    assert!(
+        metrics.contains(&format!(
+            r#"jotd_jwks_stale{{url="http://{closed}/jwks.json"}} 1"#
+        )),
         "{metrics}"
     );
 }

@@ -26,8 +26,17 @@ pub(crate) const STALE_REFRESHES: u32 = 3;
 
 impl Health {
     /// `Ok(summary)` when ready; `Err(reasons)` otherwise.
+    ///
+    /// Readiness answers "send this replica traffic?", so it fails only on what
+    /// makes this replica worse than a fresh peer: draining, no keys at all, or a
+    /// JWKS URL not yet tried since start (the first fetch is seconds away). A URL
+    /// that failed or went stale is reported in the body (`degraded: …`) and in
+    /// `jotd_jwks_stale`, but keeps the replica ready: every replica sees the same
+    /// identity provider, so failing readiness on it would pull the whole pool,
+    /// every tenant, out of the balancer for one tenant's outage.
     pub(crate) fn ready(&self) -> Result<String, String> {
         let mut problems = Vec::new();
+        let mut degraded = Vec::new();
         if self.draining.load(Ordering::SeqCst) {
             problems.push("draining".to_owned());
         }
@@ -38,18 +47,22 @@ impl Health {
         }
         for h in self.fetcher.health() {
             let budget = h.refresh * STALE_REFRESHES;
+            let error = h
+                .last_error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
             match h.age {
-                None => problems.push(format!(
-                    "jwks {} (tenant {}) never fetched{}",
-                    h.url,
-                    h.tenant,
-                    h.last_error
-                        .as_ref()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
+                None if h.fetches == 0 => problems.push(format!(
+                    "jwks {} (tenant {}) not fetched yet",
+                    h.url, h.tenant
                 )),
-                Some(age) if age > budget => problems.push(format!(
-                    "jwks {} (tenant {}) stale: last good fetch {}s ago, budget {}s",
+                None => degraded.push(format!(
+                    "jwks {} (tenant {}) never fetched{error}",
+                    h.url, h.tenant
+                )),
+                Some(age) if age > budget => degraded.push(format!(
+                    "jwks {} (tenant {}) stale: last good fetch {}s ago, budget {}s{error}",
                     h.url,
                     h.tenant,
                     age.as_secs(),
@@ -58,14 +71,19 @@ impl Health {
                 Some(_) => {}
             }
         }
+        let degraded = if degraded.is_empty() {
+            String::new()
+        } else {
+            format!("; degraded: {}", degraded.join("; "))
+        };
         if problems.is_empty() {
             Ok(format!(
-                "ready: generation {}, {} tenants, {keys} keys\n",
+                "ready: generation {}, {} tenants, {keys} keys{degraded}\n",
                 snap.generation(),
                 snap.len()
             ))
         } else {
-            Err(format!("not ready: {}\n", problems.join("; ")))
+            Err(format!("not ready: {}{degraded}\n", problems.join("; ")))
         }
     }
 }
