@@ -658,3 +658,145 @@ tenant = "demo-besu"
     });
     drop(daemon);
 }
+
+/// jotd-gateway and signals: a SIGHUP is logged and ignored (it has no
+/// reload; before, the signal's default action ended the process), and a
+/// second SIGTERM ends a drain at once (exit status 1) where the first waits
+/// for a request in flight to a node that never answers. Its log, not a
+/// terminal here, carries no colour codes.
+#[test]
+fn the_gateway_outlives_sighup_and_a_second_sigterm_ends_its_drain() {
+    let dir = scratch_dir("gateway-signals");
+    let daemon = Daemon::start(&[], &dir);
+    // An upstream that reads and never answers: a forwarded call holds its
+    // connection, and so the drain.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = silent.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(0usize));
+    {
+        let seen = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in silent.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut buf = [0u8; 4096];
+                if let Ok(n) = s.read(&mut buf) {
+                    *seen.lock().unwrap() += n;
+                }
+                held.push(s);
+            }
+        });
+    }
+    let (proxy, admin) = (free_port(), free_port());
+    let config = dir.join("jotd-gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[pool]
+endpoints = ["{quic}"]
+ca_file = "jotd-dev/ca.pem"
+[proxy]
+listen = "127.0.0.1:{proxy}"
+upstreams = ["http://{upstream}/"]
+upstream_timeout_ms = 600000
+[admin]
+listen = "127.0.0.1:{admin}"
+[[route]]
+path = "/besu"
+tenant = "demo-besu"
+"#,
+            quic = daemon.quic
+        ),
+    )
+    .unwrap();
+    let mut gw = Killed(
+        Command::new(bin("jotd-gateway"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let log = Arc::new(Mutex::new(String::new()));
+    {
+        let log = Arc::clone(&log);
+        let mut stderr = gw.0.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                log.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    let wait_log = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !log.lock().unwrap().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in {}",
+                log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let kill = |sig: &str, pid: u32| {
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let pid = gw.0.id();
+    wait_port(admin, "jotd-gateway", &mut gw.0);
+    wait_log("jotd-gateway serving");
+    assert!(
+        !log.lock().unwrap().contains('\x1b'),
+        "colour codes in a log that is not a terminal"
+    );
+
+    kill("-HUP", pid);
+    wait_log("SIGHUP ignored");
+    assert!(
+        gw.0.try_wait().unwrap().is_none(),
+        "SIGHUP ended the gateway"
+    );
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    assert_eq!(jotd_e2e::http_get(admin_addr, "/healthz").0, 200);
+
+    // A no-auth call, allowed and forwarded to the node that never answers.
+    std::thread::spawn(move || {
+        let body = call(1, "web3_clientVersion", &json!([]));
+        let _ = std::panic::catch_unwind(|| post(proxy, "/besu", None, &body));
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while *seen.lock().unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the call never reached the node");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill("-TERM", pid);
+    wait_log("draining");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(gw.0.try_wait().unwrap().is_none(), "the drain waits");
+    kill("-TERM", pid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = gw.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a second SIGTERM left the drain running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    wait_log("second stop signal");
+}

@@ -145,6 +145,15 @@ impl Daemon {
     /// It does not start within 30 s.
     #[must_use]
     pub fn start(args: &[&str], cwd: &Path) -> Self {
+        Self::spawn(args, cwd).serving()
+    }
+
+    /// Starts `jotd serve` as [`Daemon::start`] does, without waiting.
+    ///
+    /// # Panics
+    /// The binary cannot be run.
+    #[must_use]
+    pub fn spawn(args: &[&str], cwd: &Path) -> Starting {
         let mut child = Command::new(bin("jotd"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
@@ -170,25 +179,10 @@ impl Daemon {
                 }
             });
         }
-        let (mut quic, mut admin) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while quic.is_none() || admin.is_none() {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("jotd serve did not start: {:?}", log.lock().unwrap()));
-            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if let Some(a) = v["addr"].as_str() {
-                quic = a.parse().ok();
-            }
-            if let Some(a) = v["bound"].as_str() {
-                admin = a.parse().ok();
-            }
-        }
-        Self {
-            child,
-            quic: quic.unwrap(),
-            admin: admin.unwrap(),
+        Starting {
+            child: Some(child),
             log,
+            rx,
         }
     }
 
@@ -256,6 +250,62 @@ impl Daemon {
     #[must_use]
     pub fn get(&self, path: &str) -> (u16, String) {
         http_get(self.admin, path)
+    }
+}
+
+/// A `jotd serve` started by [`Daemon::spawn`], not yet serving.
+#[derive(Debug)]
+pub struct Starting {
+    /// `None` once [`Starting::serving`] handed it on.
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl Starting {
+    /// The process id (for signals while it starts).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits until it serves (its QUIC and admin addresses are logged).
+    ///
+    /// # Panics
+    /// It does not within 30 s.
+    #[must_use]
+    pub fn serving(mut self) -> Daemon {
+        let log = Arc::clone(&self.log);
+        let (mut quic, mut admin) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while quic.is_none() || admin.is_none() {
+            let line = self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("jotd serve did not start: {:?}", log.lock().unwrap()));
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if let Some(a) = v["addr"].as_str() {
+                quic = a.parse().ok();
+            }
+            if let Some(a) = v["bound"].as_str() {
+                admin = a.parse().ok();
+            }
+        }
+        Daemon {
+            child: self.child.take().expect("serving is called once"),
+            quic: quic.unwrap(),
+            admin: admin.unwrap(),
+            log,
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -160,12 +160,24 @@ fn check(cfg: &Config) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // SIGHUP's default action ends the process: an operator's (or logrotate's)
+    // habitual reload signal would take a gateway down. It has no reload; the
+    // signal is logged once serving ([`ignore_hangups`]) and ignored until then.
+    #[cfg(unix)]
+    if let Err(e) = signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    ) {
+        eprintln!("jotd-gateway: cannot catch SIGHUP (a SIGHUP ends the process): {e}");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not into journald or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.cmd {
         Cmd::Config {
@@ -241,14 +253,45 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             pool = ?cfg.pool.endpoints,
             "jotd-gateway serving"
         );
+        #[cfg(unix)]
+        tokio::spawn(ignore_hangups());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("draining");
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let signal = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(
+            signal,
+            "draining (a second SIGTERM or SIGINT exits at once, cutting off requests in flight)"
+        );
+        tokio::spawn(async move {
+            let again = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::error!(
+                signal = again,
+                "second stop signal: exiting without finishing the drain"
+            );
+            std::process::exit(1);
+        });
         gw.drain().await;
         tracing::info!("drained");
         Ok(())
     })
+}
+
+/// Logs each SIGHUP: the gateway reads its config once (restart it to apply a
+/// change), and says so rather than dying of the signal's default action.
+#[cfg(unix)]
+async fn ignore_hangups() {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::warn!(
+            "SIGHUP ignored: jotd-gateway does not reload its config; restart it to apply a change"
+        );
+    }
 }

@@ -150,6 +150,7 @@ fn read_file(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let early_hup = early_hangup();
     let (config_path, dev) = match &args.config {
         Some(p) => (p.clone(), false),
         None => {
@@ -276,7 +277,23 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         tls,
         threads,
         args.no_metrics,
+        early_hup,
     ))
+}
+
+/// SIGHUP's default action ends the process, and the reload loop listens only
+/// once the config and every key file are read (seconds with 100k tenants): a
+/// SIGHUP then (logrotate, an operator's reload during a restart) killed a
+/// starting daemon. This flag takes SIGHUP from the first line of `serve`; the
+/// reload loop reloads once when it starts if the flag was raised.
+fn early_hangup() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    #[cfg(unix)]
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&flag)) {
+        // Logging is not set up yet (it comes from the config).
+        eprintln!("jotd: cannot catch SIGHUP while starting (a SIGHUP now ends the process): {e}");
+    }
+    flag
 }
 
 /// I/O threads for `[server] io_threads` (0: automatic: one per 4 cores, at
@@ -303,6 +320,7 @@ async fn serve(
     tls: rustls::ServerConfig,
     threads: usize,
     no_metrics: bool,
+    early_hup: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let fetcher = Arc::new(
         JwksFetcher::new(Arc::clone(&reloader), fetch)
@@ -341,11 +359,23 @@ async fn serve(
         tokio::spawn(async move { fetcher.run(crate::stopped(&mut stop)).await });
     }
     // Reloads: SIGHUP, and polling the files the config was built from.
+    // Listening for SIGHUP here, before anything is spawned, leaves no gap
+    // between the start-up flag and the loop.
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .inspect_err(|e| error!(error = %e, "cannot listen for SIGHUP; reloads come from the file watcher only"))
+        .ok();
+    #[cfg(not(unix))]
+    let hup = None;
     tokio::spawn(reload_loop(
         Arc::clone(&reloader),
         settings.watch_interval,
         metrics.clone(),
         stop_rx.clone(),
+        Hangups {
+            signal: hup,
+            during_start: early_hup,
+        },
     ));
     // Admin: metrics and health.
     if let Some(admin_addr) = settings.admin {
@@ -380,13 +410,24 @@ async fn serve(
 
     let shutdown = {
         let draining = Arc::clone(&draining);
+        let mut signals = StopSignals::install();
         async move {
-            let signal = wait_for_stop_signal().await;
+            let signal = signals.next().await;
             draining.store(true, Ordering::SeqCst);
             info!(
                 signal,
-                "draining: finishing batches in flight, refusing new connections"
+                "draining: finishing batches in flight, refusing new connections (a second SIGTERM or SIGINT exits at once)"
             );
+            // An operator who cannot wait for the drain (drain_timeout_s) says so
+            // again, as with most servers; the batches in flight are cut off.
+            tokio::spawn(async move {
+                let again = signals.next().await;
+                error!(
+                    signal = again,
+                    "second stop signal: exiting without finishing the drain; batches in flight are cut off"
+                );
+                std::process::exit(1);
+            });
         }
     };
     let report = server.run(shutdown).await;
@@ -405,26 +446,63 @@ async fn serve(
     Ok(())
 }
 
-#[cfg(unix)]
-async fn wait_for_stop_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install SIGTERM/SIGINT handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT (Ctrl-C elsewhere), listened for once so that a second
+/// one is not missed while the first is handled.
+struct StopSignals {
+    #[cfg(unix)]
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Self {
+                    signals: Some((term, int)),
+                },
+                _ => {
+                    error!("cannot install SIGTERM/SIGINT handlers; stop with SIGKILL");
+                    Self { signals: None }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next stop signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            let Some((term, int)) = self.signals.as_mut() else {
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
+        }
     }
 }
 
-#[cfg(not(unix))]
-async fn wait_for_stop_signal() -> &'static str {
-    let _ = tokio::signal::ctrl_c().await;
-    "ctrl-c"
+/// Where reloads on demand come from.
+struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+    #[cfg(not(unix))]
+    signal: Option<std::convert::Infallible>,
+    /// Raised by a SIGHUP before `signal` listened ([`early_hangup`]).
+    during_start: Arc<AtomicBool>,
 }
 
 async fn reload_loop(
@@ -432,9 +510,13 @@ async fn reload_loop(
     watch: Option<Duration>,
     metrics: Option<Arc<Metrics>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    hangups: Hangups,
 ) {
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let Hangups {
+        signal: mut hup,
+        during_start,
+    } = hangups;
+    let mut pending_hup = during_start.load(Ordering::SeqCst);
     let tick = watch.unwrap_or(Duration::from_secs(3600));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -450,11 +532,19 @@ async fn reload_loop(
             }
         };
         #[cfg(not(unix))]
-        let hangup = std::future::pending::<()>();
-        let trigger = tokio::select! {
-            _ = crate::stopped(&mut stop) => return,
-            () = hangup => "SIGHUP",
-            _ = interval.tick(), if watch.is_some() => "file change",
+        let hangup = {
+            let _ = &mut hup;
+            std::future::pending::<()>()
+        };
+        let trigger = if std::mem::take(&mut pending_hup) {
+            info!("SIGHUP while starting: reloading now");
+            "SIGHUP"
+        } else {
+            tokio::select! {
+                _ = crate::stopped(&mut stop) => return,
+                () = hangup => "SIGHUP",
+                _ = interval.tick(), if watch.is_some() => "file change",
+            }
         };
         // Reading and parsing every file can take seconds (100k tenants): off the I/O
         // threads, so QUIC keeps moving during a reload.
