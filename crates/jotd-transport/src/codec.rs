@@ -75,7 +75,10 @@ pub enum WireError {
         /// The limit.
         limit: usize,
     },
-    /// An empty frame or an unknown type byte.
+    /// A frame of length 0: not even a type byte.
+    #[error("empty frame (length 0, no type byte)")]
+    EmptyFrame,
+    /// An unknown type byte.
     #[error("unknown frame type {0}")]
     UnknownFrameType(u8),
     /// A batch claims more items than allowed (checked before decoding them).
@@ -122,7 +125,7 @@ pub fn next_frame<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<RawFrame<
     let Some(frame) = buf.get(4..4 + len) else {
         return Ok(None);
     };
-    let (&kind, body) = frame.split_first().ok_or(WireError::UnknownFrameType(0))?;
+    let (&kind, body) = frame.split_first().ok_or(WireError::EmptyFrame)?;
     let kind = FrameType::from_byte(kind).ok_or(WireError::UnknownFrameType(kind))?;
     Ok(Some(RawFrame {
         kind,

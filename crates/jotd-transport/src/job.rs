@@ -561,7 +561,10 @@ fn read_batch<'a>(input: &'a [u8], limits: &Limits) -> Result<BatchRequest<'a>, 
                 format!("frame of {len} bytes exceeds {limit}"),
             );
         }
-        Err(e) => return refuse(ErrorCode::UnsupportedFrame, e.to_string()),
+        Err(e @ WireError::UnknownFrameType(_)) => {
+            return refuse(ErrorCode::UnsupportedFrame, e.to_string());
+        }
+        Err(e) => return refuse(ErrorCode::MalformedFrame, e.to_string()),
     };
     if frame.kind != FrameType::Batch {
         return refuse(

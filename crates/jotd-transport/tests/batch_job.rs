@@ -269,6 +269,13 @@ fn a_batch_that_cannot_be_served_gets_one_error_frame() {
             9,
         ),
         (&[], Limits::default(), ErrorCode::MalformedFrame, 0),
+        // A frame of length 0 has no type byte: it does not decode.
+        (
+            &[0, 0, 0, 0],
+            Limits::default(),
+            ErrorCode::MalformedFrame,
+            0,
+        ),
         (
             &[0x7f, 0, 0, 0],
             Limits::default(),

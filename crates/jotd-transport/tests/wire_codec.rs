@@ -170,7 +170,7 @@ fn limits_hold_before_allocation() {
     );
     assert_eq!(
         next_frame(&[0, 0, 0, 0], &limits),
-        Err(WireError::UnknownFrameType(0))
+        Err(WireError::EmptyFrame)
     );
     assert_eq!(
         next_frame(&[0, 0, 0, 1, 9], &limits),
