@@ -235,8 +235,10 @@ pub async fn serve(
                 }
             },
         };
-        // At the connection cap: a door refuses the newcomer (the peer retries
-        // elsewhere); the admin listener closes a connection to make room.
+        // At the connection cap: a door makes room at the cost of an address
+        // holding two connections more than the newcomer's, else refuses it
+        // (the peer retries elsewhere); the admin listener closes a
+        // connection to make room (`jotd_transport::slots`).
         let slot = match slots.admit(peer.ip(), std::time::Instant::now()) {
             Admitted::In { slot, closed } => {
                 if closed > 0 {
@@ -254,10 +256,19 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let handle = Arc::clone(&handle);
         let mut stop = stop.clone();
+        let slot = Arc::new(slot);
         tasks.spawn(async move {
+            let held = Arc::clone(&slot);
             let service = hyper::service::service_fn(move |req| {
+                // Busy until its answer is ready: a door at its cap makes room
+                // from idle connections first.
+                let busy = held.busy();
                 let fut = handle(req, peer);
-                async move { Ok::<_, std::convert::Infallible>(fut.await) }
+                async move {
+                    let answer = fut.await;
+                    drop(busy);
+                    Ok::<_, std::convert::Infallible>(answer)
+                }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -272,7 +283,7 @@ pub async fn serve(
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
-                // Closed to make room (admin listener only).
+                // Closed to make room for another address.
                 () = slot.closed() => {}
                 () = stopped(&mut stop) => {
                     conn.as_mut().graceful_shutdown();

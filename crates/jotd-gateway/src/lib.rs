@@ -216,7 +216,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             listener,
             handle,
             cfg.limits.max_connections,
-            SlotRule::Refuse,
+            SlotRule::Share,
         );
     }
     let mut fa_addr = None;
@@ -236,7 +236,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             listener,
             handle,
             cfg.limits.max_connections,
-            SlotRule::Refuse,
+            SlotRule::Share,
         );
     }
     let mut ext_addr = None;

@@ -237,11 +237,11 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         );
         metrics::describe_counter!(
             "jotd_gateway_connections_refused_total",
-            "Connections closed at once because a listener had max_connections open (the admin listener: 64, each from another address and younger than 1 s)"
+            "Connections closed at once because a listener had max_connections open and no address held two more than the newcomer's (the admin listener: 64, each from another address and younger than 1 s)"
         );
         metrics::describe_counter!(
             "jotd_gateway_connections_closed_for_room_total",
-            "Admin connections closed to make room for a new one (64 open: the oldest of the address holding the most)"
+            "Connections closed to make room for a new one: at a door's max_connections the oldest idle one of an address holding two more than the newcomer's; at the admin listener's 64 the oldest of the address holding the most"
         );
         let render: jotd_gateway::Render = Arc::new(move || handle.render());
         let gw = jotd_gateway::start(&cfg, Some(render)).await?;

@@ -1778,6 +1778,65 @@ async fn status_of_a_get(addr: SocketAddr) -> Option<u16> {
         .flatten()
 }
 
+/// A connection to `addr` from loopback address `local`.
+async fn connect_from(addr: SocketAddr, local: [u8; 4]) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((local, 0))).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// One address holding every slot of a door (idle keep-alive connections)
+/// does not lock out another address: its oldest idle connection makes room.
+/// More from the same address are refused, as before. (Before, every
+/// newcomer was refused while one client held `max_connections`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_slot_of_a_door() {
+    use tokio::io::AsyncReadExt;
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, _seen) = start_upstream().await;
+    let (cfg, _dir) = config(
+        "door-share",
+        &pool,
+        pool.addr,
+        up,
+        "[limits]\nmax_connections = 4\n",
+    );
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    for door in [gw.proxy.unwrap(), gw.forward_auth.unwrap()] {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(connect_from(door, [127, 0, 0, 2]).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The same address again: refused (closed at once, no answer).
+        let mut more = connect_from(door, [127, 0, 0, 2]).await;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), more.read(&mut buf))
+            .await
+            .expect("refused at once");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        // Another address is served.
+        let served = {
+            use tokio::io::AsyncWriteExt;
+            let mut s = connect_from(door, [127, 0, 0, 3]).await;
+            s.write_all(b"GET /v3/infura HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        };
+        assert!(served.starts_with("HTTP/1.1 "), "{door}: {served:?}");
+        // ...at the cost of the oldest of the address holding every slot.
+        let n = tokio::time::timeout(Duration::from_secs(5), held[0].read(&mut buf))
+            .await
+            .expect("the oldest idle connection is closed");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+    gw.drain().await;
+}
+
 /// A client that pipelines requests and never reads the answers: once a
 /// write has made no progress for `write_timeout_ms` its connection is
 /// closed, so such clients cannot hold every slot of a door, nor the drain.

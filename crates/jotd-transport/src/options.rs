@@ -53,13 +53,20 @@ pub struct ServerOptions {
     /// Handshakes in progress at once; a new attempt past it is refused.
     /// Default 1024.
     pub max_handshakes: NonZeroUsize,
+    /// Handshakes in progress from one address; more from it are refused, so
+    /// one source cannot hold every handshake slot. Default 64.
+    pub max_handshakes_per_address: NonZeroUsize,
     /// With this many handshakes in progress, a new attempt from an address
     /// not yet validated gets a QUIC Retry (it must prove it receives at that
     /// address). 0: always. Default 32.
     pub retry_after_handshakes: usize,
     /// A connection with no traffic for this long is closed. Default 30 s.
     pub idle_timeout: Duration,
-    /// Keep-alive interval. Default 10 s.
+    /// Keep-alive interval the server itself pings at; zero: off (the
+    /// default). Clients keep their connections alive (the client library
+    /// pings every 100 ms): a server ping would keep a silent client's
+    /// connection, and its slot, for ever; without it a connection with no
+    /// traffic closes after `idle_timeout`.
     pub keep_alive: Duration,
     /// Longest wait for batches in flight at shutdown. Default 10 s.
     pub drain_timeout: Duration,
@@ -90,9 +97,10 @@ impl Default for ServerOptions {
             refetch_hold: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(5),
             max_handshakes: nz(1024),
+            max_handshakes_per_address: nz(64),
             retry_after_handshakes: 32,
             idle_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(10),
+            keep_alive: Duration::ZERO,
             drain_timeout: Duration::from_secs(10),
             tenant_watch: None,
         }
@@ -155,8 +163,8 @@ impl ServerOptions {
         if quinn::IdleTimeout::try_from(self.idle_timeout).is_err() {
             return err("idle_timeout", "too long for QUIC");
         }
-        if self.keep_alive.is_zero() || self.keep_alive >= self.idle_timeout {
-            return err("keep_alive", "must be above zero and below idle_timeout");
+        if self.keep_alive >= self.idle_timeout {
+            return err("keep_alive", "must be below idle_timeout (zero: off)");
         }
         Ok(())
     }
@@ -167,7 +175,7 @@ impl ServerOptions {
         t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_streams_per_connection.get()))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok())
-            .keep_alive_interval(Some(self.keep_alive))
+            .keep_alive_interval((!self.keep_alive.is_zero()).then_some(self.keep_alive))
             .mtu_discovery_config(Some(mtu_discovery()));
         // A request stream may carry a whole frame; let it arrive without
         // stalls. One connection may hold at most a few whole requests unread

@@ -6,11 +6,15 @@
 //! costly signature check); its frames are written back as they come. Every decision is the job's; this module only decides when to stop
 //! listening.
 //!
-//! Connections: an attempt takes a handshake slot (`max_handshakes`, Retry
-//! from `retry_after_handshakes` on, `handshake_timeout`) and only a completed
+//! Connections: an attempt takes a handshake slot (`max_handshakes`, at most
+//! `max_handshakes_per_address` of them from one address, Retry from
+//! `retry_after_handshakes` on, `handshake_timeout`) and only a completed
 //! handshake takes a connection slot (`max_connections`), so clients that
 //! never finish a handshake (no certificate under mutual TLS, say) cannot lock
-//! out clients that do.
+//! out clients that do. At `max_connections` an address holding two
+//! connections more than the newcomer's gives up its oldest idle one
+//! ([`SlotRule::Share`](crate::slots::SlotRule::Share)): one source cannot
+//! hold every slot.
 //!
 //! Drain (on the `shutdown` future): new connections are refused, streams
 //! opened from then on are answered `shutting_down`, batches in flight finish
@@ -18,16 +22,18 @@
 
 use crate::options::ServerOptions;
 use crate::report::BatchReport;
+use crate::slots::{Admitted, ConnectionSlots, SlotRule};
 use crate::stream::{refuse_draining, stream};
 use jotd_core::{Engine, Snapshot, UnixTime};
 use quinn::{Endpoint, Incoming, VarInt};
 use rayon::ThreadPool;
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -72,10 +78,16 @@ pub trait Backend: Send + Sync + 'static {
 /// Why a connection was refused or ended early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// At `max_connections` (after the handshake).
+    /// At `max_connections` (after the handshake), no address holding two
+    /// connections more than this one's.
     ConnectionLimit,
+    /// Closed at `max_connections` to make room for a connection from an
+    /// address holding at least two fewer ([`SlotRule::Share`](crate::slots::SlotRule::Share)).
+    ClosedForRoom,
     /// At `max_handshakes` (before the handshake).
     HandshakeLimit,
+    /// Its address already has `max_handshakes_per_address` in progress.
+    HandshakeShare,
     /// The handshake did not complete within `handshake_timeout`.
     HandshakeTimeout,
     /// The TLS handshake failed (wrong ALPN, no or bad client certificate, …).
@@ -198,6 +210,10 @@ pub(crate) struct Shared {
     pub(crate) request_bytes: Arc<Semaphore>,
     pub(crate) stats: Arc<ServerStats>,
     draining: watch::Receiver<bool>,
+    /// Connection slots, shared fairly between addresses.
+    slots: Arc<ConnectionSlots>,
+    /// Handshakes in progress per address.
+    handshaking: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// A bound, not yet running, QUIC server.
@@ -251,6 +267,7 @@ impl Server {
         })?;
         let (drain, draining) = watch::channel(false);
         let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
+        let opts_connections = opts.max_connections.get();
         Ok(Self {
             endpoint,
             shared: Arc::new(Shared {
@@ -262,6 +279,8 @@ impl Server {
                 backend,
                 stats: Arc::new(ServerStats::default()),
                 draining,
+                slots: ConnectionSlots::new(opts_connections, SlotRule::Share),
+                handshaking: Mutex::new(HashMap::new()),
             }),
             drain,
         })
@@ -339,6 +358,15 @@ impl Server {
     fn admit_validated(&self, incoming: Incoming, connections: &mut JoinSet<()>) {
         let shared = &self.shared;
         let remote = incoming.remote_address();
+        let Some(share) = HandshakeShare::take(shared, remote.ip()) else {
+            shared.backend.event(&Event::ConnectionRefused {
+                remote,
+                why: Refusal::HandshakeShare,
+                detail: "at max_handshakes_per_address",
+            });
+            incoming.refuse();
+            return;
+        };
         if shared.stats.handshakes.fetch_add(1, Ordering::Relaxed)
             >= shared.opts.max_handshakes.get()
         {
@@ -351,7 +379,49 @@ impl Server {
             incoming.refuse();
             return;
         }
-        connections.spawn(connection(Arc::clone(shared), incoming));
+        connections.spawn(connection(Arc::clone(shared), incoming, share));
+    }
+}
+
+/// One handshake in progress counted against its address; given back on drop.
+struct HandshakeShare {
+    shared: Arc<Shared>,
+    peer: IpAddr,
+}
+
+impl HandshakeShare {
+    /// `None` when `peer` already has `max_handshakes_per_address` in progress.
+    fn take(shared: &Arc<Shared>, peer: IpAddr) -> Option<Self> {
+        let peer = peer.to_canonical();
+        let mut map = shared
+            .handshaking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(peer).or_default();
+        if *n >= shared.opts.max_handshakes_per_address.get() {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            shared: Arc::clone(shared),
+            peer,
+        })
+    }
+}
+
+impl Drop for HandshakeShare {
+    fn drop(&mut self) {
+        let mut map = self
+            .shared
+            .handshaking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -364,7 +434,7 @@ impl Drop for CountGuard<'_> {
     }
 }
 
-async fn connection(shared: Arc<Shared>, incoming: Incoming) {
+async fn connection(shared: Arc<Shared>, incoming: Incoming, share: HandshakeShare) {
     let remote = incoming.remote_address();
     let handshake = CountGuard(&shared.stats.handshakes, 1);
     let accepted = match incoming.accept() {
@@ -383,7 +453,7 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming) {
         }
         Err(e) => Err((Refusal::Handshake, e.to_string())),
     };
-    drop(handshake);
+    drop((handshake, share));
     let conn = match accepted {
         Ok(c) => c,
         Err((why, detail)) => {
@@ -397,20 +467,23 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming) {
     };
     // Only an authenticated, complete handshake takes a slot.
     let stats = &shared.stats;
-    if stats.connections.fetch_add(1, Ordering::Relaxed) >= shared.opts.max_connections.get() {
-        stats.connections.fetch_sub(1, Ordering::Relaxed);
-        shared.backend.event(&Event::ConnectionRefused {
-            remote,
-            why: Refusal::ConnectionLimit,
-            detail: "at max_connections",
-        });
-        conn.close(
-            VarInt::from_u32(CLOSE_CONNECTION_LIMIT),
-            b"at max_connections",
-        );
-        return;
-    }
-    let _slot = CountGuard(&stats.connections, 1);
+    let slot = match shared.slots.admit(remote.ip(), Instant::now()) {
+        Admitted::In { slot, .. } => slot,
+        Admitted::Refused => {
+            shared.backend.event(&Event::ConnectionRefused {
+                remote,
+                why: Refusal::ConnectionLimit,
+                detail: "at max_connections",
+            });
+            conn.close(
+                VarInt::from_u32(CLOSE_CONNECTION_LIMIT),
+                b"at max_connections",
+            );
+            return;
+        }
+    };
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    let _open = CountGuard(&stats.connections, 1);
     shared.backend.event(&Event::ConnectionOpened { remote });
     let mut work = JoinSet::new();
     let mut refusals = JoinSet::new();
@@ -434,6 +507,19 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming) {
                 }
             }
             Some(_) = work.join_next(), if !work.is_empty() => {}
+            () = slot.closed() => {
+                // Its address held two connections more than a newcomer's.
+                shared.backend.event(&Event::ConnectionRefused {
+                    remote,
+                    why: Refusal::ClosedForRoom,
+                    detail: "closed at max_connections to make room for another address",
+                });
+                conn.close(
+                    VarInt::from_u32(CLOSE_CONNECTION_LIMIT),
+                    b"closed to make room for another address",
+                );
+                break;
+            }
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     while work.try_join_next().is_some() {}
@@ -442,7 +528,14 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming) {
                         refusals.spawn(refuse_draining(Arc::clone(&shared), send, recv));
                     } else {
                         stats.streams.fetch_add(1, Ordering::Relaxed);
-                        work.spawn(stream(Arc::clone(&shared), send, recv));
+                        // Busy while it runs: room is made from idle
+                        // connections first.
+                        let busy = slot.busy();
+                        let job = stream(Arc::clone(&shared), send, recv);
+                        work.spawn(async move {
+                            job.await;
+                            drop(busy);
+                        });
                     }
                 }
                 Err(_) => break,

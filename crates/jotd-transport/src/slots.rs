@@ -1,9 +1,20 @@
-//! Connection slots for the plain-TCP listeners (the daemon's and the gateway's
-//! admin ports, the gateway's HTTP doors): a cap on connections served at once,
-//! and what happens at the cap.
+//! Connection slots for every listener (the daemon's QUIC port, the daemon's
+//! and the gateway's admin ports, the gateway's HTTP doors): a cap on
+//! connections served at once, and what happens at the cap.
 //!
-//! A data listener ([`SlotRule::Refuse`]) refuses the newcomer: its clients
-//! retry elsewhere, and a request in flight is never cut. An admin listener
+//! A data listener ([`SlotRule::Share`]) keeps any one address from holding
+//! slots a newcomer elsewhere needs: when some address holds at least two
+//! connections more than the newcomer's address does, that address's oldest
+//! idle connection (no request in flight; its oldest when none is idle) is
+//! closed to make room. Otherwise the newcomer is refused (its client retries
+//! elsewhere), so among addresses with equal shares nobody is cut off, and a
+//! client opening more connections from its own address is refused as
+//! before. ([`SlotRule::Refuse`] refuses at the cap whatever the shares.)
+//! Addresses are compared whole (an IPv4 client of a dual-stack listener is
+//! its IPv4 address): a client holding many addresses (an IPv6 prefix) gets a
+//! share per address; authenticate clients (mutual TLS) where that matters.
+//!
+//! An admin listener
 //! ([`SlotRule::MakeRoom`]) has no authentication and must keep answering the
 //! kubelet's probes and Prometheus' scrape while something holds every slot, so
 //! it closes a connection to make room, chosen so that a flood only ever costs
@@ -18,6 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -31,6 +43,9 @@ pub const MIN_AGE: Duration = Duration::from_secs(1);
 pub enum SlotRule {
     /// Refuse it.
     Refuse,
+    /// Make room at the cost of an address holding more than the newcomer's
+    /// (see the module docs).
+    Share,
     /// Close an open connection to make room (see the module docs).
     MakeRoom,
 }
@@ -39,6 +54,8 @@ struct Open {
     peer: IpAddr,
     since: Instant,
     close: Arc<Notify>,
+    /// Requests in flight ([`Slot::busy`]).
+    busy: Arc<AtomicUsize>,
 }
 
 struct Inner {
@@ -81,6 +98,7 @@ pub enum Admitted {
 pub struct Slot {
     id: u64,
     close: Arc<Notify>,
+    busy: Arc<AtomicUsize>,
     slots: Arc<ConnectionSlots>,
 }
 
@@ -96,6 +114,24 @@ impl Slot {
     /// this or its own end, whichever is first.
     pub async fn closed(&self) {
         self.close.notified().await;
+    }
+
+    /// Marks a request in flight on this connection until the guard drops:
+    /// [`SlotRule::Share`] closes idle connections before busy ones.
+    #[must_use]
+    pub fn busy(&self) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(Arc::clone(&self.busy))
+    }
+}
+
+/// A request in flight on a connection ([`Slot::busy`]).
+#[derive(Debug)]
+pub struct Busy(Arc<AtomicUsize>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -139,6 +175,7 @@ impl ConnectionSlots {
             let victim = match self.rule {
                 SlotRule::Refuse => None,
                 SlotRule::MakeRoom => victim(&inner.open, now),
+                SlotRule::Share => over_share(&inner.open, peer),
             };
             let Some(victim) = victim else {
                 return Admitted::Refused;
@@ -151,18 +188,21 @@ impl ConnectionSlots {
         inner.next_id += 1;
         let id = inner.next_id;
         let close = Arc::new(Notify::new());
+        let busy = Arc::new(AtomicUsize::new(0));
         inner.open.insert(
             id,
             Open {
                 peer,
                 since: now,
                 close: Arc::clone(&close),
+                busy: Arc::clone(&busy),
             },
         );
         Admitted::In {
             slot: Slot {
                 id,
                 close,
+                busy,
                 slots: Arc::clone(self),
             },
             closed,
@@ -185,6 +225,35 @@ fn victim(open: &BTreeMap<u64, Open>, now: Instant) -> Option<u64> {
                 now.saturating_duration_since(c.since) >= MIN_AGE
             }
         })
+        .map(|(&id, _)| id)
+}
+
+/// The connection [`SlotRule::Share`] closes for a newcomer from `peer`, if
+/// any: the oldest idle one (else the oldest) of the address holding the most,
+/// when that is at least two more than `peer` holds.
+fn over_share(open: &BTreeMap<u64, Open>, peer: IpAddr) -> Option<u64> {
+    let mut held = HashMap::<IpAddr, usize>::with_capacity(open.len());
+    for c in open.values() {
+        *held.entry(c.peer).or_default() += 1;
+    }
+    let mine = held.get(&peer).copied().unwrap_or(0);
+    // The address holding the most; among equals, the one whose connection is
+    // oldest (the map iterates oldest first, and `max_by_key` keeps the last
+    // maximum, so compare on the first id seen).
+    let mut first = HashMap::<IpAddr, u64>::with_capacity(held.len());
+    for (&id, c) in open {
+        first.entry(c.peer).or_insert(id);
+    }
+    let (&top, &most) = held
+        .iter()
+        .min_by_key(|&(ip, &n)| (std::cmp::Reverse(n), first[ip]))?;
+    if most < mine + 2 {
+        return None;
+    }
+    let theirs = || open.iter().filter(move |(_, c)| c.peer == top);
+    theirs()
+        .find(|(_, c)| c.busy.load(Ordering::Relaxed) == 0)
+        .or_else(|| theirs().next())
         .map(|(&id, _)| id)
 }
 
@@ -326,5 +395,63 @@ mod tests {
         assert_eq!(ids(&slots), [2, 3]);
         drop((b, c));
         assert_eq!(slots.open(), 0);
+    }
+
+    #[test]
+    fn a_shared_listener_takes_room_from_the_address_holding_more() {
+        let slots = ConnectionSlots::new(MAX, SlotRule::Share);
+        let t0 = Instant::now();
+        // One address takes every slot; the first two carry requests.
+        let flood: Vec<Slot> = (0..MAX)
+            .map(|_| admit(&slots, ip(2), t0).unwrap())
+            .collect();
+        let _busy = (flood[0].busy(), flood[1].busy());
+        // More from the same address: refused, nobody is cut off.
+        assert!(admit(&slots, ip(2), t0).is_none());
+        assert!(flood.iter().all(|s| !fired(s)));
+        // A newcomer elsewhere: the flooder's oldest idle connection makes room.
+        let a = admit(&slots, ip(3), t0).unwrap();
+        assert!(!fired(&flood[0]) && !fired(&flood[1]) && fired(&flood[2]));
+        let b = admit(&slots, ip(3), t0).unwrap();
+        assert!(fired(&flood[3]));
+        // Shares even out: ip(3) may go on taking room while ip(2) holds two more.
+        let mut mine = vec![a, b];
+        while let Some(s) = admit(&slots, ip(3), t0) {
+            mine.push(s);
+        }
+        assert_eq!(mine.len(), MAX / 2, "equal shares, then refused");
+        assert_eq!(slots.open(), MAX);
+        assert!(mine.iter().all(|s| !fired(s)));
+    }
+
+    #[test]
+    fn a_shared_listener_closes_a_busy_connection_only_when_none_is_idle() {
+        let slots = ConnectionSlots::new(4, SlotRule::Share);
+        let t0 = Instant::now();
+        let held: Vec<Slot> = (0..4).map(|_| admit(&slots, ip(2), t0).unwrap()).collect();
+        let busy: Vec<Busy> = held.iter().map(Slot::busy).collect();
+        let _third = admit(&slots, ip(3), t0).unwrap();
+        assert!(fired(&held[0]) && !fired(&held[1]));
+        // A finished request makes its connection idle again: it goes first.
+        drop(busy);
+        let _fourth = admit(&slots, ip(4), t0).unwrap();
+        assert!(fired(&held[1]));
+    }
+
+    #[test]
+    fn a_shared_listener_with_equal_shares_refuses() {
+        let slots = ConnectionSlots::new(MAX, SlotRule::Share);
+        let t0 = Instant::now();
+        let held: Vec<Slot> = (0..MAX)
+            .map(|i| admit(&slots, ip(u8::try_from(i % 32).unwrap()), t0).unwrap())
+            .collect();
+        // Everyone holds two, the newcomer none: room is made at a difference
+        // of two or more.
+        let _first = admit(&slots, ip(100), t0).unwrap();
+        assert_eq!(held.iter().filter(|s| fired(s)).count(), 1);
+        // Now ip(100) holds one, ip(1)..ip(31) two, ip(0) one: no address holds
+        // two more than ip(100).
+        assert!(admit(&slots, ip(100), t0).is_none());
+        assert!(admit(&slots, ip(0), t0).is_none());
     }
 }

@@ -1,13 +1,15 @@
 //! The server holds its ground against clients that misbehave on purpose:
 //! half-sent requests, frames that announce too much, clients that never read
-//! their answers, handshakes that never finish, streams opened during drain.
+//! their answers, handshakes that never finish, one address holding every
+//! slot, streams opened during drain.
 //! Each limit is shown to hold and to be released.
 
 mod support;
 
 use jotd_core::Reason;
 use jotd_transport::{
-    BatchRequest, ErrorCode, Item, Limits, ServerOptions, StreamEnd, encode_batch,
+    BatchRequest, CLOSE_CONNECTION_LIMIT, ErrorCode, Item, Limits, Refusal, ServerOptions,
+    StreamEnd, encode_batch,
 };
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -283,4 +285,106 @@ async fn streams_opened_during_drain_get_shutting_down() {
     let report = stopping.await.unwrap();
     assert!(report.complete);
     assert_eq!(stats.streams(), 0);
+}
+
+/// The application close code a connection ended with, if it was closed so.
+async fn close_code(conn: &quinn::Connection) -> Option<u64> {
+    match tokio::time::timeout(Duration::from_secs(10), conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) => Some(c.error_code.into_inner()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_connection_slot() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let opts = ServerOptions {
+        max_connections: std::num::NonZeroUsize::new(4).unwrap(),
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, false);
+    // One address takes every slot; its first connection has a request in
+    // flight (half sent), the others are idle.
+    let mut flood = Vec::new();
+    for _ in 0..4 {
+        flood.push(
+            raw_connection_from(&r, false, None, [127, 0, 0, 2])
+                .await
+                .unwrap(),
+        );
+    }
+    wait_for("four connections", || r.stats.connections() == 4).await;
+    let (mut send, _recv) = flood[0].open_bi().await.unwrap();
+    send.write_all(&[0, 0, 0, 64, 1]).await.unwrap();
+    wait_for("the stream in flight", || r.stats.streams() >= 1).await;
+    // More from the same address: refused, nobody cut off.
+    let more = raw_connection_from(&r, false, None, [127, 0, 0, 2])
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&more).await,
+        Some(u64::from(CLOSE_CONNECTION_LIMIT))
+    );
+    // A client elsewhere is served: the flooder's oldest idle connection
+    // (not the busy one) makes room.
+    let other = raw_connection_from(&r, false, None, [127, 0, 0, 3])
+        .await
+        .unwrap();
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let (mut s, mut rcv) = other.open_bi().await.unwrap();
+    s.write_all(&encoded(7, &[&hs], "t")).await.unwrap();
+    s.finish().unwrap();
+    let answer = rcv.read_to_end(1 << 20).await.unwrap();
+    assert!(!answer.is_empty());
+    assert_eq!(
+        close_code(&flood[1]).await,
+        Some(u64::from(CLOSE_CONNECTION_LIMIT))
+    );
+    assert!(
+        flood[0].close_reason().is_none(),
+        "the busy connection stays"
+    );
+    assert!(flood[2].close_reason().is_none() && flood[3].close_reason().is_none());
+    let refusals = backend.refusals.lock().unwrap().clone();
+    assert_eq!(
+        refusals,
+        [Refusal::ConnectionLimit, Refusal::ClosedForRoom],
+        "{refusals:?}"
+    );
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_handshake_slot() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let opts = ServerOptions {
+        max_handshakes_per_address: std::num::NonZeroUsize::new(2).unwrap(),
+        handshake_timeout: Duration::from_secs(5),
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, true);
+    // Handshakes from 127.0.0.1 that never hear back (one-way relays).
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let relay = one_way_relay(r.addr).await;
+        let tls = jotd_transport::client_config(r.pki.ca_pem.as_bytes(), None).unwrap();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let connecting = ep.connect(relay, "localhost").unwrap();
+        stalled.push((ep, tokio::spawn(connecting)));
+    }
+    // Two are in progress; the third was refused for its address.
+    wait_for("the third refused", || {
+        backend.refusals.lock().unwrap().as_slice() == [Refusal::HandshakeShare]
+    })
+    .await;
+    assert_eq!(r.stats.handshakes(), 2);
+    // A client from another address shakes hands at once.
+    let other = raw_connection_from(&r, true, None, [127, 0, 0, 4]).await;
+    assert!(other.is_ok(), "{other:?}");
+    drop(stalled);
+    r.stop().await;
 }

@@ -78,7 +78,7 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         "jotd_connections_refused_total",
         Kind::Counter,
-        "QUIC connections refused, by why (connection_limit: after the handshake; handshake_limit, handshake_timeout, handshake: failed)",
+        "QUIC connections refused, by why (connection_limit: after the handshake; handshake_limit, handshake_share (max_handshakes_per_address), handshake_timeout, handshake: failed; closed_for_room: an open connection closed at max_connections for an address holding fewer)",
     ),
     (
         "jotd_retries_sent_total",
@@ -263,7 +263,7 @@ pub(crate) struct Metrics {
     queue_seconds: Histogram,
     lookup_misses: Counter,
     /// `jotd_connections_refused_total{why}`, by [`Refusal`].
-    refused: [Counter; 4],
+    refused: [Counter; 6],
     overloaded: Counter,
     request_buffer_full: Counter,
     streams_aborted: Counter,
@@ -332,6 +332,8 @@ impl Metrics {
                 "handshake_limit",
                 "handshake_timeout",
                 "handshake",
+                "handshake_share",
+                "closed_for_room",
             ]
             .map(|why| counter!("jotd_connections_refused_total", "why" => why)),
             overloaded: counter!("jotd_batches_refused_total", "why" => "overloaded"),
@@ -408,6 +410,8 @@ impl Metrics {
                     Refusal::HandshakeLimit => 1,
                     Refusal::HandshakeTimeout => 2,
                     Refusal::Handshake => 3,
+                    Refusal::HandshakeShare => 4,
+                    Refusal::ClosedForRoom => 5,
                 };
                 self.refused[i].increment(1);
             }

@@ -120,6 +120,8 @@ impl Backend for Daemon {
                     Refusal::HandshakeLimit => "handshake limit",
                     Refusal::HandshakeTimeout => "handshake timed out",
                     Refusal::Handshake => "handshake failed",
+                    Refusal::HandshakeShare => "handshakes per address limit",
+                    Refusal::ClosedForRoom => "closed to make room for another address",
                 };
                 warn!(%remote, why, detail, suppressed, "connection refused");
             });

@@ -24,9 +24,10 @@
 //! refetch_hold_ms = 1000              # unknown kids wait this long for a JWKS refetch
 //! handshake_timeout_ms = 5000
 //! max_handshakes = 1024
+//! max_handshakes_per_address = 64
 //! retry_after_handshakes = 32         # QUIC Retry for unvalidated addresses past this
 //! idle_timeout_s = 30
-//! keep_alive_s = 10
+//! keep_alive_s = 0                    # server pings; 0: off (clients keep alive)
 //! drain_timeout_s = 10
 //! io_threads = 0                      # 0: one per 4 cores, at least 1
 //! watch_interval_s = 2                # 0: reload on SIGHUP only
@@ -118,6 +119,7 @@ struct RawServer {
     refetch_hold_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
     max_handshakes: Option<usize>,
+    max_handshakes_per_address: Option<usize>,
     retry_after_handshakes: Option<usize>,
     idle_timeout_s: Option<u64>,
     keep_alive_s: Option<u64>,
@@ -396,11 +398,11 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
             s.server.idle_timeout = Duration::from_secs(v);
         }
         if let Some(v) = r.keep_alive_s {
-            if v == 0 || Some(v) >= r.idle_timeout_s.or(Some(d.idle_timeout.as_secs())) {
+            if Some(v) >= r.idle_timeout_s.or(Some(d.idle_timeout.as_secs())) {
                 return Err(ctx.err(
                     "server",
                     "keep_alive_s",
-                    "must be at least 1 and below idle_timeout_s",
+                    "must be below idle_timeout_s (0: off)",
                 ));
             }
             s.server.keep_alive = Duration::from_secs(v);
@@ -438,6 +440,12 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
         }
         s.server.max_handshakes =
             non_zero(&ctx, "max_handshakes", r.max_handshakes, d.max_handshakes)?;
+        s.server.max_handshakes_per_address = non_zero(
+            &ctx,
+            "max_handshakes_per_address",
+            r.max_handshakes_per_address,
+            d.max_handshakes_per_address,
+        )?;
         if let Some(v) = r.retry_after_handshakes {
             s.server.retry_after_handshakes = v;
         }
@@ -816,7 +824,7 @@ level = "jotd=debug"
                 3,
                 "server.max_connections",
             ),
-            ("\n\nserver.keep_alive_s = 0\n", 3, "server.keep_alive_s"),
+            ("\n\nserver.keep_alive_s = 30\n", 3, "server.keep_alive_s"),
             (
                 "verify = { threads = 1,\n  chunk_size = 0 }\n",
                 2,

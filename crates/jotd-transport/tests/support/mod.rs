@@ -5,8 +5,9 @@
 pub use jotd_core::TenantKey;
 use jotd_core::{Algorithm, Engine, EngineConfig, SigningKey, Snapshot, Tenant, UnixTime};
 use jotd_transport::{
-    Backend, BoxFuture, Client, ClientOptions, DevPki, Event, FrameType, Item, Limits, Server,
-    ServerOptions, ServerStats, StreamEnd, client_config, decode_error, next_frame, server_config,
+    Backend, BoxFuture, Client, ClientOptions, DevPki, Event, FrameType, Item, Limits, Refusal,
+    Server, ServerOptions, ServerStats, StreamEnd, client_config, decode_error, next_frame,
+    server_config,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +28,8 @@ pub struct TestBackend {
     pub stream_ends: [AtomicUsize; 3],
     /// When set, `refetch` waits until the gate opens (a batch in flight).
     pub refetch_gate: Option<watch::Receiver<bool>>,
+    /// Every connection refusal, in order.
+    pub refusals: Mutex<Vec<Refusal>>,
 }
 
 impl TestBackend {
@@ -49,6 +52,7 @@ impl TestBackend {
             retries: AtomicUsize::new(0),
             stream_ends: Default::default(),
             refetch_gate: None,
+            refusals: Mutex::new(Vec::new()),
         }
     }
     pub fn ends(&self, end: StreamEnd) -> usize {
@@ -89,8 +93,9 @@ impl Backend for TestBackend {
     }
     fn event(&self, event: &Event<'_>) {
         match event {
-            Event::ConnectionRefused { .. } => {
+            Event::ConnectionRefused { why, .. } => {
                 self.handshake_refusals.fetch_add(1, Ordering::SeqCst);
+                self.refusals.lock().unwrap().push(*why);
             }
             Event::Retry { .. } => {
                 self.retries.fetch_add(1, Ordering::SeqCst);
@@ -242,6 +247,19 @@ pub async fn raw_connection(
     with_cert: bool,
     window: Option<u32>,
 ) -> quinn::Connection {
+    raw_connection_from(r, with_cert, window, [127, 0, 0, 1])
+        .await
+        .unwrap()
+}
+
+/// [`raw_connection`] from a loopback address of its own (any of 127/8), so
+/// that the server sees another client address; the handshake's outcome.
+pub async fn raw_connection_from(
+    r: &Running,
+    with_cert: bool,
+    window: Option<u32>,
+    local: [u8; 4],
+) -> Result<quinn::Connection, quinn::ConnectionError> {
     let cert = with_cert.then_some((
         r.pki.client_cert_pem.as_bytes(),
         r.pki.client_key_pem.as_bytes(),
@@ -254,13 +272,9 @@ pub async fn raw_connection(
         t.stream_receive_window(quinn::VarInt::from_u32(w));
         config.transport_config(Arc::new(t));
     }
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut endpoint = quinn::Endpoint::client(std::net::SocketAddr::from((local, 0))).unwrap();
     endpoint.set_default_client_config(config);
-    endpoint
-        .connect(r.addr, "localhost")
-        .unwrap()
-        .await
-        .unwrap()
+    endpoint.connect(r.addr, "localhost").unwrap().await
 }
 
 /// Reads a stream's whole answer and returns its one error frame's
