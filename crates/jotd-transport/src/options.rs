@@ -187,9 +187,18 @@ impl ServerOptions {
         t.stream_receive_window(VarInt::from_u32(window));
         let connection = u32::try_from((2 * frame).max(16 << 20)).unwrap_or(u32::MAX);
         t.receive_window(VarInt::from_u32(connection));
+        // Answers a connection's client has not taken yet, held in QUIC's send
+        // buffer: quinn's default (10 MB a connection) let clients that grant
+        // credit and never read hold 10 GB at max_connections = 1024.
+        t.send_window(SEND_WINDOW);
         t
     }
 }
+
+/// Bytes of answers one connection may hold in QUIC's send buffer (written,
+/// not yet acknowledged): decision frames are small (tens of bytes an item),
+/// and on a LAN 2 MiB is far above what is in flight in one round trip.
+pub(crate) const SEND_WINDOW: u64 = 2 << 20;
 
 /// The largest UDP payload jotd sends and advertises (the QUIC
 /// `max_udp_payload_size` transport parameter). quinn's default is 1,472
@@ -278,4 +287,19 @@ pub(crate) fn endpoint(
         socket.into(),
         std::sync::Arc::new(quinn::TokioRuntime),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_holds_at_most_two_mib_of_unread_answers() {
+        // quinn's fields are private; its Debug output names them.
+        let t = format!("{:?}", ServerOptions::default().transport());
+        assert!(t.contains(&format!("send_window: {SEND_WINDOW}")), "{t}");
+        assert_eq!(SEND_WINDOW, 2 << 20);
+        // And the server does not ping by default.
+        assert!(t.contains("keep_alive_interval: None"), "{t}");
+    }
 }

@@ -370,17 +370,22 @@ async fn on_pool(
 }
 
 /// Writes frames as they come until every sender is gone, then finishes the
-/// stream. A write that waits on the client's flow control longer than
-/// `write_timeout` resets the stream; after a failed write the rest are
-/// dropped (the pool never waits on a stream).
+/// stream. The time spent waiting on the client's flow control, summed over
+/// the whole answer, is bounded by `write_timeout`: past it the stream is
+/// reset (a client that reads a byte now and then cannot keep an answer, its
+/// stream and its connection busy for ever). Waiting for decisions does not
+/// count. After a failed write the rest are dropped (the pool never waits on
+/// a stream).
 async fn write_frames(
     shared: &Shared,
     send: &mut SendStream,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
 ) -> Result<(), StreamEnd> {
+    let mut left = shared.opts.write_timeout;
     while let Some(frame) = rx.recv().await {
-        match tokio::time::timeout(shared.opts.write_timeout, send.write_all(&frame)).await {
-            Ok(Ok(())) => {}
+        let started = Instant::now();
+        match tokio::time::timeout(left, send.write_all(&frame)).await {
+            Ok(Ok(())) => left = left.saturating_sub(started.elapsed()),
             Ok(Err(_)) => return Err(StreamEnd::Aborted),
             Err(_) => {
                 let _ = send.reset(VarInt::from_u32(RESET_WRITE_TIMEOUT));

@@ -388,3 +388,46 @@ async fn one_address_cannot_hold_every_handshake_slot() {
     drop(stalled);
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_a_little_now_and_then_is_reset_after_write_timeout_in_all() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let opts = ServerOptions {
+        write_timeout: Duration::from_millis(700),
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, false);
+    // ~20 KB of decisions in many small frames; the client grants 1 KiB and
+    // takes 512 bytes every 150 ms: each frame goes out well within
+    // write_timeout, the whole answer would take seconds.
+    let sub = "s".repeat(40);
+    let hs = k.hs.mint(Some("hs"), &claims(&sub, NOW + 60)).unwrap();
+    let tokens = vec![hs.as_str(); 400];
+    let slow = raw_connection(&r, false, Some(1024)).await;
+    let (mut send, mut recv) = slow.open_bi().await.unwrap();
+    send.write_all(&encoded(1, &tokens, "t")).await.unwrap();
+    send.finish().unwrap();
+    let started = Instant::now();
+    let mut got = 0;
+    let end = loop {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        match recv.read_chunk(512, true).await {
+            Ok(Some(chunk)) => got += chunk.bytes.len(),
+            other => break other.map(|_| ()),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still reading after {got} bytes"
+        );
+    };
+    assert!(
+        matches!(
+            end,
+            Err(quinn::ReadError::Reset(code)) if code.into_inner() == u64::from(jotd_transport::RESET_WRITE_TIMEOUT)
+        ),
+        "the answer ({got} bytes) ended with {end:?}"
+    );
+    assert_eq!(backend.ends(StreamEnd::WriteTimeout), 1);
+    r.stop().await;
+}
