@@ -311,7 +311,8 @@ pub struct Limits {
     /// Longest a write to a client may make no progress (a client that stops
     /// reading its answers); the connection is closed beyond, freeing its slot.
     pub write_timeout: Duration,
-    /// Most open connections per listener (WebSockets included); more are closed at once.
+    /// Most open connections per listener (HTTP doors, WebSockets included, and
+    /// the gRPC door), shared per address (`jotd_transport::slots::SlotRule::Share`).
     pub max_connections: usize,
     /// Largest upstream answer relayed (502 beyond).
     pub max_upstream_bytes: usize,

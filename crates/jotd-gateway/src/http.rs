@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use jotd_transport::slots::{Admitted, ConnectionSlots};
+use jotd_transport::slots::{Admitted, ConnectionSlots, Slot};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -239,19 +239,9 @@ pub async fn serve(
         // holding two connections more than the newcomer's, else refuses it
         // (the peer retries elsewhere); the admin listener closes a
         // connection to make room (`jotd_transport::slots`).
-        let slot = match slots.admit(peer.ip(), std::time::Instant::now()) {
-            Admitted::In { slot, closed } => {
-                if closed > 0 {
-                    metrics::counter!("jotd_gateway_connections_closed_for_room_total")
-                        .increment(closed as u64);
-                }
-                slot
-            }
-            Admitted::Refused => {
-                metrics::counter!("jotd_gateway_connections_refused_total").increment(1);
-                drop(stream);
-                continue;
-            }
+        let Some(slot) = admit(&slots, peer) else {
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let handle = Arc::clone(&handle);
@@ -296,6 +286,111 @@ pub async fn serve(
     }
     drop(listener);
     while tasks.join_next().await.is_some() {}
+}
+
+/// Admits `peer` to `slots`, counting what the cap did: `None` when refused.
+fn admit(slots: &Arc<ConnectionSlots>, peer: SocketAddr) -> Option<Slot> {
+    match slots.admit(peer.ip(), std::time::Instant::now()) {
+        Admitted::In { slot, closed } => {
+            if closed > 0 {
+                metrics::counter!("jotd_gateway_connections_closed_for_room_total")
+                    .increment(closed as u64);
+            }
+            Some(slot)
+        }
+        Admitted::Refused => {
+            metrics::counter!("jotd_gateway_connections_refused_total").increment(1);
+            None
+        }
+    }
+}
+
+/// A connection of the gRPC (ext_authz) listener holding its slot: reads and
+/// writes fail once the listener closes it to make room, and the slot is given
+/// back when hyper drops it.
+pub(crate) struct Slotted {
+    io: tokio::net::TcpStream,
+    closed: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Slotted {
+    fn check(&mut self, cx: &mut std::task::Context<'_>) -> std::io::Result<()> {
+        match self.closed.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "closed to make room for another address",
+            )),
+            std::task::Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Slotted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Slotted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Slotted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+/// The gRPC listener's connections, each admitted to `slots` first (the
+/// same rule as the HTTP doors: one address cannot hold every slot).
+pub(crate) fn slotted_incoming(
+    listener: tokio::net::TcpListener,
+    slots: Arc<ConnectionSlots>,
+) -> impl futures_util::Stream<Item = std::io::Result<Slotted>> {
+    futures_util::stream::unfold((listener, slots), |(listener, slots)| async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = admit(&slots, peer) else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let closed = Box::pin(async move { slot.closed().await });
+            let io = Slotted { io: stream, closed };
+            return Some((Ok(io), (listener, slots)));
+        }
+    })
 }
 
 #[cfg(test)]

@@ -256,13 +256,17 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             .await;
         let mut stop = stopped.clone();
         let max_check_bytes = cfg.limits.max_body_bytes.saturating_add(1 << 20);
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        // The same cap and share per address as the HTTP doors: Envoy is the
+        // peer here (bind this listener where only it can reach it), but a
+        // stray client opening connections without end would run the process
+        // out of file descriptors for every door.
+        let incoming = http::slotted_incoming(
+            listener,
+            ConnectionSlots::new(cfg.limits.max_connections, SlotRule::Share),
+        );
         tasks.spawn(async move {
-            // Envoy is the peer here (bind this listener where only it can
-            // reach it): no per-listener connection cap, but bounded streams
-            // per connection, a deadline per call and keep-alive probes so a
-            // dead peer's connection goes.
+            // Bounded streams per connection, a deadline per call and
+            // keep-alive probes so a dead peer's connection goes.
             let serve = tonic::transport::Server::builder()
                 .max_concurrent_streams(Some(1024))
                 .timeout(std::time::Duration::from_secs(30))

@@ -1787,6 +1787,7 @@ async fn connect_from(addr: SocketAddr, local: [u8; 4]) -> tokio::net::TcpStream
 
 /// One address holding every slot of a door (idle keep-alive connections)
 /// does not lock out another address: its oldest idle connection makes room.
+/// The gRPC (ext_authz) door has the same cap.
 /// More from the same address are refused, as before. (Before, every
 /// newcomer was refused while one client held `max_connections`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1802,7 +1803,45 @@ async fn one_address_cannot_hold_every_slot_of_a_door() {
         up,
         "[limits]\nmax_connections = 4\n",
     );
+    let mut cfg = cfg;
+    cfg.ext_authz = Some(jotd_gateway::config::ExtAuthz {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        remove_authorization: false,
+    });
     let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    // The gRPC door: the same cap and share (before, it had no cap at all).
+    {
+        let door = gw.ext_authz.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(connect_from(door, [127, 0, 0, 2]).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut more = connect_from(door, [127, 0, 0, 2]).await;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), more.read(&mut buf))
+            .await
+            .expect("refused at once");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{door}"))
+            .unwrap()
+            .local_address(Some([127, 0, 0, 3].into()))
+            .connect()
+            .await
+            .unwrap();
+        let mut client = envoy::AuthorizationClient::new(channel);
+        let body = call(1, "eth_blockNumber", &json!([]));
+        let answer = client
+            .check(envoy_check("/v3/infura", None, &body, None))
+            .await;
+        assert!(answer.is_ok(), "{answer:?}");
+        // (After the server's HTTP/2 SETTINGS, sent when it was admitted.)
+        let mut rest = Vec::new();
+        // Ended (EOF or reset) within the timeout, or the test fails here.
+        let _ = tokio::time::timeout(Duration::from_secs(5), held[0].read_to_end(&mut rest))
+            .await
+            .expect("the oldest connection is closed");
+    }
     for door in [gw.proxy.unwrap(), gw.forward_auth.unwrap()] {
         let mut held = Vec::new();
         for _ in 0..4 {
