@@ -178,15 +178,17 @@ impl ServerOptions {
             .keep_alive_interval((!self.keep_alive.is_zero()).then_some(self.keep_alive))
             .mtu_discovery_config(Some(mtu_discovery()));
         // A request stream may carry a whole frame; let it arrive without
-        // stalls. One connection may hold at most a few whole requests unread
-        // in QUIC's buffers (the default is unbounded): the server reads every
-        // stream it accepts at once, so this caps only what a client sends
-        // ahead of the streams it was granted.
+        // stalls.
         let frame = self.limits.max_frame_bytes.min(HARD_MAX_FRAME_BYTES) + 5;
         let window = u32::try_from(frame).unwrap_or(u32::MAX);
         t.stream_receive_window(VarInt::from_u32(window));
-        let connection = u32::try_from((2 * frame).max(16 << 20)).unwrap_or(u32::MAX);
-        t.receive_window(VarInt::from_u32(connection));
+        // What one connection's client may send before the server has read it
+        // (quinn's default is unbounded). The server reads in-order bytes at
+        // once and counts them in `max_request_buffer_bytes`; bytes sent past
+        // a gap (out of order, offset 0 held back) wait in QUIC's buffers
+        // outside that budget, up to this window per connection. A larger
+        // frame still flows: the window slides as the server reads.
+        t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
         // Answers a connection's client has not taken yet, held in QUIC's send
         // buffer: quinn's default (10 MB a connection) let clients that grant
         // credit and never read hold 10 GB at max_connections = 1024.
@@ -194,6 +196,11 @@ impl ServerOptions {
         t
     }
 }
+
+/// Bytes one connection's client may send ahead of the server's reads: the
+/// most QUIC buffers for it out of order (outside `max_request_buffer_bytes`),
+/// `max_connections` × 2 MiB in all.
+pub(crate) const RECEIVE_WINDOW: u32 = 2 << 20;
 
 /// Bytes of answers one connection may hold in QUIC's send buffer (written,
 /// not yet acknowledged): decision frames are small (tens of bytes an item),
@@ -294,11 +301,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_connection_holds_at_most_two_mib_of_unread_answers() {
+    fn a_connection_holds_at_most_two_mib_each_way() {
         // quinn's fields are private; its Debug output names them.
         let t = format!("{:?}", ServerOptions::default().transport());
         assert!(t.contains(&format!("send_window: {SEND_WINDOW}")), "{t}");
         assert_eq!(SEND_WINDOW, 2 << 20);
+        // Nor more than 2 MiB of a client's bytes ahead of its reads.
+        assert!(t.contains(&format!("receive_window: {RECEIVE_WINDOW}")), "{t}");
+        assert_eq!(RECEIVE_WINDOW, 2 << 20);
         // And the server does not ping by default.
         assert!(t.contains("keep_alive_interval: None"), "{t}");
     }
