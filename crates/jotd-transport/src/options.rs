@@ -30,9 +30,10 @@ pub struct ServerOptions {
     /// gets an `overloaded` error. Default 250 ms: well below the clients'
     /// deadlines, so the answer leaves them time to try another replica.
     pub overload_wait: Duration,
-    /// Bytes of requests still arriving, across the server. A request takes
-    /// room for its declared length when its length prefix arrives; one that
-    /// finds none is refused at once with `overloaded`. Default 128 MiB.
+    /// Bytes of requests not yet decided, across the server. A request takes
+    /// room for its declared length when its length prefix arrives and keeps
+    /// it until its decisions exist; one that finds none is refused at once
+    /// with `overloaded`. Default 128 MiB.
     pub max_request_buffer_bytes: NonZeroUsize,
     /// A request that has not arrived whole (up to its FIN) this long after
     /// its stream opened is refused with `request_timeout`, its stream stopped
@@ -307,7 +308,10 @@ mod tests {
         assert!(t.contains(&format!("send_window: {SEND_WINDOW}")), "{t}");
         assert_eq!(SEND_WINDOW, 2 << 20);
         // Nor more than 2 MiB of a client's bytes ahead of its reads.
-        assert!(t.contains(&format!("receive_window: {RECEIVE_WINDOW}")), "{t}");
+        assert!(
+            t.contains(&format!("receive_window: {RECEIVE_WINDOW}")),
+            "{t}"
+        );
         assert_eq!(RECEIVE_WINDOW, 2 << 20);
         // And the server does not ping by default.
         assert!(t.contains("keep_alive_interval: None"), "{t}");

@@ -182,7 +182,7 @@ impl ServerStats {
     pub fn tokens_in_flight(&self) -> usize {
         self.tokens_in_flight.load(Ordering::Relaxed)
     }
-    /// Bytes reserved by requests still arriving.
+    /// Bytes reserved by requests not yet decided.
     pub fn request_bytes(&self) -> usize {
         self.request_bytes.load(Ordering::Relaxed)
     }

@@ -7,15 +7,15 @@ use crate::job::{BatchJob, JobContext, Next, Refused};
 use crate::messages::ErrorCode;
 use crate::report::BatchReport;
 use crate::server::{
-    CountGuard, Event, Overload, RESET_WRITE_TIMEOUT, STOP_REFUSED, STOP_TOO_LARGE, Shared,
-    StreamEnd,
+    CountGuard, Event, Overload, RESET_WRITE_TIMEOUT, STOP_REFUSED, STOP_TOO_LARGE, ServerStats,
+    Shared, StreamEnd,
 };
 use quinn::{RecvStream, SendStream, VarInt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 /// The first bytes read before the length is known: the 4-byte length, the
 /// type byte and up to a 9-byte request id, so refusals can echo the id.
@@ -29,12 +29,33 @@ enum ReadFailure {
     Aborted,
 }
 
+/// A request's room in the server's request buffer
+/// (`max_request_buffer_bytes`), counted in the `request_bytes` gauge. It is
+/// held from the length prefix until the request's decisions exist (or it is
+/// refused): the bytes, then their decoded form, stay within the budget
+/// while the batch waits for token room and is verified.
+pub(crate) struct Room {
+    _permit: OwnedSemaphorePermit,
+    bytes: usize,
+    stats: Arc<ServerStats>,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.stats
+            .request_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// Reads one request's bytes: the length prefix first (a frame over the limit is
 /// refused from it alone), then room for the declared size in the server's
 /// request buffer, then the bytes up to the client's FIN, all within
 /// `request_timeout`.
-/// The request's room in the buffer is released when it has arrived whole.
-async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Vec<u8>, ReadFailure> {
+async fn read_request(
+    shared: &Shared,
+    recv: &mut RecvStream,
+) -> Result<(Vec<u8>, Room), ReadFailure> {
     let opts = &shared.opts;
     let limit = opts.limits.max_frame_bytes.min(HARD_MAX_FRAME_BYTES);
     let mut bytes: Vec<u8> = Vec::new();
@@ -52,7 +73,7 @@ async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Vec<u8>,
             ));
         }
         let total = declared + 4;
-        let Ok(room) = Arc::clone(&shared.request_bytes)
+        let Ok(permit) = Arc::clone(&shared.request_bytes)
             .try_acquire_many_owned(u32::try_from(total).unwrap_or(u32::MAX))
         else {
             let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
@@ -69,7 +90,11 @@ async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Vec<u8>,
             ));
         };
         shared.stats.request_bytes.fetch_add(total, Ordering::Relaxed);
-        let _gauge = CountGuard(&shared.stats.request_bytes, total);
+        let room = Room {
+            _permit: permit,
+            bytes: total,
+            stats: Arc::clone(&shared.stats),
+        };
         if bytes.len() > total {
             let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
             return Err(refuse(
@@ -97,7 +122,7 @@ async fn read_request(shared: &Shared, recv: &mut RecvStream) -> Result<Vec<u8>,
     })
     .await;
     match read {
-        Ok(Ok(_room)) => Ok(bytes),
+        Ok(Ok(room)) => Ok((bytes, room)),
         Ok(Err(failure)) => Err(failure),
         Err(_) => {
             // Timed out: stop the stream; its bytes and room are released
@@ -146,7 +171,7 @@ fn refuse(head: &[u8], code: ErrorCode, message: &str) -> ReadFailure {
 /// Serves one stream to its end.
 pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream) {
     let _count = CountGuard(&shared.stats.streams, 1);
-    let bytes = match read_request(&shared, &mut recv).await {
+    let (bytes, room) = match read_request(&shared, &mut recv).await {
         Ok(r) => r,
         Err(ReadFailure::Aborted) => {
             shared.backend.event(&Event::Stream(StreamEnd::Aborted));
@@ -210,10 +235,11 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
     let request_id = job.request_id();
     let control = async {
         let report = drive(&shared, job, frames).await;
-        // Decisions produced: the tokens' room goes back now, whether or not
-        // the client reads its answer.
+        // Decisions produced: the tokens' and the request's room go back now,
+        // whether or not the client reads its answer.
         drop(in_flight);
         drop(permit);
+        drop(room);
         report
     };
     let (report, written) = tokio::join!(control, write_frames(&shared, &mut send, rx));

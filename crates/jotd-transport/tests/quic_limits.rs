@@ -431,3 +431,30 @@ async fn a_client_that_reads_a_little_now_and_then_is_reset_after_write_timeout_
     assert_eq!(backend.ends(StreamEnd::WriteTimeout), 1);
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_room_is_held_until_its_decisions_exist() {
+    let k = keys();
+    let (gate, gated) = tokio::sync::watch::channel(false);
+    let backend = TestBackend::gated(snapshot(1, &k, false), gated);
+    let r = start(Arc::clone(&backend), holding(), false);
+    let conn = raw_connection(&r, false, None).await;
+    // A batch held in flight: the JWKS tenant's unknown kid waits for a refetch.
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let request = encoded(1, &[&hs], "jwks");
+    let (mut send, mut held) = conn.open_bi().await.unwrap();
+    send.write_all(&request).await.unwrap();
+    send.finish().unwrap();
+    wait_for("the refetch", || {
+        backend.refetches.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Arrived whole long ago, but not decided: its bytes (and their decoded
+    // form) still count against max_request_buffer_bytes.
+    assert_eq!(r.stats.request_bytes(), request.len());
+    gate.send(true).unwrap();
+    let answer = held.read_to_end(1 << 20).await.unwrap();
+    assert!(!answer.is_empty());
+    wait_for("the room to go back", || r.stats.request_bytes() == 0).await;
+    r.stop().await;
+}

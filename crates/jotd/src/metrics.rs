@@ -47,7 +47,7 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         "jotd_batches_refused_total",
         Kind::Counter,
-        "Batches refused before verification, by why (overloaded: no room in the tokens-in-flight budget; request_buffer: no room in the buffer for requests still arriving)",
+        "Batches refused before verification, by why (overloaded: no room in the tokens-in-flight budget; request_buffer: no room in the buffer for requests not yet decided)",
     ),
     ("jotd_batch_size", Kind::Histogram, "Items per batch"),
     (
@@ -98,7 +98,7 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         "jotd_request_buffer_bytes",
         Kind::Gauge,
-        "Bytes reserved by requests still arriving",
+        "Bytes reserved by requests not yet decided (arriving, waiting for token room, verifying)",
     ),
     (
         "jotd_request_buffer_limit_bytes",

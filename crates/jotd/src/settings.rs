@@ -18,7 +18,7 @@
 //! max_batch_items = 4096
 //! max_frame_bytes = 4194304
 //! overload_wait_ms = 250
-//! max_request_buffer_bytes = 134217728  # requests still arriving, server-wide
+//! max_request_buffer_bytes = 134217728  # requests not yet decided, server-wide
 //! request_timeout_ms = 10000          # a request must arrive whole in this time
 //! write_timeout_ms = 10000            # a client must read its answer in this time
 //! refetch_hold_ms = 1000              # unknown kids wait this long for a JWKS refetch
