@@ -315,44 +315,16 @@ pub async fn authorize(
     {
         return AuthAnswer::refused(refused, first_id.as_deref());
     }
-    let mut out: Vec<(String, String)> = vec![("x-jotd-tenant".into(), facts.tenant.clone())];
-    match &verdicts[0] {
-        Verdict::Allow(d) => {
-            out.push((
-                "x-jotd-reason".into(),
-                d.reason().map_or("ok", jotd_core::Reason::as_str).into(),
-            ));
-            if let Some(s) = &d.sub {
-                out.push(("x-jotd-subject".into(), s.clone()));
-            }
-            if let Some(k) = &d.kid {
-                out.push(("x-jotd-kid".into(), k.clone()));
-            }
-            for (name, raw) in &d.claims {
-                // Strings as their text, anything else as JSON.
-                let v = serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.clone());
-                out.push((format!("x-jotd-claim-{}", name.to_ascii_lowercase()), v));
-            }
-        }
-        Verdict::FailOpen(_) => out.push(("x-jotd-reason".into(), "fail_open".into())),
-        _ => {}
-    }
-    // Every identity header must be writable: one dropped (a claim value with
-    // a line break, a claim name such as `https://example.com/roles` that no
-    // header name can be) would leave the upstream without it, silently.
-    if let Some((name, _)) = out.iter().find(|(n, v)| {
-        HeaderName::from_bytes(n.as_bytes()).is_err() || HeaderValue::from_str(v).is_err()
-    }) {
-        tracing::warn!(
-            tenant = %facts.tenant,
-            header = %name.escape_default(),
-            "an identity header cannot be written (its claim's name or value): refused as invalid_claim"
-        );
-        return AuthAnswer::refused(
-            &Verdict::Deny(jotd_core::Reason::InvalidClaim),
-            first_id.as_deref(),
-        );
-    }
+    // The gate refused any allowed call whose identity headers cannot be
+    // written (`gate::identity_headers`), so every one here can be.
+    let out = match &verdicts[0] {
+        Verdict::Allow(d) => crate::gate::identity_headers(&facts.tenant, d),
+        Verdict::FailOpen(_) => vec![
+            ("x-jotd-tenant".into(), facts.tenant.clone()),
+            ("x-jotd-reason".into(), "fail_open".into()),
+        ],
+        _ => vec![("x-jotd-tenant".into(), facts.tenant.clone())],
+    };
     let remove: Vec<String> = q
         .headers
         .keys()

@@ -200,15 +200,18 @@ impl Gate {
         let v: Vec<Verdict> = outcomes
             .into_iter()
             .map(|o| match o {
-                // Every door passes the subject on in a header: one no header
-                // can carry (a line break) would reach the node as no identity
-                // at all, so the call is refused instead. (The authorizer doors
-                // check the other identity headers they write.)
-                Ok(d) if d.allow && !subject_fits_a_header(&d) => {
+                // Every door passes the subject on in a header, the authorizer
+                // doors every identity header: one no header can carry (a line
+                // break in a value, a claim name such as
+                // `https://example.com/roles`) would reach the node as no
+                // identity at all, so the call is refused instead, and counted
+                // so.
+                Ok(d) if d.allow && let Some(bad) = unwritable(door, &facts.tenant, &d) => {
                     tracing::warn!(
                         door = door.as_str(),
                         tenant = %facts.tenant,
-                        "a token's sub holds bytes no header can carry: refused as invalid_claim"
+                        header = %bad.escape_default(),
+                        "an identity header cannot be written (its claim's name or value): refused as invalid_claim"
                     );
                     Verdict::Deny(Reason::InvalidClaim)
                 }
@@ -238,11 +241,51 @@ impl Gate {
     }
 }
 
-/// Whether an allowed decision's `sub` can be written as a header value.
-fn subject_fits_a_header(d: &jotd_transport::ClientDecision) -> bool {
-    d.sub
-        .as_deref()
-        .is_none_or(|s| hyper::header::HeaderValue::from_str(s).is_ok())
+/// The identity headers the authorizer doors (forward-auth, ext_authz) write
+/// for an allowed decision of `tenant`, `x-jotd-reason` first: the gateway
+/// copies them to the request it forwards.
+#[must_use]
+pub fn identity_headers(tenant: &str, d: &jotd_transport::ClientDecision) -> Vec<(String, String)> {
+    let mut out = vec![
+        ("x-jotd-tenant".to_owned(), tenant.to_owned()),
+        (
+            "x-jotd-reason".to_owned(),
+            d.reason().map_or("ok", Reason::as_str).to_owned(),
+        ),
+    ];
+    if let Some(s) = &d.sub {
+        out.push(("x-jotd-subject".into(), s.clone()));
+    }
+    if let Some(k) = &d.kid {
+        out.push(("x-jotd-kid".into(), k.clone()));
+    }
+    for (name, raw) in &d.claims {
+        // Strings as their text, anything else as JSON.
+        let v = serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.clone());
+        out.push((format!("x-jotd-claim-{}", name.to_ascii_lowercase()), v));
+    }
+    out
+}
+
+/// The first identity header `door` would write for an allowed decision that
+/// no HTTP header can carry (its name), if any. The proxy writes the subject
+/// alone.
+fn unwritable(door: Door, tenant: &str, d: &jotd_transport::ClientDecision) -> Option<String> {
+    use hyper::header::{HeaderName, HeaderValue};
+    let headers = match door {
+        Door::Proxy => d
+            .sub
+            .iter()
+            .map(|s| ("x-jotd-subject".to_owned(), s.clone()))
+            .collect(),
+        Door::ForwardAuth | Door::ExtAuthz => identity_headers(tenant, d),
+    };
+    headers
+        .into_iter()
+        .find(|(n, v)| {
+            HeaderName::from_bytes(n.as_bytes()).is_err() || HeaderValue::from_str(v).is_err()
+        })
+        .map(|(n, _)| n)
 }
 
 fn describe(e: &CheckError) -> String {
@@ -277,5 +320,70 @@ pub fn www_authenticate(reason: Reason) -> String {
             "Bearer realm=\"jotd\", error=\"invalid_token\", error_description=\"{}\"",
             reason.as_str()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(sub: &str, claims: &[(&str, &str)]) -> jotd_transport::ClientDecision {
+        jotd_transport::ClientDecision {
+            allow: true,
+            reason: Reason::Ok.code(),
+            kid: Some("k1".into()),
+            sub: Some(sub.into()),
+            exp: None,
+            claims: claims
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    /// The gate refuses (and counts as `invalid_claim`) what a door could not
+    /// write; before, the authorizer doors refused after the gate had counted
+    /// the check `ok`.
+    #[test]
+    fn each_door_is_held_to_the_identity_headers_it_writes() {
+        let fine = allowed("alice", &[("scope", r#""read write""#), ("n", "3")]);
+        for door in [Door::Proxy, Door::ForwardAuth, Door::ExtAuthz] {
+            assert_eq!(unwritable(door, "t", &fine), None, "{door:?}");
+        }
+        // A claim name no header name can be, a value with a line break: the
+        // proxy does not write claims; the authorizer doors do.
+        for bad in [
+            allowed("alice", &[("https://example.com/roles", r#""admin""#)]),
+            allowed("alice", &[("scope", r#""read\nX-Injected: 1""#)]),
+        ] {
+            assert_eq!(unwritable(Door::Proxy, "t", &bad), None);
+            for door in [Door::ForwardAuth, Door::ExtAuthz] {
+                assert!(
+                    unwritable(door, "t", &bad).is_some_and(|h| h.starts_with("x-jotd-claim-")),
+                    "{door:?}"
+                );
+            }
+        }
+        // Every door writes the subject.
+        let sub = allowed("alice\r\nX-Injected: 1", &[]);
+        for door in [Door::Proxy, Door::ForwardAuth, Door::ExtAuthz] {
+            assert_eq!(
+                unwritable(door, "t", &sub).as_deref(),
+                Some("x-jotd-subject"),
+                "{door:?}"
+            );
+        }
+        // What the authorizer doors write is what was checked.
+        let headers = identity_headers("t", &fine);
+        let want = [
+            ("x-jotd-tenant", "t"),
+            ("x-jotd-reason", "ok"),
+            ("x-jotd-subject", "alice"),
+            ("x-jotd-kid", "k1"),
+            ("x-jotd-claim-scope", "read write"),
+            ("x-jotd-claim-n", "3"),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()));
+        assert_eq!(headers, want);
     }
 }
