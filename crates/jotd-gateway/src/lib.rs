@@ -210,7 +210,8 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             p,
             stopped.clone(),
         ));
-        let handle: http::Handler = Arc::new(move |req, _| Box::pin(Arc::clone(&door).handle(req)));
+        let handle: http::Handler =
+            Arc::new(move |req, peer| Box::pin(Arc::clone(&door).handle(req, peer)));
         serve_http(
             &mut tasks,
             listener,

@@ -35,8 +35,9 @@ pub struct ProxyDoor {
     next: AtomicUsize,
     client: HttpClient<HttpConnector, Full<Bytes>>,
     upstream_timeout: Duration,
-    /// WebSockets open (each holds one; `max_connections` in all).
-    pub(crate) ws_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// WebSockets open (each holds one; `max_connections` in all, shared
+    /// per address as the listeners' slots are).
+    pub(crate) ws_slots: std::sync::Arc<jotd_transport::slots::ConnectionSlots>,
     /// Turns true at the drain: open WebSockets close (1001).
     pub(crate) stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -101,7 +102,10 @@ impl ProxyDoor {
             next: AtomicUsize::new(0),
             client,
             upstream_timeout: proxy.upstream_timeout,
-            ws_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            ws_slots: jotd_transport::slots::ConnectionSlots::new(
+                limits.max_connections,
+                jotd_transport::slots::SlotRule::Share,
+            ),
             stop,
         }
     }
@@ -199,9 +203,13 @@ impl ProxyDoor {
         Some(format!("ws://{authority}{}", u.path()))
     }
 
-    /// Handles one HTTP request.
-    pub async fn handle(self: std::sync::Arc<Self>, req: Request<Incoming>) -> Answer {
-        let answer = self.answer(req).await;
+    /// Handles one HTTP request from `peer`.
+    pub async fn handle(
+        self: std::sync::Arc<Self>,
+        req: Request<Incoming>,
+        peer: std::net::SocketAddr,
+    ) -> Answer {
+        let answer = self.answer(req, peer).await;
         metrics::counter!(
             "jotd_gateway_requests_total",
             "door" => Door::Proxy.as_str(),
@@ -211,7 +219,11 @@ impl ProxyDoor {
         answer
     }
 
-    async fn answer(self: &std::sync::Arc<Self>, req: Request<Incoming>) -> Answer {
+    async fn answer(
+        self: &std::sync::Arc<Self>,
+        req: Request<Incoming>,
+        peer: std::net::SocketAddr,
+    ) -> Answer {
         let upgrade = req.method() == Method::GET && crate::ws::is_upgrade(&req);
         if req.method() != Method::POST && !upgrade {
             let mut a = rpc_error(
@@ -260,7 +272,7 @@ impl ProxyDoor {
             user_agent: header(headers, "user-agent").map(str::to_owned),
         };
         if upgrade {
-            return crate::ws::upgrade(std::sync::Arc::clone(self), req, facts).await;
+            return crate::ws::upgrade(std::sync::Arc::clone(self), req, facts, peer).await;
         }
         let body = match read_body(
             req.into_body(),

@@ -15,7 +15,9 @@
 //!   expired"), and the node connection with it.
 //! - The gateway pings the client every 30 s; a client silent (no frame, no
 //!   pong) for 90 s is closed (1001). At the drain every socket is closed
-//!   (1001, "going away"). Open sockets count against `max_connections`.
+//!   (1001, "going away"). Open sockets count against `max_connections`,
+//!   shared per address (`SlotRule::Share`; a socket closed to make room
+//!   gets 1013).
 
 use crate::gate::{CallFacts, Class, Door, Facts, Verdict, www_authenticate};
 use crate::http::{Answer, json};
@@ -31,6 +33,7 @@ use hyper::header::{
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use jotd_core::Reason;
+use jotd_transport::slots::{Admitted, Slot};
 use serde_json::value::RawValue;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::WebSocketStream;
@@ -81,13 +84,8 @@ pub async fn upgrade(
     door: std::sync::Arc<ProxyDoor>,
     req: Request<Incoming>,
     facts: Facts,
+    peer: std::net::SocketAddr,
 ) -> Answer {
-    let Ok(slot) = std::sync::Arc::clone(&door.ws_slots).try_acquire_owned() else {
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &error_object(None, code::INTERNAL, "too many WebSockets open", None),
-        );
-    };
     let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).cloned() else {
         return json(
             StatusCode::BAD_REQUEST,
@@ -110,6 +108,25 @@ pub async fn upgrade(
         Verdict::Deny(r) if per_call(*r) => None,
         Verdict::FailOpen(_) => None,
         v => return refuse(v),
+    };
+    // A slot only for an upgrade the token allows (a refused one must not
+    // make room): at `max_connections` sockets, an address holding two more
+    // than this one's loses its oldest (closed 1013, "try again later").
+    let slot = match door.ws_slots.admit(peer.ip(), std::time::Instant::now()) {
+        Admitted::In { slot, closed } => {
+            if closed > 0 {
+                metrics::counter!("jotd_gateway_connections_closed_for_room_total")
+                    .increment(closed as u64);
+            }
+            slot
+        }
+        Admitted::Refused => {
+            metrics::counter!("jotd_gateway_connections_refused_total").increment(1);
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &error_object(None, code::INTERNAL, "too many WebSockets open", None),
+            );
+        }
     };
     // The token's expiry comes with an allowing decision; after a per-call
     // refusal at the upgrade it is learned from the first allowed call.
@@ -166,7 +183,6 @@ pub async fn upgrade(
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     tokio::spawn(async move {
-        let _slot = slot;
         match hyper::upgrade::on(req).await {
             Ok(up) => {
                 // A message is at most what a request body may be.
@@ -176,7 +192,7 @@ pub async fn upgrade(
                 let client =
                     WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, Some(config))
                         .await;
-                relay(&door, client, node, facts, exp).await;
+                relay(&door, client, node, facts, exp, &slot).await;
             }
             Err(e) => tracing::warn!("WebSocket upgrade: {e}"),
         }
@@ -226,6 +242,7 @@ async fn relay<C, N>(
     mut node: WebSocketStream<N>,
     facts: Facts,
     mut exp: Option<u64>,
+    slot: &Slot,
 ) where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     N: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -242,6 +259,10 @@ async fn relay<C, N>(
         tokio::select! {
             () = crate::http::stopped(&mut stop) => {
                 close(&mut client, CloseCode::Away, "going away").await;
+                break;
+            }
+            () = slot.closed() => {
+                close(&mut client, CloseCode::Again, "closed to make room for another address").await;
                 break;
             }
             _ = ping.tick() => {

@@ -1876,6 +1876,69 @@ async fn one_address_cannot_hold_every_slot_of_a_door() {
     gw.drain().await;
 }
 
+/// WebSockets are shared per address too: at `max_connections` sockets, a
+/// newcomer from another address closes the oldest socket (1013) of the one
+/// holding two more; more from the same address get 503. (Before, a
+/// semaphore: one client holding every socket refused everyone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_websocket() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let k = keys();
+    let pool = start_pool(&k);
+    let up = start_ws_upstream().await;
+    let (cfg, _dir) = config(
+        "ws-share",
+        &pool,
+        pool.addr,
+        up,
+        "[limits]\nmax_connections = 2\n",
+    );
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let proxy = gw.proxy.unwrap();
+    let token =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"frank","aud":AUD,"exp":now() + 600}).to_string(),
+        )
+        .unwrap();
+    let open = |local: [u8; 4]| {
+        let token = token.clone();
+        async move {
+            let mut req = format!("ws://{proxy}/v3/infura")
+                .into_client_request()
+                .unwrap();
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let stream = connect_from(proxy, local).await;
+            tokio_tungstenite::client_async(req, stream).await
+        }
+    };
+    let (mut first, _) = open([127, 0, 0, 2]).await.unwrap();
+    let (_second, _) = open([127, 0, 0, 2]).await.unwrap();
+    // A third from the same address: refused.
+    match open([127, 0, 0, 2]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("{other:?}"),
+    }
+    // Another address gets one, at the cost of the first address's oldest.
+    let (_third, _) = open([127, 0, 0, 3]).await.unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match first.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the oldest socket is closed");
+    assert_eq!(closed, Some(1013));
+    gw.drain().await;
+}
+
 /// A client that pipelines requests and never reads the answers: once a
 /// write has made no progress for `write_timeout_ms` its connection is
 /// closed, so such clients cannot hold every slot of a door, nor the drain.
