@@ -222,6 +222,12 @@ impl Authorization for ExtAuthzDoor {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        // Busy while it runs: at the listener's cap, room is made from
+        // connections with no call in flight first.
+        let _busy = request
+            .extensions()
+            .get::<crate::http::SlotInfo>()
+            .map(|c| c.slot.busy());
         let r = self.decide(request.get_ref()).await;
         let code = r.status.as_ref().map_or(0, |s| s.code);
         metrics::counter!(

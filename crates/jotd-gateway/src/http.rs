@@ -307,21 +307,38 @@ fn admit(slots: &Arc<ConnectionSlots>, peer: SocketAddr) -> Option<Slot> {
 
 /// A connection of the gRPC (ext_authz) listener holding its slot: reads and
 /// writes fail once the listener closes it to make room, and the slot is given
-/// back when hyper drops it.
+/// back when hyper and every call of the connection have dropped it. Each
+/// call marks the connection busy ([`SlotInfo`]), so room is made from idle
+/// connections first.
 pub(crate) struct Slotted {
     io: tokio::net::TcpStream,
-    closed: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    slot: Arc<Slot>,
+    /// Waits for the close signal; `None` once it came (the error is sticky).
+    closed: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+/// The connect info each gRPC call of a [`Slotted`] connection carries in its
+/// request extensions: [`Slot::busy`] while the call runs.
+#[derive(Clone)]
+pub(crate) struct SlotInfo {
+    pub(crate) slot: Arc<Slot>,
 }
 
 impl Slotted {
     fn check(&mut self, cx: &mut std::task::Context<'_>) -> std::io::Result<()> {
-        match self.closed.as_mut().poll(cx) {
-            std::task::Poll::Ready(()) => Err(std::io::Error::new(
+        let closed = match self.closed.as_mut() {
+            Some(wait) => wait.as_mut().poll(cx).is_ready(),
+            None => true,
+        };
+        if closed {
+            // Never poll the finished future again.
+            self.closed = None;
+            return Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionReset,
                 "closed to make room for another address",
-            )),
-            std::task::Poll::Pending => Ok(()),
+            ));
         }
+        Ok(())
     }
 }
 
@@ -360,9 +377,11 @@ impl tokio::io::AsyncWrite for Slotted {
 }
 
 impl tonic::transport::server::Connected for Slotted {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = SlotInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        SlotInfo {
+            slot: Arc::clone(&self.slot),
+        }
     }
 }
 
@@ -386,8 +405,15 @@ pub(crate) fn slotted_incoming(
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let closed = Box::pin(async move { slot.closed().await });
-            let io = Slotted { io: stream, closed };
+            let slot = Arc::new(slot);
+            let waits = Arc::clone(&slot);
+            let closed: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
+                Box::pin(async move { waits.closed().await });
+            let io = Slotted {
+                io: stream,
+                slot,
+                closed: Some(closed),
+            };
             return Some((Ok(io), (listener, slots)));
         }
     })
@@ -418,5 +444,39 @@ mod tests {
         assert!(bearer(&h(&["Bearer a b"])).is_err());
         assert!(bearer(&h(&["Bearer a\"b"])).is_err());
         assert!(bearer(&h(&["Bearer a", "Bearer b"])).is_err());
+    }
+
+    /// A connection closed to make room fails every read and write after,
+    /// without polling its finished close future again (a panic).
+    #[tokio::test]
+    async fn a_slotted_connection_closed_for_room_stays_closed() {
+        use jotd_transport::slots::SlotRule;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let slots = ConnectionSlots::new(2, SlotRule::Share);
+        let two = [10, 0, 0, 2].into();
+        let Admitted::In { slot, .. } = slots.admit(two, std::time::Instant::now()) else {
+            panic!("admitted")
+        };
+        let slot = Arc::new(slot);
+        let waits = Arc::clone(&slot);
+        let mut io = Slotted {
+            io: stream,
+            slot,
+            closed: Some(Box::pin(async move { waits.closed().await })),
+        };
+        let _second = slots.admit(two, std::time::Instant::now());
+        // A newcomer elsewhere: the oldest of 10.0.0.2 (ours) makes room.
+        let _third = slots.admit([10, 0, 0, 3].into(), std::time::Instant::now());
+        let mut buf = [0u8; 8];
+        for _ in 0..3 {
+            let e = io.read(&mut buf).await.unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
+            let e = io.write(b"x").await.unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
+        }
     }
 }

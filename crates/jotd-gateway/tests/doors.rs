@@ -1876,6 +1876,60 @@ async fn one_address_cannot_hold_every_slot_of_a_door() {
     gw.drain().await;
 }
 
+/// The gRPC door makes room from a connection with no call in flight: a
+/// `Check` waiting on the pool (here a silent one: it waits out
+/// `check_timeout_ms`) keeps its connection; the same address's idle one goes
+/// (tonic's channel would quietly reconnect it, so only the busy side is
+/// checked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_door_makes_room_from_idle_connections_first() {
+    let k = keys();
+    let pool = start_pool(&k);
+    // A pool endpoint that takes packets and never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (up, _seen) = start_upstream().await;
+    let (mut cfg, _dir) = config(
+        "grpc-busy",
+        &pool,
+        silent.local_addr().unwrap(),
+        up,
+        "[limits]\nmax_connections = 2\n",
+    );
+    cfg.ext_authz = Some(jotd_gateway::config::ExtAuthz {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        remove_authorization: false,
+    });
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let door = gw.ext_authz.unwrap();
+    let channel = |local: [u8; 4]| async move {
+        tonic::transport::Endpoint::from_shared(format!("http://{door}"))
+            .unwrap()
+            .local_address(Some(local.into()))
+            .connect()
+            .await
+            .unwrap()
+    };
+    let body = call(1, "eth_blockNumber", &json!([]));
+    // Envoy's first connection carries a call in flight; its second is idle.
+    let mut busy = envoy::AuthorizationClient::new(channel([127, 0, 0, 2]).await);
+    let mut idle = envoy::AuthorizationClient::new(channel([127, 0, 0, 2]).await);
+    let in_flight = tokio::spawn(async move {
+        busy.check(envoy_check("/v3/infura", None, &body, None))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !in_flight.is_finished(),
+        "the call waits on the silent pool"
+    );
+    // A newcomer from another address: the idle connection makes room.
+    let _other = channel([127, 0, 0, 3]).await;
+    let answer = in_flight.await.unwrap();
+    assert!(answer.is_ok(), "the busy connection was cut: {answer:?}");
+    drop(idle);
+    gw.drain().await;
+}
+
 /// WebSockets are shared per address too: at `max_connections` sockets, a
 /// newcomer from another address closes the oldest socket (1013) of the one
 /// holding two more; more from the same address get 503. (Before, a
