@@ -1912,7 +1912,7 @@ async fn the_grpc_door_makes_room_from_idle_connections_first() {
     let body = call(1, "eth_blockNumber", &json!([]));
     // Envoy's first connection carries a call in flight; its second is idle.
     let mut busy = envoy::AuthorizationClient::new(channel([127, 0, 0, 2]).await);
-    let mut idle = envoy::AuthorizationClient::new(channel([127, 0, 0, 2]).await);
+    let idle = envoy::AuthorizationClient::new(channel([127, 0, 0, 2]).await);
     let in_flight = tokio::spawn(async move {
         busy.check(envoy_check("/v3/infura", None, &body, None))
             .await
