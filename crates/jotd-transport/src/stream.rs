@@ -195,6 +195,9 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
     let job = match BatchJob::decode(bytes, &limits) {
         Ok(job) => job,
         Err(refused) => {
+            // Refused as a whole: nothing of the request is kept while the
+            // error frame waits on the client.
+            drop(room);
             answer_refused(&shared, &mut send, &refused).await;
             return;
         }
@@ -209,6 +212,7 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
     )
     .await
     else {
+        drop(room);
         shared.backend.event(&Event::Overloaded {
             items: job.len(),
             why: Overload::TokensInFlight,
@@ -221,6 +225,7 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
                 shared.opts.max_tokens_in_flight
             ),
         };
+        drop(job);
         answer_refused(&shared, &mut send, &refused).await;
         return;
     };

@@ -458,3 +458,27 @@ async fn a_requests_room_is_held_until_its_decisions_exist() {
     wait_for("the room to go back", || r.stats.request_bytes() == 0).await;
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_gives_its_room_back_before_its_answer_is_read() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let opts = ServerOptions {
+        write_timeout: Duration::from_secs(5),
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, false);
+    // A client that grants no stream credit: the error frame cannot go out.
+    let stuck = raw_connection(&r, false, Some(0)).await;
+    let (mut send, _recv) = stuck.open_bi().await.unwrap();
+    let mut bad = vec![0u8; 4];
+    bad.extend_from_slice(&[0u8; 60]);
+    bad[3] = 60; // a 60-byte body that does not decode
+    send.write_all(&bad).await.unwrap();
+    send.finish().unwrap();
+    wait_for("the stream", || r.stats.streams() == 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(r.stats.streams(), 1, "the answer still waits on the client");
+    assert_eq!(r.stats.request_bytes(), 0, "yet the room went back");
+    r.stop().await;
+}
