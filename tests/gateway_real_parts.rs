@@ -783,8 +783,11 @@ tenant = "demo-besu"
     }
     kill("-TERM", pid);
     wait_log("draining");
-    std::thread::sleep(Duration::from_millis(200));
+    // Within a second of the first: the same request twice, not a second one.
+    kill("-INT", pid);
+    std::thread::sleep(Duration::from_millis(300));
     assert!(gw.0.try_wait().unwrap().is_none(), "the drain waits");
+    std::thread::sleep(Duration::from_millis(1000));
     kill("-TERM", pid);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {

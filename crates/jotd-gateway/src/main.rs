@@ -244,7 +244,14 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             "Connections closed to make room for a new one: at a door's max_connections the oldest idle one of an address holding two more than the newcomer's; at the admin listener's 64 the oldest of the address holding the most"
         );
         let render: jotd_gateway::Render = Arc::new(move || handle.render());
+        // Listening for SIGHUP before "serving" is logged: a SIGHUP after
+        // that line is always logged and ignored, never taken by the
+        // start-up flag alone.
+        #[cfg(unix)]
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let gw = jotd_gateway::start(&cfg, Some(render)).await?;
+        #[cfg(unix)]
+        tokio::spawn(ignore_hangups(hup));
         tracing::info!(
             proxy = ?gw.proxy,
             forward_auth = ?gw.forward_auth,
@@ -253,8 +260,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             pool = ?cfg.pool.endpoints,
             "jotd-gateway serving"
         );
-        #[cfg(unix)]
-        tokio::spawn(ignore_hangups());
+
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let signal = tokio::select! {
@@ -265,10 +271,18 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             signal,
             "draining (a second SIGTERM or SIGINT exits at once, cutting off requests in flight)"
         );
+        // A signal within a second of the first is the same request twice
+        // (Ctrl-C to a process group whose wrapper forwards SIGTERM).
+        let first = tokio::time::Instant::now();
         tokio::spawn(async move {
-            let again = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
+            let again = loop {
+                let again = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                };
+                if first.elapsed() >= std::time::Duration::from_secs(1) {
+                    break again;
+                }
             };
             tracing::error!(
                 signal = again,
@@ -285,10 +299,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
 /// Logs each SIGHUP: the gateway reads its config once (restart it to apply a
 /// change), and says so rather than dying of the signal's default action.
 #[cfg(unix)]
-async fn ignore_hangups() {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        return;
-    };
+async fn ignore_hangups(mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         tracing::warn!(
             "SIGHUP ignored: jotd-gateway does not reload its config; restart it to apply a change"

@@ -421,9 +421,18 @@ async fn serve(
                 "draining: finishing batches in flight, refusing new connections (a second SIGTERM or SIGINT exits at once)"
             );
             // An operator who cannot wait for the drain (drain_timeout_s) says so
-            // again, as with most servers; the batches in flight are cut off.
+            // again, as with most servers; the batches in flight are cut off. A
+            // signal within a second of the first is the same request twice
+            // (Ctrl-C reaching a process group whose wrapper also forwards
+            // SIGTERM), not a second one.
             tokio::spawn(async move {
-                let again = signals.next().await;
+                let first = tokio::time::Instant::now();
+                let again = loop {
+                    let again = signals.next().await;
+                    if first.elapsed() >= SECOND_SIGNAL_AFTER {
+                        break again;
+                    }
+                };
                 error!(
                     signal = again,
                     "second stop signal: exiting without finishing the drain; batches in flight are cut off"
@@ -447,6 +456,10 @@ async fn serve(
     }
     Ok(())
 }
+
+/// A stop signal this long after the first ends the drain at once; sooner,
+/// it is taken for the same request delivered twice.
+const SECOND_SIGNAL_AFTER: Duration = Duration::from_secs(1);
 
 /// SIGTERM and SIGINT (Ctrl-C elsewhere), listened for once so that a second
 /// one is not missed while the first is handled.
