@@ -243,3 +243,68 @@ refresh_s = 3600
         "{metrics}"
     );
 }
+
+/// A JWKS URL a reload adds is not waited for: every replica reloads the same
+/// config at once, so an identity provider that hangs would fail them all
+/// together. Readiness lists it as degraded (`not fetched yet`) and stays 200.
+#[test]
+fn a_jwks_url_added_by_a_reload_does_not_fail_readiness_while_it_hangs() {
+    let dir = scratch_dir("jwks-reload-hang");
+    let pki = DevPki::generate().unwrap();
+    std::fs::write(dir.join("server.pem"), &pki.server_cert_pem).unwrap();
+    std::fs::write(dir.join("server.key"), &pki.server_key_pem).unwrap();
+    // Accepts connections and never answers (the fetch waits for its timeout).
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = hanging.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hanging.incoming() {
+            held.push(s);
+        }
+    });
+    let base = r#"
+[server]
+cert_file = "server.pem"
+key_file = "server.key"
+watch_interval_s = 0
+
+[[tenant]]
+id = "static"
+policy = "none"
+[[tenant.key]]
+kid = "hs"
+alg = "HS256"
+secret = "a secret of at least thirty-two bytes, for HS256"
+"#;
+    let config = dir.join("jotd.toml");
+    std::fs::write(&config, base).unwrap();
+    let d = Daemon::start(&["--config", config.to_str().unwrap()], &dir);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.get("/readyz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {:?}",
+            d.get("/readyz")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(
+        &config,
+        format!(
+            "{base}\n[[tenant]]\nid = \"sso\"\npolicy = \"none\"\n[[tenant.jwks]]\nurl = \"http://{at}/jwks.json\"\nrefresh_s = 3600\n"
+        ),
+    )
+    .unwrap();
+    d.signal("-HUP");
+    d.wait_log("config reloaded");
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut seen_pending = false;
+    while Instant::now() < until {
+        let (status, body) = d.get("/readyz");
+        assert_eq!(status, 200, "{body}");
+        seen_pending |= body.contains("degraded: jwks http://127.0.0.1:")
+            && body.contains("(tenant sso) not fetched yet");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen_pending, "the hanging URL is listed as degraded");
+}

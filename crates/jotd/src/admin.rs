@@ -19,6 +19,19 @@ pub(crate) struct Health {
     pub(crate) reloader: Arc<Reloader>,
     pub(crate) fetcher: Arc<JwksFetcher>,
     pub(crate) draining: Arc<AtomicBool>,
+    /// Set once every JWKS URL named at start has been tried
+    /// ([`watch_first_fetches`]): from then on an untried URL (one a reload
+    /// added) degrades readiness instead of failing it.
+    pub(crate) started: Arc<AtomicBool>,
+}
+
+/// Sets `started` once every source the fetcher holds has been tried (a
+/// fetch finished, good or not), checking every 100 ms.
+pub(crate) async fn watch_first_fetches(fetcher: Arc<JwksFetcher>, started: Arc<AtomicBool>) {
+    while !fetcher.health().iter().all(|h| h.fetches > 0) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.store(true, Ordering::SeqCst);
 }
 
 /// A JWKS source is stale past this many refresh intervals (its keys still serve).
@@ -28,8 +41,10 @@ impl Health {
     /// `Ok(summary)` when ready; `Err(reasons)` otherwise.
     ///
     /// Readiness answers "send this replica traffic?", so it fails only on what
-    /// makes this replica worse than a fresh peer: draining, no keys at all, or a
-    /// JWKS URL not yet tried since start (the first fetch is seconds away). A URL
+    /// makes this replica worse than a fresh peer: draining, no keys at all, or,
+    /// while starting, a JWKS URL not tried yet (the first fetch is seconds
+    /// away; a URL a reload adds later is not waited for: every replica adds it
+    /// at once, and a hanging IdP would fail them all together). A URL
     /// that failed or went stale is reported in the body (`degraded: …`) and in
     /// `jotd_jwks_stale`, but keeps the replica ready: every replica sees the same
     /// identity provider, so failing readiness on it would pull the whole pool,
@@ -53,7 +68,13 @@ impl Health {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default();
             match h.age {
-                None if h.fetches == 0 => problems.push(format!(
+                None if h.fetches == 0 && !self.started.load(Ordering::SeqCst) => {
+                    problems.push(format!(
+                        "jwks {} (tenant {}) not fetched yet",
+                        h.url, h.tenant
+                    ));
+                }
+                None if h.fetches == 0 => degraded.push(format!(
                     "jwks {} (tenant {}) not fetched yet",
                     h.url, h.tenant
                 )),

@@ -381,10 +381,16 @@ async fn serve(
     ));
     // Admin: metrics and health.
     if let Some(admin_addr) = settings.admin {
+        let started = Arc::new(AtomicBool::new(false));
+        tokio::spawn(admin::watch_first_fetches(
+            Arc::clone(&fetcher),
+            Arc::clone(&started),
+        ));
         let health = Health {
             reloader: Arc::clone(&reloader),
             fetcher: Arc::clone(&fetcher),
             draining: Arc::clone(&draining),
+            started,
         };
         let bound = admin::start(admin_addr, health, metrics.clone(), stop_rx.clone())
             .await
