@@ -144,16 +144,6 @@ impl ServerOptions {
         if self.limits.max_frame_bytes > HARD_MAX_FRAME_BYTES {
             return err("max_frame_bytes", "at most 16 MiB");
         }
-        // Below the Retry threshold, attempts from addresses nobody proved are
-        // admitted and counted against those addresses: were the threshold at
-        // or above the per-address cap, Initials spoofed from a gateway's
-        // address could fill its share and lock it out.
-        if self.retry_after_handshakes >= self.max_handshakes_per_address.get() {
-            return err(
-                "retry_after_handshakes",
-                "must be below max_handshakes_per_address (spoofed attempts below it count against the address they claim)",
-            );
-        }
         if self.max_request_buffer_bytes.get() < self.limits.max_frame_bytes + 4 {
             return err(
                 "max_request_buffer_bytes",
