@@ -307,14 +307,16 @@ async fn one_address_cannot_hold_every_connection_slot() {
     // One address takes every slot; its first connection has a request in
     // flight (half sent), the others are idle.
     let mut flood = Vec::new();
-    for _ in 0..4 {
+    for i in 0..4 {
         flood.push(
             raw_connection_from(&r, false, None, [127, 0, 0, 2])
                 .await
                 .unwrap(),
         );
+        // Admitted in this order (the client's handshake can end before the
+        // server's task takes the slot): which one is oldest is known.
+        wait_for("the connection's slot", || r.stats.connections() == i + 1).await;
     }
-    wait_for("four connections", || r.stats.connections() == 4).await;
     let (mut send, _recv) = flood[0].open_bi().await.unwrap();
     send.write_all(&[0, 0, 0, 64, 1]).await.unwrap();
     wait_for("the stream in flight", || r.stats.streams() >= 1).await;
