@@ -111,45 +111,69 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// A connection's socket whose writes fail once they have made no progress
-/// for `timeout`: hyper waits on a client's flow control without limit, so a
-/// client that sends requests and never reads the answers held its
-/// connection (slot, buffered answer) for good and stalled the drain.
+/// A connection's socket whose writes fail once a client stops taking its
+/// answers: hyper waits on a client's flow control without limit, so a client
+/// that sends requests and never reads the answers held its connection (slot,
+/// buffered answer) for good and stalled the drain. From the moment a write
+/// has to wait, the client must take [`MIN_PROGRESS`] bytes, or catch up (a
+/// write taken whole), within `timeout`; a client that reads a few bytes now
+/// and then cannot hold a connection either.
 struct WriteStall<S> {
     inner: S,
     timeout: Duration,
-    /// Armed while a write waits; cleared by any progress.
-    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Armed while the client is behind: the bytes it has taken since. One
+    /// timer per connection, reset for each stall.
+    stalled: Option<usize>,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
+/// Bytes a client behind on its answers must take within `write_timeout`
+/// (with the default 10 s, a floor of 1.6 KB/s while it is behind).
+const MIN_PROGRESS: usize = 16 << 10;
+
 impl<S> WriteStall<S> {
-    const fn new(inner: S, timeout: Duration) -> Self {
+    fn new(inner: S, timeout: Duration) -> Self {
         Self {
             inner,
             timeout,
             stalled: None,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         }
     }
 
-    /// Turns a pending write into an error once it has waited `timeout`.
-    fn check<T>(
+    /// Counts the outcome of a write of `wanted` bytes: a write taken whole
+    /// ends a stall, bytes taken count towards [`MIN_PROGRESS`]; a write that
+    /// must wait arms the deadline (once per stall) and turns into an error
+    /// when it passes.
+    fn check(
         &mut self,
         cx: &mut std::task::Context<'_>,
-        poll: std::task::Poll<std::io::Result<T>>,
-    ) -> std::task::Poll<std::io::Result<T>> {
+        wanted: usize,
+        poll: std::task::Poll<std::io::Result<usize>>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
         use std::task::Poll;
-        if poll.is_ready() {
-            self.stalled = None;
-            return poll;
+        match &poll {
+            Poll::Ready(Ok(n)) => {
+                if let Some(taken) = self.stalled.as_mut() {
+                    *taken += n;
+                    if *n >= wanted || *taken >= MIN_PROGRESS {
+                        self.stalled = None;
+                    }
+                }
+                return poll;
+            }
+            Poll::Ready(Err(_)) => return poll,
+            Poll::Pending => {}
         }
-        let timeout = self.timeout;
-        let sleep = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match sleep.as_mut().poll(cx) {
+        if self.stalled.is_none() {
+            self.stalled = Some(0);
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            self.timer.as_mut().reset(deadline);
+        }
+        match self.timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                "the client read nothing of its answer in write_timeout_ms",
+                "the client took too little of its answer in write_timeout_ms",
             ))),
             Poll::Pending => Poll::Pending,
         }
@@ -173,7 +197,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStall<S> {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let poll = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.check(cx, poll)
+        self.check(cx, buf.len(), poll)
     }
 
     fn poll_write_vectored(
@@ -182,7 +206,8 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStall<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let poll = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.check(cx, poll)
+        let wanted = bufs.iter().map(|b| b.len()).sum();
+        self.check(cx, wanted, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -478,5 +503,77 @@ mod tests {
             let e = io.write(b"x").await.unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
         }
+    }
+
+    /// A reader that takes a few bytes every 20 ms: each write progresses,
+    /// but far below `MIN_PROGRESS` per timeout. The stall timer is not
+    /// restarted by such crumbs (before, any progress restarted it and such a
+    /// client held its connection for good); a reader that takes all gets
+    /// everything.
+    #[tokio::test]
+    async fn a_reader_taking_crumbs_is_cut_off_and_a_fast_one_is_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let answer = vec![7u8; 64 << 10];
+        for (crumb, every, cut) in [(8usize, 20u64, true), (64 << 10, 0, false)] {
+            let (near, mut far) = tokio::io::duplex(4096);
+            let mut io = WriteStall::new(near, Duration::from_millis(300));
+            let reader = tokio::spawn(async move {
+                let mut buf = vec![0u8; crumb];
+                let mut taken = 0;
+                loop {
+                    if every > 0 {
+                        tokio::time::sleep(Duration::from_millis(every)).await;
+                    }
+                    match far.read(&mut buf).await {
+                        Ok(0) | Err(_) => return taken,
+                        Ok(n) => taken += n,
+                    }
+                }
+            });
+            let written = tokio::time::timeout(Duration::from_secs(20), io.write_all(&answer))
+                .await
+                .expect("the write ends");
+            if cut {
+                let e = written.unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+                reader.abort();
+            } else {
+                written.unwrap();
+                drop(io);
+                assert_eq!(reader.await.unwrap(), answer.len());
+            }
+        }
+    }
+
+    /// A client that falls behind for a moment and catches up (its last
+    /// write taken whole) ends the stall: a later answer, past the first
+    /// stall's deadline, is not cut off for it.
+    #[tokio::test]
+    async fn a_client_that_catches_up_ends_the_stall() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(4096);
+        let mut io = WriteStall::new(near, Duration::from_millis(300));
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut taken = 0;
+            // Behind for 200 ms, then takes everything as it comes.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            loop {
+                match far.read(&mut buf).await {
+                    Ok(0) | Err(_) => return taken,
+                    Ok(n) => taken += n,
+                }
+            }
+        });
+        // The first answer outgrows the buffer: a write waits (the stall
+        // starts), then the client takes it whole (1,000 bytes, below
+        // MIN_PROGRESS).
+        io.write_all(&[1u8; 5096]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Past the first stall's deadline: a second answer that outgrows the
+        // buffer again goes out.
+        io.write_all(&[2u8; 9000]).await.unwrap();
+        drop(io);
+        assert_eq!(reader.await.unwrap(), 5096 + 9000);
     }
 }
