@@ -917,11 +917,11 @@ fn a_second_sigterm_ends_the_drain_at_once() {
     });
     let m = d.metrics_when(|m| m.contains("jotd_streams_open 1"));
     assert!(m.contains("jotd_streams_open 1"), "{m}");
+    // Two at once: the same request twice (a Ctrl-C to the process group
+    // plus a wrapper's SIGTERM), not a second one.
     d.signal("-TERM");
-    d.wait_log("draining");
-    // Within a second of the first: the same request twice (a Ctrl-C to the
-    // process group plus a wrapper's SIGTERM), not a second one.
     d.signal("-INT");
+    d.wait_log("draining");
     std::thread::sleep(Duration::from_millis(300));
     assert!(d.child.try_wait().unwrap().is_none(), "the drain waits");
     std::thread::sleep(Duration::from_millis(1000));

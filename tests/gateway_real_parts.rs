@@ -781,10 +781,10 @@ tenant = "demo-besu"
         assert!(Instant::now() < deadline, "the call never reached the node");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Two at once: the same request twice, not a second one.
     kill("-TERM", pid);
-    wait_log("draining");
-    // Within a second of the first: the same request twice, not a second one.
     kill("-INT", pid);
+    wait_log("draining");
     std::thread::sleep(Duration::from_millis(300));
     assert!(gw.0.try_wait().unwrap().is_none(), "the drain waits");
     std::thread::sleep(Duration::from_millis(1000));

@@ -308,13 +308,13 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest wait for a request body to finish arriving (408 beyond).
     pub body_timeout: Duration,
-    /// Once a write to a client has to wait, the time it has to take 16 KiB
-    /// of its answers or catch up (a client that stops reading, or reads a
-    /// few bytes now and then); the connection is closed beyond, freeing its
-    /// slot.
+    /// Once a write to a client has to wait, the window in which it must take
+    /// 16 KiB of its answers (a client that stops reading, or reads a few
+    /// bytes now and then); the connection is closed beyond, freeing its slot.
     pub write_timeout: Duration,
-    /// Most open connections per listener (HTTP doors, WebSockets included, and
-    /// the gRPC door), shared per address (`jotd_transport::slots::SlotRule::Share`).
+    /// Most open connections per listener (HTTP doors, the gRPC door), and
+    /// again for the proxy's WebSockets, shared per address
+    /// (`jotd_transport::slots::SlotRule::Share`).
     pub max_connections: usize,
     /// Largest upstream answer relayed (502 beyond).
     pub max_upstream_bytes: usize,

@@ -114,16 +114,21 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// A connection's socket whose writes fail once a client stops taking its
 /// answers: hyper waits on a client's flow control without limit, so a client
 /// that sends requests and never reads the answers held its connection (slot,
-/// buffered answer) for good and stalled the drain. From the moment a write
-/// has to wait, the client must take [`MIN_PROGRESS`] bytes, or catch up (a
-/// write taken whole), within `timeout`; a client that reads a few bytes now
-/// and then cannot hold a connection either.
+/// buffered answer) for good and stalled the drain. When a write has to wait,
+/// a window of `timeout` opens in which the client must take
+/// [`MIN_PROGRESS`] bytes, or the connection fails at its end. A new window
+/// opens only for a client that falls behind after the last one ended (it had
+/// caught up: its writes taken whole). So a client reading a few bytes now and
+/// then cannot hold a connection, whether its answers are large or many small
+/// pipelined ones.
 struct WriteStall<S> {
     inner: S,
     timeout: Duration,
-    /// Armed while the client is behind: the bytes it has taken since. One
-    /// timer per connection, reset for each stall.
-    stalled: Option<usize>,
+    /// The open window: the bytes taken in it (it ends at `timer`'s
+    /// deadline). One timer per connection, reset for each window.
+    window: Option<usize>,
+    /// Since when the client has been behind (a write not taken whole).
+    behind_since: Option<tokio::time::Instant>,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -136,15 +141,17 @@ impl<S> WriteStall<S> {
         Self {
             inner,
             timeout,
-            stalled: None,
+            window: None,
+            behind_since: None,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         }
     }
 
-    /// Counts the outcome of a write of `wanted` bytes: a write taken whole
-    /// ends a stall, bytes taken count towards [`MIN_PROGRESS`]; a write that
-    /// must wait arms the deadline (once per stall) and turns into an error
-    /// when it passes.
+    /// Counts the outcome of a write of `wanted` bytes: bytes taken count
+    /// towards [`MIN_PROGRESS`] (reached: the window closes), a write taken
+    /// whole means the client caught up; a write that must wait opens a
+    /// window if none is open for this spell behind, and turns into an error
+    /// when the window ends.
     fn check(
         &mut self,
         cx: &mut std::task::Context<'_>,
@@ -152,23 +159,30 @@ impl<S> WriteStall<S> {
         poll: std::task::Poll<std::io::Result<usize>>,
     ) -> std::task::Poll<std::io::Result<usize>> {
         use std::task::Poll;
+        let now = tokio::time::Instant::now();
         match &poll {
             Poll::Ready(Ok(n)) => {
-                if let Some(taken) = self.stalled.as_mut() {
+                if let Some(taken) = self.window.as_mut() {
                     *taken += n;
-                    if *n >= wanted || *taken >= MIN_PROGRESS {
-                        self.stalled = None;
+                    if *taken >= MIN_PROGRESS {
+                        self.window = None;
                     }
+                }
+                if *n >= wanted {
+                    self.behind_since = None;
+                } else {
+                    self.behind_since.get_or_insert(now);
                 }
                 return poll;
             }
             Poll::Ready(Err(_)) => return poll,
             Poll::Pending => {}
         }
-        if self.stalled.is_none() {
-            self.stalled = Some(0);
-            let deadline = tokio::time::Instant::now() + self.timeout;
-            self.timer.as_mut().reset(deadline);
+        let since = *self.behind_since.get_or_insert(now);
+        // No window, or the last one ended before this spell behind began.
+        if self.window.is_none() || self.timer.deadline() < since {
+            self.window = Some(0);
+            self.timer.as_mut().reset(now + self.timeout);
         }
         match self.timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
@@ -238,7 +252,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Serves HTTP/1.1 on `listener` with `handle` until `stop` turns true; then
 /// stops accepting and lets open connections finish (keep-alive ones close
 /// after their current request), each within [`DRAIN_TIMEOUT`]. A write that
-/// makes no progress for `write_timeout` closes its connection.
+/// leaves a client behind on its answers closes its connection when the
+/// client has not taken 16 KiB within `write_timeout` ([`WriteStall`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     handle: Handler,
@@ -575,5 +590,34 @@ mod tests {
         io.write_all(&[2u8; 9000]).await.unwrap();
         drop(io);
         assert_eq!(reader.await.unwrap(), 5096 + 9000);
+    }
+
+    /// Many small answers: each is taken whole now and then (256 bytes every
+    /// 100 ms, far below MIN_PROGRESS per window), which must not open a
+    /// fresh window each time.
+    #[tokio::test]
+    async fn many_small_answers_taken_slowly_are_cut_off_too() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(4096);
+        let mut io = WriteStall::new(near, Duration::from_millis(300));
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if matches!(far.read(&mut buf).await, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
+        });
+        let written: std::io::Result<()> = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                io.write_all(&[0u8; 200]).await?;
+            }
+        })
+        .await
+        .expect("cut off within the test's time");
+        let e = written.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        reader.abort();
     }
 }

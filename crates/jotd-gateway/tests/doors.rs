@@ -1917,7 +1917,16 @@ async fn the_grpc_door_makes_room_from_idle_connections_first() {
         busy.check(envoy_check("/v3/infura", None, &body, None))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The call has reached the door (and marked its connection busy) once
+    // the batcher has taken its check.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gw.batcher.stats().checks == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
         !in_flight.is_finished(),
         "the call waits on the silent pool"

@@ -510,7 +510,11 @@ impl StopSignals {
         }
         #[cfg(not(unix))]
         {
-            let _ = tokio::signal::ctrl_c().await;
+            if tokio::signal::ctrl_c().await.is_err() {
+                // No handler: never a stop signal (rather than one at once,
+                // over and over).
+                return std::future::pending().await;
+            }
             "ctrl-c"
         }
     }
