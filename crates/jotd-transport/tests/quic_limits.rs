@@ -363,7 +363,9 @@ async fn one_address_cannot_hold_every_handshake_slot() {
     let backend = TestBackend::new(snapshot(1, &k, true));
     let opts = ServerOptions {
         max_handshakes_per_address: std::num::NonZeroUsize::new(2).unwrap(),
-        handshake_timeout: Duration::from_secs(5),
+        // Long enough that the two stalled handshakes are still in progress
+        // when checked, however loaded the machine.
+        handshake_timeout: Duration::from_secs(60),
         ..ServerOptions::default()
     };
     let r = start(Arc::clone(&backend), opts, true);
