@@ -159,7 +159,6 @@ impl<S> WriteStall<S> {
         poll: std::task::Poll<std::io::Result<usize>>,
     ) -> std::task::Poll<std::io::Result<usize>> {
         use std::task::Poll;
-        let now = tokio::time::Instant::now();
         match &poll {
             Poll::Ready(Ok(n)) => {
                 if let Some(taken) = self.window.as_mut() {
@@ -170,14 +169,16 @@ impl<S> WriteStall<S> {
                 }
                 if *n >= wanted {
                     self.behind_since = None;
-                } else {
-                    self.behind_since.get_or_insert(now);
+                } else if self.behind_since.is_none() {
+                    self.behind_since = Some(tokio::time::Instant::now());
                 }
                 return poll;
             }
             Poll::Ready(Err(_)) => return poll,
             Poll::Pending => {}
         }
+        // (The clock is read only when the client is behind.)
+        let now = tokio::time::Instant::now();
         let since = *self.behind_since.get_or_insert(now);
         // No window, or the last one ended before this spell behind began.
         if self.window.is_none() || self.timer.deadline() < since {
