@@ -52,6 +52,28 @@ fn jwks_endpoint(doc: String) -> JwksEndpoint {
     JwksEndpoint { url, doc, hits }
 }
 
+/// A scratch folder holding a development server certificate and key
+/// (`server.pem`, `server.key`), and the PKI they came from.
+fn with_tls(name: &str) -> (jotd_e2e::Scratch, DevPki) {
+    let dir = scratch_dir(name);
+    let pki = DevPki::generate().unwrap();
+    std::fs::write(dir.join("server.pem"), &pki.server_cert_pem).unwrap();
+    std::fs::write(dir.join("server.key"), &pki.server_key_pem).unwrap();
+    (dir, pki)
+}
+
+/// `/readyz` once it answers 200 (up to 20 s; then as it is).
+fn ready(d: &Daemon) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = d.get("/readyz");
+        if status == 200 || Instant::now() > deadline {
+            return (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// An Ed25519 key and its JWK.
 fn ed_key(kid: &str) -> (SigningKey, String) {
     let key = SigningKey::generate(Algorithm::EdDsa).unwrap();
@@ -65,10 +87,7 @@ fn ed_key(kid: &str) -> (SigningKey, String) {
 
 #[test]
 fn unknown_kid_of_a_jwks_url_tenant_is_refetched_once_and_reverified() {
-    let dir = scratch_dir("jwks-refetch");
-    let pki = DevPki::generate().unwrap();
-    std::fs::write(dir.join("server.pem"), &pki.server_cert_pem).unwrap();
-    std::fs::write(dir.join("server.key"), &pki.server_key_pem).unwrap();
+    let (dir, pki) = with_tls("jwks-refetch");
     let (old_key, old_jwk) = ed_key("old");
     let (new_key, new_jwk) = ed_key("new");
     let (stranger, _) = ed_key("stranger");
@@ -97,15 +116,8 @@ refresh_s = 3600
     .unwrap();
     let d = Daemon::start(&["--config", config.to_str().unwrap()], &dir);
     // Ready once the JWKS has been fetched at start.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.get("/readyz").0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "never ready: {:?}",
-            d.get("/readyz")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (status, body) = ready(&d);
+    assert_eq!(status, 200, "never ready: {body}");
     assert_eq!(jwks.hits.load(Ordering::SeqCst), 1, "one fetch at start");
 
     let exp = now() + 600;
@@ -183,10 +195,7 @@ refresh_s = 3600
 /// took every replica of the pool out of its balancer.
 #[test]
 fn an_unreachable_jwks_url_degrades_readiness_without_failing_it() {
-    let dir = scratch_dir("jwks-unreachable");
-    let pki = DevPki::generate().unwrap();
-    std::fs::write(dir.join("server.pem"), &pki.server_cert_pem).unwrap();
-    std::fs::write(dir.join("server.key"), &pki.server_key_pem).unwrap();
+    let (dir, _pki) = with_tls("jwks-unreachable");
     // A port nothing listens on: connection refused.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -220,14 +229,7 @@ refresh_s = 3600
     )
     .unwrap();
     let d = Daemon::start(&["--config", config.to_str().unwrap()], &dir);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (status, body) = loop {
-        let (status, body) = d.get("/readyz");
-        if status == 200 || Instant::now() > deadline {
-            break (status, body);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (status, body) = ready(&d);
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with("ready: "), "{body}");
     assert!(
@@ -249,10 +251,7 @@ refresh_s = 3600
 /// together. Readiness lists it as degraded (`not fetched yet`) and stays 200.
 #[test]
 fn a_jwks_url_added_by_a_reload_does_not_fail_readiness_while_it_hangs() {
-    let dir = scratch_dir("jwks-reload-hang");
-    let pki = DevPki::generate().unwrap();
-    std::fs::write(dir.join("server.pem"), &pki.server_cert_pem).unwrap();
-    std::fs::write(dir.join("server.key"), &pki.server_key_pem).unwrap();
+    let (dir, _pki) = with_tls("jwks-reload-hang");
     // Accepts connections and never answers (the fetch waits for its timeout).
     let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let at = hanging.local_addr().unwrap();
@@ -279,15 +278,8 @@ secret = "a secret of at least thirty-two bytes, for HS256"
     let config = dir.join("jotd.toml");
     std::fs::write(&config, base).unwrap();
     let d = Daemon::start(&["--config", config.to_str().unwrap()], &dir);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.get("/readyz").0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "never ready: {:?}",
-            d.get("/readyz")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (status, body) = ready(&d);
+    assert_eq!(status, 200, "never ready: {body}");
     std::fs::write(
         &config,
         format!(

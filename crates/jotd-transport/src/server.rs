@@ -434,6 +434,22 @@ impl Drop for CountGuard<'_> {
     }
 }
 
+/// Reports a connection refused (or closed) at `max_connections` and closes
+/// it with code 2 and the reason: `at max_connections` for a newcomer, or
+/// `closed to make room for another address`.
+fn close_at_limit(shared: &Shared, conn: &quinn::Connection, why: Refusal) {
+    let detail = match why {
+        Refusal::ClosedForRoom => "closed to make room for another address",
+        _ => "at max_connections",
+    };
+    shared.backend.event(&Event::ConnectionRefused {
+        remote: conn.remote_address(),
+        why,
+        detail,
+    });
+    conn.close(VarInt::from_u32(CLOSE_CONNECTION_LIMIT), detail.as_bytes());
+}
+
 async fn connection(shared: Arc<Shared>, incoming: Incoming, share: HandshakeShare) {
     let remote = incoming.remote_address();
     let handshake = CountGuard(&shared.stats.handshakes, 1);
@@ -470,15 +486,7 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming, share: HandshakeSha
     let slot = match shared.slots.admit(remote.ip(), Instant::now()) {
         Admitted::In { slot, .. } => slot,
         Admitted::Refused => {
-            shared.backend.event(&Event::ConnectionRefused {
-                remote,
-                why: Refusal::ConnectionLimit,
-                detail: "at max_connections",
-            });
-            conn.close(
-                VarInt::from_u32(CLOSE_CONNECTION_LIMIT),
-                b"at max_connections",
-            );
+            close_at_limit(&shared, &conn, Refusal::ConnectionLimit);
             return;
         }
     };
@@ -509,15 +517,7 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming, share: HandshakeSha
             Some(_) = work.join_next(), if !work.is_empty() => {}
             () = slot.closed() => {
                 // Its address held two connections more than a newcomer's.
-                shared.backend.event(&Event::ConnectionRefused {
-                    remote,
-                    why: Refusal::ClosedForRoom,
-                    detail: "closed at max_connections to make room for another address",
-                });
-                conn.close(
-                    VarInt::from_u32(CLOSE_CONNECTION_LIMIT),
-                    b"closed to make room for another address",
-                );
+                close_at_limit(&shared, &conn, Refusal::ClosedForRoom);
                 break;
             }
             accepted = conn.accept_bi() => match accepted {

@@ -47,6 +47,24 @@ async fn one_way_relay(server: std::net::SocketAddr) -> std::net::SocketAddr {
     addr
 }
 
+/// A handshake without a client certificate whose packets reach the server
+/// through a [`one_way_relay`] and never hear back: it stalls until the
+/// server's `handshake_timeout`. Keep the pair alive while it should last.
+async fn stalled_handshake(
+    r: &Running,
+) -> (
+    quinn::Endpoint,
+    tokio::task::JoinHandle<Result<quinn::Connection, quinn::ConnectionError>>,
+) {
+    let relay = one_way_relay(r.addr).await;
+    let tls = jotd_transport::client_config(r.pki.ca_pem.as_bytes(), None).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let connecting = ep.connect(relay, "localhost").unwrap();
+    (ep, tokio::spawn(connecting))
+}
+
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
@@ -201,13 +219,7 @@ async fn handshakes_that_never_finish_take_no_connection_slot() {
     // but never hear back (a one-way relay): their handshakes stall.
     let mut attackers = Vec::new();
     for _ in 0..3 {
-        let relay = one_way_relay(r.addr).await;
-        let tls = jotd_transport::client_config(r.pki.ca_pem.as_bytes(), None).unwrap();
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        let connecting = ep.connect(relay, "localhost").unwrap();
-        attackers.push((ep, tokio::spawn(connecting)));
+        attackers.push(stalled_handshake(&r).await);
     }
     wait_for("three stalled handshakes", || r.stats.handshakes() == 3).await;
     // A client with a certificate is served at once.
@@ -372,13 +384,7 @@ async fn one_address_cannot_hold_every_handshake_slot() {
     // Handshakes from 127.0.0.1 that never hear back (one-way relays).
     let mut stalled = Vec::new();
     for _ in 0..3 {
-        let relay = one_way_relay(r.addr).await;
-        let tls = jotd_transport::client_config(r.pki.ca_pem.as_bytes(), None).unwrap();
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        let connecting = ep.connect(relay, "localhost").unwrap();
-        stalled.push((ep, tokio::spawn(connecting)));
+        stalled.push(stalled_handshake(&r).await);
     }
     // Two are in progress; the third was refused for its address.
     wait_for("the third refused", || {
