@@ -7,7 +7,7 @@
 //! roots plus any extra CA given in [`FetchConfig`] (private IdPs, tests).
 //! Time is tokio's, so tests can pause it.
 
-use crate::jwk::JwkError;
+use crate::jwk::{JwkError, JwksKeys};
 use crate::load::KeysConfig;
 use crate::reload::Reloader;
 use crate::tenants::JwksLocation;
@@ -349,6 +349,11 @@ pub enum FetchEvent<'a> {
         skipped: &'a [String],
         /// Keys left out in all, listed or not.
         left_out: usize,
+        /// Kids of this document another source of the tenant already
+        /// provides with other key material (a static key, or a source
+        /// listed earlier): the first one wins, so this document's key for
+        /// them verifies nothing.
+        shadowed: &'a [String],
     },
     /// The fetch failed; the source keeps its last good keys.
     Failed {
@@ -586,6 +591,26 @@ impl JwksFetcher {
         Ok((keys, age, final_url))
     }
 
+    /// The kids of `keys` that the tenant's snapshot holds with other key
+    /// material: another source provides them first.
+    fn shadowed(&self, tenant: &str, keys: &JwksKeys) -> Vec<String> {
+        let snapshot = self.reloader.store().load();
+        let Some(t) = snapshot.tenant(tenant) else {
+            return Vec::new();
+        };
+        keys.keys
+            .iter()
+            .filter(|(kid, key)| {
+                t.keys.iter().any(|k| {
+                    *k.kid == **kid
+                        && (k.key.algorithm() != key.algorithm()
+                            || k.key.material_digest() != key.material_digest())
+                })
+            })
+            .map(|(kid, _)| kid.clone())
+            .collect()
+    }
+
     /// Fetches one source now and records the outcome; on success installs the keys.
     async fn fetch(&self, t: &Target, source: &Source) -> Result<(), FetchError> {
         let result = self.download(t).await;
@@ -605,6 +630,9 @@ impl JwksFetcher {
                 info.last_error = None;
                 info.keys_url = Some(final_url.clone());
                 drop(info);
+                let keys = Arc::new(keys);
+                self.reloader
+                    .set_fetched(&t.tenant, &t.url, Arc::clone(&keys));
                 self.report(&FetchEvent::Installed {
                     tenant: &t.tenant,
                     url: &redacted_url(&t.url),
@@ -612,8 +640,8 @@ impl JwksFetcher {
                     keys: keys.keys.len(),
                     skipped: &keys.skipped,
                     left_out: keys.skipped_total,
+                    shadowed: &self.shadowed(&t.tenant, &keys),
                 });
-                self.reloader.set_fetched(&t.tenant, &t.url, Arc::new(keys));
                 Ok(())
             }
             Err(e) => {

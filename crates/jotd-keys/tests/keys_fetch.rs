@@ -875,3 +875,38 @@ fn fetch_settings_out_of_range_are_refused_by_name() {
         assert!(e.contains(name), "{name}: {e}");
     }
 }
+
+/// A fetched kid another source of the tenant already has with other key
+/// material (here a static key) verifies nothing: the first source wins.
+/// That is reported with the install (the daemon logs it), not left silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_kid_another_source_has_is_reported_as_shadowed() {
+    let server = serve().await;
+    let (key_a, jwk_a) = ed_key("a");
+    let (key_b, jwk_b) = ed_key("b");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk_a, &jwk_b]),
+        cache_control: None,
+    });
+    let url = server.url.clone();
+    let (reloader, fetcher) = fetching(&server, move || {
+        format!(
+            "[[tenant]]\nid = \"idp\"\n[[tenant.key]]\nkid = \"a\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n"
+        )
+    });
+    let heard = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
+    let log = Arc::clone(&heard);
+    let fetcher = fetcher.with_observer(Box::new(move |event| {
+        if let jotd_keys::FetchEvent::Installed { shadowed, .. } = event {
+            log.lock().unwrap().push(shadowed.to_vec());
+        }
+    }));
+    assert!(fetcher.on_unknown_kid("idp").await);
+    assert_eq!(heard.lock().unwrap().clone(), [vec!["a".to_owned()]]);
+    assert_eq!(decide(&reloader, &key_b, "b"), Reason::Ok);
+    assert_eq!(
+        decide(&reloader, &key_a, "a"),
+        Reason::KeyAlgMismatch,
+        "the static HS256 key holds kid a"
+    );
+}

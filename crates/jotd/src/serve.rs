@@ -610,8 +610,8 @@ async fn reload_loop(
 
 /// One log line per JWKS fetch: failures and redirects at `warn`, then one line
 /// for the keys of a fetched document that were left out (weak, not for
-/// verification, ...: how many, and the first reasons, escaped) at `warn`, plain
-/// installs at `debug`. Names the URL the keys came from. One line, not one per key:
+/// verification, ...: how many, and the first reasons, escaped) and one for
+/// its kids another source shadows, at `warn`; plain installs at `debug`. Names the URL the keys came from. One line, not one per key:
 /// an IdP publishing thousands of junk entries cannot flood the log.
 fn log_fetch(event: &jotd_keys::FetchEvent<'_>) {
     match *event {
@@ -622,6 +622,7 @@ fn log_fetch(event: &jotd_keys::FetchEvent<'_>) {
             keys,
             skipped,
             left_out,
+            shadowed,
         } => {
             if keys_url == url {
                 tracing::debug!(tenant, url, keys, "jwks fetched");
@@ -633,6 +634,15 @@ fn log_fetch(event: &jotd_keys::FetchEvent<'_>) {
             }
             if left_out > 0 {
                 warn!(tenant, keys_url, left_out, reasons = ?skipped, "jwks keys left out");
+            }
+            if !shadowed.is_empty() {
+                // The first source listed wins a kid: these keys verify nothing.
+                warn!(
+                    tenant,
+                    keys_url,
+                    kids = ?shadowed,
+                    "jwks kids shadowed: another source of the tenant (a static key or a source listed earlier) has them with other key material"
+                );
             }
         }
         jotd_keys::FetchEvent::Failed { tenant, url, error } => {
