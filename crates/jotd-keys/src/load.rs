@@ -6,7 +6,7 @@ use crate::denylist::{self, Denylists};
 use crate::jwk::{self, JwksKeys};
 use crate::tenants::{self, JwksLocation, ReadFile, TenantSpec};
 use aws_lc_rs::digest;
-use jotd_core::{Snapshot, TenantKey};
+use jotd_core::{Algorithm, Snapshot, TenantKey};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -164,6 +164,40 @@ pub fn load_section(
 }
 
 impl KeysConfig {
+    /// Kids a JWKS file publishes that its tenant already has from a static
+    /// key or an earlier file source, with other key material: `(tenant id,
+    /// kid)`. The first source wins, so these keys verify nothing; the daemon
+    /// warns at start and `config check` prints them. (URL sources are
+    /// checked when fetched: `FetchEvent::Installed::shadowed`.)
+    #[must_use]
+    pub fn shadowed_kids(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (ti, spec) in self.tenants.iter().enumerate() {
+            let mut held: Vec<(&str, Algorithm, [u8; 32])> = spec
+                .tenant
+                .keys
+                .iter()
+                .map(|k| (&*k.kid, k.key.algorithm(), k.key.material_digest()))
+                .collect();
+            for si in 0..spec.jwks.len() {
+                let Some(keys) = self.jwks_files.get(&(ti, si)) else {
+                    continue;
+                };
+                for (kid, key) in &keys.keys {
+                    let mine = (key.algorithm(), key.material_digest());
+                    match held.iter().find(|(k, ..)| *k == kid.as_str()) {
+                        Some((_, alg, digest)) if (*alg, *digest) != mine => {
+                            out.push((spec.tenant.id.to_string(), kid.clone()));
+                        }
+                        Some(_) => {}
+                        None => held.push((kid.as_str(), mine.0, mine.1)),
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Builds the snapshot: static keys, then JWKS keys (file sources from the
     /// config; URL sources from `fetched`, by tenant id and URL), denylists, and
     /// each tenant's epoch = a digest of its rules and every key's material, so

@@ -83,6 +83,12 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
             p.display()
         )?;
     }
+    for (tenant, kid) in cfg.shadowed_kids() {
+        writeln!(
+            out,
+            "warning: tenant `{tenant}`: a JWKS file's kid {kid:?} is already held (a static key or an earlier source) with other key material; the first wins, so this key verifies nothing"
+        )?;
+    }
     for name in crate::settings::unknown_tenant_labels(&settings, &cfg) {
         writeln!(
             out,

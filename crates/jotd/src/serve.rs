@@ -216,6 +216,13 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         );
     }
 
+    for (tenant, kid) in keys.shadowed_kids() {
+        tracing::warn!(
+            tenant = %tenant,
+            kid = ?kid,
+            "a JWKS file's kid is already held (a static key or an earlier source) with other key material: the first wins, this key verifies nothing"
+        );
+    }
     for name in settings::unknown_tenant_labels(&settings, &keys) {
         tracing::warn!(
             tenant = %name,

@@ -247,6 +247,36 @@ fn config_check_reads_every_file_the_daemon_would() {
         out.contains("warning: admin.tenant_labels names `y`") && !out.contains("names `x`"),
         "{out}"
     );
+    // A JWKS file publishing kid `k`, which the static HS256 key already
+    // holds: the file's key verifies nothing, and check says so (`j` is new).
+    let jwk = |kid: &str| {
+        use base64::Engine as _;
+        let key = SigningKey::generate(Algorithm::EdDsa).unwrap();
+        let spki = key.verifying_key().unwrap().spki_der().unwrap();
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&spki[spki.len() - 32..]);
+        format!(r#"{{"kty":"OKP","crv":"Ed25519","kid":"{kid}","x":"{x}"}}"#)
+    };
+    std::fs::write(
+        dir.join("jwks.json"),
+        format!(r#"{{"keys":[{},{}]}}"#, jwk("k"), jwk("j")),
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!("{tenant}[[tenant.jwks]]\nfile = \"jwks.json\"\nalg = \"EdDSA\"\n"),
+    )
+    .unwrap();
+    let out = jotd(
+        &["config", "check", "--config", config.to_str().unwrap()],
+        None,
+    );
+    let (code, out) = (out.status.code(), text(&out.stdout));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("warning: tenant `x`: a JWKS file's kid \"k\" is already held")
+            && !out.contains("kid \"j\""),
+        "{out}"
+    );
 }
 
 #[test]
