@@ -8,8 +8,7 @@
 //! idle connection (no request in flight; its oldest when none is idle) is
 //! closed to make room. Otherwise the newcomer is refused (its client retries
 //! elsewhere), so among addresses with equal shares nobody is cut off, and a
-//! client opening more connections from its own address is refused as
-//! before. ([`SlotRule::Refuse`] refuses at the cap whatever the shares.)
+//! client opening more connections from its own address is refused.
 //! Addresses are compared whole (an IPv4 client of a dual-stack listener is
 //! its IPv4 address): a client holding many addresses (an IPv6 /64) gets a
 //! share per address, and at the cap each fresh address takes a connection
@@ -43,8 +42,6 @@ pub const MIN_AGE: Duration = Duration::from_secs(1);
 /// What a full listener does with a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotRule {
-    /// Refuse it.
-    Refuse,
     /// Make room at the cost of an address holding more than the newcomer's
     /// (see the module docs).
     Share,
@@ -112,8 +109,8 @@ impl std::fmt::Debug for Slot {
 
 impl Slot {
     /// Resolves when the listener closes this connection to make room for
-    /// another (never under [`SlotRule::Refuse`]). Serve the connection until
-    /// this or its own end, whichever is first.
+    /// another. Serve the connection until this or its own end, whichever is
+    /// first.
     pub async fn closed(&self) {
         self.close.notified().await;
     }
@@ -175,7 +172,6 @@ impl ConnectionSlots {
         let mut closed = 0;
         while inner.open.len() >= self.max {
             let victim = match self.rule {
-                SlotRule::Refuse => None,
                 SlotRule::MakeRoom => victim(&inner.open, now),
                 SlotRule::Share => over_share(&inner.open, peer),
             };
@@ -384,16 +380,17 @@ mod tests {
     }
 
     #[test]
-    fn a_refusing_listener_refuses_and_a_dropped_slot_is_given_back() {
-        let slots = ConnectionSlots::new(2, SlotRule::Refuse);
+    fn equal_shares_refuse_and_a_dropped_slot_is_given_back() {
+        let slots = ConnectionSlots::new(2, SlotRule::Share);
         let t0 = Instant::now();
         let a = admit(&slots, ip(1), t0).unwrap();
-        let b = admit(&slots, ip(1), t0).unwrap();
-        assert!(admit(&slots, ip(2), t0 + MIN_AGE * 10).is_none());
+        let b = admit(&slots, ip(2), t0).unwrap();
+        // One each: a newcomer from a third address would leave no one ahead.
+        assert!(admit(&slots, ip(3), t0 + MIN_AGE * 10).is_none());
         assert!(!fired(&a) && !fired(&b));
         drop(a);
         assert_eq!(slots.open(), 1);
-        let c = admit(&slots, ip(2), t0).unwrap();
+        let c = admit(&slots, ip(3), t0).unwrap();
         assert_eq!(ids(&slots), [2, 3]);
         drop((b, c));
         assert_eq!(slots.open(), 0);
