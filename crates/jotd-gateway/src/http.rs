@@ -330,7 +330,7 @@ pub async fn serve(
 }
 
 /// Admits `peer` to `slots`, counting what the cap did: `None` when refused.
-fn admit(slots: &Arc<ConnectionSlots>, peer: SocketAddr) -> Option<Slot> {
+pub(crate) fn admit(slots: &Arc<ConnectionSlots>, peer: SocketAddr) -> Option<Slot> {
     match slots.admit(peer.ip(), std::time::Instant::now()) {
         Admitted::In { slot, closed } => {
             if closed > 0 {

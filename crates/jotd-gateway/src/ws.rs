@@ -33,7 +33,7 @@ use hyper::header::{
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use jotd_core::Reason;
-use jotd_transport::slots::{Admitted, Slot};
+use jotd_transport::slots::Slot;
 use serde_json::value::RawValue;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::WebSocketStream;
@@ -112,21 +112,11 @@ pub async fn upgrade(
     // A slot only for an upgrade the token allows (a refused one must not
     // make room): at `max_connections` sockets, an address holding two more
     // than this one's loses its oldest (closed 1013, "try again later").
-    let slot = match door.ws_slots.admit(peer.ip(), std::time::Instant::now()) {
-        Admitted::In { slot, closed } => {
-            if closed > 0 {
-                metrics::counter!("jotd_gateway_connections_closed_for_room_total")
-                    .increment(closed as u64);
-            }
-            slot
-        }
-        Admitted::Refused => {
-            metrics::counter!("jotd_gateway_connections_refused_total").increment(1);
-            return json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &error_object(None, code::INTERNAL, "too many WebSockets open", None),
-            );
-        }
+    let Some(slot) = crate::http::admit(&door.ws_slots, peer) else {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &error_object(None, code::INTERNAL, "too many WebSockets open", None),
+        );
     };
     // The token's expiry comes with an allowing decision; after a per-call
     // refusal at the upgrade it is learned from the first allowed call.
