@@ -601,11 +601,9 @@ impl JwksFetcher {
         keys.keys
             .iter()
             .filter(|(kid, key)| {
-                t.keys.iter().any(|k| {
-                    *k.kid == **kid
-                        && (k.key.algorithm() != key.algorithm()
-                            || k.key.material_digest() != key.material_digest())
-                })
+                t.keys
+                    .iter()
+                    .any(|k| *k.kid == **kid && !crate::load::same_key(&k.key, key))
             })
             .map(|(kid, _)| kid.clone())
             .collect()

@@ -6,7 +6,7 @@ use crate::denylist::{self, Denylists};
 use crate::jwk::{self, JwksKeys};
 use crate::tenants::{self, JwksLocation, ReadFile, TenantSpec};
 use aws_lc_rs::digest;
-use jotd_core::{Algorithm, Snapshot, TenantKey};
+use jotd_core::{Snapshot, TenantKey, VerifyingKey};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -163,6 +163,12 @@ pub fn load_section(
     })
 }
 
+/// Whether two keys are one: the same algorithm and key material (two
+/// sources publishing the same key under one kid shadow nothing).
+pub(crate) fn same_key(a: &VerifyingKey, b: &VerifyingKey) -> bool {
+    a.algorithm() == b.algorithm() && a.material_digest() == b.material_digest()
+}
+
 impl KeysConfig {
     /// Kids a JWKS file publishes that its tenant already has from a static
     /// key or an earlier file source, with other key material: `(tenant id,
@@ -173,24 +179,19 @@ impl KeysConfig {
     pub fn shadowed_kids(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for (ti, spec) in self.tenants.iter().enumerate() {
-            let mut held: Vec<(&str, Algorithm, [u8; 32])> = spec
-                .tenant
-                .keys
-                .iter()
-                .map(|k| (&*k.kid, k.key.algorithm(), k.key.material_digest()))
-                .collect();
+            let mut held: Vec<(&str, &VerifyingKey)> =
+                spec.tenant.keys.iter().map(|k| (&*k.kid, &k.key)).collect();
             for si in 0..spec.jwks.len() {
                 let Some(keys) = self.jwks_files.get(&(ti, si)) else {
                     continue;
                 };
                 for (kid, key) in &keys.keys {
-                    let mine = (key.algorithm(), key.material_digest());
-                    match held.iter().find(|(k, ..)| *k == kid.as_str()) {
-                        Some((_, alg, digest)) if (*alg, *digest) != mine => {
+                    match held.iter().find(|(k, _)| *k == kid.as_str()) {
+                        Some((_, first)) if !same_key(first, key) => {
                             out.push((spec.tenant.id.to_string(), kid.clone()));
                         }
                         Some(_) => {}
-                        None => held.push((kid.as_str(), mine.0, mine.1)),
+                        None => held.push((kid.as_str(), key)),
                     }
                 }
             }
