@@ -203,6 +203,7 @@ struct RawLimits {
     body_timeout_ms: Option<Spanned<u64>>,
     write_timeout_ms: Option<Spanned<u64>>,
     max_connections: Option<Spanned<u64>>,
+    ipv6_share_prefix: Option<Spanned<u64>>,
     max_upstream_bytes: Option<Spanned<u64>>,
     max_batch_calls: Option<Spanned<u64>>,
     max_token_bytes: Option<Spanned<u64>>,
@@ -316,6 +317,9 @@ pub struct Limits {
     /// again for the proxy's WebSockets, shared per address
     /// (`jotd_transport::slots::SlotRule::Share`).
     pub max_connections: usize,
+    /// Leading bits of an IPv6 address that name its source for those shares
+    /// (`jotd_transport::slots::source`); 128: each address on its own.
+    pub ipv6_share_prefix: u8,
     /// Largest upstream answer relayed (502 beyond).
     pub max_upstream_bytes: usize,
     /// Most calls in one JSON-RPC batch array.
@@ -728,6 +732,12 @@ impl Config {
             max_connections(),
             1_000_000,
         )?;
+        let ipv6_share_prefix = limit(
+            &l.ipv6_share_prefix,
+            "ipv6_share_prefix",
+            u64::from(jotd_transport::slots::IPV6_PREFIX),
+            128,
+        )?;
         let max_upstream_bytes = limit(
             &l.max_upstream_bytes,
             "max_upstream_bytes",
@@ -757,6 +767,7 @@ impl Config {
                 body_timeout: Duration::from_millis(body_timeout_ms),
                 write_timeout: Duration::from_millis(write_timeout_ms),
                 max_connections: size(max_connections),
+                ipv6_share_prefix: u8::try_from(ipv6_share_prefix).unwrap_or(128),
                 max_upstream_bytes: size(max_upstream_bytes),
                 max_batch_calls: size(max_batch_calls),
                 max_token_bytes: size(max_token_bytes),

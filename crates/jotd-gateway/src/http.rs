@@ -497,7 +497,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (stream, _) = listener.accept().await.unwrap();
-        let slots = ConnectionSlots::new(2, SlotRule::Share);
+        let slots = ConnectionSlots::new(2, SlotRule::Share, 64);
         let two = [10, 0, 0, 2].into();
         let Admitted::In { slot, .. } = slots.admit(two, std::time::Instant::now()) else {
             panic!("admitted")

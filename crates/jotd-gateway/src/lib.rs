@@ -194,7 +194,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             door,
             stopped.clone(),
             (header_timeout, cfg.limits.write_timeout),
-            ConnectionSlots::new(max, rule),
+            ConnectionSlots::new(max, rule, cfg.limits.ipv6_share_prefix),
         ));
     };
 
@@ -263,7 +263,11 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
         // out of file descriptors for every door.
         let incoming = http::slotted_incoming(
             listener,
-            ConnectionSlots::new(cfg.limits.max_connections, SlotRule::Share),
+            ConnectionSlots::new(
+                cfg.limits.max_connections,
+                SlotRule::Share,
+                cfg.limits.ipv6_share_prefix,
+            ),
         );
         tasks.spawn(async move {
             // Bounded streams per connection, a deadline per call and

@@ -105,6 +105,7 @@ impl ProxyDoor {
             ws_slots: jotd_transport::slots::ConnectionSlots::new(
                 limits.max_connections,
                 jotd_transport::slots::SlotRule::Share,
+                limits.ipv6_share_prefix,
             ),
             stop,
         }

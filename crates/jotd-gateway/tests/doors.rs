@@ -1144,6 +1144,7 @@ fn config_errors_name_file_line_and_key() {
         "body_timeout_ms",
         "write_timeout_ms",
         "max_connections",
+        "ipv6_share_prefix",
         "max_upstream_bytes",
         "max_batch_calls",
         "max_token_bytes",
@@ -1156,6 +1157,11 @@ fn config_errors_name_file_line_and_key() {
             ));
         }
     }
+    // An IPv6 prefix is at most 128 bits.
+    more.push((
+        format!("{base}[[route]]\ntenant = \"a\"\n[limits]\nipv6_share_prefix = 129\n"),
+        "limits.ipv6_share_prefix".to_owned(),
+    ));
     // Two listeners on one port, the same address or one on all addresses.
     for second in ["127.0.0.1:1", "0.0.0.0:1"] {
         more.push((

@@ -57,6 +57,11 @@ pub struct ServerOptions {
     /// Handshakes in progress from one address; more from it are refused, so
     /// one source cannot hold every handshake slot. Default 64.
     pub max_handshakes_per_address: NonZeroUsize,
+    /// Leading bits of an IPv6 address that name its source for the shares
+    /// above and for `max_connections` ([`crate::slots::source`]); 1..=128,
+    /// 128 counts each address on its own. An IPv4 address is a source whole.
+    /// Default 64 (one host is routinely handed a /64).
+    pub ipv6_share_prefix: u8,
     /// With this many handshakes in progress, a new attempt from an address
     /// not yet validated gets a QUIC Retry (it must prove it receives at that
     /// address). 0: always. Default 32.
@@ -99,6 +104,7 @@ impl Default for ServerOptions {
             handshake_timeout: Duration::from_secs(5),
             max_handshakes: nz(1024),
             max_handshakes_per_address: nz(64),
+            ipv6_share_prefix: crate::slots::IPV6_PREFIX,
             retry_after_handshakes: 32,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::ZERO,

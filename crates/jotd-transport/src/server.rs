@@ -7,7 +7,8 @@
 //! listening.
 //!
 //! Connections: an attempt takes a handshake slot (`max_handshakes`, at most
-//! `max_handshakes_per_address` of them from one address, Retry from
+//! `max_handshakes_per_address` of them from one source (an IPv4 address or
+//! an IPv6 `ipv6_share_prefix`, [`source`](crate::slots::source)), Retry from
 //! `retry_after_handshakes` on, `handshake_timeout`) and only a completed
 //! handshake takes a connection slot (`max_connections`), so clients that
 //! never finish a handshake (no certificate under mutual TLS, say) cannot lock
@@ -268,6 +269,7 @@ impl Server {
         let (drain, draining) = watch::channel(false);
         let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
         let opts_connections = opts.max_connections.get();
+        let ipv6_prefix = opts.ipv6_share_prefix;
         Ok(Self {
             endpoint,
             shared: Arc::new(Shared {
@@ -279,7 +281,7 @@ impl Server {
                 backend,
                 stats: Arc::new(ServerStats::default()),
                 draining,
-                slots: ConnectionSlots::new(opts_connections, SlotRule::Share),
+                slots: ConnectionSlots::new(opts_connections, SlotRule::Share, ipv6_prefix),
                 handshaking: Mutex::new(HashMap::new()),
             }),
             drain,
@@ -390,9 +392,10 @@ struct HandshakeShare {
 }
 
 impl HandshakeShare {
-    /// `None` when `peer` already has `max_handshakes_per_address` in progress.
+    /// `None` when `peer`'s source ([`crate::slots::source`]) already has
+    /// `max_handshakes_per_address` in progress.
     fn take(shared: &Arc<Shared>, peer: IpAddr) -> Option<Self> {
-        let peer = peer.to_canonical();
+        let peer = crate::slots::source(peer, shared.opts.ipv6_share_prefix);
         let mut map = shared
             .handshaking
             .lock()

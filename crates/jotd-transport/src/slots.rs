@@ -9,11 +9,15 @@
 //! closed to make room. Otherwise the newcomer is refused (its client retries
 //! elsewhere), so among addresses with equal shares nobody is cut off, and a
 //! client opening more connections from its own address is refused.
-//! Addresses are compared whole (an IPv4 client of a dual-stack listener is
-//! its IPv4 address): a client holding many addresses (an IPv6 /64) gets a
-//! share per address, and at the cap each fresh address takes a connection
-//! from anyone holding two or more, so it can cut every other client down to
-//! one connection; authenticate clients (mutual TLS) where that matters.
+//! Shares are counted per **source** ([`source`]): an IPv4 address (an IPv4
+//! client of a dual-stack listener is its IPv4 address), or an IPv6 address's
+//! first `ipv6_prefix` bits ([`IPV6_PREFIX`], 64, by default). One host is
+//! routinely handed a whole IPv6 /64, so counting IPv6 addresses whole would
+//! give one client 2^64 shares, and at the cap each fresh address would take
+//! a connection from anyone holding two or more. A client holding many IPv4
+//! addresses, or many /64s, still gets a share for each: authenticate clients
+//! (mutual TLS) where that matters. Clients that share a /64 (a cloud subnet)
+//! share one source; `ipv6_prefix` 128 counts every address on its own.
 //!
 //! An admin listener
 //! ([`SlotRule::MakeRoom`]) has no authentication and must keep answering the
@@ -29,7 +33,7 @@
 //! - when there is none, the newcomer is refused rather than a request cut off.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -38,6 +42,26 @@ use tokio::sync::Notify;
 /// Under [`SlotRule::MakeRoom`], when every connection comes from a different
 /// address, only one at least this old may be closed to make room.
 pub const MIN_AGE: Duration = Duration::from_secs(1);
+
+/// The default for how many leading bits of an IPv6 address name its
+/// [`source`]: a /64, what one host or one customer is routinely handed.
+pub const IPV6_PREFIX: u8 = 64;
+
+/// The source a connection from `peer` counts against: an IPv4 address
+/// whole (an IPv4-mapped IPv6 address as its IPv4 address), an IPv6 address
+/// cut to its first `ipv6_prefix` bits (above 128 counts as 128), the rest
+/// zeroed.
+#[must_use]
+pub fn source(peer: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match peer.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let bits = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
+}
 
 /// What a full listener does with a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +90,7 @@ struct Inner {
 pub struct ConnectionSlots {
     max: usize,
     rule: SlotRule,
+    ipv6_prefix: u8,
     inner: Mutex<Inner>,
 }
 
@@ -74,6 +99,7 @@ impl std::fmt::Debug for ConnectionSlots {
         f.debug_struct("ConnectionSlots")
             .field("max", &self.max)
             .field("rule", &self.rule)
+            .field("ipv6_prefix", &self.ipv6_prefix)
             .field("open", &self.open())
             .finish()
     }
@@ -141,12 +167,14 @@ impl Drop for Slot {
 }
 
 impl ConnectionSlots {
-    /// At most `max` connections at once (at least 1), handled at the cap by `rule`.
+    /// At most `max` connections at once (at least 1), handled at the cap by
+    /// `rule`, with IPv6 addresses counted per `ipv6_prefix` bits ([`source`]).
     #[must_use]
-    pub fn new(max: usize, rule: SlotRule) -> Arc<Self> {
+    pub fn new(max: usize, rule: SlotRule, ipv6_prefix: u8) -> Arc<Self> {
         Arc::new(Self {
             max: max.max(1),
             rule,
+            ipv6_prefix,
             inner: Mutex::new(Inner {
                 open: BTreeMap::new(),
                 next_id: 0,
@@ -166,8 +194,7 @@ impl ConnectionSlots {
 
     /// A slot for a connection from `peer` accepted at `now`.
     pub fn admit(self: &Arc<Self>, peer: IpAddr, now: Instant) -> Admitted {
-        // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d.
-        let peer = peer.to_canonical();
+        let peer = source(peer, self.ipv6_prefix);
         let mut inner = self.lock();
         let mut closed = 0;
         while inner.open.len() >= self.max {
@@ -292,7 +319,7 @@ mod tests {
 
     #[test]
     fn a_flood_from_one_address_closes_only_its_own_connections() {
-        let slots = ConnectionSlots::new(MAX, SlotRule::MakeRoom);
+        let slots = ConnectionSlots::new(MAX, SlotRule::MakeRoom, IPV6_PREFIX);
         let t0 = Instant::now();
         // The probe connects first (id 1), then one address takes every other slot.
         let probe = admit(&slots, ip(1), t0).unwrap();
@@ -318,7 +345,7 @@ mod tests {
 
     #[test]
     fn with_every_slot_from_another_address_only_an_old_connection_is_closed() {
-        let slots = ConnectionSlots::new(MAX, SlotRule::MakeRoom);
+        let slots = ConnectionSlots::new(MAX, SlotRule::MakeRoom, IPV6_PREFIX);
         let t0 = Instant::now();
         let _held: Vec<Slot> = (0..MAX)
             .map(|i| {
@@ -341,7 +368,7 @@ mod tests {
 
     #[test]
     fn two_from_one_address_pay_however_young() {
-        let slots = ConnectionSlots::new(MAX, SlotRule::MakeRoom);
+        let slots = ConnectionSlots::new(MAX, SlotRule::MakeRoom, IPV6_PREFIX);
         let t0 = Instant::now();
         let mut held: Vec<Slot> = (0..MAX - 1)
             .map(|i| admit(&slots, ip(u8::try_from(i).unwrap()), t0).unwrap())
@@ -358,7 +385,7 @@ mod tests {
 
     #[test]
     fn a_mapped_ipv4_address_counts_as_the_same_peer() {
-        let slots = ConnectionSlots::new(MAX, SlotRule::MakeRoom);
+        let slots = ConnectionSlots::new(MAX, SlotRule::MakeRoom, IPV6_PREFIX);
         let t0 = Instant::now();
         let IpAddr::V4(v4) = ip(9) else {
             unreachable!()
@@ -381,7 +408,7 @@ mod tests {
 
     #[test]
     fn equal_shares_refuse_and_a_dropped_slot_is_given_back() {
-        let slots = ConnectionSlots::new(2, SlotRule::Share);
+        let slots = ConnectionSlots::new(2, SlotRule::Share, IPV6_PREFIX);
         let t0 = Instant::now();
         let a = admit(&slots, ip(1), t0).unwrap();
         let b = admit(&slots, ip(2), t0).unwrap();
@@ -398,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_shared_listener_takes_room_from_the_address_holding_more() {
-        let slots = ConnectionSlots::new(MAX, SlotRule::Share);
+        let slots = ConnectionSlots::new(MAX, SlotRule::Share, IPV6_PREFIX);
         let t0 = Instant::now();
         // One address takes every slot; the first two carry requests.
         let flood: Vec<Slot> = (0..MAX)
@@ -425,7 +452,7 @@ mod tests {
 
     #[test]
     fn a_shared_listener_closes_a_busy_connection_only_when_none_is_idle() {
-        let slots = ConnectionSlots::new(4, SlotRule::Share);
+        let slots = ConnectionSlots::new(4, SlotRule::Share, IPV6_PREFIX);
         let t0 = Instant::now();
         let held: Vec<Slot> = (0..4).map(|_| admit(&slots, ip(2), t0).unwrap()).collect();
         let mut busy: Vec<Busy> = held.iter().map(Slot::busy).collect();
@@ -441,7 +468,7 @@ mod tests {
 
     #[test]
     fn a_shared_listener_with_equal_shares_refuses() {
-        let slots = ConnectionSlots::new(MAX, SlotRule::Share);
+        let slots = ConnectionSlots::new(MAX, SlotRule::Share, IPV6_PREFIX);
         let t0 = Instant::now();
         let held: Vec<Slot> = (0..MAX)
             .map(|i| admit(&slots, ip(u8::try_from(i % 32).unwrap()), t0).unwrap())
@@ -454,5 +481,53 @@ mod tests {
         // two more than ip(100).
         assert!(admit(&slots, ip(100), t0).is_none());
         assert!(admit(&slots, ip(0), t0).is_none());
+    }
+
+    fn v6(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_source_is_an_ipv4_address_or_an_ipv6_prefix() {
+        let mapped = v6("::ffff:10.0.0.9");
+        assert_eq!(source(mapped, 64), ip(9));
+        assert_eq!(source(ip(9), 0), ip(9), "IPv4 is never cut");
+        let a = v6("2001:db8:1:2:aaaa:bbbb:cccc:dddd");
+        assert_eq!(source(a, 64), v6("2001:db8:1:2::"));
+        assert_eq!(source(a, 48), v6("2001:db8:1::"));
+        assert_eq!(source(a, 56), v6("2001:db8:1::"));
+        assert_eq!(source(a, 60), v6("2001:db8:1::"));
+        assert_eq!(source(v6("2001:db8:1:2ff::1"), 56), v6("2001:db8:1:200::"));
+        assert_eq!(source(a, 128), a);
+        assert_eq!(source(a, 200), a);
+        assert_eq!(source(a, 0), v6("::"));
+        assert_eq!(source(a, 1), v6("::"));
+        assert_eq!(source(v6("8000::1"), 1), v6("8000::"));
+    }
+
+    /// Four gateways hold two connections each of eight slots; then a client
+    /// holding one IPv6 /64 connects from 40 fresh addresses of it. Returns
+    /// (gateway connections closed for it, slots it holds).
+    fn flood_from_one_prefix(ipv6_prefix: u8) -> (usize, usize) {
+        let slots = ConnectionSlots::new(8, SlotRule::Share, ipv6_prefix);
+        let t0 = Instant::now();
+        let gateways: Vec<Slot> = (1..=4)
+            .flat_map(|n| [n, n])
+            .map(|n| admit(&slots, v6(&format!("2001:db8:{n}::1")), t0).unwrap())
+            .collect();
+        let theirs: Vec<Slot> = (1..=40)
+            .filter_map(|n| admit(&slots, v6(&format!("2001:db8:ff::{n:x}")), t0))
+            .collect();
+        (gateways.iter().filter(|s| fired(s)).count(), theirs.len())
+    }
+
+    #[test]
+    fn a_client_with_a_whole_ipv6_prefix_holds_one_share() {
+        // Per /64 (the default): the prefix is one source. It takes one
+        // connection from a gateway holding two more than it, then is refused.
+        assert_eq!(flood_from_one_prefix(IPV6_PREFIX), (1, 1));
+        // Per address: each fresh address takes another gateway connection,
+        // until every gateway is down to one.
+        assert_eq!(flood_from_one_prefix(128), (4, 4));
     }
 }

@@ -175,7 +175,11 @@ pub(crate) async fn start(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let health = Arc::new(health);
-    let slots = ConnectionSlots::new(MAX_CONNECTIONS, SlotRule::MakeRoom);
+    let slots = ConnectionSlots::new(
+        MAX_CONNECTIONS,
+        SlotRule::MakeRoom,
+        jotd_transport::slots::IPV6_PREFIX,
+    );
     tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {

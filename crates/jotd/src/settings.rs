@@ -25,6 +25,7 @@
 //! handshake_timeout_ms = 5000
 //! max_handshakes = 1024
 //! max_handshakes_per_address = 64
+//! ipv6_share_prefix = 64              # an IPv6 /64 is one source for the shares
 //! retry_after_handshakes = 32         # QUIC Retry for unvalidated addresses past this
 //! idle_timeout_s = 30
 //! keep_alive_s = 0                    # server pings; 0: off (clients keep alive)
@@ -120,6 +121,7 @@ struct RawServer {
     handshake_timeout_ms: Option<u64>,
     max_handshakes: Option<usize>,
     max_handshakes_per_address: Option<usize>,
+    ipv6_share_prefix: Option<u64>,
     retry_after_handshakes: Option<usize>,
     idle_timeout_s: Option<u64>,
     keep_alive_s: Option<u64>,
@@ -446,6 +448,17 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
             r.max_handshakes_per_address,
             d.max_handshakes_per_address,
         )?;
+        match r.ipv6_share_prefix {
+            None => {}
+            Some(v @ 1..=128) => s.server.ipv6_share_prefix = u8::try_from(v).unwrap_or(128),
+            Some(v) => {
+                return Err(ctx.err(
+                    "server",
+                    "ipv6_share_prefix",
+                    format_args!("{v}: must be 1 to 128 (leading bits of an IPv6 address)"),
+                ));
+            }
+        }
         if let Some(v) = r.retry_after_handshakes {
             s.server.retry_after_handshakes = v;
         }
@@ -804,6 +817,13 @@ level = "jotd=debug"
         let (s, keys) = parse(Path::new("/etc/jotd/jotd.toml"), text).unwrap();
         assert_eq!(s.server.max_connections.get(), 7);
         assert_eq!(keys.max_keys_per_tenant, 2);
+        assert_eq!(s.server.ipv6_share_prefix, 64, "the default");
+        let (s, _) = parse(
+            Path::new("/etc/jotd/jotd.toml"),
+            "[server]\nipv6_share_prefix = 48\n",
+        )
+        .unwrap();
+        assert_eq!(s.server.ipv6_share_prefix, 48);
         assert_eq!(keys.tenant.len(), 2);
         // A typo at the top level is the daemon's to refuse, with its line.
         let e = p("max_keys_per_tenant = 2\ntenants = 1\n").unwrap_err();
@@ -825,6 +845,16 @@ level = "jotd=debug"
                 "server.max_connections",
             ),
             ("\n\nserver.keep_alive_s = 30\n", 3, "server.keep_alive_s"),
+            (
+                "[server]\nmax_connections = 2\nipv6_share_prefix = 129\n",
+                3,
+                "server.ipv6_share_prefix",
+            ),
+            (
+                "[server]\n\nipv6_share_prefix = 0\n",
+                3,
+                "server.ipv6_share_prefix",
+            ),
             (
                 "verify = { threads = 1,\n  chunk_size = 0 }\n",
                 2,
