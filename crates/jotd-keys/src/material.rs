@@ -46,15 +46,19 @@ pub enum MaterialError {
 }
 
 /// Decodes public key material: PEM (`PUBLIC KEY`, `RSA PUBLIC KEY`,
-/// `CERTIFICATE`), the same PEM base64-encoded once more, or DER (SPKI or
-/// PKCS#1). Returns the DER the engine parses (SPKI, or PKCS#1 for RSA).
+/// `CERTIFICATE`; explanatory text around the block, as `openssl x509
+/// -text` writes, is ignored as RFC 7468 says), the same PEM base64-encoded
+/// once more, or DER (SPKI, PKCS#1 or an X.509 certificate), raw or in
+/// base64. Every encoding of a key is read the same way: what PEM accepts,
+/// DER accepts, and a private key is refused in each. Returns the DER the
+/// engine parses (SPKI, or PKCS#1 for RSA).
 ///
 /// # Errors
 /// Unreadable input, a private key, or a PEM label that holds no public key.
 pub fn public_der(bytes: &[u8]) -> Result<Vec<u8>, MaterialError> {
     let text = std::str::from_utf8(bytes).ok().map(str::trim);
     match text {
-        Some(t) if t.starts_with("-----BEGIN") => pem_der(t.as_bytes()),
+        Some(t) if has_pem_block(t) => pem_der(t.as_bytes()),
         Some(t)
             if !t.is_empty()
                 && t.bytes()
@@ -64,13 +68,50 @@ pub fn public_der(bytes: &[u8]) -> Result<Vec<u8>, MaterialError> {
                 .decode(t.split_whitespace().collect::<String>())
                 .map_err(|e| MaterialError::Unreadable(format!("base64: {e}")))?;
             let inner_text = std::str::from_utf8(&inner).map(str::trim).unwrap_or("");
-            if inner_text.starts_with("-----BEGIN") {
+            if has_pem_block(inner_text) {
                 pem_der(inner_text.as_bytes())
             } else {
-                Ok(inner) // base64 of DER: accept it too
+                der_public(inner) // base64 of DER: accept it too
             }
         }
-        _ => Ok(bytes.to_vec()),
+        _ => der_public(bytes.to_vec()),
+    }
+}
+
+/// Whether `text` holds a PEM encapsulation boundary at the start of a line.
+fn has_pem_block(text: &str) -> bool {
+    text.starts_with("-----BEGIN ") || text.contains("\n-----BEGIN ")
+}
+
+/// DER as the engine takes it: a certificate becomes its SubjectPublicKeyInfo
+/// (as a PEM `CERTIFICATE` does), a private key is refused (as a PEM
+/// `PRIVATE KEY` is), anything else goes to the engine as SPKI or PKCS#1.
+fn der_public(der: Vec<u8>) -> Result<Vec<u8>, MaterialError> {
+    if Certificate::from_der(&der).is_ok() {
+        return certificate_spki(&der);
+    }
+    if let Some(kind) = der_private_key(&der) {
+        return Err(MaterialError::PrivateKey(kind.to_owned()));
+    }
+    Ok(der)
+}
+
+/// A DER private key's kind, from its shape: a SEQUENCE whose first element
+/// is the INTEGER version 0 (PKCS#8, PKCS#1 `RSAPrivateKey`) or 1 (SEC 1
+/// `ECPrivateKey`, PKCS#8 v2). No public key starts so: an SPKI starts with a
+/// SEQUENCE, a PKCS#1 public key with the modulus.
+fn der_private_key(der: &[u8]) -> Option<&'static str> {
+    use x509_cert::der::{Header, Reader, SliceReader, Tag};
+    let mut r = SliceReader::new(der).ok()?;
+    let outer = Header::decode(&mut r).ok()?;
+    let first = Header::decode(&mut r).ok()?;
+    if outer.tag != Tag::Sequence || first.tag != Tag::Integer || first.length != 1u8.into() {
+        return None;
+    }
+    match r.read_byte().ok()? {
+        0 => Some("DER private key (PKCS#8 or PKCS#1)"),
+        1 => Some("DER private key (SEC 1 EC or PKCS#8 v2)"),
+        _ => None,
     }
 }
 

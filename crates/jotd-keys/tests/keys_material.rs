@@ -58,6 +58,94 @@ fn every_public_encoding_loads_and_verifies() {
     }
 }
 
+/// The DER inside a one-block PEM file of the test data.
+fn pem_body(name: &str) -> Vec<u8> {
+    let text = String::from_utf8(read(name)).unwrap();
+    let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
+
+fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl CLI (install the `openssl` package)");
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    out.stdout
+}
+
+#[test]
+fn a_certificate_or_private_key_reads_the_same_in_every_encoding() {
+    // A certificate: PEM, PEM with `openssl x509 -text`'s explanatory text
+    // ahead of it, DER, and DER in base64 all give the certificate's key.
+    let cert_pem = data("ec_p256_cert.pem");
+    let cert_pem = cert_pem.to_str().unwrap();
+    let der = pem_body("ec_p256_cert.pem");
+    assert_eq!(der, openssl(&["x509", "-in", cert_pem, "-outform", "DER"]));
+    let text = openssl(&["x509", "-in", cert_pem, "-text"]);
+    assert!(!text.starts_with(b"-----"), "explanatory text comes first");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    let want = material::public_der(&read("ec_p256.pem")).unwrap();
+    for (what, bytes) in [
+        ("PEM", read("ec_p256_cert.pem")),
+        ("PEM with text", text),
+        ("DER", der),
+        ("base64 DER", b64.into_bytes()),
+    ] {
+        assert_eq!(
+            material::public_der(&bytes).unwrap_or_else(|e| panic!("{what}: {e}")),
+            want,
+            "{what}"
+        );
+        let key = material::public_key(Algorithm::Es256, &bytes).unwrap();
+        assert_verifies(Algorithm::Es256, "ec_p256.pk8.der", &key);
+    }
+
+    // A private key is refused as such, whichever encoding carries it: PKCS#8
+    // (RSA, EC, Ed25519), PKCS#1 RSA and SEC 1 EC, raw DER or base64 DER.
+    let rsa_pk8 = data("rsa2048.pk8.der");
+    let ec_pk8 = data("ec_p256.pk8.der");
+    let pkcs1 = openssl(&[
+        "rsa",
+        "-inform",
+        "DER",
+        "-in",
+        rsa_pk8.to_str().unwrap(),
+        "-outform",
+        "DER",
+        "-traditional",
+    ]);
+    let sec1 = openssl(&[
+        "ec",
+        "-inform",
+        "DER",
+        "-in",
+        ec_pk8.to_str().unwrap(),
+        "-outform",
+        "DER",
+    ]);
+    for (what, der) in [
+        ("RSA PKCS#8", read("rsa2048.pk8.der")),
+        ("EC PKCS#8", read("ec_p256.pk8.der")),
+        ("Ed25519 PKCS#8", read("ed25519.pk8.der")),
+        ("RSA PKCS#1", pkcs1),
+        ("EC SEC 1", sec1),
+    ] {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        for bytes in [der, b64.into_bytes()] {
+            let e = material::public_der(&bytes).unwrap_err();
+            assert!(matches!(e, MaterialError::PrivateKey(_)), "{what}: {e}");
+            assert!(e.to_string().contains("private key"), "{what}: {e}");
+        }
+    }
+    // A public key's DER still loads as before (SPKI and PKCS#1).
+    assert!(material::public_key(Algorithm::Rs256, &read("rsa2048.der")).is_ok());
+    let pkcs1_public = pem_body("rsa2048_pkcs1.pem");
+    assert!(material::public_key(Algorithm::Rs256, &pkcs1_public).is_ok());
+}
+
 #[test]
 fn unusable_material_names_the_reason() {
     let rsa1024 = material::public_key(Algorithm::Rs256, &read("rsa1024.pem")).unwrap_err();
