@@ -7,7 +7,7 @@
 //! roots plus any extra CA given in [`FetchConfig`] (private IdPs, tests).
 //! Time is tokio's, so tests can pause it.
 
-use crate::jwk::{JwkError, JwksKeys};
+use crate::jwk::JwkError;
 use crate::load::KeysConfig;
 use crate::reload::Reloader;
 use crate::tenants::JwksLocation;
@@ -349,10 +349,10 @@ pub enum FetchEvent<'a> {
         skipped: &'a [String],
         /// Keys left out in all, listed or not.
         left_out: usize,
-        /// Kids of this document another source of the tenant already
-        /// provides with other key material (a static key, or a source
-        /// listed earlier): the first one wins, so this document's key for
-        /// them verifies nothing.
+        /// Kids the tenant now has from two sources with other key material
+        /// (this document and another, or two others: a static key, a JWKS
+        /// file, another URL, listed earlier or later): the first listed
+        /// wins, so the other's key for them verifies nothing.
         shadowed: &'a [String],
     },
     /// The fetch failed; the source keeps its last good keys.
@@ -591,24 +591,6 @@ impl JwksFetcher {
         Ok((keys, age, final_url))
     }
 
-    /// The kids of `keys` that the tenant's snapshot holds with other key
-    /// material: another source provides them first.
-    fn shadowed(&self, tenant: &str, keys: &JwksKeys) -> Vec<String> {
-        let snapshot = self.reloader.store().load();
-        let Some(t) = snapshot.tenant(tenant) else {
-            return Vec::new();
-        };
-        keys.keys
-            .iter()
-            .filter(|(kid, key)| {
-                t.keys
-                    .iter()
-                    .any(|k| *k.kid == **kid && !crate::load::same_key(&k.key, key))
-            })
-            .map(|(kid, _)| kid.clone())
-            .collect()
-    }
-
     /// Fetches one source now and records the outcome; on success installs the keys.
     async fn fetch(&self, t: &Target, source: &Source) -> Result<(), FetchError> {
         let result = self.download(t).await;
@@ -638,7 +620,7 @@ impl JwksFetcher {
                     keys: keys.keys.len(),
                     skipped: &keys.skipped,
                     left_out: keys.skipped_total,
-                    shadowed: &self.shadowed(&t.tenant, &keys),
+                    shadowed: &self.reloader.shadowed_kids(&t.tenant),
                 });
                 Ok(())
             }

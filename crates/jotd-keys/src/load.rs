@@ -173,30 +173,97 @@ impl KeysConfig {
     /// Kids a JWKS file publishes that its tenant already has from a static
     /// key or an earlier file source, with other key material: `(tenant id,
     /// kid)`. The first source wins, so these keys verify nothing; the daemon
-    /// warns at start and `config check` prints them. (URL sources are
-    /// checked when fetched: `FetchEvent::Installed::shadowed`.)
+    /// warns at start and `config check` prints them. (With URL sources in
+    /// the order too: [`KeysConfig::shadowed_in`], checked at each fetch.)
     #[must_use]
     pub fn shadowed_kids(&self) -> Vec<(String, String)> {
+        self.shadowed_all(&|_, _| None)
+    }
+
+    /// [`KeysConfig::shadowed_in`] for every tenant: `(tenant id, kid)`.
+    #[must_use]
+    pub fn shadowed_all(
+        &self,
+        fetched: &dyn Fn(&str, &str) -> Option<Arc<JwksKeys>>,
+    ) -> Vec<(String, String)> {
+        (0..self.tenants.len())
+            .flat_map(|ti| {
+                let id = self.tenants[ti].tenant.id.to_string();
+                self.shadowed_at(ti, fetched)
+                    .into_iter()
+                    .map(move |kid| (id.clone(), kid))
+            })
+            .collect()
+    }
+
+    /// The kids tenant `tenant` has from two sources with other key material
+    /// (static keys first, then its JWKS sources in the order listed, URL
+    /// sources with the keys `fetched` holds for them): the first source
+    /// wins, so the later one's key for the kid verifies nothing. Whichever
+    /// source arrived last, the file or the URL, earlier or later in the list.
+    #[must_use]
+    pub fn shadowed_in(
+        &self,
+        tenant: &str,
+        fetched: &dyn Fn(&str, &str) -> Option<Arc<JwksKeys>>,
+    ) -> Vec<String> {
+        self.tenants
+            .iter()
+            .position(|t| *t.tenant.id == *tenant)
+            .map(|ti| self.shadowed_at(ti, fetched))
+            .unwrap_or_default()
+    }
+
+    fn shadowed_at(
+        &self,
+        ti: usize,
+        fetched: &dyn Fn(&str, &str) -> Option<Arc<JwksKeys>>,
+    ) -> Vec<String> {
+        let spec = &self.tenants[ti];
+        let mut held: Vec<(String, VerifyingKey)> = spec
+            .tenant
+            .keys
+            .iter()
+            .map(|k| (k.kid.to_string(), k.key.clone()))
+            .collect();
         let mut out = Vec::new();
-        for (ti, spec) in self.tenants.iter().enumerate() {
-            let mut held: Vec<(&str, &VerifyingKey)> =
-                spec.tenant.keys.iter().map(|k| (&*k.kid, &k.key)).collect();
-            for si in 0..spec.jwks.len() {
-                let Some(keys) = self.jwks_files.get(&(ti, si)) else {
-                    continue;
-                };
-                for (kid, key) in &keys.keys {
-                    match held.iter().find(|(k, _)| *k == kid.as_str()) {
-                        Some((_, first)) if !same_key(first, key) => {
-                            out.push((spec.tenant.id.to_string(), kid.clone()));
+        for si in 0..spec.jwks.len() {
+            let Some(keys) = self.source_keys(ti, si, fetched) else {
+                continue;
+            };
+            for (kid, key) in &keys.keys {
+                match held.iter().find(|(k, _)| k == kid) {
+                    Some((_, first)) if !same_key(first, key) => {
+                        if !out.contains(kid) {
+                            out.push(kid.clone());
                         }
-                        Some(_) => {}
-                        None => held.push((kid.as_str(), key)),
                     }
+                    Some(_) => {}
+                    None => held.push((kid.clone(), key.clone())),
                 }
             }
         }
         out
+    }
+
+    /// The keys JWKS source `si` of tenant `ti` contributes now: a file's as
+    /// read, a URL's as `fetched` holds them, unless fetched while the source
+    /// named another `alg` or symmetric-key setting (before a reload): the
+    /// next fetch reads them the new way.
+    fn source_keys(
+        &self,
+        ti: usize,
+        si: usize,
+        fetched: &dyn Fn(&str, &str) -> Option<Arc<JwksKeys>>,
+    ) -> Option<Arc<JwksKeys>> {
+        let spec = &self.tenants[ti];
+        let source = &spec.jwks[si];
+        match &source.location {
+            JwksLocation::File(_) => self.jwks_files.get(&(ti, si)).cloned(),
+            JwksLocation::Url(url) => fetched(&spec.tenant.id, url).filter(|k| {
+                k.parsed_alg == source.alg && (source.symmetric_keys || !k.has_symmetric())
+            }),
+        }
     }
 
     /// Builds the snapshot: static keys, then JWKS keys (file sources from the
@@ -221,18 +288,10 @@ impl KeysConfig {
                 {
                     tenant.algorithms.insert(alg);
                 }
-                let keys = match &source.location {
-                    JwksLocation::File(_) => self.jwks_files.get(&(ti, si)).cloned(),
-                    JwksLocation::Url(url) => {
-                        tenant.remote_keys = true;
-                        // Keys fetched while the source named another `alg` (before a
-                        // reload) are not used: the next fetch reads them the new way.
-                        fetched(&tenant.id, url).filter(|k| {
-                            k.parsed_alg == source.alg
-                                && (source.symmetric_keys || !k.has_symmetric())
-                        })
-                    }
-                };
+                if matches!(source.location, JwksLocation::Url(_)) {
+                    tenant.remote_keys = true;
+                }
+                let keys = self.source_keys(ti, si, fetched);
                 for (kid, key) in keys.iter().flat_map(|k| k.keys.iter()) {
                     // A static key of the same kid wins; a JWKS cannot shadow configuration.
                     if tenant.keys.iter().any(|k| *k.kid == **kid) {

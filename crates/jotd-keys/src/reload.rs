@@ -243,6 +243,24 @@ impl Reloader {
         changed.then(|| self.reload())
     }
 
+    /// The kids `tenant` has from two sources with other key material, with
+    /// the URL sources' keys fetched so far ([`KeysConfig::shadowed_in`]).
+    #[must_use]
+    pub fn shadowed_kids(&self, tenant: &str) -> Vec<String> {
+        let state = self.lock();
+        let keys = |t: &str, u: &str| state.fetched.get(&(t.to_owned(), u.to_owned())).cloned();
+        state.config.shadowed_in(tenant, &keys)
+    }
+
+    /// The same for every tenant, `(tenant id, kid)`: after a reload, which
+    /// may list a source ahead of one already fetched.
+    #[must_use]
+    pub fn shadowed_all(&self) -> Vec<(String, String)> {
+        let state = self.lock();
+        let keys = |t: &str, u: &str| state.fetched.get(&(t.to_owned(), u.to_owned())).cloned();
+        state.config.shadowed_all(&keys)
+    }
+
     /// Installs keys fetched for one JWKS URL and rebuilds the snapshot from the
     /// current config (no files are read). Returns the new generation.
     /// Keys for a source the current config no longer names (a fetch that

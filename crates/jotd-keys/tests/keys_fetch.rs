@@ -910,3 +910,73 @@ async fn a_fetched_kid_another_source_has_is_reported_as_shadowed() {
         "the static HS256 key holds kid a"
     );
 }
+
+/// The same, the other way round and across kinds: a URL source listed ahead
+/// of a JWKS file holds kid "b" with other material, so the file's "b" (read
+/// at start, before any fetch, so nothing was reported then) verifies
+/// nothing once the URL's keys arrive. The fetch reports it though the
+/// shadowed key is the file's, not the document's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_kid_that_shadows_a_later_file_is_reported() {
+    let server = serve().await;
+    let (key_b, jwk_b) = ed_key("b");
+    let (file_b, file_jwk_b) = ed_key("b");
+    let (file_c, file_jwk_c) = ed_key("c");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk_b]),
+        cache_control: None,
+    });
+    let config = format!(
+        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n[[tenant.jwks]]\nfile = \"keys.json\"\nalg = \"EdDSA\"\n",
+        server.url
+    );
+    let file = doc(&[&file_jwk_b, &file_jwk_c]);
+    let reloader = Arc::new(
+        Reloader::start(
+            Path::new("/cfg/jotd.toml"),
+            Box::new(move |path: &Path| {
+                Ok(if path.ends_with("keys.json") {
+                    file.clone().into_bytes()
+                } else {
+                    config.clone().into_bytes()
+                })
+            }),
+            Box::new(|_| Some((None, 1))),
+        )
+        .unwrap(),
+    );
+    // At start the URL holds nothing yet: the file's keys serve, no shadow.
+    assert!(reloader.config().shadowed_kids().is_empty());
+    assert_eq!(decide(&reloader, &file_b, "b"), Reason::Ok);
+    let settings = FetchConfig {
+        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
+        ..FetchConfig::default()
+    };
+    let heard = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
+    let log = Arc::clone(&heard);
+    let fetcher = JwksFetcher::new(Arc::clone(&reloader), settings)
+        .unwrap()
+        .with_observer(Box::new(move |event| {
+            if let jotd_keys::FetchEvent::Installed { shadowed, .. } = event {
+                log.lock().unwrap().push(shadowed.to_vec());
+            }
+        }));
+    assert!(fetcher.on_unknown_kid("idp").await);
+    assert_eq!(heard.lock().unwrap().clone(), [vec!["b".to_owned()]]);
+    assert_eq!(reloader.shadowed_kids("idp"), ["b"]);
+    assert_eq!(
+        decide(&reloader, &key_b, "b"),
+        Reason::Ok,
+        "the URL, listed first, wins"
+    );
+    assert_eq!(decide(&reloader, &file_b, "b"), Reason::BadSignature);
+    assert_eq!(decide(&reloader, &file_c, "c"), Reason::Ok);
+    assert!(reloader.shadowed_kids("nobody").is_empty());
+    // What the daemon warns about after a reload: every tenant's, fetched keys included.
+    reloader.reload().unwrap();
+    assert_eq!(
+        reloader.shadowed_all(),
+        [("idp".to_owned(), "b".to_owned())]
+    );
+    assert!(reloader.config().shadowed_kids().is_empty(), "files alone");
+}

@@ -601,6 +601,13 @@ async fn reload_loop(
             Ok(generation) => {
                 let tenants = reloader.store().load().len();
                 info!(trigger, generation, tenants, "config reloaded");
+                for (tenant, kid) in reloader.shadowed_all() {
+                    warn!(
+                        tenant = %tenant,
+                        kid = ?kid,
+                        "a kid is held by two sources of the tenant with other key material: the one listed first (a static key before any JWKS) is used, the other verifies nothing"
+                    );
+                }
                 if let Some(m) = &metrics {
                     m.reload(true);
                 }
@@ -648,7 +655,7 @@ fn log_fetch(event: &jotd_keys::FetchEvent<'_>) {
                     tenant,
                     keys_url,
                     kids = ?shadowed,
-                    "jwks kids shadowed: another source of the tenant (a static key or a source listed earlier) has them with other key material"
+                    "jwks kids shadowed: two sources of the tenant have them with other key material; the one listed first (a static key before any JWKS) is used"
                 );
             }
         }
