@@ -212,6 +212,17 @@ tenant = "besu"
     (Config::load(&file).unwrap(), dir)
 }
 
+/// Keys, one jotd daemon, the mock node (and what it saw), and a gateway
+/// config over them (`config`'s text with `extra`, in its folder): what most
+/// tests start from.
+async fn rig(name: &str, extra: &str) -> (Keys, Pool, Seen, Config, tempfile::TempDir) {
+    let k = keys();
+    let pool = start_pool(&k);
+    let (up, seen) = start_upstream().await;
+    let (cfg, dir) = config(name, &pool, pool.addr, up, extra);
+    (k, pool, seen, cfg, dir)
+}
+
 struct Http {
     status: u16,
     headers: hyper::HeaderMap,
@@ -295,10 +306,7 @@ fn upstream_saw(seen: &Seen, methods: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_infura_flow_through_the_proxy() {
-    let k = keys();
-    let pool = start_pool(&k);
-    let (up, seen) = start_upstream().await;
-    let (cfg, _dir) = config("infura", &pool, pool.addr, up, "");
+    let (k, _pool, seen, cfg, _dir) = rig("infura", "").await;
     let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let proxy = gw.proxy.unwrap();
     let exp = now() + 600;
@@ -545,10 +553,7 @@ async fn the_infura_flow_through_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_array_is_answered_in_order_with_mixed_outcomes() {
-    let k = keys();
-    let pool = start_pool(&k);
-    let (up, seen) = start_upstream().await;
-    let (cfg, _dir) = config("batch", &pool, pool.addr, up, "");
+    let (k, _pool, seen, cfg, _dir) = rig("batch", "").await;
     let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let proxy = gw.proxy.unwrap();
     let claims = json!({"sub":"bob","aud":AUD,"exp":now() + 600,"methods":["eth_getBalance","eth_blockNumber"],"addresses":[A]}).to_string();
@@ -737,10 +742,7 @@ async fn the_upstream_budget_holds_per_request_and_ids_never_cross() {
 /// as `invalid_claim`, and the node never sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_no_header_can_carry_is_refused() {
-    let k = keys();
-    let pool = start_pool(&k);
-    let (up, seen) = start_upstream().await;
-    let (cfg, _dir) = config("identity", &pool, pool.addr, up, "");
+    let (k, _pool, seen, cfg, _dir) = rig("identity", "").await;
     let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let (proxy, fa) = (gw.proxy.unwrap(), gw.forward_auth.unwrap());
     // (claims, refused by the proxy): the proxy passes the subject on, the
@@ -800,10 +802,7 @@ async fn an_identity_no_header_can_carry_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_besu_flow_on_a_fixed_tenant() {
-    let k = keys();
-    let pool = start_pool(&k);
-    let (up, seen) = start_upstream().await;
-    let (cfg, _dir) = config("besu", &pool, pool.addr, up, "");
+    let (k, _pool, seen, cfg, _dir) = rig("besu", "").await;
     let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let proxy = gw.proxy.unwrap();
     let token =
@@ -858,10 +857,7 @@ async fn the_besu_flow_on_a_fixed_tenant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_auth_answers_from_the_forwarded_headers() {
-    let k = keys();
-    let pool = start_pool(&k);
-    let (up, _seen) = start_upstream().await;
-    let (cfg, _dir) = config("fa", &pool, pool.addr, up, "");
+    let (k, _pool, _seen, cfg, _dir) = rig("fa", "").await;
     let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let fa = gw.forward_auth.unwrap();
     let exp = now() + 600;
@@ -1336,16 +1332,8 @@ async fn with_ext_authz(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_raw_headers_and_large_checks_are_read() {
     use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-    let k = keys();
-    let pool = start_pool(&k);
-    let (up, _seen) = start_upstream().await;
-    let (cfg, _dir) = config(
-        "envoy-raw",
-        &pool,
-        pool.addr,
-        up,
-        "[limits]\nmax_body_bytes = 8388608\n",
-    );
+    let (k, _pool, _seen, cfg, _dir) =
+        rig("envoy-raw", "[limits]\nmax_body_bytes = 8388608\n").await;
     let (gw, mut client) = with_ext_authz(cfg, true).await;
     let token =
         k.rs.mint(
@@ -1413,10 +1401,7 @@ async fn envoy_raw_headers_and_large_checks_are_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_ext_authz_over_grpc() {
-    let k = keys();
-    let pool = start_pool(&k);
-    let (up, _seen) = start_upstream().await;
-    let (cfg, _dir) = config("envoy", &pool, pool.addr, up, "");
+    let (k, _pool, _seen, cfg, _dir) = rig("envoy", "").await;
     let (gw, mut client) = with_ext_authz(cfg, true).await;
     let exp = now() + 600;
     let token = k.rs.mint(Some("rsa-1"), &json!({"sub":"erin","aud":AUD,"exp":exp,"methods":["eth_getBalance"],"addresses":[A],"scope":"rw"}).to_string()).unwrap();
@@ -1799,16 +1784,7 @@ async fn connect_from(addr: SocketAddr, local: [u8; 4]) -> tokio::net::TcpStream
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_cannot_hold_every_slot_of_a_door() {
     use tokio::io::AsyncReadExt;
-    let k = keys();
-    let pool = start_pool(&k);
-    let (up, _seen) = start_upstream().await;
-    let (cfg, _dir) = config(
-        "door-share",
-        &pool,
-        pool.addr,
-        up,
-        "[limits]\nmax_connections = 4\n",
-    );
+    let (_k, _pool, _seen, cfg, _dir) = rig("door-share", "[limits]\nmax_connections = 4\n").await;
     let mut cfg = cfg;
     cfg.ext_authz = Some(jotd_gateway::config::ExtAuthz {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -2015,16 +1991,11 @@ async fn one_address_cannot_hold_every_websocket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_cannot_hold_a_connection_or_the_drain() {
     use tokio::io::AsyncWriteExt;
-    let k = keys();
-    let pool = start_pool(&k);
-    let (up, _seen) = start_upstream().await;
-    let (cfg, _dir) = config(
+    let (_k, _pool, _seen, cfg, _dir) = rig(
         "never-reads",
-        &pool,
-        pool.addr,
-        up,
         "[limits]\nmax_connections = 2\nwrite_timeout_ms = 500\n",
-    );
+    )
+    .await;
     let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let proxy = gw.proxy.unwrap();
     assert_eq!(status_of_a_get(proxy).await, Some(405));
@@ -2068,10 +2039,7 @@ async fn a_client_that_never_reads_cannot_hold_a_connection_or_the_drain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrades_and_cut_bodies_are_refused_by_the_authorizer_doors() {
-    let k = keys();
-    let pool = start_pool(&k);
-    let (up, _seen) = start_upstream().await;
-    let (cfg, _dir) = config("ws-auth", &pool, pool.addr, up, "");
+    let (k, _pool, _seen, cfg, _dir) = rig("ws-auth", "").await;
     let (gw, mut client) = with_ext_authz(cfg, false).await;
     let fa = gw.forward_auth.unwrap();
     let exp = now() + 600;
@@ -2130,10 +2098,7 @@ async fn websocket_upgrades_and_cut_bodies_are_refused_by_the_authorizer_doors()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uri_header_off_takes_the_tenant_from_the_path_alone() {
-    let k = keys();
-    let pool = start_pool(&k);
-    let (up, _seen) = start_upstream().await;
-    let (mut cfg, dir) = config("uri-off", &pool, pool.addr, up, "");
+    let (k, _pool, _seen, mut cfg, dir) = rig("uri-off", "").await;
     // `uri_header = ""` reads as "no such header".
     let text = std::fs::read_to_string(dir.path().join("gw.toml"))
         .unwrap()
