@@ -667,17 +667,8 @@ async fn a_batch_array_is_answered_in_order_with_mixed_outcomes() {
 /// reads both as 0), so they go one by one too, never crossed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstream_budget_holds_per_request_and_ids_never_cross() {
-    let k = keys();
-    let pool = start_pool(&k);
-    let (up, seen) = start_upstream().await;
     // One answer of the mock node is 52 bytes: three fit in 160.
-    let (cfg, _dir) = config(
-        "budget",
-        &pool,
-        pool.addr,
-        up,
-        "[limits]\nmax_upstream_bytes = 160\n",
-    );
+    let (k, _pool, seen, cfg, _dir) = rig("budget", "[limits]\nmax_upstream_bytes = 160\n").await;
     let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let proxy = gw.proxy.unwrap();
     let claims = json!({"sub":"bob","aud":AUD,"exp":now() + 600}).to_string();
@@ -1714,17 +1705,8 @@ async fn an_open_websocket_closes_when_its_token_stops_verifying() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_holding_every_admin_slot_cannot_fail_the_probe() {
     use tokio::io::AsyncReadExt;
-    let k = keys();
-    let pool = start_pool(&k);
-    let (up, _seen) = start_upstream().await;
-    let pool_addr = pool.addr;
-    let (cfg, _dir) = config(
-        "admin-slots",
-        &pool,
-        pool_addr,
-        up,
-        "[admin]\nlisten = \"127.0.0.1:0\"\n",
-    );
+    let (_k, _pool, _seen, cfg, _dir) =
+        rig("admin-slots", "[admin]\nlisten = \"127.0.0.1:0\"\n").await;
     let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let admin = gw.admin.unwrap();
     assert_eq!(post(admin, "/healthz", None, &[], "").await.status, 200);
