@@ -1,6 +1,7 @@
 //! The verified-token cache: gateways present the same token many times.
 //!
-//! Keyed by the exact token bytes (never by the signature alone). An entry
+//! Keyed by the tenant and the exact token bytes (never by the signature
+//! alone; a token valid for two tenants has an entry for each). An entry
 //! remembers what was verified once: signature, header, and the claim rules
 //! that do not depend on time or the request. Time claims, revocation and
 //! policy are checked again on every hit. Entries die at `exp` + leeway (or
@@ -113,6 +114,66 @@ pub(crate) struct Times {
     pub(crate) iat: Option<u64>,
 }
 
+/// A cache key: the tenant a token was verified for, and the token (its
+/// length as two bytes, the tenant id, the token). A token valid for two
+/// tenants (one identity provider's keys configured for both) gets an entry
+/// for each; keyed by the token alone, the two replaced each other and
+/// neither hit.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TokenKey(Box<[u8]>);
+
+impl TokenKey {
+    /// `None` for a tenant id over 65,535 bytes (the config allows 256
+    /// characters; an embedder's may be longer): such a tenant is not cached.
+    fn new(tenant: &str, token: &[u8]) -> Option<Self> {
+        let n = u16::try_from(tenant.len()).ok()?;
+        let mut key = Vec::with_capacity(Self::len(tenant, token.len()));
+        key.extend_from_slice(&n.to_le_bytes());
+        key.extend_from_slice(tenant.as_bytes());
+        key.extend_from_slice(token);
+        Some(Self(key.into_boxed_slice()))
+    }
+
+    const fn len(tenant: &str, token_len: usize) -> usize {
+        2 + tenant.len() + token_len
+    }
+
+    fn parts(&self) -> (&[u8], &[u8]) {
+        let n = usize::from(u16::from_le_bytes([self.0[0], self.0[1]]));
+        self.0[2..].split_at(n)
+    }
+}
+
+/// A lookup's borrowed [`TokenKey`]: hashed and compared as the key it names.
+#[derive(Debug)]
+pub(crate) struct KeyRef<'a> {
+    pub(crate) tenant: &'a str,
+    pub(crate) token: &'a [u8],
+}
+
+// A key and its borrowed form hash the token alone: the lookup costs what it
+// did when the token was the whole key, and a token held for two tenants is
+// two entries in one bucket, told apart by `equivalent`.
+impl std::hash::Hash for KeyRef<'_> {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write(self.token);
+    }
+}
+
+impl std::hash::Hash for TokenKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write(self.parts().1);
+    }
+}
+
+impl quick_cache::Equivalent<TokenKey> for KeyRef<'_> {
+    #[inline]
+    fn equivalent(&self, key: &TokenKey) -> bool {
+        key.parts() == (self.tenant.as_bytes(), self.token)
+    }
+}
+
 /// What the cache keeps per token.
 #[derive(Debug)]
 pub(crate) struct CachedToken {
@@ -156,10 +217,11 @@ impl CachedToken {
         info: Arc<TokenInfo>,
     ) -> Self {
         // What the entry really holds, so the byte bound holds in resident memory:
-        // every allocation (the key, the entry's and the token facts' Arcs with
-        // their two counts, the tenant, the jti, and the heap parts of the grants
-        // and facts) as the allocator sizes it, plus the map's slot.
-        let bytes = heap_alloc(token_len)
+        // every allocation (the key with its tenant, the entry's and the token
+        // facts' Arcs with their two counts, the tenant, the jti, and the heap
+        // parts of the grants and facts) as the allocator sizes it, plus the
+        // map's slot.
+        let bytes = heap_alloc(TokenKey::len(tenant, token_len))
             + heap_alloc(std::mem::size_of::<Self>() + 16)
             + heap_alloc(std::mem::size_of::<TokenInfo>() + 16)
             + heap_alloc(tenant.len())
@@ -257,9 +319,9 @@ struct EntryWeight {
     floor: u64,
 }
 
-impl quick_cache::Weighter<Box<[u8]>, Arc<CachedToken>> for EntryWeight {
+impl quick_cache::Weighter<TokenKey, Arc<CachedToken>> for EntryWeight {
     #[inline]
-    fn weight(&self, _: &Box<[u8]>, entry: &Arc<CachedToken>) -> u64 {
+    fn weight(&self, _: &TokenKey, entry: &Arc<CachedToken>) -> u64 {
         (entry.bytes as u64).max(self.floor)
     }
 }
@@ -275,12 +337,12 @@ struct EvictionState {
     full: AtomicBool,
 }
 
-impl quick_cache::Lifecycle<Box<[u8]>, Arc<CachedToken>> for Evictions {
+impl quick_cache::Lifecycle<TokenKey, Arc<CachedToken>> for Evictions {
     /// Up to two evicted entries, dropped after the shard lock is released.
-    type RequestState = [Option<(Box<[u8]>, Arc<CachedToken>)>; 2];
+    type RequestState = [Option<(TokenKey, Arc<CachedToken>)>; 2];
 
     #[inline]
-    fn on_evict(&self, state: &mut Self::RequestState, key: Box<[u8]>, val: Arc<CachedToken>) {
+    fn on_evict(&self, state: &mut Self::RequestState, key: TokenKey, val: Arc<CachedToken>) {
         self.0.evictions.fetch_add(1, Relaxed);
         if !self.0.full.load(Relaxed) {
             self.0.full.store(true, Relaxed);
@@ -452,7 +514,7 @@ const LARGE_ENTRY: u64 = 40 << 10;
 const SMALL_ENTRY: usize = 256;
 
 pub(crate) struct TokenCache {
-    map: quick_cache::sync::Cache<Box<[u8]>, Arc<CachedToken>, EntryWeight, Hasher, Evictions>,
+    map: quick_cache::sync::Cache<TokenKey, Arc<CachedToken>, EntryWeight, Hasher, Evictions>,
     /// quick_cache hands an entry heavier than ~97 % of a shard straight back
     /// (evicted unseen): such an entry is turned away here instead.
     max_weight: u64,
@@ -546,9 +608,10 @@ impl TokenCache {
         &self.config
     }
 
+    /// The entry of `token` verified for `tenant`.
     #[inline]
-    pub(crate) fn get(&self, token: &[u8]) -> Option<Arc<CachedToken>> {
-        self.map.get(token)
+    pub(crate) fn get(&self, tenant: &str, token: &[u8]) -> Option<Arc<CachedToken>> {
+        self.map.get(&KeyRef { tenant, token })
     }
 
     /// Whether a verified token may be inserted: always while the cache has
@@ -584,7 +647,10 @@ impl TokenCache {
     /// Inserts a verified token that [`TokenCache::admits`] let in; one too
     /// large for a shard is counted as rejected instead.
     pub(crate) fn insert(&self, token: &[u8], entry: CachedToken, counts: &mut LocalCounts) {
-        let key: Box<[u8]> = token.into();
+        let Some(key) = TokenKey::new(&entry.tenant, token) else {
+            counts.rejected += 1;
+            return;
+        };
         let entry = Arc::new(entry);
         if quick_cache::Weighter::weight(&self.weigher, &key, &entry) > self.max_weight {
             counts.rejected += 1;

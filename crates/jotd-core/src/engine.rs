@@ -231,7 +231,7 @@ impl Engine {
                     Ok(d) | Err(d) => d,
                 };
             }
-            if let Some(hit) = cache.get(token)
+            if let Some(hit) = cache.get(&tenant.id, token)
                 && hit.valid_for(&tenant.id, tenant.epoch, now.0)
             {
                 scratch.counts.hits += 1;

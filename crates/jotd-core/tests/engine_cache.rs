@@ -117,6 +117,44 @@ fn key_changes_drop_cached_tokens() {
     assert_eq!(e.cache_stats().unwrap().hits, 0);
 }
 
+/// One identity provider's keys configured for two tenants: a token valid
+/// for both has an entry per tenant, each checked against its own tenant's
+/// rules and epoch. (Keyed by the token alone, each tenant's verify replaced
+/// the other's entry, and a client alternating between them never hit.)
+#[test]
+fn a_token_valid_for_two_tenants_hits_for_each() {
+    let e = cached(1000);
+    // Tenant u has revoked the token's jti; tenant t has not.
+    let revoked = || {
+        let mut u = tenant("u", &[Es256]);
+        let mut d = Denylist::default();
+        d.jti.insert("j-9".into(), UnixTime(NOW + 600));
+        u.denylist = Arc::new(d);
+        u
+    };
+    let snap = snapshot(vec![tenant("t", &[Es256]), revoked()]);
+    let token = mint(Es256, json!({"jti": "j-9"}));
+    let on = |snap: &Snapshot, tenant: &str| {
+        let req = Request::bearer(tenant, token.as_bytes());
+        e.verify(snap, &req, UnixTime(NOW)).reason()
+    };
+    for _ in 0..5 {
+        assert_eq!(on(&snap, "t"), Reason::Ok);
+        assert_eq!(on(&snap, "u"), Reason::Revoked);
+    }
+    let s = e.cache_stats().unwrap();
+    assert_eq!((s.misses, s.inserts, s.entries), (2, 2, 2), "{s:?}");
+    assert_eq!(s.hits, 8);
+    // A new epoch for one tenant drops its entry only.
+    let mut u2 = revoked();
+    u2.epoch = 7;
+    let snap2 = snapshot(vec![tenant("t", &[Es256]), u2]);
+    assert_eq!(on(&snap2, "t"), Reason::Ok);
+    assert_eq!(on(&snap2, "u"), Reason::Revoked);
+    let s2 = e.cache_stats().unwrap();
+    assert_eq!((s2.hits - s.hits, s2.misses - s.misses), (1, 1), "{s2:?}");
+}
+
 #[test]
 fn bounded_in_entries_and_bytes() {
     let e = cached(64);
