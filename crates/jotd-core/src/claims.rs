@@ -27,9 +27,16 @@ pub(crate) struct ClaimsWanted<'c> {
 /// A parsed claims set, borrowing from the decoded payload.
 #[derive(Debug, Default)]
 pub(crate) struct Claims<'a> {
+    /// Whole seconds, a fraction rounded toward refusal for each check
+    /// (RFC 7519 allows one): `exp` down (it expires no later), `nbf` and
+    /// `iat` up (valid no sooner, issued no earlier).
     pub(crate) exp: Option<u64>,
     pub(crate) nbf: Option<u64>,
     pub(crate) iat: Option<u64>,
+    /// Whether `exp` / `iat` had a fraction: the lifetime cap measures
+    /// `exp` rounded up from `iat` rounded down, so it is never understated.
+    pub(crate) exp_fraction: bool,
+    pub(crate) iat_fraction: bool,
     pub(crate) iss: Option<Cow<'a, str>>,
     pub(crate) sub: Option<Cow<'a, str>>,
     pub(crate) jti: Option<Cow<'a, str>>,
@@ -165,9 +172,15 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_, '_, '_, 'de> {
             };
             let g = &mut claims.grants;
             match &*name {
-                "exp" => value.set(&mut claims.exp, |d: NumericDate| d.0)?,
-                "nbf" => value.set(&mut claims.nbf, |d: NumericDate| d.0)?,
-                "iat" => value.set(&mut claims.iat, |d: NumericDate| d.0)?,
+                "exp" => value.set(&mut claims.exp, |d: NumericDate| {
+                    claims.exp_fraction = d.fraction;
+                    d.seconds
+                })?,
+                "nbf" => value.set(&mut claims.nbf, NumericDate::up)?,
+                "iat" => value.set(&mut claims.iat, |d: NumericDate| {
+                    claims.iat_fraction = d.fraction;
+                    d.up()
+                })?,
                 "iss" => value.set(&mut claims.iss, |s: StrCow<'de>| s.0)?,
                 "sub" => value.set(&mut claims.sub, |s: StrCow<'de>| s.0)?,
                 "jti" => value.set(&mut claims.jti, |s: StrCow<'de>| s.0)?,
@@ -268,8 +281,19 @@ impl<'de> Deserialize<'de> for Audience<'de> {
     }
 }
 
-/// A NumericDate: a non-negative JSON number of seconds; fractions are truncated.
-struct NumericDate(u64);
+/// A NumericDate: a non-negative JSON number of seconds, whole, and whether
+/// a fraction was cut off.
+struct NumericDate {
+    seconds: u64,
+    fraction: bool,
+}
+
+impl NumericDate {
+    /// Rounded up.
+    const fn up(self) -> u64 {
+        self.seconds.saturating_add(self.fraction as u64)
+    }
+}
 
 impl<'de> Deserialize<'de> for NumericDate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -280,18 +304,27 @@ impl<'de> Deserialize<'de> for NumericDate {
                 f.write_str("a non-negative number of seconds")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(NumericDate(v))
+                Ok(NumericDate {
+                    seconds: v,
+                    fraction: false,
+                })
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
                 u64::try_from(v)
-                    .map(NumericDate)
+                    .map(|seconds| NumericDate {
+                        seconds,
+                        fraction: false,
+                    })
                     .map_err(|_| E::custom("negative NumericDate"))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
                 if v.is_finite() && v >= 0.0 {
                     // `as` saturates at u64::MAX, which is far past any real expiry.
                     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                    Ok(NumericDate(v as u64))
+                    Ok(NumericDate {
+                        seconds: v as u64,
+                        fraction: v.fract() != 0.0,
+                    })
                 } else {
                     Err(E::custom("negative NumericDate"))
                 }

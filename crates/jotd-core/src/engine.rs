@@ -437,6 +437,9 @@ fn static_checks(tenant: &Tenant, key: &TenantKey, claims: &Claims<'_>) -> Resul
         let (Some(exp), Some(iat)) = (claims.exp, claims.iat) else {
             return Err(Reason::MissingClaim);
         };
+        // Rounded so the lifetime is never understated: `exp` up, `iat` down.
+        let exp = exp.saturating_add(u64::from(claims.exp_fraction));
+        let iat = iat - u64::from(claims.iat_fraction);
         if iat > exp {
             return Err(Reason::InvalidClaim);
         }

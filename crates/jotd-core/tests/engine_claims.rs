@@ -76,6 +76,61 @@ fn time_claims_with_leeway() {
     );
 }
 
+/// A fractional NumericDate (RFC 7519 allows one) is rounded toward refusal
+/// for each check: `exp` down, `nbf` and `iat` up, and the lifetime measured
+/// from `iat` down to `exp` up. (Truncating every one let a token with `nbf`
+/// half a second ahead verify with no leeway.)
+#[test]
+fn fractional_dates_round_toward_refusal() {
+    let mut t = tenant("t", &[Es256]);
+    t.claims.leeway = Duration::ZERO;
+    t.claims.max_lifetime = Some(Duration::from_secs(60));
+    let snap = one(t);
+    let e = uncached();
+    let half = |s: u64| s as f64 + 0.5;
+    let at = |now: u64, claims: serde_json::Value| {
+        let token = mint(Es256, claims);
+        e.verify(
+            &snap,
+            &Request::bearer("t", token.as_bytes()),
+            UnixTime(now),
+        )
+        .reason()
+    };
+    let base = |extra: serde_json::Value| {
+        let mut c = json!({"iat": NOW - 10, "exp": NOW + 30});
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        c
+    };
+    assert_eq!(
+        at(NOW, base(json!({"nbf": half(NOW)}))),
+        Reason::NotYetValid
+    );
+    assert_eq!(at(NOW + 1, base(json!({"nbf": half(NOW)}))), Reason::Ok);
+    assert_eq!(
+        at(NOW, base(json!({"iat": half(NOW)}))),
+        Reason::IssuedInFuture
+    );
+    assert_eq!(at(NOW + 1, base(json!({"iat": half(NOW)}))), Reason::Ok);
+    assert_eq!(at(NOW, base(json!({"exp": half(NOW)}))), Reason::Expired);
+    assert_eq!(at(NOW - 1, base(json!({"exp": half(NOW)}))), Reason::Ok);
+    // Lifetime 60.5 s, or 60.25 s, against a 60 s cap.
+    assert_eq!(
+        at(NOW, base(json!({"exp": half(NOW + 50)}))),
+        Reason::LifetimeTooLong
+    );
+    assert_eq!(
+        at(
+            NOW,
+            base(json!({"iat": (NOW - 10) as f64 - 0.25, "exp": NOW + 50}))
+        ),
+        Reason::LifetimeTooLong
+    );
+    assert_eq!(at(NOW, base(json!({"exp": NOW + 50}))), Reason::Ok);
+}
+
 #[test]
 fn exp_optional_and_lifetime_cap() {
     let mut t = tenant("t", &[Es256]);

@@ -19,7 +19,14 @@ fn parse_with<'a>(json: &'a str, wanted: ClaimsWanted<'_>) -> Result<Claims<'a>,
 fn registered_claims_are_typed_and_borrowed() {
     let c = parse(r#"{"exp":10,"nbf":5.9,"iat":4,"iss":"i","sub":"s","jti":"j","aud":["a","b"],"x":{"y":[1]}}"#)
         .unwrap();
-    assert_eq!((c.exp, c.nbf, c.iat), (Some(10), Some(5), Some(4)));
+    assert_eq!(
+        (c.exp, c.nbf, c.iat),
+        (Some(10), Some(6), Some(4)),
+        "nbf rounds up"
+    );
+    let f = parse(r#"{"exp":10.5,"nbf":5,"iat":4.25}"#).unwrap();
+    assert_eq!((f.exp, f.nbf, f.iat), (Some(10), Some(5), Some(5)));
+    assert!(f.exp_fraction && f.iat_fraction && !c.exp_fraction);
     assert!(matches!(c.sub, Some(Cow::Borrowed("s"))));
     assert_eq!(c.aud.unwrap().as_slice(), ["a", "b"]);
     let one = parse(r#"{"aud":"only"}"#).unwrap();
