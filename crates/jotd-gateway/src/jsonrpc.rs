@@ -174,9 +174,12 @@ pub struct AddressTable {
     rows: BTreeMap<String, Vec<ParamPath>>,
 }
 
-/// The built-in rows (docs/gateways.md lists them). `from` is not an address
-/// the call touches (it is the caller), so only targets count. `eth_subscribe`
-/// is handled apart (its second parameter depends on the first).
+/// The built-in rows (docs/gateways.md lists them): the targets a call
+/// touches, and for the methods that make the node sign, the signing account
+/// (`eth_sign`'s `0`, a transaction's `from`): on a node holding unlocked keys
+/// that account is what the call spends. `eth_subscribe` is handled apart
+/// (its second parameter depends on the first) unless an operator's row
+/// names it.
 const ETHEREUM: &[(&str, &[&str])] = &[
     ("eth_getBalance", &["0"]),
     ("eth_getCode", &["0"]),
@@ -186,10 +189,10 @@ const ETHEREUM: &[(&str, &[&str])] = &[
     ("eth_call", &["0.to", "2!"]),
     ("eth_estimateGas", &["0.to", "2!"]),
     ("eth_createAccessList", &["0.to", "2!"]),
-    ("eth_sendTransaction", &["0.to"]),
-    ("eth_signTransaction", &["0.to"]),
-    ("personal_sendTransaction", &["0.to"]),
-    ("personal_signTransaction", &["0.to"]),
+    ("eth_sendTransaction", &["0.to", "0.from"]),
+    ("eth_signTransaction", &["0.to", "0.from"]),
+    ("personal_sendTransaction", &["0.to", "0.from"]),
+    ("personal_signTransaction", &["0.to", "0.from"]),
     ("debug_traceCall", &["0.to", "2!"]),
     ("trace_call", &["0.to", "3!"]),
     ("eth_simulateV1", &["*"]),
@@ -425,7 +428,8 @@ fn addresses_of(
         field: "address".into(),
         list: true,
     }];
-    let paths: &[ParamPath] = if method == "eth_subscribe" {
+    // An operator's own `eth_subscribe` row replaces this.
+    let paths: &[ParamPath] = if method == "eth_subscribe" && !table.rows.contains_key(method) {
         match param(0).and_then(Value::as_str) {
             Some("logs") => &subscribe,
             Some("newHeads" | "newPendingTransactions" | "syncing") => &[],
@@ -1026,5 +1030,55 @@ mod tests {
             t.rows()
                 .any(|(m, ps)| m == "x" && ps == ["2!", "*", "0.a[]"])
         );
+        // An operator's eth_subscribe row replaces the built-in handling of
+        // its kinds (it was accepted and then ignored).
+        let heads = br#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newPendingTransactions",true]}"#;
+        let addresses = |t: &AddressTable| match parse(heads, t, 10).unwrap() {
+            Body::Single(c) => c.unwrap().addresses,
+            Body::Batch(_) => panic!("batch"),
+        };
+        assert!(addresses(&t).is_empty(), "built in: touches no address");
+        t.set("eth_subscribe", &["*".into()]).unwrap();
+        assert_eq!(addresses(&t), [ANY]);
+    }
+
+    /// A method that makes the node sign (on a node holding unlocked keys)
+    /// touches its signing account: `eth_sign`'s first parameter, and a
+    /// transaction's `from` (before, only `to` was checked, so a token
+    /// limited to one contract could spend any account the node holds).
+    #[test]
+    fn the_signing_account_is_an_address_the_call_touches() {
+        const B: &str = "0x90F8bf6A479f320ead074411a4B0e7944Ea8c9C1";
+        for method in [
+            "eth_sendTransaction",
+            "eth_signTransaction",
+            "personal_sendTransaction",
+            "personal_signTransaction",
+        ] {
+            let c = single(&format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":[{{"from":"{B}","to":"{A}","data":"0x"}}]}}"#
+            ))
+            .unwrap();
+            let mut got = c.addresses.clone();
+            got.sort();
+            let mut want = vec![A.to_ascii_lowercase(), B.to_ascii_lowercase()];
+            want.sort();
+            assert_eq!(got, want, "{method}");
+            // Without `from` the node picks the account: unbounded.
+            let c = single(&format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":[{{"to":"{A}"}}]}}"#
+            ))
+            .unwrap();
+            assert!(
+                c.addresses.iter().any(|a| a == ANY),
+                "{method}: {:?}",
+                c.addresses
+            );
+        }
+        let c = single(&format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"eth_sign","params":["{B}","0x00"]}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.addresses, [B.to_ascii_lowercase()]);
     }
 }
