@@ -41,6 +41,12 @@ pub struct ExtAuthzDoor {
     pub remove_authorization: bool,
 }
 
+/// The least a CheckRequest is read up to (64 MiB), whatever
+/// `max_body_bytes` is: a body between the two is refused by the door (413).
+/// Keep Envoy's `max_request_bytes` at or below it; a larger CheckRequest is
+/// a gRPC error (docs/gateways.md).
+pub(crate) const MIN_CHECK_READ: usize = 64 << 20;
+
 /// The headers the checks read.
 const CHECKED: [&str; 7] = [
     "authorization",

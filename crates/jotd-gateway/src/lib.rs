@@ -256,7 +256,24 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             .set_serving::<envoy_types::ext_authz::v3::pb::AuthorizationServer<ext_authz::ExtAuthzDoor>>()
             .await;
         let mut stop = stopped.clone();
-        let max_check_bytes = cfg.limits.max_body_bytes.saturating_add(1 << 20);
+        // A CheckRequest is read up to max_body_bytes + 1 MiB, and at least
+        // MIN_CHECK_READ whatever max_body_bytes is: Envoy's max_request_bytes
+        // may be set above max_body_bytes, and a body past the door's cap must
+        // be answered 413 by the door, not refused by tonic with an error
+        // that Envoy's `failure_mode_allow` lets through.
+        let max_check_bytes = cfg
+            .limits
+            .max_body_bytes
+            .saturating_add(1 << 20)
+            .max(ext_authz::MIN_CHECK_READ);
+        // Past the check deadline (micro-batching and failover included), so
+        // the door's own answer (503 when failing closed) comes first: a tonic
+        // timeout is an error that `failure_mode_allow` lets through too.
+        let call_timeout = cfg
+            .pool
+            .check_timeout
+            .saturating_add(std::time::Duration::from_secs(5))
+            .max(std::time::Duration::from_secs(30));
         // The same cap and share per address as the HTTP doors: Envoy is the
         // peer here (bind this listener where only it can reach it), but a
         // stray client opening connections without end would run the process
@@ -274,7 +291,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             // keep-alive probes so a dead peer's connection goes.
             let serve = tonic::transport::Server::builder()
                 .max_concurrent_streams(Some(1024))
-                .timeout(std::time::Duration::from_secs(30))
+                .timeout(call_timeout)
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
                 .add_service(health_service)

@@ -1387,6 +1387,19 @@ async fn envoy_raw_headers_and_large_checks_are_read() {
         .expect("the door answers, not tonic")
         .into_inner();
     assert_ne!(code(&r), 0, "{:?}", r.status);
+    // Past max_body_bytes (Envoy's max_request_bytes may be set higher): the
+    // door refuses it with 413, not tonic with a gRPC error.
+    let huge = " ".repeat((8 << 20) + (2 << 20));
+    let r = client
+        .check(envoy_check("/v3/infura", Some(&token), &huge, None))
+        .await
+        .expect("the door answers, not tonic")
+        .into_inner();
+    let status = match r.http_response {
+        Some(envoy::HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
+        _ => -1,
+    };
+    assert_eq!(status, 413);
     gw.drain().await;
 }
 
