@@ -3,10 +3,14 @@
 //!
 //! ```toml
 //! [[revoke]]
-//! tenant = "project-a"
+//! tenant = "project-a"      # or all_tenants = true
 //! jti = "5f1c2a"            # or sub = "user-17"
 //! until = 1767225600        # Unix seconds; usually the token's exp
 //! ```
+//!
+//! `all_tenants = true` revokes in every tenant, those a reload adds too:
+//! one identity provider's keys often serve several tenants, and a token
+//! revoked in one alone still verified in the others.
 
 use crate::config::{ConfigError, Locator};
 use jotd_core::{Denylist, UnixTime};
@@ -26,7 +30,10 @@ struct RawFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEntry {
-    tenant: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    all_tenants: Option<bool>,
     #[serde(default)]
     jti: Option<String>,
     #[serde(default)]
@@ -34,13 +41,40 @@ struct RawEntry {
     until: u64,
 }
 
-/// Per-tenant denylists, by tenant id.
-pub type Denylists = HashMap<String, Arc<Denylist>>;
+/// The denylists of a config: per tenant, and the entries for every tenant.
+#[derive(Debug, Default, Clone)]
+pub struct Denylists {
+    /// By tenant id, the every-tenant entries merged in.
+    tenants: HashMap<String, Arc<Denylist>>,
+    /// The entries for every tenant (`all_tenants = true`).
+    every: Option<Arc<Denylist>>,
+}
+
+impl Denylists {
+    /// What tenant `id` revokes: its own entries and every tenant's.
+    #[must_use]
+    pub fn for_tenant(&self, id: &str) -> Option<&Arc<Denylist>> {
+        self.tenants.get(id).or(self.every.as_ref())
+    }
+
+    /// The entries for every tenant, if any.
+    #[must_use]
+    pub fn every_tenant(&self) -> Option<&Arc<Denylist>> {
+        self.every.as_ref()
+    }
+}
+
+/// Adds `entry` to `list`, the later `until` holding when it is listed twice.
+fn add(list: &mut HashMap<Box<str>, UnixTime>, value: &str, until: u64) {
+    let at = list.entry(value.into()).or_insert(UnixTime(until));
+    at.0 = at.0.max(until);
+}
 
 /// Parses a denylist file. Every tenant named must exist (`known`).
 ///
 /// # Errors
-/// Bad TOML, an entry with neither or both of `jti`/`sub`, or an unknown tenant.
+/// Bad TOML, an entry with neither or both of `jti`/`sub` or of
+/// `tenant`/`all_tenants = true`, or an unknown tenant.
 pub fn parse(
     file: &Path,
     text: &str,
@@ -54,17 +88,30 @@ pub fn parse(
         message: e.message().trim().to_owned(),
     })?;
     let mut lists: HashMap<String, Denylist> = HashMap::new();
+    let mut every = Denylist::default();
     for (i, entry) in raw.revoke.iter().enumerate() {
         let e = entry.get_ref();
         let at = format!("revoke[{i}]");
-        if !known(&e.tenant) {
-            return Err(loc.error(
-                entry.span(),
-                format!("{at}.tenant"),
-                format_args!("no tenant `{}` in the config", e.tenant),
-            ));
-        }
-        let list = lists.entry(e.tenant.clone()).or_default();
+        let list = match (&e.tenant, e.all_tenants) {
+            (Some(tenant), None | Some(false)) => {
+                if !known(tenant) {
+                    return Err(loc.error(
+                        entry.span(),
+                        format!("{at}.tenant"),
+                        format_args!("no tenant `{tenant}` in the config"),
+                    ));
+                }
+                lists.entry(tenant.clone()).or_default()
+            }
+            (None, Some(true)) => &mut every,
+            _ => {
+                return Err(loc.error(
+                    entry.span(),
+                    at,
+                    "give exactly one of tenant = \"…\", all_tenants = true",
+                ));
+            }
+        };
         let (map, value, field) = match (&e.jti, &e.sub) {
             (Some(jti), None) => (&mut list.jti, jti, "jti"),
             (None, Some(sub)) => (&mut list.sub, sub, "sub"),
@@ -83,12 +130,23 @@ pub fn parse(
         }
         // The same jti or sub listed twice (an old entry left behind): the later `until`
         // holds, so a stale line can never shorten a revocation.
-        let until = map
-            .entry(value.as_str().into())
-            .or_insert(UnixTime(e.until));
-        until.0 = until.0.max(e.until);
+        add(map, value, e.until);
     }
-    Ok(lists.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+    // A tenant with entries of its own holds every tenant's too, merged once
+    // here (not per lookup, not per snapshot).
+    for list in lists.values_mut() {
+        for (jti, until) in &every.jti {
+            add(&mut list.jti, jti, until.0);
+        }
+        for (sub, until) in &every.sub {
+            add(&mut list.sub, sub, until.0);
+        }
+    }
+    let every = (!every.is_empty()).then(|| Arc::new(every));
+    Ok(Denylists {
+        tenants: lists.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+        every,
+    })
 }
 
 #[cfg(test)]
@@ -106,7 +164,7 @@ mod tests {
                 entry(kind, 1) + &entry(kind, 2_000_000_000),
             ] {
                 let lists = parse(Path::new("revoked.toml"), &text, &|t| t == "t").unwrap();
-                let list = &lists["t"];
+                let list = lists.for_tenant("t").unwrap();
                 let (jti, sub) = if kind == "jti" {
                     (Some("stolen"), None)
                 } else {
@@ -119,6 +177,44 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `all_tenants = true` revokes in every tenant, merged into the lists of
+    /// tenants with entries of their own (the later `until` holding); an
+    /// entry names a tenant or all of them, never both or neither.
+    #[test]
+    fn an_entry_for_all_tenants_reaches_every_tenant() {
+        let text = "[[revoke]]\nall_tenants = true\njti = \"leaked\"\nuntil = 300\n\
+                    [[revoke]]\ntenant = \"t\"\njti = \"leaked\"\nuntil = 200\n\
+                    [[revoke]]\ntenant = \"t\"\nsub = \"own\"\nuntil = 300\n";
+        let known = |t: &str| t == "t" || t == "u";
+        let lists = parse(Path::new("revoked.toml"), text, &known).unwrap();
+        for id in ["t", "u", "added-by-a-reload"] {
+            let list = lists.for_tenant(id).unwrap();
+            assert!(list.is_revoked(Some("leaked"), None, UnixTime(250)), "{id}");
+            assert!(
+                !list.is_revoked(Some("leaked"), None, UnixTime(300)),
+                "{id}"
+            );
+            assert_eq!(list.is_revoked(None, Some("own"), UnixTime(1)), id == "t");
+        }
+        assert_eq!(lists.every_tenant().unwrap().jti.len(), 1);
+        for (entry, line) in [
+            ("tenant = \"t\"\nall_tenants = true\n", 2),
+            ("all_tenants = false\n", 2),
+            ("", 2),
+        ] {
+            let text = format!("\n[[revoke]]\n{entry}jti = \"x\"\nuntil = 1\n");
+            let e = parse(Path::new("revoked.toml"), &text, &known).unwrap_err();
+            assert_eq!(
+                (e.line, e.key.as_str()),
+                (Some(line), "revoke[0]"),
+                "{text}: {e}"
+            );
+            assert!(e.message.contains("all_tenants = true"), "{e}");
+        }
+        let none = parse(Path::new("revoked.toml"), "", &known).unwrap();
+        assert!(none.for_tenant("t").is_none() && none.every_tenant().is_none());
     }
 
     /// A `jti` or `sub` that can only be a paste mistake (a trailing newline

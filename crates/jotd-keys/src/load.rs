@@ -136,7 +136,7 @@ pub fn load_section(
         }
     }
     let (denylist_file, denylists) = match &raw.denylist_file {
-        None => (None, Denylists::new()),
+        None => (None, Denylists::default()),
         Some(named) => {
             let path = crate::config::resolve(file, named.get_ref());
             let bytes = tracking(&path).map_err(|e| {
@@ -318,7 +318,7 @@ impl KeysConfig {
             }
             let d = ctx.finish();
             tenant.epoch = u64::from_le_bytes(d.as_ref()[..8].try_into().expect("8 bytes"));
-            if let Some(list) = self.denylists.get(&*tenant.id) {
+            if let Some(list) = self.denylists.for_tenant(&tenant.id) {
                 tenant.denylist = Arc::clone(list);
             }
             Arc::new(tenant)

@@ -459,6 +459,27 @@ fn jwks_files_and_denylists() {
     assert!(idp.denylist.is_revoked(None, Some("mallory"), UnixTime(1)));
     assert!(cfg.files.contains(&PathBuf::from("/etc/jotd/revoked.toml")));
 
+    // One IdP's token revoked in every tenant: one with entries of its own
+    // and one without both hold it.
+    let two = "denylist_file = \"revoked.toml\"\n[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"h\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n[[tenant]]\nid = \"b\"\n[[tenant.key]]\nkid = \"h\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+    let everywhere = "[[revoke]]\nall_tenants = true\njti = \"leaked\"\nuntil = 2000000000\n[[revoke]]\ntenant = \"a\"\nsub = \"mallory\"\nuntil = 2000000000\n";
+    let cfg = Files::new(two)
+        .with("/etc/jotd/revoked.toml", everywhere)
+        .load()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let snap = cfg.snapshot(1, &|_, _| None);
+    for id in ["a", "b"] {
+        let t = snap.tenant(id).unwrap();
+        assert!(
+            t.denylist.is_revoked(Some("leaked"), None, UnixTime(1)),
+            "{id}"
+        );
+        assert_eq!(
+            t.denylist.is_revoked(None, Some("mallory"), UnixTime(1)),
+            id == "a"
+        );
+    }
+
     let bad_jwks = Files::new(config)
         .with("/etc/jotd/jwks.json", "{\"keys\":[]}")
         .with("/etc/jotd/revoked.toml", revoked)

@@ -179,7 +179,7 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
                 }
             }
         }
-        if let Some(d) = cfg.denylists.get(&*t.id) {
+        if let Some(d) = cfg.denylists.for_tenant(&t.id) {
             writeln!(out, "  denylist: {} jti, {} sub", d.jti.len(), d.sub.len())?;
         }
     }
