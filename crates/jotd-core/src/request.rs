@@ -14,6 +14,10 @@ pub struct Request<'a> {
     /// The JSON-RPC method (`eth_blockNumber`), if any.
     pub method: Option<&'a str>,
     /// Addresses the request touches (`to` of a call, say); hex, any case.
+    /// Empty means "touches no address", never "unknown": a caller that
+    /// cannot tell what a call touches (a contract creation, a filter id, a
+    /// method it does not know) must send `*`, which only a token allowing
+    /// `*` accepts (jotd-gateway's address table does so).
     pub addresses: &'a [&'a str],
     /// The HTTP `Origin` header, if any.
     pub origin: Option<&'a str>,
