@@ -435,8 +435,13 @@ impl Config {
         if p.endpoints.is_empty() {
             return Err(err(pool_span, "endpoints", "no jotd endpoint given".into()));
         }
-        for e in &p.endpoints {
+        for (i, e) in p.endpoints.iter().enumerate() {
             let s = e.get_ref();
+            // Twice in the list, one endpoint would take two shares of the
+            // checks and write each pool metric series twice.
+            if p.endpoints[..i].iter().any(|f| f.get_ref() == s) {
+                return Err(err(e.span(), "endpoints", format!("`{s}` is listed twice")));
+            }
             let ok = s.parse::<SocketAddr>().is_ok()
                 || s.rsplit_once(':')
                     .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());

@@ -108,10 +108,13 @@ tenant = "demo-besu"
 }
 
 fn check(cfg: &Config) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
     // The files `serve` would read at start, read and checked the same way.
     jotd_gateway::pool_tls(cfg)?;
-    println!("{}: OK", cfg.file.display());
-    println!(
+    let mut out = String::new();
+    writeln!(out, "{}: OK", cfg.file.display())?;
+    writeln!(
+        out,
         "pool: {} (ca {}{}, server name {})",
         cfg.pool.endpoints.join(", "),
         cfg.pool.ca_file.display(),
@@ -121,41 +124,53 @@ fn check(cfg: &Config) -> anyhow::Result<()> {
             ""
         },
         cfg.pool.server_name
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  check timeout {:?}, failure mode {:?}, batches of up to {} checks, {:?} max delay, {} eager",
         cfg.pool.check_timeout,
         cfg.pool.failure_mode,
         cfg.batch.max_items,
         cfg.batch.max_delay,
         cfg.batch.eager_batches
-    );
+    )?;
     if let Some(p) = &cfg.proxy {
         let ups: Vec<String> = p.upstreams.iter().map(ToString::to_string).collect();
-        println!("proxy: {} → {}", p.listen, ups.join(", "));
+        writeln!(out, "proxy: {} → {}", p.listen, ups.join(", "))?;
     }
     if let Some(f) = &cfg.forward_auth {
-        println!(
+        writeln!(
+            out,
             "forward_auth: {} (original URI from {}, host from {})",
             f.listen,
             f.uri_header
                 .as_ref()
                 .map_or("the request's own path", |h| h.as_str()),
             f.host_header
-        );
+        )?;
     }
     if let Some(e) = cfg.ext_authz {
-        println!(
+        writeln!(
+            out,
             "ext_authz: {} (gRPC; authorization removed upstream: {})",
             e.listen, e.remove_authorization
-        );
+        )?;
     }
     if let Some(a) = cfg.admin {
-        println!("admin: {a}");
+        writeln!(out, "admin: {a}")?;
     }
-    println!("routes: {}", cfg.routes.len());
-    println!("address table: {} methods", cfg.addresses.rows().count());
-    Ok(())
+    writeln!(out, "routes: {}", cfg.routes.len())?;
+    writeln!(
+        out,
+        "address table: {} methods",
+        cfg.addresses.rows().count()
+    )?;
+    // Written at once; a reader that stops early (`| head -1`) is not an
+    // error (println! panicked on the closed pipe).
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn main() -> std::process::ExitCode {

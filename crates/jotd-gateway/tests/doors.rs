@@ -1144,6 +1144,13 @@ fn config_errors_name_file_line_and_key() {
             ));
         }
     }
+    more.push((
+        base.replace(
+            "endpoints = [\"127.0.0.1:1\"]",
+            "endpoints = [\"127.0.0.1:1\", \"127.0.0.1:1\"]",
+        ) + "[[route]]\ntenant = \"a\"\n",
+        "endpoints".to_owned(),
+    ));
     // An IPv6 prefix is at most 128 bits.
     more.push((
         format!("{base}[[route]]\ntenant = \"a\"\n[limits]\nipv6_share_prefix = 129\n"),
@@ -1571,6 +1578,35 @@ async fn envoy_ext_authz_over_grpc() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
     gw.drain().await;
+}
+
+/// `config check` into a reader that stops early (`| head -1`) exits 0; it
+/// panicked on the closed pipe (exit 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_into_a_closed_pipe_is_not_an_error() {
+    let (_k, _pool, _seen, _cfg, dir) = rig("closed-pipe", "").await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jotd-gateway"))
+        .args(["config", "check", "--config"])
+        .arg(dir.path().join("gw.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let full = std::process::Command::new(env!("CARGO_BIN_EXE_jotd-gateway"))
+        .args(["config", "check", "--config"])
+        .arg(dir.path().join("gw.toml"))
+        .output()
+        .unwrap();
+    assert!(full.status.success());
+    assert!(String::from_utf8_lossy(&full.stdout).contains(": OK\npool: "));
 }
 
 #[test]

@@ -172,7 +172,8 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
                 JwksLocation::Url(url) => {
                     writeln!(
                         out,
-                        "  jwks url {url} (refresh {}s{}): fetched by the daemon, not by offline commands",
+                        "  jwks url {} (refresh {}s{}): fetched by the daemon, not by offline commands",
+                        jotd_keys::redacted_url(url),
                         source.refresh.as_secs(),
                         bound(source.issuer.as_deref())
                     )?;

@@ -174,7 +174,7 @@ fn config_check_lists_keys_or_names_the_error() {
     // A key bound to an issuer says so.
     std::fs::write(
         &config,
-        format!("{tenant}issuer = \"https://idp.example/\"\n[[tenant.jwks]]\nurl = \"https://idp.example/jwks\"\nalg = \"RS256\"\nissuer = \"https://idp.example/\"\n"),
+        format!("{tenant}issuer = \"https://idp.example/\"\n[[tenant.jwks]]\nurl = \"https://idp.example/jwks\"\nalg = \"RS256\"\nissuer = \"https://idp.example/\"\n[[tenant.jwks]]\nurl = \"https://idp.example/jwks?access_token=SECRET\"\nalg = \"ES256\"\n"),
     )
     .unwrap();
     let bound = jotd(
@@ -185,7 +185,9 @@ fn config_check_lists_keys_or_names_the_error() {
     let listing = text(&bound.stdout);
     assert!(
         listing.contains(r#"key k (-) HS256 (HMAC secret, no fingerprint) [secret], issuer "https://idp.example/" only"#)
-            && listing.contains(r#"jwks url https://idp.example/jwks (refresh 300s, issuer "https://idp.example/" only)"#),
+            && listing.contains(r#"jwks url https://idp.example/jwks (refresh 300s, issuer "https://idp.example/" only)"#)
+            && listing.contains("jwks url https://idp.example/jwks?")
+            && !listing.contains("SECRET"),
         "{listing}"
     );
     let ok = check_with(
