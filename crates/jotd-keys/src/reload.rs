@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What identifies a file's version: modification time and length (from `stat`).
 pub type FileStamp = (Option<SystemTime>, u64);
@@ -63,7 +63,18 @@ struct State {
     unsettled: bool,
     fetched: FetchedJwks,
     status: ReloadStatus,
+    /// The last rejected reload: the stamps its files had before it read
+    /// them, and when. Unchanged files are not read again before
+    /// [`RETRY_REJECTED`] (a broken config was re-read and logged as
+    /// rejected on every watch tick).
+    rejected: Option<(HashMap<PathBuf, Option<FileStamp>>, Instant)>,
 }
+
+/// How long `reload_if_changed` leaves a rejected config alone while none of
+/// its files changed. Not for ever: the fix may be a file the rejected config
+/// named for the first time (a missing denylist now written), which the
+/// stamps of the serving config do not cover.
+pub(crate) const RETRY_REJECTED: Duration = Duration::from_secs(60);
 
 /// Owns the config's lifecycle: initial load, reloads, snapshot rebuilds when JWKS keys change.
 pub struct Reloader {
@@ -123,6 +134,7 @@ impl Reloader {
             unsettled,
             fetched: FetchedJwks::new(),
             status: ReloadStatus::default(),
+            rejected: None,
         };
         Self {
             path,
@@ -210,6 +222,7 @@ impl Reloader {
         });
         match result {
             Ok((config, stamps, unsettled, generation)) => {
+                state.rejected = None;
                 // Keys fetched for a source the config no longer names go: a
                 // tenant removed and later added back must not come back with
                 // keys its identity provider may have retired meanwhile.
@@ -226,6 +239,7 @@ impl Reloader {
             Err(e) => {
                 state.status.failed += 1;
                 state.status.last_error = Some(e.clone());
+                state.rejected = Some((before, Instant::now()));
                 Err(e)
             }
         }
@@ -238,7 +252,19 @@ impl Reloader {
     pub fn reload_if_changed(&self) -> Option<Result<u64, ConfigError>> {
         let changed = {
             let state = self.lock();
-            state.unsettled || state.stamps.iter().any(|(f, s)| (self.stamp)(f) != *s)
+            let now: Vec<_> = state.stamps.iter().map(|(f, _)| (self.stamp)(f)).collect();
+            let changed =
+                state.unsettled || state.stamps.iter().zip(&now).any(|((_, s), n)| n != s);
+            // Rejected already, with every file as it was then: not again yet.
+            let same_as_rejected = state.rejected.as_ref().is_some_and(|(stamps, at)| {
+                at.elapsed() < RETRY_REJECTED
+                    && state
+                        .stamps
+                        .iter()
+                        .zip(&now)
+                        .all(|((f, _), n)| stamps.get(f) == Some(n))
+            });
+            changed && !same_as_rejected
         };
         changed.then(|| self.reload())
     }

@@ -111,6 +111,16 @@ fn changed_files_reload_and_bad_configs_are_rejected_whole() {
     let status = r.status();
     assert_eq!((status.ok, status.failed), (1, 1));
     assert_eq!(status.last_error.as_ref(), Some(&err));
+    // Nothing changed since: not read (and rejected) again on every check.
+    assert!(r.reload_if_changed().is_none(), "rejected already");
+    assert_eq!(r.status().failed, 1);
+    // Changed again (still broken): read again.
+    fs.write(
+        "/cfg/jotd.toml",
+        "[[tenant]]\nid = \"t\"\npolicy = \"nope2\"\n",
+    );
+    assert!(matches!(r.reload_if_changed(), Some(Err(_))));
+    assert_eq!(r.status().failed, 2);
 
     // A watched file other than the config (the denylist) also triggers a reload.
     fs.write(
