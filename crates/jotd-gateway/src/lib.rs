@@ -55,8 +55,10 @@ pub struct Gateway {
     pub batcher: Batcher,
     client: Arc<Client>,
     stop: watch::Sender<bool>,
+    admin_stop: watch::Sender<bool>,
     draining: Arc<AtomicBool>,
     tasks: tokio::task::JoinSet<()>,
+    admin_tasks: tokio::task::JoinSet<()>,
 }
 
 impl Gateway {
@@ -69,6 +71,7 @@ impl Gateway {
     /// Stops taking connections, lets requests in flight finish (each HTTP
     /// connection within [`http::DRAIN_TIMEOUT`], every listener within a few
     /// seconds more: past that what is left is dropped), closes the pool.
+    /// The admin listener answers until then (`/readyz`: `503 draining`).
     pub async fn drain(mut self) {
         self.draining.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
@@ -79,6 +82,14 @@ impl Gateway {
         {
             tracing::warn!("drain: connections still open past the drain timeout are dropped");
             self.tasks.abort_all();
+        }
+        let _ = self.admin_stop.send(true);
+        let admin = async { while self.admin_tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(2), admin)
+            .await
+            .is_err()
+        {
+            self.admin_tasks.abort_all();
         }
         self.client.close();
     }
@@ -183,12 +194,22 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
         cfg.limits.max_token_bytes,
     );
     let (stop, stopped) = watch::channel(false);
+    // The admin listener stops only after the doors have drained: its
+    // `/readyz` answers `503 draining` meanwhile, so a balancer takes the
+    // node out while requests in flight finish.
+    let (admin_stop, admin_stopped) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
+    let mut admin_tasks = tokio::task::JoinSet::new();
     let header_timeout = Duration::from_secs(10);
 
-    // One HTTP door: its listener served until the drain.
-    let serve_http = |tasks: &mut tokio::task::JoinSet<()>, listener, door, max, rule| {
+    // One HTTP listener, served until `stopped` says so.
+    let serve_http = |tasks: &mut tokio::task::JoinSet<()>,
+                      stopped: &watch::Receiver<bool>,
+                      listener,
+                      door,
+                      max,
+                      rule| {
         tasks.spawn(http::serve(
             listener,
             door,
@@ -214,6 +235,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             Arc::new(move |req, peer| Box::pin(Arc::clone(&door).handle(req, peer)));
         serve_http(
             &mut tasks,
+            &stopped,
             listener,
             handle,
             cfg.limits.max_connections,
@@ -234,6 +256,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
         let handle: http::Handler = Arc::new(move |req, _| Box::pin(Arc::clone(&door).handle(req)));
         serve_http(
             &mut tasks,
+            &stopped,
             listener,
             handle,
             cfg.limits.max_connections,
@@ -325,6 +348,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             batcher: batcher.clone(),
             client: Arc::clone(&client),
             draining: Arc::clone(&draining),
+            last_probe: std::sync::Mutex::new(None),
         });
         let handle: http::Handler = Arc::new(move |req, _| {
             let st = Arc::clone(&st);
@@ -333,7 +357,8 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
         // The admin listener: a few scrapers and probes, no authentication. A
         // client holding every slot loses its own, never a probe mid-request.
         serve_http(
-            &mut tasks,
+            &mut admin_tasks,
+            &admin_stopped,
             listener,
             handle,
             ADMIN_MAX_CONNECTIONS,
@@ -348,8 +373,10 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
         batcher,
         client,
         stop,
+        admin_stop,
         draining,
         tasks,
+        admin_tasks,
     })
 }
 
@@ -358,6 +385,8 @@ struct AdminState {
     batcher: Batcher,
     client: Arc<Client>,
     draining: Arc<AtomicBool>,
+    /// The last readiness probe's outcome and when it came.
+    last_probe: std::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
 }
 
 impl AdminState {
@@ -391,13 +420,39 @@ impl AdminState {
         if self.draining.load(Ordering::SeqCst) {
             return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
         }
-        let probe = jotd_transport::Check {
-            tenant: "jotd-gateway-readiness-probe".into(),
-            ..jotd_transport::Check::default()
+        // One probe a second at most, however often /readyz is asked: the
+        // listener has no authentication, and every probe is a check in the
+        // batcher's queue, beside real ones.
+        let fresh = |at: &tokio::time::Instant| at.elapsed() < Duration::from_secs(1);
+        let cached = self
+            .last_probe
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .filter(|(at, _)| fresh(at))
+            .map(|(_, r)| r.clone());
+        let result = match cached {
+            Some(r) => r,
+            None => {
+                let probe = jotd_transport::Check {
+                    tenant: "jotd-gateway-readiness-probe".into(),
+                    ..jotd_transport::Check::default()
+                };
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                let r = match self.batcher.check(probe, deadline).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                };
+                *self
+                    .last_probe
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some((tokio::time::Instant::now(), r.clone()));
+                r
+            }
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        match self.batcher.check(probe, deadline).await {
-            Ok(_) => text(StatusCode::OK, "ready\n"),
+        match result {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
             Err(e) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("jotd pool not answering: {e}\n"),

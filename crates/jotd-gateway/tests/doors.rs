@@ -1780,6 +1780,54 @@ async fn a_client_holding_every_admin_slot_cannot_fail_the_probe() {
     gw.drain().await;
 }
 
+/// While the gateway drains, its admin listener still answers, `/readyz`
+/// with `503 draining`, so a balancer takes the node out while requests in
+/// flight finish (the admin listener used to close with the doors, so the
+/// documented answer never came). `/readyz` probes the pool once a second
+/// at most, however often it is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_draining_while_the_doors_drain() {
+    use tokio::io::AsyncWriteExt;
+    let (_k, _pool, _seen, cfg, _dir) =
+        rig("admin-drain", "[admin]\nlisten = \"127.0.0.1:0\"\n").await;
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let (proxy, admin) = (gw.proxy.unwrap(), gw.admin.unwrap());
+    let checks = || gw.batcher.stats().checks;
+    let before = checks();
+    for _ in 0..5 {
+        let r = post(admin, "/readyz", None, &[], "").await;
+        assert_eq!((r.status, r.raw_body.as_str()), (200, "ready\n"));
+    }
+    assert_eq!(
+        checks() - before,
+        1,
+        "one probe for five asks within a second"
+    );
+    // A request in flight: its body is still arriving.
+    let mut slow = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    slow.write_all(b"POST /v3/infura HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let drain = tokio::spawn(gw.drain());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !drain.is_finished(),
+        "the request in flight holds the drain"
+    );
+    let r = post(admin, "/readyz", None, &[], "").await;
+    assert_eq!((r.status, r.raw_body.as_str()), (503, "draining\n"));
+    drop(slow);
+    tokio::time::timeout(Duration::from_secs(20), drain)
+        .await
+        .expect("the drain ends")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_err(),
+        "the admin listener is closed once drained"
+    );
+}
+
 /// Sends one GET on a fresh connection; the status, or `None` when the
 /// connection was refused (closed at the cap) or nothing came in 2 s.
 async fn status_of_a_get(addr: SocketAddr) -> Option<u16> {
