@@ -629,6 +629,67 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one_serving() {
     }
 }
 
+/// A renewed server certificate (cert-manager rewriting the files in place)
+/// is applied by the reload its change triggers: new connections get it.
+/// TLS files were read at start only, and a reload said nothing (a CA taken
+/// out of `client_ca_file` stayed trusted until a restart). A TLS file that
+/// does not load rejects the reload whole; the last good one keeps serving.
+#[test]
+fn a_reload_applies_renewed_tls_files() {
+    let f = fixture("tls-reload");
+    let d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
+    let rt = runtime();
+    let hs =
+        f.hs.mint(
+            Some("hs"),
+            &format!(r#"{{"sub":"bob","exp":{}}}"#, now() + 3600),
+        )
+        .unwrap();
+    // A fresh connection trusting `ca_pem` only: the decision, or the error.
+    let decide = |ca_pem: &str| {
+        rt.block_on(async {
+            let tls = client_config(ca_pem.as_bytes(), None).unwrap();
+            let mut opts = ClientOptions::new(vec![d.quic], tls);
+            opts.connect_timeout = Duration::from_secs(2);
+            let c = Client::new(opts).unwrap();
+            let items = [Item {
+                token: Some(hs.as_bytes()),
+                tenant: "infura",
+                method: Some("eth_call"),
+                addresses: vec![],
+                origin: None,
+                user_agent: None,
+            }];
+            c.verify_all(&items)
+                .await
+                .map(|d| d[0].reason().unwrap().as_str())
+                .map_err(|e| e.to_string())
+        })
+    };
+    assert_eq!(decide(&f.pki.ca_pem), Ok("ok"));
+    let renewed = DevPki::generate().unwrap();
+    std::fs::write(f.dir.join("server.pem"), &renewed.server_cert_pem).unwrap();
+    std::fs::write(f.dir.join("server.key"), &renewed.server_key_pem).unwrap();
+    d.signal("-HUP");
+    d.wait_log_all(&["config reloaded", "SIGHUP"]);
+    assert_eq!(decide(&renewed.ca_pem), Ok("ok"), "the renewed certificate");
+    assert!(decide(&f.pki.ca_pem).is_err(), "the old one is gone");
+    // A key file that does not load: rejected, the renewed pair serves on.
+    std::fs::write(f.dir.join("server.key"), "not a key").unwrap();
+    d.signal("-HUP");
+    d.wait_log("config reload rejected");
+    let line = d
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("config reload rejected"))
+        .cloned()
+        .unwrap();
+    assert!(line.contains("server.key_file"), "{line}");
+    assert_eq!(decide(&renewed.ca_pem), Ok("ok"));
+}
+
 #[test]
 fn sigterm_drains_the_batch_in_flight_then_exits() {
     let f = fixture("drain");

@@ -53,7 +53,7 @@ pub use report::{BatchReport, Denial, Tally, TenantWatch};
 pub use server::{
     Backend, BoxFuture, CLOSE_CONNECTION_LIMIT, CLOSE_SHUTDOWN, DrainReport, Event, Overload,
     RESET_WRITE_TIMEOUT, Refusal, STOP_REFUSED, STOP_TOO_LARGE, Server, ServerError, ServerStats,
-    StreamEnd,
+    StreamEnd, TlsSwitch,
 };
 pub use tls::{
     TlsError, certificates, check_server_name, client_config, client_config_alpn, server_config,

@@ -220,8 +220,47 @@ pub(crate) struct Shared {
 /// A bound, not yet running, QUIC server.
 pub struct Server {
     endpoint: Endpoint,
+    transport: Arc<quinn::TransportConfig>,
     shared: Arc<Shared>,
     drain: watch::Sender<bool>,
+}
+
+fn quic_server_config(
+    tls: rustls::ServerConfig,
+    transport: &Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig, ServerError> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::clone(transport));
+    Ok(config)
+}
+
+/// Replaces a running server's TLS configuration (a renewed certificate, a
+/// new client CA): handshakes from then on use it; connections already open
+/// keep theirs. Cheap to clone; outlives nothing it needs.
+#[derive(Clone)]
+pub struct TlsSwitch {
+    endpoint: Endpoint,
+    transport: Arc<quinn::TransportConfig>,
+}
+
+impl std::fmt::Debug for TlsSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSwitch").finish_non_exhaustive()
+    }
+}
+
+impl TlsSwitch {
+    /// Serves new handshakes with `tls`.
+    ///
+    /// # Errors
+    /// A TLS config unfit for QUIC (the old one keeps serving).
+    pub fn replace(&self, tls: rustls::ServerConfig) -> Result<(), ServerError> {
+        self.endpoint
+            .set_server_config(Some(quic_server_config(tls, &self.transport)?));
+        Ok(())
+    }
 }
 
 /// Why the server could not start.
@@ -256,10 +295,8 @@ impl Server {
         backend: Arc<dyn Backend>,
     ) -> Result<Self, ServerError> {
         opts.validate()?;
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-            .map_err(|e| ServerError::Tls(e.to_string()))?;
-        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(Arc::new(opts.transport()));
+        let transport = Arc::new(opts.transport());
+        let config = quic_server_config(tls, &transport)?;
         let endpoint = crate::options::endpoint(opts.listen, Some(config)).map_err(|source| {
             ServerError::Bind {
                 addr: opts.listen,
@@ -272,6 +309,7 @@ impl Server {
         let ipv6_prefix = opts.ipv6_share_prefix;
         Ok(Self {
             endpoint,
+            transport,
             shared: Arc::new(Shared {
                 tokens: permits(opts.max_tokens_in_flight.get()),
                 request_bytes: permits(opts.max_request_buffer_bytes.get()),
@@ -286,6 +324,15 @@ impl Server {
             }),
             drain,
         })
+    }
+
+    /// A handle that replaces the TLS configuration while the server runs.
+    #[must_use]
+    pub fn tls_switch(&self) -> TlsSwitch {
+        TlsSwitch {
+            endpoint: self.endpoint.clone(),
+            transport: Arc::clone(&self.transport),
+        }
     }
 
     /// The bound address (the port, when `listen` asked for port 0).

@@ -229,28 +229,18 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
             "admin.tenant_labels names a tenant no [[tenant]] has: its count stays 0 until a reload adds it"
         );
     }
+    let tls = settings::server_tls(&settings, &config_path)?;
+    let tls_switch = Arc::new(std::sync::OnceLock::new());
+    let mut keys = keys;
+    // The TLS files are watched with the config: a renewed certificate or a
+    // new client CA is applied by the reload it triggers.
+    keys.files.extend(settings::watched_files(&settings));
     let reloader = Arc::new(Reloader::with_loader(
         keys,
-        settings::loader(&config_path, &from_file),
+        settings::loader(&config_path, &from_file, Arc::clone(&tls_switch)),
         Box::new(stamp),
         read_since,
     ));
-    let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) else {
-        anyhow::bail!(
-            "{}: server.cert_file and server.key_file are required (jotd serve without --config generates development ones)",
-            config_path.display()
-        );
-    };
-    let client_ca = match &settings.client_ca_file {
-        Some(p) => Some(read_file(p, "server.client_ca_file")?),
-        None => None,
-    };
-    let tls = jotd_transport::server_config(
-        &read_file(cert, "server.cert_file")?,
-        &read_file(key, "server.key_file")?,
-        client_ca.as_deref(),
-    )
-    .with_context(|| format!("{}: server TLS", config_path.display()))?;
     let mut fetch = settings.fetch.clone();
     if let Some(p) = &settings.fetch_extra_ca_file {
         fetch.extra_roots_pem = Some(read_file(p, "jwks_fetch.extra_ca_file")?);
@@ -283,7 +273,7 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         fetch,
         engine,
         pool,
-        tls,
+        (tls, tls_switch),
         threads,
         args.no_metrics,
         early_hup,
@@ -326,7 +316,10 @@ async fn serve(
     fetch: jotd_keys::FetchConfig,
     engine: Arc<Engine>,
     pool: Arc<rayon::ThreadPool>,
-    tls: rustls::ServerConfig,
+    (tls, tls_switch): (
+        rustls::ServerConfig,
+        Arc<std::sync::OnceLock<jotd_transport::TlsSwitch>>,
+    ),
     threads: usize,
     no_metrics: bool,
     early_hup: Arc<AtomicBool>,
@@ -356,6 +349,7 @@ async fn serve(
         pool,
         Arc::clone(&daemon) as Arc<dyn Backend>,
     )?;
+    let _ = tls_switch.set(server.tls_switch());
     let addr = server.local_addr()?;
     let stats = server.stats();
     let draining = Arc::new(AtomicBool::new(false));

@@ -682,24 +682,111 @@ pub(crate) fn load(file: &Path) -> Result<(Settings, KeysConfig), ConfigError> {
     Ok((settings, keys))
 }
 
+/// The server's TLS from the files `[server]` names (certificate chain, key,
+/// client CA): read at start, and again at each reload, which applies them
+/// to new handshakes (a renewed certificate, a CA taken out of
+/// `client_ca_file`).
+pub(crate) fn server_tls(s: &Settings, file: &Path) -> Result<rustls::ServerConfig, ConfigError> {
+    let error = |file: &Path, key: &str, message: String| ConfigError {
+        file: file.to_owned(),
+        line: None,
+        key: key.to_owned(),
+        message,
+    };
+    let (Some(cert), Some(key)) = (&s.cert_file, &s.key_file) else {
+        return Err(error(
+            file,
+            "server.cert_file",
+            "server.cert_file and server.key_file are required (jotd serve without --config generates development ones)".into(),
+        ));
+    };
+    let read = |p: &Path, k: &str| {
+        jotd_transport::files::read_file(p)
+            .map_err(|e| error(p, &format!("server.{k}"), format!("cannot read: {e}")))
+    };
+    let ca = match &s.client_ca_file {
+        Some(p) => Some(read(p, "client_ca_file")?),
+        None => None,
+    };
+    jotd_transport::server_config(
+        &read(cert, "cert_file")?,
+        &read(key, "key_file")?,
+        ca.as_deref(),
+    )
+    .map_err(|e| {
+        // Named by the file it came from (`tls`: the combination).
+        let (path, key) = match e.what {
+            "cert_file" => (cert.as_path(), "server.cert_file"),
+            "key_file" => (key.as_path(), "server.key_file"),
+            "client_ca_file" => (
+                s.client_ca_file.as_deref().unwrap_or(file),
+                "server.client_ca_file",
+            ),
+            _ => (file, "server"),
+        };
+        error(path, key, format!("server TLS: {}", e.message))
+    })
+}
+
+/// The files outside the keys config that a reload watches: the server's TLS
+/// files (applied) and the JWKS fetcher's extra CA (read at start only).
+pub(crate) fn watched_files(s: &Settings) -> impl Iterator<Item = PathBuf> + '_ {
+    [
+        &s.cert_file,
+        &s.key_file,
+        &s.client_ca_file,
+        &s.fetch_extra_ca_file,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+}
+
 /// What a reload runs: the whole file read and validated again (a reload
 /// whose daemon sections no longer validate is rejected too), the keys
-/// config kept. `running` is the file's settings at start (before command-line
-/// overrides): a reload that changes a section it cannot apply says so, naming the
-/// sections, instead of a bare "config reloaded" the operator would take for done.
-pub(crate) fn loader(file: &Path, running: &Settings) -> jotd_keys::Loader {
+/// config kept, and the server's TLS files applied through `tls` (set once
+/// the server is bound). `running` is the file's settings at start (before
+/// command-line overrides): a reload that changes a section it cannot apply
+/// says so, naming the sections, instead of a bare "config reloaded" the
+/// operator would take for done.
+pub(crate) fn loader(
+    file: &Path,
+    running: &Settings,
+    tls: Arc<std::sync::OnceLock<jotd_transport::TlsSwitch>>,
+) -> jotd_keys::Loader {
     let file = file.to_owned();
     let running = running.clone();
+    let extra_ca = |s: &Settings| {
+        s.fetch_extra_ca_file
+            .as_ref()
+            .map(|p| jotd_transport::files::read_file(p).ok())
+    };
+    let extra_ca_at_start = extra_ca(&running);
     Box::new(move || {
-        let (new, keys) = load(&file)?;
-        let sections = restart_needed(&running, &new);
+        let (new, mut keys) = load(&file)?;
+        let mut sections = restart_needed(&running, &new);
+        if !sections.contains(&"jwks_fetch") && extra_ca(&new) != extra_ca_at_start {
+            sections.push("jwks_fetch");
+        }
         if !sections.is_empty() {
             tracing::warn!(
                 file = %file.display(),
                 ?sections,
-                "config reloaded: tenants, keys and the denylist are applied; changes to these sections take effect at the next restart"
+                "config reloaded: tenants, keys, the denylist and the server's TLS files are applied; changes to these sections take effect at the next restart"
             );
         }
+        // A TLS file that does not load rejects the reload whole: the old
+        // certificate keeps serving.
+        if let Some(switch) = tls.get() {
+            let config = server_tls(&new, &file)?;
+            switch.replace(config).map_err(|e| ConfigError {
+                file: file.clone(),
+                line: None,
+                key: "server".into(),
+                message: e.to_string(),
+            })?;
+        }
+        keys.files.extend(watched_files(&new));
         Ok(keys)
     })
 }
@@ -713,14 +800,8 @@ pub(crate) fn restart_needed(running: &Settings, new: &Settings) -> Vec<&'static
                 "server",
                 format!(
                     "{:?}",
-                    (
-                        &s.server,
-                        &s.cert_file,
-                        &s.key_file,
-                        &s.client_ca_file,
-                        s.io_threads,
-                        s.watch_interval
-                    )
+                    // The TLS files are not here: a reload applies them.
+                    (&s.server, s.io_threads, s.watch_interval)
                 ),
             ),
             ("verify", format!("{:?}", (s.verify_threads, &s.engine))),
@@ -907,7 +988,7 @@ level = "jotd=debug"
             (settings.server.max_connections.get(), keys.tenants.len()),
             (7, 1)
         );
-        let reload = loader(&file, &settings);
+        let reload = loader(&file, &settings, Arc::default());
         assert_eq!(reload().unwrap().tenants.len(), 1);
         std::fs::write(&file, format!("[server]\nmax_connections = 0\n{tenant}")).unwrap();
         let e = reload().unwrap_err().to_string();
@@ -932,6 +1013,8 @@ level = "jotd=debug"
         );
         for (section, text, want) in [
             ("server", "max_connections = 9", vec!["server"]),
+            // Applied by the reload (read again, new handshakes use them).
+            ("server", "cert_file = \"b.pem\"\nkey_file = \"b.key\"", vec![]),
             ("verify", "cache = false", vec!["verify"]),
             ("admin", "listen = \"127.0.0.1:1\"", vec!["admin"]),
             ("log", "level = \"debug\"", vec!["log"]),
