@@ -525,6 +525,20 @@ impl JwksFetcher {
                 .collect(),
         );
         *cached = Some((cfg, Arc::clone(&targets)));
+        // A source the new config no longer names is forgotten, and so is one
+        // whose keys the reloader dropped (removed by a reload this fetcher
+        // never saw, then named again): named (again), it starts afresh, due
+        // now. Kept, it waited for its old next refresh with no keys, its
+        // health showing the old fetch.
+        let named: std::collections::HashSet<(&str, &str)> = targets
+            .iter()
+            .map(|t| (t.tenant.as_str(), t.url.as_str()))
+            .collect();
+        lock(&self.sources).retain(|(tenant, url), source| {
+            named.contains(&(tenant.as_str(), url.as_str()))
+                && (lock(&source.info).last_good.is_none()
+                    || self.reloader.has_fetched(tenant, url))
+        });
         targets
     }
 

@@ -269,6 +269,14 @@ impl Reloader {
         changed.then(|| self.reload())
     }
 
+    /// Whether keys fetched for `tenant`'s source `url` are installed.
+    #[must_use]
+    pub fn has_fetched(&self, tenant: &str, url: &str) -> bool {
+        self.lock()
+            .fetched
+            .contains_key(&(tenant.to_owned(), url.to_owned()))
+    }
+
     /// The kids `tenant` has from two sources with other key material, with
     /// the URL sources' keys fetched so far ([`KeysConfig::shadowed_in`]).
     #[must_use]

@@ -439,6 +439,32 @@ async fn url_sources_follow_config_reloads() {
         "[[tenant]]\nid = \"idp\"\nrequire_jwt = false\nleeway_s = 1\n".to_owned();
     assert!(matches!(reloader.reload_if_changed(), Some(Ok(_))));
     assert!(fetcher.health().is_empty());
+    // Named again: fetched at once, not at the old source's next refresh (it
+    // stayed keyless until then, its health showing the old fetch). Twice: a
+    // removal the fetcher never saw (two reloads between its passes) too.
+    let with_url = |leeway: u32| {
+        format!(
+            "[[tenant]]\nid = \"idp\"\nleeway_s = {leeway}\n[[tenant.jwks]]\nurl = \"{}\"\nalg = \"EdDSA\"\n",
+            server.url
+        )
+    };
+    for unseen in [false, true] {
+        let before = server.hits();
+        if unseen {
+            *text.lock().unwrap() =
+                "[[tenant]]\nid = \"idp\"\nrequire_jwt = false\nleeway_s = 2\n".to_owned();
+            assert!(matches!(reloader.reload_if_changed(), Some(Ok(_))));
+        }
+        *text.lock().unwrap() = with_url(if unseen { 30 } else { 4 });
+        assert!(matches!(reloader.reload_if_changed(), Some(Ok(_))));
+        assert!(fetcher.refresh_due().await.is_empty());
+        assert_eq!(server.hits(), before + 1, "unseen removal: {unseen}");
+        assert_eq!(
+            decide(&reloader, &key, "a"),
+            Reason::Ok,
+            "unseen removal: {unseen}"
+        );
+    }
 }
 
 /// A plain-HTTP server on loopback that serves `body` to anyone and counts requests.

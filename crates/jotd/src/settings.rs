@@ -1014,7 +1014,11 @@ level = "jotd=debug"
         for (section, text, want) in [
             ("server", "max_connections = 9", vec!["server"]),
             // Applied by the reload (read again, new handshakes use them).
-            ("server", "cert_file = \"b.pem\"\nkey_file = \"b.key\"", vec![]),
+            (
+                "server",
+                "cert_file = \"b.pem\"\nkey_file = \"b.key\"",
+                vec![],
+            ),
             ("verify", "cache = false", vec!["verify"]),
             ("admin", "listen = \"127.0.0.1:1\"", vec!["admin"]),
             ("log", "level = \"debug\"", vec!["log"]),
