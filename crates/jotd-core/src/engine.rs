@@ -283,7 +283,20 @@ impl Engine {
             return Err(deny(Reason::BadTyp));
         }
         if !tenant.algorithms.contains(alg) {
-            return Err(deny(Reason::AlgNotAllowed));
+            // A key not fetched yet may bring this algorithm: an unknown kid
+            // is told apart so the front door refetches (a known kid keeps
+            // its own algorithm, which is in the set: not allowed).
+            let refetch = tenant.remote_keys
+                && tenant.algorithms_follow_keys
+                && matches!(
+                    find_key(tenant, memo.kid.as_deref()),
+                    Err(Reason::UnknownKid)
+                );
+            return Err(deny(if refetch {
+                Reason::UnknownKid
+            } else {
+                Reason::AlgNotAllowed
+            }));
         }
         let key = find_key(tenant, memo.kid.as_deref()).map_err(deny)?;
         if key.key.algorithm() != alg {

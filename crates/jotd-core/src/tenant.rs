@@ -153,6 +153,12 @@ pub struct Tenant {
     /// door holds this tenant's `unknown_kid` decisions for one refetch
     /// (read from the snapshot, so deciding takes no lock). Default: `false`.
     pub remote_keys: bool,
+    /// `algorithms` was not configured: it is the algorithms of the keys at
+    /// hand. With `remote_keys`, a header algorithm outside it may be that of
+    /// a key the next fetch brings (an identity provider moving from RS256 to
+    /// ES256 under a new kid), so an unknown kid is `unknown_kid` (which
+    /// triggers a refetch) rather than `alg_not_allowed`. Default: `false`.
+    pub algorithms_follow_keys: bool,
 }
 
 impl Tenant {
@@ -173,6 +179,7 @@ impl Tenant {
             claims_to_return: Vec::new(),
             denylist: Arc::default(),
             remote_keys: false,
+            algorithms_follow_keys: false,
         }
     }
 

@@ -290,6 +290,7 @@ impl KeysConfig {
                 }
                 if matches!(source.location, JwksLocation::Url(_)) {
                     tenant.remote_keys = true;
+                    tenant.algorithms_follow_keys = !spec.algorithms_configured;
                 }
                 let keys = self.source_keys(ti, si, fetched);
                 for (kid, key) in keys.iter().flat_map(|k| k.keys.iter()) {

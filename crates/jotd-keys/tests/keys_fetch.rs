@@ -1006,3 +1006,57 @@ async fn a_fetched_kid_that_shadows_a_later_file_is_reported() {
     );
     assert!(reloader.config().shadowed_kids().is_empty(), "files alone");
 }
+
+/// An identity provider that adds a key of a new algorithm under a new kid
+/// (RS256 to ES256, say), for a tenant whose algorithms follow its keys (no
+/// `alg` on the source, no `algorithms`): the first token of the new key is
+/// `unknown_kid`, so a front door refetches, and verifies once fetched. It
+/// was `alg_not_allowed` until the next periodic refresh. A known kid with
+/// another algorithm, and a tenant with `algorithms` configured, stay
+/// `alg_not_allowed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_key_of_a_new_algorithm_is_an_unknown_kid_and_fetched() {
+    let server = serve().await;
+    let (ed, jwk_ed) = ed_key("a");
+    let es = SigningKey::generate(Algorithm::Es256).unwrap();
+    let spki = es.verifying_key().unwrap().spki_der().unwrap();
+    let point = &spki[spki.len() - 64..];
+    let jwk_es = format!(
+        r#"{{"kty":"EC","crv":"P-256","kid":"b","x":"{}","y":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode(&point[..32]),
+        URL_SAFE_NO_PAD.encode(&point[32..])
+    );
+    server.set(Mode::Doc {
+        body: doc(&[&jwk_ed]),
+        cache_control: None,
+    });
+    for (configured, want_before) in [
+        ("", Reason::UnknownKid),
+        ("algorithms = [\"EdDSA\"]\n", Reason::AlgNotAllowed),
+    ] {
+        let url = server.url.clone();
+        let (reloader, fetcher) = fetching(&server, move || {
+            format!("[[tenant]]\nid = \"idp\"\n{configured}[[tenant.jwks]]\nurl = \"{url}\"\n")
+        });
+        server.set(Mode::Doc {
+            body: doc(&[&jwk_ed]),
+            cache_control: None,
+        });
+        assert!(fetcher.refresh_due().await.is_empty());
+        assert_eq!(decide(&reloader, &ed, "a"), Reason::Ok);
+        // A known kid under another algorithm is still not allowed.
+        assert_eq!(decide(&reloader, &es, "a"), Reason::AlgNotAllowed);
+        server.set(Mode::Doc {
+            body: doc(&[&jwk_ed, &jwk_es]),
+            cache_control: None,
+        });
+        assert_eq!(decide(&reloader, &es, "b"), want_before, "{configured}");
+        assert!(fetcher.on_unknown_kid("idp").await);
+        let after = if configured.is_empty() {
+            Reason::Ok
+        } else {
+            Reason::AlgNotAllowed
+        };
+        assert_eq!(decide(&reloader, &es, "b"), after, "{configured}");
+    }
+}
