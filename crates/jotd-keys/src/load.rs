@@ -220,26 +220,31 @@ impl KeysConfig {
         fetched: &dyn Fn(&str, &str) -> Option<Arc<JwksKeys>>,
     ) -> Vec<String> {
         let spec = &self.tenants[ti];
-        let mut held: Vec<(String, VerifyingKey)> = spec
+        // (kid, key, the issuer it is bound to): the first source's wins, so a
+        // later source's key under the kid is unused when it differs, and so
+        // is its issuer binding (the same key published by two providers,
+        // each bound to its own issuer: the second's tokens are bad_issuer).
+        let mut held: Vec<(String, VerifyingKey, Option<Box<str>>)> = spec
             .tenant
             .keys
             .iter()
-            .map(|k| (k.kid.to_string(), k.key.clone()))
+            .map(|k| (k.kid.to_string(), k.key.clone(), k.issuer.clone()))
             .collect();
         let mut out = Vec::new();
         for si in 0..spec.jwks.len() {
             let Some(keys) = self.source_keys(ti, si, fetched) else {
                 continue;
             };
+            let issuer = &spec.jwks[si].issuer;
             for (kid, key) in &keys.keys {
-                match held.iter().find(|(k, _)| k == kid) {
-                    Some((_, first)) if !same_key(first, key) => {
+                match held.iter().find(|(k, _, _)| k == kid) {
+                    Some((_, first, bound)) if !same_key(first, key) || bound != issuer => {
                         if !out.contains(kid) {
                             out.push(kid.clone());
                         }
                     }
                     Some(_) => {}
-                    None => held.push((kid.clone(), key.clone())),
+                    None => held.push((kid.clone(), key.clone(), issuer.clone())),
                 }
             }
         }

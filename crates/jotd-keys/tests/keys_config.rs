@@ -920,3 +920,30 @@ fn fetched_keys_read_under_another_alg_are_not_used() {
     assert_eq!(decide(&snap, &t384), Reason::Ok);
     assert_ne!(decide(&snap, &t256), Reason::Ok);
 }
+
+/// One key under one kid from two sources bound to two issuers (Azure AD's
+/// v1 and v2 endpoints publish the same keys): the first source's binding
+/// wins, so the second issuer's tokens are bad_issuer. That is reported as a
+/// shadowed kid (it was silent: the key material is the same).
+#[test]
+fn one_key_under_two_issuers_is_reported_as_shadowed() {
+    let jwks = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    let config = |second: &str| {
+        format!(
+            "[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nfile = \"a.json\"\nissuer = \"https://a/\"\n[[tenant.jwks]]\nfile = \"b.json\"\nissuer = \"{second}\"\n"
+        )
+    };
+    for (second, shadowed) in [("https://b/", true), ("https://a/", false)] {
+        let cfg = Files::new(&config(second))
+            .with("/etc/jotd/a.json", jwks)
+            .with("/etc/jotd/b.json", jwks)
+            .load()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let want: &[(String, String)] = if shadowed {
+            &[("t".to_owned(), "k".to_owned())][..]
+        } else {
+            &[]
+        };
+        assert_eq!(cfg.shadowed_kids(), want, "{second}");
+    }
+}
