@@ -244,6 +244,16 @@ refresh_s = 3600
         )),
         "{metrics}"
     );
+    // The operator removes the dead URL (to clear the alert): its series is
+    // zeroed, not left at 1 until a restart.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let without = &text[..text.find("[[tenant]]\nid = \"sso\"").unwrap()];
+    std::fs::write(&config, without).unwrap();
+    d.signal("-HUP");
+    d.wait_log("config reloaded");
+    let stale = format!(r#"jotd_jwks_stale{{url="http://{closed}/jwks.json"}} 0"#);
+    let metrics = d.metrics_when(|m| m.contains(&stale));
+    assert!(metrics.contains(&stale), "{metrics}");
 }
 
 /// A JWKS URL a reload adds is not waited for: every replica reloads the same

@@ -494,6 +494,8 @@ struct Sampler {
     /// Hits and lookups at the last sample, for the ratio over one interval.
     cache_last: std::sync::Mutex<(u64, u64)>,
     jwks_totals: std::sync::Mutex<FetchTotals>,
+    /// The URLs whose JWKS gauges the last sample set.
+    jwks_urls: std::sync::Mutex<std::collections::BTreeSet<String>>,
     cache_entries: Gauge,
     cache_bytes: Gauge,
     tenants: Gauge,
@@ -520,6 +522,7 @@ impl Sampler {
             cache_hit_ratio: gauge!("jotd_cache_hit_ratio"),
             cache_last: std::sync::Mutex::new((0, 0)),
             jwks_totals: std::sync::Mutex::new(FetchTotals::default()),
+            jwks_urls: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             cache_entries: gauge!("jotd_cache_entries"),
             cache_bytes: gauge!("jotd_cache_bytes"),
             tenants: gauge!("jotd_tenants_loaded"),
@@ -592,12 +595,27 @@ impl Sampler {
                     .absolute(*failed);
             }
         }
-        for (url, u) in per_url(health) {
+        let urls = per_url(health);
+        for (url, u) in &urls {
             gauge!("jotd_jwks_stale", "url" => url.clone()).set(flag(u.stale));
             gauge!("jotd_jwks_redirected", "url" => url.clone()).set(flag(u.redirected));
             // -1: never fetched successfully.
-            gauge!("jotd_jwks_age_seconds", "url" => url).set(u.oldest.flatten().unwrap_or(-1.0));
+            gauge!("jotd_jwks_age_seconds", "url" => url.clone())
+                .set(u.oldest.flatten().unwrap_or(-1.0));
         }
+        // A URL a reload removed: its series cannot be dropped (the recorder
+        // has no removal), so they are zeroed: `jotd_jwks_stale` 0, so the
+        // alert on it clears, instead of reading 1 until a restart.
+        let mut published = self
+            .jwks_urls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for gone in published.iter().filter(|u| !urls.contains_key(*u)) {
+            gauge!("jotd_jwks_stale", "url" => gone.clone()).set(0.0);
+            gauge!("jotd_jwks_redirected", "url" => gone.clone()).set(0.0);
+            gauge!("jotd_jwks_age_seconds", "url" => gone.clone()).set(0.0);
+        }
+        *published = urls.into_keys().collect();
     }
 }
 
@@ -616,6 +634,11 @@ struct FetchTotals {
 
 impl FetchTotals {
     fn add(&mut self, health: &[jotd_keys::SourceHealth]) {
+        // A source the fetcher no longer has (a reload removed it) is
+        // forgotten here too: named again, it starts counting from 0, and
+        // each of its fetches adds one.
+        self.seen
+            .retain(|(tenant, url), _| health.iter().any(|h| h.tenant == *tenant && h.url == *url));
         for h in health {
             let now = (h.fetches - h.failed_total, h.failed_total);
             let before = self
@@ -623,8 +646,7 @@ impl FetchTotals {
                 .insert((h.tenant.clone(), h.url.clone()), now)
                 .unwrap_or((0, 0));
             let total = self.per_url.entry(h.url.clone()).or_default();
-            // A source's counts never go down: the fetcher keeps each (tenant,
-            // URL) source for the life of the process, across reloads.
+            // A source's counts never go down while the fetcher keeps it.
             total.0 += now.0.saturating_sub(before.0);
             total.1 += now.1.saturating_sub(before.1);
         }
@@ -721,11 +743,17 @@ mod per_url_tests {
         // A reload removes tenant b: the count stays; a's new fetches add on.
         t.add(&[source("a", shared, Some(10), 6, 1)]);
         assert_eq!(t.per_url[shared], (8, 1));
-        // b comes back with the fetches it had (its source was kept) plus one failure.
+        // b comes back as a new source (the fetcher forgot the old one): its
+        // one failed fetch adds one, nothing is counted twice or lost.
         t.add(&[
             source("a", shared, Some(10), 6, 1),
-            source("b", shared, Some(20), 4, 1),
+            source("b", shared, None, 1, 1),
         ]);
         assert_eq!(t.per_url[shared], (8, 2));
+        t.add(&[
+            source("a", shared, Some(10), 6, 1),
+            source("b", shared, Some(1), 3, 1),
+        ]);
+        assert_eq!(t.per_url[shared], (10, 2));
     }
 }
