@@ -295,6 +295,10 @@ fn describe(e: &CheckError) -> String {
     }
 }
 
+/// The "no decision" log line, rate-limited across every door.
+static NO_DECISION: jotd_transport::ratelimit::RateLimited =
+    jotd_transport::ratelimit::RateLimited::new(std::time::Duration::from_secs(10));
+
 fn count(door: Door, v: &[Verdict]) {
     for verdict in v {
         metrics::counter!(
@@ -304,7 +308,17 @@ fn count(door: Door, v: &[Verdict]) {
         )
         .increment(1);
         if let Verdict::Unavailable(why) | Verdict::FailOpen(why) = verdict {
-            tracing::warn!(door = door.as_str(), "no decision: {why}");
+            // One line per check would be a line per JSON-RPC call while the
+            // pool is down (a 1,000-call batch, 1,000 lines): at most one
+            // every 10 s, counting the rest (`jotd_gateway_checks_total` has
+            // every one).
+            NO_DECISION.log(|suppressed| {
+                tracing::warn!(
+                    door = door.as_str(),
+                    suppressed,
+                    "no decision: {why} (suppressed: like lines left out since the last)"
+                );
+            });
         }
     }
 }

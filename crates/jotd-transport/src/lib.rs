@@ -25,6 +25,7 @@ pub mod files;
 mod job;
 mod messages;
 mod options;
+pub mod ratelimit;
 mod report;
 mod server;
 pub mod slots;

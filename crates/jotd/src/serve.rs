@@ -66,7 +66,7 @@ struct Daemon {
     reloader: Arc<Reloader>,
     fetcher: Arc<JwksFetcher>,
     metrics: Option<Arc<Metrics>>,
-    refusals: logging::RateLimited,
+    refusals: jotd_transport::ratelimit::RateLimited,
 }
 
 impl Backend for Daemon {
@@ -340,7 +340,7 @@ async fn serve(
         reloader: Arc::clone(&reloader),
         fetcher: Arc::clone(&fetcher),
         metrics: metrics.clone(),
-        refusals: logging::RateLimited::new(Duration::from_secs(10)),
+        refusals: jotd_transport::ratelimit::RateLimited::new(Duration::from_secs(10)),
     });
     let server = Server::bind(
         settings.server.clone(),
