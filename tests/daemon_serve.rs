@@ -958,26 +958,7 @@ fn a_second_sigterm_ends_the_drain_at_once() {
     .unwrap();
     let mut d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
     let rt = runtime();
-    // A request that never finishes arriving holds the drain for
-    // request_timeout_ms.
-    let _held = rt.block_on(async {
-        let tls = client_config(f.pki.ca_pem.as_bytes(), None).unwrap();
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
-        let conn = endpoint
-            .connect(d.quic, "localhost")
-            .unwrap()
-            .await
-            .unwrap();
-        let (mut send, recv) = conn.open_bi().await.unwrap();
-        send.write_all(&[0x00, 0x00, 0x10, 0x00, 0x01])
-            .await
-            .unwrap();
-        (endpoint, conn, send, recv)
-    });
-    let m = d.metrics_when(|m| m.contains("jotd_streams_open 1"));
-    assert!(m.contains("jotd_streams_open 1"), "{m}");
+    let _held = hold_a_request(&f, &d, &rt);
     // Two at once: the same request twice (a Ctrl-C to the process group
     // plus a wrapper's SIGTERM), not a second one.
     d.signal("-TERM");
@@ -1000,4 +981,68 @@ fn a_second_sigterm_ends_the_drain_at_once() {
     };
     assert_eq!(status.code(), Some(1), "{status:?}");
     d.wait_log("second stop signal");
+}
+
+/// A request that never finishes arriving (a frame announcing 4 KiB, one byte
+/// sent): it holds the drain for `request_timeout_ms`. Returns what keeps it
+/// open.
+fn hold_a_request(
+    f: &Fixture,
+    d: &Daemon,
+    rt: &tokio::runtime::Runtime,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
+    let held = rt.block_on(async {
+        let tls = client_config(f.pki.ca_pem.as_bytes(), None).unwrap();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+        let conn = endpoint
+            .connect(d.quic, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[0x00, 0x00, 0x10, 0x00, 0x01])
+            .await
+            .unwrap();
+        (endpoint, conn, send, recv)
+    });
+    let m = d.metrics_when(|m| m.contains("jotd_streams_open 1"));
+    assert!(m.contains("jotd_streams_open 1"), "{m}");
+    held
+}
+
+/// A drain that runs out of `drain_timeout_s` with a batch still in flight
+/// exits with status 1, so a supervisor tells it from a clean drain (it
+/// exited 0 either way).
+#[test]
+fn a_drain_that_times_out_exits_1() {
+    let f = fixture("drain-timeout");
+    std::fs::write(
+        &f.config,
+        with_server(
+            &f,
+            "drain_timeout_s = 1\nrequest_timeout_ms = 300000\nidle_timeout_s = 600",
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
+    let rt = runtime();
+    let _held = hold_a_request(&f, &d, &rt);
+    d.signal("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the drain never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    d.wait_log("drain timed out");
 }

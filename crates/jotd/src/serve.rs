@@ -456,9 +456,11 @@ async fn serve(
             "drained; all batches in flight finished"
         );
     } else {
-        error!(
-            streams = report.streams_at_start,
-            "drain timed out; some batches in flight were cut off"
+        // Exit status 1, as for a second stop signal: a supervisor tells a
+        // drain that cut batches off from a clean one (it exited 0 either way).
+        anyhow::bail!(
+            "drain timed out after drain_timeout_s; some of the {} batches in flight were cut off",
+            report.streams_at_start
         );
     }
     Ok(())
