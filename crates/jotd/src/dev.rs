@@ -26,19 +26,44 @@ pub(crate) const DEMO_KEYS: [(&str, Algorithm, &str); 4] = [
 /// The audience demo tokens must carry.
 pub(crate) const DEMO_AUDIENCE: &str = "jotd-dev";
 
+/// Writes `path` afresh: a new file (never opened through a symlink, never an
+/// old file keeping its old mode), moved into place by a rename, which
+/// replaces whatever stood there (a symlink included, not its target). The
+/// directory must belong to the user writing: in one another user made
+/// first (`--dev-dir /tmp/x`) they could swap the files before jotd reads them.
 fn write(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
+    let cannot = || format!("cannot write {}", path.display());
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // A leftover (or a planted link) goes; the link itself, not its target.
+    let _ = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(if private { 0o600 } else { 0o644 });
     }
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut f = opts.open(&tmp).with_context(cannot)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mine = f.metadata().with_context(cannot)?.uid();
+        let owner = std::fs::metadata(dir).with_context(cannot)?.uid();
+        if owner != mine {
+            let _ = std::fs::remove_file(&tmp);
+            anyhow::bail!(
+                "{}: belongs to another user (uid {owner}); give --dev-dir a directory of your own",
+                dir.display()
+            );
+        }
+    }
+    f.write_all(bytes).with_context(cannot)?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(cannot)?;
     Ok(())
 }
 
@@ -172,4 +197,43 @@ jotd.toml             the config jotd serve runs on\n",
         false,
     )?;
     Ok(path)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A file planted where a key goes (a symlink to a file another user
+    /// reads, an old file with mode 0644) is replaced, not written through:
+    /// the key lands in a new 0600 file and the link's target is untouched.
+    #[test]
+    fn keys_are_written_to_new_files_never_through_what_stood_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("dev");
+        let outside = dir.path().join("readable-by-others");
+        std::fs::write(&outside, "before").unwrap();
+        std::fs::create_dir_all(dev.join("keys")).unwrap();
+        std::os::unix::fs::symlink(&outside, dev.join("keys/hs256.secret")).unwrap();
+        std::fs::write(dev.join("server.key"), "old").unwrap();
+        std::fs::set_permissions(
+            dev.join("server.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        generate(&dev, "127.0.0.1:4433").unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "before");
+        for private in ["keys/hs256.secret", "server.key", "client.key"] {
+            let m = std::fs::symlink_metadata(dev.join(private)).unwrap();
+            assert!(m.file_type().is_file(), "{private}");
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{private}");
+        }
+        // No temporary file is left behind.
+        let left: Vec<_> = std::fs::read_dir(&dev)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }
