@@ -296,8 +296,6 @@ impl Info {
 
 #[derive(Debug, Default)]
 struct Source {
-    /// Held while fetching: concurrent triggers queue here (single flight).
-    flight: tokio::sync::Mutex<()>,
     /// Unknown-kid triggers queued on `flight` now (see [`MAX_WAITERS`]).
     waiters: std::sync::atomic::AtomicUsize,
     info: Mutex<Info>,
@@ -379,8 +377,22 @@ struct Target {
     symmetric_keys: bool,
 }
 
-/// A config and the URL sources it lists.
-type TargetsOf = (Arc<KeysConfig>, Arc<Vec<Target>>);
+impl Target {
+    /// What one fetch serves: every tenant whose source names this URL with
+    /// the same `alg` and `symmetric_keys` reads the same keys from it.
+    fn url_key(&self) -> UrlKey {
+        (self.url.clone(), self.alg, self.symmetric_keys)
+    }
+}
+
+/// A URL as its keys are read: (URL, `alg`, `symmetric_keys`).
+type UrlKey = (String, Option<Algorithm>, bool);
+
+/// Which targets (by index) read each URL alike.
+type ByUrl = Arc<HashMap<UrlKey, Vec<usize>>>;
+
+/// A config, the URL sources it lists, and which of them read one URL alike.
+type TargetsOf = (Arc<KeysConfig>, Arc<Vec<Target>>, ByUrl);
 
 /// Fetches every JWKS URL of the config and installs the keys through the [`Reloader`].
 pub struct JwksFetcher {
@@ -389,6 +401,9 @@ pub struct JwksFetcher {
     reloader: Arc<Reloader>,
     observer: Option<FetchObserver>,
     sources: Mutex<HashMap<(String, String), Arc<Source>>>,
+    /// Held while a URL is fetched, for every tenant reading it alike: one
+    /// fetch at a time per URL (single flight across tenants).
+    flights: Mutex<HashMap<UrlKey, Arc<tokio::sync::Mutex<()>>>>,
     /// URL sources of the config they were computed from (held, so the pointer stays unique).
     targets: Mutex<Option<TargetsOf>>,
 }
@@ -480,6 +495,7 @@ impl JwksFetcher {
             reloader,
             observer: None,
             sources: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
             targets: Mutex::new(None),
         })
     }
@@ -500,12 +516,17 @@ impl JwksFetcher {
     /// The config's URL sources, computed once per config (a reload makes a new one),
     /// so the refresh loop and unknown-kid triggers do not rescan every tenant.
     fn targets(&self) -> Arc<Vec<Target>> {
+        self.targets_and_urls().0
+    }
+
+    /// [`Self::targets`], and the targets that read each URL alike.
+    fn targets_and_urls(&self) -> (Arc<Vec<Target>>, ByUrl) {
         let cfg = self.reloader.config();
         let mut cached = lock(&self.targets);
-        if let Some((of, targets)) = &*cached
+        if let Some((of, targets, by_url)) = &*cached
             && Arc::ptr_eq(of, &cfg)
         {
-            return Arc::clone(targets);
+            return (Arc::clone(targets), Arc::clone(by_url));
         }
         let targets: Arc<Vec<Target>> = Arc::new(
             cfg.tenants
@@ -524,7 +545,12 @@ impl JwksFetcher {
                 })
                 .collect(),
         );
-        *cached = Some((cfg, Arc::clone(&targets)));
+        let mut by_url: HashMap<UrlKey, Vec<usize>> = HashMap::new();
+        for (i, t) in targets.iter().enumerate() {
+            by_url.entry(t.url_key()).or_default().push(i);
+        }
+        let by_url = Arc::new(by_url);
+        *cached = Some((cfg, Arc::clone(&targets), Arc::clone(&by_url)));
         // A source the new config no longer names is forgotten, and so is one
         // whose keys the reloader dropped (removed by a reload this fetcher
         // never saw, then named again): named (again), it starts afresh, due
@@ -539,7 +565,14 @@ impl JwksFetcher {
                 && (lock(&source.info).last_good.is_none()
                     || self.reloader.has_fetched(tenant, url))
         });
-        targets
+        lock(&self.flights).retain(|key, _| by_url.contains_key(key));
+        (targets, by_url)
+    }
+
+    /// The lock one fetch of `t`'s URL holds (shared by every tenant reading
+    /// it alike).
+    fn flight(&self, t: &Target) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(lock(&self.flights).entry(t.url_key()).or_default())
     }
 
     fn source(&self, t: &Target) -> Arc<Source> {
@@ -605,28 +638,58 @@ impl JwksFetcher {
         Ok((keys, age, final_url))
     }
 
-    /// Fetches one source now and records the outcome; on success installs the keys.
-    async fn fetch(&self, t: &Target, source: &Source) -> Result<(), FetchError> {
+    /// Fetches one source now and records the outcome; on success installs the
+    /// keys, for every tenant whose source reads this URL alike too (one fetch
+    /// serves them all: N tenants of one identity provider are not N fetches
+    /// per refresh, nor N per unknown-kid trigger). `triggered`: by an unknown
+    /// kid (the rate limit's clock starts for all of them).
+    async fn fetch(&self, t: &Target, source: &Source, triggered: bool) -> Result<(), FetchError> {
         let result = self.download(t).await;
         let now = Instant::now();
         let mut info = lock(&source.info);
         info.last_attempt = Some(now);
         info.fetches += 1;
         info.fetched_for = Some((t.alg, t.symmetric_keys));
+        if triggered {
+            info.last_triggered = Some(now);
+        }
         match result {
             Ok((keys, age, final_url)) => {
-                let refresh = age
-                    .map_or(t.refresh, |a| a.min(t.refresh))
-                    .max(self.config.min_refresh);
-                info.next_due = Some(now + refresh);
-                info.last_good = Some(now);
-                info.failures = 0;
-                info.last_error = None;
-                info.keys_url = Some(final_url.clone());
                 drop(info);
+                let (targets, by_url) = self.targets_and_urls();
+                let sharing: Vec<&Target> = by_url
+                    .get(&t.url_key())
+                    .into_iter()
+                    .flatten()
+                    .map(|&i| &targets[i])
+                    .filter(|o| o.tenant != t.tenant)
+                    .collect();
+                for o in std::iter::once(t).chain(sharing.iter().copied()) {
+                    let src = if o.tenant == t.tenant {
+                        None
+                    } else {
+                        Some(self.source(o))
+                    };
+                    let mut info = lock(src.as_deref().map_or(&source.info, |s| &s.info));
+                    let refresh = age
+                        .map_or(o.refresh, |a| a.min(o.refresh))
+                        .max(self.config.min_refresh);
+                    info.next_due = Some(now + refresh);
+                    info.last_good = Some(now);
+                    info.failures = 0;
+                    info.last_error = None;
+                    info.keys_url = Some(final_url.clone());
+                    info.fetched_for = Some((o.alg, o.symmetric_keys));
+                    if triggered {
+                        info.last_triggered = Some(now);
+                    }
+                }
                 let keys = Arc::new(keys);
+                let tenants: Vec<&str> = std::iter::once(t.tenant.as_str())
+                    .chain(sharing.iter().map(|o| o.tenant.as_str()))
+                    .collect();
                 self.reloader
-                    .set_fetched(&t.tenant, &t.url, Arc::clone(&keys));
+                    .set_fetched_many(&tenants, &t.url, Arc::clone(&keys));
                 self.report(&FetchEvent::Installed {
                     tenant: &t.tenant,
                     url: &redacted_url(&t.url),
@@ -690,8 +753,10 @@ impl JwksFetcher {
         t: Target,
         source: Arc<Source>,
     ) -> Option<(String, String, FetchError)> {
-        let _flight = source.flight.lock().await;
-        // An unknown-kid refetch may have run while this waited for the flight:
+        let flight = self.flight(&t);
+        let _flight = flight.lock().await;
+        // An unknown-kid refetch, or another tenant's fetch of the same URL,
+        // may have run while this waited for the flight:
         // then the source is no longer due and is not fetched twice in a row.
         if lock(&source.info)
             .due(&t)
@@ -699,7 +764,7 @@ impl JwksFetcher {
         {
             return None;
         }
-        let e = self.fetch(&t, &source).await.err()?;
+        let e = self.fetch(&t, &source, false).await.err()?;
         Some((t.tenant, t.url, e))
     }
 
@@ -728,7 +793,8 @@ impl JwksFetcher {
             let Some(waiting) = Waiting::take(&source.waiters) else {
                 continue;
             };
-            let _flight = source.flight.lock().await;
+            let flight = self.flight(t);
+            let _flight = flight.lock().await;
             drop(waiting);
             let (good, attempt, triggered) = {
                 let info = lock(&source.info);
@@ -741,9 +807,7 @@ impl JwksFetcher {
             {
                 // It just failed for someone else, or the rate limit holds: do not hammer the IdP.
             } else {
-                let ok = self.fetch(t, &source).await.is_ok();
-                lock(&source.info).last_triggered = Some(Instant::now());
-                refreshed |= ok;
+                refreshed |= self.fetch(t, &source, true).await.is_ok();
             }
         }
         refreshed

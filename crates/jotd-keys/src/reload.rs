@@ -300,11 +300,35 @@ impl Reloader {
     /// Keys for a source the current config no longer names (a fetch that
     /// finished after a reload removed it) are dropped.
     pub fn set_fetched(&self, tenant: &str, url: &str, keys: Arc<JwksKeys>) -> u64 {
+        self.set_fetched_many(&[tenant], url, keys)
+    }
+
+    /// [`Reloader::set_fetched`] for several tenants reading one URL alike:
+    /// one snapshot rebuild for all of them.
+    pub fn set_fetched_many(&self, tenants: &[&str], url: &str, keys: Arc<JwksKeys>) -> u64 {
         let mut state = self.lock();
-        if names_source(&state.config, tenant, url) {
+        // The tenants the current config has read `url` (one pass, however
+        // many tenants share it): keys for a source no longer named are dropped.
+        let naming: std::collections::HashSet<&str> = state
+            .config
+            .tenants
+            .iter()
+            .filter(|t| {
+                t.jwks
+                    .iter()
+                    .any(|s| matches!(&s.location, crate::JwksLocation::Url(u) if u == url))
+            })
+            .map(|t| &*t.tenant.id)
+            .collect();
+        let named: Vec<String> = tenants
+            .iter()
+            .filter(|t| naming.contains(**t))
+            .map(|t| (*t).to_owned())
+            .collect();
+        for tenant in named {
             state
                 .fetched
-                .insert((tenant.to_owned(), url.to_owned()), keys);
+                .insert((tenant, url.to_owned()), Arc::clone(&keys));
         }
         self.install(&state.config, &state.fetched)
     }

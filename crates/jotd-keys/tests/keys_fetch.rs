@@ -194,6 +194,10 @@ fn fetching(
 }
 
 fn decide(r: &Reloader, key: &SigningKey, kid: &str) -> Reason {
+    decide_for(r, "idp", key, kid)
+}
+
+fn decide_for(r: &Reloader, tenant: &str, key: &SigningKey, kid: &str) -> Reason {
     let token = key.mint(Some(kid), r#"{"exp":4000000000}"#).unwrap();
     let engine = Engine::new(EngineConfig {
         cache: None,
@@ -202,7 +206,7 @@ fn decide(r: &Reloader, key: &SigningKey, kid: &str) -> Reason {
     engine
         .verify(
             &r.store().load(),
-            &Request::bearer("idp", token.as_bytes()),
+            &Request::bearer(tenant, token.as_bytes()),
             UnixTime(1_800_000_000),
         )
         .reason()
@@ -1059,4 +1063,62 @@ async fn a_new_key_of_a_new_algorithm_is_an_unknown_kid_and_fetched() {
         };
         assert_eq!(decide(&reloader, &es, "b"), after, "{configured}");
     }
+}
+
+/// Tenants of one identity provider (one URL, read alike): one fetch serves
+/// them all. The periodic fetch is one request, not one per tenant; a batch
+/// with a new kid for every tenant, all at once, is one more request (single
+/// flight and one rate limit per URL), and every tenant gets the new key.
+/// Before, each (tenant, URL) fetched on its own: N tenants, N requests per
+/// refresh and per trigger, which a batch of random kids could set off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_sharing_a_url_share_its_fetches() {
+    const TENANTS: usize = 20;
+    let server = serve().await;
+    let (a, jwk_a) = ed_key("a");
+    let (b, jwk_b) = ed_key("b");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk_a]),
+        cache_control: None,
+    });
+    let url = server.url.clone();
+    let (reloader, fetcher) = fetching(&server, move || {
+        (0..TENANTS)
+            .map(|i| {
+                format!("[[tenant]]\nid = \"t{i}\"\n[[tenant.jwks]]\nurl = \"{url}\"\nalg = \"EdDSA\"\n")
+            })
+            .collect::<String>()
+            // One more reading the same URL another way (no `alg`): fetched
+            // on its own.
+            + &format!("[[tenant]]\nid = \"other\"\n[[tenant.jwks]]\nurl = \"{url}\"\n")
+    });
+    assert!(fetcher.refresh_due().await.is_empty());
+    assert_eq!(server.hits(), 2, "one per way of reading the URL");
+    for i in 0..TENANTS {
+        assert_eq!(decide_for(&reloader, &format!("t{i}"), &a, "a"), Reason::Ok);
+    }
+    assert!(fetcher.refresh_due().await.is_empty());
+    assert_eq!(server.hits(), 2, "nothing due");
+    // The provider adds key b; every tenant sees a token with it at once.
+    server.set(Mode::Doc {
+        body: doc(&[&jwk_a, &jwk_b]),
+        cache_control: None,
+    });
+    let fetcher = Arc::new(fetcher);
+    let triggers: Vec<_> = (0..TENANTS)
+        .map(|i| {
+            let f = Arc::clone(&fetcher);
+            tokio::spawn(async move { f.on_unknown_kid(&format!("t{i}")).await })
+        })
+        .collect();
+    for t in triggers {
+        assert!(t.await.unwrap(), "every trigger sees the refetched keys");
+    }
+    assert_eq!(server.hits(), 3, "one refetch for all of them");
+    for i in 0..TENANTS {
+        assert_eq!(decide_for(&reloader, &format!("t{i}"), &b, "b"), Reason::Ok);
+    }
+    // And again within the rate limit: nothing fetched.
+    fetcher.on_unknown_kid("t3").await;
+    assert_eq!(server.hits(), 3);
 }
