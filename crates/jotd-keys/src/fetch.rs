@@ -638,39 +638,41 @@ impl JwksFetcher {
         Ok((keys, age, final_url))
     }
 
-    /// Fetches one source now and records the outcome; on success installs the
-    /// keys, for every tenant whose source reads this URL alike too (one fetch
-    /// serves them all: N tenants of one identity provider are not N fetches
-    /// per refresh, nor N per unknown-kid trigger). `triggered`: by an unknown
-    /// kid (the rate limit's clock starts for all of them).
+    /// Fetches one source now and records the outcome, for every tenant whose
+    /// source reads this URL alike too (one fetch serves them all: N tenants
+    /// of one identity provider are not N fetches per refresh, nor N per
+    /// unknown-kid trigger); on success installs the keys for all of them.
+    /// `triggered`: by an unknown kid (the rate limit's clock starts for all).
+    /// The request is counted once, on `t`'s source.
     async fn fetch(&self, t: &Target, source: &Source, triggered: bool) -> Result<(), FetchError> {
         let result = self.download(t).await;
         let now = Instant::now();
-        let mut info = lock(&source.info);
-        info.last_attempt = Some(now);
-        info.fetches += 1;
-        info.fetched_for = Some((t.alg, t.symmetric_keys));
-        if triggered {
-            info.last_triggered = Some(now);
+        {
+            let mut info = lock(&source.info);
+            info.fetches += 1;
+            if result.is_err() {
+                info.failed_total += 1;
+            }
         }
-        match result {
-            Ok((keys, age, final_url)) => {
-                drop(info);
-                let (targets, by_url) = self.targets_and_urls();
-                let sharing: Vec<&Target> = by_url
-                    .get(&t.url_key())
-                    .into_iter()
-                    .flatten()
-                    .map(|&i| &targets[i])
-                    .filter(|o| o.tenant != t.tenant)
-                    .collect();
-                for o in std::iter::once(t).chain(sharing.iter().copied()) {
-                    let src = if o.tenant == t.tenant {
-                        None
-                    } else {
-                        Some(self.source(o))
-                    };
-                    let mut info = lock(src.as_deref().map_or(&source.info, |s| &s.info));
+        let (targets, by_url) = self.targets_and_urls();
+        let sharing: Vec<&Target> = by_url
+            .get(&t.url_key())
+            .into_iter()
+            .flatten()
+            .map(|&i| &targets[i])
+            .filter(|o| o.tenant != t.tenant)
+            .collect();
+        // Every source that reads the URL alike, `t`'s first, gets the outcome.
+        for o in std::iter::once(t).chain(sharing.iter().copied()) {
+            let other = (o.tenant != t.tenant).then(|| self.source(o));
+            let mut info = lock(other.as_deref().map_or(&source.info, |s| &s.info));
+            info.last_attempt = Some(now);
+            info.fetched_for = Some((o.alg, o.symmetric_keys));
+            if triggered {
+                info.last_triggered = Some(now);
+            }
+            match &result {
+                Ok((_, age, final_url)) => {
                     let refresh = age
                         .map_or(o.refresh, |a| a.min(o.refresh))
                         .max(self.config.min_refresh);
@@ -679,11 +681,20 @@ impl JwksFetcher {
                     info.failures = 0;
                     info.last_error = None;
                     info.keys_url = Some(final_url.clone());
-                    info.fetched_for = Some((o.alg, o.symmetric_keys));
-                    if triggered {
-                        info.last_triggered = Some(now);
-                    }
                 }
+                Err(e) => {
+                    info.failures = info.failures.saturating_add(1);
+                    let backoff = self
+                        .config
+                        .retry_after
+                        .saturating_mul(1 << info.failures.min(16).saturating_sub(1));
+                    info.next_due = Some(now + backoff.min(o.refresh));
+                    info.last_error = Some(e.clone());
+                }
+            }
+        }
+        match result {
+            Ok((keys, _, final_url)) => {
                 let keys = Arc::new(keys);
                 let tenants: Vec<&str> = std::iter::once(t.tenant.as_str())
                     .chain(sharing.iter().map(|o| o.tenant.as_str()))
@@ -702,15 +713,6 @@ impl JwksFetcher {
                 Ok(())
             }
             Err(e) => {
-                info.failures = info.failures.saturating_add(1);
-                info.failed_total += 1;
-                let backoff = self
-                    .config
-                    .retry_after
-                    .saturating_mul(1 << info.failures.min(16).saturating_sub(1));
-                info.next_due = Some(now + backoff.min(t.refresh));
-                info.last_error = Some(e.clone());
-                drop(info);
                 self.report(&FetchEvent::Failed {
                     tenant: &t.tenant,
                     url: &redacted_url(&t.url),

@@ -1099,10 +1099,12 @@ async fn tenants_sharing_a_url_share_its_fetches() {
     }
     assert!(fetcher.refresh_due().await.is_empty());
     assert_eq!(server.hits(), 2, "nothing due");
-    // The provider adds key b; every tenant sees a token with it at once.
-    server.set(Mode::Doc {
+    // The provider adds key b; every tenant sees a token with it at once
+    // (the answer is slow, so all of them ask while the one fetch is in
+    // flight).
+    server.set(Mode::SlowDoc {
         body: doc(&[&jwk_a, &jwk_b]),
-        cache_control: None,
+        pause: Duration::from_millis(300),
     });
     let fetcher = Arc::new(fetcher);
     let triggers: Vec<_> = (0..TENANTS)
@@ -1121,4 +1123,29 @@ async fn tenants_sharing_a_url_share_its_fetches() {
     // And again within the rate limit: nothing fetched.
     fetcher.on_unknown_kid("t3").await;
     assert_eq!(server.hits(), 3);
+    // A failure is shared too: a fresh fetcher whose first pass fails is one
+    // request, and every tenant's source records the failure (and backs off).
+    server.set(Mode::Status(503));
+    let before = server.hits();
+    let url = server.url.clone();
+    let (_reloader, fresh) = fetching(&server, move || {
+        (0..TENANTS)
+            .map(|i| {
+                format!(
+                    "[[tenant]]\nid = \"t{i}\"\n[[tenant.jwks]]\nurl = \"{url}\"\nalg = \"EdDSA\"\n"
+                )
+            })
+            .collect::<String>()
+    });
+    assert_eq!(fresh.refresh_due().await.len(), 1, "one failed fetch");
+    assert_eq!(server.hits(), before + 1);
+    let health = fresh.health();
+    assert_eq!(health.len(), TENANTS);
+    assert!(
+        health
+            .iter()
+            .all(|h| h.failures == 1 && h.last_error.is_some())
+    );
+    assert!(fresh.refresh_due().await.is_empty(), "all back off");
+    assert_eq!(server.hits(), before + 1);
 }
