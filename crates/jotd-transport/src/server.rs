@@ -221,6 +221,9 @@ pub(crate) struct Shared {
 pub struct Server {
     endpoint: Endpoint,
     transport: Arc<quinn::TransportConfig>,
+    /// Set (with the endpoint's server config taken away) when the drain
+    /// begins: a TLS switch after that must not open the endpoint again.
+    closed: Arc<Mutex<bool>>,
     shared: Arc<Shared>,
     drain: watch::Sender<bool>,
 }
@@ -243,6 +246,7 @@ fn quic_server_config(
 pub struct TlsSwitch {
     endpoint: Endpoint,
     transport: Arc<quinn::TransportConfig>,
+    closed: Arc<Mutex<bool>>,
 }
 
 impl std::fmt::Debug for TlsSwitch {
@@ -252,14 +256,20 @@ impl std::fmt::Debug for TlsSwitch {
 }
 
 impl TlsSwitch {
-    /// Serves new handshakes with `tls`.
+    /// Serves new handshakes with `tls`; once the server drains, does
+    /// nothing (the endpoint stays closed to new connections). Returns
+    /// whether it was applied.
     ///
     /// # Errors
     /// A TLS config unfit for QUIC (the old one keeps serving).
-    pub fn replace(&self, tls: rustls::ServerConfig) -> Result<(), ServerError> {
-        self.endpoint
-            .set_server_config(Some(quic_server_config(tls, &self.transport)?));
-        Ok(())
+    pub fn replace(&self, tls: rustls::ServerConfig) -> Result<bool, ServerError> {
+        let config = quic_server_config(tls, &self.transport)?;
+        let closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
+        if *closed {
+            return Ok(false);
+        }
+        self.endpoint.set_server_config(Some(config));
+        Ok(true)
     }
 }
 
@@ -310,6 +320,7 @@ impl Server {
         Ok(Self {
             endpoint,
             transport,
+            closed: Arc::new(Mutex::new(false)),
             shared: Arc::new(Shared {
                 tokens: permits(opts.max_tokens_in_flight.get()),
                 request_bytes: permits(opts.max_request_buffer_bytes.get()),
@@ -332,6 +343,7 @@ impl Server {
         TlsSwitch {
             endpoint: self.endpoint.clone(),
             transport: Arc::clone(&self.transport),
+            closed: Arc::clone(&self.closed),
         }
     }
 
@@ -364,8 +376,13 @@ impl Server {
             }
         }
         // Drain: refuse new connections, answer new streams `shutting_down`,
-        // let batches finish.
-        self.endpoint.set_server_config(None);
+        // let batches finish. Under the lock a TLS switch takes, so a reload
+        // during the drain cannot open the endpoint again.
+        {
+            let mut closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
+            *closed = true;
+            self.endpoint.set_server_config(None);
+        }
         let streams_at_start = self.shared.stats.streams();
         let _ = self.drain.send(true);
         let complete = tokio::time::timeout(self.shared.opts.drain_timeout, async {

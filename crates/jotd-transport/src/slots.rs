@@ -17,7 +17,9 @@
 //! a connection from anyone holding two or more. A client holding many IPv4
 //! addresses, or many /64s, still gets a share for each: authenticate clients
 //! (mutual TLS) where that matters. Clients that share a /64 (a cloud subnet)
-//! share one source; `ipv6_prefix` 128 counts every address on its own.
+//! share one source; `ipv6_prefix` 128 counts every address on its own. An
+//! admin listener ([`SlotRule::MakeRoom`]) counts every address on its own
+//! whatever `ipv6_prefix` says: a probe may share a /64 with a flooder.
 //!
 //! An admin listener
 //! ([`SlotRule::MakeRoom`]) has no authentication and must keep answering the
@@ -168,7 +170,9 @@ impl Drop for Slot {
 
 impl ConnectionSlots {
     /// At most `max` connections at once (at least 1), handled at the cap by
-    /// `rule`, with IPv6 addresses counted per `ipv6_prefix` bits ([`source`]).
+    /// `rule`, with IPv6 addresses counted per `ipv6_prefix` bits ([`source`])
+    /// under [`SlotRule::Share`] (an admin listener's [`SlotRule::MakeRoom`]
+    /// counts each address on its own).
     #[must_use]
     pub fn new(max: usize, rule: SlotRule, ipv6_prefix: u8) -> Arc<Self> {
         Arc::new(Self {
@@ -194,7 +198,14 @@ impl ConnectionSlots {
 
     /// A slot for a connection from `peer` accepted at `now`.
     pub fn admit(self: &Arc<Self>, peer: IpAddr, now: Instant) -> Admitted {
-        let peer = source(peer, self.ipv6_prefix);
+        // An admin listener counts addresses whole: its promise is that a
+        // probe never pays for a flood, and a probe may share a /64 with the
+        // flooder (a pod network).
+        let prefix = match self.rule {
+            SlotRule::Share => self.ipv6_prefix,
+            SlotRule::MakeRoom => 128,
+        };
+        let peer = source(peer, prefix);
         let mut inner = self.lock();
         let mut closed = 0;
         while inner.open.len() >= self.max {
@@ -519,6 +530,21 @@ mod tests {
             .filter_map(|n| admit(&slots, v6(&format!("2001:db8:ff::{n:x}")), t0))
             .collect();
         (gateways.iter().filter(|s| fired(s)).count(), theirs.len())
+    }
+
+    /// An admin listener counts IPv6 addresses whole: a probe from the same
+    /// /64 as a flooder (a pod network) is not the flooder's oldest
+    /// connection, so it is never the one closed.
+    #[test]
+    fn an_admin_probe_sharing_a_flooders_prefix_is_not_closed() {
+        let slots = ConnectionSlots::new(4, SlotRule::MakeRoom, IPV6_PREFIX);
+        let t0 = Instant::now();
+        let probe = admit(&slots, v6("2001:db8::1"), t0).unwrap();
+        // One flooding address, the probe's /64.
+        let _flood: Vec<Slot> = (0..8)
+            .filter_map(|_| admit(&slots, v6("2001:db8::2"), t0 + MIN_AGE))
+            .collect();
+        assert!(!fired(&probe));
     }
 
     #[test]

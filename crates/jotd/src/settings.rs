@@ -779,12 +779,17 @@ pub(crate) fn loader(
         // certificate keeps serving.
         if let Some(switch) = tls.get() {
             let config = server_tls(&new, &file)?;
-            switch.replace(config).map_err(|e| ConfigError {
+            let applied = switch.replace(config).map_err(|e| ConfigError {
                 file: file.clone(),
                 line: None,
                 key: "server".into(),
                 message: e.to_string(),
             })?;
+            if !applied {
+                tracing::info!(
+                    "draining: the server's TLS files are not applied (no new connections)"
+                );
+            }
         }
         keys.files.extend(watched_files(&new));
         Ok(keys)

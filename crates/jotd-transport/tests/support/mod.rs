@@ -159,6 +159,7 @@ pub struct Running {
     pub addr: SocketAddr,
     pub pki: DevPki,
     pub stats: Arc<ServerStats>,
+    pub switch: jotd_transport::TlsSwitch,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<jotd_transport::DrainReport>,
 }
@@ -207,6 +208,7 @@ pub fn start_with(
     .unwrap();
     let addr = server.local_addr().unwrap();
     let stats = server.stats();
+    let switch = server.tls_switch();
     let (stop, stopped) = oneshot::channel::<()>();
     let done = tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -215,6 +217,7 @@ pub fn start_with(
         addr,
         pki,
         stats,
+        switch,
         stop: Some(stop),
         done,
     }
