@@ -41,11 +41,17 @@ pub struct ExtAuthzDoor {
     pub remove_authorization: bool,
 }
 
-/// The least a CheckRequest is read up to (64 MiB), whatever
+/// The least a CheckRequest is read up to (16 MiB), whatever
 /// `max_body_bytes` is: a body between the two is refused by the door (413).
 /// Keep Envoy's `max_request_bytes` at or below it; a larger CheckRequest is
-/// a gRPC error (docs/gateways.md).
-pub(crate) const MIN_CHECK_READ: usize = 64 << 20;
+/// a gRPC error (docs/gateways.md). With [`MAX_CALLS_PER_CONNECTION`] calls
+/// it bounds what one connection can make the door hold (2 GiB, as the
+/// 2 MiB × 1,024 before it).
+pub(crate) const MIN_CHECK_READ: usize = 16 << 20;
+
+/// Calls in flight on one gRPC connection (Envoy opens more connections
+/// past it).
+pub(crate) const MAX_CALLS_PER_CONNECTION: u32 = 128;
 
 /// The headers the checks read.
 const CHECKED: [&str; 7] = [

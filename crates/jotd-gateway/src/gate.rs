@@ -295,8 +295,11 @@ fn describe(e: &CheckError) -> String {
     }
 }
 
-/// The "no decision" log line, rate-limited across every door.
+/// The "no decision" log lines, rate-limited across every door: refused
+/// (fail closed) and let through (fail open) apart, so neither hides the other.
 static NO_DECISION: jotd_transport::ratelimit::RateLimited =
+    jotd_transport::ratelimit::RateLimited::new(std::time::Duration::from_secs(10));
+static FAIL_OPEN: jotd_transport::ratelimit::RateLimited =
     jotd_transport::ratelimit::RateLimited::new(std::time::Duration::from_secs(10));
 
 fn count(door: Door, v: &[Verdict]) {
@@ -312,7 +315,11 @@ fn count(door: Door, v: &[Verdict]) {
             // pool is down (a 1,000-call batch, 1,000 lines): at most one
             // every 10 s, counting the rest (`jotd_gateway_checks_total` has
             // every one).
-            NO_DECISION.log(|suppressed| {
+            let limiter = match verdict {
+                Verdict::FailOpen(_) => &FAIL_OPEN,
+                _ => &NO_DECISION,
+            };
+            limiter.log(|suppressed| {
                 tracing::warn!(
                     door = door.as_str(),
                     suppressed,

@@ -313,7 +313,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             // Bounded streams per connection, a deadline per call and
             // keep-alive probes so a dead peer's connection goes.
             let serve = tonic::transport::Server::builder()
-                .max_concurrent_streams(Some(1024))
+                .max_concurrent_streams(Some(ext_authz::MAX_CALLS_PER_CONNECTION))
                 .timeout(call_timeout)
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
@@ -348,7 +348,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             batcher: batcher.clone(),
             client: Arc::clone(&client),
             draining: Arc::clone(&draining),
-            last_probe: std::sync::Mutex::new(None),
+            last_probe: tokio::sync::Mutex::new(None),
         });
         let handle: http::Handler = Arc::new(move |req, _| {
             let st = Arc::clone(&st);
@@ -386,7 +386,7 @@ struct AdminState {
     client: Arc<Client>,
     draining: Arc<AtomicBool>,
     /// The last readiness probe's outcome and when it came.
-    last_probe: std::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
+    last_probe: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
 }
 
 impl AdminState {
@@ -420,20 +420,14 @@ impl AdminState {
         if self.draining.load(Ordering::SeqCst) {
             return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
         }
-        // One probe a second at most, however often /readyz is asked: the
-        // listener has no authentication, and every probe is a check in the
-        // batcher's queue, beside real ones.
-        let fresh = |at: &tokio::time::Instant| at.elapsed() < Duration::from_secs(1);
-        let cached = self
-            .last_probe
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .filter(|(at, _)| fresh(at))
-            .map(|(_, r)| r.clone());
-        let result = match cached {
-            Some(r) => r,
-            None => {
+        // One probe a second at most, however often /readyz is asked, and
+        // one at a time (askers meanwhile wait for its answer): the listener
+        // has no authentication, and every probe is a check in the batcher's
+        // queue, beside real ones.
+        let mut last = self.last_probe.lock().await;
+        let result = match &*last {
+            Some((at, r)) if at.elapsed() < Duration::from_secs(1) => r.clone(),
+            _ => {
                 let probe = jotd_transport::Check {
                     tenant: "jotd-gateway-readiness-probe".into(),
                     ..jotd_transport::Check::default()
@@ -443,14 +437,11 @@ impl AdminState {
                     Ok(_) => Ok(()),
                     Err(e) => Err(e.to_string()),
                 };
-                *self
-                    .last_probe
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Some((tokio::time::Instant::now(), r.clone()));
+                *last = Some((tokio::time::Instant::now(), r.clone()));
                 r
             }
         };
+        drop(last);
         match result {
             Ok(()) => text(StatusCode::OK, "ready\n"),
             Err(e) => text(

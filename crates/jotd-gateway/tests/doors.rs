@@ -1803,6 +1803,17 @@ async fn readyz_answers_draining_while_the_doors_drain() {
         1,
         "one probe for five asks within a second"
     );
+    // Ten at once once that answer is old: still one probe (the others wait
+    // for it rather than each sending their own).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = checks();
+    let asks: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(async move { post(admin, "/readyz", None, &[], "").await.status }))
+        .collect();
+    for a in asks {
+        assert_eq!(a.await.unwrap(), 200);
+    }
+    assert_eq!(checks() - before, 1, "one probe for ten asks at once");
     // A request in flight: its body is still arriving.
     let mut slow = tokio::net::TcpStream::connect(proxy).await.unwrap();
     slow.write_all(b"POST /v3/infura HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{")
