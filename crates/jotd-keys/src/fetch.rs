@@ -645,7 +645,10 @@ impl JwksFetcher {
     /// `triggered`: by an unknown kid (the rate limit's clock starts for all).
     /// The request is counted once, on `t`'s source.
     async fn fetch(&self, t: &Target, source: &Source, triggered: bool) -> Result<(), FetchError> {
-        let result = self.download(t).await;
+        let result = self
+            .download(t)
+            .await
+            .map(|(keys, age, final_url)| (Arc::new(keys), age, final_url));
         let now = Instant::now();
         {
             let mut info = lock(&source.info);
@@ -662,6 +665,16 @@ impl JwksFetcher {
             .map(|&i| &targets[i])
             .filter(|o| o.tenant != t.tenant)
             .collect();
+        // Keys first, then the sources' records: a config change computing
+        // the targets in between finds the keys installed for every source
+        // it sees as fetched (else it forgot them, and they were fetched again).
+        if let Ok((keys, _, _)) = &result {
+            let tenants: Vec<&str> = std::iter::once(t.tenant.as_str())
+                .chain(sharing.iter().map(|o| o.tenant.as_str()))
+                .collect();
+            self.reloader
+                .set_fetched_many(&tenants, &t.url, Arc::clone(keys));
+        }
         // Every source that reads the URL alike, `t`'s first, gets the outcome.
         for o in std::iter::once(t).chain(sharing.iter().copied()) {
             let other = (o.tenant != t.tenant).then(|| self.source(o));
@@ -695,12 +708,6 @@ impl JwksFetcher {
         }
         match result {
             Ok((keys, _, final_url)) => {
-                let keys = Arc::new(keys);
-                let tenants: Vec<&str> = std::iter::once(t.tenant.as_str())
-                    .chain(sharing.iter().map(|o| o.tenant.as_str()))
-                    .collect();
-                self.reloader
-                    .set_fetched_many(&tenants, &t.url, Arc::clone(&keys));
                 self.report(&FetchEvent::Installed {
                     tenant: &t.tenant,
                     url: &redacted_url(&t.url),
