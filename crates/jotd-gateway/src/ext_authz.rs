@@ -44,13 +44,13 @@ pub struct ExtAuthzDoor {
 /// The least a CheckRequest is read up to (16 MiB), whatever
 /// `max_body_bytes` is: a body between the two is refused by the door (413).
 /// Keep Envoy's `max_request_bytes` at or below it; a larger CheckRequest is
-/// a gRPC error (docs/gateways.md). With [`MAX_CALLS_PER_CONNECTION`] calls
-/// it bounds what one connection can make the door hold (2 GiB, as the
-/// 2 MiB × 1,024 before it).
+/// a gRPC error (docs/gateways.md). The calls in flight per connection are
+/// cut so that one connection holds at most 2 GiB being read (2 MiB × 1,024
+/// before), at most [`MAX_CALLS_PER_CONNECTION`].
 pub(crate) const MIN_CHECK_READ: usize = 16 << 20;
 
-/// Calls in flight on one gRPC connection (Envoy opens more connections
-/// past it).
+/// Calls in flight on one gRPC connection at most (Envoy opens more
+/// connections past it); fewer when `max_body_bytes` is large.
 pub(crate) const MAX_CALLS_PER_CONNECTION: u32 = 128;
 
 /// The headers the checks read.

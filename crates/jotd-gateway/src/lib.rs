@@ -289,6 +289,11 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             .max_body_bytes
             .saturating_add(1 << 20)
             .max(ext_authz::MIN_CHECK_READ);
+        // Calls in flight per connection, so that one connection holds at
+        // most 2 GiB of CheckRequests being read whatever the read cap is.
+        let calls_per_connection = u32::try_from((2usize << 30) / max_check_bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, ext_authz::MAX_CALLS_PER_CONNECTION);
         // Past the check deadline (micro-batching and failover included), so
         // the door's own answer (503 when failing closed) comes first: a tonic
         // timeout is an error that `failure_mode_allow` lets through too.
@@ -313,7 +318,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             // Bounded streams per connection, a deadline per call and
             // keep-alive probes so a dead peer's connection goes.
             let serve = tonic::transport::Server::builder()
-                .max_concurrent_streams(Some(ext_authz::MAX_CALLS_PER_CONNECTION))
+                .max_concurrent_streams(Some(calls_per_connection))
                 .timeout(call_timeout)
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
@@ -425,6 +430,10 @@ impl AdminState {
         // has no authentication, and every probe is a check in the batcher's
         // queue, beside real ones.
         let mut last = self.last_probe.lock().await;
+        // The drain may have begun while this waited for the probe.
+        if self.draining.load(Ordering::SeqCst) {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        }
         let result = match &*last {
             Some((at, r)) if at.elapsed() < Duration::from_secs(1) => r.clone(),
             _ => {

@@ -152,7 +152,17 @@ pub async fn upgrade(
     }
     let node = match tokio::time::timeout(
         Duration::from_secs(5),
-        tokio_tungstenite::connect_async(node_req),
+        // The node's messages are capped as its HTTP answers are
+        // (`max_upstream_bytes`); tungstenite's default took up to 64 MiB.
+        tokio_tungstenite::connect_async_with_config(
+            node_req,
+            Some(
+                tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .max_message_size(Some(door.limits.max_upstream_bytes))
+                    .max_frame_size(Some(door.limits.max_upstream_bytes)),
+            ),
+            false,
+        ),
     )
     .await
     {
@@ -267,6 +277,8 @@ async fn relay<C, N>(
             _ = recheck.tick() => {
                 // The token again, as at the upgrade: a key removed, a token
                 // revoked or the tenant gone ends the socket, not only `exp`.
+                // (A call's own verdict cannot change while the token
+                // verifies: the restrictions are the token's claims.)
                 let v = door
                     .gate
                     .check(Door::Proxy, &facts, vec![CallFacts::default()])

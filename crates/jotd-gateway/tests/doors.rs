@@ -1669,6 +1669,55 @@ async fn start_ws_upstream() -> SocketAddr {
     addr
 }
 
+/// A node message larger than `max_upstream_bytes` ends the socket, as an
+/// HTTP answer that large is refused (the node's side took tungstenite's
+/// default, up to 64 MiB, whatever the cap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_message_past_max_upstream_bytes_ends_the_socket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let k = keys();
+    let pool = start_pool(&k);
+    let up = start_ws_upstream().await;
+    // The stand-in node's answer to eth_chainId (with the tenant and
+    // subject it echoes) is over 64 bytes.
+    let (cfg, _dir) = config(
+        "ws-node-cap",
+        &pool,
+        pool.addr,
+        up,
+        "[limits]\nmax_upstream_bytes = 64\n",
+    );
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let proxy = gw.proxy.unwrap();
+    let token =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"gina","aud":AUD,"exp":now() + 600}).to_string(),
+        )
+        .unwrap();
+    let mut req = format!("ws://{proxy}/v3/infura")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::text(call(1, "eth_chainId", &json!([]))))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .expect("an answer or a close");
+    match got {
+        Some(Ok(Message::Close(f))) => {
+            assert_eq!(f.map(|f| u16::from(f.code)), Some(1001));
+        }
+        other => panic!("the oversized node message was relayed: {other:?}"),
+    }
+    gw.drain().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_websocket_closes_when_its_token_stops_verifying() {
     use futures_util::{SinkExt, StreamExt};
