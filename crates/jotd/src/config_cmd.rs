@@ -7,22 +7,10 @@ use std::path::Path;
 
 pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
     let (settings, cfg) = crate::settings::load(config)?;
-    // The files the daemon would read at start must be readable TLS material.
-    if let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) {
-        let read = |p: &Path, what: &str| {
-            jotd_transport::files::read_file(p)
-                .with_context(|| format!("server.{what} {}: cannot read", p.display()))
-        };
-        let ca = match &settings.client_ca_file {
-            Some(p) => Some(read(p, "client_ca_file")?),
-            None => None,
-        };
-        jotd_transport::server_config(
-            &read(cert, "cert_file")?,
-            &read(key, "key_file")?,
-            ca.as_deref(),
-        )
-        .with_context(|| format!("{}: server TLS", config.display()))?;
+    // The files the daemon would read at start (and at each reload) must be
+    // readable TLS material, read the way `serve` reads them.
+    if settings.cert_file.is_some() && settings.key_file.is_some() {
+        crate::settings::server_tls(&settings, config)?;
     }
     // The JWKS fetcher's client as `serve` builds it, extra CA included.
     let mut fetch = settings.fetch.clone();
