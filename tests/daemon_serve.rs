@@ -947,18 +947,7 @@ fn a_sighup_while_starting_reloads_instead_of_ending_the_process() {
 /// second of the first counts as the same.
 #[test]
 fn a_second_sigterm_ends_the_drain_at_once() {
-    let f = fixture("second-term");
-    std::fs::write(
-        &f.config,
-        with_server(
-            &f,
-            "drain_timeout_s = 300\nrequest_timeout_ms = 300000\nidle_timeout_s = 600",
-        ),
-    )
-    .unwrap();
-    let mut d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
-    let rt = runtime();
-    let _held = hold_a_request(&f, &d, &rt);
+    let (mut d, _held) = daemon_holding_a_request("second-term", 300);
     // Two at once: the same request twice (a Ctrl-C to the process group
     // plus a wrapper's SIGTERM), not a second one.
     d.signal("-TERM");
@@ -968,35 +957,40 @@ fn a_second_sigterm_ends_the_drain_at_once() {
     assert!(d.child.try_wait().unwrap().is_none(), "the drain waits");
     std::thread::sleep(Duration::from_millis(1000));
     d.signal("-TERM");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = d.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a second SIGTERM left the drain running"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_within_20_s(&mut d, "a second SIGTERM left the drain running");
     assert_eq!(status.code(), Some(1), "{status:?}");
     d.wait_log("second stop signal");
 }
 
-/// A request that never finishes arriving (a frame announcing 4 KiB, one byte
-/// sent): it holds the drain for `request_timeout_ms`. Returns what keeps it
-/// open.
-fn hold_a_request(
-    f: &Fixture,
-    d: &Daemon,
-    rt: &tokio::runtime::Runtime,
-) -> (
+/// What keeps a held request (and the daemon's files) open: the scratch
+/// directory, the client's runtime, endpoint, connection and stream.
+type Held = (
+    Fixture,
+    tokio::runtime::Runtime,
     quinn::Endpoint,
     quinn::Connection,
     quinn::SendStream,
     quinn::RecvStream,
-) {
-    let held = rt.block_on(async {
+);
+
+/// A daemon with `drain_timeout_s` = `drain_timeout_s` holding a request
+/// that never finishes arriving (a frame announcing 4 KiB, one byte sent):
+/// it holds a drain for `request_timeout_ms` (300 s here).
+fn daemon_holding_a_request(name: &str, drain_timeout_s: u64) -> (Daemon, Held) {
+    let f = fixture(name);
+    std::fs::write(
+        &f.config,
+        with_server(
+            &f,
+            &format!(
+                "drain_timeout_s = {drain_timeout_s}\nrequest_timeout_ms = 300000\nidle_timeout_s = 600"
+            ),
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
+    let rt = runtime();
+    let (endpoint, conn, send, recv) = rt.block_on(async {
         let tls = client_config(f.pki.ca_pem.as_bytes(), None).unwrap();
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -1014,7 +1008,19 @@ fn hold_a_request(
     });
     let m = d.metrics_when(|m| m.contains("jotd_streams_open 1"));
     assert!(m.contains("jotd_streams_open 1"), "{m}");
-    held
+    (d, (f, rt, endpoint, conn, send, recv))
+}
+
+/// The daemon's exit status, waiting at most 20 s (`why`: the failure).
+fn exit_within_20_s(d: &mut Daemon, why: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{why}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A drain that runs out of `drain_timeout_s` with a batch still in flight
@@ -1022,27 +1028,9 @@ fn hold_a_request(
 /// exited 0 either way).
 #[test]
 fn a_drain_that_times_out_exits_1() {
-    let f = fixture("drain-timeout");
-    std::fs::write(
-        &f.config,
-        with_server(
-            &f,
-            "drain_timeout_s = 1\nrequest_timeout_ms = 300000\nidle_timeout_s = 600",
-        ),
-    )
-    .unwrap();
-    let mut d = Daemon::start(&["--config", f.config.to_str().unwrap()], &f.dir);
-    let rt = runtime();
-    let _held = hold_a_request(&f, &d, &rt);
+    let (mut d, _held) = daemon_holding_a_request("drain-timeout", 1);
     d.signal("-TERM");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = d.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the drain never ended");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_within_20_s(&mut d, "the drain never ended");
     assert_eq!(status.code(), Some(1), "{status:?}");
     d.wait_log("drain timed out");
 }
