@@ -1669,6 +1669,29 @@ async fn start_ws_upstream() -> SocketAddr {
     addr
 }
 
+/// [`rig`] with the WebSocket stand-in node as the upstream.
+async fn ws_rig(name: &str, extra: &str) -> (Keys, Pool, Config, tempfile::TempDir) {
+    let k = keys();
+    let pool = start_pool(&k);
+    let up = start_ws_upstream().await;
+    let (cfg, dir) = config(name, &pool, pool.addr, up, extra);
+    (k, pool, cfg, dir)
+}
+
+/// The upgrade request to the proxy's `/v3/infura` with `token`.
+fn ws_request(
+    proxy: SocketAddr,
+    token: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{proxy}/v3/infura")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
 /// A node message larger than `max_upstream_bytes` ends the socket, as an
 /// HTTP answer that large is refused (the node's side took tungstenite's
 /// default, up to 64 MiB, whatever the cap).
@@ -1676,19 +1699,9 @@ async fn start_ws_upstream() -> SocketAddr {
 async fn a_node_message_past_max_upstream_bytes_ends_the_socket() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let k = keys();
-    let pool = start_pool(&k);
-    let up = start_ws_upstream().await;
     // The stand-in node's answer to eth_chainId (with the tenant and
     // subject it echoes) is over 64 bytes.
-    let (cfg, _dir) = config(
-        "ws-node-cap",
-        &pool,
-        pool.addr,
-        up,
-        "[limits]\nmax_upstream_bytes = 64\n",
-    );
+    let (k, _pool, cfg, _dir) = ws_rig("ws-node-cap", "[limits]\nmax_upstream_bytes = 64\n").await;
     let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let proxy = gw.proxy.unwrap();
     let token =
@@ -1697,12 +1710,9 @@ async fn a_node_message_past_max_upstream_bytes_ends_the_socket() {
             &json!({"sub":"gina","aud":AUD,"exp":now() + 600}).to_string(),
         )
         .unwrap();
-    let mut req = format!("ws://{proxy}/v3/infura")
-        .into_client_request()
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(proxy, &token))
+        .await
         .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     ws.send(Message::text(call(1, "eth_chainId", &json!([]))))
         .await
         .unwrap();
@@ -1722,11 +1732,7 @@ async fn a_node_message_past_max_upstream_bytes_ends_the_socket() {
 async fn an_open_websocket_closes_when_its_token_stops_verifying() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let k = keys();
-    let pool = start_pool(&k);
-    let up = start_ws_upstream().await;
-    let (mut cfg, _dir) = config("ws-recheck", &pool, pool.addr, up, "");
+    let (k, pool, mut cfg, _dir) = ws_rig("ws-recheck", "").await;
     cfg.limits.websocket_recheck = std::time::Duration::from_millis(200);
     let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let proxy = gw.proxy.unwrap();
@@ -1736,12 +1742,9 @@ async fn an_open_websocket_closes_when_its_token_stops_verifying() {
             &json!({"sub":"frank","aud":AUD,"exp":now() + 600}).to_string(),
         )
         .unwrap();
-    let mut req = format!("ws://{proxy}/v3/infura")
-        .into_client_request()
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(proxy, &token))
+        .await
         .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     // The second call comes after several rechecks: while the token
     // verifies, they leave the socket open.
     for (id, pause_ms) in [(1, 0), (2, 600)] {
@@ -2068,17 +2071,7 @@ async fn the_grpc_door_makes_room_from_idle_connections_first() {
 async fn one_address_cannot_hold_every_websocket() {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let k = keys();
-    let pool = start_pool(&k);
-    let up = start_ws_upstream().await;
-    let (cfg, _dir) = config(
-        "ws-share",
-        &pool,
-        pool.addr,
-        up,
-        "[limits]\nmax_connections = 2\n",
-    );
+    let (k, _pool, cfg, _dir) = ws_rig("ws-share", "[limits]\nmax_connections = 2\n").await;
     let gw = jotd_gateway::start(&cfg, None).await.unwrap();
     let proxy = gw.proxy.unwrap();
     let token =
@@ -2090,13 +2083,8 @@ async fn one_address_cannot_hold_every_websocket() {
     let open = |local: [u8; 4]| {
         let token = token.clone();
         async move {
-            let mut req = format!("ws://{proxy}/v3/infura")
-                .into_client_request()
-                .unwrap();
-            req.headers_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
             let stream = connect_from(proxy, local).await;
-            tokio_tungstenite::client_async(req, stream).await
+            tokio_tungstenite::client_async(ws_request(proxy, &token), stream).await
         }
     };
     let (mut first, _) = open([127, 0, 0, 2]).await.unwrap();
