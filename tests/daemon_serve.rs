@@ -957,7 +957,8 @@ fn a_second_sigterm_ends_the_drain_at_once() {
     assert!(d.child.try_wait().unwrap().is_none(), "the drain waits");
     std::thread::sleep(Duration::from_millis(1000));
     d.signal("-TERM");
-    let status = exit_within_20_s(&mut d, "a second SIGTERM left the drain running");
+    let status =
+        jotd_e2e::exit_within_20_s(&mut d.child, "a second SIGTERM left the drain running");
     assert_eq!(status.code(), Some(1), "{status:?}");
     d.wait_log("second stop signal");
 }
@@ -1011,18 +1012,6 @@ fn daemon_holding_a_request(name: &str, drain_timeout_s: u64) -> (Daemon, Held) 
     (d, (f, rt, endpoint, conn, send, recv))
 }
 
-/// The daemon's exit status, waiting at most 20 s (`why`: the failure).
-fn exit_within_20_s(d: &mut Daemon, why: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(s) = d.child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{why}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A drain that runs out of `drain_timeout_s` with a batch still in flight
 /// exits with status 1, so a supervisor tells it from a clean drain (it
 /// exited 0 either way).
@@ -1030,7 +1019,7 @@ fn exit_within_20_s(d: &mut Daemon, why: &str) -> std::process::ExitStatus {
 fn a_drain_that_times_out_exits_1() {
     let (mut d, _held) = daemon_holding_a_request("drain-timeout", 1);
     d.signal("-TERM");
-    let status = exit_within_20_s(&mut d, "the drain never ended");
+    let status = jotd_e2e::exit_within_20_s(&mut d.child, "the drain never ended");
     assert_eq!(status.code(), Some(1), "{status:?}");
     d.wait_log("drain timed out");
 }

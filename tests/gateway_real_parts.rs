@@ -789,17 +789,7 @@ tenant = "demo-besu"
     assert!(gw.0.try_wait().unwrap().is_none(), "the drain waits");
     std::thread::sleep(Duration::from_millis(1000));
     kill("-TERM", pid);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = gw.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a second SIGTERM left the drain running"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = jotd_e2e::exit_within_20_s(&mut gw.0, "a second SIGTERM left the drain running");
     assert_eq!(status.code(), Some(1), "{status:?}");
     wait_log("second stop signal");
 }
