@@ -605,14 +605,7 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one_serving() {
     d.signal("-HUP");
     d.wait_log("config reload rejected");
     assert_eq!(decide(&c), "alg_not_allowed");
-    let line = d
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|l| l.contains("config reload rejected"))
-        .cloned()
-        .unwrap();
+    let line = d.log_line("config reload rejected");
     assert!(
         line.contains("jotd.toml:3") && line.contains("policy"),
         "{line}"
@@ -678,14 +671,7 @@ fn a_reload_applies_renewed_tls_files() {
     std::fs::write(f.dir.join("server.key"), "not a key").unwrap();
     d.signal("-HUP");
     d.wait_log("config reload rejected");
-    let line = d
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|l| l.contains("config reload rejected"))
-        .cloned()
-        .unwrap();
+    let line = d.log_line("config reload rejected");
     assert!(line.contains("server.key_file"), "{line}");
     assert_eq!(decide(&renewed.ca_pem), Ok("ok"));
 }

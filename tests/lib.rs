@@ -207,6 +207,23 @@ impl Daemon {
         self.wait_log_all(&[needle]);
     }
 
+    /// Waits (up to 20 s) for a log line holding `needle` and returns the
+    /// first such line.
+    ///
+    /// # Panics
+    /// When none came.
+    #[must_use]
+    pub fn log_line(&self, needle: &str) -> String {
+        self.wait_log(needle);
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+            .expect("waited for it")
+    }
+
     /// Waits (up to 20 s) for a log line holding every one of `needles`.
     pub fn wait_log_all(&self, needles: &[&str]) {
         let deadline = Instant::now() + Duration::from_secs(20);
