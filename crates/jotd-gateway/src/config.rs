@@ -564,23 +564,9 @@ impl Config {
                 }
                 let mut upstreams = Vec::new();
                 for u in &px.upstreams {
-                    let uri: hyper::Uri = u.get_ref().parse().map_err(|e| {
-                        err(
-                            u.span(),
-                            "upstreams",
-                            format!("`{}` is not a URL: {e}", u.get_ref()),
-                        )
+                    let uri = upstream_uri(u.get_ref()).map_err(|why| {
+                        err(u.span(), "upstreams", format!("`{}`: {why}", u.get_ref()))
                     })?;
-                    if uri.scheme_str() != Some("http") || uri.host().is_none() {
-                        return Err(err(
-                            u.span(),
-                            "upstreams",
-                            format!(
-                                "`{}`: only http://host:port upstreams (the node beside the gateway; terminate TLS in front of the gateway)",
-                                u.get_ref()
-                            ),
-                        ));
-                    }
                     upstreams.push(uri);
                 }
                 let upstream_timeout_ms = ranged(
@@ -780,6 +766,38 @@ impl Config {
             },
         })
     }
+}
+
+/// An upstream node's URL: `http://host[:port][/path][?query]`. Refused, each
+/// by name: another scheme (TLS to the node is not spoken), no host, a port
+/// that is not 1..=65535 (the HTTP library would quietly dial port 80
+/// instead), and credentials (`user:pass@`, which would never be sent).
+fn upstream_uri(s: &str) -> Result<hyper::Uri, String> {
+    let uri: hyper::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let only_http = "only http://host:port upstreams (the node beside the gateway; terminate TLS in front of the gateway)";
+    let (Some("http"), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(only_http.into());
+    };
+    if authority.host().is_empty() {
+        return Err(only_http.into());
+    }
+    if authority.as_str().contains('@') {
+        return Err(
+            "credentials in the URL are not sent to the node: give the node's address alone".into(),
+        );
+    }
+    // What follows the host (past an IPv6 literal's brackets) is `:port` or nothing.
+    let after_host = authority
+        .as_str()
+        .rsplit_once(']')
+        .map_or(authority.as_str(), |(_, rest)| rest);
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        match port.parse::<u16>() {
+            Ok(p) if p != 0 => {}
+            _ => return Err(format!("`{port}` is not a port (1 to 65535)")),
+        }
+    }
+    Ok(uri)
 }
 
 #[cfg(test)]

@@ -1200,6 +1200,36 @@ fn config_errors_name_file_line_and_key() {
             + "[[route]]\ntenant = \"a\"\n",
         "upstream_timeout_ms".to_owned(),
     ));
+    // Upstream URLs the HTTP library would have read otherwise than written:
+    // a port past 65535 (dialled port 80), port 0, credentials (never sent),
+    // no host, another scheme.
+    for bad in [
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:0",
+        "http://[::1]:70000/rpc",
+        "http://user:secret@127.0.0.1:8545",
+        "http://:8545",
+        "ws://127.0.0.1:8545",
+        "127.0.0.1:8545",
+    ] {
+        more.push((
+            base.replace("http://127.0.0.1:2", bad) + "[[route]]\ntenant = \"a\"\n",
+            "upstreams".to_owned(),
+        ));
+    }
+    for good in [
+        "http://127.0.0.1:8545",
+        "http://node",
+        "http://[::1]:8545/rpc?x=1",
+        "http://node.internal:8545/",
+    ] {
+        std::fs::write(
+            &file,
+            base.replace("http://127.0.0.1:2", good) + "[[route]]\ntenant = \"a\"\n",
+        )
+        .unwrap();
+        Config::load(&file).unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
     let cases = cases
         .iter()
         .map(|(t, k)| ((*t).to_owned(), (*k).to_owned()))
