@@ -38,7 +38,9 @@ impl TokenInfo {
         self.alg
     }
 
-    /// The header's `kid`, if it had one.
+    /// The `kid` of the key that verified the signature: the header's, or,
+    /// for a token without one, the tenant's only key's (the key store names
+    /// every key, so a decision from the engine always has one).
     #[must_use]
     pub fn kid(&self) -> Option<&str> {
         self.kid.as_deref()
