@@ -170,12 +170,16 @@ fn allowlist(g: &Grants<'_>, req: &Request<'_>) -> Result<(), Reason> {
     }
     if let Some(allowed) = &g.addresses {
         // Every address the request touches must be allowed; hex compares case-insensitively
-        // (EIP-55 checksums are mixed case).
-        let ok = req.addresses.iter().all(|a| {
-            allowed
-                .iter()
-                .any(|x| !x.is_empty() && x.eq_ignore_ascii_case(a))
-        });
+        // (EIP-55 checksums are mixed case). An entry `*` allows any address: it already
+        // allows a call that touches an unknown set (the request's `*`), so refusing a
+        // named one would refuse the narrower call and pass the wider.
+        let any = allowed.iter().any(|x| x == "*");
+        let ok = any
+            || req.addresses.iter().all(|a| {
+                allowed
+                    .iter()
+                    .any(|x| !x.is_empty() && x.eq_ignore_ascii_case(a))
+            });
         if !ok {
             return Err(Reason::AddressNotAllowed);
         }
@@ -311,7 +315,13 @@ fn parse_origin(s: &str, pattern: bool) -> Option<OriginParts<'_>> {
     let port = match port {
         [] => None,
         [b':', digits @ ..] => {
-            if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+            // RFC 6454 serialises a port as a plain decimal: no leading zero
+            // (`:0443` is not `:443`), and never 0.
+            if digits.is_empty()
+                || digits.len() > 5
+                || digits[0] == b'0'
+                || !digits.iter().all(u8::is_ascii_digit)
+            {
                 return None;
             }
             let value = digits

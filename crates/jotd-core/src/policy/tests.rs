@@ -291,6 +291,17 @@ fn origin_ports_and_schemes_must_agree_when_given() {
         "HTTPS://*.EXAMPLE.com",
         "https://a.example.COM"
     ));
+    // A port is written as RFC 6454 serialises it: no leading zero, never 0.
+    for (p, o) in [
+        ("https://a.test:443", "https://a.test:0443"),
+        ("https://a.test:0443", "https://a.test:0443"),
+        ("https://a.test:0443", "https://a.test:443"),
+        ("https://*.test:8443", "https://a.test:08443"),
+        ("https://a.test:0", "https://a.test:0"),
+        ("https://a.test:00", "https://a.test:00"),
+    ] {
+        assert!(!origin_matches(p, o), "{p:?} must not match {o:?}");
+    }
 }
 
 /// Only `*:*`, `group:*` and Besu's exact `group:method` grant.
@@ -406,4 +417,34 @@ fn empty_allowlist_entries_grant_nothing() {
         Err(Reason::AddressNotAllowed),
         "an empty entry does not match an empty address either"
     );
+    // `*` allows a call touching an unknown set of addresses, and so every named one;
+    // only `*` itself does (not `0x*`, not a prefix).
+    let star = Grants {
+        addresses: list(&["*"]),
+        ..Grants::default()
+    };
+    let one = ["0xabc0000000000000000000000000000000000001"];
+    for touched in [&one[..], &["*"], &[one[0], "*"], &[]] {
+        assert_eq!(
+            allowlist(&star, &req(Some("eth_call"), touched, None, None)),
+            Ok(()),
+            "{touched:?}"
+        );
+    }
+    for not_star in [&["0x*"][..], &["**"], &[" *"], &["0xabc*"]] {
+        let g = Grants {
+            addresses: list(not_star),
+            ..Grants::default()
+        };
+        assert_eq!(
+            allowlist(&g, &req(None, &one, None, None)),
+            Err(Reason::AddressNotAllowed),
+            "{not_star:?}"
+        );
+        assert_eq!(
+            allowlist(&g, &req(None, &["*"], None, None)),
+            Err(Reason::AddressNotAllowed),
+            "{not_star:?}"
+        );
+    }
 }
