@@ -400,7 +400,10 @@ impl ClientError {
 /// One decision as the client owns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientDecision {
-    /// Whether the request is allowed.
+    /// Whether the request is allowed: the server said so **and** the reason
+    /// is one this build knows to be an allow. A reason code this build does
+    /// not know is a deny, whatever the server's `allow` bit (docs/protocol.md,
+    /// "Reason codes"), so a newer server cannot make an older gateway fail open.
     pub allow: bool,
     /// Reason code number.
     pub reason: u16,
@@ -425,7 +428,7 @@ impl ClientDecision {
 impl From<&WireDecision<'_>> for ClientDecision {
     fn from(d: &WireDecision<'_>) -> Self {
         Self {
-            allow: d.allow,
+            allow: d.allow && Reason::from_code(d.reason).is_some_and(Reason::is_allow),
             reason: d.reason,
             kid: d.kid.map(str::to_owned),
             sub: d.sub.map(str::to_owned),
@@ -448,6 +451,11 @@ pub struct ClientStats {
     pub hedges: u64,
     /// Decisions that arrived for items already decided (dropped).
     pub late_duplicates: u64,
+    /// Answers that broke the protocol (a decision twice on one stream, an
+    /// index out of range, another request's id, a stream ended early or
+    /// with items undecided); each was dropped and its batch sent again
+    /// elsewhere, so a batch can still succeed: a harness must count these.
+    pub protocol_violations: u64,
     /// Times an endpoint was taken out of rotation.
     pub ejections: u64,
     /// Per endpoint (one row per connection slot).
@@ -552,6 +560,7 @@ struct Shared {
     retries: AtomicU64,
     hedges: AtomicU64,
     late_duplicates: AtomicU64,
+    protocol_violations: AtomicU64,
     ejections: AtomicU64,
     /// Hedge credits, in thousandths.
     hedge_credit: AtomicU64,
@@ -690,6 +699,7 @@ impl Client {
             retries: s.retries.load(Ordering::Relaxed),
             hedges: s.hedges.load(Ordering::Relaxed),
             late_duplicates: s.late_duplicates.load(Ordering::Relaxed),
+            protocol_violations: s.protocol_violations.load(Ordering::Relaxed),
             ejections: s.ejections.load(Ordering::Relaxed),
             endpoints: self
                 .slots
@@ -1160,6 +1170,36 @@ async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `allow` bit counts only with a reason this build knows as an allow:
+    /// an unknown code (a newer server's) and a known deny reason are denies
+    /// whatever the bit says; a known allow with the bit off stays a deny.
+    #[test]
+    fn an_unknown_reason_is_a_deny_whatever_the_allow_bit() {
+        let wire = |allow: bool, reason: u16| WireDecision {
+            index: 0,
+            allow,
+            reason,
+            kid: None,
+            sub: None,
+            exp: None,
+            claims: Vec::new(),
+        };
+        let ok = Reason::Ok.code();
+        assert!(ClientDecision::from(&wire(true, ok)).allow);
+        assert!(!ClientDecision::from(&wire(false, ok)).allow);
+        assert!(ClientDecision::from(&wire(true, Reason::OkNoAuth.code())).allow);
+        for code in [
+            999,
+            u16::MAX,
+            Reason::Expired.code(),
+            Reason::BadSignature.code(),
+        ] {
+            let d = ClientDecision::from(&wire(true, code));
+            assert!(!d.allow, "reason {code} with allow=true: {d:?}");
+            assert_eq!(d.reason, code, "the code is kept as sent");
+        }
+    }
 
     /// Every option a caller can set wrong is refused by name when the client
     /// is built: a zero time that would spin or fail every batch, a time that
