@@ -5,7 +5,7 @@
 use super::{Client, ClientDecision, ClientError, ConnectionFailure, Outstanding, Violation};
 use crate::codec::{FrameType, Limits, decode_decisions, decode_error, next_frame};
 use crate::messages::{DecisionChunk, WireDecision};
-use quinn::{ReadError, RecvStream, WriteError};
+use quinn::{ReadError, RecvStream, SendStream, VarInt, WriteError};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -209,7 +209,7 @@ impl<'c> Pending<'c> {
                     .map_err(|e| lost(ConnectionFailure::Lost(e)))
             })
             .await;
-            let (mut send, recv) = match opened {
+            let (send, recv) = match opened {
                 // A hedge out of time: the primary still stands, and this
                 // endpoint was only slower than one hedge delay.
                 Err(_) if open_by.is_some() => {
@@ -228,10 +228,16 @@ impl<'c> Pending<'c> {
                 }
                 Ok(Ok(x)) => x,
             };
+            // Dropped before its frame is whole (a write out of time, a batch
+            // cancelled mid-write), the stream is reset: quinn finishes a
+            // dropped stream, and the server would read half a frame as a
+            // malformed request from this client.
+            let mut send = ResetUnlessFinished(Some(send));
             slot.sent.fetch_add(1, Ordering::Relaxed);
             let remaining = self.deadline.saturating_duration_since(Instant::now());
             let write_for = hedge.map_or(remaining, |d| remaining.min(d));
-            match tokio::time::timeout(write_for, send.write_all(&self.frame)).await {
+            let write = send.0.as_mut().expect("set above").write_all(&self.frame);
+            match tokio::time::timeout(write_for, write).await {
                 // A hedge not written in time is dropped (its stream reset); the
                 // primary stands.
                 Err(_) if hedge.is_some() => return Err(ClientError::Timeout(write_for)),
@@ -248,7 +254,9 @@ impl<'c> Pending<'c> {
                     continue;
                 }
                 Ok(Ok(())) => {
-                    let _ = send.finish();
+                    if let Some(mut whole) = send.0.take() {
+                        let _ = whole.finish();
+                    }
                 }
             }
             self.attempts.push(Attempt {
@@ -275,6 +283,12 @@ impl<'c> Pending<'c> {
     fn note_failure(&mut self, slot: usize, e: ClientError) {
         let client = self.client;
         let s = &self.slots[slot];
+        if matches!(e, ClientError::Protocol { .. }) {
+            client
+                .shared
+                .protocol_violations
+                .fetch_add(1, Ordering::Relaxed);
+        }
         match &e {
             ClientError::Unavailable { .. } => {}
             ClientError::Server { code, .. } if *code == crate::ErrorCode::Overloaded as u16 => {
@@ -601,4 +615,16 @@ fn deliver(
         delivered[d.index as usize] = true;
     }
     fresh
+}
+
+/// A request stream that is reset, not finished, when dropped while it
+/// still holds one (its frame not written whole).
+struct ResetUnlessFinished(Option<SendStream>);
+
+impl Drop for ResetUnlessFinished {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.as_mut() {
+            let _ = s.reset(VarInt::from_u32(0));
+        }
+    }
 }
