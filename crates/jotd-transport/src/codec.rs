@@ -236,13 +236,16 @@ pub fn decode_error(body: &[u8]) -> Result<ErrorFrame<'_>, WireError> {
 /// The request id a Batch frame's first bytes carry, read from as much of
 /// the stream as has arrived (the 4-byte length, the type byte, then the id as
 /// a varint): refusals echo it whenever it was readable. `None` when `head`
-/// is too short or does not start a Batch frame.
+/// is too short or does not start a Batch frame, or when the id's bytes lie
+/// past the length the frame declares (they are not the frame's).
 #[must_use]
 pub fn peek_request_id(head: &[u8]) -> Option<u64> {
     if head.get(4) != Some(&(FrameType::Batch as u8)) {
         return None;
     }
-    let body = head.get(5..)?;
+    let declared = u32::from_be_bytes(head.get(..4)?.try_into().ok()?) as usize;
+    let end = head.len().min(declared.saturating_add(4));
+    let body = head.get(5..end)?;
     bincode::decode_from_slice::<u64, _>(body, bincode_config())
         .ok()
         .map(|(id, _)| id)

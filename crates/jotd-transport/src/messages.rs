@@ -56,7 +56,9 @@ impl<'de, C> BorrowDecode<'de, C> for BatchRequest<'de> {
         let request_id = <u64 as Decode<C>>::decode(d)?;
         let count = len(d)?;
         d.claim_container_read::<Item<'de>>(count)?;
-        let mut items = Vec::with_capacity(count);
+        // Grown as items arrive, never reserved from the declared count: a
+        // frame of a few bytes declaring thousands of items reserves nothing.
+        let mut items = Vec::with_capacity(count.min(16));
         let mut left = MAX_ADDRESSES_PER_BATCH;
         for _ in 0..count {
             d.unclaim_bytes_read(std::mem::size_of::<Item<'de>>());
@@ -70,7 +72,7 @@ impl<'de, C> BorrowDecode<'de, C> for BatchRequest<'de> {
                 ))
             })?;
             d.claim_container_read::<&'de str>(n)?;
-            let mut addresses = Vec::with_capacity(n);
+            let mut addresses = Vec::with_capacity(n.min(8));
             for _ in 0..n {
                 d.unclaim_bytes_read(std::mem::size_of::<&'de str>());
                 addresses.push(<&'de str>::borrow_decode(d)?);

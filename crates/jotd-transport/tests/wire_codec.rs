@@ -89,6 +89,16 @@ fn non_shortest_varints_are_accepted_and_the_id_is_read_from_the_head() {
     assert_eq!(peek_request_id(&long[..8]), Some(7));
     assert_eq!(peek_request_id(&long[..6]), None, "id not whole yet");
     assert_eq!(peek_request_id(&[0, 0, 0, 9, 2, 7]), None, "not a Batch");
+    // The id must lie inside the declared frame: a frame of length 0 (or 1,
+    // the type byte alone) followed by more bytes has no id to echo.
+    assert_eq!(peek_request_id(&[0, 0, 0, 0, 1, 7]), None, "length 0");
+    assert_eq!(peek_request_id(&[0, 0, 0, 1, 1, 7]), None, "type byte only");
+    assert_eq!(peek_request_id(&[0, 0, 0, 2, 1, 7]), Some(7), "id inside");
+    assert_eq!(
+        peek_request_id(&[0, 0, 0, 3, 1, 0xfb, 7, 0]),
+        None,
+        "a 3-byte id cut by the declared length"
+    );
 }
 
 #[test]
