@@ -77,9 +77,9 @@ pub struct RunArgs {
     /// Distinct valid tokens per tenant and key (the rest of the run reuses them).
     #[arg(long, default_value_t = 256)]
     distinct: usize,
-    /// Tenants of the manifest to use.
-    #[arg(long, default_value_t = 16)]
-    tenants: usize,
+    /// Tenants of the manifest to use (default: 16, or all when it names fewer).
+    #[arg(long)]
+    tenants: Option<usize>,
     /// Outcome mix, e.g. `valid=0.9,expired=0.02,bad_signature=0.02,...`.
     #[arg(long, default_value = "valid=1")]
     mix: String,
@@ -186,8 +186,15 @@ pub struct Fleet {
     pub retries: u64,
     /// Second copies of late batches.
     pub hedges: u64,
-    /// Decisions dropped because their item was already decided.
+    /// Decisions dropped because their item was already decided by another
+    /// copy (a hedge or a retry): the first decision of each item is checked,
+    /// these are not (`--no-hedge` leaves only retries after failures).
     pub late_duplicates: u64,
+    /// Answers that broke the protocol (a duplicate decision on one stream,
+    /// an index out of range, another request's id, a stream ended early).
+    /// The client drops such an answer and sends the batch again, so its
+    /// batch may still succeed; any of these fails the run.
+    pub protocol_violations: u64,
     /// Times an endpoint was taken out of rotation.
     pub ejections: u64,
     /// Per endpoint (connection slot): batches sent, failures, ejections.
@@ -245,6 +252,7 @@ impl From<jotd_transport::ClientStats> for Fleet {
             retries: s.retries,
             hedges: s.hedges,
             late_duplicates: s.late_duplicates,
+            protocol_violations: s.protocol_violations,
             ejections: s.ejections,
             endpoints,
         }
@@ -252,10 +260,15 @@ impl From<jotd_transport::ClientStats> for Fleet {
 }
 
 impl Report {
-    /// Every item got exactly one decision and each was the expected one.
+    /// Every item got exactly one decision and each was the expected one
+    /// (reason and allow bit), and no answer broke the protocol, even one
+    /// whose batch a retry then decided.
     #[must_use]
     pub const fn passed(&self) -> bool {
-        self.mismatches == 0 && self.missing == 0 && self.batch_errors == 0
+        self.mismatches == 0
+            && self.missing == 0
+            && self.batch_errors == 0
+            && self.fleet.protocol_violations == 0
     }
 }
 
@@ -300,8 +313,15 @@ struct Local {
     first_mismatches: Vec<String>,
 }
 
+/// The longest a run lasts (its tokens live an hour).
+const MAX_RUN: Duration = Duration::from_secs(55 * 60);
+
+/// The largest latency recorded, µs: `--timeout-ms`'s bound (a day), so no
+/// sample is clipped.
+const MAX_LATENCY_US: u64 = 86_400_000_000;
+
 fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds")
 }
 
 fn error_kind(e: &ClientError) -> String {
@@ -342,14 +362,19 @@ async fn worker(client: Arc<Client>, s: Arc<Shared>) -> (Local, Histogram<u64>) 
                         decided += 1;
                         *local.reasons.entry(d.reason).or_default() += 1;
                         let want = b.expected[d.index as usize];
-                        if d.reason != want {
+                        // The allow bit is what a gateway acts on: it must
+                        // agree with the reason, as the reason must with the
+                        // expected one.
+                        let want_allow = Reason::from_code(want).is_some_and(Reason::is_allow);
+                        if d.reason != want || d.allow != want_allow {
                             local.mismatches += 1;
                             if local.first_mismatches.len() < 10 {
                                 local.first_mismatches.push(format!(
-                                    "batch {i} item {}: expected {}, got {}",
+                                    "batch {i} item {}: expected {} (allow {want_allow}), got {} (allow {})",
                                     d.index,
                                     name(want),
-                                    name(d.reason)
+                                    name(d.reason),
+                                    d.allow
                                 ));
                             }
                         }
@@ -361,9 +386,9 @@ async fn worker(client: Arc<Client>, s: Arc<Shared>) -> (Local, Histogram<u64>) 
         }
         .await;
         let latency = intended.elapsed().as_micros().max(1) as u64;
-        let _ = hist.record(latency.min(60_000_000));
+        let _ = hist.record(latency.min(MAX_LATENCY_US));
         if let Ok(mut w) = s.window.lock() {
-            let _ = w.record(latency.min(60_000_000));
+            let _ = w.record(latency.min(MAX_LATENCY_US));
         }
         local.batches += 1;
         local.tokens += decided;
@@ -453,6 +478,34 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
     if args.batch == 0 || args.connections == 0 || args.streams == 0 {
         bail!("--batch, --connections and --streams must be at least 1");
     }
+    // Bounds past which the harness would allocate without limit (a batch's
+    // list, a stream per connection) or the protocol refuses anyway.
+    if args.batch > 65_536 {
+        bail!(
+            "--batch {}: must be 1 to 65536 (the protocol's most items a batch)",
+            args.batch
+        );
+    }
+    if args.streams > 4096 {
+        bail!("--streams {}: must be 1 to 4096", args.streams);
+    }
+    if args.count == Some(0) {
+        bail!("--count 0: must be at least 1 (a run that checks nothing passes nothing)");
+    }
+    if args.tenants == Some(0) || args.distinct == 0 {
+        bail!("--tenants and --distinct must be at least 1");
+    }
+    let tenants = match args.tenants {
+        Some(n) if n > m.tenants.len() => bail!(
+            "--tenants {n}: the manifest names only {} tenant(s)",
+            m.tenants.len()
+        ),
+        Some(n) => n,
+        None => m.tenants.len().min(16),
+    };
+    if args.resolve_interval_s == 0 {
+        bail!("--resolve-interval-s 0: must be at least 1");
+    }
     // The client's own bounds, named as flags (its errors name its options).
     if args.connections > 64 {
         bail!("--connections {}: must be 1 to 64", args.connections);
@@ -470,11 +523,21 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         (None, Some(_)) => None,
         (None, None) => Some(Duration::from_secs(10)),
     };
+    // Tokens are minted once, valid for an hour (and the not-yet-valid ones
+    // become valid in an hour): a longer run would report the daemon wrong.
+    if let Some(d) = duration
+        && d > MAX_RUN
+    {
+        bail!(
+            "--duration {}: at most 55m (the harness mints its tokens once, valid for an hour)",
+            args.duration.as_deref().unwrap_or_default()
+        );
+    }
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let t = Instant::now();
-    let pool = build_pool(&m, &keys, args.tenants, args.distinct, &mix, now)?;
+    let pool = build_pool(&m, &keys, tenants, args.distinct, &mix, now)?;
     let pool_size: usize = pool.by_outcome.iter().map(|(_, e)| e.len()).sum();
     let batch_count = (pool_size / args.batch + 1).clamp(64, 4096);
     let batches = build_batches(&pool, &mix, args.batch, batch_count)?;
@@ -537,10 +600,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
     };
     let interval = match args.rate {
         // At least one token a second: a slower rate's interval overflows a clock.
-        Some(r) if (1.0..=1e12).contains(&r) => {
+        // …and at most one batch a microsecond: a shorter interval rounds
+        // to nothing and the pacer spins.
+        Some(r) if (1.0..=1e12).contains(&r) && args.batch as f64 / r >= 1e-6 => {
             Some(Duration::from_secs_f64(args.batch as f64 / r))
         }
-        Some(r) => bail!("--rate {r:e}: must be 1 to 1e12 tokens per second"),
+        Some(r) => bail!(
+            "--rate {r:e}: must be 1 to {:e} tokens per second (one batch of {} a microsecond)",
+            args.batch as f64 * 1e6,
+            args.batch
+        ),
         None => None,
     };
     let rss_start = args
@@ -550,7 +619,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
     let report = rt.block_on(async {
         let mut opts = ClientOptions::new(endpoints, tls);
         opts.names = names;
-        opts.resolve_interval = Duration::from_secs(args.resolve_interval_s.max(1));
+        opts.resolve_interval = Duration::from_secs(args.resolve_interval_s);
         opts.connections_per_endpoint = args.connections;
         opts.server_name = args.server_name.clone();
         opts.batch_timeout = Duration::from_millis(args.timeout_ms);
@@ -786,8 +855,8 @@ pub fn print(r: &Report) {
     println!("client cpu      {:.2}s", r.client_cpu_s);
     let f = &r.fleet;
     println!(
-        "fleet           retries {}  hedges {}  late duplicates dropped {}  ejections {}",
-        f.retries, f.hedges, f.late_duplicates, f.ejections
+        "fleet           retries {}  hedges {}  late duplicates dropped (unchecked) {}  protocol violations {}  ejections {}",
+        f.retries, f.hedges, f.late_duplicates, f.protocol_violations, f.ejections
     );
     for e in &f.endpoints {
         println!(

@@ -5,7 +5,7 @@
 //! buffer, or refused after `request_timeout`) and the daemon's resident
 //! memory before, while the streams are held, and after.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,6 +43,26 @@ pub(crate) struct StallArgs {
 }
 
 pub(crate) fn stall(args: &StallArgs) -> anyhow::Result<()> {
+    // A stream holds half a request: the frame must be larger than what is sent
+    // of it (the 4-byte length included), or the stream sends a whole frame
+    // (plus junk) and measures a refusal, not a stall.
+    if args.size < 2 {
+        bail!(
+            "--size {}: must be at least 2 (a type byte and a request id)",
+            args.size
+        );
+    }
+    if args.part < 6 || args.part as u64 >= u64::from(args.size) + 4 {
+        bail!(
+            "--part {}: must be 6 to {} (less than the --size {} frame and its 4-byte length)",
+            args.part,
+            u64::from(args.size) + 3,
+            args.size
+        );
+    }
+    if args.streams == 0 {
+        bail!("--streams 0: must be at least 1");
+    }
     let ca = jotd_transport::files::read_file(&args.ca)
         .with_context(|| format!("--ca {}", args.ca.display()))?;
     let rss = || {
@@ -72,7 +92,7 @@ pub(crate) fn stall(args: &StallArgs) -> anyhow::Result<()> {
             let mut head = args.size.to_be_bytes().to_vec();
             head.push(1); // a Batch frame
             head.push(u8::try_from(i % 200).unwrap_or(0)); // its request id
-            head.resize(args.part.max(6), 0);
+            head.resize(args.part, 0);
             // A stream the daemon refused at once stops our sending: its
             // answer is still there to read.
             let _ = send.write_all(&head).await;

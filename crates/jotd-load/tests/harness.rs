@@ -92,6 +92,10 @@ fn tls(dir: &Path) -> rustls::ServerConfig {
 }
 
 fn run_harness(dir: &Path, addr: SocketAddr, count: &str) -> Report {
+    run_harness_on(dir, addr, count, "1")
+}
+
+fn run_harness_on(dir: &Path, addr: SocketAddr, count: &str, connections: &str) -> Report {
     let out = main_with([
         "jotd-load",
         "run",
@@ -108,7 +112,7 @@ fn run_harness(dir: &Path, addr: SocketAddr, count: &str) -> Report {
         "--tenants",
         "6",
         "--connections",
-        "1",
+        connections,
         "--streams",
         "4",
         "--threads",
@@ -180,9 +184,24 @@ fn zero_mismatches_against_the_real_server_on_a_mixed_workload() {
     let _ = stop.send(());
 }
 
-/// A server that answers through the batch job (`serve_to_end`) but flips the first decision
+/// What a faulty server does to the first decision of its fifth stream.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// A wrong reason, and the allow bit with it.
+    Flip,
+    /// The allow bit alone (the reason right).
+    FlipAllow,
+    /// The decision sent twice on its stream.
+    Duplicate,
+}
+
+/// A server that answers through the batch job (`serve_to_end`) but spoils the first decision
 /// of its fifth stream.
 async fn flipping_server(dir: &Path, snap: Arc<Snapshot>) -> SocketAddr {
+    faulty_server(dir, snap, Fault::Flip).await
+}
+
+async fn faulty_server(dir: &Path, snap: Arc<Snapshot>, fault: Fault) -> SocketAddr {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls(dir)).unwrap();
     let endpoint = quinn::Endpoint::server(
         quinn::ServerConfig::with_crypto(Arc::new(crypto)),
@@ -236,11 +255,20 @@ async fn flipping_server(dir: &Path, snap: Arc<Snapshot>) -> SocketAddr {
                                 let raw = next_frame(frame, &Limits::default()).unwrap().unwrap();
                                 let mut chunk = decode_decisions(raw.body).unwrap();
                                 let d = &mut chunk.decisions[0];
-                                // The wrong answer: a deny becomes ok, anything else bad_signature.
-                                let ok = jotd_core::Reason::Ok.code();
-                                let bad = jotd_core::Reason::BadSignature.code();
-                                d.reason = if d.reason == ok { bad } else { ok };
-                                d.allow = !d.allow;
+                                match fault {
+                                    // The wrong answer: a deny becomes ok, anything else bad_signature.
+                                    Fault::Flip => {
+                                        let ok = jotd_core::Reason::Ok.code();
+                                        let bad = jotd_core::Reason::BadSignature.code();
+                                        d.reason = if d.reason == ok { bad } else { ok };
+                                        d.allow = !d.allow;
+                                    }
+                                    Fault::FlipAllow => d.allow = !d.allow,
+                                    Fault::Duplicate => {
+                                        let again = d.clone();
+                                        chunk.decisions.push(again);
+                                    }
+                                }
                                 let mut flipped = Vec::new();
                                 encode_decisions(&chunk, &mut flipped).unwrap();
                                 send.write_all(&flipped).await.unwrap();
@@ -270,6 +298,46 @@ fn a_flipped_answer_is_caught_and_fails_the_run() {
     assert_eq!(r.missing, 0);
     assert!(!r.passed());
     assert_eq!(r.first_mismatches.len(), 1);
+}
+
+/// The allow bit is what a gateway acts on: one flipped while the reason is
+/// right is a mismatch too.
+#[test]
+fn a_flipped_allow_bit_alone_is_caught() {
+    let (_scratch, dir) = scratch("flip-allow");
+    tenants(&dir);
+    let snap = Arc::new(snapshot(&dir));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = rt.block_on(faulty_server(&dir, snap, Fault::FlipAllow));
+    let r = run_harness(&dir, addr, "640");
+    assert_eq!(r.mismatches, 1, "{r:#?}");
+    assert!(!r.passed());
+    assert!(
+        r.first_mismatches[0].contains("allow"),
+        "{:?}",
+        r.first_mismatches
+    );
+}
+
+/// A decision sent twice on one stream is a protocol violation: the client
+/// drops that answer and a second connection decides the batch cleanly, but
+/// the run still fails (it promised to catch duplicated decisions).
+#[test]
+fn a_duplicated_decision_fails_the_run_even_when_a_retry_decides_the_batch() {
+    let (_scratch, dir) = scratch("dup");
+    tenants(&dir);
+    let snap = Arc::new(snapshot(&dir));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = rt.block_on(faulty_server(&dir, snap, Fault::Duplicate));
+    let r = run_harness_on(&dir, addr, "640", "2");
+    assert_eq!(r.mismatches, 0, "{r:#?}");
+    assert_eq!(r.fleet.protocol_violations, 1, "{r:#?}");
+    assert_eq!(
+        (r.missing, r.batch_errors),
+        (0, 0),
+        "the retry decided it: {r:#?}"
+    );
+    assert!(!r.passed(), "{r:#?}");
 }
 
 #[test]
@@ -328,6 +396,17 @@ fn bad_flags_are_named() {
         ("--timeout-ms", "18446744073709551615"),
         ("--server-name", ""),
         ("--server-name", "jotd pool"),
+        // A run that checks nothing, lists that would allocate without bound,
+        // a pacer that would spin, a run outliving its tokens, a silent 0.
+        ("--count", "0"),
+        ("--batch", "65537"),
+        ("--streams", "18446744073709551615"),
+        ("--rate", "1e12"),
+        ("--duration", "2h"),
+        ("--tenants", "0"),
+        ("--tenants", "100000"),
+        ("--distinct", "0"),
+        ("--resolve-interval-s", "0"),
     ] {
         let e = main_with([
             "jotd-load",
@@ -341,6 +420,25 @@ fn bad_flags_are_named() {
         ])
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with(flag), "{flag} {value:?}: {e}");
+        assert!(e.contains(flag), "{flag} {value:?}: {e}");
+    }
+    // Stall mode: a --part that is the whole frame (or more) is no stall.
+    for (flag, extra) in [
+        ("--part", ["--size", "10", "--part", "14"]),
+        ("--part", ["--size", "100", "--part", "5"]),
+        ("--size", ["--size", "1", "--part", "6"]),
+        ("--streams", ["--streams", "0", "--part", "6"]),
+    ] {
+        let mut argv = vec![
+            "jotd-load",
+            "stall",
+            "--endpoint",
+            "127.0.0.1:9",
+            "--ca",
+            "/nonexistent/ca.pem",
+        ];
+        argv.extend(extra);
+        let e = main_with(argv).unwrap_err().to_string();
+        assert!(e.starts_with(flag), "{extra:?}: {e}");
     }
 }
