@@ -161,6 +161,11 @@ pub struct Report {
     pub missing: u64,
     /// Batches that failed as a whole.
     pub batch_errors: u64,
+    /// Open loop: batches due before the run ended that no worker had taken
+    /// (every worker was waiting on the daemon). Each is in the latency
+    /// percentiles as having waited from its due time to the end of the run,
+    /// a lower bound, so a daemon that stalls near the end still shows.
+    pub unsent_due: u64,
     /// Batch failures by kind.
     pub errors: BTreeMap<String, u64>,
     /// The first few mismatches, described.
@@ -299,6 +304,8 @@ struct Shared {
     tokens_done: AtomicU64,
     errors_live: AtomicU64,
     window: Mutex<Histogram<u64>>,
+    /// When the monitor ended the run (its duration up).
+    stopped_at: std::sync::OnceLock<Instant>,
 }
 
 #[derive(Default)]
@@ -647,6 +654,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
             tokens_done: AtomicU64::new(0),
             errors_live: AtomicU64::new(0),
             window: Mutex::new(histogram()),
+            stopped_at: std::sync::OnceLock::new(),
         });
         // The pacer: a plain thread sleeps to each batch's due time (finer than
         // tokio's millisecond timer) and hands the batch to whichever worker is
@@ -655,14 +663,22 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         if let (Some(every), Some(tx)) = (interval, paced_tx) {
             let s = Arc::clone(&shared);
             std::thread::spawn(move || {
-                for i in 0u64.. {
+                'pace: for i in 0u64.. {
                     if s.stop.load(Ordering::Relaxed) || s.limit_batches.is_some_and(|l| i >= l) {
                         break;
                     }
                     let due = s.start + every.mul_f64(i as f64);
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
+                    // Asleep in slices, so a slow rate does not outlive the run
+                    // (nor send a batch due after it ended).
+                    loop {
+                        let now = Instant::now();
+                        if due <= now {
+                            break;
+                        }
+                        std::thread::sleep((due - now).min(Duration::from_millis(50)));
+                        if s.stop.load(Ordering::Relaxed) {
+                            break 'pace;
+                        }
                     }
                     if tx.send((i, due)).is_err() {
                         break;
@@ -692,8 +708,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
                 };
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 tick.tick().await;
+                // The run ends at its duration, not at the next progress tick.
+                let deadline = duration.map(|d| tokio::time::Instant::from_std(s.start + d));
                 loop {
-                    tick.tick().await;
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        () = async {
+                            match deadline {
+                                Some(d) => tokio::time::sleep_until(d).await,
+                                None => std::future::pending().await,
+                            }
+                        } => {}
+                    }
                     let elapsed = s.start.elapsed();
                     let done = s.tokens_done.load(Ordering::Relaxed);
                     if !quiet {
@@ -738,6 +764,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
                         }
                     }
                     if duration.is_some_and(|d| elapsed >= d) {
+                        let _ = s.stopped_at.set(Instant::now());
                         s.stop.store(true, Ordering::Relaxed);
                     }
                     if s.stop.load(Ordering::Relaxed) {
@@ -766,6 +793,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
             }
             total.first_mismatches.extend(l.first_mismatches);
             hist.add(h).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        // Open loop: batches released to the queue that no worker took before
+        // the end count as having waited until then (coordinated omission:
+        // dropping them would hide a daemon that stalls at the end).
+        let mut unsent_due = 0u64;
+        if let (Some(rx), Some(end)) = (&shared.paced, shared.stopped_at.get()) {
+            let mut rx = rx.lock().await;
+            while let Ok((_, due)) = rx.try_recv() {
+                if due <= *end {
+                    unsent_due += 1;
+                    let waited = end.duration_since(due).as_micros().max(1) as u64;
+                    let _ = hist.record(waited.min(MAX_LATENCY_US));
+                }
+            }
         }
         let seconds = shared.start.elapsed().as_secs_f64();
         shared.stop.store(true, Ordering::Relaxed);
@@ -797,6 +838,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
             mismatches: total.mismatches,
             missing: total.missing,
             batch_errors: total.batch_errors,
+            unsent_due,
             errors: total.errors,
             first_mismatches: total.first_mismatches,
             client_cpu_s: cpu,
@@ -839,10 +881,11 @@ pub fn print(r: &Report) {
         serde_json::to_string(&r.reasons).unwrap_or_default()
     );
     println!(
-        "checked         mismatches {}  missing {}  batch errors {} {}",
+        "checked         mismatches {}  missing {}  batch errors {}  due but never sent {} {}",
         r.mismatches,
         r.missing,
         r.batch_errors,
+        r.unsent_due,
         if r.errors.is_empty() {
             String::new()
         } else {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 const MIX: &str = "valid=0.4,expired=0.06,not_yet_valid=0.06,bad_signature=0.06,unknown_kid=0.06,wrong_audience=0.06,policy_deny=0.06,malformed=0.06,revoked=0.06,missing_token=0.06,no_auth=0.06";
 
@@ -193,6 +193,8 @@ enum Fault {
     FlipAllow,
     /// The decision sent twice on its stream.
     Duplicate,
+    /// From the fifth stream on, no answer at all (the stream held open).
+    Stall,
 }
 
 /// A server that answers through the batch job (`serve_to_end`) but spoils the first decision
@@ -233,6 +235,9 @@ async fn faulty_server(dir: &Path, snap: Arc<Snapshot>, fault: Fault) -> SocketA
                     let nth = streams.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(async move {
                         let input = recv.read_to_end(1 << 24).await.unwrap();
+                        if matches!(fault, Fault::Stall) && nth >= 4 {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
                         let frames = tokio::task::spawn_blocking(move || {
                             let out = std::sync::Mutex::new(Vec::new());
                             let clock = std::time::Instant::now;
@@ -264,6 +269,7 @@ async fn faulty_server(dir: &Path, snap: Arc<Snapshot>, fault: Fault) -> SocketA
                                         d.allow = !d.allow;
                                     }
                                     Fault::FlipAllow => d.allow = !d.allow,
+                                    Fault::Stall => unreachable!("never answers"),
                                     Fault::Duplicate => {
                                         let again = d.clone();
                                         chunk.decisions.push(again);
@@ -338,6 +344,49 @@ fn a_duplicated_decision_fails_the_run_even_when_a_retry_decides_the_batch() {
         "the retry decided it: {r:#?}"
     );
     assert!(!r.passed(), "{r:#?}");
+}
+
+/// Open loop against a daemon that stops answering: the batches that came
+/// due while every worker waited are not dropped from the report (they were
+/// never sent), they are counted and in the percentiles as having waited
+/// until the end.
+#[test]
+fn batches_due_while_the_daemon_stalls_are_in_the_latency() {
+    let (_scratch, dir) = scratch("stall");
+    tenants(&dir);
+    let snap = Arc::new(snapshot(&dir));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = rt.block_on(faulty_server(&dir, snap, Fault::Stall));
+    let out = main_with([
+        "jotd-load",
+        "run",
+        "--manifest",
+        dir.join("load.json").to_str().unwrap(),
+        "--endpoint",
+        &addr.to_string(),
+        "--rate",
+        "3200",
+        "--batch",
+        "32",
+        "--duration",
+        "2",
+        "--timeout-ms",
+        "2500",
+        "--connections",
+        "1",
+        "--streams",
+        "4",
+        "--no-hedge",
+        "--quiet",
+    ])
+    .unwrap();
+    let Outcome::Ran(r) = out else {
+        panic!("run reports")
+    };
+    // 100 batches a second for 2 s; four answered, four stuck, the rest queued.
+    assert!(r.unsent_due >= 100, "{r:#?}");
+    assert!(r.latency_us.p90 >= 500_000, "{:?}", r.latency_us);
+    assert!(!r.passed());
 }
 
 #[test]
