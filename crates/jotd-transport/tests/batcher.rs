@@ -424,3 +424,47 @@ async fn batches_stay_under_the_byte_cap() {
     assert_eq!(s.items, 10);
     assert!(s.batches >= 5, "{s:?}");
 }
+
+/// Checks that are each within the protocol's address cap but together pass
+/// it go in separate batches: one batch over the cap was refused whole, and
+/// every check in it failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_stay_under_the_protocols_address_cap() {
+    let k = keys();
+    let r = start(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+    );
+    let client = Arc::new(client(&r, vec![r.addr], false));
+    client.connect_all().await.unwrap();
+    let batcher = Batcher::new(
+        client,
+        BatcherOptions {
+            max_items: NonZeroUsize::new(6).unwrap(),
+            max_delay: Duration::from_millis(50),
+            ..BatcherOptions::default()
+        },
+    );
+    // 40,000 addresses each (`*`, 2 bytes on the wire, 240 KB a batch of
+    // two: under the byte cap): two are 80,000 > 65,536, so a batch holds one.
+    let valid = k.hs.mint(Some("hs"), &claims("ok", NOW + 60)).unwrap();
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let (b, v) = (batcher.clone(), valid.clone());
+            tokio::spawn(async move {
+                let mut c = check(&v, "t");
+                c.addresses = vec!["*".to_owned(); 40_000];
+                b.check(c, Instant::now() + Duration::from_secs(5)).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let d = t
+            .await
+            .unwrap()
+            .expect("decided, not refused with its batch");
+        assert!(d.allow, "{d:?}");
+    }
+    assert_eq!(batcher.stats().batches, 6);
+}

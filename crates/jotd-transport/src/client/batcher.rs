@@ -339,12 +339,20 @@ async fn flush_loop(
             } else {
                 break;
             };
-            // At most max_items checks and about max_batch_bytes (one check at least).
+            // At most max_items checks, about max_batch_bytes and the
+            // protocol's MAX_ADDRESSES_PER_BATCH (one check at least): checks
+            // each within bounds must not make a batch the server refuses
+            // whole, failing every check in it.
             let mut n = 0;
             let mut bytes = 0;
+            let mut addresses = 0;
             for q in queue.iter().take(opts.max_items.get()) {
                 bytes += q.check.size();
-                if n > 0 && bytes > opts.max_batch_bytes.get() {
+                addresses += q.check.addresses.len();
+                if n > 0
+                    && (bytes > opts.max_batch_bytes.get()
+                        || addresses > crate::MAX_ADDRESSES_PER_BATCH)
+                {
                     break;
                 }
                 n += 1;
