@@ -566,3 +566,65 @@ async fn replicas_added_to_and_removed_from_the_name_are_followed() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A hedge refused for what the batch is (`too_many_items` at a replica with
+/// a smaller limit, as during a rolling config change) does not throw away
+/// the primary still in flight: the batch fails only when no copy can decide it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_refused_for_its_size_leaves_the_primary_to_decide() {
+    let k = keys();
+    // The primary holds one item (an unknown kid of a JWKS tenant) until the
+    // gate opens, past the hedge delay.
+    let (slow, open) = start_held(&k);
+    let small = start_with(
+        TestBackend::new(snapshot(1, &k, false)),
+        ServerOptions {
+            limits: jotd_transport::Limits {
+                max_items: 2,
+                ..jotd_transport::Limits::default()
+            },
+            ..ServerOptions::default()
+        },
+        false,
+        slow.pki.clone(),
+    );
+    let tls = client_config(slow.pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = ClientOptions::new(vec![slow.addr, small.addr], tls);
+    opts.batch_timeout = Duration::from_secs(6);
+    opts.hedge.min_delay = Duration::from_millis(30);
+    opts.hedge.max_delay = Duration::from_millis(30);
+    opts.hedge.budget = 1.0;
+    let c = Arc::new(Client::new(opts).unwrap());
+    c.connect_all().await.unwrap();
+    let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let batch = tokio::spawn({
+        let c = Arc::clone(&c);
+        async move {
+            c.verify_all(&[
+                item(Some(&held), "jwks"),
+                item(Some(&held), "jwks"),
+                item(Some(&held), "jwks"),
+            ])
+            .await
+        }
+    });
+    // Past the hedge delay and the small replica's refusal.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while c.stats().hedges == 0 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(c.stats().hedges, 1, "a hedge went to the small replica");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    open.send(true).unwrap();
+    let got = batch
+        .await
+        .unwrap()
+        .expect("the primary decides though the hedge was refused");
+    assert_eq!(got.len(), 3);
+    let stats = c.stats();
+    assert_eq!(
+        stats.endpoints[0].sent, 1,
+        "the primary was the gated replica: {stats:?}"
+    );
+    slow.stop().await;
+}

@@ -506,6 +506,16 @@ impl<'c> Pending<'c> {
                         self.fail_attempt(k, e).await?;
                         k = 0;
                     }
+                    // Refused for what the batch is (too many items, a frame
+                    // over this replica's limit): not worth sending anywhere
+                    // else, but a copy already in flight to a replica with
+                    // other limits (a rolling config change) may still
+                    // decide it, so the batch fails only when none is left.
+                    Step::Fatal(e) if self.attempts.len() > 1 => {
+                        drop(self.attempts.swap_remove(k));
+                        self.last_error = Some(e);
+                        k = 0;
+                    }
                     Step::Fatal(e) => return Err(e),
                 }
             }
