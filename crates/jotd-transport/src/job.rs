@@ -365,6 +365,15 @@ impl BatchJob {
         Next::Done
     }
 
+    /// The report of a batch whose client stopped reading before it was
+    /// done: the items decided so far (held ones included), no more work.
+    #[must_use]
+    pub fn abandon(mut self) -> BatchReport {
+        self.report.items = self.decided;
+        self.report.abandoned = true;
+        self.report
+    }
+
     /// The report. Call once every item is decided ([`Next::Done`]).
     #[must_use]
     pub fn finish(mut self) -> BatchReport {

@@ -200,6 +200,10 @@ pub struct BatchReport {
     pub held: usize,
     /// Whether held items were verified again on refetched keys.
     pub refetched: bool,
+    /// The client stopped reading (it reset or stopped the stream) before
+    /// every item was decided: the rest were not verified (`items` counts
+    /// those that were, held ones included).
+    pub abandoned: bool,
     /// Time spent waiting for room in the in-flight budget (set by the driver).
     pub queued: Duration,
     /// Time on the verification pool, refetch waits excluded.

@@ -296,6 +296,8 @@ async fn drive(
         (job, Next::Pool)
     };
     let (job, next) = match next {
+        // The client stopped reading: nothing more is worth deciding.
+        Next::Pool if frames.is_closed() => return Some(job.abandon()),
         Next::Pool => {
             let verify: Step = Box::new(move |mut job, cx, emit| {
                 let next = job.verify(cx, &snapshot, now, emit);
@@ -316,10 +318,13 @@ async fn drive(
             // items are decided on the keys at hand, and the fetch still
             // lands for the next batch.
             let refetch = tokio::spawn(backend.refetch(tenants));
-            let fetched = matches!(
-                tokio::time::timeout(shared.opts.refetch_hold, refetch).await,
-                Ok(Ok(true))
-            );
+            let fetched = tokio::select! {
+                r = tokio::time::timeout(shared.opts.refetch_hold, refetch) => {
+                    matches!(r, Ok(Ok(true)))
+                }
+                // Nobody reads the answer: stop holding its room now.
+                () = frames.closed() => return Some(job.abandon()),
+            };
             let fresh = fetched.then(|| backend.snapshot());
             let now = backend.now();
             let resume: Step = Box::new(move |mut job, cx, emit| {
@@ -413,7 +418,17 @@ async fn write_frames(
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
 ) -> Result<(), StreamEnd> {
     let mut left = shared.opts.write_timeout;
-    while let Some(frame) = rx.recv().await {
+    loop {
+        // A client that stops reading (STOP_SENDING, or its connection gone)
+        // is noticed while the batch is still being decided: dropping `rx`
+        // tells the driver to stop spending work on it.
+        let frame = tokio::select! {
+            frame = rx.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+            _ = send.stopped() => return Err(StreamEnd::Aborted),
+        };
         let started = Instant::now();
         match tokio::time::timeout(left, send.write_all(&frame)).await {
             Ok(Ok(())) => left = left.saturating_sub(started.elapsed()),

@@ -558,3 +558,35 @@ async fn a_tls_switch_serves_new_handshakes_and_never_reopens_a_drain() {
     );
     drop(held);
 }
+
+/// A client that stops reading while its batch waits on a refetch (held
+/// items) frees the batch's room at once: the server stops spending work on
+/// an answer nobody will read, instead of holding the tokens' budget for
+/// `refetch_hold` (here ten minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_client_stops_reading_is_abandoned() {
+    let k = keys();
+    let (r, _gate) = start_held(&k);
+    let conn = raw_connection(&r, false, None).await;
+    let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encoded(9, &[&held, &held], "jwks"))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    wait_for("the batch to be held", || r.stats.tokens_in_flight() == 2).await;
+    recv.stop(0u32.into()).unwrap();
+    wait_for("the budget to be free", || r.stats.tokens_in_flight() == 0).await;
+    // The connection still serves.
+    let ok = k.hs.mint(Some("hs"), &claims("b", NOW + 60)).unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encoded(10, &[&ok], "t")).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(1 << 20).await.unwrap();
+    let limits = jotd_transport::Limits::default();
+    let frame = jotd_transport::next_frame(&answer, &limits)
+        .unwrap()
+        .unwrap();
+    let chunk = jotd_transport::decode_decisions(frame.body).unwrap();
+    assert_eq!(chunk.decisions.len(), 1);
+}
