@@ -195,6 +195,9 @@ pub struct Fleet {
     /// copy (a hedge or a retry): the first decision of each item is checked,
     /// these are not (`--no-hedge` leaves only retries after failures).
     pub late_duplicates: u64,
+    /// Of those, the ones that differed from the decision checked (another
+    /// allow bit or reason: replicas that disagree). Any fails the run.
+    pub late_disagreements: u64,
     /// Answers that broke the protocol (a duplicate decision on one stream,
     /// an index out of range, another request's id, a stream ended early).
     /// The client drops such an answer and sends the batch again, so its
@@ -257,6 +260,7 @@ impl From<jotd_transport::ClientStats> for Fleet {
             retries: s.retries,
             hedges: s.hedges,
             late_duplicates: s.late_duplicates,
+            late_disagreements: s.late_disagreements,
             protocol_violations: s.protocol_violations,
             ejections: s.ejections,
             endpoints,
@@ -274,6 +278,7 @@ impl Report {
             && self.missing == 0
             && self.batch_errors == 0
             && self.fleet.protocol_violations == 0
+            && self.fleet.late_disagreements == 0
     }
 }
 
@@ -898,8 +903,13 @@ pub fn print(r: &Report) {
     println!("client cpu      {:.2}s", r.client_cpu_s);
     let f = &r.fleet;
     println!(
-        "fleet           retries {}  hedges {}  late duplicates dropped (unchecked) {}  protocol violations {}  ejections {}",
-        f.retries, f.hedges, f.late_duplicates, f.protocol_violations, f.ejections
+        "fleet           retries {}  hedges {}  late duplicates dropped {} (disagreeing {})  protocol violations {}  ejections {}",
+        f.retries,
+        f.hedges,
+        f.late_duplicates,
+        f.late_disagreements,
+        f.protocol_violations,
+        f.ejections
     );
     for e in &f.endpoints {
         println!(

@@ -131,6 +131,7 @@ async fn a_late_answer_is_dropped_and_counted() {
         stats.late_duplicates, 3,
         "the hedge repeated three answered items"
     );
+    assert_eq!(stats.late_disagreements, 0, "same keys, same decisions");
     assert_eq!(
         stats.endpoints[0].ejections, 0,
         "a slow replica that answers is not ejected"
@@ -627,4 +628,50 @@ async fn a_hedge_refused_for_its_size_leaves_the_primary_to_decide() {
         "the primary was the gated replica: {stats:?}"
     );
     slow.stop().await;
+}
+
+/// Two replicas that decide one token differently (here the second holds
+/// other keys: a stale rotation): the late copy's decisions are still dropped
+/// (the first stands), and those that differ are counted as disagreements, so
+/// a harness or an operator sees the split.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_answers_that_disagree_are_counted() {
+    let k = keys();
+    let other = keys();
+    let pki = DevPki::generate().unwrap();
+    let (open, gate) = watch::channel(false);
+    let slow = start_with(
+        TestBackend::gated(snapshot(1, &k, false), gate),
+        holding(),
+        false,
+        pki.clone(),
+    );
+    let fast = start_with(
+        TestBackend::new(snapshot(1, &other, false)),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    );
+    let c = pool_client(&pki, vec![slow.addr, fast.addr]);
+    c.connect_all().await.unwrap();
+    let es = k.es.mint(Some("es"), &claims("a", NOW + 60)).unwrap();
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let items = [
+        item(Some(&es), "t"),
+        item(Some(&es), "t"),
+        item(Some(&es), "t"),
+        item(Some(&hs), "jwks"),
+    ];
+    let got = c.verify_all(&items).await.unwrap();
+    assert_eq!(
+        got[0].reason(),
+        Some(Reason::Ok),
+        "the first decision stands"
+    );
+    let stats = c.stats();
+    assert_eq!(stats.late_duplicates, 3, "{stats:?}");
+    assert_eq!(stats.late_disagreements, 3, "{stats:?}");
+    open.send(true).unwrap();
+    slow.stop().await;
+    fast.stop().await;
 }

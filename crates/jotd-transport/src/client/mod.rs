@@ -451,6 +451,11 @@ pub struct ClientStats {
     pub hedges: u64,
     /// Decisions that arrived for items already decided (dropped).
     pub late_duplicates: u64,
+    /// Of those, the ones whose allow bit or reason differed from the
+    /// decision delivered: two replicas that decide one token differently
+    /// (a stale key, another config). Read only until the batch completes,
+    /// so a lower bound.
+    pub late_disagreements: u64,
     /// Answers that broke the protocol (a decision twice on one stream, an
     /// index out of range, another request's id, a stream ended early or
     /// with items undecided); each was dropped and its batch sent again
@@ -560,6 +565,7 @@ struct Shared {
     retries: AtomicU64,
     hedges: AtomicU64,
     late_duplicates: AtomicU64,
+    late_disagreements: AtomicU64,
     protocol_violations: AtomicU64,
     ejections: AtomicU64,
     /// Hedge credits, in thousandths.
@@ -699,6 +705,7 @@ impl Client {
             retries: s.retries.load(Ordering::Relaxed),
             hedges: s.hedges.load(Ordering::Relaxed),
             late_duplicates: s.late_duplicates.load(Ordering::Relaxed),
+            late_disagreements: s.late_disagreements.load(Ordering::Relaxed),
             protocol_violations: s.protocol_violations.load(Ordering::Relaxed),
             ejections: s.ejections.load(Ordering::Relaxed),
             endpoints: self

@@ -59,7 +59,8 @@ pub struct Pending<'c> {
     frame: Arc<[u8]>,
     request_id: u64,
     items: usize,
-    delivered: Vec<bool>,
+    /// Per item, the (allow, reason) delivered, once it was.
+    delivered: Vec<Option<(bool, u16)>>,
     decided: usize,
     attempts: Vec<Attempt>,
     tried: Vec<usize>,
@@ -115,7 +116,7 @@ impl<'c> Pending<'c> {
             frame,
             request_id,
             items,
-            delivered: vec![false; items],
+            delivered: vec![None; items],
             decided: 0,
             attempts: Vec::with_capacity(2),
             tried: Vec::with_capacity(2),
@@ -407,11 +408,13 @@ impl<'c> Pending<'c> {
                             Err(v) => protocol(v),
                             Ok(()) => {
                                 a.decided += chunk.decisions.len();
+                                let shared = &self.client.shared;
                                 let delivered = deliver(
                                     &mut self.delivered,
                                     &chunk,
                                     f,
-                                    &self.client.shared.late_duplicates,
+                                    &shared.late_duplicates,
+                                    &shared.late_disagreements,
                                 );
                                 self.decided += delivered;
                                 Step::Consumed { delivered }
@@ -587,22 +590,30 @@ fn check(seen: &mut [bool], chunk: &DecisionChunk<'_>) -> Result<(), Violation> 
 }
 
 /// Hands `f` the decisions of `chunk` not delivered before (the whole chunk
-/// when all are new); counts the rest as late duplicates. Returns how many
-/// were delivered.
+/// when all are new); counts the rest as late duplicates, and those that
+/// differ from the decision delivered (another allow bit or reason: two
+/// replicas that disagree) as disagreements. Returns how many were delivered.
 fn deliver(
-    delivered: &mut [bool],
+    delivered: &mut [Option<(bool, u16)>],
     chunk: &DecisionChunk<'_>,
     f: &mut impl FnMut(&DecisionChunk<'_>),
     late: &std::sync::atomic::AtomicU64,
+    disagreeing: &std::sync::atomic::AtomicU64,
 ) -> usize {
-    let fresh = chunk
-        .decisions
-        .iter()
-        .filter(|d| !delivered[d.index as usize])
-        .count();
-    let stale = chunk.decisions.len() - fresh;
+    let mut stale = 0u64;
+    let mut differ = 0u64;
+    for d in &chunk.decisions {
+        if let Some(first) = delivered[d.index as usize] {
+            stale += 1;
+            differ += u64::from(first != (d.allow, d.reason));
+        }
+    }
+    let fresh = chunk.decisions.len() - stale as usize;
     if stale > 0 {
-        late.fetch_add(stale as u64, Ordering::Relaxed);
+        late.fetch_add(stale, Ordering::Relaxed);
+    }
+    if differ > 0 {
+        disagreeing.fetch_add(differ, Ordering::Relaxed);
     }
     if fresh == 0 {
         return 0;
@@ -613,7 +624,7 @@ fn deliver(
         let decisions: Vec<WireDecision<'_>> = chunk
             .decisions
             .iter()
-            .filter(|d| !delivered[d.index as usize])
+            .filter(|d| delivered[d.index as usize].is_none())
             .cloned()
             .collect();
         f(&DecisionChunk {
@@ -622,7 +633,7 @@ fn deliver(
         });
     }
     for d in &chunk.decisions {
-        delivered[d.index as usize] = true;
+        delivered[d.index as usize].get_or_insert((d.allow, d.reason));
     }
     fresh
 }
