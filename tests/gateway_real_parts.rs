@@ -628,6 +628,8 @@ tenant = "demo-besu"
         "# TYPE jotd_gateway_batches_cancelled_total counter\njotd_gateway_batches_cancelled_total 0",
         "jotd_gateway_upstream_seconds_bucket",
         "# TYPE jotd_gateway_pool_batches_total counter\njotd_gateway_pool_batches_total{endpoint=\"127.0.0.1:",
+        "# TYPE jotd_gateway_pool_disagreements_total counter\njotd_gateway_pool_disagreements_total 0",
+        "jotd_gateway_pool_protocol_violations_total 0",
     ] {
         assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
     }

@@ -520,5 +520,10 @@ impl AdminState {
             "# HELP jotd_gateway_pool_retries_total Batches sent again after a failure.\n# TYPE jotd_gateway_pool_retries_total counter\njotd_gateway_pool_retries_total {}\n# HELP jotd_gateway_pool_hedges_total Second copies of slow batches.\n# TYPE jotd_gateway_pool_hedges_total counter\njotd_gateway_pool_hedges_total {}",
             c.retries, c.hedges
         );
+        let _ = writeln!(
+            out,
+            "# HELP jotd_gateway_pool_protocol_violations_total Answers from the pool that broke the protocol (dropped; the batch was sent again).\n# TYPE jotd_gateway_pool_protocol_violations_total counter\njotd_gateway_pool_protocol_violations_total {}\n# HELP jotd_gateway_pool_disagreements_total Late copies whose decision differed from the one used: replicas that decide one token differently (a stale key, another config).\n# TYPE jotd_gateway_pool_disagreements_total counter\njotd_gateway_pool_disagreements_total {}",
+            c.protocol_violations, c.late_disagreements
+        );
     }
 }
