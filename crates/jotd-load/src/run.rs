@@ -487,8 +487,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let keys = m.signing_keys(&dir, &algs)?;
     let mix = parse_mix(&args.mix)?;
-    if args.batch == 0 || args.connections == 0 || args.streams == 0 {
-        bail!("--batch, --connections and --streams must be at least 1");
+    for (flag, value) in [
+        ("--batch", args.batch),
+        ("--connections", args.connections),
+        ("--streams", args.streams),
+    ] {
+        if value == 0 {
+            bail!("{flag} 0: must be at least 1");
+        }
     }
     // Bounds past which the harness would allocate without limit (a batch's
     // list, a stream per connection) or the protocol refuses anyway.
@@ -504,8 +510,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
     if args.count == Some(0) {
         bail!("--count 0: must be at least 1 (a run that checks nothing passes nothing)");
     }
-    if args.tenants == Some(0) || args.distinct == 0 {
-        bail!("--tenants and --distinct must be at least 1");
+    if args.tenants == Some(0) {
+        bail!("--tenants 0: must be at least 1");
+    }
+    if args.distinct == 0 {
+        bail!("--distinct 0: must be at least 1");
     }
     let tenants = match args.tenants {
         Some(n) if n > m.tenants.len() => bail!(

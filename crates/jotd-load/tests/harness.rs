@@ -448,6 +448,9 @@ fn bad_flags_are_named() {
         // A run that checks nothing, lists that would allocate without bound,
         // a pacer that would spin, a run outliving its tokens, a silent 0.
         ("--count", "0"),
+        ("--batch", "0"),
+        ("--connections", "0"),
+        ("--streams", "0"),
         ("--batch", "65537"),
         ("--streams", "18446744073709551615"),
         ("--rate", "1e12"),
@@ -469,7 +472,7 @@ fn bad_flags_are_named() {
         ])
         .unwrap_err()
         .to_string();
-        assert!(e.contains(flag), "{flag} {value:?}: {e}");
+        assert!(e.starts_with(flag), "{flag} {value:?}: {e}");
     }
     // Stall mode: a --part that is the whole frame (or more) is no stall.
     for (flag, extra) in [

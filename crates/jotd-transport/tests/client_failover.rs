@@ -675,3 +675,44 @@ async fn late_answers_that_disagree_are_counted() {
     slow.stop().await;
     fast.stop().await;
 }
+
+/// When the copy left after a refusal for size fails too (here it runs out of
+/// time), the batch's error is the refusal: a caller retrying on a timeout
+/// would retry a batch that can never fit that replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_for_size_is_the_error_when_the_other_copy_fails_too() {
+    let k = keys();
+    let (slow, _gate) = start_held(&k);
+    let small = start_with(
+        TestBackend::new(snapshot(1, &k, false)),
+        ServerOptions {
+            limits: jotd_transport::Limits {
+                max_items: 2,
+                ..jotd_transport::Limits::default()
+            },
+            ..ServerOptions::default()
+        },
+        false,
+        slow.pki.clone(),
+    );
+    let tls = client_config(slow.pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = ClientOptions::new(vec![slow.addr, small.addr], tls);
+    opts.batch_timeout = Duration::from_secs(1);
+    opts.hedge.min_delay = Duration::from_millis(30);
+    opts.hedge.max_delay = Duration::from_millis(30);
+    opts.hedge.budget = 1.0;
+    let c = Arc::new(Client::new(opts).unwrap());
+    c.connect_all().await.unwrap();
+    let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let items = [
+        item(Some(&held), "jwks"),
+        item(Some(&held), "jwks"),
+        item(Some(&held), "jwks"),
+    ];
+    let e = c.verify_all(&items).await.unwrap_err();
+    assert!(
+        matches!(e, ClientError::Server { code, .. } if code == ErrorCode::TooManyItems as u16),
+        "{e:?}"
+    );
+    assert_eq!(c.stats().hedges, 1);
+}

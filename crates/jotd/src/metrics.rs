@@ -42,7 +42,7 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         "jotd_batches_total",
         Kind::Counter,
-        "Batches answered: decided, or the error code that failed them as a whole",
+        "Batches answered: decided, abandoned (the client stopped reading first), or the error code that failed them as a whole",
     ),
     (
         "jotd_batches_refused_total",
@@ -256,6 +256,7 @@ pub(crate) struct Metrics {
     /// `[admin] tenant_labels`.
     tenant_tokens: Vec<[Counter; 2]>,
     batches_ok: Counter,
+    batches_abandoned: Counter,
     batches_failed: Vec<Counter>,
     batch_size: Histogram,
     batch_seconds: Histogram,
@@ -321,6 +322,7 @@ impl Metrics {
                 .map(|_| OnceLock::new())
                 .collect(),
             batches_ok: counter!("jotd_batches_total", "result" => "decided"),
+            batches_abandoned: counter!("jotd_batches_total", "result" => "abandoned"),
             batches_failed,
             batch_size: histogram!("jotd_batch_size"),
             batch_seconds: histogram!("jotd_batch_duration_seconds"),
@@ -367,6 +369,7 @@ impl Metrics {
         match event {
             Event::Batch(b) => {
                 match b.error {
+                    None if b.abandoned => self.batches_abandoned.increment(1),
                     None => self.batches_ok.increment(1),
                     Some(code) => {
                         if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
@@ -709,6 +712,34 @@ mod per_url_tests {
             failed_total: failed,
             keys_url: None,
         }
+    }
+
+    /// The only test in this binary that installs the global recorder.
+    /// A batch whose client stopped reading is `abandoned`, not `decided`.
+    #[test]
+    fn batches_are_counted_by_result() {
+        let m = super::Metrics::install(None).unwrap();
+        let decided = jotd_transport::BatchReport {
+            items: 2,
+            ..jotd_transport::BatchReport::default()
+        };
+        let abandoned = jotd_transport::BatchReport {
+            items: 1,
+            abandoned: true,
+            ..jotd_transport::BatchReport::default()
+        };
+        m.event(&jotd_transport::Event::Batch(&decided));
+        m.event(&jotd_transport::Event::Batch(&abandoned));
+        m.event(&jotd_transport::Event::Batch(&abandoned));
+        let text = m.render();
+        assert!(
+            text.contains("jotd_batches_total{result=\"decided\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jotd_batches_total{result=\"abandoned\"} 2"),
+            "{text}"
+        );
     }
 
     #[test]

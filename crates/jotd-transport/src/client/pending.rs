@@ -59,6 +59,10 @@ pub struct Pending<'c> {
     frame: Arc<[u8]>,
     request_id: u64,
     items: usize,
+    /// A refusal for what the batch is (too many items, too large) from one
+    /// copy while another was still in flight: the batch's error if that
+    /// one fails too (a retryable error would hide that it can never fit).
+    refused: Option<ClientError>,
     /// Per item, the (allow, reason) delivered, once it was.
     delivered: Vec<Option<(bool, u16)>>,
     decided: usize,
@@ -117,6 +121,7 @@ impl<'c> Pending<'c> {
             request_id,
             items,
             delivered: vec![None; items],
+            refused: None,
             decided: 0,
             attempts: Vec::with_capacity(2),
             tried: Vec::with_capacity(2),
@@ -483,6 +488,16 @@ impl<'c> Pending<'c> {
     /// to send the batch to after the ones it was on failed.
     pub async fn next_chunk(
         &mut self,
+        f: impl FnMut(&DecisionChunk<'_>),
+    ) -> Result<bool, ClientError> {
+        match self.read_chunk(f).await {
+            Err(e) => Err(self.refused.take().unwrap_or(e)),
+            ok => ok,
+        }
+    }
+
+    async fn read_chunk(
+        &mut self,
         mut f: impl FnMut(&DecisionChunk<'_>),
     ) -> Result<bool, ClientError> {
         loop {
@@ -516,7 +531,7 @@ impl<'c> Pending<'c> {
                     // decide it, so the batch fails only when none is left.
                     Step::Fatal(e) if self.attempts.len() > 1 => {
                         drop(self.attempts.swap_remove(k));
-                        self.last_error = Some(e);
+                        self.refused = Some(e);
                         k = 0;
                     }
                     Step::Fatal(e) => return Err(e),
