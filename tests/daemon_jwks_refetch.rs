@@ -224,6 +224,16 @@ policy = "none"
 [[tenant.jwks]]
 url = "http://{closed}/jwks.json"
 refresh_s = 3600
+
+# A second tenant of the same identity provider: the one fetch of the URL
+# serves both, and both count as tried (readiness waited for ever on the
+# tenant whose own fetch never ran).
+[[tenant]]
+id = "sso2"
+policy = "none"
+[[tenant.jwks]]
+url = "http://{closed}/jwks.json"
+refresh_s = 3600
 "#
         ),
     )
@@ -234,7 +244,8 @@ refresh_s = 3600
     assert!(body.starts_with("ready: "), "{body}");
     assert!(
         body.contains("degraded: jwks http://127.0.0.1:")
-            && body.contains("(tenant sso) never fetched: "),
+            && body.contains("(tenant sso) never fetched: ")
+            && body.contains("(tenant sso2) never fetched: "),
         "{body}"
     );
     let metrics = d.metrics_when(|m| m.contains("jotd_jwks_stale{"));

@@ -252,8 +252,12 @@ pub struct SourceHealth {
     pub failures: u32,
     /// The last failure, until a fetch succeeds.
     pub last_error: Option<FetchError>,
-    /// Fetches done so far (good or not).
+    /// Fetches done so far (good or not), counted on the source whose tenant
+    /// ran them: a fetch of a URL shared by several tenants counts once.
     pub fetches: u64,
+    /// Whether a fetch of this source's URL (this tenant's or one shared with
+    /// another tenant) has finished, good or not.
+    pub tried: bool,
     /// Fetches that failed, in all.
     pub failed_total: u64,
     /// The URL the installed keys actually came from (after redirects);
@@ -838,6 +842,7 @@ impl JwksFetcher {
                     failed_total: info.failed_total,
                     last_error: info.last_error.clone(),
                     fetches: info.fetches,
+                    tried: info.last_attempt.is_some(),
                     keys_url: info.keys_url.as_deref().map(redacted_url),
                     tenant: t.tenant.clone(),
                     url: redacted_url(&t.url),

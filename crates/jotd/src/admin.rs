@@ -28,7 +28,7 @@ pub(crate) struct Health {
 /// Sets `started` once every source the fetcher holds has been tried (a
 /// fetch finished, good or not), checking every 100 ms.
 pub(crate) async fn watch_first_fetches(fetcher: Arc<JwksFetcher>, started: Arc<AtomicBool>) {
-    while !fetcher.health().iter().all(|h| h.fetches > 0) {
+    while !fetcher.health().iter().all(|h| h.tried) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     started.store(true, Ordering::SeqCst);
@@ -68,13 +68,13 @@ impl Health {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default();
             match h.age {
-                None if h.fetches == 0 && !self.started.load(Ordering::SeqCst) => {
+                None if !h.tried && !self.started.load(Ordering::SeqCst) => {
                     problems.push(format!(
                         "jwks {} (tenant {}) not fetched yet",
                         h.url, h.tenant
                     ));
                 }
-                None if h.fetches == 0 => degraded.push(format!(
+                None if !h.tried => degraded.push(format!(
                     "jwks {} (tenant {}) not fetched yet",
                     h.url, h.tenant
                 )),

@@ -709,6 +709,7 @@ mod per_url_tests {
             failures: 0,
             last_error: None,
             fetches,
+            tried: fetches > 0,
             failed_total: failed,
             keys_url: None,
         }
