@@ -321,3 +321,30 @@ secret = "a secret of at least thirty-two bytes, for HS256"
     }
     assert!(seen_pending, "the hanging URL is listed as degraded");
 }
+
+/// A config whose tenants all have `require_jwt = false` and no keys is valid
+/// (`config check` accepts it, `serve` answers): the replica is ready, not
+/// `no keys loaded` for ever.
+#[test]
+fn a_replica_whose_tenants_need_no_token_is_ready() {
+    let (dir, _pki) = with_tls("no-keys");
+    let config = dir.join("jotd.toml");
+    std::fs::write(
+        &config,
+        r#"
+[server]
+cert_file = "server.pem"
+key_file = "server.key"
+
+[[tenant]]
+id = "pub"
+policy = "none"
+require_jwt = false
+no_auth_methods = ["web3_clientVersion"]
+"#,
+    )
+    .unwrap();
+    let d = Daemon::start(&["--config", config.to_str().unwrap()], &dir);
+    let (status, body) = ready(&d);
+    assert_eq!(status, 200, "{body}");
+}

@@ -26,10 +26,18 @@ pub struct Tally {
 
 /// A bounded list of tenants an operator chose to see in per-tenant metrics
 /// (per-tenant labels are otherwise never used: unbounded cardinality).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TenantWatch {
     names: Vec<String>,
     index: HashMap<String, u16>,
+}
+
+/// The names in order: the index is derived from them, and a `HashMap`
+/// prints in an order of its own (two equal watch lists printed unalike).
+impl std::fmt::Debug for TenantWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("TenantWatch").field(&self.names).finish()
+    }
 }
 
 impl TenantWatch {

@@ -56,8 +56,10 @@ impl Health {
             problems.push("draining".to_owned());
         }
         let snap = self.reloader.store().load();
+        // No key at all is a replica that failed to load them, unless no
+        // tenant needs one (every tenant `require_jwt = false`: a valid config).
         let keys: usize = snap.tenants().map(|t| t.keys.len()).sum();
-        if keys == 0 {
+        if keys == 0 && snap.tenants().any(|t| t.require_jwt) {
             problems.push("no keys loaded".to_owned());
         }
         for h in self.fetcher.health() {
