@@ -347,4 +347,20 @@ no_auth_methods = ["web3_clientVersion"]
     let d = Daemon::start(&["--config", config.to_str().unwrap()], &dir);
     let (status, body) = ready(&d);
     assert_eq!(status, 200, "{body}");
+    // The admin listener answers another method with 405 and the methods it allows.
+    let mut s = std::net::TcpStream::connect(d.admin).unwrap();
+    write!(
+        s,
+        "POST /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nallow: get, head\r\n"),
+        "{answer}"
+    );
 }

@@ -128,7 +128,13 @@ fn route(
 ) -> Response<Full<Bytes>> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into(), PLAIN);
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into(), PLAIN);
+        // RFC 9110 15.5.6: a 405 names the methods the resource allows.
+        r.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return r;
     }
     match req.uri().path() {
         "/metrics" => match metrics {

@@ -136,7 +136,7 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
                         .flat_map(|k| {
                             k.keys
                                 .iter()
-                                .map(|(kid, key)| format!("{kid} {}", key.algorithm()))
+                                .map(|(kid, key)| format!("{kid:?} {}", key.algorithm()))
                         })
                         .collect();
                     writeln!(

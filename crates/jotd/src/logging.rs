@@ -20,3 +20,39 @@ pub(crate) fn init(format: LogFormat, level: &str) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// Displays `T` with its control characters escaped (`\n`, `\u{1b}`): for
+/// errors whose text can carry bytes from outside the daemon (a JWKS
+/// document's `alg` or `kty`, a key in a config or denylist file that
+/// automation writes). Text logs print a `%` field as it is, so a line break
+/// or a terminal escape in it would forge or hide log lines.
+pub(crate) struct Escaped<T>(pub(crate) T);
+
+impl<T: std::fmt::Display> std::fmt::Display for Escaped<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.to_string().chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Escaped;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        let hostile = "unknown algorithm `x\u{1b}[2J\nFAKE line\r`, é ok";
+        assert_eq!(
+            Escaped(hostile).to_string(),
+            "unknown algorithm `x\\u{1b}[2J\\nFAKE line\\r`, é ok"
+        );
+        assert_eq!(Escaped("plain").to_string(), "plain");
+    }
+}

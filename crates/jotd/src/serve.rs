@@ -4,6 +4,7 @@
 //! SIGTERM/SIGINT.
 
 use crate::admin::{self, Health};
+use crate::logging::Escaped;
 use crate::metrics::Metrics;
 use crate::settings::{self, LogFormat, Settings};
 use crate::{dev, logging};
@@ -366,7 +367,7 @@ async fn serve(
     // between the start-up flag and the loop.
     #[cfg(unix)]
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .inspect_err(|e| error!(error = %e, "cannot listen for SIGHUP; reloads come from the file watcher only"))
+        .inspect_err(|e| error!(error = %Escaped(e), "cannot listen for SIGHUP; reloads come from the file watcher only"))
         .ok();
     #[cfg(not(unix))]
     let hup = None;
@@ -589,7 +590,11 @@ async fn reload_loop(
             Ok(Some(result)) => result,
             Ok(None) => continue,
             Err(e) => {
-                error!(trigger, error = %e, "config reload failed; still serving the previous config");
+                // A reload that panicked is a rejected reload too (the alert counts these).
+                error!(trigger, error = %Escaped(e), "config reload failed; still serving the previous config");
+                if let Some(m) = &metrics {
+                    m.reload(false);
+                }
                 continue;
             }
         };
@@ -609,7 +614,7 @@ async fn reload_loop(
                 }
             }
             Err(e) => {
-                error!(trigger, error = %e, "config reload rejected; still serving the previous config");
+                error!(trigger, error = %Escaped(e), "config reload rejected; still serving the previous config");
                 if let Some(m) = &metrics {
                     m.reload(false);
                 }
@@ -656,7 +661,7 @@ fn log_fetch(event: &jotd_keys::FetchEvent<'_>) {
             }
         }
         jotd_keys::FetchEvent::Failed { tenant, url, error } => {
-            warn!(tenant, url, error = %error, "jwks fetch failed; keeping the last good keys");
+            warn!(tenant, url, error = %Escaped(error), "jwks fetch failed; keeping the last good keys");
         }
     }
 }
