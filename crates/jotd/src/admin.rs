@@ -23,7 +23,14 @@ pub(crate) struct Health {
     /// ([`watch_first_fetches`]): from then on an untried URL (one a reload
     /// added) degrades readiness instead of failing it.
     pub(crate) started: Arc<AtomicBool>,
+    /// The last answer and when it was worked out: probes pipelined on many
+    /// connections cost one walk of every tenant and JWKS source per
+    /// [`READY_FOR`], not one each, on the I/O threads that serve batches.
+    pub(crate) last: std::sync::Mutex<Option<(std::time::Instant, Result<String, String>)>>,
 }
+
+/// How long one readiness answer is reused (a drain shows at once).
+const READY_FOR: Duration = Duration::from_millis(250);
 
 /// Sets `started` once every source the fetcher holds has been tried (a
 /// fetch finished, good or not), checking every 100 ms.
@@ -50,6 +57,23 @@ impl Health {
     /// identity provider, so failing readiness on it would pull the whole pool,
     /// every tenant, out of the balancer for one tenant's outage.
     pub(crate) fn ready(&self) -> Result<String, String> {
+        if self.draining.load(Ordering::SeqCst) {
+            return self.work_out();
+        }
+        let Ok(mut last) = self.last.lock() else {
+            return self.work_out();
+        };
+        if let Some((at, answer)) = last.as_ref()
+            && at.elapsed() < READY_FOR
+        {
+            return answer.clone();
+        }
+        let answer = self.work_out();
+        *last = Some((std::time::Instant::now(), answer.clone()));
+        answer
+    }
+
+    fn work_out(&self) -> Result<String, String> {
         let mut problems = Vec::new();
         let mut degraded = Vec::new();
         if self.draining.load(Ordering::SeqCst) {

@@ -393,6 +393,7 @@ async fn serve(
             fetcher: Arc::clone(&fetcher),
             draining: Arc::clone(&draining),
             started,
+            last: std::sync::Mutex::new(None),
         };
         let bound = admin::start(admin_addr, health, metrics.clone(), stop_rx.clone())
             .await
