@@ -7,9 +7,18 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber (stderr). `RUST_LOG`, when set, wins over `level`.
 pub(crate) fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // An unreadable RUST_LOG is said so once logging is up, not dropped quietly.
+    let mut bad_env = None;
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            if std::env::var_os("RUST_LOG").is_some() {
+                bad_env = Some(e.to_string());
+            }
+            EnvFilter::try_new(level)
+        }
+    }
+    .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -19,6 +28,9 @@ pub(crate) fn init(format: LogFormat, level: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    if let Some(e) = bad_env {
+        tracing::warn!(error = %Escaped(e), level, "RUST_LOG is not a valid filter; using the config's level");
+    }
 }
 
 /// Displays `T` with its control characters escaped (`\n`, `\u{1b}`): for

@@ -604,3 +604,49 @@ fn dev_defaults_stay_on_loopback_and_flags_keep_the_configs_bounds() {
         "{err}"
     );
 }
+
+/// An unreadable `RUST_LOG` is said so in the log (the config's level is used),
+/// not dropped quietly.
+#[test]
+fn a_bad_rust_log_is_reported() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jotd"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--dev-dir",
+        ])
+        .arg(dir.path().join("dev"))
+        .env("RUST_LOG", "foo=[[[")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let found = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(line) if line.contains("RUST_LOG is not a valid filter") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "{seen:#?}");
+}
