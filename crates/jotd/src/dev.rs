@@ -52,12 +52,23 @@ fn write(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
     {
         use std::os::unix::fs::MetadataExt;
         let mine = f.metadata().with_context(cannot)?.uid();
-        let owner = std::fs::metadata(dir).with_context(cannot)?.uid();
+        let meta = std::fs::metadata(dir).with_context(cannot)?;
+        let owner = meta.uid();
         if owner != mine {
             let _ = std::fs::remove_file(&tmp);
             anyhow::bail!(
                 "{}: belongs to another user (uid {owner}); give --dev-dir a directory of your own",
                 dir.display()
+            );
+        }
+        // Writable by others (and not sticky): they could swap a file between
+        // this write and the daemon reading it back.
+        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+            let _ = std::fs::remove_file(&tmp);
+            anyhow::bail!(
+                "{}: writable by group or others (mode {:o}); give --dev-dir a directory only you can write",
+                dir.display(),
+                meta.mode() & 0o7777
             );
         }
     }
@@ -71,6 +82,20 @@ fn write(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
 pub(crate) fn generate(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir.join("keys"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
+    // A folder others may write (a umask of 002, an old 0777 one) would let
+    // them swap a file between its write and the daemon reading it back: the
+    // user's own folders lose group and other write (another user's are
+    // refused when written to).
+    #[cfg(unix)]
+    for d in [dir.to_path_buf(), dir.join("keys")] {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let m = std::fs::metadata(&d).with_context(|| format!("cannot read {}", d.display()))?;
+        if m.mode() & 0o022 != 0 {
+            // Fails on a folder of another user's: `write` refuses that one by name.
+            let _ =
+                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(m.mode() & 0o7755));
+        }
+    }
     let pki = DevPki::generate()?;
     write(&dir.join("ca.pem"), pki.ca_pem.as_bytes(), false)?;
     write(
@@ -203,6 +228,23 @@ jotd.toml             the config jotd serve runs on\n",
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A development folder others may write is made the user's alone before
+    /// anything is written in it.
+    #[test]
+    fn a_dev_folder_others_may_write_is_restricted_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("dev");
+        std::fs::create_dir_all(dev.join("keys")).unwrap();
+        for d in [&dev, &dev.join("keys")] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        generate(&dev, "127.0.0.1:4433").unwrap();
+        for d in [&dev, &dev.join("keys")] {
+            let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o755, "{}", d.display());
+        }
+    }
 
     /// A file planted where a key goes (a symlink to a file another user
     /// reads, an old file with mode 0644) is replaced, not written through:
