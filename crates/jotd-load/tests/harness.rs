@@ -184,6 +184,25 @@ fn zero_mismatches_against_the_real_server_on_a_mixed_workload() {
     let _ = stop.send(());
 }
 
+/// A manifest's folder (kept while the first part lives), the runtime the
+/// server runs on, and a faulty server's address.
+fn faulty(
+    name: &str,
+    fault: Fault,
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    tokio::runtime::Runtime,
+    SocketAddr,
+) {
+    let (scratch, dir) = scratch(name);
+    tenants(&dir);
+    let snap = Arc::new(snapshot(&dir));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = rt.block_on(faulty_server(&dir, snap, fault));
+    (scratch, dir, rt, addr)
+}
+
 /// What a faulty server does to the first decision of its fifth stream.
 #[derive(Clone, Copy)]
 enum Fault {
@@ -198,11 +217,7 @@ enum Fault {
 }
 
 /// A server that answers through the batch job (`serve_to_end`) but spoils the first decision
-/// of its fifth stream.
-async fn flipping_server(dir: &Path, snap: Arc<Snapshot>) -> SocketAddr {
-    faulty_server(dir, snap, Fault::Flip).await
-}
-
+/// of its fifth stream as `fault` says.
 async fn faulty_server(dir: &Path, snap: Arc<Snapshot>, fault: Fault) -> SocketAddr {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls(dir)).unwrap();
     let endpoint = quinn::Endpoint::server(
@@ -294,11 +309,7 @@ async fn faulty_server(dir: &Path, snap: Arc<Snapshot>, fault: Fault) -> SocketA
 
 #[test]
 fn a_flipped_answer_is_caught_and_fails_the_run() {
-    let (_scratch, dir) = scratch("flip");
-    tenants(&dir);
-    let snap = Arc::new(snapshot(&dir));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let addr = rt.block_on(flipping_server(&dir, snap));
+    let (_scratch, dir, _rt, addr) = faulty("flip", Fault::Flip);
     let r = run_harness(&dir, addr, "640");
     assert_eq!(r.mismatches, 1, "{r:#?}");
     assert_eq!(r.missing, 0);
@@ -310,11 +321,7 @@ fn a_flipped_answer_is_caught_and_fails_the_run() {
 /// right is a mismatch too.
 #[test]
 fn a_flipped_allow_bit_alone_is_caught() {
-    let (_scratch, dir) = scratch("flip-allow");
-    tenants(&dir);
-    let snap = Arc::new(snapshot(&dir));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let addr = rt.block_on(faulty_server(&dir, snap, Fault::FlipAllow));
+    let (_scratch, dir, _rt, addr) = faulty("flip-allow", Fault::FlipAllow);
     let r = run_harness(&dir, addr, "640");
     assert_eq!(r.mismatches, 1, "{r:#?}");
     assert!(!r.passed());
@@ -330,11 +337,7 @@ fn a_flipped_allow_bit_alone_is_caught() {
 /// the run still fails (it promised to catch duplicated decisions).
 #[test]
 fn a_duplicated_decision_fails_the_run_even_when_a_retry_decides_the_batch() {
-    let (_scratch, dir) = scratch("dup");
-    tenants(&dir);
-    let snap = Arc::new(snapshot(&dir));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let addr = rt.block_on(faulty_server(&dir, snap, Fault::Duplicate));
+    let (_scratch, dir, _rt, addr) = faulty("dup", Fault::Duplicate);
     let r = run_harness_on(&dir, addr, "640", "2");
     assert_eq!(r.mismatches, 0, "{r:#?}");
     assert_eq!(r.fleet.protocol_violations, 1, "{r:#?}");
@@ -352,11 +355,7 @@ fn a_duplicated_decision_fails_the_run_even_when_a_retry_decides_the_batch() {
 /// until the end.
 #[test]
 fn batches_due_while_the_daemon_stalls_are_in_the_latency() {
-    let (_scratch, dir) = scratch("stall");
-    tenants(&dir);
-    let snap = Arc::new(snapshot(&dir));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let addr = rt.block_on(faulty_server(&dir, snap, Fault::Stall));
+    let (_scratch, dir, _rt, addr) = faulty("stall", Fault::Stall);
     let out = main_with([
         "jotd-load",
         "run",

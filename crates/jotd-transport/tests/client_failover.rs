@@ -574,29 +574,7 @@ async fn replicas_added_to_and_removed_from_the_name_are_followed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hedge_refused_for_its_size_leaves_the_primary_to_decide() {
     let k = keys();
-    // The primary holds one item (an unknown kid of a JWKS tenant) until the
-    // gate opens, past the hedge delay.
-    let (slow, open) = start_held(&k);
-    let small = start_with(
-        TestBackend::new(snapshot(1, &k, false)),
-        ServerOptions {
-            limits: jotd_transport::Limits {
-                max_items: 2,
-                ..jotd_transport::Limits::default()
-            },
-            ..ServerOptions::default()
-        },
-        false,
-        slow.pki.clone(),
-    );
-    let tls = client_config(slow.pki.ca_pem.as_bytes(), None).unwrap();
-    let mut opts = ClientOptions::new(vec![slow.addr, small.addr], tls);
-    opts.batch_timeout = Duration::from_secs(6);
-    opts.hedge.min_delay = Duration::from_millis(30);
-    opts.hedge.max_delay = Duration::from_millis(30);
-    opts.hedge.budget = 1.0;
-    let c = Arc::new(Client::new(opts).unwrap());
-    c.connect_all().await.unwrap();
+    let (slow, open, _small, c) = held_and_small(&k, Duration::from_secs(6)).await;
     let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
     let batch = tokio::spawn({
         let c = Arc::clone(&c);
@@ -682,27 +660,7 @@ async fn late_answers_that_disagree_are_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_for_size_is_the_error_when_the_other_copy_fails_too() {
     let k = keys();
-    let (slow, _gate) = start_held(&k);
-    let small = start_with(
-        TestBackend::new(snapshot(1, &k, false)),
-        ServerOptions {
-            limits: jotd_transport::Limits {
-                max_items: 2,
-                ..jotd_transport::Limits::default()
-            },
-            ..ServerOptions::default()
-        },
-        false,
-        slow.pki.clone(),
-    );
-    let tls = client_config(slow.pki.ca_pem.as_bytes(), None).unwrap();
-    let mut opts = ClientOptions::new(vec![slow.addr, small.addr], tls);
-    opts.batch_timeout = Duration::from_secs(1);
-    opts.hedge.min_delay = Duration::from_millis(30);
-    opts.hedge.max_delay = Duration::from_millis(30);
-    opts.hedge.budget = 1.0;
-    let c = Arc::new(Client::new(opts).unwrap());
-    c.connect_all().await.unwrap();
+    let (_slow, _gate, _small, c) = held_and_small(&k, Duration::from_secs(1)).await;
     let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
     let items = [
         item(Some(&held), "jwks"),
@@ -715,4 +673,35 @@ async fn a_refusal_for_size_is_the_error_when_the_other_copy_fails_too() {
         "{e:?}"
     );
     assert_eq!(c.stats().hedges, 1);
+}
+
+/// Two replicas and a client hedging after 30 ms: the first (the primary of
+/// the first batch) holds items of the `jwks` tenant until its gate opens;
+/// the second takes at most two items a batch.
+async fn held_and_small(
+    k: &Keys,
+    batch_timeout: Duration,
+) -> (Running, watch::Sender<bool>, Running, Arc<Client>) {
+    let (slow, open) = start_held(k);
+    let small = start_with(
+        TestBackend::new(snapshot(1, k, false)),
+        ServerOptions {
+            limits: jotd_transport::Limits {
+                max_items: 2,
+                ..jotd_transport::Limits::default()
+            },
+            ..ServerOptions::default()
+        },
+        false,
+        slow.pki.clone(),
+    );
+    let tls = client_config(slow.pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = ClientOptions::new(vec![slow.addr, small.addr], tls);
+    opts.batch_timeout = batch_timeout;
+    opts.hedge.min_delay = Duration::from_millis(30);
+    opts.hedge.max_delay = Duration::from_millis(30);
+    opts.hedge.budget = 1.0;
+    let c = Arc::new(Client::new(opts).unwrap());
+    c.connect_all().await.unwrap();
+    (slow, open, small, c)
 }
