@@ -389,22 +389,12 @@ async fn a_full_queue_refuses_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_stay_under_the_byte_cap() {
-    let k = keys();
-    let r = start(
-        TestBackend::new(snapshot(1, &k, true)),
-        ServerOptions::default(),
-        false,
-    );
-    let client = Arc::new(client(&r, vec![r.addr], false));
-    client.connect_all().await.unwrap();
-    let batcher = Batcher::new(
-        client,
-        BatcherOptions {
-            max_batch_bytes: NonZeroUsize::new(1000).unwrap(),
-            max_delay: Duration::from_millis(50),
-            ..BatcherOptions::default()
-        },
-    );
+    let (k, _r, batcher) = batcher_with(BatcherOptions {
+        max_batch_bytes: NonZeroUsize::new(1000).unwrap(),
+        max_delay: Duration::from_millis(50),
+        ..BatcherOptions::default()
+    })
+    .await;
     // 400 bytes of address each: at most two checks fit in 1000 bytes.
     let valid = k.hs.mint(Some("hs"), &claims("ok", NOW + 60)).unwrap();
     let tasks: Vec<_> = (0..10)
@@ -430,22 +420,12 @@ async fn batches_stay_under_the_byte_cap() {
 /// every check in it failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_stay_under_the_protocols_address_cap() {
-    let k = keys();
-    let r = start(
-        TestBackend::new(snapshot(1, &k, true)),
-        ServerOptions::default(),
-        false,
-    );
-    let client = Arc::new(client(&r, vec![r.addr], false));
-    client.connect_all().await.unwrap();
-    let batcher = Batcher::new(
-        client,
-        BatcherOptions {
-            max_items: NonZeroUsize::new(6).unwrap(),
-            max_delay: Duration::from_millis(50),
-            ..BatcherOptions::default()
-        },
-    );
+    let (k, _r, batcher) = batcher_with(BatcherOptions {
+        max_items: NonZeroUsize::new(6).unwrap(),
+        max_delay: Duration::from_millis(50),
+        ..BatcherOptions::default()
+    })
+    .await;
     // 40,000 addresses each (`*`, 2 bytes on the wire, 240 KB a batch of
     // two: under the byte cap): two are 80,000 > 65,536, so a batch holds one.
     let valid = k.hs.mint(Some("hs"), &claims("ok", NOW + 60)).unwrap();
@@ -467,4 +447,17 @@ async fn batches_stay_under_the_protocols_address_cap() {
         assert!(d.allow, "{d:?}");
     }
     assert_eq!(batcher.stats().batches, 6);
+}
+
+/// A server on the test keys and a batcher with `opts` in front of it.
+async fn batcher_with(opts: BatcherOptions) -> (Keys, Running, Batcher) {
+    let k = keys();
+    let r = start(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+    );
+    let client = Arc::new(client(&r, vec![r.addr], false));
+    client.connect_all().await.unwrap();
+    (k, r, Batcher::new(client, opts))
 }

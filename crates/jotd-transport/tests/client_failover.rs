@@ -95,37 +95,9 @@ async fn a_replica_that_goes_silent_mid_batch_costs_no_decision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_answer_is_dropped_and_counted() {
     let k = keys();
-    let pki = DevPki::generate().unwrap();
-    // The first replica answers "t" items at once and holds "jwks" items
-    // forever; the second answers everything.
-    let (open, gate) = watch::channel(false);
-    let slow = start_with(
-        TestBackend::gated(snapshot(1, &k, false), gate),
-        holding(),
-        false,
-        pki.clone(),
-    );
-    let fast = start_with(
-        TestBackend::new(snapshot(1, &k, false)),
-        ServerOptions::default(),
-        false,
-        pki.clone(),
-    );
-    let c = pool_client(&pki, vec![slow.addr, fast.addr]);
-    c.connect_all().await.unwrap();
-    let es = k.es.mint(Some("es"), &claims("a", NOW + 60)).unwrap();
-    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
-    // The first batch goes to the first endpoint (nothing outstanding anywhere).
-    let items = [
-        item(Some(&es), "t"),
-        item(Some(&es), "t"),
-        item(Some(&es), "t"),
-        item(Some(&hs), "jwks"),
-    ];
-    let got = c.verify_all(&items).await.unwrap();
+    let (got, stats) = hedged_past_a_slow_replica(&k, &k).await;
     assert_eq!(got[0].reason(), Some(Reason::Ok));
     assert_eq!(got[3].reason(), Some(Reason::UnknownKid));
-    let stats = c.stats();
     assert_eq!(stats.hedges, 1, "{stats:?}");
     assert_eq!(
         stats.late_duplicates, 3,
@@ -136,9 +108,53 @@ async fn a_late_answer_is_dropped_and_counted() {
         stats.endpoints[0].ejections, 0,
         "a slow replica that answers is not ejected"
     );
+}
+
+/// One batch (three `t` items, one `jwks`) on two replicas: the first, with
+/// `slow_keys`, answers `t` items at once and holds `jwks` items; the second,
+/// with `fast_keys`, answers everything, so a hedge to it decides the held
+/// item and repeats the three answered ones.
+async fn hedged_past_a_slow_replica(
+    slow_keys: &Keys,
+    fast_keys: &Keys,
+) -> (Vec<ClientDecision>, jotd_transport::ClientStats) {
+    let pki = DevPki::generate().unwrap();
+    let (open, gate) = watch::channel(false);
+    let slow = start_with(
+        TestBackend::gated(snapshot(1, slow_keys, false), gate),
+        holding(),
+        false,
+        pki.clone(),
+    );
+    let fast = start_with(
+        TestBackend::new(snapshot(1, fast_keys, false)),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    );
+    let c = pool_client(&pki, vec![slow.addr, fast.addr]);
+    c.connect_all().await.unwrap();
+    let es = slow_keys
+        .es
+        .mint(Some("es"), &claims("a", NOW + 60))
+        .unwrap();
+    let hs = slow_keys
+        .hs
+        .mint(Some("hs"), &claims("a", NOW + 60))
+        .unwrap();
+    // The first batch goes to the first endpoint (nothing outstanding anywhere).
+    let items = [
+        item(Some(&es), "t"),
+        item(Some(&es), "t"),
+        item(Some(&es), "t"),
+        item(Some(&hs), "jwks"),
+    ];
+    let got = c.verify_all(&items).await.unwrap();
+    let stats = c.stats();
     open.send(true).unwrap();
     slow.stop().await;
     fast.stop().await;
+    (got, stats)
 }
 
 /// A replica that keeps its connection up but answers nothing within a batch's
@@ -614,44 +630,14 @@ async fn a_hedge_refused_for_its_size_leaves_the_primary_to_decide() {
 /// a harness or an operator sees the split.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_answers_that_disagree_are_counted() {
-    let k = keys();
-    let other = keys();
-    let pki = DevPki::generate().unwrap();
-    let (open, gate) = watch::channel(false);
-    let slow = start_with(
-        TestBackend::gated(snapshot(1, &k, false), gate),
-        holding(),
-        false,
-        pki.clone(),
-    );
-    let fast = start_with(
-        TestBackend::new(snapshot(1, &other, false)),
-        ServerOptions::default(),
-        false,
-        pki.clone(),
-    );
-    let c = pool_client(&pki, vec![slow.addr, fast.addr]);
-    c.connect_all().await.unwrap();
-    let es = k.es.mint(Some("es"), &claims("a", NOW + 60)).unwrap();
-    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
-    let items = [
-        item(Some(&es), "t"),
-        item(Some(&es), "t"),
-        item(Some(&es), "t"),
-        item(Some(&hs), "jwks"),
-    ];
-    let got = c.verify_all(&items).await.unwrap();
+    let (got, stats) = hedged_past_a_slow_replica(&keys(), &keys()).await;
     assert_eq!(
         got[0].reason(),
         Some(Reason::Ok),
         "the first decision stands"
     );
-    let stats = c.stats();
     assert_eq!(stats.late_duplicates, 3, "{stats:?}");
     assert_eq!(stats.late_disagreements, 3, "{stats:?}");
-    open.send(true).unwrap();
-    slow.stop().await;
-    fast.stop().await;
 }
 
 /// When the copy left after a refusal for size fails too (here it runs out of
