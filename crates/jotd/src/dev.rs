@@ -52,23 +52,12 @@ fn write(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
     {
         use std::os::unix::fs::MetadataExt;
         let mine = f.metadata().with_context(cannot)?.uid();
-        let meta = std::fs::metadata(dir).with_context(cannot)?;
-        let owner = meta.uid();
+        let owner = std::fs::metadata(dir).with_context(cannot)?.uid();
         if owner != mine {
             let _ = std::fs::remove_file(&tmp);
             anyhow::bail!(
                 "{}: belongs to another user (uid {owner}); give --dev-dir a directory of your own",
                 dir.display()
-            );
-        }
-        // Writable by others (and not sticky): they could swap a file between
-        // this write and the daemon reading it back.
-        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
-            let _ = std::fs::remove_file(&tmp);
-            anyhow::bail!(
-                "{}: writable by group or others (mode {:o}); give --dev-dir a directory only you can write",
-                dir.display(),
-                meta.mode() & 0o7777
             );
         }
     }
@@ -94,6 +83,18 @@ pub(crate) fn generate(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
             // Fails on a folder of another user's: `write` refuses that one by name.
             let _ =
                 std::fs::set_permissions(&d, std::fs::Permissions::from_mode(m.mode() & 0o7755));
+            let now = std::fs::metadata(&d).map_or(m.mode(), |m| m.mode());
+            if now & 0o022 == 0 {
+                tracing::info!(dir = %d.display(), "development folder made writable by its owner only");
+            } else {
+                // A filesystem that ignores permissions (WSL's /mnt/c, vboxsf,
+                // CIFS): development files only, so said and served.
+                tracing::warn!(
+                    dir = %d.display(),
+                    mode = format!("{:o}", now & 0o7777),
+                    "development folder stays writable by others (its filesystem ignores permissions): keep it where only you can write"
+                );
+            }
         }
     }
     let pki = DevPki::generate()?;

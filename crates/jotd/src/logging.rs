@@ -29,7 +29,7 @@ pub(crate) fn init(format: LogFormat, level: &str) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     if let Some(e) = bad_env {
-        tracing::warn!(error = %Escaped(e), level, "RUST_LOG is not a valid filter; using the config's level");
+        tracing::warn!(error = %Escaped(e), config_level = level, "RUST_LOG is not a valid filter; using the config's level");
     }
 }
 
@@ -44,7 +44,11 @@ impl<T: std::fmt::Display> std::fmt::Display for Escaped<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::fmt::Write as _;
         for c in self.0.to_string().chars() {
-            if c.is_control() {
+            // Control characters, and the line separators and bidirectional
+            // overrides that break or reorder a line on a terminal or viewer.
+            if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            {
                 write!(f, "{}", c.escape_default())?;
             } else {
                 f.write_char(c)?;
@@ -66,5 +70,9 @@ mod tests {
             "unknown algorithm `x\\u{1b}[2J\\nFAKE line\\r`, é ok"
         );
         assert_eq!(Escaped("plain").to_string(), "plain");
+        assert_eq!(
+            Escaped("a\u{202e}b\u{2028}c").to_string(),
+            "a\\u{202e}b\\u{2028}c"
+        );
     }
 }
