@@ -67,8 +67,13 @@ fn write(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Generates the development directory; returns the config file's path.
-pub(crate) fn generate(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
+/// Generates the development directory; returns the config file's path and
+/// adds to `notes` what the caller should log (logging is not up yet).
+pub(crate) fn generate(
+    dir: &Path,
+    listen: &str,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir.join("keys"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
     // A folder others may write (a umask of 002, an old 0777 one) would let
@@ -84,16 +89,14 @@ pub(crate) fn generate(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
             let _ =
                 std::fs::set_permissions(&d, std::fs::Permissions::from_mode(m.mode() & 0o7755));
             let now = std::fs::metadata(&d).map_or(m.mode(), |m| m.mode());
-            if now & 0o022 == 0 {
-                tracing::info!(dir = %d.display(), "development folder made writable by its owner only");
-            } else {
-                // A filesystem that ignores permissions (WSL's /mnt/c, vboxsf,
-                // CIFS): development files only, so said and served.
-                tracing::warn!(
-                    dir = %d.display(),
-                    mode = format!("{:o}", now & 0o7777),
-                    "development folder stays writable by others (its filesystem ignores permissions): keep it where only you can write"
-                );
+            // A filesystem that ignores permissions (WSL's /mnt/c, vboxsf,
+            // CIFS): development files only, so said (once logging is up) and served.
+            if now & 0o022 != 0 {
+                notes.push(format!(
+                    "{}: development folder stays writable by others (mode {:o}; its filesystem ignores permissions): keep it where only you can write",
+                    d.display(),
+                    now & 0o7777
+                ));
             }
         }
     }
@@ -240,7 +243,7 @@ mod tests {
         for d in [&dev, &dev.join("keys")] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
         }
-        generate(&dev, "127.0.0.1:4433").unwrap();
+        generate(&dev, "127.0.0.1:4433", &mut Vec::new()).unwrap();
         for d in [&dev, &dev.join("keys")] {
             let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o755, "{}", d.display());
@@ -264,7 +267,7 @@ mod tests {
             std::fs::Permissions::from_mode(0o644),
         )
         .unwrap();
-        generate(&dev, "127.0.0.1:4433").unwrap();
+        generate(&dev, "127.0.0.1:4433", &mut Vec::new()).unwrap();
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "before");
         for private in ["keys/hs256.secret", "server.key", "client.key"] {
             let m = std::fs::symlink_metadata(dev.join(private)).unwrap();

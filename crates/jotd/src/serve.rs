@@ -154,6 +154,7 @@ fn read_file(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
 
 pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let early_hup = early_hangup();
+    let mut dev_notes = Vec::new();
     let (config_path, dev) = match &args.config {
         Some(p) => (p.clone(), false),
         None => {
@@ -175,7 +176,10 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
                     );
                 }
             }
-            (dev::generate(&args.dev_dir, &listen.to_string())?, true)
+            (
+                dev::generate(&args.dev_dir, &listen.to_string(), &mut dev_notes)?,
+                true,
+            )
         }
     };
     // The file is read and parsed once: the daemon's settings and the keys.
@@ -209,6 +213,9 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         };
     }
     logging::init(settings.log_format, &settings.log_level);
+    for note in dev_notes {
+        warn!("{}", Escaped(note));
+    }
     if dev {
         info!(
             dir = %args.dev_dir.display(),
