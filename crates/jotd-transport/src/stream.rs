@@ -423,8 +423,8 @@ async fn on_pool(
 /// reset (a client that reads a byte now and then cannot keep an answer, its
 /// stream and its connection busy for ever). Waiting for decisions does not
 /// count. After a failed write the rest are dropped (the pool never waits on
-/// a stream).
-/// Writes the frames `rx` brings, counting those written whole in `sent`.
+/// a stream). A client that stops the stream (STOP_SENDING) ends it at once,
+/// even while no frame is waiting. Frames written whole are counted in `sent`.
 async fn write_frames(
     shared: &Shared,
     send: &mut SendStream,
