@@ -146,12 +146,12 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
 }
 
 fn route(
-    req: &Request<hyper::body::Incoming>,
+    req: &hyper::http::request::Parts,
     health: &Health,
     metrics: Option<&Metrics>,
 ) -> Response<Full<Bytes>> {
     const PLAIN: &str = "text/plain; charset=utf-8";
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    if req.method != Method::GET && req.method != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into(), PLAIN);
         // RFC 9110 15.5.6: a 405 names the methods the resource allows.
         r.headers_mut().insert(
@@ -160,7 +160,7 @@ fn route(
         );
         return r;
     }
-    match req.uri().path() {
+    match req.uri.path() {
         "/metrics" => match metrics {
             Some(m) => text(
                 StatusCode::OK,
@@ -241,9 +241,26 @@ pub(crate) async fn start(
             let health = Arc::clone(&health);
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let r = route(&req, &health, metrics.as_deref());
-                    async move { Ok::<_, std::convert::Infallible>(r) }
+                // Answers are worked out on the blocking pool: a /metrics
+                // render or a readiness walk of every tenant stays off the
+                // I/O threads that serve batches.
+                let service = hyper::service::service_fn(move |req: Request<_>| {
+                    let (health, metrics) = (Arc::clone(&health), metrics.clone());
+                    let (parts, _body) = req.into_parts();
+                    async move {
+                        let r = tokio::task::spawn_blocking(move || {
+                            route(&parts, &health, metrics.as_deref())
+                        })
+                        .await
+                        .unwrap_or_else(|_| {
+                            text(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "internal error\n".into(),
+                                "text/plain; charset=utf-8",
+                            )
+                        });
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
