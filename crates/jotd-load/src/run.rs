@@ -192,8 +192,9 @@ pub struct Fleet {
     /// Second copies of late batches.
     pub hedges: u64,
     /// Decisions dropped because their item was already decided by another
-    /// copy (a hedge or a retry): the first decision of each item is checked,
-    /// these are not (`--no-hedge` leaves only retries after failures).
+    /// copy (a hedge or a retry): the first decision of each item is checked
+    /// against the expected one, these against that first decision, as far as
+    /// they were read before the batch completed.
     pub late_duplicates: u64,
     /// Of those, the ones that differed from the decision checked (another
     /// allow bit or reason: replicas that disagree). Any fails the run.
