@@ -401,7 +401,12 @@ impl AdminState {
             "/readyz" => self.ready().await,
             "/metrics" => match &self.render {
                 Some(r) => {
-                    let mut out = r();
+                    // The registry is rendered on the blocking pool, off the
+                    // I/O threads that carry the doors' requests.
+                    let r = Arc::clone(r);
+                    let Ok(mut out) = tokio::task::spawn_blocking(move || r()).await else {
+                        return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+                    };
                     self.pool_metrics(&mut out);
                     let mut a = text(StatusCode::OK, out);
                     a.headers_mut().insert(
