@@ -396,20 +396,8 @@ async fn batches_stay_under_the_byte_cap() {
     })
     .await;
     // 400 bytes of address each: at most two checks fit in 1000 bytes.
-    let valid = k.hs.mint(Some("hs"), &claims("ok", NOW + 60)).unwrap();
-    let tasks: Vec<_> = (0..10)
-        .map(|_| {
-            let (b, v) = (batcher.clone(), valid.clone());
-            tokio::spawn(async move {
-                let mut c = check(&v, "t");
-                c.addresses = vec!["0x".to_owned() + &"a".repeat(398)];
-                b.check(c, Instant::now() + Duration::from_secs(5)).await
-            })
-        })
-        .collect();
-    for t in tasks {
-        assert!(t.await.unwrap().unwrap().allow);
-    }
+    let address = "0x".to_owned() + &"a".repeat(398);
+    all_allowed(&k, &batcher, 10, &[address]).await;
     let s = batcher.stats();
     assert_eq!(s.items, 10);
     assert!(s.batches >= 5, "{s:?}");
@@ -426,26 +414,9 @@ async fn batches_stay_under_the_protocols_address_cap() {
         ..BatcherOptions::default()
     })
     .await;
-    // 40,000 addresses each (`*`, 2 bytes on the wire, 240 KB a batch of
-    // two: under the byte cap): two are 80,000 > 65,536, so a batch holds one.
-    let valid = k.hs.mint(Some("hs"), &claims("ok", NOW + 60)).unwrap();
-    let tasks: Vec<_> = (0..6)
-        .map(|_| {
-            let (b, v) = (batcher.clone(), valid.clone());
-            tokio::spawn(async move {
-                let mut c = check(&v, "t");
-                c.addresses = vec!["*".to_owned(); 40_000];
-                b.check(c, Instant::now() + Duration::from_secs(5)).await
-            })
-        })
-        .collect();
-    for t in tasks {
-        let d = t
-            .await
-            .unwrap()
-            .expect("decided, not refused with its batch");
-        assert!(d.allow, "{d:?}");
-    }
+    // 40,000 addresses each (`*`: 80 KB a check on the wire, so a batch of
+    // two is under the byte cap): two are 80,000 > 65,536, so a batch holds one.
+    all_allowed(&k, &batcher, 6, &vec!["*".to_owned(); 40_000]).await;
     assert_eq!(batcher.stats().batches, 6);
 }
 
@@ -460,4 +431,27 @@ async fn batcher_with(opts: BatcherOptions) -> (Keys, Running, Batcher) {
     let client = Arc::new(client(&r, vec![r.addr], false));
     client.connect_all().await.unwrap();
     (k, r, Batcher::new(client, opts))
+}
+
+/// `n` checks of one valid token touching `addresses`, sent at once from
+/// their own tasks: each is decided, and allowed (not refused with its batch).
+async fn all_allowed(k: &Keys, batcher: &Batcher, n: usize, addresses: &[String]) {
+    let valid = k.hs.mint(Some("hs"), &claims("ok", NOW + 60)).unwrap();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (b, v, a) = (batcher.clone(), valid.clone(), addresses.to_vec());
+            tokio::spawn(async move {
+                let mut c = check(&v, "t");
+                c.addresses = a;
+                b.check(c, Instant::now() + Duration::from_secs(5)).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let d = t
+            .await
+            .unwrap()
+            .expect("decided, not refused with its batch");
+        assert!(d.allow, "{d:?}");
+    }
 }
