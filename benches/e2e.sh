@@ -19,7 +19,8 @@
 # DURATION (seconds per cell, default 5), THREADS (verification threads,
 # default: all cores), LOAD_THREADS (harness threads, default 2), ALGS
 # (default RS256,ES256,EdDSA,HS256), BATCHES (default "1 16 64 256"),
-# LABEL (default: cores of this machine), OUT (default docs/benchmarks.md).
+# LABEL (default: cores of this machine), OUT (default docs/benchmarks.md),
+# LOAD_ARGS (more `jotd-load run` flags for every cell, e.g. "--connections 8").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +33,7 @@ THREADS=${THREADS:-0}
 LOAD_THREADS=${LOAD_THREADS:-2}
 LABEL=${LABEL:-"${CORES}-core"}
 OUT=${OUT:-docs/benchmarks.md}
+LOAD_ARGS=${LOAD_ARGS:-}
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
@@ -52,7 +54,7 @@ cell() { # reuse dir alg batch extra...
   local distinct=16; [ "$reuse" = none ] && distinct=256
   local json="$WORK/r.json"
   "$LOAD" run --manifest "$dir/load.json" --duration "$DURATION" --quiet --algs "$alg" \
-    --batch "$batch" --distinct "$distinct" --threads "$LOAD_THREADS" --json "$json" "$@" >/dev/null || {
+    --batch "$batch" --distinct "$distinct" --threads "$LOAD_THREADS" --json "$json" $LOAD_ARGS "$@" >/dev/null || {
       echo "jotd-load failed for $alg batch $batch ($reuse)"; cat "$json" 2>/dev/null; exit 1; }
   local tps r
   tps=$(field "$json" tokens_per_s); r=$(raw "$alg")
@@ -89,9 +91,9 @@ SECTION="$WORK/section.md"
   echo "<!-- e2e:$LABEL:begin -->"
   echo "### $LABEL: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $CORES cores, $(date -u +%F)"
   echo
-  echo "Daemon with $verify_threads verification threads, harness with $LOAD_THREADS threads, same machine."
+  echo "Daemon with $verify_threads verification threads, harness with $LOAD_THREADS threads${LOAD_ARGS:+ (\`$LOAD_ARGS\`)}, same machine."
   echo "Raw = aws-lc-rs on one core, measured in this run (\`jotd speed\`). Latency per batch, µs."
-  echo "Command: \`$(printf '%q ' env LABEL="$LABEL" THREADS="$THREADS" DURATION="$DURATION" benches/e2e.sh)\`"
+  echo "Command: \`$(printf '%q ' env LABEL="$LABEL" THREADS="$THREADS" LOAD_THREADS="$LOAD_THREADS" DURATION="$DURATION" ALGS="$ALGS" BATCHES="$BATCHES" ${LOAD_ARGS:+LOAD_ARGS="$LOAD_ARGS"} benches/e2e.sh)\`"
   echo
   echo "| alg | batch | reuse | mode | tokens/s | raw 1-core/s | ratio | p50 | p99 | p99.9 | mismatches |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"

@@ -15,6 +15,8 @@
 #   RATE=20000 SECS=15 LAT_RATE=1000 LAT_SECS=20 benches/gateway.sh
 #   GW_THREADS=1 ONLY=batching benches/gateway.sh     # one tokio worker; part 1 only
 #   ONLY=extauthz benches/gateway.sh                   # 3. ext_authz RS256 vs QUIC (h2load: nghttp2-client)
+#   ONLY=extauthz N=200000 H2_THREADS=4 H2_CONNS=64 benches/gateway.sh   # the same on a bigger machine
+# Part 3 needs neither ganache nor the development daemon.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${BIN:-$ROOT/target/release}"
@@ -35,6 +37,40 @@ trap cleanup EXIT
 wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+if [ "${ONLY:-}" = extauthz ]; then
+  # 3. RS256 uncached: the Envoy ext_authz door (h2load, from Debian's
+  # nghttp2-client, sending one gRPC Check) against jotd-load's QUIC
+  # RS256 x 64, on one daemon with the cache off, alternated. The same request
+  # each time: with the cache off every check verifies the signature.
+  H2LOAD="${H2LOAD:-h2load}"
+  N="${N:-60000}"
+  H2_THREADS="${H2_THREADS:-1}"
+  H2_CONNS="${H2_CONNS:-16}"
+  "$BIN/jotd-load" tenants --count 1 --algs RS256 --out "$WORK/t" --listen 127.0.0.1:14600 \
+    --admin 127.0.0.1:19600 --verify "cache = false" > /dev/null
+  "$BIN/jotd" serve --config "$WORK/t/jotd.toml" > jotd-nocache.log 2>&1 &
+  pids+=("$!")
+  wait_port 19600
+  printf '[pool]\nendpoints = ["127.0.0.1:14600"]\nca_file = "%s"\n[ext_authz]\nlisten = "127.0.0.1:18602"\n[admin]\nlisten = "127.0.0.1:19467"\n[[route]]\ntenant = "tenant-000000"\n' \
+    "$WORK/t/ca.pem" > gw-ext.toml
+  env ${GW_THREADS:+TOKIO_WORKER_THREADS=$GW_THREADS} RUST_LOG=warn "$BIN/jotd-gateway" serve --config gw-ext.toml > gw-ext.log 2>&1 &
+  pids+=("$!")
+  wait_port 19467
+  RS=$("$BIN/jotd-load" mint --key "$WORK/t/keys/rs256.pk8.der" --alg RS256 --kid rs256 --claims '{"aud":"jotd-load"}')
+  python3 "$ROOT/benches/grpc_check.py" "$RS" > check.bin
+  ok_count() { curl -s http://127.0.0.1:19600/metrics | awk '/^jotd_tokens_total/ && /reason="ok"/ {s+=$2} END {printf "%d", s}'; }
+  for round in $(seq 1 "$ROUNDS"); do
+    quic=$("$BIN/jotd-load" run --manifest "$WORK/t/load.json" --algs RS256 --batch 64 --duration 10 2>&1 | tee "quic-$round.log" | grep -Eio '[0-9.,]+ tokens/s' | head -1)
+    echo "QUIC RS256 x 64 (jotd-load) round $round: $quic"
+    b=$(ok_count)
+    out=$("$H2LOAD" -n "$N" -c "$H2_CONNS" -m 32 -t "$H2_THREADS" -d check.bin -H 'content-type: application/grpc' -H 'te: trailers' \
+      http://127.0.0.1:18602/envoy.service.auth.v3.Authorization/Check 2>&1)
+    a=$(ok_count)
+    echo "ext_authz RS256 (h2load) round $round: $(echo "$out" | grep -E '^finished in'); $(echo "$out" | grep -E '^requests:'); jotd ok decisions +$((a - b))"
+  done
+  echo "results in $WORK"
+  exit 0
+fi
 "$BIN/jotd" serve > jotd.log 2>&1 &
 JOTD=$!; pids+=("$JOTD")
 wait_port 9464
@@ -79,38 +115,6 @@ p50=p["p50"]*1000; p99=p["p99"]*1000
 print(f"{ok}/{total} p50={p50:.3f}ms p99={p99:.3f}ms")' "$1"
 }
 
-if [ "${ONLY:-}" = extauthz ]; then
-  # 3. RS256 uncached: the Envoy ext_authz door (h2load, from Debian's
-  # nghttp2-client, sending one gRPC Check) against jotd-load's QUIC
-  # RS256 x 64, on one daemon with the cache off, alternated. The same request
-  # each time: with the cache off every check verifies the signature.
-  H2LOAD="${H2LOAD:-h2load}"
-  N="${N:-60000}"
-  "$BIN/jotd-load" tenants --count 1 --algs RS256 --out "$WORK/t" --listen 127.0.0.1:14600 \
-    --admin 127.0.0.1:19600 --verify "cache = false" > /dev/null
-  "$BIN/jotd" serve --config "$WORK/t/jotd.toml" > jotd-nocache.log 2>&1 &
-  pids+=("$!")
-  wait_port 19600
-  printf '[pool]\nendpoints = ["127.0.0.1:14600"]\nca_file = "%s"\n[ext_authz]\nlisten = "127.0.0.1:18602"\n[admin]\nlisten = "127.0.0.1:19467"\n[[route]]\ntenant = "tenant-000000"\n' \
-    "$WORK/t/ca.pem" > gw-ext.toml
-  env ${GW_THREADS:+TOKIO_WORKER_THREADS=$GW_THREADS} RUST_LOG=warn "$BIN/jotd-gateway" serve --config gw-ext.toml > gw-ext.log 2>&1 &
-  pids+=("$!")
-  wait_port 19467
-  RS=$("$BIN/jotd-load" mint --key "$WORK/t/keys/rs256.pk8.der" --alg RS256 --kid rs256 --claims '{"aud":"jotd-load"}')
-  python3 "$ROOT/benches/grpc_check.py" "$RS" > check.bin
-  ok_count() { curl -s http://127.0.0.1:19600/metrics | awk '/^jotd_tokens_total/ && /reason="ok"/ {s+=$2} END {printf "%d", s}'; }
-  for round in $(seq 1 "$ROUNDS"); do
-    quic=$("$BIN/jotd-load" run --manifest "$WORK/t/load.json" --algs RS256 --batch 64 --duration 10 2>&1 | tee "quic-$round.log" | grep -Eio '[0-9.,]+ tokens/s' | head -1)
-    echo "QUIC RS256 x 64 (jotd-load) round $round: $quic"
-    b=$(ok_count)
-    out=$("$H2LOAD" -n "$N" -c 16 -m 32 -t 1 -d check.bin -H 'content-type: application/grpc' -H 'te: trailers' \
-      http://127.0.0.1:18602/envoy.service.auth.v3.Authorization/Check 2>&1)
-    a=$(ok_count)
-    echo "ext_authz RS256 (h2load) round $round: $(echo "$out" | grep -E '^finished in'); $(echo "$out" | grep -E '^requests:'); jotd ok decisions +$((a - b))"
-  done
-  echo "results in $WORK"
-  exit 0
-fi
 echo "== 1. micro-batching: forward-auth, cached ES256, $RATE checks/s for ${SECS}s, $CONNS connections"
 for round in $(seq 1 "$ROUNDS"); do
   for items in 64 1; do
