@@ -47,6 +47,9 @@ echo "== workloads"
 "$LOAD" tenants --count 16 --algs "$ALGS" --out "$WORK/cache" \
   --listen 127.0.0.1:14502 --admin 127.0.0.1:19502 --verify "threads = $THREADS" >/dev/null
 
+# calc EXPR: awk arithmetic (no bc on a bare machine).
+calc() { awk "BEGIN { print $1 }"; }
+
 ROWS="$WORK/rows.md"
 : > "$ROWS"
 cell() { # reuse dir alg batch extra...
@@ -59,7 +62,7 @@ cell() { # reuse dir alg batch extra...
   local tps r
   tps=$(field "$json" tokens_per_s); r=$(raw "$alg")
   printf '| %s | %s | %s | %s | %.0f | %.0f | %.2f | %s | %s | %s | %s |\n' \
-    "$alg" "$batch" "$reuse" "${MODE:-max}" "$tps" "$r" "$(echo "$tps / $r" | bc -l)" \
+    "$alg" "$batch" "$reuse" "${MODE:-max}" "$tps" "$r" "$(calc "$tps / $r")" \
     "$(field "$json" p50)" "$(field "$json" p99)" "$(field "$json" p999)" "$(field "$json" mismatches)" >> "$ROWS"
   tail -1 "$ROWS"
   LAST_TPS=$tps
@@ -77,7 +80,7 @@ for reuse in none high; do
   if [ "$reuse" = none ]; then
     # Latency target: RS256 × 64 at half of its peak, open loop.
     MODE=max cell none "$dir" RS256 64
-    half=$(echo "$LAST_TPS / 2" | bc)
+    half=$(calc "int($LAST_TPS / 2)")
     MODE="open ${half}/s" cell none "$dir" RS256 64 --rate "$half"
   fi
   kill "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
@@ -85,7 +88,7 @@ done
 
 verify_threads=$THREADS; [ "$verify_threads" = 0 ] && verify_threads=$CORES
 rs_raw=$(raw RS256)
-on_cores=$(echo "64 / ($rs_raw * $verify_threads) * 1000000" | bc -l)
+on_cores=$(calc "64 / ($rs_raw * $verify_threads) * 1000000")
 SECTION="$WORK/section.md"
 {
   echo "<!-- e2e:$LABEL:begin -->"
@@ -100,7 +103,7 @@ SECTION="$WORK/section.md"
   cat "$ROWS"
   echo
   printf 'RS256 × 64 on the verification cores alone: 64 / (%.0f/s × %s) = %.0f µs; the latency target is p99 ≤ 2 × that = %.0f µs.\n' \
-    "$rs_raw" "$verify_threads" "$on_cores" "$(echo "2 * $on_cores" | bc -l)"
+    "$rs_raw" "$verify_threads" "$on_cores" "$(calc "2 * $on_cores")"
   echo "<!-- e2e:$LABEL:end -->"
 } > "$SECTION"
 
