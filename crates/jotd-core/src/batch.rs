@@ -6,6 +6,24 @@ use crate::request::{Request, UnixTime};
 use crate::tenant::Snapshot;
 use rayon::ThreadPool;
 use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// This thread's scratch between chunks and batches: decoding buffers
+    /// already grown, the header memo, and the worker's private copies of hot
+    /// tokens (which only pay if they outlive a batch). Taken out while in
+    /// use, so a nested call gets a fresh one.
+    static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's scratch. Its cache counts must be flushed
+/// before `f` returns (every caller flushes per chunk).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let mut scratch = SCRATCH.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    let out = f(&mut scratch);
+    SCRATCH.with(|c| *c.borrow_mut() = Some(scratch));
+    out
+}
 
 impl Engine {
     /// Decides every request of a batch on `pool`, returning decisions in input order.
@@ -24,9 +42,7 @@ impl Engine {
         let chunk = self.config.chunk_size.get();
         pool.install(|| {
             reqs.par_chunks(chunk)
-                .map_init(Scratch::new, |scratch, part| {
-                    self.verify_chunk(scratch, snapshot, part, now)
-                })
+                .map(|part| with_scratch(|scratch| self.verify_chunk(scratch, snapshot, part, now)))
                 .flatten_iter()
                 .collect()
         })
@@ -100,7 +116,25 @@ impl Engine {
     where
         F: Fn(usize, Vec<Decision>) + Sync,
     {
-        let mut scratch = Scratch::new();
+        with_scratch(|scratch| {
+            self.while_cheap_with(scratch, snapshot, reqs, now, chunk, limit, on_chunk)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn while_cheap_with<F>(
+        &self,
+        scratch: &mut Scratch,
+        snapshot: &Snapshot,
+        reqs: &[Request<'_>],
+        now: UnixTime,
+        chunk: usize,
+        limit: usize,
+        on_chunk: &F,
+    ) -> usize
+    where
+        F: Fn(usize, Vec<Decision>) + Sync,
+    {
         let mut start = 0;
         let mut cheap = true;
         let end = reqs.len().min(limit);
@@ -111,7 +145,7 @@ impl Engine {
             let mut decisions = Vec::with_capacity(part.len());
             for r in part {
                 let checks = scratch.counts.public_key_checks;
-                let d = self.verify_with(&mut scratch, snapshot, r, now);
+                let d = self.verify_with(scratch, snapshot, r, now);
                 // Costly: a signature was checked with a public key, whatever
                 // its outcome (a forged signature costs as much as a good one;
                 // judged by the decision, a flood of forgeries ran inline).
@@ -123,7 +157,7 @@ impl Engine {
                     break;
                 }
             }
-            self.flush(&mut scratch);
+            self.flush(scratch);
             let decided = decisions.len();
             on_chunk(start, decisions);
             start += decided;
@@ -151,12 +185,11 @@ impl Engine {
         }
         let rest = &reqs[start..];
         pool.install(|| {
-            rest.par_chunks(chunk)
-                .enumerate()
-                .for_each_init(Scratch::new, |scratch, (i, part)| {
-                    let decisions = self.verify_chunk(scratch, snapshot, part, now);
-                    on_chunk(start + i * chunk, decisions);
-                });
+            rest.par_chunks(chunk).enumerate().for_each(|(i, part)| {
+                let decisions =
+                    with_scratch(|scratch| self.verify_chunk(scratch, snapshot, part, now));
+                on_chunk(start + i * chunk, decisions);
+            });
         });
     }
 

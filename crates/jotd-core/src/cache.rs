@@ -185,6 +185,9 @@ pub(crate) struct CachedToken {
     pub(crate) grants: Grants<'static>,
     pub(crate) info: Arc<TokenInfo>,
     bytes: usize,
+    /// Set when the map evicts the entry: a worker's copy drops it then, so
+    /// the copies keep no evicted entry alive beyond their next probe.
+    evicted: AtomicBool,
 }
 
 /// The map's slot for an entry (key and value pointers, hash, metadata).
@@ -238,6 +241,7 @@ impl CachedToken {
             grants,
             info,
             bytes,
+            evicted: AtomicBool::new(false),
         }
     }
 }
@@ -250,43 +254,123 @@ impl CachedToken {
     }
 }
 
-/// A worker's private copy of the token it keeps seeing. A single hot token
-/// hit from many threads would otherwise bounce one shard lock and one
-/// refcount between cores on every request; this copy is touched by one
-/// worker only. It is filled on the second consecutive hit of the same entry,
-/// and validated like any cache entry on every use.
+/// A worker's private copies of the tokens it keeps seeing (a small
+/// direct-mapped table, slot picked by the token's last bytes: base64url of
+/// signature bits). Hits on the shared map take the shard's read lock and
+/// bump the entry's and the token facts' refcounts, cache lines that every
+/// worker writes: on many cores those lines bounce between them on every
+/// hit. A copy here is touched by its worker only (its own facts, its own
+/// count), is filled on the second shared hit in a row of one entry into its
+/// slot (so a working set far larger than the table, whose tokens take turns
+/// in each slot, does not churn it), and is validated like any cache entry on every use
+/// (tenant, epoch, expiry), besides the cache's identity and its clears.
+///
+/// Bounded: [`HOT_SLOTS`] copies of tokens up to [`HOT_TOKEN_BYTES`] per
+/// worker, each with its own copy of the token's facts (about 0.5 KiB a
+/// slot for a typical token, so ~256 KiB per worker thread at most beside
+/// the cache's byte bound). A copy whose entry the map evicted is dropped at
+/// its slot's next probe, so the copies do not keep evicted entries alive.
 #[derive(Debug, Default)]
-pub(crate) struct HotToken {
+pub(crate) struct HotTokens {
+    slots: Vec<HotSlot>,
+    /// The cache (its id) and clear count the copies were taken under.
+    cache: u64,
+    clears: u64,
+}
+
+#[derive(Debug, Default)]
+struct HotSlot {
+    tail: u64,
     token: Vec<u8>,
     entry: Option<Arc<CachedToken>>,
     info: Option<Arc<TokenInfo>>,
-    clears: u64,
-    /// Address of the last shared entry hit (compared, never dereferenced).
+    /// Address of the last shared entry hit into this slot (compared, never dereferenced).
     last_hit: usize,
 }
 
-impl HotToken {
-    /// The memo's entry and private facts when it holds exactly `token`.
+/// Copies per worker (a power of two).
+pub const HOT_SLOTS: usize = 512;
+
+/// Tokens longer than this are not copied (the table's bytes stay small).
+pub const HOT_TOKEN_BYTES: usize = 1024;
+
+impl HotTokens {
+    /// The token's last 8 bytes (signature bits), which pick its slot and
+    /// are compared before the token itself (no trip to the heap for another
+    /// token's slot).
     #[inline]
-    pub(crate) fn get(&self, token: &[u8], clears: u64) -> Option<(&CachedToken, &Arc<TokenInfo>)> {
-        match (&self.entry, &self.info) {
-            (Some(e), Some(i)) if self.clears == clears && self.token == token => Some((e, i)),
+    fn tail_of(token: &[u8]) -> u64 {
+        let mut tail = [0u8; 8];
+        let n = token.len().min(8);
+        tail[..n].copy_from_slice(&token[token.len() - n..]);
+        u64::from_le_bytes(tail)
+    }
+
+    #[inline]
+    const fn slot_of(tail: u64) -> usize {
+        (tail.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & (HOT_SLOTS - 1)
+    }
+
+    /// Drops every copy when the cache or its clear count changed since they were taken.
+    #[inline]
+    fn sync(&mut self, cache: u64, clears: u64) {
+        if self.cache != cache || self.clears != clears {
+            self.slots.clear();
+            self.cache = cache;
+            self.clears = clears;
+        }
+    }
+
+    /// The copy's entry and private facts when the table holds exactly `token`
+    /// taken under this cache and clear count.
+    #[inline]
+    pub(crate) fn get(
+        &mut self,
+        token: &[u8],
+        cache: u64,
+        clears: u64,
+    ) -> Option<(&CachedToken, &Arc<TokenInfo>)> {
+        self.sync(cache, clears);
+        let tail = Self::tail_of(token);
+        let slot = self.slots.get_mut(Self::slot_of(tail))?;
+        if slot.tail != tail || slot.token != token {
+            return None;
+        }
+        if slot.entry.as_ref().is_some_and(|e| e.evicted.load(Relaxed)) {
+            // Evicted from the map: let it go, and the slot is free to refill.
+            slot.entry = None;
+            slot.info = None;
+            return None;
+        }
+        match (&slot.entry, &slot.info) {
+            (Some(e), Some(i)) => Some((e, i)),
             _ => None,
         }
     }
 
-    /// Notes a shared-cache hit; the second in a row on one entry fills the memo.
-    pub(crate) fn saw(&mut self, token: &[u8], hit: &Arc<CachedToken>, clears: u64) {
-        let addr = Arc::as_ptr(hit) as usize;
-        if addr != self.last_hit {
-            self.last_hit = addr;
+    /// Notes a shared-cache hit on `token` (after [`HotTokens::get`] missed,
+    /// under the same cache and clear count); fills its slot when this is the
+    /// second hit in a row of the same entry into it.
+    pub(crate) fn saw(&mut self, token: &[u8], hit: &Arc<CachedToken>) {
+        if token.len() > HOT_TOKEN_BYTES {
             return;
         }
-        self.token.clear();
-        self.token.extend_from_slice(token);
-        self.info = Some(Arc::new((*hit.info).clone()));
-        self.entry = Some(Arc::clone(hit));
-        self.clears = clears;
+        if self.slots.is_empty() {
+            self.slots.resize_with(HOT_SLOTS, HotSlot::default);
+        }
+        let tail = Self::tail_of(token);
+        let slot = &mut self.slots[Self::slot_of(tail)];
+        let addr = Arc::as_ptr(hit) as usize;
+        if addr != slot.last_hit {
+            slot.last_hit = addr;
+            return;
+        }
+        slot.last_hit = addr;
+        slot.tail = tail;
+        slot.token.clear();
+        slot.token.extend_from_slice(token);
+        slot.info = Some(Arc::new((*hit.info).clone()));
+        slot.entry = Some(Arc::clone(hit));
     }
 }
 
@@ -344,6 +428,7 @@ impl quick_cache::Lifecycle<TokenKey, Arc<CachedToken>> for Evictions {
     #[inline]
     fn on_evict(&self, state: &mut Self::RequestState, key: TokenKey, val: Arc<CachedToken>) {
         self.0.evictions.fetch_add(1, Relaxed);
+        val.evicted.store(true, Relaxed);
         if !self.0.full.load(Relaxed) {
             self.0.full.store(true, Relaxed);
         }
@@ -513,6 +598,9 @@ const LARGE_ENTRY: u64 = 40 << 10;
 /// The smallest entry there is, for sizing the doorkeeper's window.
 const SMALL_ENTRY: usize = 256;
 
+/// Identities handed to caches (0 is no cache's: an empty table of copies).
+static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
+
 pub(crate) struct TokenCache {
     map: quick_cache::sync::Cache<TokenKey, Arc<CachedToken>, EntryWeight, Hasher, Evictions>,
     /// quick_cache hands an entry heavier than ~97 % of a shard straight back
@@ -523,6 +611,9 @@ pub(crate) struct TokenCache {
     doorkeeper: Doorkeeper,
     hasher: Hasher,
     config: CacheConfig,
+    /// This cache's identity (unique in the process), so a worker's copies
+    /// taken from another engine's cache are never used for this one.
+    id: u64,
     /// Bumped by `clear`, so per-worker hot-token memos drop what they hold.
     clears: AtomicU64,
     hits: AtomicU64,
@@ -572,6 +663,7 @@ impl TokenCache {
             doorkeeper: Doorkeeper::new(window),
             hasher,
             config,
+            id: NEXT_CACHE_ID.fetch_add(1, Relaxed),
             clears: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -727,6 +819,11 @@ impl TokenCache {
 
     /// How many times the cache was cleared (read per lookup by hot-token memos).
     #[inline]
+    /// This cache's identity in the process.
+    pub(crate) const fn id(&self) -> u64 {
+        self.id
+    }
+
     pub(crate) fn clears(&self) -> u64 {
         self.clears.load(Relaxed)
     }

@@ -2,7 +2,7 @@
 
 use crate::alg::Algorithm;
 use crate::cache::{
-    CacheConfig, CacheStats, CachedToken, HotToken, LocalCounts, Times, TokenCache,
+    CacheConfig, CacheStats, CachedToken, HotTokens, LocalCounts, Times, TokenCache,
 };
 use crate::claims::{Claims, ClaimsWanted, parse_claims};
 use crate::decision::{Decision, TokenInfo};
@@ -43,7 +43,7 @@ pub struct Scratch {
     payload: Vec<u8>,
     signature: Vec<u8>,
     memo: HeaderMemo,
-    hot: HotToken,
+    hot: HotTokens,
     pub(crate) counts: LocalCounts,
     /// Tokens this worker has seen: picks the ones looked up while the cache samples.
     tick: u32,
@@ -206,7 +206,7 @@ impl Engine {
         }
         if let Some(cache) = &self.cache {
             let clears = cache.clears();
-            if let Some((hot, info)) = scratch.hot.get(token, clears)
+            if let Some((hot, info)) = scratch.hot.get(token, cache.id(), clears)
                 && hot.valid_for(&tenant.id, tenant.epoch, now.0)
             {
                 scratch.counts.hits += 1;
@@ -239,7 +239,7 @@ impl Engine {
                 let (jti, sub) = (hit.jti.as_deref(), hit.info.sub());
                 let verdict = finish(tenant, hit.times, jti, sub, &hit.grants, req, now);
                 let decision = Decision::with_token(verdict, Arc::clone(&hit.info));
-                scratch.hot.saw(token, &hit, clears);
+                scratch.hot.saw(token, &hit);
                 return decision;
             }
             scratch.counts.misses += 1;

@@ -32,7 +32,7 @@ mod tenant;
 mod token;
 
 pub use alg::{Algorithm, AlgorithmSet, KeyFamily, UnknownAlgorithm};
-pub use cache::{CacheConfig, CacheStats, SAMPLE_EVERY, THROTTLE};
+pub use cache::{CacheConfig, CacheStats, HOT_SLOTS, HOT_TOKEN_BYTES, SAMPLE_EVERY, THROTTLE};
 pub use decision::{Decision, TokenInfo};
 pub use engine::{Engine, EngineConfig, Scratch};
 pub use key::{KeyError, RSA_MAX_BITS, RSA_MIN_BITS, VerifyingKey};

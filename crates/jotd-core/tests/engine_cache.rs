@@ -277,6 +277,114 @@ fn a_workers_hot_token_copy_obeys_clear_revocation_and_epoch() {
     );
 }
 
+/// A worker's copies are keyed by the cache they came from: a scratch used
+/// with two engines (a reload builds a new one; threads keep their scratch)
+/// never answers for the second from the first one's copies.
+#[test]
+fn a_workers_copies_answer_only_for_the_cache_they_came_from() {
+    let (a, b) = (cached(1000), cached(1000));
+    let snap = snapshot(vec![tenant("t", &[Es256])]);
+    let token = mint(Es256, json!({"jti": "shared"}));
+    let req = Request::bearer("t", token.as_bytes());
+    let mut scratch = jotd_core::Scratch::new();
+    for _ in 0..4 {
+        assert_eq!(
+            a.verify_with(&mut scratch, &snap, &req, UnixTime(NOW))
+                .reason(),
+            Reason::Ok
+        );
+    }
+    a.flush(&mut scratch);
+    assert_eq!(a.cache_stats().unwrap().hits, 3);
+    assert_eq!(
+        b.verify_with(&mut scratch, &snap, &req, UnixTime(NOW))
+            .reason(),
+        Reason::Ok
+    );
+    b.flush(&mut scratch);
+    let s = b.cache_stats().unwrap();
+    assert_eq!(
+        (s.hits, s.misses),
+        (0, 1),
+        "verified by b, not answered from a's copy"
+    );
+}
+
+/// A worker's copy lets go of an entry the map evicted (it would otherwise
+/// keep it alive outside the byte bound): the token is verified again.
+#[test]
+fn a_workers_copy_drops_an_entry_the_map_evicted() {
+    let e = cached(4);
+    let snap = snapshot(vec![tenant("t", &[Hs256])]);
+    let mut scratch = jotd_core::Scratch::new();
+    let mut ask = |token: &str| {
+        let d = e.verify_with(
+            &mut scratch,
+            &snap,
+            &Request::bearer("t", token.as_bytes()),
+            UnixTime(NOW),
+        );
+        e.flush(&mut scratch);
+        assert_eq!(d.reason(), Reason::Ok);
+    };
+    let first = mint(Hs256, json!({"jti": "first"}));
+    for _ in 0..3 {
+        ask(&first);
+    }
+    // Others, each seen three times (admitted on reuse), push it out of a 4-entry map.
+    for i in 0..64 {
+        let other = mint(Hs256, json!({"jti": format!("other-{i}")}));
+        for _ in 0..3 {
+            ask(&other);
+        }
+    }
+    let before = e.cache_stats().unwrap();
+    assert!(before.evictions > 0 && before.entries <= 4, "{before:?}");
+    ask(&first);
+    let after = e.cache_stats().unwrap();
+    assert_eq!(
+        (after.hits, after.misses),
+        (before.hits, before.misses + 1),
+        "{after:?}"
+    );
+}
+
+/// A copy answers for its exact token bytes only: a token that shares the
+/// bytes the slot is picked by (its signature's tail) but differs anywhere
+/// else is verified, and a forgery that way fails.
+#[test]
+fn a_workers_copy_answers_only_for_the_exact_token() {
+    let e = cached(1000);
+    let snap = snapshot(vec![tenant("t", &[Hs256])]);
+    let token = mint(Hs256, json!({"sub": "alice"}));
+    let mut scratch = jotd_core::Scratch::new();
+    for _ in 0..4 {
+        let d = e.verify_with(
+            &mut scratch,
+            &snap,
+            &Request::bearer("t", token.as_bytes()),
+            UnixTime(NOW),
+        );
+        assert_eq!(d.reason(), Reason::Ok);
+    }
+    // Same header and signature (so the same slot), one payload byte changed.
+    let dot = token.find('.').unwrap() + 3;
+    let mut forged = token.clone().into_bytes();
+    forged[dot] = if forged[dot] == b'A' { b'B' } else { b'A' };
+    let d = e.verify_with(
+        &mut scratch,
+        &snap,
+        &Request::bearer("t", &forged),
+        UnixTime(NOW),
+    );
+    assert_ne!(
+        d.reason(),
+        Reason::Ok,
+        "a forged token answered from a copy"
+    );
+    assert!(!d.allow());
+}
+
 /// A hot set keeps its hits while ten times the cache's capacity of valid
 /// one-time tokens streams past: they are verified, not admitted.
 #[test]
@@ -464,8 +572,11 @@ fn a_recurring_working_set_larger_than_the_cache_throttles_admission() {
     let e = cached(64);
     let snap = snapshot(vec![tenant("t", &[Hs256])]);
     let mut scratch = jotd_core::Scratch::new();
+    // Tokens too long for a worker's private copies, so every lookup reaches
+    // the shared map (96 short ones would all be served from the copies).
+    let pad = "p".repeat(jotd_core::HOT_TOKEN_BYTES);
     let set: Vec<String> = (0..96)
-        .map(|i| mint(Hs256, json!({"jti": format!("ws-{i}")})))
+        .map(|i| mint(Hs256, json!({"jti": format!("ws-{i}"), "pad": pad})))
         .collect();
     let cycle: Vec<String> = (0..6 * 4096).map(|i| set[i % 96].clone()).collect();
     stream(&e, &snap, &mut scratch, &cycle);
