@@ -266,9 +266,9 @@ impl CachedToken {
 /// (tenant, epoch, expiry), besides the cache's identity and its clears.
 ///
 /// Bounded: [`HOT_SLOTS`] copies of tokens up to [`HOT_TOKEN_BYTES`] per
-/// worker, each with its own copy of the token's facts (about 0.5 KiB a
-/// slot for a typical token, so ~256 KiB per worker thread at most beside
-/// the cache's byte bound). A copy whose entry the map evicted is dropped at
+/// worker, each with its own copy of the token's facts, beside the cache's
+/// byte bound (about 0.5 KiB a slot for a typical 300-byte token: ~256 KiB
+/// per worker thread when every slot is full). A copy whose entry the map evicted is dropped at
 /// its slot's next probe, so the copies do not keep evicted entries alive.
 #[derive(Debug, Default)]
 pub(crate) struct HotTokens {
