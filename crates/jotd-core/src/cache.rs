@@ -267,9 +267,13 @@ impl CachedToken {
 ///
 /// Bounded: [`HOT_SLOTS`] copies of tokens up to [`HOT_TOKEN_BYTES`] per
 /// worker, each with its own copy of the token's facts, beside the cache's
-/// byte bound (about 0.5 KiB a slot for a typical 300-byte token: ~256 KiB
-/// per worker thread when every slot is full). A copy whose entry the map evicted is dropped at
-/// its slot's next probe, so the copies do not keep evicted entries alive.
+/// byte bound: about 0.5 KiB a slot for a typical 300-byte token (~256 KiB
+/// per worker thread when every slot is full), at most 512 × (1 KiB + the
+/// facts). A copy whose entry the map evicted is dropped when its token is
+/// next asked for or another token's shared hit lands in its slot; until
+/// then it keeps that entry alive (at most one per slot). Copies taken
+/// under an engine that is gone are dropped when the thread next serves an
+/// engine with a cache.
 #[derive(Debug, Default)]
 pub(crate) struct HotTokens {
     slots: Vec<HotSlot>,
@@ -280,6 +284,8 @@ pub(crate) struct HotTokens {
 
 #[derive(Debug, Default)]
 struct HotSlot {
+    /// Hits on the copy since it was taken (every [`TOUCH_EVERY`]th also reaches the map).
+    uses: u32,
     tail: u64,
     token: Vec<u8>,
     entry: Option<Arc<CachedToken>>,
@@ -287,6 +293,11 @@ struct HotSlot {
     /// Address of the last shared entry hit into this slot (compared, never dereferenced).
     last_hit: usize,
 }
+
+/// One hit in this many on a worker's copy is also looked up in the shared
+/// map, so the map's eviction sees the token in use (a token served only from
+/// copies would look idle there, be evicted, and be verified again).
+pub(crate) const TOUCH_EVERY: u32 = 64;
 
 /// Copies per worker (a power of two).
 pub const HOT_SLOTS: usize = 512;
@@ -322,14 +333,15 @@ impl HotTokens {
     }
 
     /// The copy's entry and private facts when the table holds exactly `token`
-    /// taken under this cache and clear count.
+    /// taken under this cache and clear count, and whether this hit should
+    /// also touch the shared map (one in [`TOUCH_EVERY`]).
     #[inline]
     pub(crate) fn get(
         &mut self,
         token: &[u8],
         cache: u64,
         clears: u64,
-    ) -> Option<(&CachedToken, &Arc<TokenInfo>)> {
+    ) -> Option<(&CachedToken, &Arc<TokenInfo>, bool)> {
         self.sync(cache, clears);
         let tail = Self::tail_of(token);
         let slot = self.slots.get_mut(Self::slot_of(tail))?;
@@ -342,8 +354,10 @@ impl HotTokens {
             slot.info = None;
             return None;
         }
+        slot.uses = slot.uses.wrapping_add(1);
+        let touch = slot.uses % TOUCH_EVERY == 0;
         match (&slot.entry, &slot.info) {
-            (Some(e), Some(i)) => Some((e, i)),
+            (Some(e), Some(i)) => Some((e, i, touch)),
             _ => None,
         }
     }
@@ -360,12 +374,20 @@ impl HotTokens {
         }
         let tail = Self::tail_of(token);
         let slot = &mut self.slots[Self::slot_of(tail)];
+        if slot.entry.as_ref().is_some_and(|e| e.evicted.load(Relaxed)) {
+            // The copy held here was evicted from the map: let it go.
+            slot.entry = None;
+            slot.info = None;
+        }
         let addr = Arc::as_ptr(hit) as usize;
         if addr != slot.last_hit {
             slot.last_hit = addr;
             return;
         }
-        slot.last_hit = addr;
+        // Emptied first: a slot is never seen with one token's bytes and another's entry.
+        slot.entry = None;
+        slot.info = None;
+        slot.uses = 0;
         slot.tail = tail;
         slot.token.clear();
         slot.token.extend_from_slice(token);
@@ -817,13 +839,14 @@ impl TokenCache {
         }
     }
 
-    /// How many times the cache was cleared (read per lookup by hot-token memos).
-    #[inline]
     /// This cache's identity in the process.
+    #[inline]
     pub(crate) const fn id(&self) -> u64 {
         self.id
     }
 
+    /// How many times the cache was cleared (read per lookup by hot-token memos).
+    #[inline]
     pub(crate) fn clears(&self) -> u64 {
         self.clears.load(Relaxed)
     }
@@ -832,6 +855,10 @@ impl TokenCache {
         self.clears.fetch_add(1, Relaxed);
         let n = self.map.len() as u64;
         self.map.clear();
+        // Again once the map is empty: a worker that read the first count
+        // may have copied an entry from a shard not yet drained (a clear does
+        // not evict one by one, so no entry is marked); this count drops it.
+        self.clears.fetch_add(1, Relaxed);
         self.doorkeeper.reset();
         self.state.full.store(false, Relaxed);
         // An empty cache starts paying again: every token looked up, no throttle.

@@ -206,9 +206,13 @@ impl Engine {
         }
         if let Some(cache) = &self.cache {
             let clears = cache.clears();
-            if let Some((hot, info)) = scratch.hot.get(token, cache.id(), clears)
+            if let Some((hot, info, touch)) = scratch.hot.get(token, cache.id(), clears)
                 && hot.valid_for(&tenant.id, tenant.epoch, now.0)
             {
+                if touch {
+                    // Now and then through the map too, so its eviction sees the token in use.
+                    let _ = cache.get(&tenant.id, token);
+                }
                 scratch.counts.hits += 1;
                 scratch.counts.costly_hits += u64::from(costly(info.alg()));
                 let verdict = finish(

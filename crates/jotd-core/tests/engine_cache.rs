@@ -349,6 +349,38 @@ fn a_workers_copy_drops_an_entry_the_map_evicted() {
     );
 }
 
+/// A copy answers for the tenant it was verified for only: copies are keyed
+/// by token bytes, and the same bytes presented for another tenant (whose
+/// keys do not verify them) are decided for that tenant.
+#[test]
+fn a_workers_copy_answers_only_for_its_tenant() {
+    let e = cached(1000);
+    let snap = snapshot(vec![tenant("t", &[Hs256]), tenant("u", &[Es256])]);
+    let token = mint(Hs256, json!({"sub": "alice"}));
+    let mut scratch = jotd_core::Scratch::new();
+    for _ in 0..4 {
+        let d = e.verify_with(
+            &mut scratch,
+            &snap,
+            &Request::bearer("t", token.as_bytes()),
+            UnixTime(NOW),
+        );
+        assert_eq!(d.reason(), Reason::Ok);
+    }
+    let d = e.verify_with(
+        &mut scratch,
+        &snap,
+        &Request::bearer("u", token.as_bytes()),
+        UnixTime(NOW),
+    );
+    assert_ne!(
+        d.reason(),
+        Reason::Ok,
+        "tenant u answered from tenant t's copy"
+    );
+    assert!(!d.allow());
+}
+
 /// A copy answers for its exact token bytes only: a token that shares the
 /// bytes the slot is picked by (its signature's tail) but differs anywhere
 /// else is verified, and a forgery that way fails.
