@@ -508,16 +508,28 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
 }
 
 /// What an HMAC secret looks like when it is public key material, checked
-/// for every source (`secret`, `secret_base64`, an `oct` JWK, a JWKS): a PEM
-/// block, an OpenSSH public key line, or one whole DER SEQUENCE whose first
-/// element (a SEQUENCE, an INTEGER or a certificate's `[0]`) fits in it (an
-/// SPKI, a PKCS#1 key, a certificate). The classic algorithm-confusion key: a
-/// verifier handed the RSA public key as its HS256 secret accepts tokens
-/// anyone can sign. A random secret passes for such a structure with a
-/// probability under 2^-24.
+/// for every source (`secret`, `secret_base64`, an `oct` JWK, a JWKS). The
+/// classic algorithm-confusion key: a verifier handed the RSA public key as
+/// its HS256 secret accepts tokens anyone can sign. Checked as a class, in
+/// every form someone holding the public key could rebuild byte for byte
+/// (after a byte-order mark and surrounding whitespace):
+/// - a PEM block anywhere in it (a certificate dump has text before it);
+/// - an OpenSSH public key line;
+/// - a DER SEQUENCE at its start whose first element (a SEQUENCE, an INTEGER
+///   or a certificate's `[0]`) fits in it, trailing bytes or not (an SPKI, a
+///   PKCS#1 key, a certificate, a chain);
+/// - base64 text (a PEM body without its armour, wrapped or not) that decodes
+///   to such DER;
+/// - a JWK's JSON text.
+///
+/// A random secret passes for one of these with a probability under 2^-20.
 fn public_material(secret: &[u8]) -> Option<&'static str> {
-    let text = secret.trim_ascii_start();
-    if text.starts_with(b"-----BEGIN") {
+    let text = secret.trim_ascii();
+    let text = text
+        .strip_prefix("\u{feff}".as_bytes())
+        .unwrap_or(text)
+        .trim_ascii();
+    if text.windows(11).any(|w| w == b"-----BEGIN ") {
         return Some("a PEM block");
     }
     if [
@@ -533,10 +545,64 @@ fn public_material(secret: &[u8]) -> Option<&'static str> {
     {
         return Some("an OpenSSH public key");
     }
-    whole_sequence(secret)
-        .and_then(whole_tlv_start)
-        .is_some_and(|inner| [0x30, 0x02, 0xa0].contains(&inner))
-        .then_some("a DER structure (a public key or certificate)")
+    if der_structure(secret) || der_structure(text) {
+        return Some("a DER structure (a public key or certificate)");
+    }
+    if base64_of_der(text) {
+        return Some("base64 of a DER structure (a PEM body without its armour lines)");
+    }
+    if text.starts_with(b"{")
+        && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(text)
+            .is_ok_and(|jwk| jwk.contains_key("kty"))
+    {
+        return Some("a JWK");
+    }
+    None
+}
+
+/// Whether `b` starts with a DER SEQUENCE that fits in it and whose first
+/// element is a SEQUENCE, an INTEGER or a `[0]` that fits in the SEQUENCE.
+fn der_structure(b: &[u8]) -> bool {
+    let Some((&0x30, rest)) = b.split_first() else {
+        return false;
+    };
+    let Some((len, used)) = der_len(rest) else {
+        return false;
+    };
+    rest.len() >= used + len
+        && whole_tlv_start(&rest[used..used + len]).is_some_and(|t| [0x30, 0x02, 0xa0].contains(&t))
+}
+
+/// Whether `text` is base64 (standard or URL-safe, padded or not, any
+/// whitespace between) of at least 32 bytes that decode to a DER structure.
+fn base64_of_der(text: &[u8]) -> bool {
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LAX: GeneralPurposeConfig = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true);
+    let compact: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    if compact.len() < 43 {
+        return false;
+    }
+    let standard = compact
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b));
+    let url = compact
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(b));
+    let decoded = if standard {
+        GeneralPurpose::new(&base64::alphabet::STANDARD, LAX).decode(&compact)
+    } else if url {
+        GeneralPurpose::new(&base64::alphabet::URL_SAFE, LAX).decode(&compact)
+    } else {
+        return false;
+    };
+    decoded.is_ok_and(|der| der_structure(&der))
 }
 
 /// A DER length at the start of `b` (after the tag): the length and how many
@@ -552,13 +618,6 @@ fn der_len(b: &[u8]) -> Option<(usize, usize)> {
         )),
         _ => None,
     }
-}
-
-/// The content of `secret` when it is exactly one DER SEQUENCE.
-fn whole_sequence(secret: &[u8]) -> Option<&[u8]> {
-    let (&tag, rest) = secret.split_first()?;
-    let (len, used) = der_len(rest)?;
-    (tag == 0x30 && rest.len() == used + len).then(|| &rest[used..])
 }
 
 /// The tag of the first element of `content` when that element fits in it.

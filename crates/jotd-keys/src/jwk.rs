@@ -41,7 +41,9 @@ pub enum JwkError {
     #[error("unsupported key type `{0}`")]
     UnsupportedKty(String),
     /// The JWK carries private key members: refused so the secret does not spread.
-    #[error("JWK holds private key material (`d`); publish the public key only")]
+    #[error(
+        "JWK holds private key material (`d`, `p`, `q`, `dp`, `dq`, `qi` or `oth`); publish the public key only"
+    )]
     PrivateKey,
     /// The JWK says it is not for verifying signatures (`use` other than
     /// `sig`, or `key_ops` without `verify`).
@@ -113,6 +115,36 @@ pub struct Jwk {
     /// Private exponent / scalar: must be absent.
     #[serde(default)]
     pub d: Option<serde::de::IgnoredAny>,
+    /// RSA private members (primes, CRT exponents and coefficient, other
+    /// primes): must be absent; `p` and `q` alone are the whole private key.
+    #[serde(default)]
+    pub p: Option<serde::de::IgnoredAny>,
+    /// See [`Jwk::p`].
+    #[serde(default)]
+    pub q: Option<serde::de::IgnoredAny>,
+    /// See [`Jwk::p`].
+    #[serde(default)]
+    pub dp: Option<serde::de::IgnoredAny>,
+    /// See [`Jwk::p`].
+    #[serde(default)]
+    pub dq: Option<serde::de::IgnoredAny>,
+    /// See [`Jwk::p`].
+    #[serde(default)]
+    pub qi: Option<serde::de::IgnoredAny>,
+    /// See [`Jwk::p`].
+    #[serde(default)]
+    pub oth: Option<serde::de::IgnoredAny>,
+}
+
+impl Jwk {
+    /// Whether the JWK carries any private member.
+    fn has_private_members(&self) -> bool {
+        [
+            &self.d, &self.p, &self.q, &self.dp, &self.dq, &self.qi, &self.oth,
+        ]
+        .iter()
+        .any(|m| m.is_some())
+    }
 }
 
 fn b64(value: Option<&String>, member: &'static str) -> Result<Vec<u8>, JwkError> {
@@ -185,7 +217,7 @@ impl Jwk {
     /// the engine refuses (RSA size or exponent, point not on the curve or of
     /// small order, short secret).
     pub fn to_key(&self, config: Option<Algorithm>) -> Result<VerifyingKey, JwkError> {
-        if self.d.is_some() && self.kty != "oct" {
+        if self.has_private_members() && self.kty != "oct" {
             return Err(JwkError::PrivateKey);
         }
         self.check_verification_use()?;
@@ -285,6 +317,22 @@ pub struct JwksKeys {
 }
 
 impl JwksKeys {
+    /// Whether `other` holds the same keys read the same way: kids, algorithms
+    /// and key material in order, the parse algorithm and what was skipped. A
+    /// refetch that brings an unchanged document rebuilds nothing.
+    #[must_use]
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.parsed_alg == other.parsed_alg
+            && self.skipped_total == other.skipped_total
+            && self.skipped == other.skipped
+            && self.keys.len() == other.keys.len()
+            && self.keys.iter().zip(&other.keys).all(|((ka, a), (kb, b))| {
+                ka == kb
+                    && a.algorithm() == b.algorithm()
+                    && a.material_digest() == b.material_digest()
+            })
+    }
+
     /// Whether any key is symmetric (HMAC). A snapshot takes such fetched keys
     /// only while their source still says `symmetric_keys = true`: turning it
     /// off drops the HMAC keys of the last fetch at once.

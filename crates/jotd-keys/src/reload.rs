@@ -296,7 +296,9 @@ impl Reloader {
     }
 
     /// Installs keys fetched for one JWKS URL and rebuilds the snapshot from the
-    /// current config (no files are read). Returns the new generation.
+    /// current config (no files are read). Returns the new generation, or the
+    /// current one when every tenant already holds the same keys from `url`
+    /// (nothing is rebuilt).
     /// Keys for a source the current config no longer names (a fetch that
     /// finished after a reload removed it) are dropped.
     pub fn set_fetched(&self, tenant: &str, url: &str, keys: Arc<JwksKeys>) -> u64 {
@@ -325,6 +327,18 @@ impl Reloader {
             .filter(|t| naming.contains(**t))
             .map(|t| (*t).to_owned())
             .collect();
+        let unchanged = named.iter().all(|t| {
+            state
+                .fetched
+                .get(&(t.clone(), url.to_owned()))
+                .is_some_and(|held| held.same_as(&keys))
+        });
+        if unchanged {
+            // The same document again (a periodic refresh, a refetch for an
+            // unknown kid it does not hold): the snapshot serving is already
+            // built from these keys; rebuilding every tenant would only cost.
+            return self.store.load().generation();
+        }
         for tenant in named {
             state
                 .fetched

@@ -127,6 +127,14 @@ fn bad_jwks_name_their_problem() {
         JwkError::UnknownAlg("XS256".into())
     );
     assert_eq!(with("d", json!("c2VjcmV0")), JwkError::PrivateKey);
+    // Any private member, not only `d` (an RSA JWK with `p` and `q` is the private key).
+    for member in ["p", "q", "dp", "dq", "qi", "oth"] {
+        assert_eq!(
+            with(member, json!("c2VjcmV0")),
+            JwkError::PrivateKey,
+            "{member}"
+        );
+    }
     assert_eq!(with("x", json!("***")), JwkError::Member("x"));
     assert_eq!(
         with("crv", json!("P-384")),

@@ -319,10 +319,32 @@ fn public_key_material_is_never_an_hmac_secret() {
     let pem = pem::encode(&pem::Pem::new("PUBLIC KEY", spki.clone()));
     let ssh =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@host";
-    let forms: [(&str, Vec<u8>); 3] = [
+    // Every form the public key's holder could rebuild byte for byte.
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let jwk = json!({"kty": "RSA", "n": b64u(&[1u8; 256]), "e": "AQAB"}).to_string();
+    let forms: Vec<(&str, Vec<u8>)> = vec![
         ("PEM block", pem.clone().into_bytes()),
         ("DER structure", spki.clone()),
         ("OpenSSH", ssh.as_bytes().to_vec()),
+        ("PEM body, wrapped", body.clone().into_bytes()),
+        ("PEM body on one line", body.replace('\n', "").into_bytes()),
+        (
+            "PEM after text",
+            format!("subject=CN = idp\nissuer=CN = idp\n{pem}").into_bytes(),
+        ),
+        (
+            "PEM after a byte-order mark",
+            format!("\u{feff}{pem}").into_bytes(),
+        ),
+        (
+            "DER with trailing bytes",
+            [spki.clone(), b"\n".to_vec()].concat(),
+        ),
+        ("JWK text", jwk.into_bytes()),
     ];
     for (what, bytes) in &forms {
         let sources = [

@@ -163,6 +163,18 @@ fn fetched_jwks_keys_survive_reloads() {
     let generation = r.set_fetched("t", "https://idp.example/jwks", Arc::new(keys));
     assert_eq!(generation, 2);
     assert_eq!(decide(&r, &token(&secret)), Reason::Ok);
+    // The same document fetched again (a refresh, a refetch for an unknown
+    // kid): nothing is rebuilt, the serving snapshot stays.
+    let again = jotd_keys::jwk::parse_jwks(doc.as_bytes(), Some(Algorithm::Hs256), 16).unwrap();
+    let before = r.store().load();
+    assert_eq!(
+        r.set_fetched("t", "https://idp.example/jwks", Arc::new(again)),
+        2
+    );
+    assert!(
+        Arc::ptr_eq(&before, &r.store().load()),
+        "an unchanged document rebuilt the snapshot"
+    );
     fs.write(
         "/cfg/jotd.toml",
         &config.replace("id = \"t\"\n", "id = \"t\"\nleeway_s = 5\n"),
