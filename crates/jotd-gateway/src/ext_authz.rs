@@ -54,11 +54,12 @@ pub(crate) const MIN_CHECK_READ: usize = 16 << 20;
 pub(crate) const MAX_CALLS_PER_CONNECTION: u32 = 128;
 
 /// The headers the checks read.
-const CHECKED: [&str; 7] = [
+const CHECKED: [&str; 8] = [
     "authorization",
     "origin",
     "user-agent",
     "upgrade",
+    "http2-settings",
     "sec-websocket-key",
     "sec-websocket-version",
     "x-envoy-auth-partial-body",

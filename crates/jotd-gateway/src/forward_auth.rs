@@ -160,15 +160,34 @@ impl AuthAnswer {
     }
 }
 
-/// Whether a request asks to become a WebSocket (HTTP/1.1 `Upgrade: websocket`,
-/// or any WebSocket handshake header).
-fn is_websocket_upgrade(h: &hyper::HeaderMap) -> bool {
-    h.get_all(hyper::header::UPGRADE).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"))
-    }) || h.contains_key(hyper::header::SEC_WEBSOCKET_KEY)
+/// What a request asks its connection to become, if anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Upgrade {
+    /// A WebSocket (`Upgrade: websocket`, or any WebSocket handshake header).
+    WebSocket,
+    /// Any other protocol named in `Upgrade` (`h2c`, ...) or asked for by
+    /// `HTTP2-Settings` (an h2c upgrade whose `Upgrade` header a front proxy
+    /// dropped as hop-by-hop).
+    Other,
+}
+
+/// The upgrade a request asks for. Every one outlives the check: after a
+/// `101` the front proxy relays the connection, and every later request on
+/// it (an h2c tunnel to the node) or message (a WebSocket) is never checked.
+fn upgrade_requested(h: &hyper::HeaderMap) -> Option<Upgrade> {
+    let tokens = || {
+        h.get_all(hyper::header::UPGRADE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+    };
+    if tokens().any(|p| p.eq_ignore_ascii_case(b"websocket"))
+        || h.contains_key(hyper::header::SEC_WEBSOCKET_KEY)
         || h.contains_key(hyper::header::SEC_WEBSOCKET_VERSION)
+    {
+        return Some(Upgrade::WebSocket);
+    }
+    (tokens().any(|p| !p.is_empty()) || h.contains_key("http2-settings")).then_some(Upgrade::Other)
 }
 
 /// Decides an authorization question: the shared core of forward-auth and
@@ -248,16 +267,32 @@ pub async fn authorize(
     // token's `exp`, its revocation and its key: the front proxy relays the
     // socket without asking again. The proxy door relays WebSockets itself and
     // re-checks them (docs/gateways.md).
-    if is_websocket_upgrade(h) {
-        return AuthAnswer::deny(
-            StatusCode::FORBIDDEN,
-            error_object(
-                None,
-                code::FORBIDDEN,
-                "forbidden: a WebSocket upgrade is not authorized here (it would outlive the token); send WebSockets through the gateway's proxy door",
-                Some(serde_json::json!({ "reason": "websocket_upgrade" })),
-            ),
-        );
+    // Any other upgrade likewise: an h2c tunnel to the node would carry
+    // requests no door ever sees.
+    match upgrade_requested(h) {
+        Some(Upgrade::WebSocket) => {
+            return AuthAnswer::deny(
+                StatusCode::FORBIDDEN,
+                error_object(
+                    None,
+                    code::FORBIDDEN,
+                    "forbidden: a WebSocket upgrade is not authorized here (it would outlive the token); send WebSockets through the gateway's proxy door",
+                    Some(serde_json::json!({ "reason": "websocket_upgrade" })),
+                ),
+            );
+        }
+        Some(Upgrade::Other) => {
+            return AuthAnswer::deny(
+                StatusCode::FORBIDDEN,
+                error_object(
+                    None,
+                    code::FORBIDDEN,
+                    "forbidden: a protocol upgrade (Upgrade or HTTP2-Settings) is not authorized here: the upgraded connection would carry requests no check sees",
+                    Some(serde_json::json!({ "reason": "protocol_upgrade" })),
+                ),
+            );
+        }
+        None => {}
     }
     let (calls, first_id) = if q.body.iter().all(u8::is_ascii_whitespace) {
         // No body: no method, and nothing bounds the addresses (a token that

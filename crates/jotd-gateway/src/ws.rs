@@ -284,11 +284,19 @@ async fn relay<C, N>(
                     .check(Door::Proxy, &facts, vec![CallFacts::default()])
                     .await
                     .remove(0);
-                if let Verdict::Deny(r) = v
-                    && !per_call(r)
-                {
-                    close(&mut client, CloseCode::Policy, format!("token no longer valid: {}", r.as_str())).await;
-                    break;
+                match v {
+                    Verdict::Deny(r) if !per_call(r) => {
+                        close(&mut client, CloseCode::Policy, format!("token no longer valid: {}", r.as_str())).await;
+                        break;
+                    }
+                    // Failing closed (the pool cannot answer, `failure_mode =
+                    // "closed"`): a revoked token's subscriptions would
+                    // otherwise stream on unchecked for as long as it is down.
+                    Verdict::Unavailable(_) => {
+                        close(&mut client, CloseCode::Again, "jotd unavailable: the token cannot be checked again").await;
+                        break;
+                    }
+                    _ => {}
                 }
             }
             () = async { tokio::time::sleep_until(expiry.expect("guarded")).await }, if expiry.is_some() => {

@@ -1758,6 +1758,56 @@ async fn a_node_message_past_max_upstream_bytes_ends_the_socket() {
     gw.drain().await;
 }
 
+/// Failing closed, an open WebSocket whose token can no longer be checked
+/// (the pool is gone) is closed at the next recheck, not left streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_closes_when_the_pool_cannot_check_its_token() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (k, pool, mut cfg, _dir) = ws_rig("ws-pool-gone", "").await;
+    cfg.limits.websocket_recheck = std::time::Duration::from_millis(200);
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let proxy = gw.proxy.unwrap();
+    let token =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"grace","aud":AUD,"exp":now() + 600}).to_string(),
+        )
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(proxy, &token))
+        .await
+        .unwrap();
+    ws.send(Message::text(call(1, "eth_chainId", &json!([]))))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.to_text().unwrap().contains("eth_chainId"),
+        "{answer:?}"
+    );
+    drop(pool);
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => {
+                    return f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed once the pool was gone");
+    let (code, reason) = closed.expect("a close frame");
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("unavailable"), "{reason}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_websocket_closes_when_its_token_stops_verifying() {
     use futures_util::{SinkExt, StreamExt};
@@ -2222,6 +2272,24 @@ async fn websocket_upgrades_and_cut_bodies_are_refused_by_the_authorizer_doors()
         assert_eq!(r.status, 403, "{upgrade:?}: {}", r.raw_body);
         assert_eq!(r.body["error"]["data"]["reason"], "websocket_upgrade");
     }
+    // Any other upgrade too: an h2c tunnel to the node carries requests no
+    // door sees (with its Upgrade header, or only HTTP2-Settings when the
+    // front proxy dropped the hop-by-hop Upgrade).
+    for upgrade in [
+        &[
+            ("upgrade", "h2c"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ][..],
+        &[("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")],
+        &[("upgrade", "TLS/1.2")],
+    ] {
+        let mut headers = upgrade.to_vec();
+        headers.push(uri);
+        let r = post(fa, "/auth", Some(&open), &headers, "").await;
+        assert_eq!(r.status, 403, "{upgrade:?}: {}", r.raw_body);
+        assert_eq!(r.body["error"]["data"]["reason"], "protocol_upgrade");
+    }
     // Through Envoy: the upgrade and a body Envoy says it cut short.
     let status_of = |r: envoy::CheckResponse| match r.http_response {
         Some(envoy::HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
@@ -2237,6 +2305,8 @@ async fn websocket_upgrades_and_cut_bodies_are_refused_by_the_authorizer_doors()
     assert_eq!(status_of(r), 200);
     for (name, value, want) in [
         ("upgrade", "websocket", 403),
+        ("upgrade", "h2c", 403),
+        ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA", 403),
         ("x-envoy-auth-partial-body", "true", 413),
     ] {
         let mut req = envoy_check("/v3/infura", Some(&open), &body, None);
