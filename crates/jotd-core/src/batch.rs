@@ -77,7 +77,9 @@ impl Engine {
             reqs.len(),
             pool.current_num_threads(),
         );
-        let start = self.while_cheap(snapshot, reqs, now, chunk, usize::MAX, &on_chunk);
+        let start = with_scratch(|s| {
+            self.while_cheap(s, snapshot, reqs, now, chunk, usize::MAX, &on_chunk)
+        });
         self.verify_rest_on_pool(pool, snapshot, reqs, start, now, chunk, &on_chunk);
     }
 
@@ -101,28 +103,11 @@ impl Engine {
         F: Fn(usize, Vec<Decision>) + Sync,
     {
         let chunk = self.config.chunk_size.get();
-        self.while_cheap(snapshot, reqs, now, chunk, limit, &on_chunk)
-    }
-
-    fn while_cheap<F>(
-        &self,
-        snapshot: &Snapshot,
-        reqs: &[Request<'_>],
-        now: UnixTime,
-        chunk: usize,
-        limit: usize,
-        on_chunk: &F,
-    ) -> usize
-    where
-        F: Fn(usize, Vec<Decision>) + Sync,
-    {
-        with_scratch(|scratch| {
-            self.while_cheap_with(scratch, snapshot, reqs, now, chunk, limit, on_chunk)
-        })
+        with_scratch(|s| self.while_cheap(s, snapshot, reqs, now, chunk, limit, &on_chunk))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn while_cheap_with<F>(
+    fn while_cheap<F>(
         &self,
         scratch: &mut Scratch,
         snapshot: &Snapshot,

@@ -1758,6 +1758,34 @@ async fn a_node_message_past_max_upstream_bytes_ends_the_socket() {
     gw.drain().await;
 }
 
+/// The close frame's code and reason, skipping other messages, within `secs`.
+async fn close_frame<S>(ws: &mut S, secs: u64) -> (u16, String)
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(std::time::Duration::from_secs(secs), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => {
+                    return f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the socket closed in time")
+    .expect("a close frame")
+}
+
 /// Failing closed, an open WebSocket whose token can no longer be checked
 /// (the pool is gone) is closed at the next recheck, not left streaming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1790,20 +1818,7 @@ async fn an_open_websocket_closes_when_the_pool_cannot_check_its_token() {
         "{answer:?}"
     );
     drop(pool);
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(f))) => {
-                    return f.map(|f| (u16::from(f.code), f.reason.to_string()));
-                }
-                Some(Ok(_)) => {}
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .expect("closed once the pool was gone");
-    let (code, reason) = closed.expect("a close frame");
+    let (code, reason) = close_frame(&mut ws, 30).await;
     assert_eq!(code, 1013, "{reason}");
     assert!(reason.contains("unavailable"), "{reason}");
 }
@@ -1864,20 +1879,7 @@ async fn an_open_websocket_closes_when_its_token_stops_verifying() {
     // which drops its cached tokens.
     without.epoch = 1;
     *pool.keys.lock().unwrap() = Arc::new(Snapshot::new(2, [Arc::new(without)]));
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(f))) => {
-                    return f.map(|f| (u16::from(f.code), f.reason.to_string()));
-                }
-                Some(Ok(_)) => {}
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .expect("closed after the key went");
-    let (code, reason) = closed.expect("a close frame");
+    let (code, reason) = close_frame(&mut ws, 10).await;
     assert_eq!(code, 1008);
     assert!(reason.contains("unknown_kid"), "{reason}");
     gw.drain().await;
