@@ -515,14 +515,17 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
 /// (after a byte-order mark and surrounding whitespace):
 /// - a PEM block anywhere in it (a certificate dump has text before it);
 /// - an OpenSSH public key line;
-/// - a DER SEQUENCE at its start whose first element (a SEQUENCE, an INTEGER
-///   or a certificate's `[0]`) fits in it, trailing bytes or not (an SPKI, a
-///   PKCS#1 key, a certificate, a chain);
+/// - DER: SEQUENCEs in minimal form that fill it exactly (trailing
+///   whitespace aside), each starting with a SEQUENCE, an INTEGER or a
+///   certificate's `[0]` (an SPKI, a PKCS#1 key, a certificate, a chain);
+///   never printable text;
 /// - base64 text (a PEM body without its armour, wrapped or not) that decodes
 ///   to such DER;
 /// - a JWK's JSON text.
 ///
-/// A random secret passes for one of these with a probability under 2^-20.
+/// A random binary secret passes for DER with a probability around 2^-26;
+/// a hex or base64 secret string only if its decoded bytes do (base64 of 32
+/// bytes or more), about as rarely. `public_material_tests` loads thousands.
 fn public_material(secret: &[u8]) -> Option<&'static str> {
     let text = secret.trim_ascii();
     let text = text
@@ -545,7 +548,7 @@ fn public_material(secret: &[u8]) -> Option<&'static str> {
     {
         return Some("an OpenSSH public key");
     }
-    if der_structure(secret) || der_structure(text) {
+    if der_structure(secret) {
         return Some("a DER structure (a public key or certificate)");
     }
     if base64_of_der(text) {
@@ -560,17 +563,38 @@ fn public_material(secret: &[u8]) -> Option<&'static str> {
     None
 }
 
-/// Whether `b` starts with a DER SEQUENCE that fits in it and whose first
-/// element is a SEQUENCE, an INTEGER or a `[0]` that fits in the SEQUENCE.
+/// Whether `b` is DER public material: one or more SEQUENCEs (a key, a
+/// certificate, a chain) that fill it exactly, with nothing after but
+/// whitespace, each in minimal length form and starting with a SEQUENCE, an
+/// INTEGER or a `[0]` that fits. Printable text never is (real DER holds
+/// control bytes such as the OID tag 0x06), so a hex or base64 secret that
+/// happens to start with `0` (0x30) is not taken for DER.
 fn der_structure(b: &[u8]) -> bool {
-    let Some((&0x30, rest)) = b.split_first() else {
+    if b.iter()
+        .all(|c| c.is_ascii_graphic() || c.is_ascii_whitespace())
+    {
         return false;
-    };
-    let Some((len, used)) = der_len(rest) else {
+    }
+    let mut rest = b.trim_ascii_end();
+    if rest.is_empty() {
         return false;
-    };
-    rest.len() >= used + len
-        && whole_tlv_start(&rest[used..used + len]).is_some_and(|t| [0x30, 0x02, 0xa0].contains(&t))
+    }
+    while !rest.is_empty() {
+        let Some((&0x30, after_tag)) = rest.split_first() else {
+            return false;
+        };
+        let Some((len, used)) = der_len(after_tag) else {
+            return false;
+        };
+        if after_tag.len() < used + len
+            || !whole_tlv_start(&after_tag[used..used + len])
+                .is_some_and(|t| [0x30, 0x02, 0xa0].contains(&t))
+        {
+            return false;
+        }
+        rest = &after_tag[used + len..];
+    }
+    true
 }
 
 /// Whether `text` is base64 (standard or URL-safe, padded or not, any
@@ -610,9 +634,10 @@ fn base64_of_der(text: &[u8]) -> bool {
 fn der_len(b: &[u8]) -> Option<(usize, usize)> {
     match *b {
         [n, ..] if n < 0x80 => Some((usize::from(n), 1)),
-        [0x81, n, ..] => Some((usize::from(n), 2)),
-        [0x82, a, c, ..] => Some((usize::from(u16::from_be_bytes([a, c])), 3)),
-        [0x83, a, c, d, ..] => Some((
+        // Long forms only where the short or a shorter one cannot say it (DER).
+        [0x81, n, ..] if n >= 0x80 => Some((usize::from(n), 2)),
+        [0x82, a, c, ..] if a != 0 => Some((usize::from(u16::from_be_bytes([a, c])), 3)),
+        [0x83, a, c, d, ..] if a != 0 => Some((
             usize::from(a) << 16 | usize::from(c) << 8 | usize::from(d),
             4,
         )),
@@ -625,4 +650,37 @@ fn whole_tlv_start(content: &[u8]) -> Option<u8> {
     let (&tag, rest) = content.split_first()?;
     let (len, used) = der_len(rest)?;
     (used + len <= rest.len()).then_some(tag)
+}
+
+#[cfg(test)]
+mod public_material_tests {
+    use super::public_material;
+    use base64::Engine as _;
+
+    /// Secrets an operator makes (`openssl rand`, raw, hex or base64) are
+    /// never taken for public key material: thousands of each, seeded.
+    #[test]
+    fn random_secrets_in_every_usual_form_load() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for len in [32usize, 48, 64] {
+            for _ in 0..3000 {
+                let raw: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
+                let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
+                for form in [&raw[..], hex.as_bytes(), b64.as_bytes(), url.as_bytes()] {
+                    assert_eq!(public_material(form), None, "{form:?}");
+                }
+            }
+        }
+        // The reviewer's case: hex that starts "0900" reads as a SEQUENCE in ASCII.
+        let hex = format!("0900{}", "ab".repeat(30));
+        assert_eq!(public_material(hex.as_bytes()), None);
+    }
 }

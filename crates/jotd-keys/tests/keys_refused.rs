@@ -341,9 +341,10 @@ fn public_key_material_is_never_an_hmac_secret() {
             format!("\u{feff}{pem}").into_bytes(),
         ),
         (
-            "DER with trailing bytes",
+            "DER with a newline",
             [spki.clone(), b"\n".to_vec()].concat(),
         ),
+        ("DER chain", [spki.clone(), spki.clone()].concat()),
         ("JWK text", jwk.into_bytes()),
     ];
     for (what, bytes) in &forms {
