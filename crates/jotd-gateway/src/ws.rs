@@ -251,6 +251,9 @@ async fn relay<C, N>(
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_heard = tokio::time::Instant::now();
+    // Rechecks in a row the pool could not answer (a burst of `overloaded`
+    // is one; a pool that is gone is several).
+    let mut unanswered = 0u32;
     let mut recheck = tokio::time::interval(door.limits.websocket_recheck);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     recheck.tick().await;
@@ -284,15 +287,19 @@ async fn relay<C, N>(
                     .check(Door::Proxy, &facts, vec![CallFacts::default()])
                     .await
                     .remove(0);
+                unanswered = if matches!(v, Verdict::Unavailable(_)) { unanswered + 1 } else { 0 };
                 match v {
                     Verdict::Deny(r) if !per_call(r) => {
                         close(&mut client, CloseCode::Policy, format!("token no longer valid: {}", r.as_str())).await;
                         break;
                     }
-                    // Failing closed (the pool cannot answer, `failure_mode =
-                    // "closed"`): a revoked token's subscriptions would
-                    // otherwise stream on unchecked for as long as it is down.
-                    Verdict::Unavailable(_) => {
+                    // Unanswered twice in a row (the pool down or overloaded
+                    // for a whole recheck interval, and the gateway not
+                    // failing open): a revoked token's subscriptions would
+                    // otherwise stream on unchecked for as long as that lasts.
+                    // Once is a burst, and closing every socket then would
+                    // bring every client back at once.
+                    Verdict::Unavailable(_) if unanswered >= 2 => {
                         close(&mut client, CloseCode::Again, "jotd unavailable: the token cannot be checked again").await;
                         break;
                     }
