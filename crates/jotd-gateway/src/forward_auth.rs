@@ -269,30 +269,26 @@ pub async fn authorize(
     // re-checks them (docs/gateways.md).
     // Any other upgrade likewise: an h2c tunnel to the node would carry
     // requests no door ever sees.
-    match upgrade_requested(h) {
-        Some(Upgrade::WebSocket) => {
-            return AuthAnswer::deny(
-                StatusCode::FORBIDDEN,
-                error_object(
-                    None,
-                    code::FORBIDDEN,
-                    "forbidden: a WebSocket upgrade is not authorized here (it would outlive the token); send WebSockets through the gateway's proxy door",
-                    Some(serde_json::json!({ "reason": "websocket_upgrade" })),
-                ),
-            );
-        }
-        Some(Upgrade::Other) => {
-            return AuthAnswer::deny(
-                StatusCode::FORBIDDEN,
-                error_object(
-                    None,
-                    code::FORBIDDEN,
-                    "forbidden: a protocol upgrade (Upgrade or HTTP2-Settings) is not authorized here: the upgraded connection would carry requests no check sees",
-                    Some(serde_json::json!({ "reason": "protocol_upgrade" })),
-                ),
-            );
-        }
-        None => {}
+    if let Some(upgrade) = upgrade_requested(h) {
+        let (message, reason) = match upgrade {
+            Upgrade::WebSocket => (
+                "forbidden: a WebSocket upgrade is not authorized here (it would outlive the token); send WebSockets through the gateway's proxy door",
+                "websocket_upgrade",
+            ),
+            Upgrade::Other => (
+                "forbidden: a protocol upgrade (Upgrade or HTTP2-Settings) is not authorized here: the upgraded connection would carry requests no check sees",
+                "protocol_upgrade",
+            ),
+        };
+        return AuthAnswer::deny(
+            StatusCode::FORBIDDEN,
+            error_object(
+                None,
+                code::FORBIDDEN,
+                message,
+                Some(serde_json::json!({ "reason": reason })),
+            ),
+        );
     }
     let (calls, first_id) = if q.body.iter().all(u8::is_ascii_whitespace) {
         // No body: no method, and nothing bounds the addresses (a token that
