@@ -43,6 +43,19 @@ pub enum KeyError {
         /// What the secret looks like.
         what: &'static str,
     },
+    /// The HMAC secret is long enough but guessable: a placeholder such as
+    /// 32 spaces, zero bytes, `abab…` or a short word repeated, or a short
+    /// secret padded out with one byte. Its length says nothing of its
+    /// strength, so an attacker tries these first.
+    #[error(
+        "{alg} secret is {why}: a guessable HMAC secret lets anyone sign tokens; use random bytes (e.g. `openssl rand -base64 32`)"
+    )]
+    WeakSecret {
+        /// The HMAC algorithm.
+        alg: Algorithm,
+        /// What makes it guessable.
+        why: &'static str,
+    },
     /// The HMAC secret is shorter than the hash output.
     #[error("{alg} secret of {len} bytes is shorter than the {min}-byte minimum")]
     SecretTooShort {
@@ -261,6 +274,9 @@ impl VerifyingKey {
         }
         if let Some(what) = public_material(secret) {
             return Err(KeyError::PublicKeyAsSecret { alg, what });
+        }
+        if let Some(why) = guessable(secret) {
+            return Err(KeyError::WeakSecret { alg, why });
         }
         Ok(Self {
             alg,
@@ -563,6 +579,39 @@ fn public_material(secret: &[u8]) -> Option<&'static str> {
     None
 }
 
+/// Fewest distinct byte values a secret may hold. Random bytes of the
+/// minimum length (32) hold about 30, hex text about 14, base64 about 25;
+/// the chance that 32 random hex digits hold fewer than 8 is below 1e-7.
+const MIN_DISTINCT_BYTES: usize = 8;
+
+/// Why an HMAC secret long enough for its algorithm is still guessable, or
+/// `None`: fewer than [`MIN_DISTINCT_BYTES`] distinct byte values (one byte
+/// or a short unit repeated: 32 spaces, zero bytes, `abab…`, `changeme`
+/// four times), one byte value filling half of it or more (a short
+/// secret padded out to the length rule), or a unit of at most a quarter of
+/// it (and 64 bytes) repeated (`12345678` four times).
+fn guessable(secret: &[u8]) -> Option<&'static str> {
+    let mut count = [0usize; 256];
+    for &b in secret {
+        count[usize::from(b)] += 1;
+    }
+    let distinct = count.iter().filter(|&&n| n > 0).count();
+    if distinct < MIN_DISTINCT_BYTES {
+        return Some(
+            "made of fewer than 8 distinct byte values (one byte or a short word repeated)",
+        );
+    }
+    let most = count.iter().copied().max().unwrap_or(0);
+    if most * 2 >= secret.len() {
+        return Some("half or more one byte value (a short secret padded out)");
+    }
+    // Periods up to 64 bytes, so a huge secret costs 64 passes at most.
+    if (1..=(secret.len() / 4).min(64)).any(|p| secret[p..] == secret[..secret.len() - p]) {
+        return Some("a short unit repeated four times or more");
+    }
+    None
+}
+
 /// Whether `b` is DER public material: one or more SEQUENCEs (a key, a
 /// certificate, a chain) that fill it exactly, with nothing after but
 /// whitespace, each in minimal length form and starting with a SEQUENCE, an
@@ -654,7 +703,7 @@ fn whole_tlv_start(content: &[u8]) -> Option<u8> {
 
 #[cfg(test)]
 mod public_material_tests {
-    use super::public_material;
+    use super::{guessable, public_material};
     use base64::Engine as _;
 
     /// Secrets an operator makes (`openssl rand`, raw, hex or base64) are
@@ -668,19 +717,54 @@ mod public_material_tests {
             state ^= state << 17;
             state
         };
-        for len in [32usize, 48, 64] {
+        // 16 random bytes are 32 hex digits or 24 base64 characters: the HS256
+        // minimum in text form.
+        for len in [16usize, 24, 32, 48, 64] {
             for _ in 0..3000 {
                 let raw: Vec<u8> = (0..len).map(|_| next() as u8).collect();
                 let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
                 let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
                 let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
                 for form in [&raw[..], hex.as_bytes(), b64.as_bytes(), url.as_bytes()] {
+                    if form.len() < 32 {
+                        continue;
+                    }
                     assert_eq!(public_material(form), None, "{form:?}");
+                    assert_eq!(guessable(form), None, "{form:?}");
                 }
             }
         }
         // The reviewer's case: hex that starts "0900" reads as a SEQUENCE in ASCII.
         let hex = format!("0900{}", "ab".repeat(30));
         assert_eq!(public_material(hex.as_bytes()), None);
+    }
+
+    /// Placeholders and padded secrets are guessable whatever their length;
+    /// passphrases and the usual test strings are not.
+    #[test]
+    fn guessable_secrets_are_named() {
+        let placeholders: Vec<Vec<u8>> = vec![
+            vec![b' '; 32],
+            vec![0; 64],
+            vec![7; 32],
+            b"ab".repeat(16),
+            b"changeme".repeat(4),
+            b"1234567".repeat(5),
+            [&b"hunter2!"[..], &[0u8; 24]].concat(),
+            [&b"0123456789abcdef"[..], &[b'x'; 16]].concat(),
+            b"12345678".repeat(4),
+            b"secret-key-1234!".repeat(8),
+        ];
+        for p in &placeholders {
+            assert!(guessable(p).is_some(), "{:?}", String::from_utf8_lossy(p));
+        }
+        for fine in [
+            &b"0123456789abcdef0123456789abcdef"[..],
+            b"a secret of at least thirty-two bytes, for HS256",
+            b"correct horse battery staple, and then some",
+            b"0123456789abcdef".repeat(3).as_slice(),
+        ] {
+            assert_eq!(guessable(fine), None, "{:?}", String::from_utf8_lossy(fine));
+        }
     }
 }

@@ -11,7 +11,10 @@ use proptest::prelude::*;
 use std::path::Path;
 
 const NOW: u64 = 1_800_000_000;
-const SECRETS: [&[u8; 32]; 2] = [&[1; 32], &[2; 32]];
+const SECRETS: [&[u8; 32]; 2] = [
+    b"cache-differential secret, one!!",
+    b"cache-differential secret, two!!",
+];
 
 /// One tenant's rules, chosen by index (each field one option of a few).
 #[derive(Debug, Clone, Copy)]

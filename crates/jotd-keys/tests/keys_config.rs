@@ -65,6 +65,15 @@ fn rsa_pem_inline() -> String {
 /// (tenant id, [(kid, alg, has fingerprint)]), as `config check` lists them.
 type Listing = Vec<(String, Vec<(String, Algorithm, bool)>)>;
 
+/// The base64 of a 64-byte secret of distinct bytes (jotd refuses a
+/// guessable one such as 64 zero bytes), one per `seed`.
+fn hs512_secret(seed: u8) -> String {
+    base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        std::array::from_fn::<u8, 64, _>(|i| (i as u8).wrapping_mul(3).wrapping_add(seed)),
+    )
+}
+
 fn full_config() -> String {
     format!(
         r#"
@@ -120,7 +129,7 @@ id = "public"
 require_jwt = false
 "#,
         pem = rsa_pem_inline(),
-        secret = "A".repeat(88),
+        secret = hs512_secret(1),
     )
 }
 
@@ -380,7 +389,7 @@ fn snapshots_verify_tokens_and_epochs_follow_changes() {
             "{id}"
         );
     }
-    let changed = Files::new(&full_config().replace(&"A".repeat(88), &"B".repeat(88)))
+    let changed = Files::new(&full_config().replace(&hs512_secret(1), &hs512_secret(2)))
         .load()
         .unwrap()
         .snapshot(3, &|_, _| None);
@@ -876,7 +885,7 @@ fn keys_bound_to_an_issuer_verify_only_that_issuers_tokens() {
 #[test]
 fn fetched_keys_read_under_another_alg_are_not_used() {
     use base64::Engine as _;
-    let secret = [9u8; 64];
+    let secret = std::array::from_fn::<u8, 64, _>(|i| (i as u8).wrapping_mul(7).wrapping_add(9));
     let jwks = format!(
         r#"{{"keys":[{{"kty":"oct","kid":"h","k":"{}"}}]}}"#,
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)

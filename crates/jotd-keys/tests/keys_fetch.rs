@@ -775,7 +775,7 @@ async fn the_refresh_loop_keeps_going_while_one_idp_hangs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetched_symmetric_keys_need_the_sources_consent() {
     let server = serve().await;
-    let secret = [7u8; 32];
+    let secret = std::array::from_fn::<u8, 32, _>(|i| (i as u8).wrapping_mul(7).wrapping_add(7));
     let ed = SigningKey::generate(Algorithm::EdDsa).unwrap();
     let spki = ed.verifying_key().unwrap().spki_der().unwrap();
     server.set(Mode::Doc {
@@ -844,7 +844,7 @@ async fn fetched_symmetric_keys_need_the_sources_consent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_alg_is_fetched_at_once() {
     let server = serve().await;
-    let secret = [7u8; 64];
+    let secret = std::array::from_fn::<u8, 64, _>(|i| (i as u8).wrapping_mul(7).wrapping_add(7));
     server.set(Mode::Doc {
         body: format!(
             r#"{{"keys":[{{"kty":"oct","kid":"h","k":"{}"}}]}}"#,

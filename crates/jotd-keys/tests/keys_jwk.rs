@@ -70,7 +70,7 @@ fn ec_okp_and_oct_keys() {
         assert!(verifies(alg, private, &key), "{alg}");
         assert!(jwk(&v).to_key(Some(alg)).is_ok());
     }
-    let secret = [7u8; 32];
+    let secret = std::array::from_fn::<u8, 32, _>(|i| (i as u8).wrapping_mul(7).wrapping_add(7));
     let oct = json!({"kty": "oct", "k": URL_SAFE_NO_PAD.encode(secret), "alg": "HS256"});
     let key = jwk(&oct).to_key(None).unwrap();
     let token = SigningKey::from_hmac_secret(Algorithm::Hs256, &secret)

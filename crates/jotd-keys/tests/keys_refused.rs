@@ -369,7 +369,7 @@ fn public_key_material_is_never_an_hmac_secret() {
         }
         let doc = json!({"keys": [
             {"kty": "oct", "kid": "confused", "alg": "HS256", "k": b64u(bytes)},
-            {"kty": "oct", "kid": "fine", "alg": "HS256", "k": b64u(&[7u8; 32])},
+            {"kty": "oct", "kid": "fine", "alg": "HS256", "k": b64u(b"a fine secret of 32 random bytes")},
         ]})
         .to_string();
         let keys = parse_jwks(doc.as_bytes(), None, 10).unwrap();
@@ -377,6 +377,65 @@ fn public_key_material_is_never_an_hmac_secret() {
         assert!(
             keys.skipped[0].contains("public key material"),
             "{what}: {:?}",
+            keys.skipped
+        );
+    }
+}
+
+/// Guessable secrets, as the class: placeholders, padded short secrets and
+/// short units repeated are refused from every source, whatever the algorithm
+/// and length; a JWKS leaves such a key out and names it.
+#[test]
+fn guessable_hmac_secrets_are_refused_from_every_source() {
+    let forms: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("HS256", "fewer than 8 distinct", vec![b' '; 32]),
+        ("HS256", "fewer than 8 distinct", vec![0; 32]),
+        ("HS384", "fewer than 8 distinct", b"changeme".repeat(6)),
+        ("HS512", "fewer than 8 distinct", b"ab".repeat(32)),
+        (
+            "HS256",
+            "half or more one byte",
+            [&b"hunter2!"[..], &[0; 24]].concat(),
+        ),
+        (
+            "HS256",
+            "half or more one byte",
+            format!("{:032x}", 1_764_000_000_123_456_789_u128).into_bytes(),
+        ),
+        ("HS256", "repeated", b"12345678".repeat(4)),
+        ("HS512", "repeated", b"my-secret-key-01".repeat(4)),
+    ];
+    for (alg, why, bytes) in &forms {
+        let sources = [
+            format!("secret_base64 = \"{}\"", STANDARD.encode(bytes)),
+            format!("jwk = {{ kty = \"oct\", k = \"{}\" }}", b64u(bytes)),
+        ];
+        for source in sources.iter().chain(
+            std::str::from_utf8(bytes)
+                .ok()
+                .filter(|t| !t.contains('\0'))
+                .map(|text| format!("secret = {}", serde_json::to_string(text).unwrap()))
+                .as_ref(),
+        ) {
+            let config = format!(
+                "[[tenant]]\nid = \"t\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"{alg}\"\n{source}\n"
+            );
+            let e = load(&config, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("guessable HMAC secret") && e.contains(why) && e.contains("key `k`"),
+                "{why}, {source}: {e}"
+            );
+        }
+        let doc = json!({"keys": [
+            {"kty": "oct", "kid": "weak", "alg": alg, "k": b64u(bytes)},
+            {"kty": "oct", "kid": "fine", "alg": "HS256", "k": b64u(b"a fine secret of 32 random bytes")},
+        ]})
+        .to_string();
+        let keys = parse_jwks(doc.as_bytes(), None, 10).unwrap();
+        assert_eq!(keys.keys.len(), 1, "{why}");
+        assert!(
+            keys.skipped[0].contains("weak") && keys.skipped[0].contains("guessable"),
+            "{why}: {:?}",
             keys.skipped
         );
     }

@@ -70,7 +70,10 @@ fn decide(r: &Reloader, token: &str) -> Reason {
 #[test]
 fn changed_files_reload_and_bad_configs_are_rejected_whole() {
     let fs = Fs::default();
-    let (one, two) = ([1u8; 32], [2u8; 32]);
+    let (one, two) = (
+        std::array::from_fn::<u8, 32, _>(|i| (i as u8).wrapping_mul(7).wrapping_add(1)),
+        std::array::from_fn::<u8, 32, _>(|i| (i as u8).wrapping_mul(7).wrapping_add(2)),
+    );
     use base64::Engine as _;
     let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
     fs.write(
@@ -148,7 +151,7 @@ fn fetched_jwks_keys_survive_reloads() {
     let config = "[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nurl = \"https://idp.example/jwks\"\nalg = \"HS256\"\nsymmetric_keys = true\n";
     fs.write("/cfg/jotd.toml", config);
     let r = fs.reloader().unwrap();
-    let secret = [9u8; 32];
+    let secret = std::array::from_fn::<u8, 32, _>(|i| (i as u8).wrapping_mul(7).wrapping_add(9));
     assert_eq!(
         decide(&r, &token(&secret)),
         Reason::UnknownKid,
@@ -220,7 +223,7 @@ fn read_torn_then_again(r: &Reloader, mallory: &str, why: &str) {
 #[test]
 fn a_file_read_mid_write_is_read_again() {
     let fs = Fs::default();
-    let secret = [7u8; 32];
+    let secret = std::array::from_fn::<u8, 32, _>(|i| (i as u8).wrapping_mul(7).wrapping_add(7));
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
     fs.write(
@@ -294,7 +297,7 @@ fn a_new_file_modified_while_it_was_read_is_read_again() {
         }
     };
     use base64::Engine as _;
-    let secret = [9u8; 32];
+    let secret = std::array::from_fn::<u8, 32, _>(|i| (i as u8).wrapping_mul(7).wrapping_add(9));
     let config = secret_config(&base64::engine::general_purpose::STANDARD.encode(secret));
     let revoked = format!(
         "[[revoke]]\ntenant = \"t\"\nsub = \"mallory\"\nuntil = {}\n",

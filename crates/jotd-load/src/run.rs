@@ -705,7 +705,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         let workers = args.connections * args.streams * client_endpoints(args);
         let mut tasks = Vec::with_capacity(workers);
         for _ in 0..workers {
-            tasks.push(tokio::spawn(worker(Arc::clone(&client), Arc::clone(&shared))));
+            tasks.push(tokio::spawn(worker(
+                Arc::clone(&client),
+                Arc::clone(&shared),
+            )));
         }
         // Progress, the duration limit, soak reloads.
         let monitor = {
@@ -770,11 +773,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
                     {
                         reloads += 1;
                         // Rotate: the last tenant gets a fresh HS256 key (kid rot-N).
-                        let secret: String = format!("{:032x}", now as u128 * 7919 + u128::from(reloads));
-                        let rotated = format!(
-                            "{text}\n[[tenant.key]]\nkid = \"rot-{reloads}\"\nalg = \"HS256\"\nsecret = \"{secret}\"\n"
-                        );
-                        if let Err(e) = std::fs::write(path, rotated) {
+                        let rotated = crate::tenants::rotated_key(reloads)
+                            .map(|key| format!("{text}\n{key}"));
+                        if let Err(e) = rotated.and_then(|r| Ok(std::fs::write(path, r)?)) {
                             eprintln!("jotd-load: cannot rewrite {}: {e}", path.display());
                         }
                     }

@@ -143,10 +143,8 @@ pub(crate) fn tenants(a: &TenantsArgs) -> anyhow::Result<()> {
     // keys appended at the end of the file land in it. No load is sent to it.
     let _ = write!(
         config,
-        "\n[[tenant]]\nid = \"rotation\"\n[[tenant.key]]\nkid = \"rot-0\"\nalg = \"HS256\"\nsecret = \"{:032x}\"\n",
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
+        "\n[[tenant]]\nid = \"rotation\"\n{}",
+        rotated_key(0)?
     );
     write(&out.join("revoked.toml"), deny.as_bytes())?;
     write(&out.join("jotd.toml"), config.as_bytes())?;
@@ -233,4 +231,19 @@ pub(crate) fn mint(a: &MintArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{token}");
     Ok(())
+}
+
+/// A `[[tenant.key]]` block with a fresh random HS256 secret under kid
+/// `rot-{n}`, for the tenant that takes rotated keys. (A clock reading in hex
+/// was once used: half its digits were zeros, and jotd refuses such a
+/// guessable secret.)
+pub(crate) fn rotated_key(n: u64) -> anyhow::Result<String> {
+    let key = SigningKey::generate(Algorithm::Hs256).map_err(|e| anyhow::anyhow!("HS256: {e}"))?;
+    let secret = key
+        .hmac_secret()
+        .context("an HS256 signing key holds a secret")?;
+    Ok(format!(
+        "[[tenant.key]]\nkid = \"rot-{n}\"\nalg = \"HS256\"\nsecret_base64 = \"{}\"\n",
+        base64::engine::general_purpose::STANDARD.encode(secret)
+    ))
 }
