@@ -215,6 +215,13 @@ impl Snapshot {
         self.generation
     }
 
+    /// A tenant by id, as the shared `Arc` this snapshot holds (to carry it
+    /// into the next snapshot unchanged).
+    #[must_use]
+    pub fn tenant_arc(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.get(id)
+    }
+
     /// Looks a tenant up by id.
     #[must_use]
     #[inline]

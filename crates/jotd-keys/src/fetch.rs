@@ -673,11 +673,25 @@ impl JwksFetcher {
         // the targets in between finds the keys installed for every source
         // it sees as fetched (else it forgot them, and they were fetched again).
         if let Ok((keys, _, _)) = &result {
-            let tenants: Vec<&str> = std::iter::once(t.tenant.as_str())
-                .chain(sharing.iter().map(|o| o.tenant.as_str()))
+            let tenants: Vec<String> = std::iter::once(t.tenant.clone())
+                .chain(sharing.iter().map(|o| o.tenant.clone()))
                 .collect();
-            self.reloader
-                .set_fetched_many(&tenants, &t.url, Arc::clone(keys));
+            // Off the runtime's threads: a changed document rebuilds every
+            // tenant that reads the URL (all of them, for an identity provider
+            // that serves 100k tenants), which must not stall the I/O they run.
+            let reloader = Arc::clone(&self.reloader);
+            let (url, keys) = (t.url.clone(), Arc::clone(keys));
+            let installed = tokio::task::spawn_blocking(move || {
+                let tenants: Vec<&str> = tenants.iter().map(String::as_str).collect();
+                reloader.set_fetched_many(&tenants, &url, keys);
+            })
+            .await;
+            // Cancelled only when the runtime shuts down; a panic stays a panic.
+            if let Err(e) = installed
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
         }
         // Every source that reads the URL alike, `t`'s first, gets the outcome.
         for o in std::iter::once(t).chain(sharing.iter().copied()) {

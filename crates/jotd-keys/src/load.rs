@@ -281,54 +281,85 @@ impl KeysConfig {
         generation: u64,
         fetched: &dyn Fn(&str, &str) -> Option<Arc<JwksKeys>>,
     ) -> Snapshot {
+        let tenants = (0..self.tenants.len()).map(|ti| self.tenant(ti, fetched));
+        Snapshot::new(generation, tenants.collect::<Vec<_>>())
+    }
+
+    /// [`KeysConfig::snapshot`] when only the tenants `rebuild` names have new
+    /// fetched keys: every other tenant is taken from `base` as it is (the same
+    /// `Arc`), so a JWKS fetch for one tenant costs that tenant, not all of
+    /// them. `base` must be a snapshot of this config; a tenant it lacks is built.
+    #[must_use]
+    pub fn snapshot_rebuilding(
+        &self,
+        generation: u64,
+        base: &Snapshot,
+        rebuild: &dyn Fn(&str) -> bool,
+        fetched: &dyn Fn(&str, &str) -> Option<Arc<JwksKeys>>,
+    ) -> Snapshot {
         let tenants = self.tenants.iter().enumerate().map(|(ti, spec)| {
-            let mut tenant = spec.tenant.clone();
-            let mut ctx = digest::Context::new(&digest::SHA256);
-            ctx.update(&spec.digest);
-            for (si, source) in spec.jwks.iter().enumerate() {
-                // A source's declared algorithm counts before its keys arrive, so a token
-                // for a key not fetched yet is `unknown_kid` (what triggers a refetch).
-                if let Some(alg) = source.alg
-                    && !spec.algorithms_configured
-                {
-                    tenant.algorithms.insert(alg);
-                }
-                if matches!(source.location, JwksLocation::Url(_)) {
-                    tenant.remote_keys = true;
-                    tenant.algorithms_follow_keys = !spec.algorithms_configured;
-                }
-                let keys = self.source_keys(ti, si, fetched);
-                for (kid, key) in keys.iter().flat_map(|k| k.keys.iter()) {
-                    // A static key of the same kid wins; a JWKS cannot shadow configuration.
-                    if tenant.keys.iter().any(|k| *k.kid == **kid) {
-                        continue;
-                    }
-                    // Every kind of key, HMAC secrets included: a secret rotated under the
-                    // same kid must drop the tokens cached under the old one.
-                    tenants::digest_key(
-                        &mut ctx,
-                        kid,
-                        key.algorithm(),
-                        &key.material_digest(),
-                        source.issuer.as_deref(),
-                    );
-                    if !spec.algorithms_configured {
-                        tenant.algorithms.insert(key.algorithm());
-                    }
-                    tenant.keys.push(TenantKey {
-                        kid: kid.as_str().into(),
-                        key: key.clone(),
-                        issuer: source.issuer.clone(),
-                    });
-                }
+            let id = &*spec.tenant.id;
+            match base.tenant_arc(id) {
+                Some(kept) if !rebuild(id) => Arc::clone(kept),
+                _ => self.tenant(ti, fetched),
             }
-            let d = ctx.finish();
-            tenant.epoch = u64::from_le_bytes(d.as_ref()[..8].try_into().expect("8 bytes"));
-            if let Some(list) = self.denylists.for_tenant(&tenant.id) {
-                tenant.denylist = Arc::clone(list);
-            }
-            Arc::new(tenant)
         });
         Snapshot::new(generation, tenants.collect::<Vec<_>>())
+    }
+
+    /// Tenant `ti` as served: its configured keys, then its JWKS keys, its
+    /// denylist and its epoch.
+    fn tenant(
+        &self,
+        ti: usize,
+        fetched: &dyn Fn(&str, &str) -> Option<Arc<JwksKeys>>,
+    ) -> Arc<jotd_core::Tenant> {
+        let spec = &self.tenants[ti];
+        let mut tenant = spec.tenant.clone();
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(&spec.digest);
+        for (si, source) in spec.jwks.iter().enumerate() {
+            // A source's declared algorithm counts before its keys arrive, so a token
+            // for a key not fetched yet is `unknown_kid` (what triggers a refetch).
+            if let Some(alg) = source.alg
+                && !spec.algorithms_configured
+            {
+                tenant.algorithms.insert(alg);
+            }
+            if matches!(source.location, JwksLocation::Url(_)) {
+                tenant.remote_keys = true;
+                tenant.algorithms_follow_keys = !spec.algorithms_configured;
+            }
+            let keys = self.source_keys(ti, si, fetched);
+            for (kid, key) in keys.iter().flat_map(|k| k.keys.iter()) {
+                // A static key of the same kid wins; a JWKS cannot shadow configuration.
+                if tenant.keys.iter().any(|k| *k.kid == **kid) {
+                    continue;
+                }
+                // Every kind of key, HMAC secrets included: a secret rotated under the
+                // same kid must drop the tokens cached under the old one.
+                tenants::digest_key(
+                    &mut ctx,
+                    kid,
+                    key.algorithm(),
+                    &key.material_digest(),
+                    source.issuer.as_deref(),
+                );
+                if !spec.algorithms_configured {
+                    tenant.algorithms.insert(key.algorithm());
+                }
+                tenant.keys.push(TenantKey {
+                    kid: kid.as_str().into(),
+                    key: key.clone(),
+                    issuer: source.issuer.clone(),
+                });
+            }
+        }
+        let d = ctx.finish();
+        tenant.epoch = u64::from_le_bytes(d.as_ref()[..8].try_into().expect("8 bytes"));
+        if let Some(list) = self.denylists.for_tenant(&tenant.id) {
+            tenant.denylist = Arc::clone(list);
+        }
+        Arc::new(tenant)
     }
 }

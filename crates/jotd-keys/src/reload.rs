@@ -339,12 +339,29 @@ impl Reloader {
             // built from these keys; rebuilding every tenant would only cost.
             return self.store.load().generation();
         }
-        for tenant in named {
+        for tenant in &named {
             state
                 .fetched
-                .insert((tenant, url.to_owned()), Arc::clone(&keys));
+                .insert((tenant.clone(), url.to_owned()), Arc::clone(&keys));
         }
-        self.install(&state.config, &state.fetched)
+        // Only these tenants' keys changed: every other tenant of the serving
+        // snapshot (built under this lock from this config) is carried over,
+        // so a fetch costs the tenants that read the URL, not all of them.
+        let rebuild: std::collections::HashSet<&str> = named.iter().map(String::as_str).collect();
+        let fetched = &state.fetched;
+        let keys = |t: &str, u: &str| fetched.get(&(t.to_owned(), u.to_owned())).cloned();
+        let base = self.store.load();
+        let snapshot = |g| {
+            Ok::<_, std::convert::Infallible>(state.config.snapshot_rebuilding(
+                g,
+                &base,
+                &|t| rebuild.contains(t),
+                &keys,
+            ))
+        };
+        self.store
+            .replace(snapshot)
+            .unwrap_or_else(|never| match never {})
     }
 }
 

@@ -358,3 +358,97 @@ fn a_new_file_modified_while_it_was_read_is_read_again() {
     let r = start(Arc::clone(&torn));
     read_torn_then_again(&r, &mallory, "a file read torn at start is read again");
 }
+
+/// A JWKS fetch rebuilds the tenants that read its URL and carries every
+/// other tenant over as it is (the same `Arc`): at 100k tenants a fetch for
+/// one costs that one. What it builds equals a full rebuild's.
+#[test]
+fn a_fetch_rebuilds_only_the_tenants_that_read_its_url() {
+    use base64::Engine as _;
+    let fs = Fs::default();
+    let jwks = |url: &str| {
+        format!("[[tenant.jwks]]\nurl = \"{url}\"\nalg = \"HS256\"\nsymmetric_keys = true\n")
+    };
+    let (u1, u2) = ("https://one.example/jwks", "https://two.example/jwks");
+    let stat = std::array::from_fn::<u8, 32, _>(|i| (i as u8).wrapping_mul(7).wrapping_add(3));
+    fs.write(
+        "/cfg/jotd.toml",
+        &format!(
+            "[[tenant]]\nid = \"a\"\n{}[[tenant]]\nid = \"b\"\n{}[[tenant]]\nid = \"c\"\n{}{}",
+            jwks(u1),
+            jwks(u1),
+            jwks(u2),
+            secret_config(&base64::engine::general_purpose::STANDARD.encode(stat))
+                .replace("id = \"t\"", "id = \"d\"")
+        ),
+    );
+    let r = fs.reloader().unwrap();
+    let keys = |seed: u8| {
+        let secret =
+            std::array::from_fn::<u8, 32, _>(|i| (i as u8).wrapping_mul(7).wrapping_add(seed));
+        let doc = format!(
+            r#"{{"keys":[{{"kty":"oct","kid":"k","k":"{}"}}]}}"#,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        );
+        let parsed =
+            jotd_keys::jwk::parse_jwks(doc.as_bytes(), Some(Algorithm::Hs256), 16).unwrap();
+        (secret, Arc::new(parsed))
+    };
+    let decide_for = |tenant: &str, token: &str| {
+        Engine::new(EngineConfig {
+            cache: None,
+            ..EngineConfig::default()
+        })
+        .verify(
+            &r.store().load(),
+            &Request::bearer(tenant, token.as_bytes()),
+            UnixTime(NOW),
+        )
+        .reason()
+    };
+    let same = |a: &jotd_core::Snapshot, b: &jotd_core::Snapshot, id: &str| {
+        Arc::ptr_eq(a.tenant_arc(id).unwrap(), b.tenant_arc(id).unwrap())
+    };
+
+    let (s1, k1) = keys(11);
+    let before = r.store().load();
+    r.set_fetched_many(&["a", "b"], u1, k1);
+    let after = r.store().load();
+    assert!(!same(&before, &after, "a") && !same(&before, &after, "b"));
+    assert!(same(&before, &after, "c") && same(&before, &after, "d"));
+    assert_eq!(decide_for("a", &token(&s1)), Reason::Ok);
+    assert_eq!(decide_for("b", &token(&s1)), Reason::Ok);
+    assert_eq!(decide_for("c", &token(&s1)), Reason::UnknownKid);
+    assert_eq!(decide_for("d", &token(&stat)), Reason::Ok);
+
+    let (s2, k2) = keys(12);
+    let before = r.store().load();
+    r.set_fetched("c", u2, k2);
+    let after = r.store().load();
+    assert!(!same(&before, &after, "c"));
+    assert!(["a", "b", "d"].iter().all(|t| same(&before, &after, t)));
+    assert_eq!(decide_for("c", &token(&s2)), Reason::Ok);
+    assert_eq!(decide_for("a", &token(&s1)), Reason::Ok);
+
+    // What the fetches built equals a full rebuild from the same config and keys.
+    let incremental = r.store().load();
+    fs.write(
+        "/cfg/jotd.toml",
+        &format!(
+            "{}\n",
+            String::from_utf8(fs.0.lock().unwrap()[Path::new("/cfg/jotd.toml")].0.clone()).unwrap()
+        ),
+    );
+    assert!(matches!(r.reload_if_changed(), Some(Ok(_))));
+    let full = r.store().load();
+    for id in ["a", "b", "c", "d"] {
+        let (x, y) = (incremental.tenant(id).unwrap(), full.tenant(id).unwrap());
+        assert!(
+            !same(&incremental, &full, id),
+            "{id}: the reload rebuilt it"
+        );
+        assert_eq!(x.epoch, y.epoch, "{id}");
+        assert_eq!(x.keys.len(), y.keys.len(), "{id}");
+        assert_eq!(x.algorithms, y.algorithms, "{id}");
+    }
+}
