@@ -104,11 +104,14 @@ fn headers_of(
             let v = HeaderValue::from_bytes(value)
                 .map_err(|_| format!("the {known} header holds bytes no header can"))?;
             out.append(HeaderName::from_static(known), v);
-        } else if lower.starts_with(crate::forward_auth::JOTD_PREFIX)
+        } else if lower
+            .replace('_', "-")
+            .starts_with(crate::forward_auth::JOTD_PREFIX)
             && let Ok(n) = HeaderName::from_bytes(lower.as_bytes())
         {
             // The client's `x-jotd-*` headers, by name only: what the answer
-            // does not set is removed.
+            // does not set is removed; a name with `_` for `-` is refused
+            // (`forward_auth::jotd_lookalike`).
             out.insert(n, HeaderValue::from_static(""));
         }
     }

@@ -99,6 +99,28 @@ pub const IDENTITY: &[&str] = &[
     "x-jotd-kid",
 ];
 
+/// A client header that is not one of jotd's `x-jotd-*` names but reads as
+/// one where `_` and `-` are the same (CGI, WSGI, Rack, PHP-FPM and nginx
+/// with `underscores_in_headers` turn both into `HTTP_X_JOTD_…`): the doors
+/// empty or remove the dashed names only, so `X_Jotd_Subject` would reach
+/// the node beside (or instead of) the subject jotd wrote. Refused.
+pub fn jotd_lookalike(h: &hyper::HeaderMap) -> Option<&str> {
+    h.keys().map(HeaderName::as_str).find(|n| {
+        n.contains('_')
+            && n.len() >= JOTD_PREFIX.len()
+            && n.as_bytes()[..JOTD_PREFIX.len()]
+                .iter()
+                .map(|b| {
+                    if *b == b'_' {
+                        b'-'
+                    } else {
+                        b.to_ascii_lowercase()
+                    }
+                })
+                .eq(JOTD_PREFIX.bytes())
+    })
+}
+
 /// One authorization question, whatever door asked it.
 #[derive(Debug)]
 pub struct AuthQuestion<'a> {
@@ -217,6 +239,19 @@ pub async fn authorize(
         );
     };
     let h = q.headers;
+    if let Some(name) = jotd_lookalike(h) {
+        return AuthAnswer::deny(
+            StatusCode::BAD_REQUEST,
+            error_object(
+                None,
+                code::INVALID_REQUEST,
+                &format!(
+                    "bad request: the header `{name}` reads as one of jotd's identity headers where `_` is taken for `-`; refused"
+                ),
+                Some(serde_json::json!({ "reason": "identity_header_lookalike" })),
+            ),
+        );
+    }
     let token = match bearer(h) {
         Ok(t) => t,
         Err(why) => {

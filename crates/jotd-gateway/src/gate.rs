@@ -283,9 +283,20 @@ fn unwritable(door: Door, tenant: &str, d: &jotd_transport::ClientDecision) -> O
     headers
         .into_iter()
         .find(|(n, v)| {
-            HeaderName::from_bytes(n.as_bytes()).is_err() || HeaderValue::from_str(v).is_err()
+            HeaderName::from_bytes(n.as_bytes()).is_err()
+                || HeaderValue::from_str(v).is_err()
+                || !carried_whole(v)
         })
         .map(|(n, _)| n)
+}
+
+/// Whether a header value reaches the node as written: HTTP parsers strip
+/// blanks at either end of a value (RFC 9110 §5.5), so a subject `"alice "`
+/// would arrive as `alice`, an identity the token does not name (and one a
+/// denylist entry for `alice` does not revoke); a tab inside is read as a
+/// blank by some. Such a value is refused rather than passed on changed.
+fn carried_whole(v: &str) -> bool {
+    !v.starts_with([' ', '\t']) && !v.ends_with([' ', '\t']) && !v.contains('\t')
 }
 
 fn describe(e: &CheckError) -> String {
@@ -385,12 +396,32 @@ mod tests {
                 );
             }
         }
-        // Every door writes the subject.
-        let sub = allowed("alice\r\nX-Injected: 1", &[]);
-        for door in [Door::Proxy, Door::ForwardAuth, Door::ExtAuthz] {
+        // Every door writes the subject: one that would not arrive as
+        // written (a line break; blanks at an end, which parsers strip, so
+        // `alice ` would reach the node as `alice`; a tab) is refused.
+        for written in [
+            "alice\r\nX-Injected: 1",
+            "alice ",
+            " alice",
+            "alice\t",
+            "a\tb",
+        ] {
+            let sub = allowed(written, &[]);
+            for door in [Door::Proxy, Door::ForwardAuth, Door::ExtAuthz] {
+                assert_eq!(
+                    unwritable(door, "t", &sub).as_deref(),
+                    Some("x-jotd-subject"),
+                    "{door:?} {written:?}"
+                );
+            }
+        }
+        // UTF-8 beyond ASCII is written as its bytes (a header value may hold them).
+        assert_eq!(unwritable(Door::Proxy, "t", &allowed("josé", &[])), None);
+        let padded = allowed("alice", &[("scope", r#"" read""#)]);
+        for door in [Door::ForwardAuth, Door::ExtAuthz] {
             assert_eq!(
-                unwritable(door, "t", &sub).as_deref(),
-                Some("x-jotd-subject"),
+                unwritable(door, "t", &padded).as_deref(),
+                Some("x-jotd-claim-scope"),
                 "{door:?}"
             );
         }

@@ -55,7 +55,22 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<Vec<u8>>, &'static str> {
         return Err("more than one Authorization header");
     }
     let v = v.as_bytes();
-    if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
+    if v.len() >= 6 && v[..6].eq_ignore_ascii_case(b"bearer") {
+        // `Bearer` alone, or followed by a tab or another blank: a bearer
+        // token written wrongly, not "no token" (which a tenant without
+        // `require_jwt` would let through as `ok_no_auth`).
+        match v.get(6) {
+            None => return Err("a Bearer Authorization header without a token"),
+            Some(b' ') => {}
+            Some(c) if c.is_ascii_whitespace() || c.is_ascii_control() => {
+                return Err(
+                    "a Bearer Authorization header whose scheme is not followed by one space",
+                );
+            }
+            // `Bearerish ...`: another scheme.
+            Some(_) => return Ok(None),
+        }
+    } else {
         return Ok(None);
     }
     let token = v[7..].trim_ascii();
@@ -485,6 +500,12 @@ mod tests {
         assert!(bearer(&h(&["Bearer a b"])).is_err());
         assert!(bearer(&h(&["Bearer a\"b"])).is_err());
         assert!(bearer(&h(&["Bearer a", "Bearer b"])).is_err());
+        // A bearer token written wrongly is refused, not read as no token
+        // (which a tenant without `require_jwt` would let through).
+        assert!(bearer(&h(&["Bearer\tabc.def.ghi"])).is_err());
+        assert!(bearer(&h(&["bearer"])).is_err());
+        // Another scheme that only starts like it is still another scheme.
+        assert_eq!(bearer(&h(&["Bearerish abc"])), Ok(None));
     }
 
     /// A connection closed to make room fails every read and write after,

@@ -952,6 +952,23 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
     assert_eq!(r.status, 200);
     assert_eq!(r.headers.get("x-jotd-subject").unwrap(), "");
     assert_eq!(r.headers.get("x-jotd-kid").unwrap(), "ec-1");
+    // A header that reads as jotd's where `_` is taken for `-`: refused.
+    for lookalike in ["x_jotd_subject", "X_Jotd_Claim_Role"] {
+        let r = post(
+            fa,
+            "/auth",
+            Some(&no_sub),
+            &[("x-forwarded-uri", "/v3/infura"), (lookalike, "alice")],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 400, "{lookalike}");
+        assert_eq!(
+            r.body["error"]["data"]["reason"], "identity_header_lookalike",
+            "{}",
+            r.body
+        );
+    }
     // Without the body, a token that restricts addresses only is refused too:
     // nothing bounds what the request touches.
     let addr_only =
@@ -1535,6 +1552,35 @@ async fn envoy_ext_authz_over_grpc() {
             .is_some_and(|h| h.key == "x-jotd-claim-scope" && h.value == "rw")),
         "{ok:?}"
     );
+
+    // A name with `_` for `-` reads as jotd's where backends fold them
+    // (CGI, WSGI, Rack, PHP-FPM): refused, whatever its case.
+    for lookalike in ["x_jotd_subject", "X_JOTD_CLAIM_ROLE", "x-jotd_kid"] {
+        let mut forged = envoy_check(
+            "/v3/infura",
+            Some(&token),
+            &call(1, "eth_getBalance", &json!([A, "latest"])),
+            None,
+        );
+        forged
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .unwrap()
+            .headers
+            .insert(lookalike.into(), "alice".into());
+        let r = client.check(forged).await.unwrap().into_inner();
+        let Some(envoy::HttpResponse::DeniedResponse(denied)) = r.http_response else {
+            panic!("{lookalike}: {r:?}")
+        };
+        assert_eq!(denied.status.unwrap().code, 400, "{lookalike}");
+        assert!(
+            denied.body.contains("identity_header_lookalike"),
+            "{}",
+            denied.body
+        );
+    }
 
     // Refused by policy: 403 with the JSON-RPC body; by the token: 401 + WWW-Authenticate.
     let other = call(2, "eth_getBalance", &json!([B, "latest"]));
