@@ -9,7 +9,8 @@
 //!   caller's thread, which then waits).
 //!
 //! Prints, per gap, the batch's p50/p90 time and how many pool threads took
-//! part on average. Run: `cargo bench -p jotd-core --bench idle_split [-- N]`.
+//! part on average. Run: `cargo bench -p jotd-core --bench idle_split [-- N]`;
+//! with `PIN=1` each pool thread is pinned to a core (`core_affinity`).
 
 use jotd_core::{
     Algorithm, Decision, Engine, EngineConfig, PolicyModel, Request, SigningKey, Snapshot, Tenant,
@@ -58,8 +59,14 @@ fn main() {
         cache: None,
         ..EngineConfig::default()
     });
+    let pin = std::env::var_os("PIN").is_some();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
+        .start_handler(move |i| {
+            if pin && let Some(cores) = core_affinity::get_core_ids().filter(|c| !c.is_empty()) {
+                core_affinity::set_for_current(cores[i % cores.len()]);
+            }
+        })
         .build()
         .expect("pool");
     let chunk = 64usize.div_ceil(threads).min(16);
