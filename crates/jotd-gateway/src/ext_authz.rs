@@ -100,6 +100,14 @@ fn headers_of(
     let mut out = hyper::HeaderMap::new();
     for (name, value) in pairs {
         let lower = name.to_ascii_lowercase();
+        // HTTP/2's extended CONNECT names its protocol in a pseudo-header
+        // (`:protocol: websocket`, RFC 8441): read as the upgrade it is.
+        if lower == ":protocol" {
+            let v = HeaderValue::from_bytes(value)
+                .map_err(|_| "the :protocol pseudo-header holds bytes no header can".to_owned())?;
+            out.append(hyper::header::UPGRADE, v);
+            continue;
+        }
         if let Some(known) = CHECKED.iter().find(|c| **c == lower) {
             let v = HeaderValue::from_bytes(value)
                 .map_err(|_| format!("the {known} header holds bytes no header can"))?;
@@ -164,6 +172,7 @@ impl ExtAuthzDoor {
             tenant: tenant.map(String::as_str),
             path,
             host: (!http.host.is_empty()).then_some(http.host.as_str()),
+            method: (!http.method.is_empty()).then_some(http.method.as_str()),
             headers: &headers,
             body,
         };

@@ -135,6 +135,10 @@ pub struct AuthQuestion<'a> {
     pub headers: &'a hyper::HeaderMap,
     /// The original request's body, when the gateway sent it (empty: none).
     pub body: &'a [u8],
+    /// The original request's method, where the gateway says it (Envoy's
+    /// `method`, `X-Forwarded-Method` from Traefik and Caddy): `CONNECT`
+    /// (a tunnel, or an HTTP/2 WebSocket, RFC 8441) is refused as an upgrade.
+    pub method: Option<&'a str>,
 }
 
 /// The answer to an [`AuthQuestion`].
@@ -196,7 +200,11 @@ enum Upgrade {
 /// The upgrade a request asks for. Every one outlives the check: after a
 /// `101` the front proxy relays the connection, and every later request on
 /// it (an h2c tunnel to the node) or message (a WebSocket) is never checked.
-fn upgrade_requested(h: &hyper::HeaderMap) -> Option<Upgrade> {
+fn upgrade_requested(h: &hyper::HeaderMap, method: Option<&str>) -> Option<Upgrade> {
+    // An HTTP/2 WebSocket is a CONNECT with `:protocol: websocket` (RFC
+    // 8441), which the ext_authz door hands over as an `upgrade` header; any
+    // other CONNECT is a tunnel.
+    let connect = method.is_some_and(|m| m.trim().eq_ignore_ascii_case("CONNECT"));
     let tokens = || {
         h.get_all(hyper::header::UPGRADE)
             .iter()
@@ -209,7 +217,8 @@ fn upgrade_requested(h: &hyper::HeaderMap) -> Option<Upgrade> {
     {
         return Some(Upgrade::WebSocket);
     }
-    (tokens().any(|p| !p.is_empty()) || h.contains_key("http2-settings")).then_some(Upgrade::Other)
+    (connect || tokens().any(|p| !p.is_empty()) || h.contains_key("http2-settings"))
+        .then_some(Upgrade::Other)
 }
 
 /// Decides an authorization question: the shared core of forward-auth and
@@ -304,14 +313,14 @@ pub async fn authorize(
     // re-checks them (docs/gateways.md).
     // Any other upgrade likewise: an h2c tunnel to the node would carry
     // requests no door ever sees.
-    if let Some(upgrade) = upgrade_requested(h) {
+    if let Some(upgrade) = upgrade_requested(h, q.method) {
         let (message, reason) = match upgrade {
             Upgrade::WebSocket => (
                 "forbidden: a WebSocket upgrade is not authorized here (it would outlive the token); send WebSockets through the gateway's proxy door",
                 "websocket_upgrade",
             ),
             Upgrade::Other => (
-                "forbidden: a protocol upgrade (Upgrade or HTTP2-Settings) is not authorized here: the upgraded connection would carry requests no check sees",
+                "forbidden: a protocol upgrade (Upgrade, HTTP2-Settings or a CONNECT tunnel) is not authorized here: the upgraded connection would carry requests no check sees",
                 "protocol_upgrade",
             ),
         };
@@ -464,6 +473,7 @@ impl ForwardAuthDoor {
             tenant: None,
             path: &path,
             host,
+            method: header(h, "x-forwarded-method"),
             headers: h,
             body: &body,
         };

@@ -2331,6 +2331,8 @@ async fn websocket_upgrades_and_cut_bodies_are_refused_by_the_authorizer_doors()
         ][..],
         &[("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")],
         &[("upgrade", "TLS/1.2")],
+        // A CONNECT tunnel, as Traefik and Caddy name the method.
+        &[("x-forwarded-method", "CONNECT")],
     ] {
         let mut headers = upgrade.to_vec();
         headers.push(uri);
@@ -2367,6 +2369,52 @@ async fn websocket_upgrades_and_cut_bodies_are_refused_by_the_authorizer_doors()
         http.headers.insert(name.to_owned(), value.to_owned());
         let r = client.check(req).await.unwrap().into_inner();
         assert_eq!(status_of(r), want, "{name}: {value}");
+    }
+    // HTTP/2: a WebSocket is a CONNECT with `:protocol` (RFC 8441); any
+    // CONNECT is a tunnel. Both refused, in either header form Envoy sends.
+    for (method, protocol, raw, reason) in [
+        ("CONNECT", Some("websocket"), false, "websocket_upgrade"),
+        ("CONNECT", Some("websocket"), true, "websocket_upgrade"),
+        ("CONNECT", None, false, "protocol_upgrade"),
+    ] {
+        let mut req = envoy_check("/v3/infura", Some(&open), &body, None);
+        let http = req
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .unwrap();
+        http.method = method.into();
+        if let Some(p) = protocol {
+            if raw {
+                let mut map = envoy_types::pb::envoy::config::core::v3::HeaderMap::default();
+                for (k, v) in http
+                    .headers
+                    .iter()
+                    .chain([(&":protocol".to_owned(), &p.to_owned())])
+                {
+                    map.headers
+                        .push(envoy_types::pb::envoy::config::core::v3::HeaderValue {
+                            key: k.clone(),
+                            raw_value: v.clone().into_bytes(),
+                            ..Default::default()
+                        });
+                }
+                http.header_map = Some(map);
+            } else {
+                http.headers.insert(":protocol".to_owned(), p.to_owned());
+            }
+        }
+        let r = client.check(req).await.unwrap().into_inner();
+        let Some(envoy::HttpResponse::DeniedResponse(d)) = r.http_response else {
+            panic!("{method} {protocol:?} raw {raw}: {r:?}")
+        };
+        assert_eq!(d.status.map_or(0, |s| s.code), 403);
+        assert!(
+            d.body.contains(reason),
+            "{method} {protocol:?} raw {raw}: {}",
+            d.body
+        );
     }
     gw.drain().await;
 }
