@@ -233,6 +233,23 @@ pub fn decode_error(body: &[u8]) -> Result<ErrorFrame<'_>, WireError> {
     decode(body)
 }
 
+/// The request id and item count of a whole `Batch` frame (length prefix
+/// included, nothing after it); `None` for anything else. For a caller that
+/// sends frames it did not encode and must check them first.
+#[must_use]
+pub(crate) fn peek_batch_head(frame: &[u8]) -> Option<(u64, u64)> {
+    if frame.get(4) != Some(&(FrameType::Batch as u8)) {
+        return None;
+    }
+    let declared = u32::from_be_bytes(frame.get(..4)?.try_into().ok()?) as usize;
+    if declared.checked_add(4) != Some(frame.len()) {
+        return None;
+    }
+    bincode::decode_from_slice::<(u64, u64), _>(&frame[5..], bincode_config())
+        .ok()
+        .map(|(head, _)| head)
+}
+
 /// The request id a Batch frame's first bytes carry, read from as much of
 /// the stream as has arrived (the 4-byte length, the type byte, then the id as
 /// a varint): refusals echo it whenever it was readable. `None` when `head`

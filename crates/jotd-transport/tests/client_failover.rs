@@ -584,6 +584,103 @@ async fn replicas_added_to_and_removed_from_the_name_are_followed() {
     b.stop().await;
 }
 
+/// `verify_frame` with a frame that is not what the call says (another
+/// request id, another item count, a cut frame) is the caller's mistake: it
+/// is refused before anything is sent, and no replica is blamed or ejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_is_not_what_the_call_says_is_refused_before_it_is_sent() {
+    let k = keys();
+    let pki = DevPki::generate().unwrap();
+    let a = start_with(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    );
+    let c = pool_client(&pki, vec![a.addr]);
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let mut frame = Vec::new();
+    jotd_transport::encode_batch(
+        &jotd_transport::BatchRequest {
+            request_id: 7,
+            items: vec![item(Some(&hs), "t"), item(Some(&hs), "t")],
+        },
+        &mut frame,
+    )
+    .unwrap();
+    for (bytes, id, n) in [
+        (&frame[..], 8, 2),
+        (&frame[..], 7, 3),
+        (&frame[..], 7, 1),
+        (&frame[..frame.len() - 1], 7, 2),
+        (&frame[4..], 7, 2),
+    ] {
+        match c.verify_frame(bytes, id, n).await {
+            Err(ClientError::Config(why)) => assert!(why.contains("verify_frame"), "{why}"),
+            other => panic!("{id} {n}: {:?}", other.map(|_| ())),
+        }
+    }
+    let stats = c.stats();
+    assert_eq!((stats.ejections, stats.retries), (0, 0), "{stats:?}");
+    assert!(stats.endpoints.iter().all(|e| e.sent == 0), "{stats:?}");
+    // The right call goes through.
+    let mut p = c.verify_frame(&frame, 7, 2).await.unwrap();
+    let mut decided = 0;
+    while p
+        .next_chunk(|chunk| decided += chunk.decisions.len())
+        .await
+        .unwrap()
+    {}
+    assert_eq!(decided, 2);
+    a.stop().await;
+}
+
+/// A name that resolves to an IPv6 replica, and a list that names an IPv4
+/// replica first and an IPv6 one after: the client's one socket reaches both
+/// (an IPv4 socket refuses every IPv6 address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_replicas_are_reached_by_name_and_after_an_ipv4_one() {
+    let k = keys();
+    let pki = DevPki::generate().unwrap();
+    let v6 = start_at(
+        "[::1]:0".parse().unwrap(),
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    );
+    let v4 = start_with(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    );
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let batch = [item(Some(&hs), "t")];
+    let tls = client_config(pki.ca_pem.as_bytes(), None).unwrap();
+    // By name only.
+    let dns = Arc::new(FakeDns::default());
+    dns.0.lock().unwrap().push(v6.addr);
+    let mut opts = ClientOptions::new(vec![], tls.clone());
+    opts.names = vec!["jotd-headless.test.svc:4433".into()];
+    opts.resolver = Arc::clone(&dns) as Arc<dyn jotd_transport::Resolve>;
+    let c = Client::new(opts).unwrap();
+    assert_once(&c.verify_all(&batch).await.unwrap(), 1, Reason::Ok);
+    // IPv4 first, IPv6 second: both serve.
+    let c = Client::new(ClientOptions::new(vec![v4.addr, v6.addr], tls)).unwrap();
+    for _ in 0..8 {
+        assert_once(&c.verify_all(&batch).await.unwrap(), 1, Reason::Ok);
+    }
+    let sent: Vec<u64> = c.stats().endpoints.iter().map(|e| e.sent).collect();
+    assert!(
+        sent.iter().all(|&n| n > 0),
+        "both replicas served: {sent:?}"
+    );
+    assert_eq!(c.stats().ejections, 0);
+    v6.stop().await;
+    v4.stop().await;
+}
+
 /// A hedge refused for what the batch is (`too_many_items` at a replica with
 /// a smaller limit, as during a rolling config change) does not throw away
 /// the primary still in flight: the batch fails only when no copy can decide it.

@@ -633,13 +633,23 @@ impl Client {
             .stream_receive_window(VarInt::from_u32(4 << 20))
             .mtu_discovery_config(Some(crate::options::mtu_discovery()));
         config.transport_config(Arc::new(transport));
-        let local: SocketAddr = if opts.endpoints.first().is_some_and(SocketAddr::is_ipv6) {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        // One socket serves every endpoint: dual-stack IPv6 when any endpoint
+        // is IPv6 or a name may resolve to one (an IPv4 socket cannot reach an
+        // IPv6 replica at all), IPv4 when every endpoint is an IPv4 address or
+        // the host has no IPv6.
+        let v4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
+        let v6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
+        let want_v6 = !opts.names.is_empty() || opts.endpoints.iter().any(SocketAddr::is_ipv6);
+        let endpoint = match want_v6.then(|| crate::options::endpoint(v6, None)) {
+            Some(Ok(e)) => e,
+            Some(Err(e)) if opts.endpoints.iter().any(SocketAddr::is_ipv6) => {
+                return Err(ClientError::Config(format!(
+                    "cannot bind {v6} for the IPv6 endpoints: {e}"
+                )));
+            }
+            _ => crate::options::endpoint(v4, None)
+                .map_err(|e| ClientError::Config(format!("cannot bind {v4}: {e}")))?,
         };
-        let endpoint = crate::options::endpoint(local, None)
-            .map_err(|e| ClientError::Config(format!("cannot bind {local}: {e}")))?;
         let per = opts.connections_per_endpoint.max(1);
         let slots: Vec<Arc<Slot>> = opts
             .endpoints
@@ -1009,13 +1019,29 @@ impl Client {
     /// many times (load generators) and would rather not encode each time.
     ///
     /// # Errors
-    /// No endpoint could take the batch, or the batch timed out.
+    /// The frame is not one whole `Batch` frame of `request_id` and `items`
+    /// items ([`ClientError::Config`], before anything is sent: a mismatch
+    /// would read as every server answering wrongly, and eject them all);
+    /// no endpoint could take the batch, or the batch timed out.
     pub async fn verify_frame(
         &self,
         frame: &[u8],
         request_id: u64,
         items: usize,
     ) -> Result<Pending<'_>, ClientError> {
+        match crate::codec::peek_batch_head(frame) {
+            Some((id, n)) if id == request_id && n == items as u64 => {}
+            Some((id, n)) => {
+                return Err(ClientError::Config(format!(
+                    "verify_frame: the frame is request {id} of {n} items, the call says request {request_id} of {items}"
+                )));
+            }
+            None => {
+                return Err(ClientError::Config(
+                    "verify_frame: not one whole Batch frame".into(),
+                ));
+            }
+        }
         Pending::start(self, frame.into(), request_id, items).await
     }
 

@@ -182,6 +182,17 @@ pub fn start_with(
     mtls: bool,
     pki: DevPki,
 ) -> Running {
+    start_at("127.0.0.1:0".parse().unwrap(), backend, opts, mtls, pki)
+}
+
+/// [`start_with`] listening on `listen` (`[::1]:0` for an IPv6 replica).
+pub fn start_at(
+    listen: std::net::SocketAddr,
+    backend: Arc<TestBackend>,
+    opts: ServerOptions,
+    mtls: bool,
+    pki: DevPki,
+) -> Running {
     let tls = server_config(
         pki.server_cert_pem.as_bytes(),
         pki.server_key_pem.as_bytes(),
@@ -195,17 +206,8 @@ pub fn start_with(
             .unwrap(),
     );
     let engine = Arc::new(Engine::new(EngineConfig::default()));
-    let server = Server::bind(
-        ServerOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ..opts
-        },
-        tls,
-        engine,
-        pool,
-        backend,
-    )
-    .unwrap();
+    let server =
+        Server::bind(ServerOptions { listen, ..opts }, tls, engine, pool, backend).unwrap();
     let addr = server.local_addr().unwrap();
     let stats = server.stats();
     let switch = server.tls_switch();
