@@ -30,14 +30,45 @@ enum ReadFailure {
 }
 
 /// A request's room in the server's request buffer
-/// (`max_request_buffer_bytes`), counted in the `request_bytes` gauge. It is
-/// held from the length prefix until the request's decisions exist (or it is
-/// refused): the bytes, then their decoded form, stay within the budget
-/// while the batch waits for token room and is verified.
+/// (`max_request_buffer_bytes`), counted in the `request_bytes` gauge. It
+/// grows with the request's bytes as they arrive (a length prefix alone
+/// reserves nothing: 4-byte streams declaring 4 MiB each once took the whole
+/// buffer for `request_timeout`), and is held until the request's decisions
+/// exist (or it is refused): the bytes, then their decoded form, stay within
+/// the budget while the batch waits for token room and is verified.
 pub(crate) struct Room {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     bytes: usize,
     stats: Arc<ServerStats>,
+}
+
+impl Room {
+    fn new(stats: &Arc<ServerStats>) -> Self {
+        Self {
+            permit: None,
+            bytes: 0,
+            stats: Arc::clone(stats),
+        }
+    }
+
+    /// Takes room for `n` more bytes; `false` when the buffer has none.
+    fn grow(&mut self, shared: &Shared, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
+        let Ok(more) = Arc::clone(&shared.request_bytes)
+            .try_acquire_many_owned(u32::try_from(n).unwrap_or(u32::MAX))
+        else {
+            return false;
+        };
+        match &mut self.permit {
+            Some(p) => p.merge(more),
+            None => self.permit = Some(more),
+        }
+        self.bytes += n;
+        self.stats.request_bytes.fetch_add(n, Ordering::Relaxed);
+        true
+    }
 }
 
 impl Drop for Room {
@@ -49,8 +80,8 @@ impl Drop for Room {
 }
 
 /// Reads one request's bytes: the length prefix first (a frame over the limit is
-/// refused from it alone), then room for the declared size in the server's
-/// request buffer, then the bytes up to the client's FIN, all within
+/// refused from it alone), then the bytes up to the client's FIN, each chunk
+/// taking its room in the server's request buffer as it arrives, all within
 /// `request_timeout`.
 async fn read_request(
     shared: &Shared,
@@ -59,10 +90,11 @@ async fn read_request(
     let opts = &shared.opts;
     let limit = opts.limits.max_frame_bytes.min(HARD_MAX_FRAME_BYTES);
     let mut bytes: Vec<u8> = Vec::new();
+    let mut room = Room::new(&shared.stats);
     let read = tokio::time::timeout(opts.request_timeout, async {
         // Whatever has arrived, until the length prefix is in: QUIC flow
         // control (the stream window is one frame) bounds what that can be.
-        fill(recv, &mut bytes, 4, |_| limit + 5).await?;
+        fill(shared, recv, &mut bytes, &mut room, 4, |_| limit + 5).await?;
         let declared = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
         if declared > limit {
             let _ = recv.stop(VarInt::from_u32(STOP_TOO_LARGE));
@@ -73,28 +105,6 @@ async fn read_request(
             ));
         }
         let total = declared + 4;
-        let Ok(permit) = Arc::clone(&shared.request_bytes)
-            .try_acquire_many_owned(u32::try_from(total).unwrap_or(u32::MAX))
-        else {
-            let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
-            return Err(ReadFailure::Refuse(
-                Refused::of(
-                    &bytes,
-                    ErrorCode::Overloaded,
-                    format!(
-                        "the server's buffer for requests in progress (max_request_buffer_bytes = {}) is full",
-                        opts.max_request_buffer_bytes
-                    ),
-                ),
-                Some(Overload::RequestBuffer),
-            ));
-        };
-        shared.stats.request_bytes.fetch_add(total, Ordering::Relaxed);
-        let room = Room {
-            _permit: permit,
-            bytes: total,
-            stats: Arc::clone(&shared.stats),
-        };
         if bytes.len() > total {
             let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
             return Err(refuse(
@@ -103,12 +113,14 @@ async fn read_request(
                 "one frame per stream, and nothing after it",
             ));
         }
-        // The rest, into room the request reserved.
-        bytes.reserve_exact(total - bytes.len());
-        fill(recv, &mut bytes, total, |have| total - have).await?;
+        // The rest, each chunk into room it takes as it comes.
+        fill(shared, recv, &mut bytes, &mut room, total, |have| {
+            total - have
+        })
+        .await?;
         // The answer starts at the client's FIN: nothing may follow the frame.
         match recv.read_chunk(1, true).await {
-            Ok(None) => Ok(room),
+            Ok(None) => Ok(()),
             Ok(Some(_)) => {
                 let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
                 Err(refuse(
@@ -122,7 +134,7 @@ async fn read_request(
     })
     .await;
     match read {
-        Ok(Ok(room)) => Ok((bytes, room)),
+        Ok(Ok(())) => Ok((bytes, room)),
         Ok(Err(failure)) => Err(failure),
         Err(_) => {
             // Timed out: stop the stream; its bytes and room are released
@@ -141,16 +153,46 @@ async fn read_request(
 }
 
 /// Reads into `bytes` until it holds `want` bytes, each read at most
-/// `most(bytes held)`.
+/// `most(bytes held)`, each chunk taking its room in `room` first (refused
+/// as `overloaded` when the server's request buffer is full). The buffer
+/// grows by doubling up to `want`, so it holds at most twice the bytes in.
 async fn fill(
+    shared: &Shared,
     recv: &mut RecvStream,
     bytes: &mut Vec<u8>,
+    room: &mut Room,
     want: usize,
     most: impl Fn(usize) -> usize,
 ) -> Result<(), ReadFailure> {
     while bytes.len() < want {
         match recv.read_chunk(most(bytes.len()), true).await {
-            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk.bytes),
+            Ok(Some(chunk)) => {
+                if !room.grow(shared, chunk.bytes.len()) {
+                    let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
+                    let head: &[u8] = if bytes.is_empty() {
+                        &chunk.bytes
+                    } else {
+                        bytes
+                    };
+                    return Err(ReadFailure::Refuse(
+                        Refused::of(
+                            head,
+                            ErrorCode::Overloaded,
+                            format!(
+                                "the server's buffer for requests in progress (max_request_buffer_bytes = {}) is full",
+                                shared.opts.max_request_buffer_bytes
+                            ),
+                        ),
+                        Some(Overload::RequestBuffer),
+                    ));
+                }
+                let need = bytes.len() + chunk.bytes.len();
+                if need > bytes.capacity() {
+                    let grown = need.max(bytes.capacity() * 2).min(want.max(need));
+                    bytes.reserve_exact(grown - bytes.len());
+                }
+                bytes.extend_from_slice(&chunk.bytes);
+            }
             Ok(None) => {
                 return Err(refuse(
                     bytes,

@@ -78,62 +78,96 @@ async fn half_sent_requests_stay_within_the_buffer_and_go_after_request_timeout(
     let k = keys();
     let backend = TestBackend::new(snapshot(1, &k, true));
     let frame = 1 << 20;
+    let buffer = 4 * (frame + 4);
     let opts = ServerOptions {
         limits: Limits {
             max_frame_bytes: frame,
             ..Limits::default()
         },
-        max_request_buffer_bytes: std::num::NonZeroUsize::new(4 * (frame + 4)).unwrap(),
+        max_request_buffer_bytes: std::num::NonZeroUsize::new(buffer).unwrap(),
         request_timeout: Duration::from_secs(3),
         ..ServerOptions::default()
     };
     let r = start(Arc::clone(&backend), opts, false);
     let conn = raw_connection(&r, false, None).await;
-    // Eight streams each announce a 1 MiB frame, send 64 KiB of it and stall.
-    let mut streams = Vec::new();
-    for id in 0..8u64 {
-        let (mut send, recv) = conn.open_bi().await.unwrap();
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let head = |id: u64, len: usize| {
         let mut head = (frame as u32).to_be_bytes().to_vec();
         head.push(1); // Batch
-        head.push(u8::try_from(100 + id).unwrap()); // request id, one varint byte
-        head.resize(64 << 10, 0);
-        send.write_all(&head).await.unwrap();
+        head.push(u8::try_from(id).unwrap()); // request id, one varint byte
+        head.resize(len, 0);
+        head
+    };
+    // Eight streams each announce a 1 MiB frame and send its 6-byte head
+    // alone: an announcement reserves nothing (it once took the whole buffer
+    // for request_timeout, so every other client got `overloaded`).
+    let mut streams = Vec::new();
+    for id in 100..108u64 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&head(id, 6)).await.unwrap();
         streams.push((send, recv));
     }
-    // Four fit the buffer; the other four are refused at once, echoing their ids.
-    let mut refused = Vec::new();
-    let mut waiting = Vec::new();
+    wait_for("the heads to arrive", || r.stats.request_bytes() == 8 * 6).await;
+    let other = raw_connection(&r, false, None).await;
+    let (mut send, mut recv) = other.open_bi().await.unwrap();
+    send.write_all(&encoded(7, &[&hs], "t")).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(1 << 20).await.unwrap();
+    assert_eq!(
+        jotd_transport::next_frame(&answer, &Limits::default())
+            .unwrap()
+            .unwrap()
+            .kind,
+        jotd_transport::FrameType::Decisions,
+        "another client's batch is decided"
+    );
+    // Five streams send all of their frame but its last byte: what arrives
+    // is charged; the buffer holds four such and refuses the rest at once.
+    for id in 108..113u64 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&head(id, frame + 3)).await.unwrap();
+        streams.push((send, recv));
+    }
+    // Every stream's answer, read at once: a refusal comes at once, the
+    // others at request_timeout.
+    let started = Instant::now();
+    let mut sends = Vec::new();
+    let mut answers = Vec::new();
     for (send, mut recv) in streams {
-        match tokio::time::timeout(Duration::from_millis(250), error_answer(&mut recv)).await {
-            Ok((id, code)) => {
-                assert_eq!(code, ErrorCode::Overloaded as u16);
-                refused.push(id);
-            }
-            Err(_) => waiting.push((send, recv)),
+        sends.push(send);
+        answers.push(tokio::spawn(async move {
+            let answer = error_answer(&mut recv).await;
+            (answer, Instant::now())
+        }));
+    }
+    let mut refused = Vec::new();
+    let mut held = 0;
+    for a in answers {
+        let ((id, code), at) = a.await.unwrap();
+        if code == ErrorCode::Overloaded as u16 {
+            assert!(
+                at - started < Duration::from_secs(1),
+                "{id} refused at once"
+            );
+            refused.push(id);
+        } else {
+            // After request_timeout the rest are refused with request_timeout
+            // and their room is released.
+            assert_eq!(code, ErrorCode::RequestTimeout as u16, "{id}");
+            assert!((100..113).contains(&id));
+            held += 1;
         }
     }
-    assert_eq!(
-        (refused.len(), waiting.len()),
-        (4, 4),
-        "refused {refused:?}"
+    assert!(!refused.is_empty(), "the buffer filled: some were refused");
+    assert!(
+        refused.iter().all(|id| (108..113).contains(id)),
+        "{refused:?}"
     );
-    assert!(refused.iter().all(|id| (100..108).contains(id)));
-    assert_eq!(
-        r.stats.request_bytes(),
-        4 * (frame + 4),
-        "reserved, not more"
-    );
-    // After request_timeout the rest are refused with request_timeout and
-    // their room is released.
-    for (_send, mut recv) in waiting {
-        let (id, code) = error_answer(&mut recv).await;
-        assert_eq!(code, ErrorCode::RequestTimeout as u16);
-        assert!((100..108).contains(&id));
-    }
+    assert!(held >= 8 + 3, "the heads and what fits waited: {held}");
+    drop(sends);
     wait_for("the buffer to empty", || r.stats.request_bytes() == 0).await;
-    assert_eq!(backend.ends(StreamEnd::RequestTimeout), 4);
+    assert_eq!(backend.ends(StreamEnd::RequestTimeout), held);
     // The connection still serves.
-    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&encoded(7, &[&hs], "t")).await.unwrap();
     send.finish().unwrap();
