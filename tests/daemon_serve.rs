@@ -18,7 +18,7 @@ fn keys_data(name: &str) -> PathBuf {
         .join(name)
 }
 
-const HS_SECRET: &str = "0123456789abcdef0123456789abcdef";
+const HS_SECRET: &str = "0123456789abcdefghijklmnopqrstuv";
 
 /// Writes TLS files and a config; `with_hs` decides whether the HS256 key is in
 /// it, `verify` is added to its `[verify]` section.

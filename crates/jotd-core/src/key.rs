@@ -581,15 +581,17 @@ fn public_material(secret: &[u8]) -> Option<&'static str> {
 
 /// Fewest distinct byte values a secret may hold. Random bytes of the
 /// minimum length (32) hold about 30, hex text about 14, base64 about 25;
-/// the chance that 32 random hex digits hold fewer than 8 is below 1e-7.
-const MIN_DISTINCT_BYTES: usize = 8;
+/// the chance that 32 random decimal digits hold fewer than 6 is about
+/// 6e-8 (hex and base64: far less). Placeholders with more (`changeme`)
+/// are caught as repeats.
+const MIN_DISTINCT_BYTES: usize = 6;
 
 /// Why an HMAC secret long enough for its algorithm is still guessable, or
-/// `None`: fewer than [`MIN_DISTINCT_BYTES`] distinct byte values (one byte
-/// or a short unit repeated: 32 spaces, zero bytes, `abab…`, `changeme`
-/// four times), one byte value filling half of it or more (a short
-/// secret padded out to the length rule), or a unit of at most a quarter of
-/// it (and 64 bytes) repeated (`12345678` four times).
+/// `None`: fewer than [`MIN_DISTINCT_BYTES`] distinct byte values (32
+/// spaces, zero bytes, `abab…`), one byte value filling half of it or more
+/// (a short secret padded out to the length rule), or a unit of at most
+/// half of it (and 64 bytes) repeated (`changeme` four times, a 16-byte
+/// secret written twice).
 fn guessable(secret: &[u8]) -> Option<&'static str> {
     let mut count = [0usize; 256];
     for &b in secret {
@@ -598,7 +600,7 @@ fn guessable(secret: &[u8]) -> Option<&'static str> {
     let distinct = count.iter().filter(|&&n| n > 0).count();
     if distinct < MIN_DISTINCT_BYTES {
         return Some(
-            "made of fewer than 8 distinct byte values (one byte or a short word repeated)",
+            "made of fewer than 6 distinct byte values (one byte or a short word repeated)",
         );
     }
     let most = count.iter().copied().max().unwrap_or(0);
@@ -606,8 +608,8 @@ fn guessable(secret: &[u8]) -> Option<&'static str> {
         return Some("half or more one byte value (a short secret padded out)");
     }
     // Periods up to 64 bytes, so a huge secret costs 64 passes at most.
-    if (1..=(secret.len() / 4).min(64)).any(|p| secret[p..] == secret[..secret.len() - p]) {
-        return Some("a short unit repeated four times or more");
+    if (1..=(secret.len() / 2).min(64)).any(|p| secret[p..] == secret[..secret.len() - p]) {
+        return Some("a shorter secret repeated (written twice or more)");
     }
     None
 }
@@ -725,7 +727,16 @@ mod public_material_tests {
                 let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
                 let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
                 let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
-                for form in [&raw[..], hex.as_bytes(), b64.as_bytes(), url.as_bytes()] {
+                // Decimal digits, 2 per byte (the chance of fewer than 6
+                // distinct in 32 is ~6e-8: none in these 15,000 draws).
+                let digits: String = raw.iter().map(|b| format!("{:02}", b % 100)).collect();
+                for form in [
+                    &raw[..],
+                    hex.as_bytes(),
+                    b64.as_bytes(),
+                    url.as_bytes(),
+                    digits.as_bytes(),
+                ] {
                     if form.len() < 32 {
                         continue;
                     }
@@ -754,15 +765,19 @@ mod public_material_tests {
             [&b"0123456789abcdef"[..], &[b'x'; 16]].concat(),
             b"12345678".repeat(4),
             b"secret-key-1234!".repeat(8),
+            b"my-super-secret!".repeat(2),
+            b"changeme12345678".repeat(2),
+            b"0123456789abcdef0123456789abcdef".to_vec(),
         ];
         for p in &placeholders {
             assert!(guessable(p).is_some(), "{:?}", String::from_utf8_lossy(p));
         }
         for fine in [
-            &b"0123456789abcdef0123456789abcdef"[..],
+            &b"0123456789abcdefghijklmnopqrstuv"[..],
             b"a secret of at least thirty-two bytes, for HS256",
             b"correct horse battery staple, and then some",
-            b"0123456789abcdef".repeat(3).as_slice(),
+            // Random decimal digits (a vault's numeric secret).
+            b"73019284650192837465019283746501",
         ] {
             assert_eq!(guessable(fine), None, "{:?}", String::from_utf8_lossy(fine));
         }

@@ -113,8 +113,8 @@ fn headers_of(
                 .map_err(|_| format!("the {known} header holds bytes no header can"))?;
             out.append(HeaderName::from_static(known), v);
         } else if lower
-            .replace('_', "-")
-            .starts_with(crate::forward_auth::JOTD_PREFIX)
+            .get(..crate::forward_auth::JOTD_PREFIX.len())
+            .is_some_and(|p| p.replace('_', "-") == crate::forward_auth::JOTD_PREFIX)
             && let Ok(n) = HeaderName::from_bytes(lower.as_bytes())
         {
             // The client's `x-jotd-*` headers, by name only: what the answer

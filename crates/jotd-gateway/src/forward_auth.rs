@@ -106,18 +106,11 @@ pub const IDENTITY: &[&str] = &[
 /// the node beside (or instead of) the subject jotd wrote. Refused.
 pub fn jotd_lookalike(h: &hyper::HeaderMap) -> Option<&str> {
     h.keys().map(HeaderName::as_str).find(|n| {
-        n.contains('_')
-            && n.len() >= JOTD_PREFIX.len()
-            && n.as_bytes()[..JOTD_PREFIX.len()]
-                .iter()
-                .map(|b| {
-                    if *b == b'_' {
-                        b'-'
-                    } else {
-                        b.to_ascii_lowercase()
-                    }
-                })
-                .eq(JOTD_PREFIX.bytes())
+        // The `_` must be in the prefix: `x-jotd-claim-client_id` is jotd's
+        // own (a claim name may hold `_`), overwritten or removed as such.
+        n.get(..JOTD_PREFIX.len()).is_some_and(|prefix| {
+            prefix.contains('_') && prefix.replace('_', "-").eq_ignore_ascii_case(JOTD_PREFIX)
+        })
     })
 }
 

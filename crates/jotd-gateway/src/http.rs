@@ -62,13 +62,18 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<Vec<u8>>, &'static str> {
         match v.get(6) {
             None => return Err("a Bearer Authorization header without a token"),
             Some(b' ') => {}
-            Some(c) if c.is_ascii_whitespace() || c.is_ascii_control() => {
+            // `Bearerish ...`: the scheme name goes on (a tchar, RFC 9110
+            // §5.6.2), so it is another scheme.
+            Some(c) if c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(c) => {
+                return Ok(None);
+            }
+            // A tab, NBSP (0xA0), a comma...: backends that split on any
+            // blank would read the token after it.
+            Some(_) => {
                 return Err(
-                    "a Bearer Authorization header whose scheme is not followed by one space",
+                    "a Bearer Authorization header whose scheme is followed by something other than a space",
                 );
             }
-            // `Bearerish ...`: another scheme.
-            Some(_) => return Ok(None),
         }
     } else {
         return Ok(None);
@@ -504,6 +509,13 @@ mod tests {
         // (which a tenant without `require_jwt` would let through).
         assert!(bearer(&h(&["Bearer\tabc.def.ghi"])).is_err());
         assert!(bearer(&h(&["bearer"])).is_err());
+        assert!(bearer(&h(&["Bearer,abc"])).is_err());
+        let mut nbsp = HeaderMap::new();
+        nbsp.insert(
+            AUTHORIZATION,
+            HeaderValue::from_bytes(b"Bearer\xa0abc.def.ghi").unwrap(),
+        );
+        assert!(bearer(&nbsp).is_err());
         // Another scheme that only starts like it is still another scheme.
         assert_eq!(bearer(&h(&["Bearerish abc"])), Ok(None));
     }

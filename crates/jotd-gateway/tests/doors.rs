@@ -969,6 +969,19 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
             r.body
         );
     }
+    // A `_` after the prefix is a claim name's (jotd's own header): not refused.
+    let r = post(
+        fa,
+        "/auth",
+        Some(&no_sub),
+        &[
+            ("x-forwarded-uri", "/v3/infura"),
+            ("x-jotd-claim-client_id", "forged"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.raw_body);
     // Without the body, a token that restricts addresses only is refused too:
     // nothing bounds what the request touches.
     let addr_only =

@@ -208,7 +208,7 @@ fn errors_name_file_line_and_key() {
             "unknown field",
         ),
         (
-            "[[tenant]]\nid = \"a\"\npolicy = \"deny-all\"\n[[tenant.key]]\nkid=\"k\"\nalg=\"HS256\"\nsecret=\"0123456789abcdef0123456789abcdef\"\n",
+            "[[tenant]]\nid = \"a\"\npolicy = \"deny-all\"\n[[tenant.key]]\nkid=\"k\"\nalg=\"HS256\"\nsecret=\"0123456789abcdefghijklmnopqrstuv\"\n",
             3,
             "tenant[0].policy",
             "not allowlist",
@@ -250,13 +250,13 @@ fn errors_name_file_line_and_key() {
             "cannot read /etc/jotd/keys/missing.pem",
         ),
         (
-            "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\npem_file = \"keys/rsa2048.pem\"\n",
+            "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdefghijklmnopqrstuv\"\npem_file = \"keys/rsa2048.pem\"\n",
             3,
             "tenant[0].key[0]",
             "exactly one of",
         ),
         (
-            "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdeX\"\n",
+            "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdefghijklmnopqrstuv\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdeX\"\n",
             8,
             "tenant[0].key[1].kid",
             "duplicate kid `k` (first at line 3)",
@@ -470,7 +470,7 @@ fn jwks_files_and_denylists() {
 
     // One IdP's token revoked in every tenant: one with entries of its own
     // and one without both hold it.
-    let two = "denylist_file = \"revoked.toml\"\n[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"h\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n[[tenant]]\nid = \"b\"\n[[tenant.key]]\nkid = \"h\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+    let two = "denylist_file = \"revoked.toml\"\n[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"h\"\nalg = \"HS256\"\nsecret = \"0123456789abcdefghijklmnopqrstuv\"\n[[tenant]]\nid = \"b\"\n[[tenant.key]]\nkid = \"h\"\nalg = \"HS256\"\nsecret = \"0123456789abcdefghijklmnopqrstuv\"\n";
     let everywhere = "[[revoke]]\nall_tenants = true\njti = \"leaked\"\nuntil = 2000000000\n[[revoke]]\ntenant = \"a\"\nsub = \"mallory\"\nuntil = 2000000000\n";
     let cfg = Files::new(two)
         .with("/etc/jotd/revoked.toml", everywhere)
@@ -561,8 +561,8 @@ fn a_key_replaced_under_its_kid_changes_the_epoch_from_every_source() {
     use base64::Engine as _;
     let b64 = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
     let (s1, s2) = (
-        b"0123456789abcdef0123456789abcdef".as_slice(),
-        b"fedcba9876543210fedcba9876543210".as_slice(),
+        b"0123456789abcdefghijklmnopqrstuv".as_slice(),
+        b"vutsrqponmlkjihgfedcba9876543210".as_slice(),
     );
     let oct = |s: &[u8]| {
         format!(
@@ -692,7 +692,7 @@ fn toml_inline(json: &str) -> String {
 
 #[test]
 fn max_jwks_keys_is_bounded() {
-    let tenant = "[[tenant]]\nid = \"t\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+    let tenant = "[[tenant]]\nid = \"t\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdefghijklmnopqrstuv\"\n";
     for bad in [0, 1025] {
         let e = Files::new(&format!("max_jwks_keys = {bad}\n{tenant}"))
             .load()
@@ -715,7 +715,7 @@ fn max_jwks_keys_is_bounded() {
 /// can only be mistakes, on the list's line, and bounds its length.
 #[test]
 fn name_lists_refuse_entries_that_match_nothing() {
-    let key = "[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+    let key = "[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdefghijklmnopqrstuv\"\n";
     for field in [
         "audiences",
         "issuers",
@@ -753,7 +753,7 @@ fn name_lists_refuse_entries_that_match_nothing() {
 /// token's value is.
 #[test]
 fn accepted_typ_is_configurable_and_normalised() {
-    let secret = "0123456789abcdef0123456789abcdef";
+    let secret = "0123456789abcdefghijklmnopqrstuv";
     let config = |typ: &str| {
         format!(
             "[[tenant]]\nid = \"t\"\nrequire_typ = true\naccepted_typ = {typ}\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"{secret}\"\n"
@@ -803,8 +803,8 @@ fn accepted_typ_is_configurable_and_normalised() {
 #[test]
 fn keys_bound_to_an_issuer_verify_only_that_issuers_tokens() {
     let (sa, sb) = (
-        "0123456789abcdef0123456789abcdef",
-        "fedcba9876543210fedcba9876543210",
+        "0123456789abcdefghijklmnopqrstuv",
+        "vutsrqponmlkjihgfedcba9876543210",
     );
     let config = format!(
         "[[tenant]]\nid = \"t\"\nissuers = [\"https://a\", \"https://b\"]\n\
@@ -814,7 +814,7 @@ fn keys_bound_to_an_issuer_verify_only_that_issuers_tokens() {
     );
     let cfg = Files::new(&config).load().unwrap_or_else(|e| panic!("{e}"));
     use base64::Engine as _;
-    let sc = "0011223344556677889900112233445566778899";
+    let sc = "0011223344556677889900aabbccddeeffgghh";
     let jwks = format!(
         r#"{{"keys":[{{"kty":"oct","kid":"kc","alg":"HS256","k":"{}"}}]}}"#,
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sc)

@@ -921,7 +921,7 @@ async fn a_fetched_kid_another_source_has_is_reported_as_shadowed() {
     let url = server.url.clone();
     let (reloader, fetcher) = fetching(&server, move || {
         format!(
-            "[[tenant]]\nid = \"idp\"\n[[tenant.key]]\nkid = \"a\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n"
+            "[[tenant]]\nid = \"idp\"\n[[tenant.key]]\nkid = \"a\"\nalg = \"HS256\"\nsecret = \"0123456789abcdefghijklmnopqrstuv\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n"
         )
     });
     let heard = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));

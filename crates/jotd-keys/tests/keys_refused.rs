@@ -388,10 +388,11 @@ fn public_key_material_is_never_an_hmac_secret() {
 #[test]
 fn guessable_hmac_secrets_are_refused_from_every_source() {
     let forms: Vec<(&str, &str, Vec<u8>)> = vec![
-        ("HS256", "fewer than 8 distinct", vec![b' '; 32]),
-        ("HS256", "fewer than 8 distinct", vec![0; 32]),
-        ("HS384", "fewer than 8 distinct", b"changeme".repeat(6)),
-        ("HS512", "fewer than 8 distinct", b"ab".repeat(32)),
+        ("HS256", "fewer than 6 distinct", vec![b' '; 32]),
+        ("HS256", "fewer than 6 distinct", vec![0; 32]),
+        ("HS384", "repeated", b"changeme".repeat(6)),
+        ("HS256", "repeated", b"my-super-secret!".repeat(2)),
+        ("HS512", "fewer than 6 distinct", b"ab".repeat(32)),
         (
             "HS256",
             "half or more one byte",

@@ -989,7 +989,7 @@ level = "jotd=debug"
             .tempdir()
             .unwrap();
         let file = dir.path().join("jotd.toml");
-        let tenant = "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+        let tenant = "[[tenant]]\nid = \"a\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdefghijklmnopqrstuv\"\n";
         std::fs::write(&file, format!("[server]\nmax_connections = 7\n{tenant}")).unwrap();
         let (settings, keys) = load(&file).unwrap();
         assert_eq!(

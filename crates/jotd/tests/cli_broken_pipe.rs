@@ -39,7 +39,7 @@ fn every_printing_command_exits_quietly_when_stdout_is_closed() {
         .tempdir()
         .unwrap();
     let dir = scratch.path();
-    let secret = "0123456789abcdef0123456789abcdef";
+    let secret = "0123456789abcdefghijklmnopqrstuv";
     let config = dir.join("jotd.toml");
     std::fs::write(
         &config,

@@ -98,7 +98,7 @@ pem_file = "{}"
 [[tenant.key]]
 kid = "hs"
 alg = "HS256"
-secret = "0123456789abcdef0123456789abcdef"
+secret = "0123456789abcdefghijklmnopqrstuv"
 "#,
             keys_data("rsa2048.pem").display()
         ),
@@ -149,7 +149,7 @@ fn config_check_lists_keys_or_names_the_error() {
     );
 
     // The daemon's sections are checked too: values, and the TLS files they name.
-    let tenant = "[[tenant]]\nid = \"x\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+    let tenant = "[[tenant]]\nid = \"x\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdefghijklmnopqrstuv\"\n";
     let check_with = |server: &str| {
         std::fs::write(&config, format!("{server}\n{tenant}")).unwrap();
         jotd(
@@ -211,7 +211,7 @@ fn config_check_reads_every_file_the_daemon_would() {
     std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
     std::fs::write(dir.join("key.pem"), &pki.server_key_pem).unwrap();
     let config = dir.join("jotd.toml");
-    let tenant = "[[tenant]]\nid = \"x\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+    let tenant = "[[tenant]]\nid = \"x\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\nsecret = \"0123456789abcdefghijklmnopqrstuv\"\n";
     let check_with = |sections: &str| {
         std::fs::write(&config, format!("{sections}\n{tenant}")).unwrap();
         let out = jotd(
@@ -292,7 +292,7 @@ fn check_decides_each_line_in_order() {
         &std::fs::read(keys_data("rsa2048.pk8.der")).unwrap(),
     )
     .unwrap();
-    let hs = SigningKey::from_hmac_secret(Algorithm::Hs256, b"0123456789abcdef0123456789abcdef")
+    let hs = SigningKey::from_hmac_secret(Algorithm::Hs256, b"0123456789abcdefghijklmnopqrstuv")
         .unwrap();
     let good = rsa
         .mint(
