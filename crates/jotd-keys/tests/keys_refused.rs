@@ -312,6 +312,21 @@ fn pem_with_more_than_one_block_names_the_extra_block() {
 /// key: whoever has the public key signs HS256 tokens with it) is refused
 /// from every source: `secret`, `secret_base64`, an inline `oct` JWK, and a
 /// JWKS (skipped there, the other keys kept).
+/// Every way a config can give an HMAC secret of these bytes: base64, an
+/// `oct` JWK, and the text itself when it is text.
+fn secret_sources(bytes: &[u8]) -> Vec<String> {
+    let mut sources = vec![
+        format!("secret_base64 = \"{}\"", STANDARD.encode(bytes)),
+        format!("jwk = {{ kty = \"oct\", k = \"{}\" }}", b64u(bytes)),
+    ];
+    if let Ok(text) = std::str::from_utf8(bytes)
+        && !text.contains('\0')
+    {
+        sources.push(format!("secret = {}", serde_json::to_string(text).unwrap()));
+    }
+    sources
+}
+
 #[test]
 fn public_key_material_is_never_an_hmac_secret() {
     let rsa = SigningKey::generate(Algorithm::Rs256).unwrap();
@@ -348,16 +363,7 @@ fn public_key_material_is_never_an_hmac_secret() {
         ("JWK text", jwk.into_bytes()),
     ];
     for (what, bytes) in &forms {
-        let sources = [
-            format!("secret_base64 = \"{}\"", STANDARD.encode(bytes)),
-            format!("jwk = {{ kty = \"oct\", k = \"{}\" }}", b64u(bytes)),
-        ];
-        for source in sources.iter().chain(
-            std::str::from_utf8(bytes)
-                .ok()
-                .map(|text| format!("secret = {}", serde_json::to_string(text).unwrap()))
-                .as_ref(),
-        ) {
+        for source in secret_sources(bytes) {
             let config = format!(
                 "[[tenant]]\nid = \"t\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"HS256\"\n{source}\n"
             );
@@ -407,17 +413,7 @@ fn guessable_hmac_secrets_are_refused_from_every_source() {
         ("HS512", "repeated", b"my-secret-key-01".repeat(4)),
     ];
     for (alg, why, bytes) in &forms {
-        let sources = [
-            format!("secret_base64 = \"{}\"", STANDARD.encode(bytes)),
-            format!("jwk = {{ kty = \"oct\", k = \"{}\" }}", b64u(bytes)),
-        ];
-        for source in sources.iter().chain(
-            std::str::from_utf8(bytes)
-                .ok()
-                .filter(|t| !t.contains('\0'))
-                .map(|text| format!("secret = {}", serde_json::to_string(text).unwrap()))
-                .as_ref(),
-        ) {
+        for source in secret_sources(bytes) {
             let config = format!(
                 "[[tenant]]\nid = \"t\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"{alg}\"\n{source}\n"
             );
