@@ -297,6 +297,63 @@ async fn a_replica_that_resets_its_streams_is_skipped() {
     good.stop().await;
 }
 
+/// A batch whose primary sits on a replica that died silently, and whose hedge
+/// fails at once (here: a replica that resets its streams), is copied again
+/// one hedge delay on to the replica left; before, the copy on the dead
+/// replica was not looked at again and the batch ran out its whole deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_hedge_leaves_the_last_copy_watched() {
+    let k = keys();
+    let pki = DevPki::generate().unwrap();
+    let dead = start_with(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    );
+    let relay = Relay::start(dead.addr).await;
+    let resetting = resetting_server(&pki).await;
+    let good = start_with(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    );
+    let tls = client_config(pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = ClientOptions::new(vec![relay.addr, resetting, good.addr], tls);
+    opts.batch_timeout = Duration::from_secs(6);
+    // Neither the dead replica's liveness check nor its connection's idle
+    // timeout ends its copy within the test: only a new copy can decide the
+    // batch in time (before, the batch waited out the idle timeout, 3 s by
+    // default, with the defaults below).
+    opts.dead_after = Duration::from_secs(5);
+    opts.idle_timeout = Duration::from_secs(5);
+    opts.hedge.min_delay = Duration::from_millis(30);
+    opts.hedge.max_delay = Duration::from_millis(30);
+    opts.hedge.budget = 1.0;
+    let c = Arc::new(Client::new(opts).unwrap());
+    c.connect_all().await.unwrap();
+    relay.cut();
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let started = std::time::Instant::now();
+    // The first batch goes to the first endpoint, its hedge to the second.
+    let got = c
+        .verify_all(&[item(Some(&hs), "t"), item(Some(&hs), "t")])
+        .await
+        .expect("the third replica decides the batch");
+    let took = started.elapsed();
+    assert_once(&got, 2, Reason::Ok);
+    // Generous against a shared machine; without the re-armed hedge the batch
+    // was decided only when the dead connection's idle timeout (5 s) ended it.
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let stats = c.stats();
+    assert_eq!(stats.endpoints[0].sent, 1, "{stats:?}");
+    assert_eq!(stats.endpoints[1].sent, 1, "{stats:?}");
+    assert!(stats.endpoints[1].ejections >= 1, "{stats:?}");
+    assert_eq!(stats.endpoints[2].sent, 1, "{stats:?}");
+    good.stop().await;
+}
+
 /// A server that completes every handshake and keeps the connection alive but
 /// grants no stream: a replica whose streams are all stuck.
 async fn streamless_server(pki: &DevPki) -> SocketAddr {
@@ -394,6 +451,52 @@ async fn a_hedge_that_cannot_open_does_not_hold_up_the_primary() {
     // counted as failing for it.
     assert_eq!(stats.endpoints[1].failures, 0, "{stats:?}");
     slow.stop().await;
+}
+
+/// A hedge that could not be sent (its replica granted no stream in time)
+/// gives its credit back and is tried again on the next replica: before, the
+/// credit was spent and, with the budget drained, the held primary kept the
+/// batch until its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_that_could_not_be_sent_costs_no_credit() {
+    let k = keys();
+    // The primary holds its one item until the batch is over.
+    let (slow, _open) = start_held(&k);
+    let stuck = streamless_server(&slow.pki).await;
+    let good = start_with(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+        slow.pki.clone(),
+    );
+    let tls = client_config(slow.pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = ClientOptions::new(vec![slow.addr, stuck, good.addr], tls);
+    opts.batch_timeout = Duration::from_secs(6);
+    opts.hedge.min_delay = Duration::from_millis(30);
+    opts.hedge.max_delay = Duration::from_millis(30);
+    // One credit, none earned: the only hedge this client may ever send.
+    opts.hedge.budget = 0.0;
+    opts.hedge.burst = 1;
+    let c = Arc::new(Client::new(opts).unwrap());
+    // The stuck replica's connect succeeds (it completes handshakes).
+    c.connect_all().await.unwrap();
+    let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let started = std::time::Instant::now();
+    // The first batch goes to the first endpoint, its hedge to the second
+    // (no stream), then to the third.
+    let got = c
+        .verify_all(&[item(Some(&held), "jwks")])
+        .await
+        .expect("the third replica decides the batch");
+    let took = started.elapsed();
+    // The third replica knows the key (the first holds the item for a refetch).
+    assert_once(&got, 1, Reason::Ok);
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let stats = c.stats();
+    assert_eq!(stats.hedges, 1, "{stats:?}");
+    assert_eq!(stats.endpoints[1].sent, 0, "{stats:?}");
+    assert_eq!(stats.endpoints[2].sent, 1, "{stats:?}");
+    good.stop().await;
 }
 
 /// A pool whose only replica drops every packet (a socket that never reads),

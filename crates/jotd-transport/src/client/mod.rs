@@ -996,6 +996,18 @@ impl Client {
             .is_ok()
     }
 
+    /// Gives back a credit spent on a hedge that could not be sent (up to
+    /// the burst).
+    fn refund_hedge_credit(&self) {
+        let cap = u64::from(self.opts.hedge.burst) * 1000;
+        let _ = self
+            .shared
+            .hedge_credit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some((c + 1000).min(cap))
+            });
+    }
+
     /// Sends a batch; the returned [`Pending`] yields its decisions as they arrive.
     ///
     /// # Errors

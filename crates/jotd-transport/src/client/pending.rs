@@ -314,6 +314,12 @@ impl<'c> Pending<'c> {
         let attempt = self.attempts.swap_remove(k);
         self.note_failure(attempt.slot, e);
         drop(attempt);
+        // The copy left may sit on a replica that died silently (the hedge
+        // that just failed was sent because it was late): it is looked at
+        // again one hedge delay on, and copied elsewhere as any late batch.
+        if !self.attempts.is_empty() && self.hedge_at.is_none() && self.client.opts.hedge.enabled {
+            self.hedge_at = Some(Instant::now() + self.client.hedge_delay());
+        }
         if self.attempts.is_empty() {
             if let Err(e) = self.send_attempt(None).await {
                 // Nowhere else to go: the failure itself says the most.
@@ -341,7 +347,8 @@ impl<'c> Pending<'c> {
         if !self.attempts[0].progressed {
             client.suspect(primary);
         }
-        if primary.ejected(Instant::now()) || client.spend_hedge_credit() {
+        let ejected = primary.ejected(Instant::now());
+        if ejected || client.spend_hedge_credit() {
             // The primary is not read while the copy opens and is written: the
             // copy gets one hedge delay to find an endpoint that grants a stream
             // and one more to be written, or is not sent (a replica out of
@@ -349,6 +356,17 @@ impl<'c> Pending<'c> {
             // unread, up to the whole deadline).
             if self.send_attempt(Some(client.hedge_delay())).await.is_ok() {
                 client.shared.hedges.fetch_add(1, Ordering::Relaxed);
+            } else {
+                // No copy went out: its credit goes back (a pool that cannot
+                // hedge does not drain the budget of one that can).
+                if !ejected {
+                    client.refund_hedge_credit();
+                }
+                // Endpoints are left: look again (the primary may be ejected
+                // by then, and its copy free).
+                if self.slots.len() > self.tried.len() {
+                    self.hedge_at = Some(Instant::now() + client.hedge_delay());
+                }
             }
         } else {
             self.hedge_at = Some(Instant::now() + client.hedge_delay());
