@@ -103,6 +103,15 @@ pub enum FetchError {
     /// The client could not be built (bad extra CA).
     #[error("client setup: {0}")]
     Setup(String),
+    /// One of the above from the server a redirect led to (shown redacted),
+    /// not the configured one.
+    #[error("{error} (at {at}, after a redirect)")]
+    Redirected {
+        /// The URL the failure happened at.
+        at: String,
+        /// What went wrong there.
+        error: Box<Self>,
+    },
 }
 
 /// Redirects followed for one JWKS fetch, at most.
@@ -614,11 +623,22 @@ impl JwksFetcher {
                 .await
                 .map_err(|e| self.http_error(&e))?;
             let final_url = resp.url().to_string();
+            // A failure past a redirect names the server that failed.
+            let at = |error| {
+                if final_url == t.url {
+                    error
+                } else {
+                    FetchError::Redirected {
+                        at: redacted_url(&final_url),
+                        error: Box::new(error),
+                    }
+                }
+            };
             if resp.status() != reqwest::StatusCode::OK {
-                return Err(FetchError::Status(resp.status().as_u16()));
+                return Err(at(FetchError::Status(resp.status().as_u16())));
             }
             if resp.content_length().is_some_and(|n| n > limit as u64) {
-                return Err(FetchError::TooLarge(limit));
+                return Err(at(FetchError::TooLarge(limit)));
             }
             let age = resp
                 .headers()
@@ -626,9 +646,9 @@ impl JwksFetcher {
                 .and_then(|v| v.to_str().ok())
                 .and_then(max_age);
             let mut body = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(|e| self.http_error(&e))? {
+            while let Some(chunk) = resp.chunk().await.map_err(|e| at(self.http_error(&e)))? {
                 if body.len() + chunk.len() > limit {
-                    return Err(FetchError::TooLarge(limit));
+                    return Err(at(FetchError::TooLarge(limit)));
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -638,7 +658,18 @@ impl JwksFetcher {
             .await
             .map_err(|_| FetchError::Timeout(self.config.timeout))??;
         let max_keys = self.reloader.config().max_jwks_keys;
-        let keys = crate::jwk::parse_fetched_jwks(&body, t.alg, max_keys, t.symmetric_keys)?;
+        let keys = crate::jwk::parse_fetched_jwks(&body, t.alg, max_keys, t.symmetric_keys)
+            .map_err(|e| {
+                let e = FetchError::Jwks(e);
+                if final_url == t.url {
+                    e
+                } else {
+                    FetchError::Redirected {
+                        at: redacted_url(&final_url),
+                        error: Box::new(e),
+                    }
+                }
+            })?;
         Ok((keys, age, final_url))
     }
 
@@ -672,25 +703,29 @@ impl JwksFetcher {
         // Keys first, then the sources' records: a config change computing
         // the targets in between finds the keys installed for every source
         // it sees as fetched (else it forgot them, and they were fetched again).
+        let mut shadowed = Vec::new();
         if let Ok((keys, _, _)) = &result {
             let tenants: Vec<String> = std::iter::once(t.tenant.clone())
                 .chain(sharing.iter().map(|o| o.tenant.clone()))
                 .collect();
             // Off the runtime's threads: a changed document rebuilds every
             // tenant that reads the URL (all of them, for an identity provider
-            // that serves 100k tenants), which must not stall the I/O they run.
+            // that serves 100k tenants), which must not stall the I/O they run;
+            // so is what takes the reloader's lock (held through a reload's
+            // whole build).
             let reloader = Arc::clone(&self.reloader);
             let (url, keys) = (t.url.clone(), Arc::clone(keys));
             let installed = tokio::task::spawn_blocking(move || {
-                let tenants: Vec<&str> = tenants.iter().map(String::as_str).collect();
-                reloader.set_fetched_many(&tenants, &url, keys);
+                let names: Vec<&str> = tenants.iter().map(String::as_str).collect();
+                reloader.set_fetched_many(&names, &url, keys);
+                reloader.shadowed_kids(&tenants[0])
             })
             .await;
-            // Cancelled only when the runtime shuts down; a panic stays a panic.
-            if let Err(e) = installed
-                && e.is_panic()
-            {
-                std::panic::resume_unwind(e.into_panic());
+            match installed {
+                Ok(kids) => shadowed = kids,
+                // Cancelled only when the runtime shuts down; a panic stays a panic.
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
             }
         }
         // Every source that reads the URL alike, `t`'s first, gets the outcome.
@@ -733,7 +768,7 @@ impl JwksFetcher {
                     keys: keys.keys.len(),
                     skipped: &keys.skipped,
                     left_out: keys.skipped_total,
-                    shadowed: &self.reloader.shadowed_kids(&t.tenant),
+                    shadowed: &shadowed,
                 });
                 Ok(())
             }
@@ -877,14 +912,17 @@ impl JwksFetcher {
         use futures_util::StreamExt as _;
         tokio::pin!(shutdown);
         let mut in_flight = futures_util::stream::FuturesUnordered::new();
-        let mut fetching: std::collections::HashSet<(String, String)> =
-            std::collections::HashSet::new();
+        // By URL as read, not by source: tenants that read one URL alike fall
+        // due together and one fetch serves them all, so they take one slot
+        // (else 16 of them behind one hanging identity provider held every
+        // slot, and every other provider's refresh waited).
+        let mut fetching: std::collections::HashSet<UrlKey> = std::collections::HashSet::new();
         loop {
             let now = Instant::now();
             // Notice new sources after a reload within a second.
             let mut wake = now + Duration::from_secs(1);
             for t in self.targets().iter() {
-                let key = (t.tenant.clone(), t.url.clone());
+                let key = t.url_key();
                 if fetching.contains(&key) {
                     continue;
                 }

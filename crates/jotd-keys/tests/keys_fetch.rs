@@ -558,6 +558,21 @@ async fn redirects_never_leave_https_and_are_limited() {
     assert_eq!(h.keys_url.as_deref(), Some(other.as_str()));
     assert_eq!(h.url, server.url);
     assert_eq!(decide(&reloader, &key, "a"), Reason::Ok);
+
+    // A failure past a redirect names the server that failed (it showed as
+    // the configured URL's); the keys held stay.
+    server.set(Mode::Redirect {
+        location: other.clone(),
+        body: "not a JWKS".to_owned(),
+    });
+    assert!(!fetcher.on_unknown_kid("idp").await);
+    let h = &fetcher.health()[0];
+    let error = h.last_error.as_ref().expect("the fetch failed").to_string();
+    assert!(
+        error.contains(&other) && error.contains("after a redirect"),
+        "{error}"
+    );
+    assert_eq!(decide(&reloader, &key, "a"), Reason::Ok);
 }
 
 /// Every fetch is reported to the observer: what was installed, from which
@@ -766,6 +781,56 @@ async fn the_refresh_loop_keeps_going_while_one_idp_hangs() {
         .await
         .expect("the loop stops on shutdown with a fetch still hanging")
         .unwrap();
+}
+
+/// Tenants that read one URL alike take one of the loop's fetch slots, not
+/// one each: 20 tenants behind one hanging IdP, listed first, held all 16
+/// slots until its timeout (here 30 s), and another IdP's tenant waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_sharing_a_hanging_idp_take_one_fetch_slot() {
+    let server = serve().await;
+    let (key, jwk) = ed_key("a");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk]),
+        cache_control: None,
+    });
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut text = String::new();
+    for i in 0..20 {
+        text.push_str(&format!(
+            "[[tenant]]\nid = \"slow{i}\"\n[[tenant.jwks]]\nurl = \"https://127.0.0.1:{}/jwks.json\"\nalg = \"EdDSA\"\n",
+            silent.local_addr().unwrap().port()
+        ));
+    }
+    text.push_str(&format!(
+        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nalg = \"EdDSA\"\n",
+        server.url
+    ));
+    let reloader = reloader_of(text);
+    let config = FetchConfig {
+        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
+        timeout: Duration::from_secs(30),
+        ..FetchConfig::default()
+    };
+    let fetcher = Arc::new(JwksFetcher::new(Arc::clone(&reloader), config).unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let looping = tokio::spawn(Arc::clone(&fetcher).run(async {
+        let _ = stopped.await;
+    }));
+    let start = tokio::time::Instant::now();
+    while decide(&reloader, &key, "a") != Reason::Ok {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the other IdP's tenant got no keys in 10 s while the shared one hung"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), looping)
+        .await
+        .expect("the loop stops on shutdown with a fetch still hanging")
+        .unwrap();
+    drop(silent);
 }
 
 /// A JWKS fetched from a URL gives no symmetric (`oct`) keys unless its
