@@ -48,6 +48,8 @@ pub struct Denylists {
     tenants: HashMap<String, Arc<Denylist>>,
     /// The entries for every tenant (`all_tenants = true`).
     every: Option<Arc<Denylist>>,
+    /// Each entry's `(line, until)`, in file order: for [`Denylists::lapsed`].
+    untils: Vec<(usize, u64)>,
 }
 
 impl Denylists {
@@ -61,6 +63,20 @@ impl Denylists {
     #[must_use]
     pub fn every_tenant(&self) -> Option<&Arc<Denylist>> {
         self.every.as_ref()
+    }
+
+    /// The entries whose `until` is not after `now`, as `(line, until)` in
+    /// file order: they revoke nothing. Harmless once the revoked tokens have
+    /// expired, but a mistyped `until` (a digit short, a date in 1975) loads
+    /// without an error and revokes nothing, so the binary names them
+    /// (the parser has no clock).
+    #[must_use]
+    pub fn lapsed(&self, now: UnixTime) -> Vec<(usize, u64)> {
+        self.untils
+            .iter()
+            .copied()
+            .filter(|&(_, until)| until <= now.0)
+            .collect()
     }
 }
 
@@ -89,8 +105,10 @@ pub fn parse(
     })?;
     let mut lists: HashMap<String, Denylist> = HashMap::new();
     let mut every = Denylist::default();
+    let mut untils = Vec::with_capacity(raw.revoke.len());
     for (i, entry) in raw.revoke.iter().enumerate() {
         let e = entry.get_ref();
+        untils.push((loc.line(entry.span().start), e.until));
         let at = format!("revoke[{i}]");
         let list = match (&e.tenant, e.all_tenants) {
             (Some(tenant), None | Some(false)) => {
@@ -146,6 +164,7 @@ pub fn parse(
     Ok(Denylists {
         tenants: lists.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
         every,
+        untils,
     })
 }
 
@@ -177,6 +196,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Entries whose `until` has passed are named by line, in file order,
+    /// whichever list they went to; later ones are not.
+    #[test]
+    fn lapsed_entries_are_named_by_line() {
+        let text = "[[revoke]]\ntenant = \"t\"\njti = \"a\"\nuntil = 176722560\n\
+                    [[revoke]]\nall_tenants = true\nsub = \"b\"\nuntil = 2000000000\n\
+                    [[revoke]]\nall_tenants = true\nsub = \"c\"\nuntil = 1900000000\n";
+        let lists = parse(Path::new("revoked.toml"), text, &|t| t == "t").unwrap();
+        assert_eq!(
+            lists.lapsed(UnixTime(1_900_000_000)),
+            [(1, 176_722_560), (9, 1_900_000_000)]
+        );
+        assert_eq!(lists.lapsed(UnixTime(1)), []);
     }
 
     /// `all_tenants = true` revokes in every tenant, merged into the lists of

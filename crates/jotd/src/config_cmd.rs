@@ -71,6 +71,9 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
             p.display()
         )?;
     }
+    for line in crate::settings::lapsed_revocations(&cfg) {
+        writeln!(out, "warning: {line}")?;
+    }
     for (tenant, kid) in cfg.shadowed_kids() {
         writeln!(
             out,

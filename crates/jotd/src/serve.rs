@@ -224,6 +224,9 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         );
     }
 
+    for line in settings::lapsed_revocations(&keys) {
+        tracing::warn!("{}", Escaped(line));
+    }
     for (tenant, kid) in keys.shadowed_kids() {
         tracing::warn!(
             tenant = %tenant,
@@ -610,6 +613,9 @@ async fn reload_loop(
             Ok(generation) => {
                 let tenants = reloader.store().load().len();
                 info!(trigger, generation, tenants, "config reloaded");
+                for line in settings::lapsed_revocations(&reloader.config()) {
+                    warn!("{}", Escaped(line));
+                }
                 for (tenant, kid) in reloader.shadowed_all() {
                     warn!(
                         tenant = %tenant,

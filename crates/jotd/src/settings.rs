@@ -671,6 +671,41 @@ pub(crate) fn unknown_tenant_labels(settings: &Settings, keys: &KeysConfig) -> V
         .unwrap_or_default()
 }
 
+/// The denylist entries whose `until` has passed, one line each (at most 10,
+/// then a count): they revoke nothing, which a mistyped `until` (a digit
+/// short, milliseconds' digits cut) does silently. Warned about at start, at
+/// each reload and by `config check`, never refused (entries lapse as time
+/// goes by).
+pub(crate) fn lapsed_revocations(keys: &KeysConfig) -> Vec<String> {
+    const SHOWN: usize = 10;
+    let Some(file) = &keys.denylist_file else {
+        return Vec::new();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let lapsed = keys.denylists.lapsed(jotd_core::UnixTime(now));
+    let mut lines: Vec<String> = lapsed
+        .iter()
+        .take(SHOWN)
+        .map(|&(line, until)| {
+            format!(
+                "{}:{line}: revoke until = {until} is {} s in the past: the entry revokes nothing (until is Unix seconds, usually the token's exp)",
+                file.display(),
+                now - until
+            )
+        })
+        .collect();
+    if lapsed.len() > SHOWN {
+        lines.push(format!(
+            "{}: {} more lapsed revoke entries",
+            file.display(),
+            lapsed.len() - SHOWN
+        ));
+    }
+    lines
+}
+
 /// Reads and parses the daemon's sections of a config file.
 /// Reads the config file once and validates all of it: the daemon's
 /// settings, and the tenants and keys (with every file they name).

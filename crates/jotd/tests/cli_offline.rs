@@ -249,6 +249,23 @@ fn config_check_reads_every_file_the_daemon_would() {
         out.contains("warning: admin.tenant_labels names `y`") && !out.contains("names `x`"),
         "{out}"
     );
+    // A revoke entry whose `until` has passed (a digit short) revokes nothing:
+    // a warning naming its line; the one still in force is not named.
+    std::fs::write(
+        dir.join("revoked.toml"),
+        "[[revoke]]\ntenant = \"x\"\njti = \"a\"\nuntil = 176722560\n\
+         [[revoke]]\ntenant = \"x\"\njti = \"b\"\nuntil = 99999999999\n",
+    )
+    .unwrap();
+    let (code, out, err) = check_with("denylist_file = \"revoked.toml\"");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("warning: ")
+            && out.contains("revoked.toml:1: revoke until = 176722560 is ")
+            && out.contains("revokes nothing")
+            && !out.contains("revoked.toml:5"),
+        "{out}"
+    );
     // A JWKS file publishing kid `k`, which the static HS256 key already
     // holds: the file's key verifies nothing, and check says so (`j` is new).
     let jwk = |kid: &str| {
