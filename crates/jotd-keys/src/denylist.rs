@@ -66,7 +66,8 @@ impl Denylists {
     }
 
     /// The entries whose `until` is not after `now`, as `(line, until)` in
-    /// file order: they revoke nothing. Harmless once the revoked tokens have
+    /// file order: once the tenant's leeway has gone by too, they revoke
+    /// nothing. Harmless once the revoked tokens have
     /// expired, but a mistyped `until` (a digit short, a date in 1975) loads
     /// without an error and revokes nothing, so the binary names them
     /// (the parser has no clock).

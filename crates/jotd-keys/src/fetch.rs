@@ -623,9 +623,11 @@ impl JwksFetcher {
                 .await
                 .map_err(|e| self.http_error(&e))?;
             let final_url = resp.url().to_string();
-            // A failure past a redirect names the server that failed.
+            // A failure past a redirect names the server that failed (URLs
+            // compared parsed: `https://idp` is fetched as `https://idp/`).
+            let redirected = reqwest::Url::parse(&t.url).ok().as_ref() != Some(resp.url());
             let at = |error| {
-                if final_url == t.url {
+                if !redirected {
                     error
                 } else {
                     FetchError::Redirected {
@@ -652,16 +654,16 @@ impl JwksFetcher {
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok((body, age, final_url))
+            Ok((body, age, final_url, redirected))
         };
-        let (body, age, final_url) = tokio::time::timeout(self.config.timeout, request)
+        let (body, age, final_url, redirected) = tokio::time::timeout(self.config.timeout, request)
             .await
             .map_err(|_| FetchError::Timeout(self.config.timeout))??;
         let max_keys = self.reloader.config().max_jwks_keys;
         let keys = crate::jwk::parse_fetched_jwks(&body, t.alg, max_keys, t.symmetric_keys)
             .map_err(|e| {
                 let e = FetchError::Jwks(e);
-                if final_url == t.url {
+                if !redirected {
                     e
                 } else {
                     FetchError::Redirected {
@@ -800,9 +802,27 @@ impl JwksFetcher {
                 due.then(|| (t.clone(), source))
             })
             .collect();
+        // One slot per URL as read (as in `run`): the sources reading it alike
+        // go one after another in it, and the first fetch serves the rest
+        // (they find themselves no longer due).
+        let mut groups: Vec<Vec<(Target, Arc<Source>)>> = Vec::new();
+        let mut group_of: HashMap<UrlKey, usize> = HashMap::new();
+        for (t, source) in due {
+            let g = *group_of.entry(t.url_key()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push((t, source));
+        }
         let mut failures = Vec::new();
-        let mut fetches = futures_util::stream::iter(due)
-            .map(|(t, source)| self.fetch_due(t, source))
+        let mut fetches = futures_util::stream::iter(groups)
+            .map(|group| async move {
+                let mut failed = Vec::new();
+                for (t, source) in group {
+                    failed.extend(self.fetch_due(t, source).await);
+                }
+                failed
+            })
             .buffer_unordered(PARALLEL_FETCHES);
         while let Some(outcome) = fetches.next().await {
             failures.extend(outcome);

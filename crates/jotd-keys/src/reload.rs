@@ -8,7 +8,7 @@ use crate::jwk::JwksKeys;
 use crate::load::{KeysConfig, load};
 use crate::store::KeyStore;
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -87,6 +87,10 @@ pub struct Reloader {
     /// whole snapshot build (a second for 100k tenants). Written only with
     /// `state` held.
     config: ArcSwap<KeysConfig>,
+    /// The `(tenant, URL)` sources `state.fetched` holds keys for, published
+    /// the same way (the fetcher asks on the runtime's threads after each
+    /// config change).
+    fetched_sources: ArcSwap<HashSet<(String, String)>>,
     state: Mutex<State>,
     /// One reload at a time. Held while the files are read and parsed, which can take
     /// seconds for a large config; `state` is not (only while the snapshot is
@@ -146,6 +150,7 @@ impl Reloader {
             loader,
             stamp,
             config: ArcSwap::from_pointee(config),
+            fetched_sources: ArcSwap::default(),
             state: Mutex::new(state),
             reloading: Mutex::new(()),
         }
@@ -235,6 +240,7 @@ impl Reloader {
                 state
                     .fetched
                     .retain(|(tenant, url), _| names_source(&config, tenant, url));
+                self.publish_fetched(&state.fetched);
                 self.config.store(Arc::new(config));
                 state.stamps = stamps;
                 state.unsettled = unsettled;
@@ -275,12 +281,19 @@ impl Reloader {
         changed.then(|| self.reload())
     }
 
-    /// Whether keys fetched for `tenant`'s source `url` are installed.
+    /// Whether keys fetched for `tenant`'s source `url` are installed. Takes
+    /// no lock.
     #[must_use]
     pub fn has_fetched(&self, tenant: &str, url: &str) -> bool {
-        self.lock()
-            .fetched
-            .contains_key(&(tenant.to_owned(), url.to_owned()))
+        self.fetched_sources
+            .load()
+            .contains(&(tenant.to_owned(), url.to_owned()))
+    }
+
+    /// Publishes which sources `fetched` holds (called with `state` held).
+    fn publish_fetched(&self, fetched: &FetchedJwks) {
+        self.fetched_sources
+            .store(Arc::new(fetched.keys().cloned().collect()));
     }
 
     /// The kids `tenant` has from two sources with other key material, with
@@ -318,7 +331,7 @@ impl Reloader {
         let config = self.config.load_full();
         // The tenants the current config has read `url` (one pass, however
         // many tenants share it): keys for a source no longer named are dropped.
-        let naming: std::collections::HashSet<&str> = config
+        let naming: HashSet<&str> = config
             .tenants
             .iter()
             .filter(|t| {
@@ -350,10 +363,11 @@ impl Reloader {
                 .fetched
                 .insert((tenant.clone(), url.to_owned()), Arc::clone(&keys));
         }
+        self.publish_fetched(&state.fetched);
         // Only these tenants' keys changed: every other tenant of the serving
         // snapshot (built under this lock from this config) is carried over,
         // so a fetch costs the tenants that read the URL, not all of them.
-        let rebuild: std::collections::HashSet<&str> = named.iter().map(String::as_str).collect();
+        let rebuild: HashSet<&str> = named.iter().map(String::as_str).collect();
         let fetched = &state.fetched;
         let keys = |t: &str, u: &str| fetched.get(&(t.to_owned(), u.to_owned())).cloned();
         let base = self.store.load();

@@ -158,9 +158,14 @@ fn reloader_of(text: String) -> Arc<Reloader> {
 }
 
 fn setup(server: &Server, config: FetchConfig) -> (Arc<Reloader>, JwksFetcher) {
+    setup_at(server, &server.url, config)
+}
+
+/// [`setup`] with the source's URL written as `url` (another spelling of
+/// the server's).
+fn setup_at(server: &Server, url: &str, config: FetchConfig) -> (Arc<Reloader>, JwksFetcher) {
     let text = format!(
-        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n",
-        server.url
+        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n"
     );
     let reloader = reloader_of(text);
     let config = FetchConfig {
@@ -286,7 +291,11 @@ async fn failures_keep_the_last_good_keys() {
         max_bytes: 64 << 10,
         ..FetchConfig::default()
     };
-    let (reloader, fetcher) = setup(&server, config);
+    // Written as the client does not send it (`..` resolved): no redirect
+    // happens, and no error says one did.
+    let url = server.url.replacen("/jwks.json", "/x/../jwks.json", 1);
+    assert_ne!(url, server.url);
+    let (reloader, fetcher) = setup_at(&server, &url, config);
     assert!(fetcher.on_unknown_kid("idp").await);
     let generation = reloader.store().load().generation();
     let cases = [
@@ -830,6 +839,35 @@ async fn tenants_sharing_a_hanging_idp_take_one_fetch_slot() {
         .await
         .expect("the loop stops on shutdown with a fetch still hanging")
         .unwrap();
+    // A one-off round the same way: a new key on the healthy IdP arrives
+    // while the shared one still hangs.
+    let (key2, jwk2) = ed_key("b");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk, &jwk2]),
+        cache_control: None,
+    });
+    let fresh = Arc::new(
+        JwksFetcher::new(
+            Arc::clone(&reloader),
+            FetchConfig {
+                extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
+                timeout: Duration::from_secs(30),
+                ..FetchConfig::default()
+            },
+        )
+        .unwrap(),
+    );
+    let f = Arc::clone(&fresh);
+    let round = tokio::spawn(async move { f.refresh_due().await });
+    let start = tokio::time::Instant::now();
+    while decide(&reloader, &key2, "b") != Reason::Ok {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "refresh_due: the other IdP's tenant got no new key in 10 s while the shared one hung"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    round.abort();
     drop(silent);
 }
 

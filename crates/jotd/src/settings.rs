@@ -672,7 +672,7 @@ pub(crate) fn unknown_tenant_labels(settings: &Settings, keys: &KeysConfig) -> V
 }
 
 /// The denylist entries whose `until` has passed, one line each (at most 10,
-/// then a count): they revoke nothing, which a mistyped `until` (a digit
+/// then a count): past the leeway they revoke nothing, which a mistyped `until` (a digit
 /// short, milliseconds' digits cut) does silently. Warned about at start, at
 /// each reload and by `config check`, never refused (entries lapse as time
 /// goes by).
@@ -690,7 +690,7 @@ pub(crate) fn lapsed_revocations(keys: &KeysConfig) -> Vec<String> {
         .take(SHOWN)
         .map(|&(line, until)| {
             format!(
-                "{}:{line}: revoke until = {until} is {} s in the past: the entry revokes nothing (until is Unix seconds, usually the token's exp)",
+                "{}:{line}: revoke until = {until} is {} s in the past: once the tenant's leeway_s has gone by too, the entry revokes nothing (until is Unix seconds, usually the token's exp)",
                 file.display(),
                 now - until
             )

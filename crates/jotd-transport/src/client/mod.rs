@@ -979,11 +979,13 @@ impl Client {
         let cap = u64::from(h.burst) * 1000;
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let earn = (h.budget.clamp(0.0, 1.0) * 1000.0) as u64;
-        let credit = &self.shared.hedge_credit;
-        let now = credit.load(Ordering::Relaxed);
-        if now < cap {
-            credit.store((now + earn).min(cap), Ordering::Relaxed);
-        }
+        // One atomic update: a spend or refund in between is not overwritten.
+        let _ = self
+            .shared
+            .hedge_credit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                (c < cap).then(|| (c + earn).min(cap))
+            });
     }
 
     /// Spends one hedge credit, if there is one.

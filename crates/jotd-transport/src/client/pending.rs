@@ -314,12 +314,7 @@ impl<'c> Pending<'c> {
         let attempt = self.attempts.swap_remove(k);
         self.note_failure(attempt.slot, e);
         drop(attempt);
-        // The copy left may sit on a replica that died silently (the hedge
-        // that just failed was sent because it was late): it is looked at
-        // again one hedge delay on, and copied elsewhere as any late batch.
-        if !self.attempts.is_empty() && self.hedge_at.is_none() && self.client.opts.hedge.enabled {
-            self.hedge_at = Some(Instant::now() + self.client.hedge_delay());
-        }
+        self.watch_last_copy();
         if self.attempts.is_empty() {
             if let Err(e) = self.send_attempt(None).await {
                 // Nowhere else to go: the failure itself says the most.
@@ -331,6 +326,16 @@ impl<'c> Pending<'c> {
             self.client.shared.retries.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// After one copy of two went, the copy left may sit on a replica that
+    /// died silently (the one that went was often sent because it was late):
+    /// it is looked at again one hedge delay on, and copied elsewhere as any
+    /// late batch.
+    fn watch_last_copy(&mut self) {
+        if !self.attempts.is_empty() && self.hedge_at.is_none() && self.client.opts.hedge.enabled {
+            self.hedge_at = Some(Instant::now() + self.client.hedge_delay());
+        }
     }
 
     /// Sends a second copy when the first is late: always when its endpoint
@@ -550,6 +555,7 @@ impl<'c> Pending<'c> {
                     Step::Fatal(e) if self.attempts.len() > 1 => {
                         drop(self.attempts.swap_remove(k));
                         self.refused = Some(e);
+                        self.watch_last_copy();
                         k = 0;
                     }
                     Step::Fatal(e) => return Err(e),
