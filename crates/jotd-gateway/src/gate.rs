@@ -16,6 +16,10 @@ pub enum Door {
     ForwardAuth,
     /// Envoy ext_authz over gRPC.
     ExtAuthz,
+    /// The proxy's checks of a WebSocket's token: at the upgrade and every
+    /// recheck, with no call (each message is checked as a `Proxy` call). A
+    /// per-call reason there leaves the socket open and counts as `ok`.
+    WebSocket,
 }
 
 impl Door {
@@ -26,8 +30,19 @@ impl Door {
             Self::Proxy => "proxy",
             Self::ForwardAuth => "forward_auth",
             Self::ExtAuthz => "ext_authz",
+            Self::WebSocket => "websocket",
         }
     }
+}
+
+/// Reasons that refuse a call, not the token: a check with no call (a
+/// WebSocket's upgrade or recheck) leaves them to each message.
+#[must_use]
+pub const fn per_call(r: Reason) -> bool {
+    matches!(
+        r,
+        Reason::MethodNotAllowed | Reason::AddressNotAllowed | Reason::PermissionDenied
+    )
 }
 
 /// What kind of "no" a denial is, which decides the HTTP status.
@@ -273,7 +288,7 @@ pub fn identity_headers(tenant: &str, d: &jotd_transport::ClientDecision) -> Vec
 fn unwritable(door: Door, tenant: &str, d: &jotd_transport::ClientDecision) -> Option<String> {
     use hyper::header::{HeaderName, HeaderValue};
     let headers = match door {
-        Door::Proxy => d
+        Door::Proxy | Door::WebSocket => d
             .sub
             .iter()
             .map(|s| ("x-jotd-subject".to_owned(), s.clone()))
@@ -313,12 +328,22 @@ static NO_DECISION: jotd_transport::ratelimit::RateLimited =
 static FAIL_OPEN: jotd_transport::ratelimit::RateLimited =
     jotd_transport::ratelimit::RateLimited::new(std::time::Duration::from_secs(10));
 
+/// The `outcome` label of one check through `door`.
+fn outcome(door: Door, verdict: &Verdict) -> &'static str {
+    match verdict {
+        // Not a denial: the socket stays open and its messages are checked
+        // (and counted) one by one.
+        Verdict::Deny(r) if door == Door::WebSocket && per_call(*r) => "ok",
+        _ => verdict.reason_name(),
+    }
+}
+
 fn count(door: Door, v: &[Verdict]) {
     for verdict in v {
         metrics::counter!(
             "jotd_gateway_checks_total",
             "door" => door.as_str(),
-            "outcome" => verdict.reason_name(),
+            "outcome" => outcome(door, verdict),
         )
         .increment(1);
         if let Verdict::Unavailable(why) | Verdict::FailOpen(why) = verdict {
@@ -437,5 +462,26 @@ mod tests {
         ]
         .map(|(n, v)| (n.to_owned(), v.to_owned()));
         assert_eq!(headers, want);
+    }
+
+    /// A WebSocket's token check has no call: a per-call reason there is not
+    /// a denial (an idle Besu socket counted a `permission_denied` at its
+    /// upgrade and at every recheck); the same reason on a call is.
+    #[test]
+    fn per_call_reasons_of_a_websocket_check_count_as_ok() {
+        for r in [
+            Reason::MethodNotAllowed,
+            Reason::AddressNotAllowed,
+            Reason::PermissionDenied,
+        ] {
+            assert_eq!(outcome(Door::WebSocket, &Verdict::Deny(r)), "ok");
+            for door in [Door::Proxy, Door::ForwardAuth, Door::ExtAuthz] {
+                assert_eq!(outcome(door, &Verdict::Deny(r)), r.as_str());
+            }
+        }
+        assert_eq!(
+            outcome(Door::WebSocket, &Verdict::Deny(Reason::Expired)),
+            Reason::Expired.as_str()
+        );
     }
 }

@@ -199,9 +199,7 @@ impl ProxyDoor {
     /// The WebSocket URL of the first upstream (`http` → `ws`).
     #[must_use]
     pub fn ws_upstream(&self) -> Option<String> {
-        let u = self.upstreams.first()?;
-        let authority = u.authority()?;
-        Some(format!("ws://{authority}{}", u.path()))
+        ws_url(self.upstreams.first()?)
     }
 
     /// Handles one HTTP request from `peer`.
@@ -239,6 +237,20 @@ impl ProxyDoor {
             return a;
         }
         let headers = req.headers();
+        // JSON bodies only, as geth asks: a browser sends a cross-site POST
+        // without asking first (no preflight) only as text/plain, a form or
+        // no type at all, and the node, given `application/json` by this
+        // proxy, could not refuse it itself; refused here, a page cannot
+        // drive a tenant that takes calls without a token.
+        if !upgrade && !json_media_type(headers) {
+            return rpc_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                None,
+                code::INVALID_REQUEST,
+                "Content-Type must be application/json (one header)",
+                None,
+            );
+        }
         let Some(tenant) = tenant_of(&self.routes, req.uri().path(), header(headers, "host"))
         else {
             return rpc_error(
@@ -636,6 +648,35 @@ pub fn status_label(s: StatusCode) -> &'static str {
     }
 }
 
+/// `upstream` as a WebSocket URL (`http` → `ws`), path and query kept as for
+/// HTTP calls (`?key=…` on the node's URL was dropped).
+fn ws_url(upstream: &Uri) -> Option<String> {
+    let authority = upstream.authority()?;
+    let path = upstream.path_and_query().map_or("/", |p| p.as_str());
+    Some(format!("ws://{authority}{path}"))
+}
+
+/// Whether the request has one `Content-Type`, a JSON one (what geth takes:
+/// `application/json`, `application/json-rpc`, `application/jsonrequest`,
+/// any case, parameters such as `charset` allowed).
+fn json_media_type(headers: &hyper::HeaderMap) -> bool {
+    let mut values = headers.get_all(hyper::header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    [
+        "application/json",
+        "application/json-rpc",
+        "application/jsonrequest",
+    ]
+    .iter()
+    .any(|t| essence.eq_ignore_ascii_case(t))
+}
+
 fn rpc_error(
     status: StatusCode,
     id: Option<&RawValue>,
@@ -701,4 +742,21 @@ pub fn denial(v: &Verdict, id: Option<&RawValue>) -> Answer {
         a.headers_mut().insert(WWW_AUTHENTICATE, h);
     }
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_websocket_url_keeps_path_and_query() {
+        for (upstream, ws) in [
+            ("http://node:8545", "ws://node:8545/"),
+            ("http://node:8545/rpc?key=abc", "ws://node:8545/rpc?key=abc"),
+            ("http://[::1]:8546/", "ws://[::1]:8546/"),
+        ] {
+            let u: Uri = upstream.parse().unwrap();
+            assert_eq!(ws_url(&u).as_deref(), Some(ws), "{upstream}");
+        }
+    }
 }

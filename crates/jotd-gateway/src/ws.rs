@@ -19,7 +19,7 @@
 //!   shared per address (`SlotRule::Share`; a socket closed to make room
 //!   gets 1013).
 
-use crate::gate::{CallFacts, Class, Door, Facts, Verdict, www_authenticate};
+use crate::gate::{CallFacts, Class, Door, Facts, Verdict, per_call, www_authenticate};
 use crate::http::{Answer, json};
 use crate::jsonrpc::{self, Body, code, error_object};
 use crate::proxy::{ProxyDoor, denial_object};
@@ -32,7 +32,6 @@ use hyper::header::{
 };
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use jotd_core::Reason;
 use jotd_transport::slots::Slot;
 use serde_json::value::RawValue;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -54,14 +53,6 @@ pub fn is_upgrade(req: &Request<Incoming>) -> bool {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
-}
-
-/// Reasons that refuse a call, not the token: checked per message instead.
-const fn per_call(r: Reason) -> bool {
-    matches!(
-        r,
-        Reason::MethodNotAllowed | Reason::AddressNotAllowed | Reason::PermissionDenied
-    )
 }
 
 fn refuse(v: &Verdict) -> Answer {
@@ -100,7 +91,7 @@ pub async fn upgrade(
     // The token, tenant, origin and user agent, before anything else.
     let verdict = door
         .gate
-        .check(Door::Proxy, &facts, vec![CallFacts::default()])
+        .check(Door::WebSocket, &facts, vec![CallFacts::default()])
         .await
         .remove(0);
     let exp = match &verdict {
@@ -284,7 +275,7 @@ async fn relay<C, N>(
                 // verifies: the restrictions are the token's claims.)
                 let v = door
                     .gate
-                    .check(Door::Proxy, &facts, vec![CallFacts::default()])
+                    .check(Door::WebSocket, &facts, vec![CallFacts::default()])
                     .await
                     .remove(0);
                 unanswered = if matches!(v, Verdict::Unavailable(_)) { unanswered + 1 } else { 0 };

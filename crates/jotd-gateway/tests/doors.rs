@@ -245,13 +245,21 @@ async fn post(
     let mut req = Request::builder()
         .method(if body.is_empty() { "GET" } else { "POST" })
         .uri(path)
-        .header("host", "gateway.test")
-        .header("content-type", "application/json");
+        .header("host", "gateway.test");
+    // A JSON body unless the test gives a content-type ("" for none).
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        req = req.header("content-type", "application/json");
+    }
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
     for (k, v) in headers {
-        req = req.header(*k, *v);
+        if !v.is_empty() {
+            req = req.header(*k, *v);
+        }
     }
     let resp = send
         .send_request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
@@ -788,6 +796,75 @@ async fn an_identity_no_header_can_carry_is_refused() {
     }
     // Only the proxy calls whose subject it could pass on reached the node.
     assert_eq!(seen.lock().unwrap().len(), 2, "the node saw a refused call");
+    gw.drain().await;
+}
+
+/// The proxy takes JSON bodies only (as geth does): what a browser sends
+/// cross-site without a preflight (text/plain, a form, a body with no type)
+/// is refused with 415 before any check or call, so a web page cannot drive
+/// the node through a tenant that needs no token. JSON types pass in any
+/// case and with parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_json_bodies_reach_the_node() {
+    let (k, _pool, seen, cfg, _dir) = rig("media", "").await;
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let proxy = gw.proxy.unwrap();
+    let claims = json!({"sub":"alice","aud":AUD,"exp":now() + 600}).to_string();
+    let token = k.es.mint(Some("ec-1"), &claims).unwrap();
+    let body = call(1, "eth_chainId", &json!([]));
+    for refused in [
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "",
+        "application/jsonx",
+        "text/json",
+    ] {
+        let r = post(
+            proxy,
+            "/v3/infura",
+            Some(&token),
+            &[("content-type", refused)],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, 415, "{refused:?}: {}", r.raw_body);
+        assert_eq!(r.body["error"]["code"], -32600, "{}", r.raw_body);
+    }
+    // Two Content-Type headers: which one counts is not for a guess.
+    let r = post(
+        proxy,
+        "/v3/infura",
+        Some(&token),
+        &[
+            ("content-type", "application/json"),
+            ("content-type", "text/plain"),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 415, "{}", r.raw_body);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a refused body reached the node"
+    );
+    for accepted in [
+        "application/json",
+        "Application/JSON; charset=utf-8",
+        "application/json-rpc",
+        "application/jsonrequest",
+    ] {
+        let r = post(
+            proxy,
+            "/v3/infura",
+            Some(&token),
+            &[("content-type", accepted)],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{accepted:?}: {}", r.raw_body);
+    }
+    assert_eq!(seen.lock().unwrap().len(), 4);
     gw.drain().await;
 }
 
@@ -2009,7 +2086,7 @@ async fn readyz_answers_draining_while_the_doors_drain() {
     assert_eq!(checks() - before, 1, "one probe for ten asks at once");
     // A request in flight: its body is still arriving.
     let mut slow = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    slow.write_all(b"POST /v3/infura HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{")
+    slow.write_all(b"POST /v3/infura HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
