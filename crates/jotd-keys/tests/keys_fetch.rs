@@ -700,22 +700,42 @@ async fn a_refresh_queued_behind_a_refetch_is_not_fetched_twice() {
     assert_eq!(fetcher.health()[0].fetches, 1);
 }
 
-/// Two tenants: `slow`, whose IdP accepts connections (the kernel's backlog)
-/// and never answers, listed first; `idp`, served by `server`. Keep the
-/// returned listener alive for as long as the IdP should hang.
+/// `slow` tenants (`slow`, `slow1`, …) reading one IdP that accepts
+/// connections (the kernel's backlog) and never answers, listed first; then
+/// `idp`, served by `server`. Keep the returned listener alive for as long as
+/// the IdP should hang.
 fn slow_and_healthy(
     server: &Server,
+    slow: usize,
     timeout: Duration,
     min_refresh: Option<Duration>,
 ) -> (std::net::TcpListener, Arc<Reloader>, Arc<JwksFetcher>) {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let text = format!(
-        "[[tenant]]\nid = \"slow\"\n[[tenant.jwks]]\nurl = \"https://127.0.0.1:{}/jwks.json\"\nalg = \"EdDSA\"\n\
-         [[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nalg = \"EdDSA\"\n",
-        silent.local_addr().unwrap().port(),
+    let port = silent.local_addr().unwrap().port();
+    let mut text: String = (0..slow)
+        .map(|i| {
+            let id = if i == 0 { "slow".to_owned() } else { format!("slow{i}") };
+            format!(
+                "[[tenant]]\nid = \"{id}\"\n[[tenant.jwks]]\nurl = \"https://127.0.0.1:{port}/jwks.json\"\nalg = \"EdDSA\"\n"
+            )
+        })
+        .collect();
+    text.push_str(&format!(
+        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nalg = \"EdDSA\"\n",
         server.url
-    );
+    ));
     let reloader = reloader_of(text);
+    let fetcher = fetcher_for(&reloader, server, timeout, min_refresh);
+    (silent, reloader, fetcher)
+}
+
+/// A fetcher installing into `reloader` that trusts `server`'s CA.
+fn fetcher_for(
+    reloader: &Arc<Reloader>,
+    server: &Server,
+    timeout: Duration,
+    min_refresh: Option<Duration>,
+) -> Arc<JwksFetcher> {
     let mut config = FetchConfig {
         extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
         timeout,
@@ -724,8 +744,7 @@ fn slow_and_healthy(
     if let Some(m) = min_refresh {
         config.min_refresh = m;
     }
-    let fetcher = Arc::new(JwksFetcher::new(Arc::clone(&reloader), config).unwrap());
-    (silent, reloader, fetcher)
+    Arc::new(JwksFetcher::new(Arc::clone(reloader), config).unwrap())
 }
 
 /// Due sources are fetched in parallel: an IdP that hangs until the timeout (listed
@@ -738,7 +757,7 @@ async fn a_hanging_idp_does_not_hold_back_other_tenants() {
         body: doc(&[&jwk]),
         cache_control: None,
     });
-    let (_silent, reloader, fetcher) = slow_and_healthy(&server, Duration::from_secs(4), None);
+    let (_silent, reloader, fetcher) = slow_and_healthy(&server, 1, Duration::from_secs(4), None);
     let f = Arc::clone(&fetcher);
     let refresh = tokio::spawn(async move { f.refresh_due().await });
     let start = tokio::time::Instant::now();
@@ -768,6 +787,7 @@ async fn the_refresh_loop_keeps_going_while_one_idp_hangs() {
     });
     let (_silent, _reloader, fetcher) = slow_and_healthy(
         &server,
+        1,
         Duration::from_secs(30),
         Some(Duration::from_millis(100)),
     );
@@ -803,25 +823,7 @@ async fn tenants_sharing_a_hanging_idp_take_one_fetch_slot() {
         body: doc(&[&jwk]),
         cache_control: None,
     });
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut text = String::new();
-    for i in 0..20 {
-        text.push_str(&format!(
-            "[[tenant]]\nid = \"slow{i}\"\n[[tenant.jwks]]\nurl = \"https://127.0.0.1:{}/jwks.json\"\nalg = \"EdDSA\"\n",
-            silent.local_addr().unwrap().port()
-        ));
-    }
-    text.push_str(&format!(
-        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nalg = \"EdDSA\"\n",
-        server.url
-    ));
-    let reloader = reloader_of(text);
-    let config = FetchConfig {
-        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
-        timeout: Duration::from_secs(30),
-        ..FetchConfig::default()
-    };
-    let fetcher = Arc::new(JwksFetcher::new(Arc::clone(&reloader), config).unwrap());
+    let (silent, reloader, fetcher) = slow_and_healthy(&server, 20, Duration::from_secs(30), None);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let looping = tokio::spawn(Arc::clone(&fetcher).run(async {
         let _ = stopped.await;
@@ -846,18 +848,7 @@ async fn tenants_sharing_a_hanging_idp_take_one_fetch_slot() {
         body: doc(&[&jwk, &jwk2]),
         cache_control: None,
     });
-    let fresh = Arc::new(
-        JwksFetcher::new(
-            Arc::clone(&reloader),
-            FetchConfig {
-                extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
-                timeout: Duration::from_secs(30),
-                ..FetchConfig::default()
-            },
-        )
-        .unwrap(),
-    );
-    let f = Arc::clone(&fresh);
+    let f = fetcher_for(&reloader, &server, Duration::from_secs(30), None);
     let round = tokio::spawn(async move { f.refresh_due().await });
     let start = tokio::time::Instant::now();
     while decide(&reloader, &key2, "b") != Reason::Ok {

@@ -305,20 +305,10 @@ async fn a_replica_that_resets_its_streams_is_skipped() {
 async fn a_failed_hedge_leaves_the_last_copy_watched() {
     let k = keys();
     let pki = DevPki::generate().unwrap();
-    let dead = start_with(
-        TestBackend::new(snapshot(1, &k, true)),
-        ServerOptions::default(),
-        false,
-        pki.clone(),
-    );
+    let dead = replica(&k, &pki);
     let relay = Relay::start(dead.addr).await;
     let resetting = resetting_server(&pki).await;
-    let good = start_with(
-        TestBackend::new(snapshot(1, &k, true)),
-        ServerOptions::default(),
-        false,
-        pki.clone(),
-    );
+    let good = replica(&k, &pki);
     let tls = client_config(pki.ca_pem.as_bytes(), None).unwrap();
     let mut opts = ClientOptions::new(vec![relay.addr, resetting, good.addr], tls);
     opts.batch_timeout = Duration::from_secs(6);
@@ -463,12 +453,7 @@ async fn a_hedge_that_could_not_be_sent_costs_no_credit() {
     // The primary holds its one item until the batch is over.
     let (slow, _open) = start_held(&k);
     let stuck = streamless_server(&slow.pki).await;
-    let good = start_with(
-        TestBackend::new(snapshot(1, &k, true)),
-        ServerOptions::default(),
-        false,
-        slow.pki.clone(),
-    );
+    let good = replica(&k, &slow.pki);
     let tls = client_config(slow.pki.ca_pem.as_bytes(), None).unwrap();
     let mut opts = ClientOptions::new(vec![slow.addr, stuck, good.addr], tls);
     opts.batch_timeout = Duration::from_secs(6);
@@ -546,12 +531,7 @@ async fn a_draining_replica_sends_its_new_batches_elsewhere() {
         false,
         pki.clone(),
     );
-    let other = start_with(
-        TestBackend::new(snapshot(1, &k, true)),
-        ServerOptions::default(),
-        false,
-        pki.clone(),
-    );
+    let other = replica(&k, &pki);
     let c = pool_client(&pki, vec![draining.addr, other.addr]);
     c.connect_all().await.unwrap();
     let hs = Arc::new(k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap());
@@ -629,18 +609,8 @@ impl jotd_transport::Resolve for FakeDns {
 async fn replicas_added_to_and_removed_from_the_name_are_followed() {
     let k = keys();
     let pki = DevPki::generate().unwrap();
-    let a = start_with(
-        TestBackend::new(snapshot(1, &k, true)),
-        ServerOptions::default(),
-        false,
-        pki.clone(),
-    );
-    let b = start_with(
-        TestBackend::new(snapshot(1, &k, true)),
-        ServerOptions::default(),
-        false,
-        pki.clone(),
-    );
+    let a = replica(&k, &pki);
+    let b = replica(&k, &pki);
     let dns = Arc::new(FakeDns::default());
     dns.0.lock().unwrap().push(a.addr);
     let tls = client_config(pki.ca_pem.as_bytes(), None).unwrap();
@@ -694,12 +664,7 @@ async fn replicas_added_to_and_removed_from_the_name_are_followed() {
 async fn a_frame_that_is_not_what_the_call_says_is_refused_before_it_is_sent() {
     let k = keys();
     let pki = DevPki::generate().unwrap();
-    let a = start_with(
-        TestBackend::new(snapshot(1, &k, true)),
-        ServerOptions::default(),
-        false,
-        pki.clone(),
-    );
+    let a = replica(&k, &pki);
     let c = pool_client(&pki, vec![a.addr]);
     let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
     let mut frame = Vec::new();
@@ -752,12 +717,7 @@ async fn ipv6_replicas_are_reached_by_name_and_after_an_ipv4_one() {
         false,
         pki.clone(),
     );
-    let v4 = start_with(
-        TestBackend::new(snapshot(1, &k, true)),
-        ServerOptions::default(),
-        false,
-        pki.clone(),
-    );
+    let v4 = replica(&k, &pki);
     let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
     let batch = [item(Some(&hs), "t")];
     let tls = client_config(pki.ca_pem.as_bytes(), None).unwrap();

@@ -185,6 +185,17 @@ pub fn start_with(
     start_at("127.0.0.1:0".parse().unwrap(), backend, opts, mtls, pki)
 }
 
+/// A plain replica of a pool whose CA is `pki`'s: every key of `k`, HS256
+/// included, default options, no client certificates.
+pub fn replica(k: &Keys, pki: &DevPki) -> Running {
+    start_with(
+        TestBackend::new(snapshot(1, k, true)),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    )
+}
+
 /// [`start_with`] listening on `listen` (`[::1]:0` for an IPv6 replica).
 pub fn start_at(
     listen: std::net::SocketAddr,
