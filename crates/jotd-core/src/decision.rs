@@ -103,10 +103,12 @@ impl Decision {
         }
     }
 
-    pub(crate) const fn with_token(reason: Reason, token: Arc<TokenInfo>) -> Self {
+    /// A decision about a verified token; `ok_no_auth` (a public method the
+    /// token's own rules refuse) carries none of its identity.
+    pub(crate) fn with_token(reason: Reason, token: Arc<TokenInfo>) -> Self {
         Self {
             reason,
-            token: Some(token),
+            token: (reason != Reason::OkNoAuth).then_some(token),
         }
     }
 

@@ -468,7 +468,7 @@ fn static_checks(tenant: &Tenant, key: &TenantKey, claims: &Claims<'_>) -> Resul
 }
 
 /// Checks that run on every request, cache hits included: time claims,
-/// revocation, then policy (skipped for the tenant's no-auth methods).
+/// revocation, then policy (a no-auth method it refuses is `ok_no_auth`).
 fn finish(
     tenant: &Tenant,
     times: Times,
@@ -508,11 +508,12 @@ fn finish(
     {
         return Reason::Revoked;
     }
-    if tenant.is_no_auth(req.method) {
-        return Reason::Ok;
-    }
     match authorize(tenant.policy, grants, req) {
         Ok(()) => Reason::Ok,
+        // A public method is allowed whatever the token's own rules say,
+        // but not as its holder: `ok_no_auth` names no one (the answer
+        // carried the subject of a token that did not allow the call).
+        Err(_) if tenant.is_no_auth(req.method) => Reason::OkNoAuth,
         Err(reason) => reason,
     }
 }

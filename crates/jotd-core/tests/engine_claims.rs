@@ -368,11 +368,42 @@ fn missing_token_no_auth_methods_and_require_jwt() {
         "empty token is no token"
     );
     assert_eq!(ask("t", None, "net_version"), Reason::OkNoAuth);
-    // A token on a no-auth method is still verified, but policy is skipped.
+    // A token on a no-auth method is still verified; one whose own rules
+    // allow the call is `ok` (with its identity), one whose rules refuse it
+    // (here: no `permissions`) `ok_no_auth`, naming no one.
     assert_eq!(
         ask("t", Some(&mint(Es256, json!({}))), "net_version"),
+        Reason::OkNoAuth
+    );
+    assert_eq!(
+        ask(
+            "t",
+            Some(&mint(Es256, json!({"permissions": ["net:*"]}))),
+            "net_version"
+        ),
         Reason::Ok
     );
+    // Cached or not, the refused token's identity stays out of the answer.
+    let cached = Engine::new(EngineConfig::default());
+    let refused = mint(Es256, json!({"sub": "alice"}));
+    let allowed = mint(Es256, json!({"sub": "bob", "permissions": ["net:*"]}));
+    for _ in 0..2 {
+        for (token, sub) in [(&refused, None), (&allowed, Some("bob"))] {
+            let req = Request {
+                token: Some(token.as_bytes()),
+                tenant: "t",
+                method: Some("net_version"),
+                addresses: &[],
+                origin: None,
+                user_agent: None,
+            };
+            for engine in [&e, &cached] {
+                let d = engine.verify(&snap, &req, UnixTime(NOW));
+                assert!(d.allow());
+                assert_eq!(d.token().and_then(|t| t.sub()), sub);
+            }
+        }
+    }
     assert_eq!(ask("t", Some("garbage"), "net_version"), Reason::Malformed);
     assert_eq!(
         ask("t", Some(&mint(Es256, json!({}))), "eth_call"),

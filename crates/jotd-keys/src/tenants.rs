@@ -557,7 +557,9 @@ fn names(
     Ok(list.get_ref().clone())
 }
 
-/// A key's or source's `issuer`: non-empty, at most 1,024 bytes, no control characters.
+/// A key's or source's `issuer`: a name as [`is_name`] has it (a blank at an
+/// end matched no token's `iss`: every token that key verified was
+/// `bad_issuer`, and nothing said why).
 fn checked_issuer(
     cx: &Ctx<'_, '_>,
     span: std::ops::Range<usize>,
@@ -566,13 +568,11 @@ fn checked_issuer(
 ) -> Result<Option<Box<str>>, ConfigError> {
     match issuer {
         None => Ok(None),
-        Some(i) if !i.is_empty() && i.len() <= 1024 && !i.chars().any(char::is_control) => {
-            Ok(Some(i.into()))
-        }
+        Some(i) if is_name(i) => Ok(Some(i.into())),
         Some(_) => cx.err(
             span,
             at,
-            "must be the exact `iss` of the tokens this key signs (1 to 1024 characters, no control characters)",
+            "must be the exact `iss` of the tokens this key signs (1 to 1024 characters, no control characters, no leading or trailing blanks)",
         ),
     }
 }

@@ -746,6 +746,21 @@ fn name_lists_refuse_entries_that_match_nothing() {
         .load();
         assert!(fine.is_ok(), "{field}: {:?}", fine.err());
     }
+    // A key's and a JWKS source's `issuer` by the same rule (a blank at an end
+    // made every token that key verified `bad_issuer`, silently).
+    let jwks = "[[tenant.jwks]]\nurl = \"https://idp.example/jwks.json\"\nalg = \"RS256\"\n";
+    for (section, at) in [
+        (key, "tenant[0].key[0].issuer"),
+        (jwks, "tenant[0].jwks[0].issuer"),
+    ] {
+        for bad in ["\"\"", "\" https://idp\"", "\"https://idp \"", "\"a\\tb\""] {
+            let e = err(&format!(
+                "[[tenant]]\nid = \"t\"\n{section}issuer = {bad}\n"
+            ));
+            assert_eq!(e.key, at, "issuer = {bad}: {e}");
+            assert!(e.message.contains("no leading or trailing blanks"), "{e}");
+        }
+    }
 }
 
 /// `accepted_typ` lets a tenant take RFC 9068 access tokens (`at+jwt`) instead of
