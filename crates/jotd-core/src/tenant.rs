@@ -140,7 +140,8 @@ pub struct Tenant {
     pub claims: ClaimRules,
     /// How a valid token is authorized.
     pub policy: PolicyModel,
-    /// Methods allowed without a token (policy is skipped for them).
+    /// Methods allowed without a token (with one, a policy refusal is
+    /// `ok_no_auth`, without its identity).
     pub no_auth_methods: Vec<Box<str>>,
     /// When `false`, a request without a token is allowed (`ok_no_auth`);
     /// a request with a bad token is still denied. Default: `true`.
