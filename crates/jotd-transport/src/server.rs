@@ -111,7 +111,7 @@ pub enum StreamEnd {
 pub enum Overload {
     /// No room in `max_tokens_in_flight` within `overload_wait`.
     TokensInFlight,
-    /// No room in `max_request_buffer_bytes` for the request's declared size.
+    /// No room in `max_request_buffer_bytes` for what arrived of the request.
     RequestBuffer,
 }
 

@@ -94,7 +94,10 @@ async fn read_request(
     let read = tokio::time::timeout(opts.request_timeout, async {
         // Whatever has arrived, until the length prefix is in: QUIC flow
         // control (the stream window is one frame) bounds what that can be.
-        fill(shared, recv, &mut bytes, &mut room, 4, |_| limit + 5).await?;
+        // Not charged yet (fewer than 4 bytes wait uncharged), so a frame over
+        // the limit is `frame_too_large` from its prefix even while the
+        // buffer is full, not `overloaded` (which says "retry elsewhere").
+        fill(shared, recv, &mut bytes, None, 4, |_| limit + 5).await?;
         let declared = u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
         if declared > limit {
             let _ = recv.stop(VarInt::from_u32(STOP_TOO_LARGE));
@@ -113,8 +116,12 @@ async fn read_request(
                 "one frame per stream, and nothing after it",
             ));
         }
+        if !room.grow(shared, bytes.capacity()) {
+            let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
+            return Err(overloaded(shared, &bytes));
+        }
         // The rest, each chunk into room it takes as it comes.
-        fill(shared, recv, &mut bytes, &mut room, total, |have| {
+        fill(shared, recv, &mut bytes, Some(&mut room), total, |have| {
             total - have
         })
         .await?;
@@ -153,42 +160,44 @@ async fn read_request(
 }
 
 /// Reads into `bytes` until it holds `want` bytes, each read at most
-/// `most(bytes held)`, each chunk taking its room in `room` first (refused
-/// as `overloaded` when the server's request buffer is full). The buffer
-/// grows by doubling up to `want`, so it holds at most twice the bytes in.
+/// `most(bytes held)`. With a `room`, what the buffer holds (its capacity,
+/// not only the bytes in it) is charged to the server's request buffer as it
+/// grows, refused as `overloaded` when that is full: the buffer doubles up to
+/// `want` while room allows, else grows by just the chunk.
 async fn fill(
     shared: &Shared,
     recv: &mut RecvStream,
     bytes: &mut Vec<u8>,
-    room: &mut Room,
+    mut room: Option<&mut Room>,
     want: usize,
     most: impl Fn(usize) -> usize,
 ) -> Result<(), ReadFailure> {
     while bytes.len() < want {
         match recv.read_chunk(most(bytes.len()), true).await {
             Ok(Some(chunk)) => {
-                if !room.grow(shared, chunk.bytes.len()) {
-                    let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
-                    let head: &[u8] = if bytes.is_empty() {
-                        &chunk.bytes
-                    } else {
-                        bytes
-                    };
-                    return Err(ReadFailure::Refuse(
-                        Refused::of(
-                            head,
-                            ErrorCode::Overloaded,
-                            format!(
-                                "the server's buffer for requests in progress (max_request_buffer_bytes = {}) is full",
-                                shared.opts.max_request_buffer_bytes
-                            ),
-                        ),
-                        Some(Overload::RequestBuffer),
-                    ));
-                }
                 let need = bytes.len() + chunk.bytes.len();
                 if need > bytes.capacity() {
-                    let grown = need.max(bytes.capacity() * 2).min(want.max(need));
+                    let doubled = need.max(bytes.capacity() * 2).min(want.max(need));
+                    let cap = bytes.capacity();
+                    let grown = match room.as_deref_mut() {
+                        None => Some(doubled),
+                        Some(r) => {
+                            if r.grow(shared, doubled - cap) {
+                                Some(doubled)
+                            } else {
+                                r.grow(shared, need - cap).then_some(need)
+                            }
+                        }
+                    };
+                    let Some(grown) = grown else {
+                        let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
+                        let head: &[u8] = if bytes.is_empty() {
+                            &chunk.bytes
+                        } else {
+                            bytes
+                        };
+                        return Err(overloaded(shared, head));
+                    };
                     bytes.reserve_exact(grown - bytes.len());
                 }
                 bytes.extend_from_slice(&chunk.bytes);
@@ -204,6 +213,22 @@ async fn fill(
         }
     }
     Ok(())
+}
+
+/// The request buffer is full: `overloaded`, echoing what `head` holds of the
+/// request.
+fn overloaded(shared: &Shared, head: &[u8]) -> ReadFailure {
+    ReadFailure::Refuse(
+        Refused::of(
+            head,
+            ErrorCode::Overloaded,
+            format!(
+                "the server's buffer for requests in progress (max_request_buffer_bytes = {}) is full",
+                shared.opts.max_request_buffer_bytes
+            ),
+        ),
+        Some(Overload::RequestBuffer),
+    )
 }
 
 fn refuse(head: &[u8], code: ErrorCode, message: &str) -> ReadFailure {
