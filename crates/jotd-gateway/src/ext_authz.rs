@@ -112,9 +112,7 @@ fn headers_of(
             let v = HeaderValue::from_bytes(value)
                 .map_err(|_| format!("the {known} header holds bytes no header can"))?;
             out.append(HeaderName::from_static(known), v);
-        } else if lower
-            .get(..crate::forward_auth::JOTD_PREFIX.len())
-            .is_some_and(|p| p.replace('_', "-") == crate::forward_auth::JOTD_PREFIX)
+        } else if crate::forward_auth::reads_as_jotd_prefix(&lower)
             && let Ok(n) = HeaderName::from_bytes(lower.as_bytes())
         {
             // The client's `x-jotd-*` headers, by name only: what the answer

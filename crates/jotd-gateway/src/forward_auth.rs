@@ -108,10 +108,18 @@ pub fn jotd_lookalike(h: &hyper::HeaderMap) -> Option<&str> {
     h.keys().map(HeaderName::as_str).find(|n| {
         // The `_` must be in the prefix: `x-jotd-claim-client_id` is jotd's
         // own (a claim name may hold `_`), overwritten or removed as such.
-        n.get(..JOTD_PREFIX.len()).is_some_and(|prefix| {
-            prefix.contains('_') && prefix.replace('_', "-").eq_ignore_ascii_case(JOTD_PREFIX)
-        })
+        reads_as_jotd_prefix(n) && n.as_bytes()[..JOTD_PREFIX.len()].contains(&b'_')
     })
+}
+
+/// Whether header name `name` starts with [`JOTD_PREFIX`], any case, `_`
+/// read as `-` (no allocation: every header of every check goes through it).
+pub(crate) fn reads_as_jotd_prefix(name: &str) -> bool {
+    name.len() >= JOTD_PREFIX.len()
+        && name
+            .bytes()
+            .zip(JOTD_PREFIX.bytes())
+            .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
 }
 
 /// One authorization question, whatever door asked it.
@@ -531,5 +539,37 @@ impl ForwardAuthDoor {
                 a
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `_` for `-` in the prefix is a lookalike; jotd's own names, `_` in a
+    /// claim name included, are not; other names are neither.
+    #[test]
+    fn lookalikes_have_an_underscore_in_the_prefix() {
+        let named = |n: &'static str| {
+            let mut h = hyper::HeaderMap::new();
+            h.insert(
+                HeaderName::from_static(n),
+                hyper::header::HeaderValue::from_static("v"),
+            );
+            jotd_lookalike(&h).map(str::to_owned)
+        };
+        for n in ["x_jotd_subject", "x-jotd_kid", "x_jotd-claim-role"] {
+            assert_eq!(named(n).as_deref(), Some(n), "{n}");
+        }
+        for n in [
+            "x-jotd-subject",
+            "x-jotd-claim-client_id",
+            "x-jot",
+            "x_other_thing",
+        ] {
+            assert_eq!(named(n), None, "{n}");
+        }
+        assert!(reads_as_jotd_prefix("x-jotd-kid") && reads_as_jotd_prefix("X_JOTD_KID"));
+        assert!(!reads_as_jotd_prefix("x-jotd") && !reads_as_jotd_prefix("x-jots-kid"));
     }
 }

@@ -238,16 +238,25 @@ pub fn decode_error(body: &[u8]) -> Result<ErrorFrame<'_>, WireError> {
 /// sends frames it did not encode and must check them first.
 #[must_use]
 pub(crate) fn peek_batch_head(frame: &[u8]) -> Option<(u64, u64)> {
-    if frame.get(4) != Some(&(FrameType::Batch as u8)) {
-        return None;
-    }
-    let declared = u32::from_be_bytes(frame.get(..4)?.try_into().ok()?) as usize;
+    let (declared, body) = batch_body(frame)?;
     if declared.checked_add(4) != Some(frame.len()) {
         return None;
     }
-    bincode::decode_from_slice::<(u64, u64), _>(&frame[5..], bincode_config())
+    bincode::decode_from_slice::<(u64, u64), _>(body, bincode_config())
         .ok()
         .map(|(head, _)| head)
+}
+
+/// A Batch frame's declared length and the bytes of its body that `head`
+/// holds (none past the declared length); `None` when `head` does not start
+/// a Batch frame.
+fn batch_body(head: &[u8]) -> Option<(usize, &[u8])> {
+    if head.get(4) != Some(&(FrameType::Batch as u8)) {
+        return None;
+    }
+    let declared = u32::from_be_bytes(head.get(..4)?.try_into().ok()?) as usize;
+    let end = head.len().min(declared.saturating_add(4));
+    Some((declared, head.get(5..end)?))
 }
 
 /// The request id a Batch frame's first bytes carry, read from as much of
@@ -257,12 +266,7 @@ pub(crate) fn peek_batch_head(frame: &[u8]) -> Option<(u64, u64)> {
 /// past the length the frame declares (they are not the frame's).
 #[must_use]
 pub fn peek_request_id(head: &[u8]) -> Option<u64> {
-    if head.get(4) != Some(&(FrameType::Batch as u8)) {
-        return None;
-    }
-    let declared = u32::from_be_bytes(head.get(..4)?.try_into().ok()?) as usize;
-    let end = head.len().min(declared.saturating_add(4));
-    let body = head.get(5..end)?;
+    let (_, body) = batch_body(head)?;
     bincode::decode_from_slice::<u64, _>(body, bincode_config())
         .ok()
         .map(|(id, _)| id)
