@@ -1,6 +1,7 @@
 //! JWKS over HTTPS: periodic refresh (bounded by `Cache-Control: max-age`),
 //! a single-flight, rate-limited refetch when a token names an unknown kid,
-//! stale-if-error (the last good keys keep serving, with their age on record),
+//! stale-if-error (the last good keys keep serving, with their age on record,
+//! for at most [`FetchConfig::max_stale`] when one is set),
 //! and limits on time and size for every fetch. URLs come from the config only.
 //!
 //! The HTTP client is reqwest on rustls with aws-lc-rs, trusting the system's
@@ -32,6 +33,11 @@ pub struct FetchConfig {
     pub retry_after: Duration,
     /// Extra trusted CA certificates (PEM), besides the system's roots.
     pub extra_roots_pem: Option<Vec<u8>>,
+    /// How long a source's last good keys outlive failed fetches: once they
+    /// are older than this, a fetch is tried at once and, if it fails, the
+    /// keys are dropped (their tokens are `unknown_kid` until a fetch
+    /// succeeds). `None`: kept however old. Default: `None`.
+    pub max_stale: Option<Duration>,
 }
 
 impl Default for FetchConfig {
@@ -43,6 +49,7 @@ impl Default for FetchConfig {
             min_refresh: Duration::from_secs(10),
             retry_after: Duration::from_secs(5),
             extra_roots_pem: None,
+            max_stale: None,
         }
     }
 }
@@ -52,7 +59,8 @@ impl FetchConfig {
     /// min, the other times up to a day (a time near `Duration::MAX`
     /// overflowed a clock), `timeout`, `min_refresh` and `retry_after` above
     /// zero (zero refreshed or retried in a busy loop against the identity
-    /// provider), `max_bytes` 1 to 64 MiB. The daemon's `[jwks_fetch]` section
+    /// provider), `max_stale` above zero and at most 30 days when set,
+    /// `max_bytes` 1 to 64 MiB. The daemon's `[jwks_fetch]` section
     /// is stricter (whole seconds from 1).
     ///
     /// # Errors
@@ -71,6 +79,14 @@ impl FetchConfig {
                     "{name} {t:?}: must be {from} and at most {max:?}"
                 )));
             }
+        }
+        if let Some(t) = self.max_stale
+            && (t.is_zero() || t > 30 * DAY)
+        {
+            return Err(FetchError::Setup(format!(
+                "max_stale {t:?}: must be above 0 and at most {:?}",
+                30 * DAY
+            )));
         }
         if !(1..=64 << 20).contains(&self.max_bytes) {
             return Err(FetchError::Setup(format!(
@@ -272,6 +288,9 @@ pub struct SourceHealth {
     /// The URL the installed keys actually came from (after redirects);
     /// `None` until a fetch succeeds.
     pub keys_url: Option<String>,
+    /// Whether the last good keys were dropped, older than
+    /// [`FetchConfig::max_stale`] when a fetch failed (until one succeeds).
+    pub dropped: bool,
 }
 
 #[derive(Debug, Default)]
@@ -289,6 +308,11 @@ struct Info {
     failed_total: u64,
     /// Where the last good document came from, after redirects.
     keys_url: Option<String>,
+    /// When the last good keys pass [`FetchConfig::max_stale`]: a fetch is
+    /// due then, and its failure drops them. `None`: no limit, or dropped.
+    expires: Option<Instant>,
+    /// The last good keys were dropped (past `max_stale`, a fetch failed).
+    dropped: bool,
     /// The source's `alg` and `symmetric_keys` at the last fetch (good or
     /// not): `None` before the first.
     fetched_for: Option<(Option<Algorithm>, bool)>,
@@ -303,7 +327,10 @@ impl Info {
         if self.fetched_for != Some((t.alg, t.symmetric_keys)) {
             return None;
         }
-        self.next_due
+        match (self.next_due, self.expires) {
+            (Some(due), Some(expires)) => Some(due.min(expires)),
+            (due, expires) => due.or(expires),
+        }
     }
 }
 
@@ -366,7 +393,8 @@ pub enum FetchEvent<'a> {
         /// wins, so the other's key for them verifies nothing.
         shadowed: &'a [String],
     },
-    /// The fetch failed; the source keeps its last good keys.
+    /// The fetch failed; the source keeps its last good keys (unless a
+    /// [`FetchEvent::Dropped`] for it follows).
     Failed {
         /// Tenant id.
         tenant: &'a str,
@@ -374,6 +402,18 @@ pub enum FetchEvent<'a> {
         url: &'a str,
         /// Why.
         error: &'a FetchError,
+    },
+    /// A fetch failed while the source's last good keys were older than
+    /// [`FetchConfig::max_stale`]: they were dropped.
+    Dropped {
+        /// Tenant id.
+        tenant: &'a str,
+        /// The configured URL.
+        url: &'a str,
+        /// Age of the dropped keys (since their fetch).
+        age: Duration,
+        /// The configured limit.
+        max_stale: Duration,
     },
 }
 
@@ -731,6 +771,8 @@ impl JwksFetcher {
             }
         }
         // Every source that reads the URL alike, `t`'s first, gets the outcome.
+        // Those whose last good keys are past `max_stale` lose them on a failure.
+        let mut dropping: Vec<(String, Duration)> = Vec::new();
         for o in std::iter::once(t).chain(sharing.iter().copied()) {
             let other = (o.tenant != t.tenant).then(|| self.source(o));
             let mut info = lock(other.as_deref().map_or(&source.info, |s| &s.info));
@@ -749,6 +791,8 @@ impl JwksFetcher {
                     info.failures = 0;
                     info.last_error = None;
                     info.keys_url = Some(final_url.clone());
+                    info.expires = self.config.max_stale.map(|m| now + m);
+                    info.dropped = false;
                 }
                 Err(e) => {
                     info.failures = info.failures.saturating_add(1);
@@ -758,7 +802,29 @@ impl JwksFetcher {
                         .saturating_mul(1 << info.failures.min(16).saturating_sub(1));
                     info.next_due = Some(now + backoff.min(o.refresh));
                     info.last_error = Some(e.clone());
+                    if info.expires.is_some_and(|x| x <= now) {
+                        info.expires = None;
+                        info.dropped = true;
+                        let age = info.last_good.map_or(Duration::ZERO, |g| now - g);
+                        dropping.push((o.tenant.clone(), age));
+                    }
                 }
+            }
+        }
+        if !dropping.is_empty() {
+            // Off the runtime's threads, as installing is (a snapshot rebuild).
+            let reloader = Arc::clone(&self.reloader);
+            let url = t.url.clone();
+            let tenants: Vec<String> = dropping.iter().map(|(t, _)| t.clone()).collect();
+            let forgotten = tokio::task::spawn_blocking(move || {
+                let names: Vec<&str> = tenants.iter().map(String::as_str).collect();
+                reloader.forget_fetched_many(&names, &url);
+            })
+            .await;
+            if let Err(e) = forgotten
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
             }
         }
         match result {
@@ -775,11 +841,20 @@ impl JwksFetcher {
                 Ok(())
             }
             Err(e) => {
+                let url = redacted_url(&t.url);
                 self.report(&FetchEvent::Failed {
                     tenant: &t.tenant,
-                    url: &redacted_url(&t.url),
+                    url: &url,
                     error: &e,
                 });
+                for (tenant, age) in &dropping {
+                    self.report(&FetchEvent::Dropped {
+                        tenant,
+                        url: &url,
+                        age: *age,
+                        max_stale: self.config.max_stale.unwrap_or_default(),
+                    });
+                }
                 Err(e)
             }
         }
@@ -913,6 +988,7 @@ impl JwksFetcher {
                     fetches: info.fetches,
                     tried: info.last_attempt.is_some(),
                     keys_url: info.keys_url.as_deref().map(redacted_url),
+                    dropped: info.dropped,
                     tenant: t.tenant.clone(),
                     url: redacted_url(&t.url),
                 }

@@ -383,6 +383,43 @@ impl Reloader {
             .replace(snapshot)
             .unwrap_or_else(|never| match never {})
     }
+
+    /// Drops the keys fetched for `url` of each of `tenants` (the fetcher's
+    /// `max_stale` ran out with the source failing) and rebuilds those
+    /// tenants. Returns the new generation, or the current one when none of
+    /// them held keys from `url`.
+    pub fn forget_fetched_many(&self, tenants: &[&str], url: &str) -> u64 {
+        let mut state = self.lock();
+        let mut forgotten: HashSet<&str> = HashSet::new();
+        for tenant in tenants {
+            if state
+                .fetched
+                .remove(&((*tenant).to_owned(), url.to_owned()))
+                .is_some()
+            {
+                forgotten.insert(tenant);
+            }
+        }
+        if forgotten.is_empty() {
+            return self.store.load().generation();
+        }
+        self.publish_fetched(&state.fetched);
+        let config = self.config.load_full();
+        let fetched = &state.fetched;
+        let keys = |t: &str, u: &str| fetched.get(&(t.to_owned(), u.to_owned())).cloned();
+        let base = self.store.load();
+        let snapshot = |g| {
+            Ok::<_, std::convert::Infallible>(config.snapshot_rebuilding(
+                g,
+                &base,
+                &|t| forgotten.contains(t),
+                &keys,
+            ))
+        };
+        self.store
+            .replace(snapshot)
+            .unwrap_or_else(|never| match never {})
+    }
 }
 
 /// Whether `config` has tenant `tenant` fetch keys from `url`.

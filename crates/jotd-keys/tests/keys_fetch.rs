@@ -346,6 +346,128 @@ async fn failures_keep_the_last_good_keys() {
     assert_eq!((h.failures, h.last_error.clone()), (0, None));
 }
 
+/// Observes `fetcher`'s events as lines (`installed`, `failed`, `dropped`
+/// with the tenant, and the age and limit for drops).
+fn heard(fetcher: JwksFetcher) -> (JwksFetcher, Arc<Mutex<Vec<String>>>) {
+    let heard = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = Arc::clone(&heard);
+    let fetcher = fetcher.with_observer(Box::new(move |event| {
+        let line = match event {
+            jotd_keys::FetchEvent::Installed { tenant, .. } => format!("installed {tenant}"),
+            jotd_keys::FetchEvent::Failed { tenant, .. } => format!("failed {tenant}"),
+            jotd_keys::FetchEvent::Dropped {
+                tenant,
+                age,
+                max_stale,
+                ..
+            } => format!(
+                "dropped {tenant} past {max_stale:?}: {}",
+                if age >= max_stale { "older" } else { "younger" }
+            ),
+        };
+        log.lock().unwrap().push(line);
+    }));
+    (fetcher, heard)
+}
+
+/// With `max_stale`, the last good keys outlive failed fetches only so
+/// long: past it, the next failed fetch drops them (the tenant's tokens are
+/// `unknown_kid`, as for a withdrawn key), once, with an event and the
+/// source's health saying so; a good fetch brings keys back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_past_max_stale_are_dropped_when_a_fetch_fails() {
+    let server = serve().await;
+    let (key, jwk) = ed_key("a");
+    let good = Mode::Doc {
+        body: doc(&[&jwk]),
+        cache_control: None,
+    };
+    server.set(good.clone());
+    let config = FetchConfig {
+        refetch_interval: Duration::ZERO,
+        max_stale: Some(Duration::from_millis(400)),
+        ..FetchConfig::default()
+    };
+    let (reloader, fetcher) = setup(&server, config);
+    let (fetcher, heard) = heard(fetcher);
+    assert!(fetcher.on_unknown_kid("idp").await);
+    assert_eq!(decide(&reloader, &key, "a"), Reason::Ok);
+    server.set(Mode::Status(503));
+    assert!(!fetcher.on_unknown_kid("idp").await);
+    assert_eq!(
+        decide(&reloader, &key, "a"),
+        Reason::Ok,
+        "younger than max_stale: kept"
+    );
+    assert!(!fetcher.health()[0].dropped);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!fetcher.on_unknown_kid("idp").await);
+    assert_eq!(decide(&reloader, &key, "a"), Reason::UnknownKid, "dropped");
+    let h = &fetcher.health()[0];
+    assert!(
+        h.dropped && h.age >= Some(Duration::from_millis(400)),
+        "{h:?}"
+    );
+    assert!(!reloader.has_fetched("idp", &server.url));
+    assert!(!fetcher.on_unknown_kid("idp").await);
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [
+            "installed idp",
+            "failed idp",
+            "failed idp",
+            "dropped idp past 400ms: older",
+            "failed idp"
+        ],
+        "dropped once"
+    );
+    server.set(good);
+    assert!(fetcher.on_unknown_kid("idp").await);
+    assert_eq!(decide(&reloader, &key, "a"), Reason::Ok, "back");
+    assert!(!fetcher.health()[0].dropped);
+}
+
+/// The refresh loop tries a fetch when the keys pass `max_stale` (the
+/// source's refresh is 300 s away), so they are dropped on time with no
+/// token to trigger it, and the identity provider is not polled meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_loop_drops_keys_when_they_pass_max_stale() {
+    let server = serve().await;
+    let (key, jwk) = ed_key("a");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk]),
+        cache_control: None,
+    });
+    let config = FetchConfig {
+        max_stale: Some(Duration::from_millis(300)),
+        ..FetchConfig::default()
+    };
+    let (reloader, fetcher) = setup(&server, config);
+    let fetcher = Arc::new(fetcher);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(Arc::clone(&fetcher).run(async {
+        let _ = stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while decide(&reloader, &key, "a") != Reason::Ok {
+        assert!(tokio::time::Instant::now() < deadline, "never fetched");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.set(Mode::Status(503));
+    while decide(&reloader, &key, "a") == Reason::Ok {
+        assert!(tokio::time::Instant::now() < deadline, "never dropped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(decide(&reloader, &key, "a"), Reason::UnknownKid);
+    assert!(fetcher.health()[0].dropped);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first fetch and the one at max_stale; the retry after that backs
+    // off (5 s).
+    assert_eq!(server.hits(), 2);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
 #[test]
 fn cache_control_max_age() {
     use jotd_keys::max_age;
@@ -618,6 +740,7 @@ async fn the_observer_hears_installs_skipped_keys_and_failures() {
             jotd_keys::FetchEvent::Failed { tenant, error, .. } => {
                 format!("failed {tenant}: {error}")
             }
+            jotd_keys::FetchEvent::Dropped { tenant, .. } => format!("dropped {tenant}"),
         };
         log.lock().unwrap().push(line);
     }));
@@ -983,8 +1106,10 @@ async fn a_changed_alg_is_fetched_at_once() {
 fn fetch_settings_out_of_range_are_refused_by_name() {
     jotd_keys::check_fetch_config(&FetchConfig::default()).unwrap();
     type Edit = fn(&mut FetchConfig);
-    let cases: [(&str, Edit); 7] = [
+    let cases: [(&str, Edit); 9] = [
         ("timeout", |c| c.timeout = Duration::ZERO),
+        ("max_stale", |c| c.max_stale = Some(Duration::ZERO)),
+        ("max_stale", |c| c.max_stale = Some(Duration::MAX)),
         ("timeout", |c| c.timeout = Duration::from_secs(601)),
         ("refetch_interval", |c| c.refetch_interval = Duration::MAX),
         ("min_refresh", |c| c.min_refresh = Duration::ZERO),

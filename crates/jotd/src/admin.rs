@@ -94,6 +94,12 @@ impl Health {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default();
             match h.age {
+                Some(age) if h.dropped => degraded.push(format!(
+                    "jwks {} (tenant {}) keys dropped: last good fetch {}s ago, past jwks_fetch.max_stale_s{error}",
+                    h.url,
+                    h.tenant,
+                    age.as_secs()
+                )),
                 None if !h.tried && !self.started.load(Ordering::SeqCst) => {
                     problems.push(format!(
                         "jwks {} (tenant {}) not fetched yet",

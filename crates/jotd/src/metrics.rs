@@ -223,7 +223,12 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (
         "jotd_jwks_stale",
         Kind::Gauge,
-        "1 when a JWKS URL is past its stale budget (3 refresh intervals) or never fetched",
+        "1 when a JWKS URL is past its stale budget (3 refresh intervals), never fetched, or its keys were dropped",
+    ),
+    (
+        "jotd_jwks_keys_dropped",
+        Kind::Gauge,
+        "1 when a JWKS URL's last good keys were dropped (older than jwks_fetch.max_stale_s, and a fetch failed)",
     ),
     (
         "jotd_jwks_redirected",
@@ -601,6 +606,7 @@ impl Sampler {
         let urls = per_url(health);
         for (url, u) in &urls {
             gauge!("jotd_jwks_stale", "url" => url.clone()).set(flag(u.stale));
+            gauge!("jotd_jwks_keys_dropped", "url" => url.clone()).set(flag(u.dropped));
             gauge!("jotd_jwks_redirected", "url" => url.clone()).set(flag(u.redirected));
             // -1: never fetched successfully.
             gauge!("jotd_jwks_age_seconds", "url" => url.clone())
@@ -615,6 +621,7 @@ impl Sampler {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for gone in published.iter().filter(|u| !urls.contains_key(*u)) {
             gauge!("jotd_jwks_stale", "url" => gone.clone()).set(0.0);
+            gauge!("jotd_jwks_keys_dropped", "url" => gone.clone()).set(0.0);
             gauge!("jotd_jwks_redirected", "url" => gone.clone()).set(0.0);
             gauge!("jotd_jwks_age_seconds", "url" => gone.clone()).set(0.0);
         }
@@ -662,6 +669,7 @@ impl FetchTotals {
 #[derive(Debug, Default, PartialEq)]
 struct PerUrl {
     stale: bool,
+    dropped: bool,
     redirected: bool,
     /// The oldest last good fetch, in seconds; `Some(None)`: some source of this
     /// URL never fetched successfully.
@@ -674,9 +682,11 @@ fn per_url(health: Vec<jotd_keys::SourceHealth>) -> std::collections::BTreeMap<S
         let u = out.entry(h.url.clone()).or_default();
         // Stale by the same rule as /readyz: never fetched, or older than
         // STALE_REFRESHES refresh intervals.
-        u.stale |= h
-            .age
-            .is_none_or(|a| a > h.refresh * crate::admin::STALE_REFRESHES);
+        // Dropped keys (past `max_stale_s`) are stale whatever the budget says.
+        u.stale |= h.dropped
+            || h.age
+                .is_none_or(|a| a > h.refresh * crate::admin::STALE_REFRESHES);
+        u.dropped |= h.dropped;
         // The installed keys came from another URL than the configured one.
         u.redirected |= h.keys_url.as_ref().is_some_and(|k| *k != h.url);
         let age = h.age.map(|a| a.as_secs_f64());
@@ -712,6 +722,7 @@ mod per_url_tests {
             tried: fetches > 0,
             failed_total: failed,
             keys_url: None,
+            dropped: false,
         }
     }
 
@@ -755,12 +766,28 @@ mod per_url_tests {
             m[shared],
             PerUrl {
                 stale: true,
+                dropped: false,
                 redirected: false,
                 oldest: Some(Some(2000.0))
             }
         );
         let other = &m["https://other.example/jwks"];
         assert!(other.stale && other.oldest == Some(None));
+    }
+
+    #[test]
+    fn dropped_keys_are_stale_whatever_their_age() {
+        let url = "https://idp.example/jwks";
+        let fresh = source("a", url, Some(100), 5, 1);
+        assert!(!per_url(vec![fresh.clone()])[url].stale, "within budget");
+        let m = per_url(vec![
+            fresh.clone(),
+            jotd_keys::SourceHealth {
+                dropped: true,
+                ..source("b", url, Some(100), 5, 1)
+            },
+        ]);
+        assert!(m[url].stale && m[url].dropped, "{:?}", m[url]);
     }
 
     #[test]

@@ -677,5 +677,19 @@ fn log_fetch(event: &jotd_keys::FetchEvent<'_>) {
         jotd_keys::FetchEvent::Failed { tenant, url, error } => {
             warn!(tenant, url, error = %Escaped(error), "jwks fetch failed; keeping the last good keys");
         }
+        jotd_keys::FetchEvent::Dropped {
+            tenant,
+            url,
+            age,
+            max_stale,
+        } => {
+            tracing::error!(
+                tenant,
+                url,
+                age_s = age.as_secs(),
+                max_stale_s = max_stale.as_secs(),
+                "jwks keys dropped: older than jwks_fetch.max_stale_s and the fetch failed; the tenant's tokens signed with them are unknown_kid until a fetch succeeds"
+            );
+        }
     }
 }

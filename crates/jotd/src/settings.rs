@@ -56,6 +56,7 @@
 //! max_bytes = 524288
 //! refetch_interval_s = 30
 //! min_refresh_s = 10
+//! max_stale_s = 86400                 # drop keys this old once a fetch fails (absent: keep)
 //! extra_ca_file = "idp-ca.pem"
 //! ```
 
@@ -163,6 +164,7 @@ struct RawFetch {
     max_bytes: Option<usize>,
     refetch_interval_s: Option<u64>,
     min_refresh_s: Option<u64>,
+    max_stale_s: Option<u64>,
     extra_ca_file: Option<String>,
 }
 
@@ -648,6 +650,18 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
         if let Some(v) = r.min_refresh_s {
             s.fetch.min_refresh = secs("min_refresh_s", v, 86_400)?;
         }
+        if let Some(v) = r.max_stale_s {
+            // At least a minute: once keys are this old a fetch is due, so a
+            // few seconds would poll the identity provider that often.
+            if !(60..=30 * 86_400).contains(&v) {
+                return Err(ctx.err(
+                    "jwks_fetch",
+                    "max_stale_s",
+                    format_args!("{v}: must be 60 to 2592000 seconds (30 days)"),
+                ));
+            }
+            s.fetch.max_stale = Some(Duration::from_secs(v));
+        }
         s.fetch_extra_ca_file = r.extra_ca_file.as_deref().map(|p| ctx.path(p));
     }
     Ok(s)
@@ -1128,6 +1142,8 @@ level = "jotd=debug"
             ),
             ("max_bytes", "0", "must be at least 1"),
             ("max_bytes", "1000000000", "must be at most 67108864"),
+            ("max_stale_s", "59", "must be 60 to 2592000 seconds"),
+            ("max_stale_s", "2592001", "must be 60 to 2592000 seconds"),
         ] {
             let e = p(&format!("[jwks_fetch]\n{key} = {bad}\n")).unwrap_err();
             assert!(
@@ -1136,6 +1152,14 @@ level = "jotd=debug"
                 "{key} = {bad}: {e}"
             );
         }
+        assert_eq!(
+            p("[jwks_fetch]\nmax_stale_s = 3600\n")
+                .unwrap()
+                .fetch
+                .max_stale,
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(p("").unwrap().fetch.max_stale, None, "kept however old");
         // Sizes past any machine's memory and times past any use are refused with
         // their line (a cache of u64::MAX entries aborted the process at start).
         for (section, key, bad, want) in [
