@@ -18,6 +18,7 @@
 //! [proxy]                            # the JSON-RPC reverse proxy
 //! listen = "127.0.0.1:8545"
 //! upstreams = ["http://127.0.0.1:8546"]
+//! # pass_origin = true             # the node sees the client's Origin (its --ws.origins apply)
 //!
 //! [forward_auth]                     # NGINX auth_request, Caddy forward_auth, Traefik, APISIX
 //! listen = "127.0.0.1:9180"
@@ -146,6 +147,8 @@ struct RawProxy {
     listen: Spanned<String>,
     upstreams: Vec<Spanned<String>>,
     upstream_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pass_origin: bool,
 }
 
 const fn upstream_timeout() -> u64 {
@@ -273,6 +276,12 @@ pub struct Proxy {
     pub upstreams: Vec<hyper::Uri>,
     /// Longest wait for an upstream's answer.
     pub upstream_timeout: Duration,
+    /// Whether the client's `Origin` goes on to the node (HTTP and the
+    /// WebSocket handshake), so the node's own `--http.corsdomain` /
+    /// `--ws.origins` apply as well as jotd's origin allowlists. Default
+    /// false: the node sees no `Origin` (one set by jotd's allowlist may not
+    /// be in the node's).
+    pub pass_origin: bool,
 }
 
 /// The forward-auth door's settings.
@@ -399,11 +408,7 @@ impl Config {
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let message = e.message().trim().to_owned();
-            let key = message
-                .split_once("unknown field `")
-                .and_then(|(_, rest)| rest.split_once('`'))
-                .map(|(k, _)| k.to_owned())
-                .unwrap_or_default();
+            let key = jotd_keys::toml_error_key(text, &e);
             ConfigError {
                 file: file.to_owned(),
                 line: e.span().map(|s| line_of(text, s.start)),
@@ -579,6 +584,7 @@ impl Config {
                     listen: listen(&px.listen, "listen")?,
                     upstreams,
                     upstream_timeout: Duration::from_millis(upstream_timeout_ms),
+                    pass_origin: px.pass_origin,
                 })
             }
         };

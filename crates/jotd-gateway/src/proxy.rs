@@ -35,6 +35,8 @@ pub struct ProxyDoor {
     next: AtomicUsize,
     client: HttpClient<HttpConnector, Full<Bytes>>,
     upstream_timeout: Duration,
+    /// [`Proxy::pass_origin`].
+    pub(crate) pass_origin: bool,
     /// WebSockets open (each holds one; `max_connections` in all, shared
     /// per address as the listeners' slots are).
     pub(crate) ws_slots: std::sync::Arc<jotd_transport::slots::ConnectionSlots>,
@@ -102,6 +104,7 @@ impl ProxyDoor {
             next: AtomicUsize::new(0),
             client,
             upstream_timeout: proxy.upstream_timeout,
+            pass_origin: proxy.pass_origin,
             ws_slots: jotd_transport::slots::ConnectionSlots::new(
                 limits.max_connections,
                 jotd_transport::slots::SlotRule::Share,
@@ -135,6 +138,9 @@ impl ProxyDoor {
                 .header("x-jotd-tenant", facts.tenant.as_str());
             if let Some(s) = sub.and_then(|s| HeaderValue::from_str(s).ok()) {
                 req = req.header("x-jotd-subject", s);
+            }
+            if let Some(o) = self.origin_for_node(facts) {
+                req = req.header(hyper::header::ORIGIN, o);
             }
             let req = req
                 .body(Full::new(body.clone()))
@@ -194,6 +200,17 @@ impl ProxyDoor {
             }
         }
         Err(UpstreamError::other(last))
+    }
+
+    /// The client's `Origin`, for the node, when `pass_origin` is set.
+    pub(crate) fn origin_for_node(&self, facts: &Facts) -> Option<HeaderValue> {
+        if !self.pass_origin {
+            return None;
+        }
+        facts
+            .origin
+            .as_deref()
+            .and_then(|o| HeaderValue::from_str(o).ok())
     }
 
     /// The WebSocket URL of the first upstream (`http` → `ws`).

@@ -141,6 +141,9 @@ pub async fn upgrade(
     {
         node_req.headers_mut().insert("x-jotd-subject", v);
     }
+    if let Some(o) = door.origin_for_node(&facts) {
+        node_req.headers_mut().insert(hyper::header::ORIGIN, o);
+    }
     let node = match tokio::time::timeout(
         Duration::from_secs(5),
         // The node's messages are capped as its HTTP answers are

@@ -1190,6 +1190,10 @@ fn config_errors_name_file_line_and_key() {
             "listen",
         ),
         (
+            "[pool]\nendpoints = [\"127.0.0.1:1\"]\nca_file = \"ca.pem\"\n[proxy]\nlisten = \"127.0.0.1:1\"\nupstreams = [\"http://127.0.0.1:2\"]\npass_origin = \"yes\"\n[[route]]\ntenant = \"a\"\n",
+            "pass_origin",
+        ),
+        (
             "[pool]\nendpoints = [\"127.0.0.1:1\"]\nca_file = \"ca.pem\"\n[proxy]\nlisten = \"127.0.0.1:1\"\nupstreams = [\"https://node:443\"]\n[[route]]\ntenant = \"a\"\n",
             "upstreams",
         ),
@@ -1783,7 +1787,7 @@ async fn start_ws_upstream() -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 // The identity headers of the handshake, echoed in each answer.
-                let who = Arc::new(Mutex::new((String::new(), String::new())));
+                let who = Arc::new(Mutex::new((String::new(), String::new(), String::new())));
                 let seen = Arc::clone(&who);
                 let record =
                     move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
@@ -1795,17 +1799,18 @@ async fn start_ws_upstream() -> SocketAddr {
                                 .unwrap_or("")
                                 .to_owned()
                         };
-                        *seen.lock().unwrap() = (h("x-jotd-tenant"), h("x-jotd-subject"));
+                        *seen.lock().unwrap() =
+                            (h("x-jotd-tenant"), h("x-jotd-subject"), h("origin"));
                         Ok(resp)
                     };
                 let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
                     return;
                 };
-                let (tenant, subject) = who.lock().unwrap().clone();
+                let (tenant, subject, origin) = who.lock().unwrap().clone();
                 while let Some(Ok(m)) = ws.next().await {
                     if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
                         let c: Value = serde_json::from_str(t.as_str()).unwrap();
-                        let a = json!({"jsonrpc":"2.0","id":c["id"],"result":c["method"],"tenant":tenant,"subject":subject});
+                        let a = json!({"jsonrpc":"2.0","id":c["id"],"result":c["method"],"tenant":tenant,"subject":subject,"origin":origin});
                         let _ = ws
                             .send(tokio_tungstenite::tungstenite::Message::text(a.to_string()))
                             .await;
@@ -1838,6 +1843,63 @@ fn ws_request(
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     req
+}
+
+/// The node sees the client's `Origin` only with `[proxy] pass_origin`
+/// (so its own `--ws.origins` / `--http.corsdomain` apply too), over HTTP
+/// and in the WebSocket handshake alike; by default it sees none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_sees_the_origin_only_when_passed_on() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let k = keys();
+    let pool = start_pool(&k);
+    let (http_up, seen) = start_upstream().await;
+    let ws_up = start_ws_upstream().await;
+    let token =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"gina","aud":AUD,"exp":now() + 600}).to_string(),
+        )
+        .unwrap();
+    let page = "https://app.example";
+    for pass in [false, true] {
+        let want = if pass { page } else { "" };
+        // HTTP.
+        let (mut cfg, _dir) = config("origin-http", &pool, pool.addr, http_up, "");
+        cfg.proxy.as_mut().unwrap().pass_origin = pass;
+        let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+        let r = post(
+            gw.proxy.unwrap(),
+            "/v3/infura",
+            Some(&token),
+            &[("origin", page)],
+            &call(1, "eth_chainId", &json!([])),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let (headers, _) = seen.lock().unwrap().pop().unwrap();
+        let got = headers.get("origin").map(|v| v.to_str().unwrap());
+        assert_eq!(got.unwrap_or(""), want, "HTTP, pass_origin = {pass}");
+        gw.drain().await;
+        // The WebSocket handshake.
+        let (mut cfg, _dir) = config("origin-ws", &pool, pool.addr, ws_up, "");
+        cfg.proxy.as_mut().unwrap().pass_origin = pass;
+        let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+        let mut req = ws_request(gw.proxy.unwrap(), &token);
+        req.headers_mut().insert("origin", page.parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.send(Message::text(call(1, "eth_chainId", &json!([]))))
+            .await
+            .unwrap();
+        let Some(Ok(Message::Text(t))) = ws.next().await else {
+            panic!("no answer")
+        };
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(v["origin"], want, "WebSocket, pass_origin = {pass}");
+        drop(ws);
+        gw.drain().await;
+    }
 }
 
 /// A node message larger than `max_upstream_bytes` ends the socket, as an

@@ -103,16 +103,12 @@ impl Default for KeysSection {
 }
 
 /// A [`ConfigError`] from a TOML error in `text` (the file `file`): its line,
-/// and the key when serde named an unknown one.
+/// and its key: the unknown one serde named, else the one written before
+/// the error on its line ([`key_before`]: a value of the wrong type).
 #[must_use]
 pub fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let message = e.message().trim().to_owned();
-    // serde names unknown fields as "unknown field `x`": use it as the key.
-    let key = message
-        .split_once("unknown field `")
-        .and_then(|(_, rest)| rest.split_once('`'))
-        .map(|(k, _)| k.to_owned())
-        .unwrap_or_default();
+    let key = toml_error_key(text, e);
     ConfigError {
         file: file.to_owned(),
         line: e.span().map(|s| {
@@ -125,6 +121,38 @@ pub fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
         key,
         message,
     }
+}
+
+/// The key a TOML error is about: the unknown field serde names
+/// ("unknown field `x`"), else [`key_before`] the error's place; empty
+/// when neither says.
+#[must_use]
+pub fn toml_error_key(text: &str, e: &toml::de::Error) -> String {
+    e.message()
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(k, _)| k.to_owned())
+        .or_else(|| e.span().and_then(|s| key_before(text, s.start)))
+        .unwrap_or_default()
+}
+
+/// The key written before byte `offset` of `text` on its line: `key` of
+/// `key = value`, or the last `key =` of an inline table before it. How a
+/// TOML error serde reports without a key (a wrong type, a value out of its
+/// type's range) gets one. `None` when that line has no `=` before
+/// `offset`, or what precedes it is not a plain or quoted key.
+#[must_use]
+pub fn key_before(text: &str, offset: usize) -> Option<String> {
+    let upto = text.get(..offset.min(text.len()))?;
+    let line = &upto[upto.rfind('\n').map_or(0, |i| i + 1)..];
+    let head = &line[..line.rfind('=')?];
+    let key = head[head.rfind(['{', ',']).map_or(0, |i| i + 1)..].trim();
+    let bare = key.trim_matches(|c| c == '"' || c == '\'');
+    let plain = !bare.is_empty()
+        && bare
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    plain.then(|| bare.to_owned())
 }
 
 /// The 1-based line where the key at `path` (a table path, then the key:

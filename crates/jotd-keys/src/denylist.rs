@@ -101,7 +101,7 @@ pub fn parse(
     let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError {
         file: file.to_owned(),
         line: e.span().map(|s| loc.line(s.start)),
-        key: String::new(),
+        key: crate::config::toml_error_key(text, &e),
         message: e.message().trim().to_owned(),
     })?;
     let mut lists: HashMap<String, Denylist> = HashMap::new();
@@ -268,5 +268,14 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An `until` written as a date string (a wrong type) names its key and
+    /// line: serde's error names neither key nor entry.
+    #[test]
+    fn a_wrong_type_names_its_key() {
+        let text = "[[revoke]]\ntenant = \"t\"\njti = \"a\"\nuntil = \"2027-01-01\"\n";
+        let e = parse(Path::new("revoked.toml"), text, &|t| t == "t").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(4), "until"), "{e}");
     }
 }

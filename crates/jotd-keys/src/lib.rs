@@ -22,7 +22,7 @@ mod tenants;
 
 pub use config::{
     ConfigError, DEFAULT_MAX_JWKS_KEYS, DEFAULT_MAX_KEYS_PER_TENANT, KeysSection, RawTenant,
-    line_of_key, toml_error,
+    key_before, line_of_key, toml_error, toml_error_key,
 };
 pub use fetch::{
     FetchConfig, FetchError, FetchEvent, FetchObserver, JwksFetcher, JwksUrlError, MAX_REDIRECTS,

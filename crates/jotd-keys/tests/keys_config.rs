@@ -199,6 +199,23 @@ fn err(config: &str) -> ConfigError {
 }
 
 #[test]
+fn key_before_reads_the_key_written_before_a_place() {
+    use jotd_keys::key_before;
+    let at = |text: &str, needle: &str| key_before(text, text.find(needle).unwrap());
+    assert_eq!(at("a = 1\nflag = \"yes\"\n", "\"yes"), Some("flag".into()));
+    assert_eq!(at("t = { x = 1, y = \"z\" }", "\"z"), Some("y".into()));
+    assert_eq!(at("\"quoted-key\" = 1", "1"), Some("quoted-key".into()));
+    assert_eq!(at("a.b = true", "true"), Some("a.b".into()));
+    // No `=` before it on its line (an array's later line), or no plain key.
+    assert_eq!(at("xs = [\n  1,\n  \"two\"\n]", "\"two"), None);
+    assert_eq!(at("[table]\n", "table"), None);
+    assert_eq!(at("\"a b\" = 1", "1"), None);
+    // Past the end, inside a character: nothing, never a panic.
+    assert_eq!(key_before("é = 1", 1), None);
+    assert_eq!(key_before("k = 1", 99), Some("k".into()));
+}
+
+#[test]
 fn errors_name_file_line_and_key() {
     let cases: &[(&str, usize, &str, &str)] = &[
         (
@@ -206,6 +223,19 @@ fn errors_name_file_line_and_key() {
             3,
             "polcy",
             "unknown field",
+        ),
+        // A wrong type: serde names no key; the line's key is taken.
+        (
+            "[[tenant]]\nid = \"a\"\nrequire_jwt = \"no\"\n",
+            3,
+            "require_jwt",
+            "invalid type: string \"no\", expected a boolean",
+        ),
+        (
+            "[[tenant]]\nid = \"a\"\nkey = [{ kid = \"k\", leeway = 1, alg = 5 }]\n",
+            3,
+            "alg",
+            "invalid type: integer `5`",
         ),
         (
             "[[tenant]]\nid = \"a\"\npolicy = \"deny-all\"\n[[tenant.key]]\nkid=\"k\"\nalg=\"HS256\"\nsecret=\"0123456789abcdefghijklmnopqrstuv\"\n",
@@ -310,7 +340,12 @@ fn errors_name_file_line_and_key() {
             "`/etc/jotd/./jwks.json` is already tenant[0].jwks[0]",
         ),
         ("[[tenant]\nid = \"a\"\n", 1, "", "unclosed array table"),
-        ("max_keys_per_tenant = \"three\"\n", 1, "", "invalid type"),
+        (
+            "max_keys_per_tenant = \"three\"\n",
+            1,
+            "max_keys_per_tenant",
+            "invalid type",
+        ),
     ];
     for (config, line, key, needle) in cases {
         let e = err(config);
