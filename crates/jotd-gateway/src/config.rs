@@ -447,14 +447,16 @@ impl Config {
             if p.endpoints[..i].iter().any(|f| f.get_ref() == s) {
                 return Err(err(e.span(), "endpoints", format!("`{s}` is listed twice")));
             }
-            let ok = s.parse::<SocketAddr>().is_ok()
-                || s.rsplit_once(':')
-                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+            // Port 0 dials nothing: every check failed at run time.
+            let ok = s.parse::<SocketAddr>().is_ok_and(|a| a.port() != 0)
+                || s.rsplit_once(':').is_some_and(|(h, port)| {
+                    !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+                });
             if !ok {
                 return Err(err(
                     e.span(),
                     "endpoints",
-                    format!("`{s}` is neither ip:port nor name:port"),
+                    format!("`{s}` is neither ip:port nor name:port (port 1 to 65535)"),
                 ));
             }
         }
@@ -567,11 +569,31 @@ impl Config {
                 if px.upstreams.is_empty() {
                     return Err(err(span, "upstreams", "no upstream node given".into()));
                 }
-                let mut upstreams = Vec::new();
+                let listen_at = listen(&px.listen, "listen")?;
+                let mut upstreams: Vec<hyper::Uri> = Vec::new();
                 for u in &px.upstreams {
                     let uri = upstream_uri(u.get_ref()).map_err(|why| {
                         err(u.span(), "upstreams", format!("`{}`: {why}", u.get_ref()))
                     })?;
+                    // Twice in the list, a node took two turns, and the retry
+                    // after a connection failure dialled the same dead node.
+                    if let Some(first) = upstreams.iter().find(|f| same_node(f, &uri)) {
+                        return Err(err(
+                            u.span(),
+                            "upstreams",
+                            format!("`{}` is listed twice (as `{first}`)", u.get_ref()),
+                        ));
+                    }
+                    if is_listener(&uri, listen_at) {
+                        return Err(err(
+                            u.span(),
+                            "upstreams",
+                            format!(
+                                "`{}` is this proxy's own listen address: a request would loop back into it",
+                                u.get_ref()
+                            ),
+                        ));
+                    }
                     upstreams.push(uri);
                 }
                 let upstream_timeout_ms = ranged(
@@ -581,7 +603,7 @@ impl Config {
                     HOUR_MS,
                 )?;
                 Some(Proxy {
-                    listen: listen(&px.listen, "listen")?,
+                    listen: listen_at,
                     upstreams,
                     upstream_timeout: Duration::from_millis(upstream_timeout_ms),
                     pass_origin: px.pass_origin,
@@ -686,6 +708,21 @@ impl Config {
                 )),
             }
             .map_err(|e| err(span.clone(), "route", e.0))?;
+            // Refused rather than left dead: the requests it was written for
+            // went to the earlier route's tenant, with its keys and policy.
+            if let Some(i) = routes
+                .iter()
+                .position(|earlier: &Route| earlier.covers(&route))
+            {
+                let at = line_of(text, raw.route[i].span().start);
+                return Err(err(
+                    span.clone(),
+                    "route",
+                    format!(
+                        "never used: the route at line {at} matches every request this one does, first"
+                    ),
+                ));
+            }
             routes.push(route);
         }
         if routes.is_empty() {
@@ -778,6 +815,37 @@ impl Config {
 /// by name: another scheme (TLS to the node is not spoken), no host, a port
 /// that is not 1..=65535 (the HTTP library would quietly dial port 80
 /// instead), and credentials (`user:pass@`, which would never be sent).
+/// Whether two upstream URLs name one node and path (`http://n:1` is
+/// `http://N:1/`).
+fn same_node(a: &hyper::Uri, b: &hyper::Uri) -> bool {
+    let path = |u: &hyper::Uri| u.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let host = |u: &hyper::Uri| {
+        u.authority()
+            .map(|a| (a.host().to_ascii_lowercase(), a.port_u16().unwrap_or(80)))
+    };
+    host(a) == host(b) && path(a) == path(b)
+}
+
+/// Whether `uri` reaches the proxy's own listener at `listen`: its port,
+/// and its address (any address when the listener takes them all; a
+/// loopback name or address for a loopback or wildcard listener).
+fn is_listener(uri: &hyper::Uri, listen: SocketAddr) -> bool {
+    let Some(a) = uri.authority() else {
+        return false;
+    };
+    if a.port_u16().unwrap_or(80) != listen.port() {
+        return false;
+    }
+    let host = a.host().trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip == listen.ip() || listen.ip().is_unspecified(),
+        Err(_) => {
+            host.eq_ignore_ascii_case("localhost")
+                && (listen.ip().is_loopback() || listen.ip().is_unspecified())
+        }
+    }
+}
+
 fn upstream_uri(s: &str) -> Result<hyper::Uri, String> {
     let uri: hyper::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
     let only_http = "only http://host:port upstreams (the node beside the gateway; terminate TLS in front of the gateway)";

@@ -14,7 +14,7 @@
 
 use crate::config::Limits;
 use crate::gate::{CallFacts, Door, Facts, Gate, Verdict};
-use crate::http::{Answer, BodyError, bearer, header, json, read_body};
+use crate::http::{Answer, BodyError, bearer, header, json, read_body, single_header};
 use crate::jsonrpc::{self, AddressTable, Body, code, error_object};
 use crate::proxy::{denial_parts, status_label};
 use crate::route::{Route, tenant_of};
@@ -43,32 +43,12 @@ pub struct ForwardAuthDoor {
 /// own path less a leading `/auth` (Envoy's HTTP ext_authz `path_prefix`).
 /// Other forwarding headers are ignored: a client could send them through a
 /// gateway that sets only its own.
-/// A header the gateway sets once, or none: an error when it appears twice
-/// or is not readable text (a client's copy beside the gateway's, or bytes
-/// the routes cannot match), never a silent fallback.
-fn single_header<'h>(
-    h: &'h hyper::HeaderMap,
-    name: &HeaderName,
-) -> Result<Option<&'h str>, String> {
-    let mut all = h.get_all(name).iter();
-    let Some(first) = all.next() else {
-        return Ok(None);
-    };
-    if all.next().is_some() {
-        return Err(format!("`{name}` appears more than once"));
-    }
-    first
-        .to_str()
-        .map(Some)
-        .map_err(|_| format!("`{name}` is not visible ASCII"))
-}
-
 fn original_path(
     req: &Request<Incoming>,
     uri_header: Option<&HeaderName>,
 ) -> Result<String, String> {
     let sent = match uri_header {
-        Some(h) => single_header(req.headers(), h)?,
+        Some(h) => single_header(req.headers(), h.as_str())?,
         None => None,
     };
     let uri = sent.map_or_else(
@@ -280,11 +260,22 @@ pub async fn authorize(
             };
         }
     };
+    // Read once each: two `Origin`s were read as the first, which an
+    // allowlist then judged while the next hop may read the other.
+    let (origin, user_agent) = match (single_header(h, "origin"), single_header(h, "user-agent")) {
+        (Ok(o), Ok(u)) => (o.map(str::to_owned), u.map(str::to_owned)),
+        (Err(e), _) | (_, Err(e)) => {
+            return AuthAnswer::deny(
+                StatusCode::BAD_REQUEST,
+                error_object(None, code::INVALID_REQUEST, &e, None),
+            );
+        }
+    };
     let facts = Facts {
         tenant,
         token,
-        origin: header(h, "origin").map(str::to_owned),
-        user_agent: header(h, "user-agent").map(str::to_owned),
+        origin,
+        user_agent,
     };
     if q.body.len() > limits.max_body_bytes {
         return AuthAnswer::deny(
@@ -438,9 +429,12 @@ impl ForwardAuthDoor {
         };
         let (parts, body) = req.into_parts();
         let h = &parts.headers;
-        let host = match single_header(h, &self.headers.host_header) {
+        let host = match single_header(h, self.headers.host_header.as_str()) {
             Ok(Some(v)) => Some(v),
-            Ok(None) => header(h, "host"),
+            Ok(None) => match single_header(h, "host") {
+                Ok(v) => v,
+                Err(e) => return ambiguous(e),
+            },
             Err(e) => return ambiguous(e),
         };
         let body = match read_body(body, self.limits.max_body_bytes, self.limits.body_timeout).await

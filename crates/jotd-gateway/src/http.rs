@@ -98,6 +98,27 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// A header a request carries once, or not at all: an error when it
+/// appears twice or is not visible ASCII (a client's copy beside a
+/// gateway's, two `Host`s read one way here and another way by the next
+/// hop, bytes no route or allowlist can match), never a silent pick of one.
+///
+/// # Errors
+/// Why, naming the header.
+pub fn single_header<'h>(h: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, String> {
+    let mut all = h.get_all(name).iter();
+    let Some(first) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(format!("`{name}` appears more than once"));
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| format!("`{name}` is not visible ASCII"))
+}
+
 /// Why a body could not be read.
 #[derive(Debug)]
 pub enum BodyError {

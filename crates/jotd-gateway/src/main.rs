@@ -248,7 +248,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         );
         metrics::describe_counter!(
             "jotd_gateway_upstream_errors_total",
-            "Upstream requests without an answer, by kind (connect, timeout, request)"
+            "Upstream requests that failed, by kind (connect, timeout, request, too_large, body, bad_answer)"
         );
         metrics::describe_counter!(
             "jotd_gateway_connections_refused_total",

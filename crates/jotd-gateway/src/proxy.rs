@@ -4,7 +4,7 @@
 
 use crate::config::{Limits, Proxy};
 use crate::gate::{CallFacts, Class, Door, Facts, Gate, Verdict, www_authenticate};
-use crate::http::{Answer, BodyError, bearer, header, json, read_body};
+use crate::http::{Answer, BodyError, bearer, json, read_body, single_header};
 use crate::jsonrpc::{self, AddressTable, Body, Call, Invalid, code, error_object};
 use crate::route::{Route, tenant_of};
 use bytes::Bytes;
@@ -61,6 +61,48 @@ enum Failed {
     Late,
     TooLarge,
     Other,
+}
+
+/// The node's answer body, whole, by `by`, at most `cap` bytes. Failures
+/// here count as those before the head do (they were not counted: a node
+/// that stalled mid-body failed every call with no `timeout` to alert on).
+async fn collect_answer<B>(
+    body: B,
+    cap: usize,
+    by: tokio::time::Instant,
+    uri: &Uri,
+) -> Result<Bytes, UpstreamError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // The answer is relayed whole: capped.
+    let limited = http_body_util::Limited::new(body, cap);
+    let collected = tokio::time::timeout_at(by, limited.collect())
+        .await
+        .map_err(|_| {
+            upstream_error("timeout");
+            UpstreamError(format!("{uri}: body not finished in time"), Failed::Late)
+        })?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                upstream_error("too_large");
+                UpstreamError(
+                    format!("{uri}: answer larger than {cap} bytes"),
+                    Failed::TooLarge,
+                )
+            } else {
+                upstream_error("body");
+                UpstreamError::other(format!("{uri}: {e}"))
+            }
+        })?;
+    Ok(collected.to_bytes())
+}
+
+/// Counts one failed node request by `kind` (`connect`, `timeout`,
+/// `request`, `too_large`, `body`, `bad_answer`).
+fn upstream_error(kind: &'static str) {
+    metrics::counter!("jotd_gateway_upstream_errors_total", "kind" => kind).increment(1);
 }
 
 impl UpstreamError {
@@ -151,44 +193,24 @@ impl ProxyDoor {
             let sent = tokio::time::timeout_at(by, self.client.request(req)).await;
             match sent {
                 Err(_) => {
-                    metrics::counter!("jotd_gateway_upstream_errors_total", "kind" => "timeout")
-                        .increment(1);
+                    upstream_error("timeout");
                     return Err(UpstreamError(
                         format!("{uri}: no answer within {:?}", self.upstream_timeout),
                         Failed::Late,
                     ));
                 }
                 Ok(Err(e)) if e.is_connect() => {
-                    metrics::counter!("jotd_gateway_upstream_errors_total", "kind" => "connect")
-                        .increment(1);
+                    upstream_error("connect");
                     last = format!("{uri}: {e}");
                 }
                 Ok(Err(e)) => {
-                    metrics::counter!("jotd_gateway_upstream_errors_total", "kind" => "request")
-                        .increment(1);
+                    upstream_error("request");
                     return Err(UpstreamError::other(format!("{uri}: {e}")));
                 }
                 Ok(Ok(resp)) => {
                     let status = resp.status();
                     let content_type = resp.headers().get(CONTENT_TYPE).cloned();
-                    // The answer is relayed whole: capped.
-                    let limited = http_body_util::Limited::new(resp.into_body(), cap);
-                    let body = tokio::time::timeout_at(by, limited.collect())
-                        .await
-                        .map_err(|_| {
-                            UpstreamError(format!("{uri}: body not finished in time"), Failed::Late)
-                        })?
-                        .map_err(|e| {
-                            if e.is::<http_body_util::LengthLimitError>() {
-                                UpstreamError(
-                                    format!("{uri}: answer larger than {cap} bytes"),
-                                    Failed::TooLarge,
-                                )
-                            } else {
-                                UpstreamError::other(format!("{uri}: {e}"))
-                            }
-                        })?
-                        .to_bytes();
+                    let body = collect_answer(resp.into_body(), cap, by, uri).await?;
                     metrics::histogram!("jotd_gateway_upstream_seconds")
                         .record(started.elapsed().as_secs_f64());
                     return Ok(Upstream {
@@ -268,8 +290,28 @@ impl ProxyDoor {
                 None,
             );
         }
-        let Some(tenant) = tenant_of(&self.routes, req.uri().path(), header(headers, "host"))
-        else {
+        // One `Host`, one `Origin`, one `User-Agent` (RFC 9112 §3.2: two
+        // `Host`s are a 400); an absolute-form target's authority wins
+        // over `Host` (§3.2.2), as the next hop reads it.
+        let single = |name: &str| single_header(headers, name);
+        let (host, origin, user_agent) =
+            match (single("host"), single("origin"), single("user-agent")) {
+                (Ok(h), Ok(o), Ok(u)) => (
+                    req.uri().authority().map(|a| a.as_str()).or(h),
+                    o.map(str::to_owned),
+                    u.map(str::to_owned),
+                ),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                    return rpc_error(
+                        StatusCode::BAD_REQUEST,
+                        None,
+                        code::INVALID_REQUEST,
+                        &e,
+                        None,
+                    );
+                }
+            };
+        let Some(tenant) = tenant_of(&self.routes, req.uri().path(), host) else {
             return rpc_error(
                 StatusCode::NOT_FOUND,
                 None,
@@ -298,8 +340,8 @@ impl ProxyDoor {
         let facts = Facts {
             tenant,
             token,
-            origin: header(headers, "origin").map(str::to_owned),
-            user_agent: header(headers, "user-agent").map(str::to_owned),
+            origin,
+            user_agent,
         };
         if upgrade {
             return crate::ws::upgrade(std::sync::Arc::clone(self), req, facts, peer).await;
@@ -531,6 +573,7 @@ impl ProxyDoor {
                         }
                     }
                     _ => {
+                        upstream_error("bad_answer");
                         return Err(UpstreamError::other(format!(
                             "the node answered a batch with HTTP {} and no JSON array",
                             up.status
@@ -550,12 +593,14 @@ impl ProxyDoor {
                     by_id.insert(key, a);
                 }
             }
-            Ok(calls
+            let mut unanswered = false;
+            let out = calls
                 .iter()
                 .map(|c| {
                     let id = c.id.as_deref()?;
                     let key = id_key_raw(id).unwrap_or_default();
                     Some(by_id.remove(&key).unwrap_or_else(|| {
+                        unanswered = true;
                         error_object(
                             Some(id),
                             code::INTERNAL,
@@ -564,7 +609,11 @@ impl ProxyDoor {
                         )
                     }))
                 })
-                .collect())
+                .collect();
+            if unanswered {
+                upstream_error("bad_answer");
+            }
+            Ok(out)
         } else {
             // One by one; each call's own failure is its own answer (a call
             // the node already ran keeps its result). `max_upstream_bytes`
@@ -774,6 +823,59 @@ mod tests {
         ] {
             let u: Uri = upstream.parse().unwrap();
             assert_eq!(ws_url(&u).as_deref(), Some(ws), "{upstream}");
+        }
+    }
+
+    /// A node answer that fails after its head (stalls past the deadline,
+    /// grows past the cap, breaks) is counted by kind, as failures before
+    /// the head are (it was not counted at all).
+    #[test]
+    fn failures_after_the_head_are_counted() {
+        use futures_util::{StreamExt as _, stream};
+        use http_body_util::StreamBody;
+        use hyper::body::Frame;
+        type Chunk = Result<Frame<Bytes>, std::io::Error>;
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let uri: Uri = "http://node:8545/".parse().unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let soon = || tokio::time::Instant::now() + Duration::from_millis(50);
+                let first: Chunk = Ok(Frame::data(Bytes::from_static(b"{")));
+                let stalls = StreamBody::new(stream::iter([first]).chain(stream::pending()));
+                let e = collect_answer(stalls, 1 << 20, soon(), &uri)
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.1, Failed::Late);
+                let big: Chunk = Ok(Frame::data(Bytes::from(vec![b' '; 100])));
+                let e = collect_answer(StreamBody::new(stream::iter([big])), 10, soon(), &uri)
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.1, Failed::TooLarge);
+                let broken: Chunk = Err(std::io::Error::other("reset"));
+                let e = collect_answer(StreamBody::new(stream::iter([broken])), 10, soon(), &uri)
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.1, Failed::Other);
+                let fine: Chunk = Ok(Frame::data(Bytes::from_static(b"{}")));
+                let got = collect_answer(StreamBody::new(stream::iter([fine])), 10, soon(), &uri)
+                    .await
+                    .unwrap();
+                assert_eq!(&got[..], b"{}");
+            });
+        });
+        let text = handle.render();
+        for kind in ["timeout", "too_large", "body"] {
+            assert!(
+                text.contains(&format!(
+                    "jotd_gateway_upstream_errors_total{{kind=\"{kind}\"}} 1"
+                )),
+                "{kind}: {text}"
+            );
         }
     }
 }

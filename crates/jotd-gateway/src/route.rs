@@ -79,6 +79,21 @@ impl Route {
             rest.trim_end_matches('/').split('/').collect()
         };
         let p = parts(&segs, "path")?;
+        // A request's path reaches the routes without its query or fragment,
+        // as sent (percent-encoded, no blanks): a literal holding one of
+        // these, or an empty segment, matched nothing, silently.
+        for part in &p {
+            if let Part::Literal(l) = part
+                && (l.is_empty()
+                    || l.bytes().any(|b| {
+                        matches!(b, b'?' | b'#') || b.is_ascii_whitespace() || b.is_ascii_control()
+                    }))
+            {
+                return Err(RouteError(format!(
+                    "path `{pattern}`: segment `{l}` can match no request (empty, or with `?`, `#` or a blank)"
+                )));
+            }
+        }
         Ok(Self {
             fixed: None,
             pattern: Pattern::Path(p),
@@ -96,6 +111,21 @@ impl Route {
         let labels: Vec<String> = pattern.split('.').map(str::to_ascii_lowercase).collect();
         let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
         let p = parts(&refs, "host")?;
+        // Requests are matched on the host less its port and trailing dot,
+        // label by label: a port, an empty label or a wildcard in the pattern
+        // matched nothing, silently.
+        for part in &p {
+            if let Part::Literal(l) = part
+                && (l.is_empty()
+                    || !l
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')))
+            {
+                return Err(RouteError(format!(
+                    "host `{pattern}`: label `{l}` can match no request (labels are letters, digits, `-`, `_`; no port, no `*`, no empty label)"
+                )));
+            }
+        }
         Ok(Self {
             fixed: None,
             pattern: Pattern::Host(p),
@@ -135,6 +165,30 @@ impl Route {
         }
         self.fixed = Some(tenant.to_owned());
         Ok(self)
+    }
+
+    /// Whether every request `later` matches is matched by this route first
+    /// (so `later` is never used): a catch-all covers all; patterns of one
+    /// kind and length cover part by part (a capture covers any literal a
+    /// request could give as a tenant, a literal only itself).
+    #[must_use]
+    pub fn covers(&self, later: &Self) -> bool {
+        let part_covers = |a: &Part, b: &Part| match (a, b) {
+            (Part::Tenant, Part::Tenant) => true,
+            (Part::Tenant, Part::Literal(l)) => tenant_ok(l),
+            (Part::Literal(x), Part::Literal(y)) => x == y,
+            (Part::Literal(_), Part::Tenant) => false,
+        };
+        let all = |a: &[Part], b: &[Part]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| part_covers(a, b))
+        };
+        match (&self.pattern, &later.pattern) {
+            (Pattern::Any, _) => true,
+            (Pattern::Path(a), Pattern::Path(b)) | (Pattern::Host(a), Pattern::Host(b)) => {
+                all(a, b)
+            }
+            _ => false,
+        }
     }
 
     fn capture<'a>(parts: &[Part], items: &[&'a str]) -> Option<Option<&'a str>> {
@@ -231,5 +285,47 @@ mod tests {
         );
         assert!(Route::fixed("bad id").is_err());
         assert!(Route::fixed("").is_err());
+        // Patterns no request can match.
+        for p in ["/rpc?x=1", "/rpc#a", "/a b", "/v3//x"] {
+            assert!(Route::path(p).is_err(), "{p}");
+        }
+        for h in [
+            "{tenant}.rpc.example.com:8600",
+            "{tenant}.rpc.example.com.",
+            "*.example.com",
+            "a..example.com",
+        ] {
+            assert!(Route::host(h).is_err(), "{h}");
+        }
+    }
+
+    #[test]
+    fn a_route_covers_those_it_would_always_match_first() {
+        let p = |s: &str| Route::path(s).unwrap();
+        let h = |s: &str| Route::host(s).unwrap();
+        let capture = p("/v3/{tenant}");
+        assert!(capture.covers(&p("/v3/internal").with_tenant("ops").unwrap()));
+        assert!(capture.covers(&p("/v3/{tenant}")));
+        assert!(!capture.covers(&p("/v3/a/b")), "another length");
+        assert!(!capture.covers(&p("/v4/{tenant}")));
+        assert!(
+            !capture.covers(&p("/v3/a%20b").with_tenant("x").unwrap()),
+            "no tenant id"
+        );
+        assert!(
+            !p("/v3/internal").covers(&capture),
+            "a literal covers only itself"
+        );
+        assert!(
+            Route::fixed("solo")
+                .unwrap()
+                .covers(&h("rpc.example.com").with_tenant("x").unwrap())
+        );
+        assert!(h("{tenant}.example.com").covers(&h("ops.example.com").with_tenant("x").unwrap()));
+        assert!(
+            !capture.covers(&h("{tenant}.example.com")),
+            "other kinds overlap, never cover"
+        );
+        assert!(!capture.covers(&Route::fixed("solo").unwrap()));
     }
 }

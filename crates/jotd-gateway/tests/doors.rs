@@ -905,6 +905,72 @@ async fn the_besu_flow_on_a_fixed_tenant() {
     gw.drain().await;
 }
 
+/// `Host`, `Origin` and `User-Agent` are read once: two copies are a 400
+/// at the proxy and at forward-auth (they were read as the first, which
+/// routing or an allowlist judged while the next hop may read the other);
+/// the proxy routes an absolute-form request by its target's authority,
+/// not by `Host` (RFC 9112 §3.2.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_read_once_are_refused_when_doubled() {
+    let (k, _pool, _seen, mut cfg, _dir) = rig("doubled", "").await;
+    cfg.routes
+        .push(jotd_gateway::route::Route::host("{tenant}.rpc.test").unwrap());
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let (proxy, fa) = (gw.proxy.unwrap(), gw.forward_auth.unwrap());
+    let token =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"gina","aud":AUD,"exp":now() + 600}).to_string(),
+        )
+        .unwrap();
+    let body = call(1, "eth_chainId", &json!([]));
+    let fine = post(proxy, "/v3/infura", Some(&token), &[], &body).await;
+    assert_eq!(fine.status, 200, "{}", fine.body);
+    for (name, value) in [
+        ("host", "other.test"),
+        ("origin", "https://a.example"),
+        ("user-agent", "b"),
+    ] {
+        // `post` sends `host` itself; the others twice here.
+        let mut headers = vec![(name, value)];
+        if name != "host" {
+            headers.push((name, "second"));
+        }
+        let r = post(proxy, "/v3/infura", Some(&token), &headers, &body).await;
+        assert_eq!(r.status, 400, "proxy, two {name}: {}", r.body);
+        assert!(r.raw_body.contains(name), "{}", r.raw_body);
+        if name != "host" {
+            headers.push(("x-forwarded-uri", "/v3/infura"));
+            let r = post(fa, "/auth", Some(&token), &headers, "").await;
+            assert_eq!(r.status, 400, "forward-auth, two {name}: {}", r.body);
+        }
+    }
+    // Routed by host: an absolute-form target's authority, not `Host`.
+    let raw = |target: &str, host: &str| {
+        format!(
+            "POST {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for (target, host, status) in [
+        ("/", "infura.rpc.test", "200"),
+        ("/", "nobody.other", "404"),
+        ("http://infura.rpc.test/", "nobody.other", "200"),
+        ("http://nobody.other/", "infura.rpc.test", "404"),
+    ] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        s.write_all(raw(target, host).as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{target} with Host {host}: {answer}"
+        );
+    }
+    gw.drain().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_auth_answers_from_the_forwarded_headers() {
     let (k, _pool, _seen, cfg, _dir) = rig("fa", "").await;
@@ -1308,6 +1374,44 @@ fn config_errors_name_file_line_and_key() {
         more.push((
             base.replace("http://127.0.0.1:2", bad) + "[[route]]\ntenant = \"a\"\n",
             "upstreams".to_owned(),
+        ));
+    }
+    // Routes never used (an earlier one matches all their requests first,
+    // so they went to its tenant) or no request can match.
+    for routes in [
+        "[[route]]\npath = \"/v3/{tenant}\"\n[[route]]\npath = \"/v3/internal\"\ntenant = \"ops\"\n",
+        "[[route]]\ntenant = \"a\"\n[[route]]\npath = \"/x\"\ntenant = \"b\"\n",
+        "[[route]]\nhost = \"{tenant}.rpc.example.com\"\n[[route]]\nhost = \"{tenant}.RPC.example.com\"\n",
+        "[[route]]\nhost = \"{tenant}.rpc.example.com:8600\"\n",
+        "[[route]]\npath = \"/rpc?key=1\"\ntenant = \"a\"\n",
+    ] {
+        more.push((format!("{base}{routes}"), "route".to_owned()));
+    }
+    // A pool endpoint on port 0; an upstream listed twice (the retry
+    // redialled the same dead node); the proxy as its own upstream (a
+    // request looped until every connection was taken).
+    for (from, to, key) in [
+        ("[\"127.0.0.1:1\"]", "[\"127.0.0.1:0\"]", "endpoints"),
+        ("[\"127.0.0.1:1\"]", "[\"jotd:0\"]", "endpoints"),
+        (
+            "[\"http://127.0.0.1:2\"]",
+            "[\"http://127.0.0.1:2\", \"http://127.0.0.1:2/\"]",
+            "upstreams",
+        ),
+        (
+            "[\"http://127.0.0.1:2\"]",
+            "[\"http://127.0.0.1:1/\"]",
+            "upstreams",
+        ),
+        (
+            "[\"http://127.0.0.1:2\"]",
+            "[\"http://localhost:1\"]",
+            "upstreams",
+        ),
+    ] {
+        more.push((
+            base.replace(from, to) + "[[route]]\ntenant = \"a\"\n",
+            key.to_owned(),
         ));
     }
     for good in [
