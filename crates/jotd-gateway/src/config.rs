@@ -211,6 +211,8 @@ struct RawLimits {
     max_batch_calls: Option<Spanned<u64>>,
     max_token_bytes: Option<Spanned<u64>>,
     websocket_recheck_ms: Option<Spanned<u64>>,
+    drain_delay_ms: Option<Spanned<u64>>,
+    drain_timeout_ms: Option<Spanned<u64>>,
 }
 
 /// The longest time a config value may give: an hour, in milliseconds.
@@ -339,6 +341,14 @@ pub struct Limits {
     /// How often an open WebSocket's token is checked again (a key removed,
     /// a token revoked, the tenant gone: the socket is closed with 1008).
     pub websocket_recheck: Duration,
+    /// How long the doors keep taking new connections after the drain began,
+    /// `/readyz` already `503 draining`: time for a balancer that polls
+    /// readiness to take the node out first. Default 0.
+    pub drain_delay: Duration,
+    /// How long a connection may take to finish after the listeners closed,
+    /// its request in flight included; dropped beyond. At least the
+    /// proxy's `upstream_timeout`. Default 30 s.
+    pub drain_timeout: Duration,
 }
 
 /// The whole config, checked.
@@ -561,11 +571,14 @@ impl Config {
         .into_iter()
         .filter_map(|(n, s)| s.map(|s| (n, s)))
         .collect();
+        // Where `upstream_timeout_ms` is written, for the drain check below.
+        let mut upstream_timeout_at = None;
         let proxy = match raw.proxy {
             None => None,
             Some(px) => {
                 let span = px.span();
                 let px = px.into_inner();
+                upstream_timeout_at = px.upstream_timeout_ms.as_ref().map(Spanned::span);
                 if px.upstreams.is_empty() {
                     return Err(err(span, "upstreams", "no upstream node given".into()));
                 }
@@ -786,6 +799,45 @@ impl Config {
             websocket_recheck(),
             24 * HOUR_MS,
         )?;
+        let drain_delay_ms = match &l.drain_delay_ms {
+            None => 0,
+            Some(s) if *s.get_ref() <= 600_000 => *s.get_ref(),
+            Some(s) => {
+                return Err(err(
+                    s.span(),
+                    "limits.drain_delay_ms",
+                    format!("{}: must be 0 to 600000 (10 min)", s.get_ref()),
+                ));
+            }
+        };
+        let drain_timeout_ms = limit(&l.drain_timeout_ms, "drain_timeout_ms", 30_000, HOUR_MS)?;
+        // A node call the proxy may wait for must fit in the drain, or the
+        // drain cuts it: the node ran the call, the client got no answer
+        // (and may send it again).
+        if let Some(px) = &proxy
+            && px.upstream_timeout > Duration::from_millis(drain_timeout_ms)
+        {
+            let upstream = px.upstream_timeout.as_millis();
+            let why = "a node call that long would be cut by the drain (the node runs it, the client gets no answer)";
+            return Err(match (&l.drain_timeout_ms, upstream_timeout_at) {
+                // Named where the operator set it: the drain, else the
+                // upstream timeout that outgrew the default drain.
+                (None, Some(at)) => err(
+                    at,
+                    "upstream_timeout_ms",
+                    format!(
+                        "{upstream}: past [limits] drain_timeout_ms {drain_timeout_ms}: {why}; raise drain_timeout_ms"
+                    ),
+                ),
+                (d, _) => err(
+                    d.as_ref().map_or(0..0, Spanned::span),
+                    "limits.drain_timeout_ms",
+                    format!(
+                        "{drain_timeout_ms}: below [proxy] upstream_timeout_ms {upstream}: {why}"
+                    ),
+                ),
+            });
+        }
         Ok(Self {
             file: file.to_owned(),
             pool,
@@ -806,6 +858,8 @@ impl Config {
                 max_batch_calls: size(max_batch_calls),
                 max_token_bytes: size(max_token_bytes),
                 websocket_recheck: Duration::from_millis(websocket_recheck_ms),
+                drain_delay: Duration::from_millis(drain_delay_ms),
+                drain_timeout: Duration::from_millis(drain_timeout_ms),
             },
         })
     }

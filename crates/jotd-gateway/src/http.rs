@@ -287,20 +287,16 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStall<S> {
     }
 }
 
-/// How long a connection may take to finish after the drain began, its
-/// current request included; past it the connection is dropped.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Serves HTTP/1.1 on `listener` with `handle` until `stop` turns true; then
 /// stops accepting and lets open connections finish (keep-alive ones close
-/// after their current request), each within [`DRAIN_TIMEOUT`]. A write that
+/// after their current request), each within `drain_timeout`. A write that
 /// leaves a client behind on its answers closes its connection when the
 /// client has not taken 16 KiB within `write_timeout` ([`WriteStall`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     handle: Handler,
     mut stop: watch::Receiver<bool>,
-    (header_timeout, write_timeout): (Duration, Duration),
+    (header_timeout, write_timeout, drain_timeout): (Duration, Duration, Duration),
     slots: Arc<ConnectionSlots>,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
@@ -359,7 +355,7 @@ pub async fn serve(
                 () = slot.closed() => {}
                 () = stopped(&mut stop) => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+                    let _ = tokio::time::timeout(drain_timeout, conn).await;
                 }
             }
         });

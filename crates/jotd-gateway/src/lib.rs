@@ -59,6 +59,7 @@ pub struct Gateway {
     draining: Arc<AtomicBool>,
     tasks: tokio::task::JoinSet<()>,
     admin_tasks: tokio::task::JoinSet<()>,
+    limits: config::Limits,
 }
 
 impl Gateway {
@@ -68,15 +69,20 @@ impl Gateway {
         &self.client
     }
 
-    /// Stops taking connections, lets requests in flight finish (each HTTP
-    /// connection within [`http::DRAIN_TIMEOUT`], every listener within a few
+    /// Turns `/readyz` to `503 draining`; after `[limits] drain_delay_ms`
+    /// stops taking connections, lets requests in flight finish (each HTTP
+    /// connection within `drain_timeout_ms`, every listener within a few
     /// seconds more: past that what is left is dropped), closes the pool.
-    /// The admin listener answers until then (`/readyz`: `503 draining`).
+    /// The admin listener answers until then.
     pub async fn drain(mut self) {
         self.draining.store(true, Ordering::SeqCst);
+        // The doors keep serving while a balancer that polls readiness
+        // notices: stopped at once, the connections it still sent here
+        // were refused.
+        tokio::time::sleep(self.limits.drain_delay).await;
         let _ = self.stop.send(true);
         let all = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(http::DRAIN_TIMEOUT + Duration::from_secs(5), all)
+        if tokio::time::timeout(self.limits.drain_timeout + Duration::from_secs(5), all)
             .await
             .is_err()
         {
@@ -214,7 +220,11 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             listener,
             door,
             stopped.clone(),
-            (header_timeout, cfg.limits.write_timeout),
+            (
+                header_timeout,
+                cfg.limits.write_timeout,
+                cfg.limits.drain_timeout,
+            ),
             ConnectionSlots::new(max, rule, cfg.limits.ipv6_share_prefix),
         ));
     };
@@ -382,6 +392,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
         draining,
         tasks,
         admin_tasks,
+        limits: cfg.limits,
     })
 }
 

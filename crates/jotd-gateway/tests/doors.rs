@@ -1295,6 +1295,7 @@ fn config_errors_name_file_line_and_key() {
         "max_batch_calls",
         "max_token_bytes",
         "websocket_recheck_ms",
+        "drain_timeout_ms",
     ] {
         for bad in ["0", "18446744073709551615"] {
             more.push((
@@ -1309,6 +1310,22 @@ fn config_errors_name_file_line_and_key() {
             "endpoints = [\"127.0.0.1:1\", \"127.0.0.1:1\"]",
         ) + "[[route]]\ntenant = \"a\"\n",
         "endpoints".to_owned(),
+    ));
+    // The drain: a delay past 10 minutes; a drain shorter than a node call
+    // the proxy may wait for (the drain cut it: the node ran the call, the
+    // client got no answer), at the default drain and at a set one.
+    more.push((
+        format!("{base}[[route]]\ntenant = \"a\"\n[limits]\ndrain_delay_ms = 600001\n"),
+        "limits.drain_delay_ms".to_owned(),
+    ));
+    more.push((
+        base.replace("upstreams =", "upstream_timeout_ms = 60000\nupstreams =")
+            + "[[route]]\ntenant = \"a\"\n",
+        "upstream_timeout_ms".to_owned(),
+    ));
+    more.push((
+        format!("{base}[[route]]\ntenant = \"a\"\n[limits]\ndrain_timeout_ms = 20000\n"),
+        "limits.drain_timeout_ms".to_owned(),
     ));
     // An IPv6 prefix is at most 128 bits.
     more.push((
@@ -2254,6 +2271,47 @@ async fn readyz_answers_draining_while_the_doors_drain() {
     assert!(
         tokio::net::TcpStream::connect(admin).await.is_err(),
         "the admin listener is closed once drained"
+    );
+}
+
+/// With `drain_delay_ms`, the doors keep answering for that long after the
+/// drain began while `/readyz` already says `503 draining` (a balancer that
+/// polls readiness takes the node out before its listeners close; they
+/// closed at once, refusing what it still sent); then they close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doors_serve_through_the_drain_delay() {
+    let (k, _pool, _seen, cfg, _dir) = rig(
+        "drain-delay",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\ndrain_delay_ms = 1500\n",
+    )
+    .await;
+    assert_eq!(cfg.limits.drain_delay, Duration::from_millis(1500));
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let (proxy, admin) = (gw.proxy.unwrap(), gw.admin.unwrap());
+    let token =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"gina","aud":AUD,"exp":now() + 600}).to_string(),
+        )
+        .unwrap();
+    let body = call(1, "eth_chainId", &json!([]));
+    let drain = tokio::spawn(gw.drain());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = post(admin, "/readyz", None, &[], "").await;
+    assert_eq!((r.status, r.raw_body.as_str()), (503, "draining\n"));
+    let r = post(proxy, "/v3/infura", Some(&token), &[], &body).await;
+    assert_eq!(
+        r.status, 200,
+        "a new connection within the delay: {}",
+        r.body
+    );
+    tokio::time::timeout(Duration::from_secs(20), drain)
+        .await
+        .expect("the drain ends")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(proxy).await.is_err(),
+        "closed after the delay"
     );
 }
 
