@@ -364,6 +364,11 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             client: Arc::clone(&client),
             draining: Arc::clone(&draining),
             last_probe: tokio::sync::Mutex::new(None),
+            upstreams: cfg
+                .proxy
+                .as_ref()
+                .map(|p| p.upstreams.clone())
+                .unwrap_or_default(),
         });
         let handle: http::Handler = Arc::new(move |req, _| {
             let st = Arc::clone(&st);
@@ -403,6 +408,8 @@ struct AdminState {
     draining: Arc<AtomicBool>,
     /// The last readiness probe's outcome and when it came.
     last_probe: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
+    /// The proxy's nodes: readiness needs one to take a connection.
+    upstreams: Vec<hyper::Uri>,
 }
 
 impl AdminState {
@@ -435,8 +442,10 @@ impl AdminState {
         }
     }
 
-    /// Ready when not draining and the pool answers a probe (a check for a
-    /// tenant no config holds: any decision means a replica is serving).
+    /// Ready when not draining, the pool answers a probe (a check for a
+    /// tenant no config holds: any decision means a replica is serving),
+    /// and, with a proxy, one of its nodes takes a TCP connection (a proxy
+    /// whose node is down answered every call 502 while ready).
     async fn ready(&self) -> Answer {
         if self.draining.load(Ordering::SeqCst) {
             return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
@@ -459,8 +468,8 @@ impl AdminState {
                 };
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
                 let r = match self.batcher.check(probe, deadline).await {
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(e.to_string()),
+                    Ok(_) => self.a_node_answers().await,
+                    Err(e) => Err(format!("jotd pool not answering: {e}")),
                 };
                 *last = Some((tokio::time::Instant::now(), r.clone()));
                 r
@@ -469,11 +478,29 @@ impl AdminState {
         drop(last);
         match result {
             Ok(()) => text(StatusCode::OK, "ready\n"),
-            Err(e) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("jotd pool not answering: {e}\n"),
-            ),
+            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
         }
+    }
+
+    /// `Ok` when there is no node to reach or one takes a TCP connection
+    /// within a second (tried in turn); else why not, each node named.
+    async fn a_node_answers(&self) -> Result<(), String> {
+        if self.upstreams.is_empty() {
+            return Ok(());
+        }
+        let mut why = Vec::new();
+        for u in &self.upstreams {
+            let Some(a) = u.authority() else { continue };
+            let host = a.host().trim_start_matches('[').trim_end_matches(']');
+            let port = a.port_u16().unwrap_or(80);
+            let connect = tokio::net::TcpStream::connect((host, port));
+            match tokio::time::timeout(Duration::from_secs(1), connect).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => why.push(format!("{a}: {e}")),
+                Err(_) => why.push(format!("{a}: no connection within 1 s")),
+            }
+        }
+        Err(format!("no upstream node reachable: {}", why.join("; ")))
     }
 
     fn pool_metrics(&self, out: &mut String) {

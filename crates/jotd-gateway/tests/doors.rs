@@ -2274,6 +2274,35 @@ async fn readyz_answers_draining_while_the_doors_drain() {
     );
 }
 
+/// A proxy whose node takes no connection is not ready (it answered every
+/// call 502 while `/readyz` said 200); the reason names the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_needs_a_node_that_takes_connections() {
+    let k = keys();
+    let pool = start_pool(&k);
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (cfg, _dir) = config(
+        "node-down",
+        &pool,
+        pool.addr,
+        dead,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let r = post(gw.admin.unwrap(), "/readyz", None, &[], "").await;
+    assert_eq!(r.status, 503, "{}", r.raw_body);
+    assert!(
+        r.raw_body
+            .starts_with(&format!("no upstream node reachable: {dead}: ")),
+        "{}",
+        r.raw_body
+    );
+    gw.drain().await;
+}
+
 /// With `drain_delay_ms`, the doors keep answering for that long after the
 /// drain began while `/readyz` already says `503 draining` (a balancer that
 /// polls readiness takes the node out before its listeners close; they
