@@ -11,7 +11,8 @@
 #    build's peak, p50/p99/p99.9 against the batch's compute time on the
 #    verification threads (64 / (raw rate × threads)).
 #
-# Every run must have zero mismatches, else the script stops.
+# Every run must pass (jotd-load exits 0: zero mismatches, every decision
+# there, no batch errors), else the script stops with status 1.
 #
 #   BIN_A=/tmp/bin-old BIN_B=target/release benches/ab.sh
 #
@@ -20,6 +21,9 @@
 # (seconds per run, default 6), LOAD_THREADS (default 2), ONLY=cost (the
 # CPU-per-token rounds alone).
 set -euo pipefail
+# `set -e` inside `$(run ...)` too: a failed run stops the script rather
+# than handing on a stale or empty figure.
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 
 BIN_A=${BIN_A:?set BIN_A to the baseline build}
@@ -51,13 +55,22 @@ run() {
   JOTD="$bin/jotd" start_daemon "$dir/jotd.toml" "$WORK/serve.log"
   local pid=$DAEMON before after
   before=$(cpu_ticks "$pid")
+  # No figure from an earlier run can stand in for this one's.
+  rm -f "$WORK/r.json"
+  local rc=0
   "$bin/jotd-load" run --manifest "$dir/load.json" --duration "$DURATION" --quiet --algs "$alg" \
-    --batch 64 --distinct "$distinct" --threads "$LOAD_THREADS" --json "$WORK/r.json" "$@" >/dev/null
+    --batch 64 --distinct "$distinct" --threads "$LOAD_THREADS" --json "$WORK/r.json" "$@" >/dev/null || rc=$?
   after=$(cpu_ticks "$pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true
+  # jotd-load exits non-zero on any mismatch, missing decision, batch error
+  # or protocol violation (its report says which).
+  if [ "$rc" != 0 ] || [ ! -s "$WORK/r.json" ]; then
+    echo "jotd-load failed ($bin $alg $*): status $rc" >&2
+    exit 1
+  fi
   local mism tokens
   mism=$(field "$WORK/r.json" mismatches); tokens=$(field "$WORK/r.json" tokens)
-  [ "$mism" = 0 ] || { echo "mismatches ($bin $alg): $mism"; exit 1; }
+  [ "$mism" = 0 ] || { echo "mismatches ($bin $alg): $mism" >&2; exit 1; }
   echo "$(echo "($after - $before) / $TICKS * 1000000 / $tokens" | bc -l) $(field "$WORK/r.json" tokens_per_s) $(field "$WORK/r.json" p50) $(field "$WORK/r.json" p99) $(field "$WORK/r.json" p999)"
 }
 
@@ -66,15 +79,19 @@ for r in $(seq "$ROUNDS"); do
   order="A B"; [ $((r % 2)) = 0 ] && order="B A"
   for side in $order; do
     bin=$BIN_A; [ "$side" = B ] && bin=$BIN_B
-    echo "cost $side $(run "$bin" "$WORK/hs" HS256 16 --rate "$RATE")" >> "$WORK/all"
+    line=$(run "$bin" "$WORK/hs" HS256 16 --rate "$RATE")
+    echo "cost $side $line" >> "$WORK/all"
     [ "${ONLY:-}" = cost ] && continue
-    echo "peak $side $(run "$bin" "$WORK/rs" RS256 256)" >> "$WORK/all"
+    line=$(run "$bin" "$WORK/rs" RS256 256)
+    echo "peak $side $line" >> "$WORK/all"
   done
   if [ "${ONLY:-}" = cost ]; then tail -2 "$WORK/all"; continue; fi
   half=$(grep "^peak B" "$WORK/all" | tail -1 | awk '{printf "%d", $4 / 2}')
+  [ "$half" -gt 0 ] || { echo "peak B gave no rate" >&2; exit 1; }
   for side in $order; do
     bin=$BIN_A; [ "$side" = B ] && bin=$BIN_B
-    echo "lat $side $(run "$bin" "$WORK/rs" RS256 256 --rate "$half") $half" >> "$WORK/all"
+    line=$(run "$bin" "$WORK/rs" RS256 256 --rate "$half")
+    echo "lat $side $line $half" >> "$WORK/all"
   done
   tail -6 "$WORK/all"
 done

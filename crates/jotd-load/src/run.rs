@@ -65,7 +65,7 @@ pub struct RunArgs {
     /// How long to run: `10` (seconds), `10s`, `500ms`, `5m`. Default 10 s unless --count.
     #[arg(long)]
     duration: Option<String>,
-    /// Stop after this many tokens.
+    /// Stop after this many tokens, rounded up to whole batches.
     #[arg(long)]
     count: Option<u64>,
     /// Open loop at this many tokens per second.
@@ -180,6 +180,9 @@ pub struct Report {
     pub daemon_rss_bytes_end: Option<f64>,
     /// Daemon resident memory every 10 s during the load (seconds, bytes).
     pub daemon_rss_samples: Vec<(u64, f64)>,
+    /// A `--count` run that reached the end of its tokens' validity window
+    /// first (stopped there, with fewer tokens than asked).
+    pub count_not_reached: bool,
     /// What the client library did across the replicas.
     pub fleet: Fleet,
 }
@@ -329,6 +332,9 @@ struct Local {
 /// The longest a run lasts (its tokens live an hour).
 const MAX_RUN: Duration = Duration::from_secs(55 * 60);
 
+/// Most distinct valid tokens per tenant and key (each is minted up front).
+const MAX_DISTINCT: usize = 1 << 20;
+
 /// The largest latency recorded, µs: `--timeout-ms`'s bound (a day), so no
 /// sample is clipped.
 const MAX_LATENCY_US: u64 = 86_400_000_000;
@@ -398,10 +404,15 @@ async fn worker(client: Arc<Client>, s: Arc<Shared>) -> (Local, Histogram<u64>) 
             Ok::<(), ClientError>(())
         }
         .await;
-        let latency = intended.elapsed().as_micros().max(1) as u64;
-        let _ = hist.record(latency.min(MAX_LATENCY_US));
-        if let Ok(mut w) = s.window.lock() {
-            let _ = w.record(latency.min(MAX_LATENCY_US));
+        // Decided batches only: a pool refusing at once lowered the
+        // percentiles, timeouts pinned them at --timeout-ms. Failures are
+        // counted (`batch errors`) and fail the run.
+        if result.is_ok() {
+            let latency = intended.elapsed().as_micros().max(1) as u64;
+            let _ = hist.record(latency.min(MAX_LATENCY_US));
+            if let Ok(mut w) = s.window.lock() {
+                let _ = w.record(latency.min(MAX_LATENCY_US));
+            }
         }
         local.batches += 1;
         local.tokens += decided;
@@ -436,21 +447,47 @@ fn cpu_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Reads one gauge from a Prometheus text endpoint (plain HTTP).
+/// Reads one gauge from a Prometheus text endpoint (plain HTTP), within
+/// about 5 s all told (connect, request, answer), else `None`.
 pub(crate) fn scrape(url: &str, metric: &str) -> Option<f64> {
+    scrape_within(url, metric, Duration::from_secs(5))
+}
+
+fn scrape_within(url: &str, metric: &str, limit: Duration) -> Option<f64> {
     use std::io::{Read, Write};
+    let by = Instant::now() + limit;
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
-    let mut s = std::net::TcpStream::connect(host).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
+    let addr = host.to_socket_addrs().ok()?.next()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    // One write (`write!` on the socket sent each piece as its own packet).
+    let request = format!(
         "GET /{} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
         path.trim_start_matches('/')
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    // Read to the end or the deadline, whichever first (a read timeout
+    // alone restarts with every byte a trickling server sends).
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        if Instant::now() > by || raw.len() > 64 << 20 {
+            return None;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return None,
+        }
+    }
+    let body = String::from_utf8_lossy(&raw);
     body.lines()
         .find(|l| l.starts_with(metric) && l[metric.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -514,8 +551,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
     if args.tenants == Some(0) {
         bail!("--tenants 0: must be at least 1");
     }
-    if args.distinct == 0 {
-        bail!("--distinct 0: must be at least 1");
+    // Every distinct token is minted before the run: past a million per
+    // tenant and key the list grew until memory ran out.
+    if !(1..=MAX_DISTINCT).contains(&args.distinct) {
+        bail!("--distinct {}: must be 1 to {MAX_DISTINCT}", args.distinct);
+    }
+    if let Some(url) = &args.metrics_url
+        && !url.starts_with("http://")
+    {
+        bail!(
+            "--metrics-url {url}: must be http://host:port/path (plain HTTP, as jotd's admin listener)"
+        );
     }
     let tenants = match args.tenants {
         Some(n) if n > m.tenants.len() => bail!(
@@ -555,11 +601,35 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
             args.duration.as_deref().unwrap_or_default()
         );
     }
+    if let (None, Some(c), Some(r)) = (duration, args.count, args.rate)
+        && c as f64 / r > MAX_RUN.as_secs_f64()
+    {
+        bail!(
+            "--count {c} at --rate {r}: {:.0} s, past 55m (the harness mints its tokens once, valid for an hour); lower --count or give --duration",
+            c as f64 / r
+        );
+    }
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let t = Instant::now();
     let pool = build_pool(&m, &keys, tenants, args.distinct, &mix, now)?;
+    // The run must end while its tokens are valid, minting included (a
+    // long mint ate into the hour, and a --count run had no end at all).
+    let window = Duration::from_secs(3600 - 60).saturating_sub(t.elapsed());
+    if let Some(d) = duration
+        && d > window
+    {
+        bail!(
+            "--duration {}: minting took {:.0} s, so at most {:.0} s are left of the tokens' hour",
+            args.duration.as_deref().unwrap_or_default(),
+            t.elapsed().as_secs_f64(),
+            window.as_secs_f64()
+        );
+    }
+    // A --count run stops there at the latest, said so in the report.
+    let ends_early = duration.is_none();
+    let duration = Some(duration.unwrap_or(window));
     let pool_size: usize = pool.by_outcome.iter().map(|(_, e)| e.len()).sum();
     let batch_count = (pool_size / args.batch + 1).clamp(64, 4096);
     let batches = build_batches(&pool, &mix, args.batch, batch_count)?;
@@ -717,7 +787,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
             let reload = args.reload_every.zip(args.reload_config.clone());
             let metrics_url = args.metrics_url.clone();
             tokio::spawn(async move {
-                let mut rss = Vec::new();
+                // Scrapes run on their own (a slow or silent metrics
+                // endpoint held the monitor, and with it the run's end).
+                let mut scrapes = Vec::new();
                 let mut last = 0;
                 let mut reloads = 0u64;
                 let original = match &reload {
@@ -759,13 +831,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
                         && elapsed.as_secs().is_multiple_of(10)
                     {
                         let url = url.clone();
-                        if let Ok(Some(v)) = tokio::task::spawn_blocking(move || {
-                            scrape(&url, "process_resident_memory_bytes")
-                        })
-                        .await
-                        {
-                            rss.push((elapsed.as_secs(), v));
-                        }
+                        scrapes.push((
+                            elapsed.as_secs(),
+                            tokio::task::spawn_blocking(move || {
+                                scrape(&url, "process_resident_memory_bytes")
+                            }),
+                        ));
                     }
                     if let (Some((every, path)), Some(text)) = (&reload, &original)
                         && elapsed.as_secs() > 0
@@ -786,6 +857,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
                     if s.stop.load(Ordering::Relaxed) {
                         if let (Some((_, path)), Some(text)) = (&reload, &original) {
                             let _ = std::fs::write(path, text);
+                        }
+                        // Each scrape ends within its own deadline.
+                        let mut rss = Vec::new();
+                        for (at, scrape) in scrapes {
+                            if let Ok(Some(v)) = scrape.await {
+                                rss.push((at, v));
+                            }
                         }
                         return (reloads, rss);
                     }
@@ -862,6 +940,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
             daemon_rss_bytes_start: rss_start,
             daemon_rss_bytes_end: None,
             daemon_rss_samples: rss_samples,
+            count_not_reached: ends_early && shared.stopped_at.get().is_some(),
             fleet,
         })
     })?;
@@ -911,6 +990,11 @@ pub fn print(r: &Report) {
     for m in &r.first_mismatches {
         println!("  mismatch: {m}");
     }
+    if r.count_not_reached {
+        println!(
+            "count           not reached: stopped at the end of the tokens' validity window (minted once, valid for an hour)"
+        );
+    }
     println!("client cpu      {:.2}s", r.client_cpu_s);
     let f = &r.fleet;
     println!(
@@ -957,6 +1041,53 @@ pub fn print(r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A metrics endpoint that trickles its answer is given up on at the
+    /// deadline (a read timeout alone restarted with every byte); a prompt
+    /// one is read.
+    #[test]
+    fn a_scrape_ends_by_its_deadline() {
+        use std::io::{Read, Write};
+        let serve = |trickle: bool| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}/metrics", l.local_addr().unwrap());
+            std::thread::spawn(move || {
+                let (mut s, _) = l.accept().unwrap();
+                // The request's head, whole (closing with it unread resets).
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\n\r\nprocess_resident_memory_bytes 42\n";
+                if trickle {
+                    for b in answer.iter().cycle().take(10_000) {
+                        if s.write_all(&[*b]).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                } else {
+                    let _ = s.write_all(answer);
+                }
+            });
+            url
+        };
+        let metric = "process_resident_memory_bytes";
+        let t = Instant::now();
+        assert_eq!(
+            scrape_within(&serve(true), metric, Duration::from_millis(400)),
+            None
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(
+            scrape_within(&serve(false), metric, Duration::from_secs(5)),
+            Some(42.0)
+        );
+    }
 
     #[test]
     fn durations() {

@@ -79,7 +79,13 @@ pub(crate) fn stall(args: &StallArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let tls = jotd_transport::client_config(&ca, None)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-        let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
+        // The daemon's family: quinn refuses an IPv6 peer on an IPv4 socket.
+        let local: std::net::SocketAddr = if args.endpoint.is_ipv6() {
+            "[::]:0".parse()?
+        } else {
+            "0.0.0.0:0".parse()?
+        };
+        let mut endpoint = quinn::Endpoint::client(local)?;
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
         let conn = endpoint
             .connect(args.endpoint, &args.server_name)?

@@ -180,11 +180,20 @@ pub(crate) fn parse_mix(text: &str) -> anyhow::Result<Vec<(Outcome, f64)>> {
         }
         out.push((outcome, w));
     }
-    let total: f64 = out.iter().map(|(_, w)| w).sum();
-    if total <= 0.0 {
+    // Scaled by the largest first: weights near f64::MAX summed to infinity,
+    // every share came out 0, and the workload builder panicked on the
+    // empty pool.
+    let largest = out.iter().map(|(_, w)| *w).fold(0.0, f64::max);
+    if largest <= 0.0 {
         bail!("--mix: weights sum to zero");
     }
-    Ok(out.into_iter().map(|(o, w)| (o, w / total)).collect())
+    let total: f64 = out.iter().map(|(_, w)| w).sum();
+    let scale = if total.is_finite() { 1.0 } else { largest };
+    let total: f64 = out.iter().map(|(_, w)| w / scale).sum();
+    Ok(out
+        .into_iter()
+        .map(|(o, w)| (o, w / scale / total))
+        .collect())
 }
 
 /// One request with the decision it must get.
@@ -463,6 +472,12 @@ mod tests {
         assert!(parse_mix("valid=-1").is_err());
         assert!(parse_mix("valid=0").is_err());
         assert!(parse_mix("valid=1,valid=2").is_err());
+        // Weights near f64::MAX summed to infinity: every share was 0 and
+        // the workload builder panicked on the empty pool.
+        assert_eq!(
+            parse_mix("valid=1e308,expired=1e308").unwrap(),
+            [(Outcome::Valid, 0.5), (Outcome::Expired, 0.5)]
+        );
     }
 
     #[test]

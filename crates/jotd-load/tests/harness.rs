@@ -457,7 +457,10 @@ fn bad_flags_are_named() {
         ("--tenants", "0"),
         ("--tenants", "100000"),
         ("--distinct", "0"),
+        ("--distinct", "18446744073709551615"),
         ("--resolve-interval-s", "0"),
+        ("--metrics-url", "https://127.0.0.1:9464/metrics"),
+        ("--metrics-url", "127.0.0.1:9464/metrics"),
     ] {
         let e = main_with([
             "jotd-load",
@@ -473,6 +476,23 @@ fn bad_flags_are_named() {
         .to_string();
         assert!(e.starts_with(flag), "{flag} {value:?}: {e}");
     }
+    // A --count at its --rate that outlives the tokens' hour (it had no
+    // limit without --duration: every token came back expired at the end).
+    let e = main_with([
+        "jotd-load",
+        "run",
+        "--manifest",
+        m.to_str().unwrap(),
+        "--endpoint",
+        "127.0.0.1:9",
+        "--count",
+        "1000000000",
+        "--rate",
+        "1000",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("--count 1000000000 at --rate 1000"), "{e}");
     // Stall mode: a --part that is the whole frame (or more) is no stall.
     for (flag, extra) in [
         ("--part", ["--size", "10", "--part", "14"]),
