@@ -704,6 +704,8 @@ upstreams = ["http://{upstream}/"]
 upstream_timeout_ms = 600000
 [admin]
 listen = "127.0.0.1:{admin}"
+[limits]
+drain_timeout_ms = 600000
 [[route]]
 path = "/besu"
 tenant = "demo-besu"
