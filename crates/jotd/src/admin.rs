@@ -35,7 +35,16 @@ const READY_FOR: Duration = Duration::from_millis(250);
 /// Sets `started` once every source the fetcher holds has been tried (a
 /// fetch finished, good or not), checking every 100 ms.
 pub(crate) async fn watch_first_fetches(fetcher: Arc<JwksFetcher>, started: Arc<AtomicBool>) {
-    while !fetcher.health().iter().all(|h| h.tried) {
+    loop {
+        // Every source's health, on the blocking pool (100k of them is no
+        // walk for the I/O threads).
+        let f = Arc::clone(&fetcher);
+        let tried = tokio::task::spawn_blocking(move || f.health().iter().all(|h| h.tried))
+            .await
+            .unwrap_or(false);
+        if tried {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     started.store(true, Ordering::SeqCst);
@@ -83,10 +92,16 @@ impl Health {
         // No key at all is a replica that failed to load them, unless no
         // tenant needs one (every tenant `require_jwt = false`: a valid config).
         let keys: usize = snap.tenants().map(|t| t.keys.len()).sum();
+        let health = self.fetcher.health();
         if keys == 0 && snap.tenants().any(|t| t.require_jwt) {
-            problems.push("no keys loaded".to_owned());
+            // Keys `jwks_fetch.max_stale_s` dropped are gone on every
+            // replica alike (they all fetch the same URL): degraded, listed
+            // below, not a reason to pull the whole pool.
+            if !health.iter().any(|h| h.dropped) {
+                problems.push("no keys loaded".to_owned());
+            }
         }
-        for h in self.fetcher.health() {
+        for h in health {
             let budget = h.refresh * STALE_REFRESHES;
             let error = h
                 .last_error
@@ -282,4 +297,86 @@ pub(crate) async fn start(
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Serves `doc` over plain HTTP on loopback to `answers` requests, then
+    /// stops listening (later fetches are refused).
+    fn jwks_once(doc: &'static str, answers: usize) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks.json", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for _ in 0..answers {
+                let Ok((mut s, _)) = l.accept() else { return };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{doc}",
+                    doc.len()
+                );
+                let _ = s.write_all(answer.as_bytes());
+            }
+        });
+        url
+    }
+
+    /// Keys `jwks_fetch.max_stale_s` dropped leave the replica ready (listed
+    /// as degraded): every replica drops them alike, and "no keys loaded"
+    /// failed readiness on all of them at once, pulling the whole pool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_dropped_past_max_stale_degrade_readiness_without_failing_it() {
+        // RFC 8037's Ed25519 example key.
+        let url = jwks_once(
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+            1,
+        );
+        let text =
+            format!("[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nurl = \"{url}\"\nalg = \"EdDSA\"\n");
+        let reloader = Arc::new(
+            Reloader::start(
+                std::path::Path::new("/cfg/jotd.toml"),
+                Box::new(move |_| Ok(text.clone().into_bytes())),
+                Box::new(|_| Some((None, 1))),
+            )
+            .unwrap(),
+        );
+        let config = jotd_keys::FetchConfig {
+            refetch_interval: Duration::ZERO,
+            max_stale: Some(Duration::from_millis(1)),
+            timeout: Duration::from_secs(2),
+            ..jotd_keys::FetchConfig::default()
+        };
+        let fetcher = Arc::new(JwksFetcher::new(Arc::clone(&reloader), config).unwrap());
+        let health = Health {
+            reloader: Arc::clone(&reloader),
+            fetcher: Arc::clone(&fetcher),
+            draining: Arc::new(AtomicBool::new(false)),
+            started: Arc::new(AtomicBool::new(true)),
+            last: std::sync::Mutex::new(None),
+        };
+        assert!(fetcher.on_unknown_kid("t").await);
+        assert!(health.work_out().is_ok());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The endpoint is gone: the fetch fails, the keys are past max_stale.
+        assert!(!fetcher.on_unknown_kid("t").await);
+        assert!(fetcher.health()[0].dropped);
+        let answer = health.work_out();
+        let Ok(body) = answer else {
+            panic!("{answer:?}")
+        };
+        assert!(
+            body.contains("0 keys") && body.contains("keys dropped"),
+            "{body}"
+        );
+    }
 }

@@ -32,6 +32,7 @@ pub(crate) struct CheckArgs {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Line {
     #[serde(default)]
     token: Option<String>,

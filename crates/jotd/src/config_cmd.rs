@@ -13,23 +13,7 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
         crate::settings::server_tls(&settings, config)?;
     }
     // The JWKS fetcher's client as `serve` builds it, extra CA included.
-    let mut fetch = settings.fetch.clone();
-    if let Some(p) = &settings.fetch_extra_ca_file {
-        fetch.extra_roots_pem =
-            Some(jotd_transport::files::read_file(p).with_context(|| {
-                format!("jwks_fetch.extra_ca_file {}: cannot read", p.display())
-            })?);
-    }
-    let extra_roots = jotd_keys::check_fetch_config(&fetch).with_context(|| {
-        format!(
-            "{}: jwks_fetch.extra_ca_file {}",
-            config.display(),
-            settings
-                .fetch_extra_ca_file
-                .as_ref()
-                .map_or_else(String::new, |p| p.display().to_string())
-        )
-    })?;
+    let (_, extra_roots) = crate::settings::fetch_config(&settings, config)?;
     let s = &settings.server;
     let engine = settings.engine_config();
     writeln!(

@@ -147,11 +147,6 @@ fn log_denials(report: &BatchReport) {
     }
 }
 
-fn read_file(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    jotd_transport::files::read_file(path)
-        .with_context(|| format!("{what} {}: cannot read", path.display()))
-}
-
 pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let early_hup = early_hangup();
     let mut dev_notes = Vec::new();
@@ -252,10 +247,7 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         Box::new(stamp),
         read_since,
     ));
-    let mut fetch = settings.fetch.clone();
-    if let Some(p) = &settings.fetch_extra_ca_file {
-        fetch.extra_roots_pem = Some(read_file(p, "jwks_fetch.extra_ca_file")?);
-    }
+    let (fetch, _) = settings::fetch_config(&settings, &config_path)?;
 
     let threads = if settings.verify_threads == 0 {
         std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
@@ -588,13 +580,22 @@ async fn reload_loop(
         };
         // Reading and parsing every file can take seconds (100k tenants): off the I/O
         // threads, so QUIC keeps moving during a reload.
+        // What the new config warns about is worked out there too: it walks
+        // every tenant under the reloader's lock, which a fetch's rebuild
+        // holds for as long as that takes.
         let r = Arc::clone(&reloader);
         let result = tokio::task::spawn_blocking(move || {
-            if trigger == "SIGHUP" {
+            let result = if trigger == "SIGHUP" {
                 Some(r.reload())
             } else {
                 r.reload_if_changed()
-            }
+            };
+            result.map(|result| {
+                result.map(|generation| {
+                    let lapsed = settings::lapsed_revocations(&r.config());
+                    (generation, lapsed, r.shadowed_all())
+                })
+            })
         })
         .await;
         let result = match result {
@@ -610,13 +611,13 @@ async fn reload_loop(
             }
         };
         match result {
-            Ok(generation) => {
+            Ok((generation, lapsed, shadowed)) => {
                 let tenants = reloader.store().load().len();
                 info!(trigger, generation, tenants, "config reloaded");
-                for line in settings::lapsed_revocations(&reloader.config()) {
+                for line in lapsed {
                     warn!("{}", Escaped(line));
                 }
-                for (tenant, kid) in reloader.shadowed_all() {
+                for (tenant, kid) in shadowed {
                     warn!(
                         tenant = %tenant,
                         kid = ?kid,

@@ -392,14 +392,27 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
             max_frame_bytes: frame,
             max_items: items,
         };
+        // Every [server] time within a range: a value meant in µs (or
+        // u64::MAX) let half-sent requests hold the request buffer for
+        // hours, and a zero drain cut every batch in flight at SIGTERM.
+        let within = |key: &str, v: u64, range: std::ops::RangeInclusive<u64>, unit: &str| {
+            if range.contains(&v) {
+                Ok(v)
+            } else {
+                Err(ctx.err(
+                    "server",
+                    key,
+                    format_args!("{v}: must be {} to {} {unit}", range.start(), range.end()),
+                ))
+            }
+        };
         if let Some(ms) = r.overload_wait_ms {
-            s.server.overload_wait = Duration::from_millis(ms);
+            s.server.overload_wait =
+                Duration::from_millis(within("overload_wait_ms", ms, 0..=60_000, "ms")?);
         }
         if let Some(v) = r.idle_timeout_s {
-            if v == 0 {
-                return Err(ctx.err("server", "idle_timeout_s", "must be at least 1"));
-            }
-            s.server.idle_timeout = Duration::from_secs(v);
+            s.server.idle_timeout =
+                Duration::from_secs(within("idle_timeout_s", v, 1..=86_400, "seconds")?);
         }
         if let Some(v) = r.keep_alive_s {
             if Some(v) >= r.idle_timeout_s.or(Some(d.idle_timeout.as_secs())) {
@@ -412,7 +425,8 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
             s.server.keep_alive = Duration::from_secs(v);
         }
         if let Some(v) = r.drain_timeout_s {
-            s.server.drain_timeout = Duration::from_secs(v);
+            s.server.drain_timeout =
+                Duration::from_secs(within("drain_timeout_s", v, 1..=3_600, "seconds")?);
         }
         for (key, v, field) in [
             (
@@ -436,10 +450,8 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
                 &mut s.server.handshake_timeout,
             ),
         ] {
-            match v {
-                Some(0) => return Err(ctx.err("server", key, "must be at least 1")),
-                Some(ms) => *field = Duration::from_millis(ms),
-                None => {}
+            if let Some(ms) = v {
+                *field = Duration::from_millis(within(key, ms, 1..=3_600_000, "ms")?);
             }
         }
         s.server.max_handshakes =
@@ -735,6 +747,37 @@ pub(crate) fn load(file: &Path) -> Result<(Settings, KeysConfig), ConfigError> {
 /// client CA): read at start, and again at each reload, which applies them
 /// to new handshakes (a renewed certificate, a CA taken out of
 /// `client_ca_file`).
+/// The JWKS fetcher's settings as `serve` uses them, `extra_ca_file` read
+/// and every setting checked as the fetcher checks them ([`jotd_keys::check_fetch_config`]),
+/// with the number of extra CA certificates: one reading for `serve`,
+/// `config check` and each reload (a reload took an unreadable or garbage
+/// CA file as a change for the next restart, which then failed to start).
+///
+/// # Errors
+/// The file cannot be read or holds no usable certificate, named by key.
+pub(crate) fn fetch_config(
+    s: &Settings,
+    file: &Path,
+) -> Result<(jotd_keys::FetchConfig, usize), ConfigError> {
+    let error = |message: String| ConfigError {
+        file: s
+            .fetch_extra_ca_file
+            .clone()
+            .unwrap_or_else(|| file.to_owned()),
+        line: None,
+        key: "jwks_fetch.extra_ca_file".to_owned(),
+        message,
+    };
+    let mut fetch = s.fetch.clone();
+    if let Some(p) = &s.fetch_extra_ca_file {
+        fetch.extra_roots_pem = Some(
+            jotd_transport::files::read_file(p).map_err(|e| error(format!("cannot read: {e}")))?,
+        );
+    }
+    let roots = jotd_keys::check_fetch_config(&fetch).map_err(|e| error(e.to_string()))?;
+    Ok((fetch, roots))
+}
+
 pub(crate) fn server_tls(s: &Settings, file: &Path) -> Result<rustls::ServerConfig, ConfigError> {
     let error = |file: &Path, key: &str, message: String| ConfigError {
         file: file.to_owned(),
@@ -813,6 +856,9 @@ pub(crate) fn loader(
     let extra_ca_at_start = extra_ca(&running);
     Box::new(move || {
         let (new, mut keys) = load(&file)?;
+        // Read and checked as the next start will: a CA file that would
+        // stop the daemon from starting rejects the reload now.
+        fetch_config(&new, &file)?;
         let mut sections = restart_needed(&running, &new);
         if !sections.contains(&"jwks_fetch") && extra_ca(&new) != extra_ca_at_start {
             sections.push("jwks_fetch");
@@ -1053,6 +1099,25 @@ level = "jotd=debug"
             e.contains(":2: server.max_connections: must be at least 1"),
             "{e}"
         );
+        // The JWKS client's extra CA is read and checked as the next start
+        // will: one that start would refuse rejects the reload (it was
+        // taken as a change for the restart, which then failed).
+        let ca = dir.path().join("idp-ca.pem");
+        std::fs::write(&ca, jotd_transport::DevPki::generate().unwrap().ca_pem).unwrap();
+        let with_ca = format!("[jwks_fetch]\nextra_ca_file = \"idp-ca.pem\"\n{tenant}");
+        std::fs::write(&file, &with_ca).unwrap();
+        assert_eq!(reload().unwrap().tenants.len(), 1);
+        for (content, want) in [(Some("garbage"), "certificate"), (None, "cannot read")] {
+            match content {
+                Some(c) => std::fs::write(&ca, c).unwrap(),
+                None => std::fs::remove_file(&ca).unwrap(),
+            }
+            let e = reload().unwrap_err().to_string();
+            assert!(
+                e.contains("jwks_fetch.extra_ca_file") && e.to_lowercase().contains(want),
+                "{e}"
+            );
+        }
     }
 
     /// A reload applies tenants, keys and the denylist; every other section it names
@@ -1192,7 +1257,39 @@ level = "jotd=debug"
                 "server",
                 "idle_timeout_s",
                 "18446744073709551615",
-                "too long for QUIC",
+                "must be 1 to 86400 seconds",
+            ),
+            // Every [server] time has a range (a value meant in µs held
+            // half-sent requests for hours; a zero drain cut every batch).
+            (
+                "server",
+                "request_timeout_ms",
+                "18446744073709551615",
+                "must be 1 to 3600000 ms",
+            ),
+            (
+                "server",
+                "write_timeout_ms",
+                "3600001",
+                "must be 1 to 3600000 ms",
+            ),
+            (
+                "server",
+                "handshake_timeout_ms",
+                "0",
+                "must be 1 to 3600000 ms",
+            ),
+            (
+                "server",
+                "overload_wait_ms",
+                "60001",
+                "must be 0 to 60000 ms",
+            ),
+            (
+                "server",
+                "drain_timeout_s",
+                "0",
+                "must be 1 to 3600 seconds",
             ),
         ] {
             let e = p(&format!("[{section}]\n{key} = {bad}\n")).unwrap_err();
@@ -1209,7 +1306,7 @@ level = "jotd=debug"
         );
         assert_eq!(
             p("[server]\nrefetch_hold_ms = 0\n").unwrap_err(),
-            "/etc/jotd/jotd.toml:2: server.refetch_hold_ms: must be at least 1"
+            "/etc/jotd/jotd.toml:2: server.refetch_hold_ms: 0: must be 1 to 3600000 ms"
         );
         assert_eq!(
             p("[server]\nrefetch_hold_ms = 250\n")

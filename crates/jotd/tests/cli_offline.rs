@@ -546,6 +546,10 @@ fn check_answers_bad_lines_and_goes_on() {
     input.push(b'\n');
     input.extend_from_slice(no_auth);
     input.extend_from_slice(b"\r\n");
+    // A misspelt field (`jwt` for `token`) was dropped and the line decided
+    // as if it had no token (`ok_no_auth` on a public method).
+    input.extend_from_slice(br#"{"tenant":"infura","method":"net_version","jwt":"x.y.z"}"#);
+    input.push(b'\n');
     let file = dir.join("requests.jsonl");
     std::fs::write(&file, &input).unwrap();
     let out = jotd(
@@ -573,8 +577,14 @@ fn check_answers_bad_lines_and_goes_on() {
             (0, "ok_no_auth"),
             (1, "malformed"),
             (2, "malformed"),
-            (3, "ok_no_auth")
+            (3, "ok_no_auth"),
+            (4, "malformed")
         ]
+    );
+    assert!(
+        lines[4]["error"].as_str().unwrap().contains("jwt"),
+        "{}",
+        lines[4]
     );
     let why = |i: usize| lines[i]["error"].as_str().unwrap_or_default().to_owned();
     assert!(why(1).starts_with("input line 2: not UTF-8"), "{}", why(1));
