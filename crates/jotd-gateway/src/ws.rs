@@ -276,11 +276,14 @@ async fn relay<C, N>(
                 // revoked or the tenant gone ends the socket, not only `exp`.
                 // (A call's own verdict cannot change while the token
                 // verifies: the restrictions are the token's claims.)
-                let v = door
-                    .gate
-                    .check(Door::WebSocket, &facts, vec![CallFacts::default()])
-                    .await
-                    .remove(0);
+                let check = door.gate.check(Door::WebSocket, &facts, vec![CallFacts::default()]);
+                let v = match cut_short(check, &mut stop, expiry).await {
+                    Ok(mut v) => v.remove(0),
+                    Err(cut) => {
+                        cut.close(&mut client).await;
+                        break;
+                    }
+                };
                 unanswered = if matches!(v, Verdict::Unavailable(_)) { unanswered + 1 } else { 0 };
                 match v {
                     Verdict::Deny(r) if !per_call(r) => {
@@ -312,7 +315,14 @@ async fn relay<C, N>(
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Ok(Message::Close(_)) | Err(_)) | None => break,
                 };
-                let (to_node, to_client, learned) = door_message(door, &facts, text.as_bytes()).await;
+                let (to_node, to_client, learned) =
+                    match cut_short(door_message(door, &facts, text.as_bytes()), &mut stop, expiry).await {
+                        Ok(answer) => answer,
+                        Err(cut) => {
+                            cut.close(&mut client).await;
+                            break;
+                        }
+                    };
                 if exp.is_none() {
                     exp = learned;
                 }
@@ -343,6 +353,41 @@ async fn relay<C, N>(
     }
     let _ = tokio::time::timeout(WRITE_TIMEOUT, node.close(None)).await;
     let _ = tokio::time::timeout(WRITE_TIMEOUT, client.close(None)).await;
+}
+
+/// What ended a socket while it waited on a check.
+enum Cut {
+    /// The gateway drains.
+    Drain,
+    /// The token's `exp` passed.
+    Expired,
+}
+
+impl Cut {
+    async fn close<S>(self, ws: &mut WebSocketStream<S>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        match self {
+            Self::Drain => close(ws, CloseCode::Away, "going away").await,
+            Self::Expired => close(ws, CloseCode::Policy, "token expired").await,
+        }
+    }
+}
+
+/// `work` (a check, up to `check_timeout_ms`), unless the drain begins or
+/// the token expires first: the socket closes then, not after the check
+/// (it waited for it, streaming past `exp` or holding the drain).
+async fn cut_short<T>(
+    work: impl std::future::Future<Output = T>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    expiry: Option<tokio::time::Instant>,
+) -> Result<T, Cut> {
+    tokio::select! {
+        v = work => Ok(v),
+        () = crate::http::stopped(stop) => Err(Cut::Drain),
+        () = async { tokio::time::sleep_until(expiry.expect("guarded")).await }, if expiry.is_some() => Err(Cut::Expired),
+    }
 }
 
 /// Sends a Close frame (bounded like any send; the socket goes either way).

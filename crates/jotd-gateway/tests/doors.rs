@@ -2516,6 +2516,91 @@ async fn the_grpc_door_makes_room_from_idle_connections_first() {
     gw.drain().await;
 }
 
+/// A UDP relay to `to` (one client) that forwards both ways until the
+/// returned switch is set, then drops everything: a pool that answered the
+/// first checks and then goes silent.
+async fn relay_until_cut(to: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    back.connect(to).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+    let (f, b, c, x) = (
+        Arc::clone(&front),
+        Arc::clone(&back),
+        Arc::clone(&client),
+        Arc::clone(&cut),
+    );
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            *c.lock().unwrap() = Some(from);
+            if !x.load(Ordering::SeqCst) {
+                let _ = b.send(&buf[..n]).await;
+            }
+        }
+    });
+    let x = Arc::clone(&cut);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok(n) = back.recv(&mut buf).await {
+            let to = *client.lock().unwrap();
+            if let Some(to) = to
+                && !x.load(Ordering::SeqCst)
+            {
+                let _ = front.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    (addr, cut)
+}
+
+/// A socket whose message waits on a check (the pool gone silent after the
+/// upgrade: the check waits out its deadline) closes when its token expires,
+/// not after the check (a known limit: the relay loop waited for it, then
+/// answered the call, then closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_waiting_on_a_check_closes_when_its_token_expires() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let k = keys();
+    let pool = start_pool(&k);
+    let (relay, cut) = relay_until_cut(pool.addr).await;
+    let up = start_ws_upstream().await;
+    let (mut cfg, _dir) = config("ws-exp-check", &pool, relay, up, "");
+    cfg.pool.check_timeout = Duration::from_secs(6);
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    // Expires one to two seconds from now (whole seconds).
+    let token =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"gina","aud":AUD,"exp":now() + 2}).to_string(),
+        )
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(gw.proxy.unwrap(), &token))
+        .await
+        .unwrap();
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    ws.send(Message::text(call(1, "eth_chainId", &json!([]))))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a frame");
+    match first {
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!(
+                (u16::from(f.code), f.reason.as_str()),
+                (1008, "token expired")
+            );
+        }
+        other => panic!("the call was answered before the close: {other:?}"),
+    }
+    gw.drain().await;
+}
+
 /// WebSockets are shared per address too: at `max_connections` sockets, a
 /// newcomer from another address closes the oldest socket (1013) of the one
 /// holding two more; more from the same address get 503. (Before, a
