@@ -363,19 +363,29 @@ impl Reloader {
                 .fetched
                 .insert((tenant.clone(), url.to_owned()), Arc::clone(&keys));
         }
-        self.publish_fetched(&state.fetched);
-        // Only these tenants' keys changed: every other tenant of the serving
-        // snapshot (built under this lock from this config) is carried over,
-        // so a fetch costs the tenants that read the URL, not all of them.
         let rebuild: HashSet<&str> = named.iter().map(String::as_str).collect();
-        let fetched = &state.fetched;
+        self.publish_and_rebuild(&state.fetched, &config, &rebuild)
+    }
+
+    /// Publishes which sources `fetched` holds and rebuilds `tenants` from
+    /// `config` and it (called with `state` held, `fetched` its map). Only
+    /// these tenants' keys changed: every other tenant of the serving
+    /// snapshot (built under this lock from this config) is carried over, so
+    /// a fetch costs the tenants that read the URL, not all of them.
+    fn publish_and_rebuild(
+        &self,
+        fetched: &FetchedJwks,
+        config: &KeysConfig,
+        tenants: &HashSet<&str>,
+    ) -> u64 {
+        self.publish_fetched(fetched);
         let keys = |t: &str, u: &str| fetched.get(&(t.to_owned(), u.to_owned())).cloned();
         let base = self.store.load();
         let snapshot = |g| {
             Ok::<_, std::convert::Infallible>(config.snapshot_rebuilding(
                 g,
                 &base,
-                &|t| rebuild.contains(t),
+                &|t| tenants.contains(t),
                 &keys,
             ))
         };
@@ -403,22 +413,8 @@ impl Reloader {
         if forgotten.is_empty() {
             return self.store.load().generation();
         }
-        self.publish_fetched(&state.fetched);
         let config = self.config.load_full();
-        let fetched = &state.fetched;
-        let keys = |t: &str, u: &str| fetched.get(&(t.to_owned(), u.to_owned())).cloned();
-        let base = self.store.load();
-        let snapshot = |g| {
-            Ok::<_, std::convert::Infallible>(config.snapshot_rebuilding(
-                g,
-                &base,
-                &|t| forgotten.contains(t),
-                &keys,
-            ))
-        };
-        self.store
-            .replace(snapshot)
-            .unwrap_or_else(|never| match never {})
+        self.publish_and_rebuild(&state.fetched, &config, &forgotten)
     }
 }
 
