@@ -286,6 +286,8 @@ pub(crate) struct HotTokens {
 struct HotSlot {
     /// Hits on the copy since it was taken (every [`TOUCH_EVERY`]th also reaches the map).
     uses: u32,
+    /// The map's insert count when this copy last reached the map.
+    touched_at: u64,
     tail: u64,
     token: Vec<u8>,
     entry: Option<Arc<CachedToken>>,
@@ -298,6 +300,17 @@ struct HotSlot {
 /// map, so the map's eviction sees the token in use (a token served only from
 /// copies would look idle there, be evicted, and be verified again).
 pub(crate) const TOUCH_EVERY: u32 = 64;
+
+/// A copy also reaches the map once the map has taken in 1/this of its
+/// capacity (in smallest entries) since the copy last did: the map's eviction
+/// turns with its inserts, not with a worker's hits, so a token used less
+/// often than one in [`TOUCH_EVERY`] turns would otherwise look colder there
+/// than a scan passing through, and be evicted though it is the hottest there
+/// is. While nothing is inserted (a hot set that fits) copies stay off the
+/// map; while the map churns they reach it about as often as the token is
+/// used, which is what a lookup without copies costs. (1/16 still lost a
+/// fifth of a hot set's lookups to a scan five times the cache.)
+const TOUCH_SHARE: u64 = 256;
 
 /// Copies per worker (a power of two).
 pub const HOT_SLOTS: usize = 512;
@@ -334,13 +347,16 @@ impl HotTokens {
 
     /// The copy's entry and private facts when the table holds exactly `token`
     /// taken under this cache and clear count, and whether this hit should
-    /// also touch the shared map (one in [`TOUCH_EVERY`]).
+    /// also touch the shared map: one in [`TOUCH_EVERY`], and once the map has
+    /// taken in `turn` inserts since the copy last touched it (`inserts` is
+    /// the map's count now).
     #[inline]
     pub(crate) fn get(
         &mut self,
         token: &[u8],
         cache: u64,
         clears: u64,
+        (inserts, turn): (u64, u64),
     ) -> Option<(&CachedToken, &Arc<TokenInfo>, bool)> {
         self.sync(cache, clears);
         let tail = Self::tail_of(token);
@@ -355,7 +371,10 @@ impl HotTokens {
             return None;
         }
         slot.uses = slot.uses.wrapping_add(1);
-        let touch = slot.uses % TOUCH_EVERY == 0;
+        let touch = slot.uses % TOUCH_EVERY == 0 || inserts.wrapping_sub(slot.touched_at) >= turn;
+        if touch {
+            slot.touched_at = inserts;
+        }
         match (&slot.entry, &slot.info) {
             (Some(e), Some(i)) => Some((e, i, touch)),
             _ => None,
@@ -365,7 +384,7 @@ impl HotTokens {
     /// Notes a shared-cache hit on `token` (after [`HotTokens::get`] missed,
     /// under the same cache and clear count); fills its slot when this is the
     /// second hit in a row of the same entry into it.
-    pub(crate) fn saw(&mut self, token: &[u8], hit: &Arc<CachedToken>) {
+    pub(crate) fn saw(&mut self, token: &[u8], hit: &Arc<CachedToken>, inserts: u64) {
         if token.len() > HOT_TOKEN_BYTES {
             return;
         }
@@ -388,6 +407,7 @@ impl HotTokens {
         slot.entry = None;
         slot.info = None;
         slot.uses = 0;
+        slot.touched_at = inserts;
         slot.tail = tail;
         slot.token.clear();
         slot.token.extend_from_slice(token);
@@ -638,6 +658,8 @@ pub(crate) struct TokenCache {
     id: u64,
     /// Bumped by `clear`, so per-worker hot-token memos drop what they hold.
     clears: AtomicU64,
+    /// Inserts after which a worker's copy touches the map again (see [`TOUCH_SHARE`]).
+    turn: u64,
     hits: AtomicU64,
     misses: AtomicU64,
     inserts: AtomicU64,
@@ -687,6 +709,7 @@ impl TokenCache {
             config,
             id: NEXT_CACHE_ID.fetch_add(1, Relaxed),
             clears: AtomicU64::new(0),
+            turn: (window as u64 / TOUCH_SHARE).max(1),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             inserts: AtomicU64::new(0),
@@ -849,6 +872,13 @@ impl TokenCache {
     #[inline]
     pub(crate) fn clears(&self) -> u64 {
         self.clears.load(Relaxed)
+    }
+
+    /// The map's insert count (as flushed) and the inserts after which a
+    /// worker's copy touches the map again: read per copy hit.
+    #[inline]
+    pub(crate) fn turnover(&self) -> (u64, u64) {
+        (self.inserts.load(Relaxed), self.turn)
     }
 
     pub(crate) fn clear(&self) {

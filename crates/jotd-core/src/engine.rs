@@ -206,7 +206,8 @@ impl Engine {
         }
         if let Some(cache) = &self.cache {
             let clears = cache.clears();
-            if let Some((hot, info, touch)) = scratch.hot.get(token, cache.id(), clears)
+            let turnover = cache.turnover();
+            if let Some((hot, info, touch)) = scratch.hot.get(token, cache.id(), clears, turnover)
                 && hot.valid_for(&tenant.id, tenant.epoch, now.0)
             {
                 if touch {
@@ -243,7 +244,7 @@ impl Engine {
                 let (jti, sub) = (hit.jti.as_deref(), hit.info.sub());
                 let verdict = finish(tenant, hit.times, jti, sub, &hit.grants, req, now);
                 let decision = Decision::with_token(verdict, Arc::clone(&hit.info));
-                scratch.hot.saw(token, &hit);
+                scratch.hot.saw(token, &hit, turnover.0);
                 return decision;
             }
             scratch.counts.misses += 1;
