@@ -88,6 +88,16 @@ impl FetchConfig {
                 30 * DAY
             )));
         }
+        if let Some(t) = self.max_stale
+            && t < self.min_refresh
+        {
+            // Keys would pass max_stale before a refetch is allowed: every
+            // source would drop its keys between two fetches.
+            return Err(FetchError::Setup(format!(
+                "max_stale {t:?}: must be at least min_refresh ({:?})",
+                self.min_refresh
+            )));
+        }
         if !(1..=64 << 20).contains(&self.max_bytes) {
             return Err(FetchError::Setup(format!(
                 "max_bytes {}: must be 1 to 67108864 (64 MiB)",
@@ -613,9 +623,15 @@ impl JwksFetcher {
             .iter()
             .map(|t| (t.tenant.as_str(), t.url.as_str()))
             .collect();
+        // A source whose keys this fetcher dropped itself (past max_stale) is
+        // kept: the reloader holds none for it on purpose, and forgetting it
+        // would clear its `dropped` mark at every reload (readiness then saw
+        // "no keys loaded").
         lock(&self.sources).retain(|(tenant, url), source| {
+            let info = lock(&source.info);
             named.contains(&(tenant.as_str(), url.as_str()))
-                && (lock(&source.info).last_good.is_none()
+                && (info.last_good.is_none()
+                    || info.dropped
                     || self.reloader.has_fetched(tenant, url))
         });
         lock(&self.flights).retain(|key, _| by_url.contains_key(key));

@@ -386,6 +386,7 @@ async fn keys_past_max_stale_are_dropped_when_a_fetch_fails() {
     let config = FetchConfig {
         refetch_interval: Duration::ZERO,
         max_stale: Some(Duration::from_millis(400)),
+        min_refresh: Duration::from_millis(400),
         ..FetchConfig::default()
     };
     let (reloader, fetcher) = setup(&server, config);
@@ -440,6 +441,7 @@ async fn the_refresh_loop_drops_keys_when_they_pass_max_stale() {
     });
     let config = FetchConfig {
         max_stale: Some(Duration::from_millis(300)),
+        min_refresh: Duration::from_millis(300),
         ..FetchConfig::default()
     };
     let (reloader, fetcher) = setup(&server, config);
@@ -1106,8 +1108,12 @@ async fn a_changed_alg_is_fetched_at_once() {
 fn fetch_settings_out_of_range_are_refused_by_name() {
     jotd_keys::check_fetch_config(&FetchConfig::default()).unwrap();
     type Edit = fn(&mut FetchConfig);
-    let cases: [(&str, Edit); 9] = [
+    let cases: [(&str, Edit); 10] = [
         ("timeout", |c| c.timeout = Duration::ZERO),
+        // Keys would pass max_stale before a refetch is allowed.
+        ("at least min_refresh", |c| {
+            c.max_stale = Some(Duration::from_secs(5));
+        }),
         ("max_stale", |c| c.max_stale = Some(Duration::ZERO)),
         ("max_stale", |c| c.max_stale = Some(Duration::MAX)),
         ("timeout", |c| c.timeout = Duration::from_secs(601)),

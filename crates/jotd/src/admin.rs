@@ -353,6 +353,7 @@ mod tests {
         let config = jotd_keys::FetchConfig {
             refetch_interval: Duration::ZERO,
             max_stale: Some(Duration::from_millis(1)),
+            min_refresh: Duration::from_millis(1),
             timeout: Duration::from_secs(2),
             ..jotd_keys::FetchConfig::default()
         };
@@ -378,5 +379,14 @@ mod tests {
             body.contains("0 keys") && body.contains("keys dropped"),
             "{body}"
         );
+        // A reload (same files) keeps the mark: the source was forgotten, its
+        // mark with it, and readiness failed "no keys loaded".
+        reloader.reload().unwrap();
+        assert!(fetcher.health()[0].dropped, "{:?}", fetcher.health());
+        let answer = health.work_out();
+        let Ok(body) = answer else {
+            panic!("after a reload: {answer:?}")
+        };
+        assert!(body.contains("keys dropped"), "{body}");
     }
 }

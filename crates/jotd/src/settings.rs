@@ -673,6 +673,17 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
                 ));
             }
             s.fetch.max_stale = Some(Duration::from_secs(v));
+            if s.fetch.max_stale < Some(s.fetch.min_refresh) {
+                // Keys would pass max_stale before a refetch is allowed.
+                return Err(ctx.err(
+                    "jwks_fetch",
+                    "max_stale_s",
+                    format_args!(
+                        "{v}: must be at least min_refresh_s ({})",
+                        s.fetch.min_refresh.as_secs()
+                    ),
+                ));
+            }
         }
         s.fetch_extra_ca_file = r.extra_ca_file.as_deref().map(|p| ctx.path(p));
     }
@@ -1225,6 +1236,14 @@ level = "jotd=debug"
             Some(Duration::from_secs(3600))
         );
         assert_eq!(p("").unwrap().fetch.max_stale, None, "kept however old");
+        // Keys that pass max_stale before a refetch is allowed would be dropped
+        // between every two fetches: refused, naming both keys.
+        let e = p("[jwks_fetch]\nmax_stale_s = 120\nmin_refresh_s = 600\n").unwrap_err();
+        assert!(
+            e.contains("jwks_fetch.max_stale_s: 120: must be at least min_refresh_s (600)"),
+            "{e}"
+        );
+        assert!(p("[jwks_fetch]\nmax_stale_s = 600\nmin_refresh_s = 600\n").is_ok());
         // Sizes past any machine's memory and times past any use are refused with
         // their line (a cache of u64::MAX entries aborted the process at start).
         for (section, key, bad, want) in [
