@@ -865,10 +865,6 @@ impl Config {
     }
 }
 
-/// An upstream node's URL: `http://host[:port][/path][?query]`. Refused, each
-/// by name: another scheme (TLS to the node is not spoken), no host, a port
-/// that is not 1..=65535 (the HTTP library would quietly dial port 80
-/// instead), and credentials (`user:pass@`, which would never be sent).
 /// Whether two upstream URLs name one node and path (`http://n:1` is
 /// `http://N:1/`).
 fn same_node(a: &hyper::Uri, b: &hyper::Uri) -> bool {
@@ -880,9 +876,12 @@ fn same_node(a: &hyper::Uri, b: &hyper::Uri) -> bool {
     host(a) == host(b) && path(a) == path(b)
 }
 
-/// Whether `uri` reaches the proxy's own listener at `listen`: its port,
-/// and its address (any address when the listener takes them all; a
-/// loopback name or address for a loopback or wildcard listener).
+/// Whether `uri` surely reaches the proxy's own listener at `listen`: its
+/// port, and its address, or for a wildcard listener a loopback or wildcard
+/// address of a family it takes (an IPv4 wildcard takes no IPv6; an IPv6 one
+/// both). Another host's address on the same port is a node elsewhere (a
+/// wildcard listener on :8545 in front of `10.0.0.12:8545`); one of this
+/// host's own non-loopback addresses is not told apart (no interface list).
 fn is_listener(uri: &hyper::Uri, listen: SocketAddr) -> bool {
     let Some(a) = uri.authority() else {
         return false;
@@ -891,8 +890,14 @@ fn is_listener(uri: &hyper::Uri, listen: SocketAddr) -> bool {
         return false;
     }
     let host = a.host().trim_start_matches('[').trim_end_matches(']');
+    let takes = |ip: std::net::IpAddr| {
+        ip == listen.ip()
+            || (listen.ip().is_unspecified()
+                && (ip.is_loopback() || ip.is_unspecified())
+                && (listen.is_ipv6() || ip.is_ipv4()))
+    };
     match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip == listen.ip() || listen.ip().is_unspecified(),
+        Ok(ip) => takes(ip),
         Err(_) => {
             host.eq_ignore_ascii_case("localhost")
                 && (listen.ip().is_loopback() || listen.ip().is_unspecified())
@@ -900,6 +905,10 @@ fn is_listener(uri: &hyper::Uri, listen: SocketAddr) -> bool {
     }
 }
 
+/// An upstream node's URL: `http://host[:port][/path][?query]`. Refused, each
+/// by name: another scheme (TLS to the node is not spoken), no host, a port
+/// that is not 1..=65535 (the HTTP library would quietly dial port 80
+/// instead), and credentials (`user:pass@`, which would never be sent).
 fn upstream_uri(s: &str) -> Result<hyper::Uri, String> {
     let uri: hyper::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
     let only_http = "only http://host:port upstreams (the node beside the gateway; terminate TLS in front of the gateway)";
@@ -926,6 +935,43 @@ fn upstream_uri(s: &str) -> Result<hyper::Uri, String> {
         }
     }
     Ok(uri)
+}
+
+#[cfg(test)]
+mod listener_tests {
+    use super::is_listener;
+
+    /// The proxy's own listener is refused as its upstream; a node on the
+    /// same port elsewhere is not (a wildcard listener in front of a LAN node
+    /// was refused as a loop).
+    #[test]
+    fn only_the_proxys_own_address_is_a_loop() {
+        let l = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        let u = |s: &str| s.parse::<hyper::Uri>().unwrap();
+        for (listen, upstream, loops) in [
+            ("0.0.0.0:8545", "http://10.0.0.12:8545", false),
+            ("0.0.0.0:8545", "http://127.0.0.1:8545", true),
+            ("0.0.0.0:8545", "http://127.0.0.2:8545", true),
+            ("0.0.0.0:8545", "http://0.0.0.0:8545", true),
+            ("0.0.0.0:8545", "http://localhost:8545", true),
+            ("0.0.0.0:8545", "http://[::1]:8545", false),
+            ("0.0.0.0:8545", "http://127.0.0.1:8546", false),
+            ("[::]:8545", "http://[::1]:8545", true),
+            ("[::]:8545", "http://127.0.0.1:8545", true),
+            ("[::]:8545", "http://[fd00::12]:8545", false),
+            ("10.0.0.5:8545", "http://10.0.0.5:8545", true),
+            ("10.0.0.5:8545", "http://10.0.0.12:8545", false),
+            ("10.0.0.5:8545", "http://127.0.0.1:8545", false),
+            ("127.0.0.1:80", "http://localhost", true),
+            ("127.0.0.1:8545", "http://node:8545", false),
+        ] {
+            assert_eq!(
+                is_listener(&u(upstream), l(listen)),
+                loops,
+                "{listen} -> {upstream}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -483,23 +483,41 @@ impl AdminState {
     }
 
     /// `Ok` when there is no node to reach or one takes a TCP connection
-    /// within a second (tried in turn); else why not, each node named.
+    /// within a second (all dialled at once: one at a time, a probe with
+    /// several silent nodes outlasted the balancer's check timeout); else
+    /// why not, each node named in the configured order.
     async fn a_node_answers(&self) -> Result<(), String> {
         if self.upstreams.is_empty() {
             return Ok(());
         }
+        let mut dials = tokio::task::JoinSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let Some(a) = u.authority().cloned() else {
+                continue;
+            };
+            dials.spawn(async move {
+                let host = a.host().trim_start_matches('[').trim_end_matches(']');
+                let port = a.port_u16().unwrap_or(80);
+                let connect = tokio::net::TcpStream::connect((host, port));
+                let why = match tokio::time::timeout(Duration::from_secs(1), connect).await {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err(e)) => format!("{a}: {e}"),
+                    Err(_) => format!("{a}: no connection within 1 s"),
+                };
+                Err((i, why))
+            });
+        }
         let mut why = Vec::new();
-        for u in &self.upstreams {
-            let Some(a) = u.authority() else { continue };
-            let host = a.host().trim_start_matches('[').trim_end_matches(']');
-            let port = a.port_u16().unwrap_or(80);
-            let connect = tokio::net::TcpStream::connect((host, port));
-            match tokio::time::timeout(Duration::from_secs(1), connect).await {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) => why.push(format!("{a}: {e}")),
-                Err(_) => why.push(format!("{a}: no connection within 1 s")),
+        // Dropping the set aborts the dials still running once one answered.
+        while let Some(done) = dials.join_next().await {
+            match done {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => why.push(e),
+                Err(e) => why.push((usize::MAX, format!("probe task failed: {e}"))),
             }
         }
+        why.sort_unstable();
+        let why: Vec<String> = why.into_iter().map(|(_, w)| w).collect();
         Err(format!("no upstream node reachable: {}", why.join("; ")))
     }
 

@@ -81,16 +81,16 @@ impl Route {
         let p = parts(&segs, "path")?;
         // A request's path reaches the routes without its query or fragment,
         // as sent (percent-encoded, no blanks): a literal holding one of
-        // these, or an empty segment, matched nothing, silently.
+        // these matched nothing, silently. (An empty segment, `/v3//x`, is
+        // matched as written: requests are split alike.)
         for part in &p {
             if let Part::Literal(l) = part
-                && (l.is_empty()
-                    || l.bytes().any(|b| {
-                        matches!(b, b'?' | b'#') || b.is_ascii_whitespace() || b.is_ascii_control()
-                    }))
+                && l.bytes().any(|b| {
+                    matches!(b, b'?' | b'#') || b.is_ascii_whitespace() || b.is_ascii_control()
+                })
             {
                 return Err(RouteError(format!(
-                    "path `{pattern}`: segment `{l}` can match no request (empty, or with `?`, `#` or a blank)"
+                    "path `{pattern}`: segment `{l}` can match no request (it holds `?`, `#` or a blank)"
                 )));
             }
         }
@@ -286,9 +286,13 @@ mod tests {
         assert!(Route::fixed("bad id").is_err());
         assert!(Route::fixed("").is_err());
         // Patterns no request can match.
-        for p in ["/rpc?x=1", "/rpc#a", "/a b", "/v3//x"] {
+        for p in ["/rpc?x=1", "/rpc#a", "/a b"] {
             assert!(Route::path(p).is_err(), "{p}");
         }
+        // An empty segment is a pattern requests can match (they split alike).
+        let empty = Route::path("/v3//x").unwrap().with_tenant("a").unwrap();
+        assert_eq!(empty.tenant("/v3//x", None).as_deref(), Some("a"));
+        assert_eq!(empty.tenant("/v3/x", None), None);
         for h in [
             "{tenant}.rpc.example.com:8600",
             "{tenant}.rpc.example.com.",

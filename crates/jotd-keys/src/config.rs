@@ -145,8 +145,34 @@ pub fn toml_error_key(text: &str, e: &toml::de::Error) -> String {
 pub fn key_before(text: &str, offset: usize) -> Option<String> {
     let upto = text.get(..offset.min(text.len()))?;
     let line = &upto[upto.rfind('\n').map_or(0, |i| i + 1)..];
-    let head = &line[..line.rfind('=')?];
-    let key = head[head.rfind(['{', ',']).map_or(0, |i| i + 1)..].trim();
+    // `=`, `{` and `,` outside quoted strings only (`"a=b", 5` on a line of a
+    // multi-line array named no key), and nothing after a comment's `#`.
+    let mut key_at = None;
+    let mut sep = 0;
+    let mut quote: Option<u8> = None;
+    let mut escaped = false;
+    for (i, b) in line.bytes().enumerate() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' && q == b'"' {
+                    escaped = true;
+                } else if b == q {
+                    quote = None;
+                }
+            }
+            None => match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'#' => break,
+                b'=' => key_at = Some((sep, i)),
+                b'{' | b',' => sep = i + 1,
+                _ => {}
+            },
+        }
+    }
+    let (from, eq) = key_at?;
+    let key = line[from..eq].trim();
     let bare = key.trim_matches(|c| c == '"' || c == '\'');
     let plain = !bare.is_empty()
         && bare

@@ -210,6 +210,13 @@ fn key_before_reads_the_key_written_before_a_place() {
     assert_eq!(at("xs = [\n  1,\n  \"two\"\n]", "\"two"), None);
     assert_eq!(at("[table]\n", "table"), None);
     assert_eq!(at("\"a b\" = 1", "1"), None);
+    // `=`, `,` and `{` inside strings are not the line's own.
+    assert_eq!(at("xs = [\n  \"a=b\", 5\n]", "5"), None);
+    assert_eq!(at("k = \"v=w\" + 1", "+"), Some("k".into()));
+    assert_eq!(
+        at("t = { s = 'a,b=c', n = \"x\\\"=\", m = 1 }", "1 }"),
+        Some("m".into())
+    );
     // Past the end, inside a character: nothing, never a panic.
     assert_eq!(key_before("é = 1", 1), None);
     assert_eq!(key_before("k = 1", 99), Some("k".into()));

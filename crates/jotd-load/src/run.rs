@@ -453,13 +453,25 @@ pub(crate) fn scrape(url: &str, metric: &str) -> Option<f64> {
     scrape_within(url, metric, Duration::from_secs(5))
 }
 
+/// The first of `addrs` that takes a connection, tried in turn before `by`
+/// (`localhost` gives ::1 first, and only that was tried: a daemon on
+/// 127.0.0.1 was never scraped).
+fn connect_first(
+    addrs: impl IntoIterator<Item = SocketAddr>,
+    by: Instant,
+) -> Option<std::net::TcpStream> {
+    addrs.into_iter().find_map(|addr| {
+        let left = by.checked_duration_since(Instant::now())?;
+        std::net::TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(2))).ok()
+    })
+}
+
 fn scrape_within(url: &str, metric: &str, limit: Duration) -> Option<f64> {
     use std::io::{Read, Write};
     let by = Instant::now() + limit;
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
-    let addr = host.to_socket_addrs().ok()?.next()?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    let mut s = connect_first(host.to_socket_addrs().ok()?, by)?;
     s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
     s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
     // One write (`write!` on the socket sent each piece as its own packet).
@@ -1087,6 +1099,17 @@ mod tests {
             scrape_within(&serve(false), metric, Duration::from_secs(5)),
             Some(42.0)
         );
+        // A name's addresses are tried in turn: one that refuses, then one that takes it.
+        let refuses = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let takes = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let by = Instant::now() + Duration::from_secs(5);
+        let s = connect_first([refuses, takes.local_addr().unwrap()], by).expect("the second");
+        assert_eq!(s.peer_addr().unwrap(), takes.local_addr().unwrap());
+        assert!(connect_first([refuses], by).is_none());
+        assert!(connect_first([takes.local_addr().unwrap()], Instant::now()).is_none());
     }
 
     #[test]

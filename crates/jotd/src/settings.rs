@@ -754,10 +754,6 @@ pub(crate) fn load(file: &Path) -> Result<(Settings, KeysConfig), ConfigError> {
     Ok((settings, keys))
 }
 
-/// The server's TLS from the files `[server]` names (certificate chain, key,
-/// client CA): read at start, and again at each reload, which applies them
-/// to new handshakes (a renewed certificate, a CA taken out of
-/// `client_ca_file`).
 /// The JWKS fetcher's settings as `serve` uses them, `extra_ca_file` read
 /// and every setting checked as the fetcher checks them ([`jotd_keys::check_fetch_config`]),
 /// with the number of extra CA certificates: one reading for `serve`,
@@ -789,6 +785,10 @@ pub(crate) fn fetch_config(
     Ok((fetch, roots))
 }
 
+/// The server's TLS from the files `[server]` names (certificate chain, key,
+/// client CA): read at start, and again at each reload, which applies them
+/// to new handshakes (a renewed certificate, a CA taken out of
+/// `client_ca_file`).
 pub(crate) fn server_tls(s: &Settings, file: &Path) -> Result<rustls::ServerConfig, ConfigError> {
     let error = |file: &Path, key: &str, message: String| ConfigError {
         file: file.to_owned(),
