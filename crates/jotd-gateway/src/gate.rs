@@ -239,11 +239,7 @@ impl Gate {
                     // malformed), or a deadline missed while the pool is
                     // connected (a check held while jotd refetches a key set
                     // for an unknown `kid`) is something a caller can cause.
-                    let pool_down = match &e {
-                        CheckError::Deadline => !self.batcher.pool_reachable(),
-                        CheckError::Client(c) => c.retryable(),
-                        CheckError::Overloaded | CheckError::Closed => false,
-                    };
+                    let pool_down = pool_down(&e, || self.batcher.pool_reachable());
                     match self.failure_mode {
                         FailureMode::Open if pool_down => Verdict::FailOpen(why),
                         _ => Verdict::Unavailable(why),
@@ -253,6 +249,34 @@ impl Gate {
             .collect();
         count(door, &v);
         v
+    }
+}
+
+/// Whether a check that got no decision may fail open: only when the pool is
+/// down. A full queue, a batch the pool refuses as a whole, and anything a
+/// held check can produce while the pool is connected (its deadline, its
+/// batch's timeout, jotd's `request_timeout`, a failover that ended in one)
+/// are something a caller can cause: a batch timeout that fired on the same
+/// tick as the check's deadline reached the caller first and failed open
+/// with the pool connected. `reachable` is asked only where it decides.
+fn pool_down(e: &CheckError, reachable: impl FnOnce() -> bool) -> bool {
+    fn timed_out(c: &jotd_transport::ClientError) -> bool {
+        use jotd_transport::ClientError as E;
+        match c {
+            E::Timeout(_) => true,
+            E::Server { code, .. } => {
+                jotd_transport::ErrorCode::from_code(*code)
+                    == Some(jotd_transport::ErrorCode::RequestTimeout)
+            }
+            E::Unavailable { last: Some(l), .. } => timed_out(l),
+            _ => false,
+        }
+    }
+    match e {
+        CheckError::Deadline => !reachable(),
+        CheckError::Client(c) if timed_out(c) => !reachable(),
+        CheckError::Client(c) => c.retryable(),
+        CheckError::Overloaded | CheckError::Closed => false,
     }
 }
 
@@ -383,6 +407,66 @@ pub fn www_authenticate(reason: Reason) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a held check can produce while the pool is connected fails
+    /// closed in every form; a pool that is down (or a lost connection,
+    /// `overloaded`) may fail open.
+    #[test]
+    fn only_a_pool_that_is_down_fails_open() {
+        use jotd_transport::{ClientError as E, ErrorCode};
+        let at: std::net::SocketAddr = "127.0.0.1:4433".parse().unwrap();
+        let server = |code: ErrorCode| E::Server {
+            endpoint: at,
+            code: code as u16,
+            message: String::new(),
+        };
+        let timeout = || E::Timeout(Duration::from_secs(2));
+        for (e, connected, down) in [
+            (CheckError::Deadline, true, false),
+            (CheckError::Deadline, false, true),
+            (CheckError::Client(timeout()), true, false),
+            (CheckError::Client(timeout()), false, true),
+            (
+                CheckError::Client(server(ErrorCode::RequestTimeout)),
+                true,
+                false,
+            ),
+            (
+                CheckError::Client(E::Unavailable {
+                    tried: 2,
+                    last: Some(Box::new(timeout())),
+                }),
+                true,
+                false,
+            ),
+            (
+                CheckError::Client(server(ErrorCode::Overloaded)),
+                true,
+                true,
+            ),
+            (
+                CheckError::Client(E::Unavailable {
+                    tried: 1,
+                    last: None,
+                }),
+                false,
+                true,
+            ),
+            (
+                CheckError::Client(server(ErrorCode::MalformedFrame)),
+                false,
+                false,
+            ),
+            (CheckError::Overloaded, false, false),
+            (CheckError::Closed, false, false),
+        ] {
+            assert_eq!(
+                pool_down(&e, || connected),
+                down,
+                "{e:?}, connected {connected}"
+            );
+        }
+    }
 
     fn allowed(sub: &str, claims: &[(&str, &str)]) -> jotd_transport::ClientDecision {
         jotd_transport::ClientDecision {

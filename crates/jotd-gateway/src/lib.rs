@@ -157,7 +157,11 @@ fn pool_client(cfg: &Config) -> anyhow::Result<Client> {
     );
     opts.names = names.into_iter().cloned().collect();
     opts.server_name.clone_from(&p.server_name);
-    opts.batch_timeout = p.check_timeout;
+    // A second past the checks' own deadline: equal, the batch's timeout
+    // fired on the checks' tick and reached them before their deadline did
+    // (and ejected a replica holding a check for a key refetch). Callers
+    // that have gone cancel their batch before it.
+    opts.batch_timeout = p.check_timeout + Duration::from_secs(1);
     Client::new(opts).map_err(|e| anyhow::anyhow!("jotd pool: {e}"))
 }
 

@@ -255,6 +255,9 @@ impl Batcher {
             return Err(CheckError::Closed);
         }
         match tokio::time::timeout_at(deadline, answer).await {
+            // A failure that landed on the deadline's own tick is the
+            // deadline's (the caller's rules for a missed deadline apply).
+            Ok(Ok(Err(_))) if Instant::now() >= deadline => Err(CheckError::Deadline),
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(CheckError::Closed),
             Err(_) => Err(CheckError::Deadline),
