@@ -855,3 +855,54 @@ async fn held_and_small(
     c.connect_all().await.unwrap();
     (slow, open, small, c)
 }
+
+/// A replica that answers `overloaded`, and another that is up but not yet
+/// connected: the batch connects to the other and is answered. Before, the
+/// other only got a background reconnect (the first still counted as up),
+/// the batch failed at once with time left, and as `unavailable`, hiding
+/// the `overloaded` that caused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_replica_fails_over_to_one_not_yet_connected() {
+    let k = keys();
+    let pki = DevPki::generate().unwrap();
+    let (_open, gate) = watch::channel(false);
+    let busy = start_with(
+        TestBackend::gated(snapshot(1, &k, false), gate),
+        ServerOptions {
+            max_tokens_in_flight: std::num::NonZeroUsize::new(1).unwrap(),
+            overload_wait: Duration::from_millis(1),
+            ..holding()
+        },
+        false,
+        pki.clone(),
+    );
+    let spare = start_with(
+        TestBackend::new(snapshot(1, &k, false)),
+        ServerOptions::default(),
+        false,
+        pki.clone(),
+    );
+    let tls = client_config(pki.ca_pem.as_bytes(), None).unwrap();
+    // Another client takes the busy replica's one token slot with a held check.
+    let filler = Arc::new(Client::new(ClientOptions::new(vec![busy.addr], tls.clone())).unwrap());
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let held = {
+        let filler = Arc::clone(&filler);
+        tokio::spawn(async move { filler.verify_all(&[item(Some(&hs), "jwks")]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished());
+    // The busy replica first (connected by this batch, as the first slot),
+    // then the spare, whose connection nothing has opened yet.
+    let mut opts = ClientOptions::new(vec![busy.addr, spare.addr], tls);
+    opts.hedge.enabled = false;
+    let c = Client::new(opts).unwrap();
+    let es = k.es.mint(Some("es"), &claims("b", NOW + 60)).unwrap();
+    let got = c.verify_all(&[item(Some(&es), "t")]).await;
+    let stats = c.stats();
+    let got = got.unwrap_or_else(|e| panic!("{e} ({}): {stats:?}", e.kind()));
+    assert_once(&got, 1, Reason::Ok);
+    assert_eq!(stats.endpoints[0].failures, 1, "overloaded once: {stats:?}");
+    assert_eq!(stats.endpoints[1].sent, 1, "{stats:?}");
+    held.abort();
+}

@@ -748,11 +748,14 @@ impl Client {
 
     /// The connection to use on `slot` for a new attempt, or why not. A slot
     /// without a live connection is reconnected in the background while any
-    /// other slot is up; only when none is does the batch wait for a connect.
+    /// other slot is up; only when none is, or this is the batch's
+    /// `last_resort` (every other slot already tried: one that answered
+    /// `overloaded` is up but no use to it), does the batch wait for a connect.
     async fn connection(
         &self,
         slot: &Arc<Slot>,
         even_ejected: bool,
+        last_resort: bool,
     ) -> Result<Connection, ClientError> {
         let now = Instant::now();
         if let Some(c) = slot.live(now) {
@@ -775,7 +778,7 @@ impl Client {
             .load()
             .iter()
             .any(|s| !Arc::ptr_eq(s, slot) && s.live(now).is_some());
-        if others_up {
+        if others_up && !last_resort {
             self.reconnect_in_background(slot);
             return Err(ClientError::Unavailable {
                 tried: 1,

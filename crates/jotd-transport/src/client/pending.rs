@@ -209,7 +209,7 @@ impl<'c> Pending<'c> {
                 step.min(t.saturating_duration_since(Instant::now()))
             });
             let opened = tokio::time::timeout(step, async {
-                let conn = client.connection(slot, even_ejected).await?;
+                let conn = client.connection(slot, even_ejected, !others_left).await?;
                 conn.open_bi()
                     .await
                     .map_err(|e| lost(ConnectionFailure::Lost(e)))
@@ -296,6 +296,10 @@ impl<'c> Pending<'c> {
                 .fetch_add(1, Ordering::Relaxed);
         }
         match &e {
+            // "Not connected, reconnecting in the background" says nothing of
+            // the pool: it never hides a real failure met before it (an
+            // `overloaded` read as `unavailable`, in the log and the metrics).
+            ClientError::Unavailable { last: None, .. } if self.last_error.is_some() => return,
             ClientError::Unavailable { .. } => {}
             ClientError::Server { code, .. } if *code == crate::ErrorCode::Overloaded as u16 => {
                 s.failed.fetch_add(1, Ordering::Relaxed);
