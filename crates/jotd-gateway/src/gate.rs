@@ -253,10 +253,11 @@ impl Gate {
 }
 
 /// Whether a check that got no decision may fail open: only when the pool is
-/// down. A full queue, a batch the pool refuses as a whole, and anything a
-/// held check can produce while the pool is connected (its deadline, its
-/// batch's timeout, jotd's `request_timeout`, a failover that ended in one)
-/// are something a caller can cause: a batch timeout that fired on the same
+/// down. A full queue, a batch the pool refuses as a whole, and a timeout
+/// of any form while the pool is connected (the check's deadline or its
+/// batch's, both of which a held check outlasts; jotd's `request_timeout`
+/// on a request slow to arrive, which its size can cause; a failover that
+/// ended in one) are something a caller can cause: a batch timeout that fired on the same
 /// tick as the check's deadline reached the caller first and failed open
 /// with the pool connected. `reachable` is asked only where it decides.
 fn pool_down(e: &CheckError, reachable: impl FnOnce() -> bool) -> bool {
