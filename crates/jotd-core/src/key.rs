@@ -530,18 +530,24 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
 /// every form someone holding the public key could rebuild byte for byte
 /// (after a byte-order mark and surrounding whitespace):
 /// - a PEM block anywhere in it (a certificate dump has text before it);
-/// - an OpenSSH public key line;
+/// - OpenSSH: a line that starts with a key type, or any word of it (an
+///   `authorized_keys` line with options, an RFC 4716 or PuTTY file, a bare
+///   blob) that is base64 of an SSH wire-format key; the wire blob itself;
 /// - DER: SEQUENCEs in minimal form that fill it exactly (trailing
 ///   whitespace aside), each starting with a SEQUENCE, an INTEGER or a
 ///   certificate's `[0]` (an SPKI, a PKCS#1 key, a certificate, a chain);
 ///   never printable text;
-/// - base64 text (a PEM body without its armour, wrapped or not) that decodes
-///   to such DER;
-/// - a JWK's JSON text.
+/// - base64 text (a PEM body without its armour, wrapped or not) or hex text
+///   (colons allowed, as `openssl` prints) that decodes to such DER;
+/// - JSON holding a JWK anywhere (a JWK, a JWKS document, an array of JWKs).
 ///
 /// A random binary secret passes for DER with a probability around 2^-26;
 /// a hex or base64 secret string only if its decoded bytes do (base64 of 32
-/// bytes or more), about as rarely. `public_material_tests` loads thousands.
+/// bytes or more), about as rarely; an SSH blob needs 8 fixed bytes or more.
+/// A bare key (32 bytes of an Ed25519 point, 65 of an uncompressed EC
+/// point, a JWK's `n` or `x` alone) is random-looking and cannot be told
+/// from a secret: docs/security.md lists that limit. `public_material_tests`
+/// loads thousands of random secrets.
 fn public_material(secret: &[u8]) -> Option<&'static str> {
     let text = secret.trim_ascii();
     let text = text
@@ -551,32 +557,103 @@ fn public_material(secret: &[u8]) -> Option<&'static str> {
     if text.windows(11).any(|w| w == b"-----BEGIN ") {
         return Some("a PEM block");
     }
-    if [
-        &b"ssh-rsa "[..],
-        b"ssh-ed25519 ",
-        b"ssh-dss ",
-        b"ecdsa-sha2-",
-        b"sk-ssh-",
-        b"sk-ecdsa-",
-    ]
-    .iter()
-    .any(|p| text.starts_with(p))
-    {
+    if SSH_KEY_TYPES.iter().any(|p| text.starts_with(p)) || ssh_wire_key(text) {
         return Some("an OpenSSH public key");
     }
-    if der_structure(secret) {
+    if text
+        .split(|b| b.is_ascii_whitespace())
+        .any(|word| base64_prefix(word).is_some_and(|blob| ssh_wire_key(&blob)))
+    {
+        return Some("an OpenSSH public key (base64 of its wire form)");
+    }
+    if der_structure(text) {
         return Some("a DER structure (a public key or certificate)");
     }
     if base64_of_der(text) {
         return Some("base64 of a DER structure (a PEM body without its armour lines)");
     }
-    if text.starts_with(b"{")
-        && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(text)
-            .is_ok_and(|jwk| jwk.contains_key("kty"))
+    if hex_decode(text).is_some_and(|der| der_structure(&der) || ssh_wire_key(&der)) {
+        return Some("hex of a DER structure or an OpenSSH key");
+    }
+    if (text.starts_with(b"{") || text.starts_with(b"["))
+        && serde_json::from_slice::<serde_json::Value>(text).is_ok_and(|v| holds_jwk(&v))
     {
-        return Some("a JWK");
+        return Some("a JWK or a JWKS document");
     }
     None
+}
+
+/// How OpenSSH key lines start (the key type, then a space or a tab).
+const SSH_KEY_TYPES: [&[u8]; 8] = [
+    b"ssh-rsa",
+    b"ssh-ed25519",
+    b"ssh-ed448",
+    b"ssh-dss",
+    b"ecdsa-sha2-",
+    b"sk-ssh-",
+    b"sk-ecdsa-",
+    b"rsa-sha2-",
+];
+
+/// Whether `b` starts as an SSH wire-format public key (RFC 4253 6.6): a
+/// 4-byte big-endian length of 7 to 64, then that many bytes of key type
+/// name (`ssh-…`, `ecdsa-sha2-…`, `sk-…`, `rsa-sha2-…`).
+fn ssh_wire_key(b: &[u8]) -> bool {
+    let Some((len, rest)) = b.split_first_chunk::<4>() else {
+        return false;
+    };
+    let len = u32::from_be_bytes(*len) as usize;
+    (7..=64).contains(&len)
+        && rest.len() >= len
+        && rest[..len].iter().all(|c| c.is_ascii_graphic())
+        && SSH_KEY_TYPES.iter().any(|t| rest[..len].starts_with(t))
+}
+
+/// The bytes that the longest whole-quantum prefix of a base64 word (at
+/// least 20 characters, standard or URL-safe alphabet) decodes to: enough
+/// to read the head of a blob wrapped across lines.
+fn base64_prefix(word: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let word = word
+        .strip_suffix(b"==")
+        .or_else(|| word.strip_suffix(b"="))
+        .unwrap_or(word);
+    if word.len() < 20 {
+        return None;
+    }
+    let whole = &word[..word.len() / 4 * 4];
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(whole)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(whole))
+        .ok()
+}
+
+/// `text` as hex digits (whitespace and `:` between pairs allowed), at
+/// least 32 bytes' worth, decoded; `None` when it is anything else.
+fn hex_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace() && *b != b':')
+        .collect();
+    if digits.len() < 64 || !digits.len().is_multiple_of(2) {
+        return None;
+    }
+    let nibble = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+    digits
+        .chunks_exact(2)
+        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+        .collect()
+}
+
+/// Whether a JSON value is, or holds at any depth, an object with a `kty`
+/// member (a JWK, a JWKS document, an array of keys).
+fn holds_jwk(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Object(map) => map.contains_key("kty") || map.values().any(holds_jwk),
+        serde_json::Value::Array(items) => items.iter().any(holds_jwk),
+        _ => false,
+    }
 }
 
 /// Fewest distinct byte values a secret may hold. Random bytes of the

@@ -341,6 +341,9 @@ fn public_key_material_is_never_an_hmac_secret() {
         .collect::<Vec<_>>()
         .join("\n");
     let jwk = json!({"kty": "RSA", "n": b64u(&[1u8; 256]), "e": "AQAB"}).to_string();
+    let blob = ssh.split(' ').nth(1).unwrap().to_owned();
+    let wire = STANDARD.decode(&blob).unwrap();
+    let hex: String = spki.iter().map(|b| format!("{b:02x}")).collect();
     let forms: Vec<(&str, Vec<u8>)> = vec![
         ("PEM block", pem.clone().into_bytes()),
         ("DER structure", spki.clone()),
@@ -360,7 +363,47 @@ fn public_key_material_is_never_an_hmac_secret() {
             [spki.clone(), b"\n".to_vec()].concat(),
         ),
         ("DER chain", [spki.clone(), spki.clone()].concat()),
-        ("JWK text", jwk.into_bytes()),
+        ("JWK text", jwk.clone().into_bytes()),
+        // The forms a review found missing (helper-49): the class is every
+        // encoding of every key format, wherever in the text it sits.
+        ("OpenSSH blob without its type", blob.clone().into_bytes()),
+        ("OpenSSH wire form", wire.clone()),
+        (
+            "OpenSSH line with options",
+            format!("from=\"10.0.0.0/8\",no-pty {ssh}").into_bytes(),
+        ),
+        (
+            "OpenSSH key in RFC 4716 form",
+            format!(
+                "---- BEGIN SSH2 PUBLIC KEY ----\nComment: \"ops@host\"\n{}\n{}\n---- END SSH2 PUBLIC KEY ----\n",
+                &blob[..40],
+                &blob[40..]
+            )
+            .into_bytes(),
+        ),
+        (
+            "DER after a newline",
+            [b"\n".to_vec(), spki.clone()].concat(),
+        ),
+        (
+            "DER after a byte-order mark",
+            ["\u{feff}".as_bytes().to_vec(), spki.clone()].concat(),
+        ),
+        ("DER as hex", hex.clone().into_bytes()),
+        (
+            "DER as hex with colons, wrapped",
+            hex.as_bytes()
+                .chunks(2)
+                .map(|p| std::str::from_utf8(p).unwrap())
+                .collect::<Vec<_>>()
+                .chunks(15)
+                .map(|line| line.join(":"))
+                .collect::<Vec<_>>()
+                .join(":\n    ")
+                .into_bytes(),
+        ),
+        ("JWKS document", format!("{{\"keys\":[{jwk}]}}").into_bytes()),
+        ("array of JWKs", format!("  [{jwk}]\n").into_bytes()),
     ];
     for (what, bytes) in &forms {
         for source in secret_sources(bytes) {
