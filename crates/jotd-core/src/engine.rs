@@ -44,6 +44,8 @@ pub struct Scratch {
     signature: Vec<u8>,
     memo: HeaderMemo,
     hot: HotTokens,
+    /// The last token whose signature this worker found bad.
+    forged: ForgedMemo,
     pub(crate) counts: LocalCounts,
     /// Tokens this worker has seen: picks the ones looked up while the cache samples.
     tick: u32,
@@ -76,6 +78,32 @@ impl HeaderMemo {
         self.alg = Some(head.alg);
         put(&mut self.kid, head.kid.as_deref());
         put(&mut self.typ, head.typ.as_deref());
+    }
+}
+
+/// The last token whose signature failed on this worker, with the digest of
+/// the key it failed against. One forged token copied into every item of a
+/// batch (the gateway sends one item per JSON-RPC call, each with the
+/// request's token) then costs one signature check per chunk, not one per
+/// item. Bad signatures are never cached anywhere else: the cache holds
+/// verified tokens only.
+#[derive(Debug, Default)]
+struct ForgedMemo {
+    token: Vec<u8>,
+    key: [u8; 32],
+}
+
+impl ForgedMemo {
+    /// Whether `token` failed against `key` last time: same bytes, same key
+    /// material (a key replaced under its kid, whatever the epoch, misses).
+    fn failed(&self, token: &[u8], key: &crate::VerifyingKey) -> bool {
+        !self.token.is_empty() && self.token == token && self.key == key.material_digest()
+    }
+
+    fn store(&mut self, token: &[u8], key: &crate::VerifyingKey) {
+        self.token.clear();
+        self.token.extend_from_slice(token);
+        self.key = key.material_digest();
     }
 }
 
@@ -273,6 +301,7 @@ impl Engine {
             payload,
             signature,
             memo,
+            forged,
             counts,
             tick,
             ..
@@ -310,10 +339,14 @@ impl Engine {
         // Every segment must be strict base64url before any crypto runs.
         b64.decode(seg.payload, payload).map_err(deny)?;
         b64.decode(seg.signature, signature).map_err(deny)?;
+        if forged.failed(token, &key.key) {
+            return Err(deny(Reason::BadSignature));
+        }
         if alg.family() != crate::KeyFamily::Hmac {
             counts.public_key_checks += 1;
         }
         if !key.key.verify(seg.signing_input, signature) {
+            forged.store(token, &key.key);
             return Err(deny(Reason::BadSignature));
         }
 
@@ -516,5 +549,72 @@ fn finish(
         // carried the subject of a token that did not allow the call).
         Err(_) if tenant.is_no_auth(req.method) => Reason::OkNoAuth,
         Err(reason) => reason,
+    }
+}
+
+#[cfg(test)]
+mod forged_memo_tests {
+    use super::{Engine, EngineConfig, Scratch};
+    use crate::{Algorithm, Reason, Request, SigningKey, Snapshot, Tenant, TenantKey, UnixTime};
+    use std::sync::Arc;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn snapshot(kid: &str, key: &SigningKey, epoch: u64) -> Snapshot {
+        let mut tenant = Tenant::new(
+            "t",
+            vec![TenantKey {
+                kid: kid.into(),
+                key: key.verifying_key().unwrap(),
+                issuer: None,
+            }],
+        );
+        tenant.epoch = epoch;
+        Snapshot::new(1, [Arc::new(tenant)])
+    }
+
+    fn claims() -> String {
+        format!(r#"{{"sub":"u","iat":{},"exp":{}}}"#, NOW - 10, NOW + 600)
+    }
+
+    /// One forged token in every item of a batch costs one signature check
+    /// per worker run, not one per item; every item is still denied, and the
+    /// same bytes against another key (replaced under its kid, epoch kept)
+    /// are checked again and verify.
+    #[test]
+    fn a_forged_token_repeated_is_checked_once_per_key() {
+        for alg in [Algorithm::Rs256, Algorithm::Es256, Algorithm::Hs256] {
+            let (real, other) = (
+                SigningKey::generate(alg).unwrap(),
+                SigningKey::generate(alg).unwrap(),
+            );
+            let token = real.mint(Some("k"), &claims()).unwrap();
+            let engine = Engine::new(EngineConfig::default());
+            let mut scratch = Scratch::new();
+            let forged = snapshot("k", &other, 7);
+            let req = Request::bearer("t", token.as_bytes());
+            for _ in 0..100 {
+                let d = engine.verify_with(&mut scratch, &forged, &req, UnixTime(NOW));
+                assert_eq!(d.reason(), Reason::BadSignature, "{alg:?}");
+            }
+            let costly = u64::from(alg != Algorithm::Hs256);
+            assert_eq!(scratch.counts.public_key_checks, costly, "{alg:?}");
+            // Another token, then the first again: one entry, checked anew.
+            let other_token = other.mint(Some("k"), &claims()).unwrap();
+            let ok = Request::bearer("t", other_token.as_bytes());
+            assert_eq!(
+                engine
+                    .verify_with(&mut scratch, &forged, &ok, UnixTime(NOW))
+                    .reason(),
+                Reason::Ok
+            );
+            // The key the token was signed with now sits under the kid, the
+            // epoch unchanged (a caller that forgot to bump it): verifies.
+            let rotated = snapshot("k", &real, 7);
+            let d = engine.verify_with(&mut scratch, &forged, &req, UnixTime(NOW));
+            assert_eq!(d.reason(), Reason::BadSignature);
+            let d = engine.verify_with(&mut scratch, &rotated, &req, UnixTime(NOW));
+            assert_eq!(d.reason(), Reason::Ok, "{alg:?}");
+        }
     }
 }
