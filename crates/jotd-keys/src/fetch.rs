@@ -228,11 +228,102 @@ fn check_parsed_url(url: &reqwest::Url) -> Result<(), JwksUrlError> {
     }
 }
 
+/// Whether `ip` is an address inside a network rather than on the
+/// internet: loopback, private (RFC 1918, IPv6 unique local), link-local
+/// (cloud metadata services live at 169.254.169.254), shared (CGNAT
+/// 100.64/10), unspecified, broadcast, multicast, `0/8`, IPv6 site-local,
+/// and IPv4 held in an IPv6 address (mapped, NAT64 `64:ff9b::/96`).
+#[must_use]
+pub(crate) fn internal_address(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(a) => {
+            let [first, second, ..] = a.octets();
+            a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || first == 0
+                || (first == 100 && second & 0xc0 == 64)
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            let embedded = a.to_ipv4_mapped().or_else(|| {
+                (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0])
+                    .then(|| std::net::Ipv4Addr::from(u32::from(s[6]) << 16 | u32::from(s[7])))
+            });
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || s[0] & 0xfe00 == 0xfc00
+                || s[0] & 0xffc0 == 0xfe80
+                || s[0] & 0xffc0 == 0xfec0
+                || embedded.is_some_and(|v4| internal_address(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// The hosts a fetch may reach at an internal address: those a JWKS URL of
+/// the serving config names (an operator who writes an internal identity
+/// provider's URL means it). A redirect, from whatever server, reaches
+/// internal addresses nowhere else, by address (the redirect rule) or by
+/// name (the resolver): an identity provider turned hostile cannot steer
+/// jotd at the metadata service or an admin port on the inside.
+#[derive(Clone)]
+struct NamedHosts(Option<Arc<Reloader>>);
+
+impl NamedHosts {
+    fn names(&self, host: &str) -> bool {
+        let Some(reloader) = &self.0 else {
+            return false;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        reloader.config().tenants.iter().any(|t| {
+            t.jwks.iter().any(|s| match &s.location {
+                JwksLocation::Url(url) => reqwest::Url::parse(url).is_ok_and(|u| {
+                    u.host_str().is_some_and(|h| {
+                        h.trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .eq_ignore_ascii_case(host)
+                    })
+                }),
+                JwksLocation::File(_) => false,
+            })
+        })
+    }
+}
+
+impl reqwest::dns::Resolve for NamedHosts {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let named = self.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if !named.names(&host)
+                && let Some(inside) = addrs.iter().find(|a| internal_address(a.ip()))
+            {
+                return Err(format!(
+                    "`{host}` resolves to the internal address {}, and no JWKS URL \
+                     of the config names that host (a redirect reaches internal \
+                     addresses only at hosts the config names)",
+                    inside.ip()
+                )
+                .into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 /// The redirect rule: at most [`MAX_REDIRECTS`], never a change of scheme
-/// (so an `https` source never ends on plain `http`), and every target must
-/// pass [`check_jwks_url`].
-fn redirect_policy() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
+/// (so an `https` source never ends on plain `http`), every target must
+/// pass [`check_jwks_url`], and an internal address (by literal here, by
+/// name in [`NamedHosts`]'s resolver) only at a host the config names.
+fn redirect_policy(named: NamedHosts) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
         let from = attempt.previous().last().cloned();
         let to = attempt.url().clone();
         if attempt.previous().len() > MAX_REDIRECTS {
@@ -250,6 +341,21 @@ fn redirect_policy() -> reqwest::redirect::Policy {
         if let Err(e) = check_parsed_url(&to) {
             return attempt.error(format!(
                 "redirect to {} refused: {e}",
+                redacted_url(to.as_str())
+            ));
+        }
+        let literal = match to.host() {
+            Some(url::Host::Ipv4(a)) => Some(std::net::IpAddr::V4(a)),
+            Some(url::Host::Ipv6(a)) => Some(std::net::IpAddr::V6(a)),
+            _ => None,
+        };
+        if let Some(ip) = literal
+            && internal_address(ip)
+            && !named.names(&ip.to_string())
+        {
+            return attempt.error(format!(
+                "redirect to {} refused: {ip} is an internal address, and no JWKS URL of \
+                 the config names that host",
                 redacted_url(to.as_str())
             ));
         }
@@ -505,7 +611,7 @@ pub fn max_age(cache_control: &str) -> Option<Duration> {
 /// # Errors
 /// As [`JwksFetcher::new`].
 pub fn check_fetch_config(config: &FetchConfig) -> Result<usize, FetchError> {
-    client(config)?;
+    client(config, NamedHosts(None))?;
     Ok(match &config.extra_roots_pem {
         Some(pem) => extra_roots(pem)?.len(),
         None => 0,
@@ -526,7 +632,7 @@ fn extra_roots(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, FetchError> {
 }
 
 /// The HTTP client every fetch goes through.
-fn client(config: &FetchConfig) -> Result<reqwest::Client, FetchError> {
+fn client(config: &FetchConfig, named: NamedHosts) -> Result<reqwest::Client, FetchError> {
     config.validate()?;
     let mut builder = reqwest::Client::builder()
         .timeout(config.timeout)
@@ -534,7 +640,8 @@ fn client(config: &FetchConfig) -> Result<reqwest::Client, FetchError> {
         // No proxy from the environment: "plain http only to loopback" must hold on the
         // wire, and an https source must not be steered through a proxy it did not name.
         .no_proxy()
-        .redirect(redirect_policy())
+        .redirect(redirect_policy(named.clone()))
+        .dns_resolver(Arc::new(named))
         .user_agent(concat!("jotd/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = &config.extra_roots_pem {
         builder = builder.tls_certs_merge(extra_roots(pem)?);
@@ -551,7 +658,7 @@ impl JwksFetcher {
     /// A setting out of range ([`FetchConfig::validate`]), an extra CA
     /// without a certificate, or the TLS client cannot be built.
     pub fn new(reloader: Arc<Reloader>, config: FetchConfig) -> Result<Self, FetchError> {
-        let client = client(&config)?;
+        let client = client(&config, NamedHosts(Some(Arc::clone(&reloader))))?;
         Ok(Self {
             client,
             config,
@@ -1063,6 +1170,61 @@ impl JwksFetcher {
                 }
                 () = tokio::time::sleep_until(wake) => {}
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::internal_address;
+
+    /// Every internal range, in both families and embedded in IPv6; public
+    /// addresses next to each range's edge are not internal.
+    #[test]
+    fn internal_addresses_are_told_from_public_ones() {
+        let inside = [
+            "127.0.0.1",
+            "127.255.0.9",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.254",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fc12::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::7f00:1",
+        ];
+        let outside = [
+            "8.8.8.8",
+            "172.15.255.255",
+            "172.32.0.1",
+            "100.63.255.255",
+            "100.128.0.1",
+            "169.253.1.1",
+            "1.1.1.1",
+            "2001:4860:4860::8888",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ];
+        for ip in inside {
+            assert!(internal_address(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in outside {
+            assert!(!internal_address(ip.parse().unwrap()), "{ip}");
         }
     }
 }

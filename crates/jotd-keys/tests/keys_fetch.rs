@@ -643,6 +643,7 @@ async fn redirects_never_leave_https_and_are_limited() {
     };
     let (reloader, fetcher) = setup(&server, config);
     let base = server.url.trim_end_matches("/jwks.json").to_owned();
+    let port = base[base.rfind(':').unwrap() + 1..].to_owned();
     let refused = [
         (http_url.clone(), "changes the scheme"),
         (
@@ -650,12 +651,30 @@ async fn redirects_never_leave_https_and_are_limited() {
             "changes the scheme",
         ),
         (format!("{base}/jwks.json"), "more than 3 redirects"),
+        (format!("https://user@127.0.0.1:{port}/x"), "userinfo"),
+        // Internal addresses only at hosts the config names (127.0.0.1):
+        // by address, in every family and form, and by a name that
+        // resolves inside (`localhost` holds the same server and a
+        // certificate for it, so only the rule stops it).
         (
-            format!(
-                "https://user@127.0.0.1:{}/x",
-                &base[base.rfind(':').unwrap() + 1..]
-            ),
-            "userinfo",
+            format!("https://127.0.0.2:{port}/jwks.json"),
+            "127.0.0.2 is an internal address",
+        ),
+        (
+            "https://169.254.169.254/latest/meta-data/".to_owned(),
+            "169.254.169.254 is an internal address",
+        ),
+        (
+            format!("https://[::ffff:127.0.0.1]:{port}/jwks.json"),
+            "is an internal address",
+        ),
+        (
+            format!("https://[::1]:{port}/jwks.json"),
+            "::1 is an internal address",
+        ),
+        (
+            format!("https://localhost:{port}/jwks.json"),
+            "`localhost` resolves to the internal address",
         ),
     ];
     for (location, why) in refused {
