@@ -218,16 +218,44 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Request head buffer (hyper's default is ~400 KB); admin requests are one line.
 const MAX_HEAD_BYTES: usize = 16 << 10;
 
+/// How long one connection is served before it is asked to close: a
+/// request already arriving or answered then is finished first (hyper's
+/// graceful shutdown), so a scraper that keeps a connection busy sees a
+/// clean close between answers, never a cut inside one.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// After [`CONNECTION_LIFETIME`], how long that last answer may take before
+/// the connection is dropped (a stuck or slow-reading client).
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
 /// Binds and serves until `stop`; returns the bound address.
 pub(crate) async fn start(
     addr: SocketAddr,
     health: Health,
     metrics: Option<Arc<Metrics>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<SocketAddr> {
+    start_with(
+        addr,
+        Arc::new(health),
+        metrics,
+        stop,
+        CONNECTION_LIFETIME,
+        CLOSE_GRACE,
+    )
+    .await
+}
+
+/// [`start`] with the connection lifetime and grace given (tests shorten them).
+async fn start_with(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    metrics: Option<Arc<Metrics>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    lifetime: Duration,
+    grace: Duration,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let health = Arc::new(health);
     let slots = ConnectionSlots::new(
         MAX_CONNECTIONS,
         SlotRule::MakeRoom,
@@ -288,9 +316,18 @@ pub(crate) async fn start(
                     .header_read_timeout(HEADER_TIMEOUT)
                     .max_buf_size(MAX_HEAD_BYTES)
                     .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                let served = async {
+                    // A busy scraper cannot hold a task forever: past its
+                    // lifetime the connection finishes the request under
+                    // way and closes; a stuck one is dropped after the grace.
+                    if tokio::time::timeout(lifetime, conn.as_mut()).await.is_err() {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(grace, conn.as_mut()).await;
+                    }
+                };
                 tokio::select! {
-                    // A slow or stuck scraper cannot hold a task forever.
-                    _ = tokio::time::timeout(Duration::from_secs(30), conn) => {}
+                    () = served => {}
                     () = slot.closed() => {}
                 }
             });
@@ -328,6 +365,104 @@ mod tests {
             }
         });
         url
+    }
+
+    /// A connection past its lifetime finishes the answer under way, then
+    /// closes cleanly (it was cut, even inside an answer: a failed scrape or
+    /// probe every 30 s for a client that keeps its connection busy); an
+    /// idle one is closed; an answer that takes past the grace is dropped.
+    /// The answer is held up by holding the readiness cache's lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "the lock is held on purpose, to hold up the answer"
+    )]
+    async fn a_connection_past_its_lifetime_finishes_its_answer_then_closes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let reloader = Arc::new(
+            Reloader::start(
+                std::path::Path::new("/cfg/jotd.toml"),
+                Box::new(|_| Ok(b"[[tenant]]\nid = \"t\"\nrequire_jwt = false\n".to_vec())),
+                Box::new(|_| Some((None, 1))),
+            )
+            .unwrap(),
+        );
+        let fetcher = Arc::new(
+            JwksFetcher::new(Arc::clone(&reloader), jotd_keys::FetchConfig::default()).unwrap(),
+        );
+        let health = Arc::new(Health {
+            reloader,
+            fetcher,
+            draining: Arc::new(AtomicBool::new(false)),
+            started: Arc::new(AtomicBool::new(true)),
+            last: std::sync::Mutex::new(None),
+        });
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let lifetime = Duration::from_millis(300);
+        let grace = Duration::from_millis(1500);
+        let addr = start_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::clone(&health),
+            None,
+            stop,
+            lifetime,
+            grace,
+        )
+        .await
+        .unwrap();
+        let read_all = |mut s: tokio::net::TcpStream| async move {
+            let mut got = Vec::new();
+            let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+            r.expect("closed in time").unwrap();
+            String::from_utf8_lossy(&got).into_owned()
+        };
+        let readyz = b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n";
+
+        // One answer in time on a kept-alive connection, then one held up
+        // across the lifetime: answered whole, then the connection closes.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(readyz).await.unwrap();
+        let mut first = [0u8; 512];
+        let n = s.read(&mut first).await.unwrap();
+        assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+        {
+            let held = health.last.lock().unwrap();
+            s.write_all(readyz).await.unwrap();
+            tokio::time::sleep(lifetime * 2).await;
+            drop(held);
+        }
+        let text = read_all(s).await;
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.contains("\r\n\r\nready"),
+            "{text:?}"
+        );
+
+        // An idle connection past its lifetime is closed (EOF, no reset).
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(read_all(s).await, "");
+        assert!(
+            started.elapsed() < lifetime + grace,
+            "{:?}",
+            started.elapsed()
+        );
+
+        // An answer held past the grace too: dropped, not waited for.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        let text = {
+            let held = health.last.lock().unwrap();
+            s.write_all(readyz).await.unwrap();
+            let text = read_all(s).await;
+            drop(held);
+            text
+        };
+        assert_eq!(text, "");
+        assert!(
+            started.elapsed() >= lifetime + grace,
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// Keys `jwks_fetch.max_stale_s` dropped leave the replica ready (listed
