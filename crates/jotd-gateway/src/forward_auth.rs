@@ -215,7 +215,24 @@ pub async fn authorize(
 ) -> AuthAnswer {
     let tenant = match q.tenant {
         Some(t) => Some(t.to_owned()),
-        None => tenant_of(routes, q.path, q.host),
+        None => match tenant_of(routes, q.path, q.host) {
+            Ok(t) => t,
+            // 403, not 400: NGINX's auth_request passes only 401 and 403 on.
+            Err(why) => {
+                return AuthAnswer::deny(
+                    StatusCode::FORBIDDEN,
+                    error_object(
+                        None,
+                        code::FORBIDDEN,
+                        &format!(
+                            "forbidden: the path is not in canonical form ({why}); \
+                             send it decoded and normalised"
+                        ),
+                        Some(serde_json::json!({ "reason": "non_canonical_path" })),
+                    ),
+                );
+            }
+        },
     };
     let Some(tenant) = tenant else {
         return AuthAnswer::deny(

@@ -311,14 +311,26 @@ impl ProxyDoor {
                     );
                 }
             };
-        let Some(tenant) = tenant_of(&self.routes, req.uri().path(), host) else {
-            return rpc_error(
-                StatusCode::NOT_FOUND,
-                None,
-                code::INVALID_REQUEST,
-                "no route names a tenant for this path or host",
-                None,
-            );
+        let tenant = match tenant_of(&self.routes, req.uri().path(), host) {
+            Ok(Some(tenant)) => tenant,
+            Ok(None) => {
+                return rpc_error(
+                    StatusCode::NOT_FOUND,
+                    None,
+                    code::INVALID_REQUEST,
+                    "no route names a tenant for this path or host",
+                    None,
+                );
+            }
+            Err(why) => {
+                return rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    code::INVALID_REQUEST,
+                    &format!("the path is not in canonical form ({why})"),
+                    Some(serde_json::json!({ "reason": "non_canonical_path" })),
+                );
+            }
         };
         let token = match bearer(headers) {
             Ok(t) => t,

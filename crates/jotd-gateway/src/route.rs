@@ -80,17 +80,22 @@ impl Route {
         };
         let p = parts(&segs, "path")?;
         // A request's path reaches the routes without its query or fragment,
-        // as sent (percent-encoded, no blanks): a literal holding one of
-        // these matched nothing, silently. (An empty segment, `/v3//x`, is
-        // matched as written: requests are split alike.)
+        // as sent (no blanks), and only in canonical form (see
+        // [`non_canonical`]): a literal holding `?`, `#`, a blank, `%` or
+        // `\`, an empty segment or a dot-segment matched nothing, silently.
         for part in &p {
             if let Part::Literal(l) = part
-                && l.bytes().any(|b| {
-                    matches!(b, b'?' | b'#') || b.is_ascii_whitespace() || b.is_ascii_control()
-                })
+                && (l.is_empty()
+                    || l == "."
+                    || l == ".."
+                    || l.bytes().any(|b| {
+                        matches!(b, b'?' | b'#' | b'%' | b'\\')
+                            || b.is_ascii_whitespace()
+                            || b.is_ascii_control()
+                    }))
             {
                 return Err(RouteError(format!(
-                    "path `{pattern}`: segment `{l}` can match no request (it holds `?`, `#` or a blank)"
+                    "path `{pattern}`: segment `{l}` can match no request (empty, `.`, `..`, or it holds `?`, `#`, `%`, `\\` or a blank; requests are matched in canonical form only)"
                 )));
             }
         }
@@ -231,14 +236,55 @@ impl Route {
     }
 }
 
-/// The tenant of a request: the first route that matches. `host` may carry a port.
+/// Why `path` (no query) is not in canonical form, or `None`: a
+/// percent-escape, a backslash, an empty segment (`//`; one trailing `/` is
+/// fine) or a dot-segment (`.`, `..`). The proxy in front (NGINX, Caddy,
+/// Envoy) routes on the path decoded and normalised, while an authorizer
+/// door is handed it as sent: `/v3/%76ictim` or `/v3/./victim` would miss
+/// the door's `/v3/{tenant}` route and fall through to a later one (a host
+/// route naming the caller's own tenant) while the proxy sends it on to
+/// `victim`'s upstream. Refusing every spelling the two could read apart
+/// closes that, for every route.
 #[must_use]
-pub fn tenant_of(routes: &[Route], path: &str, host: Option<&str>) -> Option<String> {
+pub fn non_canonical(path: &str) -> Option<&'static str> {
+    if path.bytes().any(|b| b == b'%') {
+        return Some("a percent-escape (`%`)");
+    }
+    if path.bytes().any(|b| b == b'\\') {
+        return Some("a backslash");
+    }
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return None;
+    }
+    for seg in rest.split('/') {
+        match seg {
+            "" => return Some("an empty segment (`//`)"),
+            "." | ".." => return Some("a dot-segment (`.` or `..`)"),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The tenant of a request: the first route that matches. `host` may carry a port.
+///
+/// # Errors
+/// The path is not canonical ([`non_canonical`]): no route is tried.
+pub fn tenant_of(
+    routes: &[Route],
+    path: &str,
+    host: Option<&str>,
+) -> Result<Option<String>, &'static str> {
+    if let Some(why) = non_canonical(path) {
+        return Err(why);
+    }
     let host = host.map(|h| match h.rsplit_once(':') {
         Some((name, port)) if !h.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => h,
     });
-    routes.iter().find_map(|r| r.tenant(path, host))
+    Ok(routes.iter().find_map(|r| r.tenant(path, host)))
 }
 
 #[cfg(test)]
@@ -252,15 +298,13 @@ mod tests {
             Route::host("{tenant}.rpc.example.com").unwrap(),
             Route::path("/besu").unwrap().with_tenant("node-1").unwrap(),
         ];
-        let t = |p: &str, h: Option<&str>| tenant_of(&routes, p, h);
+        let t = |p: &str, h: Option<&str>| tenant_of(&routes, p, h).unwrap();
         assert_eq!(t("/v3/abc123", None).as_deref(), Some("abc123"));
         assert_eq!(t("/v3/abc123/", None).as_deref(), Some("abc123"));
         assert_eq!(t("/v3/", None), None);
         assert_eq!(t("/v3/a/b", None), None);
-        assert_eq!(t("/v3/bad%20id", None), None, "only safe ids are captured");
-        assert_eq!(t("/v3/..", None), None, "no dot-segment is a tenant");
-        assert_eq!(t("/v3/./", None), None);
         assert_eq!(t("/v3/a.b", None).as_deref(), Some("a.b"));
+        assert_eq!(t("/v3/a:b", None), None, "only safe ids are captured");
         assert_eq!(
             t("/", Some("ACME.rpc.example.com:443")).as_deref(),
             Some("acme")
@@ -269,7 +313,50 @@ mod tests {
         assert_eq!(t("/besu", None).as_deref(), Some("node-1"));
         assert_eq!(t("/other", Some("example.org")), None);
         let any = [Route::fixed("solo").unwrap()];
-        assert_eq!(tenant_of(&any, "/x/y", None).as_deref(), Some("solo"));
+        assert_eq!(
+            tenant_of(&any, "/x/y", None).unwrap().as_deref(),
+            Some("solo")
+        );
+    }
+
+    /// Every spelling a front proxy would normalise before routing is
+    /// refused before any route is tried: with a path route first and a
+    /// host route after it, `/v3/%76ictim` reached the host route (the
+    /// caller's own tenant) while NGINX routed it as `/v3/victim`.
+    #[test]
+    fn paths_not_in_canonical_form_reach_no_route() {
+        let routes = [
+            Route::path("/v3/{tenant}").unwrap(),
+            Route::host("{tenant}.rpc.example.com").unwrap(),
+            Route::fixed("public").unwrap(),
+        ];
+        let host = Some("attacker.rpc.example.com");
+        for (path, why) in [
+            ("/v3/%76ictim", "percent"),
+            ("/v3/victim%2f", "percent"),
+            ("/v3/./victim", "dot-segment"),
+            ("/v3/victim/.", "dot-segment"),
+            ("/v3/x/../victim", "dot-segment"),
+            ("/v3//victim", "empty segment"),
+            ("//v3/victim", "empty segment"),
+            ("/v3/victim//", "empty segment"),
+            ("/v3\\victim", "backslash"),
+        ] {
+            let e = tenant_of(&routes, path, host).unwrap_err();
+            assert!(e.contains(why), "{path}: {e}");
+        }
+        for (path, want) in [
+            ("/v3/victim", "victim"),
+            ("/v3/victim/", "victim"),
+            ("/", "attacker"),
+            ("/other/x.y", "attacker"),
+        ] {
+            assert_eq!(
+                tenant_of(&routes, path, host).unwrap().as_deref(),
+                Some(want),
+                "{path}"
+            );
+        }
     }
 
     #[test]
@@ -286,13 +373,11 @@ mod tests {
         assert!(Route::fixed("bad id").is_err());
         assert!(Route::fixed("").is_err());
         // Patterns no request can match.
-        for p in ["/rpc?x=1", "/rpc#a", "/a b"] {
+        for p in [
+            "/rpc?x=1", "/rpc#a", "/a b", "/v3//x", "/v3/%41", "/v3/./x", "/v3/..", "/a\\b",
+        ] {
             assert!(Route::path(p).is_err(), "{p}");
         }
-        // An empty segment is a pattern requests can match (they split alike).
-        let empty = Route::path("/v3//x").unwrap().with_tenant("a").unwrap();
-        assert_eq!(empty.tenant("/v3//x", None).as_deref(), Some("a"));
-        assert_eq!(empty.tenant("/v3/x", None), None);
         for h in [
             "{tenant}.rpc.example.com:8600",
             "{tenant}.rpc.example.com.",
@@ -313,7 +398,7 @@ mod tests {
         assert!(!capture.covers(&p("/v3/a/b")), "another length");
         assert!(!capture.covers(&p("/v4/{tenant}")));
         assert!(
-            !capture.covers(&p("/v3/a%20b").with_tenant("x").unwrap()),
+            !capture.covers(&p("/v3/a:b").with_tenant("x").unwrap()),
             "no tenant id"
         );
         assert!(

@@ -1180,6 +1180,22 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
         .status,
         403
     );
+    // A path the front proxy would decode or normalise first is refused
+    // before any route is tried (it could miss `/v3/{tenant}` here and
+    // fall through to a later route while the proxy routes it to `infura`).
+    for uri in [
+        "/v3/%69nfura",
+        "/v3/./infura",
+        "/v3//infura",
+        "/v3/x/../infura",
+    ] {
+        let r = post(fa, "/auth", Some(&open), &[("x-forwarded-uri", uri)], "").await;
+        assert_eq!(
+            (r.status, r.body["error"]["data"]["reason"].as_str()),
+            (403, Some("non_canonical_path")),
+            "{uri}"
+        );
+    }
     gw.drain().await;
 }
 
