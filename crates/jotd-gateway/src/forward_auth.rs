@@ -14,7 +14,7 @@
 
 use crate::config::Limits;
 use crate::gate::{CallFacts, Door, Facts, Gate, Verdict};
-use crate::http::{Answer, BodyError, bearer, header, json, read_body, single_header};
+use crate::http::{Answer, BodyError, bearer, json, read_body, single_header};
 use crate::jsonrpc::{self, AddressTable, Body, code, error_object};
 use crate::proxy::{denial_parts, status_label};
 use crate::route::{Route, tenant_of};
@@ -400,8 +400,15 @@ pub async fn authorize(
         return AuthAnswer::refused(refused, first_id.as_deref());
     }
     // The gate refused any allowed call whose identity headers cannot be
-    // written (`gate::identity_headers`), so every one here can be.
-    let out = match &verdicts[0] {
+    // written (`gate::identity_headers`), so every one here can be. The
+    // identity is the token's, from the first call allowed as its holder:
+    // a public method first (`ok_no_auth`, no one named) must not hide the
+    // subject that later calls of the batch were allowed as (the proxy door
+    // picks alike).
+    let named = verdicts.iter().find(
+        |v| matches!(v, Verdict::Allow(d) if d.reason() != Some(jotd_core::Reason::OkNoAuth)),
+    );
+    let out = match named.unwrap_or(&verdicts[0]) {
         Verdict::Allow(d) => crate::gate::identity_headers(&facts.tenant, d),
         Verdict::FailOpen(_) => vec![
             ("x-jotd-tenant".into(), facts.tenant.clone()),
@@ -454,6 +461,12 @@ impl ForwardAuthDoor {
             },
             Err(e) => return ambiguous(e),
         };
+        // Read once, like every forwarded header: a second copy (a client's,
+        // ahead of one a front proxy appends) could hide the real method.
+        let method = match single_header(h, "x-forwarded-method") {
+            Ok(m) => m,
+            Err(e) => return ambiguous(e),
+        };
         let body = match read_body(body, self.limits.max_body_bytes, self.limits.body_timeout).await
         {
             Ok(b) => b,
@@ -485,7 +498,7 @@ impl ForwardAuthDoor {
             tenant: None,
             path: &path,
             host,
-            method: header(h, "x-forwarded-method"),
+            method,
             headers: h,
             body: &body,
         };

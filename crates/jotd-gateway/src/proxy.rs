@@ -573,6 +573,19 @@ impl ProxyDoor {
             let up = self
                 .forward(body.into(), facts, sub, self.limits.max_upstream_bytes)
                 .await?;
+            // Only notifications: a node sends nothing back (JSON-RPC 2.0
+            // §6), and there is nothing to match. Any 2xx will do; an empty
+            // body was counted a bad answer and logged per request.
+            if calls.iter().all(|c| c.id.is_none()) {
+                if !up.status.is_success() {
+                    upstream_error("bad_answer");
+                    return Err(UpstreamError::other(format!(
+                        "the node answered a batch of notifications with HTTP {}",
+                        up.status
+                    )));
+                }
+                return Ok(calls.iter().map(|_| None).collect());
+            }
             // Answers kept as the node wrote them (numbers and all).
             let answers: Vec<Box<RawValue>> =
                 match serde_json::from_slice::<Vec<Box<RawValue>>>(&up.body) {

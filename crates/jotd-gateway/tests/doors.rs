@@ -158,8 +158,14 @@ async fn start_upstream() -> (SocketAddr, Seen) {
                             ),
                             c => answer(c),
                         };
+                        // A batch of notifications only: nothing back, as
+                        // geth sends (JSON-RPC 2.0 §6), not `[]`.
+                        let text = match &out {
+                            Value::Array(a) if a.is_empty() => String::new(),
+                            _ => out.to_string(),
+                        };
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
-                            out.to_string(),
+                            text,
                         ))))
                     }
                 });
@@ -945,6 +951,22 @@ async fn request_headers_read_once_are_refused_when_doubled() {
             assert_eq!(r.status, 400, "forward-auth, two {name}: {}", r.body);
         }
     }
+    // The forwarded method too: a client's copy ahead of the front proxy's
+    // could hide a CONNECT.
+    let r = post(
+        fa,
+        "/auth",
+        Some(&token),
+        &[
+            ("x-forwarded-uri", "/v3/infura"),
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-method", "CONNECT"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.raw_body);
+    assert!(r.raw_body.contains("x-forwarded-method"), "{}", r.raw_body);
     // Routed by host: an absolute-form target's authority, not `Host`.
     let raw = |target: &str, host: &str| {
         format!(
@@ -999,6 +1021,24 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
         assert_eq!(r.headers.get("x-jotd-tenant").unwrap(), "infura");
         assert_eq!(r.headers.get("x-jotd-claim-scope").unwrap(), "read");
     }
+    // A public method first (`ok_no_auth`, no one named) does not hide the
+    // subject the batch's other calls were allowed as.
+    let batch = format!(
+        "[{},{}]",
+        call(1, "web3_clientVersion", &json!([])),
+        call(2, "eth_getBalance", &json!([A, "latest"]))
+    );
+    let r = post(
+        fa,
+        "/auth",
+        Some(&limited),
+        &[("x-forwarded-uri", "/v3/infura")],
+        &batch,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.raw_body);
+    assert_eq!(r.headers.get("x-jotd-subject").unwrap(), "dave");
+    assert_eq!(r.headers.get("x-jotd-reason").unwrap(), "ok");
     // Claim headers a client sent for claims the token lacks go back empty
     // and named for Envoy to remove; one the token has is jotd's value.
     let r = post(
