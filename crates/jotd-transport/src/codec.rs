@@ -13,14 +13,27 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 << 20;
 pub const HARD_MAX_FRAME_BYTES: usize = 16 << 20;
 /// Default most items in one batch.
 pub const DEFAULT_MAX_ITEMS: usize = 4096;
+/// No configuration may raise the item limit above this.
+pub const HARD_MAX_ITEMS: usize = 65_536;
+
+/// What bincode may count as read while decoding one body. Its limit counts
+/// claims, not wire bytes: a varint length claims 8 bytes however short, an
+/// option or a bool 1, and a list its items' in-memory size up front (104
+/// bytes an item). A body therefore claims its size plus ~50 bytes an item
+/// and 8 an address: a 16 MiB frame of 4,096 items went over a 16 MiB limit
+/// and was `malformed_frame` (review, 2026-12-05). Twice the largest frame
+/// covers the largest frame with [`HARD_MAX_ITEMS`] items and
+/// `MAX_ADDRESSES_PER_BATCH` addresses (about 27 MiB claimed).
+const DECODE_CLAIM_LIMIT: usize = 2 * HARD_MAX_FRAME_BYTES;
 
 /// The bincode configuration of every body. The limit makes bincode refuse a
-/// container length that claims more than the frame could hold, before it allocates.
+/// container length that claims more than a frame could hold, before it
+/// allocates.
 fn bincode_config() -> impl Config {
     config::standard()
         .with_little_endian()
         .with_variable_int_encoding()
-        .with_limit::<HARD_MAX_FRAME_BYTES>()
+        .with_limit::<DECODE_CLAIM_LIMIT>()
 }
 
 /// Codec limits.
@@ -28,7 +41,7 @@ fn bincode_config() -> impl Config {
 pub struct Limits {
     /// Largest frame (after the length prefix). Default 4 MiB, at most 16 MiB.
     pub max_frame_bytes: usize,
-    /// Most items per batch. Default 4096.
+    /// Most items per batch. Default 4096, at most [`HARD_MAX_ITEMS`].
     pub max_items: usize,
 }
 

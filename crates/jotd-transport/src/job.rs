@@ -236,6 +236,16 @@ impl BatchJob {
         self.items.is_empty()
     }
 
+    /// Bytes the decoded form holds beyond the request's own bytes: spans
+    /// per item and per address, which a server charges to its request
+    /// buffer with the bytes (a batch of many empty addresses is several
+    /// times its wire size decoded).
+    #[must_use]
+    pub const fn held_bytes(&self) -> usize {
+        self.items.capacity() * std::mem::size_of::<ItemSpans>()
+            + self.addresses.capacity() * std::mem::size_of::<Span>()
+    }
+
     fn bytes(&self, s: Span) -> &[u8] {
         &self.input[s.start as usize..s.end as usize]
     }
@@ -302,6 +312,12 @@ impl BatchJob {
         self.decided += decided;
         self.held.append(&mut held);
         self.report.verify += (cx.clock)().saturating_duration_since(started);
+        if self.report.error.is_some() {
+            // An error frame went out: it is the stream's last frame, so
+            // items held for a refetch are never decided after it.
+            self.held.clear();
+            return Next::Done;
+        }
         if self.decided < self.items.len() {
             return Next::Pool;
         }
@@ -329,7 +345,7 @@ impl BatchJob {
         emit: Emit<'_>,
     ) -> Next {
         let held = std::mem::take(&mut self.held);
-        if held.is_empty() {
+        if held.is_empty() || self.report.error.is_some() {
             return Next::Done;
         }
         let started = (cx.clock)();

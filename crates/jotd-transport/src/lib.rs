@@ -38,9 +38,9 @@ pub use client::{
     PathStats, Pending, Resolve, ResolveFuture, SystemResolver, Violation,
 };
 pub use codec::{
-    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_ITEMS, FrameType, HARD_MAX_FRAME_BYTES, Limits, RawFrame,
-    WireError, decode_batch, decode_decisions, decode_error, encode_batch, encode_decisions,
-    encode_error, next_frame, peek_request_id,
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_ITEMS, FrameType, HARD_MAX_FRAME_BYTES, HARD_MAX_ITEMS,
+    Limits, RawFrame, WireError, decode_batch, decode_decisions, decode_error, encode_batch,
+    encode_decisions, encode_error, next_frame, peek_request_id,
 };
 #[cfg(feature = "dev-pki")]
 pub use dev_pki::DevPki;
@@ -53,8 +53,8 @@ pub use options::{OptionsError, ServerOptions};
 pub use report::{BatchReport, Denial, Tally, TenantWatch};
 pub use server::{
     Backend, BoxFuture, CLOSE_CONNECTION_LIMIT, CLOSE_SHUTDOWN, DrainReport, Event, Overload,
-    RESET_WRITE_TIMEOUT, Refusal, STOP_REFUSED, STOP_TOO_LARGE, Server, ServerError, ServerStats,
-    StreamEnd, TlsSwitch,
+    RESET_ANSWER_BUFFER_FULL, RESET_WRITE_TIMEOUT, Refusal, STOP_REFUSED, STOP_TOO_LARGE, Server,
+    ServerError, ServerStats, StreamEnd, TlsSwitch,
 };
 pub use tls::{
     TlsError, certificates, check_server_name, client_config, client_config_alpn, server_config,

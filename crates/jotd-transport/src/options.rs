@@ -1,6 +1,6 @@
 //! The QUIC server's limits and timers, and the QUIC transport they imply.
 
-use crate::codec::{HARD_MAX_FRAME_BYTES, Limits};
+use crate::codec::{HARD_MAX_FRAME_BYTES, HARD_MAX_ITEMS, Limits};
 use crate::report::TenantWatch;
 use quinn::VarInt;
 use std::net::SocketAddr;
@@ -149,6 +149,9 @@ impl ServerOptions {
         }
         if self.limits.max_frame_bytes > HARD_MAX_FRAME_BYTES {
             return err("max_frame_bytes", "at most 16 MiB");
+        }
+        if self.limits.max_items > HARD_MAX_ITEMS {
+            return err("max_batch_items", "at most 65536");
         }
         if self.max_request_buffer_bytes.get() < self.limits.max_frame_bytes + 4 {
             return err(

@@ -50,6 +50,10 @@ pub const STOP_REFUSED: u32 = 2;
 /// QUIC stream reset code: the client did not read the answer within
 /// `write_timeout`.
 pub const RESET_WRITE_TIMEOUT: u32 = 3;
+/// QUIC stream reset code: the answer's frames not yet read found no room in
+/// `max_request_buffer_bytes` (a client reading too slowly while the server
+/// is full); the decisions not yet sent are dropped.
+pub const RESET_ANSWER_BUFFER_FULL: u32 = 4;
 
 /// A future the backend returns from [`Backend::refetch`].
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -104,6 +108,8 @@ pub enum StreamEnd {
     RequestTimeout,
     /// The client did not read the answer within `write_timeout`.
     WriteTimeout,
+    /// The answer's unread frames found no room in the request buffer.
+    AnswerBufferFull,
 }
 
 /// Why a batch was refused for load.
@@ -548,6 +554,13 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming, share: HandshakeSha
             return;
         }
     };
+    // A handshake that completes during the drain takes no slot: admitting
+    // it could close another address's connection (streams in flight) to
+    // make room for one that would close at once.
+    if *shared.draining.borrow() {
+        conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+        return;
+    }
     // Only an authenticated, complete handshake takes a slot.
     let stats = &shared.stats;
     let slot = match shared.slots.admit(remote.ip(), Instant::now()) {

@@ -7,13 +7,13 @@ use crate::job::{BatchJob, JobContext, Next, Refused};
 use crate::messages::ErrorCode;
 use crate::report::BatchReport;
 use crate::server::{
-    CountGuard, Event, Overload, RESET_WRITE_TIMEOUT, STOP_REFUSED, STOP_TOO_LARGE, ServerStats,
-    Shared, StreamEnd,
+    CountGuard, Event, Overload, RESET_ANSWER_BUFFER_FULL, RESET_WRITE_TIMEOUT, STOP_REFUSED,
+    STOP_TOO_LARGE, ServerStats, Shared, StreamEnd,
 };
 use quinn::{RecvStream, SendStream, VarInt};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
@@ -33,9 +33,11 @@ enum ReadFailure {
 /// (`max_request_buffer_bytes`), counted in the `request_bytes` gauge. It
 /// grows with the request's bytes as they arrive (a length prefix alone
 /// reserves nothing: 4-byte streams declaring 4 MiB each once took the whole
-/// buffer for `request_timeout`), and is held until the request's decisions
-/// exist (or it is refused): the bytes, then their decoded form, stay within
-/// the budget while the batch waits for token room and is verified.
+/// buffer for `request_timeout`), then by the decoded form, and is held
+/// until the request's decisions exist (or it is refused): the bytes and
+/// their decoded form stay within the budget while the batch waits for token
+/// room and is verified. From then on it covers the answer's frames not yet
+/// written ([`Held`]), shrinking as the client reads them.
 pub(crate) struct Room {
     permit: Option<OwnedSemaphorePermit>,
     bytes: usize,
@@ -68,6 +70,116 @@ impl Room {
         self.bytes += n;
         self.stats.request_bytes.fetch_add(n, Ordering::Relaxed);
         true
+    }
+
+    /// Gives back all but `n` bytes of room.
+    fn shrink_to(&mut self, n: usize) {
+        if n >= self.bytes {
+            return;
+        }
+        let freed = self.bytes - n;
+        if n == 0 {
+            self.permit = None;
+        } else if let Some(p) = &mut self.permit {
+            drop(p.split(freed));
+        }
+        self.bytes = n;
+        self.stats.request_bytes.fetch_sub(freed, Ordering::Relaxed);
+    }
+}
+
+/// A stream's room and the answer frames produced but not yet written: the
+/// frames wait in memory while the client's flow control holds them back,
+/// so they are charged to the request buffer like the request was (a client
+/// that sets a tiny window and sends many small-item batches held their
+/// answers outside every budget until `write_timeout`).
+struct Held {
+    room: Room,
+    /// Room the request and its decoded form take until the decisions exist.
+    request: usize,
+    /// Bytes of frames produced and not yet written.
+    pending: usize,
+    /// The decisions exist: the room covers `pending` alone from now on.
+    decided: bool,
+    /// A frame found no room: it and every later one were dropped, and the
+    /// stream is reset ([`RESET_ANSWER_BUFFER_FULL`]), never finished short.
+    overflow: bool,
+}
+
+/// A stream's [`Held`] state, and the writer's wake-up when the answer is
+/// cut (it may be waiting on the client's flow control right then).
+struct Answer {
+    held: Mutex<Held>,
+    cut: tokio::sync::Notify,
+}
+
+impl Answer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Until the answer is cut (a stored wake-up counts: the writer may not
+    /// be waiting yet when it happens).
+    async fn cut(&self) {
+        self.cut.notified().await;
+    }
+}
+
+impl Held {
+    /// Room the stream needs now.
+    fn needed(&self) -> usize {
+        self.pending + if self.decided { 0 } else { self.request }
+    }
+}
+
+/// Where a job's frames go: charged to the stream's [`Held`] room, then on
+/// to the stream's writer.
+#[derive(Clone)]
+struct Frames {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    answer: Arc<Answer>,
+    shared: Arc<Shared>,
+}
+
+impl Frames {
+    /// Sends `frame` to the writer if the request buffer has room for it
+    /// (the stream's own room first); else marks the answer cut.
+    fn send(&self, frame: Vec<u8>) {
+        let mut h = self.answer.lock();
+        if h.overflow {
+            return;
+        }
+        h.pending += frame.len();
+        let need = h.needed();
+        if need > h.room.bytes {
+            let more = need - h.room.bytes;
+            if !h.room.grow(&self.shared, more) {
+                h.pending -= frame.len();
+                h.overflow = true;
+                drop(h);
+                // Wakes the writer, which resets the stream.
+                self.answer.cut.notify_one();
+                return;
+            }
+        }
+        drop(h);
+        let _ = self.tx.send(frame);
+    }
+
+    /// The decisions exist: the request's share of the room goes back.
+    fn decided(&self) {
+        let mut h = self.answer.lock();
+        h.decided = true;
+        let need = h.needed();
+        h.room.shrink_to(need);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    async fn closed(&self) {
+        self.tx.closed().await;
     }
 }
 
@@ -191,12 +303,12 @@ async fn fill(
                     };
                     let Some(grown) = grown else {
                         let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
-                        let head: &[u8] = if bytes.is_empty() {
-                            &chunk.bytes
-                        } else {
-                            bytes
-                        };
-                        return Err(overloaded(shared, head));
+                        // The id may sit partly in the refused chunk: the
+                        // head is what arrived, up to HEAD bytes.
+                        let mut head = bytes[..bytes.len().min(HEAD)].to_vec();
+                        let more = HEAD.saturating_sub(head.len()).min(chunk.bytes.len());
+                        head.extend_from_slice(&chunk.bytes[..more]);
+                        return Err(overloaded(shared, &head));
                     };
                     bytes.reserve_exact(grown - bytes.len());
                 }
@@ -259,6 +371,7 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
     };
     let started = Instant::now();
     let limits = shared.opts.limits;
+    let mut room = room;
     let job = match BatchJob::decode(bytes, &limits) {
         Ok(job) => job,
         Err(refused) => {
@@ -269,6 +382,26 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
             return;
         }
     };
+    // The decoded form (spans per item and address) is held with the bytes:
+    // a batch of many empty addresses is several times its size decoded.
+    if !room.grow(&shared, job.held_bytes()) {
+        drop(room);
+        shared.backend.event(&Event::Overloaded {
+            items: job.len(),
+            why: Overload::RequestBuffer,
+        });
+        let refused = Refused {
+            request_id: Some(job.request_id()),
+            code: ErrorCode::Overloaded,
+            message: format!(
+                "the server's buffer for requests in progress (max_request_buffer_bytes = {}) is full",
+                shared.opts.max_request_buffer_bytes
+            ),
+        };
+        drop(job);
+        answer_refused(&shared, &mut send, &refused).await;
+        return;
+    }
     // Reserve the batch's tokens (an empty batch one) until its decisions exist.
     let max_permits = shared.opts.max_tokens_in_flight.get().min(usize::MAX >> 4);
     let items = job.len().clamp(1, max_permits);
@@ -303,19 +436,40 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
     let in_flight = CountGuard(&shared.stats.tokens_in_flight, items);
     let queued = started.elapsed();
 
-    let (frames, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let answer = Arc::new(Answer {
+        held: Mutex::new(Held {
+            request: room.bytes,
+            room,
+            pending: 0,
+            decided: false,
+            overflow: false,
+        }),
+        cut: tokio::sync::Notify::new(),
+    });
+    let frames = Frames {
+        tx,
+        answer: Arc::clone(&answer),
+        shared: Arc::clone(&shared),
+    };
     let request_id = job.request_id();
     let control = async {
+        let decided = frames.clone();
         let report = drive(&shared, job, frames).await;
-        // Decisions produced: the tokens' and the request's room go back now,
-        // whether or not the client reads its answer.
+        // Decisions produced: the tokens go back now, whether or not the
+        // client reads its answer, and the room shrinks to the answer's
+        // frames not yet written.
         drop(in_flight);
         drop(permit);
-        drop(room);
+        decided.decided();
+        drop(decided);
         report
     };
     let mut sent = 0;
-    let (report, written) = tokio::join!(control, write_frames(&shared, &mut send, rx, &mut sent));
+    let (report, written) = tokio::join!(
+        control,
+        write_frames(&shared, &mut send, rx, Some(&answer), &mut sent)
+    );
     let mut report = report.unwrap_or_else(|| BatchReport {
         request_id: Some(request_id),
         error: Some(ErrorCode::Internal),
@@ -343,11 +497,7 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
 /// Runs the job on the pool (refetching between its steps when it asks),
 /// sending its frames into `frames`. `None`: the job panicked; an `internal`
 /// error frame was sent after whatever decisions had gone.
-async fn drive(
-    shared: &Arc<Shared>,
-    job: BatchJob,
-    frames: mpsc::UnboundedSender<Vec<u8>>,
-) -> Option<BatchReport> {
+async fn drive(shared: &Arc<Shared>, job: BatchJob, frames: Frames) -> Option<BatchReport> {
     let request_id = job.request_id();
     let backend = Arc::clone(&shared.backend);
     let snapshot = backend.snapshot();
@@ -419,7 +569,7 @@ async fn drive(
     Some(job.finish())
 }
 
-fn internal<T>(frames: &mpsc::UnboundedSender<Vec<u8>>, request_id: u64) -> Option<T> {
+fn internal<T>(frames: &Frames, request_id: u64) -> Option<T> {
     // Per-token panics are caught in the engine; this is the batch plumbing
     // itself. The stream fails as a whole, loudly.
     let refused = Refused {
@@ -427,7 +577,7 @@ fn internal<T>(frames: &mpsc::UnboundedSender<Vec<u8>>, request_id: u64) -> Opti
         code: ErrorCode::Internal,
         message: "internal error serving the batch".into(),
     };
-    let _ = frames.send(refused.frame());
+    frames.send(refused.frame());
     None
 }
 
@@ -445,14 +595,12 @@ const INLINE_ITEMS: usize = 128;
 /// ([`BatchJob::verify_while_cheap`]).
 fn run_step(
     shared: &Arc<Shared>,
-    frames: &mpsc::UnboundedSender<Vec<u8>>,
+    frames: &Frames,
     record_denials: bool,
     job: BatchJob,
     step: Step,
 ) -> Option<(BatchJob, Next)> {
-    let emit = |frame: Vec<u8>| {
-        let _ = frames.send(frame);
-    };
+    let emit = |frame: Vec<u8>| frames.send(frame);
     let clock = Instant::now;
     let cx = JobContext {
         engine: &shared.engine,
@@ -469,7 +617,7 @@ fn run_step(
 /// without blocking its tokio thread.
 async fn on_pool(
     shared: &Arc<Shared>,
-    frames: &mpsc::UnboundedSender<Vec<u8>>,
+    frames: &Frames,
     record_denials: bool,
     job: BatchJob,
     step: Step,
@@ -492,12 +640,28 @@ async fn on_pool(
 /// count. After a failed write the rest are dropped (the pool never waits on
 /// a stream). A client that stops the stream (STOP_SENDING) ends it at once,
 /// even while no frame is waiting. Frames written whole are counted in `sent`.
+/// With `answer`, each frame written gives its room back once the decisions
+/// exist, and an answer cut for want of room is reset at once (even while a
+/// write waits on the client), never finished short.
 async fn write_frames(
     shared: &Shared,
     send: &mut SendStream,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    answer: Option<&Answer>,
     sent: &mut usize,
 ) -> Result<(), StreamEnd> {
+    let cut = |send: &mut SendStream| {
+        let _ = send.reset(VarInt::from_u32(RESET_ANSWER_BUFFER_FULL));
+        Err(StreamEnd::AnswerBufferFull)
+    };
+    let overflow = || answer.is_some_and(|a| a.lock().overflow);
+    let cut_off = async {
+        match answer {
+            Some(a) => a.cut().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(cut_off);
     let mut left = shared.opts.write_timeout;
     loop {
         // A client that stops reading (STOP_SENDING, or its connection gone)
@@ -509,12 +673,25 @@ async fn write_frames(
                 None => break,
             },
             _ = send.stopped() => return Err(StreamEnd::Aborted),
+            () = &mut cut_off => return cut(send),
         };
         let started = Instant::now();
-        match tokio::time::timeout(left, send.write_all(&frame)).await {
+        let written = tokio::select! {
+            w = tokio::time::timeout(left, send.write_all(&frame)) => w,
+            () = &mut cut_off => return cut(send),
+        };
+        match written {
             Ok(Ok(())) => {
                 *sent += 1;
                 left = left.saturating_sub(started.elapsed());
+                if let Some(a) = answer {
+                    let mut h = a.lock();
+                    h.pending -= frame.len();
+                    if h.decided {
+                        let need = h.needed();
+                        h.room.shrink_to(need);
+                    }
+                }
             }
             Ok(Err(_)) => return Err(StreamEnd::Aborted),
             Err(_) => {
@@ -522,6 +699,9 @@ async fn write_frames(
                 return Err(StreamEnd::WriteTimeout);
             }
         }
+    }
+    if overflow() {
+        return cut(send);
     }
     send.finish().map_err(|_| StreamEnd::Aborted)
 }
@@ -531,7 +711,7 @@ async fn answer_refused(shared: &Shared, send: &mut SendStream, refused: &Refuse
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(refused.frame());
     drop(tx);
-    let written = write_frames(shared, send, rx, &mut 0).await;
+    let written = write_frames(shared, send, rx, None, &mut 0).await;
     shared.stats.batches.fetch_add(1, Ordering::Relaxed);
     shared.backend.event(&Event::Batch(&refused.report()));
     match written {

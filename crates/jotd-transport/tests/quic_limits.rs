@@ -503,18 +503,24 @@ async fn a_requests_room_is_held_until_its_decisions_exist() {
     // A batch held in flight: the JWKS tenant's unknown kid waits for a refetch.
     let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
     let request = encoded(1, &[&hs], "jwks");
-    let (mut send, mut held) = conn.open_bi().await.unwrap();
+    let (mut send, mut answer_stream) = conn.open_bi().await.unwrap();
     send.write_all(&request).await.unwrap();
     send.finish().unwrap();
     wait_for("the refetch", || {
         backend.refetches.load(Ordering::SeqCst) == 1
     })
     .await;
-    // Arrived whole long ago, but not decided: its bytes (and their decoded
-    // form) still count against max_request_buffer_bytes.
-    assert_eq!(r.stats.request_bytes(), request.len());
+    // Arrived whole long ago, but not decided: its bytes and their decoded
+    // form (one item's spans: under 100 bytes) still count against
+    // max_request_buffer_bytes.
+    let held = r.stats.request_bytes();
+    assert!(
+        held > request.len() && held < request.len() + 100,
+        "{held} for a request of {}",
+        request.len()
+    );
     gate.send(true).unwrap();
-    let answer = held.read_to_end(1 << 20).await.unwrap();
+    let answer = answer_stream.read_to_end(1 << 20).await.unwrap();
     assert!(!answer.is_empty());
     wait_for("the room to go back", || r.stats.request_bytes() == 0).await;
     r.stop().await;
@@ -640,4 +646,91 @@ async fn a_batch_whose_client_stops_reading_is_abandoned() {
         .unwrap();
     let chunk = jotd_transport::decode_decisions(frame.body).unwrap();
     assert_eq!(chunk.decisions.len(), 1);
+}
+
+/// 400 long-subject decisions for a client that grants 1 KiB and never
+/// reads: ~90 KB of frames wait in the server.
+async fn stuck_answer(r: &Running, k: &Keys) -> (Vec<u8>, quinn::Connection, quinn::RecvStream) {
+    let sub = "s".repeat(200);
+    let hs = k.hs.mint(Some("hs"), &claims(&sub, NOW + 60)).unwrap();
+    let tokens = vec![hs.as_str(); 400];
+    let request = encoded(1, &tokens, "t");
+    let stuck = raw_connection(r, false, Some(1024)).await;
+    let (mut send, recv) = stuck.open_bi().await.unwrap();
+    send.write_all(&request).await.unwrap();
+    send.finish().unwrap();
+    (request, stuck, recv)
+}
+
+/// The frames of an answer the client has not read are charged to the
+/// request buffer until written (they sat outside every budget once the
+/// decisions existed: a client with a tiny window and many small-item
+/// batches held ~2-3 × its request bytes for `write_timeout`), and go back
+/// when the stream is reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_answer_is_charged_to_the_request_buffer_until_written() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let opts = ServerOptions {
+        write_timeout: Duration::from_millis(1500),
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, false);
+    let (_request, _conn, recv) = stuck_answer(&r, &k).await;
+    wait_for("the decisions", || {
+        r.stats.tokens_in_flight() == 0 && r.stats.streams() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let held = r.stats.request_bytes();
+    assert!(held > 50_000, "unread answer frames charged: {held}");
+    wait_for("the write timeout", || {
+        backend.ends(StreamEnd::WriteTimeout) == 1
+    })
+    .await;
+    wait_for("the room to go back", || r.stats.request_bytes() == 0).await;
+    drop(recv);
+    r.stop().await;
+}
+
+/// An answer whose unread frames find no room in the request buffer is
+/// reset (code 4), never finished short, and its room goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_no_room_left_is_reset_not_cut_short() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let sub = "s".repeat(200);
+    let hs = k.hs.mint(Some("hs"), &claims(&sub, NOW + 60)).unwrap();
+    let size = encoded(1, &vec![hs.as_str(); 400], "t").len();
+    // Room for the request, its decoded form and a few frames, not the answer.
+    let opts = ServerOptions {
+        limits: Limits {
+            max_frame_bytes: size,
+            ..Limits::default()
+        },
+        max_request_buffer_bytes: std::num::NonZeroUsize::new(size + 4 + 400 * 64 + 4096).unwrap(),
+        write_timeout: Duration::from_secs(5),
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, false);
+    let (_request, _conn, mut recv) = stuck_answer(&r, &k).await;
+    wait_for("the reset", || {
+        backend.ends(StreamEnd::AnswerBufferFull) == 1
+    })
+    .await;
+    let end = loop {
+        match recv.read_chunk(1 << 16, true).await {
+            Ok(Some(_)) => {}
+            other => break other.map(|_| ()),
+        }
+    };
+    assert!(
+        matches!(
+            end,
+            Err(quinn::ReadError::Reset(code)) if code.into_inner() == u64::from(jotd_transport::RESET_ANSWER_BUFFER_FULL)
+        ),
+        "{end:?}"
+    );
+    wait_for("the room to go back", || r.stats.request_bytes() == 0).await;
+    r.stop().await;
 }

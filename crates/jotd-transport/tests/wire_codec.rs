@@ -350,3 +350,50 @@ fn the_protocol_doc_lists_every_error_code_and_whether_to_send_again() {
         );
     }
 }
+
+/// Frames that fit the configured limits decode, at the largest limits a
+/// server accepts: bincode's limit counts claims (8 bytes a varint, an item's
+/// in-memory size up front), not wire bytes, and a 16 MiB frame of 4,096
+/// items or a batch of 65,536 items with 65,536 addresses went over it.
+#[test]
+fn the_largest_frames_the_limits_allow_decode() {
+    let limits = Limits {
+        max_frame_bytes: jotd_transport::HARD_MAX_FRAME_BYTES,
+        max_items: jotd_transport::HARD_MAX_ITEMS,
+    };
+    let big = vec![b'a'; 4080];
+    let near_limit = BatchRequest {
+        request_id: 7,
+        items: (0..4096)
+            .map(|_| Item {
+                token: Some(&big),
+                tenant: "t",
+                method: Some("m"),
+                addresses: vec![],
+                origin: None,
+                user_agent: None,
+            })
+            .collect(),
+    };
+    let many = BatchRequest {
+        request_id: 8,
+        items: (0..jotd_transport::HARD_MAX_ITEMS)
+            .map(|_| Item {
+                token: None,
+                tenant: "",
+                method: None,
+                addresses: vec![""],
+                origin: None,
+                user_agent: None,
+            })
+            .collect(),
+    };
+    for batch in [near_limit, many] {
+        let mut out = Vec::new();
+        encode_batch(&batch, &mut out).unwrap();
+        let body = &out[5..];
+        assert!(out.len() - 4 <= limits.max_frame_bytes, "{}", out.len());
+        let got = decode_batch(body, &limits).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.items.len(), batch.items.len());
+    }
+}

@@ -275,6 +275,7 @@ pub(crate) struct Metrics {
     streams_aborted: Counter,
     request_timeouts: Counter,
     write_timeouts: Counter,
+    answer_buffer_full: Counter,
     retries: Counter,
     connections_total: Counter,
     refetch_reverified: Counter,
@@ -348,6 +349,7 @@ impl Metrics {
             streams_aborted: counter!("jotd_streams_aborted_total"),
             request_timeouts: counter!("jotd_streams_reset_total", "why" => "request_timeout"),
             write_timeouts: counter!("jotd_streams_reset_total", "why" => "write_timeout"),
+            answer_buffer_full: counter!("jotd_streams_reset_total", "why" => "answer_buffer_full"),
             retries: counter!("jotd_retries_sent_total"),
             connections_total: counter!("jotd_connections_total"),
             refetch_reverified: counter!("jotd_refetch_reverified_batches_total"),
@@ -432,6 +434,7 @@ impl Metrics {
                 StreamEnd::Aborted => self.streams_aborted.increment(1),
                 StreamEnd::RequestTimeout => self.request_timeouts.increment(1),
                 StreamEnd::WriteTimeout => self.write_timeouts.increment(1),
+                StreamEnd::AnswerBufferFull => self.answer_buffer_full.increment(1),
             },
             Event::ConnectionClosed { .. } => {}
         }

@@ -62,7 +62,7 @@
 
 use jotd_core::{CacheConfig, EngineConfig};
 use jotd_keys::{ConfigError, FetchConfig, KeysConfig, KeysSection};
-use jotd_transport::{HARD_MAX_FRAME_BYTES, Limits, ServerOptions, TenantWatch};
+use jotd_transport::{HARD_MAX_FRAME_BYTES, HARD_MAX_ITEMS, Limits, ServerOptions, TenantWatch};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -379,6 +379,13 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
                 "server",
                 "max_frame_bytes",
                 format_args!("at most {HARD_MAX_FRAME_BYTES}"),
+            ));
+        }
+        if items > HARD_MAX_ITEMS {
+            return Err(ctx.err(
+                "server",
+                "max_batch_items",
+                format_args!("at most {HARD_MAX_ITEMS}"),
             ));
         }
         if items > s.server.max_tokens_in_flight.get() {

@@ -25,7 +25,7 @@ pub struct TestBackend {
     /// QUIC Retry packets sent.
     pub retries: AtomicUsize,
     /// Streams given up on, by why: aborted, request timeout, write timeout.
-    pub stream_ends: [AtomicUsize; 3],
+    pub stream_ends: [AtomicUsize; 4],
     /// When set, `refetch` waits until the gate opens (a batch in flight).
     pub refetch_gate: Option<watch::Receiver<bool>>,
     /// Every connection refusal, in order.
@@ -60,6 +60,7 @@ impl TestBackend {
             StreamEnd::Aborted => 0,
             StreamEnd::RequestTimeout => 1,
             StreamEnd::WriteTimeout => 2,
+            StreamEnd::AnswerBufferFull => 3,
         };
         self.stream_ends[i].load(Ordering::SeqCst)
     }
@@ -105,6 +106,7 @@ impl Backend for TestBackend {
                     StreamEnd::Aborted => 0,
                     StreamEnd::RequestTimeout => 1,
                     StreamEnd::WriteTimeout => 2,
+                    StreamEnd::AnswerBufferFull => 3,
                 };
                 self.stream_ends[i].fetch_add(1, Ordering::SeqCst);
             }
