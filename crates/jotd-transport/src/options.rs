@@ -30,10 +30,12 @@ pub struct ServerOptions {
     /// gets an `overloaded` error. Default 250 ms: well below the clients'
     /// deadlines, so the answer leaves them time to try another replica.
     pub overload_wait: Duration,
-    /// Bytes of requests not yet decided, across the server. A request takes
-    /// room for its declared length when its length prefix arrives and keeps
-    /// it until its decisions exist; one that finds none is refused at once
-    /// with `overloaded`. Default 128 MiB.
+    /// Bytes of requests and answers in progress, across the server. A
+    /// request takes room for its bytes as they arrive (not for its declared
+    /// length) and for its decoded form, and keeps it until its decisions
+    /// exist; one that finds none is refused at once with `overloaded`. The
+    /// answer's frames not yet written take room too; an answer that finds
+    /// none is reset (code 4). Default 128 MiB.
     pub max_request_buffer_bytes: NonZeroUsize,
     /// A request that has not arrived whole (up to its FIN) this long after
     /// its stream opened is refused with `request_timeout`, its stream stopped

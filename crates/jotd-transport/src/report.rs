@@ -216,7 +216,8 @@ pub struct BatchReport {
     pub queued: Duration,
     /// Time on the verification pool, refetch waits excluded.
     pub verify: Duration,
-    /// From the end of the request to the last decision produced (set by the driver).
+    /// From the end of the request to the last answer byte handed to QUIC
+    /// (set by the driver, after the writer is done).
     pub total: Duration,
 }
 

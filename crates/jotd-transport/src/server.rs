@@ -2,8 +2,9 @@
 //! stream's request is read under the server's limits and handed to a
 //! [`BatchJob`](crate::BatchJob): a cheap batch (cached tokens, HMAC; at
 //! most 128 items) is decided on the stream's own task, anything costly on
-//! the dedicated rayon pool (no tokio worker waits on the pool or on a
-//! costly signature check); its frames are written back as they come. Every decision is the job's; this module only decides when to stop
+//! the dedicated rayon pool (no tokio worker waits on the pool; while the
+//! engine says batches are cheap, one costly check may run inline before the
+//! batch moves to the pool); its frames are written back as they come. Every decision is the job's; this module only decides when to stop
 //! listening.
 //!
 //! Connections: an attempt takes a handshake slot (`max_handshakes`, at most
