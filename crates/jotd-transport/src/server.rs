@@ -452,7 +452,10 @@ impl Server {
             incoming.refuse();
             return;
         }
-        connections.spawn(connection(Arc::clone(shared), incoming, share));
+        // Made here, not in the task: a task aborted before it first runs
+        // (the drain timeout's `abort_all`) still gives the count back.
+        let handshake = OwnedCount::new(&shared.stats, |s| &s.handshakes, 1);
+        connections.spawn(connection(Arc::clone(shared), incoming, share, handshake));
     }
 }
 
@@ -502,6 +505,36 @@ impl Drop for HandshakeShare {
 /// Decrements a gauge when dropped.
 pub(crate) struct CountGuard<'a>(pub(crate) &'a AtomicUsize, pub(crate) usize);
 
+/// A [`CountGuard`] that owns its way to the gauge, so it can be made before
+/// a task is spawned and moved in: dropped with the task's future even when
+/// the task is aborted before it first runs.
+pub(crate) struct OwnedCount {
+    stats: Arc<ServerStats>,
+    field: fn(&ServerStats) -> &AtomicUsize,
+    n: usize,
+}
+
+impl OwnedCount {
+    /// Counts `n` already added to `field`; takes them off when dropped.
+    pub(crate) fn new(
+        stats: &Arc<ServerStats>,
+        field: fn(&ServerStats) -> &AtomicUsize,
+        n: usize,
+    ) -> Self {
+        Self {
+            stats: Arc::clone(stats),
+            field,
+            n,
+        }
+    }
+}
+
+impl Drop for OwnedCount {
+    fn drop(&mut self) {
+        (self.field)(&self.stats).fetch_sub(self.n, Ordering::Relaxed);
+    }
+}
+
 impl Drop for CountGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(self.1, Ordering::Relaxed);
@@ -524,9 +557,13 @@ fn close_at_limit(shared: &Shared, conn: &quinn::Connection, why: Refusal) {
     conn.close(VarInt::from_u32(CLOSE_CONNECTION_LIMIT), detail.as_bytes());
 }
 
-async fn connection(shared: Arc<Shared>, incoming: Incoming, share: HandshakeShare) {
+async fn connection(
+    shared: Arc<Shared>,
+    incoming: Incoming,
+    share: HandshakeShare,
+    handshake: OwnedCount,
+) {
     let remote = incoming.remote_address();
-    let handshake = CountGuard(&shared.stats.handshakes, 1);
     let accepted = match incoming.accept() {
         Ok(connecting) => {
             match tokio::time::timeout(shared.opts.handshake_timeout, connecting).await {
@@ -609,13 +646,14 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming, share: HandshakeSha
                         refusals.spawn(refuse_draining(Arc::clone(&shared), send, recv));
                     } else {
                         stats.streams.fetch_add(1, Ordering::Relaxed);
+                        let count = OwnedCount::new(&shared.stats, |s| &s.streams, 1);
                         // Busy while it runs: room is made from idle
                         // connections first.
                         let busy = slot.busy();
                         let job = stream(Arc::clone(&shared), send, recv);
                         work.spawn(async move {
                             job.await;
-                            drop(busy);
+                            drop((busy, count));
                         });
                     }
                 }
@@ -634,4 +672,38 @@ async fn connection(shared: Arc<Shared>, incoming: Incoming, share: HandshakeSha
         conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
     }
     shared.backend.event(&Event::ConnectionClosed { remote });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{OwnedCount, ServerStats};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    /// A count made before its task is spawned goes back when the task is
+    /// aborted before it ever runs (the drain timeout's `abort_all`): made
+    /// inside the task, it stayed one too high.
+    #[test]
+    fn a_task_aborted_before_it_runs_gives_its_count_back() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let stats = Arc::new(ServerStats::default());
+        rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..3 {
+                stats.streams.fetch_add(1, Ordering::Relaxed);
+                let count = OwnedCount::new(&stats, |s| &s.streams, 1);
+                set.spawn(async move {
+                    std::future::pending::<()>().await;
+                    drop(count);
+                });
+            }
+            assert_eq!(stats.streams.load(Ordering::Relaxed), 3);
+            // Nothing has run yet on this one-thread runtime.
+            set.abort_all();
+            while set.join_next().await.is_some() {}
+        });
+        assert_eq!(stats.streams.load(Ordering::Relaxed), 0);
+    }
 }

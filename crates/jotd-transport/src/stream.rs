@@ -348,8 +348,9 @@ fn refuse(head: &[u8], code: ErrorCode, message: &str) -> ReadFailure {
 }
 
 /// Serves one stream to its end.
+/// The `streams` gauge is the caller's ([`crate::server`] counts the stream
+/// before spawning it, so an aborted task gives the count back too).
 pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream) {
-    let _count = CountGuard(&shared.stats.streams, 1);
     let (bytes, room) = match read_request(&shared, &mut recv).await {
         Ok(r) => r,
         Err(ReadFailure::Aborted) => {
