@@ -66,8 +66,10 @@ impl Health {
     /// identity provider, so failing readiness on it would pull the whole pool,
     /// every tenant, out of the balancer for one tenant's outage.
     pub(crate) fn ready(&self) -> Result<String, String> {
+        // Draining is the whole answer (and shows at once): no walk of every
+        // tenant and source per probe while the replica winds down.
         if self.draining.load(Ordering::SeqCst) {
-            return self.work_out();
+            return Err("not ready: draining\n".to_owned());
         }
         let Ok(mut last) = self.last.lock() else {
             return self.work_out();
