@@ -302,8 +302,10 @@ impl reqwest::dns::Resolve for NamedHosts {
         Box::pin(async move {
             let addrs: Vec<std::net::SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if !named.names(&host)
-                && let Some(inside) = addrs.iter().find(|a| internal_address(a.ip()))
+            // The config is read only when an address is internal (a walk
+            // of every tenant's sources; public IdPs never pay it).
+            if let Some(inside) = addrs.iter().find(|a| internal_address(a.ip()))
+                && !named.names(&host)
             {
                 return Err(format!(
                     "`{host}` resolves to the internal address {}, and no JWKS URL \
