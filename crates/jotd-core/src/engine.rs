@@ -218,6 +218,14 @@ impl Engine {
         let Some(tenant) = snapshot.tenant(req.tenant) else {
             return Decision::without_token(Reason::UnknownTenant);
         };
+        // The tenant's own origin allowlist holds every request, with a token
+        // or without (a page cannot add a token to a WebSocket, so a tenant
+        // that takes calls without one had no origin rule at all).
+        if !tenant.origins.is_empty()
+            && !crate::policy::origin_allowed(tenant.origins.iter().map(|p| &**p), req.origin)
+        {
+            return Decision::without_token(Reason::OriginNotAllowed);
+        }
         let token = match req.token {
             Some(t) if !t.is_empty() => t,
             _ => {

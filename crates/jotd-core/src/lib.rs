@@ -38,7 +38,7 @@ pub use engine::{Engine, EngineConfig, Scratch};
 pub use key::{KeyError, RSA_MAX_BITS, RSA_MIN_BITS, VerifyingKey};
 #[cfg(feature = "mint")]
 pub use mint::{MintError, RawVerifier, SigningKey, sample_claims, split_for_raw};
-pub use policy::PolicyModel;
+pub use policy::{PolicyModel, origin_pattern_ok};
 pub use reason::Reason;
 pub use request::{Request, UnixTime, token_hash};
 pub use tenant::{ClaimRules, Denylist, Snapshot, Tenant, TenantKey, TypRule};

@@ -142,14 +142,7 @@ fn allowlist(g: &Grants<'_>, req: &Request<'_>) -> Result<(), Reason> {
     // upgrade, forward-auth without a body) still learns an Origin refusal.
     if let Some(origins) = &g.origins {
         // Parsed once per request, then matched against each entry.
-        let origin = req
-            .origin
-            .and_then(|o| parse_origin(o, false))
-            .ok_or(Reason::OriginNotAllowed)?;
-        if !origins
-            .iter()
-            .any(|p| parse_origin(p, true).is_some_and(|p| p.matches(&origin)))
-        {
+        if !origin_allowed(origins.iter().map(|p| &**p), req.origin) {
             return Err(Reason::OriginNotAllowed);
         }
     }
@@ -332,6 +325,26 @@ fn parse_origin(s: &str, pattern: bool) -> Option<OriginParts<'_>> {
         _ => return None,
     };
     Some(OriginParts { scheme, host, port })
+}
+
+/// Whether `pattern` is an origin allowlist entry that can match an origin
+/// (`[scheme://]host[:port]`, `*.` only as the first label): what a
+/// configured list is checked with before it is used.
+#[must_use]
+pub fn origin_pattern_ok(pattern: &str) -> bool {
+    parse_origin(pattern, true).is_some()
+}
+
+/// Whether `origin` (a request's `Origin`, `None` when it has none) matches
+/// an entry of `patterns`: the rule a token's `origins` claim is held to.
+pub(crate) fn origin_allowed<'p>(
+    mut patterns: impl Iterator<Item = &'p str>,
+    origin: Option<&str>,
+) -> bool {
+    let Some(origin) = origin.and_then(|o| parse_origin(o, false)) else {
+        return false;
+    };
+    patterns.any(|p| parse_origin(p, true).is_some_and(|p| p.matches(&origin)))
 }
 
 /// Matches an HTTP `Origin` against an allowlist entry.

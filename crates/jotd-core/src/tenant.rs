@@ -160,6 +160,12 @@ pub struct Tenant {
     /// ES256 under a new kid), so an unknown kid is `unknown_kid` (which
     /// triggers a refetch) rather than `alg_not_allowed`. Default: `false`.
     pub algorithms_follow_keys: bool,
+    /// HTTP origins every request of the tenant must come from, with a token
+    /// or without (Infura's project-level origin allowlist; entries as a
+    /// token's `origins` claim reads them). Checked before the token: a
+    /// request without an `Origin`, or with one no entry matches, is
+    /// `origin_not_allowed`. Empty: any origin, or none. Default: empty.
+    pub origins: Vec<Box<str>>,
 }
 
 impl Tenant {
@@ -181,6 +187,7 @@ impl Tenant {
             denylist: Arc::default(),
             remote_keys: false,
             algorithms_follow_keys: false,
+            origins: Vec::new(),
         }
     }
 

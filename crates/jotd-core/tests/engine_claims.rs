@@ -655,3 +655,49 @@ fn one_workers_scratch_never_carries_a_header_across_tokens() {
         assert_eq!(d.reason(), *want, "step {i}");
     }
 }
+
+/// A tenant's own origin allowlist holds every request, with a token or
+/// without (a page cannot put a token on a WebSocket, so a tenant taking
+/// calls without one had no origin rule): a missing or unlisted `Origin` is
+/// `origin_not_allowed` before the token is looked at; a listed one goes on
+/// to the usual rules.
+#[test]
+fn a_tenant_origin_allowlist_holds_requests_with_and_without_a_token() {
+    let mut t = tenant("t", &[Es256]);
+    t.require_jwt = false;
+    t.origins = vec!["https://app.example.com".into(), "*.example.org".into()];
+    let snap = one(t);
+    let engine = uncached();
+    let token = mint(Es256, json!({}));
+    let forged = token.replacen('e', "f", 1);
+    let ask = |token: Option<&str>, origin: Option<&str>| {
+        let req = Request {
+            token: token.map(str::as_bytes),
+            tenant: "t",
+            method: Some("eth_call"),
+            addresses: &[],
+            origin,
+            user_agent: None,
+        };
+        engine.verify(&snap, &req, UnixTime(NOW)).reason()
+    };
+    for origin in [
+        Some("https://app.example.com"),
+        Some("http://a.b.example.org"),
+    ] {
+        assert_eq!(ask(Some(&token), origin), Reason::Ok, "{origin:?}");
+        assert_eq!(ask(None, origin), Reason::OkNoAuth, "{origin:?}");
+        assert_ne!(ask(Some(&forged), origin), Reason::Ok, "{origin:?}");
+    }
+    for origin in [
+        None,
+        Some("https://evil.example"),
+        Some("https://app.example.com.evil.example"),
+        Some("https://example.org"),
+        Some("null"),
+    ] {
+        for t in [Some(token.as_str()), None, Some(forged.as_str())] {
+            assert_eq!(ask(t, origin), Reason::OriginNotAllowed, "{origin:?}");
+        }
+    }
+}

@@ -234,6 +234,8 @@ pub struct RawTenant {
     #[serde(default)]
     pub(crate) no_auth_methods: Option<Spanned<Vec<String>>>,
     #[serde(default)]
+    pub(crate) origins: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
     pub(crate) leeway_s: Option<Spanned<u64>>,
     #[serde(default)]
     pub(crate) max_lifetime_s: Option<Spanned<u64>>,

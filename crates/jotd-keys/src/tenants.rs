@@ -174,6 +174,23 @@ pub(crate) fn tenant(
         .map(|s| s.as_str().into())
         .collect();
     let no_auth_methods = names(&cx, &t.no_auth_methods, &at("no_auth_methods"), MAX_NAMES)?;
+    let origins = names(&cx, &t.origins, &at("origins"), MAX_NAMES)?;
+    if let (Some(list), Some((i, bad))) = (
+        &t.origins,
+        origins
+            .iter()
+            .enumerate()
+            .find(|(_, o)| !jotd_core::origin_pattern_ok(o)),
+    ) {
+        return cx.err(
+            list.span(),
+            &at("origins"),
+            format_args!(
+                "entry {i} `{}` can match no origin: write `[scheme://]host[:port]`, `*.` only as the first label (`https://app.example.com`, `*.example.com`)",
+                bad.escape_default()
+            ),
+        );
+    }
     let claims_to_return = names(&cx, &t.claims_to_return, &at("claims_to_return"), 64)?;
     claims.typ = TypRule {
         required: t.require_typ,
@@ -238,7 +255,7 @@ pub(crate) fn tenant(
     ] {
         put(&mut ctx, part.as_bytes());
     }
-    for list in [&no_auth_methods, &claims_to_return] {
+    for list in [&no_auth_methods, &claims_to_return, &origins] {
         ctx.update(&(list.len() as u64).to_le_bytes());
         for s in list {
             put(&mut ctx, s.as_bytes());
@@ -331,6 +348,7 @@ pub(crate) fn tenant(
     tenant.policy = policy;
     tenant.require_jwt = t.require_jwt;
     tenant.no_auth_methods = no_auth_methods.iter().map(|s| s.as_str().into()).collect();
+    tenant.origins = origins.iter().map(|s| s.as_str().into()).collect();
     tenant.claims_to_return = claims_to_return.iter().map(|s| s.as_str().into()).collect();
     let digest = ctx
         .finish()

@@ -478,6 +478,8 @@ fn list_boundaries_are_part_of_the_epoch() {
         "no_auth_methods = [\"a\", \"b\"]\nclaims_to_return = [\"c\"]",
         "claims_to_return = [\"a\", \"b\"]",
         "no_auth_methods = []",
+        "origins = [\"https://a.example\"]",
+        "origins = [\"https://b.example\"]",
     ];
     let epochs: Vec<u64> = cases.iter().map(|c| epoch(c)).collect();
     for (i, a) in epochs.iter().enumerate() {
@@ -1011,5 +1013,36 @@ fn one_key_under_two_issuers_is_reported_as_shadowed() {
             &[]
         };
         assert_eq!(cfg.shadowed_kids(), want, "{second}");
+    }
+}
+
+/// A tenant's `origins` load into its rules; an entry that can match no
+/// origin is an error naming the tenant, the key and the entry.
+#[test]
+fn tenant_origins_load_and_bad_entries_are_named() {
+    let config = "[[tenant]]\nid = \"t\"\nrequire_jwt = false\norigins = [\"https://app.example.com\", \"*.example.org\"]\n";
+    let snap = Files::new(config).load().unwrap().snapshot(1, &|_, _| None);
+    let origins: Vec<&str> = snap
+        .tenant("t")
+        .unwrap()
+        .origins
+        .iter()
+        .map(|o| &**o)
+        .collect();
+    assert_eq!(origins, ["https://app.example.com", "*.example.org"]);
+    for bad in [
+        "https://app.example.com/path",
+        "app.*.example.com",
+        "https://",
+        "a b",
+    ] {
+        let config = format!(
+            "[[tenant]]\nid = \"t\"\nrequire_jwt = false\norigins = [\"ok.example\", \"{bad}\"]\n"
+        );
+        let e = Files::new(&config).load().unwrap_err().to_string();
+        assert!(
+            e.contains("tenant[0].origins") && e.contains("entry 1"),
+            "{bad}: {e}"
+        );
     }
 }
