@@ -557,7 +557,15 @@ fn public_material(secret: &[u8]) -> Option<&'static str> {
     if text.windows(11).any(|w| w == b"-----BEGIN ") {
         return Some("a PEM block");
     }
-    if SSH_KEY_TYPES.iter().any(|p| text.starts_with(p)) || ssh_wire_key(text) {
+    // A key type as the first word, with more after it (a passphrase that
+    // merely starts with `ssh-rsa` and has no blank is a secret).
+    let first = text
+        .split(|b| b.is_ascii_whitespace())
+        .next()
+        .unwrap_or_default();
+    if (SSH_KEY_TYPES.iter().any(|p| first.starts_with(p)) && text.len() > first.len())
+        || ssh_wire_key(text)
+    {
         return Some("an OpenSSH public key");
     }
     if text
@@ -822,6 +830,11 @@ mod public_material_tests {
                 }
             }
         }
+        // A passphrase that only starts like a key type is a secret.
+        assert_eq!(
+            public_material(b"ssh-rsa-rotation-secret-2026-0123456789"),
+            None
+        );
         // The reviewer's case: hex that starts "0900" reads as a SEQUENCE in ASCII.
         let hex = format!("0900{}", "ab".repeat(30));
         assert_eq!(public_material(hex.as_bytes()), None);
