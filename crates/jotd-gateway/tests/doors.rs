@@ -81,7 +81,11 @@ fn tenants(k: &Keys) -> Snapshot {
     besu.policy = PolicyModel::Permissions;
     besu.algorithms = AlgorithmSet::ALL;
     besu.no_auth_methods = vec!["net_version".into()];
-    Snapshot::new(1, [Arc::new(infura), Arc::new(besu)])
+    // A token-free tenant with an origin allowlist of its own.
+    let mut open = Tenant::new("open", Vec::new());
+    open.require_jwt = false;
+    open.origins = vec!["https://app.example".into()];
+    Snapshot::new(1, [Arc::new(infura), Arc::new(besu), Arc::new(open)])
 }
 
 fn start_pool(k: &Keys) -> Pool {
@@ -2929,4 +2933,45 @@ async fn uri_header_off_takes_the_tenant_from_the_path_alone() {
         }
         gw.drain().await;
     }
+}
+
+/// A token-free tenant's own origin allowlist holds at the WebSocket
+/// upgrade (a page cannot add a token to a socket, and such a tenant had no
+/// origin rule): a page it does not list, or a request with no `Origin`, is
+/// refused; a listed page gets its socket and its answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_origin_allowlist_holds_at_the_websocket_upgrade() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (_k, _pool, cfg, _dir) = ws_rig("ws-origins", "").await;
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let proxy = gw.proxy.unwrap();
+    let upgrade = |origin: Option<&str>| {
+        let mut req = format!("ws://{proxy}/v3/open")
+            .into_client_request()
+            .unwrap();
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        req
+    };
+    for origin in [Some("https://evil.example"), None] {
+        let e = tokio_tungstenite::connect_async(upgrade(origin))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("403"), "{origin:?}: {e}");
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(upgrade(Some("https://app.example")))
+        .await
+        .unwrap();
+    ws.send(Message::text(call(1, "eth_chainId", &json!([]))))
+        .await
+        .unwrap();
+    let answer = ws.next().await.unwrap().unwrap();
+    assert!(
+        answer.to_text().unwrap().contains("eth_chainId"),
+        "{answer:?}"
+    );
+    gw.drain().await;
 }
