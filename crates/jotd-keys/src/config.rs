@@ -23,6 +23,36 @@
 //! ```
 
 use crate::jwk::Jwk;
+
+/// A `jwk = { … }` table in the config: a [`Jwk`] whose members are all
+/// known, like every other table of the file (a JWKS document from an
+/// identity provider may carry members of its own; a hand-written key may
+/// not: `keyops` for `key_ops` dropped the restriction silently).
+#[derive(Debug, Clone)]
+pub(crate) struct InlineJwk(pub(crate) Jwk);
+
+/// The members an inline JWK may hold (RFC 7517 and 7518, and WebCrypto's
+/// `ext`; private ones are read only to be refused).
+const JWK_MEMBERS: [&str; 23] = [
+    "kty", "kid", "alg", "use", "key_ops", "crv", "n", "e", "x", "y", "k", "x5c", "x5t",
+    "x5t#S256", "x5u", "ext", "d", "p", "q", "dp", "dq", "qi", "oth",
+];
+
+impl<'de> Deserialize<'de> for InlineJwk {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let table = toml::Table::deserialize(d)?;
+        if let Some(unknown) = table.keys().find(|k| !JWK_MEMBERS.contains(&k.as_str())) {
+            return Err(D::Error::custom(format!(
+                "unknown JWK member `{unknown}`; expected one of {}",
+                JWK_MEMBERS[..15].join(", ")
+            )));
+        }
+        Jwk::deserialize(toml::Value::Table(table))
+            .map(Self)
+            .map_err(D::Error::custom)
+    }
+}
 use serde::Deserialize;
 use std::fmt;
 use std::ops::Range;
@@ -267,7 +297,7 @@ pub(crate) struct RawKey {
     #[serde(default)]
     pub(crate) der_file: Option<String>,
     #[serde(default)]
-    pub(crate) jwk: Option<Jwk>,
+    pub(crate) jwk: Option<InlineJwk>,
     #[serde(default)]
     pub(crate) secret: Option<String>,
     #[serde(default)]

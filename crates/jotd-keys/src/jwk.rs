@@ -194,6 +194,23 @@ impl Jwk {
     /// # Errors
     /// [`JwkError::NotForVerification`], naming the member.
     pub fn check_verification_use(&self) -> Result<(), JwkError> {
+        // A JWE algorithm or an ECDH-only curve says "encryption" as plainly
+        // as `use = "enc"`: such a key sharing a signing key's kid is no
+        // duplicate (a JWKS publishing both was refused whole).
+        if let Some(alg) = self.alg.as_deref()
+            && is_jwe_alg(alg)
+        {
+            return Err(JwkError::NotForVerification(format!(
+                "alg `{alg}` is a JWE (encryption) algorithm"
+            )));
+        }
+        if let Some(crv) = self.crv.as_deref()
+            && matches!(crv, "X25519" | "X448")
+        {
+            return Err(JwkError::NotForVerification(format!(
+                "crv `{crv}` is for key agreement (ECDH), not signatures"
+            )));
+        }
         if let Some(use_) = self.use_.as_deref()
             && use_ != "sig"
         {
@@ -299,6 +316,33 @@ fn reorders_or_breaks(c: char) -> bool {
 
 /// Reasons kept in [`JwksKeys::skipped`]; the rest are only counted.
 pub const MAX_SKIPPED_LISTED: usize = 8;
+
+/// Whether `alg` is a JWE key-management algorithm (RFC 7518 §4): a key
+/// published for it encrypts, never verifies.
+fn is_jwe_alg(alg: &str) -> bool {
+    matches!(
+        alg,
+        "RSA1_5"
+            | "RSA-OAEP"
+            | "RSA-OAEP-256"
+            | "RSA-OAEP-384"
+            | "RSA-OAEP-512"
+            | "dir"
+            | "ECDH-ES"
+            | "ECDH-ES+A128KW"
+            | "ECDH-ES+A192KW"
+            | "ECDH-ES+A256KW"
+            | "A128KW"
+            | "A192KW"
+            | "A256KW"
+            | "A128GCMKW"
+            | "A192GCMKW"
+            | "A256GCMKW"
+            | "PBES2-HS256+A128KW"
+            | "PBES2-HS384+A192KW"
+            | "PBES2-HS512+A256KW"
+    )
+}
 
 /// The usable keys of a JWKS document, and why the others were left out.
 #[derive(Debug)]

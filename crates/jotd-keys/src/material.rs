@@ -118,6 +118,15 @@ fn der_private_key(der: &[u8]) -> Option<&'static str> {
 fn pem_der(text: &[u8]) -> Result<Vec<u8>, MaterialError> {
     let mut blocks =
         pem::parse_many(text).map_err(|e| MaterialError::Unreadable(format!("PEM: {e}")))?;
+    // The parser drops a block it cannot finish (a second block cut off
+    // before its END line): every BEGIN line must be a block read.
+    let begins = text.windows(11).filter(|w| *w == b"-----BEGIN ").count();
+    if begins > blocks.len() {
+        return Err(MaterialError::Unreadable(format!(
+            "PEM: {begins} BEGIN lines but {} whole block(s): one is cut off before its END line",
+            blocks.len()
+        )));
+    }
     if let Some(extra) = blocks.get(1) {
         return Err(MaterialError::ExtraPemBlock {
             index: 2,

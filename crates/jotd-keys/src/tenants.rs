@@ -415,7 +415,23 @@ fn key(
         )
     };
     let bad = |e: MaterialError| cx.loc.error(span.clone(), at, e);
-    let (key, source) = if let Some(jwk) = &k.jwk {
+    let (key, source) = if let Some(crate::config::InlineJwk(jwk)) = &k.jwk {
+        // The table's own kid is the key's: a JWK naming another one is a
+        // copy-paste of the wrong key, or of the right key under the wrong
+        // name (tokens would carry the JWK's kid and find nothing).
+        if let Some(own) = jwk.kid.as_deref()
+            && own != k.kid.get_ref()
+        {
+            return cx.err(
+                span.clone(),
+                &format!("{at}.jwk"),
+                format_args!(
+                    "the JWK's kid `{}` differs from the key's kid `{}`",
+                    own.escape_default(),
+                    k.kid.get_ref().escape_default()
+                ),
+            );
+        }
         let key = jwk
             .to_key(alg)
             .map_err(|e| cx.loc.error(span.clone(), format!("{at}.jwk"), e))?;

@@ -306,6 +306,46 @@ fn pem_with_more_than_one_block_names_the_extra_block() {
             "{e}"
         );
     }
+    // A second block cut off before its END line: the parser dropped it and
+    // the first key loaded; now refused, in every encoding.
+    let cut = &cert[..cert.len() / 2];
+    let text = format!("{key}{cut}");
+    for bytes in [
+        text.clone().into_bytes(),
+        STANDARD.encode(&text).into_bytes(),
+    ] {
+        let e = material::public_key(Algorithm::EdDsa, &bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cut off before its END line"), "{e}");
+    }
+}
+
+/// A JWE key (an encryption `alg`, an ECDH-only curve) sharing a signing
+/// key's kid is not a duplicate: it is skipped and named, the signing key
+/// kept (the whole document was refused as `DuplicateKid`).
+#[test]
+fn encryption_keys_sharing_a_kid_are_skipped_not_duplicates() {
+    let signing = json!({"kty":"OKP","crv":"Ed25519","kid":"k1","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+    for enc in [
+        json!({"kty":"RSA","kid":"k1","alg":"RSA-OAEP-256","n":b64u(&[7u8; 256]),"e":"AQAB"}),
+        json!({"kty":"OKP","crv":"X25519","kid":"k1","x":b64u(&[9u8; 32])}),
+        json!({"kty":"EC","crv":"P-256","kid":"k1","alg":"ECDH-ES+A256KW","x":b64u(&[1u8; 32]),"y":b64u(&[2u8; 32])}),
+    ] {
+        for doc in [
+            json!({"keys": [signing.clone(), enc.clone()]}),
+            json!({"keys": [enc.clone(), signing.clone()]}),
+        ] {
+            let keys = parse_jwks(doc.to_string().as_bytes(), None, 10)
+                .unwrap_or_else(|e| panic!("{enc}: {e}"));
+            assert_eq!(keys.keys.len(), 1, "{enc}");
+            assert!(
+                keys.skipped[0].contains("encryption") || keys.skipped[0].contains("key agreement"),
+                "{:?}",
+                keys.skipped
+            );
+        }
+    }
 }
 
 /// Public key material given as an HMAC secret (the algorithm-confusion
@@ -652,4 +692,42 @@ fn a_duplicate_kid_is_an_error_whichever_key_comes_first() {
         json!({"kty": "OKP", "crv": "Ed25519", "kid": "k", "use": "enc", "x": b64u(&spki[12..])});
     let doc = json!({ "keys": [enc, ok] }).to_string();
     assert_eq!(parse_jwks(doc.as_bytes(), None, 10).unwrap().keys.len(), 1);
+}
+
+/// An inline `jwk = { … }` is held to the file's rule for unknown keys (a
+/// `keyops` typo dropped the key's restriction silently) and its own kid
+/// must be the key's; a JWKS document keeps its members of its own.
+#[test]
+fn an_inline_jwk_names_unknown_members_and_a_kid_of_its_own() {
+    let x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    let config = |members: &str| {
+        format!(
+            "[[tenant]]\nid = \"t\"\n[[tenant.key]]\nkid = \"k\"\nalg = \"EdDSA\"\njwk = {{ kty = \"OKP\", crv = \"Ed25519\", x = \"{x}\"{members} }}\n"
+        )
+    };
+    assert!(load(&config(""), &[]).is_ok());
+    assert!(load(&config(", kid = \"k\", use = \"sig\", ext = true"), &[]).is_ok());
+    let e = load(&config(", keyops = [\"encrypt\"]"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown JWK member `keyops`") && e.contains("jotd.toml:6: jwk"),
+        "{e}"
+    );
+    let e = load(&config(", kid = \"2025-retired\""), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("kid `2025-retired` differs") && e.contains("tenant[0].key[0].jwk"),
+        "{e}"
+    );
+    // A JWKS document's members of its own (x5t, iat, …) are no error.
+    let doc = json!({"keys": [{"kty":"OKP","crv":"Ed25519","kid":"k","x":x,"x5t":"abc","iat":1}]});
+    assert_eq!(
+        parse_jwks(doc.to_string().as_bytes(), None, 10)
+            .unwrap()
+            .keys
+            .len(),
+        1
+    );
 }
