@@ -331,16 +331,41 @@ async fn fill(
 /// request.
 fn overloaded(shared: &Shared, head: &[u8]) -> ReadFailure {
     ReadFailure::Refuse(
-        Refused::of(
-            head,
-            ErrorCode::Overloaded,
-            format!(
-                "the server's buffer for requests in progress (max_request_buffer_bytes = {}) is full",
-                shared.opts.max_request_buffer_bytes
-            ),
-        ),
+        Refused::of(head, ErrorCode::Overloaded, buffer_full(shared)),
         Some(Overload::RequestBuffer),
     )
+}
+
+/// What an `overloaded` refusal for a full request buffer says.
+fn buffer_full(shared: &Shared) -> String {
+    format!(
+        "the server's buffer for requests in progress (max_request_buffer_bytes = {}) is full",
+        shared.opts.max_request_buffer_bytes
+    )
+}
+
+/// Refuses a decoded batch as `overloaded` (`why`): its room and the job
+/// go before the error frame waits on the client.
+async fn refuse_overloaded(
+    shared: &Shared,
+    send: &mut SendStream,
+    room: Room,
+    job: BatchJob,
+    why: Overload,
+    message: String,
+) {
+    drop(room);
+    shared.backend.event(&Event::Overloaded {
+        items: job.len(),
+        why,
+    });
+    let refused = Refused {
+        request_id: Some(job.request_id()),
+        code: ErrorCode::Overloaded,
+        message,
+    };
+    drop(job);
+    answer_refused(shared, send, &refused).await;
 }
 
 fn refuse(head: &[u8], code: ErrorCode, message: &str) -> ReadFailure {
@@ -386,21 +411,16 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
     // The decoded form (spans per item and address) is held with the bytes:
     // a batch of many empty addresses is several times its size decoded.
     if !room.grow(&shared, job.held_bytes()) {
-        drop(room);
-        shared.backend.event(&Event::Overloaded {
-            items: job.len(),
-            why: Overload::RequestBuffer,
-        });
-        let refused = Refused {
-            request_id: Some(job.request_id()),
-            code: ErrorCode::Overloaded,
-            message: format!(
-                "the server's buffer for requests in progress (max_request_buffer_bytes = {}) is full",
-                shared.opts.max_request_buffer_bytes
-            ),
-        };
-        drop(job);
-        answer_refused(&shared, &mut send, &refused).await;
+        let message = buffer_full(&shared);
+        refuse_overloaded(
+            &shared,
+            &mut send,
+            room,
+            job,
+            Overload::RequestBuffer,
+            message,
+        )
+        .await;
         return;
     }
     // Reserve the batch's tokens (an empty batch one) until its decisions exist.
@@ -413,21 +433,19 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
     )
     .await
     else {
-        drop(room);
-        shared.backend.event(&Event::Overloaded {
-            items: job.len(),
-            why: Overload::TokensInFlight,
-        });
-        let refused = Refused {
-            request_id: Some(job.request_id()),
-            code: ErrorCode::Overloaded,
-            message: format!(
-                "{items} tokens would exceed max_tokens_in_flight = {}",
-                shared.opts.max_tokens_in_flight
-            ),
-        };
-        drop(job);
-        answer_refused(&shared, &mut send, &refused).await;
+        let message = format!(
+            "{items} tokens would exceed max_tokens_in_flight = {}",
+            shared.opts.max_tokens_in_flight
+        );
+        refuse_overloaded(
+            &shared,
+            &mut send,
+            room,
+            job,
+            Overload::TokensInFlight,
+            message,
+        )
+        .await;
         return;
     };
     shared
