@@ -558,14 +558,13 @@ fn public_material(secret: &[u8]) -> Option<&'static str> {
         return Some("a PEM block");
     }
     // A key type as the first word, with more after it (a passphrase that
-    // merely starts with `ssh-rsa` and has no blank is a secret).
+    // merely starts with `ssh-rsa`, or has it as its first word and nothing
+    // after, is a secret).
     let first = text
         .split(|b| b.is_ascii_whitespace())
         .next()
         .unwrap_or_default();
-    if (SSH_KEY_TYPES.iter().any(|p| first.starts_with(p)) && text.len() > first.len())
-        || ssh_wire_key(text)
-    {
+    if (ssh_key_type(first) && text.len() > first.len()) || ssh_wire_key(text) {
         return Some("an OpenSSH public key");
     }
     if text
@@ -591,17 +590,24 @@ fn public_material(secret: &[u8]) -> Option<&'static str> {
     None
 }
 
-/// How OpenSSH key lines start (the key type, then a space or a tab).
-const SSH_KEY_TYPES: [&[u8]; 8] = [
-    b"ssh-rsa",
-    b"ssh-ed25519",
-    b"ssh-ed448",
-    b"ssh-dss",
-    b"ecdsa-sha2-",
-    b"sk-ssh-",
-    b"sk-ecdsa-",
-    b"rsa-sha2-",
-];
+/// OpenSSH key type names that stand alone (each also with OpenSSH's
+/// certificate suffix).
+const SSH_KEY_TYPES: [&[u8]; 4] = [b"ssh-rsa", b"ssh-ed25519", b"ssh-ed448", b"ssh-dss"];
+
+/// OpenSSH key type families: a curve or hash name follows.
+const SSH_KEY_FAMILIES: [&[u8]; 4] = [b"ecdsa-sha2-", b"sk-ssh-", b"sk-ecdsa-", b"rsa-sha2-"];
+
+/// Whether `name` is an OpenSSH key type: one of [`SSH_KEY_TYPES`] exactly
+/// (or with `-cert-v01@openssh.com`), or a family of
+/// [`SSH_KEY_FAMILIES`] with a name after it. A word that merely starts like
+/// one (`ssh-rsa-rotation`) is not.
+fn ssh_key_type(name: &[u8]) -> bool {
+    let name = name.strip_suffix(b"-cert-v01@openssh.com").unwrap_or(name);
+    SSH_KEY_TYPES.contains(&name)
+        || SSH_KEY_FAMILIES
+            .iter()
+            .any(|f| name.len() > f.len() && name.starts_with(f))
+}
 
 /// Whether `b` starts as an SSH wire-format public key (RFC 4253 6.6): a
 /// 4-byte big-endian length of 7 to 64, then that many bytes of key type
@@ -614,7 +620,7 @@ fn ssh_wire_key(b: &[u8]) -> bool {
     (7..=64).contains(&len)
         && rest.len() >= len
         && rest[..len].iter().all(|c| c.is_ascii_graphic())
-        && SSH_KEY_TYPES.iter().any(|t| rest[..len].starts_with(t))
+        && ssh_key_type(&rest[..len])
 }
 
 /// The bytes that the longest whole-quantum prefix of a base64 word (at
@@ -831,10 +837,23 @@ mod public_material_tests {
             }
         }
         // A passphrase that only starts like a key type is a secret.
-        assert_eq!(
-            public_material(b"ssh-rsa-rotation-secret-2026-0123456789"),
-            None
-        );
+        for passphrase in [
+            &b"ssh-rsa-rotation-secret-2026-0123456789"[..],
+            b"ssh-rsa-rotation 2026 and a long passphrase",
+            b"ssh-ed25519x rotation 2026 and a long passphrase",
+            b"ecdsa-sha2- and then a long passphrase of words",
+        ] {
+            assert_eq!(public_material(passphrase), None, "{passphrase:?}");
+        }
+        // Key types as OpenSSH writes them are still caught.
+        for line in [
+            &b"ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ user@host"[..],
+            b"ssh-ed25519-cert-v01@openssh.com AAAAIHNzaC1lZDI1NTE5LWNlcnQ",
+            b"ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY",
+            b"sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29t",
+        ] {
+            assert!(public_material(line).is_some(), "{line:?}");
+        }
         // The reviewer's case: hex that starts "0900" reads as a SEQUENCE in ASCII.
         let hex = format!("0900{}", "ab".repeat(30));
         assert_eq!(public_material(hex.as_bytes()), None);
