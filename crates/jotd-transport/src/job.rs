@@ -152,6 +152,20 @@ struct ItemSpans {
     user_agent: Option<Span>,
 }
 
+/// The least `max_request_buffer_bytes` that holds one request of the
+/// largest size `limits` allow while it is decided: its bytes with their
+/// length prefix, its decoded form ([`BatchJob::held_bytes`]: spans for
+/// every item and for every address the protocol allows,
+/// [`MAX_ADDRESSES_PER_BATCH`](crate::MAX_ADDRESSES_PER_BATCH)), and as many
+/// bytes again of answer frames not yet written. Below it a full-size batch
+/// is refused `overloaded` on an idle server, every time.
+#[must_use]
+pub const fn min_request_buffer_bytes(limits: &crate::Limits) -> usize {
+    2 * (limits.max_frame_bytes + 4)
+        + limits.max_items * std::mem::size_of::<ItemSpans>()
+        + crate::MAX_ADDRESSES_PER_BATCH * std::mem::size_of::<Span>()
+}
+
 /// One batch being decided. See the module docs for the order of calls.
 #[derive(Debug)]
 pub struct BatchJob {
@@ -184,7 +198,10 @@ impl BatchJob {
                     end: (start + s.len()) as u32,
                 }
             };
-            let mut addresses = Vec::new();
+            // Exact capacities: `held_bytes` is what
+            // [`min_request_buffer_bytes`] bounds.
+            let mut addresses =
+                Vec::with_capacity(batch.items.iter().map(|i| i.addresses.len()).sum());
             let items = batch
                 .items
                 .iter()

@@ -155,6 +155,9 @@ impl ServerOptions {
         if self.limits.max_items > HARD_MAX_ITEMS {
             return err("max_batch_items", "at most 65536");
         }
+        // The floor for any request at all. The daemon's config asks for
+        // [`crate::min_request_buffer_bytes`], the room for a full-size
+        // request while it is decided; tests of the budget's edges go lower.
         if self.max_request_buffer_bytes.get() < self.limits.max_frame_bytes + 4 {
             return err(
                 "max_request_buffer_bytes",

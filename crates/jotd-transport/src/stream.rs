@@ -145,6 +145,11 @@ impl Frames {
     /// Sends `frame` to the writer if the request buffer has room for it
     /// (the stream's own room first); else marks the answer cut.
     fn send(&self, frame: Vec<u8>) {
+        // The writer is gone (stream reset or finished): nothing will read
+        // this frame, so it is neither charged nor queued.
+        if self.tx.is_closed() {
+            return;
+        }
         let mut h = self.answer.lock();
         if h.overflow {
             return;
@@ -163,7 +168,10 @@ impl Frames {
             }
         }
         drop(h);
-        let _ = self.tx.send(frame);
+        if let Err(lost) = self.tx.send(frame) {
+            // Closed between the check and the send: give the charge back.
+            self.answer.lock().pending -= lost.0.len();
+        }
     }
 
     /// The decisions exist: the request's share of the room goes back.

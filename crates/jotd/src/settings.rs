@@ -489,13 +489,16 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
             r.max_request_buffer_bytes,
             d.max_request_buffer_bytes,
         )?;
-        if s.server.max_request_buffer_bytes.get() < s.server.limits.max_frame_bytes + 4 {
+        let floor = jotd_transport::min_request_buffer_bytes(&s.server.limits);
+        if s.server.max_request_buffer_bytes.get() < floor {
             return Err(ctx.err(
                 "server",
                 "max_request_buffer_bytes",
                 format_args!(
-                    "must hold at least one whole request (max_frame_bytes + 4 = {})",
-                    s.server.limits.max_frame_bytes + 4
+                    "{}: must hold one full-size request while it is decided, at least \
+                     {floor} here (2 × (max_frame_bytes + 4), plus the decoded form of \
+                     max_batch_items items and of the protocol's most addresses)",
+                    s.server.max_request_buffer_bytes
                 ),
             ));
         }
@@ -1212,6 +1215,32 @@ level = "jotd=debug"
             "/etc/jotd/jotd.toml:2: server.io_threads: must be at most 256 (0: automatic)"
         );
         assert_eq!(p("[server]\nio_threads = 3\n").unwrap().io_threads, 3);
+        // The request buffer must hold a full-size request while it is
+        // decided, not only its bytes: at the old floor (max_frame_bytes + 4)
+        // every full-size batch was `overloaded` on an idle server.
+        let limits = jotd_transport::Limits {
+            max_frame_bytes: 1 << 20,
+            max_items: 4096,
+        };
+        let floor = jotd_transport::min_request_buffer_bytes(&limits);
+        assert!(floor > (1 << 20) + 4 + 4096 * 24, "{floor}");
+        let e = p(&format!(
+            "[server]\nmax_frame_bytes = {}\nmax_request_buffer_bytes = {}\n",
+            1 << 20,
+            (1 << 20) + 4
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains(":3: server.max_request_buffer_bytes: 1048580: must hold one full-size")
+                && e.contains(&format!("at least {floor} here")),
+            "{e}"
+        );
+        let ok = p(&format!(
+            "[server]\nmax_frame_bytes = {}\nmax_request_buffer_bytes = {floor}\n",
+            1 << 20
+        ))
+        .unwrap();
+        assert_eq!(ok.server.max_request_buffer_bytes.get(), floor);
         // Every [jwks_fetch] duration in range: 0 would busy-loop against the IdP, and
         // u64::MAX would overflow when added to a clock.
         for (key, bad, line) in [
