@@ -399,23 +399,7 @@ pub async fn authorize(
     {
         return AuthAnswer::refused(refused, first_id.as_deref());
     }
-    // The gate refused any allowed call whose identity headers cannot be
-    // written (`gate::identity_headers`), so every one here can be. The
-    // identity is the token's, from the first call allowed as its holder:
-    // a public method first (`ok_no_auth`, no one named) must not hide the
-    // subject that later calls of the batch were allowed as (the proxy door
-    // picks alike).
-    let named = verdicts.iter().find(
-        |v| matches!(v, Verdict::Allow(d) if d.reason() != Some(jotd_core::Reason::OkNoAuth)),
-    );
-    let out = match named.unwrap_or(&verdicts[0]) {
-        Verdict::Allow(d) => crate::gate::identity_headers(&facts.tenant, d),
-        Verdict::FailOpen(_) => vec![
-            ("x-jotd-tenant".into(), facts.tenant.clone()),
-            ("x-jotd-reason".into(), "fail_open".into()),
-        ],
-        _ => vec![("x-jotd-tenant".into(), facts.tenant.clone())],
-    };
+    let out = allow_headers(&facts.tenant, &verdicts);
     let remove: Vec<String> = q
         .headers
         .keys()
@@ -425,6 +409,30 @@ pub async fn authorize(
         .map(str::to_owned)
         .collect();
     AuthAnswer::Allow { add: out, remove }
+}
+
+/// The headers an allowed request carries upstream. The gate refused any
+/// allowed call whose identity headers cannot be written
+/// (`gate::identity_headers`), so every one here can be. The identity is the
+/// token's, from the first call allowed as its holder: a public method first
+/// (`ok_no_auth`, no one named) must not hide the subject that later calls of
+/// the batch were allowed as (the proxy door picks alike). A call let through
+/// unchecked (the pool down, `failure_mode = "open"`) marks the whole
+/// request `fail_open`: the upstream must not read another call's `ok` as
+/// covering it.
+fn allow_headers(tenant: &str, verdicts: &[Verdict]) -> Vec<(String, String)> {
+    let named = verdicts.iter().find(
+        |v| matches!(v, Verdict::Allow(d) if d.reason() != Some(jotd_core::Reason::OkNoAuth)),
+    );
+    let mut out = match named.or(verdicts.first()) {
+        Some(Verdict::Allow(d)) => crate::gate::identity_headers(tenant, d),
+        _ => vec![("x-jotd-tenant".into(), tenant.to_owned())],
+    };
+    if verdicts.iter().any(|v| matches!(v, Verdict::FailOpen(_))) {
+        out.retain(|(n, _)| n != "x-jotd-reason");
+        out.push(("x-jotd-reason".into(), "fail_open".into()));
+    }
+    out
 }
 
 impl ForwardAuthDoor {
@@ -595,5 +603,59 @@ mod tests {
         }
         assert!(reads_as_jotd_prefix("x-jotd-kid") && reads_as_jotd_prefix("X_JOTD_KID"));
         assert!(!reads_as_jotd_prefix("x-jotd") && !reads_as_jotd_prefix("x-jots-kid"));
+    }
+
+    /// One call let through unchecked marks the request `fail_open`, even
+    /// after a call the pool allowed (whose identity still goes up); one
+    /// with every call checked keeps the checked reason.
+    #[test]
+    fn a_fail_open_call_marks_the_whole_request() {
+        let ok = |reason: jotd_core::Reason| {
+            Verdict::Allow(jotd_transport::ClientDecision {
+                allow: true,
+                reason: reason.code(),
+                kid: Some("k1".into()),
+                sub: Some("alice".into()),
+                exp: None,
+                claims: Vec::new(),
+            })
+        };
+        let get = |h: &[(String, String)], n: &str| {
+            let all: Vec<&str> = h
+                .iter()
+                .filter(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert!(all.len() <= 1, "{n} written twice: {h:?}");
+            all.first().map(|v| (*v).to_owned())
+        };
+        let mixed = [
+            ok(jotd_core::Reason::Ok),
+            Verdict::FailOpen("pool down".into()),
+        ];
+        let h = allow_headers("t1", &mixed);
+        assert_eq!(
+            get(&h, "x-jotd-reason").as_deref(),
+            Some("fail_open"),
+            "{h:?}"
+        );
+        assert_eq!(get(&h, "x-jotd-subject").as_deref(), Some("alice"), "{h:?}");
+        assert_eq!(get(&h, "x-jotd-tenant").as_deref(), Some("t1"));
+
+        let open_first = [
+            Verdict::FailOpen("pool down".into()),
+            ok(jotd_core::Reason::Ok),
+        ];
+        let h = allow_headers("t1", &open_first);
+        assert_eq!(
+            get(&h, "x-jotd-reason").as_deref(),
+            Some("fail_open"),
+            "{h:?}"
+        );
+
+        let checked = [ok(jotd_core::Reason::OkNoAuth), ok(jotd_core::Reason::Ok)];
+        let h = allow_headers("t1", &checked);
+        assert_eq!(get(&h, "x-jotd-reason").as_deref(), Some("ok"), "{h:?}");
+        assert_eq!(get(&h, "x-jotd-subject").as_deref(), Some("alice"));
     }
 }

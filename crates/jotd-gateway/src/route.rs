@@ -196,14 +196,16 @@ impl Route {
         }
     }
 
-    fn capture<'a>(parts: &[Part], items: &[&'a str]) -> Option<Option<&'a str>> {
+    /// The capture of `items` under `parts`, if they match; literals
+    /// compared ignoring ASCII case when `fold`.
+    fn capture<'a>(parts: &[Part], items: &[&'a str], fold: bool) -> Option<Option<&'a str>> {
         if parts.len() != items.len() {
             return None;
         }
         let mut got = None;
         for (p, i) in parts.iter().zip(items) {
             match p {
-                Part::Literal(l) if l == i => {}
+                Part::Literal(l) if l == i || (fold && l.eq_ignore_ascii_case(i)) => {}
                 Part::Literal(_) => return None,
                 Part::Tenant if tenant_ok(i) => got = Some(*i),
                 Part::Tenant => return None,
@@ -215,6 +217,12 @@ impl Route {
     /// The tenant of a request to `path` (no query) on `host` (no port), if this route matches.
     #[must_use]
     pub fn tenant(&self, path: &str, host: Option<&str>) -> Option<String> {
+        self.tenant_with(path, host, false)
+    }
+
+    /// [`Route::tenant`], path literals compared ignoring ASCII case when
+    /// `fold` (hosts are always).
+    fn tenant_with(&self, path: &str, host: Option<&str>, fold: bool) -> Option<String> {
         let captured: Option<String> = match &self.pattern {
             Pattern::Any => None,
             Pattern::Path(p) => {
@@ -224,12 +232,12 @@ impl Route {
                 } else {
                     rest.trim_end_matches('/').split('/').collect()
                 };
-                Self::capture(p, &segs)?.map(str::to_owned)
+                Self::capture(p, &segs, fold)?.map(str::to_owned)
             }
             Pattern::Host(p) => {
                 let host = host?.trim_end_matches('.').to_ascii_lowercase();
                 let labels: Vec<&str> = host.split('.').collect();
-                Self::capture(p, &labels)?.map(str::to_owned)
+                Self::capture(p, &labels, false)?.map(str::to_owned)
             }
         };
         captured.or_else(|| self.fixed.clone())
@@ -271,7 +279,12 @@ pub fn non_canonical(path: &str) -> Option<&'static str> {
 /// The tenant of a request: the first route that matches. `host` may carry a port.
 ///
 /// # Errors
-/// The path is not canonical ([`non_canonical`]): no route is tried.
+/// The path is not canonical ([`non_canonical`]): no route is tried. Or
+/// its letter case picks another route than the same path would under a
+/// case-insensitive match (NGINX `location ~*`, Caddy and Envoy matchers
+/// set so): `/V3/victim` misses `/v3/{tenant}` here and would fall through
+/// to a later route (a host route naming the caller's own tenant) while the
+/// proxy in front sends it to the `/v3/` upstream.
 pub fn tenant_of(
     routes: &[Route],
     path: &str,
@@ -284,7 +297,17 @@ pub fn tenant_of(
         Some((name, port)) if !h.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => h,
     });
-    Ok(routes.iter().find_map(|r| r.tenant(path, host)))
+    let exact = routes
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| Some((i, r.tenant(path, host)?)));
+    let folded = routes
+        .iter()
+        .position(|r| r.tenant_with(path, host, true).is_some());
+    if exact.as_ref().map(|(i, _)| *i) != folded {
+        return Err("letter case that another route matches when case is ignored");
+    }
+    Ok(exact.map(|(_, t)| t))
 }
 
 #[cfg(test)]
@@ -357,6 +380,49 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    /// A path whose letter case alone keeps it from the route a
+    /// case-insensitive front proxy would pick is refused; case that picks
+    /// the same route either way (a tenant id, a pattern's own capitals)
+    /// is not.
+    #[test]
+    fn letter_case_that_changes_the_route_is_refused() {
+        let routes = [
+            Route::path("/v3/{tenant}").unwrap(),
+            Route::path("/Besu/rpc")
+                .unwrap()
+                .with_tenant("node-1")
+                .unwrap(),
+            Route::host("{tenant}.rpc.example.com").unwrap(),
+        ];
+        let host = Some("attacker.rpc.example.com");
+        for path in [
+            "/V3/victim",
+            "/v3/victim".to_uppercase().as_str(),
+            "/besu/rpc",
+            "/BESU/RPC",
+        ] {
+            let e = tenant_of(&routes, path, host).unwrap_err();
+            assert!(e.contains("letter case"), "{path}: {e}");
+        }
+        for (path, want) in [
+            ("/v3/Victim", "Victim"),
+            ("/v3/ABC", "ABC"),
+            ("/Besu/rpc", "node-1"),
+            ("/Other/Path", "attacker"),
+        ] {
+            assert_eq!(
+                tenant_of(&routes, path, host).unwrap().as_deref(),
+                Some(want),
+                "{path}"
+            );
+        }
+        // With no route to fall through to, the same case is refused too
+        // (it was a 404 at the proxy: now named).
+        let only = [Route::path("/v3/{tenant}").unwrap()];
+        assert!(tenant_of(&only, "/V3/victim", None).is_err());
+        assert_eq!(tenant_of(&only, "/x/victim", None), Ok(None));
     }
 
     #[test]
