@@ -107,6 +107,7 @@ refetch_interval_s = 30
 id = "sso"
 policy = "none"
 [[tenant.jwks]]
+internal = true
 url = "{}"
 refresh_s = 3600
 "#,
@@ -222,6 +223,7 @@ secret = "a secret of at least thirty-two bytes, for HS256"
 id = "sso"
 policy = "none"
 [[tenant.jwks]]
+internal = true
 url = "http://{closed}/jwks.json"
 refresh_s = 3600
 
@@ -232,6 +234,7 @@ refresh_s = 3600
 id = "sso2"
 policy = "none"
 [[tenant.jwks]]
+internal = true
 url = "http://{closed}/jwks.json"
 refresh_s = 3600
 "#
@@ -304,7 +307,7 @@ secret = "a secret of at least thirty-two bytes, for HS256"
     std::fs::write(
         &config,
         format!(
-            "{base}\n[[tenant]]\nid = \"sso\"\npolicy = \"none\"\n[[tenant.jwks]]\nurl = \"http://{at}/jwks.json\"\nrefresh_s = 3600\n"
+            "{base}\n[[tenant]]\nid = \"sso\"\npolicy = \"none\"\n[[tenant.jwks]]\ninternal = true\nurl = \"http://{at}/jwks.json\"\nrefresh_s = 3600\n"
         ),
     )
     .unwrap();

@@ -322,6 +322,8 @@ pub(crate) struct RawJwks {
     pub(crate) issuer: Option<String>,
     #[serde(default)]
     pub(crate) symmetric_keys: bool,
+    #[serde(default)]
+    pub(crate) internal: bool,
 }
 
 /// Locates errors in one file's text.

@@ -13,7 +13,7 @@ use crate::load::KeysConfig;
 use crate::reload::Reloader;
 use crate::tenants::JwksLocation;
 use jotd_core::Algorithm;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -231,67 +231,156 @@ fn check_parsed_url(url: &reqwest::Url) -> Result<(), JwksUrlError> {
 /// Whether `ip` is an address inside a network rather than on the
 /// internet: loopback, private (RFC 1918, IPv6 unique local), link-local
 /// (cloud metadata services live at 169.254.169.254), shared (CGNAT
-/// 100.64/10), unspecified, broadcast, multicast, `0/8`, IPv6 site-local,
-/// and IPv4 held in an IPv6 address (mapped, NAT64 `64:ff9b::/96`).
+/// 100.64/10), benchmarking (198.18/15), IETF protocol assignments
+/// (192.0.0/24), reserved (240/4, broadcast included), unspecified,
+/// multicast, `0/8`, IPv6 site-local, and IPv4 held in an IPv6 address
+/// (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`
+/// and the local-use `64:ff9b:1::/48`, 6to4 `2002::/16`, Teredo
+/// `2001::/32`'s client) when that IPv4 address is internal.
 #[must_use]
 pub(crate) fn internal_address(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
+    use std::net::{IpAddr, Ipv4Addr};
     match ip {
         IpAddr::V4(a) => {
-            let [first, second, ..] = a.octets();
+            let [first, second, third, _] = a.octets();
             a.is_loopback()
                 || a.is_private()
                 || a.is_link_local()
                 || a.is_unspecified()
-                || a.is_broadcast()
                 || a.is_multicast()
                 || first == 0
+                || first >= 240
                 || (first == 100 && second & 0xc0 == 64)
+                || (first == 198 && second & 0xfe == 18)
+                || (first == 192 && second == 0 && third == 0)
         }
         IpAddr::V6(a) => {
             let s = a.segments();
-            let embedded = a.to_ipv4_mapped().or_else(|| {
-                (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0])
-                    .then(|| std::net::Ipv4Addr::from(u32::from(s[6]) << 16 | u32::from(s[7])))
-            });
+            let v4 = |hi: u16, lo: u16| Ipv4Addr::from(u32::from(hi) << 16 | u32::from(lo));
+            let embedded = [
+                a.to_ipv4_mapped(),
+                // IPv4-compatible (deprecated), past `::` and `::1`.
+                (s[..6] == [0; 6] && (s[6] != 0 || s[7] > 1)).then(|| v4(s[6], s[7])),
+                (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]).then(|| v4(s[6], s[7])),
+                (s[..3] == [0x64, 0xff9b, 1]).then(|| v4(s[6], s[7])),
+                (s[0] == 0x2002).then(|| v4(s[1], s[2])),
+                (s[..2] == [0x2001, 0]).then(|| v4(!s[6], !s[7])),
+            ];
             a.is_loopback()
                 || a.is_unspecified()
                 || a.is_multicast()
                 || s[0] & 0xfe00 == 0xfc00
                 || s[0] & 0xffc0 == 0xfe80
                 || s[0] & 0xffc0 == 0xfec0
-                || embedded.is_some_and(|v4| internal_address(IpAddr::V4(v4)))
+                || embedded
+                    .into_iter()
+                    .flatten()
+                    .any(|v4| internal_address(IpAddr::V4(v4)))
         }
     }
 }
 
-/// The hosts a fetch may reach at an internal address: those a JWKS URL of
-/// the serving config names (an operator who writes an internal identity
-/// provider's URL means it). A redirect, from whatever server, reaches
-/// internal addresses nowhere else, by address (the redirect rule) or by
-/// name (the resolver): an identity provider turned hostile cannot steer
-/// jotd at the metadata service or an admin port on the inside.
+/// Why a JWKS URL's host is internal as written (an internal address
+/// literal, or `localhost`), or `None`. Names that resolve inside are
+/// found when fetched (the resolver).
+#[must_use]
+pub(crate) fn internal_host(url: &str) -> Option<String> {
+    let u = reqwest::Url::parse(url).ok()?;
+    match u.host()? {
+        url::Host::Ipv4(a) => {
+            internal_address(a.into()).then(|| format!("{a} is an internal address"))
+        }
+        url::Host::Ipv6(a) => {
+            internal_address(a.into()).then(|| format!("{a} is an internal address"))
+        }
+        url::Host::Domain(d) => {
+            let d = host_key(d);
+            (d == "localhost" || d.ends_with(".localhost")).then(|| format!("{d} is this machine"))
+        }
+    }
+}
+
+/// A URL's host as the internal-address rules compare it: lower case,
+/// without IPv6 brackets or a trailing dot.
+fn host_key(host: &str) -> String {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// Where the config lets a fetch reach an internal address: the hosts, and
+/// (host, port) pairs, of the JWKS URLs marked `internal = true`.
+#[derive(Default)]
+struct InternalHosts {
+    hosts: HashSet<String>,
+    pairs: HashSet<(String, u16)>,
+}
+
+impl InternalHosts {
+    fn of(config: &KeysConfig) -> Self {
+        let mut out = Self::default();
+        for s in config.tenants.iter().flat_map(|t| t.jwks.iter()) {
+            if let (true, JwksLocation::Url(url)) = (s.internal, &s.location)
+                && let Ok(u) = reqwest::Url::parse(url)
+                && let (Some(h), Some(port)) = (u.host_str(), u.port_or_known_default())
+            {
+                let h = host_key(h);
+                out.pairs.insert((h.clone(), port));
+                out.hosts.insert(h);
+            }
+        }
+        out
+    }
+}
+
+/// An [`InternalHosts`] and the config snapshot it was built from.
+type Built = (std::sync::Weak<KeysConfig>, Arc<InternalHosts>);
+
+/// The internal-address rule every fetch goes through. An internal address
+/// (loopback, private, link-local and the rest: [`internal_address`]) is
+/// reached only at a host that a JWKS URL marked `internal = true` names,
+/// by literal (the redirect rule) or by name (the resolver); a redirect to
+/// such a host must also keep to a port one of those URLs names. A URL not
+/// so marked whose name resolves inside (a tenant's own IdP domain pointed
+/// at 10.0.0.5 or the metadata service) fails its fetch, and an identity
+/// provider turned hostile cannot steer jotd at an admin port on the inside.
+/// The set is built once per config snapshot (not per resolution).
 #[derive(Clone)]
-struct NamedHosts(Option<Arc<Reloader>>);
+struct NamedHosts {
+    reloader: Option<Arc<Reloader>>,
+    built: Arc<Mutex<Option<Built>>>,
+}
 
 impl NamedHosts {
-    fn names(&self, host: &str) -> bool {
-        let Some(reloader) = &self.0 else {
-            return false;
+    fn new(reloader: Option<Arc<Reloader>>) -> Self {
+        Self {
+            reloader,
+            built: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The serving config's [`InternalHosts`].
+    fn current(&self) -> Arc<InternalHosts> {
+        let Some(reloader) = &self.reloader else {
+            return Arc::default();
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        reloader.config().tenants.iter().any(|t| {
-            t.jwks.iter().any(|s| match &s.location {
-                JwksLocation::Url(url) => reqwest::Url::parse(url).is_ok_and(|u| {
-                    u.host_str().is_some_and(|h| {
-                        h.trim_start_matches('[')
-                            .trim_end_matches(']')
-                            .eq_ignore_ascii_case(host)
-                    })
-                }),
-                JwksLocation::File(_) => false,
-            })
-        })
+        let config = reloader.config();
+        let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((of, set)) = &*built
+            && std::ptr::eq(of.as_ptr(), Arc::as_ptr(&config))
+        {
+            return Arc::clone(set);
+        }
+        let set = Arc::new(InternalHosts::of(&config));
+        *built = Some((Arc::downgrade(&config), Arc::clone(&set)));
+        set
+    }
+
+    /// Whether `host` may be reached at an internal address (by name: the
+    /// resolver does not know the port).
+    fn names(&self, host: &str) -> bool {
+        self.current().hosts.contains(&host_key(host))
     }
 }
 
@@ -302,15 +391,12 @@ impl reqwest::dns::Resolve for NamedHosts {
         Box::pin(async move {
             let addrs: Vec<std::net::SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            // The config is read only when an address is internal (a walk
-            // of every tenant's sources; public IdPs never pay it).
             if let Some(inside) = addrs.iter().find(|a| internal_address(a.ip()))
                 && !named.names(&host)
             {
                 return Err(format!(
                     "`{host}` resolves to the internal address {}, and no JWKS URL \
-                     of the config names that host (a redirect reaches internal \
-                     addresses only at hosts the config names)",
+                     of the config marked `internal = true` names that host",
                     inside.ip()
                 )
                 .into());
@@ -323,7 +409,8 @@ impl reqwest::dns::Resolve for NamedHosts {
 /// The redirect rule: at most [`MAX_REDIRECTS`], never a change of scheme
 /// (so an `https` source never ends on plain `http`), every target must
 /// pass [`check_jwks_url`], and an internal address (by literal here, by
-/// name in [`NamedHosts`]'s resolver) only at a host the config names.
+/// name in [`NamedHosts`]'s resolver) only at a host, and here a port, that
+/// a JWKS URL marked `internal = true` names.
 fn redirect_policy(named: NamedHosts) -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(move |attempt| {
         let from = attempt.previous().last().cloned();
@@ -346,6 +433,21 @@ fn redirect_policy(named: NamedHosts) -> reqwest::redirect::Policy {
                 redacted_url(to.as_str())
             ));
         }
+        let internal = named.current();
+        let host = to.host_str().map(host_key).unwrap_or_default();
+        if internal.hosts.contains(&host) {
+            // A host marked internal, at a port no marked URL names: its
+            // other services are not the identity provider's.
+            let port = to.port_or_known_default().unwrap_or(0);
+            if !internal.pairs.contains(&(host.clone(), port)) {
+                return attempt.error(format!(
+                    "redirect to {} refused: {host} is marked internal only at the \
+                     ports its `internal = true` JWKS URLs name, not {port}",
+                    redacted_url(to.as_str())
+                ));
+            }
+            return attempt.follow();
+        }
         let literal = match to.host() {
             Some(url::Host::Ipv4(a)) => Some(std::net::IpAddr::V4(a)),
             Some(url::Host::Ipv6(a)) => Some(std::net::IpAddr::V6(a)),
@@ -353,11 +455,10 @@ fn redirect_policy(named: NamedHosts) -> reqwest::redirect::Policy {
         };
         if let Some(ip) = literal
             && internal_address(ip)
-            && !named.names(&ip.to_string())
         {
             return attempt.error(format!(
                 "redirect to {} refused: {ip} is an internal address, and no JWKS URL of \
-                 the config names that host",
+                 the config marked `internal = true` names that host",
                 redacted_url(to.as_str())
             ));
         }
@@ -613,7 +714,7 @@ pub fn max_age(cache_control: &str) -> Option<Duration> {
 /// # Errors
 /// As [`JwksFetcher::new`].
 pub fn check_fetch_config(config: &FetchConfig) -> Result<usize, FetchError> {
-    client(config, NamedHosts(None))?;
+    client(config, NamedHosts::new(None))?;
     Ok(match &config.extra_roots_pem {
         Some(pem) => extra_roots(pem)?.len(),
         None => 0,
@@ -660,7 +761,7 @@ impl JwksFetcher {
     /// A setting out of range ([`FetchConfig::validate`]), an extra CA
     /// without a certificate, or the TLS client cannot be built.
     pub fn new(reloader: Arc<Reloader>, config: FetchConfig) -> Result<Self, FetchError> {
-        let client = client(&config, NamedHosts(Some(Arc::clone(&reloader))))?;
+        let client = client(&config, NamedHosts::new(Some(Arc::clone(&reloader))))?;
         Ok(Self {
             client,
             config,
@@ -1209,6 +1310,18 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
             "64:ff9b::7f00:1",
+            "64:ff9b:1::a9fe:a9fe",
+            "::a9fe:a9fe",
+            "::10.0.0.1",
+            "2002:a9fe:a9fe::1",
+            "2002:7f00:1::",
+            // Teredo: the client's IPv4 address inverted in the last 32 bits.
+            "2001:0:4136:e378:8000:63bf:5601:5601",
+            "198.18.0.1",
+            "198.19.255.255",
+            "192.0.0.1",
+            "240.0.0.1",
+            "254.1.2.3",
         ];
         let outside = [
             "8.8.8.8",
@@ -1221,6 +1334,14 @@ mod tests {
             "2001:4860:4860::8888",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
+            "64:ff9b:1::808:808",
+            "::808:808",
+            "2002:808:808::1",
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
+            "198.17.255.255",
+            "198.20.0.1",
+            "192.0.1.1",
+            "192.0.2.1",
         ];
         for ip in inside {
             assert!(internal_address(ip.parse().unwrap()), "{ip}");

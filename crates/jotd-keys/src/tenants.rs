@@ -52,6 +52,11 @@ pub struct JwksSource {
     /// default: the fetcher sends no credentials, so whoever can fetch the
     /// URL has the secret and can sign tokens.
     pub symmetric_keys: bool,
+    /// URL sources only: the identity provider lives inside the network.
+    /// Its URL's host may be, or resolve to, an internal address, and a
+    /// redirect may reach it at the ports such URLs name. Off by default:
+    /// no fetch reaches an internal address (`fetch::internal_address`).
+    pub internal: bool,
 }
 
 /// Default JWKS refresh interval.
@@ -528,6 +533,26 @@ fn jwks_source(
         Some(a) => Some(alg_named(a).or_else(|m| cx.err(span.clone(), &format!("{at}.alg"), m))?),
         None => None,
     };
+    if j.internal && matches!(location, JwksLocation::File(_)) {
+        return cx.err(
+            span,
+            &format!("{at}.internal"),
+            "applies to url sources only",
+        );
+    }
+    if let (false, JwksLocation::Url(url)) = (j.internal, &location)
+        && let Some(why) = crate::fetch::internal_host(url)
+    {
+        let shown = crate::fetch::redacted_url(url);
+        return cx.err(
+            span,
+            &format!("{at}.url"),
+            format_args!(
+                "`{shown}`: {why}; an identity provider inside the network needs \
+                 `internal = true` on this source"
+            ),
+        );
+    }
     if j.symmetric_keys && matches!(location, JwksLocation::File(_)) {
         return cx.err(
             span,
@@ -542,6 +567,7 @@ fn jwks_source(
         alg,
         issuer,
         symmetric_keys: j.symmetric_keys,
+        internal: j.internal,
     })
 }
 

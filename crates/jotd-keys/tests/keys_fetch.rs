@@ -165,7 +165,7 @@ fn setup(server: &Server, config: FetchConfig) -> (Arc<Reloader>, JwksFetcher) {
 /// the server's).
 fn setup_at(server: &Server, url: &str, config: FetchConfig) -> (Arc<Reloader>, JwksFetcher) {
     let text = format!(
-        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n"
+        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{url}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n"
     );
     let reloader = reloader_of(text);
     let config = FetchConfig {
@@ -564,7 +564,7 @@ async fn url_sources_follow_config_reloads() {
     assert!(fetcher.health().is_empty() && fetcher.refresh_due().await.is_empty());
     // The reloaded config adds a JWKS URL: the fetcher's next pass sees it.
     *text.lock().unwrap() = format!(
-        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nalg = \"EdDSA\"\n",
+        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{}\"\nalg = \"EdDSA\"\n",
         server.url
     );
     assert!(matches!(reloader.reload_if_changed(), Some(Ok(_))));
@@ -581,7 +581,7 @@ async fn url_sources_follow_config_reloads() {
     // removal the fetcher never saw (two reloads between its passes) too.
     let with_url = |leeway: u32| {
         format!(
-            "[[tenant]]\nid = \"idp\"\nleeway_s = {leeway}\n[[tenant.jwks]]\nurl = \"{}\"\nalg = \"EdDSA\"\n",
+            "[[tenant]]\nid = \"idp\"\nleeway_s = {leeway}\n[[tenant.jwks]]\ninternal = true\nurl = \"{}\"\nalg = \"EdDSA\"\n",
             server.url
         )
     };
@@ -652,7 +652,8 @@ async fn redirects_never_leave_https_and_are_limited() {
         ),
         (format!("{base}/jwks.json"), "more than 3 redirects"),
         (format!("https://user@127.0.0.1:{port}/x"), "userinfo"),
-        // Internal addresses only at hosts the config names (127.0.0.1):
+        // Internal addresses only at hosts (and ports) a URL marked
+        // `internal = true` names (127.0.0.1 at the server's port):
         // by address, in every family and form, and by a name that
         // resolves inside (`localhost` holds the same server and a
         // certificate for it, so only the rule stops it).
@@ -676,6 +677,16 @@ async fn redirects_never_leave_https_and_are_limited() {
             format!("https://localhost:{port}/jwks.json"),
             "`localhost` resolves to the internal address",
         ),
+        // The host marked internal, at a port its URL does not name (an
+        // admin port on the identity provider's machine).
+        (
+            format!(
+                "https://127.0.0.1:{}/admin",
+                port.parse::<u16>().unwrap().wrapping_add(1).max(1)
+            ),
+            "marked internal only at the ports",
+        ),
+        ("https://127.0.0.1/admin".to_owned(), "not 443"),
     ];
     for (location, why) in refused {
         server.set(Mode::Redirect {
@@ -860,12 +871,12 @@ fn slow_and_healthy(
         .map(|i| {
             let id = if i == 0 { "slow".to_owned() } else { format!("slow{i}") };
             format!(
-                "[[tenant]]\nid = \"{id}\"\n[[tenant.jwks]]\nurl = \"https://127.0.0.1:{port}/jwks.json\"\nalg = \"EdDSA\"\n"
+                "[[tenant]]\nid = \"{id}\"\n[[tenant.jwks]]\ninternal = true\nurl = \"https://127.0.0.1:{port}/jwks.json\"\nalg = \"EdDSA\"\n"
             )
         })
         .collect();
     text.push_str(&format!(
-        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nalg = \"EdDSA\"\n",
+        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{}\"\nalg = \"EdDSA\"\n",
         server.url
     ));
     let reloader = reloader_of(text);
@@ -1028,7 +1039,9 @@ async fn fetched_symmetric_keys_need_the_sources_consent() {
     for (consent, hs_ok) in [("", false), ("symmetric_keys = true\n", true)] {
         let url = server.url.clone();
         let (reloader, fetcher) = fetching(&server, move || {
-            format!("[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\n{consent}")
+            format!(
+                "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{url}\"\n{consent}"
+            )
         });
         assert!(fetcher.refresh_due().await.is_empty());
         assert_eq!(decide(&reloader, &ed, "e"), Reason::Ok, "{consent:?}");
@@ -1051,7 +1064,7 @@ async fn fetched_symmetric_keys_need_the_sources_consent() {
             ""
         };
         format!(
-            "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 3600\n{line}"
+            "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{url}\"\nrefresh_s = 3600\n{line}"
         )
     });
     assert!(fetcher.refresh_due().await.is_empty());
@@ -1095,7 +1108,7 @@ async fn a_changed_alg_is_fetched_at_once() {
     let current = Arc::clone(&alg);
     let (reloader, fetcher) = fetching(&server, move || {
         format!(
-            "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 3600\nsymmetric_keys = true\nalg = \"{}\"\n",
+            "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{url}\"\nrefresh_s = 3600\nsymmetric_keys = true\nalg = \"{}\"\n",
             current.lock().unwrap()
         )
     });
@@ -1165,7 +1178,7 @@ async fn a_fetched_kid_another_source_has_is_reported_as_shadowed() {
     let url = server.url.clone();
     let (reloader, fetcher) = fetching(&server, move || {
         format!(
-            "[[tenant]]\nid = \"idp\"\n[[tenant.key]]\nkid = \"a\"\nalg = \"HS256\"\nsecret = \"0123456789abcdefghijklmnopqrstuv\"\n[[tenant.jwks]]\nurl = \"{url}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n"
+            "[[tenant]]\nid = \"idp\"\n[[tenant.key]]\nkid = \"a\"\nalg = \"HS256\"\nsecret = \"0123456789abcdefghijklmnopqrstuv\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{url}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n"
         )
     });
     let heard = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
@@ -1201,7 +1214,7 @@ async fn a_fetched_kid_that_shadows_a_later_file_is_reported() {
         cache_control: None,
     });
     let config = format!(
-        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\nurl = \"{}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n[[tenant.jwks]]\nfile = \"keys.json\"\nalg = \"EdDSA\"\n",
+        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{}\"\nrefresh_s = 300\nalg = \"EdDSA\"\n[[tenant.jwks]]\nfile = \"keys.json\"\nalg = \"EdDSA\"\n",
         server.url
     );
     let file = doc(&[&file_jwk_b, &file_jwk_c]);
@@ -1284,7 +1297,9 @@ async fn a_new_key_of_a_new_algorithm_is_an_unknown_kid_and_fetched() {
     ] {
         let url = server.url.clone();
         let (reloader, fetcher) = fetching(&server, move || {
-            format!("[[tenant]]\nid = \"idp\"\n{configured}[[tenant.jwks]]\nurl = \"{url}\"\n")
+            format!(
+                "[[tenant]]\nid = \"idp\"\n{configured}[[tenant.jwks]]\ninternal = true\nurl = \"{url}\"\n"
+            )
         });
         server.set(Mode::Doc {
             body: doc(&[&jwk_ed]),
@@ -1329,12 +1344,12 @@ async fn tenants_sharing_a_url_share_its_fetches() {
     let (reloader, fetcher) = fetching(&server, move || {
         (0..TENANTS)
             .map(|i| {
-                format!("[[tenant]]\nid = \"t{i}\"\n[[tenant.jwks]]\nurl = \"{url}\"\nalg = \"EdDSA\"\n")
+                format!("[[tenant]]\nid = \"t{i}\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{url}\"\nalg = \"EdDSA\"\n")
             })
             .collect::<String>()
             // One more reading the same URL another way (no `alg`): fetched
             // on its own.
-            + &format!("[[tenant]]\nid = \"other\"\n[[tenant.jwks]]\nurl = \"{url}\"\n")
+            + &format!("[[tenant]]\nid = \"other\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{url}\"\n")
     });
     assert!(fetcher.refresh_due().await.is_empty());
     assert_eq!(server.hits(), 2, "one per way of reading the URL");
@@ -1376,7 +1391,7 @@ async fn tenants_sharing_a_url_share_its_fetches() {
         (0..TENANTS)
             .map(|i| {
                 format!(
-                    "[[tenant]]\nid = \"t{i}\"\n[[tenant.jwks]]\nurl = \"{url}\"\nalg = \"EdDSA\"\n"
+                    "[[tenant]]\nid = \"t{i}\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{url}\"\nalg = \"EdDSA\"\n"
                 )
             })
             .collect::<String>()

@@ -619,6 +619,60 @@ fn plain_http_jwks_urls_only_to_a_parsed_loopback_host() {
     }
 }
 
+/// A JWKS URL whose host is internal as written (an internal address in any
+/// form, or `localhost`) needs `internal = true` on its source: without it a
+/// tenant's URL could aim jotd at the metadata service or an admin port.
+/// Public hosts need nothing; file sources cannot be marked.
+#[test]
+fn internal_jwks_hosts_are_opted_into() {
+    let with = |url: &str, extra: &str| {
+        load(
+            &format!("[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nurl = \"{url}\"\n{extra}"),
+            &[],
+        )
+    };
+    for inside in [
+        "https://169.254.169.254/latest/meta-data/",
+        "https://10.0.0.5/jwks",
+        "https://[fd00::1]/jwks",
+        "https://[::ffff:10.0.0.1]/jwks",
+        "https://[64:ff9b::a9fe:a9fe]/jwks",
+        "https://[2002:a9fe:a9fe::1]/jwks",
+        "https://198.18.0.1/jwks",
+        "https://127.0.0.1:8443/jwks",
+        "http://127.0.0.1/jwks",
+        "http://localhost/jwks",
+        "https://idp.localhost/jwks",
+        "https://LOCALHOST./jwks",
+    ] {
+        let e = with(inside, "").unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{CONFIG}:3:"))
+                && e.contains("tenant[0].jwks[0].url")
+                && e.contains("internal = true"),
+            "{inside}: {e}"
+        );
+        assert!(with(inside, "internal = true\n").is_ok(), "{inside}");
+    }
+    for public in [
+        "https://idp.example.com/jwks",
+        "https://8.8.8.8/jwks",
+        "https://[2001:4860::8888]/jwks",
+    ] {
+        assert!(with(public, "").is_ok(), "{public}");
+    }
+    let e = load(
+        "[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nfile = \"jwks.json\"\ninternal = true\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("tenant[0].jwks[0].internal: applies to url sources only"),
+        "{e}"
+    );
+}
+
 /// A refused URL's error never repeats a password it carried.
 /// One kid rule for every source: a JWKS entry whose kid is empty (which a
 /// token's `"kid": ""` would find), holds control characters, or runs past

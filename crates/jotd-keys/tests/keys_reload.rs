@@ -367,7 +367,9 @@ fn a_fetch_rebuilds_only_the_tenants_that_read_its_url() {
     use base64::Engine as _;
     let fs = Fs::default();
     let jwks = |url: &str| {
-        format!("[[tenant.jwks]]\nurl = \"{url}\"\nalg = \"HS256\"\nsymmetric_keys = true\n")
+        format!(
+            "[[tenant.jwks]]\ninternal = true\nurl = \"{url}\"\nalg = \"HS256\"\nsymmetric_keys = true\n"
+        )
     };
     let (u1, u2) = ("https://one.example/jwks", "https://two.example/jwks");
     let stat = std::array::from_fn::<u8, 32, _>(|i| (i as u8).wrapping_mul(7).wrapping_add(3));

@@ -477,8 +477,9 @@ mod tests {
             r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
             1,
         );
-        let text =
-            format!("[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nurl = \"{url}\"\nalg = \"EdDSA\"\n");
+        let text = format!(
+            "[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{url}\"\nalg = \"EdDSA\"\n"
+        );
         let reloader = Arc::new(
             Reloader::start(
                 std::path::Path::new("/cfg/jotd.toml"),
