@@ -249,6 +249,11 @@ fn bare_server(pki: &DevPki, transport: quinn::TransportConfig) -> quinn::Endpoi
 
 /// A server that reads every request and resets its answer stream.
 async fn resetting_server(pki: &DevPki) -> SocketAddr {
+    resetting_server_with(pki, 7).await
+}
+
+/// [`resetting_server`], resetting with `code`.
+async fn resetting_server_with(pki: &DevPki, code: u32) -> SocketAddr {
     let endpoint = bare_server(pki, quinn::TransportConfig::default());
     let addr = endpoint.local_addr().unwrap();
     tokio::spawn(async move {
@@ -257,7 +262,7 @@ async fn resetting_server(pki: &DevPki) -> SocketAddr {
                 let Ok(conn) = incoming.await else { return };
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let _ = recv.read_to_end(1 << 24).await;
-                    let _ = send.reset(quinn::VarInt::from_u32(7));
+                    let _ = send.reset(quinn::VarInt::from_u32(code));
                 }
             });
         }
@@ -589,6 +594,21 @@ async fn a_batch_no_server_will_take_fails_once_with_a_typed_error() {
         0,
         "not sent again: no server would take it"
     );
+    // Asked again after its error, a batch gives the same error: its copy
+    // is not read again (its end would read as a replica leaving items
+    // undecided, a protocol violation that ejects a replica that answered
+    // correctly) and it is not sent anywhere else.
+    let mut pending = c.verify(&items).await.unwrap();
+    let first = pending.next().await.expect("an error").unwrap_err();
+    assert_eq!(first, err);
+    let again = pending.next().await.expect("the same error").unwrap_err();
+    assert_eq!(again, err);
+    let stats = c.stats();
+    assert_eq!(stats.protocol_violations, 0, "{stats:?}");
+    assert!(
+        stats.endpoints.iter().all(|e| e.ejections == 0),
+        "{stats:?}"
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -653,6 +673,14 @@ async fn replicas_added_to_and_removed_from_the_name_are_followed() {
     let stats = c.stats();
     assert_eq!(stats.endpoints.len(), 1, "{stats:?}");
     assert_eq!(stats.endpoints[0].addr, b.addr);
+    // An empty answer (a resolver hiccup) is a failed lookup: B stays and
+    // serves (the pool was emptied until the next round).
+    dns.0.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    for _ in 0..5 {
+        assert_once(&c.verify_all(&batch).await.unwrap(), 1, Reason::Ok);
+    }
+    assert_eq!(c.stats().endpoints.len(), 1);
     a.stop().await;
     b.stop().await;
 }
@@ -905,4 +933,146 @@ async fn an_overloaded_replica_fails_over_to_one_not_yet_connected() {
     assert_eq!(stats.endpoints[0].failures, 1, "overloaded once: {stats:?}");
     assert_eq!(stats.endpoints[1].sent, 1, "{stats:?}");
     held.abort();
+}
+
+/// A replica that resets answers because its answer buffer is full (code 4)
+/// is busy, not broken: counted, not ejected (a load spike ejected every
+/// replica in turn).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_out_of_answer_room_is_counted_not_ejected() {
+    let k = keys();
+    let good = start(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+    );
+    let busy = resetting_server_with(&good.pki, jotd_transport::RESET_ANSWER_BUFFER_FULL).await;
+    let c = pool_client(&good.pki, vec![busy, good.addr]);
+    c.connect_all().await.unwrap();
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    for _ in 0..10 {
+        let got = c.verify_all(&[item(Some(&hs), "t")]).await;
+        assert_once(&got.unwrap(), 1, Reason::Ok);
+    }
+    let stats = c.stats();
+    assert!(stats.endpoints[0].failures >= 1, "{stats:?}");
+    assert_eq!(stats.endpoints[0].ejections, 0, "{stats:?}");
+    good.stop().await;
+}
+
+/// A server that takes streams and never reads them, with a receive window
+/// of 1 KiB: a larger request's write blocks on flow control for ever (a
+/// frozen replica whose connection stays up).
+fn unread_server(pki: &DevPki) -> SocketAddr {
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(quinn::VarInt::from_u32(1024))
+        .receive_window(quinn::VarInt::from_u32(1024));
+    let endpoint = bare_server(pki, t);
+    let addr = endpoint.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                let mut held = Vec::new();
+                while let Ok(stream) = conn.accept_bi().await {
+                    held.push(stream);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A request write that stalls gets half of what remains while another
+/// replica is left, then its replica is counted failed and ejected and the
+/// batch goes on; before, it took the whole deadline and failed the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_stops_reading_requests_is_left_for_the_next() {
+    let k = keys();
+    let good = start(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+    );
+    let frozen = unread_server(&good.pki);
+    let tls = client_config(good.pki.ca_pem.as_bytes(), None).unwrap();
+    let mut opts = ClientOptions::new(vec![frozen, good.addr], tls);
+    opts.batch_timeout = Duration::from_secs(4);
+    opts.hedge.enabled = false;
+    let c = Client::new(opts).unwrap();
+    c.connect_all().await.unwrap();
+    let sub = "s".repeat(300);
+    let hs = k.hs.mint(Some("hs"), &claims(&sub, NOW + 60)).unwrap();
+    let items: Vec<Item<'_>> = (0..40).map(|_| item(Some(&hs), "t")).collect();
+    let got = c
+        .verify_all(&items)
+        .await
+        .expect("decided by the other replica");
+    assert_once(&got, 40, Reason::Ok);
+    let stats = c.stats();
+    let frozen_stats = stats.endpoints.iter().find(|e| e.addr == frozen).unwrap();
+    assert!(
+        frozen_stats.failures >= 1 && frozen_stats.ejections >= 1,
+        "{stats:?}"
+    );
+    good.stop().await;
+}
+
+/// A server that answers every request with an empty `Decisions` frame,
+/// then finishes.
+async fn empty_chunk_server(pki: &DevPki) -> SocketAddr {
+    let endpoint = bare_server(pki, quinn::TransportConfig::default());
+    let addr = endpoint.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let Ok(req) = recv.read_to_end(1 << 24).await else {
+                        return;
+                    };
+                    let batch =
+                        jotd_transport::decode_batch(&req[5..], &jotd_transport::Limits::default())
+                            .unwrap();
+                    let mut out = Vec::new();
+                    jotd_transport::encode_decisions(
+                        &jotd_transport::DecisionChunk {
+                            request_id: batch.request_id,
+                            decisions: Vec::new(),
+                        },
+                        &mut out,
+                    )
+                    .unwrap();
+                    let _ = send.write_all(&out).await;
+                    let _ = send.finish();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A `Decisions` frame with no decision is a protocol violation (it counted
+/// as progress, keeping a replica that decides nothing from ejection); the
+/// batch goes to the next replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_decisions_frame_is_a_protocol_violation() {
+    let k = keys();
+    let good = start(
+        TestBackend::new(snapshot(1, &k, true)),
+        ServerOptions::default(),
+        false,
+    );
+    let empty = empty_chunk_server(&good.pki).await;
+    let c = pool_client(&good.pki, vec![empty, good.addr]);
+    c.connect_all().await.unwrap();
+    let hs = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let got = c.verify_all(&[item(Some(&hs), "t")]).await;
+    assert_once(&got.unwrap(), 1, Reason::Ok);
+    let stats = c.stats();
+    assert!(stats.protocol_violations >= 1, "{stats:?}");
+    let alone = pool_client(&good.pki, vec![empty]);
+    let err = alone.verify_all(&[item(Some(&hs), "t")]).await.unwrap_err();
+    assert!(err.to_string().contains("no decision"), "{err}");
+    good.stop().await;
 }

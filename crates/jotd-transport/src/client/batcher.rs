@@ -172,6 +172,9 @@ struct Counters {
 
 struct Queued {
     check: Check,
+    /// When the check was queued: the flush timer runs from the oldest one
+    /// waiting, also after a batch took only part of the queue.
+    arrived: Instant,
     deadline: Instant,
     reply: oneshot::Sender<Result<ClientDecision, CheckError>>,
 }
@@ -246,6 +249,7 @@ impl Batcher {
             .tx
             .send(Queued {
                 check,
+                arrived: Instant::now(),
                 deadline,
                 reply,
             })
@@ -313,7 +317,7 @@ async fn flush_loop(
             got = rx.recv(), if open => match got {
                 Some(q) => {
                     if queue.is_empty() {
-                        oldest = Instant::now();
+                        oldest = q.arrived;
                     }
                     queue.push(q);
                     // Everything already waiting joins without another wake-up.
@@ -362,7 +366,9 @@ async fn flush_loop(
             }
             let batch: Vec<Queued> = queue.drain(..n).collect();
             counters.queued.fetch_sub(n as u64, Relaxed);
-            oldest = Instant::now();
+            // The checks left behind (a batch cut by bytes or addresses)
+            // keep their own wait: each split must not add another max_delay.
+            oldest = queue.first().map_or_else(Instant::now, |q| q.arrived);
             if send(&client, batch, why, &counters, &done_tx) {
                 outstanding += 1;
             }

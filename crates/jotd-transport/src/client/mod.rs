@@ -178,6 +178,9 @@ impl ClientOptions {
     /// to a clock overflows (a panic) long before it could matter.
     pub const MAX_TIME: Duration = Duration::from_secs(86_400);
 
+    /// The shortest hedge delay while hedging is on.
+    pub const MIN_HEDGE_DELAY: Duration = Duration::from_millis(1);
+
     /// Checks the options as [`Client::new`] does: every time non-zero (where
     /// zero would spin or fail every batch) and at most [`Self::MAX_TIME`];
     /// `backoff_min ≤ backoff_max`, `hedge.min_delay ≤ hedge.max_delay`
@@ -213,6 +216,14 @@ impl ClientOptions {
         }
         if self.backoff_min > self.backoff_max {
             return bad("backoff_min must not exceed backoff_max".into());
+        }
+        if self.hedge.enabled && self.hedge.min_delay < Self::MIN_HEDGE_DELAY {
+            return bad(format!(
+                "hedge.min_delay {:?}: must be at least {:?} while hedging is on (a zero \
+                 delay re-arms the hedge timer at once and spins)",
+                self.hedge.min_delay,
+                Self::MIN_HEDGE_DELAY
+            ));
         }
         if self.hedge.min_delay > self.hedge.max_delay {
             return bad("hedge.min_delay must not exceed hedge.max_delay".into());
@@ -289,6 +300,9 @@ pub enum Violation {
     /// A frame type a server never sends.
     #[error("server sent a Batch frame")]
     BatchFrame,
+    /// A `Decisions` frame with no decision in it.
+    #[error("a Decisions frame with no decision")]
+    EmptyChunk,
 }
 
 /// Why a batch has no (complete) answer. The batch as a whole is undecided;
@@ -1141,7 +1155,8 @@ impl Drop for Client {
 /// slot list with the fixed endpoints and every address the names give: a
 /// kept address keeps its slots (connections, counters), a new one gets
 /// fresh ones, a vanished one's slots leave (batches on them finish). A
-/// name that fails to resolve keeps its last addresses.
+/// name that fails to resolve, or resolves to no address, keeps its last
+/// addresses.
 async fn follow_names(
     slots: std::sync::Weak<arc_swap::ArcSwap<Vec<Arc<Slot>>>>,
     opts: ClientOptions,
@@ -1152,8 +1167,12 @@ async fn follow_names(
     let mut rounds = 0u64;
     loop {
         for (name, known) in opts.names.iter().zip(&mut last) {
+            // An empty answer is a failed lookup too: it would empty the pool
+            // (every batch `unavailable`, a fail-open gateway letting calls
+            // through) until the next round.
             if let Ok(Ok(addrs)) =
                 tokio::time::timeout(opts.connect_timeout, opts.resolver.resolve(name)).await
+                && !addrs.is_empty()
             {
                 *known = addrs;
             }
@@ -1262,7 +1281,8 @@ mod tests {
         let base = ClientOptions::new(vec![SocketAddr::from(([127, 0, 0, 1], 9))], tls);
         base.validate().unwrap();
         type Edit = fn(&mut ClientOptions);
-        let cases: [(&str, Edit); 14] = [
+        let cases: [(&str, Edit); 15] = [
+            ("hedge.min_delay", |o| o.hedge.min_delay = Duration::ZERO),
             ("server_name", |o| o.server_name = String::new()),
             ("resolve_interval", |o| o.resolve_interval = Duration::ZERO),
             ("batch_timeout", |o| o.batch_timeout = Duration::ZERO),

@@ -51,6 +51,26 @@ enum Step {
     Fatal(ClientError),
 }
 
+/// A receive buffer whose consumed head is at least this long, and half of
+/// it, is compacted.
+const COMPACT_AT: usize = 64 << 10;
+
+/// The longest server error message kept (a longer one is cut at a
+/// character boundary, `…` added): a replica's message is copied to every
+/// check of its batch, and a frame may carry up to `max_frame_bytes` of it.
+const MAX_SERVER_MESSAGE: usize = 512;
+
+fn capped_message(m: &str) -> String {
+    if m.len() <= MAX_SERVER_MESSAGE {
+        return m.to_owned();
+    }
+    let mut end = MAX_SERVER_MESSAGE;
+    while !m.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &m[..end])
+}
+
 /// The answer to one batch, read as it arrives.
 pub struct Pending<'c> {
     client: &'c Client,
@@ -76,6 +96,8 @@ pub struct Pending<'c> {
     limits: Limits,
     ready: VecDeque<(u32, ClientDecision)>,
     done: bool,
+    /// The error the batch ended with: every later call returns it.
+    failed: Option<ClientError>,
 }
 
 impl std::fmt::Debug for Pending<'_> {
@@ -136,6 +158,7 @@ impl<'c> Pending<'c> {
             },
             ready: VecDeque::new(),
             done: false,
+            failed: None,
         };
         pending.send_attempt(None).await?;
         Ok(pending)
@@ -240,13 +263,27 @@ impl<'c> Pending<'c> {
             // malformed request from this client.
             let mut send = ResetUnlessFinished(Some(send));
             slot.sent.fetch_add(1, Ordering::Relaxed);
+            // The write is bounded as the open is: a replica that stopped
+            // reading (frozen, partitioned with its connection still up, its
+            // flow-control window full) gets half of what remains while
+            // another endpoint is left, then is counted failed and ejected,
+            // and the batch goes on elsewhere.
             let remaining = self.deadline.saturating_duration_since(Instant::now());
-            let write_for = hedge.map_or(remaining, |d| remaining.min(d));
+            let others_left = self.slots.len() > self.tried.len();
+            let write_for = match hedge {
+                Some(d) => remaining.min(d),
+                None if others_left => remaining / 2,
+                None => remaining,
+            };
             let write = send.0.as_mut().expect("set above").write_all(&self.frame);
             match tokio::time::timeout(write_for, write).await {
                 // A hedge not written in time is dropped (its stream reset); the
                 // primary stands.
                 Err(_) if hedge.is_some() => return Err(ClientError::Timeout(write_for)),
+                Err(_) if others_left => {
+                    self.note_failure(i, ClientError::Timeout(write_for));
+                    continue;
+                }
                 Err(_) => return Err(ClientError::Timeout(client.opts.batch_timeout)),
                 // The server stopped reading (a request over its limit, or a
                 // refusal): its answer, an error frame, is still on the way.
@@ -301,7 +338,16 @@ impl<'c> Pending<'c> {
             // `overloaded` read as `unavailable`, in the log and the metrics).
             ClientError::Unavailable { last: None, .. } if self.last_error.is_some() => return,
             ClientError::Unavailable { .. } => {}
+            // Refusals for load (`overloaded`, or an answer reset because the
+            // server's buffer had no room for it) count, but do not eject: a
+            // spike would eject every replica in turn.
             ClientError::Server { code, .. } if *code == crate::ErrorCode::Overloaded as u16 => {
+                s.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            ClientError::Connection {
+                failure: ConnectionFailure::Reset(code),
+                ..
+            } if *code == u64::from(crate::RESET_ANSWER_BUFFER_FULL) => {
                 s.failed.fetch_add(1, Ordering::Relaxed);
             }
             _ => {
@@ -328,6 +374,11 @@ impl<'c> Pending<'c> {
                 });
             }
             self.client.shared.retries.fetch_add(1, Ordering::Relaxed);
+            // The new copy is late only one hedge delay from now (the old
+            // timer, usually past, would hedge it at once).
+            if self.client.opts.hedge.enabled {
+                self.hedge_at = Some(Instant::now() + self.client.hedge_delay());
+            }
         }
         Ok(())
     }
@@ -434,6 +485,10 @@ impl<'c> Pending<'c> {
         let step = match frame.kind {
             FrameType::Decisions => match decode_decisions(frame.body) {
                 Err(e) => protocol(Violation::Frame(e)),
+                // Every frame must carry a decision: empty ones would count as
+                // progress (keeping a stalled replica from ejection) while
+                // deciding nothing.
+                Ok(chunk) if chunk.decisions.is_empty() => protocol(Violation::EmptyChunk),
                 Ok(chunk) => {
                     if chunk.request_id == self.request_id {
                         match check(&mut a.seen, &chunk) {
@@ -463,7 +518,7 @@ impl<'c> Pending<'c> {
                     let error = ClientError::Server {
                         endpoint,
                         code: e.code,
-                        message: e.message.to_owned(),
+                        message: capped_message(e.message),
                     };
                     if error.retryable() {
                         Step::Failed(error)
@@ -477,6 +532,12 @@ impl<'c> Pending<'c> {
         a.start += consumed;
         if a.start == a.buf.len() {
             a.buf.clear();
+            a.start = 0;
+        } else if a.start >= COMPACT_AT && a.start * 2 >= a.buf.len() {
+            // Reads that keep ending inside a frame never empty the buffer:
+            // the consumed head goes, so it holds about one frame, not the
+            // whole answer.
+            a.buf.drain(..a.start);
             a.start = 0;
         }
         step
@@ -517,8 +578,19 @@ impl<'c> Pending<'c> {
         &mut self,
         f: impl FnMut(&DecisionChunk<'_>),
     ) -> Result<bool, ClientError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
         match self.read_chunk(f).await {
-            Err(e) => Err(self.refused.take().unwrap_or(e)),
+            Err(e) => {
+                // The batch is over: later calls get the same error, and no
+                // copy is read again (its stream's end would read as a
+                // replica leaving items undecided, and eject it).
+                let e = self.refused.take().unwrap_or(e);
+                self.failed = Some(e.clone());
+                self.attempts.clear();
+                Err(e)
+            }
             ok => ok,
         }
     }
@@ -531,6 +603,12 @@ impl<'c> Pending<'c> {
             if self.done || self.items == 0 {
                 self.done = true;
                 return Ok(false);
+            }
+            // No copy in flight and the batch not done: a call dropped while
+            // it failed over (between dropping the failed copy and sending
+            // the next). Send it again rather than wait out the deadline.
+            if self.attempts.is_empty() {
+                self.send_attempt(None).await?;
             }
             // A whole frame buffered on any attempt?
             let mut k = 0;
@@ -690,5 +768,27 @@ impl Drop for ResetUnlessFinished {
         if let Some(s) = self.0.as_mut() {
             let _ = s.reset(VarInt::from_u32(0));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server's error message is kept up to 512 bytes, cut at a
+    /// character boundary.
+    #[test]
+    fn server_messages_are_capped() {
+        assert_eq!(capped_message("short"), "short");
+        let long = "é".repeat(1000);
+        let cut = capped_message(&long);
+        assert!(
+            cut.len() <= MAX_SERVER_MESSAGE + '…'.len_utf8(),
+            "{}",
+            cut.len()
+        );
+        assert!(cut.ends_with('…') && cut.starts_with("éé"));
+        let exact = "a".repeat(MAX_SERVER_MESSAGE);
+        assert_eq!(capped_message(&exact), exact);
     }
 }
