@@ -78,8 +78,11 @@ pub enum Verdict {
     Allow(ClientDecision),
     /// The pool could not answer and the operator chose `failure_mode = "open"`.
     FailOpen(String),
-    /// jotd denied it (or the gateway did, before asking: a token over the size cap).
-    Deny(Reason),
+    /// jotd denied it (or the gateway did, before asking: a token over the
+    /// size cap), with jotd's decision when it made one: a denial after the
+    /// signature verified (a method the token does not allow) carries its
+    /// `sub` and `exp`, which a WebSocket opened for later calls needs.
+    Deny(Reason, Option<Box<ClientDecision>>),
     /// The pool could not answer; fail closed.
     Unavailable(String),
 }
@@ -96,7 +99,7 @@ impl Verdict {
     pub fn class(&self) -> Option<Class> {
         match self {
             Self::Allow(_) | Self::FailOpen(_) => None,
-            Self::Deny(r) => Some(class_of(*r)),
+            Self::Deny(r, _) => Some(class_of(*r)),
             Self::Unavailable(_) => Some(Class::Unavailable),
         }
     }
@@ -107,7 +110,7 @@ impl Verdict {
         match self {
             Self::Allow(d) => d.reason().map_or("unknown", Reason::as_str),
             Self::FailOpen(_) => "fail_open",
-            Self::Deny(r) => r.as_str(),
+            Self::Deny(r, _) => r.as_str(),
             Self::Unavailable(_) => "unavailable",
         }
     }
@@ -190,7 +193,7 @@ impl Gate {
             .as_ref()
             .is_some_and(|t| t.len() > self.max_token_bytes)
         {
-            let v = vec![Verdict::Deny(Reason::TokenTooLarge); calls.len()];
+            let v = vec![Verdict::Deny(Reason::TokenTooLarge, None); calls.len()];
             count(door, &v);
             return v;
         }
@@ -228,10 +231,10 @@ impl Gate {
                         header = %bad.escape_default(),
                         "an identity header cannot be written (its claim's name or value): refused as invalid_claim"
                     );
-                    Verdict::Deny(Reason::InvalidClaim)
+                    Verdict::Deny(Reason::InvalidClaim, None)
                 }
                 Ok(d) if d.allow => Verdict::Allow(d),
-                Ok(d) => Verdict::Deny(d.reason().unwrap_or(Reason::InternalError)),
+                Ok(d) => Verdict::Deny(d.reason().unwrap_or(Reason::InternalError), Some(Box::new(d))),
                 Err(e) => {
                     let why = describe(&e);
                     // Only the pool being unreachable may fail open: a full
@@ -358,7 +361,7 @@ fn outcome(door: Door, verdict: &Verdict) -> &'static str {
     match verdict {
         // Not a denial: the socket stays open and its messages are checked
         // (and counted) one by one.
-        Verdict::Deny(r) if door == Door::WebSocket && per_call(*r) => "ok",
+        Verdict::Deny(r, _) if door == Door::WebSocket && per_call(*r) => "ok",
         _ => verdict.reason_name(),
     }
 }
@@ -559,13 +562,13 @@ mod tests {
             Reason::AddressNotAllowed,
             Reason::PermissionDenied,
         ] {
-            assert_eq!(outcome(Door::WebSocket, &Verdict::Deny(r)), "ok");
+            assert_eq!(outcome(Door::WebSocket, &Verdict::Deny(r, None)), "ok");
             for door in [Door::Proxy, Door::ForwardAuth, Door::ExtAuthz] {
-                assert_eq!(outcome(door, &Verdict::Deny(r)), r.as_str());
+                assert_eq!(outcome(door, &Verdict::Deny(r, None)), r.as_str());
             }
         }
         assert_eq!(
-            outcome(Door::WebSocket, &Verdict::Deny(Reason::Expired)),
+            outcome(Door::WebSocket, &Verdict::Deny(Reason::Expired, None)),
             Reason::Expired.as_str()
         );
     }

@@ -51,6 +51,9 @@ pub mod code {
 ///   empty, the call is unbounded (`eth_getLogs` without `address`);
 /// - `N!`: the parameter, when present and not null, makes the call unbounded
 ///   (state overrides);
+/// - `N.field!`: the field of the parameter object, when present, not null
+///   and not an empty list, makes the call unbounded (an EIP-7702
+///   `authorizationList`: it gives an account any code for the call);
 /// - `*`: the call is always unbounded (`eth_simulateV1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParamPath {
@@ -67,6 +70,13 @@ pub enum ParamPath {
     },
     /// `N!`.
     Unbounding(usize),
+    /// `N.field!`.
+    UnboundingField {
+        /// The parameter.
+        index: usize,
+        /// The field (matched as [`ParamPath::Field`]'s).
+        field: String,
+    },
     /// `*`.
     Always,
 }
@@ -75,14 +85,25 @@ impl ParamPath {
     fn parse(s: &str) -> Result<Self, String> {
         let bad = || {
             format!(
-                "`{s}`: a position is `N`, `N.field`, `N.field[]`, `N!` or `*` (field names in ASCII)"
+                "`{s}`: a position is `N`, `N.field`, `N.field[]`, `N!`, `N.field!` or `*` (field names in ASCII)"
             )
         };
         if s == "*" {
             return Ok(Self::Always);
         }
         if let Some(n) = s.strip_suffix('!') {
-            return n.parse().map(Self::Unbounding).map_err(|_| bad());
+            return match n.split_once('.') {
+                None => n.parse().map(Self::Unbounding).map_err(|_| bad()),
+                Some((i, f))
+                    if !f.is_empty() && !f.contains('.') && f.is_ascii() && !f.ends_with("[]") =>
+                {
+                    Ok(Self::UnboundingField {
+                        index: i.parse().map_err(|_| bad())?,
+                        field: f.to_owned(),
+                    })
+                }
+                Some(_) => Err(bad()),
+            };
         }
         let (path, list) = match s.strip_suffix("[]") {
             Some(p) => (p, true),
@@ -109,6 +130,7 @@ impl ParamPath {
                 format!("{index}.{field}{}", if *list { "[]" } else { "" })
             }
             Self::Unbounding(i) => format!("{i}!"),
+            Self::UnboundingField { index, field } => format!("{index}.{field}!"),
             Self::Always => "*".into(),
         }
     }
@@ -177,7 +199,11 @@ pub struct AddressTable {
 /// The built-in rows (docs/gateways.md lists them): the targets a call
 /// touches, and for the methods that make the node sign, the signing account
 /// (`eth_sign`'s `0`, a transaction's `from`): on a node holding unlocked keys
-/// that account is what the call spends. `eth_subscribe` is handled apart
+/// that account is what the call spends. A call object's EIP-7702
+/// `authorizationList` (Prague: geth applies it in `eth_call` and
+/// `eth_estimateGas`) delegates an account to any code for the call, so an
+/// allowed `to` would run whatever the caller signed: it makes the call
+/// unbounded. `eth_subscribe` is handled apart
 /// (its second parameter depends on the first) unless an operator's row
 /// names it.
 const ETHEREUM: &[(&str, &[&str])] = &[
@@ -186,15 +212,30 @@ const ETHEREUM: &[(&str, &[&str])] = &[
     ("eth_getStorageAt", &["0"]),
     ("eth_getTransactionCount", &["0"]),
     ("eth_getProof", &["0"]),
-    ("eth_call", &["0.to", "2!"]),
-    ("eth_estimateGas", &["0.to", "2!"]),
-    ("eth_createAccessList", &["0.to", "2!"]),
-    ("eth_sendTransaction", &["0.to", "0.from"]),
-    ("eth_signTransaction", &["0.to", "0.from"]),
-    ("personal_sendTransaction", &["0.to", "0.from"]),
-    ("personal_signTransaction", &["0.to", "0.from"]),
-    ("debug_traceCall", &["0.to", "2!"]),
-    ("trace_call", &["0.to", "3!"]),
+    ("eth_call", &["0.to", "2!", "0.authorizationList!"]),
+    ("eth_estimateGas", &["0.to", "2!", "0.authorizationList!"]),
+    (
+        "eth_createAccessList",
+        &["0.to", "2!", "0.authorizationList!"],
+    ),
+    (
+        "eth_sendTransaction",
+        &["0.to", "0.from", "0.authorizationList!"],
+    ),
+    (
+        "eth_signTransaction",
+        &["0.to", "0.from", "0.authorizationList!"],
+    ),
+    (
+        "personal_sendTransaction",
+        &["0.to", "0.from", "0.authorizationList!"],
+    ),
+    (
+        "personal_signTransaction",
+        &["0.to", "0.from", "0.authorizationList!"],
+    ),
+    ("debug_traceCall", &["0.to", "2!", "0.authorizationList!"]),
+    ("trace_call", &["0.to", "3!", "0.authorizationList!"]),
     ("eth_simulateV1", &["*"]),
     ("eth_getLogs", &["0.address[]"]),
     ("eth_newFilter", &["0.address[]"]),
@@ -455,6 +496,17 @@ fn addresses_of(
                     one(v, &i.to_string(), &mut out)?;
                 }
             }
+            ParamPath::UnboundingField { index, field } => match param(*index) {
+                None => {}
+                Some(Value::Object(o)) => {
+                    match member(o, field).map_err(|e| format!("{method}: params[{index}]: {e}"))? {
+                        None | Some(Value::Null) => {}
+                        Some(Value::Array(items)) if items.is_empty() => {}
+                        Some(_) => out.push(ANY.to_owned()),
+                    }
+                }
+                Some(_) => return Err(format!("{method}: params[{index}] is not an object")),
+            },
             ParamPath::Field { index, field, list } => {
                 let at = format!("{index}.{field}");
                 match param(*index) {
@@ -539,8 +591,15 @@ fn call(table: &AddressTable, raw_call: Box<RawValue>) -> Result<Call, Invalid> 
             "`method` is a string".into(),
         ));
     };
-    let params: Option<Value> =
-        get("params").map(|v| serde_json::from_str(v.get()).unwrap_or(Value::Null));
+    // A `params` that does not parse is invalid, never read as absent (which
+    // would carry no address and pass an address allowlist).
+    let params: Option<Value> = match get("params").map(|v| serde_json::from_str(v.get())) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            return Err(invalid(id, code::INVALID_PARAMS, format!("`params`: {e}")));
+        }
+    };
     if let Some(p) = &params
         && !p.is_array()
         && !p.is_object()
@@ -932,6 +991,56 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.addresses, [A.to_ascii_lowercase()]);
+    }
+
+    /// An EIP-7702 `authorizationList` delegates an account to any code for
+    /// the call: with one entry (any spelling the node reads as the key),
+    /// every call-object method is unbounded; absent, null or empty, the
+    /// call is bounded by its `to`.
+    #[test]
+    fn an_authorization_list_makes_a_call_unbounded() {
+        let auth = r#"[{"chainId":"0x1","address":"0x0000000000000000000000000000000000000002","nonce":"0x0","yParity":"0x0","r":"0x1","s":"0x1"}]"#;
+        for method in [
+            "eth_call",
+            "eth_estimateGas",
+            "eth_createAccessList",
+            "debug_traceCall",
+            "trace_call",
+            "eth_sendTransaction",
+            "eth_signTransaction",
+            "personal_sendTransaction",
+            "personal_signTransaction",
+        ] {
+            let call = |list: &str| {
+                single(&format!(
+                    r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":[{{"from":"{A}","to":"{A}","data":"0x","authorizationList":{list}}}]}}"#
+                ))
+            };
+            let c = call(auth).unwrap();
+            assert!(
+                c.addresses.iter().any(|a| a == ANY),
+                "{method}: {:?}",
+                c.addresses
+            );
+            for none in ["null", "[]"] {
+                let c = call(none).unwrap();
+                assert!(
+                    !c.addresses.iter().any(|a| a == ANY),
+                    "{method} {none}: {:?}",
+                    c.addresses
+                );
+            }
+        }
+        // Another spelling of the key is refused, not read past.
+        let e = single(&format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{{"to":"{A}","AuthorizationList":{auth}}}]}}"#
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("authorizationList"), "{}", e.message);
+        // The position form parses and renders.
+        let p = ParamPath::parse("0.authorizationList!").unwrap();
+        assert_eq!(p.render(), "0.authorizationList!");
+        assert!(ParamPath::parse("0.!").is_err() && ParamPath::parse("x.a!").is_err());
     }
 
     #[test]

@@ -480,7 +480,7 @@ impl ProxyDoor {
                         answers.push(None);
                     } else {
                         worst = worst.max(v.class());
-                        if let (Verdict::Deny(r), Some(Class::Token)) = (&v, v.class()) {
+                        if let (Verdict::Deny(r, _), Some(Class::Token)) = (&v, v.class()) {
                             token_reason = token_reason.or(Some(*r));
                         }
                         answers.push(Some(denial_object(&v, call.id.as_deref())));
@@ -818,7 +818,7 @@ pub fn denial_parts(
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     let www = match v {
-        Verdict::Deny(r) if status == StatusCode::UNAUTHORIZED => Some(www_authenticate(*r)),
+        Verdict::Deny(r, _) if status == StatusCode::UNAUTHORIZED => Some(www_authenticate(*r)),
         _ => None,
     };
     (status, www, denial_object(v, id))

@@ -62,7 +62,7 @@ fn refuse(v: &Verdict) -> Answer {
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     let mut a = json(status, &denial_object(v, None));
-    if let (Verdict::Deny(r), StatusCode::UNAUTHORIZED) = (v, status)
+    if let (Verdict::Deny(r, _), StatusCode::UNAUTHORIZED) = (v, status)
         && let Ok(h) = HeaderValue::from_str(&www_authenticate(*r))
     {
         a.headers_mut().insert(WWW_AUTHENTICATE, h);
@@ -94,11 +94,25 @@ pub async fn upgrade(
         .check(Door::WebSocket, &facts, vec![CallFacts::default()])
         .await
         .remove(0);
-    let exp = match &verdict {
-        Verdict::Allow(d) => d.exp,
-        Verdict::Deny(r) if per_call(*r) => None,
-        Verdict::FailOpen(_) => None,
+    // The token's decision: an allow, or a per-call denial (the upgrade
+    // names no method, and a token limited to some is `method_not_allowed`
+    // here) that still carries the verified token's `sub` and `exp`. The
+    // node learns that subject either way: before, a method-limited token's
+    // socket reached the node as nobody.
+    let (exp, verified) = match &verdict {
+        Verdict::Allow(d) => (d.exp, Some(d)),
+        Verdict::Deny(r, d) if per_call(*r) => (d.as_ref().and_then(|d| d.exp), d.as_deref()),
+        Verdict::FailOpen(_) => (None, None),
         v => return refuse(v),
+    };
+    let subject = match verified.and_then(|d| d.sub.as_deref()) {
+        None => None,
+        Some(s) => match HeaderValue::from_str(s) {
+            Ok(v) => Some(v),
+            // The gate refuses an allowed call whose subject no header can
+            // carry; a denied one is refused here alike.
+            Err(_) => return refuse(&Verdict::Deny(jotd_core::Reason::InvalidClaim, None)),
+        },
     };
     // A slot only for an upgrade the token allows (a refused one must not
     // make room): at `max_connections` sockets, an address holding two more
@@ -109,17 +123,17 @@ pub async fn upgrade(
             &error_object(None, code::INTERNAL, "too many WebSockets open", None),
         );
     };
-    // The token's expiry comes with an allowing decision; after a per-call
-    // refusal at the upgrade it is learned from the first allowed call.
+    // The token's expiry comes with its decision (an allow or a per-call
+    // refusal); failing open, it is learned from the first allowed call.
     let Some(upstream) = door.ws_upstream() else {
         return json(
             StatusCode::BAD_GATEWAY,
             &error_object(None, code::INTERNAL, "no upstream", None),
         );
     };
-    // The node learns the tenant and subject as over HTTP (the subject when
-    // the upgrade itself was allowed; both values fit a header, the gate
-    // refused any that did not).
+    // The node learns the tenant and subject as over HTTP (the subject of
+    // the verified token, whether the upgrade was allowed or denied per
+    // call; both values fit a header).
     let mut node_req =
         match tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
             upstream.as_str(),
@@ -136,9 +150,7 @@ pub async fn upgrade(
     if let Ok(v) = HeaderValue::from_str(&facts.tenant) {
         node_req.headers_mut().insert("x-jotd-tenant", v);
     }
-    if let Verdict::Allow(d) = &verdict
-        && let Some(v) = d.sub.as_deref().and_then(|s| HeaderValue::from_str(s).ok())
-    {
+    if let Some(v) = subject {
         node_req.headers_mut().insert("x-jotd-subject", v);
     }
     if let Some(o) = door.origin_for_node(&facts) {
@@ -254,12 +266,20 @@ async fn relay<C, N>(
     loop {
         let expiry = deadline(exp);
         tokio::select! {
+            // The ends first: with a random pick, a node notification ready
+            // at the same time could still be relayed after `exp`, the drain
+            // or an eviction, about one turn in two while the node streams.
+            biased;
             () = crate::http::stopped(&mut stop) => {
                 close(&mut client, CloseCode::Away, "going away").await;
                 break;
             }
             () = slot.closed() => {
                 close(&mut client, CloseCode::Again, "closed to make room for another address").await;
+                break;
+            }
+            () = async { tokio::time::sleep_until(expiry.expect("guarded")).await }, if expiry.is_some() => {
+                close(&mut client, CloseCode::Policy, "token expired").await;
                 break;
             }
             _ = ping.tick() => {
@@ -286,7 +306,7 @@ async fn relay<C, N>(
                 };
                 unanswered = if matches!(v, Verdict::Unavailable(_)) { unanswered + 1 } else { 0 };
                 match v {
-                    Verdict::Deny(r) if !per_call(r) => {
+                    Verdict::Deny(r, _) if !per_call(r) => {
                         close(&mut client, CloseCode::Policy, format!("token no longer valid: {}", r.as_str())).await;
                         break;
                     }
@@ -302,10 +322,6 @@ async fn relay<C, N>(
                     }
                     _ => {}
                 }
-            }
-            () = async { tokio::time::sleep_until(expiry.expect("guarded")).await }, if expiry.is_some() => {
-                close(&mut client, CloseCode::Policy, "token expired").await;
-                break;
             }
             msg = client.next() => {
                 last_heard = tokio::time::Instant::now();
@@ -414,7 +430,13 @@ async fn send_within<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut by = tokio::time::Instant::now() + WRITE_TIMEOUT;
+    let now = tokio::time::Instant::now();
+    // Past `until` nothing more goes out, even a send that would finish at
+    // once (`timeout_at` polls the send before its deadline).
+    if until.is_some_and(|u| u <= now) {
+        return false;
+    }
+    let mut by = now + WRITE_TIMEOUT;
     if let Some(u) = until {
         by = by.min(u);
     }

@@ -2083,6 +2083,49 @@ async fn the_node_sees_the_origin_only_when_passed_on() {
     }
 }
 
+/// A token limited to some methods is `method_not_allowed` at the upgrade
+/// (which names no method), a per-call refusal: the socket opens, and the
+/// node still learns the verified token's subject (it saw none, so every
+/// later call ran on the node as nobody); a method the token does not list
+/// is refused per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_limited_tokens_socket_reaches_the_node_with_its_subject() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (k, _pool, cfg, _dir) = ws_rig("ws-method-subject", "").await;
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let proxy = gw.proxy.unwrap();
+    let token =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"hana","aud":AUD,"exp":now() + 600,"methods":["eth_chainId"]})
+                .to_string(),
+        )
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(proxy, &token))
+        .await
+        .unwrap();
+    ws.send(Message::text(call(1, "eth_chainId", &json!([]))))
+        .await
+        .unwrap();
+    let Some(Ok(Message::Text(t))) = ws.next().await else {
+        panic!("no answer")
+    };
+    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+    assert_eq!(v["result"], "eth_chainId", "{v}");
+    assert_eq!(v["subject"], "hana", "{v}");
+    ws.send(Message::text(call(2, "eth_blockNumber", &json!([]))))
+        .await
+        .unwrap();
+    let Some(Ok(Message::Text(t))) = ws.next().await else {
+        panic!("no answer")
+    };
+    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+    assert_eq!(v["error"]["data"]["reason"], "method_not_allowed", "{v}");
+    drop(ws);
+    gw.drain().await;
+}
+
 /// A node message larger than `max_upstream_bytes` ends the socket, as an
 /// HTTP answer that large is refused (the node's side took tungstenite's
 /// default, up to 64 MiB, whatever the cap).
