@@ -107,6 +107,10 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_, '_, '_, 'de> {
             failure.set(Some(reason));
             de::Error::custom(reason.as_str())
         };
+        // Claims jotd neither types nor returns, by name: a second copy is
+        // `malformed` as a typed or returned claim's is (what reads the
+        // token after jotd may take the other copy).
+        let mut others = crate::json::Seen::default();
         while let Some(StrCow(name)) = map.next_key::<StrCow<'de>>()? {
             // Every place this claim is required (a name listed twice is met
             // by one claim); `null` is as good as absent, so the bits are set
@@ -135,6 +139,9 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_, '_, '_, 'de> {
                     | "permissions"
             );
             if !known && returned.is_none() {
+                if !others.insert(name.clone()) {
+                    return Err(fail(Reason::Malformed));
+                }
                 failure.set(Some(Reason::Malformed));
                 let null = map.next_value_seed(Skip::new())?;
                 failure.set(None);
@@ -144,7 +151,8 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_, '_, '_, 'de> {
                 continue;
             }
             // A registered or policy claim that is `null` is `invalid_claim`
-            // below; a returned one is checked here.
+            // below (`missing_claim` when required); a returned one is
+            // checked here.
             if returned.is_none() {
                 claims.required_seen |= required;
             }
@@ -169,6 +177,7 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_, '_, '_, 'de> {
                 map: &mut map,
                 raw,
                 failure,
+                required: required != 0,
             };
             let g = &mut claims.grants;
             match &*name {
@@ -202,6 +211,9 @@ struct Value<'m, 'f, 'de, A> {
     map: &'m mut A,
     raw: Option<&'de RawValue>,
     failure: &'f Cell<Option<Reason>>,
+    /// The tenant requires this claim: `null` is `missing_claim`, as an
+    /// unregistered required claim's is.
+    required: bool,
 }
 
 impl<'de, A: MapAccess<'de>> Value<'_, '_, 'de, A> {
@@ -217,11 +229,17 @@ impl<'de, A: MapAccess<'de>> Value<'_, '_, 'de, A> {
             return Err(de::Error::custom("duplicate claim"));
         }
         self.failure.set(Some(Reason::InvalidClaim));
-        let value: T = match self.raw {
+        let value: Option<T> = match self.raw {
             Some(raw) => {
                 serde_json::from_str(raw.get()).map_err(|_| de::Error::custom("invalid claim"))?
             }
             None => self.map.next_value()?,
+        };
+        let Some(value) = value else {
+            if self.required {
+                self.failure.set(Some(Reason::MissingClaim));
+            }
+            return Err(de::Error::custom("a claim set to null"));
         };
         self.failure.set(None);
         *slot = Some(into(value));

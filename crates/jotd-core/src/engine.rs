@@ -44,8 +44,8 @@ pub struct Scratch {
     signature: Vec<u8>,
     memo: HeaderMemo,
     hot: HotTokens,
-    /// The last token whose signature this worker found bad.
-    forged: ForgedMemo,
+    /// The last token whose signature this worker checked, and how it went.
+    signatures: SignatureMemo,
     pub(crate) counts: LocalCounts,
     /// Tokens this worker has seen: picks the ones looked up while the cache samples.
     tick: u32,
@@ -81,29 +81,35 @@ impl HeaderMemo {
     }
 }
 
-/// The last token whose signature failed on this worker, with the digest of
-/// the key it failed against. One forged token copied into every item of a
-/// batch (the gateway sends one item per JSON-RPC call, each with the
-/// request's token) then costs one signature check per chunk, not one per
-/// item. Bad signatures are never cached anywhere else: the cache holds
-/// verified tokens only.
+/// The last token whose signature this worker checked, the digest of the
+/// key it was checked against, and the outcome. One token copied into every
+/// item of a batch (the gateway sends one item per JSON-RPC call, each with
+/// the request's token) then costs one signature check per chunk, not one
+/// per item, whether its signature is forged or good but the token is then
+/// refused (expired, another audience or issuer, a claim missing: none of
+/// those is cached). A signature's validity is a function of the token's
+/// bytes and the key's alone, so the memo never changes a decision.
 #[derive(Debug, Default)]
-struct ForgedMemo {
+struct SignatureMemo {
     token: Vec<u8>,
     key: [u8; 32],
+    good: bool,
 }
 
-impl ForgedMemo {
-    /// Whether `token` failed against `key` last time: same bytes, same key
-    /// material (a key replaced under its kid, whatever the epoch, misses).
-    fn failed(&self, token: &[u8], key: &crate::VerifyingKey) -> bool {
-        !self.token.is_empty() && self.token == token && self.key == key.material_digest()
+impl SignatureMemo {
+    /// The outcome of `token` against `key` last time, if it was the last
+    /// checked: same bytes, same key material (a key replaced under its
+    /// kid, whatever the epoch, misses).
+    fn recall(&self, token: &[u8], key: &crate::VerifyingKey) -> Option<bool> {
+        (!self.token.is_empty() && self.token == token && self.key == key.material_digest())
+            .then_some(self.good)
     }
 
-    fn store(&mut self, token: &[u8], key: &crate::VerifyingKey) {
+    fn store(&mut self, token: &[u8], key: &crate::VerifyingKey, good: bool) {
         self.token.clear();
         self.token.extend_from_slice(token);
         self.key = key.material_digest();
+        self.good = good;
     }
 }
 
@@ -309,7 +315,7 @@ impl Engine {
             payload,
             signature,
             memo,
-            forged,
+            signatures,
             counts,
             tick,
             ..
@@ -347,14 +353,18 @@ impl Engine {
         // Every segment must be strict base64url before any crypto runs.
         b64.decode(seg.payload, payload).map_err(deny)?;
         b64.decode(seg.signature, signature).map_err(deny)?;
-        if forged.failed(token, &key.key) {
-            return Err(deny(Reason::BadSignature));
-        }
-        if alg.family() != crate::KeyFamily::Hmac {
-            counts.public_key_checks += 1;
-        }
-        if !key.key.verify(seg.signing_input, signature) {
-            forged.store(token, &key.key);
+        let good = match signatures.recall(token, &key.key) {
+            Some(good) => good,
+            None => {
+                if alg.family() != crate::KeyFamily::Hmac {
+                    counts.public_key_checks += 1;
+                }
+                let good = key.key.verify(seg.signing_input, signature);
+                signatures.store(token, &key.key, good);
+                good
+            }
+        };
+        if !good {
             return Err(deny(Reason::BadSignature));
         }
 
@@ -561,7 +571,7 @@ fn finish(
 }
 
 #[cfg(test)]
-mod forged_memo_tests {
+mod signature_memo_tests {
     use super::{Engine, EngineConfig, Scratch};
     use crate::{Algorithm, Reason, Request, SigningKey, Snapshot, Tenant, TenantKey, UnixTime};
     use std::sync::Arc;
@@ -623,6 +633,41 @@ mod forged_memo_tests {
             assert_eq!(d.reason(), Reason::BadSignature);
             let d = engine.verify_with(&mut scratch, &rotated, &req, UnixTime(NOW));
             assert_eq!(d.reason(), Reason::Ok, "{alg:?}");
+        }
+    }
+
+    /// A token whose signature is good but which is refused after it
+    /// (expired, another audience: never cached) costs one signature check
+    /// when repeated, with or without a cache, and every copy gets the same
+    /// decision with the verified token's facts.
+    #[test]
+    fn a_good_signature_refused_after_is_checked_once() {
+        for alg in [Algorithm::Rs256, Algorithm::Es256] {
+            let key = SigningKey::generate(alg).unwrap();
+            let expired = key
+                .mint(
+                    Some("k"),
+                    &format!(r#"{{"sub":"u","iat":{},"exp":{}}}"#, NOW - 7200, NOW - 3600),
+                )
+                .unwrap();
+            for cached in [false, true] {
+                let engine = Engine::new(EngineConfig {
+                    cache: cached.then(crate::CacheConfig::default),
+                    ..EngineConfig::default()
+                });
+                let mut scratch = Scratch::new();
+                let snap = snapshot("k", &key, 7);
+                let req = Request::bearer("t", expired.as_bytes());
+                for _ in 0..50 {
+                    let d = engine.verify_with(&mut scratch, &snap, &req, UnixTime(NOW));
+                    assert_eq!(d.reason(), Reason::Expired, "{alg:?}");
+                    assert_eq!(d.token().and_then(|t| t.sub()), Some("u"));
+                }
+                assert_eq!(
+                    scratch.counts.public_key_checks, 1,
+                    "{alg:?} cached {cached}"
+                );
+            }
         }
     }
 }

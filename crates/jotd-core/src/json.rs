@@ -56,10 +56,42 @@ impl<'de> Visitor<'de> for Skip {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
         let inner = self.nested()?;
-        while map.next_key::<IgnoredAny>()?.is_some() {
+        // A key twice in one object fails at any depth: parsers downstream
+        // (the claims passed on raw, the token itself behind the gateway)
+        // differ on which copy wins.
+        let mut seen = Seen::default();
+        while let Some(StrCow(key)) = map.next_key::<StrCow<'de>>()? {
+            if !seen.insert(key) {
+                return Err(de::Error::custom("a key twice in one object"));
+            }
             map.next_value_seed(Self { depth: inner })?;
         }
         Ok(false)
+    }
+}
+
+/// Keys met in one JSON object: a list while short, a hash set past that
+/// (so an object of thousands of keys costs no quadratic scan).
+#[derive(Default)]
+pub(crate) struct Seen<'de> {
+    few: Vec<Cow<'de, str>>,
+    many: Option<std::collections::HashSet<Cow<'de, str>>>,
+}
+
+impl<'de> Seen<'de> {
+    /// Records `key`; false when it was met before.
+    pub(crate) fn insert(&mut self, key: Cow<'de, str>) -> bool {
+        if let Some(many) = &mut self.many {
+            return many.insert(key);
+        }
+        if self.few.contains(&key) {
+            return false;
+        }
+        self.few.push(key);
+        if self.few.len() > 16 {
+            self.many = Some(self.few.drain(..).collect());
+        }
+        true
     }
 }
 

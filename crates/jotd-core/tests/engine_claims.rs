@@ -209,6 +209,71 @@ fn a_required_claim_that_is_null_is_missing() {
             "empty objects and arrays are values"
         );
     }
+    // A registered claim required and null is missing too (it was
+    // `invalid_claim`); not required, null is `invalid_claim`.
+    let mut t = tenant("t", &[Es256]);
+    t.claims.required = vec!["sub".into()];
+    let snap = one(t);
+    for e in [uncached(), Engine::new(EngineConfig::default())] {
+        let with = |payload: &str| {
+            let token = signer(Es256)
+                .mint_raw(br#"{"alg":"ES256","kid":"es256"}"#, payload.as_bytes())
+                .unwrap();
+            reason(&e, &snap, "t", &token)
+        };
+        let exp = NOW + 600;
+        assert_eq!(
+            with(&format!(r#"{{"exp":{exp},"sub":null}}"#)),
+            Reason::MissingClaim
+        );
+        assert_eq!(
+            with(&format!(r#"{{"exp":{exp},"sub":"s","jti":null}}"#)),
+            Reason::InvalidClaim
+        );
+    }
+}
+
+/// A claim twice in the payload is `malformed` wherever it is: typed,
+/// returned, neither, or inside an object at any depth (what reads the
+/// token or the returned claims after jotd may take the other copy).
+#[test]
+fn a_claim_twice_anywhere_is_malformed() {
+    let mut t = tenant("t", &[Es256]);
+    t.claims_to_return = vec!["groups".into()];
+    let snap = one(t);
+    for e in [uncached(), Engine::new(EngineConfig::default())] {
+        let with = |payload: &str| {
+            let token = signer(Es256)
+                .mint_raw(br#"{"alg":"ES256","kid":"es256"}"#, payload.as_bytes())
+                .unwrap();
+            reason(&e, &snap, "t", &token)
+        };
+        let exp = NOW + 600;
+        for body in [
+            r#""role":"user","role":"admin""#,
+            r#""role":"user","role":"admin""#,
+            r#""groups":{"admin":false,"admin":true}"#,
+            r#""other":{"a":{"b":1,"b":2}}"#,
+            r#""other":[{"k":1,"k":1}]"#,
+            r#""sub":"a","sub":"b""#,
+        ] {
+            assert_eq!(
+                with(&format!(r#"{{"exp":{exp},{body}}}"#)),
+                Reason::Malformed,
+                "{body}"
+            );
+        }
+        let many: String = (0..100)
+            .map(|i| format!(r#","c{i}":{{"k{i}":1,"j":2}}"#))
+            .collect();
+        assert_eq!(with(&format!(r#"{{"exp":{exp}{many}}}"#)), Reason::Ok);
+        let dup_late: String = (0..40).map(|i| format!(r#","c{i}":1"#)).collect();
+        assert_eq!(
+            with(&format!(r#"{{"exp":{exp}{dup_late},"c3":2}}"#)),
+            Reason::Malformed,
+            "past the short list"
+        );
+    }
 }
 
 #[test]
