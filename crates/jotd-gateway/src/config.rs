@@ -208,6 +208,7 @@ struct RawLimits {
     max_connections: Option<Spanned<u64>>,
     ipv6_share_prefix: Option<Spanned<u64>>,
     max_upstream_bytes: Option<Spanned<u64>>,
+    max_answer_buffer_bytes: Option<Spanned<u64>>,
     max_batch_calls: Option<Spanned<u64>>,
     max_token_bytes: Option<Spanned<u64>>,
     websocket_recheck_ms: Option<Spanned<u64>>,
@@ -233,6 +234,9 @@ const fn max_connections() -> u64 {
 }
 const fn max_upstream() -> u64 {
     64 << 20
+}
+const fn max_answer_buffer() -> u64 {
+    512 << 20
 }
 const fn max_calls() -> u64 {
     100
@@ -333,6 +337,9 @@ pub struct Limits {
     pub ipv6_share_prefix: u8,
     /// Largest upstream answer relayed (502 beyond).
     pub max_upstream_bytes: usize,
+    /// Bytes of node answers the proxy holds at once, across connections,
+    /// from their first byte until the client has taken them (503 beyond).
+    pub max_answer_buffer_bytes: usize,
     /// Most calls in one JSON-RPC batch array.
     pub max_batch_calls: usize,
     /// Largest bearer token passed on (longer ones are `token_too_large` at jotd;
@@ -791,6 +798,26 @@ impl Config {
             max_upstream(),
             1 << 30,
         )?;
+        let max_answer_buffer_bytes = limit(
+            &l.max_answer_buffer_bytes,
+            "max_answer_buffer_bytes",
+            max_answer_buffer().max(max_upstream_bytes),
+            1 << 36,
+        )?;
+        // One answer of the largest size must fit, or such answers are
+        // refused however idle the gateway.
+        if max_answer_buffer_bytes < max_upstream_bytes
+            && let Some(at) = &l.max_answer_buffer_bytes
+        {
+            return Err(err(
+                at.span(),
+                "limits.max_answer_buffer_bytes",
+                format!(
+                    "{max_answer_buffer_bytes}: must hold one answer of max_upstream_bytes \
+                     ({max_upstream_bytes})"
+                ),
+            ));
+        }
         let max_batch_calls = limit(&l.max_batch_calls, "max_batch_calls", max_calls(), 100_000)?;
         let max_token_bytes = limit(&l.max_token_bytes, "max_token_bytes", max_token(), 1 << 20)?;
         let websocket_recheck_ms = limit(
@@ -855,6 +882,7 @@ impl Config {
                 max_connections: size(max_connections),
                 ipv6_share_prefix: u8::try_from(ipv6_share_prefix).unwrap_or(128),
                 max_upstream_bytes: size(max_upstream_bytes),
+                max_answer_buffer_bytes: size(max_answer_buffer_bytes),
                 max_batch_calls: size(max_batch_calls),
                 max_token_bytes: size(max_token_bytes),
                 websocket_recheck: Duration::from_millis(websocket_recheck_ms),

@@ -19,7 +19,6 @@ use crate::jsonrpc::{self, AddressTable, Body, code, error_object};
 use crate::proxy::{denial_parts, status_label};
 use crate::route::{Route, tenant_of};
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -524,7 +523,7 @@ impl ForwardAuthDoor {
                 add: headers,
                 remove,
             } => {
-                let mut ok = Response::new(Full::new(Bytes::new()));
+                let mut ok = Response::new(crate::http::AnswerBody::new(Bytes::new()));
                 for name in IDENTITY {
                     ok.headers_mut()
                         .insert(HeaderName::from_static(name), HeaderValue::from_static(""));

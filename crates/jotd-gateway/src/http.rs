@@ -2,7 +2,7 @@
 //! read under a cap, the bearer token, JSON answers.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -15,13 +15,110 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// The answer type of every door.
-pub type Answer = Response<Full<Bytes>>;
+pub type Answer = Response<AnswerBody>;
+
+/// Bytes of an answer handed to the connection at a time.
+const ANSWER_SLICE: usize = 64 << 10;
+
+/// The slowest overall pace a node's answer may be taken at, after a first
+/// `write_timeout`: past it the connection is closed (the stall rule alone
+/// let a client taking 16 KiB per window hold a 64 MiB answer for hours).
+pub const MIN_ANSWER_RATE: usize = 16 << 10;
+
+/// An answer's body, whole in memory (a JSON error, a node's answer
+/// collected under `max_upstream_bytes`), handed to the connection in 64 KiB
+/// slices, so a node answer's share of the gateway's answer buffer
+/// (`max_answer_buffer_bytes`) is held until its last slice is taken, and
+/// one not taken by its deadline ends the connection.
+pub struct AnswerBody {
+    data: Bytes,
+    room: Option<tokio::sync::OwnedSemaphorePermit>,
+    by: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl AnswerBody {
+    /// A body of `data`, outside the answer buffer.
+    #[must_use]
+    pub fn new(data: impl Into<Bytes>) -> Self {
+        Self {
+            data: data.into(),
+            room: None,
+            by: None,
+        }
+    }
+
+    /// The body's bytes not yet handed on.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether nothing is left to hand on.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Holds `room` (its share of the answer buffer) until the body is
+    /// taken or dropped, and ends it with an error past `write_timeout` +
+    /// its length at [`MIN_ANSWER_RATE`].
+    pub(crate) fn hold(
+        &mut self,
+        room: tokio::sync::OwnedSemaphorePermit,
+        write_timeout: Duration,
+    ) {
+        let pace = Duration::from_secs((self.data.len() / MIN_ANSWER_RATE) as u64);
+        let by = tokio::time::Instant::now() + write_timeout + pace;
+        self.room = Some(room);
+        self.by = Some(Box::pin(tokio::time::sleep_until(by)));
+    }
+}
+
+impl hyper::body::Body for AnswerBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.data.is_empty() {
+            this.room = None;
+            return Poll::Ready(None);
+        }
+        if let Some(by) = &mut this.by
+            && by.as_mut().poll(cx).is_ready()
+        {
+            this.room = None;
+            this.data = Bytes::new();
+            return Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took its answer slower than the gateway allows",
+            ))));
+        }
+        let slice = this.data.split_to(this.data.len().min(ANSWER_SLICE));
+        if this.data.is_empty() {
+            this.room = None;
+        }
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(slice))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.data.len() as u64)
+    }
+}
 
 /// A JSON answer.
 #[must_use]
 pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Answer {
     let text = serde_json::to_string(body).unwrap_or_else(|_| "null".into());
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    let mut r = Response::new(AnswerBody::new(text));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -31,7 +128,7 @@ pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Answe
 /// A plain-text answer.
 #[must_use]
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Answer {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(AnswerBody::new(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -500,6 +597,68 @@ pub(crate) fn slotted_incoming(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node answer's room in the answer buffer is held until its last
+    /// slice is handed on (not when hyper takes the body: a slow reader's
+    /// answer stays counted), and given back if the body is dropped; one
+    /// not taken by its pace deadline ends with an error.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_holds_its_room_until_taken_and_keeps_a_pace() {
+        use hyper::body::Body as _;
+        let room = Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        let data = Bytes::from(vec![b'x'; 200 << 10]);
+        let mut body = AnswerBody::new(data.clone());
+        body.hold(
+            Arc::clone(&room).try_acquire_many_owned(200 << 10).unwrap(),
+            Duration::from_secs(10),
+        );
+        let mut body = std::pin::pin!(body);
+        let mut got = 0;
+        while let Some(frame) = body.frame().await {
+            let n = frame.unwrap().into_data().unwrap().len();
+            assert!(n <= ANSWER_SLICE);
+            got += n;
+            if got < data.len() {
+                assert_eq!(
+                    room.available_permits(),
+                    (1 << 20) - (200 << 10),
+                    "held while slices are left"
+                );
+            }
+        }
+        assert_eq!(got, data.len());
+        assert_eq!(room.available_permits(), 1 << 20, "given back once taken");
+        assert!(body.is_end_stream());
+
+        // Dropped half-taken (a client gone): given back.
+        let mut body = AnswerBody::new(data.clone());
+        body.hold(
+            Arc::clone(&room).try_acquire_many_owned(1000).unwrap(),
+            Duration::from_secs(10),
+        );
+        drop(body);
+        assert_eq!(room.available_permits(), 1 << 20);
+
+        // Past write_timeout + its length at MIN_ANSWER_RATE (10 s + 12 s
+        // here), the next slice is an error and the room goes back.
+        let mut body = AnswerBody::new(data.clone());
+        body.hold(
+            Arc::clone(&room).try_acquire_many_owned(1000).unwrap(),
+            Duration::from_secs(10),
+        );
+        let mut body = std::pin::pin!(body);
+        assert!(body.frame().await.unwrap().is_ok());
+        tokio::time::advance(Duration::from_secs(21)).await;
+        assert!(body.frame().await.unwrap().is_ok(), "within its pace");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(room.available_permits(), 1 << 20);
+        // Answers outside the buffer (errors, small JSON) have no deadline.
+        let mut plain = std::pin::pin!(AnswerBody::new(data));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(plain.frame().await.unwrap().is_ok());
+    }
 
     fn h(values: &[&str]) -> HeaderMap {
         let mut m = HeaderMap::new();

@@ -4,7 +4,7 @@
 
 use crate::config::{Limits, Proxy};
 use crate::gate::{CallFacts, Class, Door, Facts, Gate, Verdict, www_authenticate};
-use crate::http::{Answer, BodyError, bearer, json, read_body, single_header};
+use crate::http::{Answer, AnswerBody, BodyError, bearer, json, read_body, single_header};
 use crate::jsonrpc::{self, AddressTable, Body, Call, Invalid, code, error_object};
 use crate::route::{Route, tenant_of};
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,10 @@ pub struct ProxyDoor {
     pub(crate) ws_slots: std::sync::Arc<jotd_transport::slots::ConnectionSlots>,
     /// Turns true at the drain: open WebSockets close (1001).
     pub(crate) stop: tokio::sync::watch::Receiver<bool>,
+    /// Bytes of node answers held, across every connection
+    /// (`max_answer_buffer_bytes`): from their first byte until the
+    /// client has taken them.
+    answer_room: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the upstream answered.
@@ -49,6 +54,8 @@ struct Upstream {
     status: StatusCode,
     content_type: Option<HeaderValue>,
     body: Bytes,
+    /// The body's share of the answer buffer.
+    room: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Why the upstream gave no answer, and whether it did not answer in time
@@ -60,10 +67,13 @@ struct UpstreamError(String, Failed);
 enum Failed {
     Late,
     TooLarge,
+    /// The gateway's answer buffer (`max_answer_buffer_bytes`) is full.
+    Busy,
     Other,
 }
 
-/// The node's answer body, whole, by `by`, at most `cap` bytes. Failures
+/// The node's answer body, whole, by `by`, at most `cap` bytes, each chunk
+/// charged to `room` (the gateway's answer buffer) as it arrives. Failures
 /// here count as those before the head do (they were not counted: a node
 /// that stalled mid-body failed every call with no `timeout` to alert on).
 async fn collect_answer<B>(
@@ -71,32 +81,53 @@ async fn collect_answer<B>(
     cap: usize,
     by: tokio::time::Instant,
     uri: &Uri,
-) -> Result<Bytes, UpstreamError>
+    room: &Arc<tokio::sync::Semaphore>,
+) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), UpstreamError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // The answer is relayed whole: capped.
-    let limited = http_body_util::Limited::new(body, cap);
-    let collected = tokio::time::timeout_at(by, limited.collect())
-        .await
-        .map_err(|_| {
-            upstream_error("timeout");
-            UpstreamError(format!("{uri}: body not finished in time"), Failed::Late)
-        })?
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
+    let collect = async {
+        let mut body = std::pin::pin!(body);
+        let mut held = Arc::clone(room)
+            .try_acquire_many_owned(0)
+            .map_err(|_| UpstreamError::other(format!("{uri}: the answer buffer is closed")))?;
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                upstream_error("body");
+                UpstreamError::other(format!("{uri}: {}", e.into()))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            // The answer is relayed whole: capped.
+            if out.len() + data.len() > cap {
                 upstream_error("too_large");
-                UpstreamError(
+                return Err(UpstreamError(
                     format!("{uri}: answer larger than {cap} bytes"),
                     Failed::TooLarge,
-                )
-            } else {
-                upstream_error("body");
-                UpstreamError::other(format!("{uri}: {e}"))
+                ));
             }
-        })?;
-    Ok(collected.to_bytes())
+            let more = u32::try_from(data.len())
+                .ok()
+                .and_then(|n| Arc::clone(room).try_acquire_many_owned(n).ok());
+            let Some(more) = more else {
+                upstream_error("answer_buffer");
+                return Err(UpstreamError(
+                    format!("{uri}: the gateway's answer buffer (max_answer_buffer_bytes) is full"),
+                    Failed::Busy,
+                ));
+            };
+            held.merge(more);
+            out.extend_from_slice(&data);
+        }
+        Ok((Bytes::from(out), held))
+    };
+    tokio::time::timeout_at(by, collect).await.map_err(|_| {
+        upstream_error("timeout");
+        UpstreamError(format!("{uri}: body not finished in time"), Failed::Late)
+    })?
 }
 
 /// Counts one failed node request by `kind` (`connect`, `timeout`,
@@ -109,12 +140,13 @@ impl UpstreamError {
     fn other(why: String) -> Self {
         Self(why, Failed::Other)
     }
-    /// 504 when the node did not answer in time, else 502.
+    /// 504 when the node did not answer in time, 503 when the gateway had
+    /// no room for the answer, else 502.
     fn status(&self) -> StatusCode {
-        if self.1 == Failed::Late {
-            StatusCode::GATEWAY_TIMEOUT
-        } else {
-            StatusCode::BAD_GATEWAY
+        match self.1 {
+            Failed::Late => StatusCode::GATEWAY_TIMEOUT,
+            Failed::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_GATEWAY,
         }
     }
 }
@@ -153,6 +185,33 @@ impl ProxyDoor {
                 limits.ipv6_share_prefix,
             ),
             stop,
+            answer_room: Arc::new(tokio::sync::Semaphore::new(
+                limits
+                    .max_answer_buffer_bytes
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+        }
+    }
+
+    /// Charges a finished answer built from node answers to the answer
+    /// buffer (held until the client has taken it); 503 when it has no room.
+    fn held(&self, mut a: Answer) -> Answer {
+        let n = u32::try_from(a.body().len()).ok();
+        match n.and_then(|n| Arc::clone(&self.answer_room).try_acquire_many_owned(n).ok()) {
+            Some(room) => {
+                a.body_mut().hold(room, self.limits.write_timeout);
+                a
+            }
+            None => {
+                upstream_error("answer_buffer");
+                rpc_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    None,
+                    code::INTERNAL,
+                    "the gateway's answer buffer is full: try again later",
+                    None,
+                )
+            }
         }
     }
 
@@ -210,13 +269,15 @@ impl ProxyDoor {
                 Ok(Ok(resp)) => {
                     let status = resp.status();
                     let content_type = resp.headers().get(CONTENT_TYPE).cloned();
-                    let body = collect_answer(resp.into_body(), cap, by, uri).await?;
+                    let (body, room) =
+                        collect_answer(resp.into_body(), cap, by, uri, &self.answer_room).await?;
                     metrics::histogram!("jotd_gateway_upstream_seconds")
                         .record(started.elapsed().as_secs_f64());
                     return Ok(Upstream {
                         status,
                         content_type,
                         body,
+                        room,
                     });
                 }
             }
@@ -424,7 +485,9 @@ impl ProxyDoor {
             .await
         {
             Ok(up) => {
-                let mut r = hyper::Response::new(Full::new(up.body));
+                let mut body = AnswerBody::new(up.body);
+                body.hold(up.room, self.limits.write_timeout);
+                let mut r = hyper::Response::new(body);
                 *r.status_mut() = up.status;
                 if let Some(ct) = up.content_type {
                     r.headers_mut().insert(CONTENT_TYPE, ct);
@@ -527,11 +590,18 @@ impl ProxyDoor {
         };
         if out.is_empty() && status == StatusCode::OK {
             // Only notifications: JSON-RPC 2.0 answers nothing.
-            let mut a = hyper::Response::new(Full::new(Bytes::new()));
+            let mut a = hyper::Response::new(AnswerBody::new(Bytes::new()));
             *a.status_mut() = StatusCode::NO_CONTENT;
             return a;
         }
         let mut a = json(status, &*jsonrpc::raw_array(out.iter().map(|r| &**r)));
+        // What the node answered, now in this body: held in the answer
+        // buffer as a single call's answer is (the parts' shares went back
+        // as they were copied in).
+        if !forwarded.is_empty() {
+            drop(out);
+            a = self.held(a);
+        }
         if let (StatusCode::UNAUTHORIZED, Some(r)) = (status, token_reason)
             && let Ok(h) = HeaderValue::from_str(&www_authenticate(r))
         {
@@ -870,31 +940,73 @@ mod tests {
                 .unwrap();
             rt.block_on(async {
                 let soon = || tokio::time::Instant::now() + Duration::from_millis(50);
+                let room = Arc::new(tokio::sync::Semaphore::new(1 << 20));
                 let first: Chunk = Ok(Frame::data(Bytes::from_static(b"{")));
                 let stalls = StreamBody::new(stream::iter([first]).chain(stream::pending()));
-                let e = collect_answer(stalls, 1 << 20, soon(), &uri)
+                let e = collect_answer(stalls, 1 << 20, soon(), &uri, &room)
                     .await
                     .unwrap_err();
                 assert_eq!(e.1, Failed::Late);
                 let big: Chunk = Ok(Frame::data(Bytes::from(vec![b' '; 100])));
-                let e = collect_answer(StreamBody::new(stream::iter([big])), 10, soon(), &uri)
-                    .await
-                    .unwrap_err();
+                let e = collect_answer(
+                    StreamBody::new(stream::iter([big])),
+                    10,
+                    soon(),
+                    &uri,
+                    &room,
+                )
+                .await
+                .unwrap_err();
                 assert_eq!(e.1, Failed::TooLarge);
                 let broken: Chunk = Err(std::io::Error::other("reset"));
-                let e = collect_answer(StreamBody::new(stream::iter([broken])), 10, soon(), &uri)
-                    .await
-                    .unwrap_err();
+                let e = collect_answer(
+                    StreamBody::new(stream::iter([broken])),
+                    10,
+                    soon(),
+                    &uri,
+                    &room,
+                )
+                .await
+                .unwrap_err();
                 assert_eq!(e.1, Failed::Other);
+                assert_eq!(
+                    room.available_permits(),
+                    1 << 20,
+                    "failures give their room back"
+                );
                 let fine: Chunk = Ok(Frame::data(Bytes::from_static(b"{}")));
-                let got = collect_answer(StreamBody::new(stream::iter([fine])), 10, soon(), &uri)
-                    .await
-                    .unwrap();
+                let (got, held) = collect_answer(
+                    StreamBody::new(stream::iter([fine])),
+                    10,
+                    soon(),
+                    &uri,
+                    &room,
+                )
+                .await
+                .unwrap();
                 assert_eq!(&got[..], b"{}");
+                assert_eq!(held.num_permits(), 2);
+                assert_eq!(room.available_permits(), (1 << 20) - 2);
+                // The answer buffer full: the answer is refused (503), not
+                // held past the budget.
+                let small = Arc::new(tokio::sync::Semaphore::new(4));
+                let five: Chunk = Ok(Frame::data(Bytes::from_static(b"[1,2]")));
+                let e = collect_answer(
+                    StreamBody::new(stream::iter([five])),
+                    10,
+                    soon(),
+                    &uri,
+                    &small,
+                )
+                .await
+                .unwrap_err();
+                assert_eq!(e.1, Failed::Busy);
+                assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+                assert_eq!(small.available_permits(), 4);
             });
         });
         let text = handle.render();
-        for kind in ["timeout", "too_large", "body"] {
+        for kind in ["timeout", "too_large", "body", "answer_buffer"] {
             assert!(
                 text.contains(&format!(
                     "jotd_gateway_upstream_errors_total{{kind=\"{kind}\"}} 1"

@@ -25,7 +25,6 @@ use crate::jsonrpc::{self, Body, code, error_object};
 use crate::proxy::{ProxyDoor, denial_object};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
     CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE, WWW_AUTHENTICATE,
@@ -203,7 +202,7 @@ pub async fn upgrade(
             Err(e) => tracing::warn!("WebSocket upgrade: {e}"),
         }
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(crate::http::AnswerBody::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));

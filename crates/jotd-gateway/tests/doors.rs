@@ -1352,6 +1352,7 @@ fn config_errors_name_file_line_and_key() {
         "max_connections",
         "ipv6_share_prefix",
         "max_upstream_bytes",
+        "max_answer_buffer_bytes",
         "max_batch_calls",
         "max_token_bytes",
         "websocket_recheck_ms",
@@ -1431,6 +1432,14 @@ fn config_errors_name_file_line_and_key() {
             "server_name".to_owned(),
         ));
     }
+    // An answer buffer smaller than one answer of the largest size refused
+    // every such answer however idle the gateway.
+    more.push((
+        format!(
+            "{base}[[route]]\ntenant = \"a\"\n[limits]\nmax_upstream_bytes = 2048\nmax_answer_buffer_bytes = 1024\n"
+        ),
+        "limits.max_answer_buffer_bytes".to_owned(),
+    ));
     more.push((
         base.replace("upstreams =", "upstream_timeout_ms = 0\nupstreams =")
             + "[[route]]\ntenant = \"a\"\n",
