@@ -553,11 +553,10 @@ fn finish(
     // A revocation holds until `until` plus the leeway `exp` gets: with
     // `until` = the token's `exp` (as the docs advise), the token would
     // otherwise verify again for the leeway after it.
-    if !tenant.denylist.is_empty()
-        && tenant
-            .denylist
-            .is_revoked(jti, sub, UnixTime(now.saturating_sub(leeway)))
-    {
+    let revoked_at = UnixTime(now.saturating_sub(leeway));
+    let revoked =
+        |list: &crate::Denylist| !list.is_empty() && list.is_revoked(jti, sub, revoked_at);
+    if revoked(&tenant.denylist) || revoked(&tenant.shared_denylist) {
         return Reason::Revoked;
     }
     match authorize(tenant.policy, grants, req) {

@@ -150,6 +150,9 @@ pub struct Tenant {
     pub claims_to_return: Vec<Box<str>>,
     /// Revoked `jti`/`sub` values, checked on every request, cached tokens included.
     pub denylist: Arc<Denylist>,
+    /// Revocations for every tenant (one list shared by all: a mass
+    /// revocation is not copied per tenant), checked as `denylist` is.
+    pub shared_denylist: Arc<Denylist>,
     /// Some keys come from a remote JWKS that can be fetched again: a front
     /// door holds this tenant's `unknown_kid` decisions for one refetch
     /// (read from the snapshot, so deciding takes no lock). Default: `false`.
@@ -185,6 +188,7 @@ impl Tenant {
             require_jwt: true,
             claims_to_return: Vec::new(),
             denylist: Arc::default(),
+            shared_denylist: Arc::default(),
             remote_keys: false,
             algorithms_follow_keys: false,
             origins: Vec::new(),

@@ -415,8 +415,17 @@ fn high_s_ecdsa_twins_verify_and_are_revoked_together() {
     denylist
         .jti
         .insert("twin-1".into(), jotd_core::UnixTime(NOW + 600));
-    revoked.denylist = std::sync::Arc::new(denylist);
+    let denylist = std::sync::Arc::new(denylist);
+    revoked.denylist = std::sync::Arc::clone(&denylist);
     let closed = snapshot(vec![revoked]);
+    for t in [&token, &twin] {
+        assert_eq!(reason(&engine, &closed, "t", t), Reason::Revoked);
+        assert_eq!(reason(&uncached(), &closed, "t", t), Reason::Revoked);
+    }
+    // The same entry in the list shared by every tenant revokes alike.
+    let mut shared = tenant("t", &[Es256]);
+    shared.shared_denylist = denylist;
+    let closed = snapshot(vec![shared]);
     for t in [&token, &twin] {
         assert_eq!(reason(&engine, &closed, "t", t), Reason::Revoked);
         assert_eq!(reason(&uncached(), &closed, "t", t), Reason::Revoked);

@@ -41,22 +41,43 @@ struct RawEntry {
     until: u64,
 }
 
+/// Most `[[revoke]]` entries one denylist file may hold.
+pub const MAX_ENTRIES: usize = 1_000_000;
+
 /// The denylists of a config: per tenant, and the entries for every tenant.
 #[derive(Debug, Default, Clone)]
 pub struct Denylists {
-    /// By tenant id, the every-tenant entries merged in.
+    /// By tenant id, the tenant's own entries.
     tenants: HashMap<String, Arc<Denylist>>,
-    /// The entries for every tenant (`all_tenants = true`).
+    /// The entries for every tenant (`all_tenants = true`), one list shared
+    /// by every tenant's snapshot (a mass revocation is not copied into
+    /// each tenant that has entries of its own).
     every: Option<Arc<Denylist>>,
     /// Each entry's `(line, until)`, in file order: for [`Denylists::lapsed`].
     untils: Vec<(usize, u64)>,
 }
 
 impl Denylists {
-    /// What tenant `id` revokes: its own entries and every tenant's.
+    /// Tenant `id`'s own entries (every tenant's are [`Self::every_tenant`]).
     #[must_use]
     pub fn for_tenant(&self, id: &str) -> Option<&Arc<Denylist>> {
-        self.tenants.get(id).or(self.every.as_ref())
+        self.tenants.get(id)
+    }
+
+    /// Whether tenant `id` revokes a token with this `jti` and `sub` at
+    /// `now`: its own entries or every tenant's.
+    #[must_use]
+    pub fn is_revoked(
+        &self,
+        id: &str,
+        jti: Option<&str>,
+        sub: Option<&str>,
+        now: UnixTime,
+    ) -> bool {
+        self.for_tenant(id)
+            .into_iter()
+            .chain(self.every.as_ref())
+            .any(|l| l.is_revoked(jti, sub, now))
     }
 
     /// The entries for every tenant, if any.
@@ -106,6 +127,17 @@ pub fn parse(
     })?;
     let mut lists: HashMap<String, Denylist> = HashMap::new();
     let mut every = Denylist::default();
+    if raw.revoke.len() > MAX_ENTRIES {
+        return Err(ConfigError {
+            file: file.to_owned(),
+            line: None,
+            key: "revoke".into(),
+            message: format!(
+                "{} entries: at most {MAX_ENTRIES} (a list that long is better as shorter token lifetimes or a key rotation)",
+                raw.revoke.len()
+            ),
+        });
+    }
     let mut untils = Vec::with_capacity(raw.revoke.len());
     for (i, entry) in raw.revoke.iter().enumerate() {
         let e = entry.get_ref();
@@ -150,16 +182,6 @@ pub fn parse(
         // The same jti or sub listed twice (an old entry left behind): the later `until`
         // holds, so a stale line can never shorten a revocation.
         add(map, value, e.until);
-    }
-    // A tenant with entries of its own holds every tenant's too, merged once
-    // here (not per lookup, not per snapshot).
-    for list in lists.values_mut() {
-        for (jti, until) in &every.jti {
-            add(&mut list.jti, jti, until.0);
-        }
-        for (sub, until) in &every.sub {
-            add(&mut list.sub, sub, until.0);
-        }
     }
     let every = (!every.is_empty()).then(|| Arc::new(every));
     Ok(Denylists {
@@ -225,15 +247,23 @@ mod tests {
         let known = |t: &str| t == "t" || t == "u";
         let lists = parse(Path::new("revoked.toml"), text, &known).unwrap();
         for id in ["t", "u", "added-by-a-reload"] {
-            let list = lists.for_tenant(id).unwrap();
-            assert!(list.is_revoked(Some("leaked"), None, UnixTime(250)), "{id}");
             assert!(
-                !list.is_revoked(Some("leaked"), None, UnixTime(300)),
+                lists.is_revoked(id, Some("leaked"), None, UnixTime(250)),
                 "{id}"
             );
-            assert_eq!(list.is_revoked(None, Some("own"), UnixTime(1)), id == "t");
+            assert!(
+                !lists.is_revoked(id, Some("leaked"), None, UnixTime(300)),
+                "{id}"
+            );
+            assert_eq!(
+                lists.is_revoked(id, None, Some("own"), UnixTime(1)),
+                id == "t"
+            );
         }
         assert_eq!(lists.every_tenant().unwrap().jti.len(), 1);
+        // One shared list: a tenant's own list holds only its own entries.
+        assert_eq!(lists.for_tenant("t").unwrap().jti.len(), 1);
+        assert!(lists.for_tenant("u").is_none());
         for (entry, line) in [
             ("tenant = \"t\"\nall_tenants = true\n", 2),
             ("all_tenants = false\n", 2),

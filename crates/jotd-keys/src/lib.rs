@@ -29,12 +29,14 @@ pub use fetch::{
     MAX_WAITERS, PARALLEL_FETCHES, SourceHealth, check_fetch_config, check_jwks_url, max_age,
     redacted_url,
 };
-pub use load::{KeysConfig, load, load_section, read_text};
+pub use load::{KeysConfig, MAX_JWKS_FILE_BYTES, load, load_section, read_text};
 pub use reload::{
     FetchedJwks, FileStamp, Loader, MTIME_SLACK, Reader, ReloadStatus, Reloader, Stamper,
 };
 pub use store::KeyStore;
-pub use tenants::{DEFAULT_JWKS_REFRESH, JwksLocation, JwksSource, KeyInfo, ReadFile, TenantSpec};
+pub use tenants::{
+    DEFAULT_JWKS_REFRESH, JwksLocation, JwksSource, KeyInfo, MAX_JWKS_SOURCES, ReadFile, TenantSpec,
+};
 
 /// A key id every source accepts (config, JWK, JWKS file or URL): 1 to 256
 /// bytes, no control characters.

@@ -6,10 +6,14 @@ use crate::denylist::{self, Denylists};
 use crate::jwk::{self, JwksKeys};
 use crate::tenants::{self, JwksLocation, ReadFile, TenantSpec};
 use aws_lc_rs::digest;
-use jotd_core::{Snapshot, TenantKey, VerifyingKey};
+use jotd_core::{Algorithm, Snapshot, TenantKey, VerifyingKey};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Largest JWKS file read (a JWKS URL's document is capped by
+/// `jwks_fetch.max_bytes`, 512 KiB by default; a file may hold more).
+pub const MAX_JWKS_FILE_BYTES: usize = 16 << 20;
 
 /// A validated config: tenants with their static keys, JWKS sources, the
 /// denylist file, and every file it was built from (for watching).
@@ -116,6 +120,9 @@ pub fn load_section(
         tenants.push(spec);
     }
     let mut jwks_files = HashMap::new();
+    // Each file is read and parsed once per `alg` however many tenants name
+    // it (a file shared by 100k tenants was read 100k times per reload).
+    let mut parsed: HashMap<(&Path, Option<Algorithm>), Arc<_>> = HashMap::new();
     for (ti, spec) in tenants.iter().enumerate() {
         for (si, source) in spec.jwks.iter().enumerate() {
             if let JwksLocation::File(path) = &source.location {
@@ -127,11 +134,27 @@ pub fn load_section(
                     key: at.clone(),
                     message,
                 };
-                let bytes = tracking(path)
-                    .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
-                let keys = jwk::parse_jwks(&bytes, source.alg, raw.max_jwks_keys)
-                    .map_err(|e| fail(format!("{}: {e}", path.display())))?;
-                jwks_files.insert((ti, si), Arc::new(keys));
+                let keys = match parsed.get(&(path.as_path(), source.alg)) {
+                    Some(keys) => Arc::clone(keys),
+                    None => {
+                        let bytes = tracking(path)
+                            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+                        if bytes.len() > MAX_JWKS_FILE_BYTES {
+                            return Err(fail(format!(
+                                "{}: {} bytes: a JWKS file holds at most {MAX_JWKS_FILE_BYTES}",
+                                path.display(),
+                                bytes.len()
+                            )));
+                        }
+                        let keys = Arc::new(
+                            jwk::parse_jwks(&bytes, source.alg, raw.max_jwks_keys)
+                                .map_err(|e| fail(format!("{}: {e}", path.display())))?,
+                        );
+                        parsed.insert((path.as_path(), source.alg), Arc::clone(&keys));
+                        keys
+                    }
+                };
+                jwks_files.insert((ti, si), keys);
             }
         }
     }
@@ -359,6 +382,9 @@ impl KeysConfig {
         tenant.epoch = u64::from_le_bytes(d.as_ref()[..8].try_into().expect("8 bytes"));
         if let Some(list) = self.denylists.for_tenant(&tenant.id) {
             tenant.denylist = Arc::clone(list);
+        }
+        if let Some(list) = self.denylists.every_tenant() {
+            tenant.shared_denylist = Arc::clone(list);
         }
         Arc::new(tenant)
     }

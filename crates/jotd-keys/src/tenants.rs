@@ -115,6 +115,9 @@ fn alg_named(name: &str) -> Result<Algorithm, String> {
     Algorithm::from_name(name).ok_or_else(|| format!("unknown algorithm `{name}` (RS256..512, PS256..512, ES256, ES384, ES512, ES256K, EdDSA, HS256..512)"))
 }
 
+/// Most `[[tenant.jwks]]` sources one tenant may list.
+pub const MAX_JWKS_SOURCES: usize = 16;
+
 pub(crate) fn tenant(
     loc: &Locator<'_>,
     read: ReadFile<'_>,
@@ -317,6 +320,15 @@ pub(crate) fn tenant(
         );
         keys.push(tenant_key);
         infos.push(info);
+    }
+    // A tenant rotates between a few identity providers at most; thousands
+    // of sources were each fetched and scanned per token's kid.
+    if t.jwks.len() > MAX_JWKS_SOURCES {
+        return cx.err(
+            t.jwks[MAX_JWKS_SOURCES].span(),
+            &format!("tenant[{index}].jwks[{MAX_JWKS_SOURCES}]"),
+            format_args!("at most {MAX_JWKS_SOURCES} [[tenant.jwks]] per tenant"),
+        );
     }
     let jwks = t
         .jwks

@@ -524,14 +524,24 @@ fn jwks_files_and_denylists() {
     for id in ["a", "b"] {
         let t = snap.tenant(id).unwrap();
         assert!(
-            t.denylist.is_revoked(Some("leaked"), None, UnixTime(1)),
+            t.shared_denylist
+                .is_revoked(Some("leaked"), None, UnixTime(1)),
             "{id}"
+        );
+        assert!(
+            !t.denylist.is_revoked(Some("leaked"), None, UnixTime(1)),
+            "not copied"
         );
         assert_eq!(
             t.denylist.is_revoked(None, Some("mallory"), UnixTime(1)),
             id == "a"
         );
     }
+    // One list for every tenant, not a copy per tenant.
+    assert!(std::sync::Arc::ptr_eq(
+        &snap.tenant("a").unwrap().shared_denylist,
+        &snap.tenant("b").unwrap().shared_denylist
+    ));
 
     let bad_jwks = Files::new(config)
         .with("/etc/jotd/jwks.json", "{\"keys\":[]}")
@@ -1045,4 +1055,54 @@ fn tenant_origins_load_and_bad_entries_are_named() {
             "{bad}: {e}"
         );
     }
+}
+
+/// A JWKS file named by many tenants is read (and parsed) once per load;
+/// a file past `MAX_JWKS_FILE_BYTES` is refused with its place; a tenant
+/// lists at most `MAX_JWKS_SOURCES` sources.
+#[test]
+fn jwks_files_are_read_once_and_bounded() {
+    let jwks = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"ed-jwks","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    let config: String = (0..200)
+        .map(|i| format!("[[tenant]]\nid = \"t{i}\"\n[[tenant.jwks]]\nfile = \"jwks.json\"\n"))
+        .collect();
+    let files = Files::new(&config).with("/etc/jotd/jwks.json", jwks);
+    let reads = std::cell::Cell::new(0);
+    let cfg = jotd_keys::load(Path::new(CONFIG), &|p| {
+        if p.ends_with("jwks.json") {
+            reads.set(reads.get() + 1);
+        }
+        files.read(p)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reads.get(), 1, "read once for 200 tenants");
+    let snap = cfg.snapshot(1, &|_, _| None);
+    for i in [0, 199] {
+        assert_eq!(snap.tenant(&format!("t{i}")).unwrap().keys.len(), 1);
+    }
+
+    let big = format!(
+        r#"{{"keys":[],"pad":"{}"}}"#,
+        "x".repeat(jotd_keys::MAX_JWKS_FILE_BYTES)
+    );
+    let e = Files::new("[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nfile = \"jwks.json\"\n")
+        .with("/etc/jotd/jwks.json", &big)
+        .load()
+        .unwrap_err();
+    assert!(
+        e.key == "tenant[0].jwks[0].file" && e.message.contains("holds at most"),
+        "{e}"
+    );
+
+    let many: String = (0..=jotd_keys::MAX_JWKS_SOURCES)
+        .map(|i| format!("[[tenant.jwks]]\nurl = \"https://idp{i}.example/jwks\"\n"))
+        .collect();
+    let e = Files::new(&format!("[[tenant]]\nid = \"t\"\n{many}"))
+        .load()
+        .unwrap_err();
+    assert_eq!(
+        e.key,
+        format!("tenant[0].jwks[{}]", jotd_keys::MAX_JWKS_SOURCES),
+        "{e}"
+    );
 }

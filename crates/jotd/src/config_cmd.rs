@@ -155,8 +155,18 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
                 }
             }
         }
-        if let Some(d) = cfg.denylists.for_tenant(&t.id) {
-            writeln!(out, "  denylist: {} jti, {} sub", d.jti.len(), d.sub.len())?;
+        let own = cfg.denylists.for_tenant(&t.id);
+        let every = cfg.denylists.every_tenant();
+        if own.is_some() || every.is_some() {
+            let count = |f: fn(&jotd_core::Denylist) -> usize| {
+                own.map_or(0, |d| f(d)) + every.map_or(0, |d| f(d))
+            };
+            writeln!(
+                out,
+                "  denylist: {} jti, {} sub",
+                count(|d| d.jti.len()),
+                count(|d| d.sub.len())
+            )?;
         }
     }
     Ok(())
