@@ -75,6 +75,11 @@ pub enum JwkError {
     /// The key material is not acceptable.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// `x5c`, `x5t` or `x5t#S256` names another key or certificate than the
+    /// JWK's own members: readers that prefer the certificate would trust
+    /// another key than jotd does.
+    #[error("{0}")]
+    CertificateMismatch(String),
 }
 
 /// A JSON Web Key (public members only; others are ignored).
@@ -112,6 +117,17 @@ pub struct Jwk {
     /// Symmetric key.
     #[serde(default)]
     pub k: Option<String>,
+    /// X.509 certificate chain (standard base64 DER, leaf first): when
+    /// present, the leaf's key must be the JWK's.
+    #[serde(default)]
+    pub x5c: Option<Vec<String>>,
+    /// SHA-1 thumbprint of the leaf certificate: when present with `x5c`,
+    /// must be the leaf's.
+    #[serde(default)]
+    pub x5t: Option<String>,
+    /// SHA-256 thumbprint of the leaf certificate: as `x5t`.
+    #[serde(default, rename = "x5t#S256")]
+    pub x5t_s256: Option<String>,
     /// Private exponent / scalar: must be absent.
     #[serde(default)]
     pub d: Option<serde::de::IgnoredAny>,
@@ -277,6 +293,50 @@ impl Jwk {
             "oct" => VerifyingKey::from_hmac_secret(alg, &b64(self.k.as_ref(), "k")?)?,
             other => return Err(JwkError::UnsupportedKty(other.to_owned())),
         })
+        .and_then(|key| self.check_certificate(alg, &key).map(|()| key))
+    }
+
+    /// When the JWK carries `x5c`: its leaf certificate's key is `key`, and
+    /// `x5t` / `x5t#S256` (when present) are the leaf's thumbprints. jotd
+    /// verifies with the JWK's own members; a reader of the same document
+    /// that prefers the certificate must not trust another key.
+    fn check_certificate(&self, alg: Algorithm, key: &VerifyingKey) -> Result<(), JwkError> {
+        let bad = |why: String| Err(JwkError::CertificateMismatch(why));
+        // A thumbprint without the certificate names a certificate jotd
+        // does not have: nothing to compare.
+        let Some(chain) = &self.x5c else {
+            return Ok(());
+        };
+        let Some(leaf) = chain.first() else {
+            return bad("`x5c` is empty".into());
+        };
+        let Ok(der) = base64::engine::general_purpose::STANDARD.decode(leaf) else {
+            return bad("`x5c[0]` is not standard base64".into());
+        };
+        let spki = match crate::material::certificate_spki(&der) {
+            Ok(spki) => spki,
+            Err(e) => return bad(format!("`x5c[0]`: {e}")),
+        };
+        let same = VerifyingKey::from_public_der(alg, &spki)
+            .is_ok_and(|cert_key| cert_key.material_digest() == key.material_digest());
+        if !same {
+            return bad("the key of `x5c[0]` is not the JWK's (`n`/`e` or `x`/`y`)".into());
+        }
+        let thumbprint = |alg: &'static aws_lc_rs::digest::Algorithm| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(aws_lc_rs::digest::digest(alg, &der))
+        };
+        if let Some(t) = &self.x5t
+            && t.trim_end_matches('=') != thumbprint(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY)
+        {
+            return bad("`x5t` is not the thumbprint of `x5c[0]`".into());
+        }
+        if let Some(t) = &self.x5t_s256
+            && t.trim_end_matches('=') != thumbprint(&aws_lc_rs::digest::SHA256)
+        {
+            return bad("`x5t#S256` is not the thumbprint of `x5c[0]`".into());
+        }
+        Ok(())
     }
 }
 

@@ -307,3 +307,76 @@ fn a_jwks_of_junk_is_bounded_and_its_strings_escaped() {
     assert!(matches!(e, JwkError::Json(_)), "{e}");
     assert!(e.to_string().len() < 1024, "{} bytes", e.to_string().len());
 }
+
+/// A JWK that carries `x5c` must carry its leaf certificate's key, and its
+/// `x5t` / `x5t#S256` must be that certificate's thumbprints: a reader of
+/// the same document that prefers the certificate must not trust another
+/// key than jotd verifies with. A mismatched key is left out of a JWKS
+/// (with the reason); the others load.
+#[test]
+fn a_certificate_in_a_jwk_must_hold_the_jwks_key() {
+    use base64::engine::general_purpose::STANDARD;
+    let pem = String::from_utf8(data("ec_p256_cert.pem")).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = STANDARD.decode(&body).unwrap();
+    let sha = |alg: &'static aws_lc_rs::digest::Algorithm| {
+        URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(alg, &der))
+    };
+    let good = |extra: Value| {
+        let mut j = public_jwk(Algorithm::Es256, "ec_p256.pem");
+        j["kid"] = json!("cert");
+        j["alg"] = json!("ES256");
+        j["x5c"] = json!([body]);
+        for (k, v) in extra.as_object().unwrap() {
+            j[k] = v.clone();
+        }
+        j
+    };
+    // The matching key, with and without its thumbprints: loads.
+    for extra in [
+        json!({}),
+        json!({"x5t#S256": sha(&aws_lc_rs::digest::SHA256)}),
+        json!({"x5t": sha(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY)}),
+    ] {
+        assert!(jwk(&good(extra.clone())).to_key(None).is_ok(), "{extra}");
+    }
+    // Another key under the certificate, a wrong thumbprint, a broken or
+    // empty chain: refused by name.
+    let other = SigningKey::generate(Algorithm::Es256).unwrap();
+    let spki = other.verifying_key().unwrap().spki_der().unwrap().to_vec();
+    let point = &spki[spki.len() - 65..];
+    for (bad, why) in [
+        (
+            json!({"x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..])}),
+            "not the JWK's",
+        ),
+        (
+            json!({"x5t#S256": sha(&aws_lc_rs::digest::SHA384)}),
+            "x5t#S256",
+        ),
+        (json!({"x5t": sha(&aws_lc_rs::digest::SHA256)}), "`x5t`"),
+        (json!({"x5c": ["not base64!"]}), "standard base64"),
+        (json!({"x5c": []}), "empty"),
+        (
+            json!({"x5c": [STANDARD.encode(b"not a certificate")]}),
+            "x5c[0]",
+        ),
+    ] {
+        let e = jwk(&good(bad.clone())).to_key(None).unwrap_err();
+        assert!(
+            matches!(e, JwkError::CertificateMismatch(_)) && e.to_string().contains(why),
+            "{bad}: {e}"
+        );
+    }
+    // In a JWKS: the mismatched key is left out, named; the good one stays.
+    let mut wrong = good(json!({"x5t#S256": sha(&aws_lc_rs::digest::SHA384)}));
+    wrong["kid"] = json!("wrong");
+    let doc = json!({"keys": [good(json!({})), wrong]}).to_string();
+    let keys = parse_jwks(doc.as_bytes(), None, 10).unwrap();
+    assert_eq!(keys.keys.len(), 1);
+    assert!(
+        keys.skipped_summary().contains("x5t#S256"),
+        "{}",
+        keys.skipped_summary()
+    );
+}
