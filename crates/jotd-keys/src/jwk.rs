@@ -405,7 +405,7 @@ fn is_jwe_alg(alg: &str) -> bool {
 }
 
 /// The usable keys of a JWKS document, and why the others were left out.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct JwksKeys {
     /// `(kid, key)` in document order.
     pub keys: Vec<(String, VerifyingKey)>,
@@ -447,7 +447,7 @@ impl JwksKeys {
 }
 
 impl JwksKeys {
-    fn skip(&mut self, why: &str) {
+    pub(crate) fn skip(&mut self, why: &str) {
         self.skipped_total += 1;
         if self.skipped.len() < MAX_SKIPPED_LISTED {
             self.skipped.push(printable(why));

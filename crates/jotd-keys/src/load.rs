@@ -154,6 +154,38 @@ pub fn load_section(
                         keys
                     }
                 };
+                // Keys outside the tenant's configured `algorithms` could
+                // never verify (`alg_not_allowed`): left out and listed, as a
+                // static key of such an algorithm is refused.
+                let keys = if spec.algorithms_configured
+                    && keys
+                        .keys
+                        .iter()
+                        .any(|(_, k)| !spec.tenant.algorithms.contains(k.algorithm()))
+                {
+                    let mut kept = (*keys).clone();
+                    kept.keys.clear();
+                    for (kid, key) in &keys.keys {
+                        if spec.tenant.algorithms.contains(key.algorithm()) {
+                            kept.keys.push((kid.clone(), key.clone()));
+                        } else {
+                            kept.skip(&format!(
+                                "kid {kid:?}: {} is not in the tenant's algorithms",
+                                key.algorithm()
+                            ));
+                        }
+                    }
+                    if kept.keys.is_empty() {
+                        return Err(fail(format!(
+                            "{}: no key of the tenant's algorithms ({})",
+                            path.display(),
+                            kept.skipped_summary()
+                        )));
+                    }
+                    Arc::new(kept)
+                } else {
+                    keys
+                };
                 jwks_files.insert((ti, si), keys);
             }
         }

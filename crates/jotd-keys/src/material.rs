@@ -137,7 +137,15 @@ fn pem_der(text: &[u8]) -> Result<Vec<u8>, MaterialError> {
         .pop()
         .ok_or_else(|| MaterialError::Unreadable("PEM: no block".into()))?;
     match block.tag() {
-        "PUBLIC KEY" | "RSA PUBLIC KEY" => Ok(block.contents().to_vec()),
+        // A private key under a public label (a file renamed by hand) is
+        // named as the private key it is, not "unreadable".
+        "PUBLIC KEY" | "RSA PUBLIC KEY" => match der_private_key(block.contents()) {
+            Some(kind) => Err(MaterialError::PrivateKey(format!(
+                "{kind} under a `{}` label",
+                block.tag()
+            ))),
+            None => Ok(block.contents().to_vec()),
+        },
         "CERTIFICATE" => certificate_spki(block.contents()),
         tag if tag.contains("PRIVATE KEY") => Err(MaterialError::PrivateKey(tag.to_owned())),
         tag => Err(MaterialError::WrongPemLabel(tag.to_owned())),

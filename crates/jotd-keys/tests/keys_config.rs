@@ -1106,3 +1106,54 @@ fn jwks_files_are_read_once_and_bounded() {
         "{e}"
     );
 }
+
+/// A JWKS file's keys outside the tenant's configured `algorithms` are left
+/// out and listed (they could never verify), as a static key of such an
+/// algorithm is refused; a file with none of the tenant's algorithms is an
+/// error naming it. Without `algorithms`, every key loads.
+#[test]
+fn jwks_file_keys_outside_the_tenants_algorithms_are_left_out() {
+    use base64::Engine as _;
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        (0u8..32)
+            .map(|i| i.wrapping_mul(37).wrapping_add(11))
+            .collect::<Vec<_>>(),
+    );
+    let jwks = format!(
+        r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}},{{"kty":"oct","kid":"h","alg":"HS256","k":"{secret}"}}]}}"#
+    );
+    let with = |algs: &str| {
+        Files::new(&format!(
+            "[[tenant]]\nid = \"t\"\n{algs}[[tenant.jwks]]\nfile = \"jwks.json\"\n"
+        ))
+        .with("/etc/jotd/jwks.json", &jwks)
+        .load()
+    };
+    let cfg = with("algorithms = [\"HS256\"]\n").unwrap_or_else(|e| panic!("{e}"));
+    let snap = cfg.snapshot(1, &|_, _| None);
+    let kids: Vec<&str> = snap
+        .tenant("t")
+        .unwrap()
+        .keys
+        .iter()
+        .map(|k| &*k.kid)
+        .collect();
+    assert_eq!(kids, ["h"]);
+    let listed = &cfg.jwks_files[&(0, 0)];
+    assert!(
+        listed
+            .skipped_summary()
+            .contains("\"ed\": EdDSA is not in the tenant's algorithms"),
+        "{}",
+        listed.skipped_summary()
+    );
+    let cfg = with("").unwrap_or_else(|e| panic!("{e}"));
+    let snap = cfg.snapshot(1, &|_, _| None);
+    assert_eq!(snap.tenant("t").unwrap().keys.len(), 2);
+    let e = with("algorithms = [\"ES256\"]\n").unwrap_err();
+    assert!(
+        e.key == "tenant[0].jwks[0].file"
+            && e.message.contains("no key of the tenant's algorithms"),
+        "{e}"
+    );
+}

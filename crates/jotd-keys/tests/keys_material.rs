@@ -134,7 +134,21 @@ fn a_certificate_or_private_key_reads_the_same_in_every_encoding() {
         ("EC SEC 1", sec1),
     ] {
         let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
-        for bytes in [der, b64.into_bytes()] {
+        // Under a public key's PEM label too (a file renamed by hand): named
+        // as a private key, not "unreadable".
+        let as_public: Vec<Vec<u8>> = ["PUBLIC KEY", "RSA PUBLIC KEY"]
+            .iter()
+            .map(|label| {
+                let wrapped = b64
+                    .as_bytes()
+                    .chunks(64)
+                    .map(|c| std::str::from_utf8(c).unwrap())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                format!("-----BEGIN {label}-----\n{wrapped}\n-----END {label}-----\n").into_bytes()
+            })
+            .collect();
+        for bytes in [der, b64.clone().into_bytes()].into_iter().chain(as_public) {
             let e = material::public_der(&bytes).unwrap_err();
             assert!(matches!(e, MaterialError::PrivateKey(_)), "{what}: {e}");
             assert!(e.to_string().contains("private key"), "{what}: {e}");
