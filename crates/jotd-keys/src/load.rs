@@ -391,6 +391,12 @@ impl KeysConfig {
                 if tenant.keys.iter().any(|k| *k.kid == **kid) {
                     continue;
                 }
+                // Outside the configured algorithms a key could never verify
+                // (`alg_not_allowed`), from a file (left out and listed at
+                // load) or a URL alike: it is not served, and not in the epoch.
+                if spec.algorithms_configured && !spec.tenant.algorithms.contains(key.algorithm()) {
+                    continue;
+                }
                 // Every kind of key, HMAC secrets included: a secret rotated under the
                 // same kid must drop the tokens cached under the old one.
                 tenants::digest_key(

@@ -1156,4 +1156,21 @@ fn jwks_file_keys_outside_the_tenants_algorithms_are_left_out() {
             && e.message.contains("no key of the tenant's algorithms"),
         "{e}"
     );
+    // Fetched from a URL, the same document: only the tenant's algorithms serve.
+    let cfg = Files::new(
+        "[[tenant]]\nid = \"u\"\nalgorithms = [\"HS256\"]\n[[tenant.jwks]]\nurl = \"https://idp.example/jwks\"\nsymmetric_keys = true\n",
+    )
+    .load()
+    .unwrap_or_else(|e| panic!("{e}"));
+    let doc =
+        Arc::new(jotd_keys::jwk::parse_fetched_jwks(jwks.as_bytes(), None, 10, true).unwrap());
+    let snap = cfg.snapshot(1, &|_, _| Some(Arc::clone(&doc)));
+    let kids: Vec<&str> = snap
+        .tenant("u")
+        .unwrap()
+        .keys
+        .iter()
+        .map(|k| &*k.kid)
+        .collect();
+    assert_eq!(kids, ["h"]);
 }
