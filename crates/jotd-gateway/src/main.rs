@@ -185,15 +185,32 @@ fn main() -> std::process::ExitCode {
     ) {
         eprintln!("jotd-gateway: cannot catch SIGHUP (a SIGHUP ends the process): {e}");
     }
+    // RUST_LOG, else `info`. A blank one (`Environment=RUST_LOG=`) is unset:
+    // as a filter it has no rule and would log nothing, errors included. An
+    // unreadable one is said so, not dropped quietly.
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.split(',').all(|d| d.trim().is_empty()));
+    let (filter, bad_env) = match env.map(|v| tracing_subscriber::EnvFilter::try_new(&v)) {
+        Some(Ok(f)) => (f, None),
+        Some(Err(e)) => (
+            tracing_subscriber::EnvFilter::new("info"),
+            Some(e.to_string()),
+        ),
+        None => (tracing_subscriber::EnvFilter::new("info"), None),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not into journald or a file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(e) = bad_env {
+        tracing::warn!(
+            error = %e.escape_default(),
+            "RUST_LOG is not a valid filter; logging at info"
+        );
+    }
     let result = match cli.cmd {
         Cmd::Config {
             cmd: ConfigCmd::Check { config },

@@ -144,7 +144,7 @@ impl Health {
         let degraded = if degraded.is_empty() {
             String::new()
         } else {
-            format!("; degraded: {}", degraded.join("; "))
+            format!("; degraded: {}", listed(&degraded))
         };
         if problems.is_empty() {
             Ok(format!(
@@ -153,9 +153,31 @@ impl Health {
                 snap.len()
             ))
         } else {
-            Err(format!("not ready: {}{degraded}\n", problems.join("; ")))
+            Err(format!("not ready: {}{degraded}\n", listed(&problems)))
         }
     }
+}
+
+/// Most sources `/readyz` names in each list: with 100k tenants behind one
+/// identity provider that is down, the answer was ~12 MB, copied per probe
+/// (the metrics and the log name every source).
+const READY_LISTED: usize = 20;
+
+/// `items` joined, the first [`READY_LISTED`], then how many more.
+fn listed(items: &[String]) -> String {
+    let mut out = items
+        .iter()
+        .take(READY_LISTED)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if items.len() > READY_LISTED {
+        out.push_str(&format!(
+            "; and {} more (jotd_jwks_* metrics and the log name each)",
+            items.len() - READY_LISTED
+        ));
+    }
+    out
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
@@ -342,6 +364,24 @@ async fn start_with(
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    /// `/readyz` names 20 sources per list, then a count: the answer stays
+    /// small however many tenants one identity provider's outage degrades.
+    #[test]
+    fn readiness_lists_are_capped() {
+        let few: Vec<String> = (0..3).map(|i| format!("s{i}")).collect();
+        assert_eq!(listed(&few), "s0; s1; s2");
+        let many: Vec<String> = (0..100_000)
+            .map(|i| format!("jwks https://idp/{i} (tenant t{i}) stale"))
+            .collect();
+        let out = listed(&many);
+        assert!(
+            out.ends_with("; and 99980 more (jotd_jwks_* metrics and the log name each)"),
+            "{out}"
+        );
+        assert!(out.len() < 2_000, "{}", out.len());
+        assert!(out.contains("tenant t19)") && !out.contains("tenant t20)"));
+    }
 
     /// Serves `doc` over plain HTTP on loopback to `answers` requests, then
     /// stops listening (later fetches are refused).

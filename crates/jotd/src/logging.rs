@@ -7,16 +7,19 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber (stderr). `RUST_LOG`, when set, wins over `level`.
 pub(crate) fn init(format: LogFormat, level: &str) {
-    // An unreadable RUST_LOG is said so once logging is up, not dropped quietly.
+    // An unreadable RUST_LOG is said so once logging is up, not dropped
+    // quietly. A blank one (`Environment=RUST_LOG=`, a Helm value left
+    // empty) is unset: as a filter it has no rule and allows nothing, so
+    // the daemon would log nothing at all, errors included.
     let mut bad_env = None;
-    let filter = match EnvFilter::try_from_default_env() {
-        Ok(f) => Ok(f),
-        Err(e) => {
-            if std::env::var_os("RUST_LOG").is_some() {
-                bad_env = Some(e.to_string());
-            }
+    let env = std::env::var("RUST_LOG").ok().filter(|v| !blank_filter(v));
+    let filter = match env.map(|v| EnvFilter::try_new(&v)) {
+        Some(Ok(f)) => Ok(f),
+        Some(Err(e)) => {
+            bad_env = Some(e.to_string());
             EnvFilter::try_new(level)
         }
+        None => EnvFilter::try_new(level),
     }
     .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -31,6 +34,12 @@ pub(crate) fn init(format: LogFormat, level: &str) {
     if let Some(e) = bad_env {
         tracing::warn!(error = %Escaped(e), config_level = level, "RUST_LOG is not a valid filter; using the config's level");
     }
+}
+
+/// Whether a filter string names no directive (empty, blanks, commas): as a
+/// filter it would allow nothing.
+pub(crate) fn blank_filter(filter: &str) -> bool {
+    filter.split(',').all(|d| d.trim().is_empty())
 }
 
 /// Displays `T` with its control characters escaped (`\n`, `\u{1b}`): for

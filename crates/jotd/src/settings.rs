@@ -629,7 +629,10 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
             };
         }
         if let Some(l) = r.level {
-            if tracing_subscriber::EnvFilter::try_new(&l).is_err() {
+            // A blank level parses as a filter of no rule, which logs nothing.
+            if crate::logging::blank_filter(&l)
+                || tracing_subscriber::EnvFilter::try_new(&l).is_err()
+            {
                 return Err(ctx.err(
                     "log",
                     "level",
@@ -880,19 +883,26 @@ pub(crate) fn loader(
         // Read and checked as the next start will: a CA file that would
         // stop the daemon from starting rejects the reload now.
         fetch_config(&new, &file)?;
+        // Client certificates turned off by a reload (a config-management
+        // merge that lost the line) would open the port to any client with
+        // no more than an info line: it takes a restart, said so.
+        if running.client_ca_file.is_some() && new.client_ca_file.is_none() {
+            return Err(ConfigError {
+                file: file.clone(),
+                line: None,
+                key: "server.client_ca_file".into(),
+                message: "removed: a reload does not turn client certificates off (any client \
+                          could connect); restart to run without them"
+                    .into(),
+            });
+        }
         let mut sections = restart_needed(&running, &new);
         if !sections.contains(&"jwks_fetch") && extra_ca(&new) != extra_ca_at_start {
             sections.push("jwks_fetch");
         }
-        if !sections.is_empty() {
-            tracing::warn!(
-                file = %file.display(),
-                ?sections,
-                "config reloaded: tenants, keys, the denylist and the server's TLS files are applied; changes to these sections take effect at the next restart"
-            );
-        }
         // A TLS file that does not load rejects the reload whole: the old
-        // certificate keeps serving.
+        // certificate keeps serving. (Before the "reloaded" line below, so a
+        // rejected reload never logs it.)
         if let Some(switch) = tls.get() {
             let config = server_tls(&new, &file)?;
             let applied = switch.replace(config).map_err(|e| ConfigError {
@@ -906,6 +916,13 @@ pub(crate) fn loader(
                     "draining: the server's TLS files are not applied (no new connections)"
                 );
             }
+        }
+        if !sections.is_empty() {
+            tracing::warn!(
+                file = %file.display(),
+                ?sections,
+                "config reloaded: tenants, keys, the denylist and the server's TLS files are applied; changes to these sections take effect at the next restart"
+            );
         }
         keys.files.extend(watched_files(&new));
         Ok(keys)
@@ -1139,6 +1156,28 @@ level = "jotd=debug"
                 "{e}"
             );
         }
+        // Mutual TLS at start: a reload that drops client_ca_file is
+        // refused (it would let any client connect); one that keeps it is
+        // applied.
+        let pki = jotd_transport::DevPki::generate().unwrap();
+        for (name, pem) in [
+            ("s.pem", &pki.server_cert_pem),
+            ("s.key", &pki.server_key_pem),
+            ("clients.pem", &pki.ca_pem),
+        ] {
+            std::fs::write(dir.path().join(name), pem).unwrap();
+        }
+        let tls = "[server]\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\n";
+        let mtls = format!("{tls}client_ca_file = \"clients.pem\"\n{tenant}");
+        std::fs::write(&file, &mtls).unwrap();
+        let (settings, _) = load(&file).unwrap();
+        let reload = loader(&file, &settings, Arc::default());
+        assert!(reload().is_ok());
+        std::fs::write(&file, format!("{tls}{tenant}")).unwrap();
+        let e = reload().unwrap_err().to_string();
+        assert!(e.contains("server.client_ca_file: removed"), "{e}");
+        std::fs::write(&file, &mtls).unwrap();
+        assert!(reload().is_ok());
     }
 
     /// A reload applies tenants, keys and the denylist; every other section it names
@@ -1208,6 +1247,12 @@ level = "jotd=debug"
         );
         let e = p("[log]\nformat = \"xml\"\n").unwrap_err();
         assert!(e.contains("log.format: `xml`"), "{e}");
+        // A blank level would log nothing at all, errors included.
+        for blank in ["", " ", ",", " , "] {
+            let e = p(&format!("[log]\nlevel = \"{blank}\"\n")).unwrap_err();
+            assert!(e.contains(":2: log.level:"), "{blank:?}: {e}");
+        }
+        assert!(crate::logging::blank_filter(" , ") && !crate::logging::blank_filter("warn,"));
         let e = p("[server]\nmax_tokens_in_flight = 10\nmax_batch_items = 11\n").unwrap_err();
         assert!(e.contains(":3: server.max_batch_items"), "{e}");
         assert_eq!(

@@ -633,47 +633,54 @@ fn dev_defaults_stay_on_loopback_and_flags_keep_the_configs_bounds() {
 }
 
 /// An unreadable `RUST_LOG` is said so in the log (the config's level is used),
-/// not dropped quietly.
+/// not dropped quietly; a blank one (`Environment=RUST_LOG=`) is unset, not a
+/// filter of no rule that logs nothing at all.
 #[test]
-fn a_bad_rust_log_is_reported() {
+fn a_bad_or_blank_rust_log_is_not_silence() {
     use std::io::BufRead as _;
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jotd"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "off",
-            "--dev-dir",
-        ])
-        .arg(dir.path().join("dev"))
-        .env("RUST_LOG", "foo=[[[")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
+    for (rust_log, want) in [
+        ("foo=[[[", "RUST_LOG is not a valid filter"),
+        ("", "jotd serving"),
+        (" , ", "jotd serving"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_jotd"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "off",
+                "--dev-dir",
+            ])
+            .arg(dir.path().join("dev"))
+            .env("RUST_LOG", rust_log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    let mut seen = Vec::new();
-    let found = loop {
-        match rx.recv_timeout(std::time::Duration::from_secs(20)) {
-            Ok(line) if line.contains("RUST_LOG is not a valid filter") => break true,
-            Ok(line) => seen.push(line),
-            Err(_) => break false,
-        }
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(found, "{seen:#?}");
+        });
+        let mut seen = Vec::new();
+        let found = loop {
+            match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+                Ok(line) if line.contains(want) => break true,
+                Ok(line) => seen.push(line),
+                Err(_) => break false,
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found, "RUST_LOG={rust_log:?}: {seen:#?}");
+    }
 }
