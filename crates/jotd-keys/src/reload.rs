@@ -23,6 +23,13 @@ pub type FileStamp = (Option<SystemTime>, u64);
 /// before the read began.
 pub const MTIME_SLACK: Duration = Duration::from_secs(2);
 
+/// Reads of the config's files in one reload while one of them keeps
+/// changing under the read.
+const READ_ATTEMPTS: u32 = 3;
+
+/// The pause before reading again a file that changed while it was read.
+const REREAD_AFTER: Duration = Duration::from_millis(100);
+
 /// Whether a stamp taken after a read, of a file whose read began at `since`,
 /// shows a file left alone during the read. A file without a modification time
 /// (or gone) cannot tell and counts as settled, as it did before.
@@ -203,14 +210,48 @@ impl Reloader {
         // rewritten (truncated, then written) keeps its old stamp, so the next check sees
         // it changed and reads it again. Stamped after the read, the half-written content
         // would stay in service until the file changed once more.
-        let before: HashMap<PathBuf, Option<FileStamp>> = self
-            .lock()
-            .stamps
-            .iter()
-            .map(|(f, _)| (f.clone(), (self.stamp)(f)))
-            .collect();
-        let since = SystemTime::now();
-        let loaded = (self.loader)();
+        let stamp_known = || -> HashMap<PathBuf, Option<FileStamp>> {
+            self.lock()
+                .stamps
+                .iter()
+                .map(|(f, _)| (f.clone(), (self.stamp)(f)))
+                .collect()
+        };
+        let mut before = stamp_known();
+        let mut since = SystemTime::now();
+        let mut loaded = (self.loader)();
+        // A file whose stamp moved while it was read may have been read
+        // half-written (a denylist cut inside an entry still parses): it is
+        // read again at once, a moment apart, rather than served until the
+        // next check. One still moving after that is not installed: the
+        // running config stays and the next check reads it again.
+        for attempt in 1.. {
+            let after = stamp_known();
+            if after == before {
+                break;
+            }
+            if attempt == READ_ATTEMPTS {
+                let moved: Vec<String> = after
+                    .iter()
+                    .filter(|(f, s)| before.get(*f) != Some(*s))
+                    .map(|(f, _)| f.display().to_string())
+                    .collect();
+                loaded = Err(ConfigError {
+                    file: self.path.clone(),
+                    line: None,
+                    key: String::new(),
+                    message: format!(
+                        "{} kept changing while it was read ({READ_ATTEMPTS} reads); the running config stays, and the next check reads it again",
+                        moved.join(", ")
+                    ),
+                });
+                break;
+            }
+            std::thread::sleep(REREAD_AFTER);
+            before = after;
+            since = SystemTime::now();
+            loaded = (self.loader)();
+        }
         let mut state = self.lock();
         let result = loaded.map(|config| {
             let mut unsettled = false;

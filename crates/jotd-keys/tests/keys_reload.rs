@@ -271,8 +271,45 @@ fn a_file_read_mid_write_is_read_again() {
             NOW + 3600
         ),
     );
+    // The stamp moved during the read: read again within the same reload,
+    // so the torn (empty) denylist is never served.
     assert!(matches!(r.reload_if_changed(), Some(Ok(_))));
-    read_torn_then_again(&r, &mallory, "the finished file is read again");
+    assert_eq!(
+        decide(&r, &mallory),
+        Reason::Revoked,
+        "the finished file was read at once"
+    );
+    assert!(r.reload_if_changed().is_none(), "and then left alone");
+
+    // A file that keeps changing under every read is not installed: the
+    // running config stays (mallory still revoked), and the error says why.
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (files, stamps, w) = (fs.clone(), fs.clone(), Arc::clone(&writes));
+    let config_text = fs.0.lock().unwrap()[Path::new("/cfg/jotd.toml")].0.clone();
+    let churn = Reloader::start(
+        Path::new("/cfg/jotd.toml"),
+        Box::new(move |p| {
+            let read = files.0.lock().unwrap().get(p).map(|e| e.0.clone());
+            if p.ends_with("revoked.toml")
+                && w.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1
+            {
+                files.write("/cfg/revoked.toml", "");
+            }
+            read.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        }),
+        Box::new(move |p| stamps.0.lock().unwrap().get(p).map(|e| (None, e.1))),
+    )
+    .unwrap();
+    assert!(!config_text.is_empty());
+    assert_eq!(decide(&churn, &mallory), Reason::Revoked);
+    fs.write("/cfg/revoked.toml", "");
+    let e = churn.reload_if_changed().unwrap().unwrap_err();
+    assert!(e.message.contains("kept changing while it was read"), "{e}");
+    assert_eq!(
+        decide(&churn, &mallory),
+        Reason::Revoked,
+        "the running config stays"
+    );
 }
 
 /// A file the config names for the first time (at start, or added by a reload)
