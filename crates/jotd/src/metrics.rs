@@ -676,6 +676,13 @@ impl FetchTotals {
         // every source was n² a second, 10 s and more at 100k tenants.)
         self.seen
             .retain(|(tenant, url), _| now_by.contains_key(&(tenant.as_str(), url.as_str())));
+        // A URL no source names any more is forgotten too: kept, every URL
+        // ever configured (rotating presigned URLs, tenants registering their
+        // own identity providers) was emitted again each second until a
+        // restart. Named again, its counter starts over from 0 (a counter
+        // reset, which Prometheus' rate() takes in its stride).
+        let live: std::collections::HashSet<&str> = now_by.keys().map(|(_, u)| *u).collect();
+        self.per_url.retain(|url, _| live.contains(url.as_str()));
         for ((tenant, url), now) in now_by {
             let before = self
                 .seen
@@ -861,5 +868,9 @@ mod per_url_tests {
             source("b", shared, Some(1), 3, 1),
         ]);
         assert_eq!(t.per_url[shared], (10, 2));
+        // Every source of a URL gone: the URL is no longer emitted.
+        t.add(&[source("a", "https://other.example/jwks", Some(1), 1, 0)]);
+        assert!(!t.per_url.contains_key(shared), "{:?}", t.per_url);
+        assert_eq!(t.per_url.len(), 1);
     }
 }
