@@ -304,8 +304,10 @@ pub struct ForwardAuth {
     /// copy can never choose the tenant.
     pub uri_header: Option<hyper::header::HeaderName>,
     /// The one header the original host is read from, else `Host`. Default
-    /// `x-forwarded-host`.
-    pub host_header: hyper::header::HeaderName,
+    /// `x-forwarded-host`. `None` (`host_header = ""`): `Host` always, for a
+    /// gateway that passes client headers on without setting one (so a
+    /// client's copy can never choose the tenant of a host route).
+    pub host_header: Option<hyper::header::HeaderName>,
 }
 
 /// The Envoy ext_authz door's settings.
@@ -467,13 +469,18 @@ impl Config {
             // Port 0 dials nothing: every check failed at run time.
             let ok = s.parse::<SocketAddr>().is_ok_and(|a| a.port() != 0)
                 || s.rsplit_once(':').is_some_and(|(h, port)| {
-                    !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+                    // A host holding `:` is an IPv6 address without brackets
+                    // (its port forgotten): `2001:db8::10` read as host
+                    // `2001:db8:` and port 10 failed every check at run time.
+                    !h.is_empty() && !h.contains(':') && port.parse::<u16>().is_ok_and(|p| p != 0)
                 });
             if !ok {
                 return Err(err(
                     e.span(),
                     "endpoints",
-                    format!("`{s}` is neither ip:port nor name:port (port 1 to 65535)"),
+                    format!(
+                        "`{s}` is neither ip:port nor name:port (port 1 to 65535; IPv6 as [addr]:port)"
+                    ),
                 ));
             }
         }
@@ -578,14 +585,11 @@ impl Config {
         .into_iter()
         .filter_map(|(n, s)| s.map(|s| (n, s)))
         .collect();
-        // Where `upstream_timeout_ms` is written, for the drain check below.
-        let mut upstream_timeout_at = None;
         let proxy = match raw.proxy {
             None => None,
             Some(px) => {
                 let span = px.span();
                 let px = px.into_inner();
-                upstream_timeout_at = px.upstream_timeout_ms.as_ref().map(Spanned::span);
                 if px.upstreams.is_empty() {
                     return Err(err(span, "upstreams", "no upstream node given".into()));
                 }
@@ -650,7 +654,11 @@ impl Config {
                     } else {
                         Some(header_name(&f.uri_header, "uri_header")?)
                     },
-                    host_header: header_name(&f.host_header, "host_header")?,
+                    host_header: if f.host_header.get_ref().is_empty() {
+                        None
+                    } else {
+                        Some(header_name(&f.host_header, "host_header")?)
+                    },
                 })
             }
         };
@@ -837,34 +845,44 @@ impl Config {
                 ));
             }
         };
-        let drain_timeout_ms = limit(&l.drain_timeout_ms, "drain_timeout_ms", 30_000, HOUR_MS)?;
-        // A node call the proxy may wait for must fit in the drain, or the
-        // drain cuts it: the node ran the call, the client got no answer
-        // (and may send it again).
-        if let Some(px) = &proxy
-            && px.upstream_timeout > Duration::from_millis(drain_timeout_ms)
-        {
-            let upstream = px.upstream_timeout.as_millis();
-            let why = "a node call that long would be cut by the drain (the node runs it, the client gets no answer)";
-            return Err(match (&l.drain_timeout_ms, upstream_timeout_at) {
-                // Named where the operator set it: the drain, else the
-                // upstream timeout that outgrew the default drain.
-                (None, Some(at)) => err(
-                    at,
-                    "upstream_timeout_ms",
-                    format!(
-                        "{upstream}: past [limits] drain_timeout_ms {drain_timeout_ms}: {why}; raise drain_timeout_ms"
-                    ),
-                ),
-                (d, _) => err(
-                    d.as_ref().map_or(0..0, Spanned::span),
-                    "limits.drain_timeout_ms",
-                    format!(
-                        "{drain_timeout_ms}: below [proxy] upstream_timeout_ms {upstream}: {why}"
-                    ),
-                ),
-            });
-        }
+        // After the listeners close, a request already accepted may still
+        // take its whole body time, its check and (at the proxy) its node
+        // time, each as long as configured: the drain must outlast that, or
+        // it cuts the request (at the proxy, after the node ran the call and
+        // before the client got its answer; at ext_authz, an error Envoy's
+        // `failure_mode_allow` lets through). Not set, the drain is that
+        // long, 30 s at least; set below it, refused, naming the terms.
+        let upstream_ms = proxy.as_ref().map_or(0, |px| {
+            u64::try_from(px.upstream_timeout.as_millis()).unwrap_or(u64::MAX)
+        });
+        let check_ms = u64::try_from(pool.check_timeout.as_millis()).unwrap_or(u64::MAX);
+        let request_ms = body_timeout_ms
+            .saturating_add(check_ms)
+            .saturating_add(upstream_ms);
+        let drain_timeout_ms = match &l.drain_timeout_ms {
+            None => request_ms.max(30_000),
+            Some(_) => {
+                let set = limit(&l.drain_timeout_ms, "drain_timeout_ms", 30_000, HOUR_MS)?;
+                if set < request_ms {
+                    let node = if proxy.is_some() {
+                        format!(" + [proxy] upstream_timeout_ms {upstream_ms}")
+                    } else {
+                        String::new()
+                    };
+                    return Err(err(
+                        l.drain_timeout_ms.as_ref().map_or(0..0, Spanned::span),
+                        "limits.drain_timeout_ms",
+                        format!(
+                            "{set}: below the longest a request may still take once the listeners close \
+                             (body_timeout_ms {body_timeout_ms} + [pool] check_timeout_ms {check_ms}{node} = {request_ms}): \
+                             the drain would cut it (at the proxy after the node ran the call, at ext_authz as an error \
+                             failure_mode_allow lets through); raise it or leave it out"
+                        ),
+                    ));
+                }
+                set
+            }
+        };
         Ok(Self {
             file: file.to_owned(),
             pool,

@@ -5,7 +5,7 @@
 //! with identity headers to copy, or 401 / 403 / 503 with a JSON-RPC error
 //! body. The original path and host come from one configured header each
 //! (`uri_header`, default `X-Forwarded-Uri`; `host_header`, default
-//! `X-Forwarded-Host`; any other copy is ignored); the token,
+//! `X-Forwarded-Host`, `""` for `Host` alone; any other copy is ignored); the token,
 //! `Origin` and `User-Agent` from the copied request headers. When the gateway
 //! sends the body (APISIX, Envoy `with_request_body`), every JSON-RPC call in
 //! it must be allowed; without a body jotd checks the token, tenant, origin
@@ -460,7 +460,11 @@ impl ForwardAuthDoor {
         };
         let (parts, body) = req.into_parts();
         let h = &parts.headers;
-        let host = match single_header(h, self.headers.host_header.as_str()) {
+        let forwarded = match &self.headers.host_header {
+            Some(name) => single_header(h, name.as_str()),
+            None => Ok(None),
+        };
+        let host = match forwarded {
             Ok(Some(v)) => Some(v),
             Ok(None) => match single_header(h, "host") {
                 Ok(v) => v,

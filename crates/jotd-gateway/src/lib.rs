@@ -56,6 +56,9 @@ pub struct Gateway {
     client: Arc<Client>,
     stop: watch::Sender<bool>,
     admin_stop: watch::Sender<bool>,
+    /// Turns true when the drain begins (before `drain_delay`): the gRPC
+    /// health service says NOT_SERVING from then on.
+    drain_began: watch::Sender<bool>,
     draining: Arc<AtomicBool>,
     tasks: tokio::task::JoinSet<()>,
     admin_tasks: tokio::task::JoinSet<()>,
@@ -76,6 +79,7 @@ impl Gateway {
     /// The admin listener answers until then.
     pub async fn drain(mut self) {
         self.draining.store(true, Ordering::SeqCst);
+        let _ = self.drain_began.send(true);
         // The doors keep serving while a balancer that polls readiness
         // notices: stopped at once, the connections it still sent here
         // were refused.
@@ -208,6 +212,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
     // `/readyz` answers `503 draining` meanwhile, so a balancer takes the
     // node out while requests in flight finish.
     let (admin_stop, admin_stopped) = watch::channel(false);
+    let (drain_began, drain_seen) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
     let mut admin_tasks = tokio::task::JoinSet::new();
@@ -292,6 +297,26 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
         health
             .set_serving::<envoy_types::ext_authz::v3::pb::AuthorizationServer<ext_authz::ExtAuthzDoor>>()
             .await;
+        // NOT_SERVING (the door's service and the server's, `""`, Envoy's
+        // default) as soon as the drain begins: the listener keeps serving
+        // for `drain_delay_ms`, while Envoy's gRPC health checks see it and
+        // move on; set at the stop, the listener was already gone.
+        {
+            let health = health.clone();
+            let mut began = drain_seen.clone();
+            tasks.spawn(async move {
+                if began.wait_for(|b| *b).await.is_ok() {
+                    health
+                        .set_not_serving::<envoy_types::ext_authz::v3::pb::AuthorizationServer<
+                            ext_authz::ExtAuthzDoor,
+                        >>()
+                        .await;
+                    health
+                        .set_service_status("", tonic_health::ServingStatus::NotServing)
+                        .await;
+                }
+            });
+        }
         let mut stop = stopped.clone();
         // A CheckRequest is read up to max_body_bytes + 1 MiB, and at least
         // MIN_CHECK_READ whatever max_body_bytes is: Envoy's max_request_bytes
@@ -331,7 +356,13 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
         tasks.spawn(async move {
             // Bounded streams per connection, a deadline per call and
             // keep-alive probes so a dead peer's connection goes.
+            // HTTP/2 limits set here, not left to tonic's defaults (0.14 passes
+            // `None` for local-error resets, which turns h2's guard against
+            // reset floods off; the listener has no authentication).
             let serve = tonic::transport::Server::builder()
+                .http2_max_local_error_reset_streams(Some(1024))
+                .http2_max_pending_accept_reset_streams(Some(20))
+                .http2_max_header_list_size(Some(64 << 10))
                 .max_concurrent_streams(Some(calls_per_connection))
                 .timeout(call_timeout)
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -368,6 +399,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             client: Arc::clone(&client),
             draining: Arc::clone(&draining),
             last_probe: tokio::sync::Mutex::new(None),
+            fail_open: cfg.pool.failure_mode == config::FailureMode::Open,
             upstreams: cfg
                 .proxy
                 .as_ref()
@@ -398,11 +430,28 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
         client,
         stop,
         admin_stop,
+        drain_began,
         draining,
         tasks,
         admin_tasks,
         limits: cfg.limits,
     })
+}
+
+/// A readiness probe's outcome: ready (with what is degraded, if anything),
+/// or why not.
+type Readiness = Result<Option<String>, String>;
+
+/// Whether a check failed because the pool (or this gateway's queue) was
+/// busy, not because no replica answers.
+fn busy(e: &jotd_transport::CheckError) -> bool {
+    match e {
+        jotd_transport::CheckError::Overloaded => true,
+        jotd_transport::CheckError::Client(jotd_transport::ClientError::Server {
+            code, ..
+        }) => *code == jotd_transport::ErrorCode::Overloaded as u16,
+        _ => false,
+    }
 }
 
 struct AdminState {
@@ -411,9 +460,12 @@ struct AdminState {
     client: Arc<Client>,
     draining: Arc<AtomicBool>,
     /// The last readiness probe's outcome and when it came.
-    last_probe: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
+    last_probe: tokio::sync::Mutex<Option<(tokio::time::Instant, Readiness)>>,
     /// The proxy's nodes: readiness needs one to take a connection.
     upstreams: Vec<hyper::Uri>,
+    /// `failure_mode = "open"`: a pool that does not answer leaves the
+    /// gateway ready (it serves, letting calls through), said in the body.
+    fail_open: bool,
 }
 
 impl AdminState {
@@ -472,7 +524,15 @@ impl AdminState {
                 };
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
                 let r = match self.batcher.check(probe, deadline).await {
-                    Ok(_) => self.a_node_answers().await,
+                    Ok(_) => self.a_node_answers().await.map(|()| None),
+                    // Busy is not down: a queue full or a pool answering
+                    // `overloaded` in a traffic spike would fail every
+                    // gateway's readiness at once and empty the balancer.
+                    Err(e) if busy(&e) => self.a_node_answers().await.map(|()| None),
+                    Err(e) if self.fail_open => self
+                        .a_node_answers()
+                        .await
+                        .map(|()| Some(format!("jotd pool not answering ({e}): calls are let through (failure_mode = \"open\")"))),
                     Err(e) => Err(format!("jotd pool not answering: {e}")),
                 };
                 *last = Some((tokio::time::Instant::now(), r.clone()));
@@ -481,7 +541,8 @@ impl AdminState {
         };
         drop(last);
         match result {
-            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Ok(None) => text(StatusCode::OK, "ready\n"),
+            Ok(Some(degraded)) => text(StatusCode::OK, format!("ready; degraded: {degraded}\n")),
             Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
         }
     }

@@ -146,7 +146,7 @@ fn check(cfg: &Config) -> anyhow::Result<()> {
             f.uri_header
                 .as_ref()
                 .map_or("the request's own path", |h| h.as_str()),
-            f.host_header
+            f.host_header.as_ref().map_or("Host alone", |h| h.as_str())
         )?;
     }
     if let Some(e) = cfg.ext_authz {

@@ -109,16 +109,15 @@ where
                     Failed::TooLarge,
                 ));
             }
-            let more = u32::try_from(data.len())
-                .ok()
-                .and_then(|n| Arc::clone(room).try_acquire_many_owned(n).ok());
-            let Some(more) = more else {
-                upstream_error("answer_buffer");
-                return Err(UpstreamError(
-                    format!("{uri}: the gateway's answer buffer (max_answer_buffer_bytes) is full"),
-                    Failed::Busy,
-                ));
-            };
+            // The node has run the call: its answer waits for room (the
+            // node's own buffers hold the rest meanwhile) rather than being
+            // dropped, until the request's deadline. Admission (`forward`)
+            // refused the call before the node saw it when room was short.
+            let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            let more = Arc::clone(room)
+                .acquire_many_owned(n)
+                .await
+                .map_err(|_| UpstreamError::other(format!("{uri}: the answer buffer is closed")))?;
             held.merge(more);
             out.extend_from_slice(&data);
         }
@@ -129,6 +128,9 @@ where
         UpstreamError(format!("{uri}: body not finished in time"), Failed::Late)
     })?
 }
+
+/// Room the answer buffer must have free for a node call to be sent.
+const ADMIT_ROOM: usize = 64 << 10;
 
 /// Counts one failed node request by `kind` (`connect`, `timeout`,
 /// `request`, `too_large`, `body`, `bad_answer`).
@@ -194,42 +196,66 @@ impl ProxyDoor {
     }
 
     /// Charges a finished answer built from node answers to the answer
-    /// buffer (held until the client has taken it); 503 when it has no room.
-    fn held(&self, mut a: Answer) -> Answer {
-        let n = u32::try_from(a.body().len()).ok();
-        match n.and_then(|n| Arc::clone(&self.answer_room).try_acquire_many_owned(n).ok()) {
-            Some(room) => {
-                a.body_mut().hold(room, self.limits.write_timeout);
-                a
-            }
-            None => {
-                upstream_error("answer_buffer");
-                rpc_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    None,
-                    code::INTERNAL,
-                    "the gateway's answer buffer is full: try again later",
-                    None,
-                )
-            }
+    /// buffer (held until the client has taken it), starting from `have`,
+    /// the room its node answers already hold: the difference is taken when
+    /// there is room, the excess given back. Never refused: the node has run
+    /// the calls, and an answer dropped now would be run again on a retry.
+    fn held(&self, mut a: Answer, have: Option<tokio::sync::OwnedSemaphorePermit>) -> Answer {
+        let need = a.body().len();
+        let mut room = match have {
+            Some(p) => p,
+            None => match Arc::clone(&self.answer_room).try_acquire_many_owned(0) {
+                Ok(p) => p,
+                Err(_) => return a,
+            },
+        };
+        let got = room.num_permits();
+        if got > need {
+            drop(room.split(got - need));
+        } else if got < need
+            && let Some(more) = u32::try_from(need - got)
+                .ok()
+                .and_then(|n| Arc::clone(&self.answer_room).try_acquire_many_owned(n).ok())
+        {
+            room.merge(more);
         }
+        a.body_mut().hold(room, self.limits.write_timeout);
+        a
+    }
+
+    /// Whether the answer buffer has room to admit a node call (refused
+    /// before the node sees it when not: retrying is then safe).
+    fn admit(&self, uri: &Uri) -> Result<(), UpstreamError> {
+        if self.answer_room.available_permits()
+            < ADMIT_ROOM.min(self.limits.max_answer_buffer_bytes)
+        {
+            upstream_error("answer_buffer");
+            return Err(UpstreamError(
+                format!("{uri}: the gateway's answer buffer (max_answer_buffer_bytes) is full"),
+                Failed::Busy,
+            ));
+        }
+        Ok(())
     }
 
     /// POSTs `body` to an upstream (the next in turn; on a connection
     /// failure, once more to the one after); its answer may hold at most
-    /// `cap` bytes (an error beyond).
+    /// `cap` bytes (an error beyond) and must be whole by `by` (both tries
+    /// share it: a request's node time is `upstream_timeout_ms` in all).
     async fn forward(
         &self,
         body: Bytes,
         facts: &Facts,
         sub: Option<&str>,
         cap: usize,
+        by: tokio::time::Instant,
     ) -> Result<Upstream, UpstreamError> {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         let tries = self.upstreams.len().min(2);
         let mut last = String::new();
         for i in 0..tries {
             let uri = &self.upstreams[(first + i) % self.upstreams.len()];
+            self.admit(uri)?;
             // A fresh request: nothing of the client's headers (Authorization
             // above all) reaches the node but what is set here.
             let mut req = Request::builder()
@@ -247,8 +273,6 @@ impl ProxyDoor {
                 .body(Full::new(body.clone()))
                 .map_err(|e| UpstreamError::other(e.to_string()))?;
             let started = Instant::now();
-            // One deadline for the answer's head and body together.
-            let by = tokio::time::Instant::now() + self.upstream_timeout;
             let sent = tokio::time::timeout_at(by, self.client.request(req)).await;
             match sent {
                 Err(_) => {
@@ -481,7 +505,13 @@ impl ProxyDoor {
             _ => None,
         };
         match self
-            .forward(body, facts, sub, self.limits.max_upstream_bytes)
+            .forward(
+                body,
+                facts,
+                sub,
+                self.limits.max_upstream_bytes,
+                tokio::time::Instant::now() + self.upstream_timeout,
+            )
             .await
         {
             Ok(up) => {
@@ -520,6 +550,7 @@ impl ProxyDoor {
         let mut worst: Option<Class> = None;
         let mut any_ok = false;
         let mut sub = None;
+        let mut exp = None;
         let mut token_reason = None;
         for (i, c) in calls.iter().enumerate() {
             match c {
@@ -538,6 +569,7 @@ impl ProxyDoor {
                         any_ok = true;
                         if let Verdict::Allow(d) = &v {
                             sub = sub.or_else(|| d.sub.clone());
+                            exp = exp.or(d.exp);
                         }
                         forwarded.push(i);
                         answers.push(None);
@@ -551,13 +583,18 @@ impl ProxyDoor {
                 }
             }
         }
+        let mut node_room = None;
         if !forwarded.is_empty() {
             let picked: Vec<&Call> = forwarded
                 .iter()
                 .map(|&i| calls[i].as_ref().expect("forwarded calls parsed"))
                 .collect();
-            match self.forward_calls(&picked, facts, sub.as_deref()).await {
-                Ok(mut by_pos) => {
+            match self
+                .forward_calls(&picked, facts, sub.as_deref(), exp)
+                .await
+            {
+                Ok((mut by_pos, room)) => {
+                    node_room = room;
                     for (k, &i) in forwarded.iter().enumerate() {
                         answers[i] = by_pos[k].take();
                     }
@@ -600,7 +637,7 @@ impl ProxyDoor {
         // as they were copied in).
         if !forwarded.is_empty() {
             drop(out);
-            a = self.held(a);
+            a = self.held(a, node_room);
         }
         if let (StatusCode::UNAUTHORIZED, Some(r)) = (status, token_reason)
             && let Ok(h) = HeaderValue::from_str(&www_authenticate(r))
@@ -612,13 +649,25 @@ impl ProxyDoor {
 
     /// Forwards allowed calls of a batch; one answer (or none, for a
     /// notification) per call, by position. Calls go as one batch array when
-    /// their ids tell the answers apart, else one by one.
+    /// their ids tell the answers apart, else one by one. Either way the
+    /// request's node time is one `upstream_timeout_ms` in all (one by one,
+    /// 100 calls each given their own timeout held a connection for most of
+    /// an hour and outlasted every drain), and no call is sent once the
+    /// token's `exp` has passed.
     async fn forward_calls(
         &self,
         calls: &[&Call],
         facts: &Facts,
         sub: Option<&str>,
-    ) -> Result<Vec<Option<Box<RawValue>>>, UpstreamError> {
+        exp: Option<u64>,
+    ) -> Result<
+        (
+            Vec<Option<Box<RawValue>>>,
+            Option<tokio::sync::OwnedSemaphorePermit>,
+        ),
+        UpstreamError,
+    > {
+        let by = tokio::time::Instant::now() + self.upstream_timeout;
         // Ids are told apart by the key answers are matched on, so two ids
         // written differently but read alike (`1` and `1.0`, `"a"` and
         // `"\u0061"`, integers past 2^53) go one by one, never crossed.
@@ -641,7 +690,7 @@ impl ProxyDoor {
             }
             body.push(b']');
             let up = self
-                .forward(body.into(), facts, sub, self.limits.max_upstream_bytes)
+                .forward(body.into(), facts, sub, self.limits.max_upstream_bytes, by)
                 .await?;
             // Only notifications: a node sends nothing back (JSON-RPC 2.0
             // §6), and there is nothing to match. Any 2xx will do; an empty
@@ -654,7 +703,7 @@ impl ProxyDoor {
                         up.status
                     )));
                 }
-                return Ok(calls.iter().map(|_| None).collect());
+                return Ok((calls.iter().map(|_| None).collect(), None));
             }
             // Answers kept as the node wrote them (numbers and all).
             let answers: Vec<Box<RawValue>> =
@@ -708,24 +757,35 @@ impl ProxyDoor {
             if unanswered {
                 upstream_error("bad_answer");
             }
-            Ok(out)
+            // The node's answer's room goes on to the request's answer.
+            Ok((out, Some(up.room)))
         } else {
             // One by one; each call's own failure is its own answer (a call
             // the node already ran keeps its result). `max_upstream_bytes`
             // bounds the answers of the whole request, not each one: a batch of
             // 100 calls could otherwise hold 100 answers of the limit each.
             let mut out = Vec::with_capacity(calls.len());
+            // Each answer's room is kept while the next call runs: its copy
+            // waits in `out` (a batch of repeated ids held up to
+            // `max_upstream_bytes` outside the answer buffer meanwhile).
+            let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
             let mut left = self.limits.max_upstream_bytes;
             for c in calls {
-                if left == 0 {
-                    out.push(c.id.as_ref().map(|id| {
-                        error_object(
-                            Some(id),
-                            code::INTERNAL,
-                            "not sent: the answers before it filled max_upstream_bytes",
-                            None,
-                        )
-                    }));
+                let expired = exp.is_some_and(|e| crate::ws::unix_now() >= e);
+                let why_not = if left == 0 {
+                    Some("not sent: the answers before it filled max_upstream_bytes")
+                } else if tokio::time::Instant::now() >= by {
+                    Some("not sent: the request's upstream_timeout_ms had passed")
+                } else if expired {
+                    Some("not sent: the token expired while the calls before it ran")
+                } else {
+                    None
+                };
+                if let Some(why) = why_not {
+                    out.push(
+                        c.id.as_ref()
+                            .map(|id| error_object(Some(id), code::INTERNAL, why, None)),
+                    );
                     continue;
                 }
                 let up = self
@@ -734,8 +794,19 @@ impl ProxyDoor {
                         facts,
                         sub,
                         left,
+                        by,
                     )
                     .await;
+                let mut up = up;
+                if let Ok(u) = &mut up
+                    && let Ok(empty) = Arc::clone(&self.answer_room).try_acquire_many_owned(0)
+                {
+                    let room = std::mem::replace(&mut u.room, empty);
+                    match &mut held {
+                        Some(h) => h.merge(room),
+                        None => held = Some(room),
+                    }
+                }
                 match &up {
                     Ok(up) => left = left.saturating_sub(up.body.len()),
                     // Past the budget: no later call is sent (the node ran this one).
@@ -764,7 +835,7 @@ impl ProxyDoor {
                     }
                 }));
             }
-            Ok(out)
+            Ok((out, held))
         }
     }
 }
@@ -987,8 +1058,9 @@ mod tests {
                 assert_eq!(&got[..], b"{}");
                 assert_eq!(held.num_permits(), 2);
                 assert_eq!(room.available_permits(), (1 << 20) - 2);
-                // The answer buffer full: the answer is refused (503), not
-                // held past the budget.
+                // The answer buffer full: the node's answer (the node ran the
+                // call) waits for room, never past the budget, and times out
+                // at the request's deadline (504) with its room given back.
                 let small = Arc::new(tokio::sync::Semaphore::new(4));
                 let five: Chunk = Ok(Frame::data(Bytes::from_static(b"[1,2]")));
                 let e = collect_answer(
@@ -1000,13 +1072,30 @@ mod tests {
                 )
                 .await
                 .unwrap_err();
-                assert_eq!(e.1, Failed::Busy);
-                assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+                assert_eq!(e.1, Failed::Late);
                 assert_eq!(small.available_permits(), 4);
+                // Room freed meanwhile: the answer goes on.
+                let none = Arc::new(tokio::sync::Semaphore::new(0));
+                let give = Arc::clone(&none);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    give.add_permits(5);
+                });
+                let five: Chunk = Ok(Frame::data(Bytes::from_static(b"[1,2]")));
+                let (got, held) = collect_answer(
+                    StreamBody::new(stream::iter([five])),
+                    10,
+                    soon(),
+                    &uri,
+                    &none,
+                )
+                .await
+                .unwrap();
+                assert_eq!((&got[..], held.num_permits()), (&b"[1,2]"[..], 5));
             });
         });
         let text = handle.render();
-        for kind in ["timeout", "too_large", "body", "answer_buffer"] {
+        for kind in ["too_large", "body"] {
             assert!(
                 text.contains(&format!(
                     "jotd_gateway_upstream_errors_total{{kind=\"{kind}\"}} 1"

@@ -221,7 +221,7 @@ const SILENT_FOR: Duration = Duration::from_secs(90);
 /// closed, its slot freed).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

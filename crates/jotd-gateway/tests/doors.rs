@@ -994,6 +994,31 @@ async fn request_headers_read_once_are_refused_when_doubled() {
             "{target} with Host {host}: {answer}"
         );
     }
+    // Forward-auth reads the host from `host_header` (X-Forwarded-Host by
+    // default); with `host_header = ""`, from `Host` alone, so a client's
+    // copy passed on by a gateway that does not set it cannot pick the tenant.
+    let forwarded = [
+        ("x-forwarded-uri", "/"),
+        ("x-forwarded-host", "infura.rpc.test"),
+    ];
+    let r = post(fa, "/auth", Some(&token), &forwarded, "").await;
+    assert_eq!(r.status, 200, "{}", r.raw_body);
+    gw.drain().await;
+    cfg.forward_auth.as_mut().unwrap().host_header = None;
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let r = post(
+        gw.forward_auth.unwrap(),
+        "/auth",
+        Some(&token),
+        &forwarded,
+        "",
+    )
+    .await;
+    assert_ne!(
+        r.status, 200,
+        "Host alone names no tenant here: {}",
+        r.raw_body
+    );
     gw.drain().await;
 }
 
@@ -1379,10 +1404,19 @@ fn config_errors_name_file_line_and_key() {
         format!("{base}[[route]]\ntenant = \"a\"\n[limits]\ndrain_delay_ms = 600001\n"),
         "limits.drain_delay_ms".to_owned(),
     ));
+    // An IPv6 endpoint without brackets (its port forgotten) was read as
+    // host `2001:db8:` port 10.
+    more.push((
+        base.replace("127.0.0.1:1\"]", "2001:db8::10\"]") + "[[route]]\ntenant = \"a\"\n",
+        "endpoints".to_owned(),
+    ));
+    // A drain shorter than a request may still take once the listeners
+    // close (body, check, node) would cut it: refused when set; left out, it
+    // is that long (below).
     more.push((
         base.replace("upstreams =", "upstream_timeout_ms = 60000\nupstreams =")
-            + "[[route]]\ntenant = \"a\"\n",
-        "upstream_timeout_ms".to_owned(),
+            + "[[route]]\ntenant = \"a\"\n[limits]\ndrain_timeout_ms = 60000\n",
+        "limits.drain_timeout_ms".to_owned(),
     ));
     more.push((
         format!("{base}[[route]]\ntenant = \"a\"\n[limits]\ndrain_timeout_ms = 20000\n"),
@@ -1920,6 +1954,78 @@ async fn envoy_ext_authz_over_grpc() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
     gw.drain().await;
+}
+
+/// The gRPC health service says NOT_SERVING as soon as the drain begins,
+/// for the door's service and the server's (`""`, Envoy's default), while
+/// the listener still serves through `drain_delay_ms`: set at the stop, the
+/// listener was already gone, and Envoy's health checks never saw the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_turns_not_serving_when_the_drain_begins() {
+    let (_k, _pool, _seen, cfg, _dir) =
+        rig("envoy-drain", "[limits]\ndrain_delay_ms = 3000\n").await;
+    let (gw, _client) = with_ext_authz(cfg, true).await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", gw.ext_authz.unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = |service: &str| {
+        let mut h = health.clone();
+        let service = service.to_owned();
+        async move {
+            h.check(tonic_health::pb::HealthCheckRequest { service })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    for service in ["", "envoy.service.auth.v3.Authorization"] {
+        assert_eq!(
+            status(service).await,
+            ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+    let drain = tokio::spawn(gw.drain());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for service in ["", "envoy.service.auth.v3.Authorization"] {
+        assert_eq!(
+            status(service).await,
+            ServingStatus::NotServing as i32,
+            "{service:?}: within drain_delay_ms, the listener still up"
+        );
+    }
+    drain.await.unwrap();
+}
+
+/// A drain left out of the config is long enough for a request accepted
+/// before the listeners close (body, check, node): 30 s at least.
+#[test]
+fn the_default_drain_outlasts_a_request() {
+    let scratch = scratch("drain-default");
+    let file = scratch.path().join("gw.toml");
+    for (upstream, want_ms) in [("", 41_000), ("upstream_timeout_ms = 60000\n", 71_000)] {
+        std::fs::write(
+            &file,
+            format!(
+                "[pool]\nendpoints = [\"127.0.0.1:1\"]\nca_file = \"ca.pem\"\ncheck_timeout_ms = 1000\n\
+                 [proxy]\nlisten = \"127.0.0.1:1\"\nupstreams = [\"http://127.0.0.1:2\"]\n{upstream}\
+                 [[route]]\ntenant = \"a\"\n"
+            ),
+        )
+        .unwrap();
+        let cfg = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            cfg.limits.drain_timeout,
+            Duration::from_millis(want_ms),
+            "{upstream}"
+        );
+    }
 }
 
 /// `config check` into a reader that stops early (`| head -1`) exits 0; it

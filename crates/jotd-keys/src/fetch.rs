@@ -234,9 +234,9 @@ fn check_parsed_url(url: &reqwest::Url) -> Result<(), JwksUrlError> {
 /// 100.64/10), benchmarking (198.18/15), IETF protocol assignments
 /// (192.0.0/24), reserved (240/4, broadcast included), unspecified,
 /// multicast, `0/8`, IPv6 site-local, and IPv4 held in an IPv6 address
-/// (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`
-/// and the local-use `64:ff9b:1::/48`, 6to4 `2002::/16`, Teredo
-/// `2001::/32`'s client) when that IPv4 address is internal.
+/// (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`,
+/// 6to4 `2002::/16`, Teredo `2001::/32`'s client) when that IPv4 address
+/// is internal; the NAT64 local-use prefix `64:ff9b:1::/48` always.
 #[must_use]
 pub(crate) fn internal_address(ip: std::net::IpAddr) -> bool {
     use std::net::{IpAddr, Ipv4Addr};
@@ -262,13 +262,16 @@ pub(crate) fn internal_address(ip: std::net::IpAddr) -> bool {
                 // IPv4-compatible (deprecated), past `::` and `::1`.
                 (s[..6] == [0; 6] && (s[6] != 0 || s[7] > 1)).then(|| v4(s[6], s[7])),
                 (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]).then(|| v4(s[6], s[7])),
-                (s[..3] == [0x64, 0xff9b, 1]).then(|| v4(s[6], s[7])),
                 (s[0] == 0x2002).then(|| v4(s[1], s[2])),
                 (s[..2] == [0x2001, 0]).then(|| v4(!s[6], !s[7])),
             ];
             a.is_loopback()
                 || a.is_unspecified()
                 || a.is_multicast()
+                // NAT64 local-use (RFC 8215): local by definition, and its
+                // prefixes of /48 to /64 place the IPv4 address around the
+                // u-octet, so reading it from the last 32 bits is wrong.
+                || s[..3] == [0x64, 0xff9b, 1]
                 || s[0] & 0xfe00 == 0xfc00
                 || s[0] & 0xffc0 == 0xfe80
                 || s[0] & 0xffc0 == 0xfec0
@@ -300,6 +303,62 @@ pub(crate) fn internal_host(url: &str) -> Option<String> {
     }
 }
 
+/// Refuses an unmarked JWKS URL at a host some `internal = true` URL marks,
+/// on a port no marked URL names: the resolver lets a marked name resolve
+/// inside whatever the port, so that URL would reach another service of the
+/// inside machine. `place(tenant, source)` gives the line and key of a
+/// source for the error.
+pub(crate) fn check_internal_ports(
+    tenants: &[crate::TenantSpec],
+    place: &dyn Fn(usize, usize) -> (usize, String),
+) -> Result<(), (usize, String, String)> {
+    let mut marked = InternalHosts::default();
+    for s in tenants.iter().flat_map(|t| t.jwks.iter()) {
+        marked.add(s);
+    }
+    if marked.hosts.is_empty() {
+        return Ok(());
+    }
+    for (ti, t) in tenants.iter().enumerate() {
+        for (si, s) in t.jwks.iter().enumerate() {
+            let JwksLocation::Url(url) = &s.location else {
+                continue;
+            };
+            if s.internal {
+                continue;
+            }
+            let Ok(u) = reqwest::Url::parse(url) else {
+                continue;
+            };
+            let (Some(h), Some(port)) = (u.host_str(), u.port_or_known_default()) else {
+                continue;
+            };
+            let h = host_key(h);
+            if marked.hosts.contains(&h) && !marked.pairs.contains(&(h.clone(), port)) {
+                let (line, key) = place(ti, si);
+                let mut ports: Vec<u16> = marked
+                    .pairs
+                    .iter()
+                    .filter(|(mh, _)| *mh == h)
+                    .map(|(_, p)| *p)
+                    .collect();
+                ports.sort_unstable();
+                return Err((
+                    line,
+                    key,
+                    format!(
+                        "`{}`: {h} is marked internal (`internal = true`) at port(s) {ports:?} only; \
+                         another port of it is another service of an inside machine (mark this \
+                         source too if it is an identity provider)",
+                        redacted_url(url)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A URL's host as the internal-address rules compare it: lower case,
 /// without IPv6 brackets or a trailing dot.
 fn host_key(host: &str) -> String {
@@ -321,16 +380,21 @@ impl InternalHosts {
     fn of(config: &KeysConfig) -> Self {
         let mut out = Self::default();
         for s in config.tenants.iter().flat_map(|t| t.jwks.iter()) {
-            if let (true, JwksLocation::Url(url)) = (s.internal, &s.location)
-                && let Ok(u) = reqwest::Url::parse(url)
-                && let (Some(h), Some(port)) = (u.host_str(), u.port_or_known_default())
-            {
-                let h = host_key(h);
-                out.pairs.insert((h.clone(), port));
-                out.hosts.insert(h);
-            }
+            out.add(s);
         }
         out
+    }
+
+    /// Adds `s` when it is a URL marked `internal = true`.
+    fn add(&mut self, s: &crate::JwksSource) {
+        if let (true, JwksLocation::Url(url)) = (s.internal, &s.location)
+            && let Ok(u) = reqwest::Url::parse(url)
+            && let (Some(h), Some(port)) = (u.host_str(), u.port_or_known_default())
+        {
+            let h = host_key(h);
+            self.pairs.insert((h.clone(), port));
+            self.hosts.insert(h);
+        }
     }
 }
 
@@ -1311,6 +1375,8 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "64:ff9b::7f00:1",
             "64:ff9b:1::a9fe:a9fe",
+            "64:ff9b:1::808:808",
+            "64:ff9b:1:a9fe:a9:fe00:808:808",
             "::a9fe:a9fe",
             "::10.0.0.1",
             "2002:a9fe:a9fe::1",
@@ -1334,7 +1400,6 @@ mod tests {
             "2001:4860:4860::8888",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
-            "64:ff9b:1::808:808",
             "::808:808",
             "2002:808:808::1",
             "2001:0:4136:e378:8000:63bf:f7f7:f7f7",

@@ -119,6 +119,21 @@ pub fn load_section(
         }
         tenants.push(spec);
     }
+    // `internal = true` marks a (host, port): an unmarked URL at a marked host
+    // but another port would pass the fetcher's resolver (which sees names,
+    // not ports) and reach the inside machine's other services.
+    crate::fetch::check_internal_ports(&tenants, &|ti, si| {
+        (
+            loc.line(raw.tenant[ti].get_ref().jwks[si].span().start),
+            format!("tenant[{ti}].jwks[{si}].url"),
+        )
+    })
+    .map_err(|(line, key, message)| ConfigError {
+        file: file.to_owned(),
+        line: Some(line),
+        key,
+        message,
+    })?;
     let mut jwks_files = HashMap::new();
     // Each file is read and parsed once per `alg` however many tenants name
     // it (a file shared by 100k tenants was read 100k times per reload).

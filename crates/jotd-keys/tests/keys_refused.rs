@@ -661,6 +661,27 @@ fn internal_jwks_hosts_are_opted_into() {
     ] {
         assert!(with(public, "").is_ok(), "{public}");
     }
+    // `internal = true` marks a host and port: an unmarked URL (another
+    // tenant's) at that host on another port is refused, naming the ports;
+    // at the marked port it is the same service.
+    let two = |second: &str| {
+        load(
+            &format!(
+                "[[tenant]]\nid = \"a\"\n[[tenant.jwks]]\nurl = \"https://idp.corp:8443/jwks\"\ninternal = true\n\
+                 [[tenant]]\nid = \"b\"\n[[tenant.jwks]]\nurl = \"{second}\"\n"
+            ),
+            &[],
+        )
+    };
+    let e = two("https://IDP.corp.:9000/admin").unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{CONFIG}:8:"))
+            && e.contains("tenant[1].jwks[0].url")
+            && e.contains("port(s) [8443] only"),
+        "{e}"
+    );
+    assert!(two("https://idp.corp:8443/other-jwks").is_ok());
+    assert!(two("https://idp.example.com/jwks").is_ok());
     let e = load(
         "[[tenant]]\nid = \"t\"\n[[tenant.jwks]]\nfile = \"jwks.json\"\ninternal = true\n",
         &[],
