@@ -313,7 +313,11 @@ pub fn identity_headers(tenant: &str, d: &jotd_transport::ClientDecision) -> Vec
 /// The first identity header `door` would write for an allowed decision that
 /// no HTTP header can carry (its name), if any. The proxy writes the subject
 /// alone.
-fn unwritable(door: Door, tenant: &str, d: &jotd_transport::ClientDecision) -> Option<String> {
+pub(crate) fn unwritable(
+    door: Door,
+    tenant: &str,
+    d: &jotd_transport::ClientDecision,
+) -> Option<String> {
     use hyper::header::{HeaderName, HeaderValue};
     let headers = match door {
         Door::Proxy | Door::WebSocket => d

@@ -104,15 +104,17 @@ pub async fn upgrade(
         Verdict::FailOpen(_) => (None, None),
         v => return refuse(v),
     };
-    let subject = match verified.and_then(|d| d.sub.as_deref()) {
-        None => None,
-        Some(s) => match HeaderValue::from_str(s) {
-            Ok(v) => Some(v),
-            // The gate refuses an allowed call whose subject no header can
-            // carry; a denied one is refused here alike.
-            Err(_) => return refuse(&Verdict::Deny(jotd_core::Reason::InvalidClaim, None)),
-        },
-    };
+    // The gate refuses an allowed call whose subject no header carries whole
+    // (a line break; a blank at either end or a tab, which parsers strip or
+    // split); a per-call denial's subject is held to the same rule here.
+    if let Some(d) = verified
+        && crate::gate::unwritable(Door::WebSocket, &facts.tenant, d).is_some()
+    {
+        return refuse(&Verdict::Deny(jotd_core::Reason::InvalidClaim, None));
+    }
+    let subject = verified
+        .and_then(|d| d.sub.as_deref())
+        .and_then(|s| HeaderValue::from_str(s).ok());
     // A slot only for an upgrade the token allows (a refused one must not
     // make room): at `max_connections` sockets, an address holding two more
     // than this one's loses its oldest (closed 1013, "try again later").
@@ -265,10 +267,10 @@ async fn relay<C, N>(
     loop {
         let expiry = deadline(exp);
         tokio::select! {
-            // The ends first: with a random pick, a node notification ready
-            // at the same time could still be relayed after `exp`, the drain
-            // or an eviction, about one turn in two while the node streams.
-            biased;
+            // Not `biased`: with a fixed order a client that keeps sending
+            // starves the node's answers. After `exp` nothing more reaches the
+            // client whichever branch wins (`send_within` sends nothing past
+            // its deadline), and the expiry branch closes the socket next.
             () = crate::http::stopped(&mut stop) => {
                 close(&mut client, CloseCode::Away, "going away").await;
                 break;

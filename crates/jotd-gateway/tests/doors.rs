@@ -2238,6 +2238,25 @@ async fn a_method_limited_tokens_socket_reaches_the_node_with_its_subject() {
     let v: Value = serde_json::from_str(t.as_str()).unwrap();
     assert_eq!(v["error"]["data"]["reason"], "method_not_allowed", "{v}");
     drop(ws);
+    // A subject no header carries whole (a blank at its end, which parsers
+    // strip: the node would see another identity) refuses the upgrade, as
+    // it refuses an allowed call.
+    let blank =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"hana ","aud":AUD,"exp":now() + 600,"methods":["eth_chainId"]})
+                .to_string(),
+        )
+        .unwrap();
+    match tokio_tungstenite::connect_async(ws_request(proxy, &blank)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 401, "{r:?}");
+        }
+        other => panic!(
+            "the upgrade went through: {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
     gw.drain().await;
 }
 

@@ -210,14 +210,15 @@ impl Reloader {
         // rewritten (truncated, then written) keeps its old stamp, so the next check sees
         // it changed and reads it again. Stamped after the read, the half-written content
         // would stay in service until the file changed once more.
-        let stamp_known = || -> HashMap<PathBuf, Option<FileStamp>> {
-            self.lock()
-                .stamps
-                .iter()
-                .map(|(f, _)| (f.clone(), (self.stamp)(f)))
-                .collect()
+        // The files watched: the running config's, then also those a read
+        // finds the new config naming (a denylist or JWKS file named for the
+        // first time has no stamp from before its first read: it gets one,
+        // and one more read, so its read is checked like any other).
+        let mut watched: Vec<PathBuf> = self.lock().stamps.iter().map(|(f, _)| f.clone()).collect();
+        let stamp_all = |files: &[PathBuf]| -> HashMap<PathBuf, Option<FileStamp>> {
+            files.iter().map(|f| (f.clone(), (self.stamp)(f))).collect()
         };
-        let mut before = stamp_known();
+        let mut before = stamp_all(&watched);
         let mut since = SystemTime::now();
         let mut loaded = (self.loader)();
         // A file whose stamp moved while it was read may have been read
@@ -226,11 +227,26 @@ impl Reloader {
         // next check. One still moving after that is not installed: the
         // running config stays and the next check reads it again.
         for attempt in 1.. {
-            let after = stamp_known();
-            if after == before {
+            let after = stamp_all(&watched);
+            let new: Vec<PathBuf> = loaded
+                .as_ref()
+                .map(|c| {
+                    c.files
+                        .iter()
+                        .filter(|f| !watched.contains(f))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            if after == before && new.is_empty() {
                 break;
             }
             if attempt == READ_ATTEMPTS {
+                if after == before {
+                    // Only files named anew, read once: the old rule
+                    // (`settled`, below) judges them.
+                    break;
+                }
                 let moved: Vec<String> = after
                     .iter()
                     .filter(|(f, s)| before.get(*f) != Some(*s))
@@ -247,8 +263,11 @@ impl Reloader {
                 });
                 break;
             }
-            std::thread::sleep(REREAD_AFTER);
-            before = after;
+            if after != before {
+                std::thread::sleep(REREAD_AFTER);
+            }
+            watched.extend(new);
+            before = stamp_all(&watched);
             since = SystemTime::now();
             loaded = (self.loader)();
         }

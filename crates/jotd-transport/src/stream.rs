@@ -169,8 +169,12 @@ impl Frames {
         }
         drop(h);
         if let Err(lost) = self.tx.send(frame) {
-            // Closed between the check and the send: give the charge back.
-            self.answer.lock().pending -= lost.0.len();
+            // Closed between the check and the send: give the charge back,
+            // and the room it grew.
+            let mut h = self.answer.lock();
+            h.pending -= lost.0.len();
+            let need = h.needed();
+            h.room.shrink_to(need);
         }
     }
 

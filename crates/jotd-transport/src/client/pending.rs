@@ -609,6 +609,10 @@ impl<'c> Pending<'c> {
             // the next). Send it again rather than wait out the deadline.
             if self.attempts.is_empty() {
                 self.send_attempt(None).await?;
+                self.client.shared.retries.fetch_add(1, Ordering::Relaxed);
+                if self.client.opts.hedge.enabled {
+                    self.hedge_at = Some(Instant::now() + self.client.hedge_delay());
+                }
             }
             // A whole frame buffered on any attempt?
             let mut k = 0;
