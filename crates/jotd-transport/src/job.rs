@@ -179,6 +179,9 @@ pub struct BatchJob {
     report: BatchReport,
 }
 
+/// Most tenants one batch asks to refetch keys for.
+pub const MAX_REFETCH_TENANTS: usize = 8;
+
 impl BatchJob {
     /// Decodes the one `Batch` frame `input` must hold (the whole stream).
     ///
@@ -341,15 +344,30 @@ impl BatchJob {
         if self.held.is_empty() {
             return Next::Done;
         }
+        // The tenants to refetch for, each once and at most
+        // MAX_REFETCH_TENANTS of them: a batch naming thousands of JWKS
+        // tenants with random kids scanned its list once per item and set
+        // off a fetch per tenant. Held items of the others are decided again
+        // on the keys at hand after the hold (`unknown_kid`, as before).
+        let mut seen = std::collections::HashSet::new();
         let mut tenants: Vec<String> = Vec::new();
         for (i, _) in &self.held {
+            if tenants.len() == MAX_REFETCH_TENANTS {
+                break;
+            }
             let t = self.tenant(*i);
-            if !tenants.iter().any(|known| known == t) {
+            if seen.insert(t) {
                 tenants.push(t.to_owned());
             }
         }
         self.report.held = self.held.len();
         Next::Refetch(tenants)
+    }
+
+    /// Items waiting on a refetch.
+    #[must_use]
+    pub fn held_count(&self) -> usize {
+        self.held.len()
     }
 
     /// Decides the held items: again against `snapshot` (the refetched keys)

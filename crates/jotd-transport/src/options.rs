@@ -208,6 +208,11 @@ impl ServerOptions {
         // buffer: quinn's default (10 MB a connection) let clients that grant
         // credit and never read hold 10 GB at max_connections = 1024.
         t.send_window(SEND_WINDOW);
+        // No DATAGRAM frames: jotd never reads them, and quinn's default
+        // buffers ~1.25 MB of them per connection (each holding its whole
+        // packet), outside every budget. A client's DATAGRAM is then a
+        // protocol violation that closes its connection.
+        t.datagram_receive_buffer_size(None);
         t
     }
 }
@@ -329,5 +334,7 @@ mod tests {
         assert_eq!(RECEIVE_WINDOW, 2 << 20);
         // And the server does not ping by default.
         assert!(t.contains("keep_alive_interval: None"), "{t}");
+        // Nor buffer DATAGRAM frames (quinn's default: ~1.25 MB a connection).
+        assert!(t.contains("datagram_receive_buffer_size: None"), "{t}");
     }
 }

@@ -7,8 +7,8 @@ use crate::job::{BatchJob, JobContext, Next, Refused};
 use crate::messages::ErrorCode;
 use crate::report::BatchReport;
 use crate::server::{
-    CountGuard, Event, Overload, RESET_ANSWER_BUFFER_FULL, RESET_WRITE_TIMEOUT, STOP_REFUSED,
-    STOP_TOO_LARGE, ServerStats, Shared, StreamEnd,
+    Event, Overload, RESET_ANSWER_BUFFER_FULL, RESET_WRITE_TIMEOUT, STOP_REFUSED, STOP_TOO_LARGE,
+    ServerStats, Shared, StreamEnd,
 };
 use quinn::{RecvStream, SendStream, VarInt};
 use std::panic::AssertUnwindSafe;
@@ -464,7 +464,11 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
         .stats
         .tokens_in_flight
         .fetch_add(items, Ordering::Relaxed);
-    let in_flight = CountGuard(&shared.stats.tokens_in_flight, items);
+    let mut tokens = Tokens {
+        permit,
+        count: items,
+        gauge: &shared.stats.tokens_in_flight,
+    };
     let queued = started.elapsed();
 
     let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -486,12 +490,11 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
     let request_id = job.request_id();
     let control = async {
         let decided = frames.clone();
-        let report = drive(&shared, job, frames).await;
+        let report = drive(&shared, job, frames, &mut tokens).await;
         // Decisions produced: the tokens go back now, whether or not the
         // client reads its answer, and the room shrinks to the answer's
         // frames not yet written.
-        drop(in_flight);
-        drop(permit);
+        drop(tokens);
         decided.decided();
         drop(decided);
         report
@@ -528,7 +531,37 @@ pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: 
 /// Runs the job on the pool (refetching between its steps when it asks),
 /// sending its frames into `frames`. `None`: the job panicked; an `internal`
 /// error frame was sent after whatever decisions had gone.
-async fn drive(shared: &Arc<Shared>, job: BatchJob, frames: Frames) -> Option<BatchReport> {
+/// A batch's share of `max_tokens_in_flight`, and its count in the gauge.
+struct Tokens<'a> {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    count: usize,
+    gauge: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl Tokens<'_> {
+    /// Keeps `n` tokens (at least one), giving the rest back now.
+    fn keep(&mut self, n: usize) {
+        let n = n.max(1);
+        if n < self.count {
+            drop(self.permit.split(self.count - n));
+            self.gauge.fetch_sub(self.count - n, Ordering::Relaxed);
+            self.count = n;
+        }
+    }
+}
+
+impl Drop for Tokens<'_> {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(self.count, Ordering::Relaxed);
+    }
+}
+
+async fn drive(
+    shared: &Arc<Shared>,
+    job: BatchJob,
+    frames: Frames,
+    tokens: &mut Tokens<'_>,
+) -> Option<BatchReport> {
     let request_id = job.request_id();
     let backend = Arc::clone(&shared.backend);
     let snapshot = backend.snapshot();
@@ -563,9 +596,11 @@ async fn drive(shared: &Arc<Shared>, job: BatchJob, frames: Frames) -> Option<Ba
                 let next = job.verify(cx, &snapshot, now, emit);
                 (job, next)
             });
-            on_pool(shared, &frames, record_denials, job, verify)
-                .await
-                .or_else(|| internal(&frames, request_id))?
+            match on_pool(shared, &frames, record_denials, job, verify).await {
+                Pooled::Ran(job, next) => (job, next),
+                Pooled::Skipped(job) => return Some(job.abandon()),
+                Pooled::Panicked => return internal(&frames, request_id),
+            }
         }
         decided => (job, decided),
     };
@@ -574,6 +609,11 @@ async fn drive(shared: &Arc<Shared>, job: BatchJob, frames: Frames) -> Option<Ba
         // `verify` decides every item: nothing is left for the pool.
         Next::Pool => return internal(&frames, request_id),
         Next::Refetch(tenants) => {
+            // Only the held items keep their tokens through the hold: the
+            // decided ones' go back now (a batch of 4,096 with one unknown
+            // kid held 4,096 tokens for `refetch_hold`, and 16 such batches
+            // every token of the server).
+            tokens.keep(job.held_count());
             // The refetch runs on its own task: past `refetch_hold` the held
             // items are decided on the keys at hand, and the fetch still
             // lands for the next batch.
@@ -591,10 +631,11 @@ async fn drive(shared: &Arc<Shared>, job: BatchJob, frames: Frames) -> Option<Ba
                 job.resume(cx, fresh.as_deref(), now, emit);
                 (job, Next::Done)
             });
-            on_pool(shared, &frames, record_denials, job, resume)
-                .await
-                .or_else(|| internal(&frames, request_id))?
-                .0
+            match on_pool(shared, &frames, record_denials, job, resume).await {
+                Pooled::Ran(job, _) => job,
+                Pooled::Skipped(job) => return Some(job.abandon()),
+                Pooled::Panicked => return internal(&frames, request_id),
+            }
         }
     };
     Some(job.finish())
@@ -643,24 +684,44 @@ fn run_step(
     std::panic::catch_unwind(AssertUnwindSafe(|| step(job, &cx, &emit))).ok()
 }
 
+/// What a step sent to the pool came to.
+enum Pooled {
+    /// It ran: the job and what it needs next.
+    Ran(BatchJob, Next),
+    /// Its stream's reader was gone by the time a pool thread took it (the
+    /// pool backed up): skipped, not run.
+    Skipped(BatchJob),
+    /// It panicked.
+    Panicked,
+}
+
 /// Runs one step of `job` on the verification pool, its frames into
-/// `frames`; `None` when it panicked. The stream's task awaits the answer
-/// without blocking its tokio thread.
+/// `frames`. A step whose client stopped reading while it waited in the
+/// pool's queue is skipped there (4,096 forged tokens stopped at once cost
+/// no signature check). The stream's task awaits the answer without blocking
+/// its tokio thread.
 async fn on_pool(
     shared: &Arc<Shared>,
     frames: &Frames,
     record_denials: bool,
     job: BatchJob,
     step: Step,
-) -> Option<(BatchJob, Next)> {
+) -> Pooled {
     let (done, result) = oneshot::channel();
     let pool_shared = Arc::clone(shared);
     let frames = frames.clone();
     shared.pool.spawn(move || {
-        let out = run_step(&pool_shared, &frames, record_denials, job, step);
+        let out = if frames.is_closed() {
+            Pooled::Skipped(job)
+        } else {
+            match run_step(&pool_shared, &frames, record_denials, job, step) {
+                Some((job, next)) => Pooled::Ran(job, next),
+                None => Pooled::Panicked,
+            }
+        };
         let _ = done.send(out);
     });
-    result.await.ok().flatten()
+    result.await.unwrap_or(Pooled::Panicked)
 }
 
 /// Writes frames as they come until every sender is gone, then finishes the

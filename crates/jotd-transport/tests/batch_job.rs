@@ -646,3 +646,54 @@ fn cheap_items_are_decided_inline_and_the_rest_on_the_pool() {
     assert_eq!(job.finish().items, 40);
     assert_eq!(decisions(&sent.into_inner().unwrap(), 40, 11).len(), 40);
 }
+
+/// A batch naming many remote-key tenants with unknown kids asks to refetch
+/// for at most `MAX_REFETCH_TENANTS` of them, each once (it set off a fetch
+/// per tenant and scanned its list once per item); every held item is still
+/// decided once after the hold.
+#[test]
+fn a_batch_refetches_for_a_bounded_number_of_tenants() {
+    let f = fixture();
+    let hs =
+        f.hs.mint(Some("hs"), &format!(r#"{{"exp":{}}}"#, NOW + 60))
+            .unwrap();
+    let names: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
+    let tenants: Vec<Arc<Tenant>> = names
+        .iter()
+        .map(|n| {
+            let mut t = Tenant::new(
+                n.as_str(),
+                vec![TenantKey {
+                    kid: "es".into(),
+                    key: f.es.verifying_key().unwrap(),
+                    issuer: None,
+                }],
+            );
+            t.remote_keys = true;
+            t.algorithms = jotd_core::AlgorithmSet::ALL;
+            Arc::new(t)
+        })
+        .collect();
+    let snap = Snapshot::new(1, tenants);
+    // Each tenant twice: 80 held items.
+    let items: Vec<(Option<&str>, &str)> = names
+        .iter()
+        .chain(names.iter())
+        .map(|n| (Some(hs.as_str()), n.as_str()))
+        .collect();
+    let clock = FakeClock::new();
+    let read = || clock.read();
+    let cx = context(&f, &read, None, false);
+    let sent = Mutex::new(Vec::new());
+    let emit = |frame: Vec<u8>| sent.lock().unwrap().push(frame);
+    let mut job = BatchJob::decode(batch(9, &items), &Limits::default()).unwrap();
+    let Next::Refetch(asked) = job.verify(&cx, &snap, UnixTime(NOW), &emit) else {
+        panic!("held")
+    };
+    assert_eq!(asked.len(), jotd_transport::MAX_REFETCH_TENANTS);
+    assert_eq!(asked, names[..jotd_transport::MAX_REFETCH_TENANTS]);
+    assert_eq!(job.held_count(), 80);
+    job.resume(&cx, None, UnixTime(NOW), &emit);
+    let report = job.finish();
+    assert_eq!((report.items, report.held), (80, 80));
+}

@@ -734,3 +734,45 @@ async fn an_answer_with_no_room_left_is_reset_not_cut_short() {
     wait_for("the room to go back", || r.stats.request_bytes() == 0).await;
     r.stop().await;
 }
+
+/// The server takes no DATAGRAM frames: it never reads them, and quinn's
+/// default buffered ~1.25 MB of them a connection (each holding its whole
+/// packet) outside every budget. A client sees datagrams unsupported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_takes_no_datagrams() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let r = start(Arc::clone(&backend), ServerOptions::default(), false);
+    let conn = raw_connection(&r, false, None).await;
+    assert_eq!(conn.max_datagram_size(), None);
+    assert!(conn.send_datagram(vec![b'x'].into()).is_err());
+}
+
+/// While a batch waits on a refetch for its held items, only those keep
+/// their share of `max_tokens_in_flight`: the decided items' go back at
+/// once (a 4,096-item batch with one unknown kid held 4,096 tokens through
+/// `refetch_hold`, and 16 such batches every token of the server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_batch_keeps_tokens_for_its_held_items_only() {
+    let k = keys();
+    let (r, open) = start_held(&k);
+    let c = Arc::new(client(&r, vec![r.addr], false));
+    c.connect_all().await.unwrap();
+    let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
+    let good = k.es.mint(Some("es"), &claims("b", NOW + 60)).unwrap();
+    let verify = {
+        let c = Arc::clone(&c);
+        tokio::spawn(async move {
+            let mut items = vec![item(Some(&held), "jwks")];
+            items.extend((0..99).map(|_| item(Some(&good), "t")));
+            c.verify_all(&items).await.map(|d| d.len())
+        })
+    };
+    wait_for("the held item alone to hold a token", || {
+        r.stats.tokens_in_flight() == 1
+    })
+    .await;
+    open.send(true).unwrap();
+    assert_eq!(verify.await.unwrap().unwrap(), 100);
+    wait_for("every token back", || r.stats.tokens_in_flight() == 0).await;
+}

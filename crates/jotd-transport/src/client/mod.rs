@@ -645,6 +645,8 @@ impl Client {
             ))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .stream_receive_window(VarInt::from_u32(4 << 20))
+            // No DATAGRAM frames from a replica (nothing reads them).
+            .datagram_receive_buffer_size(None)
             .mtu_discovery_config(Some(crate::options::mtu_discovery()));
         config.transport_config(Arc::new(transport));
         // One socket serves every endpoint: dual-stack IPv6 when any endpoint
