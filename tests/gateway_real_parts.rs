@@ -705,7 +705,7 @@ upstream_timeout_ms = 600000
 [admin]
 listen = "127.0.0.1:{admin}"
 [limits]
-drain_timeout_ms = 600000
+drain_timeout_ms = 700000
 [[route]]
 path = "/besu"
 tenant = "demo-besu"
