@@ -7,7 +7,8 @@
 //! batch moves to the pool); its frames are written back as they come. Every decision is the job's; this module only decides when to stop
 //! listening.
 //!
-//! Connections: an attempt takes a handshake slot (`max_handshakes`, at most
+//! Connections: an attempt takes a handshake slot (`max_handshakes`, shared
+//! between sources as connection slots are; at most
 //! `max_handshakes_per_address` of them from one source (an IPv4 address or
 //! an IPv6 `ipv6_share_prefix`, [`source`](crate::slots::source)), Retry from
 //! `retry_after_handshakes` on, `handshake_timeout`) and only a completed
@@ -220,6 +221,11 @@ pub(crate) struct Shared {
     draining: watch::Receiver<bool>,
     /// Connection slots, shared fairly between addresses.
     slots: Arc<ConnectionSlots>,
+    /// Handshake slots (`max_handshakes`), shared alike: at the cap a source
+    /// holding two handshakes more than the newcomer's gives up its oldest
+    /// (the count was first-come: 16 sources answering Retry and never
+    /// finishing held all of them, mutual TLS or not).
+    handshake_slots: Arc<ConnectionSlots>,
     /// Handshakes in progress per address.
     handshaking: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -323,6 +329,7 @@ impl Server {
         let (drain, draining) = watch::channel(false);
         let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
         let opts_connections = opts.max_connections.get();
+        let opts_handshakes = opts.max_handshakes.get();
         let ipv6_prefix = opts.ipv6_share_prefix;
         Ok(Self {
             endpoint,
@@ -338,6 +345,11 @@ impl Server {
                 stats: Arc::new(ServerStats::default()),
                 draining,
                 slots: ConnectionSlots::new(opts_connections, SlotRule::Share, ipv6_prefix),
+                handshake_slots: ConnectionSlots::new(
+                    opts_handshakes,
+                    SlotRule::Share,
+                    ipv6_prefix,
+                ),
                 handshaking: Mutex::new(HashMap::new()),
             }),
             drain,
@@ -440,22 +452,28 @@ impl Server {
             incoming.refuse();
             return;
         };
-        if shared.stats.handshakes.fetch_add(1, Ordering::Relaxed)
-            >= shared.opts.max_handshakes.get()
-        {
-            shared.stats.handshakes.fetch_sub(1, Ordering::Relaxed);
-            shared.backend.event(&Event::ConnectionRefused {
-                remote,
-                why: Refusal::HandshakeLimit,
-                detail: "at max_handshakes",
-            });
-            incoming.refuse();
-            return;
-        }
+        let slot = match shared.handshake_slots.admit(remote.ip(), Instant::now()) {
+            Admitted::In { slot, .. } => slot,
+            Admitted::Refused => {
+                shared.backend.event(&Event::ConnectionRefused {
+                    remote,
+                    why: Refusal::HandshakeLimit,
+                    detail: "at max_handshakes",
+                });
+                incoming.refuse();
+                return;
+            }
+        };
+        shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
         // Made here, not in the task: a task aborted before it first runs
         // (the drain timeout's `abort_all`) still gives the count back.
         let handshake = OwnedCount::new(&shared.stats, |s| &s.handshakes, 1);
-        connections.spawn(connection(Arc::clone(shared), incoming, share, handshake));
+        connections.spawn(connection(
+            Arc::clone(shared),
+            incoming,
+            share,
+            (handshake, slot),
+        ));
     }
 }
 
@@ -561,15 +579,27 @@ async fn connection(
     shared: Arc<Shared>,
     incoming: Incoming,
     share: HandshakeShare,
-    handshake: OwnedCount,
+    handshake: (OwnedCount, crate::slots::Slot),
 ) {
     let remote = incoming.remote_address();
     let accepted = match incoming.accept() {
         Ok(connecting) => {
-            match tokio::time::timeout(shared.opts.handshake_timeout, connecting).await {
-                Ok(Ok(conn)) => Ok(conn),
-                Ok(Err(e)) => Err((Refusal::Handshake, e.to_string())),
-                Err(_) => Err((
+            let done = tokio::time::timeout(shared.opts.handshake_timeout, connecting);
+            let made_room = handshake.1.closed();
+            let outcome = tokio::select! {
+                r = done => Some(r),
+                // Its slot went to a newcomer from a source holding fewer
+                // (this one's holds two more): the attempt is dropped.
+                () = made_room => None,
+            };
+            match outcome {
+                None => Err((
+                    Refusal::HandshakeLimit,
+                    "closed at max_handshakes to make room for another source".to_owned(),
+                )),
+                Some(Ok(Ok(conn))) => Ok(conn),
+                Some(Ok(Err(e))) => Err((Refusal::Handshake, e.to_string())),
+                Some(Err(_)) => Err((
                     Refusal::HandshakeTimeout,
                     format!(
                         "no complete handshake within {:?}",

@@ -450,6 +450,44 @@ async fn one_address_cannot_hold_every_handshake_slot() {
     r.stop().await;
 }
 
+/// At `max_handshakes` a source holding two handshakes more than a
+/// newcomer's gives up its oldest: sources that answer Retry and never
+/// finish cannot hold every handshake slot (mutual TLS does not help:
+/// slots are taken before the certificate). The same source is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_make_room_for_another_source() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let opts = ServerOptions {
+        max_handshakes: std::num::NonZeroUsize::new(2).unwrap(),
+        max_handshakes_per_address: std::num::NonZeroUsize::new(8).unwrap(),
+        handshake_timeout: Duration::from_secs(60),
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, true);
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(stalled_handshake(&r).await);
+    }
+    // Two in progress fill the server; the third, from the same source, is
+    // refused.
+    wait_for("the third refused", || {
+        backend.refusals.lock().unwrap().as_slice() == [Refusal::HandshakeLimit]
+    })
+    .await;
+    assert_eq!(r.stats.handshakes(), 2);
+    // Another source: the first source's oldest handshake makes room.
+    let other = raw_connection_from(&r, true, None, [127, 0, 0, 4]).await;
+    assert!(other.is_ok(), "{other:?}");
+    wait_for("the room made", || {
+        backend.refusals.lock().unwrap().as_slice()
+            == [Refusal::HandshakeLimit, Refusal::HandshakeLimit]
+    })
+    .await;
+    drop(stalled);
+    r.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_reads_a_little_now_and_then_is_reset_after_write_timeout_in_all() {
     let k = keys();
