@@ -409,9 +409,14 @@ impl Server {
         })
         .await
         .is_ok();
-        connections.abort_all();
+        // Connections closed first, then the tasks aborted: an aborted
+        // stream task drops its send stream, which quinn would finish (FIN,
+        // maybe mid-frame: an answer cut short that reads as whole up to
+        // there); on a closed connection that sends nothing, and the client
+        // sees `shutdown`.
         self.endpoint
             .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+        connections.abort_all();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         DrainReport {
             streams_at_start,
