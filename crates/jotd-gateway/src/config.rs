@@ -862,7 +862,14 @@ impl Config {
         let drain_timeout_ms = match &l.drain_timeout_ms {
             None => request_ms.max(30_000),
             Some(_) => {
-                let set = limit(&l.drain_timeout_ms, "drain_timeout_ms", 30_000, HOUR_MS)?;
+                // Up to an hour, or the request time when that is longer (a
+                // node timeout of an hour must still be drainable).
+                let set = limit(
+                    &l.drain_timeout_ms,
+                    "drain_timeout_ms",
+                    30_000,
+                    HOUR_MS.max(request_ms),
+                )?;
                 if set < request_ms {
                     let node = if proxy.is_some() {
                         format!(" + [proxy] upstream_timeout_ms {upstream_ms}")

@@ -25,6 +25,162 @@ const ANSWER_SLICE: usize = 64 << 10;
 /// let a client taking 16 KiB per window hold a 64 MiB answer for hours).
 pub const MIN_ANSWER_RATE: usize = 16 << 10;
 
+/// The gateway's answer buffer (`max_answer_buffer_bytes`): bytes of node
+/// answers held, from their first byte until their client has taken them.
+/// A node call is admitted only with [`ADMIT_ROOM`] of it reserved and no
+/// overdraft; an answer the node already sent is never dropped or made to
+/// wait for room (the node ran the call: dropped, a retry would run it
+/// twice; waiting while holding room, answers stalled one another). Bytes
+/// past the budget are an overdraft, which closes admission until it is
+/// paid back: the budget is soft by at most what calls already admitted
+/// bring back.
+#[derive(Debug)]
+pub struct AnswerRoom {
+    sem: Arc<tokio::sync::Semaphore>,
+    over: std::sync::atomic::AtomicUsize,
+}
+
+/// Room reserved for a node call as it is sent.
+pub const ADMIT_ROOM: usize = 64 << 10;
+
+impl AnswerRoom {
+    /// A buffer of `max` bytes.
+    #[must_use]
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            sem: Arc::new(tokio::sync::Semaphore::new(
+                max.min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            over: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes free (not counting the overdraft).
+    #[must_use]
+    pub fn free(&self) -> usize {
+        self.sem.available_permits()
+    }
+
+    /// Bytes held past the budget.
+    #[must_use]
+    pub fn overdraft(&self) -> usize {
+        self.over.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// An empty charge.
+    #[must_use]
+    pub fn charge(self: &Arc<Self>) -> Charge {
+        Charge {
+            permit: None,
+            over: 0,
+            room: Arc::clone(self),
+        }
+    }
+
+    /// A charge of `n` reserved for a call, or `None` while the buffer has
+    /// no `n` free or runs an overdraft.
+    #[must_use]
+    pub fn admit(self: &Arc<Self>, n: usize) -> Option<Charge> {
+        if self.overdraft() > 0 {
+            return None;
+        }
+        let permit = Arc::clone(&self.sem)
+            .try_acquire_many_owned(u32::try_from(n).ok()?)
+            .ok()?;
+        Some(Charge {
+            permit: Some(permit),
+            over: 0,
+            room: Arc::clone(self),
+        })
+    }
+}
+
+/// Bytes charged to an [`AnswerRoom`], given back when dropped.
+#[derive(Debug)]
+pub struct Charge {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    over: usize,
+    room: Arc<AnswerRoom>,
+}
+
+impl Charge {
+    /// Bytes charged.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.permit
+            .as_ref()
+            .map_or(0, tokio::sync::OwnedSemaphorePermit::num_permits)
+            + self.over
+    }
+
+    /// Whether nothing is charged.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Charges `n` more: from the budget when it has them, else as an
+    /// overdraft (never waits, never fails).
+    pub fn add(&mut self, n: usize) {
+        let got = u32::try_from(n)
+            .ok()
+            .and_then(|k| Arc::clone(&self.room.sem).try_acquire_many_owned(k).ok());
+        match (got, &mut self.permit) {
+            (Some(p), Some(mine)) => mine.merge(p),
+            (Some(p), None) => self.permit = Some(p),
+            (None, _) => {
+                self.over += n;
+                self.room
+                    .over
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Charges at least `n` in all: more is added when short.
+    pub fn cover(&mut self, n: usize) {
+        let have = self.len();
+        if have < n {
+            self.add(n - have);
+        }
+    }
+
+    /// Gives back all but `n`: the overdraft first.
+    pub fn shrink_to(&mut self, n: usize) {
+        let mut excess = self.len().saturating_sub(n);
+        let from_over = excess.min(self.over);
+        self.over -= from_over;
+        self.room
+            .over
+            .fetch_sub(from_over, std::sync::atomic::Ordering::Relaxed);
+        excess -= from_over;
+        if excess > 0
+            && let Some(p) = &mut self.permit
+        {
+            drop(p.split(excess));
+        }
+    }
+
+    /// Takes `other`'s bytes into this charge.
+    pub fn merge(&mut self, mut other: Self) {
+        if let Some(p) = other.permit.take() {
+            match &mut self.permit {
+                Some(mine) => mine.merge(p),
+                None => self.permit = Some(p),
+            }
+        }
+        self.over += std::mem::take(&mut other.over);
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.room
+            .over
+            .fetch_sub(self.over, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// An answer's body, whole in memory (a JSON error, a node's answer
 /// collected under `max_upstream_bytes`), handed to the connection in 64 KiB
 /// slices, so a node answer's share of the gateway's answer buffer
@@ -32,7 +188,7 @@ pub const MIN_ANSWER_RATE: usize = 16 << 10;
 /// one not taken by its deadline ends the connection.
 pub struct AnswerBody {
     data: Bytes,
-    room: Option<tokio::sync::OwnedSemaphorePermit>,
+    room: Option<Charge>,
     by: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -62,11 +218,7 @@ impl AnswerBody {
     /// Holds `room` (its share of the answer buffer) until the body is
     /// taken or dropped, and ends it with an error past `write_timeout` +
     /// its length at [`MIN_ANSWER_RATE`].
-    pub(crate) fn hold(
-        &mut self,
-        room: tokio::sync::OwnedSemaphorePermit,
-        write_timeout: Duration,
-    ) {
+    pub(crate) fn hold(&mut self, room: Charge, write_timeout: Duration) {
         let pace = Duration::from_secs((self.data.len() / MIN_ANSWER_RATE) as u64);
         let by = tokio::time::Instant::now() + write_timeout + pace;
         self.room = Some(room);
@@ -598,6 +750,34 @@ pub(crate) fn slotted_incoming(
 mod tests {
     use super::*;
 
+    /// A charge takes from the budget while it can and runs an overdraft
+    /// past it (never waiting, never failing); admission closes while there
+    /// is an overdraft; shrinking pays the overdraft back first.
+    #[test]
+    fn answer_room_charges_admits_and_overdraws() {
+        let room = AnswerRoom::new(100 << 10);
+        let mut a = room.admit(ADMIT_ROOM).unwrap();
+        assert_eq!(
+            (room.free(), a.len()),
+            ((100 << 10) - ADMIT_ROOM, ADMIT_ROOM)
+        );
+        a.add(64 << 10);
+        assert_eq!(room.overdraft(), 64 << 10, "past the budget: an overdraft");
+        assert_eq!(room.free(), (100 << 10) - ADMIT_ROOM);
+        assert!(room.admit(1).is_none(), "no admission while overdrawn");
+        a.shrink_to(ADMIT_ROOM);
+        assert_eq!((room.overdraft(), a.len()), (0, ADMIT_ROOM));
+        assert!(room.admit(1).is_some());
+        let mut b = room.charge();
+        b.add(10);
+        a.merge(b);
+        assert_eq!(a.len(), ADMIT_ROOM + 10);
+        a.add(1 << 20);
+        assert!(room.overdraft() > 0);
+        drop(a);
+        assert_eq!((room.overdraft(), room.free()), (0, 100 << 10));
+    }
+
     /// A node answer's room in the answer buffer is held until its last
     /// slice is handed on (not when hyper takes the body: a slow reader's
     /// answer stays counted), and given back if the body is dropped; one
@@ -605,13 +785,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_holds_its_room_until_taken_and_keeps_a_pace() {
         use hyper::body::Body as _;
-        let room = Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        let room = AnswerRoom::new(1 << 20);
         let data = Bytes::from(vec![b'x'; 200 << 10]);
         let mut body = AnswerBody::new(data.clone());
-        body.hold(
-            Arc::clone(&room).try_acquire_many_owned(200 << 10).unwrap(),
-            Duration::from_secs(10),
-        );
+        body.hold(room.admit(200 << 10).unwrap(), Duration::from_secs(10));
         let mut body = std::pin::pin!(body);
         let mut got = 0;
         while let Some(frame) = body.frame().await {
@@ -620,32 +797,26 @@ mod tests {
             got += n;
             if got < data.len() {
                 assert_eq!(
-                    room.available_permits(),
+                    room.free(),
                     (1 << 20) - (200 << 10),
                     "held while slices are left"
                 );
             }
         }
         assert_eq!(got, data.len());
-        assert_eq!(room.available_permits(), 1 << 20, "given back once taken");
+        assert_eq!(room.free(), 1 << 20, "given back once taken");
         assert!(body.is_end_stream());
 
         // Dropped half-taken (a client gone): given back.
         let mut body = AnswerBody::new(data.clone());
-        body.hold(
-            Arc::clone(&room).try_acquire_many_owned(1000).unwrap(),
-            Duration::from_secs(10),
-        );
+        body.hold(room.admit(1000).unwrap(), Duration::from_secs(10));
         drop(body);
-        assert_eq!(room.available_permits(), 1 << 20);
+        assert_eq!(room.free(), 1 << 20);
 
         // Past write_timeout + its length at MIN_ANSWER_RATE (10 s + 12 s
         // here), the next slice is an error and the room goes back.
         let mut body = AnswerBody::new(data.clone());
-        body.hold(
-            Arc::clone(&room).try_acquire_many_owned(1000).unwrap(),
-            Duration::from_secs(10),
-        );
+        body.hold(room.admit(1000).unwrap(), Duration::from_secs(10));
         let mut body = std::pin::pin!(body);
         assert!(body.frame().await.unwrap().is_ok());
         tokio::time::advance(Duration::from_secs(21)).await;
@@ -653,7 +824,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         let e = body.frame().await.unwrap().unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
-        assert_eq!(room.available_permits(), 1 << 20);
+        assert_eq!(room.free(), 1 << 20);
         // Answers outside the buffer (errors, small JSON) have no deadline.
         let mut plain = std::pin::pin!(AnswerBody::new(data));
         tokio::time::advance(Duration::from_secs(3600)).await;

@@ -46,7 +46,7 @@ pub struct ProxyDoor {
     /// Bytes of node answers held, across every connection
     /// (`max_answer_buffer_bytes`): from their first byte until the
     /// client has taken them.
-    answer_room: Arc<tokio::sync::Semaphore>,
+    answer_room: Arc<crate::http::AnswerRoom>,
 }
 
 /// What the upstream answered.
@@ -55,7 +55,7 @@ struct Upstream {
     content_type: Option<HeaderValue>,
     body: Bytes,
     /// The body's share of the answer buffer.
-    room: tokio::sync::OwnedSemaphorePermit,
+    room: crate::http::Charge,
 }
 
 /// Why the upstream gave no answer, and whether it did not answer in time
@@ -81,17 +81,14 @@ async fn collect_answer<B>(
     cap: usize,
     by: tokio::time::Instant,
     uri: &Uri,
-    room: &Arc<tokio::sync::Semaphore>,
-) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), UpstreamError>
+    mut held: crate::http::Charge,
+) -> Result<(Bytes, crate::http::Charge), UpstreamError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let collect = async {
         let mut body = std::pin::pin!(body);
-        let mut held = Arc::clone(room)
-            .try_acquire_many_owned(0)
-            .map_err(|_| UpstreamError::other(format!("{uri}: the answer buffer is closed")))?;
         let mut out = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
@@ -109,17 +106,11 @@ where
                     Failed::TooLarge,
                 ));
             }
-            // The node has run the call: its answer waits for room (the
-            // node's own buffers hold the rest meanwhile) rather than being
-            // dropped, until the request's deadline. Admission (`forward`)
-            // refused the call before the node saw it when room was short.
-            let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
-            let more = Arc::clone(room)
-                .acquire_many_owned(n)
-                .await
-                .map_err(|_| UpstreamError::other(format!("{uri}: the answer buffer is closed")))?;
-            held.merge(more);
             out.extend_from_slice(&data);
+            // The node has run the call: its answer is charged (past the
+            // budget, as an overdraft that closes admission), never dropped
+            // and never made to wait while it holds room.
+            held.cover(out.len());
         }
         Ok((Bytes::from(out), held))
     };
@@ -128,9 +119,6 @@ where
         UpstreamError(format!("{uri}: body not finished in time"), Failed::Late)
     })?
 }
-
-/// Room the answer buffer must have free for a node call to be sent.
-const ADMIT_ROOM: usize = 64 << 10;
 
 /// Counts one failed node request by `kind` (`connect`, `timeout`,
 /// `request`, `too_large`, `body`, `bad_answer`).
@@ -187,55 +175,36 @@ impl ProxyDoor {
                 limits.ipv6_share_prefix,
             ),
             stop,
-            answer_room: Arc::new(tokio::sync::Semaphore::new(
-                limits
-                    .max_answer_buffer_bytes
-                    .min(tokio::sync::Semaphore::MAX_PERMITS),
-            )),
+            answer_room: crate::http::AnswerRoom::new(limits.max_answer_buffer_bytes),
         }
     }
 
     /// Charges a finished answer built from node answers to the answer
     /// buffer (held until the client has taken it), starting from `have`,
-    /// the room its node answers already hold: the difference is taken when
-    /// there is room, the excess given back. Never refused: the node has run
-    /// the calls, and an answer dropped now would be run again on a retry.
-    fn held(&self, mut a: Answer, have: Option<tokio::sync::OwnedSemaphorePermit>) -> Answer {
+    /// the room its node answers already hold: covered up to its length
+    /// (an overdraft past the budget), the excess given back. Never refused:
+    /// the node has run the calls, and an answer dropped now would be run
+    /// again on a retry.
+    fn held(&self, mut a: Answer, have: Option<crate::http::Charge>) -> Answer {
         let need = a.body().len();
-        let mut room = match have {
-            Some(p) => p,
-            None => match Arc::clone(&self.answer_room).try_acquire_many_owned(0) {
-                Ok(p) => p,
-                Err(_) => return a,
-            },
-        };
-        let got = room.num_permits();
-        if got > need {
-            drop(room.split(got - need));
-        } else if got < need
-            && let Some(more) = u32::try_from(need - got)
-                .ok()
-                .and_then(|n| Arc::clone(&self.answer_room).try_acquire_many_owned(n).ok())
-        {
-            room.merge(more);
-        }
+        let mut room = have.unwrap_or_else(|| self.answer_room.charge());
+        room.cover(need);
+        room.shrink_to(need);
         a.body_mut().hold(room, self.limits.write_timeout);
         a
     }
 
-    /// Whether the answer buffer has room to admit a node call (refused
-    /// before the node sees it when not: retrying is then safe).
-    fn admit(&self, uri: &Uri) -> Result<(), UpstreamError> {
-        if self.answer_room.available_permits()
-            < ADMIT_ROOM.min(self.limits.max_answer_buffer_bytes)
-        {
+    /// Room reserved for a node call, or 503 before the node sees it (safe
+    /// to retry) while the buffer has none or runs an overdraft.
+    fn admit(&self, uri: &Uri) -> Result<crate::http::Charge, UpstreamError> {
+        let n = crate::http::ADMIT_ROOM.min(self.limits.max_answer_buffer_bytes);
+        self.answer_room.admit(n).ok_or_else(|| {
             upstream_error("answer_buffer");
-            return Err(UpstreamError(
+            UpstreamError(
                 format!("{uri}: the gateway's answer buffer (max_answer_buffer_bytes) is full"),
                 Failed::Busy,
-            ));
-        }
-        Ok(())
+            )
+        })
     }
 
     /// POSTs `body` to an upstream (the next in turn; on a connection
@@ -255,7 +224,7 @@ impl ProxyDoor {
         let mut last = String::new();
         for i in 0..tries {
             let uri = &self.upstreams[(first + i) % self.upstreams.len()];
-            self.admit(uri)?;
+            let reserved = self.admit(uri)?;
             // A fresh request: nothing of the client's headers (Authorization
             // above all) reaches the node but what is set here.
             let mut req = Request::builder()
@@ -294,7 +263,7 @@ impl ProxyDoor {
                     let status = resp.status();
                     let content_type = resp.headers().get(CONTENT_TYPE).cloned();
                     let (body, room) =
-                        collect_answer(resp.into_body(), cap, by, uri, &self.answer_room).await?;
+                        collect_answer(resp.into_body(), cap, by, uri, reserved).await?;
                     metrics::histogram!("jotd_gateway_upstream_seconds")
                         .record(started.elapsed().as_secs_f64());
                     return Ok(Upstream {
@@ -515,8 +484,10 @@ impl ProxyDoor {
             .await
         {
             Ok(up) => {
+                let mut room = up.room;
+                room.shrink_to(up.body.len());
                 let mut body = AnswerBody::new(up.body);
-                body.hold(up.room, self.limits.write_timeout);
+                body.hold(room, self.limits.write_timeout);
                 let mut r = hyper::Response::new(body);
                 *r.status_mut() = up.status;
                 if let Some(ct) = up.content_type {
@@ -660,13 +631,7 @@ impl ProxyDoor {
         facts: &Facts,
         sub: Option<&str>,
         exp: Option<u64>,
-    ) -> Result<
-        (
-            Vec<Option<Box<RawValue>>>,
-            Option<tokio::sync::OwnedSemaphorePermit>,
-        ),
-        UpstreamError,
-    > {
+    ) -> Result<(Vec<Option<Box<RawValue>>>, Option<crate::http::Charge>), UpstreamError> {
         let by = tokio::time::Instant::now() + self.upstream_timeout;
         // Ids are told apart by the key answers are matched on, so two ids
         // written differently but read alike (`1` and `1.0`, `"a"` and
@@ -768,10 +733,13 @@ impl ProxyDoor {
             // Each answer's room is kept while the next call runs: its copy
             // waits in `out` (a batch of repeated ids held up to
             // `max_upstream_bytes` outside the answer buffer meanwhile).
-            let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+            let mut held: Option<crate::http::Charge> = None;
+            let mut sent_one = false;
             let mut left = self.limits.max_upstream_bytes;
             for c in calls {
-                let expired = exp.is_some_and(|e| crate::ws::unix_now() >= e);
+                // Checked once a call has gone (the first was judged by jotd,
+                // leeway included, an instant ago).
+                let expired = sent_one && exp.is_some_and(|e| crate::ws::unix_now() >= e);
                 let why_not = if left == 0 {
                     Some("not sent: the answers before it filled max_upstream_bytes")
                 } else if tokio::time::Instant::now() >= by {
@@ -797,11 +765,10 @@ impl ProxyDoor {
                         by,
                     )
                     .await;
+                sent_one = true;
                 let mut up = up;
-                if let Ok(u) = &mut up
-                    && let Ok(empty) = Arc::clone(&self.answer_room).try_acquire_many_owned(0)
-                {
-                    let room = std::mem::replace(&mut u.room, empty);
+                if let Ok(u) = &mut up {
+                    let room = std::mem::replace(&mut u.room, self.answer_room.charge());
                     match &mut held {
                         Some(h) => h.merge(room),
                         None => held = Some(room),
@@ -1011,10 +978,10 @@ mod tests {
                 .unwrap();
             rt.block_on(async {
                 let soon = || tokio::time::Instant::now() + Duration::from_millis(50);
-                let room = Arc::new(tokio::sync::Semaphore::new(1 << 20));
+                let room = crate::http::AnswerRoom::new(1 << 20);
                 let first: Chunk = Ok(Frame::data(Bytes::from_static(b"{")));
                 let stalls = StreamBody::new(stream::iter([first]).chain(stream::pending()));
-                let e = collect_answer(stalls, 1 << 20, soon(), &uri, &room)
+                let e = collect_answer(stalls, 1 << 20, soon(), &uri, room.charge())
                     .await
                     .unwrap_err();
                 assert_eq!(e.1, Failed::Late);
@@ -1024,7 +991,7 @@ mod tests {
                     10,
                     soon(),
                     &uri,
-                    &room,
+                    room.charge(),
                 )
                 .await
                 .unwrap_err();
@@ -1035,67 +1002,49 @@ mod tests {
                     10,
                     soon(),
                     &uri,
-                    &room,
+                    room.charge(),
                 )
                 .await
                 .unwrap_err();
                 assert_eq!(e.1, Failed::Other);
-                assert_eq!(
-                    room.available_permits(),
-                    1 << 20,
-                    "failures give their room back"
-                );
+                assert_eq!(room.free(), 1 << 20, "failures give their room back");
                 let fine: Chunk = Ok(Frame::data(Bytes::from_static(b"{}")));
                 let (got, held) = collect_answer(
                     StreamBody::new(stream::iter([fine])),
                     10,
                     soon(),
                     &uri,
-                    &room,
+                    room.charge(),
                 )
                 .await
                 .unwrap();
                 assert_eq!(&got[..], b"{}");
-                assert_eq!(held.num_permits(), 2);
-                assert_eq!(room.available_permits(), (1 << 20) - 2);
+                assert_eq!(held.len(), 2);
+                assert_eq!(room.free(), (1 << 20) - 2);
+                drop(held);
                 // The answer buffer full: the node's answer (the node ran the
-                // call) waits for room, never past the budget, and times out
-                // at the request's deadline (504) with its room given back.
-                let small = Arc::new(tokio::sync::Semaphore::new(4));
-                let five: Chunk = Ok(Frame::data(Bytes::from_static(b"[1,2]")));
-                let e = collect_answer(
-                    StreamBody::new(stream::iter([five])),
-                    10,
-                    soon(),
-                    &uri,
-                    &small,
-                )
-                .await
-                .unwrap_err();
-                assert_eq!(e.1, Failed::Late);
-                assert_eq!(small.available_permits(), 4);
-                // Room freed meanwhile: the answer goes on.
-                let none = Arc::new(tokio::sync::Semaphore::new(0));
-                let give = Arc::clone(&none);
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    give.add_permits(5);
-                });
+                // call) is kept as an overdraft, not dropped and not made to
+                // wait; the overdraft closes admission until it is given back.
+                let small = crate::http::AnswerRoom::new(4);
                 let five: Chunk = Ok(Frame::data(Bytes::from_static(b"[1,2]")));
                 let (got, held) = collect_answer(
                     StreamBody::new(stream::iter([five])),
                     10,
                     soon(),
                     &uri,
-                    &none,
+                    small.charge(),
                 )
                 .await
                 .unwrap();
-                assert_eq!((&got[..], held.num_permits()), (&b"[1,2]"[..], 5));
+                assert_eq!((&got[..], held.len()), (&b"[1,2]"[..], 5));
+                assert_eq!(small.overdraft(), 5);
+                assert!(small.admit(1).is_none());
+                drop(held);
+                assert_eq!((small.overdraft(), small.free()), (0, 4));
             });
         });
         let text = handle.render();
-        for kind in ["too_large", "body"] {
+        for kind in ["timeout", "too_large", "body"] {
             assert!(
                 text.contains(&format!(
                     "jotd_gateway_upstream_errors_total{{kind=\"{kind}\"}} 1"

@@ -348,8 +348,10 @@ async fn relay<C, N>(
                 {
                     break;
                 }
+                // Past `exp` no call reaches the node either (a check that
+                // came back at once, failing open, could have let one through).
                 if let Some(m) = to_node
-                    && !send_within(&mut node, Message::text(m), None).await
+                    && !send_within(&mut node, Message::text(m), expiry).await
                 {
                     break;
                 }

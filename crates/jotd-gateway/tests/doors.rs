@@ -1014,11 +1014,12 @@ async fn request_headers_read_once_are_refused_when_doubled() {
         "",
     )
     .await;
-    assert_ne!(
-        r.status, 200,
-        "Host alone names no tenant here: {}",
+    assert_eq!(
+        r.status, 403,
+        "Host alone (127.0.0.1) names no tenant here: {}",
         r.raw_body
     );
+    assert!(r.raw_body.contains("no_route"), "{}", r.raw_body);
     gw.drain().await;
 }
 

@@ -630,6 +630,14 @@ struct Source {
 /// long as the fetch takes.
 pub const MAX_WAITERS: usize = 256;
 
+/// Unknown-kid triggers waiting or fetching at once, across every source:
+/// [`MAX_WAITERS`] counts per tenant's source, and many tenants behind one
+/// slow identity provider share its fetch, so forged kids naming many
+/// tenants could park hundreds of thousands of triggers (each holding its
+/// fetch's state) and start a fetch per URL without bound. Past it a
+/// trigger is answered at once: the keys at hand decide (`unknown_kid`).
+pub const MAX_TRIGGERS: usize = 1024;
+
 /// Sources fetched at once by [`JwksFetcher::refresh_due`].
 pub const PARALLEL_FETCHES: usize = 16;
 
@@ -742,6 +750,9 @@ pub struct JwksFetcher {
     flights: Mutex<HashMap<UrlKey, Arc<tokio::sync::Mutex<()>>>>,
     /// URL sources of the config they were computed from (held, so the pointer stays unique).
     targets: Mutex<Option<TargetsOf>>,
+    /// Unknown-kid triggers waiting or fetching, across every source
+    /// ([`MAX_TRIGGERS`]).
+    triggers: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for JwksFetcher {
@@ -833,6 +844,7 @@ impl JwksFetcher {
             observer: None,
             sources: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
+            triggers: Arc::new(tokio::sync::Semaphore::new(MAX_TRIGGERS)),
             targets: Mutex::new(None),
         })
     }
@@ -1233,6 +1245,9 @@ impl JwksFetcher {
     /// source fetched less than `refetch_interval` ago is not fetched again.
     /// Returns whether any source was fetched successfully.
     pub async fn on_unknown_kid(&self, tenant: &str) -> bool {
+        let Ok(_trigger) = self.triggers.try_acquire() else {
+            return false;
+        };
         let mut refreshed = false;
         for t in self.targets().iter().filter(|t| t.tenant == tenant) {
             let source = self.source(t);

@@ -26,8 +26,8 @@ pub use config::{
 };
 pub use fetch::{
     FetchConfig, FetchError, FetchEvent, FetchObserver, JwksFetcher, JwksUrlError, MAX_REDIRECTS,
-    MAX_WAITERS, PARALLEL_FETCHES, SourceHealth, check_fetch_config, check_jwks_url, max_age,
-    redacted_url,
+    MAX_TRIGGERS, MAX_WAITERS, PARALLEL_FETCHES, SourceHealth, check_fetch_config, check_jwks_url,
+    max_age, redacted_url,
 };
 pub use load::{KeysConfig, MAX_JWKS_FILE_BYTES, load, load_section, read_text};
 pub use reload::{

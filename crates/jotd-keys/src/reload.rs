@@ -227,31 +227,37 @@ impl Reloader {
         // next check. One still moving after that is not installed: the
         // running config stays and the next check reads it again.
         for attempt in 1.. {
-            let after = stamp_all(&watched);
-            let new: Vec<PathBuf> = loaded
-                .as_ref()
-                .map(|c| {
-                    c.files
-                        .iter()
-                        .filter(|f| !watched.contains(f))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            if after == before && new.is_empty() {
+            // Compared: the files both the last stamps and this read's config
+            // name (one the new config dropped does not hold it up).
+            let files: Vec<PathBuf> = match &loaded {
+                Ok(c) => c.files.clone(),
+                Err(_) => watched.clone(),
+            };
+            let shared: Vec<PathBuf> = files
+                .iter()
+                .filter(|f| watched.contains(f))
+                .cloned()
+                .collect();
+            let after = stamp_all(&shared);
+            let moved: Vec<&PathBuf> = shared
+                .iter()
+                .filter(|f| before.get(*f) != after.get(*f))
+                .collect();
+            let new: Vec<PathBuf> = files
+                .iter()
+                .filter(|f| !watched.contains(f))
+                .cloned()
+                .collect();
+            if moved.is_empty() && new.is_empty() {
                 break;
             }
             if attempt == READ_ATTEMPTS {
-                if after == before {
+                if moved.is_empty() {
                     // Only files named anew, read once: the old rule
                     // (`settled`, below) judges them.
                     break;
                 }
-                let moved: Vec<String> = after
-                    .iter()
-                    .filter(|(f, s)| before.get(*f) != Some(*s))
-                    .map(|(f, _)| f.display().to_string())
-                    .collect();
+                let moved: Vec<String> = moved.iter().map(|f| f.display().to_string()).collect();
                 loaded = Err(ConfigError {
                     file: self.path.clone(),
                     line: None,
@@ -263,10 +269,10 @@ impl Reloader {
                 });
                 break;
             }
-            if after != before {
+            if !moved.is_empty() {
                 std::thread::sleep(REREAD_AFTER);
             }
-            watched.extend(new);
+            watched = files;
             before = stamp_all(&watched);
             since = SystemTime::now();
             loaded = (self.loader)();

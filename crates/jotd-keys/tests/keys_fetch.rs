@@ -823,6 +823,48 @@ async fn waiters_on_a_slow_fetch_are_bounded() {
     assert_eq!(server.hits(), 1, "one fetch");
 }
 
+/// Across tenants too: many tenants sharing one slow identity provider each
+/// queue up to `MAX_WAITERS` on its one fetch, so the triggers are also
+/// bounded in all (`MAX_TRIGGERS`): past it a trigger returns at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_are_bounded_across_tenants() {
+    let server = serve().await;
+    let (_, jwk) = ed_key("a");
+    server.set(Mode::SlowDoc {
+        body: doc(&[&jwk]),
+        pause: Duration::from_millis(1500),
+    });
+    let tenants = jotd_keys::MAX_TRIGGERS / jotd_keys::MAX_WAITERS + 2;
+    let text: String = (0..tenants)
+        .map(|i| {
+            format!(
+                "[[tenant]]\nid = \"t{i}\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{}\"\nalg = \"EdDSA\"\n",
+                server.url
+            )
+        })
+        .collect();
+    let reloader = reloader_of(text);
+    let config = FetchConfig {
+        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
+        ..FetchConfig::default()
+    };
+    let fetcher = Arc::new(JwksFetcher::new(Arc::clone(&reloader), config).unwrap());
+    let started = std::time::Instant::now();
+    let triggers: Vec<_> = (0..tenants * jotd_keys::MAX_WAITERS)
+        .map(|i| {
+            let f = Arc::clone(&fetcher);
+            tokio::spawn(async move { f.on_unknown_kid(&format!("t{}", i % tenants)).await })
+        })
+        .collect();
+    let mut saw = 0;
+    for t in triggers {
+        saw += usize::from(t.await.unwrap());
+    }
+    assert!(saw <= jotd_keys::MAX_TRIGGERS, "{saw} triggers waited");
+    assert!(saw >= 1, "the fetch and its waiters see the keys");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
 /// A due refresh that queued behind an unknown-kid refetch of the same source is
 /// not fetched again once that refetch has made the source fresh: one fetch, not
 /// two in a row.

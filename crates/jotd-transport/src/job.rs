@@ -180,7 +180,7 @@ pub struct BatchJob {
 }
 
 /// Most tenants one batch asks to refetch keys for.
-pub const MAX_REFETCH_TENANTS: usize = 8;
+pub const MAX_REFETCH_TENANTS: usize = 64;
 
 impl BatchJob {
     /// Decodes the one `Batch` frame `input` must hold (the whole stream).

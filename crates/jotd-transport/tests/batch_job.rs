@@ -657,7 +657,7 @@ fn a_batch_refetches_for_a_bounded_number_of_tenants() {
     let hs =
         f.hs.mint(Some("hs"), &format!(r#"{{"exp":{}}}"#, NOW + 60))
             .unwrap();
-    let names: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
+    let names: Vec<String> = (0..100).map(|i| format!("r{i}")).collect();
     let tenants: Vec<Arc<Tenant>> = names
         .iter()
         .map(|n| {
@@ -675,7 +675,7 @@ fn a_batch_refetches_for_a_bounded_number_of_tenants() {
         })
         .collect();
     let snap = Snapshot::new(1, tenants);
-    // Each tenant twice: 80 held items.
+    // Each tenant twice: 200 held items.
     let items: Vec<(Option<&str>, &str)> = names
         .iter()
         .chain(names.iter())
@@ -692,8 +692,8 @@ fn a_batch_refetches_for_a_bounded_number_of_tenants() {
     };
     assert_eq!(asked.len(), jotd_transport::MAX_REFETCH_TENANTS);
     assert_eq!(asked, names[..jotd_transport::MAX_REFETCH_TENANTS]);
-    assert_eq!(job.held_count(), 80);
+    assert_eq!(job.held_count(), 200);
     job.resume(&cx, None, UnixTime(NOW), &emit);
     let report = job.finish();
-    assert_eq!((report.items, report.held), (80, 80));
+    assert_eq!((report.items, report.held), (200, 200));
 }

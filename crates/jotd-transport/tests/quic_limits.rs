@@ -793,11 +793,19 @@ async fn the_server_takes_no_datagrams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_batch_keeps_tokens_for_its_held_items_only() {
     let k = keys();
-    let (r, open) = start_held(&k);
+    let (open, gated) = tokio::sync::watch::channel(false);
+    let backend = TestBackend::gated(snapshot(1, &k, false), gated);
+    let opts = ServerOptions {
+        max_tokens_in_flight: std::num::NonZeroUsize::new(100).unwrap(),
+        overload_wait: Duration::from_millis(200),
+        ..holding()
+    };
+    let r = start(Arc::clone(&backend), opts, false);
     let c = Arc::new(client(&r, vec![r.addr], false));
     c.connect_all().await.unwrap();
     let held = k.hs.mint(Some("hs"), &claims("a", NOW + 60)).unwrap();
     let good = k.es.mint(Some("es"), &claims("b", NOW + 60)).unwrap();
+    let good2 = good.clone();
     let verify = {
         let c = Arc::clone(&c);
         tokio::spawn(async move {
@@ -810,6 +818,11 @@ async fn a_held_batch_keeps_tokens_for_its_held_items_only() {
         r.stats.tokens_in_flight() == 1
     })
     .await;
+    // The budget itself (not only the gauge): 99 tokens are free, so a
+    // batch of 99 is decided during the hold, not `overloaded`.
+    let items: Vec<_> = (0..99).map(|_| item(Some(&good2), "t")).collect();
+    let got = c.verify_all(&items).await.expect("decided during the hold");
+    assert_eq!(got.len(), 99);
     open.send(true).unwrap();
     assert_eq!(verify.await.unwrap().unwrap(), 100);
     wait_for("every token back", || r.stats.tokens_in_flight() == 0).await;

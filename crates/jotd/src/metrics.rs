@@ -611,7 +611,8 @@ impl Sampler {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             totals.add(&health);
-            for (url, (ok, failed)) in &totals.per_url {
+            let live = &totals.live;
+            for (url, (ok, failed)) in totals.per_url.iter().filter(|(u, _)| live.contains(*u)) {
                 counter!("jotd_jwks_fetches_total", "url" => url.clone(), "result" => "ok")
                     .absolute(*ok);
                 counter!("jotd_jwks_fetches_total", "url" => url.clone(), "result" => "failed")
@@ -655,6 +656,8 @@ struct FetchTotals {
     seen: std::collections::HashMap<(String, String), (u64, u64)>,
     /// Per URL: (good, failed) fetches so far.
     per_url: std::collections::BTreeMap<String, (u64, u64)>,
+    /// The URLs some source names now (the ones written out).
+    live: std::collections::HashSet<String>,
 }
 
 impl FetchTotals {
@@ -676,13 +679,12 @@ impl FetchTotals {
         // every source was n² a second, 10 s and more at 100k tenants.)
         self.seen
             .retain(|(tenant, url), _| now_by.contains_key(&(tenant.as_str(), url.as_str())));
-        // A URL no source names any more is forgotten too: kept, every URL
-        // ever configured (rotating presigned URLs, tenants registering their
-        // own identity providers) was emitted again each second until a
-        // restart. Named again, its counter starts over from 0 (a counter
-        // reset, which Prometheus' rate() takes in its stride).
-        let live: std::collections::HashSet<&str> = now_by.keys().map(|(_, u)| *u).collect();
-        self.per_url.retain(|url, _| live.contains(url.as_str()));
+        // The URLs some source names now: only these are written each
+        // second (every URL ever configured was, until a restart). A URL's
+        // total is kept when it goes, so one named again counts on from it
+        // (the counter only grows: written from 0, `absolute` would hold the
+        // old value and read as no fetches until it caught up).
+        self.live = now_by.keys().map(|(_, u)| (*u).to_owned()).collect();
         for ((tenant, url), now) in now_by {
             let before = self
                 .seen
@@ -868,9 +870,16 @@ mod per_url_tests {
             source("b", shared, Some(1), 3, 1),
         ]);
         assert_eq!(t.per_url[shared], (10, 2));
-        // Every source of a URL gone: the URL is no longer emitted.
+        // Every source of a URL gone: no longer written out, its total kept;
+        // named again, it counts on from that total (never back to 0).
         t.add(&[source("a", "https://other.example/jwks", Some(1), 1, 0)]);
-        assert!(!t.per_url.contains_key(shared), "{:?}", t.per_url);
-        assert_eq!(t.per_url.len(), 1);
+        assert!(!t.live.contains(shared), "{:?}", t.live);
+        assert_eq!(t.per_url[shared], (10, 2));
+        t.add(&[
+            source("a", "https://other.example/jwks", Some(1), 1, 0),
+            source("c", shared, Some(1), 1, 0),
+        ]);
+        assert!(t.live.contains(shared));
+        assert_eq!(t.per_url[shared], (11, 2));
     }
 }

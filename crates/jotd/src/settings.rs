@@ -878,6 +878,10 @@ pub(crate) fn loader(
             .map(|p| jotd_transport::files::read_file(p).ok())
     };
     let extra_ca_at_start = extra_ca(&running);
+    // Whether client certificates are required now: at start, or since a
+    // reload applied a `client_ca_file` (the settings at start alone missed
+    // start-without, reload-with, reload-without).
+    let mtls_on = std::sync::atomic::AtomicBool::new(running.client_ca_file.is_some());
     Box::new(move || {
         let (new, mut keys) = load(&file)?;
         // Read and checked as the next start will: a CA file that would
@@ -886,7 +890,7 @@ pub(crate) fn loader(
         // Client certificates turned off by a reload (a config-management
         // merge that lost the line) would open the port to any client with
         // no more than an info line: it takes a restart, said so.
-        if running.client_ca_file.is_some() && new.client_ca_file.is_none() {
+        if mtls_on.load(std::sync::atomic::Ordering::SeqCst) && new.client_ca_file.is_none() {
             return Err(ConfigError {
                 file: file.clone(),
                 line: None,
@@ -917,6 +921,10 @@ pub(crate) fn loader(
                 );
             }
         }
+        mtls_on.store(
+            new.client_ca_file.is_some(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         if !sections.is_empty() {
             tracing::warn!(
                 file = %file.display(),
@@ -1178,6 +1186,17 @@ level = "jotd=debug"
         assert!(e.contains("server.client_ca_file: removed"), "{e}");
         std::fs::write(&file, &mtls).unwrap();
         assert!(reload().is_ok());
+        // Started without, a reload turns them on; a later reload cannot
+        // turn them off again.
+        std::fs::write(&file, format!("{tls}{tenant}")).unwrap();
+        let (settings, _) = load(&file).unwrap();
+        let reload = loader(&file, &settings, Arc::default());
+        assert!(reload().is_ok(), "without, as at start");
+        std::fs::write(&file, &mtls).unwrap();
+        assert!(reload().is_ok(), "turned on");
+        std::fs::write(&file, format!("{tls}{tenant}")).unwrap();
+        let e = reload().unwrap_err().to_string();
+        assert!(e.contains("server.client_ca_file: removed"), "{e}");
     }
 
     /// A reload applies tenants, keys and the denylist; every other section it names
