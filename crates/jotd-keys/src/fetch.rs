@@ -1024,7 +1024,7 @@ impl JwksFetcher {
     /// `triggered`: by an unknown kid (the rate limit's clock starts for all).
     /// The request is counted once, on `t`'s source.
     async fn fetch(&self, t: &Target, source: &Source, triggered: bool) -> Result<(), FetchError> {
-        let result = self
+        let mut result = self
             .download(t)
             .await
             .map(|(keys, age, final_url)| (Arc::new(keys), age, final_url));
@@ -1067,8 +1067,16 @@ impl JwksFetcher {
             .await;
             match installed {
                 Ok(kids) => shadowed = kids,
-                // Cancelled only when the runtime shuts down; a panic stays a panic.
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // A panic while installing (a bug) is this fetch's failure,
+                // recorded and reported as one: re-raised, it ended the
+                // refresh loop for good (nothing refreshed or expired again,
+                // readiness still ready). Cancelled only at shutdown.
+                Err(e) if e.is_panic() => {
+                    result = Err(FetchError::Setup(
+                        "installing the fetched keys panicked (a bug): they were not installed"
+                            .into(),
+                    ));
+                }
                 Err(_) => {}
             }
         }
@@ -1123,11 +1131,9 @@ impl JwksFetcher {
                 reloader.forget_fetched_many(&names, &url);
             })
             .await;
-            if let Err(e) = forgotten
-                && e.is_panic()
-            {
-                std::panic::resume_unwind(e.into_panic());
-            }
+            // A panic here (a bug) leaves the keys in place until the next
+            // try; the loop goes on (see above).
+            let _ = forgotten;
         }
         match result {
             Ok((keys, _, final_url)) => {
