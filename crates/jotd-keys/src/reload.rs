@@ -397,14 +397,20 @@ impl Reloader {
         let mut state = self.lock();
         let config = self.config.load_full();
         // The tenants the current config has read `url` (one pass, however
-        // many tenants share it): keys for a source no longer named are dropped.
+        // many tenants share it) the way these keys were read: keys for a
+        // source no longer named are dropped, and so are keys read under an
+        // `alg` or `symmetric_keys` the source no longer has (a fetch begun
+        // before a reload changed them, finishing after the new one, would
+        // replace the new keys with ones the snapshot ignores).
         let naming: HashSet<&str> = config
             .tenants
             .iter()
             .filter(|t| {
-                t.jwks
-                    .iter()
-                    .any(|s| matches!(&s.location, crate::JwksLocation::Url(u) if u == url))
+                t.jwks.iter().any(|s| {
+                    matches!(&s.location, crate::JwksLocation::Url(u) if u == url)
+                        && s.alg == keys.parsed_alg
+                        && (s.symmetric_keys || !keys.has_symmetric())
+                })
             })
             .map(|t| &*t.tenant.id)
             .collect();

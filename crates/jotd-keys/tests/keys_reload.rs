@@ -178,6 +178,22 @@ fn fetched_jwks_keys_survive_reloads() {
         Arc::ptr_eq(&before, &r.store().load()),
         "an unchanged document rebuilt the snapshot"
     );
+    // Keys read under another `alg` than the source now has (a fetch begun
+    // before a reload changed it, finishing late) are not installed: they
+    // would replace the good keys with ones the snapshot ignores.
+    let stale = jotd_keys::jwk::parse_jwks(doc.as_bytes(), None, 16);
+    let stale = stale.unwrap_or_else(|_| {
+        // An oct key needs an alg: read one that names its own.
+        let own = doc.replace(r#""kty":"oct","#, r#""kty":"oct","alg":"HS256","#);
+        jotd_keys::jwk::parse_jwks(own.as_bytes(), None, 16).unwrap()
+    });
+    assert_eq!(stale.parsed_alg, None);
+    r.set_fetched("t", "https://idp.example/jwks", Arc::new(stale));
+    assert_eq!(
+        decide(&r, &token(&secret)),
+        Reason::Ok,
+        "the keys read the source's way still serve"
+    );
     fs.write(
         "/cfg/jotd.toml",
         &config.replace("id = \"t\"\n", "id = \"t\"\nleeway_s = 5\n"),
