@@ -38,6 +38,9 @@ pub const MIN_ANSWER_RATE: usize = 16 << 10;
 pub struct AnswerRoom {
     sem: Arc<tokio::sync::Semaphore>,
     over: std::sync::atomic::AtomicUsize,
+    /// The budget: the overdraft may not pass it either (memory at most
+    /// twice the budget; an answer that would pass it fails, counted).
+    max: usize,
 }
 
 /// Room reserved for a node call as it is sent.
@@ -47,11 +50,11 @@ impl AnswerRoom {
     /// A buffer of `max` bytes.
     #[must_use]
     pub fn new(max: usize) -> Arc<Self> {
+        let max = max.min(tokio::sync::Semaphore::MAX_PERMITS);
         Arc::new(Self {
-            sem: Arc::new(tokio::sync::Semaphore::new(
-                max.min(tokio::sync::Semaphore::MAX_PERMITS),
-            )),
+            sem: Arc::new(tokio::sync::Semaphore::new(max)),
             over: std::sync::atomic::AtomicUsize::new(0),
+            max,
         })
     }
 
@@ -81,7 +84,10 @@ impl AnswerRoom {
     /// no `n` free or runs an overdraft.
     #[must_use]
     pub fn admit(self: &Arc<Self>, n: usize) -> Option<Charge> {
-        if self.overdraft() > 0 {
+        // Held + n within the budget: room freed elsewhere counts against the
+        // overdraft at once (an overdraft held by one slow reader closed
+        // admission until that reader finished).
+        if self.free() < n.saturating_add(self.overdraft()) {
             return None;
         }
         let permit = Arc::clone(&self.sem)
@@ -119,29 +125,68 @@ impl Charge {
         self.len() == 0
     }
 
-    /// Charges `n` more: from the budget when it has them, else as an
-    /// overdraft (never waits, never fails).
-    pub fn add(&mut self, n: usize) {
-        let got = u32::try_from(n)
+    /// Charges up to `n` more from what the budget has free; returns how
+    /// many it could not (never waits).
+    fn take_free(&mut self, n: usize) -> usize {
+        let k = n.min(self.room.free());
+        let got = u32::try_from(k)
             .ok()
+            .filter(|k| *k > 0)
             .and_then(|k| Arc::clone(&self.room.sem).try_acquire_many_owned(k).ok());
+        let taken = got
+            .as_ref()
+            .map_or(0, tokio::sync::OwnedSemaphorePermit::num_permits);
         match (got, &mut self.permit) {
             (Some(p), Some(mine)) => mine.merge(p),
             (Some(p), None) => self.permit = Some(p),
-            (None, _) => {
-                self.over += n;
-                self.room
-                    .over
-                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            }
+            (None, _) => {}
         }
+        n - taken
     }
 
-    /// Charges at least `n` in all: more is added when short.
-    pub fn cover(&mut self, n: usize) {
+    /// Charges `n` more: what the budget has free, the rest as an overdraft
+    /// (never waits). `false` when the overdraft would pass the budget
+    /// (then nothing is charged).
+    #[must_use]
+    pub fn add(&mut self, n: usize) -> bool {
+        let had = self.len();
+        let short = self.take_free(n);
+        if short == 0 {
+            return true;
+        }
+        let max = self.room.max;
+        let ok = self
+            .room
+            .over
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |o| o.checked_add(short).filter(|t| *t <= max),
+            )
+            .is_ok();
+        if ok {
+            self.over += short;
+        } else {
+            // Nothing charged after all: the free part goes back too.
+            self.shrink_to(had);
+        }
+        ok
+    }
+
+    /// Charges at least `n` in all, overdrawing when short; `false` when
+    /// the overdraft would pass the budget.
+    #[must_use]
+    pub fn cover(&mut self, n: usize) -> bool {
+        let have = self.len();
+        have >= n || self.add(n - have)
+    }
+
+    /// Charges up to `n` in all from what the budget has free, never
+    /// overdrawing (bytes the gateway writes itself).
+    pub fn cover_free(&mut self, n: usize) {
         let have = self.len();
         if have < n {
-            self.add(n - have);
+            let _ = self.take_free(n - have);
         }
     }
 
@@ -761,19 +806,38 @@ mod tests {
             (room.free(), a.len()),
             ((100 << 10) - ADMIT_ROOM, ADMIT_ROOM)
         );
-        a.add(64 << 10);
-        assert_eq!(room.overdraft(), 64 << 10, "past the budget: an overdraft");
-        assert_eq!(room.free(), (100 << 10) - ADMIT_ROOM);
-        assert!(room.admit(1).is_none(), "no admission while overdrawn");
+        // 64 KiB more with 36 KiB free: the free part taken, the rest overdrawn.
+        assert!(a.add(64 << 10));
+        assert_eq!((room.free(), room.overdraft()), (0, 28 << 10));
+        assert!(room.admit(1).is_none(), "held + 1 passes the budget");
         a.shrink_to(ADMIT_ROOM);
         assert_eq!((room.overdraft(), a.len()), (0, ADMIT_ROOM));
         assert!(room.admit(1).is_some());
         let mut b = room.charge();
-        b.add(10);
+        assert!(b.add(10));
         a.merge(b);
         assert_eq!(a.len(), ADMIT_ROOM + 10);
-        a.add(1 << 20);
-        assert!(room.overdraft() > 0);
+        // The overdraft stops at the budget.
+        assert!(!a.add(1 << 20));
+        assert_eq!(room.overdraft(), 0);
+        // An overdraft, then room freed elsewhere: admission opens again as
+        // soon as held + n fits, not when the overdraft is paid back.
+        let mut big = room.charge();
+        assert!(big.add(room.free()));
+        assert!(a.add(4 << 10));
+        assert_eq!(room.overdraft(), 4 << 10);
+        assert!(room.admit(1).is_none());
+        drop(big);
+        assert!(
+            room.admit(1).is_some(),
+            "room freed elsewhere covers the overdraft"
+        );
+        // Gateway-made bytes are only ever taken from what is free.
+        let before = room.overdraft();
+        let mut c = room.charge();
+        c.cover_free(1 << 20);
+        assert_eq!((room.free(), room.overdraft()), (0, before));
+        drop(c);
         drop(a);
         assert_eq!((room.overdraft(), room.free()), (0, 100 << 10));
     }

@@ -108,9 +108,16 @@ where
             }
             out.extend_from_slice(&data);
             // The node has run the call: its answer is charged (past the
-            // budget, as an overdraft that closes admission), never dropped
-            // and never made to wait while it holds room.
-            held.cover(out.len());
+            // budget, as an overdraft that holds admission back), never made
+            // to wait while it holds room; failed only past twice the budget
+            // (the overdraft's own cap), counted.
+            if !held.cover(out.len()) {
+                upstream_error("answer_buffer");
+                return Err(UpstreamError(
+                    format!("{uri}: the gateway's answer buffer and its overdraft are full"),
+                    Failed::Busy,
+                ));
+            }
         }
         Ok((Bytes::from(out), held))
     };
@@ -188,8 +195,11 @@ impl ProxyDoor {
     fn held(&self, mut a: Answer, have: Option<crate::http::Charge>) -> Answer {
         let need = a.body().len();
         let mut room = have.unwrap_or_else(|| self.answer_room.charge());
-        room.cover(need);
+        // Node bytes are held already (overdrawn if need be); what the
+        // gateway wrote around them (denials, errors, the array) is taken
+        // only from what is free, never overdrawn.
         room.shrink_to(need);
+        room.cover_free(need);
         a.body_mut().hold(room, self.limits.write_timeout);
         a
     }
@@ -768,7 +778,9 @@ impl ProxyDoor {
                 sent_one = true;
                 let mut up = up;
                 if let Ok(u) = &mut up {
-                    let room = std::mem::replace(&mut u.room, self.answer_room.charge());
+                    let mut room = std::mem::replace(&mut u.room, self.answer_room.charge());
+                    // Its answer's size, not the 64 KiB reserved for it.
+                    room.shrink_to(u.body.len());
                     match &mut held {
                         Some(h) => h.merge(room),
                         None => held = Some(room),
@@ -1037,7 +1049,7 @@ mod tests {
                 .await
                 .unwrap();
                 assert_eq!((&got[..], held.len()), (&b"[1,2]"[..], 5));
-                assert_eq!(small.overdraft(), 5);
+                assert_eq!((small.free(), small.overdraft()), (0, 1));
                 assert!(small.admit(1).is_none());
                 drop(held);
                 assert_eq!((small.overdraft(), small.free()), (0, 4));

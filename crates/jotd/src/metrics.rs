@@ -645,6 +645,9 @@ impl Sampler {
     }
 }
 
+/// Gone JWKS URLs whose fetch totals are kept.
+const MAX_GONE_URLS: usize = 10_000;
+
 /// JWKS fetches per URL, as counters that only grow. Several tenants may share a
 /// URL (each its own source): the URL's count is the sum of what its sources did,
 /// accumulated as increments, so a reload that removes one of the tenants does not
@@ -685,6 +688,13 @@ impl FetchTotals {
         // (the counter only grows: written from 0, `absolute` would hold the
         // old value and read as no fetches until it caught up).
         self.live = now_by.keys().map(|(_, u)| (*u).to_owned()).collect();
+        // Totals of gone URLs are kept up to a bound (rotating presigned
+        // URLs would grow them for ever); past it they go, and one named
+        // again counts from 0 (read as a counter reset).
+        if self.per_url.len() > self.live.len() + MAX_GONE_URLS {
+            let live = &self.live;
+            self.per_url.retain(|url, _| live.contains(url));
+        }
         for ((tenant, url), now) in now_by {
             let before = self
                 .seen
