@@ -27,13 +27,13 @@ pub const MIN_ANSWER_RATE: usize = 16 << 10;
 
 /// The gateway's answer buffer (`max_answer_buffer_bytes`): bytes of node
 /// answers held, from their first byte until their client has taken them.
-/// A node call is admitted only with [`ADMIT_ROOM`] of it reserved and no
-/// overdraft; an answer the node already sent is never dropped or made to
-/// wait for room (the node ran the call: dropped, a retry would run it
-/// twice; waiting while holding room, answers stalled one another). Bytes
-/// past the budget are an overdraft, which closes admission until it is
-/// paid back: the budget is soft by at most what calls already admitted
-/// bring back.
+/// A node call is admitted only with [`ADMIT_ROOM`] of it reserved and the
+/// bytes held (overdraft included) plus it within the budget; an answer the
+/// node already sent is never made to wait for room (waiting while holding
+/// room, answers stalled one another) and is dropped only past twice the
+/// budget (the node ran the call: dropped, a retry would run it twice).
+/// Bytes past the budget are an overdraft, capped at the budget, which holds
+/// admission back until the total is under the budget again.
 #[derive(Debug)]
 pub struct AnswerRoom {
     sem: Arc<tokio::sync::Semaphore>,

@@ -1036,7 +1036,7 @@ mod tests {
                 drop(held);
                 // The answer buffer full: the node's answer (the node ran the
                 // call) is kept as an overdraft, not dropped and not made to
-                // wait; the overdraft closes admission until it is given back.
+                // wait; the overdraft holds admission back until it is given back.
                 let small = crate::http::AnswerRoom::new(4);
                 let five: Chunk = Ok(Frame::data(Bytes::from_static(b"[1,2]")));
                 let (got, held) = collect_answer(

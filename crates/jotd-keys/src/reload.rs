@@ -214,11 +214,14 @@ impl Reloader {
         // finds the new config naming (a denylist or JWKS file named for the
         // first time has no stamp from before its first read: it gets one,
         // and one more read, so its read is checked like any other).
-        let mut watched: Vec<PathBuf> = self.lock().stamps.iter().map(|(f, _)| f.clone()).collect();
-        let stamp_all = |files: &[PathBuf]| -> HashMap<PathBuf, Option<FileStamp>> {
-            files.iter().map(|f| (f.clone(), (self.stamp)(f))).collect()
-        };
-        let mut before = stamp_all(&watched);
+        // A set: a config of 100k key files compared as lists was n².
+        let mut watched: HashSet<PathBuf> =
+            self.lock().stamps.iter().map(|(f, _)| f.clone()).collect();
+        let stamp_all =
+            |files: &mut dyn Iterator<Item = &PathBuf>| -> HashMap<PathBuf, Option<FileStamp>> {
+                files.map(|f| (f.clone(), (self.stamp)(f))).collect()
+            };
+        let mut before = stamp_all(&mut watched.iter());
         let mut since = SystemTime::now();
         let mut loaded = (self.loader)();
         // A file whose stamp moved while it was read may have been read
@@ -229,25 +232,17 @@ impl Reloader {
         for attempt in 1.. {
             // Compared: the files both the last stamps and this read's config
             // name (one the new config dropped does not hold it up).
-            let files: Vec<PathBuf> = match &loaded {
-                Ok(c) => c.files.clone(),
+            let files: HashSet<PathBuf> = match &loaded {
+                Ok(c) => c.files.iter().cloned().collect(),
                 Err(_) => watched.clone(),
             };
-            let shared: Vec<PathBuf> = files
-                .iter()
-                .filter(|f| watched.contains(f))
-                .cloned()
-                .collect();
-            let after = stamp_all(&shared);
+            let shared: Vec<PathBuf> = files.intersection(&watched).cloned().collect();
+            let after = stamp_all(&mut shared.iter());
             let moved: Vec<&PathBuf> = shared
                 .iter()
                 .filter(|f| before.get(*f) != after.get(*f))
                 .collect();
-            let new: Vec<PathBuf> = files
-                .iter()
-                .filter(|f| !watched.contains(f))
-                .cloned()
-                .collect();
+            let new: Vec<&PathBuf> = files.difference(&watched).collect();
             if moved.is_empty() && new.is_empty() {
                 break;
             }
@@ -273,7 +268,7 @@ impl Reloader {
                 std::thread::sleep(REREAD_AFTER);
             }
             watched = files;
-            before = stamp_all(&watched);
+            before = stamp_all(&mut watched.iter());
             since = SystemTime::now();
             loaded = (self.loader)();
         }
