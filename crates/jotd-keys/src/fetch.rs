@@ -736,7 +736,12 @@ type UrlKey = (String, Option<Algorithm>, bool);
 type ByUrl = Arc<HashMap<UrlKey, Vec<usize>>>;
 
 /// A config, the URL sources it lists, and which of them read one URL alike.
-type TargetsOf = (Arc<KeysConfig>, Arc<Vec<Target>>, ByUrl);
+type TargetsOf = (Arc<KeysConfig>, Arc<Vec<Target>>, ByUrl, ByTenant);
+
+/// The targets of each tenant: a range of [`Target`]s (a tenant's sources
+/// are listed together), so an unknown-kid trigger looks at its tenant's
+/// sources alone, not every source of the config.
+type ByTenant = Arc<HashMap<String, std::ops::Range<usize>>>;
 
 /// Fetches every JWKS URL of the config and installs the keys through the [`Reloader`].
 pub struct JwksFetcher {
@@ -868,11 +873,28 @@ impl JwksFetcher {
         self.targets_and_urls().0
     }
 
+    /// `tenant`'s URL sources (an index lookup, not a walk of every source).
+    fn tenant_targets(&self, tenant: &str) -> Vec<Target> {
+        // Brings the cache up to date; the list and its index are then read
+        // from the one cache entry (a config change in between would pair a
+        // new index with an old list).
+        let _ = self.targets_and_urls();
+        let cached = lock(&self.targets);
+        let Some((_, targets, _, by_tenant)) = &*cached else {
+            return Vec::new();
+        };
+        by_tenant
+            .get(tenant)
+            .and_then(|r| targets.get(r.clone()))
+            .map(<[Target]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// [`Self::targets`], and the targets that read each URL alike.
     fn targets_and_urls(&self) -> (Arc<Vec<Target>>, ByUrl) {
         let cfg = self.reloader.config();
         let mut cached = lock(&self.targets);
-        if let Some((of, targets, by_url)) = &*cached
+        if let Some((of, targets, by_url, _)) = &*cached
             && Arc::ptr_eq(of, &cfg)
         {
             return (Arc::clone(targets), Arc::clone(by_url));
@@ -899,7 +921,19 @@ impl JwksFetcher {
             by_url.entry(t.url_key()).or_default().push(i);
         }
         let by_url = Arc::new(by_url);
-        *cached = Some((cfg, Arc::clone(&targets), Arc::clone(&by_url)));
+        let mut by_tenant: HashMap<String, std::ops::Range<usize>> = HashMap::new();
+        for (i, t) in targets.iter().enumerate() {
+            by_tenant
+                .entry(t.tenant.clone())
+                .and_modify(|r| r.end = i + 1)
+                .or_insert(i..i + 1);
+        }
+        *cached = Some((
+            cfg,
+            Arc::clone(&targets),
+            Arc::clone(&by_url),
+            Arc::new(by_tenant),
+        ));
         // A source the new config no longer names is forgotten, and so is one
         // whose keys the reloader dropped (removed by a reload this fetcher
         // never saw, then named again): named (again), it starts afresh, due
@@ -1255,7 +1289,7 @@ impl JwksFetcher {
             return false;
         };
         let mut refreshed = false;
-        for t in self.targets().iter().filter(|t| t.tenant == tenant) {
+        for t in &self.tenant_targets(tenant) {
             let source = self.source(t);
             let asked = Instant::now();
             let Some(waiting) = Waiting::take(&source.waiters) else {
