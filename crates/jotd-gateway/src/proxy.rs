@@ -67,8 +67,12 @@ struct UpstreamError(String, Failed);
 enum Failed {
     Late,
     TooLarge,
-    /// The gateway's answer buffer (`max_answer_buffer_bytes`) is full.
+    /// The gateway's answer buffer (`max_answer_buffer_bytes`) is full:
+    /// refused before the node saw the call (503, safe to retry).
     Busy,
+    /// The answer buffer and its overdraft were full while a node's answer
+    /// came in: the node ran the call (502, as an answer too large).
+    Overflow,
     Other,
 }
 
@@ -115,7 +119,7 @@ where
                 upstream_error("answer_buffer");
                 return Err(UpstreamError(
                     format!("{uri}: the gateway's answer buffer and its overdraft are full"),
-                    Failed::Busy,
+                    Failed::Overflow,
                 ));
             }
         }
@@ -789,7 +793,7 @@ impl ProxyDoor {
                 match &up {
                     Ok(up) => left = left.saturating_sub(up.body.len()),
                     // Past the budget: no later call is sent (the node ran this one).
-                    Err(e) if e.1 == Failed::TooLarge => left = 0,
+                    Err(e) if matches!(e.1, Failed::TooLarge | Failed::Overflow) => left = 0,
                     Err(_) => {}
                 }
                 out.push(c.id.as_ref().map(|id| match &up {

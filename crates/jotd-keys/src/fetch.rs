@@ -1106,6 +1106,7 @@ impl JwksFetcher {
                 // refresh loop for good (nothing refreshed or expired again,
                 // readiness still ready). Cancelled only at shutdown.
                 Err(e) if e.is_panic() => {
+                    lock(&source.info).failed_total += 1;
                     result = Err(FetchError::Setup(
                         "installing the fetched keys panicked (a bug): they were not installed"
                             .into(),

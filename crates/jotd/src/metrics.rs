@@ -690,7 +690,8 @@ impl FetchTotals {
         self.live = now_by.keys().map(|(_, u)| (*u).to_owned()).collect();
         // Totals of gone URLs are kept up to a bound (rotating presigned
         // URLs would grow them for ever); past it they go, and one named
-        // again counts from 0 (read as a counter reset).
+        // again counts from 0, which the recorder (keeping the highest
+        // value written) shows as no fetches until it catches up.
         if self.per_url.len() > self.live.len() + MAX_GONE_URLS {
             let live = &self.live;
             self.per_url.retain(|url, _| live.contains(url));
