@@ -171,6 +171,15 @@ fn exp_optional_and_lifetime_cap() {
     );
 }
 
+/// The reason for an ES256 token (kid `es256`) with exactly `payload`, of
+/// tenant `t`.
+fn es256_payload_reason(e: &Engine, snap: &Snapshot, payload: &str) -> Reason {
+    let token = signer(Es256)
+        .mint_raw(br#"{"alg":"ES256","kid":"es256"}"#, payload.as_bytes())
+        .unwrap();
+    reason(e, snap, "t", &token)
+}
+
 /// A required claim must carry a value: a literal `null` (which the fixture's
 /// `claims()` cannot write: it removes null claims) is as good as absent,
 /// whether or not the claim is also returned. A name required twice is met
@@ -182,12 +191,7 @@ fn a_required_claim_that_is_null_is_missing() {
     t.claims_to_return = vec!["tier".into()];
     let snap = one(t);
     for e in [uncached(), Engine::new(EngineConfig::default())] {
-        let with = |payload: &str| {
-            let token = signer(Es256)
-                .mint_raw(br#"{"alg":"ES256","kid":"es256"}"#, payload.as_bytes())
-                .unwrap();
-            reason(&e, &snap, "t", &token)
-        };
+        let with = |payload: &str| es256_payload_reason(&e, &snap, payload);
         let exp = NOW + 600;
         assert_eq!(
             with(&format!(r#"{{"exp":{exp},"name":"n","tier":"gold"}}"#)),
@@ -215,12 +219,7 @@ fn a_required_claim_that_is_null_is_missing() {
     t.claims.required = vec!["sub".into()];
     let snap = one(t);
     for e in [uncached(), Engine::new(EngineConfig::default())] {
-        let with = |payload: &str| {
-            let token = signer(Es256)
-                .mint_raw(br#"{"alg":"ES256","kid":"es256"}"#, payload.as_bytes())
-                .unwrap();
-            reason(&e, &snap, "t", &token)
-        };
+        let with = |payload: &str| es256_payload_reason(&e, &snap, payload);
         let exp = NOW + 600;
         assert_eq!(
             with(&format!(r#"{{"exp":{exp},"sub":null}}"#)),
@@ -242,16 +241,11 @@ fn a_claim_twice_anywhere_is_malformed() {
     t.claims_to_return = vec!["groups".into()];
     let snap = one(t);
     for e in [uncached(), Engine::new(EngineConfig::default())] {
-        let with = |payload: &str| {
-            let token = signer(Es256)
-                .mint_raw(br#"{"alg":"ES256","kid":"es256"}"#, payload.as_bytes())
-                .unwrap();
-            reason(&e, &snap, "t", &token)
-        };
+        let with = |payload: &str| es256_payload_reason(&e, &snap, payload);
         let exp = NOW + 600;
         for body in [
             r#""role":"user","role":"admin""#,
-            r#""role":"user","role":"admin""#,
+            r#""r\u006fle":"user","role":"admin""#,
             r#""groups":{"admin":false,"admin":true}"#,
             r#""other":{"a":{"b":1,"b":2}}"#,
             r#""other":[{"k":1,"k":1}]"#,
