@@ -619,15 +619,26 @@ impl Info {
 
 #[derive(Debug, Default)]
 struct Source {
-    /// Unknown-kid triggers queued on `flight` now (see [`MAX_WAITERS`]).
-    waiters: std::sync::atomic::AtomicUsize,
     info: Mutex<Info>,
 }
 
-/// Unknown-kid triggers that may wait on one source's fetch in flight. Past it a
-/// trigger returns at once (its batch is decided on the keys at hand): a flood of
-/// forged kids while the IdP is slow would otherwise queue a task per batch for as
-/// long as the fetch takes.
+/// One URL as read (a [`UrlKey`]): every tenant reading it alike fetches it
+/// through this, one fetch at a time.
+#[derive(Debug, Default)]
+struct Flight {
+    /// Held while the URL is fetched.
+    lock: tokio::sync::Mutex<()>,
+    /// Unknown-kid triggers queued on `lock` now (see [`MAX_WAITERS`]).
+    waiters: std::sync::atomic::AtomicUsize,
+}
+
+/// Unknown-kid triggers that may wait on one URL's fetch in flight, whichever
+/// tenants they name. Past it a trigger returns at once (its batch is decided
+/// on the keys at hand): a flood of forged kids while the IdP is slow would
+/// otherwise queue a task per batch for as long as the fetch takes. Counted per
+/// URL, not per tenant: counted per tenant, forged kids naming a few tenants
+/// behind one slow identity provider held every trigger of [`MAX_TRIGGERS`],
+/// and a rotation at another provider went unfetched.
 pub const MAX_WAITERS: usize = 256;
 
 /// Unknown-kid triggers waiting or fetching at once, across every source:
@@ -641,7 +652,7 @@ pub const MAX_TRIGGERS: usize = 1024;
 /// Sources fetched at once by [`JwksFetcher::refresh_due`].
 pub const PARALLEL_FETCHES: usize = 16;
 
-/// A place among a source's waiters, given back on drop.
+/// A place among a URL's waiters, given back on drop.
 struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
 
 impl<'a> Waiting<'a> {
@@ -752,12 +763,19 @@ pub struct JwksFetcher {
     sources: Mutex<HashMap<(String, String), Arc<Source>>>,
     /// Held while a URL is fetched, for every tenant reading it alike: one
     /// fetch at a time per URL (single flight across tenants).
-    flights: Mutex<HashMap<UrlKey, Arc<tokio::sync::Mutex<()>>>>,
+    flights: Mutex<HashMap<UrlKey, Arc<Flight>>>,
     /// URL sources of the config they were computed from (held, so the pointer stays unique).
     targets: Mutex<Option<TargetsOf>>,
     /// Unknown-kid triggers waiting or fetching, across every source
     /// ([`MAX_TRIGGERS`]).
     triggers: Arc<tokio::sync::Semaphore>,
+    /// URLs (as read) whose sources' due times a fetch has just set, for
+    /// [`Self::run`] to put back on its agenda: a fetch outside the loop (an
+    /// unknown-kid refetch that failed) can make a source due sooner than
+    /// the agenda says.
+    moved: Mutex<HashSet<UrlKey>>,
+    /// Wakes [`Self::run`] when `moved` gains a URL.
+    moved_wake: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for JwksFetcher {
@@ -849,6 +867,8 @@ impl JwksFetcher {
             observer: None,
             sources: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
+            moved: Mutex::new(HashSet::new()),
+            moved_wake: tokio::sync::Notify::new(),
             triggers: Arc::new(tokio::sync::Semaphore::new(MAX_TRIGGERS)),
             targets: Mutex::new(None),
         })
@@ -960,7 +980,7 @@ impl JwksFetcher {
 
     /// The lock one fetch of `t`'s URL holds (shared by every tenant reading
     /// it alike).
-    fn flight(&self, t: &Target) -> Arc<tokio::sync::Mutex<()>> {
+    fn flight(&self, t: &Target) -> Arc<Flight> {
         Arc::clone(lock(&self.flights).entry(t.url_key()).or_default())
     }
 
@@ -1156,6 +1176,8 @@ impl JwksFetcher {
                 }
             }
         }
+        lock(&self.moved).insert(t.url_key());
+        self.moved_wake.notify_one();
         if !dropping.is_empty() {
             // Off the runtime's threads, as installing is (a snapshot rebuild).
             let reloader = Arc::clone(&self.reloader);
@@ -1254,7 +1276,7 @@ impl JwksFetcher {
         source: Arc<Source>,
     ) -> Option<(String, String, FetchError)> {
         let flight = self.flight(&t);
-        let _flight = flight.lock().await;
+        let _flight = flight.lock.lock().await;
         // An unknown-kid refetch, or another tenant's fetch of the same URL,
         // may have run while this waited for the flight:
         // then the source is no longer due and is not fetched twice in a row.
@@ -1285,35 +1307,47 @@ impl JwksFetcher {
     /// Single flight: concurrent callers wait for one fetch. Rate limited: a
     /// source fetched less than `refetch_interval` ago is not fetched again.
     /// Returns whether any source was fetched successfully.
+    ///
+    /// The tenant's sources are tried at once, not one after another: a
+    /// slow identity provider listed first does not hold back the tenant's
+    /// others (nor hold this trigger's place in [`MAX_TRIGGERS`] for the sum
+    /// of their times).
     pub async fn on_unknown_kid(&self, tenant: &str) -> bool {
         let Ok(_trigger) = self.triggers.try_acquire() else {
             return false;
         };
-        let mut refreshed = false;
-        for t in &self.tenant_targets(tenant) {
-            let source = self.source(t);
-            let asked = Instant::now();
-            let Some(waiting) = Waiting::take(&source.waiters) else {
-                continue;
-            };
-            let flight = self.flight(t);
-            let _flight = flight.lock().await;
-            drop(waiting);
-            let (good, attempt, triggered) = {
-                let info = lock(&source.info);
-                (info.last_good, info.last_attempt, info.last_triggered)
-            };
-            if good.is_some_and(|g| g >= asked) {
-                refreshed = true; // a fetch that finished after we asked: its keys are ours too
-            } else if attempt.is_some_and(|a| a >= asked)
-                || triggered.is_some_and(|t| t + self.config.refetch_interval > Instant::now())
-            {
-                // It just failed for someone else, or the rate limit holds: do not hammer the IdP.
-            } else {
-                refreshed |= self.fetch(t, &source, true).await.is_ok();
-            }
+        let targets = self.tenant_targets(tenant);
+        futures_util::future::join_all(targets.iter().map(|t| self.refetch(t)))
+            .await
+            .into_iter()
+            .any(|fetched| fetched)
+    }
+
+    /// One source's part of [`Self::on_unknown_kid`]: whether its keys are
+    /// (now) from a fetch that finished after the trigger asked.
+    async fn refetch(&self, t: &Target) -> bool {
+        let source = self.source(t);
+        let asked = Instant::now();
+        let flight = self.flight(t);
+        let Some(waiting) = Waiting::take(&flight.waiters) else {
+            return false;
+        };
+        let _flight = flight.lock.lock().await;
+        drop(waiting);
+        let (good, attempt, triggered) = {
+            let info = lock(&source.info);
+            (info.last_good, info.last_attempt, info.last_triggered)
+        };
+        if good.is_some_and(|g| g >= asked) {
+            true // a fetch that finished after we asked: its keys are ours too
+        } else if attempt.is_some_and(|a| a >= asked)
+            || triggered.is_some_and(|t| t + self.config.refetch_interval > Instant::now())
+        {
+            // It just failed for someone else, or the rate limit holds: do not hammer the IdP.
+            false
+        } else {
+            self.fetch(t, &source, true).await.is_ok()
         }
-        refreshed
     }
 
     /// Every URL source's state.
@@ -1342,6 +1376,11 @@ impl JwksFetcher {
             .collect()
     }
 
+    /// When `t` falls due (now, if never fetched).
+    fn due_of(&self, t: &Target, now: Instant) -> Instant {
+        lock(&self.source(t).info).due(t).unwrap_or(now)
+    }
+
     /// Keeps every source fresh until `shutdown` resolves. Outcomes go to the
     /// observer (a failed source keeps its last good keys; retries back off,
     /// so failures stay few).
@@ -1350,6 +1389,14 @@ impl JwksFetcher {
     /// the loop does not wait for a round to end: a source that falls due is
     /// fetched as soon as a slot is free, even while another IdP hangs until the
     /// timeout.
+    ///
+    /// The sources wait on an [`Agenda`], earliest due first: a free slot goes
+    /// to the source that has waited longest, whatever its place in the config
+    /// (in config order, URLs that hang and fall due again at once kept the
+    /// slots from the sources listed after them), and a turn costs a heap step
+    /// per fetch, not a look at every source (at 100k tenants, a scan of them
+    /// all a second and after each fetch, on a runtime thread). The agenda is
+    /// rebuilt when the config changes.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         use futures_util::StreamExt as _;
         tokio::pin!(shutdown);
@@ -1358,48 +1405,199 @@ impl JwksFetcher {
         // due together and one fetch serves them all, so they take one slot
         // (else 16 of them behind one hanging identity provider held every
         // slot, and every other provider's refresh waited).
-        let mut fetching: std::collections::HashSet<UrlKey> = std::collections::HashSet::new();
+        let mut fetching: HashSet<UrlKey> = HashSet::new();
+        let mut plan: Option<Plan> = None;
         loop {
             let now = Instant::now();
-            // Notice new sources after a reload within a second.
-            let mut wake = now + Duration::from_secs(1);
-            for t in self.targets().iter() {
-                let key = t.url_key();
-                if fetching.contains(&key) {
+            let (targets, by_url) = self.targets_and_urls();
+            let plan = match &mut plan {
+                Some(p) if Arc::ptr_eq(&p.targets, &targets) => p,
+                _ => {
+                    // Every due time is read afresh: what `moved` holds is in it.
+                    lock(&self.moved).clear();
+                    let mut agenda = Agenda::new(targets.len());
+                    for (i, t) in targets.iter().enumerate() {
+                        agenda.put(i, self.due_of(t, now));
+                    }
+                    plan.insert(Plan {
+                        targets,
+                        by_url,
+                        agenda,
+                    })
+                }
+            };
+            let moved: Vec<UrlKey> = lock(&self.moved).drain().collect();
+            for key in &moved {
+                plan.reschedule(&self, key, now);
+            }
+            while in_flight.len() < PARALLEL_FETCHES {
+                let Some(i) = plan.agenda.pop_due(now) else {
+                    break;
+                };
+                let t = &plan.targets[i];
+                let source = self.source(t);
+                // Fetched meanwhile (for another tenant reading the URL
+                // alike, or by an unknown-kid refetch): back on the agenda.
+                let due = lock(&source.info).due(t);
+                if let Some(due) = due.filter(|&d| d > now) {
+                    plan.agenda.put(i, due);
                     continue;
                 }
-                let source = self.source(t);
-                let due = lock(&source.info).due(t);
-                match due {
-                    Some(d) if d > now => wake = wake.min(d),
-                    _ if in_flight.len() < PARALLEL_FETCHES => {
-                        fetching.insert(key.clone());
-                        let t = t.clone();
-                        let this = &self;
-                        in_flight.push(async move {
-                            // The outcome went to the observer.
-                            let _ = this.fetch_due(t, source).await;
-                            key
-                        });
-                    }
-                    // Due, but every slot is taken: looked at again when one frees.
-                    _ => {}
+                let key = t.url_key();
+                // A fetch of the URL is in flight: it serves this source
+                // too, which goes back on the agenda when it ends.
+                if !fetching.insert(key.clone()) {
+                    continue;
                 }
+                let t = t.clone();
+                let this = &self;
+                in_flight.push(async move {
+                    // The outcome went to the observer.
+                    let _ = this.fetch_due(t, source).await;
+                    key
+                });
+            }
+            // Notice new sources after a reload within a second. With every
+            // slot taken, a due source waits for a fetch to end.
+            let mut wake = now + Duration::from_secs(1);
+            if in_flight.len() < PARALLEL_FETCHES
+                && let Some(next) = plan.agenda.next()
+            {
+                wake = wake.min(next);
             }
             tokio::select! {
                 () = &mut shutdown => return,
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                     fetching.remove(&done);
+                    plan.reschedule(&self, &done, Instant::now());
                 }
+                () = self.moved_wake.notified() => {}
                 () = tokio::time::sleep_until(wake) => {}
             }
         }
     }
 }
 
+/// The refresh loop's view of one config: its URL sources and their agenda.
+struct Plan {
+    targets: Arc<Vec<Target>>,
+    by_url: ByUrl,
+    agenda: Agenda,
+}
+
+impl Plan {
+    /// Puts every source reading `key` back on the agenda at its due time
+    /// (after a fetch of it, which set them all).
+    fn reschedule(&mut self, fetcher: &JwksFetcher, key: &UrlKey, now: Instant) {
+        for &i in self.by_url.get(key).into_iter().flatten() {
+            self.agenda.put(i, fetcher.due_of(&self.targets[i], now));
+        }
+    }
+}
+
+/// When each source (by index) falls due, earliest first. A source's time is
+/// replaced, not updated in place: `at` holds each source's live time, and a
+/// heap entry that differs from it is stale, dropped when it comes up (the
+/// heap is rebuilt from `at` when stale entries outnumber live ones).
+#[derive(Debug)]
+struct Agenda {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, usize)>>,
+    at: Vec<Option<Instant>>,
+}
+
+impl Agenda {
+    fn new(len: usize) -> Self {
+        Self {
+            heap: std::collections::BinaryHeap::with_capacity(len),
+            at: vec![None; len],
+        }
+    }
+
+    /// Source `i` falls due at `when` (replacing the time it had).
+    fn put(&mut self, i: usize, when: Instant) {
+        if self.at[i] == Some(when) {
+            return;
+        }
+        self.at[i] = Some(when);
+        self.heap.push(std::cmp::Reverse((when, i)));
+        if self.heap.len() > 2 * self.at.len() + 64 {
+            self.heap = self
+                .at
+                .iter()
+                .enumerate()
+                .filter_map(|(i, w)| w.map(|w| std::cmp::Reverse((w, i))))
+                .collect();
+        }
+    }
+
+    /// Takes the source due longest ago, if one is due at `now` (ties: the
+    /// one listed first). Taken, it is off the agenda until put back.
+    fn pop_due(&mut self, now: Instant) -> Option<usize> {
+        while let Some(&std::cmp::Reverse((when, i))) = self.heap.peek() {
+            if when > now {
+                return None;
+            }
+            self.heap.pop();
+            if self.at[i] == Some(when) {
+                self.at[i] = None;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// When the next source falls due (stale entries at the head dropped).
+    fn next(&mut self) -> Option<Instant> {
+        while let Some(&std::cmp::Reverse((when, i))) = self.heap.peek() {
+            if self.at[i] == Some(when) {
+                return Some(when);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::internal_address;
+
+    /// The agenda hands out sources earliest due first (ties by index),
+    /// never one not yet due; a new time replaces the old one, earlier or
+    /// later; a taken source is off it until put back; and replaced times
+    /// do not pile up.
+    #[test]
+    fn the_agenda_goes_by_due_time() {
+        use super::Agenda;
+        use std::time::Duration;
+        let t0 = tokio::time::Instant::now();
+        let s = Duration::from_secs;
+        let mut a = Agenda::new(4);
+        a.put(0, t0 + s(30));
+        a.put(1, t0 + s(10));
+        a.put(2, t0 + s(10));
+        a.put(3, t0 + s(20));
+        assert_eq!(a.next(), Some(t0 + s(10)));
+        assert_eq!(a.pop_due(t0 + s(5)), None, "nothing is due yet");
+        assert_eq!(a.pop_due(t0 + s(25)), Some(1));
+        assert_eq!(a.pop_due(t0 + s(25)), Some(2));
+        // Moved earlier (a failed refetch retries sooner) and later.
+        a.put(0, t0 + s(1));
+        a.put(3, t0 + s(40));
+        assert_eq!(a.pop_due(t0 + s(25)), Some(0));
+        assert_eq!(a.pop_due(t0 + s(25)), None, "3's old time is stale");
+        assert_eq!(a.next(), Some(t0 + s(40)));
+        assert_eq!(a.pop_due(t0 + s(100)), Some(3));
+        assert_eq!(a.pop_due(t0 + s(100)), None, "all taken");
+        assert_eq!(a.next(), None);
+        // Rescheduled over and over before coming up: the heap stays bounded.
+        for k in 0..10_000u64 {
+            a.put(1, t0 + s(1000 + k));
+        }
+        assert!(a.heap.len() <= 2 * 4 + 64 + 1, "{}", a.heap.len());
+        assert_eq!(a.pop_due(t0 + s(20_000)), Some(1));
+        assert_eq!(a.pop_due(t0 + s(20_000)), None);
+    }
 
     /// Every internal range, in both families and embedded in IPv6; public
     /// addresses next to each range's edge are not internal.

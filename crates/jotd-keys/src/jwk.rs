@@ -418,6 +418,12 @@ pub struct JwksKeys {
     /// source's `alg`). A snapshot uses the keys only while the source still says
     /// the same, so a reload that changes it never leaves keys read the old way serving.
     pub parsed_alg: Option<Algorithm>,
+    /// Whether the document was read with symmetric (`oct`) keys allowed (a
+    /// file always; a URL only with `symmetric_keys = true`). Fetched keys are
+    /// installed only while their source still says the same: a fetch begun
+    /// before a reload turned the flag on, finishing after the new one, would
+    /// otherwise replace keys read with secrets by keys read without them.
+    pub parsed_symmetric: bool,
 }
 
 impl JwksKeys {
@@ -427,6 +433,7 @@ impl JwksKeys {
     #[must_use]
     pub fn same_as(&self, other: &Self) -> bool {
         self.parsed_alg == other.parsed_alg
+            && self.parsed_symmetric == other.parsed_symmetric
             && self.skipped_total == other.skipped_total
             && self.skipped == other.skipped
             && self.keys.len() == other.keys.len()
@@ -595,6 +602,7 @@ fn parse(
         skipped: Vec::new(),
         skipped_total: 0,
         parsed_alg: config_alg,
+        parsed_symmetric: symmetric_keys,
     };
     let mut signing_kids: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (i, entry) in entries.into_iter().enumerate() {

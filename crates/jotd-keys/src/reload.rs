@@ -396,7 +396,8 @@ impl Reloader {
         // source no longer named are dropped, and so are keys read under an
         // `alg` or `symmetric_keys` the source no longer has (a fetch begun
         // before a reload changed them, finishing after the new one, would
-        // replace the new keys with ones the snapshot ignores).
+        // replace the new keys with ones the snapshot ignores, or, for a
+        // flag turned on, with the same document read without its secrets).
         let naming: HashSet<&str> = config
             .tenants
             .iter()
@@ -404,7 +405,7 @@ impl Reloader {
                 t.jwks.iter().any(|s| {
                     matches!(&s.location, crate::JwksLocation::Url(u) if u == url)
                         && s.alg == keys.parsed_alg
-                        && (s.symmetric_keys || !keys.has_symmetric())
+                        && s.symmetric_keys == keys.parsed_symmetric
                 })
             })
             .map(|t| &*t.tenant.id)

@@ -1450,3 +1450,180 @@ async fn tenants_sharing_a_url_share_its_fetches() {
     assert!(fresh.refresh_due().await.is_empty(), "all back off");
     assert_eq!(server.hits(), before + 1);
 }
+
+/// A refetch for an unknown kid that fails (outside the refresh loop) makes
+/// its source due again after `retry_after`, sooner than its next refresh:
+/// the loop retries it then, not at the refresh 300 s away. (The loop keeps
+/// its sources on an agenda by due time; a due time moved earlier from
+/// outside it must reach it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refetch_is_retried_by_the_loop() {
+    let server = serve().await;
+    let (key_a, jwk_a) = ed_key("a");
+    let (key_b, jwk_b) = ed_key("b");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk_a]),
+        cache_control: None,
+    });
+    let config = FetchConfig {
+        retry_after: Duration::from_millis(200),
+        refetch_interval: Duration::ZERO,
+        ..FetchConfig::default()
+    };
+    let (reloader, fetcher) = setup(&server, config);
+    let fetcher = Arc::new(fetcher);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(Arc::clone(&fetcher).run(async {
+        let _ = stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while decide(&reloader, &key_a, "a") != Reason::Ok {
+        assert!(tokio::time::Instant::now() < deadline, "no first fetch");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.hits(), 1);
+    server.set(Mode::Status(500));
+    assert!(!fetcher.on_unknown_kid("idp").await, "the refetch failed");
+    assert_eq!(server.hits(), 2);
+    // The provider is back with the new key; nobody triggers again.
+    server.set(Mode::Doc {
+        body: doc(&[&jwk_a, &jwk_b]),
+        cache_control: None,
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while decide(&reloader, &key_b, "b") != Reason::Ok {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the loop did not retry the source a refetch failed ({} fetches)",
+            server.hits()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("run stops on shutdown")
+        .unwrap();
+}
+
+/// Free fetch slots go to the source due longest ago, not the one listed
+/// first: 40 identity providers that never answer (1 s timeout, retried
+/// after 1 ms), listed ahead of a healthy one, kept every slot busy with
+/// each other in config order, and the healthy tenant waited for as long as
+/// their back-off stayed under the timeout (about ten rounds). By due time
+/// it is fetched in the third round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_slots_go_by_due_time_not_config_order() {
+    let server = serve().await;
+    let (key, jwk) = ed_key("a");
+    server.set(Mode::Doc {
+        body: doc(&[&jwk]),
+        cache_control: None,
+    });
+    let silent: Vec<std::net::TcpListener> = (0..40)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let mut text: String = silent
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            format!(
+                "[[tenant]]\nid = \"silent{i}\"\n[[tenant.jwks]]\ninternal = true\nurl = \"https://127.0.0.1:{}/jwks.json\"\nalg = \"EdDSA\"\n",
+                l.local_addr().unwrap().port()
+            )
+        })
+        .collect();
+    text.push_str(&format!(
+        "[[tenant]]\nid = \"idp\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{}\"\nalg = \"EdDSA\"\n",
+        server.url
+    ));
+    let reloader = reloader_of(text);
+    let config = FetchConfig {
+        extra_roots_pem: Some(server.ca_pem.clone().into_bytes()),
+        timeout: Duration::from_secs(1),
+        retry_after: Duration::from_millis(1),
+        ..FetchConfig::default()
+    };
+    let fetcher = Arc::new(JwksFetcher::new(Arc::clone(&reloader), config).unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let looping = tokio::spawn(Arc::clone(&fetcher).run(async {
+        let _ = stopped.await;
+    }));
+    let start = tokio::time::Instant::now();
+    while decide(&reloader, &key, "a") != Reason::Ok {
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "the healthy tenant listed last got no keys in 6 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), looping)
+        .await
+        .expect("the loop stops on shutdown")
+        .unwrap();
+    drop(silent);
+}
+
+/// Unknown-kid triggers that wait on one URL's fetch are bounded per URL,
+/// whichever tenants they name: forged kids naming six tenants behind one
+/// slow identity provider (256 waiters each, counted per tenant) held all
+/// 1,024 triggers, and a real rotation at another provider went unfetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_shared_idp_leaves_triggers_for_other_providers() {
+    let slow = serve().await;
+    let healthy = serve().await;
+    let (_, jwk) = ed_key("a");
+    slow.set(Mode::SlowDoc {
+        body: doc(&[&jwk]),
+        pause: Duration::from_secs(3),
+    });
+    let (key_b, jwk_b) = ed_key("b");
+    healthy.set(Mode::Doc {
+        body: doc(&[&jwk_b]),
+        cache_control: None,
+    });
+    let tenants = jotd_keys::MAX_TRIGGERS / jotd_keys::MAX_WAITERS + 2;
+    let mut text: String = (0..tenants)
+        .map(|i| {
+            format!(
+                "[[tenant]]\nid = \"t{i}\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{}\"\nalg = \"EdDSA\"\n",
+                slow.url
+            )
+        })
+        .collect();
+    text.push_str(&format!(
+        "[[tenant]]\nid = \"other\"\n[[tenant.jwks]]\ninternal = true\nurl = \"{}\"\nalg = \"EdDSA\"\n",
+        healthy.url
+    ));
+    let reloader = reloader_of(text);
+    // Both test servers' CAs.
+    let roots = format!("{}{}", slow.ca_pem, healthy.ca_pem);
+    let config = FetchConfig {
+        extra_roots_pem: Some(roots.into_bytes()),
+        ..FetchConfig::default()
+    };
+    let fetcher = Arc::new(JwksFetcher::new(Arc::clone(&reloader), config).unwrap());
+    let flood: Vec<_> = (0..tenants * jotd_keys::MAX_WAITERS)
+        .map(|i| {
+            let f = Arc::clone(&fetcher);
+            tokio::spawn(async move { f.on_unknown_kid(&format!("t{}", i % tenants)).await })
+        })
+        .collect();
+    while slow.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Every flooding trigger has queued or returned by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        fetcher.on_unknown_kid("other").await,
+        "the other provider's tenant found no trigger free"
+    );
+    assert_eq!(decide_for(&reloader, "other", &key_b, "b"), Reason::Ok);
+    let mut saw = 0;
+    for t in flood {
+        saw += usize::from(t.await.unwrap());
+    }
+    assert!(saw <= jotd_keys::MAX_WAITERS + 1, "{saw} triggers waited");
+    assert_eq!(slow.hits(), 1, "one fetch of the slow provider");
+}

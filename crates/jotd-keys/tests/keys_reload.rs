@@ -194,6 +194,25 @@ fn fetched_jwks_keys_survive_reloads() {
         Reason::Ok,
         "the keys read the source's way still serve"
     );
+    // The same for `symmetric_keys`: a document read with the flag off (a
+    // fetch begun before a reload turned it on, finishing after the new
+    // one) holds no secret, and would have replaced the keys read with it.
+    // (A document of secrets alone read so fails to parse; one that also
+    // holds public keys gives those, and this is its secret-less part.)
+    let unflagged = jotd_keys::jwk::JwksKeys {
+        keys: Vec::new(),
+        skipped: vec!["kid \"k\": a symmetric key in a JWKS fetched over the network".into()],
+        skipped_total: 1,
+        parsed_alg: Some(Algorithm::Hs256),
+        parsed_symmetric: false,
+    };
+    let before = r.store().load();
+    r.set_fetched("t", "https://idp.example/jwks", Arc::new(unflagged));
+    assert!(
+        Arc::ptr_eq(&before, &r.store().load()),
+        "keys read without the source's symmetric_keys were installed"
+    );
+    assert_eq!(decide(&r, &token(&secret)), Reason::Ok);
     fs.write(
         "/cfg/jotd.toml",
         &config.replace("id = \"t\"\n", "id = \"t\"\nleeway_s = 5\n"),
