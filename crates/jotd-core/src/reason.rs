@@ -114,6 +114,42 @@ impl Reason {
     pub const fn is_allow(self) -> bool {
         matches!(self, Self::Ok | Self::OkNoAuth)
     }
+
+    /// Whether this denial of a request that carries a token is reached
+    /// before the request's method and addresses are looked at, so every
+    /// request with the same token, tenant, origin and user agent gets it,
+    /// whatever its call: an unknown tenant, and the token's form, size,
+    /// algorithm, key, signature, registered claims, lifetime, time claims
+    /// and revocation. A client may check such a token once for many calls
+    /// (jotd-gateway does, for a large JSON-RPC batch).
+    ///
+    /// Not: `missing_claim` and `invalid_claim` (a policy's claim can give
+    /// them), the policy reasons (a no-auth method turns a policy refusal
+    /// into `ok_no_auth`), `missing_token` (no token) and `internal_error`.
+    #[must_use]
+    pub const fn decided_by_token(self) -> bool {
+        matches!(
+            self,
+            Self::UnknownTenant
+                | Self::TokenTooLarge
+                | Self::Malformed
+                | Self::UnsupportedAlg
+                | Self::AlgNotAllowed
+                | Self::MissingKid
+                | Self::UnknownKid
+                | Self::KeyAlgMismatch
+                | Self::BadSignature
+                | Self::Expired
+                | Self::NotYetValid
+                | Self::IssuedInFuture
+                | Self::LifetimeTooLong
+                | Self::BadAudience
+                | Self::BadIssuer
+                | Self::BadTyp
+                | Self::UnsupportedCrit
+                | Self::Revoked
+        )
+    }
 }
 
 impl fmt::Display for Reason {

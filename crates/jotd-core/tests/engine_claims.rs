@@ -760,3 +760,116 @@ fn a_tenant_origin_allowlist_holds_requests_with_and_without_a_token() {
         }
     }
 }
+
+/// `Reason::decided_by_token` is what a client relies on to check a token
+/// once for many calls (jotd-gateway, for a large JSON-RPC batch): every
+/// reason it names comes out the same for the request with no call and for
+/// each call, a no-auth method's included (where a policy refusal would be
+/// `ok_no_auth`), with the cache on and off.
+#[test]
+fn reasons_decided_by_the_token_hold_for_every_call() {
+    let mut t = tenant("t", &[Es256, Rs256]);
+    t.policy = PolicyModel::Allowlist;
+    t.claims.audiences = vec!["api".into()];
+    t.claims.issuers = vec!["idp".into()];
+    t.claims.max_lifetime = Some(Duration::from_secs(3600));
+    t.no_auth_methods = vec!["web3_clientVersion".into()];
+    let mut d = Denylist::default();
+    d.sub.insert("mallory".into(), UnixTime(NOW + 1000));
+    t.denylist = Arc::new(d);
+    let snap = one(t);
+    let ok = json!({"aud": "api", "iss": "idp"});
+    let with = |extra: serde_json::Value| {
+        let mut c = ok.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let good = mint(Es256, with(json!({"methods": ["eth_chainId"]})));
+    let mut forged = good.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let tokens: Vec<(&str, String)> = vec![
+        ("t", String::from_utf8(forged).unwrap()),
+        ("t", mint(Es256, with(json!({"exp": NOW - 100})))),
+        ("t", mint(Es256, with(json!({"nbf": NOW + 100})))),
+        ("t", mint(Es256, with(json!({"iat": NOW + 100})))),
+        ("t", mint(Es256, with(json!({"exp": NOW + 7200})))),
+        ("t", mint(Es256, with(json!({"aud": "other"})))),
+        ("t", mint(Es256, with(json!({"iss": "other"})))),
+        ("t", mint(Es256, with(json!({"sub": "mallory"})))),
+        (
+            "t",
+            signer(Es256)
+                .mint(Some("retired"), &fixture::claims(ok.clone()))
+                .unwrap(),
+        ),
+        (
+            "t",
+            signer(Es256)
+                .mint(None, &fixture::claims(ok.clone()))
+                .unwrap(),
+        ),
+        ("t", mint(Hs256, ok.clone())),
+        ("t", "not.a-token".to_owned()),
+        ("t", "x".repeat(70_000)),
+        ("nobody", good.clone()),
+        // Not decided by the token: a policy refusal or an allow.
+        ("t", good.clone()),
+        ("t", mint(Es256, with(json!({"methods": ["*"]})))),
+    ];
+    let calls: [(Option<&str>, &[&str]); 4] = [
+        (
+            Some("eth_getBalance"),
+            &["0x1937c5b8f6f0a2c4e1b0c7f4f4b2b5a1a3e2d1c0"],
+        ),
+        (Some("web3_clientVersion"), &[]),
+        (Some("eth_chainId"), &[]),
+        (None, &["*"]),
+    ];
+    let mut decided = std::collections::BTreeSet::new();
+    for engine in [uncached(), Engine::new(EngineConfig::default())] {
+        for (tenant_id, token) in &tokens {
+            let alone = reason(&engine, &snap, tenant_id, token);
+            if !alone.decided_by_token() {
+                continue;
+            }
+            decided.insert(alone);
+            for (method, addresses) in calls {
+                let r = engine
+                    .verify(
+                        &snap,
+                        &Request {
+                            method,
+                            addresses,
+                            ..Request::bearer(tenant_id, token.as_bytes())
+                        },
+                        UnixTime(NOW),
+                    )
+                    .reason();
+                assert_eq!(r, alone, "{tenant_id} {method:?}: {}", &token[..20]);
+            }
+        }
+    }
+    // The cases reach most of the reasons it names (a failing mint would
+    // make the test vacuous).
+    assert!(decided.len() >= 13, "{decided:?}");
+    assert!(!Reason::MethodNotAllowed.decided_by_token());
+    assert!(!Reason::InvalidClaim.decided_by_token());
+    // Why a policy reason is not: a no-auth method turns it into an allow.
+    let call = |method| {
+        uncached()
+            .verify(
+                &snap,
+                &Request {
+                    method: Some(method),
+                    ..Request::bearer("t", good.as_bytes())
+                },
+                UnixTime(NOW),
+            )
+            .reason()
+    };
+    assert_eq!(call("eth_getBalance"), Reason::MethodNotAllowed);
+    assert_eq!(call("web3_clientVersion"), Reason::OkNoAuth);
+}

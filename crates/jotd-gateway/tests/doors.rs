@@ -679,6 +679,87 @@ async fn a_batch_array_is_answered_in_order_with_mixed_outcomes() {
     gw.drain().await;
 }
 
+/// A large batch whose token jotd refuses for itself sends the token to
+/// jotd once, not once per call: the gateway checks it alone first when the
+/// calls' copies would pass 64 KiB (`TOKEN_FIRST_BYTES`), and every call
+/// gets the refusal. A token that verifies costs that one extra check, then
+/// each call is decided as before; a small batch goes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_sends_a_refused_token_once() {
+    let (k, _pool, seen, cfg, _dir) = rig("token-first", "").await;
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let proxy = gw.proxy.unwrap();
+    let pad = "x".repeat(4000);
+    let claims = |exp: u64| {
+        json!({"sub":"bob","aud":AUD,"exp":exp,"methods":["eth_blockNumber"],"pad":pad}).to_string()
+    };
+    let good = k.es.mint(Some("ec-1"), &claims(now() + 600)).unwrap();
+    let expired = k.es.mint(Some("ec-1"), &claims(now() - 60)).unwrap();
+    let mut forged = good.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert!(good.len() * 20 > jotd_gateway::gate::TOKEN_FIRST_BYTES);
+    let batch = |methods: &[&str]| {
+        let calls: Vec<String> = methods
+            .iter()
+            .enumerate()
+            .map(|(i, m)| call(i as u64 + 1, m, &json!([])))
+            .collect();
+        format!("[{}]", calls.join(","))
+    };
+    let items = || gw.batcher.stats().items;
+    let twenty = batch(&["eth_blockNumber"; 20]);
+    for (token, reason) in [(&forged, "bad_signature"), (&expired, "expired")] {
+        let before = items();
+        let r = post(proxy, "/v3/infura", Some(token), &[], &twenty).await;
+        assert_eq!(r.status, 401, "{reason}");
+        let a = r.body.as_array().unwrap();
+        assert_eq!(a.len(), 20);
+        for (i, x) in a.iter().enumerate() {
+            assert_eq!(x["id"], json!(i + 1));
+            assert_eq!(x["error"]["data"]["reason"], reason);
+        }
+        assert_eq!(items() - before, 1, "{reason}: one check, not twenty");
+    }
+    upstream_saw(&seen, &[]);
+    // A token that verifies: the check alone, then each call, outcomes mixed.
+    let mut methods = vec!["eth_blockNumber"; 10];
+    methods.extend(["eth_chainId"; 10]);
+    let before = items();
+    let r = post(proxy, "/v3/infura", Some(&good), &[], &batch(&methods)).await;
+    assert_eq!(r.status, 200);
+    let a = r.body.as_array().unwrap();
+    assert_eq!(a.len(), 20);
+    assert!(a[..10].iter().all(|x| x["result"] == "eth_blockNumber"));
+    assert!(
+        a[10..]
+            .iter()
+            .all(|x| x["error"]["data"]["reason"] == "method_not_allowed")
+    );
+    assert_eq!(items() - before, 21);
+    upstream_saw(&seen, &["eth_blockNumber"; 10]);
+    // Below the threshold: no check alone.
+    let small =
+        k.es.mint(
+            Some("ec-1"),
+            &json!({"sub":"bob","aud":AUD,"exp":now() - 60}).to_string(),
+        )
+        .unwrap();
+    let before = items();
+    let r = post(
+        proxy,
+        "/v3/infura",
+        Some(&small),
+        &[],
+        &batch(&["eth_blockNumber"; 2]),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(items() - before, 2);
+    gw.drain().await;
+}
+
 /// `max_upstream_bytes` bounds what one request gathers from the node, not
 /// each answer: calls whose ids collide go one by one, and once their answers
 /// fill the budget the rest are not sent. And `0` and `-0` are one id (a node
