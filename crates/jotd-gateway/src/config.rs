@@ -643,22 +643,56 @@ impl Config {
                 )
             })
         };
+        // A forwarded-URI or -host header must be one the door reads for
+        // nothing else: `uri_header = "x-forwarded-host"` routed on a host
+        // read as a path, and one header for both read each as the other.
+        let forwarded_header = |h: &Spanned<String>, key: &str, also: Option<&str>| {
+            let name = header_name(h, key)?;
+            let n = name.as_str();
+            if READ_BY_THE_DOOR.contains(&n)
+                || n.starts_with(crate::forward_auth::JOTD_PREFIX)
+                || (key == "uri_header" && n == "host")
+            {
+                return Err(err(
+                    h.span(),
+                    key,
+                    format!(
+                        "`{n}` is a header the door reads for something else (the token, origin, user agent, method, body or its own `x-jotd-*` answers): name the header your gateway puts the original {} in",
+                        if key == "uri_header" { "URI" } else { "host" }
+                    ),
+                ));
+            }
+            if also == Some(n) {
+                return Err(err(
+                    h.span(),
+                    key,
+                    format!("`{n}` is also `uri_header`: the URI and the host need two headers"),
+                ));
+            }
+            Ok(name)
+        };
         let forward_auth = match raw.forward_auth.as_ref() {
             None => None,
             Some(f) => {
                 let f = f.get_ref();
+                let uri_header = if f.uri_header.get_ref().is_empty() {
+                    None
+                } else {
+                    Some(forwarded_header(&f.uri_header, "uri_header", None)?)
+                };
+                let host_header = if f.host_header.get_ref().is_empty() {
+                    None
+                } else {
+                    Some(forwarded_header(
+                        &f.host_header,
+                        "host_header",
+                        uri_header.as_ref().map(hyper::header::HeaderName::as_str),
+                    )?)
+                };
                 Some(ForwardAuth {
                     listen: listen(&f.listen, "listen")?,
-                    uri_header: if f.uri_header.get_ref().is_empty() {
-                        None
-                    } else {
-                        Some(header_name(&f.uri_header, "uri_header")?)
-                    },
-                    host_header: if f.host_header.get_ref().is_empty() {
-                        None
-                    } else {
-                        Some(header_name(&f.host_header, "host_header")?)
-                    },
+                    uri_header,
+                    host_header,
                 })
             }
         };
@@ -918,6 +952,22 @@ impl Config {
     }
 }
 
+/// Headers the forward-auth door reads for what they are, never as a
+/// forwarded URI or host.
+const READ_BY_THE_DOOR: &[&str] = &[
+    "authorization",
+    "origin",
+    "user-agent",
+    "x-forwarded-method",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "content-encoding",
+    "connection",
+    "upgrade",
+    "cookie",
+];
+
 /// Whether two upstream URLs name one node and path (`http://n:1` is
 /// `http://N:1/`).
 fn same_node(a: &hyper::Uri, b: &hyper::Uri) -> bool {
@@ -935,6 +985,12 @@ fn same_node(a: &hyper::Uri, b: &hyper::Uri) -> bool {
 /// both). Another host's address on the same port is a node elsewhere (a
 /// wildcard listener on :8545 in front of `10.0.0.12:8545`); one of this
 /// host's own non-loopback addresses is not told apart (no interface list).
+///
+/// The host is read as the resolver would dial it: an IPv4-mapped IPv6
+/// address as its IPv4 one (`[::ffff:127.0.0.1]` reaches an IPv4
+/// listener), the shorthand IPv4 forms `getaddrinfo` takes (`127.1`, `0`,
+/// `2130706433`, `0x7f.1`), and `localhost` or a name under it, with or
+/// without a trailing dot.
 fn is_listener(uri: &hyper::Uri, listen: SocketAddr) -> bool {
     let Some(a) = uri.authority() else {
         return false;
@@ -943,19 +999,71 @@ fn is_listener(uri: &hyper::Uri, listen: SocketAddr) -> bool {
         return false;
     }
     let host = a.host().trim_start_matches('[').trim_end_matches(']');
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let listen_ip = listen.ip().to_canonical();
     let takes = |ip: std::net::IpAddr| {
-        ip == listen.ip()
-            || (listen.ip().is_unspecified()
+        let ip = ip.to_canonical();
+        ip == listen_ip
+            || (listen_ip.is_unspecified()
                 && (ip.is_loopback() || ip.is_unspecified())
                 && (listen.is_ipv6() || ip.is_ipv4()))
     };
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => takes(ip),
-        Err(_) => {
-            host.eq_ignore_ascii_case("localhost")
-                && (listen.ip().is_loopback() || listen.ip().is_unspecified())
+    match host
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .or_else(|| shorthand_ipv4(host).map(std::net::IpAddr::V4))
+    {
+        Some(ip) => takes(ip),
+        None => {
+            let lower = host.to_ascii_lowercase();
+            (lower == "localhost" || lower.ends_with(".localhost"))
+                && (listen_ip.is_loopback() || listen_ip.is_unspecified())
         }
     }
+}
+
+/// An IPv4 address in a form `inet_aton` (and so `getaddrinfo`) reads but
+/// `Ipv4Addr::from_str` does not: one to four parts, each decimal, `0x` hex
+/// or `0`-led octal, the last filling the bytes left (`127.1`,
+/// `2130706433`, `0x7f.0.0.1`, `0177.1`).
+fn shorthand_ipv4(host: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut nums = Vec::with_capacity(parts.len());
+    for p in &parts {
+        let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X"))
+        {
+            (h, 16)
+        } else if p.len() > 1 && p.starts_with('0') {
+            (&p[1..], 8)
+        } else {
+            (*p, 10)
+        };
+        if digits.is_empty() && radix != 16 {
+            return None;
+        }
+        let n = if digits.is_empty() {
+            0
+        } else {
+            u32::from_str_radix(digits, radix).ok()?
+        };
+        nums.push(n);
+    }
+    let (last, head) = nums.split_last()?;
+    if head.iter().any(|&n| n > 255) {
+        return None;
+    }
+    let rest_bits = 8 * (4 - head.len() as u32);
+    if rest_bits < 32 && u64::from(*last) >= 1u64 << rest_bits {
+        return None;
+    }
+    let mut v: u32 = 0;
+    for (i, &n) in head.iter().enumerate() {
+        v |= n << (24 - 8 * i as u32);
+    }
+    Some(std::net::Ipv4Addr::from(v | last))
 }
 
 /// An upstream node's URL: `http://host[:port][/path][?query]`. Refused, each
@@ -1017,6 +1125,20 @@ mod listener_tests {
             ("10.0.0.5:8545", "http://127.0.0.1:8545", false),
             ("127.0.0.1:80", "http://localhost", true),
             ("127.0.0.1:8545", "http://node:8545", false),
+            // Other spellings of the same addresses, as the resolver reads them.
+            ("0.0.0.0:8545", "http://[::ffff:127.0.0.1]:8545", true),
+            ("127.0.0.1:8545", "http://[::ffff:127.0.0.1]:8545", true),
+            ("127.0.0.1:8545", "http://127.1:8545", true),
+            ("0.0.0.0:8545", "http://0:8545", true),
+            ("0.0.0.0:8545", "http://2130706433:8545", true),
+            ("0.0.0.0:8545", "http://0x7f.1:8545", true),
+            ("0.0.0.0:8545", "http://0177.0.0.1:8545", true),
+            ("0.0.0.0:8545", "http://localhost.:8545", true),
+            ("0.0.0.0:8545", "http://node.LOCALHOST:8545", true),
+            ("0.0.0.0:8545", "http://10.1:8545", false),
+            ("0.0.0.0:8545", "http://[::ffff:10.0.0.12]:8545", false),
+            ("127.0.0.1:8545", "http://node.:8545", false),
+            ("127.0.0.1:8545", "http://1.2.3.4.5:8545", false),
         ] {
             assert_eq!(
                 is_listener(&u(upstream), l(listen)),

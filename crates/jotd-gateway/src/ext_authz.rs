@@ -160,7 +160,9 @@ impl ExtAuthzDoor {
                 return r;
             }
         };
-        let path = http.path.split(['?', '#']).next().unwrap_or("");
+        // The path alone; a `#` stays, for the route check to refuse (as
+        // forward-auth's `original_path`).
+        let path = http.path.split('?').next().unwrap_or("");
         let body: &[u8] = if http.raw_body.is_empty() {
             http.body.as_bytes()
         } else {

@@ -82,7 +82,9 @@ impl Route {
         // A request's path reaches the routes without its query or fragment,
         // as sent (no blanks), and only in canonical form (see
         // [`non_canonical`]): a literal holding `?`, `#`, a blank, `%` or
-        // `\`, an empty segment or a dot-segment matched nothing, silently.
+        // `\`, an empty segment or a dot-segment matched nothing, silently;
+        // so did one past ASCII (HTTP/1 servers refuse such a path, and the
+        // forwarded headers must be visible ASCII).
         for part in &p {
             if let Part::Literal(l) = part
                 && (l.is_empty()
@@ -92,10 +94,11 @@ impl Route {
                         matches!(b, b'?' | b'#' | b'%' | b'\\')
                             || b.is_ascii_whitespace()
                             || b.is_ascii_control()
+                            || !b.is_ascii()
                     }))
             {
                 return Err(RouteError(format!(
-                    "path `{pattern}`: segment `{l}` can match no request (empty, `.`, `..`, or it holds `?`, `#`, `%`, `\\` or a blank; requests are matched in canonical form only)"
+                    "path `{pattern}`: segment `{l}` can match no request (empty, `.`, `..`, or it holds `?`, `#`, `%`, `\\`, a blank or a character past ASCII; requests are matched in canonical form only)"
                 )));
             }
         }
@@ -175,13 +178,15 @@ impl Route {
     /// Whether every request `later` matches is matched by this route first
     /// (so `later` is never used): a catch-all covers all; patterns of one
     /// kind and length cover part by part (a capture covers any literal a
-    /// request could give as a tenant, a literal only itself).
+    /// request could give as a tenant, a literal itself in any letter case:
+    /// a request whose case alone picks `later` over this route is refused,
+    /// [`tenant_of`], so `/V3/ops` after `/v3/{tenant}` is never used).
     #[must_use]
     pub fn covers(&self, later: &Self) -> bool {
         let part_covers = |a: &Part, b: &Part| match (a, b) {
             (Part::Tenant, Part::Tenant) => true,
             (Part::Tenant, Part::Literal(l)) => tenant_ok(l),
-            (Part::Literal(x), Part::Literal(y)) => x == y,
+            (Part::Literal(x), Part::Literal(y)) => x.eq_ignore_ascii_case(y),
             (Part::Literal(_), Part::Tenant) => false,
         };
         let all = |a: &[Part], b: &[Part]| {
@@ -245,8 +250,10 @@ impl Route {
 }
 
 /// Why `path` (no query) is not in canonical form, or `None`: a
-/// percent-escape, a backslash, an empty segment (`//`; one trailing `/` is
-/// fine) or a dot-segment (`.`, `..`). The proxy in front (NGINX, Caddy,
+/// percent-escape, a backslash, a `#` (no request-target holds one; a
+/// proxy that keeps it cleans the dot-segments after it, and a door that
+/// cut there read another path), an empty segment (`//`; one trailing `/`
+/// is fine) or a dot-segment (`.`, `..`). The proxy in front (NGINX, Caddy,
 /// Envoy) routes on the path decoded and normalised, while an authorizer
 /// door is handed it as sent: `/v3/%76ictim` or `/v3/./victim` would miss
 /// the door's `/v3/{tenant}` route and fall through to a later one (a host
@@ -260,6 +267,9 @@ pub fn non_canonical(path: &str) -> Option<&'static str> {
     }
     if path.bytes().any(|b| b == b'\\') {
         return Some("a backslash");
+    }
+    if path.bytes().any(|b| b == b'#') {
+        return Some("a fragment mark (`#`)");
     }
     let rest = path.strip_prefix('/').unwrap_or(path);
     let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -364,6 +374,8 @@ mod tests {
             ("//v3/victim", "empty segment"),
             ("/v3/victim//", "empty segment"),
             ("/v3\\victim", "backslash"),
+            ("/v3/attacker#/../../v3/victim", "fragment"),
+            ("/v3/victim#", "fragment"),
         ] {
             let e = tenant_of(&routes, path, host).unwrap_err();
             assert!(e.contains(why), "{path}: {e}");
@@ -440,7 +452,15 @@ mod tests {
         assert!(Route::fixed("").is_err());
         // Patterns no request can match.
         for p in [
-            "/rpc?x=1", "/rpc#a", "/a b", "/v3//x", "/v3/%41", "/v3/./x", "/v3/..", "/a\\b",
+            "/rpc?x=1",
+            "/rpc#a",
+            "/a b",
+            "/v3//x",
+            "/v3/%41",
+            "/v3/./x",
+            "/v3/..",
+            "/a\\b",
+            "/v3/caf\u{e9}",
         ] {
             assert!(Route::path(p).is_err(), "{p}");
         }
@@ -471,6 +491,11 @@ mod tests {
             !p("/v3/internal").covers(&capture),
             "a literal covers only itself"
         );
+        // In any letter case: a request `/V3/ops` matches `/v3/{tenant}`
+        // ignoring case, so it is refused, and `/V3/ops` is never used.
+        assert!(capture.covers(&p("/V3/ops").with_tenant("ops").unwrap()));
+        assert!(p("/v3/ops").covers(&p("/V3/OPS").with_tenant("x").unwrap()));
+        assert!(!p("/v3/ops").covers(&p("/v3/opx").with_tenant("x").unwrap()));
         assert!(
             Route::fixed("solo")
                 .unwrap()

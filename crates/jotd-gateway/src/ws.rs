@@ -98,6 +98,13 @@ pub async fn upgrade(
     // here) that still carries the verified token's `sub` and `exp`. The
     // node learns that subject either way: before, a method-limited token's
     // socket reached the node as nobody.
+    // Opened failing open (the pool unreachable at the upgrade): the node's
+    // handshake carries no subject and the socket knows no `exp`, neither of
+    // which can be mended on an open socket. It is closed (1013, "try again")
+    // at the first recheck jotd answers, so the client reconnects and is
+    // checked whole; kept, it reached the node as nobody, and streamed past
+    // the token's `exp` until a recheck happened to refuse it.
+    let opened_failing_open = matches!(verdict, Verdict::FailOpen(_));
     let (exp, verified) = match &verdict {
         Verdict::Allow(d) => (d.exp, Some(d)),
         Verdict::Deny(r, d) if per_call(*r) => (d.as_ref().and_then(|d| d.exp), d.as_deref()),
@@ -199,7 +206,7 @@ pub async fn upgrade(
                 let client =
                     WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, Some(config))
                         .await;
-                relay(&door, client, node, facts, exp, &slot).await;
+                relay(&door, client, node, facts, exp, opened_failing_open, &slot).await;
             }
             Err(e) => tracing::warn!("WebSocket upgrade: {e}"),
         }
@@ -249,6 +256,7 @@ async fn relay<C, N>(
     mut node: WebSocketStream<N>,
     facts: Facts,
     mut exp: Option<u64>,
+    opened_failing_open: bool,
     slot: &Slot,
 ) where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -309,6 +317,10 @@ async fn relay<C, N>(
                 match v {
                     Verdict::Deny(r, _) if !per_call(r) => {
                         close(&mut client, CloseCode::Policy, format!("token no longer valid: {}", r.as_str())).await;
+                        break;
+                    }
+                    Verdict::Allow(_) | Verdict::Deny(..) if opened_failing_open => {
+                        close(&mut client, CloseCode::Again, "opened while jotd was unreachable: reconnect to be checked").await;
                         break;
                     }
                     // Unanswered twice in a row (the pool down or overloaded

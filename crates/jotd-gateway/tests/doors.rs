@@ -1339,6 +1339,9 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
         "/v3/./infura",
         "/v3//infura",
         "/v3/x/../infura",
+        // Caddy sends the raw URI and routes it cleaned (`/v3/infura`).
+        "/v3/open#/../../v3/infura",
+        "/v3/open#?q",
     ] {
         let r = post(fa, "/auth", Some(&open), &[("x-forwarded-uri", uri)], "").await;
         assert_eq!(
@@ -1479,6 +1482,26 @@ fn config_errors_name_file_line_and_key() {
         ) + "[[route]]\ntenant = \"a\"\n",
         "endpoints".to_owned(),
     ));
+    // A forwarded URI or host in a header the door reads for something
+    // else, or both in one header.
+    for (set, key) in [
+        (
+            "uri_header = \"x-forwarded-host\"\nhost_header = \"x-forwarded-host\"",
+            "host_header",
+        ),
+        ("uri_header = \"Authorization\"", "uri_header"),
+        ("uri_header = \"host\"", "uri_header"),
+        ("uri_header = \"x-jotd-subject\"", "uri_header"),
+        ("host_header = \"origin\"", "host_header"),
+        ("host_header = \"x-forwarded-method\"", "host_header"),
+    ] {
+        more.push((
+            format!(
+                "{base}[forward_auth]\nlisten = \"127.0.0.1:3\"\n{set}\n[[route]]\ntenant = \"a\"\n"
+            ),
+            key.to_owned(),
+        ));
+    }
     // The drain: a delay past 10 minutes; a drain shorter than a node call
     // the proxy may wait for (the drain cut it: the node ran the call, the
     // client got no answer), at the default drain and at a set one.
@@ -2838,6 +2861,52 @@ async fn the_grpc_door_makes_room_from_idle_connections_first() {
 /// A UDP relay to `to` (one client) that forwards both ways until the
 /// returned switch is set, then drops everything: a pool that answered the
 /// first checks and then goes silent.
+/// A socket opened while the pool was unreachable, with `failure_mode =
+/// "open"`, reached the node with no subject and knew no `exp`: it is
+/// closed (1013) at the first recheck jotd answers, so the client
+/// reconnects and is checked whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_opened_failing_open_is_closed_once_jotd_answers() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let k = keys();
+    let pool = start_pool(&k);
+    let up = start_ws_upstream().await;
+    let (relay, cut) = relay_until_cut(pool.addr).await;
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut cfg, _dir) = config("ws-fail-open", &pool, relay, up, "failure_mode = \"open\"");
+    cfg.limits.websocket_recheck = std::time::Duration::from_millis(300);
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let token =
+        k.rs.mint(
+            Some("rsa-1"),
+            &json!({"sub":"grace","aud":AUD,"exp":now() + 600}).to_string(),
+        )
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(gw.proxy.unwrap(), &token))
+        .await
+        .expect("the upgrade fails open");
+    ws.send(Message::text(call(1, "eth_chainId", &json!([]))))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer.to_text().unwrap().contains("eth_chainId"),
+        "{answer:?}"
+    );
+    // Rechecks fail open while the pool stays away: the socket stays.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (code, reason) = close_frame(&mut ws, 30).await;
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("reconnect"), "{reason}");
+    drop(pool);
+}
+
 async fn relay_until_cut(to: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
