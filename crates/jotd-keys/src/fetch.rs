@@ -1350,6 +1350,16 @@ impl JwksFetcher {
         }
     }
 
+    /// Whether every URL source has been tried (a fetch of its URL finished,
+    /// good or not): [`Self::health`]'s `tried` for all, without building
+    /// (and redacting) each source's report.
+    #[must_use]
+    pub fn all_tried(&self) -> bool {
+        self.targets()
+            .iter()
+            .all(|t| lock(&self.source(t).info).last_attempt.is_some())
+    }
+
     /// Every URL source's state.
     #[must_use]
     pub fn health(&self) -> Vec<SourceHealth> {

@@ -56,8 +56,8 @@ pub use options::{OptionsError, ServerOptions};
 pub use report::{BatchReport, Denial, Tally, TenantWatch};
 pub use server::{
     Backend, BoxFuture, CLOSE_CONNECTION_LIMIT, CLOSE_SHUTDOWN, DrainReport, Event, Overload,
-    RESET_ANSWER_BUFFER_FULL, RESET_WRITE_TIMEOUT, Refusal, STOP_REFUSED, STOP_TOO_LARGE, Server,
-    ServerError, ServerStats, StreamEnd, TlsSwitch,
+    PreparedTls, RESET_ANSWER_BUFFER_FULL, RESET_WRITE_TIMEOUT, Refusal, STOP_REFUSED,
+    STOP_TOO_LARGE, Server, ServerError, ServerStats, StreamEnd, TlsSwitch,
 };
 pub use tls::{
     TlsError, certificates, check_server_name, client_config, client_config_alpn, server_config,

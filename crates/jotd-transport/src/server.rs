@@ -268,21 +268,47 @@ impl std::fmt::Debug for TlsSwitch {
     }
 }
 
+/// A TLS config checked for QUIC ([`TlsSwitch::prepare`]), to be applied
+/// later ([`TlsSwitch::apply`]): a reload checks the new files while it
+/// reads the config and applies them only once the reload is accepted.
+#[derive(Clone)]
+pub struct PreparedTls(quinn::ServerConfig);
+
+impl std::fmt::Debug for PreparedTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedTls").finish_non_exhaustive()
+    }
+}
+
 impl TlsSwitch {
+    /// Checks `tls` for QUIC and builds what [`TlsSwitch::apply`] serves;
+    /// nothing changes yet.
+    ///
+    /// # Errors
+    /// A TLS config unfit for QUIC.
+    pub fn prepare(&self, tls: rustls::ServerConfig) -> Result<PreparedTls, ServerError> {
+        Ok(PreparedTls(quic_server_config(tls, &self.transport)?))
+    }
+
     /// Serves new handshakes with `tls`; once the server drains, does
     /// nothing (the endpoint stays closed to new connections). Returns
     /// whether it was applied.
+    pub fn apply(&self, tls: PreparedTls) -> bool {
+        let closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
+        if *closed {
+            return false;
+        }
+        self.endpoint.set_server_config(Some(tls.0));
+        true
+    }
+
+    /// [`TlsSwitch::prepare`], then [`TlsSwitch::apply`].
     ///
     /// # Errors
     /// A TLS config unfit for QUIC (the old one keeps serving).
     pub fn replace(&self, tls: rustls::ServerConfig) -> Result<bool, ServerError> {
-        let config = quic_server_config(tls, &self.transport)?;
-        let closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
-        if *closed {
-            return Ok(false);
-        }
-        self.endpoint.set_server_config(Some(config));
-        Ok(true)
+        let prepared = self.prepare(tls)?;
+        Ok(self.apply(prepared))
     }
 }
 

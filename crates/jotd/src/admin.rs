@@ -36,10 +36,10 @@ const READY_FOR: Duration = Duration::from_millis(250);
 /// fetch finished, good or not), checking every 100 ms.
 pub(crate) async fn watch_first_fetches(fetcher: Arc<JwksFetcher>, started: Arc<AtomicBool>) {
     loop {
-        // Every source's health, on the blocking pool (100k of them is no
-        // walk for the I/O threads).
+        // Every source, on the blocking pool (100k of them is no walk for
+        // the I/O threads), without the health report (a redacted URL each).
         let f = Arc::clone(&fetcher);
-        let tried = tokio::task::spawn_blocking(move || f.health().iter().all(|h| h.tried))
+        let tried = tokio::task::spawn_blocking(move || f.all_tried())
             .await
             .unwrap_or(false);
         if tried {
@@ -71,9 +71,12 @@ impl Health {
         if self.draining.load(Ordering::SeqCst) {
             return Err("not ready: draining\n".to_owned());
         }
-        let Ok(mut last) = self.last.lock() else {
-            return self.work_out();
-        };
+        // A poisoned lock (a panic while working an answer out) keeps the
+        // reuse: skipped, every later probe walked every tenant and source.
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((at, answer)) = last.as_ref()
             && at.elapsed() < READY_FOR
         {

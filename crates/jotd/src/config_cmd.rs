@@ -76,7 +76,7 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
         config.display(),
         cfg.tenants.len()
     )?;
-    for spec in &cfg.tenants {
+    for (tenant_index, spec) in cfg.tenants.iter().enumerate() {
         let t = &spec.tenant;
         let algs: Vec<_> = t.algorithms.iter().map(|a| a.as_str()).collect();
         writeln!(
@@ -110,11 +110,7 @@ pub(crate) fn check(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
             )?;
         }
         for (i, source) in spec.jwks.iter().enumerate() {
-            let index = cfg
-                .tenants
-                .iter()
-                .position(|s| s.tenant.id == t.id)
-                .unwrap_or(0);
+            let index = tenant_index;
             match &source.location {
                 JwksLocation::File(path) => {
                     let keys = cfg.jwks_files.get(&(index, i));

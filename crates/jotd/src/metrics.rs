@@ -255,6 +255,8 @@ fn alg_index(alg: Option<Algorithm>) -> usize {
 /// The daemon's metric handles.
 pub(crate) struct Metrics {
     handle: PrometheusHandle,
+    /// The last exposition and when its render began ([`Metrics::render`]).
+    last_render: std::sync::Mutex<Option<(std::time::Instant, String)>>,
     /// `jotd_tokens_total{outcome,reason,alg}`, created on first use.
     tokens: Box<[OnceLock<Counter>]>,
     /// `jotd_tenant_tokens_total{tenant,outcome}`: `[allow, deny]` per slot of
@@ -323,6 +325,7 @@ impl Metrics {
             .unwrap_or_default();
         Ok(Self {
             handle,
+            last_render: std::sync::Mutex::new(None),
             tenant_tokens,
             tokens: (0..Reason::ALL.len() * ALGS)
                 .map(|_| OnceLock::new())
@@ -451,11 +454,29 @@ impl Metrics {
 
     /// The Prometheus text exposition: the recorder's metrics, then (Linux)
     /// the standard process metrics, read now.
+    ///
+    /// One render at a time: a request that waited for another's render
+    /// takes the next one begun after it asked (as fresh as its own), so
+    /// scrapes on every admin connection at once cost one render in turn,
+    /// not one each in parallel (each walks the registry and reads `/proc`,
+    /// on the threads the verification pool shares the cores with).
     pub(crate) fn render(&self) -> String {
+        let asked = std::time::Instant::now();
+        let mut last = self
+            .last_render
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((began, text)) = last.as_ref()
+            && *began >= asked
+        {
+            return text.clone();
+        }
+        let began = std::time::Instant::now();
         #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
         let mut text = self.handle.render();
         #[cfg(target_os = "linux")]
         crate::process_metrics::render(&mut text);
+        *last = Some((began, text.clone()));
         text
     }
 

@@ -159,11 +159,16 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
             // The development defaults hold demo keys whose private halves sit in
             // the dev directory, and an admin port without authentication: they
             // serve loopback only (checked before anything is written).
-            let admin = args
-                .admin
-                .as_deref()
-                .filter(|a| *a != "off")
-                .and_then(|a| a.parse::<SocketAddr>().ok());
+            // Parsed whole before the dev directory is written: a value that
+            // does not parse was skipped here, and failed only after every
+            // development key and certificate had been made anew.
+            let admin = match args.admin.as_deref().filter(|a| *a != "off") {
+                Some(a) => Some(
+                    a.parse::<SocketAddr>()
+                        .with_context(|| format!("--admin {a}: not an IP:port address or `off`"))?,
+                ),
+                None => None,
+            };
             for (flag, addr) in [("--listen", Some(listen)), ("--admin", admin)] {
                 if let Some(a) = addr.filter(|a| !a.ip().is_loopback()) {
                     anyhow::bail!(
@@ -241,9 +246,11 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
     // The TLS files are watched with the config: a renewed certificate or a
     // new client CA is applied by the reload it triggers.
     keys.files.extend(settings::watched_files(&settings));
+    let (loader, server_reload) =
+        settings::loader(&config_path, &from_file, Arc::clone(&tls_switch));
     let reloader = Arc::new(Reloader::with_loader(
         keys,
-        settings::loader(&config_path, &from_file, Arc::clone(&tls_switch)),
+        loader,
         Box::new(stamp),
         read_since,
     ));
@@ -269,10 +276,10 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the I/O runtime")?;
-    runtime.block_on(serve(
+    let served = runtime.block_on(serve(
         settings,
         config_path,
-        reloader,
+        (reloader, server_reload),
         fetch,
         engine,
         pool,
@@ -280,8 +287,17 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<()> {
         threads,
         args.no_metrics,
         early_hup,
-    ))
+    ));
+    // Blocking work still under way (a reload reading a file on a hung
+    // mount, a 100k-tenant snapshot build, a readiness walk) does not hold
+    // the exit past this: dropped, the runtime waited for it without bound,
+    // and a drain that had finished looked like a hang to the supervisor.
+    runtime.shutdown_timeout(EXIT_WAIT);
+    served
 }
+
+/// How long the exit waits for blocking work still under way.
+const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// SIGHUP's default action ends the process, and the reload loop listens only
 /// once the config and every key file are read (seconds with 100k tenants): a
@@ -315,7 +331,7 @@ fn io_threads(configured: usize) -> usize {
 async fn serve(
     settings: Settings,
     config_path: PathBuf,
-    reloader: Arc<Reloader>,
+    (reloader, server_reload): (Arc<Reloader>, Arc<settings::ServerReload>),
     fetch: jotd_keys::FetchConfig,
     engine: Arc<Engine>,
     pool: Arc<rayon::ThreadPool>,
@@ -375,6 +391,7 @@ async fn serve(
     let hup = None;
     tokio::spawn(reload_loop(
         Arc::clone(&reloader),
+        server_reload,
         settings.watch_interval,
         metrics.clone(),
         stop_rx.clone(),
@@ -539,6 +556,7 @@ struct Hangups {
 
 async fn reload_loop(
     reloader: Arc<Reloader>,
+    server_reload: Arc<settings::ServerReload>,
     watch: Option<Duration>,
     metrics: Option<Arc<Metrics>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -584,6 +602,7 @@ async fn reload_loop(
         // every tenant under the reloader's lock, which a fetch's rebuild
         // holds for as long as that takes.
         let r = Arc::clone(&reloader);
+        let server = Arc::clone(&server_reload);
         let result = tokio::task::spawn_blocking(move || {
             let result = if trigger == "SIGHUP" {
                 Some(r.reload())
@@ -592,6 +611,9 @@ async fn reload_loop(
             };
             result.map(|result| {
                 result.map(|generation| {
+                    // Accepted: only now the server takes the new TLS
+                    // files and client-certificate setting.
+                    server.commit();
                     let lapsed = settings::lapsed_revocations(&r.config());
                     (generation, lapsed, r.shadowed_all())
                 })

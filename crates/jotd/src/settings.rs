@@ -865,24 +865,39 @@ pub(crate) fn watched_files(s: &Settings) -> impl Iterator<Item = PathBuf> + '_ 
 /// command-line overrides): a reload that changes a section it cannot apply
 /// says so, naming the sections, instead of a bare "config reloaded" the
 /// operator would take for done.
+///
+/// The loader only reads and checks: what it prepares for the running server
+/// (the TLS files, whether client certificates are on, the sections a restart
+/// must apply) is applied by [`ServerReload::commit`], which the caller runs
+/// once the reload is accepted. A reload the reloader rejects after a good
+/// read (a file that kept changing, a later read that failed) applied the
+/// new TLS files and logged "config reloaded" while the log said it was
+/// rejected and the old tenants served.
 pub(crate) fn loader(
     file: &Path,
     running: &Settings,
     tls: Arc<std::sync::OnceLock<jotd_transport::TlsSwitch>>,
-) -> jotd_keys::Loader {
+) -> (jotd_keys::Loader, Arc<ServerReload>) {
     let file = file.to_owned();
     let running = running.clone();
+    let server = Arc::new(ServerReload {
+        tls: Arc::clone(&tls),
+        mtls_on: std::sync::atomic::AtomicBool::new(running.client_ca_file.is_some()),
+        pending: std::sync::Mutex::new(None),
+        file: file.clone(),
+    });
+    let shared = Arc::clone(&server);
     let extra_ca = |s: &Settings| {
         s.fetch_extra_ca_file
             .as_ref()
             .map(|p| jotd_transport::files::read_file(p).ok())
     };
     let extra_ca_at_start = extra_ca(&running);
-    // Whether client certificates are required now: at start, or since a
-    // reload applied a `client_ca_file` (the settings at start alone missed
-    // start-without, reload-with, reload-without).
-    let mtls_on = std::sync::atomic::AtomicBool::new(running.client_ca_file.is_some());
-    Box::new(move || {
+    let server_reload = Arc::clone(&server);
+    let loader: jotd_keys::Loader = Box::new(move || {
+        let server = &server_reload;
+        // A read that fails leaves nothing to apply.
+        *server.pending() = None;
         let (new, mut keys) = load(&file)?;
         // Read and checked as the next start will: a CA file that would
         // stop the daemon from starting rejects the reload now.
@@ -890,7 +905,8 @@ pub(crate) fn loader(
         // Client certificates turned off by a reload (a config-management
         // merge that lost the line) would open the port to any client with
         // no more than an info line: it takes a restart, said so.
-        if mtls_on.load(std::sync::atomic::Ordering::SeqCst) && new.client_ca_file.is_none() {
+        if server.mtls_on.load(std::sync::atomic::Ordering::SeqCst) && new.client_ca_file.is_none()
+        {
             return Err(ConfigError {
                 file: file.clone(),
                 line: None,
@@ -905,36 +921,78 @@ pub(crate) fn loader(
             sections.push("jwks_fetch");
         }
         // A TLS file that does not load rejects the reload whole: the old
-        // certificate keeps serving. (Before the "reloaded" line below, so a
-        // rejected reload never logs it.)
-        if let Some(switch) = tls.get() {
-            let config = server_tls(&new, &file)?;
-            let applied = switch.replace(config).map_err(|e| ConfigError {
-                file: file.clone(),
-                line: None,
-                key: "server".into(),
-                message: e.to_string(),
-            })?;
-            if !applied {
-                tracing::info!(
-                    "draining: the server's TLS files are not applied (no new connections)"
-                );
+        // certificate keeps serving.
+        let prepared = match tls.get() {
+            Some(switch) => {
+                let config = server_tls(&new, &file)?;
+                Some(switch.prepare(config).map_err(|e| ConfigError {
+                    file: file.clone(),
+                    line: None,
+                    key: "server".into(),
+                    message: e.to_string(),
+                })?)
             }
+            None => None,
+        };
+        keys.files.extend(watched_files(&new));
+        *server.pending() = Some(PendingServer {
+            tls: prepared,
+            client_ca: new.client_ca_file.is_some(),
+            sections,
+        });
+        Ok(keys)
+    });
+    (loader, shared)
+}
+
+/// What the last good read of a reload prepared for the running server.
+struct PendingServer {
+    tls: Option<jotd_transport::PreparedTls>,
+    client_ca: bool,
+    sections: Vec<&'static str>,
+}
+
+/// The running server's part of a reload (see [`loader`]).
+pub(crate) struct ServerReload {
+    tls: Arc<std::sync::OnceLock<jotd_transport::TlsSwitch>>,
+    /// Whether client certificates are required now: at start, or since a
+    /// reload applied a `client_ca_file` (the settings at start alone missed
+    /// start-without, reload-with, reload-without).
+    mtls_on: std::sync::atomic::AtomicBool,
+    pending: std::sync::Mutex<Option<PendingServer>>,
+    file: PathBuf,
+}
+
+impl ServerReload {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Option<PendingServer>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies what the reload just accepted read: its TLS files, its
+    /// client-certificate setting, and the warning for sections only a
+    /// restart applies. Call it only after [`jotd_keys::Reloader::reload`]
+    /// (or `reload_if_changed`) returned `Ok`.
+    pub(crate) fn commit(&self) {
+        let Some(p) = self.pending().take() else {
+            return;
+        };
+        if let (Some(switch), Some(tls)) = (self.tls.get(), p.tls)
+            && !switch.apply(tls)
+        {
+            tracing::info!("draining: the server's TLS files are not applied (no new connections)");
         }
-        mtls_on.store(
-            new.client_ca_file.is_some(),
-            std::sync::atomic::Ordering::SeqCst,
-        );
-        if !sections.is_empty() {
+        self.mtls_on
+            .store(p.client_ca, std::sync::atomic::Ordering::SeqCst);
+        if !p.sections.is_empty() {
             tracing::warn!(
-                file = %file.display(),
-                ?sections,
+                file = %self.file.display(),
+                sections = ?p.sections,
                 "config reloaded: tenants, keys, the denylist and the server's TLS files are applied; changes to these sections take effect at the next restart"
             );
         }
-        keys.files.extend(watched_files(&new));
-        Ok(keys)
-    })
+    }
 }
 
 /// The daemon's sections that differ between two readings of the file: a reload
@@ -1137,7 +1195,7 @@ level = "jotd=debug"
             (settings.server.max_connections.get(), keys.tenants.len()),
             (7, 1)
         );
-        let reload = loader(&file, &settings, Arc::default());
+        let (reload, _) = loader(&file, &settings, Arc::default());
         assert_eq!(reload().unwrap().tenants.len(), 1);
         std::fs::write(&file, format!("[server]\nmax_connections = 0\n{tenant}")).unwrap();
         let e = reload().unwrap_err().to_string();
@@ -1179,21 +1237,48 @@ level = "jotd=debug"
         let mtls = format!("{tls}client_ca_file = \"clients.pem\"\n{tenant}");
         std::fs::write(&file, &mtls).unwrap();
         let (settings, _) = load(&file).unwrap();
-        let reload = loader(&file, &settings, Arc::default());
+        let (reload, server) = loader(&file, &settings, Arc::default());
         assert!(reload().is_ok());
+        server.commit();
         std::fs::write(&file, format!("{tls}{tenant}")).unwrap();
         let e = reload().unwrap_err().to_string();
         assert!(e.contains("server.client_ca_file: removed"), "{e}");
         std::fs::write(&file, &mtls).unwrap();
         assert!(reload().is_ok());
+        server.commit();
         // Started without, a reload turns them on; a later reload cannot
         // turn them off again.
         std::fs::write(&file, format!("{tls}{tenant}")).unwrap();
         let (settings, _) = load(&file).unwrap();
-        let reload = loader(&file, &settings, Arc::default());
+        let (reload, server) = loader(&file, &settings, Arc::default());
         assert!(reload().is_ok(), "without, as at start");
+        server.commit();
+        std::fs::write(&file, &mtls).unwrap();
+        assert!(reload().is_ok(), "read with them on");
+        // A good read the reloader then rejects (a file that kept changing,
+        // a later read that failed) is never committed: nothing of it
+        // applies, so client certificates are still off and a config
+        // without them still loads. (The loader applied them at read.)
+        std::fs::write(&file, format!("{tls}{tenant}")).unwrap();
+        assert!(
+            reload().is_ok(),
+            "an uncommitted read turned client certificates on"
+        );
+        server.commit();
         std::fs::write(&file, &mtls).unwrap();
         assert!(reload().is_ok(), "turned on");
+        // A failed read after it leaves nothing to commit.
+        std::fs::write(&file, "[server]\nmax_connections = 0\n").unwrap();
+        assert!(reload().is_err());
+        server.commit();
+        std::fs::write(&file, format!("{tls}{tenant}")).unwrap();
+        assert!(
+            reload().is_ok(),
+            "the failed read's commit applied the one before it"
+        );
+        std::fs::write(&file, &mtls).unwrap();
+        assert!(reload().is_ok(), "turned on");
+        server.commit();
         std::fs::write(&file, format!("{tls}{tenant}")).unwrap();
         let e = reload().unwrap_err().to_string();
         assert!(e.contains("server.client_ca_file: removed"), "{e}");

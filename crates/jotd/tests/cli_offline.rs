@@ -242,6 +242,13 @@ fn config_check_reads_every_file_the_daemon_would() {
         err.contains(":3: server.client_ca_file: mutual TLS needs"),
         "{err}"
     );
+    // One of the certificate and its key without the other: serve refuses
+    // it, so does check.
+    for half in ["cert_file = \"ca.pem\"", "key_file = \"key.pem\""] {
+        let (code, _, err) = check_with(&format!("[server]\n{half}"));
+        assert_eq!(code, Some(1), "{half}: {err}");
+        assert!(err.contains("cert_file and key_file go together"), "{err}");
+    }
     // A per-tenant label that names no tenant is a warning, not an error.
     let (code, out, err) = check_with("[admin]\ntenant_labels = [\"x\", \"y\"]");
     assert_eq!(code, Some(0), "{err}");
@@ -610,6 +617,23 @@ fn dev_defaults_stay_on_loopback_and_flags_keep_the_configs_bounds() {
         );
         assert!(!dev.exists(), "nothing written for a refused start");
     }
+    // An `--admin` that does not parse is refused before the dev directory
+    // is written (it was skipped by the loopback check, and failed only
+    // after every development key and certificate had been made anew).
+    let out = jotd(
+        &["serve", "--dev-dir", dev_dir, "--admin", "localhost:9464"],
+        None,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--admin localhost:9464: not an IP:port"),
+        "{err}"
+    );
+    assert!(
+        !dev.exists(),
+        "nothing written for a flag that does not parse"
+    );
     let out = jotd(
         &[
             "serve",
