@@ -16,7 +16,8 @@
 #
 #   BIN_A=/tmp/bin-old BIN_B=target/release benches/ab.sh
 #
-# Env: BIN_A, BIN_B (folders with jotd and jotd-load; B defaults to
+# Env: BIN_A, BIN_B (folders with jotd and jotd-load; both sides are driven
+# by B's jotd-load, so the daemons are what differ; B defaults to
 # target/release), ROUNDS (default 3), RATE (default 300000), DURATION
 # (seconds per run, default 6), LOAD_THREADS (default 2), ONLY=cost (the
 # CPU-per-token rounds alone).
@@ -58,7 +59,9 @@ run() {
   # No figure from an earlier run can stand in for this one's.
   rm -f "$WORK/r.json"
   local rc=0
-  "$bin/jotd-load" run --manifest "$dir/load.json" --duration "$DURATION" --quiet --algs "$alg" \
+  # B's harness for both sides: the daemons are compared, not two
+  # harnesses (whose latency accounting may differ between builds).
+  "$BIN_B/jotd-load" run --manifest "$dir/load.json" --duration "$DURATION" --quiet --algs "$alg" \
     --batch 64 --distinct "$distinct" --threads "$LOAD_THREADS" --json "$WORK/r.json" "$@" >/dev/null || rc=$?
   after=$(cpu_ticks "$pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -71,7 +74,9 @@ run() {
   local mism tokens
   mism=$(field "$WORK/r.json" mismatches); tokens=$(field "$WORK/r.json" tokens)
   [ "$mism" = 0 ] || { echo "mismatches ($bin $alg): $mism" >&2; exit 1; }
-  echo "$(echo "($after - $before) / $TICKS * 1000000 / $tokens" | bc -l) $(field "$WORK/r.json" tokens_per_s) $(field "$WORK/r.json" p50) $(field "$WORK/r.json" p99) $(field "$WORK/r.json" p999)"
+  local cost
+  cost=$(per_token $((after - before)) "$tokens" 1e6)
+  echo "$cost $(field "$WORK/r.json" tokens_per_s) $(field "$WORK/r.json" p50) $(field "$WORK/r.json" p99) $(field "$WORK/r.json" p999)"
 }
 
 : > "$WORK/all"

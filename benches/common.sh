@@ -14,6 +14,18 @@ LOAD="$BIN/jotd-load"
 # field FILE NAME: the first numeric value of "NAME" in a jotd-load --json report.
 field() { grep -o "\"$2\": [-0-9.e+]*" "$1" | head -1 | awk '{print $2}'; }
 
+# per_token TICKS_DELTA TOKENS SCALE: CPU per token (SCALE 1e6: µs; 1e9:
+# µs per 1k tokens), in awk (no bc on a bare machine: a missing bc printed
+# nothing, and every later figure on the line moved one column left). Fails
+# the script on no tokens or a figure that is not a number.
+per_token() {
+  local out
+  out=$(awk -v d="$1" -v n="$2" -v s="$3" -v t="$TICKS" 'BEGIN {
+    if (n !~ /^[0-9]+$/ || n + 0 <= 0 || d !~ /^-?[0-9]+$/) exit 1
+    printf "%.4f", d / t * s / n }') || { echo "per_token: no figure (ticks $1, tokens ${2:-none})" >&2; exit 1; }
+  echo "$out"
+}
+
 # start_daemon CONFIG LOG [serve flags...]: starts jotd serve, waits until it
 # serves, sets DAEMON to its pid.
 start_daemon() {
@@ -21,5 +33,8 @@ start_daemon() {
   "$JOTD" serve --config "$config" --log-format json "$@" 2> "$log" &
   DAEMON=$!
   for _ in $(seq 50); do grep -q "jotd serving" "$log" 2>/dev/null && return; sleep 0.1; done
+  # Stopped here too: from a command substitution (`$(run …)`) the EXIT
+  # trap above is not this shell's, and a slow starter stayed on its ports.
+  kill "$DAEMON" 2>/dev/null || true
   echo "daemon did not start:"; cat "$log"; exit 1
 }

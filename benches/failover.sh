@@ -65,10 +65,19 @@ verdict() { # label json exit-status
   python3 - "$1" "$2" "$3" <<'PY'
 import json, sys
 label, path, status = sys.argv[1], sys.argv[2], sys.argv[3]
-r = json.load(open(path))
+try:
+    r = json.load(open(path))
+except (OSError, ValueError):
+    # The harness wrote no report (it failed before the end).
+    print(f"| {label} | no report | | | | | | | | | | | FAIL (exit {status}) |")
+    sys.exit(0)
 f, l = r["fleet"], r["latency_us"]
+# A failed run's percentiles leave its failed batches out: not shown, as
+# they would understate the tail.
+tail = (f"{l['p99']/1000:.1f} | {l['p999']/1000:.1f} | {l['max']/1000:.1f}" if status == "0"
+        else "n/a | n/a | n/a")
 print(f"| {label} | {r['tokens']} | {r['batch_errors']} | {r['missing']} | {r['mismatches']} | "
-      f"{l['p99']/1000:.1f} | {l['p999']/1000:.1f} | {l['max']/1000:.1f} | {f['retries']} | {f['hedges']} | "
+      f"{tail} | {f['retries']} | {f['hedges']} | "
       f"{f['late_duplicates']} | {f['ejections']} | {'pass' if status == '0' else 'FAIL'} |")
 PY
 }
@@ -112,11 +121,17 @@ for r in $(seq "$ROUNDS"); do
     flags=(); [ "$mode" = off ] && flags=(--no-hedge)
     before=$(pool_ticks)
     status=0
+    # No earlier round's report can stand in for this one's.
+    rm -f "$WORK/cost.json"
     load "$WORK/cost.json" --rate "$RATE" --duration 8 "${flags[@]}" >/dev/null || status=$?
     after=$(pool_ticks)
-    tokens=$(field "$WORK/cost.json" tokens)
-    echo "$mode $(echo "($after - $before) / $TICKS * 1000000 / $tokens" | bc -l) $(python3 -c "import json; print(json.load(open('$WORK/cost.json'))['fleet']['hedges'])") $(field "$WORK/cost.json" batches)" >> "$WORK/cost"
     verdict "steady, hedging $mode (round $r)" "$WORK/cost.json" "$status"
+    # A failed round is not averaged into the cost.
+    if [ "$status" = 0 ] && [ -s "$WORK/cost.json" ]; then
+      tokens=$(field "$WORK/cost.json" tokens)
+      cost=$(per_token $((after - before)) "$tokens" 1e6)
+      echo "$mode $cost $(python3 -c "import json; print(json.load(open('$WORK/cost.json'))['fleet']['hedges'])") $(field "$WORK/cost.json" batches)" >> "$WORK/cost"
+    fi
   done
 done
 stop_all

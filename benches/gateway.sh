@@ -35,7 +35,11 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# utime + stime, in clock ticks: read past the command name (which may hold
+# blanks), so state is the first field and utime the 12th.
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+# Microseconds per clock tick (not always 100 ticks a second).
+US_PER_TICK=$(awk -v t="$(getconf CLK_TCK)" 'BEGIN { printf "%.6f", 1e6 / t }')
 
 if [ "${ONLY:-}" = extauthz ]; then
   # 3. RS256 uncached: the Envoy ext_authz door (h2load, from Debian's
@@ -60,7 +64,12 @@ if [ "${ONLY:-}" = extauthz ]; then
   python3 "$ROOT/benches/grpc_check.py" "$RS" > check.bin
   ok_count() { curl -s http://127.0.0.1:19600/metrics | awk '/^jotd_tokens_total/ && /reason="ok"/ {s+=$2} END {printf "%d", s}'; }
   for round in $(seq 1 "$ROUNDS"); do
-    quic=$("$BIN/jotd-load" run --manifest "$WORK/t/load.json" --algs RS256 --batch 64 --duration 10 2>&1 | tee "quic-$round.log" | grep -Eio '[0-9.,]+ tokens/s' | head -1)
+    # The run's own rate from its report (the first progress line is the
+    # first second's, warm-up included).
+    rm -f "quic-$round.json"
+    "$BIN/jotd-load" run --manifest "$WORK/t/load.json" --algs RS256 --batch 64 --duration 10 --quiet \
+      --json "quic-$round.json" > "quic-$round.log" 2>&1
+    quic=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%.0f tokens/s" % r["tokens_per_s"])' "quic-$round.json")
     echo "QUIC RS256 x 64 (jotd-load) round $round: $quic"
     b=$(ok_count)
     out=$("$H2LOAD" -n "$N" -c "$H2_CONNS" -m 32 -t "$H2_THREADS" -d check.bin -H 'content-type: application/grpc' -H 'te: trailers' \
@@ -120,17 +129,17 @@ for round in $(seq 1 "$ROUNDS"); do
   for items in 64 1; do
     gateway "$items"
     # Warm the cache and the connections.
-    "$OHA" --no-tui -q 2000 -z 2s -c "$CONNS" -H "Authorization: Bearer $TOKEN" -H "X-Forwarded-Uri: /v3/demo" \
+    "$OHA" --no-tui --latency-correction -q 2000 -z 2s -c "$CONNS" -H "Authorization: Bearer $TOKEN" -H "X-Forwarded-Uri: /v3/demo" \
       --output-format quiet http://127.0.0.1:18601/auth || true
     j0=$(cpu_ticks "$JOTD"); g0=$(cpu_ticks "$GW")
-    "$OHA" --no-tui -q "$RATE" -z "${SECS}s" -c "$CONNS" -H "Authorization: Bearer $TOKEN" -H "X-Forwarded-Uri: /v3/demo" \
+    "$OHA" --no-tui --latency-correction -q "$RATE" -z "${SECS}s" -c "$CONNS" -H "Authorization: Bearer $TOKEN" -H "X-Forwarded-Uri: /v3/demo" \
       --output-format json http://127.0.0.1:18601/auth > "fa-$items-$round.json"
     j1=$(cpu_ticks "$JOTD"); g1=$(cpu_ticks "$GW")
     s=$(summary "fa-$items-$round.json")
     ok=${s%%/*}
     batches=$(curl -s http://127.0.0.1:19466/metrics | awk '/^jotd_gateway_batches_total/ {b+=$2} /^jotd_gateway_batch_items_total/ {i=$2} END {if (b) printf "%.1f", i/b}')
     python3 -c "
-ok=$ok; j=($j1-$j0)*1e4; g=($g1-$g0)*1e4
+ok=$ok; j=($j1-$j0)*$US_PER_TICK; g=($g1-$g0)*$US_PER_TICK
 print(f'max_items=$items round $round: {\"$s\"}; mean batch {\"$batches\"}; CPU per check: gateway {g/ok:.2f} us + jotd {j/ok:.2f} us = {(g+j)/ok:.2f} us')"
     kill "$GW"; wait "$GW" 2>/dev/null || true
   done
@@ -141,10 +150,10 @@ echo "== 2. added latency: eth_getBalance at $LAT_RATE/s for ${LAT_SECS}s, proxy
 gateway 64
 BODY='{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["'$ACCOUNT'","latest"]}'
 for round in $(seq 1 "$ROUNDS"); do
-  "$OHA" --no-tui -q "$LAT_RATE" -z "${LAT_SECS}s" -c 16 -m POST -H "Content-Type: application/json" -d "$BODY" \
+  "$OHA" --no-tui --latency-correction -q "$LAT_RATE" -z "${LAT_SECS}s" -c 16 -m POST -H "Content-Type: application/json" -d "$BODY" \
     --output-format json http://127.0.0.1:18545/ > "direct-$round.json"
   echo "direct round $round: $(summary "direct-$round.json")"
-  "$OHA" --no-tui -q "$LAT_RATE" -z "${LAT_SECS}s" -c 16 -m POST -H "Content-Type: application/json" -H "Authorization: Bearer $TOKEN" -d "$BODY" \
+  "$OHA" --no-tui --latency-correction -q "$LAT_RATE" -z "${LAT_SECS}s" -c 16 -m POST -H "Content-Type: application/json" -H "Authorization: Bearer $TOKEN" -d "$BODY" \
     --output-format json http://127.0.0.1:18600/v3/demo > "proxy-$round.json"
   echo "proxy  round $round: $(summary "proxy-$round.json")"
 done

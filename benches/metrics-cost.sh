@@ -54,7 +54,9 @@ round() { # mode (on|off)
   mism=$(field "$WORK/r.json" mismatches)
   [ "$mism" = 0 ] || { echo "mismatches in round $1: $mism"; exit 1; }
   # CPU µs per 1,000 tokens, tokens, tokens/s.
-  echo "$1 $(echo "($after - $before) / $TICKS * 1000000000 / $tokens" | bc -l) $tokens $(field "$WORK/r.json" tokens_per_s)"
+  local cost
+  cost=$(per_token $((after - before)) "$tokens" 1e9)
+  echo "$1 $cost $tokens $(field "$WORK/r.json" tokens_per_s)"
 }
 
 echo "| round | metrics on: daemon CPU µs / 1k tokens | metrics off | on: tokens/s | off: tokens/s |"

@@ -105,7 +105,7 @@ pub struct RunArgs {
     #[arg(long, requires = "reload_config", value_parser = clap::value_parser!(u64).range(1..))]
     reload_every: Option<u64>,
     /// Soak: the daemon's config file (its last tenant gets the rotated key).
-    #[arg(long)]
+    #[arg(long, requires = "reload_every")]
     reload_config: Option<PathBuf>,
 }
 
@@ -278,7 +278,9 @@ impl Report {
     /// whose batch a retry then decided.
     #[must_use]
     pub const fn passed(&self) -> bool {
-        self.mismatches == 0
+        // A run that decided nothing proved nothing.
+        self.tokens > 0
+            && self.mismatches == 0
             && self.missing == 0
             && self.batch_errors == 0
             && self.fleet.protocol_violations == 0
@@ -315,7 +317,15 @@ struct Shared {
     window: Mutex<Histogram<u64>>,
     /// When the monitor ended the run (its duration up).
     stopped_at: std::sync::OnceLock<Instant>,
+    /// Decided batches' latencies, in [`LATENCY_SHARDS`] parts (worker `k`
+    /// records into part `k % LATENCY_SHARDS`): one histogram per worker
+    /// was ~229 KB each, gigabytes at the flags' bounds (64 connections ×
+    /// 4096 streams).
+    latencies: Vec<Mutex<Histogram<u64>>>,
 }
+
+/// Parts the latency histogram is kept in (few locks contended, little memory).
+const LATENCY_SHARDS: usize = 16;
 
 #[derive(Default)]
 struct Local {
@@ -350,9 +360,9 @@ fn error_kind(e: &ClientError) -> String {
     }
 }
 
-async fn worker(client: Arc<Client>, s: Arc<Shared>) -> (Local, Histogram<u64>) {
+async fn worker(client: Arc<Client>, s: Arc<Shared>, k: usize) -> Local {
     let mut local = Local::default();
-    let mut hist = histogram();
+    let latencies = &s.latencies[k % s.latencies.len()];
     loop {
         if s.stop.load(Ordering::Relaxed) {
             break;
@@ -409,7 +419,9 @@ async fn worker(client: Arc<Client>, s: Arc<Shared>) -> (Local, Histogram<u64>) 
         // counted (`batch errors`) and fail the run.
         if result.is_ok() {
             let latency = intended.elapsed().as_micros().max(1) as u64;
-            let _ = hist.record(latency.min(MAX_LATENCY_US));
+            if let Ok(mut h) = latencies.lock() {
+                let _ = h.record(latency.min(MAX_LATENCY_US));
+            }
             if let Ok(mut w) = s.window.lock() {
                 let _ = w.record(latency.min(MAX_LATENCY_US));
             }
@@ -427,7 +439,7 @@ async fn worker(client: Arc<Client>, s: Arc<Shared>) -> (Local, Histogram<u64>) 
         }
         s.tokens_done.fetch_add(decided, Ordering::Relaxed);
     }
-    (local, hist)
+    local
 }
 
 fn name(code: u16) -> String {
@@ -568,6 +580,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
     if !(1..=MAX_DISTINCT).contains(&args.distinct) {
         bail!("--distinct {}: must be 1 to {MAX_DISTINCT}", args.distinct);
     }
+    // A soak whose config cannot be read did no reload and said so only
+    // as `reloads 0`.
+    if let Some(path) = &args.reload_config {
+        jotd_transport::files::read_text(path)
+            .map_err(|e| anyhow::anyhow!("--reload-config {}: {e}", path.display()))?;
+    }
     if let Some(url) = &args.metrics_url
         && !url.starts_with("http://")
     {
@@ -645,6 +663,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
     let pool_size: usize = pool.by_outcome.iter().map(|(_, e)| e.len()).sum();
     let batch_count = (pool_size / args.batch + 1).clamp(64, 4096);
     let batches = build_batches(&pool, &mix, args.batch, batch_count)?;
+    // The prepared batches repeat: past their items, the rest of the pool
+    // is never sent (its tokens are interleaved across tenants and keys,
+    // so each still gets its share). Said, not silent: a cache figure over
+    // "65,536 distinct" tokens of which 262,144 items were sent is not one.
+    let prepared = batch_count * args.batch;
+    if pool_size > prepared {
+        eprintln!(
+            "jotd-load: note: {pool_size} tokens minted, {prepared} items prepared ({batch_count} batches of {}): at most {prepared} distinct tokens are sent",
+            args.batch
+        );
+    }
     if !args.quiet {
         eprintln!(
             "jotd-load: {pool_size} tokens minted for {} tenants × {} keys, {} batches of {} prepared in {:.1}s",
@@ -752,6 +781,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
             errors_live: AtomicU64::new(0),
             window: Mutex::new(histogram()),
             stopped_at: std::sync::OnceLock::new(),
+            latencies: (0..LATENCY_SHARDS)
+                .map(|_| Mutex::new(histogram()))
+                .collect(),
         });
         // The pacer: a plain thread sleeps to each batch's due time (finer than
         // tokio's millisecond timer) and hands the batch to whichever worker is
@@ -786,10 +818,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         let cpu0 = cpu_seconds();
         let workers = args.connections * args.streams * client_endpoints(args);
         let mut tasks = Vec::with_capacity(workers);
-        for _ in 0..workers {
+        for k in 0..workers {
             tasks.push(tokio::spawn(worker(
                 Arc::clone(&client),
                 Arc::clone(&shared),
+                k,
             )));
         }
         // Progress, the duration limit, soak reloads.
@@ -885,7 +918,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
         let mut total = Local::default();
         let mut hist = histogram();
         for t in tasks {
-            let (l, h) = t.await?;
+            let l = t.await?;
             total.tokens += l.tokens;
             total.batches += l.batches;
             total.mismatches += l.mismatches;
@@ -898,7 +931,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Report> {
                 *total.errors.entry(k).or_default() += v;
             }
             total.first_mismatches.extend(l.first_mismatches);
-            hist.add(h).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        for part in &shared.latencies {
+            let part = part
+                .lock()
+                .map_err(|_| anyhow::anyhow!("a worker panicked"))?;
+            hist.add(&*part).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         // Open loop: batches released to the queue that no worker took before
         // the end count as having waited until then (coordinated omission:

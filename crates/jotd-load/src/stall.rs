@@ -63,6 +63,15 @@ pub(crate) fn stall(args: &StallArgs) -> anyhow::Result<()> {
     if args.streams == 0 {
         bail!("--streams 0: must be at least 1");
     }
+    // One connection: past the daemon's stream credit the next stream waits
+    // for one to end (its `request_timeout`), so the memory figure mixes
+    // held streams and refused ones.
+    if args.streams > 256 {
+        eprintln!(
+            "jotd-load stall: note: --streams {} on one connection; past the daemon's max_streams_per_connection (256 by default) streams open only as earlier ones are refused",
+            args.streams
+        );
+    }
     let ca = jotd_transport::files::read_file(&args.ca)
         .with_context(|| format!("--ca {}", args.ca.display()))?;
     let rss = || {

@@ -256,23 +256,28 @@ pub(crate) fn build_pool(
         } else {
             distinct.clamp(1, 16)
         };
-        // (tenant index, key index, serial) jobs, minted in parallel.
-        let mut jobs = Vec::new();
-        for (ti, t) in tenants.iter().enumerate() {
-            let applicable = match outcome {
+        // (tenant index, key index, serial) jobs, minted in parallel, serial
+        // first: batches take entries in this order and the prepared ones
+        // repeat, so tenant by tenant a large `--distinct` sent one
+        // tenant's tokens (and one key's) only.
+        let key_count = match outcome {
+            Outcome::Malformed | Outcome::MissingToken | Outcome::NoAuth => 1,
+            _ => keys.len(),
+        };
+        let applicable: Vec<usize> = tenants
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| match outcome {
                 Outcome::PolicyDeny => deny_reason(t).is_some(),
                 Outcome::Revoked => m.revoked_tenants.contains(&t.id),
                 _ => true,
-            };
-            if !applicable {
-                continue;
-            }
-            let key_count = match outcome {
-                Outcome::Malformed | Outcome::MissingToken | Outcome::NoAuth => 1,
-                _ => keys.len(),
-            };
-            for ki in 0..key_count {
-                for serial in 0..per {
+            })
+            .map(|(ti, _)| ti)
+            .collect();
+        let mut jobs = Vec::new();
+        for serial in 0..per {
+            for &ti in &applicable {
+                for ki in 0..key_count {
                     jobs.push((ti, ki, serial));
                 }
             }
@@ -319,7 +324,11 @@ pub(crate) fn build_pool(
                                 &sub,
                                 aud,
                                 ok_claims,
-                                format!(r#""nbf":{},"exp":{}"#, now + 3600, now + 7200),
+                                // A day ahead: an hour ahead, the daemon's
+                                // leeway (up to 600 s) made them valid in the
+                                // last minutes of a long run, read as the
+                                // daemon's mismatch.
+                                format!(r#""nbf":{},"exp":{}"#, now + 86_400, now + 90_000),
                             ),
                         )?),
                         METHOD,
@@ -478,6 +487,43 @@ mod tests {
             parse_mix("valid=1e308,expired=1e308").unwrap(),
             [(Outcome::Valid, 0.5), (Outcome::Expired, 0.5)]
         );
+    }
+
+    /// The pool's valid tokens go round the tenants (and keys) first, so
+    /// the prepared batches, which repeat, reach every tenant however large
+    /// `--distinct` is: minted tenant by tenant, the first ones were all a
+    /// large pool's batches ever held.
+    #[test]
+    fn the_pool_goes_round_the_tenants_first() {
+        let m = Manifest {
+            endpoint: String::new(),
+            ca: String::new(),
+            audience: "aud".into(),
+            no_auth_method: "web3_clientVersion".into(),
+            revoked_sub: "r".into(),
+            revoked_tenants: Vec::new(),
+            keys: Vec::new(),
+            tenants: (0..4)
+                .map(|i| ManifestTenant {
+                    id: format!("t{i}"),
+                    policy: "none".into(),
+                })
+                .collect(),
+        };
+        let keys: Vec<(String, SigningKey)> = (0..2)
+            .map(|i| {
+                (
+                    format!("k{i}"),
+                    SigningKey::generate(jotd_core::Algorithm::Hs256).unwrap(),
+                )
+            })
+            .collect();
+        let pool = build_pool(&m, &keys, 4, 100, &[(Outcome::Valid, 1.0)], 1_800_000_000).unwrap();
+        let valid = &pool.by_outcome[0].1;
+        assert_eq!(valid.len(), 4 * 2 * 100);
+        let first: std::collections::BTreeSet<usize> =
+            valid[..8].iter().map(|e| e.tenant).collect();
+        assert_eq!(first.len(), 4, "the first eight entries cover every tenant");
     }
 
     #[test]
