@@ -36,5 +36,5 @@ start_daemon() {
   # Stopped here too: from a command substitution (`$(run …)`) the EXIT
   # trap above is not this shell's, and a slow starter stayed on its ports.
   kill "$DAEMON" 2>/dev/null || true
-  echo "daemon did not start:"; cat "$log"; exit 1
+  { echo "daemon did not start:"; cat "$log"; } >&2; exit 1
 }

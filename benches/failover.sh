@@ -138,6 +138,8 @@ stop_all
 awk '
   $1 == "on" { on += $2; h += $3; b += $4; n_on++ }
   $1 == "off" { off += $2; n_off++ }
-  END { printf "\nHedging cost: pool CPU %.2f us/token on, %.2f off (on/off %.3f); hedges %d of %d batches (%.2f %%).\n",
+  END {
+    if (!n_on || !n_off || !b || !off) { print "\nHedging cost: no passing round of both modes"; exit 0 }
+    printf "\nHedging cost: pool CPU %.2f us/token on, %.2f off (on/off %.3f); hedges %d of %d batches (%.2f %%).\n",
         on / n_on, off / n_off, (on / n_on) / (off / n_off), h, b, 100 * h / b }' "$WORK/cost"
 echo "Command: $(printf '%q ' env ALG="$ALG" CACHE="$CACHE" RATE="$RATE" DURATION="$DURATION" KILL_AT="$KILL_AT" RESTART_AT="$RESTART_AT" ROUNDS="$ROUNDS" THREADS="$THREADS" benches/failover.sh)"

@@ -790,34 +790,76 @@ fn reasons_decided_by_the_token_hold_for_every_call() {
     let mut forged = good.clone().into_bytes();
     let last = forged.len() - 2;
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
-    let tokens: Vec<(&str, String)> = vec![
-        ("t", String::from_utf8(forged).unwrap()),
-        ("t", mint(Es256, with(json!({"exp": NOW - 100})))),
-        ("t", mint(Es256, with(json!({"nbf": NOW + 100})))),
-        ("t", mint(Es256, with(json!({"iat": NOW + 100})))),
-        ("t", mint(Es256, with(json!({"exp": NOW + 7200})))),
-        ("t", mint(Es256, with(json!({"aud": "other"})))),
-        ("t", mint(Es256, with(json!({"iss": "other"})))),
-        ("t", mint(Es256, with(json!({"sub": "mallory"})))),
+    // Each token with the reason it gets with no call: a mint that came out
+    // as another reason (a claim rule of the tenant's firing first) fails
+    // here rather than skip its case.
+    let tokens: Vec<(&str, String, Reason)> = vec![
+        (
+            "t",
+            String::from_utf8(forged).unwrap(),
+            Reason::BadSignature,
+        ),
+        (
+            "t",
+            mint(Es256, with(json!({"iat": NOW - 200, "exp": NOW - 100}))),
+            Reason::Expired,
+        ),
+        (
+            "t",
+            mint(Es256, with(json!({"nbf": NOW + 100}))),
+            Reason::NotYetValid,
+        ),
+        (
+            "t",
+            mint(Es256, with(json!({"iat": NOW + 100}))),
+            Reason::IssuedInFuture,
+        ),
+        (
+            "t",
+            mint(Es256, with(json!({"exp": NOW + 7200}))),
+            Reason::LifetimeTooLong,
+        ),
+        (
+            "t",
+            mint(Es256, with(json!({"aud": "other"}))),
+            Reason::BadAudience,
+        ),
+        (
+            "t",
+            mint(Es256, with(json!({"iss": "other"}))),
+            Reason::BadIssuer,
+        ),
+        (
+            "t",
+            mint(Es256, with(json!({"sub": "mallory"}))),
+            Reason::Revoked,
+        ),
         (
             "t",
             signer(Es256)
                 .mint(Some("retired"), &fixture::claims(ok.clone()))
                 .unwrap(),
+            Reason::UnknownKid,
         ),
         (
             "t",
             signer(Es256)
                 .mint(None, &fixture::claims(ok.clone()))
                 .unwrap(),
+            Reason::MissingKid,
         ),
-        ("t", mint(Hs256, ok.clone())),
-        ("t", "not.a-token".to_owned()),
-        ("t", "x".repeat(70_000)),
-        ("nobody", good.clone()),
+        ("t", mint(Hs256, ok.clone()), Reason::AlgNotAllowed),
+        ("t", "not.a-token".to_owned(), Reason::Malformed),
+        ("t", "x".repeat(70_000), Reason::TokenTooLarge),
+        ("nobody", good.clone(), Reason::UnknownTenant),
         // Not decided by the token: a policy refusal or an allow.
-        ("t", good.clone()),
-        ("t", mint(Es256, with(json!({"methods": ["*"]})))),
+        ("t", good.clone(), Reason::MethodNotAllowed),
+        // (With no call an allowlist finds no method to allow.)
+        (
+            "t",
+            mint(Es256, with(json!({"methods": ["*"]}))),
+            Reason::MethodNotAllowed,
+        ),
     ];
     let calls: [(Option<&str>, &[&str]); 4] = [
         (
@@ -830,8 +872,9 @@ fn reasons_decided_by_the_token_hold_for_every_call() {
     ];
     let mut decided = std::collections::BTreeSet::new();
     for engine in [uncached(), Engine::new(EngineConfig::default())] {
-        for (tenant_id, token) in &tokens {
+        for (tenant_id, token, want) in &tokens {
             let alone = reason(&engine, &snap, tenant_id, token);
+            assert_eq!(alone, *want, "{tenant_id}: {}", &token[..20]);
             if !alone.decided_by_token() {
                 continue;
             }
@@ -852,9 +895,7 @@ fn reasons_decided_by_the_token_hold_for_every_call() {
             }
         }
     }
-    // The cases reach most of the reasons it names (a failing mint would
-    // make the test vacuous).
-    assert!(decided.len() >= 13, "{decided:?}");
+    assert_eq!(decided.len(), 14, "{decided:?}");
     assert!(!Reason::MethodNotAllowed.decided_by_token());
     assert!(!Reason::InvalidClaim.decided_by_token());
     // Why a policy reason is not: a no-auth method turns it into an allow.
@@ -872,4 +913,56 @@ fn reasons_decided_by_the_token_hold_for_every_call() {
     };
     assert_eq!(call("eth_getBalance"), Reason::MethodNotAllowed);
     assert_eq!(call("web3_clientVersion"), Reason::OkNoAuth);
+
+    // `origin_not_allowed` comes two ways, told apart by the token facts a
+    // client sees (the kid): the tenant's own allowlist refuses before the
+    // token is read, for every call alike and with no facts; a token's
+    // `origins` claim refuses after the signature (facts), and a no-auth
+    // method turns that into an allow.
+    let mut o = tenant("o", &[Es256]);
+    o.origins = vec!["https://app.example".into()];
+    o.policy = PolicyModel::Allowlist;
+    o.no_auth_methods = vec!["web3_clientVersion".into()];
+    let with_origins = snapshot(vec![o, {
+        let mut c = tenant("c", &[Es256]);
+        c.policy = PolicyModel::Allowlist;
+        c.no_auth_methods = vec!["web3_clientVersion".into()];
+        c
+    }]);
+    let token = mint(
+        Es256,
+        json!({"origins": ["https://app.example"], "methods": ["*"]}),
+    );
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    for e in [uncached(), Engine::new(EngineConfig::default())] {
+        for method in [None, Some("eth_call"), Some("web3_clientVersion")] {
+            let d = |tenant, token: &str| {
+                e.verify(
+                    &with_origins,
+                    &Request {
+                        method,
+                        origin: Some("https://evil.example"),
+                        ..Request::bearer(tenant, token.as_bytes())
+                    },
+                    UnixTime(NOW),
+                )
+            };
+            for t in [&token, &forged] {
+                let tenant_level = d("o", t);
+                assert_eq!(
+                    tenant_level.reason(),
+                    Reason::OriginNotAllowed,
+                    "{method:?}"
+                );
+                assert!(tenant_level.token().is_none(), "{method:?}");
+            }
+            let claim_level = d("c", &token);
+            if method == Some("web3_clientVersion") {
+                assert_eq!(claim_level.reason(), Reason::OkNoAuth);
+            } else {
+                assert_eq!(claim_level.reason(), Reason::OriginNotAllowed, "{method:?}");
+                assert!(claim_level.token().and_then(|i| i.kid()).is_some());
+            }
+        }
+    }
 }

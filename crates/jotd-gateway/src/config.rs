@@ -666,7 +666,9 @@ impl Config {
                 return Err(err(
                     h.span(),
                     key,
-                    format!("`{n}` is also `uri_header`: the URI and the host need two headers"),
+                    format!(
+                        "`{n}` is also `uri_header` (the default `host_header` is `x-forwarded-host`): the URI and the host need two headers"
+                    ),
                 ));
             }
             Ok(name)
@@ -1007,6 +1009,9 @@ fn is_listener(uri: &hyper::Uri, listen: SocketAddr) -> bool {
             || (listen_ip.is_unspecified()
                 && (ip.is_loopback() || ip.is_unspecified())
                 && (listen.is_ipv6() || ip.is_ipv4()))
+            // Dialled, the unspecified address reaches this host's loopback
+            // (0.0.0.0 an IPv4 one, :: an IPv6 one).
+            || (ip.is_unspecified() && listen_ip.is_loopback() && ip.is_ipv4() == listen_ip.is_ipv4())
     };
     match host
         .parse::<std::net::IpAddr>()
@@ -1041,15 +1046,11 @@ fn shorthand_ipv4(host: &str) -> Option<std::net::Ipv4Addr> {
         } else {
             (*p, 10)
         };
-        if digits.is_empty() && radix != 16 {
+        // Digits only (`from_str_radix` takes a leading `+`), at least one.
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        let n = if digits.is_empty() {
-            0
-        } else {
-            u32::from_str_radix(digits, radix).ok()?
-        };
-        nums.push(n);
+        nums.push(u32::from_str_radix(digits, radix).ok()?);
     }
     let (last, head) = nums.split_last()?;
     if head.iter().any(|&n| n > 255) {
@@ -1139,6 +1140,13 @@ mod listener_tests {
             ("0.0.0.0:8545", "http://[::ffff:10.0.0.12]:8545", false),
             ("127.0.0.1:8545", "http://node.:8545", false),
             ("127.0.0.1:8545", "http://1.2.3.4.5:8545", false),
+            ("127.0.0.1:8545", "http://+127.0.0.1:8545", false),
+            ("0.0.0.0:8545", "http://0x:8545", false),
+            ("0.0.0.0:8545", "http://08:8545", false),
+            ("127.0.0.1:8545", "http://0.0.0.0:8545", true),
+            ("127.0.0.1:8545", "http://0:8545", true),
+            ("[::1]:8545", "http://[::]:8545", true),
+            ("127.0.0.1:8545", "http://[::]:8545", false),
         ] {
             assert_eq!(
                 is_listener(&u(upstream), l(listen)),

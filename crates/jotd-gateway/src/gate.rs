@@ -289,16 +289,23 @@ impl Gate {
             user_agent: facts.user_agent.clone(),
         };
         let d = self.batcher.check(probe, deadline).await.ok()?;
-        let reason = d.reason().filter(|r| !d.allow && r.decided_by_token())?;
+        // The tenant's own origin allowlist refuses before the token is
+        // read, so for every call alike (no key named it: the same code
+        // from a token's `origins` claim comes after the signature, with its
+        // kid, and a no-auth method turns that one into `ok_no_auth`).
+        let before_call =
+            |r: Reason| r.decided_by_token() || (r == Reason::OriginNotAllowed && d.kid.is_none());
+        let reason = d.reason().filter(|&r| !d.allow && before_call(r))?;
         let d = Box::new(d);
         Some(vec![Verdict::Deny(reason, Some(d)); calls])
     }
 }
 
 /// Token bytes a batch's calls may carry to jotd (one copy each) before
-/// the token is checked alone first ([`Gate::check`]): 64 KiB, 8 calls with
-/// an 8 KiB token or 64 with a 1 KiB one. Below it the calls go at once,
-/// with no extra round trip.
+/// the token is checked alone first ([`Gate::check`]): 64 KiB, so 9 calls
+/// or more with an 8 KiB token, 65 or more with a 1 KiB one. Up to it the
+/// calls go at once, with no extra round trip; past it the check alone
+/// comes first, within the same `check_timeout_ms`.
 pub const TOKEN_FIRST_BYTES: usize = 64 << 10;
 
 /// Whether a check that got no decision may fail open: only when the pool is

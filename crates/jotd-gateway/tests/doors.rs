@@ -723,6 +723,26 @@ async fn a_large_batch_sends_a_refused_token_once() {
         assert_eq!(items() - before, 1, "{reason}: one check, not twenty");
     }
     upstream_saw(&seen, &[]);
+    // The tenant's own origin allowlist refuses before the token is read:
+    // one check too (a review found a bad `Origin` sent every copy).
+    let before = items();
+    let r = post(
+        proxy,
+        "/v3/open",
+        Some(&forged),
+        &[("origin", "https://evil.example")],
+        &twenty,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let a = r.body.as_array().unwrap();
+    assert_eq!(a.len(), 20);
+    assert!(
+        a.iter()
+            .all(|x| x["error"]["data"]["reason"] == "origin_not_allowed")
+    );
+    assert_eq!(items() - before, 1, "origin: one check, not twenty");
+    upstream_saw(&seen, &[]);
     // A token that verifies: the check alone, then each call, outcomes mixed.
     let mut methods = vec!["eth_blockNumber"; 10];
     methods.extend(["eth_chainId"; 10]);
@@ -2858,9 +2878,6 @@ async fn the_grpc_door_makes_room_from_idle_connections_first() {
     gw.drain().await;
 }
 
-/// A UDP relay to `to` (one client) that forwards both ways until the
-/// returned switch is set, then drops everything: a pool that answered the
-/// first checks and then goes silent.
 /// A socket opened while the pool was unreachable, with `failure_mode =
 /// "open"`, reached the node with no subject and knew no `exp`: it is
 /// closed (1013) at the first recheck jotd answers, so the client
@@ -2907,6 +2924,10 @@ async fn a_websocket_opened_failing_open_is_closed_once_jotd_answers() {
     drop(pool);
 }
 
+/// A UDP relay to `to` (one client) that forwards both ways until the
+/// returned switch is set (and again once it is cleared), dropping
+/// everything meanwhile: a pool that answered the first checks and then
+/// goes silent.
 async fn relay_until_cut(to: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());

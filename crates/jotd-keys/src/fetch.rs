@@ -642,11 +642,11 @@ struct Flight {
 pub const MAX_WAITERS: usize = 256;
 
 /// Unknown-kid triggers waiting or fetching at once, across every source:
-/// [`MAX_WAITERS`] counts per tenant's source, and many tenants behind one
-/// slow identity provider share its fetch, so forged kids naming many
-/// tenants could park hundreds of thousands of triggers (each holding its
-/// fetch's state) and start a fetch per URL without bound. Past it a
-/// trigger is answered at once: the keys at hand decide (`unknown_kid`).
+/// [`MAX_WAITERS`] counts per URL, and forged kids naming tenants of many
+/// slow identity providers could otherwise park a trigger per waiter of
+/// each (each holding its fetch's state) and start a fetch per URL without
+/// bound. Past it a trigger is answered at once: the keys at hand decide
+/// (`unknown_kid`).
 pub const MAX_TRIGGERS: usize = 1024;
 
 /// Sources fetched at once by [`JwksFetcher::refresh_due`].
@@ -1091,6 +1091,14 @@ impl JwksFetcher {
             }
         }
         let (targets, by_url) = self.targets_and_urls();
+        // Whether the config still reads `t`'s URL this way for its tenant:
+        // a fetch begun before a reload changed the source's `alg` or
+        // `symmetric_keys` (its keys are refused at install) must not record
+        // its outcome over the new reading's (health showed the old fetch,
+        // and the refresh loop scheduled by it).
+        let current = by_url
+            .get(&t.url_key())
+            .is_some_and(|v| v.iter().any(|&i| targets[i].tenant == t.tenant));
         let sharing: Vec<&Target> = by_url
             .get(&t.url_key())
             .into_iter()
@@ -1138,7 +1146,8 @@ impl JwksFetcher {
         // Every source that reads the URL alike, `t`'s first, gets the outcome.
         // Those whose last good keys are past `max_stale` lose them on a failure.
         let mut dropping: Vec<(String, Duration)> = Vec::new();
-        for o in std::iter::once(t).chain(sharing.iter().copied()) {
+        let own = current.then_some(t);
+        for o in own.into_iter().chain(sharing.iter().copied()) {
             let other = (o.tenant != t.tenant).then(|| self.source(o));
             let mut info = lock(other.as_deref().map_or(&source.info, |s| &s.info));
             info.last_attempt = Some(now);

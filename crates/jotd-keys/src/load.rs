@@ -323,7 +323,12 @@ impl KeysConfig {
 
     /// The keys JWKS source `si` of tenant `ti` contributes now: a file's as
     /// read, a URL's as `fetched` holds them, unless fetched while the source
-    /// named another `alg` or symmetric-key setting (before a reload): the
+    /// named another `alg`, or holding secrets where the source no longer
+    /// takes them (keys read without secrets keep serving after a reload
+    /// turns `symmetric_keys` on, until the refetch that follows at once:
+    /// they were good under both settings; a late fetch read without them
+    /// is not installed over keys read with them, see
+    /// `Reloader::set_fetched_many`): the
     /// next fetch reads them the new way.
     fn source_keys(
         &self,

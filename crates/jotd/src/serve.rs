@@ -612,7 +612,10 @@ async fn reload_loop(
             result.map(|result| {
                 result.map(|generation| {
                     // Accepted: only now the server takes the new TLS
-                    // files and client-certificate setting.
+                    // files and client-certificate setting. (What it
+                    // commits is the last read's: right while this loop is
+                    // the only caller of `reload`, one reload at a time; a
+                    // second caller would need the commit tied to its read.)
                     server.commit();
                     let lapsed = settings::lapsed_revocations(&r.config());
                     (generation, lapsed, r.shadowed_all())
