@@ -228,6 +228,61 @@ pub(crate) struct Shared {
     handshake_slots: Arc<ConnectionSlots>,
     /// Handshakes in progress per address.
     handshaking: Mutex<HashMap<IpAddr, usize>>,
+    /// The request buffer's bytes each source holds ([`RequestShares`]).
+    pub(crate) request_shares: RequestShares,
+}
+
+/// The request buffer (`max_request_buffer_bytes`) shared between sources
+/// (an IPv4 address, an IPv6 `ipv6_share_prefix`, as connection slots
+/// count them). Once the buffer is three quarters full, a source holding
+/// half of it (or one full-size request, if that is more) takes no more:
+/// one client sending requests (or leaving answers unread) as fast as its
+/// bandwidth allows filled the whole buffer, and every other client got
+/// `overloaded` for as long as it went on. The others keep at least a
+/// quarter; a lone client still uses three quarters and more (past half,
+/// while the buffer has room).
+pub(crate) struct RequestShares {
+    max: usize,
+    /// What one source may hold once the buffer is contended.
+    share: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl RequestShares {
+    fn new(max: usize, one_request: usize) -> Self {
+        Self {
+            max,
+            share: (max / 2).max(one_request),
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `source` may take `n` more bytes while `in_use` bytes of the
+    /// buffer are taken (by every source); taken if so.
+    pub(crate) fn take(&self, source: IpAddr, n: usize, in_use: usize) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = held.get(&source).copied().unwrap_or(0);
+        let contended = in_use.saturating_add(n) > self.max / 4 * 3;
+        if contended && mine.saturating_add(n) > self.share {
+            return false;
+        }
+        *held.entry(source).or_default() += n;
+        true
+    }
+
+    /// Gives back `n` bytes `source` took.
+    pub(crate) fn give(&self, source: IpAddr, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = held.get_mut(&source) {
+            *h = h.saturating_sub(n);
+            if *h == 0 {
+                held.remove(&source);
+            }
+        }
+    }
 }
 
 /// A bound, not yet running, QUIC server.
@@ -357,6 +412,10 @@ impl Server {
         let opts_connections = opts.max_connections.get();
         let opts_handshakes = opts.max_handshakes.get();
         let ipv6_prefix = opts.ipv6_share_prefix;
+        let request_shares = RequestShares::new(
+            opts.max_request_buffer_bytes.get(),
+            crate::job::min_request_buffer_bytes(&opts.limits),
+        );
         Ok(Self {
             endpoint,
             transport,
@@ -377,6 +436,7 @@ impl Server {
                     ipv6_prefix,
                 ),
                 handshaking: Mutex::new(HashMap::new()),
+                request_shares,
             }),
             drain,
         })
@@ -671,6 +731,8 @@ async fn connection(
     };
     stats.connections.fetch_add(1, Ordering::Relaxed);
     let _open = CountGuard(&stats.connections, 1);
+    // Whose share of the request buffer this connection's streams take.
+    let source = crate::slots::source(remote.ip(), shared.opts.ipv6_share_prefix);
     shared.backend.event(&Event::ConnectionOpened { remote });
     let mut work = JoinSet::new();
     let mut refusals = JoinSet::new();
@@ -711,7 +773,7 @@ async fn connection(
                         // Busy while it runs: room is made from idle
                         // connections first.
                         let busy = slot.busy();
-                        let job = stream(Arc::clone(&shared), send, recv);
+                        let job = stream(Arc::clone(&shared), send, recv, source);
                         work.spawn(async move {
                             job.await;
                             drop((busy, count));
@@ -737,7 +799,28 @@ async fn connection(
 
 #[cfg(test)]
 mod tests {
-    use super::{OwnedCount, ServerStats};
+    use super::{OwnedCount, RequestShares, ServerStats};
+
+    /// Uncontended, a source takes what it asks; past three quarters of the
+    /// buffer, one holding half takes no more, while another source still
+    /// does; what is given back counts; a share is never below one request.
+    #[test]
+    fn request_shares_hold_past_three_quarters() {
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let s = RequestShares::new(1000, 100);
+        assert!(s.take(a, 700, 0), "a lone source, buffer not contended");
+        assert!(!s.take(a, 60, 700), "past three quarters, holding half");
+        assert!(s.take(b, 60, 700), "another source still takes");
+        s.give(a, 300);
+        assert!(s.take(a, 60, 460), "given back: below three quarters again");
+        assert!(s.take(a, 40, 760), "contended, but within half (460)");
+        assert!(!s.take(a, 20, 800), "contended, past half");
+        // A buffer of one request: the share is the request, whatever half is.
+        let one = RequestShares::new(1000, 1000);
+        assert!(one.take(a, 999, 0));
+        assert!(one.take(a, 1, 999));
+    }
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
 

@@ -11,6 +11,7 @@ use crate::server::{
     ServerStats, Shared, StreamEnd,
 };
 use quinn::{RecvStream, SendStream, VarInt};
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -42,25 +43,41 @@ pub(crate) struct Room {
     permit: Option<OwnedSemaphorePermit>,
     bytes: usize,
     stats: Arc<ServerStats>,
+    /// The client's source, whose share of the buffer the bytes count in
+    /// ([`crate::server::RequestShares`]), and the shares.
+    source: IpAddr,
+    shared: Arc<Shared>,
 }
 
 impl Room {
-    fn new(stats: &Arc<ServerStats>) -> Self {
+    fn new(shared: &Arc<Shared>, source: IpAddr) -> Self {
         Self {
             permit: None,
             bytes: 0,
-            stats: Arc::clone(stats),
+            stats: Arc::clone(&shared.stats),
+            source,
+            shared: Arc::clone(shared),
         }
     }
 
-    /// Takes room for `n` more bytes; `false` when the buffer has none.
+    /// Takes room for `n` more bytes; `false` when the buffer has none, or
+    /// the buffer is contended and the client's source holds its share.
     fn grow(&mut self, shared: &Shared, n: usize) -> bool {
         if n == 0 {
             return true;
         }
+        let in_use = shared
+            .opts
+            .max_request_buffer_bytes
+            .get()
+            .saturating_sub(shared.request_bytes.available_permits());
+        if !shared.request_shares.take(self.source, n, in_use) {
+            return false;
+        }
         let Ok(more) = Arc::clone(&shared.request_bytes)
             .try_acquire_many_owned(u32::try_from(n).unwrap_or(u32::MAX))
         else {
+            shared.request_shares.give(self.source, n);
             return false;
         };
         match &mut self.permit {
@@ -85,6 +102,7 @@ impl Room {
         }
         self.bytes = n;
         self.stats.request_bytes.fetch_sub(freed, Ordering::Relaxed);
+        self.shared.request_shares.give(self.source, freed);
     }
 }
 
@@ -200,6 +218,7 @@ impl Drop for Room {
         self.stats
             .request_bytes
             .fetch_sub(self.bytes, Ordering::Relaxed);
+        self.shared.request_shares.give(self.source, self.bytes);
     }
 }
 
@@ -208,13 +227,14 @@ impl Drop for Room {
 /// taking its room in the server's request buffer as it arrives, all within
 /// `request_timeout`.
 async fn read_request(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     recv: &mut RecvStream,
+    source: IpAddr,
 ) -> Result<(Vec<u8>, Room), ReadFailure> {
     let opts = &shared.opts;
     let limit = opts.limits.max_frame_bytes.min(HARD_MAX_FRAME_BYTES);
     let mut bytes: Vec<u8> = Vec::new();
-    let mut room = Room::new(&shared.stats);
+    let mut room = Room::new(shared, source);
     let read = tokio::time::timeout(opts.request_timeout, async {
         // Whatever has arrived, until the length prefix is in: QUIC flow
         // control (the stream window is one frame) bounds what that can be.
@@ -351,7 +371,7 @@ fn overloaded(shared: &Shared, head: &[u8]) -> ReadFailure {
 /// What an `overloaded` refusal for a full request buffer says.
 fn buffer_full(shared: &Shared) -> String {
     format!(
-        "the server's buffer for requests in progress (max_request_buffer_bytes = {}) is full",
+        "the server's buffer for requests in progress (max_request_buffer_bytes = {}) is full, or this client's address holds its share of it (half, once it is three quarters full)",
         shared.opts.max_request_buffer_bytes
     )
 }
@@ -387,8 +407,13 @@ fn refuse(head: &[u8], code: ErrorCode, message: &str) -> ReadFailure {
 /// Serves one stream to its end.
 /// The `streams` gauge is the caller's ([`crate::server`] counts the stream
 /// before spawning it, so an aborted task gives the count back too).
-pub(crate) async fn stream(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream) {
-    let (bytes, room) = match read_request(&shared, &mut recv).await {
+pub(crate) async fn stream(
+    shared: Arc<Shared>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    source: IpAddr,
+) {
+    let (bytes, room) = match read_request(&shared, &mut recv, source).await {
         Ok(r) => r,
         Err(ReadFailure::Aborted) => {
             shared.backend.event(&Event::Stream(StreamEnd::Aborted));
