@@ -157,14 +157,24 @@ struct ItemSpans {
 /// length prefix, its decoded form ([`BatchJob::held_bytes`]: spans for
 /// every item and for every address the protocol allows,
 /// [`MAX_ADDRESSES_PER_BATCH`](crate::MAX_ADDRESSES_PER_BATCH)), and as many
-/// bytes again of answer frames not yet written. Below it a full-size batch
-/// is refused `overloaded` on an idle server, every time.
+/// bytes again of answer frames not yet written, and the stream's own
+/// [`STREAM_BYTES`]. Below it a full-size batch is refused `overloaded` on
+/// an idle server, every time.
 #[must_use]
 pub const fn min_request_buffer_bytes(limits: &crate::Limits) -> usize {
     2 * (limits.max_frame_bytes + 4)
         + limits.max_items * std::mem::size_of::<ItemSpans>()
         + crate::MAX_ADDRESSES_PER_BATCH * std::mem::size_of::<Span>()
+        + STREAM_BYTES
 }
+
+/// What a stream costs the request buffer from the moment it is accepted
+/// until it ends, bytes or none: its task and quinn's state for it. One
+/// STREAM frame opens every lower-numbered stream of a connection at once
+/// (256 by default), and each waited for its first bytes until
+/// `request_timeout` outside every budget; charged, idle streams are
+/// bounded by the buffer (and a source's share of it) like bytes are.
+pub const STREAM_BYTES: usize = 2 << 10;
 
 /// One batch being decided. See the module docs for the order of calls.
 #[derive(Debug)]

@@ -45,8 +45,8 @@ pub use codec::{
 #[cfg(feature = "dev-pki")]
 pub use dev_pki::DevPki;
 pub use job::{
-    BatchJob, Emit, JobContext, MAX_REFETCH_TENANTS, Next, Refused, min_request_buffer_bytes,
-    serve_to_end,
+    BatchJob, Emit, JobContext, MAX_REFETCH_TENANTS, Next, Refused, STREAM_BYTES,
+    min_request_buffer_bytes, serve_to_end,
 };
 pub use messages::{
     ALPN, BatchRequest, DecisionChunk, ErrorCode, ErrorFrame, Item, MAX_ADDRESSES_PER_BATCH,

@@ -413,6 +413,19 @@ pub(crate) async fn stream(
     mut recv: RecvStream,
     source: IpAddr,
 ) {
+    // The stream's own cost, from now until it ends (`STREAM_BYTES`): a
+    // stream with no room is refused at once, before it waits for bytes.
+    let mut own = Room::new(&shared, source);
+    if !own.grow(&shared, crate::job::STREAM_BYTES) {
+        let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
+        shared.backend.event(&Event::Overloaded {
+            items: 0,
+            why: Overload::RequestBuffer,
+        });
+        let refused = crate::job::Refused::of(&[], ErrorCode::Overloaded, buffer_full(&shared));
+        answer_refused(&shared, &mut send, &refused).await;
+        return;
+    }
     let (bytes, room) = match read_request(&shared, &mut recv, source).await {
         Ok(r) => r,
         Err(ReadFailure::Aborted) => {

@@ -107,7 +107,11 @@ async fn half_sent_requests_stay_within_the_buffer_and_go_after_request_timeout(
         send.write_all(&head(id, 6)).await.unwrap();
         streams.push((send, recv));
     }
-    wait_for("the heads to arrive", || r.stats.request_bytes() == 8 * 6).await;
+    // Each stream costs its own STREAM_BYTES from the start, and its head.
+    wait_for("the heads to arrive", || {
+        r.stats.request_bytes() == 8 * (6 + jotd_transport::STREAM_BYTES)
+    })
+    .await;
     let other = raw_connection(&r, false, None).await;
     let (mut send, mut recv) = other.open_bi().await.unwrap();
     send.write_all(&encoded(7, &[&hs], "t")).await.unwrap();
@@ -216,8 +220,12 @@ async fn a_frame_over_the_limit_is_refused_from_its_prefix_alone() {
             max_frame_bytes: frame,
             ..Limits::default()
         },
-        // One frame's worth: the stream below fills it.
-        max_request_buffer_bytes: std::num::NonZeroUsize::new(frame + 4).unwrap(),
+        // One frame's worth, and the two streams' own cost: the first stream
+        // below fills it.
+        max_request_buffer_bytes: std::num::NonZeroUsize::new(
+            frame + 4 + 2 * jotd_transport::STREAM_BYTES,
+        )
+        .unwrap(),
         request_timeout: Duration::from_secs(30),
         ..ServerOptions::default()
     };
@@ -232,7 +240,7 @@ async fn a_frame_over_the_limit_is_refused_from_its_prefix_alone() {
     body.resize(frame + 3, 0);
     holder.write_all(&body).await.unwrap();
     wait_for("the buffer to fill", || {
-        r.stats.request_bytes() >= frame + 3
+        r.stats.request_bytes() >= frame + 3 + jotd_transport::STREAM_BYTES
     })
     .await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -580,10 +588,10 @@ async fn a_requests_room_is_held_until_its_decisions_exist() {
     // Arrived whole long ago, but not decided: its bytes and their decoded
     // form (one item's spans: under 100 bytes) still count against
     // max_request_buffer_bytes.
-    let held = r.stats.request_bytes();
+    let held = r.stats.request_bytes() - jotd_transport::STREAM_BYTES;
     assert!(
         held > request.len() && held < request.len() + 100,
-        "{held} for a request of {}",
+        "{held} (and the stream's own cost) for a request of {}",
         request.len()
     );
     gate.send(true).unwrap();
@@ -613,7 +621,11 @@ async fn a_refused_request_gives_its_room_back_before_its_answer_is_read() {
     wait_for("the stream", || r.stats.streams() == 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(r.stats.streams(), 1, "the answer still waits on the client");
-    assert_eq!(r.stats.request_bytes(), 0, "yet the room went back");
+    assert_eq!(
+        r.stats.request_bytes(),
+        jotd_transport::STREAM_BYTES,
+        "yet the request's room went back (the stream's own cost stays while it lives)"
+    );
     r.stop().await;
 }
 
@@ -855,4 +867,61 @@ async fn a_held_batch_keeps_tokens_for_its_held_items_only() {
     open.send(true).unwrap();
     assert_eq!(verify.await.unwrap().unwrap(), 100);
     wait_for("every token back", || r.stats.tokens_in_flight() == 0).await;
+}
+
+/// A stream costs the request buffer from the moment it is accepted
+/// (`STREAM_BYTES`), bytes or none: 100 streams that sent one byte of
+/// their length prefix each, against a buffer of 40 streams' cost, leave
+/// 40 waiting (until `request_timeout`) and 60 refused at once. Uncharged,
+/// every idle stream (256 a connection, opened by one STREAM frame) held a
+/// task until `request_timeout`, outside every budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_are_charged_to_the_request_buffer() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let per = jotd_transport::STREAM_BYTES;
+    let opts = ServerOptions {
+        limits: Limits {
+            max_frame_bytes: 4096,
+            ..Limits::default()
+        },
+        max_request_buffer_bytes: std::num::NonZeroUsize::new(40 * per).unwrap(),
+        request_timeout: Duration::from_secs(3),
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, false);
+    let conn = raw_connection(&r, false, None).await;
+    let mut streams = Vec::new();
+    for _ in 0..100 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let _ = send.write_all(&[0]).await;
+        streams.push((send, recv));
+    }
+    let started = Instant::now();
+    let mut sends = Vec::new();
+    let mut answers = Vec::new();
+    for (send, mut recv) in streams {
+        sends.push(send);
+        answers.push(tokio::spawn(async move {
+            let answer = error_answer(&mut recv).await;
+            (answer.1, Instant::now())
+        }));
+    }
+    let mut refused = 0;
+    let mut waited = 0;
+    for a in answers {
+        let (code, at) = a.await.unwrap();
+        if code == ErrorCode::Overloaded as u16 {
+            assert!(at - started < Duration::from_secs(2), "refused at once");
+            refused += 1;
+        } else {
+            assert_eq!(code, ErrorCode::RequestTimeout as u16);
+            waited += 1;
+        }
+        assert!(r.stats.request_bytes() <= 40 * per);
+    }
+    assert_eq!((waited, refused), (40, 60));
+    drop(sends);
+    wait_for("the buffer to empty", || r.stats.request_bytes() == 0).await;
+    r.stop().await;
 }
