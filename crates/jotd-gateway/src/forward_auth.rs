@@ -356,6 +356,32 @@ pub async fn authorize(
             None,
         )
     } else {
+        // The body is checked as the gateway sent it, and the node is handed
+        // the request with its `Content-Encoding`: a compressed body would
+        // be checked as bytes the node decodes into other calls (gzip never
+        // parses as JSON; brotli's stored blocks can be made to). Refused
+        // unless it is the identity.
+        let encodings: Vec<&str> = q
+            .headers
+            .get_all(hyper::header::CONTENT_ENCODING)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?").trim())
+            .filter(|v| !v.eq_ignore_ascii_case("identity"))
+            .collect();
+        if !encodings.is_empty() {
+            return AuthAnswer::deny(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                error_object(
+                    None,
+                    code::INVALID_REQUEST,
+                    &format!(
+                        "a body sent with Content-Encoding `{}` cannot be checked: send it uncompressed",
+                        encodings.join(", ")
+                    ),
+                    None,
+                ),
+            );
+        }
         let invalid = |i: &jsonrpc::Invalid| {
             AuthAnswer::deny(
                 StatusCode::BAD_REQUEST,

@@ -377,6 +377,38 @@ pub struct BodyError {
     pub message: String,
 }
 
+/// A batch array's calls, at most `max`: one more sets `over` and stops
+/// the parse there.
+struct Capped<'a> {
+    max: usize,
+    over: &'a std::cell::Cell<bool>,
+}
+
+impl<'de> de::DeserializeSeed<'de> for Capped<'_> {
+    type Value = Vec<Box<RawValue>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Capped<'_> {
+    type Value = Vec<Box<RawValue>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a batch array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Box<RawValue>>()? {
+            if items.len() == self.max {
+                self.over.set(true);
+                return Err(de::Error::custom("too many calls"));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
 /// Walks a JSON document and fails on a duplicate key in any object.
 struct NoDuplicateKeys;
 
@@ -635,7 +667,26 @@ pub fn parse(body: &[u8], table: &AddressTable, max_calls: usize) -> Result<Body
     })?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
-        let items: Vec<Box<RawValue>> = serde_json::from_str(text).map_err(|e| BodyError {
+        // Counted as they are read: past `max_calls` the rest are never
+        // built (a 1 MiB `[0,0,…]` was half a million allocations before
+        // the count refused it, ahead of any token check).
+        let over = std::cell::Cell::new(false);
+        let mut de = serde_json::Deserializer::from_str(text);
+        let items = de::DeserializeSeed::deserialize(
+            Capped {
+                max: max_calls,
+                over: &over,
+            },
+            &mut de,
+        )
+        .and_then(|items| de.end().map(|()| items));
+        if over.get() {
+            return Err(BodyError {
+                code: code::INVALID_REQUEST,
+                message: format!("a batch of more than {max_calls} calls"),
+            });
+        }
+        let items = items.map_err(|e| BodyError {
             code: code::PARSE_ERROR,
             message: format!("the body is not JSON: {e}"),
         })?;
@@ -643,12 +694,6 @@ pub fn parse(body: &[u8], table: &AddressTable, max_calls: usize) -> Result<Body
             return Err(BodyError {
                 code: code::INVALID_REQUEST,
                 message: "an empty batch".into(),
-            });
-        }
-        if items.len() > max_calls {
-            return Err(BodyError {
-                code: code::INVALID_REQUEST,
-                message: format!("a batch of {} calls (at most {max_calls})", items.len()),
             });
         }
         Ok(Body::Batch(
@@ -770,6 +815,29 @@ mod tests {
             .unwrap_err();
             assert_eq!(e.code, code::INVALID_PARAMS, "{params}");
         }
+    }
+
+    /// A batch past `max_calls` is refused as it is read (its calls past
+    /// the cap are never built); at the cap it is parsed; a malformed batch
+    /// is still a parse error, and an empty one invalid.
+    #[test]
+    fn a_batch_past_the_cap_is_refused_as_it_is_read() {
+        let call = r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}"#;
+        let batch = |n: usize| format!("[{}]", vec![call; n].join(","));
+        assert!(matches!(
+            parse(batch(3).as_bytes(), &table(), 3),
+            Ok(Body::Batch(c)) if c.len() == 3
+        ));
+        let e = parse(batch(4).as_bytes(), &table(), 3).unwrap_err();
+        assert_eq!(e.code, code::INVALID_REQUEST);
+        assert!(e.message.contains("more than 3 calls"), "{}", e.message);
+        let zeros = format!("[{}]", vec!["0"; 500_000].join(","));
+        let e = parse(zeros.as_bytes(), &table(), 100).unwrap_err();
+        assert_eq!(e.code, code::INVALID_REQUEST, "{}", e.message);
+        let e = parse(b"[1,", &table(), 100).unwrap_err();
+        assert_eq!(e.code, code::PARSE_ERROR);
+        let e = parse(b"[]", &table(), 100).unwrap_err();
+        assert_eq!(e.code, code::INVALID_REQUEST);
     }
 
     #[test]

@@ -1335,6 +1335,22 @@ async fn forward_auth_answers_from_the_forwarded_headers() {
         (r.status, r.body["error"]["data"]["reason"].as_str()),
         (403, Some("address_not_allowed"))
     );
+    // A body the node would decode first is not checked as sent: 415. The
+    // identity encoding is no encoding.
+    for (encoding, want) in [("gzip", 415), ("br", 415), ("identity", 200)] {
+        let r = post(
+            fa,
+            "/auth",
+            Some(&limited),
+            &[
+                ("x-forwarded-uri", "/v3/infura"),
+                ("content-encoding", encoding),
+            ],
+            &ok,
+        )
+        .await;
+        assert_eq!(r.status, want, "{encoding}: {:?}", r.body);
+    }
     // Token problems are 401; no route is 403.
     let r = post(fa, "/auth", None, &[("x-forwarded-uri", "/v3/infura")], "").await;
     assert_eq!(r.status, 401);
