@@ -235,12 +235,13 @@ pub(crate) struct Shared {
 /// The request buffer (`max_request_buffer_bytes`) shared between sources
 /// (an IPv4 address, an IPv6 `ipv6_share_prefix`, as connection slots
 /// count them). Once the buffer is three quarters full, a source holding
-/// half of it (or one full-size request, if that is more) takes no more:
-/// one client sending requests (or leaving answers unread) as fast as its
-/// bandwidth allows filled the whole buffer, and every other client got
-/// `overloaded` for as long as it went on. The others keep at least a
-/// quarter; a lone client still uses three quarters and more (past half,
-/// while the buffer has room).
+/// half of it (or one full-size request, if that is more) takes no more
+/// request bytes: one client sending requests as fast as its bandwidth
+/// allows filled the whole buffer, and every other client got `overloaded`
+/// for as long as it went on. Answers to batches already admitted are
+/// counted but not refused by the share (only by the buffer). A lone client
+/// still takes request bytes up to three quarters of the buffer (or its
+/// share, if more); the others keep the rest.
 pub(crate) struct RequestShares {
     max: usize,
     /// What one source may hold once the buffer is contended.
@@ -258,12 +259,13 @@ impl RequestShares {
     }
 
     /// Whether `source` may take `n` more bytes while `in_use` bytes of the
-    /// buffer are taken (by every source); taken if so.
-    pub(crate) fn take(&self, source: IpAddr, n: usize, in_use: usize) -> bool {
+    /// buffer are taken (by every source); taken if so. Not `enforce`d (an
+    /// admitted batch's answer), always taken: counted, not refused.
+    pub(crate) fn take(&self, source: IpAddr, n: usize, in_use: usize, enforce: bool) -> bool {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let mine = held.get(&source).copied().unwrap_or(0);
         let contended = in_use.saturating_add(n) > self.max / 4 * 3;
-        if contended && mine.saturating_add(n) > self.share {
+        if enforce && contended && mine.saturating_add(n) > self.share {
             return false;
         }
         *held.entry(source).or_default() += n;
@@ -809,17 +811,35 @@ mod tests {
         let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
         let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
         let s = RequestShares::new(1000, 100);
-        assert!(s.take(a, 700, 0), "a lone source, buffer not contended");
-        assert!(!s.take(a, 60, 700), "past three quarters, holding half");
-        assert!(s.take(b, 60, 700), "another source still takes");
+        assert!(
+            s.take(a, 700, 0, true),
+            "a lone source, buffer not contended"
+        );
+        assert!(
+            !s.take(a, 60, 700, true),
+            "past three quarters, holding half"
+        );
+        assert!(s.take(b, 60, 700, true), "another source still takes");
         s.give(a, 300);
-        assert!(s.take(a, 60, 460), "given back: below three quarters again");
-        assert!(s.take(a, 40, 760), "contended, but within half (460)");
-        assert!(!s.take(a, 20, 800), "contended, past half");
+        assert!(
+            s.take(a, 60, 460, true),
+            "given back: below three quarters again"
+        );
+        assert!(s.take(a, 40, 760, true), "contended, but within half (460)");
+        assert!(!s.take(a, 20, 800, true), "contended, past half");
+        assert!(
+            s.take(a, 20, 800, false),
+            "an admitted answer: counted, not refused"
+        );
+        s.give(a, 20);
         // A buffer of one request: the share is the request, whatever half is.
         let one = RequestShares::new(1000, 1000);
-        assert!(one.take(a, 999, 0));
-        assert!(one.take(a, 1, 999));
+        assert!(one.take(a, 999, 0, true));
+        assert!(one.take(a, 1, 999, true));
+        // Everything given back leaves nothing behind.
+        s.give(a, 500);
+        s.give(b, 60);
+        assert!(s.held.lock().unwrap().is_empty());
     }
     use std::sync::Arc;
     use std::sync::atomic::Ordering;

@@ -63,6 +63,19 @@ impl Room {
     /// Takes room for `n` more bytes; `false` when the buffer has none, or
     /// the buffer is contended and the client's source holds its share.
     fn grow(&mut self, shared: &Shared, n: usize) -> bool {
+        self.grow_as(shared, n, true)
+    }
+
+    /// [`Room::grow`] for the answer of a batch already admitted: bounded by
+    /// the buffer alone, not the source's share (counted in it all the
+    /// same). Cut by the share, answers to batches already verified were
+    /// reset and sent again, elsewhere or later: the work twice, for a
+    /// client already at its share.
+    fn grow_for_answer(&mut self, shared: &Shared, n: usize) -> bool {
+        self.grow_as(shared, n, false)
+    }
+
+    fn grow_as(&mut self, shared: &Shared, n: usize, share: bool) -> bool {
         if n == 0 {
             return true;
         }
@@ -71,7 +84,7 @@ impl Room {
             .max_request_buffer_bytes
             .get()
             .saturating_sub(shared.request_bytes.available_permits());
-        if !shared.request_shares.take(self.source, n, in_use) {
+        if !shared.request_shares.take(self.source, n, in_use, share) {
             return false;
         }
         let Ok(more) = Arc::clone(&shared.request_bytes)
@@ -176,7 +189,7 @@ impl Frames {
         let need = h.needed();
         if need > h.room.bytes {
             let more = need - h.room.bytes;
-            if !h.room.grow(&self.shared, more) {
+            if !h.room.grow_for_answer(&self.shared, more) {
                 h.pending -= frame.len();
                 h.overflow = true;
                 drop(h);
@@ -359,6 +372,10 @@ async fn fill(
     Ok(())
 }
 
+/// How long a stream refused for want of room waits for its error frame
+/// to go out before it is reset instead.
+const NO_ROOM_ANSWER_WAIT: Duration = Duration::from_millis(200);
+
 /// The request buffer is full: `overloaded`, echoing what `head` holds of the
 /// request.
 fn overloaded(shared: &Shared, head: &[u8]) -> ReadFailure {
@@ -423,7 +440,19 @@ pub(crate) async fn stream(
             why: Overload::RequestBuffer,
         });
         let refused = crate::job::Refused::of(&[], ErrorCode::Overloaded, buffer_full(&shared));
-        answer_refused(&shared, &mut send, &refused).await;
+        // Uncharged, so not waited on for long: a client that reads its
+        // answers has the error frame at once; one that grants no window
+        // gets the stream reset (a load code, which does not eject), rather
+        // than hold this task for `write_timeout` outside every budget.
+        if tokio::time::timeout(
+            NO_ROOM_ANSWER_WAIT,
+            answer_refused(&shared, &mut send, &refused),
+        )
+        .await
+        .is_err()
+        {
+            let _ = send.reset(VarInt::from_u32(RESET_ANSWER_BUFFER_FULL));
+        }
         return;
     }
     let (bytes, room) = match read_request(&shared, &mut recv, source).await {

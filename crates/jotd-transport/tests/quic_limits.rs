@@ -126,9 +126,10 @@ async fn half_sent_requests_stay_within_the_buffer_and_go_after_request_timeout(
         "another client's batch is decided"
     );
     // Five streams send all of their frame but its last byte: what arrives
-    // is charged. The buffer would hold four such; once it is three
-    // quarters full this address holds its share (half: two), and the rest
-    // are refused at once.
+    // is charged. The buffer would hold three such and part of a fourth;
+    // once it is three quarters full this address holds its share (here one
+    // full-size request's room, ~2.75 of the 4 frames: two and part of a
+    // third), and the rest are refused at once.
     for id in 108..113u64 {
         let (mut send, recv) = conn.open_bi().await.unwrap();
         // The server may stop a refused stream while this writes.
@@ -874,7 +875,8 @@ async fn a_held_batch_keeps_tokens_for_its_held_items_only() {
 /// their length prefix each, against a buffer of 40 streams' cost, leave
 /// 40 waiting (until `request_timeout`) and 60 refused at once. Uncharged,
 /// every idle stream (256 a connection, opened by one STREAM frame) held a
-/// task until `request_timeout`, outside every budget.
+/// task until `request_timeout`, outside every budget. (The source share
+/// does not act here: one full-size request's room exceeds this buffer.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_streams_are_charged_to_the_request_buffer() {
     let k = keys();
@@ -923,5 +925,44 @@ async fn idle_streams_are_charged_to_the_request_buffer() {
     assert_eq!((waited, refused), (40, 60));
     drop(sends);
     wait_for("the buffer to empty", || r.stats.request_bytes() == 0).await;
+    r.stop().await;
+}
+
+/// A stream refused for want of room is not held by a client that never
+/// reads: its error frame gets a moment to go out, then the stream is
+/// reset. (Uncharged, 216 such streams a connection waited on the client
+/// for `write_timeout`, outside every budget.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_refused_for_room_are_not_held_by_a_client_that_never_reads() {
+    let k = keys();
+    let backend = TestBackend::new(snapshot(1, &k, true));
+    let per = jotd_transport::STREAM_BYTES;
+    let opts = ServerOptions {
+        limits: Limits {
+            max_frame_bytes: 4096,
+            ..Limits::default()
+        },
+        max_request_buffer_bytes: std::num::NonZeroUsize::new(40 * per).unwrap(),
+        request_timeout: Duration::from_secs(20),
+        write_timeout: Duration::from_secs(20),
+        ..ServerOptions::default()
+    };
+    let r = start(Arc::clone(&backend), opts, false);
+    // No stream window: no answer can go out.
+    let conn = raw_connection(&r, false, Some(0)).await;
+    let mut streams = Vec::new();
+    for _ in 0..100 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let _ = send.write_all(&[0]).await;
+        streams.push((send, recv));
+    }
+    wait_for(
+        "the refused streams to end, the charged ones to wait",
+        || r.stats.streams() == 40,
+    )
+    .await;
+    assert_eq!(r.stats.request_bytes(), 40 * per);
+    drop(streams);
+    drop(conn);
     r.stop().await;
 }

@@ -497,7 +497,8 @@ fn settings(file: &Path, text: &str, raw: RawFile) -> Result<Settings, ConfigErr
                 format_args!(
                     "{}: must hold one full-size request while it is decided, at least \
                      {floor} here (2 × (max_frame_bytes + 4), plus the decoded form of \
-                     max_batch_items items and of the protocol's most addresses)",
+                     max_batch_items items and of the protocol's most addresses, and the \
+                     stream's own 2 KiB)",
                     s.server.max_request_buffer_bytes
                 ),
             ));

@@ -29,6 +29,8 @@ struct Attempt {
     finished: bool,
     /// Whether any byte of an answer arrived.
     progressed: bool,
+    /// When the request went out on this replica.
+    sent_at: Instant,
 }
 
 /// What woke the wait.
@@ -312,6 +314,7 @@ impl<'c> Pending<'c> {
                 decided: 0,
                 finished: false,
                 progressed: false,
+                sent_at: Instant::now(),
             });
             return Ok(());
         }
@@ -348,6 +351,21 @@ impl<'c> Pending<'c> {
                 failure: ConnectionFailure::Reset(code),
                 ..
             } if *code == u64::from(crate::RESET_ANSWER_BUFFER_FULL) => {
+                s.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            // This client's own slowness, not the replica's: its request
+            // arrived too slowly (`request_timeout`), or it did not read the
+            // answer in time (reset for `write_timeout`). Counted; ejecting
+            // a healthy replica for it sent the next batch elsewhere as slowly.
+            ClientError::Server { code, .. }
+                if *code == crate::ErrorCode::RequestTimeout as u16 =>
+            {
+                s.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            ClientError::Connection {
+                failure: ConnectionFailure::Reset(code),
+                ..
+            } if *code == u64::from(crate::RESET_WRITE_TIMEOUT) => {
                 s.failed.fetch_add(1, Ordering::Relaxed);
             }
             _ => {
@@ -434,15 +452,18 @@ impl<'c> Pending<'c> {
     }
 
     /// The deadline passed with attempts still open: each counts as a failure
-    /// of its endpoint, and one that sent nothing back in the whole deadline
-    /// (a replica that stalls while its connection stays up) is ejected, so a
-    /// stalled replica shows in the counts and stops drawing batches.
+    /// of its endpoint, and one that sent nothing back for at least
+    /// `dead_after` (a replica that stalls while its connection stays up) is
+    /// ejected, so a stalled replica shows in the counts and stops drawing
+    /// batches. A copy sent moments before the deadline (a late hedge or
+    /// failover) had no time to answer: ejecting it ejected a healthy
+    /// replica for the first one's stall.
     fn timed_out(&mut self) {
         let client = self.client;
         for a in std::mem::take(&mut self.attempts) {
             let slot = &self.slots[a.slot];
             slot.failed.fetch_add(1, Ordering::Relaxed);
-            if !a.progressed {
+            if !a.progressed && a.sent_at.elapsed() >= client.opts.dead_after {
                 client.eject(slot);
             }
         }
