@@ -209,6 +209,7 @@ struct RawLimits {
     ipv6_share_prefix: Option<Spanned<u64>>,
     max_upstream_bytes: Option<Spanned<u64>>,
     max_answer_buffer_bytes: Option<Spanned<u64>>,
+    max_body_buffer_bytes: Option<Spanned<u64>>,
     max_batch_calls: Option<Spanned<u64>>,
     max_token_bytes: Option<Spanned<u64>>,
     websocket_recheck_ms: Option<Spanned<u64>>,
@@ -237,6 +238,9 @@ const fn max_upstream() -> u64 {
 }
 const fn max_answer_buffer() -> u64 {
     512 << 20
+}
+const fn max_body_buffer() -> u64 {
+    256 << 20
 }
 const fn max_calls() -> u64 {
     100
@@ -342,6 +346,10 @@ pub struct Limits {
     /// Bytes of node answers the proxy holds at once, across connections,
     /// from their first byte until the client has taken them (503 beyond).
     pub max_answer_buffer_bytes: usize,
+    /// Bytes of request bodies the proxy and forward-auth doors hold at
+    /// once, across connections, from their first byte until the request
+    /// is answered (503 beyond).
+    pub max_body_buffer_bytes: usize,
     /// Most calls in one JSON-RPC batch array.
     pub max_batch_calls: usize,
     /// Largest bearer token passed on (longer ones are `token_too_large` at jotd;
@@ -862,6 +870,25 @@ impl Config {
                 ),
             ));
         }
+        let max_body_buffer_bytes = limit(
+            &l.max_body_buffer_bytes,
+            "max_body_buffer_bytes",
+            max_body_buffer().max(max_body_bytes),
+            1 << 36,
+        )?;
+        // One body of the largest size must fit, or such requests are
+        // refused however idle the gateway.
+        if max_body_buffer_bytes < max_body_bytes
+            && let Some(at) = &l.max_body_buffer_bytes
+        {
+            return Err(err(
+                at.span(),
+                "limits.max_body_buffer_bytes",
+                format!(
+                    "{max_body_buffer_bytes}: must hold one body of max_body_bytes ({max_body_bytes})"
+                ),
+            ));
+        }
         let max_batch_calls = limit(&l.max_batch_calls, "max_batch_calls", max_calls(), 100_000)?;
         let max_token_bytes = limit(&l.max_token_bytes, "max_token_bytes", max_token(), 1 << 20)?;
         let websocket_recheck_ms = limit(
@@ -944,6 +971,7 @@ impl Config {
                 ipv6_share_prefix: u8::try_from(ipv6_share_prefix).unwrap_or(128),
                 max_upstream_bytes: size(max_upstream_bytes),
                 max_answer_buffer_bytes: size(max_answer_buffer_bytes),
+                max_body_buffer_bytes: size(max_body_buffer_bytes),
                 max_batch_calls: size(max_batch_calls),
                 max_token_bytes: size(max_token_bytes),
                 websocket_recheck: Duration::from_millis(websocket_recheck_ms),

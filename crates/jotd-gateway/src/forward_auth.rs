@@ -36,6 +36,8 @@ pub struct ForwardAuthDoor {
     pub limits: Limits,
     /// Where the original URI and host are read from.
     pub headers: crate::config::ForwardAuth,
+    /// Request bodies held at once, shared with the proxy door.
+    pub body_room: crate::http::BodyRoom,
 }
 
 /// The original path: from the one configured header, else the request's
@@ -507,9 +509,26 @@ impl ForwardAuthDoor {
             Ok(m) => m,
             Err(e) => return ambiguous(e),
         };
-        let body = match read_body(body, self.limits.max_body_bytes, self.limits.body_timeout).await
+        let body = match read_body(
+            body,
+            self.limits.max_body_bytes,
+            self.limits.body_timeout,
+            &self.body_room,
+        )
+        .await
         {
             Ok(b) => b,
+            Err(BodyError::Busy) => {
+                return json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &error_object(
+                        None,
+                        code::INTERNAL,
+                        "the gateway's buffer for request bodies (max_body_buffer_bytes) is full: retry",
+                        Some(serde_json::json!({ "reason": "unavailable" })),
+                    ),
+                );
+            }
             Err(BodyError::TooLarge) => {
                 return json(
                     StatusCode::PAYLOAD_TOO_LARGE,

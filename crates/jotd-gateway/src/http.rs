@@ -418,20 +418,99 @@ pub fn single_header<'h>(h: &'h HeaderMap, name: &str) -> Result<Option<&'h str>
 pub enum BodyError {
     /// Over the cap.
     TooLarge,
+    /// The gateway's buffer for request bodies (`max_body_buffer_bytes`)
+    /// has no room for its next bytes.
+    Busy,
     /// The client went away or sent a broken body.
     Broken(String),
     /// The body did not finish arriving in time.
     Timeout,
 }
 
-/// Reads a body of at most `max` bytes within `timeout`.
-pub async fn read_body(body: Incoming, max: usize, timeout: Duration) -> Result<Bytes, BodyError> {
-    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
-        Err(_) => Err(BodyError::Timeout),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
-        Ok(Err(e)) => Err(BodyError::Broken(e.to_string())),
+/// Request bodies held at once across the doors that read them
+/// (`[limits] max_body_buffer_bytes`): each body takes room for its bytes
+/// as they arrive and keeps it until its request is answered. Bodies had
+/// only a per-request cap: 10,000 connections each holding a body of just
+/// under 1 MiB until `body_timeout_ms` held about 10 GiB.
+#[derive(Debug, Clone)]
+pub struct BodyRoom(Arc<tokio::sync::Semaphore>);
+
+impl BodyRoom {
+    /// A buffer of `max` bytes.
+    #[must_use]
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(
+            max.min(tokio::sync::Semaphore::MAX_PERMITS),
+        )))
     }
+
+    /// Bytes free.
+    #[must_use]
+    pub fn free(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
+/// A body read whole, and the room it holds in the [`BodyRoom`] (given
+/// back on drop: keep it until the request is answered).
+#[derive(Debug)]
+pub struct HeldBody {
+    /// The bytes.
+    pub bytes: Bytes,
+    _room: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for HeldBody {
+    type Target = Bytes;
+    fn deref(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+/// Reads a body of at most `max` bytes within `timeout`, each chunk taking
+/// its room in `room` as it arrives (none left: [`BodyError::Busy`]).
+pub async fn read_body(
+    body: Incoming,
+    max: usize,
+    timeout: Duration,
+    room: &BodyRoom,
+) -> Result<HeldBody, BodyError> {
+    let read = async {
+        let mut body = Limited::new(body, max);
+        let mut bytes = bytes::BytesMut::new();
+        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        while let Some(frame) = body.frame().await {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return Err(BodyError::TooLarge);
+                }
+                Err(e) => return Err(BodyError::Broken(e.to_string())),
+            };
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            if data.is_empty() {
+                continue;
+            }
+            let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            let Ok(more) = Arc::clone(&room.0).try_acquire_many_owned(n) else {
+                return Err(BodyError::Busy);
+            };
+            match &mut held {
+                Some(h) => h.merge(more),
+                None => held = Some(more),
+            }
+            bytes.extend_from_slice(&data);
+        }
+        Ok(HeldBody {
+            bytes: bytes.freeze(),
+            _room: held,
+        })
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(BodyError::Timeout))
 }
 
 /// What answers a door's requests (with the peer's address).

@@ -238,6 +238,8 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
         ));
     };
 
+    // One body budget for the doors that read bodies.
+    let body_room = http::BodyRoom::new(cfg.limits.max_body_buffer_bytes);
     let mut proxy_addr = None;
     if let Some(p) = &cfg.proxy {
         let (listener, addr) = bind("proxy", p.listen).await?;
@@ -249,6 +251,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             cfg.limits,
             p,
             stopped.clone(),
+            body_room.clone(),
         ));
         let handle: http::Handler =
             Arc::new(move |req, peer| Box::pin(Arc::clone(&door).handle(req, peer)));
@@ -271,6 +274,7 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
             table: cfg.addresses.clone(),
             limits: cfg.limits,
             headers: fa.clone(),
+            body_room: body_room.clone(),
         });
         let handle: http::Handler = Arc::new(move |req, _| Box::pin(Arc::clone(&door).handle(req)));
         serve_http(

@@ -47,6 +47,8 @@ pub struct ProxyDoor {
     /// (`max_answer_buffer_bytes`): from their first byte until the
     /// client has taken them.
     answer_room: Arc<crate::http::AnswerRoom>,
+    /// Request bodies held at once, shared with the forward-auth door.
+    body_room: crate::http::BodyRoom,
 }
 
 /// What the upstream answered.
@@ -162,6 +164,7 @@ impl ProxyDoor {
         limits: Limits,
         proxy: &Proxy,
         stop: tokio::sync::watch::Receiver<bool>,
+        body_room: crate::http::BodyRoom,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -187,6 +190,7 @@ impl ProxyDoor {
             ),
             stop,
             answer_room: crate::http::AnswerRoom::new(limits.max_answer_buffer_bytes),
+            body_room,
         }
     }
 
@@ -426,14 +430,25 @@ impl ProxyDoor {
         if upgrade {
             return crate::ws::upgrade(std::sync::Arc::clone(self), req, facts, peer).await;
         }
+        // Held (its room in the body buffer) until the request is answered.
         let body = match read_body(
             req.into_body(),
             self.limits.max_body_bytes,
             self.limits.body_timeout,
+            &self.body_room,
         )
         .await
         {
             Ok(b) => b,
+            Err(BodyError::Busy) => {
+                return rpc_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    None,
+                    code::INTERNAL,
+                    "the gateway's buffer for request bodies (max_body_buffer_bytes) is full: retry",
+                    Some(serde_json::json!({ "reason": "unavailable" })),
+                );
+            }
             Err(BodyError::TooLarge) => {
                 return rpc_error(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -462,7 +477,7 @@ impl ProxyDoor {
         };
         match parsed {
             Body::Single(Err(invalid)) => invalid_answer(StatusCode::BAD_REQUEST, &invalid),
-            Body::Single(Ok(call)) => self.single(body, call, &facts).await,
+            Body::Single(Ok(call)) => self.single(body.bytes.clone(), call, &facts).await,
             Body::Batch(calls) => self.batch(calls, &facts).await,
         }
     }

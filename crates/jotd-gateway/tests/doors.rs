@@ -780,6 +780,56 @@ async fn a_large_batch_sends_a_refused_token_once() {
     gw.drain().await;
 }
 
+/// Request bodies share one gateway-wide budget (`max_body_buffer_bytes`):
+/// a client holding a half-sent body keeps its room until the body times
+/// out, and a body that finds no room is refused 503 at once (bodies had a
+/// per-request cap only: 10,000 connections could hold ~10 GiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_share_one_budget() {
+    use tokio::io::AsyncWriteExt;
+    let (k, _pool, seen, cfg, _dir) = rig(
+        "body-budget",
+        "[limits]\nmax_body_bytes = 1000\nmax_body_buffer_bytes = 1500\nbody_timeout_ms = 1500\n",
+    )
+    .await;
+    let gw = jotd_gateway::start(&cfg, None).await.unwrap();
+    let proxy = gw.proxy.unwrap();
+    let token =
+        k.es.mint(
+            Some("ec-1"),
+            &json!({"aud":AUD,"exp":now() + 600}).to_string(),
+        )
+        .unwrap();
+    // A holds 900 bytes of a 1,000-byte body and sends no more.
+    let mut held = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    held.write_all(
+        format!(
+            "POST /v3/infura HTTP/1.1\r\nhost: gateway.test\r\ncontent-type: application/json\r\ncontent-length: 1000\r\nauthorization: Bearer {token}\r\n\r\n{}",
+            " ".repeat(900)
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let body = format!(
+        "{}{}",
+        call(1, "eth_blockNumber", &json!([])),
+        " ".repeat(700)
+    );
+    let r = post(proxy, "/v3/infura", Some(&token), &[], &body).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.body["error"]["data"]["reason"], "unavailable");
+    upstream_saw(&seen, &[]);
+    // A's body times out and its room goes back: B's body is taken.
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let r = post(proxy, "/v3/infura", Some(&token), &[], &body).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    upstream_saw(&seen, &["eth_blockNumber"]);
+    drop(held);
+    gw.drain().await;
+}
+
 /// `max_upstream_bytes` bounds what one request gathers from the node, not
 /// each answer: calls whose ids collide go one by one, and once their answers
 /// fill the budget the rest are not sent. And `0` and `-0` are one id (a node
@@ -1499,6 +1549,7 @@ fn config_errors_name_file_line_and_key() {
         "ipv6_share_prefix",
         "max_upstream_bytes",
         "max_answer_buffer_bytes",
+        "max_body_buffer_bytes",
         "max_batch_calls",
         "max_token_bytes",
         "websocket_recheck_ms",
