@@ -514,6 +514,8 @@ impl ForwardAuthDoor {
             self.limits.max_body_bytes,
             self.limits.body_timeout,
             &self.body_room,
+            // Every request comes from the gateway in front: no share.
+            None,
         )
         .await
         {

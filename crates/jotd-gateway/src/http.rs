@@ -432,22 +432,91 @@ pub enum BodyError {
 /// as they arrive and keeps it until its request is answered. Bodies had
 /// only a per-request cap: 10,000 connections each holding a body of just
 /// under 1 MiB until `body_timeout_ms` held about 10 GiB.
+///
+/// Shared between client sources where the door sees them (the proxy: an
+/// IPv4 address or IPv6 prefix, as connection slots count them): once the
+/// buffer is three quarters full, a source holding half of it (or one body
+/// of `max_body_bytes`, if more) takes no more, so one address with a few
+/// hundred stalled bodies cannot turn every other client's request into a
+/// 503. (The forward-auth door's requests all come from the gateway in
+/// front of it: no share there.)
 #[derive(Debug, Clone)]
-pub struct BodyRoom(Arc<tokio::sync::Semaphore>);
+pub struct BodyRoom(Arc<BodyRoomInner>);
+
+#[derive(Debug)]
+struct BodyRoomInner {
+    sem: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    share: usize,
+    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
 
 impl BodyRoom {
-    /// A buffer of `max` bytes.
+    /// A buffer of `max` bytes, whose bodies are at most `max_body` each.
     #[must_use]
-    pub fn new(max: usize) -> Self {
-        Self(Arc::new(tokio::sync::Semaphore::new(
-            max.min(tokio::sync::Semaphore::MAX_PERMITS),
-        )))
+    pub fn new(max: usize, max_body: usize) -> Self {
+        let max = max.min(tokio::sync::Semaphore::MAX_PERMITS);
+        Self(Arc::new(BodyRoomInner {
+            sem: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            share: (max / 2).max(max_body),
+            held: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }))
     }
 
     /// Bytes free.
     #[must_use]
     pub fn free(&self) -> usize {
-        self.0.available_permits()
+        self.0.sem.available_permits()
+    }
+
+    fn held(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.0
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes `n` bytes for `source` (none: no share applies); `None` when
+    /// the buffer has no room, or is contended and `source` holds its share.
+    fn take(
+        &self,
+        source: Option<std::net::IpAddr>,
+        n: usize,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Some(source) = source {
+            let mut held = self.held();
+            let in_use = self.0.max.saturating_sub(self.0.sem.available_permits());
+            let mine = held.get(&source).copied().unwrap_or(0);
+            if in_use.saturating_add(n) > self.0.max / 4 * 3
+                && mine.saturating_add(n) > self.0.share
+            {
+                return None;
+            }
+            *held.entry(source).or_default() += n;
+        }
+        let permit = Arc::clone(&self.0.sem)
+            .try_acquire_many_owned(u32::try_from(n).unwrap_or(u32::MAX))
+            .ok();
+        if permit.is_none() {
+            self.give(source, n);
+        }
+        permit
+    }
+
+    fn give(&self, source: Option<std::net::IpAddr>, n: usize) {
+        let Some(source) = source else {
+            return;
+        };
+        let mut held = self.held();
+        if let Some(h) = held.get_mut(&source) {
+            *h = h.saturating_sub(n);
+            if *h == 0 {
+                held.remove(&source);
+            }
+        }
     }
 }
 
@@ -457,7 +526,19 @@ impl BodyRoom {
 pub struct HeldBody {
     /// The bytes.
     pub bytes: Bytes,
-    _room: Option<tokio::sync::OwnedSemaphorePermit>,
+    room: Option<tokio::sync::OwnedSemaphorePermit>,
+    charged: usize,
+    source: Option<std::net::IpAddr>,
+    body_room: Option<BodyRoom>,
+}
+
+impl Drop for HeldBody {
+    fn drop(&mut self) {
+        self.room = None;
+        if let Some(r) = &self.body_room {
+            r.give(self.source, self.charged);
+        }
+    }
 }
 
 impl std::ops::Deref for HeldBody {
@@ -468,17 +549,35 @@ impl std::ops::Deref for HeldBody {
 }
 
 /// Reads a body of at most `max` bytes within `timeout`, each chunk taking
-/// its room in `room` as it arrives (none left: [`BodyError::Busy`]).
+/// its room in `room` as it arrives, counted against `source`'s share
+/// where the door knows the client (none left: [`BodyError::Busy`]). A
+/// `Content-Length` over `max` is refused before a byte is read (it took
+/// room until the count passed `max`, and a full buffer then said "retry"
+/// to a request that can never pass).
 pub async fn read_body(
     body: Incoming,
     max: usize,
     timeout: Duration,
     room: &BodyRoom,
+    source: Option<std::net::IpAddr>,
 ) -> Result<HeldBody, BodyError> {
+    use hyper::body::Body as _;
+    let declared = body.size_hint().lower();
+    if declared > max as u64 {
+        return Err(BodyError::TooLarge);
+    }
     let read = async {
         let mut body = Limited::new(body, max);
-        let mut bytes = bytes::BytesMut::new();
-        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        // The declared length up front (at most `max`): the buffer does not
+        // double past what was charged for it.
+        let mut out = HeldBody {
+            bytes: Bytes::new(),
+            room: None,
+            charged: 0,
+            source,
+            body_room: Some(room.clone()),
+        };
+        let mut bytes = bytes::BytesMut::with_capacity(usize::try_from(declared).unwrap_or(max));
         while let Some(frame) = body.frame().await {
             let frame = match frame {
                 Ok(f) => f,
@@ -493,20 +592,18 @@ pub async fn read_body(
             if data.is_empty() {
                 continue;
             }
-            let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
-            let Ok(more) = Arc::clone(&room.0).try_acquire_many_owned(n) else {
+            let Some(more) = room.take(source, data.len()) else {
                 return Err(BodyError::Busy);
             };
-            match &mut held {
+            out.charged += data.len();
+            match &mut out.room {
                 Some(h) => h.merge(more),
-                None => held = Some(more),
+                None => out.room = Some(more),
             }
             bytes.extend_from_slice(&data);
         }
-        Ok(HeldBody {
-            bytes: bytes.freeze(),
-            _room: held,
-        })
+        out.bytes = bytes.freeze();
+        Ok(out)
     };
     tokio::time::timeout(timeout, read)
         .await

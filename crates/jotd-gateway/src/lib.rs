@@ -239,7 +239,8 @@ pub async fn start(cfg: &Config, render: Option<Render>) -> anyhow::Result<Gatew
     };
 
     // One body budget for the doors that read bodies.
-    let body_room = http::BodyRoom::new(cfg.limits.max_body_buffer_bytes);
+    let body_room =
+        http::BodyRoom::new(cfg.limits.max_body_buffer_bytes, cfg.limits.max_body_bytes);
     let mut proxy_addr = None;
     if let Some(p) = &cfg.proxy {
         let (listener, addr) = bind("proxy", p.listen).await?;

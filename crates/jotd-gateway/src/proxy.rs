@@ -436,6 +436,10 @@ impl ProxyDoor {
             self.limits.max_body_bytes,
             self.limits.body_timeout,
             &self.body_room,
+            Some(jotd_transport::slots::source(
+                peer.ip(),
+                self.limits.ipv6_share_prefix,
+            )),
         )
         .await
         {

@@ -821,6 +821,41 @@ async fn request_bodies_share_one_budget() {
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert_eq!(r.body["error"]["data"]["reason"], "unavailable");
     upstream_saw(&seen, &[]);
+    // Past three quarters of the buffer, A's address holds its share (one
+    // body of max_body_bytes): a small body from it is refused while the
+    // same from another address is taken.
+    let small = format!(
+        "{}{}",
+        call(1, "eth_blockNumber", &json!([])),
+        " ".repeat(400)
+    );
+    let r = post(proxy, "/v3/infura", Some(&token), &[], &small).await;
+    assert_eq!(r.status, 503, "same address: {:?}", r.body);
+    let mut other = connect_from(proxy, [127, 0, 0, 2]).await;
+    other
+        .write_all(
+            format!(
+                "POST /v3/infura HTTP/1.1\r\nhost: gateway.test\r\ncontent-type: application/json\r\ncontent-length: {}\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n{small}",
+                small.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut other, &mut answer)
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "other address: {answer}"
+    );
+    upstream_saw(&seen, &["eth_blockNumber"]);
+    // A body declared over max_body_bytes is 413 before a byte is read,
+    // even with the buffer contended.
+    let big = " ".repeat(1001);
+    let r = post(proxy, "/v3/infura", Some(&token), &[], &big).await;
+    assert_eq!(r.status, 413, "{:?}", r.body);
     // A's body times out and its room goes back: B's body is taken.
     tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
     let r = post(proxy, "/v3/infura", Some(&token), &[], &body).await;
@@ -1665,6 +1700,13 @@ fn config_errors_name_file_line_and_key() {
             "{base}[[route]]\ntenant = \"a\"\n[limits]\nmax_upstream_bytes = 2048\nmax_answer_buffer_bytes = 1024\n"
         ),
         "limits.max_answer_buffer_bytes".to_owned(),
+    ));
+    // The same for bodies.
+    more.push((
+        format!(
+            "{base}[[route]]\ntenant = \"a\"\n[limits]\nmax_body_bytes = 2048\nmax_body_buffer_bytes = 1024\n"
+        ),
+        "limits.max_body_buffer_bytes".to_owned(),
     ));
     more.push((
         base.replace("upstreams =", "upstream_timeout_ms = 0\nupstreams =")

@@ -440,19 +440,13 @@ pub(crate) async fn stream(
             why: Overload::RequestBuffer,
         });
         let refused = crate::job::Refused::of(&[], ErrorCode::Overloaded, buffer_full(&shared));
-        // Uncharged, so not waited on for long: a client that reads its
-        // answers has the error frame at once; one that grants no window
-        // gets the stream reset (a load code, which does not eject), rather
-        // than hold this task for `write_timeout` outside every budget.
-        if tokio::time::timeout(
-            NO_ROOM_ANSWER_WAIT,
-            answer_refused(&shared, &mut send, &refused),
-        )
-        .await
-        .is_err()
-        {
-            let _ = send.reset(VarInt::from_u32(RESET_ANSWER_BUFFER_FULL));
-        }
+        // Uncharged, so its write is not waited on for long: a client that
+        // reads its answers has the error frame at once; one that grants no
+        // window gets the stream reset (a load code, which does not eject),
+        // rather than hold this task for `write_timeout` outside every
+        // budget. (After a write, the acknowledgement wait is 2 s, as for
+        // every refusal.)
+        answer_refused_within(&shared, &mut send, &refused, Some(NO_ROOM_ANSWER_WAIT)).await;
         return;
     }
     let (bytes, room) = match read_request(&shared, &mut recv, source).await {
@@ -867,17 +861,37 @@ async fn write_frames(
 
 /// Answers a batch refused as a whole: its one error frame, then FIN.
 async fn answer_refused(shared: &Shared, send: &mut SendStream, refused: &Refused) {
+    answer_refused_within(shared, send, refused, None).await;
+}
+
+/// [`answer_refused`], its write bounded by `within` when given: a frame
+/// not written by then is not waited for, and the stream is reset (code 4,
+/// a load code clients retry and do not eject for).
+async fn answer_refused_within(
+    shared: &Shared,
+    send: &mut SendStream,
+    refused: &Refused,
+    within: Option<Duration>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(refused.frame());
     drop(tx);
-    let written = write_frames(shared, send, rx, None, &mut 0).await;
+    let mut waited = 0;
+    let write = write_frames(shared, send, rx, None, &mut waited);
+    let written = match within {
+        Some(limit) => tokio::time::timeout(limit, write).await.ok(),
+        None => Some(write.await),
+    };
     shared.stats.batches.fetch_add(1, Ordering::Relaxed);
     shared.backend.event(&Event::Batch(&refused.report()));
     match written {
-        Ok(()) => {
+        Some(Ok(())) => {
             let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
         }
-        Err(end) => shared.backend.event(&Event::Stream(end)),
+        Some(Err(end)) => shared.backend.event(&Event::Stream(end)),
+        None => {
+            let _ = send.reset(VarInt::from_u32(RESET_ANSWER_BUFFER_FULL));
+        }
     }
 }
 

@@ -265,6 +265,9 @@ impl<'c> Pending<'c> {
             // malformed request from this client.
             let mut send = ResetUnlessFinished(Some(send));
             slot.sent.fetch_add(1, Ordering::Relaxed);
+            // From the stream's open: a replica slow to take the write has
+            // been given its time.
+            let sent_at = Instant::now();
             // The write is bounded as the open is: a replica that stopped
             // reading (frozen, partitioned with its connection still up, its
             // flow-control window full) gets half of what remains while
@@ -314,7 +317,7 @@ impl<'c> Pending<'c> {
                 decided: 0,
                 finished: false,
                 progressed: false,
-                sent_at: Instant::now(),
+                sent_at,
             });
             return Ok(());
         }
@@ -453,17 +456,21 @@ impl<'c> Pending<'c> {
 
     /// The deadline passed with attempts still open: each counts as a failure
     /// of its endpoint, and one that sent nothing back for at least
-    /// `dead_after` (a replica that stalls while its connection stays up) is
+    /// `dead_after` (or half the batch deadline, if shorter; a replica that
+    /// stalls while its connection stays up) is
     /// ejected, so a stalled replica shows in the counts and stops drawing
     /// batches. A copy sent moments before the deadline (a late hedge or
     /// failover) had no time to answer: ejecting it ejected a healthy
     /// replica for the first one's stall.
     fn timed_out(&mut self) {
         let client = self.client;
+        // `dead_after`, or half the batch's deadline where that is shorter
+        // (a client with a 100 ms deadline never ejected a stalled replica).
+        let silent_for = client.opts.dead_after.min(client.opts.batch_timeout / 2);
         for a in std::mem::take(&mut self.attempts) {
             let slot = &self.slots[a.slot];
             slot.failed.fetch_add(1, Ordering::Relaxed);
-            if !a.progressed && a.sent_at.elapsed() >= client.opts.dead_after {
+            if !a.progressed && a.sent_at.elapsed() >= silent_for {
                 client.eject(slot);
             }
         }
