@@ -850,45 +850,35 @@ impl Config {
             max_upstream(),
             1 << 30,
         )?;
-        let max_answer_buffer_bytes = limit(
+        // A gateway-wide buffer of `key`: at least one item of the largest
+        // size (`one`, set by `one_key`), or such items are refused however
+        // idle the gateway.
+        let buffer =
+            |v: &Option<Spanned<u64>>, key: &str, default: u64, one: u64, one_key: &str| {
+                let bytes = limit(v, key, default.max(one), 1 << 36)?;
+                match v {
+                    Some(at) if bytes < one => Err(err(
+                        at.span(),
+                        &format!("limits.{key}"),
+                        format!("{bytes}: must hold one item of {one_key} ({one})"),
+                    )),
+                    _ => Ok(bytes),
+                }
+            };
+        let max_answer_buffer_bytes = buffer(
             &l.max_answer_buffer_bytes,
             "max_answer_buffer_bytes",
-            max_answer_buffer().max(max_upstream_bytes),
-            1 << 36,
+            max_answer_buffer(),
+            max_upstream_bytes,
+            "max_upstream_bytes",
         )?;
-        // One answer of the largest size must fit, or such answers are
-        // refused however idle the gateway.
-        if max_answer_buffer_bytes < max_upstream_bytes
-            && let Some(at) = &l.max_answer_buffer_bytes
-        {
-            return Err(err(
-                at.span(),
-                "limits.max_answer_buffer_bytes",
-                format!(
-                    "{max_answer_buffer_bytes}: must hold one answer of max_upstream_bytes \
-                     ({max_upstream_bytes})"
-                ),
-            ));
-        }
-        let max_body_buffer_bytes = limit(
+        let max_body_buffer_bytes = buffer(
             &l.max_body_buffer_bytes,
             "max_body_buffer_bytes",
-            max_body_buffer().max(max_body_bytes),
-            1 << 36,
+            max_body_buffer(),
+            max_body_bytes,
+            "max_body_bytes",
         )?;
-        // One body of the largest size must fit, or such requests are
-        // refused however idle the gateway.
-        if max_body_buffer_bytes < max_body_bytes
-            && let Some(at) = &l.max_body_buffer_bytes
-        {
-            return Err(err(
-                at.span(),
-                "limits.max_body_buffer_bytes",
-                format!(
-                    "{max_body_buffer_bytes}: must hold one body of max_body_bytes ({max_body_bytes})"
-                ),
-            ));
-        }
         let max_batch_calls = limit(&l.max_batch_calls, "max_batch_calls", max_calls(), 100_000)?;
         let max_token_bytes = limit(&l.max_token_bytes, "max_token_bytes", max_token(), 1 << 20)?;
         let websocket_recheck_ms = limit(

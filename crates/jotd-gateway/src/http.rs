@@ -447,8 +447,7 @@ pub struct BodyRoom(Arc<BodyRoomInner>);
 struct BodyRoomInner {
     sem: Arc<tokio::sync::Semaphore>,
     max: usize,
-    share: usize,
-    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    shares: jotd_transport::slots::ByteShares,
 }
 
 impl BodyRoom {
@@ -459,8 +458,7 @@ impl BodyRoom {
         Self(Arc::new(BodyRoomInner {
             sem: Arc::new(tokio::sync::Semaphore::new(max)),
             max,
-            share: (max / 2).max(max_body),
-            held: std::sync::Mutex::new(std::collections::HashMap::new()),
+            shares: jotd_transport::slots::ByteShares::new(max, max_body),
         }))
     }
 
@@ -468,15 +466,6 @@ impl BodyRoom {
     #[must_use]
     pub fn free(&self) -> usize {
         self.0.sem.available_permits()
-    }
-
-    fn held(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
-        self.0
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Takes `n` bytes for `source` (none: no share applies); `None` when
@@ -487,15 +476,10 @@ impl BodyRoom {
         n: usize,
     ) -> Option<tokio::sync::OwnedSemaphorePermit> {
         if let Some(source) = source {
-            let mut held = self.held();
             let in_use = self.0.max.saturating_sub(self.0.sem.available_permits());
-            let mine = held.get(&source).copied().unwrap_or(0);
-            if in_use.saturating_add(n) > self.0.max / 4 * 3
-                && mine.saturating_add(n) > self.0.share
-            {
+            if !self.0.shares.take(source, n, in_use, true) {
                 return None;
             }
-            *held.entry(source).or_default() += n;
         }
         let permit = Arc::clone(&self.0.sem)
             .try_acquire_many_owned(u32::try_from(n).unwrap_or(u32::MAX))
@@ -507,15 +491,8 @@ impl BodyRoom {
     }
 
     fn give(&self, source: Option<std::net::IpAddr>, n: usize) {
-        let Some(source) = source else {
-            return;
-        };
-        let mut held = self.held();
-        if let Some(h) = held.get_mut(&source) {
-            *h = h.saturating_sub(n);
-            if *h == 0 {
-                held.remove(&source);
-            }
+        if let Some(source) = source {
+            self.0.shares.give(source, n);
         }
     }
 }

@@ -228,63 +228,14 @@ pub(crate) struct Shared {
     handshake_slots: Arc<ConnectionSlots>,
     /// Handshakes in progress per address.
     handshaking: Mutex<HashMap<IpAddr, usize>>,
-    /// The request buffer's bytes each source holds ([`RequestShares`]).
-    pub(crate) request_shares: RequestShares,
-}
-
-/// The request buffer (`max_request_buffer_bytes`) shared between sources
-/// (an IPv4 address, an IPv6 `ipv6_share_prefix`, as connection slots
-/// count them). Once the buffer is three quarters full, a source holding
-/// half of it (or one full-size request, if that is more) takes no more
-/// request bytes: one client sending requests as fast as its bandwidth
-/// allows filled the whole buffer, and every other client got `overloaded`
-/// for as long as it went on. Answers to batches already admitted are
-/// counted but not refused by the share (only by the buffer). A lone client
-/// still takes request bytes up to three quarters of the buffer (or its
-/// share, if more); the others keep the rest.
-pub(crate) struct RequestShares {
-    max: usize,
-    /// What one source may hold once the buffer is contended.
-    share: usize,
-    held: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl RequestShares {
-    fn new(max: usize, one_request: usize) -> Self {
-        Self {
-            max,
-            share: (max / 2).max(one_request),
-            held: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Whether `source` may take `n` more bytes while `in_use` bytes of the
-    /// buffer are taken (by every source); taken if so. Not `enforce`d (an
-    /// admitted batch's answer), always taken: counted, not refused.
-    pub(crate) fn take(&self, source: IpAddr, n: usize, in_use: usize, enforce: bool) -> bool {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let mine = held.get(&source).copied().unwrap_or(0);
-        let contended = in_use.saturating_add(n) > self.max / 4 * 3;
-        if enforce && contended && mine.saturating_add(n) > self.share {
-            return false;
-        }
-        *held.entry(source).or_default() += n;
-        true
-    }
-
-    /// Gives back `n` bytes `source` took.
-    pub(crate) fn give(&self, source: IpAddr, n: usize) {
-        if n == 0 {
-            return;
-        }
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(h) = held.get_mut(&source) {
-            *h = h.saturating_sub(n);
-            if *h == 0 {
-                held.remove(&source);
-            }
-        }
-    }
+    /// The request buffer (`max_request_buffer_bytes`) shared between
+    /// client sources (an IPv4 address, an IPv6 `ipv6_share_prefix`):
+    /// once it is three quarters full, a source holding half of it (or one
+    /// full-size request, if more) gets no more room for request bytes.
+    /// Answers to batches already admitted are counted but not refused by
+    /// the share (only by the buffer). A lone client still takes request
+    /// bytes up to three quarters of the buffer (or its share, if more).
+    pub(crate) request_shares: crate::slots::ByteShares,
 }
 
 /// A bound, not yet running, QUIC server.
@@ -414,7 +365,7 @@ impl Server {
         let opts_connections = opts.max_connections.get();
         let opts_handshakes = opts.max_handshakes.get();
         let ipv6_prefix = opts.ipv6_share_prefix;
-        let request_shares = RequestShares::new(
+        let request_shares = crate::slots::ByteShares::new(
             opts.max_request_buffer_bytes.get(),
             crate::job::min_request_buffer_bytes(&opts.limits),
         );
@@ -801,7 +752,8 @@ async fn connection(
 
 #[cfg(test)]
 mod tests {
-    use super::{OwnedCount, RequestShares, ServerStats};
+    use super::{OwnedCount, ServerStats};
+    use crate::slots::ByteShares as RequestShares;
 
     /// Uncontended, a source takes what it asks; past three quarters of the
     /// buffer, one holding half takes no more, while another source still
@@ -839,7 +791,7 @@ mod tests {
         // Everything given back leaves nothing behind.
         s.give(a, 500);
         s.give(b, 60);
-        assert!(s.held.lock().unwrap().is_empty());
+        assert!(s.is_empty());
     }
     use std::sync::Arc;
     use std::sync::atomic::Ordering;

@@ -293,6 +293,69 @@ fn over_share(open: &BTreeMap<u64, Open>, peer: IpAddr) -> Option<u64> {
         .map(|(&id, _)| id)
 }
 
+/// One buffer's bytes held per source ([`source`]), and the rule that
+/// shares it: once the buffer is three quarters full, a source holding
+/// half of it (or `one` item of the largest size, if more) takes no more.
+/// One client sending (or stalling) as fast as its bandwidth allows filled
+/// a whole buffer, and every other client was refused for as long as it
+/// went on. Used for the daemon's request buffer and the gateway's body
+/// buffer; the buffer itself (a semaphore) is the caller's.
+#[derive(Debug)]
+pub struct ByteShares {
+    max: usize,
+    share: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ByteShares {
+    /// Shares of a buffer of `max` bytes whose largest item is `one` bytes.
+    #[must_use]
+    pub fn new(max: usize, one: usize) -> Self {
+        Self {
+            max,
+            share: (max / 2).max(one),
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `source` may take `n` more bytes while `in_use` bytes of the
+    /// buffer are taken (by every source); taken if so. Not `enforce`d (an
+    /// item already admitted), always taken: counted, not refused.
+    pub fn take(&self, source: IpAddr, n: usize, in_use: usize, enforce: bool) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = held.get(&source).copied().unwrap_or(0);
+        let contended = in_use.saturating_add(n) > self.max / 4 * 3;
+        if enforce && contended && mine.saturating_add(n) > self.share {
+            return false;
+        }
+        *held.entry(source).or_default() += n;
+        true
+    }
+
+    /// Gives back `n` bytes `source` took.
+    pub fn give(&self, source: IpAddr, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = held.get_mut(&source) {
+            *h = h.saturating_sub(n);
+            if *h == 0 {
+                held.remove(&source);
+            }
+        }
+    }
+
+    /// Whether no source holds anything (every take given back).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

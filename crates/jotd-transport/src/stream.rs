@@ -8,7 +8,7 @@ use crate::messages::ErrorCode;
 use crate::report::BatchReport;
 use crate::server::{
     Event, Overload, RESET_ANSWER_BUFFER_FULL, RESET_WRITE_TIMEOUT, STOP_REFUSED, STOP_TOO_LARGE,
-    ServerStats, Shared, StreamEnd,
+    Shared, StreamEnd,
 };
 use quinn::{RecvStream, SendStream, VarInt};
 use std::net::IpAddr;
@@ -42,9 +42,8 @@ enum ReadFailure {
 pub(crate) struct Room {
     permit: Option<OwnedSemaphorePermit>,
     bytes: usize,
-    stats: Arc<ServerStats>,
     /// The client's source, whose share of the buffer the bytes count in
-    /// ([`crate::server::RequestShares`]), and the shares.
+    /// ([`crate::slots::ByteShares`]).
     source: IpAddr,
     shared: Arc<Shared>,
 }
@@ -54,7 +53,6 @@ impl Room {
         Self {
             permit: None,
             bytes: 0,
-            stats: Arc::clone(&shared.stats),
             source,
             shared: Arc::clone(shared),
         }
@@ -62,8 +60,8 @@ impl Room {
 
     /// Takes room for `n` more bytes; `false` when the buffer has none, or
     /// the buffer is contended and the client's source holds its share.
-    fn grow(&mut self, shared: &Shared, n: usize) -> bool {
-        self.grow_as(shared, n, true)
+    fn grow(&mut self, n: usize) -> bool {
+        self.grow_as(n, true)
     }
 
     /// [`Room::grow`] for the answer of a batch already admitted: bounded by
@@ -71,14 +69,15 @@ impl Room {
     /// same). Cut by the share, answers to batches already verified were
     /// reset and sent again, elsewhere or later: the work twice, for a
     /// client already at its share.
-    fn grow_for_answer(&mut self, shared: &Shared, n: usize) -> bool {
-        self.grow_as(shared, n, false)
+    fn grow_for_answer(&mut self, n: usize) -> bool {
+        self.grow_as(n, false)
     }
 
-    fn grow_as(&mut self, shared: &Shared, n: usize, share: bool) -> bool {
+    fn grow_as(&mut self, n: usize, share: bool) -> bool {
         if n == 0 {
             return true;
         }
+        let shared = &*self.shared;
         let in_use = shared
             .opts
             .max_request_buffer_bytes
@@ -98,7 +97,10 @@ impl Room {
             None => self.permit = Some(more),
         }
         self.bytes += n;
-        self.stats.request_bytes.fetch_add(n, Ordering::Relaxed);
+        self.shared
+            .stats
+            .request_bytes
+            .fetch_add(n, Ordering::Relaxed);
         true
     }
 
@@ -114,7 +116,10 @@ impl Room {
             drop(p.split(freed));
         }
         self.bytes = n;
-        self.stats.request_bytes.fetch_sub(freed, Ordering::Relaxed);
+        self.shared
+            .stats
+            .request_bytes
+            .fetch_sub(freed, Ordering::Relaxed);
         self.shared.request_shares.give(self.source, freed);
     }
 }
@@ -169,7 +174,6 @@ impl Held {
 struct Frames {
     tx: mpsc::UnboundedSender<Vec<u8>>,
     answer: Arc<Answer>,
-    shared: Arc<Shared>,
 }
 
 impl Frames {
@@ -189,7 +193,7 @@ impl Frames {
         let need = h.needed();
         if need > h.room.bytes {
             let more = need - h.room.bytes;
-            if !h.room.grow_for_answer(&self.shared, more) {
+            if !h.room.grow_for_answer(more) {
                 h.pending -= frame.len();
                 h.overflow = true;
                 drop(h);
@@ -228,7 +232,8 @@ impl Frames {
 
 impl Drop for Room {
     fn drop(&mut self) {
-        self.stats
+        self.shared
+            .stats
             .request_bytes
             .fetch_sub(self.bytes, Ordering::Relaxed);
         self.shared.request_shares.give(self.source, self.bytes);
@@ -273,7 +278,7 @@ async fn read_request(
                 "one frame per stream, and nothing after it",
             ));
         }
-        if !room.grow(shared, bytes.capacity()) {
+        if !room.grow(bytes.capacity()) {
             let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
             return Err(overloaded(shared, &bytes));
         }
@@ -339,10 +344,10 @@ async fn fill(
                     let grown = match room.as_deref_mut() {
                         None => Some(doubled),
                         Some(r) => {
-                            if r.grow(shared, doubled - cap) {
+                            if r.grow(doubled - cap) {
                                 Some(doubled)
                             } else {
-                                r.grow(shared, need - cap).then_some(need)
+                                r.grow(need - cap).then_some(need)
                             }
                         }
                     };
@@ -433,7 +438,7 @@ pub(crate) async fn stream(
     // The stream's own cost, from now until it ends (`STREAM_BYTES`): a
     // stream with no room is refused at once, before it waits for bytes.
     let mut own = Room::new(&shared, source);
-    if !own.grow(&shared, crate::job::STREAM_BYTES) {
+    if !own.grow(crate::job::STREAM_BYTES) {
         let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
         shared.backend.event(&Event::Overloaded {
             items: 0,
@@ -483,7 +488,7 @@ pub(crate) async fn stream(
     };
     // The decoded form (spans per item and address) is held with the bytes:
     // a batch of many empty addresses is several times its size decoded.
-    if !room.grow(&shared, job.held_bytes()) {
+    if !room.grow(job.held_bytes()) {
         let message = buffer_full(&shared);
         refuse_overloaded(
             &shared,
@@ -546,7 +551,6 @@ pub(crate) async fn stream(
     let frames = Frames {
         tx,
         answer: Arc::clone(&answer),
-        shared: Arc::clone(&shared),
     };
     let request_id = job.request_id();
     let control = async {
