@@ -14,7 +14,7 @@
 
 use crate::config::Limits;
 use crate::gate::{CallFacts, Door, Facts, Gate, Verdict};
-use crate::http::{Answer, BodyError, bearer, json, read_body, single_header};
+use crate::http::{Answer, bearer, json, read_body, single_header};
 use crate::jsonrpc::{self, AddressTable, Body, code, error_object};
 use crate::proxy::{denial_parts, status_label};
 use crate::route::{Route, tenant_of};
@@ -520,40 +520,7 @@ impl ForwardAuthDoor {
         .await
         {
             Ok(b) => b,
-            Err(BodyError::Busy) => {
-                return json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &error_object(
-                        None,
-                        code::INTERNAL,
-                        "the gateway's buffer for request bodies (max_body_buffer_bytes) is full: retry",
-                        Some(serde_json::json!({ "reason": "unavailable" })),
-                    ),
-                );
-            }
-            Err(BodyError::TooLarge) => {
-                return json(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &error_object(None, code::INVALID_REQUEST, "the body is too large", None),
-                );
-            }
-            Err(BodyError::Broken(e)) => {
-                return json(
-                    StatusCode::BAD_REQUEST,
-                    &error_object(None, code::PARSE_ERROR, &e, None),
-                );
-            }
-            Err(BodyError::Timeout) => {
-                return json(
-                    StatusCode::REQUEST_TIMEOUT,
-                    &error_object(
-                        None,
-                        code::INVALID_REQUEST,
-                        "the body did not arrive in time",
-                        None,
-                    ),
-                );
-            }
+            Err(e) => return e.answer(self.limits.max_body_bytes),
         };
         let q = AuthQuestion {
             tenant: None,

@@ -427,6 +427,38 @@ pub enum BodyError {
     Timeout,
 }
 
+impl BodyError {
+    /// The JSON-RPC error answer a door gives for it (bodies of at most
+    /// `max` bytes): the same at every door that reads bodies.
+    #[must_use]
+    pub fn answer(&self, max: usize) -> Answer {
+        use crate::jsonrpc::{code, error_object};
+        let (status, code, message, data) = match self {
+            Self::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::INTERNAL,
+                "the gateway's buffer for request bodies (max_body_buffer_bytes) is full: retry"
+                    .to_owned(),
+                Some(serde_json::json!({ "reason": "unavailable" })),
+            ),
+            Self::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                code::INVALID_REQUEST,
+                format!("the body is over {max} bytes"),
+                None,
+            ),
+            Self::Broken(e) => (StatusCode::BAD_REQUEST, code::PARSE_ERROR, e.clone(), None),
+            Self::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                code::INVALID_REQUEST,
+                "the body did not arrive in time".to_owned(),
+                None,
+            ),
+        };
+        json(status, &error_object(None, code, &message, data))
+    }
+}
+
 /// Request bodies held at once across the doors that read them
 /// (`[limits] max_body_buffer_bytes`): each body takes room for its bytes
 /// as they arrive and keeps it until its request is answered. Bodies had

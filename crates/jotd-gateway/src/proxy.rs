@@ -4,7 +4,7 @@
 
 use crate::config::{Limits, Proxy};
 use crate::gate::{CallFacts, Class, Door, Facts, Gate, Verdict, www_authenticate};
-use crate::http::{Answer, AnswerBody, BodyError, bearer, json, read_body, single_header};
+use crate::http::{Answer, AnswerBody, bearer, json, read_body, single_header};
 use crate::jsonrpc::{self, AddressTable, Body, Call, Invalid, code, error_object};
 use crate::route::{Route, tenant_of};
 use bytes::Bytes;
@@ -444,36 +444,7 @@ impl ProxyDoor {
         .await
         {
             Ok(b) => b,
-            Err(BodyError::Busy) => {
-                return rpc_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    None,
-                    code::INTERNAL,
-                    "the gateway's buffer for request bodies (max_body_buffer_bytes) is full: retry",
-                    Some(serde_json::json!({ "reason": "unavailable" })),
-                );
-            }
-            Err(BodyError::TooLarge) => {
-                return rpc_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    None,
-                    code::INVALID_REQUEST,
-                    &format!("the body is over {} bytes", self.limits.max_body_bytes),
-                    None,
-                );
-            }
-            Err(BodyError::Broken(e)) => {
-                return rpc_error(StatusCode::BAD_REQUEST, None, code::PARSE_ERROR, &e, None);
-            }
-            Err(BodyError::Timeout) => {
-                return rpc_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    None,
-                    code::INVALID_REQUEST,
-                    "the body did not arrive in time",
-                    None,
-                );
-            }
+            Err(e) => return e.answer(self.limits.max_body_bytes),
         };
         let parsed = match jsonrpc::parse(&body, &self.table, self.limits.max_batch_calls) {
             Ok(p) => p,

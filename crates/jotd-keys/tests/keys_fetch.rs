@@ -198,6 +198,32 @@ fn fetching(
     (reloader, fetcher)
 }
 
+/// A fetcher's refresh loop, running until [`Looping::stop`].
+struct Looping {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Looping {
+    fn start(fetcher: &Arc<JwksFetcher>) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(Arc::clone(fetcher).run(async {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    /// Stops the loop, which must end within 5 s (a fetch still hanging
+    /// or not).
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("the loop stops on shutdown")
+            .unwrap();
+    }
+}
+
 fn decide(r: &Reloader, key: &SigningKey, kid: &str) -> Reason {
     decide_for(r, "idp", key, kid)
 }
@@ -446,10 +472,7 @@ async fn the_refresh_loop_drops_keys_when_they_pass_max_stale() {
     };
     let (reloader, fetcher) = setup(&server, config);
     let fetcher = Arc::new(fetcher);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(Arc::clone(&fetcher).run(async {
-        let _ = stopped.await;
-    }));
+    let looping = Looping::start(&fetcher);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while decide(&reloader, &key, "a") != Reason::Ok {
         assert!(tokio::time::Instant::now() < deadline, "never fetched");
@@ -466,8 +489,7 @@ async fn the_refresh_loop_drops_keys_when_they_pass_max_stale() {
     // The first fetch and the one at max_stale; the retry after that backs
     // off (5 s).
     assert_eq!(server.hits(), 2);
-    stop.send(()).unwrap();
-    task.await.unwrap();
+    looping.stop().await;
 }
 
 #[test]
@@ -502,10 +524,7 @@ async fn the_background_loop_refreshes_on_max_age_and_stops_on_shutdown() {
     };
     let (reloader, fetcher) = setup(&server, config);
     let fetcher = Arc::new(fetcher);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(Arc::clone(&fetcher).run(async {
-        let _ = stopped.await;
-    }));
+    let looping = Looping::start(&fetcher);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while decide(&reloader, &key_a, "a") != Reason::Ok {
         assert!(
@@ -526,11 +545,7 @@ async fn the_background_loop_refreshes_on_max_age_and_stops_on_shutdown() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("run stops on shutdown")
-        .unwrap();
+    looping.stop().await;
     let hits = server.hits();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(server.hits(), hits, "no fetches after shutdown");
@@ -988,10 +1003,7 @@ async fn the_refresh_loop_keeps_going_while_one_idp_hangs() {
         Duration::from_secs(30),
         Some(Duration::from_millis(100)),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let looping = tokio::spawn(Arc::clone(&fetcher).run(async {
-        let _ = stopped.await;
-    }));
+    let looping = Looping::start(&fetcher);
     // The silent IdP holds its fetch for 30 s; the healthy one falls due every 100 ms.
     let start = tokio::time::Instant::now();
     while server.hits() < 4 {
@@ -1002,11 +1014,7 @@ async fn the_refresh_loop_keeps_going_while_one_idp_hangs() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(5), looping)
-        .await
-        .expect("the loop stops on shutdown with a fetch still hanging")
-        .unwrap();
+    looping.stop().await;
 }
 
 /// Tenants that read one URL alike take one of the loop's fetch slots, not
@@ -1021,10 +1029,7 @@ async fn tenants_sharing_a_hanging_idp_take_one_fetch_slot() {
         cache_control: None,
     });
     let (silent, reloader, fetcher) = slow_and_healthy(&server, 20, Duration::from_secs(30), None);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let looping = tokio::spawn(Arc::clone(&fetcher).run(async {
-        let _ = stopped.await;
-    }));
+    let looping = Looping::start(&fetcher);
     let start = tokio::time::Instant::now();
     while decide(&reloader, &key, "a") != Reason::Ok {
         assert!(
@@ -1033,11 +1038,7 @@ async fn tenants_sharing_a_hanging_idp_take_one_fetch_slot() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(5), looping)
-        .await
-        .expect("the loop stops on shutdown with a fetch still hanging")
-        .unwrap();
+    looping.stop().await;
     // A one-off round the same way: a new key on the healthy IdP arrives
     // while the shared one still hangs.
     let (key2, jwk2) = ed_key("b");
@@ -1472,10 +1473,7 @@ async fn a_failed_refetch_is_retried_by_the_loop() {
     };
     let (reloader, fetcher) = setup(&server, config);
     let fetcher = Arc::new(fetcher);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(Arc::clone(&fetcher).run(async {
-        let _ = stopped.await;
-    }));
+    let looping = Looping::start(&fetcher);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while decide(&reloader, &key_a, "a") != Reason::Ok {
         assert!(tokio::time::Instant::now() < deadline, "no first fetch");
@@ -1499,11 +1497,7 @@ async fn a_failed_refetch_is_retried_by_the_loop() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("run stops on shutdown")
-        .unwrap();
+    looping.stop().await;
 }
 
 /// Free fetch slots go to the source due longest ago, not the one listed
@@ -1545,10 +1539,7 @@ async fn fetch_slots_go_by_due_time_not_config_order() {
         ..FetchConfig::default()
     };
     let fetcher = Arc::new(JwksFetcher::new(Arc::clone(&reloader), config).unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let looping = tokio::spawn(Arc::clone(&fetcher).run(async {
-        let _ = stopped.await;
-    }));
+    let looping = Looping::start(&fetcher);
     let start = tokio::time::Instant::now();
     while decide(&reloader, &key, "a") != Reason::Ok {
         assert!(
@@ -1557,11 +1548,7 @@ async fn fetch_slots_go_by_due_time_not_config_order() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(5), looping)
-        .await
-        .expect("the loop stops on shutdown")
-        .unwrap();
+    looping.stop().await;
     drop(silent);
 }
 
